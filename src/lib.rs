@@ -1,0 +1,15 @@
+//! krakenbook records Kraken's public order books, exactly, and gives them back.
+//!
+//! The data flows through the modules in this order:
+//! - [`kraken`]: the v2 protocol, decoded without I/O or floating point;
+//! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
+//! - [`verify`]: checking recorded frames against their checksums.
+//!
+//! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, missing_docs)]
+
+pub mod book;
+pub mod kraken;
+pub mod time;
+pub mod verify;
