@@ -9,7 +9,10 @@ use krakenbook::kraken::{self, Frame};
 
 /// The received frames of a capture, in order, as their exact text.
 fn frames(name: &str) -> Vec<String> {
-    let path = format!("{}/tests/fixtures/kraken-v2/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/kraken-v2/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines()
         .skip(1)
@@ -52,7 +55,9 @@ fn bench(c: &mut Criterion) {
         let books = run(&frames);
         assert!(books > 800, "{name}: every book message verifies");
         group.throughput(Throughput::Elements(books));
-        group.bench_function(name.trim_end_matches(".ndjson"), |b| b.iter(|| black_box(run(black_box(&frames)))));
+        group.bench_function(name.trim_end_matches(".ndjson"), |b| {
+            b.iter(|| black_box(run(black_box(&frames))))
+        });
     }
     group.finish();
     let mut decode = c.benchmark_group("decode_only");

@@ -123,7 +123,10 @@ pub fn render_verify(reports: &[FileReport]) -> String {
         );
         for (symbol, s) in &r.symbols {
             let first = match (s.first_mismatch_line, s.first_mismatch) {
-                (Some(line), Some(m)) => format!("line {line} (expected {}, computed {})", m.expected, m.computed),
+                (Some(line), Some(m)) => format!(
+                    "line {line} (expected {}, computed {})",
+                    m.expected, m.computed
+                ),
                 _ => "-".to_owned(),
             };
             let _ = writeln!(
@@ -143,7 +146,11 @@ pub fn render_verify(reports: &[FileReport]) -> String {
             let _ = writeln!(out, "  line {}: {}", u.line, u.error);
         }
         if r.undecodable.len() > 10 {
-            let _ = writeln!(out, "  ... and {} more undecodable lines", r.undecodable.len() - 10);
+            let _ = writeln!(
+                out,
+                "  ... and {} more undecodable lines",
+                r.undecodable.len() - 10
+            );
         }
     }
     out

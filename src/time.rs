@@ -17,7 +17,9 @@ pub struct Timestamp(i64);
 
 /// A string that is not an RFC 3339 date-time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid timestamp {text:?}: {reason} (expected RFC 3339, e.g. 2026-08-17T16:01:57.687440Z)")]
+#[error(
+    "invalid timestamp {text:?}: {reason} (expected RFC 3339, e.g. 2026-08-17T16:01:57.687440Z)"
+)]
 pub struct TimestampError {
     /// The text as given.
     pub text: String,
@@ -56,7 +58,11 @@ impl Timestamp {
 
     /// The instant of a PostgreSQL binary `timestamptz` value.
     pub const fn from_pg_micros(micros: i64) -> Self {
-        Timestamp(micros.saturating_mul(1000).saturating_add(PG_EPOCH_OFFSET_NS))
+        Timestamp(
+            micros
+                .saturating_mul(1000)
+                .saturating_add(PG_EPOCH_OFFSET_NS),
+        )
     }
 
     /// Parses an RFC 3339 date-time: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
@@ -265,17 +271,41 @@ mod tests {
         // (text, unix nanos, canonical form)
         let cases = [
             ("1970-01-01T00:00:00Z", 0, "1970-01-01T00:00:00.000000Z"),
-            ("2026-08-17T16:01:57.687440Z", 1_786_982_517_687_440_000, "2026-08-17T16:01:57.687440Z"),
-            ("2026-08-17T18:01:57.687440+02:00", 1_786_982_517_687_440_000, "2026-08-17T16:01:57.687440Z"),
-            ("2000-02-29 00:00:00.000000001Z", 951_782_400_000_000_001, "2000-02-29T00:00:00.000000001Z"),
-            ("1969-12-31T23:59:59.5Z", -500_000_000, "1969-12-31T23:59:59.500000Z"),
-            ("2026-11-24", 1_795_478_400_000_000_000, "2026-11-24T00:00:00.000000Z"),
+            (
+                "2026-08-17T16:01:57.687440Z",
+                1_786_982_517_687_440_000,
+                "2026-08-17T16:01:57.687440Z",
+            ),
+            (
+                "2026-08-17T18:01:57.687440+02:00",
+                1_786_982_517_687_440_000,
+                "2026-08-17T16:01:57.687440Z",
+            ),
+            (
+                "2000-02-29 00:00:00.000000001Z",
+                951_782_400_000_000_001,
+                "2000-02-29T00:00:00.000000001Z",
+            ),
+            (
+                "1969-12-31T23:59:59.5Z",
+                -500_000_000,
+                "1969-12-31T23:59:59.500000Z",
+            ),
+            (
+                "2026-11-24",
+                1_795_478_400_000_000_000,
+                "2026-11-24T00:00:00.000000Z",
+            ),
         ];
         for (text, nanos, canonical) in cases {
             let t = Timestamp::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(t.unix_nanos(), nanos, "{text}");
             assert_eq!(t.to_string(), canonical, "{text}");
-            assert_eq!(Timestamp::parse(canonical).unwrap(), t, "round trip of {text}");
+            assert_eq!(
+                Timestamp::parse(canonical).unwrap(),
+                t,
+                "round trip of {text}"
+            );
         }
     }
 

@@ -119,11 +119,18 @@ pub fn verify_file(path: &Path, options: VerifyOptions) -> Result<FileReport, Ve
         path: label.clone(),
         source,
     })?;
-    verify_reader(&label, std::io::BufReader::new(file), options).map_err(|source| VerifyError { path: label, source })
+    verify_reader(&label, std::io::BufReader::new(file), options).map_err(|source| VerifyError {
+        path: label,
+        source,
+    })
 }
 
 /// Verifies a recording read from `reader`; `label` names it in the report.
-pub fn verify_reader(label: &str, mut reader: impl BufRead, options: VerifyOptions) -> std::io::Result<FileReport> {
+pub fn verify_reader(
+    label: &str,
+    mut reader: impl BufRead,
+    options: VerifyOptions,
+) -> std::io::Result<FileReport> {
     let mut report = FileReport {
         path: label.to_owned(),
         ..FileReport::default()
@@ -144,7 +151,10 @@ pub fn verify_reader(label: &str, mut reader: impl BufRead, options: VerifyOptio
         }
         let envelope = serde_json::from_str::<Envelope<'_>>(text).ok();
         let frame_text = match &envelope {
-            Some(Envelope { frame: Some(f), dir }) => {
+            Some(Envelope {
+                frame: Some(f),
+                dir,
+            }) => {
                 if dir.as_deref() == Some("tx") {
                     report.sent_frames += 1;
                     continue;
@@ -172,7 +182,10 @@ pub fn verify_reader(label: &str, mut reader: impl BufRead, options: VerifyOptio
             Frame::Book(msg) => {
                 for data in &msg.data {
                     let verdict = tracker.apply(msg.kind, data);
-                    let s = report.symbols.entry(data.symbol.clone().into_owned()).or_default();
+                    let s = report
+                        .symbols
+                        .entry(data.symbol.clone().into_owned())
+                        .or_default();
                     s.book_messages += 1;
                     if msg.kind == kraken::BookKind::Snapshot {
                         s.snapshots += 1;
@@ -231,7 +244,10 @@ mod tests {
         let text = format!("{update}\n{}\n{update}\n{update}\n", snap());
         let r = run(&text);
         let s = &r.symbols["A/B"];
-        assert_eq!((s.book_messages, s.ok, s.mismatches, s.unverifiable), (4, 1, 1, 2));
+        assert_eq!(
+            (s.book_messages, s.ok, s.mismatches, s.unverifiable),
+            (4, 1, 1, 2)
+        );
         assert_eq!(s.first_mismatch_line, Some(3));
         assert_eq!(s.first_mismatch.unwrap().expected, 5);
         assert!(!r.is_clean());

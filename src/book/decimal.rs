@@ -22,6 +22,11 @@ const POW10: [u128; 39] = {
     t
 };
 
+/// `10^n`, if it fits in a `u128`.
+pub fn pow10(n: u8) -> Option<u128> {
+    POW10.get(usize::from(n)).copied()
+}
+
 /// An exact non-negative decimal: `mantissa × 10^-scale`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Decimal {
@@ -165,7 +170,7 @@ impl Decimal {
                 .checked_mul(*POW10.get(usize::from(scale - self.scale))?),
             Ordering::Less => {
                 let f = POW10[usize::from(self.scale - scale)];
-                (self.mantissa % f == 0).then_some(self.mantissa / f)
+                self.mantissa.is_multiple_of(f).then_some(self.mantissa / f)
             }
         }
     }
@@ -184,7 +189,7 @@ impl Decimal {
     /// The same value with trailing fractional zeros removed (`0.5660` → `0.566`).
     pub fn normalized(self) -> Decimal {
         let mut d = self;
-        while d.scale > 0 && d.mantissa % 10 == 0 {
+        while d.scale > 0 && d.mantissa.is_multiple_of(10) {
             d.mantissa /= 10;
             d.scale -= 1;
         }
@@ -239,7 +244,6 @@ impl Decimal {
             Err(_) => buf.format(m),
         }
     }
-
 }
 
 fn push_digit(m: u128, c: u8) -> Result<u128, &'static str> {
@@ -345,7 +349,12 @@ mod tests {
             ("0", 0, 0, "0"),
             ("0.0", 0, 1, "0.0"),
             ("1098.3947558", 10983947558, 7, "1098.3947558"),
-            ("12345678901234567890.12345678", 1234567890123456789012345678, 8, "12345678901234567890.12345678"),
+            (
+                "12345678901234567890.12345678",
+                1234567890123456789012345678,
+                8,
+                "12345678901234567890.12345678",
+            ),
         ];
         for (text, m, s, printed) in cases {
             let v = d(text);
@@ -356,7 +365,9 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_price() {
-        for bad in ["", "-1", "1.", ".5", "1e", "1e+", "NaN", "1,5", "0x10", "1.2.3", " 1", "1e99", "1e-99"] {
+        for bad in [
+            "", "-1", "1.", ".5", "1e", "1e+", "NaN", "1,5", "0x10", "1.2.3", " 1", "1e99", "1e-99",
+        ] {
             assert!(Decimal::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -392,7 +403,11 @@ mod tests {
         ];
         for (value, precision, digits) in cases {
             let mut buf = itoa::Buffer::new();
-            assert_eq!(d(value).checksum_digits(precision, &mut buf), digits, "{value} at {precision}");
+            assert_eq!(
+                d(value).checksum_digits(precision, &mut buf),
+                digits,
+                "{value} at {precision}"
+            );
         }
     }
 

@@ -10,10 +10,21 @@
 //!   each level as price then quantity, each printed at the pair's precision with the point removed
 //!   and leading zeros stripped.
 //!
-//! Invariants, checked by the property tests: each side is sorted and unique by price (a `BTreeMap`
-//! keyed by exact value), holds no zero quantity, and has at most `depth` levels after each message.
+//! Storage: each side is a `VecDeque` of integer mantissas at the book's scale, sorted so that the
+//! best level is at the back. Kraken's changes cluster at the top, so inserts and deletes move few
+//! elements; truncation pops the front. A level is 24 bytes, so a whole market at depth 1000 fits
+//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic.
+//!
+//! Scale: values are stored as mantissas at one scale per field (price, quantity). It starts at the
+//! instrument's precision when known, else at 0, and grows when a value needs more decimals: to
+//! the value's written decimals when the precision comes from the wire text, or to its significant
+//! decimals when the instrument gave one (trailing zeros then do not count). Growing rescales the
+//! stored levels. The checksum prints every value at the current scale.
+//!
+//! Invariants, checked by property tests against a plain `BTreeMap` model: each side is sorted and
+//! unique by price, holds no zero quantity, and has at most `depth` levels after each message.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use super::decimal::Decimal;
 
@@ -67,16 +78,101 @@ pub struct BookView {
     pub asks: Vec<PriceLevel>,
 }
 
+/// A value that the book cannot hold exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value} does not fit the book's integer representation at {scale} decimals")]
+pub struct BookError {
+    /// `price` or `qty`.
+    pub field: &'static str,
+    /// The value.
+    pub value: Decimal,
+    /// The scale it was to be stored at.
+    pub scale: u8,
+}
+
+/// A stored level: mantissas at the book's scales. The quantity is split into two `u64`s so a
+/// level is 24 bytes with 8-byte alignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lvl {
+    price: u64,
+    qty_lo: u64,
+    qty_hi: u64,
+}
+
+impl Lvl {
+    fn qty(self) -> u128 {
+        (u128::from(self.qty_hi) << 64) | u128::from(self.qty_lo)
+    }
+    fn set_qty(&mut self, q: u128) {
+        self.qty_lo = q as u64;
+        self.qty_hi = (q >> 64) as u64;
+    }
+}
+
+/// One side, best level at the back.
+#[derive(Clone, Debug)]
+struct Ladder {
+    side: Side,
+    levels: VecDeque<Lvl>,
+}
+
+impl Ladder {
+    fn new(side: Side) -> Self {
+        Ladder {
+            side,
+            levels: VecDeque::new(),
+        }
+    }
+
+    /// Where `price` is, or would be inserted. Bids ascend toward the back, asks descend.
+    fn find(&self, price: u64) -> Result<usize, usize> {
+        match self.side {
+            Side::Bid => self.levels.binary_search_by(|l| l.price.cmp(&price)),
+            Side::Ask => self.levels.binary_search_by(|l| price.cmp(&l.price)),
+        }
+    }
+
+    fn set(&mut self, price: u64, qty: u128) {
+        match self.find(price) {
+            Ok(i) if qty == 0 => {
+                self.levels.remove(i);
+            }
+            Ok(i) => self.levels[i].set_qty(qty),
+            Err(_) if qty == 0 => {}
+            Err(i) => {
+                let mut l = Lvl {
+                    price,
+                    qty_lo: 0,
+                    qty_hi: 0,
+                };
+                l.set_qty(qty);
+                self.levels.insert(i, l);
+            }
+        }
+    }
+
+    fn truncate(&mut self, depth: usize) {
+        while self.levels.len() > depth {
+            self.levels.pop_front();
+        }
+    }
+
+    /// Best first.
+    fn best_first(&self) -> impl DoubleEndedIterator<Item = &Lvl> + ExactSizeIterator {
+        self.levels.iter().rev()
+    }
+}
+
 /// One symbol's order book at a fixed depth.
 #[derive(Clone, Debug)]
 pub struct OrderBook {
     depth: usize,
-    bids: BTreeMap<Decimal, Decimal>,
-    asks: BTreeMap<Decimal, Decimal>,
+    bids: Ladder,
+    asks: Ladder,
     /// Precision from the instrument channel, when known.
-    precision: Option<Precision>,
-    /// The most decimals seen on the wire, per field: the precision when none is known.
-    seen: Precision,
+    known: Option<Precision>,
+    /// The scales the mantissas are stored at (and the checksum prints at).
+    scale: Precision,
 }
 
 impl OrderBook {
@@ -84,21 +180,33 @@ impl OrderBook {
     pub fn new(depth: usize) -> Self {
         OrderBook {
             depth: depth.max(1),
-            bids: BTreeMap::new(),
-            asks: BTreeMap::new(),
-            precision: None,
-            seen: Precision::default(),
+            bids: Ladder::new(Side::Bid),
+            asks: Ladder::new(Side::Ask),
+            known: None,
+            scale: Precision::default(),
         }
     }
 
-    /// Sets the pair's precision (from the instrument channel); `None` falls back to the wire text.
+    /// Sets the pair's precision (from the instrument channel); `None` falls back to the wire
+    /// text. The levels already held are kept (re-stored at the new scale).
     pub fn set_precision(&mut self, precision: Option<Precision>) {
-        self.precision = precision;
+        if self.known == precision {
+            return;
+        }
+        let view = self.view(self.depth);
+        self.known = precision;
+        self.scale = precision.unwrap_or_default();
+        self.clear();
+        // Values that were held exactly are re-stored; the scale grows if one needs it.
+        let _ = self.apply_update(
+            view.bids.iter().map(|l| (l.price, l.qty)),
+            view.asks.iter().map(|l| (l.price, l.qty)),
+        );
     }
 
-    /// The precision the checksum uses: the instrument's, else the most decimals seen on the wire.
+    /// The precision the checksum prints at: the instrument's, grown where the wire needed more.
     pub fn precision(&self) -> Precision {
-        self.precision.unwrap_or(self.seen)
+        self.scale
     }
 
     /// Levels kept per side.
@@ -114,8 +222,8 @@ impl OrderBook {
 
     /// Removes every level.
     pub fn clear(&mut self) {
-        self.bids.clear();
-        self.asks.clear();
+        self.bids.levels.clear();
+        self.asks.levels.clear();
     }
 
     /// Replaces the book with a snapshot's levels (applied in order, then truncated).
@@ -123,76 +231,156 @@ impl OrderBook {
         &mut self,
         bids: impl IntoIterator<Item = (Decimal, Decimal)>,
         asks: impl IntoIterator<Item = (Decimal, Decimal)>,
-    ) {
+    ) -> Result<(), BookError> {
         self.clear();
-        self.apply_update(bids, asks);
+        self.scale = self.known.unwrap_or_default();
+        self.apply_update(bids, asks)
     }
 
     /// Applies an update's levels in the order given, then truncates to the depth.
+    ///
+    /// On error (a value too large for the book's integers) the book is left part-applied and
+    /// must be treated as unsynced.
     pub fn apply_update(
         &mut self,
         bids: impl IntoIterator<Item = (Decimal, Decimal)>,
         asks: impl IntoIterator<Item = (Decimal, Decimal)>,
-    ) {
+    ) -> Result<(), BookError> {
+        let mut result = Ok(());
         for (price, qty) in bids {
-            self.set_level(Side::Bid, price, qty);
+            if let Err(e) = self.set_level(Side::Bid, price, qty) {
+                result = Err(e);
+            }
         }
         for (price, qty) in asks {
-            self.set_level(Side::Ask, price, qty);
+            if let Err(e) = self.set_level(Side::Ask, price, qty) {
+                result = Err(e);
+            }
         }
         self.truncate();
+        result
     }
 
     /// Sets one level without truncating: quantity zero deletes it (absent or not).
-    pub fn set_level(&mut self, side: Side, price: Decimal, qty: Decimal) {
-        self.seen.price = self.seen.price.max(price.scale());
-        self.seen.qty = self.seen.qty.max(qty.scale());
-        let map = match side {
-            Side::Bid => &mut self.bids,
-            Side::Ask => &mut self.asks,
-        };
-        if qty.is_zero() {
-            map.remove(&price);
-        } else {
-            map.insert(price, qty);
+    pub fn set_level(&mut self, side: Side, price: Decimal, qty: Decimal) -> Result<(), BookError> {
+        let p = self.mantissa(price, Field::Price)?;
+        let q = self.mantissa(qty, Field::Qty)?;
+        let p = u64::try_from(p).map_err(|_| BookError {
+            field: "price",
+            value: price,
+            scale: self.scale.price,
+        })?;
+        match side {
+            Side::Bid => self.bids.set(p, q),
+            Side::Ask => self.asks.set(p, q),
         }
+        Ok(())
+    }
+
+    /// The mantissa of `value` at the field's scale, growing the scale first if `value` needs it.
+    fn mantissa(&mut self, value: Decimal, field: Field) -> Result<u128, BookError> {
+        let current = field.get(self.scale);
+        if let Some(m) = value.mantissa_at(current)
+            && (self.known.is_some() || value.scale() <= current)
+        {
+            return Ok(m);
+        }
+        let needed = if self.known.is_some() {
+            value.normalized().scale()
+        } else {
+            value.scale()
+        };
+        if needed > current {
+            self.rescale(field, needed).map_err(|()| BookError {
+                field: field.name(),
+                value,
+                scale: needed,
+            })?;
+        }
+        let scale = field.get(self.scale);
+        value.mantissa_at(scale).ok_or(BookError {
+            field: field.name(),
+            value,
+            scale,
+        })
+    }
+
+    /// Re-stores every level of both sides with `field` at `scale` (larger than the current one).
+    fn rescale(&mut self, field: Field, scale: u8) -> Result<(), ()> {
+        let factor = super::decimal::pow10(scale - field.get(self.scale)).ok_or(())?;
+        for l in self
+            .bids
+            .levels
+            .iter_mut()
+            .chain(self.asks.levels.iter_mut())
+        {
+            match field {
+                Field::Price => {
+                    l.price = u64::try_from(u128::from(l.price).checked_mul(factor).ok_or(())?)
+                        .map_err(|_| ())?;
+                }
+                Field::Qty => {
+                    let q = l.qty().checked_mul(factor).ok_or(())?;
+                    l.set_qty(q);
+                }
+            }
+        }
+        match field {
+            Field::Price => self.scale.price = scale,
+            Field::Qty => self.scale.qty = scale,
+        }
+        Ok(())
     }
 
     /// Drops the levels beyond the depth on each side (the worst prices).
     pub fn truncate(&mut self) {
-        while self.bids.len() > self.depth {
-            self.bids.pop_first();
-        }
-        while self.asks.len() > self.depth {
-            self.asks.pop_last();
-        }
+        self.bids.truncate(self.depth);
+        self.asks.truncate(self.depth);
     }
 
     /// Kraken's CRC32 checksum of the top ten levels of each side.
     pub fn checksum(&self) -> u32 {
-        let p = self.precision();
-        let mut hasher = crc32fast::Hasher::new();
+        // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
+        // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
+        // (hashing each number separately is three times slower).
+        let mut text = [0u8; 2 * CHECKSUM_LEVELS * (20 + 39)];
+        let mut len = 0;
         let mut buf = itoa::Buffer::new();
+        let mut push = |digits: &str| {
+            text[len..len + digits.len()].copy_from_slice(digits.as_bytes());
+            len += digits.len();
+        };
         let levels = self
             .asks
-            .iter()
+            .best_first()
             .take(CHECKSUM_LEVELS)
-            .chain(self.bids.iter().rev().take(CHECKSUM_LEVELS));
-        for (price, qty) in levels {
-            hasher.update(price.checksum_digits(p.price, &mut buf).as_bytes());
-            hasher.update(qty.checksum_digits(p.qty, &mut buf).as_bytes());
+            .chain(self.bids.best_first().take(CHECKSUM_LEVELS));
+        for l in levels {
+            push(buf.format(l.price));
+            push(match l.qty_hi {
+                0 => buf.format(l.qty_lo),
+                _ => buf.format(l.qty()),
+            });
         }
-        hasher.finalize()
+        crc32fast::hash(&text[..len])
+    }
+
+    fn level(&self, l: &Lvl) -> PriceLevel {
+        // Scales never exceed Decimal::MAX_SCALE: they only grow to a parsed Decimal's scale.
+        PriceLevel {
+            price: Decimal::new(u128::from(l.price), self.scale.price).unwrap_or_default(),
+            qty: Decimal::new(l.qty(), self.scale.qty).unwrap_or_default(),
+        }
     }
 
     /// The highest bid.
     pub fn best_bid(&self) -> Option<PriceLevel> {
-        self.bids.iter().next_back().map(level)
+        self.bids.levels.back().map(|l| self.level(l))
     }
 
     /// The lowest ask.
     pub fn best_ask(&self) -> Option<PriceLevel> {
-        self.asks.iter().next().map(level)
+        self.asks.levels.back().map(|l| self.level(l))
     }
 
     /// Best ask minus best bid; `None` when a side is empty or the book is crossed.
@@ -201,23 +389,23 @@ impl OrderBook {
     }
 
     /// Bids, best (highest) first.
-    pub fn bids(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + '_ {
-        self.bids.iter().rev().map(level)
+    pub fn bids(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + ExactSizeIterator + '_ {
+        self.bids.best_first().map(|l| self.level(l))
     }
 
     /// Asks, best (lowest) first.
-    pub fn asks(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + '_ {
-        self.asks.iter().map(level)
+    pub fn asks(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + ExactSizeIterator + '_ {
+        self.asks.best_first().map(|l| self.level(l))
     }
 
     /// Number of bid and ask levels.
     pub fn len(&self) -> (usize, usize) {
-        (self.bids.len(), self.asks.len())
+        (self.bids.levels.len(), self.asks.levels.len())
     }
 
     /// Whether both sides are empty.
     pub fn is_empty(&self) -> bool {
-        self.bids.is_empty() && self.asks.is_empty()
+        self.bids.levels.is_empty() && self.asks.levels.is_empty()
     }
 
     /// A sorted copy of the top `depth` levels of each side.
@@ -229,10 +417,24 @@ impl OrderBook {
     }
 }
 
-fn level((price, qty): (&Decimal, &Decimal)) -> PriceLevel {
-    PriceLevel {
-        price: *price,
-        qty: *qty,
+#[derive(Clone, Copy)]
+enum Field {
+    Price,
+    Qty,
+}
+
+impl Field {
+    fn get(self, p: Precision) -> u8 {
+        match self {
+            Field::Price => p.price,
+            Field::Qty => p.qty,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Field::Price => "price",
+            Field::Qty => "qty",
+        }
     }
 }
 
@@ -278,15 +480,15 @@ mod tests {
         ]);
         let mut book = OrderBook::new(10);
         book.set_precision(Some(Precision { price: 1, qty: 8 }));
-        book.apply_snapshot(bids.clone(), asks.clone());
+        book.apply_snapshot(bids.clone(), asks.clone()).unwrap();
         assert_eq!(book.checksum(), 3_310_070_434);
         // The same from the wire text alone (every value printed at full precision).
         let mut inferred = OrderBook::new(10);
-        inferred.apply_snapshot(bids, asks);
+        inferred.apply_snapshot(bids, asks).unwrap();
         assert_eq!(inferred.checksum(), 3_310_070_434);
     }
 
-    fn matic_snapshot() -> (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>) {
+    fn matic_snapshot() -> Message {
         let bids = levels(&[
             ("0.5666", "4831.75496356"),
             ("0.5665", "6658.22734739"),
@@ -321,9 +523,10 @@ mod tests {
         let (bids, asks) = matic_snapshot();
         let mut book = OrderBook::new(10);
         book.set_precision(Some(Precision { price: 4, qty: 8 }));
-        book.apply_snapshot(bids, asks);
+        book.apply_snapshot(bids, asks).unwrap();
         assert_eq!(book.checksum(), 2_439_117_997);
-        book.apply_update(levels(&[("0.5657", "1098.3947558")]), vec![]);
+        book.apply_update(levels(&[("0.5657", "1098.3947558")]), vec![])
+            .unwrap();
         assert_eq!(book.checksum(), 2_114_181_697);
     }
 
@@ -331,28 +534,61 @@ mod tests {
     #[test]
     fn maticusd_vector_fails_without_padding() {
         let (bids, asks) = matic_snapshot();
-        let mut book = OrderBook::new(10);
-        book.set_precision(Some(Precision { price: 0, qty: 0 }));
-        book.apply_snapshot(bids, asks);
-        assert_ne!(book.checksum(), 2_439_117_997);
+        let unpadded: String = asks
+            .iter()
+            .chain(&bids)
+            .flat_map(|(p, q)| [p.to_string(), q.to_string()])
+            .map(|t| t.replace('.', "").trim_start_matches('0').to_owned())
+            .collect();
+        assert_ne!(crc32fast::hash(unpadded.as_bytes()), 2_439_117_997);
     }
 
     #[test]
     fn update_rules_table() {
         // (what it covers, update bids, expected bids best first)
-        let cases: Vec<(&str, Vec<(&str, &str)>, Vec<(&str, &str)>)> = vec![
-            ("qty 0 deletes", vec![("10", "0")], vec![("9", "2"), ("8", "3")]),
-            ("delete of an absent level is ignored", vec![("7.5", "0")], vec![("10", "1"), ("9", "2"), ("8", "3")]),
-            ("same price twice: the later wins", vec![("9", "5"), ("9", "6")], vec![("10", "1"), ("9", "6"), ("8", "3")]),
-            ("same price: delete then re-add", vec![("9", "0"), ("9", "7")], vec![("10", "1"), ("9", "7"), ("8", "3")]),
-            ("insert beyond depth truncates the worst", vec![("11", "1")], vec![("11", "1"), ("10", "1"), ("9", "2")]),
-            ("insert below the worst is cut at once", vec![("1", "1")], vec![("10", "1"), ("9", "2"), ("8", "3")]),
-            ("equal by value at another scale", vec![("9.00", "4")], vec![("10", "1"), ("9", "4"), ("8", "3")]),
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                "qty 0 deletes",
+                vec![("10", "0")],
+                vec![("9", "2"), ("8", "3")],
+            ),
+            (
+                "delete of an absent level is ignored",
+                vec![("7.5", "0")],
+                vec![("10", "1"), ("9", "2"), ("8", "3")],
+            ),
+            (
+                "same price twice: the later wins",
+                vec![("9", "5"), ("9", "6")],
+                vec![("10", "1"), ("9", "6"), ("8", "3")],
+            ),
+            (
+                "same price: delete then re-add",
+                vec![("9", "0"), ("9", "7")],
+                vec![("10", "1"), ("9", "7"), ("8", "3")],
+            ),
+            (
+                "insert beyond depth truncates the worst",
+                vec![("11", "1")],
+                vec![("11", "1"), ("10", "1"), ("9", "2")],
+            ),
+            (
+                "insert below the worst is cut at once",
+                vec![("1", "1")],
+                vec![("10", "1"), ("9", "2"), ("8", "3")],
+            ),
+            (
+                "equal by value at another scale",
+                vec![("9.00", "4")],
+                vec![("10", "1"), ("9", "4"), ("8", "3")],
+            ),
         ];
         for (what, update, expected) in cases {
             let mut book = OrderBook::new(3);
-            book.apply_snapshot(levels(&[("10", "1"), ("9", "2"), ("8", "3")]), vec![]);
-            book.apply_update(levels(&update), vec![]);
+            book.apply_snapshot(levels(&[("10", "1"), ("9", "2"), ("8", "3")]), vec![])
+                .unwrap();
+            book.apply_update(levels(&update), vec![]).unwrap();
             let got: Vec<_> = book.bids().map(|l| (l.price, l.qty)).collect();
             assert_eq!(got, levels(&expected), "{what}");
         }
@@ -362,57 +598,193 @@ mod tests {
     fn best_levels_and_spread() {
         let mut book = OrderBook::new(10);
         assert_eq!(book.spread(), None);
-        book.apply_snapshot(levels(&[("100.1", "1"), ("99.5", "2")]), levels(&[("100.4", "3"), ("101", "1")]));
+        book.apply_snapshot(
+            levels(&[("100.1", "1"), ("99.5", "2")]),
+            levels(&[("100.4", "3"), ("101", "1")]),
+        )
+        .unwrap();
         assert_eq!(book.best_bid().unwrap().price, d("100.1"));
         assert_eq!(book.best_ask().unwrap().price, d("100.4"));
         assert_eq!(book.spread(), Some(d("0.3")));
         let view = book.view(1);
-        assert_eq!(view.bids, vec![PriceLevel { price: d("100.1"), qty: d("1") }]);
-        assert_eq!(view.asks, vec![PriceLevel { price: d("100.4"), qty: d("3") }]);
+        assert_eq!(
+            view.bids,
+            vec![PriceLevel {
+                price: d("100.1"),
+                qty: d("1")
+            }]
+        );
+        assert_eq!(
+            view.asks,
+            vec![PriceLevel {
+                price: d("100.4"),
+                qty: d("3")
+            }]
+        );
     }
 
     fn arb_level() -> impl Strategy<Value = (Decimal, Decimal)> {
-        // Prices on a small grid so updates collide with existing levels; qty 0 now and then.
-        (1u128..200, prop_oneof![Just(0u128), 1u128..1_000_000_000]).prop_map(|(p, q)| {
-            (Decimal::new(p * 5, 1).unwrap(), Decimal::new(q, 8).unwrap())
-        })
+        // Prices on a small grid so updates collide with existing levels, written with one to
+        // three decimals (so equal prices arrive at different scales); qty 0 now and then.
+        (
+            1u128..200,
+            1u8..4,
+            prop_oneof![Just(0u128), 1u128..1_000_000_000],
+            6u8..9,
+        )
+            .prop_map(|(p, ps, q, qs)| {
+                let price = Decimal::new(p * 5 * 10u128.pow(u32::from(ps) - 1), ps).unwrap();
+                (price, Decimal::new(q, qs).unwrap())
+            })
+    }
+
+    /// The obvious implementation of the rules, to check the compact one against.
+    #[derive(Default)]
+    struct Model {
+        bids: std::collections::BTreeMap<Decimal, Decimal>,
+        asks: std::collections::BTreeMap<Decimal, Decimal>,
+        seen: Precision,
+    }
+
+    impl Model {
+        fn apply(
+            &mut self,
+            depth: usize,
+            bids: &[(Decimal, Decimal)],
+            asks: &[(Decimal, Decimal)],
+        ) {
+            for (side, levels) in [(&mut self.bids, bids), (&mut self.asks, asks)] {
+                for &(p, q) in levels {
+                    self.seen.price = self.seen.price.max(p.scale());
+                    self.seen.qty = self.seen.qty.max(q.scale());
+                    if q.is_zero() {
+                        side.remove(&p);
+                    } else {
+                        side.insert(p, q);
+                    }
+                }
+            }
+            while self.bids.len() > depth {
+                self.bids.pop_first();
+            }
+            while self.asks.len() > depth {
+                self.asks.pop_last();
+            }
+        }
+
+        fn checksum(&self) -> u32 {
+            let mut text = String::new();
+            let mut buf = itoa::Buffer::new();
+            for (p, q) in self
+                .asks
+                .iter()
+                .take(10)
+                .chain(self.bids.iter().rev().take(10))
+            {
+                text.push_str(p.checksum_digits(self.seen.price, &mut buf));
+                text.push_str(q.checksum_digits(self.seen.qty, &mut buf));
+            }
+            crc32fast::hash(text.as_bytes())
+        }
+
+        fn view(&self) -> BookView {
+            let level = |(p, q): (&Decimal, &Decimal)| PriceLevel { price: *p, qty: *q };
+            BookView {
+                bids: self.bids.iter().rev().map(level).collect(),
+                asks: self.asks.iter().map(level).collect(),
+            }
+        }
     }
 
     fn check_invariants(book: &OrderBook) -> Result<(), TestCaseError> {
         let bids: Vec<_> = book.bids().collect();
         let asks: Vec<_> = book.asks().collect();
         prop_assert!(bids.len() <= book.depth() && asks.len() <= book.depth());
-        prop_assert!(bids.windows(2).all(|w| w[0].price > w[1].price), "bids sorted and unique");
-        prop_assert!(asks.windows(2).all(|w| w[0].price < w[1].price), "asks sorted and unique");
-        prop_assert!(bids.iter().chain(&asks).all(|l| !l.qty.is_zero()), "no zero quantity");
+        prop_assert!(
+            bids.windows(2).all(|w| w[0].price > w[1].price),
+            "bids sorted and unique"
+        );
+        prop_assert!(
+            asks.windows(2).all(|w| w[0].price < w[1].price),
+            "asks sorted and unique"
+        );
+        prop_assert!(
+            bids.iter().chain(&asks).all(|l| !l.qty.is_zero()),
+            "no zero quantity"
+        );
         Ok(())
+    }
+
+    type Message = (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>);
+
+    fn arb_message(max: usize) -> impl Strategy<Value = Message> {
+        (
+            prop::collection::vec(arb_level(), 0..max),
+            prop::collection::vec(arb_level(), 0..max),
+        )
     }
 
     proptest! {
         #[test]
-        fn random_messages_keep_the_book_well_formed(
+        fn random_messages_keep_the_book_well_formed_and_equal_to_the_model(
             depth in prop_oneof![Just(10usize), Just(25), 1usize..40],
-            snapshot in (prop::collection::vec(arb_level(), 0..60), prop::collection::vec(arb_level(), 0..60)),
-            updates in prop::collection::vec(
-                (prop::collection::vec(arb_level(), 0..8), prop::collection::vec(arb_level(), 0..8)), 0..50),
+            snapshot in arb_message(60),
+            updates in prop::collection::vec(arb_message(8), 0..50),
         ) {
             let mut book = OrderBook::new(depth);
-            book.apply_snapshot(snapshot.0, snapshot.1);
+            let mut model = Model::default();
+            book.apply_snapshot(snapshot.0.clone(), snapshot.1.clone()).unwrap();
+            model.apply(depth, &snapshot.0, &snapshot.1);
             check_invariants(&book)?;
             for (bids, asks) in updates {
-                book.apply_update(bids, asks);
+                book.apply_update(bids.clone(), asks.clone()).unwrap();
+                model.apply(depth, &bids, &asks);
                 check_invariants(&book)?;
+                prop_assert_eq!(book.view(depth), model.view());
+                prop_assert_eq!(book.checksum(), model.checksum());
                 // A book rebuilt from its own top-N view has the same checksum.
                 let view = book.view(depth);
                 let mut rebuilt = OrderBook::new(depth);
                 rebuilt.set_precision(Some(book.precision()));
-                rebuilt.apply_snapshot(
-                    view.bids.iter().map(|l| (l.price, l.qty)),
-                    view.asks.iter().map(|l| (l.price, l.qty)),
-                );
+                rebuilt
+                    .apply_snapshot(
+                        view.bids.iter().map(|l| (l.price, l.qty)),
+                        view.asks.iter().map(|l| (l.price, l.qty)),
+                    )
+                    .unwrap();
                 prop_assert_eq!(rebuilt.checksum(), book.checksum());
                 prop_assert_eq!(rebuilt.view(depth), view);
             }
         }
+    }
+
+    #[test]
+    fn known_precision_ignores_extra_trailing_zeros_but_grows_for_real_digits() {
+        let mut book = OrderBook::new(10);
+        book.set_precision(Some(Precision { price: 1, qty: 2 }));
+        book.apply_snapshot(levels(&[("100.10", "1.500")]), vec![])
+            .unwrap();
+        assert_eq!(book.precision(), Precision { price: 1, qty: 2 });
+        assert_eq!(book.checksum(), crc32fast::hash(b"1001150"));
+        book.apply_update(levels(&[("99.95", "1")]), vec![])
+            .unwrap();
+        assert_eq!(book.precision(), Precision { price: 2, qty: 2 });
+        assert_eq!(book.checksum(), crc32fast::hash(b"100101509995100"));
+        assert_eq!(book.best_bid().unwrap().price, d("100.10"));
+    }
+
+    #[test]
+    fn values_beyond_the_integer_range_are_errors_not_wraparounds() {
+        let mut book = OrderBook::new(10);
+        let huge = d("99999999999999999999.5");
+        let err = book
+            .apply_snapshot(vec![(huge, d("1"))], vec![])
+            .unwrap_err();
+        assert_eq!(err.field, "price");
+        let mut book = OrderBook::new(10);
+        let big_qty = d("123456789012345678901234567.12345678");
+        book.apply_snapshot(vec![(d("1.5"), big_qty)], vec![])
+            .unwrap();
+        assert_eq!(book.best_bid().unwrap().qty, big_qty);
     }
 }

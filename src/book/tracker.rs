@@ -134,22 +134,38 @@ impl Tracker {
         let t = match self.books.get_mut(data.symbol.as_ref()) {
             Some(t) => t,
             None => {
-                let depth = self.depths.get(data.symbol.as_ref()).copied().unwrap_or(self.default_depth);
+                let depth = self
+                    .depths
+                    .get(data.symbol.as_ref())
+                    .copied()
+                    .unwrap_or(self.default_depth);
                 let mut book = OrderBook::new(depth);
-                book.set_precision(self.precisions.get(data.symbol.as_ref()).copied().or(self.default_precision));
+                book.set_precision(
+                    self.precisions
+                        .get(data.symbol.as_ref())
+                        .copied()
+                        .or(self.default_precision),
+                );
                 self.books
                     .entry(data.symbol.clone().into_owned())
-                    .or_insert(Tracked { book, synced: false })
+                    .or_insert(Tracked {
+                        book,
+                        synced: false,
+                    })
             }
         };
-        match kind {
-            BookKind::Snapshot => {
-                t.book.apply_snapshot(data.bid_pairs(), data.ask_pairs());
-                t.synced = true;
-            }
+        let applied = match kind {
+            BookKind::Snapshot => t.book.apply_snapshot(data.bid_pairs(), data.ask_pairs()),
             BookKind::Update if t.synced => t.book.apply_update(data.bid_pairs(), data.ask_pairs()),
             BookKind::Update => return Verdict::Unsynced,
+        };
+        if let Err(e) = applied {
+            tracing::warn!(symbol = %data.symbol, error = %e, "book cannot hold a level; unsynced until the next snapshot");
+            t.synced = false;
+            t.book.clear();
+            return Verdict::Unsynced;
         }
+        t.synced = true;
         let computed = t.book.checksum();
         if computed == data.checksum {
             Verdict::Ok
@@ -230,7 +246,13 @@ mod tests {
         assert_eq!(apply(&mut t, UPDATE), Verdict::Ok);
         // A wrong checksum is a mismatch, and later updates are unverifiable until a snapshot.
         let wrong = UPDATE.replace("2114181697", "1");
-        assert_eq!(apply(&mut t, &wrong), Verdict::Mismatch { expected: 1, computed: 2_114_181_697 });
+        assert_eq!(
+            apply(&mut t, &wrong),
+            Verdict::Mismatch {
+                expected: 1,
+                computed: 2_114_181_697
+            }
+        );
         assert!(!t.is_synced("MATIC/USD"));
         assert_eq!(apply(&mut t, UPDATE), Verdict::Unsynced);
         assert_eq!(apply(&mut t, SNAPSHOT), Verdict::Ok);
@@ -252,7 +274,10 @@ mod tests {
     fn precision_comes_from_the_instrument_channel() {
         let mut t = Tracker::new(10);
         t.observe(&decode(r#"{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[{"symbol":"MATIC/USD","price_precision":4,"qty_precision":8}]}}"#).unwrap());
-        assert_eq!(t.precision("MATIC/USD"), Some(Precision { price: 4, qty: 8 }));
+        assert_eq!(
+            t.precision("MATIC/USD"),
+            Some(Precision { price: 4, qty: 8 })
+        );
         assert_eq!(apply(&mut t, SNAPSHOT), Verdict::Ok);
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         let data = &book.data[0];
         assert_eq!(data.symbol, "BTC/USD");
         assert_eq!(data.checksum, 1_234_567_890);
-        assert_eq!(data.timestamp.unwrap().to_string(), "2026-08-16T23:37:04.397814Z");
+        assert_eq!(
+            data.timestamp.unwrap().to_string(),
+            "2026-08-16T23:37:04.397814Z"
+        );
         assert_eq!(data.bids.len(), 2);
         assert_eq!(data.asks[1].qty.text, "0.00005100");
         assert_eq!(data.asks[1].qty.value.to_string(), "0.00005100");
@@ -148,7 +151,9 @@ mod tests {
     #[test]
     fn decodes_an_update_with_a_deletion_and_no_timestamp() {
         let text = r#"{"channel":"book","type":"update","data":[{"symbol":"MINA/GBP","bids":[{"price":0.0292,"qty":0}],"asks":[],"checksum":2678396431}]}"#;
-        let Ok(Frame::Book(book)) = decode(text) else { panic!() };
+        let Ok(Frame::Book(book)) = decode(text) else {
+            panic!()
+        };
         assert_eq!(book.kind, super::BookKind::Update);
         assert!(book.data[0].bids[0].qty.value.is_zero());
         assert_eq!(book.data[0].timestamp, None);

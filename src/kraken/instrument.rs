@@ -94,7 +94,9 @@ mod tests {
           "base":"BTC","quote":"USD","status":"online","qty_precision":8,"qty_increment":1e-08,
           "price_precision":1,"cost_precision":5,"marginable":true,"has_index":true,"cost_min":0.5,
           "tick_size":0.1,"price_increment":0.1,"qty_min":5e-05}]}}"#;
-        let Ok(Frame::Instrument(msg)) = decode(text) else { panic!("{:?}", decode(text)) };
+        let Ok(Frame::Instrument(msg)) = decode(text) else {
+            panic!("{:?}", decode(text))
+        };
         assert!(msg.snapshot);
         let pair = &msg.pairs[0];
         assert_eq!(pair.symbol, "BTC/USD");

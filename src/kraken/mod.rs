@@ -13,6 +13,7 @@
 //! decode: [`status`], [`instrument`], [`book`], [`response`]; [`request`] encodes what we send.
 
 pub mod book;
+mod fast;
 pub mod instrument;
 pub mod request;
 pub mod response;
@@ -113,6 +114,16 @@ fn excerpt(text: &str) -> String {
 
 /// Decodes one frame's text.
 pub fn decode(text: &str) -> Result<Frame<'_>, DecodeError> {
+    if text.starts_with(r#"{"channel":"book""#)
+        && let Some(book) = fast::decode_book(text)
+    {
+        return Ok(Frame::Book(book));
+    }
+    decode_general(text)
+}
+
+/// Decodes one frame's text with serde alone (the path every frame the fast path declines takes).
+fn decode_general(text: &str) -> Result<Frame<'_>, DecodeError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = RawFrame::deserialize(&mut de).and_then(|f| de.end().map(|()| f));
     match parsed {
@@ -184,8 +195,7 @@ impl<'a> RawFrame<'a> {
             let kind = self.kind.as_deref();
             let data = match self.data {
                 Some(Data::Raw(raw)) => Some(
-                    decode_data(channel, raw.get())
-                        .map_err(|e| shape(channel, e.to_string()))?,
+                    decode_data(channel, raw.get()).map_err(|e| shape(channel, e.to_string()))?,
                 ),
                 other => other,
             };
@@ -344,21 +354,38 @@ mod tests {
         // (text, expected kind)
         let cases = [
             ("not json", "json"),
-            (r#"{"channel":"book","type":"update","data":[{"symbol":"X"#, "json"),
+            (
+                r#"{"channel":"book","type":"update","data":[{"symbol":"X"#,
+                "json",
+            ),
             (r#"{"channel":"book"} trailing"#, "json"),
-            (r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1}],"asks":[],"checksum":1}]}"#, "shape"),
-            (r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":-1,"qty":1}],"asks":[],"checksum":1}]}"#, "shape"),
-            (r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":99999999999}]}"#, "shape"),
+            (
+                r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1}],"asks":[],"checksum":1}]}"#,
+                "shape",
+            ),
+            (
+                r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":-1,"qty":1}],"asks":[],"checksum":1}]}"#,
+                "shape",
+            ),
+            (
+                r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":99999999999}]}"#,
+                "shape",
+            ),
             (r#"{"channel":"book","type":"sideways","data":[]}"#, "shape"),
             (r#"{"channel":"book","type":"update"}"#, "shape"),
-            (r#"{"data":[{"symbol":"X","bids":"nope"}],"channel":"book","type":"update"}"#, "shape"),
+            (
+                r#"{"data":[{"symbol":"X","bids":"nope"}],"channel":"book","type":"update"}"#,
+                "shape",
+            ),
         ];
         for (text, kind) in cases {
             let err = decode(text).expect_err(text);
             assert_eq!(err.text(), text);
             match (kind, &err) {
                 ("json", DecodeError::Json { .. }) => {}
-                ("shape", DecodeError::Shape { channel, .. }) => assert_eq!(channel, "book", "{text}"),
+                ("shape", DecodeError::Shape { channel, .. }) => {
+                    assert_eq!(channel, "book", "{text}")
+                }
                 _ => panic!("{text}: expected {kind}, got {err:?}"),
             }
         }
@@ -367,14 +394,18 @@ mod tests {
     #[test]
     fn data_before_channel_still_decodes() {
         let text = r#"{"data":[{"symbol":"X/Y","bids":[{"price":1.50,"qty":2}],"asks":[],"checksum":7}],"type":"update","channel":"book"}"#;
-        let Ok(Frame::Book(book)) = decode(text) else { panic!("{:?}", decode(text)) };
+        let Ok(Frame::Book(book)) = decode(text) else {
+            panic!("{:?}", decode(text))
+        };
         assert_eq!(book.data[0].bids[0].price.text, "1.50");
     }
 
     #[test]
     fn escaped_strings_decode() {
         let text = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC\/USD","bids":[],"asks":[],"checksum":7}]}"#;
-        let Ok(Frame::Book(book)) = decode(text) else { panic!() };
+        let Ok(Frame::Book(book)) = decode(text) else {
+            panic!()
+        };
         assert_eq!(book.data[0].symbol, "BTC/USD");
     }
 

@@ -100,7 +100,12 @@ pub struct Params {
 
 impl Request {
     /// Subscribe to `book` for `symbols` at `depth`.
-    pub fn subscribe_book(symbols: &[String], depth: Depth, snapshot: bool, req_id: Option<u64>) -> Self {
+    pub fn subscribe_book(
+        symbols: &[String],
+        depth: Depth,
+        snapshot: bool,
+        req_id: Option<u64>,
+    ) -> Self {
         Self::book("subscribe", symbols, Some(depth), Some(snapshot), req_id)
     }
 
@@ -183,11 +188,18 @@ mod tests {
                 Request::subscribe_instrument(Some(2)),
                 r#"{"method":"subscribe","params":{"channel":"instrument","snapshot":true},"req_id":2}"#,
             ),
-            (Request::ping(Some(101)), r#"{"method":"ping","req_id":101}"#),
+            (
+                Request::ping(Some(101)),
+                r#"{"method":"ping","req_id":101}"#,
+            ),
         ];
         for (request, json) in cases {
             assert_eq!(request.to_json(), json);
-            assert_eq!(Request::parse(json).unwrap(), request, "round trip of {json}");
+            assert_eq!(
+                Request::parse(json).unwrap(),
+                request,
+                "round trip of {json}"
+            );
         }
     }
 

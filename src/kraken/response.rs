@@ -90,13 +90,18 @@ mod tests {
     #[test]
     fn decodes_the_documented_subscribe_ack() {
         let text = r#"{"method":"subscribe","result":{"channel":"book","depth":100,"snapshot":true,"symbol":"BTC/USD"},"success":true,"time_in":"2026-08-16T23:37:03.806372Z","time_out":"2026-08-16T23:37:03.806411Z"}"#;
-        let Ok(Frame::Ack(ack)) = decode(text) else { panic!("{:?}", decode(text)) };
+        let Ok(Frame::Ack(ack)) = decode(text) else {
+            panic!("{:?}", decode(text))
+        };
         assert_eq!(ack.method, "subscribe");
         assert!(!ack.is_error());
         assert_eq!(ack.symbol(), Some("BTC/USD"));
         assert_eq!(ack.channel(), Some("book"));
         assert_eq!(ack.result.as_ref().unwrap().depth, Some(100));
-        assert_eq!(ack.time_in.unwrap().to_string(), "2026-08-16T23:37:03.806372Z");
+        assert_eq!(
+            ack.time_in.unwrap().to_string(),
+            "2026-08-16T23:37:03.806372Z"
+        );
     }
 
     #[test]
@@ -119,7 +124,9 @@ mod tests {
             ),
         ];
         for (text, error, symbol) in cases {
-            let Ok(Frame::Ack(ack)) = decode(text) else { panic!("{text}") };
+            let Ok(Frame::Ack(ack)) = decode(text) else {
+                panic!("{text}")
+            };
             assert!(ack.is_error(), "{text}");
             assert_eq!(ack.error.as_deref(), Some(error));
             assert_eq!(ack.symbol(), symbol);
@@ -129,7 +136,9 @@ mod tests {
     #[test]
     fn decodes_the_documented_pong() {
         let text = r#"{"method":"pong","req_id":101,"time_in":"2026-08-16T23:37:03.799685Z","time_out":"2026-08-16T23:37:03.799703Z"}"#;
-        let Ok(Frame::Pong(pong)) = decode(text) else { panic!("{:?}", decode(text)) };
+        let Ok(Frame::Pong(pong)) = decode(text) else {
+            panic!("{:?}", decode(text))
+        };
         assert_eq!(pong.req_id, Some(101));
         assert_eq!(pong.success, None);
     }

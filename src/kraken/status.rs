@@ -39,7 +39,9 @@ mod tests {
     #[test]
     fn decodes_the_documented_status_with_a_u64_connection_id() {
         let text = r#"{"channel":"status","type":"update","data":[{"version":"2.0.10","system":"online","api_version":"v2","connection_id":17001309753738053924}]}"#;
-        let Ok(Frame::Status(status)) = decode(text) else { panic!("{:?}", decode(text)) };
+        let Ok(Frame::Status(status)) = decode(text) else {
+            panic!("{:?}", decode(text))
+        };
         assert_eq!(status.len(), 1);
         assert_eq!(status[0].system, "online");
         assert_eq!(status[0].version.as_deref(), Some("2.0.10"));
@@ -48,6 +50,9 @@ mod tests {
 
     #[test]
     fn decodes_a_heartbeat() {
-        assert_eq!(decode(r#"{"channel":"heartbeat"}"#).unwrap(), Frame::Heartbeat);
+        assert_eq!(
+            decode(r#"{"channel":"heartbeat"}"#).unwrap(),
+            Frame::Heartbeat
+        );
     }
 }

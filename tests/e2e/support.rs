@@ -22,6 +22,11 @@ pub fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 6, "expected the six captures in {}", dir.display());
+    assert_eq!(
+        files.len(),
+        6,
+        "expected the six captures in {}",
+        dir.display()
+    );
     files
 }

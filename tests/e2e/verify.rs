@@ -20,7 +20,11 @@ fn every_book_message_in_the_real_captures_verifies() {
     let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     args.extend(paths.iter().map(String::as_str));
     let out = run(&args);
-    assert!(out.status.success(), "verify failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reports.len(), files.len());
     let mut total_ok = 0;
@@ -31,7 +35,11 @@ fn every_book_message_in_the_real_captures_verifies() {
         assert_eq!(symbols.len(), 1, "{name}");
         let s = symbols.values().next().unwrap();
         let messages = s["book_messages"].as_u64().unwrap();
-        assert_eq!(messages, book_frames(path), "{name}: every book frame counted");
+        assert_eq!(
+            messages,
+            book_frames(path),
+            "{name}: every book frame counted"
+        );
         assert_eq!(s["mismatches"].as_u64(), Some(0), "{name}");
         if name.contains("20260817") {
             // This capture starts mid-stream: no snapshot, so nothing can be verified.
@@ -42,21 +50,33 @@ fn every_book_message_in_the_real_captures_verifies() {
             total_ok += messages;
         }
     }
-    assert!(total_ok > 4000, "the captures hold thousands of verifiable messages, got {total_ok}");
+    assert!(
+        total_ok > 4000,
+        "the captures hold thousands of verifiable messages, got {total_ok}"
+    );
 }
 
 #[test]
 fn the_resync_capture_verifies_both_snapshots() {
-    let file = fixtures().into_iter().find(|p| p.to_string_lossy().contains("resync")).unwrap();
+    let file = fixtures()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("resync"))
+        .unwrap();
     let out = run(&["verify", "--json", &file.display().to_string()]);
     assert!(out.status.success());
     let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reports[0]["symbols"]["MINA/GBP"]["snapshots"].as_u64(), Some(2));
+    assert_eq!(
+        reports[0]["symbols"]["MINA/GBP"]["snapshots"].as_u64(),
+        Some(2)
+    );
 }
 
 #[test]
 fn a_tampered_checksum_fails_with_its_line() {
-    let source = fixtures().into_iter().find(|p| p.to_string_lossy().contains("btcusd_d10")).unwrap();
+    let source = fixtures()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("btcusd_d10"))
+        .unwrap();
     let text = std::fs::read_to_string(&source).unwrap();
     // Change the checksum of the 20th line's frame (an update), leaving everything else intact.
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -68,7 +88,10 @@ fn a_tampered_checksum_fails_with_its_line() {
         .map(|(i, _)| i)
         .unwrap();
     let start = lines[target].find(r#""checksum":"#).unwrap() + r#""checksum":"#.len();
-    let end = start + lines[target][start..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let end = start
+        + lines[target][start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap();
     let original: u64 = lines[target][start..end].parse().unwrap();
     lines[target].replace_range(start..end, &((original + 1) % (1 << 32)).to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +109,10 @@ fn a_tampered_checksum_fails_with_its_line() {
     let s = &reports[0]["symbols"]["BTC/USD"];
     assert_eq!(s["mismatches"].as_u64(), Some(1));
     assert_eq!(s["first_mismatch_line"].as_u64(), Some(target as u64 + 1));
-    assert_eq!(s["first_mismatch"]["expected"].as_u64(), Some((original + 1) % (1 << 32)));
+    assert_eq!(
+        s["first_mismatch"]["expected"].as_u64(),
+        Some((original + 1) % (1 << 32))
+    );
 }
 
 #[test]
