@@ -3,6 +3,7 @@
 //! The data flows through the modules in this order:
 //! - [`kraken`]: the v2 protocol, decoded without I/O or floating point;
 //! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
+//! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
 //! - [`verify`]: checking recorded frames against their checksums.
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
@@ -11,5 +12,6 @@
 
 pub mod book;
 pub mod kraken;
+pub mod record;
 pub mod time;
 pub mod verify;

@@ -1,44 +1,16 @@
-//! The command line: clap definitions and the code that runs each command.
-//!
-//! `main.rs` only parses, sets up logging and turns an error into an exit code; every command's
-//! work is here or in the library, so it can be tested.
+//! `krakenbook verify`: check the checksums of recorded frame files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use krakenbook::book::Precision;
 use krakenbook::kraken::Depth;
 use krakenbook::verify::{self, FileReport, VerifyOptions};
 
-/// Records Kraken's public order books exactly, verifies every checksum, and gives them back.
-#[derive(Debug, Parser)]
-#[command(name = "krakenbook", version, about, long_about = None, after_help = EXAMPLES)]
-pub struct Cli {
-    /// The command to run.
-    #[command(subcommand)]
-    pub command: Command,
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive such as krakenbook=debug).
-    #[arg(long, global = true, env = "KRAKENBOOK_LOG", default_value = "info")]
-    pub log: String,
-}
-
-const EXAMPLES: &str = "\
-Examples:
-  krakenbook verify shared/fixtures/kraken-v2/*.ndjson    check every checksum in recorded frames
-  krakenbook verify --json capture.ndjson                 the same, as JSON for scripts";
-
-/// krakenbook's commands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Check the checksum of every book message in recorded frame files.
-    #[command(after_help = VERIFY_EXAMPLES)]
-    Verify(VerifyArgs),
-}
-
-const VERIFY_EXAMPLES: &str = "\
+pub(crate) const VERIFY_EXAMPLES: &str = "\
 Each line of a file is a frame, or an object with the frame under \"frame\" (lines with
 \"dir\": \"tx\" are frames the client sent, and skipped); a first line without a frame is a header.
 Depth comes from the subscribe acks in the file, else --depth; precision from instrument frames in
@@ -70,14 +42,8 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-/// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Verify(args) => run_verify(args),
-    }
-}
-
-fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+/// Runs `krakenbook verify`.
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let options = VerifyOptions {
         depth: args.depth,
         precision: args
