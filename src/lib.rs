@@ -11,6 +11,7 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub mod book;
+pub mod journal;
 pub mod kraken;
 pub mod record;
 pub mod time;

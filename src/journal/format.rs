@@ -1,0 +1,335 @@
+//! Byte layout of segment headers and records (see the module doc of [`super`] for the whole
+//! format and the crash-safety argument).
+
+use crate::book::{Decimal, PriceLevel};
+use crate::record::{FeedEvent, FrameRecord, Record, RecordBody};
+use crate::time::Timestamp;
+
+/// First eight bytes of every segment: the format name and version.
+pub const MAGIC: [u8; 8] = *b"KBJRNL\x00\x01";
+/// Bytes in a segment header.
+pub const HEADER_LEN: usize = 36;
+/// Bytes before a record's body: length and CRC.
+pub const RECORD_PREFIX: usize = 8;
+/// The largest record body accepted (a depth-1000 snapshot is ~60 KB, the instrument snapshot
+/// ~1 MB): anything larger in a length field is corruption, not data.
+pub const MAX_BODY: usize = 64 << 20;
+
+const KIND_FRAME: u8 = 1;
+const KIND_EVENT: u8 = 2;
+
+/// A segment's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The `seq` of the segment's first record (records continue from here without gaps).
+    pub first_seq: u64,
+    /// The highest connection id used before this segment (new connections count up from it).
+    pub conn_id_base: u64,
+    /// When the segment was created.
+    pub created: Timestamp,
+}
+
+impl SegmentHeader {
+    /// The header's bytes: magic, first_seq, conn_id_base, created (ns), CRC32 of the preceding.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..16].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.conn_id_base.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created.unix_nanos().to_le_bytes());
+        let crc = crc32fast::hash(&b[..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Reads a header; `None` if the bytes are not a valid header (wrong magic, bad CRC, short).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let b = b.get(..HEADER_LEN)?;
+        if b[..8] != MAGIC || crc32fast::hash(&b[..32]) != u32_at(b, 32) {
+            return None;
+        }
+        Some(SegmentHeader {
+            first_seq: u64_at(b, 8),
+            conn_id_base: u64_at(b, 16),
+            created: Timestamp::from_unix_nanos(u64_at(b, 24) as i64),
+        })
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Appends `record`'s bytes (length, CRC, body) to `out`.
+pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_PREFIX]);
+    out.extend_from_slice(&record.seq.to_le_bytes());
+    out.extend_from_slice(&record.received_at.unix_nanos().to_le_bytes());
+    out.extend_from_slice(&record.conn_id.to_le_bytes());
+    out.extend_from_slice(&record.conn_seq.to_le_bytes());
+    match &record.body {
+        RecordBody::Frame(f) => {
+            out.push(KIND_FRAME);
+            out.push(match f.checksum_ok {
+                None => 0,
+                Some(true) => 1,
+                Some(false) => 2,
+            });
+            out.push(u8::from(f.best_bid.is_some()) | (u8::from(f.best_ask.is_some()) << 1));
+            for level in f.best_bid.iter().chain(f.best_ask.iter()) {
+                encode_decimal(level.price, out);
+                encode_decimal(level.qty, out);
+            }
+            out.extend_from_slice(&f.bytes);
+        }
+        RecordBody::Event(e) => {
+            out.push(KIND_EVENT);
+            // A FeedEvent holds only strings, options and a timestamp: serializing cannot fail.
+            serde_json::to_writer(&mut *out, e).unwrap_or_default();
+        }
+    }
+    let body_len = out.len() - start - RECORD_PREFIX;
+    let crc = crc32fast::hash(&out[start + RECORD_PREFIX..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_decimal(d: Decimal, out: &mut Vec<u8>) {
+    let m = d.mantissa().to_le_bytes();
+    let len = 16 - m.iter().rev().take_while(|&&b| b == 0).count();
+    out.push(d.scale());
+    out.push(len as u8);
+    out.extend_from_slice(&m[..len]);
+}
+
+/// What [`parse_record`] found at an offset.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole, valid record of `len` bytes (prefix included).
+    Record(Record, usize),
+    /// The bytes end inside a record: more may come (a live segment), or it is a torn tail.
+    Incomplete,
+    /// The bytes are not a valid record: bad length, bad CRC, or a body that does not decode.
+    Invalid(&'static str),
+}
+
+/// Parses the record at the start of `b`.
+pub fn parse_record(b: &[u8]) -> Parsed {
+    if b.len() < RECORD_PREFIX {
+        return Parsed::Incomplete;
+    }
+    let len = u32_at(b, 0) as usize;
+    if !(33..=MAX_BODY).contains(&len) {
+        return Parsed::Invalid("record length out of range");
+    }
+    let Some(body) = b.get(RECORD_PREFIX..RECORD_PREFIX + len) else {
+        return Parsed::Incomplete;
+    };
+    if crc32fast::hash(body) != u32_at(b, 4) {
+        return Parsed::Invalid("record CRC mismatch");
+    }
+    match decode_body(body) {
+        Some(record) => Parsed::Record(record, RECORD_PREFIX + len),
+        None => Parsed::Invalid("record body does not decode"),
+    }
+}
+
+fn decode_body(b: &[u8]) -> Option<Record> {
+    let seq = u64_at(b, 0);
+    let received_at = Timestamp::from_unix_nanos(u64_at(b, 8) as i64);
+    let conn_id = u64_at(b, 16);
+    let conn_seq = u64_at(b, 24);
+    let rest = &b[32..];
+    let body = match *rest.first()? {
+        KIND_FRAME => {
+            let checksum_ok = match *rest.get(1)? {
+                0 => None,
+                1 => Some(true),
+                2 => Some(false),
+                _ => return None,
+            };
+            let tops = *rest.get(2)?;
+            let mut at = 3;
+            let mut level = |present: bool| -> Option<Option<PriceLevel>> {
+                if !present {
+                    return Some(None);
+                }
+                let price = decode_decimal(rest, &mut at)?;
+                let qty = decode_decimal(rest, &mut at)?;
+                Some(Some(PriceLevel { price, qty }))
+            };
+            let best_bid = level(tops & 1 != 0)?;
+            let best_ask = level(tops & 2 != 0)?;
+            RecordBody::Frame(FrameRecord {
+                bytes: rest.get(at..)?.to_vec(),
+                checksum_ok,
+                best_bid,
+                best_ask,
+            })
+        }
+        KIND_EVENT => RecordBody::Event(serde_json::from_slice::<FeedEvent>(&rest[1..]).ok()?),
+        _ => return None,
+    };
+    Some(Record {
+        seq,
+        received_at,
+        conn_id,
+        conn_seq,
+        body,
+    })
+}
+
+fn decode_decimal(b: &[u8], at: &mut usize) -> Option<Decimal> {
+    let scale = *b.get(*at)?;
+    let len = usize::from(*b.get(*at + 1)?);
+    if len > 16 {
+        return None;
+    }
+    let mut m = [0u8; 16];
+    m[..len].copy_from_slice(b.get(*at + 2..*at + 2 + len)?);
+    *at += 2 + len;
+    Decimal::new(u128::from_le_bytes(m), scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EventKind;
+
+    pub(crate) fn sample_records() -> Vec<Record> {
+        let d = |s: &str| Decimal::parse(s).unwrap();
+        vec![
+            Record {
+                seq: 1,
+                received_at: Timestamp::from_unix_nanos(1_786_982_517_687_440_123),
+                conn_id: 7,
+                conn_seq: 1,
+                body: RecordBody::Frame(FrameRecord {
+                    bytes: br#"{"channel":"book","type":"update","data":[]}"#.to_vec(),
+                    checksum_ok: Some(true),
+                    best_bid: Some(PriceLevel {
+                        price: d("62802.5"),
+                        qty: d("0.00005100"),
+                    }),
+                    best_ask: Some(PriceLevel {
+                        price: d("62802.6"),
+                        qty: d("123456789012345678901234.5"),
+                    }),
+                }),
+            },
+            Record {
+                seq: 2,
+                received_at: Timestamp::from_unix_nanos(5),
+                conn_id: 7,
+                conn_seq: 2,
+                body: RecordBody::Frame(FrameRecord {
+                    bytes: b"not json \xff\x00".to_vec(),
+                    checksum_ok: None,
+                    best_bid: None,
+                    best_ask: None,
+                }),
+            },
+            Record {
+                seq: 3,
+                received_at: Timestamp::from_unix_nanos(-5),
+                conn_id: u64::MAX,
+                conn_seq: 0,
+                body: RecordBody::Event(FeedEvent {
+                    kind: EventKind::Resynced,
+                    symbol: Some("BTC/USD".into()),
+                    gap_start: Some(Timestamp::from_unix_nanos(1)),
+                    detail: "after a checksum mismatch".into(),
+                }),
+            },
+            Record {
+                seq: 4,
+                received_at: Timestamp::from_unix_nanos(9),
+                conn_id: 8,
+                conn_seq: 3,
+                body: RecordBody::Frame(FrameRecord {
+                    bytes: Vec::new(),
+                    checksum_ok: Some(false),
+                    best_bid: None,
+                    best_ask: Some(PriceLevel {
+                        price: d("0"),
+                        qty: d("1"),
+                    }),
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let records = sample_records();
+        let mut buf = Vec::new();
+        for r in &records {
+            encode_record(r, &mut buf);
+        }
+        let mut at = 0;
+        for r in &records {
+            match parse_record(&buf[at..]) {
+                Parsed::Record(got, len) => {
+                    assert_eq!(&got, r);
+                    at += len;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn every_cut_is_incomplete_and_every_flip_is_invalid() {
+        let mut buf = Vec::new();
+        encode_record(&sample_records()[0], &mut buf);
+        for cut in 0..buf.len() {
+            assert_eq!(
+                parse_record(&buf[..cut]),
+                Parsed::Incomplete,
+                "cut at {cut}"
+            );
+        }
+        for i in 0..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            assert!(
+                matches!(parse_record(&b), Parsed::Invalid(_) | Parsed::Incomplete),
+                "flip at {i} went unnoticed"
+            );
+            // A flipped length can only make the record look longer (incomplete) or invalid.
+            if i >= 4 {
+                assert!(
+                    matches!(parse_record(&b), Parsed::Invalid(_)),
+                    "flip at {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn headers_round_trip_and_reject_damage() {
+        let h = SegmentHeader {
+            first_seq: 42,
+            conn_id_base: 9,
+            created: Timestamp::from_unix_nanos(123),
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b), Some(h));
+        assert_eq!(SegmentHeader::decode(&b[..35]), None);
+        for i in 0..HEADER_LEN {
+            let mut d = b;
+            d[i] ^= 1;
+            assert_eq!(SegmentHeader::decode(&d), None, "flip at {i}");
+        }
+    }
+}

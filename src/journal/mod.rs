@@ -1,0 +1,122 @@
+//! The journal: every frame exactly as received, with its receive time, connection, sequence
+//! number and checksum verdict, in append-only segment files on local disk.
+//!
+//! It is the embedded default store (`krakenbook collect` without a database) and the
+//! write-ahead log for the database: the database writer follows it from its checkpoint, so a
+//! database outage, a slow server or a restart never costs a frame.
+//!
+//! # On-disk format (version 1)
+//!
+//! A journal is a directory of segments, each named after the `seq` of its first record,
+//! zero-padded to 20 digits: `00000000000000000001.kbj` (plain; the active segment and segments
+//! not yet compressed) or `00000000000000000001.kbj.zst` (closed, zstd-compressed; the same bytes
+//! inside). A `LOCK` file is held (`flock`) by the one writer. All integers are little-endian.
+//!
+//! ```text
+//! segment  := header record*
+//! header   := magic[8] = "KBJRNL\0\x01"  first_seq:u64  conn_id_base:u64  created_ns:i64  crc:u32
+//!             (crc = CRC32 of the 32 bytes before it)
+//! record   := len:u32  crc:u32  body[len]          (crc = CRC32 of body)
+//! body     := seq:u64  received_ns:i64  conn_id:u64  conn_seq:u64  kind:u8  payload
+//! payload  := kind 1 (frame): verdict:u8 (0 none, 1 ok, 2 mismatch)  tops:u8 (bit 0 best bid,
+//!                             bit 1 best ask)  level*  frame bytes exactly as received (to the end)
+//!             kind 2 (event): a JSON FeedEvent
+//! level    := price:decimal  qty:decimal
+//! decimal  := scale:u8  n:u8  mantissa[n]  (n ≤ 16, little-endian u128 without high zero bytes)
+//! ```
+//!
+//! `seq` starts at 1 and increases by one per record across segments, without gaps: it is the
+//! exact order in which the collector received frames. `conn_id_base` is the highest connection
+//! id used before the segment, so connection ids keep increasing across restarts.
+//!
+//! # Crash safety
+//!
+//! - Records are only ever appended; a segment is never rewritten, except that recovery may cut
+//!   its torn tail.
+//! - The writer flushes to the operating system whenever its queue runs dry, and syncs to disk at
+//!   least every `sync_interval` (1 s by default), on rotation and on shutdown. A crash of the
+//!   process loses nothing flushed; a power cut loses at most the last `sync_interval`.
+//! - A crash can leave only the end of the last segment incomplete: the records after the last
+//!   sync, possibly half-written. On open, the writer scans the last segment, keeps every record
+//!   whose length and CRC check out and whose `seq` follows its predecessor's, and cuts the file at
+//!   the first that does not (the torn tail, logged with its offset and size). It then starts a new
+//!   segment, so the recovered one is never appended to again.
+//! - A new segment's header is synced, and the directory too, before any record goes into it; a
+//!   segment whose header is missing or torn held no records and is removed at recovery.
+//! - Compression writes `<name>.kbj.zst.tmp`, syncs it, renames it to `<name>.kbj.zst`, syncs the
+//!   directory, then removes `<name>.kbj`: at every instant one complete copy exists. Leftover
+//!   temporary files, and plain files whose compressed copy exists, are removed on open.
+//! - Readers treat an incomplete record at the end of the active segment as not yet written; in a
+//!   closed segment, an incomplete or invalid record is corruption, reported with the file and
+//!   byte offset as [`JournalError::Corrupt`].
+
+mod format;
+mod reader;
+mod segment;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use format::{MAX_BODY, SegmentHeader};
+pub use reader::JournalReader;
+pub use segment::{SegmentFile, list_segments};
+pub use writer::{
+    Entry, JournalConfig, JournalHandle, JournalStats, JournalWriter, Recovery, spawn_journal,
+};
+
+/// Journal failures, each naming the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading or writing a file failed.
+    #[error("journal I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record or header that should be intact is not.
+    #[error("journal corrupt in {path} at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Byte offset in the (uncompressed) segment.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Records are missing between two `seq`s (segments removed by hand or by retention).
+    #[error("journal has a gap in {path}: expected seq {expected}, found {found}")]
+    Gap {
+        /// The seq that should come next.
+        expected: u64,
+        /// The seq found instead.
+        found: u64,
+        /// Where.
+        path: PathBuf,
+    },
+    /// Another process is writing this journal.
+    #[error(
+        "journal {0} is in use by another process (its LOCK file is held); stop it or use another --journal-dir"
+    )]
+    Locked(PathBuf),
+    /// The path is not a journal directory.
+    #[error("{0} is not a directory; give the journal directory (--journal-dir)")]
+    NotADirectory(PathBuf),
+    /// The journal's thread could not run.
+    #[error("journal thread failed: {0}")]
+    Thread(String),
+}
+
+impl JournalError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! Reading a journal in `seq` order from any point, including a journal that is still being
+//! written (the database writer follows the live journal this way).
+//!
+//! Within a live segment, bytes that end inside a record mean "not written yet", never
+//! corruption: the writer appends whole records but the operating system may show part of one.
+//! Only the writer's own recovery, at startup, decides that an incomplete tail is torn and cuts it.
+//! In a closed segment (a later one exists, or it is compressed), an incomplete tail or an invalid
+//! record is corruption, reported with the file and byte offset.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::JournalError;
+use super::format::{HEADER_LEN, Parsed, SegmentHeader, parse_record};
+use super::segment::{SegmentFile, list_segments, open_segment};
+use crate::record::Record;
+
+const CHUNK: usize = 256 << 10;
+
+/// Reads records with `seq` greater than a starting point, in order, across segments.
+pub struct JournalReader {
+    dir: PathBuf,
+    /// The last `seq` returned (or the starting point).
+    after: u64,
+    cursor: Option<Cursor>,
+}
+
+impl std::fmt::Debug for JournalReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalReader")
+            .field("dir", &self.dir)
+            .field("after", &self.after)
+            .field("segment", &self.cursor.as_ref().map(|c| &c.segment.path))
+            .finish()
+    }
+}
+
+struct Cursor {
+    segment: SegmentFile,
+    source: Box<dyn Read + Send>,
+    buf: Vec<u8>,
+    start: usize,
+    /// Byte offset in the (uncompressed) segment of `buf[start]`.
+    offset: u64,
+    header: bool,
+}
+
+impl Cursor {
+    /// Reads more bytes; returns how many.
+    fn fill(&mut self) -> Result<usize, JournalError> {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + CHUNK, 0);
+        let n = loop {
+            match self.source.read(&mut self.buf[len..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(JournalError::io(&self.segment.path, e));
+                }
+            }
+        };
+        self.buf.truncate(len + n);
+        Ok(n)
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn corrupt(&self, reason: &'static str) -> JournalError {
+        JournalError::Corrupt {
+            path: self.segment.path.clone(),
+            offset: self.offset,
+            reason,
+        }
+    }
+}
+
+impl JournalReader {
+    /// A reader of `dir` that returns the records after `after_seq` (0 reads from the start).
+    pub fn open(dir: &Path, after_seq: u64) -> Result<Self, JournalError> {
+        if !dir.is_dir() {
+            return Err(JournalError::NotADirectory(dir.to_path_buf()));
+        }
+        Ok(JournalReader {
+            dir: dir.to_path_buf(),
+            after: after_seq,
+            cursor: None,
+        })
+    }
+
+    /// The `seq` of the last record returned (or the starting point).
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// The next record, or `None` when every record written so far has been read.
+    pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
+        loop {
+            if self.cursor.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let Some(cursor) = self.cursor.as_mut() else {
+                return Ok(None);
+            };
+            if !cursor.header {
+                if cursor.pending().len() < HEADER_LEN {
+                    if cursor.fill()? == 0 {
+                        let compressed = cursor.segment.compressed;
+                        if compressed || self.has_later_segment()? {
+                            let Some(cursor) = self.cursor.as_ref() else {
+                                return Ok(None);
+                            };
+                            return Err(cursor.corrupt("segment ends inside its header"));
+                        }
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                let header = SegmentHeader::decode(cursor.pending())
+                    .ok_or_else(|| cursor.corrupt("bad segment header"))?;
+                if header.first_seq != cursor.segment.first_seq {
+                    return Err(cursor.corrupt("header disagrees with the file name"));
+                }
+                cursor.start += HEADER_LEN;
+                cursor.offset += HEADER_LEN as u64;
+                cursor.header = true;
+            }
+            match parse_record(cursor.pending()) {
+                Parsed::Record(record, len) => {
+                    cursor.start += len;
+                    cursor.offset += len as u64;
+                    if record.seq <= self.after {
+                        continue;
+                    }
+                    if record.seq != self.after + 1 {
+                        return Err(JournalError::Gap {
+                            expected: self.after + 1,
+                            found: record.seq,
+                            path: cursor.segment.path.clone(),
+                        });
+                    }
+                    self.after = record.seq;
+                    return Ok(Some(record));
+                }
+                Parsed::Invalid(reason) => return Err(cursor.corrupt(reason)),
+                Parsed::Incomplete => {
+                    if cursor.fill()? > 0 {
+                        continue;
+                    }
+                    let closed = cursor.segment.compressed || self.has_later_segment()?;
+                    let Some(cursor) = self.cursor.as_mut() else {
+                        return Ok(None);
+                    };
+                    if !closed {
+                        return Ok(None);
+                    }
+                    // Closed: the writer finished it before starting the next one, so one more read
+                    // sees everything it will ever hold.
+                    if cursor.fill()? > 0 {
+                        continue;
+                    }
+                    if !cursor.pending().is_empty() {
+                        return Err(cursor.corrupt("closed segment ends inside a record"));
+                    }
+                    self.cursor = None;
+                }
+            }
+        }
+    }
+
+    fn has_later_segment(&self) -> Result<bool, JournalError> {
+        let Some(cursor) = &self.cursor else {
+            return Ok(false);
+        };
+        Ok(list_segments(&self.dir)?
+            .iter()
+            .any(|s| s.first_seq > cursor.segment.first_seq))
+    }
+
+    /// Opens the segment holding `after + 1`; `false` when there is none yet.
+    fn open_next(&mut self) -> Result<bool, JournalError> {
+        for _attempt in 0..3 {
+            let segments = list_segments(&self.dir)?;
+            let want = self.after + 1;
+            let chosen = match segments.iter().rposition(|s| s.first_seq <= want) {
+                Some(i) => &segments[i],
+                None => match segments.first() {
+                    Some(first) => {
+                        return Err(JournalError::Gap {
+                            expected: want,
+                            found: first.first_seq,
+                            path: first.path.clone(),
+                        });
+                    }
+                    None => return Ok(false),
+                },
+            };
+            match open_segment(chosen) {
+                Ok(source) => {
+                    self.cursor = Some(Cursor {
+                        segment: chosen.clone(),
+                        source,
+                        buf: Vec::with_capacity(CHUNK),
+                        start: 0,
+                        offset: 0,
+                        header: false,
+                    });
+                    return Ok(true);
+                }
+                // Compressed and removed between listing and opening: list again.
+                Err(JournalError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+}

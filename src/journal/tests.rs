@@ -1,0 +1,357 @@
+//! Journal tests: round trips, rotation and compression, torn tails, corruption, live tailing,
+//! locking, retention, and the journal thread.
+
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+use super::*;
+use crate::record::{EventKind, FeedEvent, FrameRecord, RecordBody};
+use crate::time::Timestamp;
+
+fn frame(i: u64) -> Entry {
+    Entry {
+        received_at: Timestamp::from_unix_nanos(1_000 + i as i64),
+        conn_id: 1 + i / 100,
+        conn_seq: i,
+        body: RecordBody::Frame(FrameRecord {
+            bytes: format!(
+                r#"{{"channel":"book","type":"update","n":{i},"pad":"{}"}}"#,
+                "x".repeat((i % 50) as usize)
+            )
+            .into_bytes(),
+            checksum_ok: Some(i % 3 != 0),
+            best_bid: None,
+            best_ask: None,
+        }),
+    }
+}
+
+fn config(dir: &std::path::Path) -> JournalConfig {
+    let mut c = JournalConfig::new(dir);
+    c.compression_level = 0;
+    c
+}
+
+fn read_all(dir: &std::path::Path, after: u64) -> Vec<crate::record::Record> {
+    let mut reader = JournalReader::open(dir, after).unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = reader.next_record().unwrap() {
+        out.push(r);
+    }
+    out
+}
+
+fn write(dir: &std::path::Path, config: JournalConfig, range: std::ops::Range<u64>) -> Recovery {
+    let (mut w, recovery) = JournalWriter::open(config).unwrap();
+    for i in range {
+        w.append(frame(i)).unwrap();
+    }
+    w.close().unwrap();
+    let _ = dir;
+    recovery
+}
+
+#[test]
+fn records_come_back_in_order_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        write(dir.path(), config(dir.path()), 0..10),
+        Recovery::default()
+    );
+    let recovery = write(dir.path(), config(dir.path()), 10..25);
+    assert_eq!(recovery.last_seq, 10);
+    assert_eq!(recovery.conn_id_base, 1);
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 25);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+        let expected = frame(i as u64);
+        assert_eq!(
+            (r.received_at, r.conn_seq, &r.body),
+            (expected.received_at, expected.conn_seq, &expected.body)
+        );
+    }
+    // Reading from the middle returns exactly the rest.
+    let rest = read_all(dir.path(), 17);
+    assert_eq!(rest.first().map(|r| r.seq), Some(18));
+    assert_eq!(rest.len(), 8);
+}
+
+#[test]
+fn segments_rotate_by_size_and_compress_and_still_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = JournalConfig::new(dir.path());
+    c.segment_bytes = 2_000;
+    let (mut w, _) = JournalWriter::open(c.clone()).unwrap();
+    for i in 0..300 {
+        w.append(frame(i)).unwrap();
+        w.maybe_rotate().unwrap();
+    }
+    w.close().unwrap();
+    // The compressor works in the background: wait for it to finish the closed segments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let segments = list_segments(dir.path()).unwrap();
+        let plain = segments.iter().filter(|s| !s.compressed).count();
+        if plain <= 1 || std::time::Instant::now() > deadline {
+            assert!(
+                segments.len() > 10,
+                "rotated into many segments: {}",
+                segments.len()
+            );
+            assert!(
+                plain <= 1,
+                "closed segments are compressed ({plain} plain left)"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 300);
+    assert!(records.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert_eq!(read_all(dir.path(), 150).len(), 150);
+    // Reopening keeps counting.
+    let (w, recovery) = JournalWriter::open(c).unwrap();
+    assert_eq!(recovery.last_seq, 300);
+    w.close().unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_on_open_and_every_intact_record_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), config(dir.path()), 0..20);
+    let last = list_segments(dir.path()).unwrap().pop().unwrap();
+    let intact_len = fs::metadata(&last.path).unwrap().len();
+    // A record half-written when the machine stopped: a plausible prefix, then nothing.
+    let mut encoded = Vec::new();
+    format::encode_record(
+        &crate::record::Record {
+            seq: 21,
+            received_at: Timestamp::from_unix_nanos(1),
+            conn_id: 1,
+            conn_seq: 21,
+            body: frame(20).body,
+        },
+        &mut encoded,
+    );
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&last.path)
+        .unwrap();
+    f.write_all(&encoded[..encoded.len() / 2]).unwrap();
+    drop(f);
+    // A reader before recovery sees only the intact records (the tail looks "not yet written").
+    assert_eq!(read_all(dir.path(), 0).len(), 20);
+
+    let (w, recovery) = JournalWriter::open(config(dir.path())).unwrap();
+    assert_eq!(recovery.last_seq, 20);
+    assert_eq!(recovery.torn_bytes, (encoded.len() / 2) as u64);
+    assert_eq!(
+        fs::metadata(&last.path).unwrap().len(),
+        intact_len,
+        "cut at the last intact record"
+    );
+    drop(w);
+    assert_eq!(read_all(dir.path(), 0).len(), 20);
+}
+
+#[test]
+fn a_flipped_byte_in_a_closed_segment_is_reported_with_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), config(dir.path()), 0..20);
+    write(dir.path(), config(dir.path()), 20..30); // the first segment is now closed
+    let first = list_segments(dir.path()).unwrap().remove(0);
+    let mut bytes = fs::read(&first.path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&first.path, &bytes).unwrap();
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    let err = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("corruption went unnoticed"),
+            Err(e) => break e,
+        }
+    };
+    match err {
+        JournalError::Corrupt { path, offset, .. } => {
+            assert_eq!(path, first.path);
+            assert!(offset <= at as u64, "reported at {offset}, flipped at {at}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn a_damaged_compressed_segment_is_an_error_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = JournalConfig::new(dir.path());
+    c.segment_bytes = 1;
+    let (mut w, _) = JournalWriter::open(c).unwrap();
+    for i in 0..5 {
+        w.append(frame(i)).unwrap();
+        w.maybe_rotate().unwrap();
+    }
+    w.close().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let compressed = loop {
+        if let Some(s) = list_segments(dir.path())
+            .unwrap()
+            .into_iter()
+            .find(|s| s.compressed && s.first_seq == 2)
+        {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment 2 was never compressed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut bytes = fs::read(&compressed.path).unwrap();
+    bytes.truncate(bytes.len() - 6);
+    fs::write(&compressed.path, &bytes).unwrap();
+    let mut reader = JournalReader::open(dir.path(), 1).unwrap();
+    assert!(
+        reader.next_record().is_err(),
+        "a truncated compressed segment must fail"
+    );
+}
+
+#[test]
+fn a_reader_follows_a_live_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 3_000;
+    let (mut w, _) = JournalWriter::open(c).unwrap();
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    let mut seen = 0;
+    for round in 0..10u64 {
+        for i in 0..17 {
+            w.append(frame(round * 17 + i)).unwrap();
+            w.maybe_rotate().unwrap();
+        }
+        // Not flushed yet: at most what reached the OS is visible, never a partial record.
+        while let Some(r) = reader.next_record().unwrap() {
+            seen += 1;
+            assert_eq!(r.seq, seen);
+        }
+        w.flush().unwrap();
+        while let Some(r) = reader.next_record().unwrap() {
+            seen += 1;
+            assert_eq!(r.seq, seen);
+        }
+        assert_eq!(seen, (round + 1) * 17, "everything flushed is readable");
+    }
+    w.close().unwrap();
+}
+
+#[test]
+fn one_writer_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _) = JournalWriter::open(config(dir.path())).unwrap();
+    let err = JournalWriter::open(config(dir.path())).unwrap_err();
+    assert!(matches!(err, JournalError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("--journal-dir"));
+    drop(w);
+    assert!(JournalWriter::open(config(dir.path())).is_ok());
+}
+
+#[test]
+fn a_segment_whose_header_never_reached_disk_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), config(dir.path()), 0..7);
+    // A crash right after creating the next segment file, before its header was written.
+    fs::write(dir.path().join("00000000000000000008.kbj"), b"KBJ").unwrap();
+    let (w, recovery) = JournalWriter::open(config(dir.path())).unwrap();
+    assert_eq!(recovery.last_seq, 7);
+    drop(w);
+    assert_eq!(read_all(dir.path(), 0).len(), 7);
+}
+
+#[test]
+fn retention_waits_for_the_database_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = JournalConfig::new(dir.path());
+    c.segment_bytes = 1;
+    c.retention = Some(Duration::ZERO);
+    let (mut w, _) = JournalWriter::open(c).unwrap();
+    for i in 0..6 {
+        w.append(frame(i)).unwrap();
+        w.maybe_rotate().unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while list_segments(dir.path())
+        .unwrap()
+        .iter()
+        .filter(|s| s.compressed)
+        .count()
+        < 6
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments were never compressed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(w.expire(0).unwrap(), 0, "nothing is in the database yet");
+    assert_eq!(
+        w.expire(3).unwrap(),
+        3,
+        "segments holding seq 1..=3 are in the database"
+    );
+    assert_eq!(read_all(dir.path(), 3).len(), 3);
+    assert!(matches!(
+        JournalReader::open(dir.path(), 0).unwrap().next_record(),
+        Err(JournalError::Gap { .. })
+    ));
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn the_journal_thread_drains_everything_on_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = spawn_journal(config(dir.path()), 64, None, cancel.clone()).unwrap();
+    let mut flushed = handle.flushed.clone();
+    for i in 0..1000 {
+        handle.sender.send(frame(i)).await.unwrap();
+    }
+    handle
+        .sender
+        .send(Entry {
+            received_at: Timestamp::from_unix_nanos(5),
+            conn_id: 3,
+            conn_seq: 0,
+            body: RecordBody::Event(FeedEvent {
+                kind: EventKind::Connected,
+                symbol: None,
+                gap_start: None,
+                detail: "ws://127.0.0.1:1".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), flushed.wait_for(|&s| s == 1001))
+        .await
+        .unwrap()
+        .unwrap();
+    cancel.cancel();
+    handle.join().await.unwrap();
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 1001);
+    assert!(matches!(records[1000].body, RecordBody::Event(_)));
+    let (w, recovery) = JournalWriter::open(config(dir.path())).unwrap();
+    assert_eq!(
+        (
+            recovery.last_seq,
+            recovery.conn_id_base,
+            recovery.torn_bytes
+        ),
+        (1001, 10, 0)
+    );
+    drop(w);
+}

@@ -1,0 +1,582 @@
+//! Appending to the journal: recovery at open, appends, flush and sync, rotation, compression of
+//! closed segments, and retention.
+//!
+//! [`JournalWriter`] is synchronous and single-owner. [`spawn_journal`] runs one on a dedicated
+//! thread fed by a bounded channel, so that file I/O never blocks the async feed and a slow disk
+//! pushes back on the socket readers instead of growing memory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::JournalError;
+use super::format::{HEADER_LEN, Parsed, SegmentHeader, encode_record, parse_record};
+use super::segment::{
+    SegmentFile, clean_leftovers, compress, list_segments, segment_name, sync_dir,
+};
+use crate::record::{Record, RecordBody};
+use crate::time::Timestamp;
+
+/// How the journal rotates, syncs, compresses and expires segments.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// The journal directory (created if missing).
+    pub dir: PathBuf,
+    /// Rotate when the active segment reaches this many bytes.
+    pub segment_bytes: u64,
+    /// Rotate when the active segment is this old.
+    pub segment_age: Duration,
+    /// Sync to disk at least this often: the most a power cut can lose.
+    pub sync_interval: Duration,
+    /// zstd level for closed segments (0 disables compression).
+    pub compression_level: i32,
+    /// Remove closed segments older than this (once the database has them, when one is used).
+    pub retention: Option<Duration>,
+}
+
+impl JournalConfig {
+    /// Defaults: 256 MiB or one hour per segment, sync every second, zstd level 3, keep forever.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            dir: dir.into(),
+            segment_bytes: 256 << 20,
+            segment_age: Duration::from_secs(3600),
+            sync_interval: Duration::from_secs(1),
+            compression_level: 3,
+            retention: None,
+        }
+    }
+}
+
+/// What opening the journal found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The `seq` of the last intact record (0 for a new journal).
+    pub last_seq: u64,
+    /// The highest connection id used so far.
+    pub conn_id_base: u64,
+    /// Bytes cut from a torn tail (a record half-written when the process or machine stopped).
+    pub torn_bytes: u64,
+}
+
+/// What to append: a record without its `seq` (the journal assigns it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Local receive time (or event time).
+    pub received_at: Timestamp,
+    /// The collector's connection number.
+    pub conn_id: u64,
+    /// Frame number within the connection (0 for events).
+    pub conn_seq: u64,
+    /// The frame or event.
+    pub body: RecordBody,
+}
+
+/// Counters a journal keeps, readable from any thread (for metrics).
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Records appended since start.
+    pub records: AtomicU64,
+    /// Bytes appended since start.
+    pub bytes: AtomicU64,
+    /// The last `seq` handed to the operating system (readers can see it).
+    pub flushed_seq: AtomicU64,
+    /// The last `seq` synced to disk.
+    pub synced_seq: AtomicU64,
+    /// Segments rotated since start.
+    pub rotations: AtomicU64,
+}
+
+/// The single writer of a journal directory.
+#[derive(Debug)]
+pub struct JournalWriter {
+    config: JournalConfig,
+    file: BufWriter<File>,
+    segment: SegmentFile,
+    segment_len: u64,
+    segment_opened: Instant,
+    next_seq: u64,
+    conn_id_base: u64,
+    buf: Vec<u8>,
+    unflushed: bool,
+    unsynced: bool,
+    stats: Arc<JournalStats>,
+    /// Held (locked) for the writer's life: one writer per directory.
+    _lock: File,
+    compressor: Option<std::sync::mpsc::Sender<SegmentFile>>,
+}
+
+impl JournalWriter {
+    /// Opens (or creates) the journal: takes the directory's lock, recovers the last segment
+    /// (cutting a torn tail), and starts a new segment after it.
+    pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| JournalError::io(&dir, e))?;
+        let lock = lock_dir(&dir)?;
+        clean_leftovers(&dir)?;
+        let mut recovery = Recovery::default();
+        let segments = list_segments(&dir)?;
+        if let Some(last) = segments.last() {
+            recovery = recover_last(last, &segments)?;
+        }
+        let stats = Arc::new(JournalStats::default());
+        stats
+            .flushed_seq
+            .store(recovery.last_seq, Ordering::Relaxed);
+        stats.synced_seq.store(recovery.last_seq, Ordering::Relaxed);
+        let compressor =
+            (config.compression_level > 0).then(|| spawn_compressor(config.compression_level));
+        if let Some(tx) = &compressor {
+            for s in segments.iter().filter(|s| !s.compressed) {
+                if s.path.exists() {
+                    let _ = tx.send(s.clone());
+                }
+            }
+        }
+        let first_seq = recovery.last_seq + 1;
+        let (file, segment) = create_segment(&dir, first_seq, recovery.conn_id_base)?;
+        let writer = JournalWriter {
+            config,
+            file,
+            segment,
+            segment_len: HEADER_LEN as u64,
+            segment_opened: Instant::now(),
+            next_seq: first_seq,
+            conn_id_base: recovery.conn_id_base,
+            buf: Vec::with_capacity(64 << 10),
+            unflushed: false,
+            unsynced: false,
+            stats,
+            _lock: lock,
+            compressor,
+        };
+        Ok((writer, recovery))
+    }
+
+    /// The counters, shareable with other threads.
+    pub fn stats(&self) -> Arc<JournalStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The `seq` the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends an entry, giving it the next `seq`. It reaches the operating system at the next
+    /// [`flush`](Self::flush), and the disk at the next [`sync`](Self::sync).
+    pub fn append(&mut self, entry: Entry) -> Result<u64, JournalError> {
+        let record = Record {
+            seq: self.next_seq,
+            received_at: entry.received_at,
+            conn_id: entry.conn_id,
+            conn_seq: entry.conn_seq,
+            body: entry.body,
+        };
+        self.conn_id_base = self.conn_id_base.max(record.conn_id);
+        self.buf.clear();
+        encode_record(&record, &mut self.buf);
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| JournalError::io(&self.segment.path, e))?;
+        self.segment_len += self.buf.len() as u64;
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.next_seq += 1;
+        self.unflushed = true;
+        self.unsynced = true;
+        Ok(record.seq)
+    }
+
+    /// Hands buffered records to the operating system: a crash of this process loses nothing
+    /// flushed; readers of the journal can see it.
+    pub fn flush(&mut self) -> Result<(), JournalError> {
+        if self.unflushed {
+            self.file
+                .flush()
+                .map_err(|e| JournalError::io(&self.segment.path, e))?;
+            self.unflushed = false;
+            self.stats
+                .flushed_seq
+                .store(self.next_seq - 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs the active segment to disk: a power cut loses nothing synced.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.flush()?;
+        if self.unsynced {
+            self.file
+                .get_ref()
+                .sync_data()
+                .map_err(|e| JournalError::io(&self.segment.path, e))?;
+            self.unsynced = false;
+            self.stats
+                .synced_seq
+                .store(self.next_seq - 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Rotates if the active segment is large or old enough and holds records.
+    pub fn maybe_rotate(&mut self) -> Result<bool, JournalError> {
+        let holds_records = self.segment_len > HEADER_LEN as u64;
+        let due = self.segment_len >= self.config.segment_bytes
+            || self.segment_opened.elapsed() >= self.config.segment_age;
+        if holds_records && due {
+            self.rotate()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Closes the active segment (synced) and starts the next; the closed one is compressed in
+    /// the background.
+    pub fn rotate(&mut self) -> Result<(), JournalError> {
+        self.sync()?;
+        let (file, segment) = create_segment(&self.config.dir, self.next_seq, self.conn_id_base)?;
+        let closed = std::mem::replace(&mut self.segment, segment);
+        self.file = file;
+        self.segment_len = HEADER_LEN as u64;
+        self.segment_opened = Instant::now();
+        self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.compressor {
+            let _ = tx.send(closed);
+        }
+        Ok(())
+    }
+
+    /// Removes closed segments created before `now - retention` whose records are all at or
+    /// below `keep_after` (the database's checkpoint; `u64::MAX` when there is no database).
+    pub fn expire(&mut self, keep_after: u64) -> Result<usize, JournalError> {
+        let Some(retention) = self.config.retention else {
+            return Ok(0);
+        };
+        let cutoff =
+            Timestamp::now().add_nanos(-(retention.as_nanos().min(i64::MAX as u128) as i64));
+        let segments = list_segments(&self.config.dir)?;
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            let (seg, next) = (&pair[0], &pair[1]);
+            let last_seq = next.first_seq.saturating_sub(1);
+            if seg.first_seq == self.segment.first_seq || !seg.compressed || last_seq > keep_after {
+                continue;
+            }
+            let created = read_header(seg)?.created;
+            if created < cutoff {
+                fs::remove_file(&seg.path).map_err(|e| JournalError::io(&seg.path, e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.config.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Syncs and closes the journal; the directory lock is released.
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.sync()?;
+        drop(self.compressor.take());
+        Ok(())
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::io(&path, e)),
+    }
+}
+
+fn create_segment(
+    dir: &Path,
+    first_seq: u64,
+    conn_id_base: u64,
+) -> Result<(BufWriter<File>, SegmentFile), JournalError> {
+    let path = dir.join(segment_name(first_seq, false));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    let header = SegmentHeader {
+        first_seq,
+        conn_id_base,
+        created: Timestamp::now(),
+    };
+    file.write_all(&header.encode())
+        .map_err(|e| JournalError::io(&path, e))?;
+    file.sync_data().map_err(|e| JournalError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok((
+        BufWriter::with_capacity(256 << 10, file),
+        SegmentFile {
+            first_seq,
+            path,
+            compressed: false,
+        },
+    ))
+}
+
+fn read_header(segment: &SegmentFile) -> Result<SegmentHeader, JournalError> {
+    let mut source = super::segment::open_segment(segment)?;
+    let mut b = [0u8; HEADER_LEN];
+    source
+        .read_exact(&mut b)
+        .map_err(|e| JournalError::io(&segment.path, e))?;
+    SegmentHeader::decode(&b).ok_or_else(|| JournalError::Corrupt {
+        path: segment.path.clone(),
+        offset: 0,
+        reason: "bad segment header",
+    })
+}
+
+/// Scans the last segment: finds its last intact record and the highest connection id, and cuts
+/// a torn tail of a plain segment. An earlier segment's header supplies what an empty or
+/// headerless last segment cannot.
+fn recover_last(last: &SegmentFile, all: &[SegmentFile]) -> Result<Recovery, JournalError> {
+    let mut source = super::segment::open_segment(last)?;
+    let mut bytes = Vec::new();
+    source
+        .read_to_end(&mut bytes)
+        .map_err(|e| JournalError::io(&last.path, e))?;
+    let Some(header) = SegmentHeader::decode(&bytes) else {
+        if last.compressed {
+            return Err(JournalError::Corrupt {
+                path: last.path.clone(),
+                offset: 0,
+                reason: "bad segment header",
+            });
+        }
+        // Created but its header never reached the disk: nothing was written after it.
+        fs::remove_file(&last.path).map_err(|e| JournalError::io(&last.path, e))?;
+        let previous: Vec<_> = all
+            .iter()
+            .filter(|s| s.first_seq < last.first_seq)
+            .cloned()
+            .collect();
+        return match previous.last() {
+            Some(p) => recover_last(p, &previous),
+            None => Ok(Recovery {
+                last_seq: last.first_seq.saturating_sub(1),
+                ..Recovery::default()
+            }),
+        };
+    };
+    let mut recovery = Recovery {
+        last_seq: header.first_seq - 1,
+        conn_id_base: header.conn_id_base,
+        torn_bytes: 0,
+    };
+    let mut at = HEADER_LEN;
+    loop {
+        match parse_record(&bytes[at..]) {
+            Parsed::Record(record, len) => {
+                if record.seq != recovery.last_seq + 1 {
+                    return Err(JournalError::Gap {
+                        expected: recovery.last_seq + 1,
+                        found: record.seq,
+                        path: last.path.clone(),
+                    });
+                }
+                recovery.last_seq = record.seq;
+                recovery.conn_id_base = recovery.conn_id_base.max(record.conn_id);
+                at += len;
+            }
+            Parsed::Incomplete | Parsed::Invalid(_) if at == bytes.len() => break,
+            Parsed::Incomplete | Parsed::Invalid(_) => {
+                if last.compressed {
+                    return Err(JournalError::Corrupt {
+                        path: last.path.clone(),
+                        offset: at as u64,
+                        reason: "compressed segment ends inside a record",
+                    });
+                }
+                // Everything from the first record that is not whole and intact was being written
+                // when the process or machine stopped: the torn tail. Cut it.
+                recovery.torn_bytes = (bytes.len() - at) as u64;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(|e| JournalError::io(&last.path, e))?;
+                file.set_len(at as u64)
+                    .map_err(|e| JournalError::io(&last.path, e))?;
+                file.seek(SeekFrom::End(0))
+                    .map_err(|e| JournalError::io(&last.path, e))?;
+                file.sync_all()
+                    .map_err(|e| JournalError::io(&last.path, e))?;
+                tracing::warn!(
+                    path = %last.path.display(),
+                    offset = at,
+                    bytes = recovery.torn_bytes,
+                    "journal: cut a torn tail left by an interrupted write"
+                );
+                break;
+            }
+        }
+    }
+    Ok(recovery)
+}
+
+fn spawn_compressor(level: i32) -> std::sync::mpsc::Sender<SegmentFile> {
+    let (tx, rx) = std::sync::mpsc::channel::<SegmentFile>();
+    let spawned = std::thread::Builder::new()
+        .name("journal-compress".into())
+        .spawn(move || {
+            for segment in rx {
+                match compress(&segment, level) {
+                    Ok(done) => tracing::debug!(path = %done.path.display(), "journal: segment compressed"),
+                    Err(e) => tracing::error!(error = %e, "journal: compressing a closed segment failed; it stays uncompressed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "journal: cannot start the compression thread; closed segments stay uncompressed");
+    }
+    tx
+}
+
+/// A journal running on its own thread.
+#[derive(Debug)]
+pub struct JournalHandle {
+    /// Where to send entries. Dropping every sender (or cancelling) drains and closes the journal.
+    pub sender: mpsc::Sender<Entry>,
+    /// The last `seq` handed to the operating system, for readers following the journal.
+    pub flushed: watch::Receiver<u64>,
+    /// What opening the journal found.
+    pub recovery: Recovery,
+    /// Live counters.
+    pub stats: Arc<JournalStats>,
+    thread: std::thread::JoinHandle<Result<(), JournalError>>,
+}
+
+impl JournalHandle {
+    /// Waits for the journal thread to drain, sync and close.
+    pub async fn join(self) -> Result<(), JournalError> {
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| JournalError::Thread(e.to_string()))?
+            .map_err(|_| JournalError::Thread("the journal thread panicked".into()))?
+    }
+}
+
+/// Opens the journal and runs it on a dedicated thread. Entries arrive through a channel of
+/// `capacity`; the thread appends them, flushes whenever the channel runs dry (so a crash of the
+/// process loses nothing flushed), syncs at least every `sync_interval`, rotates, and expires.
+/// `checkpoint` is the database's checkpoint (retention waits for it); `None` without a database.
+/// It stops after `cancel` once the channel is drained, or when every sender is dropped.
+pub fn spawn_journal(
+    config: JournalConfig,
+    capacity: usize,
+    checkpoint: Option<watch::Receiver<u64>>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<JournalHandle, JournalError> {
+    let (mut writer, recovery) = JournalWriter::open(config)?;
+    let stats = writer.stats();
+    let (tx, mut rx) = mpsc::channel::<Entry>(capacity.max(1));
+    let (flushed_tx, flushed_rx) = watch::channel(recovery.last_seq);
+    let thread = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || -> Result<(), JournalError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| JournalError::Thread(e.to_string()))?;
+            runtime.block_on(async move {
+                let sync_every = writer.config.sync_interval;
+                let mut tick = tokio::time::interval(sync_every.min(Duration::from_secs(1)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_sync = Instant::now();
+                let mut last_expire = Instant::now();
+                let result = loop {
+                    tokio::select! {
+                        biased;
+                        entry = rx.recv() => {
+                            let Some(entry) = entry else { break Ok(()) };
+                            if let Err(e) = write_batch(&mut writer, entry, &mut rx) {
+                                break Err(e);
+                            }
+                            let _ = flushed_tx.send(writer.next_seq() - 1);
+                            if let Err(e) = writer.maybe_rotate() {
+                                break Err(e);
+                            }
+                        }
+                        _ = tick.tick() => {}
+                        _ = cancel.cancelled() => {
+                            rx.close();
+                            let mut failed = None;
+                            while let Ok(entry) = rx.try_recv() {
+                                if let Err(e) = writer.append(entry) {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            break failed.map_or(Ok(()), Err);
+                        }
+                    }
+                    if last_sync.elapsed() >= sync_every {
+                        if let Err(e) = writer.sync() {
+                            break Err(e);
+                        }
+                        last_sync = Instant::now();
+                    }
+                    if last_expire.elapsed() >= Duration::from_secs(60) {
+                        last_expire = Instant::now();
+                        let keep_after = checkpoint.as_ref().map_or(u64::MAX, |c| *c.borrow());
+                        if let Err(e) = writer.expire(keep_after) {
+                            tracing::warn!(error = %e, "journal: retention failed; will retry");
+                        }
+                    }
+                };
+                let closed = writer.sync();
+                let _ = flushed_tx.send(writer.next_seq() - 1);
+                writer.close()?;
+                result.and(closed)
+            })
+        })
+        .map_err(|e| JournalError::Thread(e.to_string()))?;
+    Ok(JournalHandle {
+        sender: tx,
+        flushed: flushed_rx,
+        recovery,
+        stats,
+        thread,
+    })
+}
+
+/// Appends `first` and whatever else is already queued, then flushes once.
+fn write_batch(
+    writer: &mut JournalWriter,
+    first: Entry,
+    rx: &mut mpsc::Receiver<Entry>,
+) -> Result<(), JournalError> {
+    writer.append(first)?;
+    for _ in 0..4096 {
+        match rx.try_recv() {
+            Ok(entry) => {
+                writer.append(entry)?;
+            }
+            Err(_) => break,
+        }
+    }
+    writer.flush()
+}
