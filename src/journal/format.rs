@@ -115,7 +115,7 @@ fn encode_decimal(d: Decimal, out: &mut Vec<u8>) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// A whole, valid record of `len` bytes (prefix included).
-    Record(Record, usize),
+    Record(Box<Record>, usize),
     /// The bytes end inside a record: more may come (a live segment), or it is a torn tail.
     Incomplete,
     /// The bytes are not a valid record: bad length, bad CRC, or a body that does not decode.
@@ -138,7 +138,7 @@ pub fn parse_record(b: &[u8]) -> Parsed {
         return Parsed::Invalid("record CRC mismatch");
     }
     match decode_body(body) {
-        Some(record) => Parsed::Record(record, RECORD_PREFIX + len),
+        Some(record) => Parsed::Record(Box::new(record), RECORD_PREFIX + len),
         None => Parsed::Invalid("record body does not decode"),
     }
 }
@@ -279,7 +279,7 @@ mod tests {
         for r in &records {
             match parse_record(&buf[at..]) {
                 Parsed::Record(got, len) => {
-                    assert_eq!(&got, r);
+                    assert_eq!(&*got, r);
                     at += len;
                 }
                 other => panic!("{other:?}"),

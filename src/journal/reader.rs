@@ -146,7 +146,7 @@ impl JournalReader {
                         });
                     }
                     self.after = record.seq;
-                    return Ok(Some(record));
+                    return Ok(Some(*record));
                 }
                 Parsed::Invalid(reason) => return Err(cursor.corrupt(reason)),
                 Parsed::Incomplete => {

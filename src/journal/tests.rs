@@ -20,7 +20,7 @@ fn frame(i: u64) -> Entry {
                 "x".repeat((i % 50) as usize)
             )
             .into_bytes(),
-            checksum_ok: Some(i % 3 != 0),
+            checksum_ok: Some(!i.is_multiple_of(3)),
             best_bid: None,
             best_ask: None,
         }),
