@@ -11,8 +11,11 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub mod book;
+pub mod config;
+pub mod feed;
 pub mod journal;
 pub mod kraken;
+pub mod metrics;
 pub mod record;
 pub mod time;
 pub mod verify;

@@ -1,0 +1,491 @@
+//! Operational metrics: counters shared by the feed, the journal and the database writer, shown
+//! in Prometheus' text format on `/metrics`, and a `/health` check, on `--metrics-listen`.
+//!
+//! Counters are atomics updated on the hot path without locks; per-symbol counters are created
+//! once per symbol (a short lock) and then held by the connection that updates them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::JournalStats;
+use crate::time::Timestamp;
+
+/// Counters for one symbol.
+#[derive(Debug, Default)]
+pub struct SymbolMetrics {
+    /// Book messages received.
+    pub book_messages: AtomicU64,
+    /// Book messages whose checksum matched.
+    pub checksum_ok: AtomicU64,
+    /// Book messages whose checksum did not match.
+    pub checksum_mismatch: AtomicU64,
+    /// Book messages received while the book was unsynced (not verifiable).
+    pub unverifiable: AtomicU64,
+    /// Resubscriptions after a mismatch.
+    pub resubscribes: AtomicU64,
+    /// Gaps closed (the book verified again after a mismatch or a reconnect).
+    pub resyncs: AtomicU64,
+}
+
+/// Progress of the database writer.
+#[derive(Debug, Default)]
+pub struct StoreProgress {
+    /// Messages (frame rows) committed.
+    pub messages: AtomicU64,
+    /// Level rows committed.
+    pub entries: AtomicU64,
+    /// Feed-event rows committed.
+    pub events: AtomicU64,
+    /// Journal bytes (record payloads) committed.
+    pub bytes: AtomicU64,
+    /// The database's checkpoint: the last journal `seq` committed.
+    pub checkpoint_seq: AtomicU64,
+    /// Receive time (ns) of the record at the checkpoint.
+    pub checkpoint_received_ns: AtomicI64,
+    /// 1 while the database is reachable and the last batch committed.
+    pub up: AtomicU64,
+    /// Batches retried after a retriable error.
+    pub retries: AtomicU64,
+}
+
+/// All of the collector's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// WebSocket frames received (all kinds).
+    pub frames: AtomicU64,
+    /// Bytes of frames received.
+    pub bytes: AtomicU64,
+    /// Frames that could not be decoded (kept in the journal all the same).
+    pub malformed_frames: AtomicU64,
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Connections lost and reopened.
+    pub reconnects: AtomicU64,
+    /// Connections currently open.
+    pub connections_open: AtomicI64,
+    /// Subscriptions rejected by the exchange.
+    pub subscription_errors: AtomicU64,
+    /// Time (ns) the feed sent its journal the last frame.
+    pub last_frame_ns: AtomicI64,
+    /// Entries waiting in the journal's queue (sampled).
+    pub journal_queue: AtomicU64,
+    symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
+    journal: OnceLock<Arc<JournalStats>>,
+    store: OnceLock<Arc<StoreProgress>>,
+    health: Mutex<Option<String>>,
+}
+
+impl Metrics {
+    /// The counters of `symbol`, created on first use.
+    pub fn symbol(&self, symbol: &str) -> Arc<SymbolMetrics> {
+        if let Some(m) = self
+            .symbols
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(symbol)
+        {
+            return Arc::clone(m);
+        }
+        let mut map = self.symbols.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(symbol.to_owned()).or_default())
+    }
+
+    /// Shows the journal's counters too.
+    pub fn attach_journal(&self, stats: Arc<JournalStats>) {
+        let _ = self.journal.set(stats);
+    }
+
+    /// Shows the database writer's progress too.
+    pub fn attach_store(&self, progress: Arc<StoreProgress>) {
+        let _ = self.store.set(progress);
+    }
+
+    /// Marks the collector unhealthy with a reason (`None`: healthy again).
+    pub fn set_unhealthy(&self, reason: Option<String>) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// `Ok` when healthy, else why not: a fatal error was recorded, or no connection is open.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(reason) = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(reason);
+        }
+        if self.connections_open.load(Ordering::Relaxed) <= 0 {
+            return Err("no connection to the exchange is open".into());
+        }
+        Ok(())
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "krakenbook_frames_received_total",
+            "WebSocket frames received.",
+            get(&self.frames),
+        );
+        counter(
+            &mut out,
+            "krakenbook_bytes_received_total",
+            "Bytes of frames received.",
+            get(&self.bytes),
+        );
+        counter(
+            &mut out,
+            "krakenbook_malformed_frames_total",
+            "Frames that could not be decoded (journaled all the same).",
+            get(&self.malformed_frames),
+        );
+        counter(
+            &mut out,
+            "krakenbook_connects_total",
+            "Connections opened.",
+            get(&self.connects),
+        );
+        counter(
+            &mut out,
+            "krakenbook_reconnects_total",
+            "Connections lost and reopened.",
+            get(&self.reconnects),
+        );
+        counter(
+            &mut out,
+            "krakenbook_subscription_errors_total",
+            "Subscriptions rejected by the exchange.",
+            get(&self.subscription_errors),
+        );
+        gauge(
+            &mut out,
+            "krakenbook_connections_open",
+            "Connections currently open.",
+            self.connections_open.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "krakenbook_journal_queue_depth",
+            "Entries waiting for the journal.",
+            get(&self.journal_queue) as f64,
+        );
+
+        let symbols = self.symbols.read().unwrap_or_else(|p| p.into_inner());
+        type Field = fn(&SymbolMetrics) -> &AtomicU64;
+        let per_symbol: [(&str, &str, Field); 6] = [
+            (
+                "krakenbook_book_messages_total",
+                "Book messages received.",
+                |m| &m.book_messages,
+            ),
+            (
+                "krakenbook_checksum_ok_total",
+                "Book messages whose checksum matched.",
+                |m| &m.checksum_ok,
+            ),
+            (
+                "krakenbook_checksum_mismatch_total",
+                "Book messages whose checksum did not match.",
+                |m| &m.checksum_mismatch,
+            ),
+            (
+                "krakenbook_unverifiable_total",
+                "Book messages received while the book was unsynced.",
+                |m| &m.unverifiable,
+            ),
+            (
+                "krakenbook_resubscribes_total",
+                "Resubscriptions after a checksum mismatch.",
+                |m| &m.resubscribes,
+            ),
+            (
+                "krakenbook_resyncs_total",
+                "Gaps closed: the book verified again after a mismatch or reconnect.",
+                |m| &m.resyncs,
+            ),
+        ];
+        for (name, help, field) in per_symbol {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (symbol, m) in symbols.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{symbol=\"{}\"}} {}",
+                    escape_label(symbol),
+                    field(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+        drop(symbols);
+
+        if let Some(j) = self.journal.get() {
+            counter(
+                &mut out,
+                "krakenbook_journal_records_total",
+                "Records appended to the journal.",
+                get(&j.records),
+            );
+            counter(
+                &mut out,
+                "krakenbook_journal_bytes_total",
+                "Bytes appended to the journal.",
+                get(&j.bytes),
+            );
+            gauge(
+                &mut out,
+                "krakenbook_journal_synced_seq",
+                "Last journal seq synced to disk.",
+                get(&j.synced_seq) as f64,
+            );
+            gauge(
+                &mut out,
+                "krakenbook_journal_flushed_seq",
+                "Last journal seq handed to the OS.",
+                get(&j.flushed_seq) as f64,
+            );
+        }
+        if let Some(s) = self.store.get() {
+            counter(
+                &mut out,
+                "krakenbook_db_messages_written_total",
+                "Message rows committed to the database.",
+                get(&s.messages),
+            );
+            counter(
+                &mut out,
+                "krakenbook_db_entries_written_total",
+                "Level rows committed to the database.",
+                get(&s.entries),
+            );
+            counter(
+                &mut out,
+                "krakenbook_db_events_written_total",
+                "Feed-event rows committed to the database.",
+                get(&s.events),
+            );
+            counter(
+                &mut out,
+                "krakenbook_db_retries_total",
+                "Database batches retried after a retriable error.",
+                get(&s.retries),
+            );
+            gauge(
+                &mut out,
+                "krakenbook_db_up",
+                "1 while the database is reachable.",
+                get(&s.up) as f64,
+            );
+            gauge(
+                &mut out,
+                "krakenbook_db_checkpoint_seq",
+                "Last journal seq committed to the database.",
+                get(&s.checkpoint_seq) as f64,
+            );
+            let (lag_records, lag_seconds, lag_bytes) = self.db_lag();
+            gauge(
+                &mut out,
+                "krakenbook_db_lag_records",
+                "Journal records not yet in the database.",
+                lag_records as f64,
+            );
+            gauge(
+                &mut out,
+                "krakenbook_db_lag_seconds",
+                "Age of the oldest journal record not yet in the database.",
+                lag_seconds,
+            );
+            gauge(
+                &mut out,
+                "krakenbook_db_lag_bytes",
+                "Journal bytes not yet in the database.",
+                lag_bytes as f64,
+            );
+        }
+        out
+    }
+
+    /// Database lag: (records, seconds, bytes) between the journal and the database.
+    pub fn db_lag(&self) -> (u64, f64, u64) {
+        let (Some(j), Some(s)) = (self.journal.get(), self.store.get()) else {
+            return (0, 0.0, 0);
+        };
+        let flushed = j.flushed_seq.load(Ordering::Relaxed);
+        let committed = s.checkpoint_seq.load(Ordering::Relaxed);
+        let records = flushed.saturating_sub(committed);
+        let seconds = if records == 0 {
+            0.0
+        } else {
+            let at = s.checkpoint_received_ns.load(Ordering::Relaxed);
+            let last = self.last_frame_ns.load(Ordering::Relaxed).max(at);
+            Timestamp::now()
+                .nanos_since(Timestamp::from_unix_nanos(at.min(last)))
+                .max(0) as f64
+                / 1e9
+        };
+        let bytes = j
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.bytes.load(Ordering::Relaxed));
+        (records, seconds, if records == 0 { 0 } else { bytes })
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `cancel`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf))
+                    .await;
+            let Ok(Ok(n)) = read else { return };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, content_type, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/health" => match metrics.health() {
+                    Ok(()) => (
+                        "200 OK",
+                        "application/json",
+                        "{\"status\":\"ok\"}\n".to_owned(),
+                    ),
+                    Err(reason) => (
+                        "503 Service Unavailable",
+                        "application/json",
+                        format!(
+                            "{{\"status\":\"unhealthy\",\"reason\":{}}}\n",
+                            serde_json::Value::from(reason)
+                        ),
+                    ),
+                },
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics or /health\n".to_owned(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics listener; a clear error when the address is taken or invalid.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_escaped_labels() {
+        let m = Metrics::default();
+        m.frames.fetch_add(3, Ordering::Relaxed);
+        m.symbol("BTC/USD")
+            .checksum_ok
+            .fetch_add(2, Ordering::Relaxed);
+        m.symbol("WEIRD\"X")
+            .checksum_mismatch
+            .fetch_add(1, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("krakenbook_frames_received_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krakenbook_checksum_ok_total{symbol=\"BTC/USD\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krakenbook_checksum_mismatch_total{symbol=\"WEIRD\\\"X\"} 1\n"),
+            "{text}"
+        );
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn health_needs_an_open_connection_and_no_fatal_error() {
+        let m = Metrics::default();
+        assert!(m.health().is_err());
+        m.connections_open.store(1, Ordering::Relaxed);
+        assert!(m.health().is_ok());
+        m.set_unhealthy(Some("journal failed".into()));
+        assert_eq!(m.health(), Err("journal failed".into()));
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_health_over_http() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        metrics.frames.store(7, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::clone(&metrics), cancel.clone()));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let body = get("/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("krakenbook_frames_received_total 7"));
+        assert!(get("/health").await.starts_with("HTTP/1.1 503"));
+        metrics.connections_open.store(2, Ordering::Relaxed);
+        assert!(get("/health").await.starts_with("HTTP/1.1 200"));
+        cancel.cancel();
+        server.await.unwrap();
+    }
+}
