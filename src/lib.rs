@@ -11,6 +11,7 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub mod book;
+pub mod collect;
 pub mod config;
 pub mod feed;
 pub mod journal;

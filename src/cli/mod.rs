@@ -3,6 +3,7 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
+mod collect;
 mod verify;
 
 use std::process::ExitCode;
@@ -23,12 +24,16 @@ pub struct Cli {
 
 const EXAMPLES: &str = "\
 Examples:
+  krakenbook collect --symbols BTC/USD,ETH/USD --depth 100  record books into ./data/journal
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
   krakenbook verify --json capture.ndjson                 the same, as JSON for scripts";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Record order books from Kraken (or a simulator) into the journal and TimescaleDB.
+    #[command(after_help = collect::COLLECT_HELP)]
+    Collect(collect::CollectArgs),
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
@@ -37,6 +42,7 @@ pub enum Command {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Collect(args) => collect::run(args).await,
         Command::Verify(args) => verify::run(args),
     }
 }

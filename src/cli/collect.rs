@@ -1,0 +1,286 @@
+//! `krakenbook collect`: record order books to the journal (and a database).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use krakenbook::collect::{self, CollectConfig, Symbols};
+use krakenbook::config::{CollectFile, parse_duration, parse_size};
+use krakenbook::feed::FeedConfig;
+use krakenbook::journal::JournalConfig;
+use krakenbook::kraken::Depth;
+use krakenbook::metrics::Metrics;
+
+pub(crate) const COLLECT_HELP: &str = "\
+Records every frame of Kraken's v2 book channel for the given symbols: stamped with the local
+receive time, checksum-verified, appended to the journal (and, with a database, written to
+TimescaleDB). Stops cleanly on Ctrl-C or SIGTERM: the journal is synced before exit.
+
+Settings come from flags, then environment variables (KRAKENBOOK_SYMBOLS, KRAKENBOOK_DEPTH,
+KRAKENBOOK_URL, KRAKENBOOK_JOURNAL_DIR, DATABASE_URL, KRAKENBOOK_METRICS_LISTEN), then the
+--config TOML file, then defaults.
+
+Examples:
+  krakenbook collect --symbols BTC/USD,ETH/USD --depth 100
+  krakenbook collect --all --depth 1000 --journal-dir /var/lib/krakenbook/journal
+  krakenbook collect --symbols BTC/USD --database-url postgres://user@localhost/market
+  krakenbook simulate --listen 127.0.0.1:8790 &   # offline: a local Kraken
+  krakenbook collect --url ws://127.0.0.1:8790/v2 --symbols BTC/USD,ETH/USD --metrics-listen 127.0.0.1:9187";
+
+/// `krakenbook collect`.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Symbols to record, comma-separated (e.g. BTC/USD,ETH/USD).
+    #[arg(
+        long,
+        env = "KRAKENBOOK_SYMBOLS",
+        value_delimiter = ',',
+        conflicts_with = "all"
+    )]
+    pub symbols: Vec<String>,
+    /// Record every pair the exchange lists as online.
+    #[arg(long)]
+    pub all: bool,
+    /// Book depth: 10, 25, 100, 500 or 1000 [default: 10].
+    #[arg(long, env = "KRAKENBOOK_DEPTH")]
+    pub depth: Option<Depth>,
+    /// Kraken's WebSocket v2 URL [default: wss://ws.kraken.com/v2].
+    #[arg(long, env = "KRAKENBOOK_URL")]
+    pub url: Option<String>,
+    /// Journal directory [default: ./data/journal].
+    #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
+    #[arg(long, env = "KRAKENBOOK_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Settings file (TOML); flags and environment variables win over it.
+    #[arg(long, env = "KRAKENBOOK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Symbols per WebSocket connection [default: 100].
+    #[arg(long)]
+    pub symbols_per_connection: Option<usize>,
+    /// Sync the journal to disk at least this often: what a power cut can lose [default: 1s].
+    #[arg(long)]
+    pub journal_sync_interval: Option<String>,
+    /// Start a new journal segment at this size [default: 256MiB].
+    #[arg(long)]
+    pub journal_segment_size: Option<String>,
+    /// Start a new journal segment at this age [default: 1h].
+    #[arg(long)]
+    pub journal_segment_age: Option<String>,
+    /// Remove closed journal segments older than this (e.g. 30d) [default: keep].
+    #[arg(long)]
+    pub journal_retention: Option<String>,
+}
+
+/// Resolves flags, environment and settings file into a configuration.
+pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
+    let file = match &args.config {
+        Some(path) => CollectFile::load(path)?,
+        None => CollectFile::default(),
+    };
+    let symbols = if args.all || (args.symbols.is_empty() && file.all == Some(true)) {
+        Symbols::All
+    } else {
+        let list: Vec<String> = if args.symbols.is_empty() {
+            file.symbols.clone().unwrap_or_default()
+        } else {
+            args.symbols.clone()
+        };
+        let list: Vec<String> = list
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if list.is_empty() {
+            bail!("no symbols to record: give --symbols BTC/USD,ETH/USD or --all");
+        }
+        if let Some(bad) = list.iter().find(|s| !s.contains('/')) {
+            bail!("symbol {bad:?} is not a Kraken v2 pair: write it as BASE/QUOTE, e.g. BTC/USD");
+        }
+        Symbols::List(dedup(list))
+    };
+    let depth = match (args.depth, file.depth) {
+        (Some(d), _) => d,
+        (None, Some(d)) => d.to_string().parse::<Depth>()?,
+        (None, None) => Depth::default(),
+    };
+    let url_text = args
+        .url
+        .or(file.url)
+        .unwrap_or_else(|| "wss://ws.kraken.com/v2".to_owned());
+    let url = parse_ws_url(&url_text)?;
+    let mut feed = FeedConfig::new(url, depth);
+    if let Some(n) = args.symbols_per_connection.or(file.symbols_per_connection) {
+        if n == 0 {
+            bail!("--symbols-per-connection must be at least 1");
+        }
+        feed.symbols_per_connection = n;
+    }
+    let dir = args
+        .journal_dir
+        .or(file.journal_dir)
+        .unwrap_or_else(|| PathBuf::from("data/journal"));
+    let mut journal = JournalConfig::new(dir);
+    if let Some(t) = args.journal_sync_interval.or(file.journal_sync_interval) {
+        journal.sync_interval = parse_duration(&t).context("--journal-sync-interval")?;
+    }
+    if let Some(t) = args.journal_segment_size.or(file.journal_segment_size) {
+        journal.segment_bytes = parse_size(&t).context("--journal-segment-size")?;
+    }
+    if let Some(t) = args.journal_segment_age.or(file.journal_segment_age) {
+        journal.segment_age = parse_duration(&t).context("--journal-segment-age")?;
+    }
+    if let Some(t) = args.journal_retention.or(file.journal_retention) {
+        journal.retention = Some(parse_duration(&t).context("--journal-retention")?);
+    }
+    let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+        Some(a) => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("--metrics-listen {a:?} is not an address: write it as HOST:PORT, e.g. 127.0.0.1:9187"))?,
+        ),
+        None => None,
+    };
+    Ok(CollectConfig {
+        feed,
+        symbols,
+        journal,
+        journal_queue: 65_536,
+        metrics_listen,
+        shutdown_grace: std::time::Duration::from_secs(7),
+    })
+}
+
+fn dedup(list: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    list.into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
+}
+
+/// Parses a WebSocket URL, with a one-line error that says what to write instead.
+pub fn parse_ws_url(text: &str) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(text).map_err(|e| {
+        anyhow::anyhow!("--url {text:?} is not a URL ({e}): write it as wss://ws.kraken.com/v2")
+    })?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        bail!("--url {text:?} must start with ws:// or wss://, e.g. wss://ws.kraken.com/v2");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("--url {text:?} has no host: write it as wss://ws.kraken.com/v2");
+    }
+    Ok(url)
+}
+
+/// Runs `krakenbook collect` until Ctrl-C or SIGTERM.
+pub async fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
+    let config = resolve(args)?;
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
+    let metrics = Arc::new(Metrics::default());
+    let summary = collect::run(config, cancel, metrics).await?;
+    eprintln!(
+        "collect: stopped cleanly: {} frames received, journal synced through seq {}",
+        summary.frames, summary.journal_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `cancel` on Ctrl-C (SIGINT) or SIGTERM.
+pub fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: CollectArgs,
+    }
+
+    fn resolve_args(argv: &[&str]) -> anyhow::Result<CollectConfig> {
+        let mut full = vec!["collect"];
+        full.extend_from_slice(argv);
+        resolve(Wrap::try_parse_from(full)?.args)
+    }
+
+    #[test]
+    fn flags_win_over_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "symbols = [\"ETH/USD\"]\ndepth = 25\njournal_sync_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve_args(&["--config", p]).unwrap();
+        assert_eq!(c.symbols, Symbols::List(vec!["ETH/USD".into()]));
+        assert_eq!(c.feed.depth.get(), 25);
+        assert_eq!(
+            c.journal.sync_interval,
+            std::time::Duration::from_millis(250)
+        );
+        let c = resolve_args(&[
+            "--config",
+            p,
+            "--symbols",
+            "BTC/USD,BTC/USD,XRP/EUR",
+            "--depth",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.symbols,
+            Symbols::List(vec!["BTC/USD".into(), "XRP/EUR".into()])
+        );
+        assert_eq!(c.feed.depth.get(), 1000);
+    }
+
+    #[test]
+    fn bad_settings_get_one_line_errors_that_say_what_to_do() {
+        for (argv, needle) in [
+            (vec!["--symbols", "BTCUSD"], "BASE/QUOTE"),
+            (
+                vec!["--symbols", "BTC/USD", "--url", "http://x"],
+                "ws:// or wss://",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--url", "not a url"],
+                "wss://ws.kraken.com/v2",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--metrics-listen", "9187"],
+                "HOST:PORT",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--journal-sync-interval", "often"],
+                "500ms",
+            ),
+            (vec![], "--symbols"),
+        ] {
+            let err = format!("{:#}", resolve_args(&argv).unwrap_err());
+            assert!(err.contains(needle), "{argv:?}: {err}");
+            assert!(!err.contains('\n'), "{argv:?}: one line: {err}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `krakenbook collect`: the feed, the journal and (with a database) the database writer, wired
+//! together, with metrics and a graceful shutdown.
+//!
+//! ```text
+//! Connection tasks ──(bounded queue)──► journal thread ──(flushed seq)──► database pipeline
+//! ```
+//!
+//! Shutdown drains, never drops: on cancel the connections stop reading and close; the journal
+//! appends what is queued, syncs and closes; the database pipeline then commits what the journal
+//! holds, for up to `shutdown_grace`. Whatever the database has not received by then stays in the
+//! journal and is written on the next start: nothing is lost either way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, fetch_pairs};
+use crate::journal::{JournalConfig, JournalError, spawn_journal};
+use crate::metrics::{self, Metrics};
+
+/// Which symbols to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Symbols {
+    /// These symbols.
+    List(Vec<String>),
+    /// Every pair the instrument channel lists as online.
+    All,
+}
+
+/// Everything `collect` needs.
+#[derive(Clone, Debug)]
+pub struct CollectConfig {
+    /// Connections and subscriptions.
+    pub feed: FeedConfig,
+    /// What to record.
+    pub symbols: Symbols,
+    /// Where and how to journal.
+    pub journal: JournalConfig,
+    /// Capacity of the queue between the connections and the journal.
+    pub journal_queue: usize,
+    /// Where to serve `/metrics` and `/health`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long shutdown waits for the database to catch up with the journal.
+    pub shutdown_grace: Duration,
+}
+
+/// What a finished run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Frames received.
+    pub frames: u64,
+    /// The journal's last `seq`.
+    pub journal_seq: u64,
+}
+
+/// Why `collect` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The feed could not go on.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// The metrics address could not be bound.
+    #[error(
+        "cannot listen for metrics on {addr}: {source} (choose another --metrics-listen address)"
+    )]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Nothing to record.
+    #[error("no symbols to record: give --symbols BTC/USD,... or --all")]
+    NoSymbols,
+}
+
+/// Runs the collector until `cancel`, then shuts down gracefully.
+pub async fn run(
+    config: CollectConfig,
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<Summary, CollectError> {
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| CollectError::Metrics { addr, source })?;
+            tracing::info!(%addr, "metrics: serving /metrics and /health");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                cancel.child_token(),
+            )))
+        }
+        None => None,
+    };
+
+    let journal_cancel = CancellationToken::new();
+    let journal = spawn_journal(
+        config.journal.clone(),
+        config.journal_queue,
+        None,
+        journal_cancel.clone(),
+    )?;
+    metrics.attach_journal(Arc::clone(&journal.stats));
+    let recovery = journal.recovery;
+    tracing::info!(
+        dir = %config.journal.dir.display(),
+        last_seq = recovery.last_seq,
+        torn_bytes = recovery.torn_bytes,
+        "journal: open"
+    );
+
+    let symbols = match &config.symbols {
+        Symbols::List(list) => list.clone(),
+        Symbols::All => {
+            let pairs = tokio::select! {
+                _ = cancel.cancelled() => Vec::new(),
+                pairs = fetch_pairs(&config.feed.url, Duration::from_secs(30)) => pairs?,
+            };
+            tracing::info!(pairs = pairs.len(), "feed: recording every online pair");
+            pairs
+        }
+    };
+    if symbols.is_empty() && !cancel.is_cancelled() {
+        return Err(CollectError::NoSymbols);
+    }
+
+    let shared = Arc::new(FeedShared::new(
+        config.feed.clone(),
+        journal.sender.clone(),
+        Arc::clone(&metrics),
+        recovery.conn_id_base,
+    ));
+    let feed_cancel = cancel.child_token();
+    let tasks = TaskTracker::new();
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<FeedError>(1);
+    let per = config.feed.symbols_per_connection.max(1);
+    for (index, chunk) in symbols.chunks(per).enumerate() {
+        let connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));
+        let token = feed_cancel.clone();
+        let failed = failed_tx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = connection.run(token).await {
+                let _ = failed.send(e).await;
+            }
+        });
+    }
+    drop(failed_tx);
+    tasks.close();
+    tracing::info!(symbols = symbols.len(), connections = symbols.len().div_ceil(per), depth = %config.feed.depth, "feed: started");
+
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => Ok(()),
+        failure = failed_rx.recv() => match failure {
+            Some(e) => Err(CollectError::Feed(e)),
+            None => Ok(()),
+        },
+    };
+
+    // Shut down: stop reading, close the journal after it drains, then stop the rest.
+    feed_cancel.cancel();
+    tasks.wait().await;
+    drop(shared);
+    journal_cancel.cancel();
+    let stats = Arc::clone(&journal.stats);
+    let journal_result = journal.join().await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    let summary = Summary {
+        frames: metrics.frames.load(Ordering::Relaxed),
+        journal_seq: stats.synced_seq.load(Ordering::Relaxed),
+    };
+    tracing::info!(
+        frames = summary.frames,
+        journal_seq = summary.journal_seq,
+        "collect: stopped; journal synced"
+    );
+    outcome?;
+    journal_result?;
+    Ok(summary)
+}
