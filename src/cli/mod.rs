@@ -33,7 +33,7 @@ Examples:
 pub enum Command {
     /// Record order books from Kraken (or a simulator) into the journal and TimescaleDB.
     #[command(after_help = collect::COLLECT_HELP)]
-    Collect(collect::CollectArgs),
+    Collect(Box<collect::CollectArgs>),
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
@@ -42,7 +42,7 @@ pub enum Command {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Collect(args) => collect::run(args).await,
+        Command::Collect(args) => collect::run(*args).await,
         Command::Verify(args) => verify::run(args),
     }
 }
