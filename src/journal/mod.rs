@@ -64,6 +64,56 @@ pub use writer::{
     Entry, JournalConfig, JournalHandle, JournalStats, JournalWriter, Recovery, spawn_journal,
 };
 
+/// The name of the file holding a journal's collector identity.
+pub const IDENTITY_FILE: &str = "COLLECTOR";
+
+/// The identity of the collector that writes the journal in `dir`: the key under which its
+/// records (ordered by `seq`) and its checkpoint are stored in the database.
+///
+/// Each journal has its own identity, fixed when the journal is created and kept in the
+/// `COLLECTOR` file: two journals must never share one, or their `seq`s would collide in the
+/// database. `requested` names a new journal (default: host name plus a random suffix); for an
+/// existing journal it must match or be absent.
+pub fn identity(dir: &Path, requested: Option<&str>) -> Result<String, JournalError> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let existing = text.trim().to_owned();
+            if let Some(r) = requested
+                && r != existing
+            {
+                return Err(JournalError::IdentityMismatch {
+                    dir: dir.to_path_buf(),
+                    existing,
+                    requested: r.to_owned(),
+                });
+            }
+            Ok(existing)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+            let name = match requested {
+                Some(r) => r.to_owned(),
+                None => {
+                    let nanos = crate::time::Timestamp::now().unix_nanos() as u64;
+                    let salt = nanos ^ (u64::from(std::process::id()) << 32);
+                    format!(
+                        "{}-{:08x}",
+                        crate::config::hostname(),
+                        crc32fast::hash(&salt.to_le_bytes())
+                    )
+                }
+            };
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{name}\n")).map_err(|e| JournalError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| JournalError::io(&path, e))?;
+            segment::sync_dir(dir)?;
+            Ok(name)
+        }
+        Err(e) => Err(JournalError::io(&path, e)),
+    }
+}
+
 /// Journal failures, each naming the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -104,6 +154,18 @@ pub enum JournalError {
     /// The path is not a journal directory.
     #[error("{0} is not a directory; give the journal directory (--journal-dir)")]
     NotADirectory(PathBuf),
+    /// The journal belongs to another collector identity.
+    #[error(
+        "journal {dir} belongs to collector {existing:?}, not {requested:?}: drop --collector-id or use another --journal-dir"
+    )]
+    IdentityMismatch {
+        /// The journal.
+        dir: PathBuf,
+        /// Its identity.
+        existing: String,
+        /// The identity asked for.
+        requested: String,
+    },
     /// The journal's thread could not run.
     #[error("journal thread failed: {0}")]
     Thread(String),

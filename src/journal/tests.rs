@@ -355,3 +355,25 @@ async fn the_journal_thread_drains_everything_on_cancel() {
     );
     drop(w);
 }
+
+#[test]
+fn a_journal_keeps_one_collector_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = identity(dir.path(), None).unwrap();
+    assert!(first.len() > 9, "{first}");
+    assert_eq!(identity(dir.path(), None).unwrap(), first);
+    assert_eq!(identity(dir.path(), Some(&first)).unwrap(), first);
+    let err = identity(dir.path(), Some("other")).unwrap_err();
+    assert!(
+        matches!(err, JournalError::IdentityMismatch { .. }),
+        "{err}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(
+        identity(other.path(), None).unwrap(),
+        first,
+        "two journals never share an identity"
+    );
+    let named = tempfile::tempdir().unwrap();
+    assert_eq!(identity(named.path(), Some("desk-a")).unwrap(), "desk-a");
+}
