@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::PriceLevel;
+use crate::book::{Precision, PriceLevel};
 use crate::time::Timestamp;
 
 /// One journal record.
@@ -34,6 +34,29 @@ pub enum RecordBody {
     Frame(FrameRecord),
     /// Something that happened to the feed.
     Event(FeedEvent),
+    /// A verified book, written now and then so that rebuilding a book never replays far.
+    BookState(BookState),
+}
+
+/// The whole book of one symbol as it stood after the frames before this record (on the same
+/// connection), verified: its checksum matched Kraken's. The feed writes one every so many
+/// verified messages per symbol, so that the book at any instant can be rebuilt from the nearest
+/// state or snapshot before it instead of from the subscription's first snapshot, possibly days
+/// earlier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BookState {
+    /// The pair.
+    pub symbol: String,
+    /// The subscribed depth.
+    pub depth: u16,
+    /// The precision the checksum was computed at.
+    pub precision: Precision,
+    /// The book's checksum (equal to Kraken's for the last message applied).
+    pub checksum: u32,
+    /// Bids, best first.
+    pub bids: Vec<PriceLevel>,
+    /// Asks, best first.
+    pub asks: Vec<PriceLevel>,
 }
 
 /// A received frame and the feed's verdict on it.
@@ -108,7 +131,7 @@ impl Record {
     pub fn frame_text(&self) -> Option<&str> {
         match &self.body {
             RecordBody::Frame(f) => std::str::from_utf8(&f.bytes).ok(),
-            RecordBody::Event(_) => None,
+            RecordBody::Event(_) | RecordBody::BookState(_) => None,
         }
     }
 }

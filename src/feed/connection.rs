@@ -16,7 +16,7 @@ use crate::book::{Tracker, Verdict};
 use crate::journal::Entry;
 use crate::kraken::{self, BookKind, Frame, Request};
 use crate::metrics::SymbolMetrics;
-use crate::record::{EventKind, FeedEvent, FrameRecord, RecordBody};
+use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, RecordBody};
 use crate::time::Timestamp;
 
 type Socket =
@@ -350,6 +350,7 @@ impl Connection {
             best_ask: None,
         };
         let mut events: Vec<FeedEvent> = Vec::new();
+        let mut states: Vec<BookState> = Vec::new();
         let mut subscribe_books = false;
         let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string());
         let decoded = text
@@ -367,15 +368,35 @@ impl Connection {
                 let mut all_ok = true;
                 let mut any_mismatch = false;
                 let mut resubscribe = Vec::new();
+                let state_every = self.shared.config.book_state_every.max(1);
                 for data in &msg.data {
                     let verdict = s.tracker.apply(msg.kind, data);
                     let symbol = data.symbol.as_ref();
-                    let state = s.symbol(symbol, &metrics);
+                    let state = symbol_state(&mut s.symbols, symbol, &metrics);
                     state.metrics.book_messages.fetch_add(1, Ordering::Relaxed);
                     match verdict {
                         Verdict::Ok => {
                             state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
                             state.ever_synced = true;
+                            if msg.kind == BookKind::Snapshot {
+                                state.since_state = 0;
+                            } else {
+                                state.since_state += 1;
+                                if state.since_state >= state_every {
+                                    state.since_state = 0;
+                                    if let Some(book) = s.tracker.book(symbol) {
+                                        let view = book.view(book.depth());
+                                        states.push(BookState {
+                                            symbol: symbol.to_owned(),
+                                            depth: u16::try_from(book.depth()).unwrap_or(u16::MAX),
+                                            precision: book.precision(),
+                                            checksum: data.checksum,
+                                            bids: view.bids,
+                                            asks: view.asks,
+                                        });
+                                    }
+                                }
+                            }
                             let gap = state.gap_start.take().or_else(|| self.gaps.remove(symbol));
                             if let Some(start) = gap {
                                 state.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -499,12 +520,16 @@ impl Connection {
         })
         .await
         .map_err(FrameError::Fatal)?;
-        for e in events {
+        let derived = events
+            .into_iter()
+            .map(RecordBody::Event)
+            .chain(states.into_iter().map(RecordBody::BookState));
+        for body in derived {
             self.journal(Entry {
                 received_at,
                 conn_id: s.conn_id,
                 conn_seq: 0,
-                body: RecordBody::Event(e),
+                body,
             })
             .await
             .map_err(FrameError::Fatal)?;
@@ -570,17 +595,6 @@ impl Session {
         self.req_id
     }
 
-    fn symbol(&mut self, symbol: &str, metrics: &crate::metrics::Metrics) -> &mut SymbolState {
-        if !self.symbols.contains_key(symbol) {
-            self.symbols
-                .insert(symbol.to_owned(), SymbolState::new(metrics.symbol(symbol)));
-        }
-        // Inserted just above when missing.
-        self.symbols
-            .get_mut(symbol)
-            .unwrap_or_else(|| unreachable!())
-    }
-
     /// Symbols resubscribed long ago and still unsynced get another resubscription.
     fn queue_stale_resubscribes(&mut self, retry_after: Duration) {
         for (symbol, state) in &mut self.symbols {
@@ -597,6 +611,18 @@ impl Session {
     }
 }
 
+fn symbol_state<'a>(
+    symbols: &'a mut HashMap<String, SymbolState>,
+    symbol: &str,
+    metrics: &crate::metrics::Metrics,
+) -> &'a mut SymbolState {
+    if !symbols.contains_key(symbol) {
+        symbols.insert(symbol.to_owned(), SymbolState::new(metrics.symbol(symbol)));
+    }
+    // Inserted just above when missing.
+    symbols.get_mut(symbol).unwrap_or_else(|| unreachable!())
+}
+
 struct SymbolState {
     metrics: Arc<SymbolMetrics>,
     /// Verified at least once on this connection.
@@ -605,6 +631,8 @@ struct SymbolState {
     gap_start: Option<Timestamp>,
     /// When this episode's resubscription was sent.
     resubscribed_at: Option<Instant>,
+    /// Verified updates since the last snapshot or journaled book state.
+    since_state: u64,
 }
 
 impl SymbolState {
@@ -614,6 +642,7 @@ impl SymbolState {
             ever_synced: false,
             gap_start: None,
             resubscribed_at: None,
+            since_state: 0,
         }
     }
 }

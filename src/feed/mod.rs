@@ -54,6 +54,9 @@ pub struct FeedConfig {
     pub healthy_after: Duration,
     /// A symbol resubscribed this long ago and still unsynced may be resubscribed again.
     pub resubscribe_retry: Duration,
+    /// Journal the whole verified book of a symbol after this many verified updates since its
+    /// last snapshot or state, so that rebuilding a book never replays more than that.
+    pub book_state_every: u64,
 }
 
 impl FeedConfig {
@@ -70,6 +73,7 @@ impl FeedConfig {
             backoff_max: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
             resubscribe_retry: Duration::from_secs(60),
+            book_state_every: 10_000,
         }
     }
 }

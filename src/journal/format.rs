@@ -1,8 +1,8 @@
 //! Byte layout of segment headers and records (see the module doc of [`super`] for the whole
 //! format and the crash-safety argument).
 
-use crate::book::{Decimal, PriceLevel};
-use crate::record::{FeedEvent, FrameRecord, Record, RecordBody};
+use crate::book::{Decimal, Precision, PriceLevel};
+use crate::record::{BookState, FeedEvent, FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
 
 /// First eight bytes of every segment: the format name and version.
@@ -17,6 +17,7 @@ pub const MAX_BODY: usize = 64 << 20;
 
 const KIND_FRAME: u8 = 1;
 const KIND_EVENT: u8 = 2;
+const KIND_BOOK_STATE: u8 = 3;
 
 /// A segment's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +96,24 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
             out.push(KIND_EVENT);
             // A FeedEvent holds only strings, options and a timestamp: serializing cannot fail.
             serde_json::to_writer(&mut *out, e).unwrap_or_default();
+        }
+        RecordBody::BookState(b) => {
+            out.push(KIND_BOOK_STATE);
+            let symbol = b.symbol.as_bytes();
+            let symbol = &symbol[..symbol.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(symbol.len() as u16).to_le_bytes());
+            out.extend_from_slice(symbol);
+            out.extend_from_slice(&b.depth.to_le_bytes());
+            out.push(b.precision.price);
+            out.push(b.precision.qty);
+            out.extend_from_slice(&b.checksum.to_le_bytes());
+            for side in [&b.bids, &b.asks] {
+                out.extend_from_slice(&(side.len() as u32).to_le_bytes());
+                for level in side {
+                    encode_decimal(level.price, out);
+                    encode_decimal(level.qty, out);
+                }
+            }
         }
     }
     let body_len = out.len() - start - RECORD_PREFIX;
@@ -177,6 +196,7 @@ fn decode_body(b: &[u8]) -> Option<Record> {
             })
         }
         KIND_EVENT => RecordBody::Event(serde_json::from_slice::<FeedEvent>(&rest[1..]).ok()?),
+        KIND_BOOK_STATE => RecordBody::BookState(decode_book_state(&rest[1..])?),
         _ => return None,
     };
     Some(Record {
@@ -185,6 +205,46 @@ fn decode_body(b: &[u8]) -> Option<Record> {
         conn_id,
         conn_seq,
         body,
+    })
+}
+
+fn decode_book_state(b: &[u8]) -> Option<BookState> {
+    let n = usize::from(u16::from_le_bytes([*b.first()?, *b.get(1)?]));
+    let symbol = std::str::from_utf8(b.get(2..2 + n)?).ok()?.to_owned();
+    let mut at = 2 + n;
+    let fixed = b.get(at..at + 8)?;
+    let depth = u16::from_le_bytes([fixed[0], fixed[1]]);
+    let precision = Precision {
+        price: fixed[2],
+        qty: fixed[3],
+    };
+    let checksum = u32_at(fixed, 4);
+    at += 8;
+    let mut sides = [Vec::new(), Vec::new()];
+    for side in &mut sides {
+        let count = u32_at(b.get(at..at + 4)?, 0) as usize;
+        at += 4;
+        if count > b.len() {
+            return None;
+        }
+        side.reserve(count);
+        for _ in 0..count {
+            let price = decode_decimal(b, &mut at)?;
+            let qty = decode_decimal(b, &mut at)?;
+            side.push(PriceLevel { price, qty });
+        }
+    }
+    if at != b.len() {
+        return None;
+    }
+    let [bids, asks] = sides;
+    Some(BookState {
+        symbol,
+        depth,
+        precision,
+        checksum,
+        bids,
+        asks,
     })
 }
 
@@ -248,6 +308,32 @@ mod tests {
                     symbol: Some("BTC/USD".into()),
                     gap_start: Some(Timestamp::from_unix_nanos(1)),
                     detail: "after a checksum mismatch".into(),
+                }),
+            },
+            Record {
+                seq: 5,
+                received_at: Timestamp::from_unix_nanos(10),
+                conn_id: 8,
+                conn_seq: 0,
+                body: RecordBody::BookState(BookState {
+                    symbol: "BTC/USD".into(),
+                    depth: 1000,
+                    precision: Precision { price: 1, qty: 8 },
+                    checksum: 3_310_070_434,
+                    bids: vec![PriceLevel {
+                        price: d("45283.5"),
+                        qty: d("0.10000000"),
+                    }],
+                    asks: vec![
+                        PriceLevel {
+                            price: d("45285.2"),
+                            qty: d("0.00100000"),
+                        },
+                        PriceLevel {
+                            price: d("45286.4"),
+                            qty: d("1.54571953"),
+                        },
+                    ],
                 }),
             },
             Record {

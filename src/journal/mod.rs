@@ -21,6 +21,8 @@
 //! payload  := kind 1 (frame): verdict:u8 (0 none, 1 ok, 2 mismatch)  tops:u8 (bit 0 best bid,
 //!                             bit 1 best ask)  level*  frame bytes exactly as received (to the end)
 //!             kind 2 (event): a JSON FeedEvent
+//!             kind 3 (book state): n:u16 symbol[n] depth:u16 price_precision:u8 qty_precision:u8
+//!                             checksum:u32 bids:u32 level*bids asks:u32 level*asks (best first)
 //! level    := price:decimal  qty:decimal
 //! decimal  := scale:u8  n:u8  mantissa[n]  (n ≤ 16, little-endian u128 without high zero bytes)
 //! ```

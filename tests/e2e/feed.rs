@@ -65,6 +65,7 @@ fn config(addr: SocketAddr, journal: &std::path::Path, symbols: &[&str]) -> Coll
     feed.backoff_base = Duration::from_millis(50);
     feed.backoff_max = Duration::from_millis(200);
     feed.instrument_timeout = Duration::from_secs(2);
+    feed.book_state_every = 1;
     let mut journal = JournalConfig::new(journal);
     journal.compression_level = 0;
     CollectConfig {
@@ -91,7 +92,7 @@ fn events(records: &[Record]) -> Vec<(EventKind, Option<String>)> {
         .iter()
         .filter_map(|r| match &r.body {
             RecordBody::Event(e) => Some((e.kind, e.symbol.clone())),
-            RecordBody::Frame(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -307,6 +308,40 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
             .windows(2)
             .all(|w| w[1].conn_seq == w[0].conn_seq + 1 && w[1].seq > w[0].seq)
     );
+    // A book state follows every verified update (the tests ask for one every update) and holds
+    // the book as verified at that point.
+    let states: Vec<(usize, &krakenbook::record::BookState)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.body {
+            RecordBody::BookState(b) => Some((i, b)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states.len(),
+        2,
+        "one after each verified update: not after snapshots or mismatches"
+    );
+    for (at, state) in states {
+        let RecordBody::Frame(before) = &records[at - 1].body else {
+            panic!("a state follows its frame")
+        };
+        let text = std::str::from_utf8(&before.bytes).unwrap();
+        assert!(
+            text.contains(&format!(r#""checksum":{}"#, state.checksum)),
+            "{text}"
+        );
+        let mut rebuilt = OrderBook::new(10);
+        rebuilt.set_precision(Some(state.precision));
+        rebuilt
+            .apply_snapshot(
+                state.bids.iter().map(|l| (l.price, l.qty)),
+                state.asks.iter().map(|l| (l.price, l.qty)),
+            )
+            .unwrap();
+        assert_eq!(rebuilt.checksum(), state.checksum);
+    }
     // Best bid and ask travel with verified frames.
     let last = frames
         .iter()
@@ -465,7 +500,7 @@ async fn bad_frames_and_rejected_symbols_are_journaled_and_the_feed_goes_on() {
         .iter()
         .filter_map(|r| match &r.body {
             RecordBody::Frame(f) => Some(f.bytes.clone()),
-            RecordBody::Event(_) => None,
+            _ => None,
         })
         .collect();
     assert!(
