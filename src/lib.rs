@@ -18,5 +18,6 @@ pub mod journal;
 pub mod kraken;
 pub mod metrics;
 pub mod record;
+pub mod replay;
 pub mod time;
 pub mod verify;

@@ -47,6 +47,8 @@ pub struct StoreProgress {
     pub bytes: AtomicU64,
     /// The database's checkpoint: the last journal `seq` committed.
     pub checkpoint_seq: AtomicU64,
+    /// The checkpoint found when the pipeline (last) connected.
+    pub started_seq: AtomicU64,
     /// Receive time (ns) of the record at the checkpoint.
     pub checkpoint_received_ns: AtomicI64,
     /// 1 while the database is reachable and the last batch committed.

@@ -66,6 +66,18 @@ pub use writer::{
     Entry, JournalConfig, JournalHandle, JournalStats, JournalWriter, Recovery, spawn_journal,
 };
 
+/// The `seq` of the last intact record in the journal at `dir` (0 when it holds none), found by
+/// reading its last segment.
+pub fn last_seq(dir: &Path) -> Result<u64, JournalError> {
+    let segments = list_segments(dir)?;
+    let Some(last) = segments.last() else {
+        return Ok(0);
+    };
+    let mut reader = JournalReader::open(dir, last.first_seq.saturating_sub(1))?;
+    while reader.next_record()?.is_some() {}
+    Ok(reader.position())
+}
+
 /// The name of the file holding a journal's collector identity.
 pub const IDENTITY_FILE: &str = "COLLECTOR";
 

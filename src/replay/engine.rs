@@ -1,0 +1,251 @@
+//! Re-running recorded frames through the book engine and comparing verdicts.
+//!
+//! The collector gave every book frame a verdict (`checksum_ok`) when it received it. Replaying
+//! the same frames, connection by connection and in `seq` order, through the same engine must
+//! give the same verdicts; a disagreement means a recorded frame or verdict was altered, or the
+//! engine changed. Book states are checked too: the replayed book at a state's position must equal
+//! the state, level for level.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::book::{Tracker, Verdict};
+use crate::kraken::{self, Frame};
+use crate::record::{BookState, Record, RecordBody};
+
+/// One disagreement between the recorded verdict and the recomputed one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Disagreement {
+    /// The record's `seq`.
+    pub seq: u64,
+    /// The symbol, when the record names one.
+    pub symbol: Option<String>,
+    /// What was recorded.
+    pub recorded: String,
+    /// What the replay found.
+    pub replayed: String,
+}
+
+/// Per-symbol replay counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SymbolReplay {
+    /// Book messages replayed.
+    pub book_messages: u64,
+    /// Of which verified ok.
+    pub ok: u64,
+    /// Of which mismatched (as recorded: a mismatch the collector saw is not a disagreement).
+    pub mismatches: u64,
+    /// Of which unverifiable (no snapshot before them).
+    pub unverifiable: u64,
+    /// Book states compared.
+    pub states: u64,
+}
+
+/// The outcome of a replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Records read.
+    pub records: u64,
+    /// Frame records read.
+    pub frames: u64,
+    /// First and last `seq` replayed.
+    pub seq_range: Option<(u64, u64)>,
+    /// Per symbol.
+    pub symbols: BTreeMap<String, SymbolReplay>,
+    /// Frames that did not decode (recorded as such; not a disagreement).
+    pub undecodable: u64,
+    /// Recorded verdicts or states the replay does not reproduce (at most the first 100).
+    pub disagreements: Vec<Disagreement>,
+    /// How many disagreements in all.
+    pub disagreement_count: u64,
+}
+
+impl ReplayReport {
+    /// Whether every recorded verdict and state was reproduced.
+    pub fn is_clean(&self) -> bool {
+        self.disagreement_count == 0
+    }
+}
+
+/// Replays records, keeping one set of books per connection.
+#[derive(Debug, Default)]
+pub struct ReplayEngine {
+    trackers: HashMap<u64, Tracker>,
+    report: ReplayReport,
+}
+
+impl ReplayEngine {
+    /// An engine with no books yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replays one record; records must come in `seq` order.
+    pub fn feed(&mut self, record: &Record) {
+        self.report.records += 1;
+        self.report.seq_range = Some(match self.report.seq_range {
+            Some((first, _)) => (first, record.seq),
+            None => (record.seq, record.seq),
+        });
+        match &record.body {
+            RecordBody::Frame(frame) => {
+                self.report.frames += 1;
+                let text = std::str::from_utf8(&frame.bytes).ok();
+                self.frame(record.seq, record.conn_id, text, frame.checksum_ok);
+            }
+            RecordBody::BookState(state) => self.state(record.seq, record.conn_id, state),
+            RecordBody::Event(_) => {}
+        }
+    }
+
+    /// Replays a record to build the books without reporting on it (records before a range).
+    pub fn warm(&mut self, record: &Record) {
+        let saved = std::mem::take(&mut self.report);
+        self.feed(record);
+        self.report = saved;
+    }
+
+    /// Replays one frame given as text (the database path); `recorded` is its stored verdict.
+    pub fn frame(&mut self, seq: u64, conn_id: u64, text: Option<&str>, recorded: Option<bool>) {
+        let tracker = self
+            .trackers
+            .entry(conn_id)
+            .or_insert_with(|| Tracker::new(10));
+        let frame = match text.map(kraken::decode) {
+            Some(Ok(frame)) => frame,
+            Some(Err(_)) | None => {
+                self.report.undecodable += 1;
+                if recorded.is_some() {
+                    disagree(
+                        &mut self.report,
+                        seq,
+                        None,
+                        format!("{recorded:?}"),
+                        "undecodable".into(),
+                    );
+                }
+                return;
+            }
+        };
+        let Frame::Book(msg) = &frame else {
+            tracker.observe(&frame);
+            if recorded.is_some() {
+                disagree(
+                    &mut self.report,
+                    seq,
+                    None,
+                    format!("{recorded:?}"),
+                    "not a book frame".into(),
+                );
+            }
+            return;
+        };
+        let mut any_mismatch = false;
+        let mut all_ok = true;
+        for data in &msg.data {
+            let verdict = tracker.apply(msg.kind, data);
+            let s = self
+                .report
+                .symbols
+                .entry(data.symbol.to_string())
+                .or_default();
+            s.book_messages += 1;
+            match verdict {
+                Verdict::Ok => s.ok += 1,
+                Verdict::Mismatch { .. } => {
+                    s.mismatches += 1;
+                    any_mismatch = true;
+                }
+                Verdict::Unsynced => {
+                    s.unverifiable += 1;
+                    all_ok = false;
+                }
+            }
+        }
+        let replayed = if any_mismatch {
+            Some(false)
+        } else if all_ok {
+            Some(true)
+        } else {
+            None
+        };
+        if replayed != recorded {
+            let symbol = msg.data.first().map(|d| d.symbol.to_string());
+            disagree(
+                &mut self.report,
+                seq,
+                symbol,
+                verdict_name(recorded),
+                verdict_name(replayed),
+            );
+        }
+    }
+
+    /// Compares a recorded book state with the replayed book.
+    pub fn state(&mut self, seq: u64, conn_id: u64, state: &BookState) {
+        let s = self.report.symbols.entry(state.symbol.clone()).or_default();
+        s.states += 1;
+        let replayed = self
+            .trackers
+            .get(&conn_id)
+            .filter(|t| t.is_synced(&state.symbol))
+            .and_then(|t| t.book(&state.symbol));
+        let Some(book) = replayed else {
+            disagree(
+                &mut self.report,
+                seq,
+                Some(state.symbol.clone()),
+                "book state".into(),
+                "no synced book".into(),
+            );
+            return;
+        };
+        let view = book.view(book.depth());
+        if view.bids != state.bids || view.asks != state.asks || book.checksum() != state.checksum {
+            disagree(
+                &mut self.report,
+                seq,
+                Some(state.symbol.clone()),
+                format!("book state with checksum {}", state.checksum),
+                format!("a different book (checksum {})", book.checksum()),
+            );
+        }
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &ReplayReport {
+        &self.report
+    }
+
+    /// The finished report.
+    pub fn finish(self) -> ReplayReport {
+        self.report
+    }
+}
+
+fn verdict_name(v: Option<bool>) -> String {
+    match v {
+        Some(true) => "ok".into(),
+        Some(false) => "mismatch".into(),
+        None => "unverifiable".into(),
+    }
+}
+
+fn disagree(
+    report: &mut ReplayReport,
+    seq: u64,
+    symbol: Option<String>,
+    recorded: String,
+    replayed: String,
+) {
+    report.disagreement_count += 1;
+    if report.disagreements.len() < 100 {
+        report.disagreements.push(Disagreement {
+            seq,
+            symbol,
+            recorded,
+            replayed,
+        });
+    }
+}
