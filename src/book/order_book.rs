@@ -114,6 +114,8 @@ impl Lvl {
 struct Ladder {
     side: Side,
     levels: VecDeque<Lvl>,
+    /// Whether the top [`CHECKSUM_LEVELS`] may have changed since the checksum was last taken.
+    top_changed: bool,
 }
 
 impl Ladder {
@@ -121,7 +123,13 @@ impl Ladder {
         Ladder {
             side,
             levels: VecDeque::new(),
+            top_changed: true,
         }
+    }
+
+    /// Whether index `i` (of a ladder of `len` levels) is among the top levels.
+    fn in_top(i: usize, len: usize) -> bool {
+        i + CHECKSUM_LEVELS >= len
     }
 
     /// Where `price` is, or would be inserted. Bids ascend toward the back, asks descend.
@@ -133,13 +141,20 @@ impl Ladder {
     }
 
     fn set(&mut self, price: u64, qty: u128) {
+        let len = self.levels.len();
         match self.find(price) {
             Ok(i) if qty == 0 => {
+                self.top_changed |= Self::in_top(i, len);
                 self.levels.remove(i);
             }
-            Ok(i) => self.levels[i].set_qty(qty),
+            Ok(i) => {
+                self.top_changed |= Self::in_top(i, len);
+                self.levels[i].set_qty(qty);
+            }
             Err(_) if qty == 0 => {}
             Err(i) => {
+                // After the insert, the new level sits at `i` in a ladder of `len + 1`.
+                self.top_changed |= Self::in_top(i, len + 1);
                 let mut l = Lvl {
                     price,
                     qty_lo: 0,
@@ -153,8 +168,14 @@ impl Ladder {
 
     fn truncate(&mut self, depth: usize) {
         while self.levels.len() > depth {
+            self.top_changed |= Self::in_top(0, self.levels.len());
             self.levels.pop_front();
         }
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+        self.top_changed = true;
     }
 
     /// Best first.
@@ -173,6 +194,8 @@ pub struct OrderBook {
     known: Option<Precision>,
     /// The scales the mantissas are stored at (and the checksum prints at).
     scale: Precision,
+    /// The checksum as last computed by [`OrderBook::current_checksum`].
+    last_checksum: u32,
 }
 
 impl OrderBook {
@@ -184,6 +207,7 @@ impl OrderBook {
             asks: Ladder::new(Side::Ask),
             known: None,
             scale: Precision::default(),
+            last_checksum: 0,
         }
     }
 
@@ -222,8 +246,8 @@ impl OrderBook {
 
     /// Removes every level.
     pub fn clear(&mut self) {
-        self.bids.levels.clear();
-        self.asks.levels.clear();
+        self.bids.clear();
+        self.asks.clear();
     }
 
     /// Replaces the book with a snapshot's levels (applied in order, then truncated).
@@ -329,6 +353,8 @@ impl OrderBook {
             Field::Price => self.scale.price = scale,
             Field::Qty => self.scale.qty = scale,
         }
+        self.bids.top_changed = true;
+        self.asks.top_changed = true;
         Ok(())
     }
 
@@ -336,6 +362,17 @@ impl OrderBook {
     pub fn truncate(&mut self) {
         self.bids.truncate(self.depth);
         self.asks.truncate(self.depth);
+    }
+
+    /// The checksum, recomputed only when the top ten levels of a side may have changed since
+    /// the last call (changes deeper in a depth-1000 book leave it as it was).
+    pub fn current_checksum(&mut self) -> u32 {
+        if self.bids.top_changed || self.asks.top_changed {
+            self.last_checksum = self.checksum();
+            self.bids.top_changed = false;
+            self.asks.top_changed = false;
+        }
+        self.last_checksum
     }
 
     /// Kraken's CRC32 checksum of the top ten levels of each side.
@@ -742,6 +779,7 @@ mod tests {
                 check_invariants(&book)?;
                 prop_assert_eq!(book.view(depth), model.view());
                 prop_assert_eq!(book.checksum(), model.checksum());
+                prop_assert_eq!(book.current_checksum(), book.checksum(), "the cached checksum is current");
                 // A book rebuilt from its own top-N view has the same checksum.
                 let view = book.view(depth);
                 let mut rebuilt = OrderBook::new(depth);

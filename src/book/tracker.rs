@@ -166,7 +166,7 @@ impl Tracker {
             return Verdict::Unsynced;
         }
         t.synced = true;
-        let computed = t.book.checksum();
+        let computed = t.book.current_checksum();
         if computed == data.checksum {
             Verdict::Ok
         } else {

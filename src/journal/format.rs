@@ -132,17 +132,134 @@ fn encode_decimal(d: Decimal, out: &mut Vec<u8>) {
 
 /// What [`parse_record`] found at an offset.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed {
-    /// A whole, valid record of `len` bytes (prefix included).
-    Record(Box<Record>, usize),
+pub enum Parsed<'a> {
+    /// A whole, valid record of `len` bytes (prefix included), borrowed from the input.
+    Record(RecordView<'a>, usize),
     /// The bytes end inside a record: more may come (a live segment), or it is a torn tail.
     Incomplete,
     /// The bytes are not a valid record: bad length, bad CRC, or a body that does not decode.
     Invalid(&'static str),
 }
 
-/// Parses the record at the start of `b`.
-pub fn parse_record(b: &[u8]) -> Parsed {
+/// A record read in place: its fixed fields, and its body still encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's `seq`.
+    pub seq: u64,
+    /// Local receive time (or event time).
+    pub received_at: Timestamp,
+    /// Connection id.
+    pub conn_id: u64,
+    /// Frame number within the connection (0 for events and states).
+    pub conn_seq: u64,
+    /// The body after the fixed fields: kind byte, then the kind's payload.
+    body: &'a [u8],
+}
+
+/// A frame record read in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    /// The feed's verdict.
+    pub checksum_ok: Option<bool>,
+    /// The frame exactly as received.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// The frame, when this is a frame record.
+    pub fn frame(&self) -> Option<FrameView<'a>> {
+        let (checksum_ok, _tops, at) = frame_header(self.body)?;
+        Some(FrameView {
+            checksum_ok,
+            bytes: self.body.get(at..)?,
+        })
+    }
+
+    /// The record, decoded in full (copies the frame's bytes).
+    pub fn to_record(&self) -> Option<Record> {
+        let body = match *self.body.first()? {
+            KIND_FRAME => {
+                let (checksum_ok, tops, frame_at) = frame_header(self.body)?;
+                let rest = self.body;
+                let mut at = 3;
+                let mut level = |present: bool| -> Option<Option<PriceLevel>> {
+                    if !present {
+                        return Some(None);
+                    }
+                    let price = decode_decimal(rest, &mut at)?;
+                    let qty = decode_decimal(rest, &mut at)?;
+                    Some(Some(PriceLevel { price, qty }))
+                };
+                let best_bid = level(tops & 1 != 0)?;
+                let best_ask = level(tops & 2 != 0)?;
+                if at != frame_at {
+                    return None;
+                }
+                RecordBody::Frame(FrameRecord {
+                    bytes: rest.get(frame_at..)?.to_vec(),
+                    checksum_ok,
+                    best_bid,
+                    best_ask,
+                })
+            }
+            KIND_EVENT => {
+                RecordBody::Event(serde_json::from_slice::<FeedEvent>(&self.body[1..]).ok()?)
+            }
+            KIND_BOOK_STATE => RecordBody::BookState(decode_book_state(&self.body[1..])?),
+            _ => return None,
+        };
+        Some(Record {
+            seq: self.seq,
+            received_at: self.received_at,
+            conn_id: self.conn_id,
+            conn_seq: self.conn_seq,
+            body,
+        })
+    }
+}
+
+/// A frame body's verdict, top-of-book flags, and where the frame bytes start (after skipping
+/// the encoded best levels).
+fn frame_header(b: &[u8]) -> Option<(Option<bool>, u8, usize)> {
+    if *b.first()? != KIND_FRAME {
+        return None;
+    }
+    let checksum_ok = match *b.get(1)? {
+        0 => None,
+        1 => Some(true),
+        2 => Some(false),
+        _ => return None,
+    };
+    let tops = *b.get(2)?;
+    if tops > 3 {
+        return None;
+    }
+    let mut at = 3;
+    for _ in 0..(tops.count_ones() * 2) {
+        let len = usize::from(*b.get(at + 1)?);
+        if len > 16 || *b.get(at)? > Decimal::MAX_SCALE {
+            return None;
+        }
+        at += 2 + len;
+    }
+    (at <= b.len()).then_some((checksum_ok, tops, at))
+}
+
+/// The view of a record that [`parse_record`] already validated at the start of `b`.
+pub fn view_validated(b: &[u8]) -> RecordView<'_> {
+    let len = u32_at(b, 0) as usize;
+    let body = &b[RECORD_PREFIX..RECORD_PREFIX + len];
+    RecordView {
+        seq: u64_at(body, 0),
+        received_at: Timestamp::from_unix_nanos(u64_at(body, 8) as i64),
+        conn_id: u64_at(body, 16),
+        conn_seq: u64_at(body, 24),
+        body: &body[32..],
+    }
+}
+
+/// Parses the record at the start of `b` without copying it.
+pub fn parse_record(b: &[u8]) -> Parsed<'_> {
     if b.len() < RECORD_PREFIX {
         return Parsed::Incomplete;
     }
@@ -156,56 +273,23 @@ pub fn parse_record(b: &[u8]) -> Parsed {
     if crc32fast::hash(body) != u32_at(b, 4) {
         return Parsed::Invalid("record CRC mismatch");
     }
-    match decode_body(body) {
-        Some(record) => Parsed::Record(Box::new(record), RECORD_PREFIX + len),
-        None => Parsed::Invalid("record body does not decode"),
-    }
-}
-
-fn decode_body(b: &[u8]) -> Option<Record> {
-    let seq = u64_at(b, 0);
-    let received_at = Timestamp::from_unix_nanos(u64_at(b, 8) as i64);
-    let conn_id = u64_at(b, 16);
-    let conn_seq = u64_at(b, 24);
-    let rest = &b[32..];
-    let body = match *rest.first()? {
-        KIND_FRAME => {
-            let checksum_ok = match *rest.get(1)? {
-                0 => None,
-                1 => Some(true),
-                2 => Some(false),
-                _ => return None,
-            };
-            let tops = *rest.get(2)?;
-            let mut at = 3;
-            let mut level = |present: bool| -> Option<Option<PriceLevel>> {
-                if !present {
-                    return Some(None);
-                }
-                let price = decode_decimal(rest, &mut at)?;
-                let qty = decode_decimal(rest, &mut at)?;
-                Some(Some(PriceLevel { price, qty }))
-            };
-            let best_bid = level(tops & 1 != 0)?;
-            let best_ask = level(tops & 2 != 0)?;
-            RecordBody::Frame(FrameRecord {
-                bytes: rest.get(at..)?.to_vec(),
-                checksum_ok,
-                best_bid,
-                best_ask,
-            })
-        }
-        KIND_EVENT => RecordBody::Event(serde_json::from_slice::<FeedEvent>(&rest[1..]).ok()?),
-        KIND_BOOK_STATE => RecordBody::BookState(decode_book_state(&rest[1..])?),
-        _ => return None,
+    let view = RecordView {
+        seq: u64_at(body, 0),
+        received_at: Timestamp::from_unix_nanos(u64_at(body, 8) as i64),
+        conn_id: u64_at(body, 16),
+        conn_seq: u64_at(body, 24),
+        body: &body[32..],
     };
-    Some(Record {
-        seq,
-        received_at,
-        conn_id,
-        conn_seq,
-        body,
-    })
+    // Frames are checked structurally (cheap); the rare other kinds are decoded in full.
+    let valid = match body[32] {
+        KIND_FRAME => view.frame().is_some(),
+        _ => view.to_record().is_some(),
+    };
+    if valid {
+        Parsed::Record(view, RECORD_PREFIX + len)
+    } else {
+        Parsed::Invalid("record body does not decode")
+    }
 }
 
 fn decode_book_state(b: &[u8]) -> Option<BookState> {
@@ -365,7 +449,7 @@ mod tests {
         for r in &records {
             match parse_record(&buf[at..]) {
                 Parsed::Record(got, len) => {
-                    assert_eq!(&*got, r);
+                    assert_eq!(&got.to_record().unwrap(), r);
                     at += len;
                 }
                 other => panic!("{other:?}"),

@@ -59,7 +59,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use format::{MAX_BODY, SegmentHeader};
+pub use format::{FrameView, MAX_BODY, RecordView, SegmentHeader};
 pub use reader::JournalReader;
 pub use segment::{SegmentFile, list_segments};
 pub use writer::{

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::JournalError;
-use super::format::{HEADER_LEN, Parsed, SegmentHeader, parse_record};
+use super::format::{HEADER_LEN, Parsed, RecordView, SegmentHeader, parse_record, view_validated};
 use super::segment::{SegmentFile, list_segments, open_segment};
 use crate::record::Record;
 
@@ -101,6 +101,27 @@ impl JournalReader {
 
     /// The next record, or `None` when every record written so far has been read.
     pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
+        match self.next_view()? {
+            None => Ok(None),
+            Some(view) => view.to_record().map(Some).ok_or(JournalError::Thread(
+                "a validated journal record failed to decode".into(),
+            )),
+        }
+    }
+
+    /// The next record, read in place without copying (valid until the next call).
+    pub fn next_view(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
+        let Some(at) = self.advance()? else {
+            return Ok(None);
+        };
+        match &self.cursor {
+            Some(cursor) => Ok(Some(view_validated(&cursor.buf[at..]))),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves past the next record after `after`, returning its offset in the cursor's buffer.
+    fn advance(&mut self) -> Result<Option<usize>, JournalError> {
         loop {
             if self.cursor.is_none() && !self.open_next()? {
                 return Ok(None);
@@ -133,20 +154,21 @@ impl JournalReader {
             }
             match parse_record(cursor.pending()) {
                 Parsed::Record(record, len) => {
+                    let (seq, at) = (record.seq, cursor.start);
                     cursor.start += len;
                     cursor.offset += len as u64;
-                    if record.seq <= self.after {
+                    if seq <= self.after {
                         continue;
                     }
-                    if record.seq != self.after + 1 {
+                    if seq != self.after + 1 {
                         return Err(JournalError::Gap {
                             expected: self.after + 1,
-                            found: record.seq,
+                            found: seq,
                             path: cursor.segment.path.clone(),
                         });
                     }
-                    self.after = record.seq;
-                    return Ok(Some(*record));
+                    self.after = seq;
+                    return Ok(Some(at));
                 }
                 Parsed::Invalid(reason) => return Err(cursor.corrupt(reason)),
                 Parsed::Incomplete => {

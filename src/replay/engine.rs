@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::book::{Tracker, Verdict};
+use crate::journal::RecordView;
 use crate::kraken::{self, Frame};
 use crate::record::{BookState, Record, RecordBody};
 
@@ -83,11 +84,7 @@ impl ReplayEngine {
 
     /// Replays one record; records must come in `seq` order.
     pub fn feed(&mut self, record: &Record) {
-        self.report.records += 1;
-        self.report.seq_range = Some(match self.report.seq_range {
-            Some((first, _)) => (first, record.seq),
-            None => (record.seq, record.seq),
-        });
+        self.count(record.seq);
         match &record.body {
             RecordBody::Frame(frame) => {
                 self.report.frames += 1;
@@ -99,11 +96,40 @@ impl ReplayEngine {
         }
     }
 
+    /// Replays a record read in place from the journal (no copy for frames).
+    pub fn feed_view(&mut self, view: &RecordView<'_>) {
+        match view.frame() {
+            Some(frame) => {
+                self.count(view.seq);
+                self.report.frames += 1;
+                self.frame(
+                    view.seq,
+                    view.conn_id,
+                    std::str::from_utf8(frame.bytes).ok(),
+                    frame.checksum_ok,
+                );
+            }
+            None => {
+                if let Some(record) = view.to_record() {
+                    self.feed(&record);
+                }
+            }
+        }
+    }
+
     /// Replays a record to build the books without reporting on it (records before a range).
-    pub fn warm(&mut self, record: &Record) {
+    pub fn warm(&mut self, view: &RecordView<'_>) {
         let saved = std::mem::take(&mut self.report);
-        self.feed(record);
+        self.feed_view(view);
         self.report = saved;
+    }
+
+    fn count(&mut self, seq: u64) {
+        self.report.records += 1;
+        self.report.seq_range = Some(match self.report.seq_range {
+            Some((first, _)) => (first, seq),
+            None => (seq, seq),
+        });
     }
 
     /// Replays one frame given as text (the database path); `recorded` is its stored verdict.

@@ -21,16 +21,16 @@ pub fn verify_journal(
     let mut reader = JournalReader::open(dir, 0)?;
     let mut engine = ReplayEngine::new();
     let mut n = 0u64;
-    while let Some(record) = reader.next_record()? {
-        if to.is_some_and(|t| record.received_at >= t) {
+    while let Some(view) = reader.next_view()? {
+        if to.is_some_and(|t| view.received_at >= t) {
             break;
         }
         // Records before the range still build the books; their verdicts are not reported.
-        if from.is_some_and(|f| record.received_at < f) {
-            engine.warm(&record);
+        if from.is_some_and(|f| view.received_at < f) {
+            engine.warm(&view);
             continue;
         }
-        engine.feed(&record);
+        engine.feed_view(&view);
         n += 1;
         if n.is_multiple_of(65_536) {
             progress(n);
