@@ -3,6 +3,8 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
+mod bench;
+mod migrate;
 mod verify;
 
 use std::process::ExitCode;
@@ -24,7 +26,9 @@ pub struct Cli {
 const EXAMPLES: &str = "\
 Examples:
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
-  krakenbook verify --json capture.ndjson                 the same, as JSON for scripts";
+  krakenbook verify --json capture.ndjson                 the same, as JSON for scripts
+  krakenbook migrate --database-url postgres://kb@localhost/market   create or upgrade the schema
+  krakenbook bench ingest                                 the store writer against plain COPY";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
@@ -32,11 +36,19 @@ pub enum Command {
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
+    /// Create or upgrade the TimescaleDB schema.
+    #[command(after_help = migrate::MIGRATE_EXAMPLES)]
+    Migrate(migrate::MigrateArgs),
+    /// Measure throughput (the store writer against plain COPY).
+    #[command(after_help = bench::BENCH_EXAMPLES)]
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Verify(args) => verify::run(args),
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -210,8 +210,12 @@ fn pg_detail(e: &tokio_postgres::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        // Wrappers often repeat their cause's text: keep each part once.
+        let part = inner.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
         source = inner.source();
     }
     s

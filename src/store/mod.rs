@@ -17,6 +17,7 @@
 //! password is ever printed.
 
 mod batch;
+pub mod capture;
 pub mod cluster;
 mod connect;
 mod error;

@@ -321,9 +321,13 @@ impl Writer {
                     .map_err(StoreError::db(format!("preparing {}", first_words(sql))))
             }
         };
-        let lock_checkpoint =
-            prepare("SELECT seq FROM krakenbook_checkpoints WHERE collector = $1 FOR UPDATE")
-                .await?;
+        // Creates the collector's row if missing and locks it either way, returning its seq: a
+        // second writer of the same collector waits here, then sees the first one's checkpoint.
+        let lock_checkpoint = prepare(
+            "INSERT INTO krakenbook_checkpoints (collector) VALUES ($1) \
+             ON CONFLICT (collector) DO UPDATE SET collector = excluded.collector RETURNING seq",
+        )
+        .await?;
         let update_checkpoint = prepare(
             "UPDATE krakenbook_checkpoints SET seq = $1, updated_at = now() WHERE collector = $2",
         )
@@ -331,13 +335,6 @@ impl Writer {
         let copy_messages = prepare(COPY_MESSAGES).await?;
         let copy_entries = prepare(COPY_ENTRIES).await?;
         let copy_events = prepare(COPY_EVENTS).await?;
-        client
-            .execute(
-                "INSERT INTO krakenbook_checkpoints (collector) VALUES ($1) ON CONFLICT DO NOTHING",
-                &[&self.config.collector],
-            )
-            .await
-            .map_err(StoreError::db("creating the checkpoint"))?;
         let backend_pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
