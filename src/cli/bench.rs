@@ -190,7 +190,12 @@ async fn measure(
 /// receive times that keep increasing.
 fn bench_records(dir: &Path, n: u64) -> anyhow::Result<Vec<Record>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading fixtures directory {} (see --fixtures)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading fixtures directory {} (see --fixtures)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -259,8 +264,15 @@ async fn truncate(client: &Client) -> anyhow::Result<()> {
         .context("truncating the bench tables")
 }
 
-async fn copy_raw(client: &Client, messages: bytes::Bytes, entries: bytes::Bytes) -> anyhow::Result<()> {
-    for (sql, mut data) in [(rows::COPY_MESSAGES, messages), (rows::COPY_ENTRIES, entries)] {
+async fn copy_raw(
+    client: &Client,
+    messages: bytes::Bytes,
+    entries: bytes::Bytes,
+) -> anyhow::Result<()> {
+    for (sql, mut data) in [
+        (rows::COPY_MESSAGES, messages),
+        (rows::COPY_ENTRIES, entries),
+    ] {
         let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
         futures_util::pin_mut!(sink);
         while data.len() > 128 * 1024 {

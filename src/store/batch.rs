@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::writer::{BatchReport, Writer};
 use super::StoreError;
+use super::writer::{BatchReport, Writer};
 use crate::record::Record;
 
 /// When a batch is flushed.
@@ -127,9 +127,9 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::FutureExt;
     use crate::record::{EventKind, FeedEvent, RecordBody};
     use crate::time::Timestamp;
+    use futures_util::FutureExt;
 
     fn record(seq: u64) -> Record {
         Record {

@@ -103,7 +103,9 @@ impl TempCluster {
             next_db: AtomicU64::new(0),
         };
         if let Some(user) = cluster.run_as {
-            run(Command::new("chown").arg(format!("{user}:")).arg(&cluster.root))?;
+            run(Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(&cluster.root))?;
         }
         cluster.initdb()?;
         // A port free now may be taken before postgres binds it: try a few.
@@ -367,7 +369,11 @@ fn find_bindir(given: Option<&Path>) -> Result<PathBuf, StoreError> {
         }
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.sort_by_key(|p| {
         p.parent()

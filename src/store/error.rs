@@ -57,7 +57,8 @@ pub enum StoreError {
     #[error(
         "the timescaledb extension is not installed in database {database} and could not be created ({}); \
          install TimescaleDB (scripts/install-timescaledb), add it to shared_preload_libraries, and run \
-         `CREATE EXTENSION timescaledb;` as a superuser", pg_detail(source)
+         `CREATE EXTENSION timescaledb;` as a superuser",
+        pg_detail(source)
     )]
     NoTimescale {
         /// The database.
@@ -102,7 +103,9 @@ pub enum StoreError {
     #[error(transparent)]
     Record(#[from] RowError),
     /// A batch failed with an error that retrying cannot fix; nothing of it was committed.
-    #[error("writing records {first_seq}..={last_seq} failed after {attempts} attempt(s): {source}")]
+    #[error(
+        "writing records {first_seq}..={last_seq} failed after {attempts} attempt(s): {source}"
+    )]
     Batch {
         /// The batch's first seq.
         first_seq: u64,
@@ -142,7 +145,9 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    pub(crate) fn db(
+        context: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Db { context, source }
     }
@@ -162,7 +167,10 @@ pub fn pg_is_retriable(e: &tokio_postgres::Error) -> bool {
             return false;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
                 return false;
             }
             return !matches!(

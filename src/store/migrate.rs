@@ -82,7 +82,10 @@ pub enum Compression {
 }
 
 /// Brings the database `client` is connected to up to [`SCHEMA_VERSION`].
-pub async fn migrate(client: &Client, options: &MigrateOptions) -> Result<MigrateReport, StoreError> {
+pub async fn migrate(
+    client: &Client,
+    options: &MigrateOptions,
+) -> Result<MigrateReport, StoreError> {
     let free: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -168,7 +171,9 @@ async fn migrate_locked(
                     &[&table, iv],
                 )
                 .await
-                .map_err(StoreError::db(format!("setting the chunk interval of {table}")))?;
+                .map_err(StoreError::db(format!(
+                    "setting the chunk interval of {table}"
+                )))?;
         }
     }
     let compression = compression(client).await?;
@@ -196,7 +201,8 @@ async fn apply(client: &Client, m: &Migration, chunk_interval: &str) -> Result<(
     let result = async {
         client
             .batch_execute(&format!(
-                "SET LOCAL krakenbook.chunk_interval = '{}'",
+                "SET LOCAL client_min_messages = warning; \
+                 SET LOCAL krakenbook.chunk_interval = '{}'",
                 chunk_interval.replace('\'', "''")
             ))
             .await?;
@@ -327,7 +333,10 @@ async fn compression(client: &Client) -> Result<Compression, StoreError> {
             .map_err(StoreError::db(format!("adding the compression policy of {table}")))?;
     }
     Ok(if enabled_now {
-        tracing::info!(after = COMPRESS_AFTER, "compression enabled (segment by symbol, order by time)");
+        tracing::info!(
+            after = COMPRESS_AFTER,
+            "compression enabled (segment by symbol, order by time)"
+        );
         Compression::Enabled
     } else {
         Compression::AlreadyEnabled

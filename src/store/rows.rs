@@ -76,13 +76,25 @@ pub struct RowError {
 }
 
 /// Encodes records into the binary COPY streams of the messages, entries and events tables.
-#[derive(Debug)]
 pub struct RowEncoder {
     collector: String,
     messages: BytesMut,
     entries: BytesMut,
     events: BytesMut,
     counts: RowCounts,
+}
+
+impl std::fmt::Debug for RowEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowEncoder")
+            .field("collector", &self.collector)
+            .field("counts", &self.counts)
+            .field(
+                "buffered_bytes",
+                &(self.messages.len() + self.entries.len() + self.events.len()),
+            )
+            .finish()
+    }
 }
 
 impl RowEncoder {
@@ -177,7 +189,10 @@ impl RowEncoder {
             Some(t) => put_ts(b, t),
             None => put_null(b),
         }
-        put_opt_text(b, (!event.detail.is_empty()).then_some(event.detail.as_str()));
+        put_opt_text(
+            b,
+            (!event.detail.is_empty()).then_some(event.detail.as_str()),
+        );
         self.counts.events += 1;
     }
 

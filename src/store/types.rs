@@ -134,12 +134,18 @@ pub fn read_numeric(raw: &[u8]) -> Result<Decimal, NumericError> {
     match sign {
         NUMERIC_POS => {}
         NUMERIC_NEG => return Err(NumericError("negative numeric is not a price or quantity")),
-        _ => return Err(NumericError("numeric NaN or infinity is not a price or quantity")),
+        _ => {
+            return Err(NumericError(
+                "numeric NaN or infinity is not a price or quantity",
+            ));
+        }
     }
     let scale = u8::try_from(dscale)
         .ok()
         .filter(|s| *s <= Decimal::MAX_SCALE)
-        .ok_or(NumericError("numeric has more than 30 digits after the point"))?;
+        .ok_or(NumericError(
+            "numeric has more than 30 digits after the point",
+        ))?;
     let mut mantissa: u128 = 0;
     for k in 0..ndigits {
         let digit = u128::from(word(8 + 2 * k)?);

@@ -22,9 +22,9 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, Statement};
 
+use super::StoreError;
 use super::connect::DbTarget;
 use super::rows::{COPY_ENTRIES, COPY_EVENTS, COPY_MESSAGES, RowCounts, RowEncoder};
-use super::StoreError;
 use crate::record::Record;
 use crate::time::Timestamp;
 
@@ -57,7 +57,9 @@ impl RetryPolicy {
     /// per attempt, capped at the maximum.
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(20);
-        self.initial_delay.saturating_mul(factor).min(self.max_delay)
+        self.initial_delay
+            .saturating_mul(factor)
+            .min(self.max_delay)
     }
 }
 
@@ -225,7 +227,10 @@ impl Writer {
             .await;
             match result {
                 Ok(seq) => return Ok(seq),
-                Err(e) => self.after_failure(e, attempt, "reading the checkpoint").await?,
+                Err(e) => {
+                    self.after_failure(e, attempt, "reading the checkpoint")
+                        .await?
+                }
             }
         }
     }
@@ -359,7 +364,9 @@ impl Writer {
             self.conn = Some(self.open().await?);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::InvalidBatch("no connection after connecting".into()));
+            return Err(StoreError::InvalidBatch(
+                "no connection after connecting".into(),
+            ));
         };
         let collector = self.config.collector.as_str();
         let encoder = &mut self.encoder;
@@ -394,7 +401,9 @@ impl Writer {
         let sink = tx
             .copy_in(&conn.copy_messages)
             .await
-            .map_err(StoreError::db("starting COPY into kraken_orderbook_messages"))?;
+            .map_err(StoreError::db(
+                "starting COPY into kraken_orderbook_messages",
+            ))?;
         futures_util::pin_mut!(sink);
         let copy_err = StoreError::db("COPY into kraken_orderbook_messages");
         let mut result = Ok(());
@@ -431,9 +440,7 @@ impl Writer {
         tx.execute(&conn.update_checkpoint, &[&last_seq, &collector])
             .await
             .map_err(StoreError::db("moving the checkpoint"))?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing"))?;
+        tx.commit().await.map_err(StoreError::db("committing"))?;
         report.written = todo.len() as u64;
         report.rows = counts;
         Ok(report)
@@ -513,7 +520,7 @@ fn first_words(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{FeedEvent, EventKind, RecordBody};
+    use crate::record::{EventKind, FeedEvent, RecordBody};
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -82,7 +82,9 @@ pub async fn fresh_db() -> TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-            .unwrap_or_else(|e| panic!("TEST_DATABASE_URL: cannot create a database: {e}; {HOW_TO_FIX}"));
+            .unwrap_or_else(|e| {
+                panic!("TEST_DATABASE_URL: cannot create a database: {e}; {HOW_TO_FIX}")
+            });
         return TestDb {
             url: with_dbname(&url, &name),
             external: Some((url, name)),
@@ -101,7 +103,9 @@ pub async fn fresh_db() -> TestDb {
 /// `url` pointing at database `name`.
 pub fn with_dbname(url: &str, name: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url, None), |(b, q)| (b, Some(q)));
         let scheme_end = base.find("://").unwrap() + 3;
         let host_end = base[scheme_end..]
             .find('/')

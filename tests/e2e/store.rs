@@ -152,7 +152,10 @@ fn expected() -> Expected {
 async fn write_all(url: &str, collector: &str, records: &[Record], batch: usize) -> Writer {
     let mut writer = Writer::new(url, WriterConfig::new(collector)).unwrap();
     for chunk in records.chunks(batch) {
-        writer.write_batch(chunk).await.unwrap_or_else(|e| panic!("{e}"));
+        writer
+            .write_batch(chunk)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     writer
 }
@@ -169,11 +172,9 @@ async fn simple_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).map(str::to_owned))
-                    .collect(),
-            ),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -232,7 +233,11 @@ async fn the_real_captures_store_every_book_frame_once_and_every_level_once_exac
         &texts,
     )
     .await;
-    assert_eq!(same_json, e.stored.len() as i64, "raw_message is each frame's JSON");
+    assert_eq!(
+        same_json,
+        e.stored.len() as i64,
+        "raw_message is each frame's JSON"
+    );
 
     // Every level once, in wire order, with its exact text (0.00005100 stays 0.00005100).
     let rows = client
@@ -259,7 +264,10 @@ async fn the_real_captures_store_every_book_frame_once_and_every_level_once_exac
         .collect();
     assert_eq!(stored.len(), e.levels.len());
     let differ = stored.iter().zip(&e.levels).find(|(a, b)| a != b);
-    assert!(differ.is_none(), "levels differ from the captures: {differ:?}");
+    assert!(
+        differ.is_none(),
+        "levels differ from the captures: {differ:?}"
+    );
     assert!(
         stored.iter().any(|l| l.4 == "0.00005100"),
         "the captures' 0.00005100 quantities are stored with their scale"
@@ -282,7 +290,11 @@ async fn the_real_captures_store_every_book_frame_once_and_every_level_once_exac
         .filter(|s| records[(**s - 1) as usize].conn_id == 5)
         .count() as i64;
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
         (e.books.len() as i64 - mid_stream, mid_stream, 0)
     );
 
@@ -493,14 +505,27 @@ async fn a_non_retriable_failure_is_reported_with_the_batch_range_and_nothing_co
     }
     assert!(!err.is_retriable());
     let text = err.to_string();
-    assert!(text.contains("11..=510") && text.contains("injected commit failure"), "{text}");
-    assert_eq!(count(&client, "SELECT count(*) FROM kraken_orderbook_messages").await, 0);
-    assert_eq!(count(&client, "SELECT count(*) FROM kraken_orderbook_entries").await, 0);
+    assert!(
+        text.contains("11..=510") && text.contains("injected commit failure"),
+        "{text}"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM kraken_orderbook_messages").await,
+        0
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM kraken_orderbook_entries").await,
+        0
+    );
     // The trigger has fired once: the same batch now goes through, once.
     w.write_batch(&records[10..510]).await.unwrap();
     assert_eq!(
         count(&client, "SELECT count(*) FROM kraken_orderbook_messages").await,
-        expected().stored.keys().filter(|s| (11..=510).contains(*s)).count() as i64
+        expected()
+            .stored
+            .keys()
+            .filter(|s| (11..=510).contains(*s))
+            .count() as i64
     );
 }
 
@@ -547,7 +572,9 @@ async fn the_writer_waits_out_a_database_outage() {
     let cluster = own_cluster();
     let url = cluster.create_database().await.unwrap();
     let client = connect(&url).await;
-    store::migrate(&client, &MigrateOptions::default()).await.unwrap();
+    store::migrate(&client, &MigrateOptions::default())
+        .await
+        .unwrap();
     drop(client);
     let records = fixture_records();
     let mut w = Writer::new(&url, WriterConfig::new("outage")).unwrap();
@@ -562,7 +589,10 @@ async fn the_writer_waits_out_a_database_outage() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!writing.is_finished(), "the writer must wait for the database");
+    assert!(
+        !writing.is_finished(),
+        "the writer must wait for the database"
+    );
     cluster.start().unwrap();
     let (report, stats) = writing.await.unwrap();
     let report = report.unwrap_or_else(|e| panic!("{e}"));
@@ -619,7 +649,11 @@ async fn migrating_twice_is_a_no_op() {
         }
     );
     let before = schema_snapshot(&client).await;
-    assert!(before.iter().any(|l| l.contains("kraken_orderbook_messages_snapshot_idx")));
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("kraken_orderbook_messages_snapshot_idx"))
+    );
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
@@ -640,11 +674,19 @@ async fn concurrent_migrations_are_safe() {
     }
     let mut applied = 0;
     for t in tasks {
-        applied += t.await.unwrap().unwrap_or_else(|e| panic!("{e}")).applied.len();
+        applied += t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .applied
+            .len();
     }
     assert_eq!(applied, 1, "exactly one process applies the migration");
     let client = connect(&db.url).await;
-    assert_eq!(count(&client, "SELECT count(*) FROM krakenbook_migrations").await, 1);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -774,7 +816,11 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
         .await,
         0
     );
-    let dims = count(&client, "SELECT count(*) FROM timescaledb_information.hypertables").await;
+    let dims = count(
+        &client,
+        "SELECT count(*) FROM timescaledb_information.hypertables",
+    )
+    .await;
     assert_eq!(dims, 2);
 
     // The new writer stores into the converted tables: the captures, and a message naming the
@@ -811,7 +857,11 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
     );
     // The original rows kept their ids; new rows get ids from the same sequence.
     assert_eq!(
-        count(&client, "SELECT count(*) FROM kraken_orderbook_messages WHERE id IS NULL").await,
+        count(
+            &client,
+            "SELECT count(*) FROM kraken_orderbook_messages WHERE id IS NULL"
+        )
+        .await,
         0
     );
 }
@@ -830,7 +880,10 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
     let q = "SELECT COUNT(*) FROM kraken_orderbook_messages;";
     assert_eq!(one(simple_rows(&client, q).await), stored.to_string());
     let q = "SELECT COUNT(*) FROM kraken_orderbook_entries;";
-    assert_eq!(one(simple_rows(&client, q).await), e.levels.len().to_string());
+    assert_eq!(
+        one(simple_rows(&client, q).await),
+        e.levels.len().to_string()
+    );
 
     let mut ts = e.timestamps.clone();
     ts.sort();
@@ -859,9 +912,13 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
     assert_eq!(newest_level, newest_book);
 
     let q = "SELECT DISTINCT symbol FROM kraken_orderbook_messages;";
-    let symbols: BTreeSet<Option<String>> =
-        simple_rows(&client, q).await.into_iter().map(|r| r[0].clone()).collect();
-    let mut want: BTreeSet<Option<String>> = e.books.values().map(|(s, _)| Some(s.clone())).collect();
+    let symbols: BTreeSet<Option<String>> = simple_rows(&client, q)
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    let mut want: BTreeSet<Option<String>> =
+        e.books.values().map(|(s, _)| Some(s.clone())).collect();
     // Frames about no symbol (the status frame) have none.
     want.insert(None);
     assert_eq!(symbols, want);
@@ -876,10 +933,14 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
     let q = "SELECT jsonb_pretty(raw_message) FROM kraken_orderbook_messages LIMIT 1;";
     let pretty = one(simple_rows(&client, q).await);
     let v: serde_json::Value = serde_json::from_str(&pretty).unwrap();
-    assert!(v.get("channel").is_some() || v.get("method").is_some(), "{pretty}");
+    assert!(
+        v.get("channel").is_some() || v.get("method").is_some(),
+        "{pretty}"
+    );
     assert!(pretty.contains('\n'), "pretty-printed");
 
-    let q = "SELECT * FROM kraken_orderbook_entries WHERE symbol = 'BTC/USD' ORDER BY timestamp DESC;";
+    let q =
+        "SELECT * FROM kraken_orderbook_entries WHERE symbol = 'BTC/USD' ORDER BY timestamp DESC;";
     assert_eq!(
         simple_rows(&client, q).await.len() as u64,
         e.levels_by_symbol["BTC/USD"]
@@ -968,7 +1029,12 @@ async fn decimals_and_timestamps_round_trip_exactly_through_the_server() {
         assert_eq!((back, back.scale()), (*v, v.scale()), "{v}");
     }
     // Text the server parses comes back exactly.
-    for text in ["0.00005100", "62803.0", "1e-5", "0.1000000000000000000000000000"] {
+    for text in [
+        "0.00005100",
+        "62803.0",
+        "1e-5",
+        "0.1000000000000000000000000000",
+    ] {
         let back: Decimal = client
             .query_one("SELECT $1::text::numeric", &[&text])
             .await
@@ -982,7 +1048,12 @@ async fn decimals_and_timestamps_round_trip_exactly_through_the_server() {
         assert_eq!(back.to_string(), server, "{text}");
     }
     // What is not a Decimal is an error, not a wrong value.
-    for text in ["NaN", "-1.5", "Infinity", "0.1234567890123456789012345678901"] {
+    for text in [
+        "NaN",
+        "-1.5",
+        "Infinity",
+        "0.1234567890123456789012345678901",
+    ] {
         let r = client
             .query_one("SELECT $1::text::numeric", &[&text])
             .await
@@ -992,9 +1063,15 @@ async fn decimals_and_timestamps_round_trip_exactly_through_the_server() {
 
     client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
     for (text, server) in [
-        ("2026-08-17T16:01:57.687440Z", "2026-08-17 16:01:57.68744+00"),
+        (
+            "2026-08-17T16:01:57.687440Z",
+            "2026-08-17 16:01:57.68744+00",
+        ),
         ("2000-01-01T00:00:00Z", "2000-01-01 00:00:00+00"),
-        ("1999-12-31T23:59:59.999999Z", "1999-12-31 23:59:59.999999+00"),
+        (
+            "1999-12-31T23:59:59.999999Z",
+            "1999-12-31 23:59:59.999999+00",
+        ),
     ] {
         let t = Timestamp::parse(text).unwrap();
         let row = client
@@ -1037,7 +1114,10 @@ async fn jsonb_compatibility_matches_the_server() {
         let ours = store::types::jsonb_compatible(text);
         // Refusing what the server would take costs only a text column; the reverse would fail a
         // batch, so that must never happen.
-        assert!(server_ok || !ours, "{text}: the server refuses what krakenbook accepts");
+        assert!(
+            server_ok || !ours,
+            "{text}: the server refuses what krakenbook accepts"
+        );
         assert_eq!(ours, server_ok && !stricter, "{text}");
     }
 }
@@ -1109,7 +1189,11 @@ async fn malformed_frames_are_stored_with_their_text_and_nothing_is_lost() {
     assert_eq!(rows.len(), 6);
     for (row, (frame, channel, kind)) in rows.iter().zip(&frames) {
         let seq: i64 = row.get(0);
-        assert_eq!((row.get::<_, String>(1), row.get::<_, String>(2)), (channel.to_string(), kind.to_string()), "seq {seq}");
+        assert_eq!(
+            (row.get::<_, String>(1), row.get::<_, String>(2)),
+            (channel.to_string(), kind.to_string()),
+            "seq {seq}"
+        );
         let json: Option<String> = row.get(3);
         let text: Option<String> = row.get(4);
         let bytes: Option<Vec<u8>> = row.get(5);
@@ -1128,11 +1212,17 @@ async fn malformed_frames_are_stored_with_their_text_and_nothing_is_lost() {
         }
     }
     let event: (String, String) = client
-        .query_one("SELECT event, detail FROM kraken_feed_events WHERE seq = 8", &[])
+        .query_one(
+            "SELECT event, detail FROM kraken_feed_events WHERE seq = 8",
+            &[],
+        )
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!(event, ("malformed_frame".into(), "frame is not valid JSON".into()));
+    assert_eq!(
+        event,
+        ("malformed_frame".into(), "frame is not valid JSON".into())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1144,17 +1234,31 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     // Trust authentication ignores the password, so it can be given and must then be hidden.
     let url = db.url.replacen("postgres@", "postgres:hunter2@", 1);
     assert!(url.contains("hunter2") || std::env::var("TEST_DATABASE_URL").is_ok());
-    let out = run(&["migrate", "--database-url", &url, "--chunk-interval", "12 hours"]);
+    let out = run(&[
+        "migrate",
+        "--database-url",
+        &url,
+        "--chunk-interval",
+        "12 hours",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("schema migrated from version 0 to 1"), "{stdout}");
+    assert!(
+        stdout.contains("schema migrated from version 0 to 1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
     assert!(stdout2.contains("schema already at version 1"), "{stdout2}");
-    for text in [&stdout, &stderr, &stdout2, &String::from_utf8_lossy(&again.stderr)] {
+    for text in [
+        &stdout,
+        &stderr,
+        &stdout2,
+        &String::from_utf8_lossy(&again.stderr),
+    ] {
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
@@ -1168,12 +1272,22 @@ fn migrate_command_errors_are_one_line_and_say_what_to_fix() {
     let good = no_db.replace("no_such_db", "postgres");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["migrate"], "--database-url"),
-        (vec!["migrate", "--database-url", "localhost:5432"], "database URL"),
         (
-            vec!["migrate", "--database-url", "postgres://kb:hunter2@host:port/db"],
+            vec!["migrate", "--database-url", "localhost:5432"],
+            "database URL",
+        ),
+        (
+            vec![
+                "migrate",
+                "--database-url",
+                "postgres://kb:hunter2@host:port/db",
+            ],
             "invalid database URL postgres://kb:***@host:port/db",
         ),
-        (vec!["migrate", "--database-url", &refused], "Connection refused"),
+        (
+            vec!["migrate", "--database-url", &refused],
+            "Connection refused",
+        ),
         (vec!["migrate", "--database-url", &no_db], "no_such_db"),
         (
             vec![
@@ -1225,7 +1339,11 @@ async fn bench_ingest_prints_both_rates_and_their_ratio() {
         "500",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("3000 BTC/USD book messages"), "{stdout}");
     assert!(stdout.contains("writer ("), "{stdout}");
     assert!(stdout.contains("plain binary COPY"), "{stdout}");
@@ -1265,7 +1383,10 @@ fn a_killed_process_does_not_leave_its_cluster_running() {
             if let Ok(text) = std::fs::read_to_string(pid_file(d))
                 && text.lines().count() >= 8
             {
-                postmaster = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok());
+                postmaster = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<u32>().ok());
             }
         }
         if postmaster.is_some() {
@@ -1287,5 +1408,205 @@ fn a_killed_process_does_not_leave_its_cluster_running() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(gone, "postgres {postmaster} or its directory outlived the process");
+    assert!(
+        gone,
+        "postgres {postmaster} or its directory outlived the process"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS.
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a server certificate for `localhost` signed by it, in `dir`.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=krakenbook test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn tls_modes_encrypt_and_verify_as_libpq_does() {
+    let cluster = own_cluster();
+    let dir = cluster.root().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    // The server reads its key as its own user, and only a private key file.
+    let owner = std::fs::metadata(cluster.root().join("data")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for f in ["server.key", "server.pem"] {
+        std::os::unix::fs::chown(dir.join(f), Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let admin = connect(&cluster.url("postgres")).await;
+    for sql in [
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            dir.join("server.pem").display()
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            dir.join("server.key").display()
+        ),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    for _ in 0..100 {
+        let on: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        if on == "on" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca = dir.join("ca.pem").display().to_string();
+    let port = cluster.port();
+    let url =
+        |host: &str, query: &str| format!("postgres://postgres:pw@{host}:{port}/postgres?{query}");
+    let encrypted = |client: Client| async move {
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    // (URL, connects, encrypted)
+    let cases = [
+        (url("127.0.0.1", "sslmode=disable"), true, false),
+        (url("127.0.0.1", ""), true, true),
+        (url("127.0.0.1", "sslmode=require"), true, true),
+        (
+            url(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            true,
+            true,
+        ),
+        (
+            url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+            true,
+            true,
+        ),
+        (
+            url("127.0.0.1", &format!("sslmode=require&sslrootcert={ca}")),
+            true,
+            true,
+        ),
+        // The certificate names localhost, not 127.0.0.1.
+        (
+            url(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            false,
+            false,
+        ),
+        // Not signed by a public root.
+        (url("localhost", "sslmode=verify-full"), false, false),
+        (url("localhost", "sslmode=verify-ca"), false, false),
+    ];
+    for (u, connects, want_tls) in cases {
+        match store::connect(&u, "krakenbook tls test").await {
+            Ok(client) => {
+                assert!(connects, "{u} should have been refused");
+                assert_eq!(encrypted(client).await, want_tls, "{u}");
+            }
+            Err(e) => {
+                assert!(!connects, "{u}: {e}");
+                assert!(
+                    !e.is_retriable(),
+                    "{u}: a certificate problem is not retried: {e}"
+                );
+                assert!(!e.to_string().contains(":pw@"), "{e}");
+                assert!(e.to_string().contains("certificate"), "{u}: {e}");
+            }
+        }
+    }
+    let e = store::connect(
+        &url(
+            "localhost",
+            "sslmode=verify-full&sslrootcert=/no/such/ca.pem",
+        ),
+        "t",
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("/no/such/ca.pem"), "{e}");
+
+    // The writer over verified TLS.
+    let verified = url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    store::migrate(
+        &store::connect(&verified, "t").await.unwrap(),
+        &MigrateOptions::default(),
+    )
+    .await
+    .unwrap();
+    let records = fixture_records();
+    let mut w = Writer::new(&verified, WriterConfig::new("tls")).unwrap();
+    w.write_batch(&records[..300]).await.unwrap();
+    assert_stored_once(&admin, &records[..300]).await;
 }
