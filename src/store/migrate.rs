@@ -119,15 +119,25 @@ async fn migrate_locked(
         Some(text) => Some(canonical_interval(client, text).await?),
         None => None,
     };
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS krakenbook_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
+    let has_table: bool = client
+        .query_one(
+            "SELECT to_regclass('krakenbook_migrations') IS NOT NULL",
+            &[],
         )
         .await
-        .map_err(StoreError::db("creating krakenbook_migrations"))?;
+        .map_err(StoreError::db("looking for krakenbook_migrations"))?
+        .get(0);
+    if !has_table {
+        client
+            .batch_execute(
+                "CREATE TABLE krakenbook_migrations (
+                     version    integer PRIMARY KEY,
+                     name       text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(StoreError::db("creating krakenbook_migrations"))?;
+    }
     let from_version: i32 = client
         .query_one(
             "SELECT coalesce(max(version), 0) FROM krakenbook_migrations",

@@ -1368,7 +1368,7 @@ async fn bench_ingest_prints_both_rates_and_their_ratio() {
 fn a_killed_process_does_not_leave_its_cluster_running() {
     // `bench ingest` without a database starts a throwaway cluster of its own.
     let mut child = crate::support::krakenbook()
-        .args(["bench", "ingest", "--messages", "300000", "--rounds", "20"])
+        .args(["bench", "ingest", "--messages", "50000", "--rounds", "20"])
         .env_remove("DATABASE_URL")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
