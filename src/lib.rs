@@ -4,6 +4,7 @@
 //! - [`kraken`]: the v2 protocol, decoded without I/O or floating point;
 //! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
 //! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
+//! - [`store`]: TimescaleDB: schema, migrations, the exactly-once binary-COPY writer;
 //! - [`verify`]: checking recorded frames against their checksums.
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
@@ -19,5 +20,6 @@ pub mod kraken;
 pub mod metrics;
 pub mod record;
 pub mod replay;
+pub mod store;
 pub mod time;
 pub mod verify;

@@ -328,6 +328,13 @@ impl Metrics {
         out
     }
 
+    /// The database's checkpoint, when a database pipeline is attached.
+    pub fn store_checkpoint(&self) -> Option<u64> {
+        self.store
+            .get()
+            .map(|s| s.checkpoint_seq.load(Ordering::Acquire))
+    }
+
     /// Database lag: (records, seconds, bytes) between the journal and the database.
     pub fn db_lag(&self) -> (u64, f64, u64) {
         let (Some(j), Some(s)) = (self.journal.get(), self.store.get()) else {

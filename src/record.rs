@@ -53,6 +53,8 @@ pub struct BookState {
     pub precision: Precision,
     /// The book's checksum (equal to Kraken's for the last message applied).
     pub checksum: u32,
+    /// Kraken's timestamp of the last message applied (its receive time when it had none).
+    pub timestamp: Timestamp,
     /// Bids, best first.
     pub bids: Vec<PriceLevel>,
     /// Asks, best first.

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use krakenbook::collect::{self, CollectConfig, Symbols};
+use krakenbook::collect::{self, CollectConfig, DatabaseConfig, Symbols};
 use krakenbook::config::{CollectFile, parse_duration, parse_size};
 use krakenbook::feed::FeedConfig;
 use krakenbook::journal::JournalConfig;
@@ -55,6 +55,19 @@ pub struct CollectArgs {
     /// Journal directory [default: ./data/journal].
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
+    /// Also write to this TimescaleDB (postgres://user:pass@host/db?sslmode=require); without
+    /// one, the journal is the only store (load it later with `krakenbook import`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// This collector's name in the database, for a new journal [default: host name + random].
+    #[arg(long, env = "KRAKENBOOK_COLLECTOR_ID")]
+    pub collector_id: Option<String>,
+    /// Chunk interval of new hypertables (e.g. "1 day", "6 hours") [default: 1 day].
+    #[arg(long)]
+    pub chunk_interval: Option<String>,
+    /// Most records per database transaction [default: 2000].
+    #[arg(long)]
+    pub db_batch_size: Option<usize>,
     /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "KRAKENBOOK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -146,7 +159,28 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         ),
         None => None,
     };
+    let database = args
+        .database_url
+        .or(file.database_url)
+        .filter(|u| !u.trim().is_empty())
+        .map(|url| {
+            let mut batch = krakenbook::store::BatchConfig::default();
+            if let Some(n) = args.db_batch_size {
+                batch.max_records = n.max(1);
+            }
+            DatabaseConfig {
+                url,
+                batch,
+                chunk_interval: args.chunk_interval.clone(),
+            }
+        });
+    if let Some(db) = &database {
+        krakenbook::store::DbTarget::parse(&db.url)
+            .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+    }
     Ok(CollectConfig {
+        database,
+        collector_id: args.collector_id.or(file.collector_id),
         feed,
         symbols,
         journal,
@@ -184,10 +218,16 @@ pub async fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(cancel.clone())?;
     let metrics = Arc::new(Metrics::default());
     let summary = collect::run(config, cancel, metrics).await?;
-    eprintln!(
-        "collect: stopped cleanly: {} frames received, journal synced through seq {}",
-        summary.frames, summary.journal_seq
-    );
+    match summary.database_seq {
+        Some(db) => eprintln!(
+            "collect: stopped cleanly: {} frames received, journal synced through seq {}, database through seq {db}",
+            summary.frames, summary.journal_seq
+        ),
+        None => eprintln!(
+            "collect: stopped cleanly: {} frames received, journal synced through seq {}",
+            summary.frames, summary.journal_seq
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,7 +3,10 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
+mod bench;
 mod collect;
+mod import;
+mod migrate;
 mod verify;
 
 use std::process::ExitCode;
@@ -26,7 +29,9 @@ const EXAMPLES: &str = "\
 Examples:
   krakenbook collect --symbols BTC/USD,ETH/USD --depth 100  record books into ./data/journal
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
-  krakenbook verify --json capture.ndjson                 the same, as JSON for scripts";
+  krakenbook verify --json capture.ndjson                 the same, as JSON for scripts
+  krakenbook migrate --database-url postgres://kb@localhost/market   create or upgrade the schema
+  krakenbook bench ingest                                 the store writer against plain COPY";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
@@ -34,15 +39,27 @@ pub enum Command {
     /// Record order books from Kraken (or a simulator) into the journal and TimescaleDB.
     #[command(after_help = collect::COLLECT_HELP)]
     Collect(Box<collect::CollectArgs>),
+    /// Load a journal recorded without a database into TimescaleDB (resumable, idempotent).
+    #[command(after_help = import::IMPORT_EXAMPLES)]
+    Import(import::ImportArgs),
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
+    /// Create or upgrade the TimescaleDB schema.
+    #[command(after_help = migrate::MIGRATE_EXAMPLES)]
+    Migrate(migrate::MigrateArgs),
+    /// Measure throughput (the store writer against plain COPY).
+    #[command(after_help = bench::BENCH_EXAMPLES)]
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Collect(args) => collect::run(*args).await,
+        Command::Import(args) => import::run(args).await,
         Command::Verify(args) => verify::run(args),
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

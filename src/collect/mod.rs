@@ -22,6 +22,12 @@ use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, fetch_pairs};
 use crate::journal::{JournalConfig, JournalError, spawn_journal};
 use crate::metrics::{self, Metrics};
 
+mod import;
+mod pipeline;
+
+pub use import::{ImportError, ImportReport, import};
+pub use pipeline::{DbPipeline, PipelineConfig, PipelineError};
+
 /// Which symbols to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Symbols {
@@ -46,6 +52,21 @@ pub struct CollectConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long shutdown waits for the database to catch up with the journal.
     pub shutdown_grace: Duration,
+    /// The database to write to (journal only when `None`).
+    pub database: Option<DatabaseConfig>,
+    /// The collector identity for a new journal (an existing journal keeps its own).
+    pub collector_id: Option<String>,
+}
+
+/// Where and how the collector writes to TimescaleDB.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// The database URL (`sslmode` honoured; never logged with its password).
+    pub url: String,
+    /// Batching by count and delay.
+    pub batch: crate::store::BatchConfig,
+    /// Chunk interval for new hypertables.
+    pub chunk_interval: Option<String>,
 }
 
 /// What a finished run did.
@@ -55,6 +76,8 @@ pub struct Summary {
     pub frames: u64,
     /// The journal's last `seq`.
     pub journal_seq: u64,
+    /// The database's checkpoint at exit (`None` without a database).
+    pub database_seq: Option<u64>,
 }
 
 /// Why `collect` stopped with an error.
@@ -102,11 +125,14 @@ pub async fn run(
         None => None,
     };
 
+    let collector = crate::journal::identity(&config.journal.dir, config.collector_id.as_deref())?;
+    let (checkpoint_tx, checkpoint_rx) = tokio::sync::watch::channel(0u64);
     let journal_cancel = CancellationToken::new();
+    let retention_waits_for = config.database.as_ref().map(|_| checkpoint_rx);
     let journal = spawn_journal(
         config.journal.clone(),
         config.journal_queue,
-        None,
+        retention_waits_for,
         journal_cancel.clone(),
     )?;
     metrics.attach_journal(Arc::clone(&journal.stats));
@@ -117,6 +143,25 @@ pub async fn run(
         torn_bytes = recovery.torn_bytes,
         "journal: open"
     );
+
+    let (done_tx, done_rx) = tokio::sync::watch::channel(None::<u64>);
+    let pipeline_cancel = CancellationToken::new();
+    let pipeline_task = config.database.as_ref().map(|db| {
+        tracing::info!(database = %crate::store::redact(&db.url), %collector, "database: writing through the journal");
+        let pipeline = DbPipeline::new(
+            PipelineConfig {
+                journal_dir: config.journal.dir.clone(),
+                collector: collector.clone(),
+                database_url: db.url.clone(),
+                batch: db.batch,
+                chunk_interval: db.chunk_interval.clone(),
+            },
+            journal.flushed.clone(),
+            Arc::clone(&metrics),
+        )
+        .publish_checkpoints(checkpoint_tx);
+        tokio::spawn(pipeline.run(pipeline_cancel.clone(), done_rx))
+    });
 
     let symbols = match &config.symbols {
         Symbols::List(list) => list.clone(),
@@ -172,12 +217,29 @@ pub async fn run(
     journal_cancel.cancel();
     let stats = Arc::clone(&journal.stats);
     let journal_result = journal.join().await;
+    let journal_seq = stats.flushed_seq.load(Ordering::Acquire);
+    if let Some(mut task) = pipeline_task {
+        let _ = done_tx.send(Some(journal_seq));
+        if tokio::time::timeout(config.shutdown_grace, &mut task)
+            .await
+            .is_err()
+        {
+            let (lag, _, _) = metrics.db_lag();
+            tracing::warn!(
+                records = lag,
+                "database: not caught up within the shutdown grace; the journal keeps the rest for the next start"
+            );
+            pipeline_cancel.cancel();
+            let _ = task.await;
+        }
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }
     let summary = Summary {
         frames: metrics.frames.load(Ordering::Relaxed),
         journal_seq: stats.synced_seq.load(Ordering::Relaxed),
+        database_seq: metrics.store_checkpoint(),
     };
     tracing::info!(
         frames = summary.frames,

@@ -391,6 +391,7 @@ impl Connection {
                                             depth: u16::try_from(book.depth()).unwrap_or(u16::MAX),
                                             precision: book.precision(),
                                             checksum: data.checksum,
+                                            timestamp: data.timestamp.unwrap_or(received_at),
                                             bids: view.bids,
                                             asks: view.asks,
                                         });

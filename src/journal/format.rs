@@ -107,6 +107,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
             out.push(b.precision.price);
             out.push(b.precision.qty);
             out.extend_from_slice(&b.checksum.to_le_bytes());
+            out.extend_from_slice(&b.timestamp.unix_nanos().to_le_bytes());
             for side in [&b.bids, &b.asks] {
                 out.extend_from_slice(&(side.len() as u32).to_le_bytes());
                 for level in side {
@@ -304,6 +305,8 @@ fn decode_book_state(b: &[u8]) -> Option<BookState> {
     };
     let checksum = u32_at(fixed, 4);
     at += 8;
+    let timestamp = Timestamp::from_unix_nanos(u64_at(b.get(at..at + 8)?, 0) as i64);
+    at += 8;
     let mut sides = [Vec::new(), Vec::new()];
     for side in &mut sides {
         let count = u32_at(b.get(at..at + 4)?, 0) as usize;
@@ -327,6 +330,7 @@ fn decode_book_state(b: &[u8]) -> Option<BookState> {
         depth,
         precision,
         checksum,
+        timestamp,
         bids,
         asks,
     })
@@ -404,6 +408,7 @@ mod tests {
                     depth: 1000,
                     precision: Precision { price: 1, qty: 8 },
                     checksum: 3_310_070_434,
+                    timestamp: Timestamp::from_unix_nanos(1_786_982_517_687_440_000),
                     bids: vec![PriceLevel {
                         price: d("45283.5"),
                         qty: d("0.10000000"),

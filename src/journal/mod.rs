@@ -22,7 +22,8 @@
 //!                             bit 1 best ask)  level*  frame bytes exactly as received (to the end)
 //!             kind 2 (event): a JSON FeedEvent
 //!             kind 3 (book state): n:u16 symbol[n] depth:u16 price_precision:u8 qty_precision:u8
-//!                             checksum:u32 bids:u32 level*bids asks:u32 level*asks (best first)
+//!                             checksum:u32 timestamp_ns:i64 bids:u32 level*bids asks:u32
+//!                             level*asks (best first)
 //! level    := price:decimal  qty:decimal
 //! decimal  := scale:u8  n:u8  mantissa[n]  (n ≤ 16, little-endian u128 without high zero bytes)
 //! ```

@@ -75,6 +75,8 @@ fn config(addr: SocketAddr, journal: &std::path::Path, symbols: &[&str]) -> Coll
         journal_queue: 1024,
         metrics_listen: None,
         shutdown_grace: Duration::from_secs(1),
+        database: None,
+        collector_id: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! End-to-end tests: the `krakenbook` binary against real recordings, the simulator over
 //! loopback, and a real TimescaleDB. One test binary, one module per area.
 
+mod db;
 mod feed;
+mod store;
 mod support;
 mod verify;

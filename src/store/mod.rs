@@ -1,0 +1,47 @@
+//! TimescaleDB storage: the schema and its migrations, the exactly-once binary-COPY writer, and a
+//! throwaway cluster for tests and benchmarks.
+//!
+//! The data flow: journal → [`Batcher`] → [`Writer::write_batch`] → [`rows::RowEncoder`] (binary
+//! COPY rows) → TimescaleDB. The tables:
+//! - `kraken_orderbook_messages` (hypertable on `timestamp`): one row per received frame except
+//!   heartbeats, with the frame as `jsonb` (or as text/bytes when it is not JSON), the checksum
+//!   verdict, the best bid and ask after applying it, and the order key `(collector, seq)`;
+//! - `kraken_orderbook_entries` (hypertable on `timestamp`): one row per level of a book frame,
+//!   exact `numeric` price and quantity, `ordinal` = position in its message;
+//! - `kraken_feed_events`: connections, subscriptions, checksum mismatches, resyncs;
+//! - `krakenbook_checkpoints`: per collector, the seq of the last record committed;
+//! - `krakenbook_migrations`: the schema versions applied.
+//!
+//! What must always hold: every record is committed exactly once, in the same transaction as the
+//! checkpoint that covers it; prices and quantities are stored exactly with their scale; no
+//! password is ever printed.
+
+mod batch;
+pub mod capture;
+pub mod cluster;
+mod connect;
+mod error;
+mod migrate;
+pub mod rows;
+pub mod types;
+mod writer;
+
+pub use batch::{BatchConfig, Batcher};
+pub use cluster::{ClusterOptions, TempCluster};
+pub use connect::{CONNECT_TIMEOUT, DbTarget, redact};
+pub use error::{StoreError, pg_is_retriable, sqlstate_is_retriable};
+pub use migrate::{
+    COMPRESS_AFTER, Compression, DEFAULT_CHUNK_INTERVAL, MigrateOptions, MigrateReport,
+    SCHEMA_VERSION, migrate,
+};
+pub use rows::{RowCounts, RowEncoder, RowError};
+pub use writer::{BatchReport, RetryPolicy, Writer, WriterConfig, WriterStats};
+
+/// Connects to `url` (a `postgres://` URL or `key=value` pairs) for a one-off task such as a
+/// migration; `application_name` shows in `pg_stat_activity`.
+pub async fn connect(
+    url: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, StoreError> {
+    DbTarget::parse(url)?.connect(application_name).await
+}

@@ -1,0 +1,569 @@
+//! Records to rows: the binary COPY encoding of messages, entries and feed events.
+//!
+//! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the three tables, decoding
+//! each frame once with [`kraken::decode`] and writing every value straight into a reused buffer
+//! (no row structs, no per-row allocation on the path book frames take).
+//!
+//! What must always hold:
+//! - every frame record except a heartbeat gives exactly one message row, and every level of a
+//!   book frame exactly one entry row, numbered by its position in the message (`ordinal`), so the
+//!   levels can be re-applied in wire order even when a message names a price twice;
+//! - nothing is lost: a frame that is valid JSON goes to `raw_message` (jsonb); a frame that is not
+//!   (or that `jsonb` would refuse) goes to `raw_text`; bytes that are not text go to `raw_bytes`;
+//!   such frames get `message_type = 'malformed'` (or keep their type when only jsonb refused them);
+//! - `(collector, seq)` of a row is its record's: ordering by it reproduces the received order;
+//! - the encoder never fails on a frame's content; it fails only on a record that cannot be stored
+//!   at all (a number beyond PostgreSQL's `bigint`), before anything of that record is written.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use super::types::{jsonb_compatible, put_numeric_field};
+use crate::book::{Decimal, PriceLevel};
+use crate::kraken::{self, BookData, DecodeError, Frame, Level};
+use crate::record::{BookState, FeedEvent, FrameRecord, Record, RecordBody};
+use crate::time::Timestamp;
+
+/// `COPY` statement for [`RowEncoder::messages`] (column order of the encoded rows).
+pub const COPY_MESSAGES: &str = "COPY kraken_orderbook_messages (timestamp, received_at, collector, \
+    seq, conn_id, conn_seq, channel, message_type, symbol, checksum, checksum_ok, raw_message, \
+    raw_text, raw_bytes, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty) \
+    FROM STDIN (FORMAT binary)";
+const MESSAGE_FIELDS: i16 = 18;
+
+/// `COPY` statement for [`RowEncoder::entries`].
+pub const COPY_ENTRIES: &str = "COPY kraken_orderbook_entries (timestamp, received_at, symbol, side, \
+    price, quantity, message_type, checksum, collector, seq, ordinal) FROM STDIN (FORMAT binary)";
+const ENTRY_FIELDS: i16 = 11;
+
+/// `COPY` statement for [`RowEncoder::events`].
+pub const COPY_EVENTS: &str = "COPY kraken_feed_events (time, collector, seq, conn_id, event, \
+    symbol, gap_start, detail) FROM STDIN (FORMAT binary)";
+const EVENT_FIELDS: i16 = 8;
+
+/// `COPY` statement for the book-state stream ([`RowEncoder::finish_states`]).
+pub const COPY_STATES: &str = "COPY kraken_book_states (timestamp, received_at, collector, seq, \
+    conn_id, symbol, depth, price_precision, qty_precision, checksum, bids, asks) \
+    FROM STDIN (FORMAT binary)";
+const STATE_FIELDS: i16 = 12;
+
+/// The binary COPY signature, flags and header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// The most levels one message may have: `ordinal` is a `smallint` (Kraken's deepest book, 1000
+/// levels a side, is far below).
+pub const MAX_LEVELS_PER_MESSAGE: usize = i16::MAX as usize + 1;
+
+/// Rows encoded since the last [`RowEncoder::reset`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Message rows (frames other than heartbeats).
+    pub messages: u64,
+    /// Entry rows (book levels).
+    pub entries: u64,
+    /// Feed-event rows.
+    pub events: u64,
+    /// Book-state rows.
+    pub states: u64,
+    /// Heartbeat frames (not stored).
+    pub heartbeats: u64,
+    /// Message rows of frames that could not be decoded (stored with `message_type = 'malformed'`).
+    pub malformed: u64,
+}
+
+/// A record that cannot be stored at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq} cannot be stored: {reason}")]
+pub struct RowError {
+    /// The record's seq.
+    pub seq: u64,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Encodes records into the binary COPY streams of the messages, entries and events tables.
+pub struct RowEncoder {
+    collector: String,
+    messages: BytesMut,
+    entries: BytesMut,
+    events: BytesMut,
+    states: BytesMut,
+    counts: RowCounts,
+}
+
+impl std::fmt::Debug for RowEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowEncoder")
+            .field("collector", &self.collector)
+            .field("counts", &self.counts)
+            .field(
+                "buffered_bytes",
+                &(self.messages.len() + self.entries.len() + self.events.len()),
+            )
+            .finish()
+    }
+}
+
+impl RowEncoder {
+    /// An encoder for the rows of collector `collector`, ready for the first record.
+    pub fn new(collector: &str) -> RowEncoder {
+        let mut e = RowEncoder {
+            // PostgreSQL's text cannot hold NUL.
+            collector: collector.replace('\0', "\u{FFFD}"),
+            messages: BytesMut::with_capacity(256 * 1024),
+            entries: BytesMut::with_capacity(256 * 1024),
+            events: BytesMut::with_capacity(4096),
+            states: BytesMut::with_capacity(4096),
+            counts: RowCounts::default(),
+        };
+        e.reset();
+        e
+    }
+
+    /// The collector name written in every row.
+    pub fn collector(&self) -> &str {
+        &self.collector
+    }
+
+    /// Forgets everything encoded (keeping the buffers' memory) and starts three new COPY streams.
+    pub fn reset(&mut self) {
+        for buf in [
+            &mut self.messages,
+            &mut self.entries,
+            &mut self.events,
+            &mut self.states,
+        ] {
+            buf.clear();
+            buf.put_slice(COPY_HEADER);
+        }
+        self.counts = RowCounts::default();
+    }
+
+    /// Rows encoded since the last reset.
+    pub fn counts(&self) -> RowCounts {
+        self.counts
+    }
+
+    /// Bytes of the messages stream not yet taken.
+    pub fn messages_len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Takes the messages stream encoded so far (for sending while encoding goes on).
+    pub fn take_messages(&mut self) -> Bytes {
+        self.messages.split().freeze()
+    }
+
+    /// Ends the three streams and takes them: (messages, entries, events). Call once per reset.
+    pub fn finish(&mut self) -> (Bytes, Bytes, Bytes) {
+        for buf in [&mut self.messages, &mut self.entries, &mut self.events] {
+            buf.put_i16(-1);
+        }
+        (
+            self.messages.split().freeze(),
+            self.entries.split().freeze(),
+            self.events.split().freeze(),
+        )
+    }
+
+    /// Ends the book-state stream and takes it (after [`finish`](Self::finish)).
+    pub fn finish_states(&mut self) -> Bytes {
+        self.states.put_i16(-1);
+        self.states.split().freeze()
+    }
+
+    /// Encodes one record's rows. On error nothing of the record has been written.
+    pub fn push(&mut self, record: &Record) -> Result<(), RowError> {
+        let err = |reason| RowError {
+            seq: record.seq,
+            reason,
+        };
+        let seq = i64::try_from(record.seq).map_err(|_| err("seq exceeds bigint"))?;
+        let conn_id = i64::try_from(record.conn_id).map_err(|_| err("conn_id exceeds bigint"))?;
+        let conn_seq =
+            i64::try_from(record.conn_seq).map_err(|_| err("conn_seq exceeds bigint"))?;
+        let ids = Ids {
+            seq,
+            conn_id,
+            conn_seq,
+            received_at: record.received_at,
+        };
+        match &record.body {
+            RecordBody::Frame(frame) => self.push_frame(&ids, frame),
+            RecordBody::Event(event) => self.push_event(&ids, event),
+            RecordBody::BookState(state) => self.push_state(&ids, state),
+        }
+        Ok(())
+    }
+
+    fn push_event(&mut self, ids: &Ids, event: &FeedEvent) {
+        let b = &mut self.events;
+        b.put_i16(EVENT_FIELDS);
+        put_ts(b, ids.received_at);
+        put_text(b, &self.collector);
+        put_i64(b, ids.seq);
+        put_i64(b, ids.conn_id);
+        put_text(b, event.kind.as_str());
+        put_opt_text(b, event.symbol.as_deref());
+        match event.gap_start {
+            Some(t) => put_ts(b, t),
+            None => put_null(b),
+        }
+        put_opt_text(
+            b,
+            (!event.detail.is_empty()).then_some(event.detail.as_str()),
+        );
+        self.counts.events += 1;
+    }
+
+    fn push_state(&mut self, ids: &Ids, state: &BookState) {
+        let b = &mut self.states;
+        b.put_i16(STATE_FIELDS);
+        put_ts(b, state.timestamp);
+        put_ts(b, ids.received_at);
+        put_text(b, &self.collector);
+        put_i64(b, ids.seq);
+        put_i64(b, ids.conn_id);
+        put_text(b, &state.symbol);
+        b.put_i32(4);
+        b.put_i32(i32::from(state.depth));
+        b.put_i32(2);
+        b.put_i16(i16::from(state.precision.price));
+        b.put_i32(2);
+        b.put_i16(i16::from(state.precision.qty));
+        put_i64(b, i64::from(state.checksum));
+        for side in [&state.bids, &state.asks] {
+            let json = levels_json(side);
+            b.put_i32(json.len() as i32 + 1);
+            b.put_u8(1);
+            b.put_slice(json.as_bytes());
+        }
+        self.counts.states += 1;
+    }
+
+    fn push_frame(&mut self, ids: &Ids, frame: &FrameRecord) {
+        let Ok(text) = std::str::from_utf8(&frame.bytes) else {
+            // Not text at all: kept byte for byte.
+            let row = MessageRow::malformed(ids, "unknown", Raw::Bytes(&frame.bytes));
+            self.put_message(&row, frame);
+            self.counts.malformed += 1;
+            return;
+        };
+        match kraken::decode(text) {
+            Ok(Frame::Heartbeat) => self.counts.heartbeats += 1,
+            Ok(Frame::Book(book)) => {
+                let levels: usize = book.data.iter().map(BookData::level_count).sum();
+                let first = book.data.first();
+                let timestamp = first.and_then(|d| d.timestamp).unwrap_or(ids.received_at);
+                let message_type = book.kind.as_str();
+                let raw = Raw::json(text);
+                if levels > MAX_LEVELS_PER_MESSAGE {
+                    tracing::warn!(
+                        seq = ids.seq,
+                        levels,
+                        "book frame with more levels than a message may hold; stored as malformed"
+                    );
+                    let row = MessageRow::malformed(ids, "book", raw);
+                    self.put_message(&row, frame);
+                    self.counts.malformed += 1;
+                    return;
+                }
+                let row = MessageRow {
+                    timestamp,
+                    channel: "book",
+                    message_type,
+                    symbol: first.map(|d| d.symbol.as_ref()),
+                    checksum: first.map(|d| i64::from(d.checksum)),
+                    raw,
+                    ids,
+                };
+                self.put_message(&row, frame);
+                let mut ordinal: i16 = 0;
+                for data in &book.data {
+                    let entry = EntryHead {
+                        timestamp: data.timestamp.unwrap_or(timestamp),
+                        received_at: ids.received_at,
+                        symbol: &data.symbol,
+                        message_type,
+                        checksum: i64::from(data.checksum),
+                        seq: ids.seq,
+                    };
+                    for (side, levels) in [("bid", &data.bids), ("ask", &data.asks)] {
+                        for level in levels {
+                            self.put_entry(&entry, side, level, ordinal);
+                            // At most MAX_LEVELS_PER_MESSAGE levels (checked above): no overflow
+                            // that matters; the last increment may wrap and is never written.
+                            ordinal = ordinal.wrapping_add(1);
+                        }
+                    }
+                }
+            }
+            Ok(decoded) => {
+                let claim: Claim<'_> = match decoded {
+                    Frame::Unknown(_) => serde_json::from_str(text).unwrap_or_default(),
+                    _ => Claim::default(),
+                };
+                let row = other_frame_row(ids, text, &decoded, &claim);
+                self.put_message(&row, frame);
+            }
+            Err(e) => {
+                let (channel, raw) = match &e {
+                    DecodeError::Shape { channel, .. } => (channel.as_str(), Raw::json(text)),
+                    DecodeError::Json { .. } => ("unknown", Raw::not_json(text, &frame.bytes)),
+                };
+                let row = MessageRow::malformed(ids, channel, raw);
+                self.put_message(&row, frame);
+                self.counts.malformed += 1;
+            }
+        }
+    }
+
+    fn put_message(&mut self, row: &MessageRow<'_>, frame: &FrameRecord) {
+        let b = &mut self.messages;
+        b.put_i16(MESSAGE_FIELDS);
+        put_ts(b, row.timestamp);
+        put_ts(b, row.ids.received_at);
+        put_text(b, &self.collector);
+        put_i64(b, row.ids.seq);
+        put_i64(b, row.ids.conn_id);
+        put_i64(b, row.ids.conn_seq);
+        put_text(b, row.channel);
+        put_text(b, row.message_type);
+        put_opt_text(b, row.symbol);
+        match row.checksum {
+            Some(c) => put_i64(b, c),
+            None => put_null(b),
+        }
+        match frame.checksum_ok {
+            Some(ok) => {
+                b.put_i32(1);
+                b.put_u8(u8::from(ok));
+            }
+            None => put_null(b),
+        }
+        match row.raw {
+            Raw::Json(text) => {
+                b.put_i32(text.len() as i32 + 1);
+                b.put_u8(1);
+                b.put_slice(text.as_bytes());
+                put_null(b);
+                put_null(b);
+            }
+            Raw::Text(text) => {
+                put_null(b);
+                put_text(b, text);
+                put_null(b);
+            }
+            Raw::Bytes(bytes) => {
+                put_null(b);
+                put_null(b);
+                b.put_i32(bytes.len() as i32);
+                b.put_slice(bytes);
+            }
+        }
+        put_level(b, frame.best_bid.as_ref());
+        put_level(b, frame.best_ask.as_ref());
+        self.counts.messages += 1;
+    }
+
+    fn put_entry(&mut self, head: &EntryHead<'_>, side: &str, level: &Level<'_>, ordinal: i16) {
+        let b = &mut self.entries;
+        b.put_i16(ENTRY_FIELDS);
+        put_ts(b, head.timestamp);
+        put_ts(b, head.received_at);
+        put_text(b, head.symbol);
+        put_text(b, side);
+        put_numeric_field(level.price.value, b);
+        put_numeric_field(level.qty.value, b);
+        put_text(b, head.message_type);
+        put_i64(b, head.checksum);
+        put_text(b, &self.collector);
+        put_i64(b, head.seq);
+        b.put_i32(2);
+        b.put_i16(ordinal);
+        self.counts.entries += 1;
+    }
+}
+
+struct Ids {
+    seq: i64,
+    conn_id: i64,
+    conn_seq: i64,
+    received_at: Timestamp,
+}
+
+struct EntryHead<'a> {
+    timestamp: Timestamp,
+    received_at: Timestamp,
+    symbol: &'a str,
+    message_type: &'a str,
+    checksum: i64,
+    seq: i64,
+}
+
+/// Where a frame's content is stored.
+enum Raw<'a> {
+    /// Valid JSON that `jsonb` accepts: `raw_message`.
+    Json(&'a str),
+    /// Text that is not (jsonb-acceptable) JSON: `raw_text`.
+    Text(&'a str),
+    /// Bytes that are not storable as text: `raw_bytes`.
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Raw<'a> {
+    /// Text known to be valid JSON.
+    fn json(text: &'a str) -> Raw<'a> {
+        if jsonb_compatible(text) {
+            Raw::Json(text)
+        } else {
+            Raw::Text(text)
+        }
+    }
+
+    /// Text that is not JSON (PostgreSQL's `text` cannot hold NUL: such text is kept as bytes).
+    fn not_json(text: &'a str, bytes: &'a [u8]) -> Raw<'a> {
+        if text.contains('\0') {
+            Raw::Bytes(bytes)
+        } else {
+            Raw::Text(text)
+        }
+    }
+}
+
+struct MessageRow<'a> {
+    timestamp: Timestamp,
+    channel: &'a str,
+    message_type: &'a str,
+    symbol: Option<&'a str>,
+    checksum: Option<i64>,
+    raw: Raw<'a>,
+    ids: &'a Ids,
+}
+
+impl<'a> MessageRow<'a> {
+    fn malformed(ids: &'a Ids, channel: &'a str, raw: Raw<'a>) -> MessageRow<'a> {
+        MessageRow {
+            timestamp: ids.received_at,
+            channel,
+            message_type: "malformed",
+            symbol: None,
+            checksum: None,
+            raw,
+            ids,
+        }
+    }
+}
+
+/// What a frame the store does not model claims to be.
+#[derive(Deserialize, Default)]
+struct Claim<'a> {
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+}
+
+/// The row of a frame other than a book frame or a heartbeat (`claim` is read for unknown frames).
+fn other_frame_row<'a>(
+    ids: &'a Ids,
+    text: &'a str,
+    decoded: &'a Frame<'a>,
+    claim: &'a Claim<'a>,
+) -> MessageRow<'a> {
+    let mut row = MessageRow {
+        timestamp: ids.received_at,
+        channel: decoded.channel(),
+        message_type: "unknown",
+        symbol: None,
+        checksum: None,
+        raw: Raw::json(text),
+        ids,
+    };
+    match decoded {
+        Frame::Status(_) => row.message_type = "status",
+        Frame::Pong(r) | Frame::Ack(r) => {
+            row.message_type = r.method.as_ref();
+            row.symbol = r.symbol();
+            row.timestamp = r.time_out.unwrap_or(ids.received_at);
+        }
+        Frame::Instrument(i) => {
+            row.message_type = if i.snapshot { "snapshot" } else { "update" };
+        }
+        Frame::Unknown(_) => {
+            let method = claim.method.as_deref();
+            row.channel = claim.channel.as_deref().or(method).unwrap_or("unknown");
+            row.message_type = claim.kind.as_deref().or(method).unwrap_or("unknown");
+        }
+        Frame::Heartbeat | Frame::Book(_) => {}
+    }
+    row
+}
+
+/// Levels as exact decimal strings, best first: `[["62802.5","0.02987767"],...]`.
+pub fn levels_json(levels: &[PriceLevel]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(levels.len() * 28 + 2);
+    out.push('[');
+    for (i, l) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "[\"{}\",\"{}\"]", l.price, l.qty);
+    }
+    out.push(']');
+    out
+}
+
+fn put_null(b: &mut BytesMut) {
+    b.put_i32(-1);
+}
+
+fn put_i64(b: &mut BytesMut, v: i64) {
+    b.put_i32(8);
+    b.put_i64(v);
+}
+
+fn put_ts(b: &mut BytesMut, t: Timestamp) {
+    put_i64(b, t.pg_micros());
+}
+
+/// Text (PostgreSQL's `text` cannot hold NUL; a NUL becomes U+FFFD, on this rare path only).
+fn put_text(b: &mut BytesMut, s: &str) {
+    if s.as_bytes().contains(&0) {
+        let clean = s.replace('\0', "\u{FFFD}");
+        b.put_i32(clean.len() as i32);
+        b.put_slice(clean.as_bytes());
+    } else {
+        b.put_i32(s.len() as i32);
+        b.put_slice(s.as_bytes());
+    }
+}
+
+fn put_opt_text(b: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_text(b, s),
+        None => put_null(b),
+    }
+}
+
+fn put_level(b: &mut BytesMut, level: Option<&PriceLevel>) {
+    match level {
+        Some(l) => {
+            put_decimal(b, l.price);
+            put_decimal(b, l.qty);
+        }
+        None => {
+            put_null(b);
+            put_null(b);
+        }
+    }
+}
+
+fn put_decimal(b: &mut BytesMut, d: Decimal) {
+    put_numeric_field(d, b);
+}
