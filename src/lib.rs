@@ -4,13 +4,15 @@
 //! - [`kraken`]: the v2 protocol, decoded without I/O or floating point;
 //! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
 //! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
-//! - [`verify`]: checking recorded frames against their checksums.
+//! - [`verify`]: checking recorded frames against their checksums;
+//! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks.
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub mod book;
+pub mod exchange;
 pub mod kraken;
 pub mod record;
 pub mod time;
