@@ -228,6 +228,13 @@ where
                         _ = cancel.cancelled() => return Closed::Shutdown,
                     }
                 }
+                _ = sleep_until(self.next_silence.unwrap_or_else(Instant::now)), if self.next_silence.is_some() => {
+                    if let (Some(at), Some(every)) = (self.next_silence, self.faults.silence_every()) {
+                        self.next_silence = Some(at + every);
+                    }
+                    self.start_silence().await;
+                    Ok(())
+                }
                 _ = sleep_until(heartbeat_at), if self.heartbeats => {
                     bump(&self.shared.stats.heartbeats_sent);
                     tokio::select! {
@@ -235,13 +242,6 @@ where
                         _ = overflow.cancelled() => return Closed::SlowClient,
                         _ = cancel.cancelled() => return Closed::Shutdown,
                     }
-                }
-                _ = sleep_until(self.next_silence.unwrap_or_else(Instant::now)), if self.next_silence.is_some() => {
-                    if let (Some(at), Some(every)) = (self.next_silence, self.faults.silence_every()) {
-                        self.next_silence = Some(at + every);
-                    }
-                    self.start_silence().await;
-                    Ok(())
                 }
             };
             if let Err(c) = result {
@@ -688,4 +688,399 @@ fn sniff_malformed(text: &str) -> (Option<String>, Option<u64>, &'static str) {
         "Malformed request"
     };
     (method, req_id, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::book::Precision;
+    use crate::exchange::faults::Faults;
+    use crate::exchange::market::{BookFrame, Market, MarketError};
+    use crate::exchange::server::ServerConfig;
+    use crate::exchange::stats::Stats;
+    use crate::kraken::encode::InstrumentPair;
+    use crate::kraken::{Frame, decode};
+
+    /// A market the test drives by hand: it serves `BTC/USD` and `ETH/USD`.
+    #[derive(Debug)]
+    struct HandMarket {
+        pairs: Vec<InstrumentPair>,
+        sinks: Mutex<Vec<(String, BookSink)>>,
+    }
+
+    impl HandMarket {
+        fn new() -> Arc<Self> {
+            Arc::new(HandMarket {
+                pairs: ["BTC/USD", "ETH/USD"]
+                    .into_iter()
+                    .map(|s| InstrumentPair::online(s, Precision { price: 1, qty: 8 }))
+                    .collect(),
+                sinks: Mutex::new(Vec::new()),
+            })
+        }
+
+        /// Pushes an update numbered `n` for `symbol` to its subscribers.
+        fn update(&self, symbol: &str, n: u32) {
+            let frame = Arc::new(BookFrame {
+                symbol: symbol.into(),
+                kind: BookKind::Update,
+                checksum: n,
+                checksum_changed: true,
+                text: format!(r#"{{"update":{n},"symbol":"{symbol}"}}"#).into(),
+            });
+            self.sinks
+                .lock()
+                .unwrap()
+                .retain(|(s, sink)| s != symbol || sink.send(&frame).is_ok());
+        }
+    }
+
+    impl Market for HandMarket {
+        fn instruments(&self) -> &[InstrumentPair] {
+            &self.pairs
+        }
+        fn subscribe_book(
+            &self,
+            symbol: &str,
+            _depth: Depth,
+            _snapshot: bool,
+            sink: BookSink,
+        ) -> Result<(), MarketError> {
+            if !self.pairs.iter().any(|p| p.symbol == symbol) {
+                return Err(MarketError::UnknownSymbol(symbol.to_owned()));
+            }
+            let frame = Arc::new(BookFrame {
+                symbol: symbol.into(),
+                kind: BookKind::Snapshot,
+                checksum: 0,
+                checksum_changed: true,
+                text: format!(r#"{{"snapshot":"{symbol}"}}"#).into(),
+            });
+            let _ = sink.send(&frame);
+            self.sinks.lock().unwrap().push((symbol.to_owned(), sink));
+            Ok(())
+        }
+        fn unsubscribe_book(&self, _symbol: &str, conn: ConnId, sub: SubId) {
+            self.sinks
+                .lock()
+                .unwrap()
+                .retain(|(_, s)| !(s.conn() == conn && s.sub() == sub));
+        }
+        fn disconnect(&self, conn: ConnId) {
+            self.sinks.lock().unwrap().retain(|(_, s)| s.conn() != conn);
+        }
+    }
+
+    struct Setup {
+        client: WebSocketStream<DuplexStream>,
+        market: Arc<HandMarket>,
+        stats: Arc<Stats>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<Closed>,
+    }
+
+    async fn setup(faults: Faults, send_queue: usize) -> Setup {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let market = HandMarket::new();
+        let stats = Arc::new(Stats::default());
+        let config = ServerConfig {
+            faults,
+            send_queue,
+            ..ServerConfig::default()
+        };
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&market) as Arc<dyn Market>,
+            config,
+            Arc::clone(&stats),
+            None,
+        ));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Connection::new(1, server, shared, cancel.clone()).run());
+        Setup {
+            client,
+            market,
+            stats,
+            cancel,
+            task,
+        }
+    }
+
+    /// The next text frame, or `None` when the connection ended.
+    async fn next(ws: &mut WebSocketStream<DuplexStream>) -> Option<String> {
+        loop {
+            match ws.next().await? {
+                Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn send(ws: &mut WebSocketStream<DuplexStream>, text: &str) {
+        ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_first_then_heartbeats_once_a_second_only_after_a_subscription() {
+        let mut s = setup(Faults::default(), 64).await;
+        let status = next(&mut s.client).await.unwrap();
+        let Ok(Frame::Status(st)) = decode(&status) else {
+            panic!("{status}")
+        };
+        assert!(st[0].connection_id.unwrap() > 1 << 53);
+        // Nothing subscribed: no heartbeat, however long we wait.
+        let quiet = tokio::time::timeout(Duration::from_secs(5), next(&mut s.client)).await;
+        assert!(quiet.is_err(), "no heartbeat before a subscription");
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"instrument"},"req_id":3}"#,
+        )
+        .await;
+        let ack = next(&mut s.client).await.unwrap();
+        assert!(ack.starts_with(r#"{"method":"subscribe","req_id":3,"result":{"channel":"instrument","snapshot":true},"success":true,"#), "{ack}");
+        let snapshot = next(&mut s.client).await.unwrap();
+        assert!(matches!(decode(&snapshot), Ok(Frame::Instrument(_))));
+        let mut last = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+            assert_eq!(Instant::now() - last, Duration::from_secs(1));
+            last = Instant::now();
+        }
+        assert_eq!(s.stats.snapshot().heartbeats_sent, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_sends_no_heartbeat() {
+        let mut s = setup(Faults::default(), 64).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
+        )
+        .await;
+        assert!(
+            next(&mut s.client)
+                .await
+                .unwrap()
+                .contains(r#""success":true"#)
+        );
+        assert_eq!(
+            next(&mut s.client).await.unwrap(),
+            r#"{"snapshot":"BTC/USD"}"#
+        );
+        for n in 0..10 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            s.market.update("BTC/USD", n);
+            let got = next(&mut s.client).await.unwrap();
+            assert!(got.contains(&format!(r#""update":{n}"#)), "{got}");
+        }
+        // Then quiet: a heartbeat a second after the last update.
+        let t = Instant::now();
+        assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+        assert_eq!(Instant::now() - t, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_holds_every_frame_heartbeats_included_then_resumes() {
+        let faults = Faults {
+            silence_after: Some(2),
+            silence_for: Duration::from_secs(3),
+            ..Faults::default()
+        };
+        let mut s = setup(faults, 64).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
+        )
+        .await;
+        next(&mut s.client).await.unwrap();
+        next(&mut s.client).await.unwrap();
+        s.market.update("BTC/USD", 1);
+        s.market.update("BTC/USD", 2);
+        next(&mut s.client).await.unwrap();
+        assert!(next(&mut s.client).await.unwrap().contains(r#""update":2"#));
+        let silent_from = Instant::now();
+        // Updates during the silence are discarded; a ping is not answered until it ends.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.market.update("BTC/USD", 3);
+        send(&mut s.client, r#"{"method":"ping","req_id":9}"#).await;
+        let first = next(&mut s.client).await.unwrap();
+        assert!(Instant::now() - silent_from >= Duration::from_secs(3));
+        assert!(
+            first.starts_with(r#"{"method":"pong","req_id":9,"#),
+            "{first}"
+        );
+        s.market.update("BTC/USD", 4);
+        assert!(next(&mut s.client).await.unwrap().contains(r#""update":4"#));
+        let st = s.stats.snapshot();
+        assert_eq!((st.fault_silences, st.frames_discarded_in_silence), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_silence_starts_every_period() {
+        let faults = Faults {
+            silence_every: Some(Duration::from_secs(10)),
+            silence_for: Duration::from_secs(4),
+            ..Faults::default()
+        };
+        let mut s = setup(faults, 64).await;
+        let start = Instant::now();
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"instrument","snapshot":false}}"#,
+        )
+        .await;
+        next(&mut s.client).await.unwrap();
+        // Heartbeats at 1..=9 s, none from 10 to 14 s, then again.
+        let mut times = Vec::new();
+        while times.len() < 12 {
+            assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+            times.push((Instant::now() - start).as_secs());
+        }
+        assert_eq!(times, [1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15, 16]);
+        assert_eq!(s.stats.snapshot().fault_silences, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_follow_krakens_rules() {
+        let faults = Faults {
+            reject: vec!["ETH/USD".into()],
+            ..Faults::default()
+        };
+        let mut s = setup(faults, 64).await;
+        next(&mut s.client).await.unwrap();
+        // (request, expected responses: each a prefix or a fragment)
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            (
+                r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD","ETH/USD","XBT/USD"],"depth":25},"req_id":4}"#,
+                vec![
+                    r#"{"method":"subscribe","req_id":4,"result":{"channel":"book","depth":25,"snapshot":true,"symbol":"BTC/USD"},"success":true,"#,
+                    r#"{"error":"Currency pair not supported ETH/USD","method":"subscribe","req_id":4,"success":false,"symbol":"ETH/USD","#,
+                    r#"{"error":"Currency pair not supported XBT/USD","method":"subscribe","req_id":4,"success":false,"symbol":"XBT/USD","#,
+                    r#"{"snapshot":"BTC/USD"}"#,
+                ],
+            ),
+            (
+                r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]},"req_id":5}"#,
+                vec![
+                    r#"{"error":"Already subscribed","method":"subscribe","req_id":5,"success":false,"symbol":"BTC/USD","#,
+                ],
+            ),
+            (
+                r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"],"depth":50},"req_id":6}"#,
+                vec![
+                    r#"{"error":"Subscription depth not supported","method":"subscribe","req_id":6,"success":false,"symbol":"BTC/USD","#,
+                ],
+            ),
+            (
+                r#"{"method":"subscribe","params":{"channel":"book","symbol":"BTC/USD"},"req_id":7}"#,
+                vec![
+                    r#"{"error":"Symbol field must be an array","method":"subscribe","req_id":7,"success":false,"time_in":"#,
+                ],
+            ),
+            (
+                "not json",
+                vec![r#"{"error":"Malformed request","success":false,"time_in":"#],
+            ),
+            (
+                r#"{"method":"subscribe","req_id":8}"#,
+                vec![
+                    r#"{"error":"Malformed request","method":"subscribe","req_id":8,"success":false,"#,
+                ],
+            ),
+            (
+                r#"{"method":"dance","req_id":9}"#,
+                vec![r#"{"error":"Method not found","method":"dance","req_id":9,"success":false,"#],
+            ),
+            (
+                r#"{"method":"ping","req_id":10}"#,
+                vec![r#"{"method":"pong","req_id":10,"time_in":""#],
+            ),
+            (
+                r#"{"method":"unsubscribe","params":{"channel":"book","symbol":["BTC/USD","ETH/USD"],"depth":25},"req_id":11}"#,
+                vec![
+                    r#"{"method":"unsubscribe","req_id":11,"result":{"channel":"book","depth":25,"symbol":"BTC/USD"},"success":true,"#,
+                    r#"{"error":"Subscription Not Found","method":"unsubscribe","req_id":11,"success":false,"symbol":"ETH/USD","#,
+                ],
+            ),
+        ];
+        for (request, expected) in cases {
+            send(&mut s.client, request).await;
+            for e in expected {
+                let got = next(&mut s.client).await.unwrap();
+                assert!(
+                    got.starts_with(e),
+                    "{request}\n  expected {e}\n  got      {got}"
+                );
+                decode(&got).unwrap_or_else(|err| panic!("{got}: {err}"));
+            }
+        }
+        // After the unsubscribe, updates of BTC/USD are not sent: the next frame is a heartbeat.
+        s.market.update("BTC/USD", 1);
+        assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+        assert_eq!(s.stats.snapshot().fault_rejected_subscriptions, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_is_disconnected_as_slow() {
+        let mut s = setup(Faults::default(), 8).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
+        )
+        .await;
+        // The client stops reading; the duplex pipe and the queue fill, then the queue overflows.
+        for n in 0..100_000 {
+            s.market.update("BTC/USD", n);
+            if s.task.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let reason = (&mut s.task).await.unwrap();
+        assert_eq!(reason, Closed::SlowClient);
+        assert_eq!(s.stats.snapshot().slow_client_disconnects, 1);
+        assert!(
+            s.market.sinks.lock().unwrap().is_empty(),
+            "subscriptions released"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_what_is_queued_then_a_close_frame() {
+        let mut s = setup(Faults::default(), 64).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
+        )
+        .await;
+        next(&mut s.client).await.unwrap();
+        next(&mut s.client).await.unwrap();
+        for n in 0..5 {
+            s.market.update("BTC/USD", n);
+        }
+        s.cancel.cancel();
+        let mut got = Vec::new();
+        let close = loop {
+            match s.client.next().await {
+                Some(Ok(Message::Text(t))) => got.push(t.as_str().to_owned()),
+                Some(Ok(Message::Close(c))) => break c,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(got.len(), 5, "every queued update was sent: {got:?}");
+        assert_eq!(close.unwrap().code, CloseCode::Away);
+        assert_eq!((&mut s.task).await.unwrap(), Closed::Shutdown);
+    }
 }

@@ -307,14 +307,14 @@ impl TrueBook {
             _ => Kind::Insert,
         };
         let existing = ladder.at_rank(rank);
-        if kind == Kind::Insert || existing.is_none() {
-            if let Some(price) = self.insert_price(rng, side, rank) {
-                return Some(Op {
-                    side,
-                    price,
-                    qty: self.draw_qty(rng),
-                });
-            }
+        if (kind == Kind::Insert || existing.is_none())
+            && let Some(price) = self.insert_price(rng, side, rank)
+        {
+            return Some(Op {
+                side,
+                price,
+                qty: self.draw_qty(rng),
+            });
         }
         let level = existing?;
         Some(match kind {

@@ -1,0 +1,35 @@
+//! `krakenbook bench`: benchmarks that print figures (the performance goals live here, never in
+//! timed tests). One subcommand per benchmark, each in its own file.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::bench_simulate;
+
+pub(crate) const BENCH_EXAMPLES: &str = "\
+Examples:
+  krakenbook bench simulate --pairs 500 --seconds 10     messages per second the simulator serves";
+
+/// `krakenbook bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The benchmark to run.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Messages per second the simulator delivers to loopback clients subscribed to every pair.
+    #[command(after_help = bench_simulate::BENCH_SIMULATE_EXAMPLES)]
+    Simulate(bench_simulate::BenchSimulateArgs),
+}
+
+/// Runs the chosen benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        BenchCommand::Simulate(a) => bench_simulate::run(a).await,
+    }
+}
