@@ -37,7 +37,7 @@ use crate::kraken::{BookKind, Depth};
 use crate::time::Timestamp;
 
 /// Events drawn for one pair in one step, at most (a pair far behind catches up over steps).
-const MAX_EVENTS_PER_STEP: u32 = 10_000;
+const MAX_EVENTS_PER_STEP: u32 = 4096;
 
 /// The simulated market (a [`Market`]).
 #[derive(Debug)]

@@ -2,8 +2,9 @@
 //!
 //! Small, fast and fully determined by its seed, so a `--seed` reproduces every book and every
 //! fault. What must always hold: the same seed gives the same sequence on every platform (only
-//! integer arithmetic decides values; `f64` is used for probabilities and waiting times, never for
-//! prices or quantities).
+//! integer arithmetic and exactly rounded IEEE operations decide what happens; `ln` is used only
+//! for waiting times, which change when a frame is sent but never what it says; `f64` is never
+//! used for prices or quantities).
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): a 64-bit state stepped by a constant and mixed.
 #[derive(Clone, Debug)]
@@ -73,17 +74,20 @@ impl Rng {
 
     /// A geometric count of failures before the first success with success probability `p`:
     /// 0, 1, 2, ... with mean `(1 - p) / p`, capped at `cap`.
+    ///
+    /// Inverse transform with only IEEE multiplications and comparisons (no `ln`, whose last bit
+    /// may differ between platforms' maths libraries), so the count is the same everywhere.
     pub fn geometric(&mut self, p: f64, cap: u64) -> u64 {
-        if p >= 1.0 {
-            return 0;
+        let q = 1.0 - p.clamp(0.0, 1.0);
+        let u = self.unit();
+        // The count is at least k exactly when u < q^k.
+        let mut k = 0;
+        let mut t = q;
+        while k < cap && u < t {
+            k += 1;
+            t *= q;
         }
-        let u = 1.0 - self.unit(); // (0, 1]
-        let k = (u.ln() / (1.0 - p).ln()).floor();
-        if k.is_finite() && k >= 0.0 && k < cap as f64 {
-            k as u64
-        } else {
-            cap
-        }
+        k
     }
 
     /// An exponentially distributed waiting time with the given mean, in nanoseconds (at least 1).
