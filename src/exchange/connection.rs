@@ -1,6 +1,8 @@
 //! One client connection: the server side of Kraken's v2 protocol, with faults on send.
 //!
-//! On connect the connection sends one `status` frame with a `u64` `connection_id`. It then
+//! On connect the connection sends one `status` frame with a `u64` `connection_id` (derived from
+//! the seed, always above 2^63, so a client that reads it through `f64` or `i64` fails visibly,
+//! as it would on some of Kraken's real ids). It then
 //! answers requests and forwards its subscriptions' book frames from its bounded queue:
 //! - `ping` → `pong` with the `req_id`, `time_in` and `time_out`;
 //! - `subscribe`/`unsubscribe` `book`: one response per symbol, in the request's order, each
@@ -53,6 +55,25 @@ const BATCH: usize = 512;
 
 /// How long shutdown waits for a connection to drain its queue and close politely.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one write-bound operation (a request's responses, a batch of frames, a heartbeat) so that
+/// it cannot outlive the connection's reasons to stop: an overflowed queue stops it at once (the
+/// client is not reading); shutdown gives it [`DRAIN_TIMEOUT`] to finish, so a frame being
+/// written when shutdown starts still arrives, and then the close frame follows.
+async fn guard<T>(
+    op: impl Future<Output = Result<T, Closed>>,
+    overflow: &CancellationToken,
+    cancel: &CancellationToken,
+) -> Result<T, Closed> {
+    tokio::select! {
+        r = op => r,
+        _ = overflow.cancelled() => Err(Closed::SlowClient),
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => Err(Closed::Shutdown),
+    }
+}
 
 /// Why a connection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,19 +235,11 @@ where
                     None => return Closed::Client,
                     Some(Err(e)) => return Closed::from_ws(e),
                     Some(Ok(msg)) => {
-                        tokio::select! {
-                            r = self.on_message(msg) => r,
-                            _ = overflow.cancelled() => return Closed::SlowClient,
-                            _ = cancel.cancelled() => return Closed::Shutdown,
-                        }
+                        guard(self.on_message(msg), &overflow, &cancel).await
                     }
                 },
                 _ = self.queue.recv_many(&mut self.batch, BATCH) => {
-                    tokio::select! {
-                        r = self.deliver() => r,
-                        _ = overflow.cancelled() => return Closed::SlowClient,
-                        _ = cancel.cancelled() => return Closed::Shutdown,
-                    }
+                    guard(self.deliver(), &overflow, &cancel).await
                 }
                 _ = sleep_until(self.next_silence.unwrap_or_else(Instant::now)), if self.next_silence.is_some() => {
                     if let (Some(at), Some(every)) = (self.next_silence, self.faults.silence_every()) {
@@ -237,11 +250,7 @@ where
                 }
                 _ = sleep_until(heartbeat_at), if self.heartbeats => {
                     bump(&self.shared.stats.heartbeats_sent);
-                    tokio::select! {
-                        r = self.send_now(Utf8Bytes::from_static(encode::HEARTBEAT)) => r,
-                        _ = overflow.cancelled() => return Closed::SlowClient,
-                        _ = cancel.cancelled() => return Closed::Shutdown,
-                    }
+                    guard(self.send_now(Utf8Bytes::from_static(encode::HEARTBEAT)), &overflow, &cancel).await
                 }
             };
             if let Err(c) = result {

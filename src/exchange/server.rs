@@ -81,6 +81,9 @@ pub enum ExchangeError {
     /// A setting out of range.
     #[error("{0}")]
     Config(String),
+    /// A task of the server panicked.
+    #[error("{0}")]
+    Task(String),
 }
 
 /// What every connection shares.
@@ -207,7 +210,7 @@ impl Exchange {
             match task.await {
                 Ok(result) => result?,
                 Err(e) => {
-                    return Err(ExchangeError::Config(format!(
+                    return Err(ExchangeError::Task(format!(
                         "the frame log writer failed: {e}"
                     )));
                 }

@@ -317,13 +317,11 @@ impl Simulator {
     /// Stops the market and the listener, drains every connection (each gets a close frame),
     /// flushes the frame log, and returns the final counters.
     pub async fn shutdown(self) -> Result<SimStats, ExchangeError> {
-        let market_events = self.market.events();
-        let market_frames = self.market.frames();
         let exchange = self.exchange.shutdown().await?;
         Ok(SimStats {
             exchange,
-            market_events: market_events.max(self.market.events()),
-            market_frames: market_frames.max(self.market.frames()),
+            market_events: self.market.events(),
+            market_frames: self.market.frames(),
         })
     }
 }
