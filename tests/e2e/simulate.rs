@@ -459,7 +459,7 @@ async fn first_frames(seed: u64) -> (String, BTreeMap<String, Vec<String>>) {
     let status = client.text().await;
     client.subscribe_book(&["BTC/USD", "ETH/USD"], 25, 1).await;
     let mut frames: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    while frames.values().map(Vec::len).sum::<usize>() < 400 || frames.len() < 2 {
+    while frames.len() < 2 || frames.values().any(|f| f.len() < 150) {
         let text = client.text().await;
         if let Ok(Frame::Book(b)) = decode(&text) {
             let ts = b.data[0].timestamp.unwrap().to_string();
