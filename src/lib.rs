@@ -5,7 +5,8 @@
 //! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
 //! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
 //! - [`store`]: TimescaleDB: schema, migrations, the exactly-once binary-COPY writer;
-//! - [`verify`]: checking recorded frames against their checksums.
+//! - [`verify`]: checking recorded frames against their checksums;
+//! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks.
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod book;
 pub mod collect;
 pub mod config;
+pub mod exchange;
 pub mod feed;
 pub mod journal;
 pub mod kraken;

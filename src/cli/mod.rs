@@ -4,9 +4,12 @@
 //! work is here or in the library, so it can be tested.
 
 mod bench;
+mod bench_ingest;
+mod bench_simulate;
 mod collect;
 mod import;
 mod migrate;
+mod simulate;
 mod verify;
 
 use std::process::ExitCode;
@@ -22,7 +25,7 @@ pub struct Cli {
     pub command: Command,
     /// Log filter (error, warn, info, debug, trace, or a directive such as krakenbook=debug).
     #[arg(long, global = true, env = "KRAKENBOOK_LOG", default_value = "info")]
-    pub log: String,
+    pub log_level: String,
 }
 
 const EXAMPLES: &str = "\
@@ -31,7 +34,10 @@ Examples:
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
   krakenbook verify --json capture.ndjson                 the same, as JSON for scripts
   krakenbook migrate --database-url postgres://kb@localhost/market   create or upgrade the schema
-  krakenbook bench ingest                                 the store writer against plain COPY";
+  krakenbook bench ingest                                 the store writer against plain COPY
+
+  krakenbook simulate --symbols BTC/USD:1:8 --rate 50      a local Kraken v2 exchange on 127.0.0.1:8790
+  krakenbook bench simulate --pairs 500                   messages per second the simulator serves";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
@@ -45,10 +51,13 @@ pub enum Command {
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
+    /// A local Kraken v2 exchange (simulated books, faults on demand) for offline work and tests.
+    #[command(after_help = simulate::SIMULATE_EXAMPLES)]
+    Simulate(Box<simulate::SimulateArgs>),
     /// Create or upgrade the TimescaleDB schema.
     #[command(after_help = migrate::MIGRATE_EXAMPLES)]
     Migrate(migrate::MigrateArgs),
-    /// Measure throughput (the store writer against plain COPY).
+    /// Benchmarks that print figures (ingest, simulate).
     #[command(after_help = bench::BENCH_EXAMPLES)]
     Bench(bench::BenchArgs),
 }
@@ -60,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(args).await,
         Command::Verify(args) => verify::run(args),
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Simulate(args) => simulate::run(*args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

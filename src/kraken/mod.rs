@@ -13,6 +13,7 @@
 //! decode: [`status`], [`instrument`], [`book`], [`response`]; [`request`] encodes what we send.
 
 pub mod book;
+pub mod encode;
 mod fast;
 pub mod instrument;
 pub mod request;

@@ -3,6 +3,8 @@
 
 mod db;
 mod feed;
+mod sim_client;
+mod simulate;
 mod store;
 mod support;
 mod verify;

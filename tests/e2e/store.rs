@@ -354,6 +354,7 @@ async fn both_tables_are_hypertables_with_one_day_chunks() {
     assert_eq!(
         dims,
         [
+            ("kraken_book_states".to_owned(), "1 day".to_owned()),
             ("kraken_orderbook_entries".to_owned(), "1 day".to_owned()),
             ("kraken_orderbook_messages".to_owned(), "1 day".to_owned())
         ]
@@ -681,11 +682,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 1, "exactly one process applies the migration");
+    assert_eq!(applied, 2, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        1
+        2
     );
 }
 
@@ -723,7 +724,7 @@ async fn a_chunk_interval_is_validated_and_applied() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(intervals, ["06:00:00", "06:00:00"]);
+    assert_eq!(intervals, ["06:00:00", "06:00:00", "06:00:00"]);
 }
 
 /// The original tool's setup SQL, verbatim from the issue.
@@ -785,7 +786,7 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.converted_original_tables);
-    assert_eq!(report.applied, vec![(1, "schema")]);
+    assert_eq!(report.applied, vec![(1, "schema"), (2, "book_states")]);
 
     // Every row kept, every value unchanged.
     assert_eq!(
@@ -821,7 +822,7 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
         "SELECT count(*) FROM timescaledb_information.hypertables",
     )
     .await;
-    assert_eq!(dims, 2);
+    assert_eq!(dims, 3, "messages, entries and book states");
 
     // The new writer stores into the converted tables: the captures, and a message naming the
     // same price twice (which the old primary key would have merged into one row).
@@ -957,6 +958,7 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
     assert_eq!(
         names,
         BTreeSet::from([
+            "kraken_book_states".to_owned(),
             "kraken_orderbook_entries".to_owned(),
             "kraken_orderbook_messages".to_owned()
         ])
@@ -969,7 +971,13 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
         .iter()
         .map(|r| r.get::<_, String>("hypertable_name"))
         .collect();
-    assert_eq!(chunk_tables, names);
+    // The captures hold no book states (the collector writes those), so that table has no chunk.
+    let with_rows: BTreeSet<String> = names
+        .iter()
+        .filter(|n| *n != "kraken_book_states")
+        .cloned()
+        .collect();
+    assert_eq!(chunk_tables, with_rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1245,14 +1253,14 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 1"),
+        stdout.contains("schema migrated from version 0 to 2"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout2.contains("schema already at version 1"), "{stdout2}");
+    assert!(stdout2.contains("schema already at version 2"), "{stdout2}");
     for text in [
         &stdout,
         &stderr,
