@@ -204,6 +204,7 @@ impl Connection {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_frame = Instant::now();
         loop {
             if !s.books_requested && Instant::now() >= s.instrument_deadline {
                 tracing::warn!(
@@ -228,13 +229,18 @@ impl Connection {
                         return self.end_lost(&s, reason, connected);
                     }
                 }
-                next = tokio::time::timeout(config.silence_timeout, socket.next()) => {
+                // The silence deadline is fixed by the last frame, not by this loop turn: the other
+                // branches (the tick, resubscriptions) must not push it back.
+                _ = tokio::time::sleep_until(last_frame + config.silence_timeout) => {
+                    return self.end_lost(&s, format!("no frame for {:?} (heartbeats included)", config.silence_timeout), connected);
+                }
+                next = socket.next() => {
                     let message = match next {
-                        Err(_) => return self.end_lost(&s, format!("no frame for {:?} (heartbeats included)", config.silence_timeout), connected),
-                        Ok(None) => return self.end_lost(&s, "the server closed the connection".into(), connected),
-                        Ok(Some(Err(e))) => return self.end_lost(&s, format!("connection error: {e}"), connected),
-                        Ok(Some(Ok(message))) => message,
+                        None => return self.end_lost(&s, "the server closed the connection".into(), connected),
+                        Some(Err(e)) => return self.end_lost(&s, format!("connection error: {e}"), connected),
+                        Some(Ok(message)) => message,
                     };
+                    last_frame = Instant::now();
                     let received_at = Timestamp::now();
                     let bytes = match message {
                         Message::Text(text) => text.as_bytes().to_vec(),

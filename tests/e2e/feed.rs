@@ -61,7 +61,9 @@ async fn exchange() -> (SocketAddr, tokio::sync::mpsc::Receiver<Peer>) {
 fn config(addr: SocketAddr, journal: &std::path::Path, symbols: &[&str]) -> CollectConfig {
     let url = url::Url::parse(&format!("ws://{addr}/v2")).unwrap();
     let mut feed = FeedConfig::new(url, Depth::default());
-    feed.silence_timeout = Duration::from_millis(600);
+    // Longer than the connection's 1 s housekeeping tick, which must not postpone the deadline
+    // (a regression: it once restarted the silence timer every second).
+    feed.silence_timeout = Duration::from_millis(1500);
     feed.backoff_base = Duration::from_millis(50);
     feed.backoff_max = Duration::from_millis(200);
     feed.instrument_timeout = Duration::from_secs(2);
