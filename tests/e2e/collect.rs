@@ -415,6 +415,15 @@ async fn a_lost_update_is_caught_resubscribed_and_recorded_as_a_gap() {
     assert_stored_exactly(&sent(dir.path()), &stored(&db.url).await);
 }
 
+/// (event, symbol, time, gap_start, detail) of a feed-event row.
+type EventRow = (
+    String,
+    Option<String>,
+    std::time::SystemTime,
+    Option<std::time::SystemTime>,
+    Option<String>,
+);
+
 async fn reopened_after(faults: Faults, expect_reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_db().await;
@@ -441,13 +450,7 @@ async fn reopened_after(faults: Faults, expect_reason: &str) {
         )
         .await
         .unwrap();
-    let events: Vec<(
-        String,
-        Option<String>,
-        std::time::SystemTime,
-        Option<std::time::SystemTime>,
-        Option<String>,
-    )> = rows
+    let events: Vec<EventRow> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
