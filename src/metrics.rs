@@ -34,6 +34,80 @@ pub struct SymbolMetrics {
     pub resyncs: AtomicU64,
 }
 
+/// Upper bounds (seconds) of the commit-latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 24] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations, updated without locks.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (the last one: above every bound).
+    pub counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of all observations, in nanoseconds.
+    pub sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration of `nanos` nanoseconds (negative counts as zero).
+    pub fn observe_ns(&self, nanos: i64) {
+        let seconds = nanos.max(0) as f64 / 1e9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(nanos.max(0) as u64, Ordering::Relaxed);
+    }
+
+    /// Writes the histogram in Prometheus' format.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// The `q` quantile (0..=1) of a histogram given as cumulative counts per bucket bound
+/// (`+Inf` last), interpolated linearly inside the bucket; `None` without observations.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, u64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, cumulative) in buckets {
+        if cumulative as f64 >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0);
+            }
+            let inside = (cumulative - lower.1) as f64;
+            let frac = if inside > 0.0 {
+                (rank - lower.1 as f64) / inside
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (bound - lower.0) * frac.clamp(0.0, 1.0));
+        }
+        lower = (bound, cumulative);
+    }
+    Some(lower.0)
+}
+
 /// Progress of the database writer.
 #[derive(Debug, Default)]
 pub struct StoreProgress {
@@ -55,6 +129,10 @@ pub struct StoreProgress {
     pub up: AtomicU64,
     /// Batches retried after a retriable error.
     pub retries: AtomicU64,
+    /// Time from a frame's receipt to the commit of the batch that holds it.
+    pub commit_latency: Histogram,
+    /// Time one batch takes to write and commit (retries included).
+    pub batch_duration: Histogram,
 }
 
 /// All of the collector's metrics.
@@ -305,6 +383,16 @@ impl Metrics {
                 "Last journal seq committed to the database.",
                 get(&s.checkpoint_seq) as f64,
             );
+            s.commit_latency.render(
+                &mut out,
+                "krakenbook_db_commit_latency_seconds",
+                "Time from a frame's receipt to the commit of the batch that holds it.",
+            );
+            s.batch_duration.render(
+                &mut out,
+                "krakenbook_db_batch_seconds",
+                "Time one database batch takes to write and commit.",
+            );
             let (lag_records, lag_seconds, lag_bytes) = self.db_lag();
             gauge(
                 &mut out,
@@ -459,6 +547,52 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        for ms in 1..=100 {
+            h.observe_ns(ms * 1_000_000);
+        }
+        let m = Metrics::default();
+        let progress = Arc::new(StoreProgress::default());
+        for ms in 1..=100 {
+            progress.commit_latency.observe_ns(ms * 1_000_000);
+        }
+        m.attach_store(progress);
+        let text = m.render();
+        assert!(
+            text.contains("krakenbook_db_commit_latency_seconds_count 100"),
+            "{text}"
+        );
+        // Read the buckets back as a scraper would, and take quantiles.
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("krakenbook_db_commit_latency_seconds_bucket{le=\""))
+            .map(|l| {
+                let (bound, count) = l.split_once("\"} ").unwrap();
+                (
+                    bound.parse::<f64>().unwrap_or(f64::INFINITY),
+                    count.parse().unwrap(),
+                )
+            })
+            .collect();
+        let p50 = histogram_quantile(0.5, &buckets).unwrap();
+        let p99 = histogram_quantile(0.99, &buckets).unwrap();
+        assert!((0.04..=0.06).contains(&p50), "{p50}");
+        assert!((0.075..=0.1).contains(&p99), "{p99}");
+        assert_eq!(
+            histogram_quantile(0.5, &[(1.0, 0), (f64::INFINITY, 0)]),
+            None
+        );
+        assert_eq!(
+            h.counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            100
+        );
     }
 
     #[test]

@@ -171,6 +171,11 @@ impl Ladder {
             self.top_changed |= Self::in_top(0, self.levels.len());
             self.levels.pop_front();
         }
+        // A message that briefly pushed a side past its depth may have doubled its capacity:
+        // give the memory back (a whole market at depth 1000 is 2 million levels).
+        if self.levels.capacity() > 2 * depth + 64 {
+            self.levels.shrink_to(depth + 32);
+        }
     }
 
     fn clear(&mut self) {

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{bench_ingest, bench_simulate};
+use super::{bench_collect, bench_ingest, bench_simulate};
 
 pub(crate) const BENCH_EXAMPLES: &str = "\
 Examples:
+  krakenbook bench collect --pairs 100 --depth 1000 --rate 100   collector CPU, memory, commit latency
   krakenbook bench ingest                                the store writer against plain COPY (throwaway cluster)
   krakenbook bench simulate --pairs 500 --seconds 10     messages per second the simulator serves";
 
@@ -23,6 +24,9 @@ pub struct BenchArgs {
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The collector's CPU, peak memory and receive-to-commit latency while it records.
+    #[command(after_help = bench_collect::BENCH_COLLECT_EXAMPLES)]
+    Collect(bench_collect::BenchCollectArgs),
     /// The store writer against plain binary COPY of the same rows into the same tables.
     #[command(after_help = bench_ingest::BENCH_INGEST_EXAMPLES)]
     Ingest(bench_ingest::IngestArgs),
@@ -34,6 +38,7 @@ pub enum BenchCommand {
 /// Runs the chosen benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        BenchCommand::Collect(a) => bench_collect::run(a).await,
         BenchCommand::Ingest(a) => bench_ingest::run(a).await,
         BenchCommand::Simulate(a) => bench_simulate::run(a).await,
     }

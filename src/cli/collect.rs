@@ -68,6 +68,9 @@ pub struct CollectArgs {
     /// Most records per database transaction [default: 2000].
     #[arg(long)]
     pub db_batch_size: Option<usize>,
+    /// Longest a record waits for its database batch (e.g. 50ms, 200ms) [default: 50ms].
+    #[arg(long)]
+    pub db_batch_delay: Option<String>,
     /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "KRAKENBOOK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -184,7 +187,7 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         feed,
         symbols,
         journal,
-        journal_queue: 65_536,
+        journal_queue: 16_384,
         metrics_listen,
         shutdown_grace: std::time::Duration::from_secs(7),
     })

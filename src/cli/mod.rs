@@ -4,6 +4,7 @@
 //! work is here or in the library, so it can be tested.
 
 mod bench;
+mod bench_collect;
 mod bench_ingest;
 mod bench_simulate;
 mod collect;

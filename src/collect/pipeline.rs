@@ -29,6 +29,7 @@ use crate::record::{Record, RecordBody};
 use crate::store::{
     BatchConfig, Batcher, MigrateOptions, StoreError, Writer, WriterConfig, migrate,
 };
+use crate::time::Timestamp;
 
 /// Where the pipeline reads and writes.
 #[derive(Clone, Debug)]
@@ -143,7 +144,7 @@ impl DbPipeline {
         self.metrics.set_unhealthy(None);
         tracing::info!(collector = %self.config.collector, checkpoint, "database: following the journal");
 
-        let (tx, mut rx) = mpsc::channel::<Result<Record, JournalError>>(8192);
+        let (tx, mut rx) = mpsc::channel::<Result<Vec<Record>, JournalError>>(4);
         let stop = CancellationToken::new();
         let _stop_reader = stop.clone().drop_guard();
         spawn_reader(
@@ -166,15 +167,22 @@ impl DbPipeline {
             }
             let flush = tokio::select! {
                 biased;
-                record = rx.recv() => match record {
-                    Some(Ok(record)) => {
-                        pending_bytes += record_bytes(&record);
-                        batcher.push(record)
+                records = rx.recv() => match records {
+                    Some(Ok(records)) => {
+                        for record in records {
+                            pending_bytes += record_bytes(&record);
+                            // Bounded by bytes as well as by count: a burst of depth-1000
+                            // snapshots (60 KB each, 2000 rows) must not become one huge batch.
+                            if batcher.push(record) || pending_bytes >= MAX_BATCH_BYTES {
+                                self.flush(&mut writer, &mut batcher, &mut committed, &mut pending_bytes).await?;
+                            }
+                        }
+                        batcher.is_full()
                     }
                     Some(Err(e)) => return Err(e.into()),
                     None => true,
                 },
-                _ = batcher.due() => true,
+                _ = receipt_deadline(&batcher, self.config.batch.max_delay) => true,
                 changed = done.changed() => {
                     if changed.is_err() {
                         // The collector is gone: write what is waiting and stop.
@@ -221,10 +229,18 @@ impl DbPipeline {
             return Ok(());
         };
         let last_received = last.received_at;
+        let received: Vec<Timestamp> = batcher.records().iter().map(|r| r.received_at).collect();
+        let started = Timestamp::now();
         let Some(report) = batcher.flush(writer).await? else {
             return Ok(());
         };
         let p = &self.progress;
+        let committed_at = Timestamp::now();
+        p.batch_duration
+            .observe_ns(committed_at.nanos_since(started));
+        for at in received {
+            p.commit_latency.observe_ns(committed_at.nanos_since(at));
+        }
         p.messages
             .fetch_add(report.rows.messages, Ordering::Relaxed);
         p.entries.fetch_add(report.rows.entries, Ordering::Relaxed);
@@ -247,6 +263,26 @@ impl DbPipeline {
     }
 }
 
+/// Completes when the oldest waiting record was *received* `max_delay` ago (never while nothing
+/// waits). Counting from receipt rather than from when the batch started means that records
+/// which queued up while the previous batch was committing go out as soon as it is done, so a
+/// record waits at most about `max_delay` plus one commit.
+fn receipt_deadline(
+    batcher: &Batcher,
+    max_delay: Duration,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let oldest = batcher.records().first().map(|r| r.received_at);
+    async move {
+        match oldest {
+            Some(at) => {
+                let waited = Duration::from_nanos(Timestamp::now().nanos_since(at).max(0) as u64);
+                tokio::time::sleep(max_delay.saturating_sub(waited)).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// The bytes a record took in the journal, roughly (for the lag-in-bytes metric).
 fn record_bytes(record: &Record) -> u64 {
     41 + match &record.body {
@@ -256,13 +292,20 @@ fn record_bytes(record: &Record) -> u64 {
     }
 }
 
+/// Records per message from the reader thread to the writer (at most).
+const READ_CHUNK: usize = 512;
+/// Journal bytes per message from the reader thread to the writer (at most, roughly).
+const READ_CHUNK_BYTES: u64 = 256 << 10;
+/// Journal bytes per database batch (at most, roughly): bounds the writer's memory.
+const MAX_BATCH_BYTES: u64 = 1 << 20;
+
 /// Reads the journal after `after` on a thread of its own (file reads block), sending records
 /// until `stop`; waits for `flushed` to move when it has read everything written.
 fn spawn_reader(
     dir: PathBuf,
     after: u64,
     mut flushed: watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<Record, JournalError>>,
+    tx: mpsc::Sender<Result<Vec<Record>, JournalError>>,
     stop: CancellationToken,
 ) -> Result<(), JournalError> {
     let mut reader = JournalReader::open(&dir, after)?;
@@ -270,14 +313,33 @@ fn spawn_reader(
     std::thread::Builder::new()
         .name("journal-reader".into())
         .spawn(move || {
+            // Records travel in chunks: one channel message (and one wake-up of the writer) per
+            // read of the journal rather than per record.
+            let mut chunk = Vec::with_capacity(READ_CHUNK);
+            let mut chunk_bytes = 0u64;
             loop {
                 if stop.is_cancelled() {
                     return;
                 }
-                match reader.next_record() {
+                let next = reader.next_record();
+                if !matches!(next, Ok(Some(_))) && !chunk.is_empty() {
+                    chunk_bytes = 0;
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
+                    if tx.blocking_send(Ok(full)).is_err() {
+                        return;
+                    }
+                }
+                match next {
                     Ok(Some(record)) => {
-                        if tx.blocking_send(Ok(record)).is_err() {
-                            return;
+                        chunk_bytes += record_bytes(&record);
+                        chunk.push(record);
+                        if chunk.len() >= READ_CHUNK || chunk_bytes >= READ_CHUNK_BYTES {
+                            chunk_bytes = 0;
+                            let full =
+                                std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
+                            if tx.blocking_send(Ok(full)).is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(None) => {

@@ -132,7 +132,11 @@ impl Connection {
         let url = config.url.as_str().to_owned();
         let connect = tokio::time::timeout(
             config.connect_timeout,
-            tokio_tungstenite::connect_async(url.as_str()),
+            tokio_tungstenite::connect_async_with_config(
+                url.as_str(),
+                Some(socket_config()),
+                false,
+            ),
         );
         let mut socket = tokio::select! {
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
@@ -577,6 +581,13 @@ fn event(
     }
 }
 
+/// WebSocket settings: tungstenite zero-fills its read buffer's free space before every read, so
+/// its 128 KiB default costs a 128 KiB memset per frame on a quiet connection; 16 KiB keeps that
+/// small (larger frames still arrive whole: the buffer grows as needed).
+fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 async fn send(socket: &mut Socket, request: &Request) -> Result<(), String> {
     socket
         .send(Message::text(request.to_json()))
@@ -662,9 +673,13 @@ pub async fn fetch_pairs(url: &url::Url, timeout: Duration) -> Result<Vec<String
         reason,
     };
     let work = async {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+            url.as_str(),
+            Some(socket_config()),
+            false,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         send(&mut socket, &Request::subscribe_instrument(Some(1)))
             .await
             .map_err(fail)?;

@@ -36,9 +36,10 @@
 //!
 //! - Records are only ever appended; a segment is never rewritten, except that recovery may cut
 //!   its torn tail.
-//! - The writer flushes to the operating system whenever its queue runs dry, and syncs to disk at
-//!   least every `sync_interval` (1 s by default), on rotation and on shutdown. A crash of the
-//!   process loses nothing flushed; a power cut loses at most the last `sync_interval`.
+//! - The writer flushes to the operating system whenever its queue runs dry (at most every 2 ms,
+//!   [`writer::FLUSH_EVERY`]), and syncs to disk at least every `sync_interval` (1 s by default),
+//!   on rotation and on shutdown. A crash of the process loses at most the frames of the last
+//!   2 ms; a power cut loses at most the last `sync_interval`.
 //! - A crash can leave only the end of the last segment incomplete: the records after the last
 //!   sync, possibly half-written. On open, the writer scans the last segment, keeps every record
 //!   whose length and CRC check out and whose `seq` follows its predecessor's, and cuts the file at
@@ -56,7 +57,7 @@
 mod format;
 mod reader;
 mod segment;
-mod writer;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 

@@ -40,6 +40,7 @@ struct Cursor {
     source: Box<dyn Read + Send>,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     /// Byte offset in the (uncompressed) segment of `buf[start]`.
     offset: u64,
     header: bool,
@@ -48,28 +49,30 @@ struct Cursor {
 impl Cursor {
     /// Reads more bytes; returns how many.
     fn fill(&mut self) -> Result<usize, JournalError> {
-        if self.start > 0 && self.start * 2 >= self.buf.len() {
-            self.buf.drain(..self.start);
+        // `buf[..end]` holds bytes read; `buf[end..]` is zeroed room kept between reads, so a read
+        // never pays for clearing memory (a live journal is read a few hundred bytes at a time).
+        if self.start > 0 && (self.start * 2 >= self.end || self.end == self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + CHUNK, 0);
+        if self.buf.len() - self.end < CHUNK / 4 {
+            let grown = (self.buf.len() * 2).max(CHUNK);
+            self.buf.resize(grown, 0);
+        }
         let n = loop {
-            match self.source.read(&mut self.buf[len..]) {
+            match self.source.read(&mut self.buf[self.end..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(JournalError::io(&self.segment.path, e));
-                }
+                Err(e) => return Err(JournalError::io(&self.segment.path, e)),
             }
         };
-        self.buf.truncate(len + n);
+        self.end += n;
         Ok(n)
     }
 
     fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.start..self.end]
     }
 
     fn corrupt(&self, reason: &'static str) -> JournalError {
@@ -115,7 +118,7 @@ impl JournalReader {
             return Ok(None);
         };
         match &self.cursor {
-            Some(cursor) => Ok(Some(view_validated(&cursor.buf[at..]))),
+            Some(cursor) => Ok(Some(view_validated(&cursor.buf[at..cursor.end]))),
             None => Ok(None),
         }
     }
@@ -228,8 +231,9 @@ impl JournalReader {
                     self.cursor = Some(Cursor {
                         segment: chosen.clone(),
                         source,
-                        buf: Vec::with_capacity(CHUNK),
+                        buf: vec![0; CHUNK],
                         start: 0,
+                        end: 0,
                         offset: 0,
                         header: false,
                     });

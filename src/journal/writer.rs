@@ -480,8 +480,8 @@ impl JournalHandle {
 }
 
 /// Opens the journal and runs it on a dedicated thread. Entries arrive through a channel of
-/// `capacity`; the thread appends them, flushes whenever the channel runs dry (so a crash of the
-/// process loses nothing flushed), syncs at least every `sync_interval`, rotates, and expires.
+/// `capacity`; the thread appends them, flushes whenever the channel runs dry but at most every
+/// [`FLUSH_EVERY`] (so a crash of the process loses at most that much), syncs at least every `sync_interval`, rotates, and expires.
 /// `checkpoint` is the database's checkpoint (retention waits for it); `None` without a database.
 /// It stops after `cancel` once the channel is drained, or when every sender is dropped.
 pub fn spawn_journal(
@@ -507,14 +507,49 @@ pub fn spawn_journal(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_sync = Instant::now();
                 let mut last_expire = Instant::now();
+                let mut last_flush = tokio::time::Instant::now();
+                let mut flush_due: Option<tokio::time::Instant> = None;
                 let result = loop {
                     tokio::select! {
                         biased;
-                        entry = rx.recv() => {
+                        // While a flush is pending the queue is not watched: entries gather in
+                        // it and are taken all at once when the flush is due, so that a trickle
+                        // of frames costs one wake-up, one write and one reader wake-up per
+                        // FLUSH_EVERY instead of one per frame.
+                        entry = rx.recv(), if flush_due.is_none() => {
                             let Some(entry) = entry else { break Ok(()) };
-                            if let Err(e) = write_batch(&mut writer, entry, &mut rx) {
+                            if let Err(e) = append_queued(&mut writer, entry, &mut rx) {
                                 break Err(e);
                             }
+                            if last_flush.elapsed() >= FLUSH_EVERY {
+                                if let Err(e) = writer.flush() {
+                                    break Err(e);
+                                }
+                                last_flush = tokio::time::Instant::now();
+                                let _ = flushed_tx.send(writer.next_seq() - 1);
+                            } else {
+                                flush_due = Some(last_flush + FLUSH_EVERY);
+                            }
+                            if let Err(e) = writer.maybe_rotate() {
+                                break Err(e);
+                            }
+                        }
+                        _ = tokio::time::sleep_until(flush_due.unwrap_or_else(tokio::time::Instant::now)), if flush_due.is_some() => {
+                            flush_due = None;
+                            let drained = loop {
+                                match rx.try_recv() {
+                                    Ok(entry) => {
+                                        if let Err(e) = append_queued(&mut writer, entry, &mut rx) {
+                                            break Err(e);
+                                        }
+                                    }
+                                    Err(_) => break Ok(()),
+                                }
+                            };
+                            if let Err(e) = drained.and_then(|()| writer.flush()) {
+                                break Err(e);
+                            }
+                            last_flush = tokio::time::Instant::now();
                             let _ = flushed_tx.send(writer.next_seq() - 1);
                             if let Err(e) = writer.maybe_rotate() {
                                 break Err(e);
@@ -563,8 +598,12 @@ pub fn spawn_journal(
     })
 }
 
-/// Appends `first` and whatever else is already queued, then flushes once.
-fn write_batch(
+/// The longest a record waits in the writer's buffer before it is handed to the operating system
+/// (what a crash of the process, as opposed to the machine, can lose).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
+
+/// Appends `first` and whatever else is already queued (without flushing).
+fn append_queued(
     writer: &mut JournalWriter,
     first: Entry,
     rx: &mut mpsc::Receiver<Entry>,
@@ -578,5 +617,5 @@ fn write_batch(
             Err(_) => break,
         }
     }
-    writer.flush()
+    Ok(())
 }
