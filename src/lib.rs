@@ -20,6 +20,7 @@ pub mod feed;
 pub mod journal;
 pub mod kraken;
 pub mod metrics;
+pub mod readback;
 pub mod record;
 pub mod replay;
 pub mod store;
