@@ -80,6 +80,10 @@ pub struct CollectArgs {
     /// Symbols per WebSocket connection [default: 100].
     #[arg(long)]
     pub symbols_per_connection: Option<usize>,
+    /// Journal each symbol's whole verified book after this many verified updates, so that
+    /// `krakenbook book --at` never replays more [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub book_state_every: Option<u64>,
     /// Sync the journal to disk at least this often: what a power cut can lose [default: 1s].
     #[arg(long)]
     pub journal_sync_interval: Option<String>,
@@ -138,6 +142,9 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         }
         feed.symbols_per_connection = n;
     }
+    if let Some(n) = args.book_state_every {
+        feed.book_state_every = n;
+    }
     let dir = args
         .journal_dir
         .or(file.journal_dir)
@@ -162,20 +169,26 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         ),
         None => None,
     };
+    let mut batch = krakenbook::store::BatchConfig {
+        // Half the writer's default delay: receive-to-commit stays well under 250 ms at p99 at
+        // 10,000 messages per second (see the README's benchmarks).
+        max_delay: std::time::Duration::from_millis(50),
+        ..krakenbook::store::BatchConfig::default()
+    };
+    if let Some(n) = args.db_batch_size {
+        batch.max_records = n.max(1);
+    }
+    if let Some(t) = &args.db_batch_delay {
+        batch.max_delay = parse_duration(t).context("--db-batch-delay")?;
+    }
     let database = args
         .database_url
         .or(file.database_url)
         .filter(|u| !u.trim().is_empty())
-        .map(|url| {
-            let mut batch = krakenbook::store::BatchConfig::default();
-            if let Some(n) = args.db_batch_size {
-                batch.max_records = n.max(1);
-            }
-            DatabaseConfig {
-                url,
-                batch,
-                chunk_interval: args.chunk_interval.clone(),
-            }
+        .map(|url| DatabaseConfig {
+            url,
+            batch,
+            chunk_interval: args.chunk_interval.clone(),
         });
     if let Some(db) = &database {
         krakenbook::store::DbTarget::parse(&db.url)
@@ -297,6 +310,30 @@ mod tests {
             Symbols::List(vec!["BTC/USD".into(), "XRP/EUR".into()])
         );
         assert_eq!(c.feed.depth.get(), 1000);
+        // A regression: this flag was once parsed and then ignored.
+        let c = resolve_args(&[
+            "--symbols",
+            "BTC/USD",
+            "--book-state-every",
+            "40",
+            "--db-batch-delay",
+            "20ms",
+        ])
+        .unwrap();
+        assert_eq!(c.feed.book_state_every, 40);
+        let c = resolve_args(&[
+            "--symbols",
+            "BTC/USD",
+            "--database-url",
+            "postgres://x@localhost/db",
+            "--db-batch-delay",
+            "20ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database.unwrap().batch.max_delay,
+            std::time::Duration::from_millis(20)
+        );
     }
 
     #[test]

@@ -7,9 +7,13 @@ mod bench;
 mod bench_collect;
 mod bench_ingest;
 mod bench_simulate;
+mod book;
 mod collect;
 mod import;
 mod migrate;
+mod query;
+mod replay;
+mod reset;
 mod simulate;
 mod verify;
 
@@ -49,6 +53,18 @@ pub enum Command {
     /// Load a journal recorded without a database into TimescaleDB (resumable, idempotent).
     #[command(after_help = import::IMPORT_EXAMPLES)]
     Import(import::ImportArgs),
+    /// The book of a symbol as it was at an instant, rebuilt from the database and verified.
+    #[command(after_help = book::BOOK_EXAMPLES)]
+    Book(book::BookArgs),
+    /// What is stored: summary, per-symbol coverage and gaps, latest messages and levels.
+    #[command(after_help = query::QUERY_EXAMPLES)]
+    Query(query::QueryArgs),
+    /// Verify recorded data again, or serve it over Kraken's v2 protocol.
+    #[command(after_help = replay::REPLAY_EXAMPLES)]
+    Replay(Box<replay::ReplayArgs>),
+    /// Empty the tables, keeping the schema and hypertables (asks first, unless --yes).
+    #[command(after_help = reset::RESET_EXAMPLES)]
+    Reset(reset::ResetArgs),
     /// Check the checksum of every book message in recorded frame files.
     #[command(after_help = verify::VERIFY_EXAMPLES)]
     Verify(verify::VerifyArgs),
@@ -68,6 +84,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Collect(args) => collect::run(*args).await,
         Command::Import(args) => import::run(args).await,
+        Command::Book(args) => book::run(args).await,
+        Command::Query(args) => query::run(args).await,
+        Command::Replay(args) => replay::run(*args).await,
+        Command::Reset(args) => reset::run(args).await,
         Command::Verify(args) => verify::run(args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Simulate(args) => simulate::run(*args).await,

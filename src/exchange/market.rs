@@ -120,6 +120,20 @@ impl BookSink {
     }
 }
 
+impl BookSink {
+    /// Queues `frame`, waiting while the queue is full: for markets that replay recorded data as
+    /// fast as the client reads (a simulated exchange never waits; see [`BookSink::send`]).
+    pub async fn send_waiting(&self, frame: &Arc<BookFrame>) -> Result<(), SinkError> {
+        self.tx
+            .send(Delivery {
+                sub: self.sub,
+                frame: Arc::clone(frame),
+            })
+            .await
+            .map_err(|_| SinkError::Closed)
+    }
+}
+
 /// A book subscription refused by the market.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MarketError {

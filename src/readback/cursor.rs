@@ -121,6 +121,33 @@ impl BookCursor {
         }))
     }
 
+    /// The earliest snapshot of `symbol` in `[from, to)` on `collector`'s record.
+    pub async fn find_first_start(
+        client: &Client,
+        symbol: &str,
+        from: Timestamp,
+        to: Timestamp,
+        collector: &str,
+    ) -> Result<Option<Start>, ReadbackError> {
+        let row = client
+            .query_opt(
+                "SELECT collector, conn_id, seq, \"timestamp\" FROM kraken_orderbook_messages
+                  WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
+                    AND \"timestamp\" >= $2 AND \"timestamp\" < $3 AND collector = $4
+                  ORDER BY \"timestamp\", seq LIMIT 1",
+                &[&symbol, &from, &to, &collector],
+            )
+            .await
+            .map_err(db("finding the first snapshot"))?;
+        Ok(row.map(|r| Start {
+            kind: StartKind::Snapshot,
+            collector: r.get(0),
+            conn_id: r.get(1),
+            seq: r.get(2),
+            timestamp: r.get(3),
+        }))
+    }
+
     /// Opens a cursor at `start` that steps through every message of `symbol` up to `to`
     /// (inclusive). The first step is the start itself.
     pub async fn open(
@@ -196,6 +223,22 @@ impl BookCursor {
     /// Whether the book is synced (verified since its last snapshot or state).
     pub fn is_synced(&self) -> bool {
         self.synced
+    }
+
+    /// The timestamp of the next message, without applying it (`None` at the end).
+    pub async fn peek_timestamp(&mut self) -> Result<Option<Timestamp>, ReadbackError> {
+        if self.pending.is_none() {
+            self.pending = self.next_row().await?;
+        }
+        Ok(self.pending.as_ref().map(|r| r.get(6)))
+    }
+
+    /// The `seq` of the next message, without applying it (`None` at the end).
+    pub async fn peek_seq(&mut self) -> Result<Option<i64>, ReadbackError> {
+        if self.pending.is_none() {
+            self.pending = self.next_row().await?;
+        }
+        Ok(self.pending.as_ref().map(|r| r.get(0)))
     }
 
     /// Applies the next message and returns the book after it; `None` at the end of the range.
@@ -297,7 +340,8 @@ async fn subscribed_depth(
         .query_opt(
             "SELECT raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages
               WHERE symbol = $1 AND collector = $2 AND conn_id = $3 AND channel = 'book'
-                AND message_type = 'subscribe' AND seq < $4 AND \"timestamp\" <= $5
+                AND message_type = 'subscribe' AND seq < $4
+                AND \"timestamp\" <= $5::timestamptz + interval '1 minute'
               ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1",
             &[
                 &symbol,

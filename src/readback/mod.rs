@@ -16,8 +16,9 @@
 
 mod book_at;
 mod cursor;
+pub mod query;
 
-pub use book_at::{BookAt, Gap, book_at};
+pub use book_at::{BookAt, Gap, Level, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
 
 use crate::store::StoreError;

@@ -1,11 +1,15 @@
 //! Replays of recorded data: verification against the recorded verdicts (from a journal or from
 //! the database), and serving recorded books over Kraken's protocol.
 
+mod db;
 mod engine;
+mod serve;
 
 use std::path::Path;
 
+pub use db::verify_database;
 pub use engine::{Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
+pub use serve::{ReplayMarket, ReplaySource};
 
 use crate::journal::{JournalError, JournalReader};
 use crate::time::Timestamp;

@@ -18,7 +18,7 @@ use krakenbook::record::RecordBody;
 use crate::db::{TestDb, connect, fresh_db, own_cluster};
 use crate::support::krakenbook;
 
-fn pairs() -> Vec<PairSpec> {
+pub(crate) fn pairs() -> Vec<PairSpec> {
     [("BTC/USD", 1, 8), ("ETH/USD", 2, 8), ("MINA/GBP", 4, 8)]
         .into_iter()
         .map(|(s, p, q)| PairSpec {
@@ -30,7 +30,7 @@ fn pairs() -> Vec<PairSpec> {
         .collect()
 }
 
-async fn simulator(dir: &Path, rate: f64, faults: Faults) -> Simulator {
+pub(crate) async fn simulator(dir: &Path, rate: f64, faults: Faults) -> Simulator {
     let mut config = SimConfig {
         pairs: pairs(),
         rate,
@@ -42,13 +42,28 @@ async fn simulator(dir: &Path, rate: f64, faults: Faults) -> Simulator {
     Simulator::bind(config).await.expect("the simulator starts")
 }
 
-struct Collector {
+pub(crate) struct Collector {
     child: Child,
     stderr: PathBuf,
 }
 
 impl Collector {
-    fn start(sim: &Simulator, db_url: Option<&str>, dir: &Path, extra: &[&str]) -> Collector {
+    pub(crate) fn start(
+        sim: &Simulator,
+        db_url: Option<&str>,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Collector {
+        Collector::start_url(&format!("ws://{}/v2", sim.local_addr()), db_url, dir, extra)
+    }
+
+    /// A collector of the three test pairs at depth 25 from `url`, journaling under `dir`.
+    pub(crate) fn start_url(
+        url: &str,
+        db_url: Option<&str>,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Collector {
         let stderr = dir.join(format!(
             "collector-{}.log",
             std::time::SystemTime::now()
@@ -56,13 +71,12 @@ impl Collector {
                 .unwrap()
                 .as_nanos()
         ));
-        let url = format!("ws://{}/v2", sim.local_addr());
         let journal = dir.join("journal");
         let mut cmd = krakenbook();
         cmd.args([
             "collect",
             "--url",
-            &url,
+            url,
             "--symbols",
             "BTC/USD,ETH/USD,MINA/GBP",
             "--depth",
@@ -84,12 +98,12 @@ impl Collector {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status (within 10 s, or the test fails).
-    fn stop(mut self) -> (ExitStatus, Duration, String) {
+    pub(crate) fn stop(mut self) -> (ExitStatus, Duration, String) {
         let started = Instant::now();
         let pid = self.child.id().to_string();
         std::process::Command::new("kill")
@@ -118,7 +132,7 @@ impl Collector {
 }
 
 /// What the simulator logged as sent: per connection (in connection order), the frames in order.
-fn sent(dir: &Path) -> Vec<Vec<String>> {
+pub(crate) fn sent(dir: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(dir.join("sent.ndjson")).unwrap();
     let mut conns: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
@@ -130,12 +144,12 @@ fn sent(dir: &Path) -> Vec<Vec<String>> {
     conns.into_values().collect()
 }
 
-fn is_heartbeat(frame: &str) -> bool {
+pub(crate) fn is_heartbeat(frame: &str) -> bool {
     frame == r#"{"channel":"heartbeat"}"#
 }
 
 /// A frame's meaning, for comparing a frame with what jsonb gives back.
-fn meaning(text: &str) -> Value {
+pub(crate) fn meaning(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
@@ -175,12 +189,12 @@ async fn stored(url: &str) -> Vec<Vec<String>> {
     conns.into_values().collect()
 }
 
-async fn count(url: &str, sql: &str) -> i64 {
+pub(crate) async fn count(url: &str, sql: &str) -> i64 {
     connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 /// Waits until `sql` (a count) reaches `at_least`, or fails after `timeout`.
-async fn wait_count(
+pub(crate) async fn wait_count(
     url: &str,
     sql: &str,
     at_least: i64,
@@ -251,7 +265,7 @@ fn journal(dir: &Path) -> (u64, u64) {
     (reader.position(), frames)
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
@@ -404,7 +418,7 @@ async fn a_lost_update_is_caught_resubscribed_and_recorded_as_a_gap() {
     // Every book message after the resync verifies.
     let after: i64 = client
         .query_one(
-            "SELECT count(*) FROM kraken_orderbook_messages WHERE channel = 'book' AND seq > $1 AND checksum_ok IS DISTINCT FROM true",
+            "SELECT count(*) FROM kraken_orderbook_messages WHERE channel = 'book' AND message_type IN ('snapshot', 'update') AND seq > $1 AND checksum_ok IS DISTINCT FROM true",
             &[&r_seq],
         )
         .await
@@ -776,7 +790,7 @@ async fn journal_only_then_import_stores_everything_and_a_second_import_changes_
     );
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -4,6 +4,7 @@
 mod collect;
 mod db;
 mod feed;
+mod readback;
 mod sim_client;
 mod simulate;
 mod store;

@@ -1,0 +1,230 @@
+//! `krakenbook replay`: verify recorded data again, or serve it over Kraken's protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use krakenbook::exchange::{Exchange, ServerConfig};
+use krakenbook::replay::{self, ReplayMarket, ReplayReport, ReplaySource};
+use krakenbook::store::DbTarget;
+use krakenbook::time::Timestamp;
+
+pub(crate) const REPLAY_EXAMPLES: &str = "\
+--verify re-runs recorded frames through the book engine and compares every recomputed checksum
+verdict with the recorded one (exit 1 on any disagreement): from a journal directory, or from
+the database over --from/--to. --serve speaks Kraken's v2 protocol from the database: a book
+subscription gets a snapshot rebuilt at --from, then the recorded updates paced as recorded,
+--speed times faster (0: as fast as the client reads).
+
+Examples:
+  krakenbook replay --verify --journal-dir ./data/journal
+  krakenbook replay --verify --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --symbol BTC/USD
+  krakenbook replay --serve 127.0.0.1:8791 --from 2026-11-24T10:00:00Z --speed 10
+  krakenbook collect --url ws://127.0.0.1:8791/v2 --symbols BTC/USD --journal-dir ./replayed";
+
+/// `krakenbook replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Verify the recorded verdicts.
+    #[arg(long, conflicts_with = "serve", required_unless_present = "serve")]
+    pub verify: bool,
+    /// Serve the recorded books over WebSocket at this address (e.g. 127.0.0.1:8791).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<SocketAddr>,
+    /// Replay a journal directory (with --verify) instead of the database.
+    #[arg(long, value_name = "DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// Start of the range (required with the database).
+    #[arg(long)]
+    pub from: Option<Timestamp>,
+    /// End of the range (exclusive; default: the end of the record).
+    #[arg(long)]
+    pub to: Option<Timestamp>,
+    /// Only these symbols (repeatable, or comma-separated).
+    #[arg(long = "symbol", value_delimiter = ',')]
+    pub symbols: Vec<String>,
+    /// Recorded time runs this many times faster (--serve); 0: as fast as the client reads.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Only this collector's record (--serve).
+    #[arg(long)]
+    pub collector: Option<String>,
+    /// Allow a non-loopback --serve address.
+    #[arg(long)]
+    pub public: bool,
+    /// Print the verification report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The database (or DATABASE_URL).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// Runs `krakenbook replay`.
+pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    match args.serve {
+        Some(addr) => serve(addr, args).await,
+        None => verify(args).await,
+    }
+}
+
+fn bar(quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} replayed {pos} messages ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+async fn verify(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let progress = bar(args.quiet || args.json);
+    let report = match &args.journal_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let (from, to) = (args.from, args.to);
+            let p = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                replay::verify_journal(&dir, from, to, |n| p.set_position(n))
+            })
+            .await??
+        }
+        None => {
+            let url = super::migrate::database_url(args.database_url.clone())?;
+            let Some(from) = args.from else {
+                bail!(
+                    "--verify over the database needs --from (and --to): e.g. --from 2026-11-24T00:00:00Z; or give --journal-dir"
+                );
+            };
+            let to = args.to.unwrap_or_else(Timestamp::now);
+            let client = DbTarget::parse(&url)?.connect("krakenbook replay").await?;
+            let p = progress.clone();
+            replay::verify_database(&client, &args.symbols, from, to, |n| p.set_position(n)).await?
+        }
+    };
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn render(r: &ReplayReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let verdict = if r.is_clean() {
+        "every recorded verdict reproduced"
+    } else {
+        "DISAGREEMENTS FOUND"
+    };
+    let range = r
+        .seq_range
+        .map(|(a, b)| format!("seq {a}..={b}"))
+        .unwrap_or_else(|| "nothing".into());
+    let _ = writeln!(
+        out,
+        "replayed {} records ({} frames, {range}): {verdict}",
+        r.records, r.frames
+    );
+    let _ = writeln!(
+        out,
+        "  {:<14} {:>9} {:>9} {:>10} {:>12} {:>7}",
+        "symbol", "messages", "ok", "mismatches", "unverifiable", "states"
+    );
+    for (symbol, s) in &r.symbols {
+        let _ = writeln!(
+            out,
+            "  {symbol:<14} {:>9} {:>9} {:>10} {:>12} {:>7}",
+            s.book_messages, s.ok, s.mismatches, s.unverifiable, s.states
+        );
+    }
+    for d in &r.disagreements {
+        let _ = writeln!(
+            out,
+            "  seq {} {}: recorded {}, replayed {}",
+            d.seq,
+            d.symbol.as_deref().unwrap_or("-"),
+            d.recorded,
+            d.replayed
+        );
+    }
+    if r.disagreement_count > r.disagreements.len() as u64 {
+        let _ = writeln!(out, "  ... {} disagreements in all", r.disagreement_count);
+    }
+    out
+}
+
+async fn serve(addr: SocketAddr, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !args.public && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve on {addr}: not a loopback address; pass --public to allow it, or use e.g. --serve 127.0.0.1:8791"
+        );
+    }
+    if !(args.speed.is_finite() && args.speed >= 0.0) {
+        bail!("--speed must be 0 (as fast as possible) or a positive factor, e.g. 10");
+    }
+    let Some(from) = args.from else {
+        bail!(
+            "--serve needs --from, the recorded instant to start at: e.g. --from 2026-11-24T10:00:00Z"
+        );
+    };
+    let url = super::migrate::database_url(args.database_url.clone())?;
+    let cancel = CancellationToken::new();
+    super::collect::spawn_signal_handler(cancel.clone())?;
+    let market = ReplayMarket::load(
+        ReplaySource {
+            database_url: url,
+            symbols: args.symbols.clone(),
+            from,
+            to: args.to,
+            speed: args.speed,
+            collector: args.collector.clone(),
+        },
+        cancel.clone(),
+    )
+    .await?;
+    if market_is_empty(&market) {
+        bail!(
+            "nothing recorded at or before {from}: check --from and --symbol (see `krakenbook query --coverage`)"
+        );
+    }
+    let tracker = TaskTracker::new();
+    let server = ServerConfig {
+        listen: addr,
+        ..ServerConfig::default()
+    };
+    let exchange = Exchange::bind(server, Arc::new(market), cancel.clone(), tracker).await?;
+    eprintln!(
+        "replay: serving recorded books from {from} at ws://{}/v2 (speed {}); Ctrl-C stops",
+        exchange.local_addr(),
+        args.speed
+    );
+    cancel.cancelled().await;
+    exchange.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn market_is_empty(market: &ReplayMarket) -> bool {
+    use krakenbook::exchange::Market;
+    market.instruments().is_empty()
+}
