@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{bench_collect, bench_ingest, bench_simulate};
+use super::{bench_collect, bench_ingest, bench_readback, bench_simulate};
 
 pub(crate) const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -24,6 +24,9 @@ pub struct BenchArgs {
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// How fast recorded books come back: book --at latency, replay speed (journal, database).
+    #[command(after_help = bench_readback::BENCH_READBACK_EXAMPLES)]
+    Readback(bench_readback::BenchReadbackArgs),
     /// The collector's CPU, peak memory and receive-to-commit latency while it records.
     #[command(after_help = bench_collect::BENCH_COLLECT_EXAMPLES)]
     Collect(bench_collect::BenchCollectArgs),
@@ -39,6 +42,7 @@ pub enum BenchCommand {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Collect(a) => bench_collect::run(a).await,
+        BenchCommand::Readback(a) => bench_readback::run(a).await,
         BenchCommand::Ingest(a) => bench_ingest::run(a).await,
         BenchCommand::Simulate(a) => bench_simulate::run(a).await,
     }

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_collect;
 mod bench_ingest;
+mod bench_readback;
 mod bench_simulate;
 mod book;
 mod collect;
