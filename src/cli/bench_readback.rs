@@ -208,7 +208,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     );
 
     // replay --verify from the database, one hour.
-    let from = start_ts.add_nanos((end_ts.nanos_since(start_ts) / 2).min(i64::MAX));
+    let from = start_ts.add_nanos(end_ts.nanos_since(start_ts) / 2);
     let to = from.add_nanos(3_600_000_000_000);
     let t = Instant::now();
     let report = replay::verify_database(&client, &[], from, to, |_| {})
@@ -260,7 +260,7 @@ impl Generator {
         } else {
             628_010 + rank * 3
         };
-        let qty = if self.next() % 5 == 0 {
+        let qty = if self.next().is_multiple_of(5) {
             0
         } else {
             1 + self.next() % 200_000_000
@@ -295,7 +295,7 @@ impl Generator {
             let mut bids = Vec::new();
             let mut asks = Vec::new();
             for _ in 0..n {
-                if self.next() % 2 == 0 {
+                if self.next().is_multiple_of(2) {
                     let l = self.level(true, 1200);
                     bids.push(l);
                 } else {
