@@ -800,3 +800,60 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn collect_all_records_every_online_pair_the_instrument_channel_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(dir.path(), 40.0, Faults::default()).await;
+    let url = format!("ws://{}/v2", sim.local_addr());
+    let stderr = dir.path().join("all.log");
+    let mut child = krakenbook()
+        .args([
+            "collect",
+            "--all",
+            "--url",
+            &url,
+            "--symbols-per-connection",
+            "2",
+        ])
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .env_remove("KRAKENBOOK_SYMBOLS")
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let symbols = loop {
+        let mut seen = std::collections::BTreeSet::new();
+        if dir.path().join("journal").is_dir() {
+            let mut reader = JournalReader::open(&dir.path().join("journal"), 0).unwrap();
+            while let Some(r) = reader.next_record().unwrap() {
+                if let Some(Ok(krakenbook::kraken::Frame::Book(b))) =
+                    r.frame_text().map(krakenbook::kraken::decode)
+                {
+                    seen.extend(b.data.iter().map(|d| d.symbol.to_string()));
+                }
+            }
+        }
+        if seen.len() == 3 || started.elapsed() > Duration::from_secs(20) {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    sim.shutdown().await.unwrap();
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        symbols.into_iter().collect::<Vec<_>>(),
+        ["BTC/USD", "ETH/USD", "MINA/GBP"],
+        "{log}"
+    );
+    assert!(
+        log.contains("connections=2"),
+        "3 pairs at 2 per connection: two connections\n{log}"
+    );
+}
