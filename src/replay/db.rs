@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use super::engine::{Disagreement, ReplayReport};
+use super::engine::{ReplayReport, SymbolReplay, verdict_name};
 use crate::readback::{BookCursor, ReadbackError};
 use crate::time::Timestamp;
 
@@ -56,7 +56,8 @@ pub async fn verify_database(
             // No start before the range: the first snapshot inside it.
             None => BookCursor::find_first_start(client, &symbol, from, to, &collector).await?,
         };
-        let s = report.symbols.entry(symbol.clone()).or_default();
+        // Counted here and added to the report once the symbol is done.
+        let mut s = SymbolReplay::default();
         // Messages before any start cannot be rebuilt: they were unverifiable when received too,
         // unless the database lacks the snapshot the collector had.
         let first_seq = start.as_ref().map_or(i64::MAX, |s| s.seq);
@@ -68,15 +69,12 @@ pub async fn verify_database(
             s.book_messages += 1;
             s.unverifiable += 1;
             if recorded.is_some() {
-                report.disagreement_count += 1;
-                if report.disagreements.len() < 100 {
-                    report.disagreements.push(Disagreement {
-                        seq: seq as u64,
-                        symbol: Some(symbol.clone()),
-                        recorded: name(recorded),
-                        replayed: "no snapshot before it in the database".into(),
-                    });
-                }
+                report.disagree(
+                    seq as u64,
+                    Some(symbol.clone()),
+                    verdict_name(recorded),
+                    "no snapshot before it in the database".into(),
+                );
             }
         }
         let Some(start) = start else { continue };
@@ -111,15 +109,12 @@ pub async fn verify_database(
                     && crate::store::rows::levels_json(&view.bids) == compact(&bids)
                     && crate::store::rows::levels_json(&view.asks) == compact(&asks);
                 if !same {
-                    report.disagreement_count += 1;
-                    if report.disagreements.len() < 100 {
-                        report.disagreements.push(Disagreement {
-                            seq: state_seq as u64,
-                            symbol: Some(symbol.clone()),
-                            recorded: format!("book state with checksum {checksum}"),
-                            replayed: format!("a different book (checksum {})", book.checksum()),
-                        });
-                    }
+                    report.disagree(
+                        state_seq as u64,
+                        Some(symbol.clone()),
+                        format!("book state with checksum {checksum}"),
+                        format!("a different book (checksum {})", book.checksum()),
+                    );
                 }
             }
             let Some(step) = cursor.next().await? else {
@@ -142,15 +137,12 @@ pub async fn verify_database(
                 None => s.unverifiable += 1,
             }
             if step.verified != recorded {
-                report.disagreement_count += 1;
-                if report.disagreements.len() < 100 {
-                    report.disagreements.push(Disagreement {
-                        seq: step.seq as u64,
-                        symbol: Some(symbol.clone()),
-                        recorded: name(recorded),
-                        replayed: name(step.verified),
-                    });
-                }
+                report.disagree(
+                    step.seq as u64,
+                    Some(symbol.clone()),
+                    verdict_name(recorded),
+                    verdict_name(step.verified),
+                );
             }
             done += 1;
             if done.is_multiple_of(65_536) {
@@ -161,16 +153,16 @@ pub async fn verify_database(
         // at least one): report them rather than pass over them.
         if seen < stored.len() {
             let missing = (stored.len() - seen) as u64;
-            report.disagreement_count += missing;
-            if report.disagreements.len() < 100 {
-                report.disagreements.push(Disagreement {
-                    seq: 0,
-                    symbol: Some(symbol.clone()),
-                    recorded: format!("{missing} book messages of {collector}"),
-                    replayed: "no stored levels to replay them from".into(),
-                });
-            }
+            report.disagree(
+                0,
+                Some(symbol.clone()),
+                format!("{missing} book messages of {collector}"),
+                "no stored levels to replay them from".into(),
+            );
+            report.disagreement_count += missing - 1;
         }
+        let total = report.symbols.entry(symbol).or_default();
+        total.add(&s);
     }
     progress(done);
     Ok(report)
@@ -179,12 +171,4 @@ pub async fn verify_database(
 /// JSON text as `jsonb` prints it, without the spaces: `[["1.5", "2"]]` → `[["1.5","2"]]`.
 fn compact(text: &str) -> String {
     text.replace(", ", ",")
-}
-
-fn name(v: Option<bool>) -> String {
-    match v {
-        Some(true) => "ok".into(),
-        Some(false) => "mismatch".into(),
-        None => "unverifiable".into(),
-    }
 }

@@ -67,6 +67,36 @@ impl ReplayReport {
     pub fn is_clean(&self) -> bool {
         self.disagreement_count == 0
     }
+
+    /// Records a disagreement (the first 100 are kept in full, all are counted).
+    pub fn disagree(
+        &mut self,
+        seq: u64,
+        symbol: Option<String>,
+        recorded: String,
+        replayed: String,
+    ) {
+        self.disagreement_count += 1;
+        if self.disagreements.len() < 100 {
+            self.disagreements.push(Disagreement {
+                seq,
+                symbol,
+                recorded,
+                replayed,
+            });
+        }
+    }
+}
+
+impl SymbolReplay {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &SymbolReplay) {
+        self.book_messages += other.book_messages;
+        self.ok += other.ok;
+        self.mismatches += other.mismatches;
+        self.unverifiable += other.unverifiable;
+        self.states += other.states;
+    }
 }
 
 /// Replays records, keeping one set of books per connection.
@@ -143,13 +173,8 @@ impl ReplayEngine {
             Some(Err(_)) | None => {
                 self.report.undecodable += 1;
                 if recorded.is_some() {
-                    disagree(
-                        &mut self.report,
-                        seq,
-                        None,
-                        format!("{recorded:?}"),
-                        "undecodable".into(),
-                    );
+                    self.report
+                        .disagree(seq, None, verdict_name(recorded), "undecodable".into());
                 }
                 return;
             }
@@ -157,13 +182,8 @@ impl ReplayEngine {
         let Frame::Book(msg) = &frame else {
             tracker.observe(&frame);
             if recorded.is_some() {
-                disagree(
-                    &mut self.report,
-                    seq,
-                    None,
-                    format!("{recorded:?}"),
-                    "not a book frame".into(),
-                );
+                self.report
+                    .disagree(seq, None, verdict_name(recorded), "not a book frame".into());
             }
             return;
         };
@@ -198,13 +218,8 @@ impl ReplayEngine {
         };
         if replayed != recorded {
             let symbol = msg.data.first().map(|d| d.symbol.to_string());
-            disagree(
-                &mut self.report,
-                seq,
-                symbol,
-                verdict_name(recorded),
-                verdict_name(replayed),
-            );
+            self.report
+                .disagree(seq, symbol, verdict_name(recorded), verdict_name(replayed));
         }
     }
 
@@ -218,8 +233,7 @@ impl ReplayEngine {
             .filter(|t| t.is_synced(&state.symbol))
             .and_then(|t| t.book(&state.symbol));
         let Some(book) = replayed else {
-            disagree(
-                &mut self.report,
+            self.report.disagree(
                 seq,
                 Some(state.symbol.clone()),
                 "book state".into(),
@@ -229,8 +243,7 @@ impl ReplayEngine {
         };
         let view = book.view(book.depth());
         if view.bids != state.bids || view.asks != state.asks || book.checksum() != state.checksum {
-            disagree(
-                &mut self.report,
+            self.report.disagree(
                 seq,
                 Some(state.symbol.clone()),
                 format!("book state with checksum {}", state.checksum),
@@ -250,28 +263,11 @@ impl ReplayEngine {
     }
 }
 
-fn verdict_name(v: Option<bool>) -> String {
+/// `ok`, `mismatch` or `unverifiable`.
+pub(crate) fn verdict_name(v: Option<bool>) -> String {
     match v {
         Some(true) => "ok".into(),
         Some(false) => "mismatch".into(),
         None => "unverifiable".into(),
-    }
-}
-
-fn disagree(
-    report: &mut ReplayReport,
-    seq: u64,
-    symbol: Option<String>,
-    recorded: String,
-    replayed: String,
-) {
-    report.disagreement_count += 1;
-    if report.disagreements.len() < 100 {
-        report.disagreements.push(Disagreement {
-            seq,
-            symbol,
-            recorded,
-            replayed,
-        });
     }
 }
