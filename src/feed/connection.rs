@@ -266,19 +266,20 @@ impl Connection {
         }
     }
 
-    /// Ends a session: every symbol whose book was live or already in a gap has a gap from now.
+    /// Ends a session. Each symbol whose book was live has a gap from the last frame the
+    /// connection delivered (the book is known up to there, not up to when the loss was noticed);
+    /// a symbol already in a gap keeps its gap's start.
     fn end_lost(&mut self, s: &Session, reason: String, connected: Instant) -> SessionEnd {
-        let at = s.last_frame.max(Timestamp::now());
         for (symbol, state) in &s.symbols {
             if let Some(start) = state.gap_start {
                 self.gaps.entry(symbol.clone()).or_insert(start);
             } else if state.ever_synced {
-                self.gaps.entry(symbol.clone()).or_insert(at);
+                self.gaps.entry(symbol.clone()).or_insert(s.last_frame);
             }
         }
         SessionEnd::Lost {
             reason,
-            at,
+            at: Timestamp::now(),
             up_for: connected.elapsed(),
         }
     }
