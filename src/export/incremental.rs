@@ -1,0 +1,492 @@
+//! `incremental_book_L2`: every level change, in received order, in tardis.dev's layout
+//! (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`; `amount` 0 deletes
+//! the level; `is_snapshot` marks the rows of a snapshot, and a snapshot that follows updates
+//! replaces the book).
+//!
+//! Kraken keeps a book at the subscribed depth and, after each message, silently drops the levels
+//! that fell past it: no deletion is sent for them. A consumer that keeps every level it was sent
+//! (as tardis's loaders do) would hold stale levels below the window, and they resurface when the
+//! book moves. So the file carries what the consumer needs, and the file alone rebuilds the exact
+//! book:
+//! - **implied deletions**: after each message, the levels Kraken dropped (the worst past the
+//!   depth, by Kraken's rule, the same as [`crate::book::OrderBook`]'s) are written as `amount` 0
+//!   rows with the message's timestamps and `is_snapshot` false. The depth is the subscribed one,
+//!   from the subscription's acknowledgement on the same connection;
+//! - **an initial snapshot**: the book at `from` (rebuilt and checksum-verified by
+//!   [`BookCursor`]) is written first, as snapshot rows stamped `from`, as tardis files open with
+//!   the book at the day's start. When the book at `from` is not known (in a gap, or not recorded
+//!   yet) it is left out and the symbol's rows are usable from its next snapshot (tardis's rule:
+//!   skip updates before the first snapshot);
+//! - **resets**: tardis consumers replace the book only when a snapshot follows an update; when a
+//!   snapshot directly follows another (the initial one, or a quiet pair resubscribed), the levels
+//!   held are first deleted (`amount` 0, `is_snapshot` false), so the new snapshot starts from an
+//!   empty book.
+//!
+//! What must hold: applying the file's rows in order (zero deletes, anything else sets; a snapshot
+//! after a non-snapshot row clears the book first) gives, after each stored message, exactly the
+//! book the book engine holds after it (the end-to-end test checks this against [`BookCursor`] at
+//! every verified message); the stored rows appear in the file unchanged, in `(seq, ordinal)`
+//! order. `--stored-only` writes the stored rows alone.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use super::source::{Gaps, Selection};
+use super::table::{Cell, Column, ColumnKind, Scales};
+use super::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
+use crate::book::{Decimal, PriceLevel};
+use crate::readback::{BookCursor, StartKind};
+use crate::store::DbTarget;
+use crate::time::Timestamp;
+
+/// The columns, tardis's `incremental_book_L2`.
+pub fn columns() -> Vec<Column> {
+    vec![
+        Column::required("exchange", ColumnKind::Text),
+        Column::required("symbol", ColumnKind::Text),
+        Column::required("timestamp", ColumnKind::Micros),
+        Column::required("local_timestamp", ColumnKind::Micros),
+        Column::required("is_snapshot", ColumnKind::Bool),
+        Column::required("side", ColumnKind::Text),
+        Column::required("price", ColumnKind::Decimal),
+        Column::required("amount", ColumnKind::Decimal),
+    ]
+}
+
+const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at \
+    FROM kraken_orderbook_entries \
+    WHERE symbol = ANY($1) AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
+    ORDER BY seq, ordinal";
+
+/// The book of a symbol at `from`, to open the file with.
+#[derive(Debug)]
+struct Initial {
+    symbol: String,
+    bids: Vec<PriceLevel>,
+    asks: Vec<PriceLevel>,
+    depth: Option<usize>,
+    /// The scales the book prints at.
+    scales: (u8, u8),
+}
+
+/// An incremental export, ready to write.
+#[derive(Debug)]
+pub(crate) struct Plan<'a> {
+    selection: &'a Selection,
+    stored_only: bool,
+    initial: Vec<Initial>,
+    no_initial: Vec<String>,
+}
+
+/// Rebuilds the initial books (unless `--stored-only`).
+pub(crate) async fn plan<'a>(
+    _target: &DbTarget,
+    client: &Client,
+    selection: &'a Selection,
+    request: &ExportRequest,
+) -> Result<Plan<'a>, ExportError> {
+    let mut plan = Plan {
+        selection,
+        stored_only: request.stored_only,
+        initial: Vec::new(),
+        no_initial: Vec::new(),
+    };
+    if request.stored_only {
+        return Ok(plan);
+    }
+    for symbol in &selection.symbols {
+        match initial_book(client, selection, symbol).await? {
+            Some(i) => plan.initial.push(i),
+            None => plan.no_initial.push(symbol.clone()),
+        }
+    }
+    Ok(plan)
+}
+
+/// The verified book of `symbol` just before `from`, when it is known.
+async fn initial_book(
+    client: &Client,
+    selection: &Selection,
+    symbol: &str,
+) -> Result<Option<Initial>, ExportError> {
+    // Everything strictly before `from` (timestamps are whole microseconds).
+    let at = selection.from.add_nanos(-1);
+    let collector = selection.collector.as_str();
+    let Some(start) = BookCursor::find_start(client, symbol, at, Some(collector)).await? else {
+        return Ok(None);
+    };
+    let mut cursor = BookCursor::open(client, symbol, start.clone(), at).await?;
+    let mut last = None;
+    while let Some(step) = cursor.next().await? {
+        last = Some((step.received_at, step.verified));
+    }
+    let (last_received, verified) = match last {
+        Some((r, v)) => (r, v == Some(true)),
+        // A book state with nothing after it: verified when it was journaled.
+        None => (start.timestamp, cursor.is_synced()),
+    };
+    let gaps = Gaps::load(
+        client,
+        collector,
+        &[symbol.to_owned()],
+        start.timestamp,
+        selection.from,
+    )
+    .await?;
+    if !verified || gaps.is_gap(symbol, last_received, at) {
+        return Ok(None);
+    }
+    let depth = match start.kind {
+        StartKind::State => Some(cursor.book().depth()),
+        StartKind::Snapshot => subscribed_depth(client, collector, start.seq).await?,
+    };
+    let book = cursor.book();
+    let keep = depth.unwrap_or(usize::MAX);
+    let precision = book.precision();
+    Ok(Some(Initial {
+        symbol: symbol.to_owned(),
+        bids: book.bids().take(keep).collect(),
+        asks: book.asks().take(keep).collect(),
+        depth,
+        scales: (precision.price, precision.qty),
+    }))
+}
+
+/// The depth the book message at `seq` was subscribed at: the `book` subscription acknowledged
+/// last before it on the same connection, for the same symbol (found by `seq`, not by time: a
+/// quiet pair's snapshot carries the time of its last change, which may precede the ack).
+pub(crate) async fn subscribed_depth(
+    client: &Client,
+    collector: &str,
+    seq: i64,
+) -> Result<Option<usize>, ExportError> {
+    let row = client
+        .query_opt(
+            "SELECT (SELECT a.raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages a
+                      WHERE a.collector = m.collector AND a.conn_id = m.conn_id
+                        AND a.symbol = m.symbol AND a.channel = 'book'
+                        AND a.message_type = 'subscribe' AND a.seq < m.seq
+                        AND a.seq > m.seq - 1000000
+                      ORDER BY a.seq DESC LIMIT 1)
+               FROM kraken_orderbook_messages m
+              WHERE m.collector = $1 AND m.seq = $2
+              LIMIT 1",
+            &[&collector, &seq],
+        )
+        .await
+        .map_err(db("reading the subscribed depth"))?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|d| d.parse().ok()))
+}
+
+impl Plan<'_> {
+    /// The DECIMAL scales for Parquet: every stored value in range, and the initial books.
+    pub(crate) async fn scales(&self, client: &Client) -> Result<Scales, ExportError> {
+        let floor = self
+            .initial
+            .iter()
+            .fold((0, 0), |(p, q), i| (p.max(i.scales.0), q.max(i.scales.1)));
+        let (p, q) =
+            super::stored_scales(client, self.selection, self.selection.from, floor).await?;
+        Ok(Scales {
+            by_column: vec![0, 0, 0, 0, 0, 0, p, q],
+        })
+    }
+
+    /// Writes the rows.
+    pub(crate) async fn write(
+        &self,
+        target: &DbTarget,
+        sink: &mut Sink,
+        ticker: &mut Ticker<'_>,
+        report: &mut ExportReport,
+    ) -> Result<(), ExportError> {
+        let sel = self.selection;
+        let from = sel.from;
+        let mut windows: HashMap<String, Window> = HashMap::new();
+        for i in &self.initial {
+            let w = windows.entry(i.symbol.clone()).or_default();
+            w.active = true;
+            w.depth = i.depth;
+            w.last_snapshot = true;
+            for (side, levels) in [(Side::Bid, &i.bids), (Side::Ask, &i.asks)] {
+                for l in levels.iter() {
+                    row(sink, &i.symbol, from, from, true, side, l.price, l.qty)?;
+                    w.apply(side, l.price, l.qty);
+                    report.initial_levels += 1;
+                }
+            }
+            ticker.rows((i.bids.len() + i.asks.len()) as u64, from);
+        }
+        report.no_initial_book = self.no_initial.clone();
+
+        // The levels stream on a connection of their own; depth lookups use another.
+        let stream_client = target.connect("krakenbook export").await?;
+        let lookups = target.connect("krakenbook export").await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&sel.symbols, &sel.collector, &sel.from, &sel.to];
+        let rows = stream_client
+            .query_raw(ENTRIES, params)
+            .await
+            .map_err(db("reading the stored levels"))?;
+        futures_util::pin_mut!(rows);
+        let mut current: Option<Current> = None;
+        while let Some(r) = rows.next().await {
+            let r = r.map_err(db("reading the stored levels"))?;
+            let seq: i64 = r.get(0);
+            let symbol: &str = r.get(1);
+            let side = if r.get::<_, &str>(2) == "bid" {
+                Side::Bid
+            } else {
+                Side::Ask
+            };
+            let price: Decimal = r.get(3);
+            let qty: Decimal = r.get(4);
+            let snapshot = r.get::<_, &str>(5) == "snapshot";
+            let ts: Timestamp = r.get(6);
+            let received: Timestamp = r.get::<_, Option<Timestamp>>(7).unwrap_or(ts);
+
+            let same = current
+                .as_ref()
+                .is_some_and(|c| c.seq == seq && c.symbol == symbol);
+            if !same {
+                if let Some(done) = current.take() {
+                    self.end_message(sink, &mut windows, &done, ticker, report)?;
+                }
+                let c = Current {
+                    seq,
+                    symbol: symbol.to_owned(),
+                    ts,
+                    received,
+                    snapshot,
+                };
+                report.messages += 1;
+                if snapshot && !self.stored_only {
+                    let w = windows.entry(c.symbol.clone()).or_default();
+                    if w.last_snapshot && (!w.bids.is_empty() || !w.asks.is_empty()) {
+                        // A snapshot right after a snapshot: empty the book first.
+                        let held = w.clear();
+                        for (side, price) in held {
+                            row(
+                                sink,
+                                symbol,
+                                ts,
+                                received,
+                                false,
+                                side,
+                                price,
+                                Decimal::ZERO,
+                            )?;
+                            report.reset_deletions += 1;
+                        }
+                    }
+                    w.clear();
+                    w.active = true;
+                    w.depth = subscribed_depth(&lookups, &sel.collector, seq).await?;
+                    if w.depth.is_none() {
+                        report.unknown_depth += 1;
+                    }
+                }
+                current = Some(c);
+            }
+            row(sink, symbol, ts, received, snapshot, side, price, qty)?;
+            report.stored_levels += 1;
+            if !self.stored_only
+                && let Some(w) = windows.get_mut(symbol)
+                && w.active
+            {
+                w.apply(side, price, qty);
+            }
+        }
+        if let Some(done) = current.take() {
+            self.end_message(sink, &mut windows, &done, ticker, report)?;
+        }
+        report.rows = report.initial_levels
+            + report.stored_levels
+            + report.implied_deletions
+            + report.reset_deletions;
+        Ok(())
+    }
+
+    /// After a message: the implied deletions of the levels past the depth.
+    fn end_message(
+        &self,
+        sink: &mut Sink,
+        windows: &mut HashMap<String, Window>,
+        msg: &Current,
+        ticker: &mut Ticker<'_>,
+        report: &mut ExportReport,
+    ) -> Result<(), ExportError> {
+        let mut written = 0;
+        if !self.stored_only
+            && let Some(w) = windows.get_mut(&msg.symbol)
+        {
+            if w.active {
+                for (side, price) in w.overflow() {
+                    row(
+                        sink,
+                        &msg.symbol,
+                        msg.ts,
+                        msg.received,
+                        false,
+                        side,
+                        price,
+                        Decimal::ZERO,
+                    )?;
+                    report.implied_deletions += 1;
+                    written += 1;
+                }
+            }
+            w.last_snapshot = msg.snapshot && written == 0;
+        }
+        ticker.rows(1 + written, msg.ts);
+        Ok(())
+    }
+}
+
+/// The message being read.
+struct Current {
+    seq: i64,
+    symbol: String,
+    ts: Timestamp,
+    received: Timestamp,
+    snapshot: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Bid,
+    Ask,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Bid => "bid",
+            Side::Ask => "ask",
+        }
+    }
+}
+
+/// What a consumer of the file holds for a symbol: the prices of each side, and Kraken's window.
+#[derive(Debug, Default)]
+struct Window {
+    /// Known since a snapshot (the initial one or a stored one).
+    active: bool,
+    /// The subscribed depth (`None`: unknown, nothing is dropped).
+    depth: Option<usize>,
+    bids: BTreeSet<Decimal>,
+    asks: BTreeSet<Decimal>,
+    /// The last rows written for the symbol were a snapshot's.
+    last_snapshot: bool,
+}
+
+impl Window {
+    fn apply(&mut self, side: Side, price: Decimal, qty: Decimal) {
+        let set = match side {
+            Side::Bid => &mut self.bids,
+            Side::Ask => &mut self.asks,
+        };
+        if qty.is_zero() {
+            set.remove(&price);
+        } else {
+            set.insert(price);
+        }
+    }
+
+    /// Drops the worst levels past the depth (lowest bids, highest asks), as Kraken does.
+    fn overflow(&mut self) -> Vec<(Side, Decimal)> {
+        let Some(depth) = self.depth else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while self.bids.len() > depth {
+            if let Some(p) = self.bids.pop_first() {
+                out.push((Side::Bid, p));
+            }
+        }
+        while self.asks.len() > depth {
+            if let Some(p) = self.asks.pop_last() {
+                out.push((Side::Ask, p));
+            }
+        }
+        out
+    }
+
+    /// Empties the book; the levels it held.
+    fn clear(&mut self) -> Vec<(Side, Decimal)> {
+        let bids = std::mem::take(&mut self.bids);
+        let asks = std::mem::take(&mut self.asks);
+        bids.into_iter()
+            .map(|p| (Side::Bid, p))
+            .chain(asks.into_iter().map(|p| (Side::Ask, p)))
+            .collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    sink: &mut Sink,
+    symbol: &str,
+    ts: Timestamp,
+    received: Timestamp,
+    snapshot: bool,
+    side: Side,
+    price: Decimal,
+    qty: Decimal,
+) -> Result<(), ExportError> {
+    sink.write_row(&[
+        Cell::Text(EXCHANGE),
+        Cell::Text(symbol),
+        Cell::Micros(ts.unix_micros()),
+        Cell::Micros(received.unix_micros()),
+        Cell::Bool(snapshot),
+        Cell::Text(side.name()),
+        Cell::Decimal(price),
+        Cell::Decimal(qty),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    #[test]
+    fn the_window_drops_the_worst_levels_past_the_depth() {
+        let mut w = Window {
+            active: true,
+            depth: Some(2),
+            ..Window::default()
+        };
+        for p in ["100.0", "99.5", "101.0"] {
+            w.apply(Side::Bid, d(p), d("1"));
+        }
+        for p in ["102.0", "103.0", "102.5"] {
+            w.apply(Side::Ask, d(p), d("1"));
+        }
+        // The lowest bid and the highest ask fall out; the text kept is the one sent.
+        assert_eq!(
+            w.overflow(),
+            vec![(Side::Bid, d("99.5")), (Side::Ask, d("103.0"))]
+        );
+        assert_eq!(w.overflow(), vec![], "nothing more past the depth");
+        // A deletion by value removes the level whatever its text.
+        w.apply(Side::Bid, d("100.00"), d("0"));
+        assert_eq!(w.bids.iter().copied().collect::<Vec<_>>(), vec![d("101.0")]);
+        // Unknown depth: nothing is dropped.
+        w.depth = None;
+        for p in ["1", "2", "3"] {
+            w.apply(Side::Ask, d(p), d("1"));
+        }
+        assert!(w.overflow().is_empty());
+        assert_eq!(w.clear().len(), 6);
+        assert!(w.bids.is_empty() && w.asks.is_empty());
+    }
+}
