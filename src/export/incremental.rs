@@ -205,23 +205,19 @@ impl Plan<'_> {
         report: &mut ExportReport,
     ) -> Result<(), ExportError> {
         let sel = self.selection;
-        let from = sel.from;
-        let mut windows: HashMap<String, Window> = HashMap::new();
+        let mut emitter = Emitter::new(self.stored_only);
+        let mut out = Output {
+            sink,
+            report: &mut *report,
+            error: None,
+        };
         for i in &self.initial {
-            let w = windows.entry(i.symbol.clone()).or_default();
-            w.active = true;
-            w.depth = i.depth;
-            w.last_snapshot = true;
-            for (side, levels) in [(Side::Bid, &i.bids), (Side::Ask, &i.asks)] {
-                for l in levels.iter() {
-                    row(sink, &i.symbol, from, from, true, side, l.price, l.qty)?;
-                    w.apply(side, l.price, l.qty);
-                    report.initial_levels += 1;
-                }
-            }
-            ticker.rows((i.bids.len() + i.asks.len()) as u64, from);
+            emitter.initial(&i.symbol, &i.bids, &i.asks, i.depth, sel.from, &mut |r| {
+                out.row(r)
+            });
+            ticker.rows(out.report.rows, sel.from);
         }
-        report.no_initial_book = self.no_initial.clone();
+        out.check()?;
 
         // The levels stream on a connection of their own; depth lookups use another.
         let stream_client = target.connect("krakenbook export").await?;
@@ -233,7 +229,7 @@ impl Plan<'_> {
             .await
             .map_err(db("reading the stored levels"))?;
         futures_util::pin_mut!(rows);
-        let mut current: Option<Current> = None;
+        let mut current: Option<(i64, String)> = None;
         while let Some(r) = rows.next().await {
             let r = r.map_err(db("reading the stored levels"))?;
             let seq: i64 = r.get(0);
@@ -251,109 +247,253 @@ impl Plan<'_> {
 
             let same = current
                 .as_ref()
-                .is_some_and(|c| c.seq == seq && c.symbol == symbol);
+                .is_some_and(|(s, sym)| *s == seq && sym == symbol);
             if !same {
-                if let Some(done) = current.take() {
-                    self.end_message(sink, &mut windows, &done, ticker, report)?;
+                if current.is_some() {
+                    emitter.end_message(&mut |r| out.row(r));
+                    out.check()?;
+                    ticker.rows(out.report.rows, ts);
                 }
-                let c = Current {
-                    seq,
-                    symbol: symbol.to_owned(),
-                    ts,
-                    received,
-                    snapshot,
+                let depth = if snapshot && !self.stored_only {
+                    let d = subscribed_depth(&lookups, &sel.collector, seq).await?;
+                    if d.is_none() {
+                        out.report.unknown_depth += 1;
+                    }
+                    d
+                } else {
+                    None
                 };
-                report.messages += 1;
-                if snapshot && !self.stored_only {
-                    let w = windows.entry(c.symbol.clone()).or_default();
-                    if w.last_snapshot && (!w.bids.is_empty() || !w.asks.is_empty()) {
-                        // A snapshot right after a snapshot: empty the book first.
-                        let held = w.clear();
-                        for (side, price) in held {
-                            row(
-                                sink,
-                                symbol,
-                                ts,
-                                received,
-                                false,
-                                side,
-                                price,
-                                Decimal::ZERO,
-                            )?;
-                            report.reset_deletions += 1;
-                        }
-                    }
-                    w.clear();
-                    w.active = true;
-                    w.depth = subscribed_depth(&lookups, &sel.collector, seq).await?;
-                    if w.depth.is_none() {
-                        report.unknown_depth += 1;
-                    }
-                }
-                current = Some(c);
+                out.report.messages += 1;
+                emitter.begin_message(symbol, snapshot, depth, ts, received, &mut |r| out.row(r));
+                current = Some((seq, symbol.to_owned()));
             }
-            row(sink, symbol, ts, received, snapshot, side, price, qty)?;
-            report.stored_levels += 1;
-            if !self.stored_only
-                && let Some(w) = windows.get_mut(symbol)
-                && w.active
-            {
-                w.apply(side, price, qty);
-            }
+            emitter.level(side, price, qty, &mut |r| out.row(r));
         }
-        if let Some(done) = current.take() {
-            self.end_message(sink, &mut windows, &done, ticker, report)?;
+        if current.is_some() {
+            emitter.end_message(&mut |r| out.row(r));
         }
-        report.rows = report.initial_levels
-            + report.stored_levels
-            + report.implied_deletions
-            + report.reset_deletions;
-        Ok(())
-    }
-
-    /// After a message: the implied deletions of the levels past the depth.
-    fn end_message(
-        &self,
-        sink: &mut Sink,
-        windows: &mut HashMap<String, Window>,
-        msg: &Current,
-        ticker: &mut Ticker<'_>,
-        report: &mut ExportReport,
-    ) -> Result<(), ExportError> {
-        let mut written = 0;
-        if !self.stored_only
-            && let Some(w) = windows.get_mut(&msg.symbol)
-        {
-            if w.active {
-                for (side, price) in w.overflow() {
-                    row(
-                        sink,
-                        &msg.symbol,
-                        msg.ts,
-                        msg.received,
-                        false,
-                        side,
-                        price,
-                        Decimal::ZERO,
-                    )?;
-                    report.implied_deletions += 1;
-                    written += 1;
-                }
-            }
-            w.last_snapshot = msg.snapshot && written == 0;
-        }
-        ticker.rows(1 + written, msg.ts);
+        out.check()?;
+        report.no_initial_book = self.no_initial.clone();
         Ok(())
     }
 }
 
+/// What one row of the file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowKind {
+    /// A level of the book at `from`.
+    Initial,
+    /// A stored level.
+    Stored,
+    /// A level Kraken dropped past the depth.
+    Implied,
+    /// A level deleted before a snapshot that follows a snapshot.
+    Reset,
+}
+
+/// One row of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Row<'a> {
+    kind: RowKind,
+    symbol: &'a str,
+    ts: Timestamp,
+    received: Timestamp,
+    snapshot: bool,
+    side: Side,
+    price: Decimal,
+    amount: Decimal,
+}
+
+/// Writes rows to the sink and counts them (the first error is kept and stops the export).
+struct Output<'a> {
+    sink: &'a mut Sink,
+    report: &'a mut ExportReport,
+    error: Option<ExportError>,
+}
+
+impl Output<'_> {
+    fn row(&mut self, r: Row<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        let written = self.sink.write_row(&[
+            Cell::Text(EXCHANGE),
+            Cell::Text(r.symbol),
+            Cell::Micros(r.ts.unix_micros()),
+            Cell::Micros(r.received.unix_micros()),
+            Cell::Bool(r.snapshot),
+            Cell::Text(r.side.name()),
+            Cell::Decimal(r.price),
+            Cell::Decimal(r.amount),
+        ]);
+        if let Err(e) = written {
+            self.error = Some(e);
+            return;
+        }
+        self.report.rows += 1;
+        match r.kind {
+            RowKind::Initial => self.report.initial_levels += 1,
+            RowKind::Stored => self.report.stored_levels += 1,
+            RowKind::Implied => self.report.implied_deletions += 1,
+            RowKind::Reset => self.report.reset_deletions += 1,
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ExportError> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+/// Turns stored messages into the file's rows: the stored levels, plus (unless stored-only) the
+/// implied deletions and resets that let a consumer hold Kraken's book from the file alone.
+#[derive(Debug)]
+struct Emitter {
+    stored_only: bool,
+    windows: HashMap<String, Window>,
+    current: Option<Message>,
+}
+
 /// The message being read.
-struct Current {
-    seq: i64,
+#[derive(Debug)]
+struct Message {
     symbol: String,
     ts: Timestamp,
     received: Timestamp,
     snapshot: bool,
+}
+
+impl Emitter {
+    fn new(stored_only: bool) -> Emitter {
+        Emitter {
+            stored_only,
+            windows: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// The book at `from`, as snapshot rows stamped `from`.
+    fn initial(
+        &mut self,
+        symbol: &str,
+        bids: &[PriceLevel],
+        asks: &[PriceLevel],
+        depth: Option<usize>,
+        from: Timestamp,
+        out: &mut dyn FnMut(Row<'_>),
+    ) {
+        let w = self.windows.entry(symbol.to_owned()).or_default();
+        w.active = true;
+        w.depth = depth;
+        w.last_snapshot = true;
+        for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
+            for l in levels {
+                w.apply(side, l.price, l.qty);
+                out(Row {
+                    kind: RowKind::Initial,
+                    symbol,
+                    ts: from,
+                    received: from,
+                    snapshot: true,
+                    side,
+                    price: l.price,
+                    amount: l.qty,
+                });
+            }
+        }
+    }
+
+    /// A stored message begins (`depth`: its subscription's, for a snapshot).
+    fn begin_message(
+        &mut self,
+        symbol: &str,
+        snapshot: bool,
+        depth: Option<usize>,
+        ts: Timestamp,
+        received: Timestamp,
+        out: &mut dyn FnMut(Row<'_>),
+    ) {
+        if snapshot && !self.stored_only {
+            let w = self.windows.entry(symbol.to_owned()).or_default();
+            if w.last_snapshot {
+                // A snapshot right after a snapshot: a consumer would merge the two; empty
+                // the book first.
+                for (side, price) in w.clear() {
+                    out(Row {
+                        kind: RowKind::Reset,
+                        symbol,
+                        ts,
+                        received,
+                        snapshot: false,
+                        side,
+                        price,
+                        amount: Decimal::ZERO,
+                    });
+                }
+            }
+            w.clear();
+            w.active = true;
+            w.depth = depth;
+        }
+        self.current = Some(Message {
+            symbol: symbol.to_owned(),
+            ts,
+            received,
+            snapshot,
+        });
+    }
+
+    /// A stored level of the current message.
+    fn level(&mut self, side: Side, price: Decimal, qty: Decimal, out: &mut dyn FnMut(Row<'_>)) {
+        let Some(m) = &self.current else {
+            return;
+        };
+        out(Row {
+            kind: RowKind::Stored,
+            symbol: &m.symbol,
+            ts: m.ts,
+            received: m.received,
+            snapshot: m.snapshot,
+            side,
+            price,
+            amount: qty,
+        });
+        if !self.stored_only
+            && let Some(w) = self.windows.get_mut(&m.symbol)
+            && w.active
+        {
+            w.apply(side, price, qty);
+        }
+    }
+
+    /// The current message ends: the levels Kraken dropped past the depth are deleted.
+    fn end_message(&mut self, out: &mut dyn FnMut(Row<'_>)) {
+        let Some(m) = self.current.take() else {
+            return;
+        };
+        if self.stored_only {
+            return;
+        }
+        let Some(w) = self.windows.get_mut(&m.symbol) else {
+            return;
+        };
+        let mut dropped = 0;
+        if w.active {
+            for (side, price) in w.overflow() {
+                dropped += 1;
+                out(Row {
+                    kind: RowKind::Implied,
+                    symbol: &m.symbol,
+                    ts: m.ts,
+                    received: m.received,
+                    snapshot: false,
+                    side,
+                    price,
+                    amount: Decimal::ZERO,
+                });
+            }
+        }
+        w.last_snapshot = m.snapshot && dropped == 0;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,32 +567,165 @@ impl Window {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row(
-    sink: &mut Sink,
-    symbol: &str,
-    ts: Timestamp,
-    received: Timestamp,
-    snapshot: bool,
-    side: Side,
-    price: Decimal,
-    qty: Decimal,
-) -> Result<(), ExportError> {
-    sink.write_row(&[
-        Cell::Text(EXCHANGE),
-        Cell::Text(symbol),
-        Cell::Micros(ts.unix_micros()),
-        Cell::Micros(received.unix_micros()),
-        Cell::Bool(snapshot),
-        Cell::Text(side.name()),
-        Cell::Decimal(price),
-        Cell::Decimal(qty),
-    ])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::OrderBook;
+    use std::collections::BTreeMap;
+
+    type Levels = BTreeMap<Decimal, Decimal>;
+    type Book = (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>);
+
+    /// A consumer as tardis.dev documents it: amount 0 deletes, anything else sets; a snapshot
+    /// row after a non-snapshot row clears the book first.
+    #[derive(Default)]
+    struct Consumer {
+        books: HashMap<String, (Levels, Levels, bool)>,
+    }
+
+    impl Consumer {
+        fn apply(&mut self, r: &Row<'_>) {
+            let (bids, asks, last_snapshot) = self.books.entry(r.symbol.to_owned()).or_default();
+            if r.snapshot && !*last_snapshot {
+                bids.clear();
+                asks.clear();
+            }
+            *last_snapshot = r.snapshot;
+            let side = if r.side == Side::Bid { bids } else { asks };
+            if r.amount.is_zero() {
+                side.remove(&r.price);
+            } else {
+                side.insert(r.price, r.amount);
+            }
+        }
+
+        fn book(&self, symbol: &str) -> Book {
+            let (bids, asks, _) = &self.books[symbol];
+            (
+                bids.iter().rev().map(|(p, q)| (*p, *q)).collect(),
+                asks.iter().map(|(p, q)| (*p, *q)).collect(),
+            )
+        }
+    }
+
+    fn engine_book(b: &OrderBook) -> Book {
+        (
+            b.bids().map(|l| (l.price, l.qty)).collect(),
+            b.asks().map(|l| (l.price, l.qty)).collect(),
+        )
+    }
+
+    fn levels(spec: &[(&str, &str)]) -> Vec<(Decimal, Decimal)> {
+        spec.iter().map(|(p, q)| (d(p), d(q))).collect()
+    }
+
+    #[test]
+    fn the_file_alone_rebuilds_the_engines_book_after_every_message() {
+        let t = |s: i64| Timestamp::from_unix_nanos(s * 1_000_000_000);
+        // (snapshot, bids, asks, what it covers); depth 2.
+        type Msg = (
+            bool,
+            &'static [(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let messages: [Msg; 6] = [
+            (
+                false,
+                &[("100.0", "1")],
+                &[],
+                "an update right after the initial book",
+            ),
+            (
+                true,
+                &[("100.0", "1"), ("99.0", "1")],
+                &[("101.0", "1"), ("102.0", "1")],
+                "a snapshot after updates",
+            ),
+            (
+                false,
+                &[("100.5", "2")],
+                &[("100.8", "3")],
+                "inserts push the worst levels out: implied deletions",
+            ),
+            (
+                false,
+                &[("100.5", "0"), ("99.5", "1")],
+                &[],
+                "a deletion and the level re-entering the window",
+            ),
+            (
+                true,
+                &[("98.0", "1")],
+                &[("103.0", "1")],
+                "a snapshot after updates: replaces",
+            ),
+            (
+                true,
+                &[("97.0", "4")],
+                &[("104.0", "5"), ("105.0", "1")],
+                "a snapshot right after a snapshot: reset",
+            ),
+        ];
+        let mut emitter = Emitter::new(false);
+        let mut consumer = Consumer::default();
+        let mut kinds = Vec::new();
+        let mut engine = OrderBook::new(2);
+        let initial = levels(&[("99.9", "1"), ("99.8", "2")]);
+        engine
+            .apply_snapshot(initial.clone(), levels(&[("100.2", "1")]))
+            .unwrap();
+        let view = engine.view(2);
+        emitter.initial("X", &view.bids, &view.asks, Some(2), t(0), &mut |r| {
+            consumer.apply(&r);
+            kinds.push(r.kind);
+        });
+        assert_eq!(consumer.book("X"), engine_book(&engine), "the initial book");
+        for (i, (snapshot, bids, asks, what)) in messages.iter().enumerate() {
+            let ts = t(i as i64 + 1);
+            let mut sink = |r: Row<'_>| {
+                consumer.apply(&r);
+                kinds.push(r.kind);
+            };
+            emitter.begin_message("X", *snapshot, Some(2), ts, ts, &mut sink);
+            for (p, q) in levels(bids) {
+                emitter.level(Side::Bid, p, q, &mut sink);
+            }
+            for (p, q) in levels(asks) {
+                emitter.level(Side::Ask, p, q, &mut sink);
+            }
+            emitter.end_message(&mut sink);
+            if *snapshot {
+                engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
+            } else {
+                engine.apply_update(levels(bids), levels(asks)).unwrap();
+            }
+            assert_eq!(
+                consumer.book("X"),
+                engine_book(&engine),
+                "after message {i}: {what}"
+            );
+        }
+        assert!(kinds.contains(&RowKind::Implied));
+        assert!(kinds.contains(&RowKind::Reset));
+        assert_eq!(kinds.iter().filter(|k| **k == RowKind::Initial).count(), 3);
+    }
+
+    #[test]
+    fn stored_only_writes_the_stored_levels_alone() {
+        let t = Timestamp::from_unix_nanos(0);
+        let mut emitter = Emitter::new(true);
+        let mut rows = Vec::new();
+        for snapshot in [true, true, false] {
+            let mut sink = |r: Row<'_>| rows.push((r.kind, r.snapshot, r.price));
+            emitter.begin_message("X", snapshot, Some(1), t, t, &mut sink);
+            emitter.level(Side::Bid, d("1"), d("1"), &mut sink);
+            emitter.level(Side::Bid, d("2"), d("1"), &mut sink);
+            emitter.end_message(&mut sink);
+        }
+        assert_eq!(rows.len(), 6);
+        assert!(rows.iter().all(|r| r.0 == RowKind::Stored));
+    }
 
     fn d(s: &str) -> Decimal {
         Decimal::parse(s).unwrap()

@@ -80,7 +80,7 @@ pub(crate) async fn write(
         ])?;
         report.rows += 1;
         report.messages += 1;
-        ticker.rows(1, ts);
+        ticker.rows(report.rows, ts);
     }
     Ok(())
 }

@@ -252,10 +252,10 @@ impl<'a> Ticker<'a> {
         }
     }
 
-    /// Counts `rows` written up to `at`.
+    /// `rows` written so far, the last at `at`.
     pub(crate) fn rows(&mut self, rows: u64, at: Timestamp) {
         let before = self.rows / self.every;
-        self.rows += rows;
+        self.rows = rows;
         if self.rows / self.every != before {
             self.at(at);
         }

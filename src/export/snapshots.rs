@@ -245,7 +245,7 @@ impl Plan<'_> {
                 sink.write_row(&cells)?;
                 report.rows += 1;
             }
-            ticker.rows(self.books.len() as u64, at);
+            ticker.rows(report.rows, at);
         }
         for b in &self.books {
             report.messages += b.messages;

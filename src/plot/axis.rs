@@ -36,7 +36,9 @@ pub fn value_label(v: f64, step: f64) -> String {
     } else {
         0
     };
-    let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
+    if v.abs() < step * 1e-9 {
+        return "0".to_owned();
+    }
     format!("{v:.decimals$}")
 }
 
@@ -143,7 +145,8 @@ mod tests {
             (0.5, 0.5, "0.5"),
             (0.04, 0.02, "0.04"),
             (1.25, 0.25, "1.25"),
-            (1e-13, 0.1, "0.0"),
+            (1e-13, 0.1, "0"),
+            (0.0, 0.0002, "0"),
         ];
         for (v, step, want) in cases {
             assert_eq!(value_label(v, step), want, "{v} by {step}");

@@ -260,8 +260,8 @@ fn labels(request: &PlotRequest, collector: &str, report: &PlotReport) -> Labels
     Labels {
         title: format!("{} on Kraken, {range}", request.symbol),
         subtitle: format!(
-            "collector {collector}: {} book messages, {} with a verified checksum; depth: quantity within the top {} levels",
-            report.messages, report.verified, request.depth_levels
+            "collector {collector}: {} book messages, {} with a verified checksum",
+            report.messages, report.verified
         ),
         panels: [
             format!("mid price{}", unit(quote)),

@@ -183,6 +183,9 @@ impl SeriesBuilder {
             self.carry = sample.map(|s| (s, received));
             return;
         };
+        // Kraken's timestamps may go back (a quiet pair's snapshot carries the time of its last
+        // change): a message never lands left of the columns already opened.
+        let c = c.max(self.next.saturating_sub(1));
         self.open_until(c, gap_at);
         if let Some((_, last)) = self.carry
             && gap_at(last, t)

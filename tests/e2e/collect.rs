@@ -42,13 +42,18 @@ async fn simulator(dir: &Path, rate: f64, faults: Faults) -> Simulator {
     Simulator::bind(config).await.expect("the simulator starts")
 }
 
-struct Collector {
+pub(crate) struct Collector {
     child: Child,
     stderr: PathBuf,
 }
 
 impl Collector {
-    fn start(sim: &Simulator, db_url: Option<&str>, dir: &Path, extra: &[&str]) -> Collector {
+    pub(crate) fn start(
+        sim: &Simulator,
+        db_url: Option<&str>,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Collector {
         let stderr = dir.join(format!(
             "collector-{}.log",
             std::time::SystemTime::now()
@@ -84,12 +89,12 @@ impl Collector {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status (within 10 s, or the test fails).
-    fn stop(mut self) -> (ExitStatus, Duration, String) {
+    pub(crate) fn stop(mut self) -> (ExitStatus, Duration, String) {
         let started = Instant::now();
         let pid = self.child.id().to_string();
         std::process::Command::new("kill")
@@ -180,7 +185,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 }
 
 /// Waits until `sql` (a count) reaches `at_least`, or fails after `timeout`.
-async fn wait_count(
+pub(crate) async fn wait_count(
     url: &str,
     sql: &str,
     at_least: i64,

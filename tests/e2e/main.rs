@@ -3,7 +3,10 @@
 
 mod collect;
 mod db;
+mod export;
 mod feed;
+mod plot;
+mod recording;
 mod sim_client;
 mod simulate;
 mod store;
