@@ -6,27 +6,52 @@
 
 use crate::time::Timestamp;
 
-/// Round-number ticks covering `[min, max]`, about `target` of them: (ticks, step).
+/// Round-number ticks inside `[min, max]`, about `target` of them and at least two when the
+/// range allows: (ticks, step). The step is 1, 2 or 5 times a power of ten, the one closest to
+/// `(max - min) / target`.
 pub fn value_ticks(min: f64, max: f64, target: usize) -> (Vec<f64>, f64) {
     if !(min.is_finite() && max.is_finite()) || max <= min {
         return (vec![min], 1.0);
     }
     let raw = (max - min) / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
+    let mut step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
-    let first = (min / step).ceil();
+        .min_by(|a, b| {
+            let da = (a / raw).ln().abs();
+            let db = (b / raw).ln().abs();
+            da.total_cmp(&db)
+        })
+        .unwrap_or(mag);
+    let mut ticks = ticks_at(min, max, step, target);
+    // Too coarse for two ticks: the next smaller round step (5 → 2 → 1 → 0.5 ...).
+    for _ in 0..6 {
+        if ticks.len() >= 2 {
+            break;
+        }
+        let lead = step / 10f64.powf(step.log10().floor());
+        step *= if (lead - 2.0).abs() < 1e-9 {
+            0.5
+        } else if (lead - 5.0).abs() < 1e-9 {
+            0.4
+        } else {
+            0.5
+        };
+        ticks = ticks_at(min, max, step, target);
+    }
+    (ticks, step)
+}
+
+fn ticks_at(min: f64, max: f64, step: f64, target: usize) -> Vec<f64> {
     let mut ticks = Vec::new();
-    let mut k = first;
-    // At most target × 10 ticks: the step is at least a tenth of the range over target.
-    while k * step <= max + step * 1e-9 && ticks.len() <= target * 10 {
+    let mut k = (min / step).ceil();
+    // Bounded: the step is at least a tenth of (max - min) / target after a few halvings.
+    while k * step <= max + step * 1e-9 && ticks.len() <= target * 40 {
         ticks.push(k * step);
         k += 1.0;
     }
-    (ticks, step)
+    ticks
 }
 
 /// A value label with the decimals `step` needs (`62800`, `0.25`, `1.5`).
@@ -119,9 +144,17 @@ mod tests {
 
     #[test]
     fn value_ticks_are_round_and_inside() {
-        let cases: [(f64, f64, usize, &[f64], f64); 4] = [
-            (62_791.3, 62_848.9, 5, &[62_800.0, 62_820.0, 62_840.0], 20.0),
-            (0.0, 1.0, 4, &[0.0, 0.5, 1.0], 0.5),
+        let cases: [(f64, f64, usize, &[f64], f64); 5] = [
+            (
+                62_791.3,
+                62_848.9,
+                5,
+                &[62_800.0, 62_810.0, 62_820.0, 62_830.0, 62_840.0],
+                10.0,
+            ),
+            (0.0, 1.0, 4, &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 0.2),
+            // A coarse target still gives two ticks.
+            (907_320.0, 907_790.0, 1, &[907_400.0, 907_600.0], 200.0),
             (0.013, 0.071, 3, &[0.02, 0.04, 0.06], 0.02),
             (3.0, 3.0, 5, &[3.0], 1.0),
         ];

@@ -205,7 +205,7 @@ pub fn draw(layout: &Layout, series: &Series, labels: &Labels) -> Canvas {
                 let f = (v - lo) / (hi - lo);
                 (y1 as f64 - f * (y1 - y0) as f64).round() as i32
             };
-            let target = (((y1 - y0) / (5 * 7 * si)).max(2)) as usize;
+            let target = (((y1 - y0) / (4 * 7 * si)).max(2)) as usize;
             let (vticks, vstep) = axis::value_ticks(lo, hi, target);
             for v in vticks {
                 let y = y_of(v);
