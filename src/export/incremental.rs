@@ -28,7 +28,7 @@
 //! every verified message); the stored rows appear in the file unchanged, in `(seq, ordinal)`
 //! order. `--stored-only` writes the stored rows alone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures_util::StreamExt;
 use tokio_postgres::Client;
@@ -82,7 +82,6 @@ pub(crate) struct Plan<'a> {
 
 /// Rebuilds the initial books (unless `--stored-only`).
 pub(crate) async fn plan<'a>(
-    _target: &DbTarget,
     client: &Client,
     selection: &'a Selection,
     request: &ExportRequest,
@@ -273,7 +272,14 @@ impl Plan<'_> {
             emitter.end_message(&mut |r| out.row(r));
         }
         out.check()?;
-        report.no_initial_book = self.no_initial.clone();
+        // The symbols without a book at `from` whose first rows were updates (a consumer skips
+        // them until the symbol's first snapshot).
+        report.no_initial_book = self
+            .no_initial
+            .iter()
+            .filter(|s| emitter.before_snapshot.contains(*s))
+            .cloned()
+            .collect();
         Ok(())
     }
 }
@@ -351,6 +357,8 @@ struct Emitter {
     stored_only: bool,
     windows: HashMap<String, Window>,
     current: Option<Message>,
+    /// Symbols with an update written before any book of theirs was known.
+    before_snapshot: HashSet<String>,
 }
 
 /// The message being read.
@@ -368,6 +376,7 @@ impl Emitter {
             stored_only,
             windows: HashMap::new(),
             current: None,
+            before_snapshot: HashSet::new(),
         }
     }
 
@@ -433,6 +442,9 @@ impl Emitter {
             w.clear();
             w.active = true;
             w.depth = depth;
+        }
+        if !snapshot && !self.windows.get(symbol).is_some_and(|w| w.active) {
+            self.before_snapshot.insert(symbol.to_owned());
         }
         self.current = Some(Message {
             symbol: symbol.to_owned(),

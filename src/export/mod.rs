@@ -53,6 +53,9 @@ pub const EXCHANGE: &str = "kraken";
 /// The largest snapshot depth (Kraken's deepest book).
 pub const MAX_SNAPSHOT_DEPTH: usize = 1000;
 
+/// The most symbols in one snapshot export (each is read on its own database connection).
+pub const MAX_SNAPSHOT_SYMBOLS: usize = 32;
+
 /// What to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -156,8 +159,8 @@ pub struct ExportReport {
     pub reset_deletions: u64,
     /// Incremental: subscriptions whose depth is not recorded (no implied deletions for them).
     pub unknown_depth: u64,
-    /// Incremental: symbols whose book at `from` was not known (in a gap, or not recorded yet):
-    /// their rows start at their next snapshot.
+    /// Incremental: symbols whose book at `from` was not known (in a gap, or not recorded yet)
+    /// and whose first rows are updates: a consumer skips them until the symbol's next snapshot.
     pub no_initial_book: Vec<String>,
     /// Snapshots: instants asked for (per symbol, summed).
     pub intervals: u64,
@@ -197,14 +200,6 @@ pub enum ExportError {
         path: String,
         /// Why.
         source: ParquetFileError,
-    },
-    /// A stored value does not parse (the database was altered by hand).
-    #[error("stored data at seq {seq} is invalid: {reason}")]
-    Corrupt {
-        /// The row's seq.
-        seq: i64,
-        /// What is wrong.
-        reason: String,
     },
 }
 
@@ -540,7 +535,7 @@ pub async fn export(
     };
     let sink = match request.kind {
         Kind::Incremental => {
-            let plan = incremental::plan(target, &client, &selection, request).await?;
+            let plan = incremental::plan(&client, &selection, request).await?;
             let scales = if request.format == Format::Parquet {
                 plan.scales(&client).await?
             } else {
@@ -602,6 +597,11 @@ fn check_request(request: &ExportRequest, dest: &Destination) -> Result<(), Expo
         interval_micros,
     } = request.kind
     {
+        if request.symbols.len() > MAX_SNAPSHOT_SYMBOLS {
+            return Err(ExportError::Invalid(format!(
+                "--kind snapshots reads each symbol on its own database connection: export at most {MAX_SNAPSHOT_SYMBOLS} symbols at a time"
+            )));
+        }
         if depth == 0 || depth > MAX_SNAPSHOT_DEPTH {
             return Err(ExportError::Invalid(format!(
                 "--depth {depth}: give 1 to {MAX_SNAPSHOT_DEPTH} levels a side"
