@@ -10,8 +10,10 @@ mod bench_readback;
 mod bench_simulate;
 mod book;
 mod collect;
+mod export;
 mod import;
 mod migrate;
+mod plot;
 mod query;
 mod replay;
 mod reset;
@@ -75,6 +77,12 @@ pub enum Command {
     /// Create or upgrade the TimescaleDB schema.
     #[command(after_help = migrate::MIGRATE_EXAMPLES)]
     Migrate(migrate::MigrateArgs),
+    /// Export recorded books to CSV or Parquet (tardis.dev layouts, exact decimals).
+    #[command(after_help = export::EXPORT_HELP)]
+    Export(Box<export::ExportArgs>),
+    /// Plot mid price, spread and depth near the top over time, as a PNG.
+    #[command(after_help = plot::PLOT_HELP)]
+    Plot(Box<plot::PlotArgs>),
     /// Benchmarks that print figures (ingest, simulate).
     #[command(after_help = bench::BENCH_EXAMPLES)]
     Bench(bench::BenchArgs),
@@ -92,6 +100,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Simulate(args) => simulate::run(*args).await,
+        Command::Export(args) => export::run(*args).await,
+        Command::Plot(args) => plot::run(*args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

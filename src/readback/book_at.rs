@@ -92,14 +92,21 @@ pub async fn book_at(
         last = Some((
             step.seq,
             step.timestamp,
+            step.received_at,
             step.checksum,
             step.verified == Some(true),
         ));
     }
-    let (last_seq, last_at, checksum, checksum_ok) = match last {
+    let (last_seq, last_at, last_received, checksum, checksum_ok) = match last {
         Some(l) => l,
         // A state start with no message after it: the state itself, verified when journaled.
-        None => (start.seq, start.timestamp, cursor.book().checksum(), true),
+        None => (
+            start.seq,
+            start.timestamp,
+            start.timestamp,
+            cursor.book().checksum(),
+            true,
+        ),
     };
     if !checksum_ok && gap.is_none() {
         gap = Some(Gap {
@@ -107,16 +114,27 @@ pub async fn book_at(
             reason: "unverified".into(),
         });
     }
-    // A connection lost (or a mismatch the collector saw) after the last message and before the
-    // instant: the book was not being kept then.
+    // The last message's connection lost (or a mismatch the collector saw) after that message
+    // was received and before the instant: the book was not being kept then. Both sides of the
+    // comparison are local receive times (Kraken's timestamp of a quiet pair's snapshot can be
+    // far older than its receipt).
+    let last_conn: Option<i64> = client
+        .query_opt(
+            "SELECT conn_id FROM kraken_orderbook_messages WHERE collector = $1 AND seq = $2",
+            &[&start.collector, &last_seq],
+        )
+        .await
+        .map_err(db("reading the last message's connection"))?
+        .map_or(Some(start.conn_id), |r| r.get(0));
     if gap.is_none()
         && let Some(row) = client
             .query_opt(
                 "SELECT time, event FROM kraken_feed_events
                   WHERE collector = $1 AND time > $2 AND time <= $3
-                    AND (event = 'disconnected' OR (event = 'checksum_mismatch' AND symbol = $4))
+                    AND ((event = 'disconnected' AND conn_id = $5)
+                         OR (event = 'checksum_mismatch' AND symbol = $4))
                   ORDER BY time LIMIT 1",
-                &[&start.collector, &last_at, &at, &symbol],
+                &[&start.collector, &last_received, &at, &symbol, &last_conn],
             )
             .await
             .map_err(db("reading feed events"))?

@@ -338,18 +338,13 @@ async fn subscribed_depth(
 ) -> Result<Option<usize>, ReadbackError> {
     let row = client
         .query_opt(
+            // By seq, not by time: a snapshot carries the time of the book's last change, which
+            // for a quiet pair precedes the acknowledgement.
             "SELECT raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages
               WHERE symbol = $1 AND collector = $2 AND conn_id = $3 AND channel = 'book'
-                AND message_type = 'subscribe' AND seq < $4
-                AND \"timestamp\" <= $5::timestamptz + interval '1 minute'
-              ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1",
-            &[
-                &symbol,
-                &start.collector,
-                &start.conn_id,
-                &start.seq,
-                &start.timestamp,
-            ],
+                AND message_type = 'subscribe' AND seq < $4 AND seq > $4 - 1000000
+              ORDER BY seq DESC LIMIT 1",
+            &[&symbol, &start.collector, &start.conn_id, &start.seq],
         )
         .await
         .map_err(db("reading the subscribed depth"))?;

@@ -3,8 +3,11 @@
 
 mod collect;
 mod db;
+mod export;
 mod feed;
+mod plot;
 mod readback;
+mod recording;
 mod sim_client;
 mod simulate;
 mod store;
