@@ -6,25 +6,17 @@ use std::hint::black_box;
 
 use krakenbook::book::{Tracker, Verdict};
 use krakenbook::kraken::{self, Frame};
+use krakenbook::store::capture::read_capture;
 
 /// The received frames of a capture, in order, as their exact text.
 fn frames(name: &str) -> Vec<String> {
-    let path = format!(
-        "{}/tests/fixtures/kraken-v2/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            if v.get("dir").and_then(|d| d.as_str()) == Some("tx") {
-                return None;
-            }
-            // Re-extract the frame's exact text (a Value would drop trailing zeros).
-            let start = line.find("\"frame\": ")? + "\"frame\": ".len();
-            Some(line[start..line.len() - 1].to_owned())
-        })
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kraken-v2")
+        .join(name);
+    read_capture(&path, &mut 1, 1)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .filter_map(|r| r.frame_text().map(str::to_owned))
         .collect()
 }
 

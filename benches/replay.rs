@@ -5,60 +5,31 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use krakenbook::book::{Tracker, Verdict};
 use krakenbook::journal::{Entry, JournalConfig, JournalWriter};
-use krakenbook::kraken::{self, Frame};
-use krakenbook::record::{FrameRecord, RecordBody};
+use krakenbook::record::RecordBody;
 use krakenbook::replay::verify_journal;
-use krakenbook::time::Timestamp;
+use krakenbook::store::capture::read_capture;
 
-fn frames(name: &str) -> Vec<String> {
-    let path = format!(
-        "{}/tests/fixtures/kraken-v2/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| !l.contains(r#""dir": "tx""#))
-        .filter_map(|l| {
-            l.find(r#""frame": "#)
-                .map(|i| l[i + 9..l.len() - 1].to_owned())
-        })
-        .collect()
-}
-
-/// A journal of `copies` connections, each replaying the BTC/USD depth-100 capture.
+/// A journal of `copies` connections, each the BTC/USD depth-100 capture as the collector would
+/// have journaled it; returns the number of book messages.
 fn build(dir: &std::path::Path, copies: u64) -> u64 {
-    let frames = frames("kraken_btcusd_d100_20260816.ndjson");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kraken-v2/kraken_btcusd_d100_20260816.ndjson");
     let mut config = JournalConfig::new(dir);
     config.compression_level = 0;
     let (mut w, _) = JournalWriter::open(config).unwrap();
     let mut books = 0;
+    let mut seq = 1;
     for conn in 1..=copies {
-        let mut tracker = Tracker::new(10);
-        for (i, text) in frames.iter().enumerate() {
-            let checksum_ok = match kraken::decode(text).unwrap() {
-                Frame::Book(msg) => {
-                    books += 1;
-                    Some(tracker.apply(msg.kind, &msg.data[0]) == Verdict::Ok)
-                }
-                other => {
-                    tracker.observe(&other);
-                    None
-                }
-            };
+        for r in read_capture(&path, &mut seq, conn).unwrap() {
+            if let RecordBody::Frame(f) = &r.body {
+                books += u64::from(f.checksum_ok.is_some());
+            }
             w.append(Entry {
-                received_at: Timestamp::from_unix_nanos(i as i64),
-                conn_id: conn,
-                conn_seq: i as u64 + 1,
-                body: RecordBody::Frame(FrameRecord {
-                    bytes: text.clone().into_bytes(),
-                    checksum_ok,
-                    best_bid: None,
-                    best_ask: None,
-                }),
+                received_at: r.received_at,
+                conn_id: r.conn_id,
+                conn_seq: r.conn_seq,
+                body: r.body,
             })
             .unwrap();
         }

@@ -152,8 +152,6 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Subscriptions rejected by the exchange.
     pub subscription_errors: AtomicU64,
-    /// Time (ns) the feed sent its journal the last frame.
-    pub last_frame_ns: AtomicI64,
     /// Entries waiting in the journal's queue (sampled).
     pub journal_queue: AtomicU64,
     symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
@@ -431,15 +429,13 @@ impl Metrics {
         let flushed = j.flushed_seq.load(Ordering::Relaxed);
         let committed = s.checkpoint_seq.load(Ordering::Relaxed);
         let records = flushed.saturating_sub(committed);
+        // Behind: the records after the checkpoint have waited at least as long as the one at
+        // the checkpoint was received ago.
         let seconds = if records == 0 {
             0.0
         } else {
-            let at = s.checkpoint_received_ns.load(Ordering::Relaxed);
-            let last = self.last_frame_ns.load(Ordering::Relaxed).max(at);
-            Timestamp::now()
-                .nanos_since(Timestamp::from_unix_nanos(at.min(last)))
-                .max(0) as f64
-                / 1e9
+            let at = Timestamp::from_unix_nanos(s.checkpoint_received_ns.load(Ordering::Relaxed));
+            Timestamp::now().nanos_since(at).max(0) as f64 / 1e9
         };
         let bytes = j
             .bytes

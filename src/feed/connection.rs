@@ -351,9 +351,6 @@ impl Connection {
         metrics
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        metrics
-            .last_frame_ns
-            .store(received_at.unix_nanos(), Ordering::Relaxed);
         let mut record = FrameRecord {
             bytes: Vec::new(),
             checksum_ok: None,
@@ -363,11 +360,15 @@ impl Connection {
         let mut events: Vec<FeedEvent> = Vec::new();
         let mut states: Vec<BookState> = Vec::new();
         let mut subscribe_books = false;
-        let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string());
-        let decoded = text
-            .as_ref()
-            .map_err(Clone::clone)
+        let decoded = std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
             .and_then(|t| kraken::decode(t).map_err(|e| e.to_string()));
+        // Acks set depths, instrument frames precisions; book frames go through `apply` below.
+        if let Ok(frame) = &decoded
+            && !matches!(frame, Frame::Book(_))
+        {
+            s.tracker.observe(frame);
+        }
         match decoded {
             Err(error) => {
                 metrics.malformed_frames.fetch_add(1, Ordering::Relaxed);
@@ -482,7 +483,6 @@ impl Connection {
                 }
             }
             Ok(Frame::Ack(ack)) => {
-                s.tracker.observe(&Frame::Ack(ack.clone()));
                 let symbol = ack.symbol().map(str::to_owned);
                 if ack.is_error() {
                     let error = ack.error.as_deref().unwrap_or("rejected").to_owned();
@@ -511,7 +511,6 @@ impl Connection {
                 }
             }
             Ok(Frame::Instrument(msg)) => {
-                s.tracker.observe(&Frame::Instrument(msg.clone()));
                 if msg.snapshot && !s.books_requested {
                     subscribe_books = true;
                 }

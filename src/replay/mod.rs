@@ -47,122 +47,93 @@ pub fn verify_journal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book::{Tracker, Verdict};
     use crate::journal::{Entry, JournalConfig, JournalWriter};
-    use crate::kraken::{self, Frame};
-    use crate::record::{FrameRecord, RecordBody};
+    use crate::record::{Record, RecordBody};
+    use crate::store::capture::read_capture;
 
-    /// The received frames of a real capture, exactly as received.
-    fn capture(name: &str) -> Vec<String> {
-        let path = format!(
-            "{}/tests/fixtures/kraken-v2/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .filter(|l| !l.contains(r#""dir": "tx""#))
-            .filter_map(|l| {
-                l.find(r#""frame": "#)
-                    .map(|i| l[i + 9..l.len() - 1].to_owned())
-            })
-            .collect()
-    }
-
-    /// Journals frames the way the feed does: verdicts from a tracker, in order. `tamper` may
-    /// change a frame's text after its verdict was computed.
-    fn journal(dir: &Path, frames: &[String], tamper: impl Fn(usize, &str) -> String) {
+    /// A real capture journaled as the collector would have (verdicts from a tracker, in order);
+    /// `tamper` may change a frame's bytes after its verdict was computed.
+    fn journal(dir: &Path, name: &str, tamper: impl Fn(usize, &mut Vec<u8>)) -> Vec<Record> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kraken-v2")
+            .join(name);
+        let mut records = read_capture(&path, &mut 1, 1).unwrap();
         let mut config = JournalConfig::new(dir);
         config.compression_level = 0;
         let (mut w, _) = JournalWriter::open(config).unwrap();
-        let mut tracker = Tracker::new(10);
-        for (i, text) in frames.iter().enumerate() {
-            let checksum_ok = match kraken::decode(text).unwrap() {
-                Frame::Book(msg) => match tracker.apply(msg.kind, &msg.data[0]) {
-                    Verdict::Ok => Some(true),
-                    Verdict::Mismatch { .. } => Some(false),
-                    Verdict::Unsynced => None,
-                },
-                other => {
-                    tracker.observe(&other);
-                    None
-                }
-            };
+        for (i, r) in records.iter_mut().enumerate() {
+            if let RecordBody::Frame(f) = &mut r.body {
+                tamper(i, &mut f.bytes);
+            }
             w.append(Entry {
-                received_at: Timestamp::from_unix_nanos(1_000 * i as i64),
-                conn_id: 1,
-                conn_seq: i as u64 + 1,
-                body: RecordBody::Frame(FrameRecord {
-                    bytes: tamper(i, text).into_bytes(),
-                    checksum_ok,
-                    best_bid: None,
-                    best_ask: None,
-                }),
+                received_at: r.received_at,
+                conn_id: r.conn_id,
+                conn_seq: r.conn_seq,
+                body: r.body.clone(),
             })
             .unwrap();
         }
         w.close().unwrap();
+        records
+    }
+
+    fn is_book(r: &Record) -> bool {
+        r.frame_text()
+            .is_some_and(|t| t.starts_with(r#"{"channel":"book""#))
     }
 
     #[test]
     fn a_faithful_journal_replays_clean() {
-        let frames = capture("kraken_btcusd_d25_20260816.ndjson");
         let dir = tempfile::tempdir().unwrap();
-        journal(dir.path(), &frames, |_, t| t.to_owned());
+        let records = journal(dir.path(), "kraken_btcusd_d25_20260816.ndjson", |_, _| {});
         let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
         assert!(report.is_clean(), "{:?}", report.disagreements);
-        assert_eq!(report.frames, frames.len() as u64);
+        assert_eq!(report.frames, records.len() as u64);
         let s = &report.symbols["BTC/USD"];
         assert_eq!(s.ok, s.book_messages);
         assert_eq!(
             s.book_messages,
-            frames
-                .iter()
-                .filter(|f| f.starts_with(r#"{"channel":"book""#))
-                .count() as u64
+            records.iter().filter(|r| is_book(r)).count() as u64
         );
     }
 
     #[test]
     fn a_tampered_frame_is_a_disagreement_at_its_seq() {
-        let frames = capture("kraken_btcusd_d10_20260816.ndjson");
-        let target = frames
+        let dir = tempfile::tempdir().unwrap();
+        let name = "kraken_btcusd_d10_20260816.ndjson";
+        let clean = journal(tempfile::tempdir().unwrap().path(), name, |_, _| {});
+        let target = clean
             .iter()
-            .position(|f| f.contains(r#""type":"update""#) && f.contains(r#""bids":[{"#))
+            .position(|r| {
+                r.frame_text()
+                    .is_some_and(|t| t.contains(r#""type":"update""#) && t.contains(r#""bids":[{"#))
+            })
             .unwrap()
             + 40;
-        let dir = tempfile::tempdir().unwrap();
-        journal(dir.path(), &frames, |i, t| {
+        journal(dir.path(), name, |i, bytes| {
             if i == target {
                 // Change the first quantity's last digit: the book, and so the checksum, differ.
+                let t = std::str::from_utf8(bytes).unwrap();
                 let at = t.find(r#""qty":"#).unwrap() + 6;
                 let end = at + t[at..].find([',', '}']).unwrap();
-                let mut s = t.to_owned();
-                let last = s.as_bytes()[end - 1];
-                s.replace_range(end - 1..end, if last == b'1' { "2" } else { "1" });
-                s
-            } else {
-                t.to_owned()
+                bytes[end - 1] = if bytes[end - 1] == b'1' { b'2' } else { b'1' };
             }
         });
         let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
         assert!(!report.is_clean());
-        assert_eq!(report.disagreements[0].seq, target as u64 + 1);
+        assert_eq!(report.disagreements[0].seq, clean[target].seq);
         assert_eq!(report.disagreements[0].recorded, "ok");
     }
 
     #[test]
     fn a_time_range_reports_only_its_frames_but_builds_books_from_before() {
-        let frames = capture("kraken_btcusd_d10_20260816.ndjson");
         let dir = tempfile::tempdir().unwrap();
-        journal(dir.path(), &frames, |_, t| t.to_owned());
-        let from = Timestamp::from_unix_nanos(1_000 * 300);
-        let to = Timestamp::from_unix_nanos(1_000 * 400);
+        let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
+        let (from, to) = (records[300].received_at, records[400].received_at);
         let report = verify_journal(dir.path(), Some(from), Some(to), |_| {}).unwrap();
         assert!(report.is_clean(), "{:?}", report.disagreements);
         assert_eq!(report.frames, 100);
-        assert_eq!(report.seq_range, Some((301, 400)));
+        assert_eq!(report.seq_range, Some((records[300].seq, records[399].seq)));
         let s = &report.symbols["BTC/USD"];
         assert_eq!(
             s.unverifiable, 0,

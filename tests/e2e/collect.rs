@@ -131,6 +131,16 @@ impl Collector {
     }
 }
 
+/// Stops the exchange first, so that every frame it sent has arrived, then the collector, which
+/// must exit 0; returns the collector's log.
+pub(crate) async fn finish(sim: Simulator, collector: Collector) -> String {
+    sim.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, log) = collector.stop();
+    assert!(status.success(), "{log}");
+    log
+}
+
 /// What the simulator logged as sent: per connection (in connection order), the frames in order.
 pub(crate) fn sent(dir: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(dir.join("sent.ndjson")).unwrap();
@@ -372,10 +382,7 @@ async fn a_lost_update_is_caught_resubscribed_and_recorded_as_a_gap() {
         || collector.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    let log = finish(sim, collector).await;
 
     let client = connect(&db.url).await;
     let mismatch = client
@@ -451,10 +458,7 @@ async fn reopened_after(faults: Faults, expect_reason: &str) {
         || collector.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    let log = finish(sim, collector).await;
 
     let client = connect(&db.url).await;
     let rows = client
@@ -571,10 +575,7 @@ async fn bad_frames_and_rejected_symbols_are_kept_and_the_feed_goes_on() {
         body.contains("krakenbook_subscription_errors_total 1"),
         "{body}"
     );
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    finish(sim, collector).await;
 
     let client = connect(&db.url).await;
     let malformed: Vec<String> = client
@@ -656,10 +657,7 @@ async fn the_database_down_for_30_s_loses_and_duplicates_nothing() {
         || collector.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    let log = finish(sim, collector).await;
     assert!(log.contains("retr") || log.contains("database"), "{log}");
     assert_stored_exactly(&sent(dir.path()), &stored(&url).await);
     let dup = count(&url, "SELECT count(*) FROM (SELECT collector, seq FROM kraken_orderbook_messages GROUP BY 1, 2 HAVING count(*) > 1) d").await;
@@ -696,10 +694,7 @@ async fn a_collector_killed_with_sigkill_restarts_and_stores_every_journaled_fra
         || second.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = second.stop();
-    assert!(status.success(), "{log}");
+    finish(sim, second).await;
 
     // Every frame record of the journal (both runs) is in the database exactly once, by seq.
     let mut reader = JournalReader::open(&dir.path().join("journal"), 0).unwrap();
@@ -754,10 +749,7 @@ async fn journal_only_then_import_stores_everything_and_a_second_import_changes_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    finish(sim, collector).await;
 
     let db = fresh_db().await;
     let journal_dir = dir.path().join("journal");

@@ -13,7 +13,7 @@ use krakenbook::exchange::Faults;
 use krakenbook::kraken::{Frame, decode};
 use krakenbook::time::Timestamp;
 
-use crate::collect::{Collector, count, sent, simulator, wait_count};
+use crate::collect::{Collector, count, finish, sent, simulator, wait_count};
 use crate::db::{connect, fresh_db};
 use crate::support::run;
 
@@ -43,10 +43,7 @@ async fn record(messages: i64, faults: Faults) -> Recording {
         || collector.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    finish(sim, collector).await;
     Recording { db, dir }
 }
 

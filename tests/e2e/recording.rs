@@ -11,7 +11,7 @@ use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
 use krakenbook::time::Timestamp;
 use tokio::sync::OnceCell;
 
-use crate::collect::{Collector, wait_count};
+use crate::collect::{Collector, finish, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
 
 /// The recorded data.
@@ -95,10 +95,7 @@ async fn record() -> Recording {
         || collector.log(),
     )
     .await;
-    sim.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, log) = collector.stop();
-    assert!(status.success(), "{log}");
+    finish(sim, collector).await;
     let row = client
         .query_one(
             "SELECT min(collector), min(\"timestamp\"), max(\"timestamp\")
