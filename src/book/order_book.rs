@@ -216,21 +216,31 @@ impl OrderBook {
         }
     }
 
+    /// An empty book keeping `depth` levels a side, at `precision` (`None`: the wire text's).
+    pub fn with_precision(depth: usize, precision: Option<Precision>) -> Self {
+        let mut book = OrderBook::new(depth);
+        book.known = precision;
+        book.scale = precision.unwrap_or_default();
+        book
+    }
+
     /// Sets the pair's precision (from the instrument channel); `None` falls back to the wire
-    /// text. The levels already held are kept (re-stored at the new scale).
-    pub fn set_precision(&mut self, precision: Option<Precision>) {
+    /// text. The levels already held are kept (re-stored at the new scale); when one cannot be,
+    /// the error says so and the book must be treated as unsynced. On an empty book it cannot
+    /// fail.
+    pub fn set_precision(&mut self, precision: Option<Precision>) -> Result<(), BookError> {
         if self.known == precision {
-            return;
+            return Ok(());
         }
         let view = self.view(self.depth);
         self.known = precision;
         self.scale = precision.unwrap_or_default();
         self.clear();
         // Values that were held exactly are re-stored; the scale grows if one needs it.
-        let _ = self.apply_update(
+        self.apply_update(
             view.bids.iter().map(|l| (l.price, l.qty)),
             view.asks.iter().map(|l| (l.price, l.qty)),
-        );
+        )
     }
 
     /// The precision the checksum prints at: the instrument's, grown where the wire needed more.
@@ -520,8 +530,7 @@ mod tests {
             ("45277.3", "1.54602737"),
             ("45276.6", "0.15445238"),
         ]);
-        let mut book = OrderBook::new(10);
-        book.set_precision(Some(Precision { price: 1, qty: 8 }));
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 1, qty: 8 }));
         book.apply_snapshot(bids.clone(), asks.clone()).unwrap();
         assert_eq!(book.checksum(), 3_310_070_434);
         // The same from the wire text alone (every value printed at full precision).
@@ -563,8 +572,7 @@ mod tests {
     #[test]
     fn kraken_book_page_maticusd_vector_needs_padding() {
         let (bids, asks) = matic_snapshot();
-        let mut book = OrderBook::new(10);
-        book.set_precision(Some(Precision { price: 4, qty: 8 }));
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 4, qty: 8 }));
         book.apply_snapshot(bids, asks).unwrap();
         assert_eq!(book.checksum(), 2_439_117_997);
         book.apply_update(levels(&[("0.5657", "1098.3947558")]), vec![])
@@ -787,8 +795,7 @@ mod tests {
                 prop_assert_eq!(book.current_checksum(), book.checksum(), "the cached checksum is current");
                 // A book rebuilt from its own top-N view has the same checksum.
                 let view = book.view(depth);
-                let mut rebuilt = OrderBook::new(depth);
-                rebuilt.set_precision(Some(book.precision()));
+                let mut rebuilt = OrderBook::with_precision(depth, Some(book.precision()));
                 rebuilt
                     .apply_snapshot(
                         view.bids.iter().map(|l| (l.price, l.qty)),
@@ -803,8 +810,7 @@ mod tests {
 
     #[test]
     fn known_precision_ignores_extra_trailing_zeros_but_grows_for_real_digits() {
-        let mut book = OrderBook::new(10);
-        book.set_precision(Some(Precision { price: 1, qty: 2 }));
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 1, qty: 2 }));
         book.apply_snapshot(levels(&[("100.10", "1.500")]), vec![])
             .unwrap();
         assert_eq!(book.precision(), Precision { price: 1, qty: 2 });

@@ -77,8 +77,9 @@ impl Tracker {
     pub fn set_default_precision(&mut self, precision: Option<Precision>) {
         self.default_precision = precision;
         for (symbol, t) in &mut self.books {
-            if !self.precisions.contains_key(symbol) {
-                t.book.set_precision(precision);
+            if !self.precisions.contains_key(symbol) && t.book.set_precision(precision).is_err() {
+                t.synced = false;
+                t.book.clear();
             }
         }
     }
@@ -94,8 +95,13 @@ impl Tracker {
     /// Sets a symbol's precision (from the instrument channel).
     pub fn set_precision(&mut self, symbol: &str, precision: Precision) {
         self.precisions.insert(symbol.to_owned(), precision);
-        if let Some(t) = self.books.get_mut(symbol) {
-            t.book.set_precision(Some(precision));
+        if let Some(t) = self.books.get_mut(symbol)
+            && t.book.set_precision(Some(precision)).is_err()
+        {
+            // A level it held cannot be stored at the new precision: the book is no longer
+            // known; the next snapshot rebuilds it.
+            t.synced = false;
+            t.book.clear();
         }
     }
 
@@ -139,8 +145,8 @@ impl Tracker {
                     .get(data.symbol.as_ref())
                     .copied()
                     .unwrap_or(self.default_depth);
-                let mut book = OrderBook::new(depth);
-                book.set_precision(
+                let book = OrderBook::with_precision(
+                    depth,
                     self.precisions
                         .get(data.symbol.as_ref())
                         .copied()
@@ -160,10 +166,17 @@ impl Tracker {
             BookKind::Update => return Verdict::Unsynced,
         };
         if let Err(e) = applied {
+            // The book could not take the message whole: it no longer matches Kraken's. Reported
+            // as the mismatch it is (with the part-applied book's checksum), so that callers run
+            // their one path for it: a gap begins, the symbol is resubscribed.
             tracing::warn!(symbol = %data.symbol, error = %e, "book cannot hold a level; unsynced until the next snapshot");
+            let computed = t.book.checksum();
             t.synced = false;
             t.book.clear();
-            return Verdict::Unsynced;
+            return Verdict::Mismatch {
+                expected: data.checksum,
+                computed,
+            };
         }
         t.synced = true;
         let computed = t.book.current_checksum();
@@ -279,5 +292,27 @@ mod tests {
             Some(Precision { price: 4, qty: 8 })
         );
         assert_eq!(apply(&mut t, SNAPSHOT), Verdict::Ok);
+    }
+}
+
+#[cfg(test)]
+mod unrepresentable {
+    use super::*;
+    use crate::kraken::decode;
+
+    /// A regression: a level the book cannot hold used to leave the symbol silently unsynced
+    /// (no mismatch, so no gap and no resubscription).
+    #[test]
+    fn a_level_the_book_cannot_hold_is_a_mismatch() {
+        let mut t = Tracker::new(10);
+        let text = r#"{"channel":"book","type":"snapshot","data":[{"symbol":"X/Y","bids":[{"price":99999999999999999999.5,"qty":1}],"asks":[],"checksum":5}]}"#;
+        let Frame::Book(msg) = decode(text).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            t.apply(msg.kind, &msg.data[0]),
+            Verdict::Mismatch { expected: 5, .. }
+        ));
+        assert!(!t.is_synced("X/Y"));
     }
 }

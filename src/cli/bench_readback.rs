@@ -237,8 +237,7 @@ struct Generator {
 
 impl Generator {
     fn new() -> Self {
-        let mut book = OrderBook::new(1000);
-        book.set_precision(Some(Precision { price: 1, qty: 8 }));
+        let book = OrderBook::with_precision(1000, Some(Precision { price: 1, qty: 8 }));
         Generator {
             book,
             rng: 0x9e37_79b9_7f4a_7c15,

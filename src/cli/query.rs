@@ -107,7 +107,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
             None
         },
         entries: if all || args.entries {
-            Some(query::entries(&client, &filter, args.limit * 2, asc).await?)
+            Some(query::entries(&client, &filter, args.limit, asc).await?)
         } else {
             None
         },

@@ -241,12 +241,13 @@ pub async fn run(
         journal_seq: stats.synced_seq.load(Ordering::Relaxed),
         database_seq: metrics.store_checkpoint(),
     };
+    // The journal's own error first: when it fails, every connection only sees "journal closed".
+    journal_result?;
     tracing::info!(
         frames = summary.frames,
         journal_seq = summary.journal_seq,
         "collect: stopped; journal synced"
     );
     outcome?;
-    journal_result?;
     Ok(summary)
 }

@@ -33,11 +33,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use futures_util::StreamExt;
 use tokio_postgres::Client;
 
-use super::source::{Gaps, Selection};
+use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
 use super::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
 use crate::book::{Decimal, PriceLevel};
-use crate::readback::{BookCursor, StartKind};
+use crate::readback::BookCursor;
+use crate::readback::Gaps;
 use crate::store::DbTarget;
 use crate::time::Timestamp;
 
@@ -124,23 +125,20 @@ async fn initial_book(
     let (last_received, verified) = match last {
         Some((r, v)) => (r, v == Some(true)),
         // A book state with nothing after it: verified when it was journaled.
-        None => (start.timestamp, cursor.is_synced()),
+        None => (start.received_at, cursor.is_synced()),
     };
     let gaps = Gaps::load(
         client,
         collector,
         &[symbol.to_owned()],
-        start.timestamp,
-        selection.from,
+        start.received_at,
+        selection.from.max(last_received),
     )
     .await?;
     if !verified || gaps.is_gap(symbol, last_received, at) {
         return Ok(None);
     }
-    let depth = match start.kind {
-        StartKind::State => Some(cursor.book().depth()),
-        StartKind::Snapshot => subscribed_depth(client, collector, start.seq).await?,
-    };
+    let depth = cursor.subscribed_depth();
     let book = cursor.book();
     let keep = depth.unwrap_or(usize::MAX);
     let precision = book.precision();
@@ -151,34 +149,6 @@ async fn initial_book(
         depth,
         scales: (precision.price, precision.qty),
     }))
-}
-
-/// The depth the book message at `seq` was subscribed at: the `book` subscription acknowledged
-/// last before it on the same connection, for the same symbol (found by `seq`, not by time: a
-/// quiet pair's snapshot carries the time of its last change, which may precede the ack).
-pub(crate) async fn subscribed_depth(
-    client: &Client,
-    collector: &str,
-    seq: i64,
-) -> Result<Option<usize>, ExportError> {
-    let row = client
-        .query_opt(
-            "SELECT (SELECT a.raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages a
-                      WHERE a.collector = m.collector AND a.conn_id = m.conn_id
-                        AND a.symbol = m.symbol AND a.channel = 'book'
-                        AND a.message_type = 'subscribe' AND a.seq < m.seq
-                        AND a.seq > m.seq - 1000000
-                      ORDER BY a.seq DESC LIMIT 1)
-               FROM kraken_orderbook_messages m
-              WHERE m.collector = $1 AND m.seq = $2
-              LIMIT 1",
-            &[&collector, &seq],
-        )
-        .await
-        .map_err(db("reading the subscribed depth"))?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|d| d.parse().ok()))
 }
 
 impl Plan<'_> {
@@ -254,7 +224,8 @@ impl Plan<'_> {
                     ticker.rows(out.report.rows, ts);
                 }
                 let depth = if snapshot && !self.stored_only {
-                    let d = subscribed_depth(&lookups, &sel.collector, seq).await?;
+                    let d =
+                        crate::readback::subscribed_depth_of(&lookups, &sel.collector, seq).await?;
                     if d.is_none() {
                         out.report.unknown_depth += 1;
                     }

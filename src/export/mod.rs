@@ -38,7 +38,8 @@ use std::path::{Path, PathBuf};
 use tempfile::TempPath;
 use tokio_postgres::Client;
 
-pub use source::{Gaps, Selection, SourceError};
+pub use crate::readback::Gaps;
+pub use source::{Selection, SourceError};
 pub use table::{Cell, Column, ColumnKind, Scales};
 
 use self::csv::CsvWriter;

@@ -15,11 +15,12 @@
 
 use tokio_postgres::Client;
 
-use super::source::{Gaps, Selection};
+use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
-use super::{EXCHANGE, ExportError, ExportReport, Sink, Ticker, db};
+use super::{EXCHANGE, ExportError, ExportReport, Sink, Ticker};
 use crate::book::PriceLevel;
-use crate::readback::{BookCursor, Start, StartKind};
+use crate::readback::Gaps;
+use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
 
@@ -92,13 +93,16 @@ pub(crate) async fn plan<'a>(
     let last = selection.to.add_nanos(-1);
     let mut books = Vec::new();
     for symbol in &selection.symbols {
-        let start = match BookCursor::find_start(client, symbol, first, Some(&selection.collector))
-            .await?
-        {
-            Some(s) => Some(s),
-            None => first_snapshot(client, selection, symbol).await?,
-        };
-        let since = start.as_ref().map_or(selection.from, |s| s.timestamp);
+        let start = BookCursor::find_start_or_first(
+            client,
+            symbol,
+            first,
+            selection.to,
+            &selection.collector,
+        )
+        .await?;
+        // Feed events are on the local clock: from the start's receipt.
+        let since = start.as_ref().map_or(selection.from, |s| s.received_at);
         let gaps = Gaps::load(
             client,
             &selection.collector,
@@ -146,36 +150,6 @@ pub(crate) async fn plan<'a>(
         interval_micros,
         books,
     })
-}
-
-/// The first snapshot of `symbol` in range (when the record starts after `from`).
-pub(crate) async fn first_snapshot(
-    client: &Client,
-    selection: &Selection,
-    symbol: &str,
-) -> Result<Option<Start>, ExportError> {
-    let row = client
-        .query_opt(
-            "SELECT conn_id, seq, \"timestamp\" FROM kraken_orderbook_messages
-              WHERE symbol = $1 AND collector = $2 AND channel = 'book'
-                AND message_type = 'snapshot' AND \"timestamp\" >= $3 AND \"timestamp\" < $4
-              ORDER BY \"timestamp\", seq LIMIT 1",
-            &[
-                &symbol,
-                &selection.collector,
-                &selection.from,
-                &selection.to,
-            ],
-        )
-        .await
-        .map_err(db("finding the first snapshot"))?;
-    Ok(row.map(|r| Start {
-        kind: StartKind::Snapshot,
-        collector: selection.collector.clone(),
-        conn_id: r.get(0),
-        seq: r.get(1),
-        timestamp: r.get(2),
-    }))
 }
 
 impl Plan<'_> {

@@ -23,6 +23,8 @@ pub struct JournalReader {
     /// The last `seq` returned (or the starting point).
     after: u64,
     cursor: Option<Cursor>,
+    /// The first `seq` of the last segment read to its end: not to be opened again.
+    finished: Option<u64>,
 }
 
 impl std::fmt::Debug for JournalReader {
@@ -94,6 +96,7 @@ impl JournalReader {
             dir: dir.to_path_buf(),
             after: after_seq,
             cursor: None,
+            finished: None,
         })
     }
 
@@ -193,6 +196,7 @@ impl JournalReader {
                     if !cursor.pending().is_empty() {
                         return Err(cursor.corrupt("closed segment ends inside a record"));
                     }
+                    self.finished = Some(cursor.segment.first_seq);
                     self.cursor = None;
                 }
             }
@@ -214,6 +218,8 @@ impl JournalReader {
             let segments = list_segments(&self.dir)?;
             let want = self.after + 1;
             let chosen = match segments.iter().rposition(|s| s.first_seq <= want) {
+                // Everything up to `after` is read and no segment holds more yet.
+                Some(i) if Some(segments[i].first_seq) == self.finished => return Ok(false),
                 Some(i) => &segments[i],
                 None => match segments.first() {
                     Some(first) => {

@@ -377,3 +377,27 @@ fn a_journal_keeps_one_collector_identity() {
     let named = tempfile::tempdir().unwrap();
     assert_eq!(identity(named.path(), Some("desk-a")).unwrap(), "desk-a");
 }
+
+/// A regression: a run that journaled nothing left an empty last segment, which the next open
+/// sent to the compressor while reusing its name for the new active segment, so the next run's
+/// records were compressed away under the writer (and a reader spun on the finished segment).
+#[test]
+fn a_run_that_journals_nothing_loses_nothing_of_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = JournalConfig::new(dir.path()); // compression on, as in production
+    for round in 0..5u64 {
+        let (w, _) = JournalWriter::open(c.clone()).unwrap();
+        w.close().unwrap(); // nothing journaled
+        let (mut w, recovery) = JournalWriter::open(c.clone()).unwrap();
+        assert_eq!(recovery.last_seq, round * 5);
+        for i in 0..5 {
+            w.append(frame(round * 5 + i)).unwrap();
+        }
+        w.close().unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // let the compressor run
+    }
+    let (w, recovery) = JournalWriter::open(c).unwrap();
+    assert_eq!(recovery.last_seq, 25);
+    drop(w);
+    assert_eq!(read_all(dir.path(), 0).len(), 25);
+}

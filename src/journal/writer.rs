@@ -131,14 +131,18 @@ impl JournalWriter {
         stats.synced_seq.store(recovery.last_seq, Ordering::Relaxed);
         let compressor =
             (config.compression_level > 0).then(|| spawn_compressor(config.compression_level));
+        let first_seq = recovery.last_seq + 1;
         if let Some(tx) = &compressor {
-            for s in segments.iter().filter(|s| !s.compressed) {
+            // Closed segments only: never the name the new active segment is about to take.
+            for s in segments
+                .iter()
+                .filter(|s| !s.compressed && s.first_seq < first_seq)
+            {
                 if s.path.exists() {
                     let _ = tx.send(s.clone());
                 }
             }
         }
-        let first_seq = recovery.last_seq + 1;
         let (file, segment) = create_segment(&dir, first_seq, recovery.conn_id_base)?;
         let writer = JournalWriter {
             config,
@@ -433,6 +437,12 @@ fn recover_last(last: &SegmentFile, all: &[SegmentFile]) -> Result<Recovery, Jou
             }
         }
     }
+    if at == HEADER_LEN && !last.compressed {
+        // A segment that holds no record (a run that journaled nothing, or a torn first record):
+        // the new active segment takes its name, so it goes; its header told all it knew.
+        fs::remove_file(&last.path).map_err(|e| JournalError::io(&last.path, e))?;
+        sync_dir(last.path.parent().unwrap_or(Path::new(".")))?;
+    }
     Ok(recovery)
 }
 
@@ -582,10 +592,10 @@ pub fn spawn_journal(
                         }
                     }
                 };
+                // Announce only what reached the file; the loop's own error comes first.
                 let closed = writer.sync();
-                let _ = flushed_tx.send(writer.next_seq() - 1);
-                writer.close()?;
-                result.and(closed)
+                let _ = flushed_tx.send(writer.stats.flushed_seq.load(Ordering::Acquire));
+                result.and(closed).and(writer.close())
             })
         })
         .map_err(|e| JournalError::Thread(e.to_string()))?;

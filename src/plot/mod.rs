@@ -33,7 +33,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::book::{Decimal, OrderBook};
-use crate::export::source::{self, Gaps, SourceError};
+use crate::export::source::{self, SourceError};
+use crate::readback::Gaps;
 use crate::readback::{BookCursor, ReadbackError};
 use crate::store::{DbTarget, StoreError};
 use crate::time::Timestamp;
@@ -168,21 +169,18 @@ async fn read_series(
     report: &mut PlotReport,
 ) -> Result<Series, PlotError> {
     let symbol = &request.symbol;
-    let start =
-        match BookCursor::find_start(client, symbol, selection.from, Some(&selection.collector))
-            .await?
-        {
-            Some(s) => Some(s),
-            None => crate::export::snapshots::first_snapshot(client, selection, symbol)
-                .await
-                .map_err(|e| match e {
-                    crate::export::ExportError::Store(s) => PlotError::Store(s),
-                    other => PlotError::Invalid(other.to_string()),
-                })?,
-        };
+    let start = BookCursor::find_start_or_first(
+        client,
+        symbol,
+        selection.from,
+        selection.to,
+        &selection.collector,
+    )
+    .await?;
+    // Feed events are on the local clock: from the start's receipt.
     let since = start
         .as_ref()
-        .map_or(selection.from, |s| s.timestamp.min(selection.from));
+        .map_or(selection.from, |s| s.received_at.min(selection.from));
     let gaps = Gaps::load(
         client,
         &selection.collector,

@@ -4,7 +4,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::cursor::{BookCursor, Start, StartKind};
-use super::{ReadbackError, db};
+use super::{Gaps, ReadbackError};
 use crate::book::{BookView, Decimal};
 use crate::time::Timestamp;
 
@@ -89,60 +89,35 @@ pub async fn book_at(
             }
             None => {}
         }
-        last = Some((
-            step.seq,
-            step.timestamp,
-            step.received_at,
-            step.checksum,
-            step.verified == Some(true),
-        ));
+        last = Some((step.seq, step.timestamp, step.received_at, step.checksum));
     }
-    let (last_seq, last_at, last_received, checksum, checksum_ok) = match last {
-        Some(l) => l,
-        // A state start with no message after it: the state itself, verified when journaled.
-        None => (
-            start.seq,
-            start.timestamp,
-            start.timestamp,
-            cursor.book().checksum(),
-            true,
-        ),
-    };
+    // With no message after the start (a book state, or a snapshot whose levels are not stored),
+    // the start itself is the book: verified only if the cursor holds it synced.
+    let (last_seq, last_at, last_received, checksum) = last.unwrap_or((
+        start.seq,
+        start.timestamp,
+        start.received_at,
+        cursor.book().checksum(),
+    ));
+    let checksum_ok = cursor.is_synced();
     if !checksum_ok && gap.is_none() {
         gap = Some(Gap {
             since: last_at,
             reason: "unverified".into(),
         });
     }
-    // The last message's connection lost (or a mismatch the collector saw) after that message
-    // was received and before the instant: the book was not being kept then. Both sides of the
-    // comparison are local receive times (Kraken's timestamp of a quiet pair's snapshot can be
-    // far older than its receipt).
-    let last_conn: Option<i64> = client
-        .query_opt(
-            "SELECT conn_id FROM kraken_orderbook_messages WHERE collector = $1 AND seq = $2",
-            &[&start.collector, &last_seq],
-        )
-        .await
-        .map_err(db("reading the last message's connection"))?
-        .map_or(Some(start.conn_id), |r| r.get(0));
-    if gap.is_none()
-        && let Some(row) = client
-            .query_opt(
-                "SELECT time, event FROM kraken_feed_events
-                  WHERE collector = $1 AND time > $2 AND time <= $3
-                    AND ((event = 'disconnected' AND conn_id = $5)
-                         OR (event = 'checksum_mismatch' AND symbol = $4))
-                  ORDER BY time LIMIT 1",
-                &[&start.collector, &last_received, &at, &symbol, &last_conn],
-            )
-            .await
-            .map_err(db("reading feed events"))?
-    {
-        gap = Some(Gap {
-            since: row.get(0),
-            reason: row.get(1),
-        });
+    // The feed events: a connection lost, a reconnect after a crash, a mismatch, or a closed gap
+    // around the instant (all compared in local receive time, see `Gaps`).
+    if gap.is_none() {
+        let since = start.received_at.min(last_received);
+        let until = at.max(last_received);
+        let gaps = Gaps::load(client, &start.collector, &[symbol.to_owned()], since, until).await?;
+        if let Some((since, reason)) = gaps.gap_at(symbol, last_received, at) {
+            gap = Some(Gap {
+                since,
+                reason: reason.into(),
+            });
+        }
     }
     let book = cursor.book();
     let BookView { bids, asks } = book.view(depth);

@@ -32,6 +32,8 @@ pub struct Start {
     pub seq: i64,
     /// Its (Kraken) timestamp.
     pub timestamp: Timestamp,
+    /// When the collector received it (a state: the frame it follows).
+    pub received_at: Timestamp,
 }
 
 /// The book after one stored message.
@@ -62,6 +64,7 @@ pub struct BookCursor {
     start: Start,
     book: OrderBook,
     synced: bool,
+    subscribed: Option<usize>,
     rows: Option<Rows>,
     pending: Option<Row>,
 }
@@ -92,17 +95,17 @@ impl BookCursor {
     ) -> Result<Option<Start>, ReadbackError> {
         let row = client
             .query_opt(
-                "SELECT kind, collector, conn_id, seq, ts FROM (
-                   (SELECT 'snapshot' AS kind, collector, conn_id, seq, \"timestamp\" AS ts
+                "SELECT kind, collector, conn_id, seq, ts, received_at FROM (
+                   (SELECT 'snapshot' AS kind, collector, conn_id, seq, \"timestamp\" AS ts, received_at
                       FROM kraken_orderbook_messages
                      WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
                        AND \"timestamp\" <= $2 AND ($3::text IS NULL OR collector = $3)
-                     ORDER BY \"timestamp\" DESC LIMIT 1)
+                     ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
                    UNION ALL
-                   (SELECT 'state', collector, conn_id, seq, \"timestamp\"
+                   (SELECT 'state', collector, conn_id, seq, \"timestamp\", received_at
                       FROM kraken_book_states
                      WHERE symbol = $1 AND \"timestamp\" <= $2 AND ($3::text IS NULL OR collector = $3)
-                     ORDER BY \"timestamp\" DESC LIMIT 1)
+                     ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
                  ) s ORDER BY ts DESC, seq DESC LIMIT 1",
                 &[&symbol, &at, &collector],
             )
@@ -118,6 +121,7 @@ impl BookCursor {
             conn_id: r.get(2),
             seq: r.get(3),
             timestamp: r.get(4),
+            received_at: r.get(5),
         }))
     }
 
@@ -131,7 +135,7 @@ impl BookCursor {
     ) -> Result<Option<Start>, ReadbackError> {
         let row = client
             .query_opt(
-                "SELECT collector, conn_id, seq, \"timestamp\" FROM kraken_orderbook_messages
+                "SELECT collector, conn_id, seq, \"timestamp\", received_at FROM kraken_orderbook_messages
                   WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
                     AND \"timestamp\" >= $2 AND \"timestamp\" < $3 AND collector = $4
                   ORDER BY \"timestamp\", seq LIMIT 1",
@@ -145,7 +149,23 @@ impl BookCursor {
             conn_id: r.get(1),
             seq: r.get(2),
             timestamp: r.get(3),
+            received_at: r.get(4),
         }))
+    }
+
+    /// The latest start at or before `at`, else (the record begins later) the first snapshot in
+    /// `[at, to)`: where a replay of `[at, to)` begins.
+    pub async fn find_start_or_first(
+        client: &Client,
+        symbol: &str,
+        at: Timestamp,
+        to: Timestamp,
+        collector: &str,
+    ) -> Result<Option<Start>, ReadbackError> {
+        match Self::find_start(client, symbol, at, Some(collector)).await? {
+            Some(start) => Ok(Some(start)),
+            None => Self::find_first_start(client, symbol, at, to, collector).await,
+        }
     }
 
     /// Opens a cursor at `start` that steps through every message of `symbol` up to `to`
@@ -156,9 +176,10 @@ impl BookCursor {
         start: Start,
         to: Timestamp,
     ) -> Result<BookCursor, ReadbackError> {
-        let mut book = OrderBook::new(1000);
+        let mut book;
         let mut synced = false;
         let mut after_seq = start.seq - 1;
+        let subscribed;
         match start.kind {
             StartKind::State => {
                 let r = client
@@ -175,11 +196,12 @@ impl BookCursor {
                     reason,
                 };
                 let depth: i32 = r.get(0);
-                book = OrderBook::new(usize::try_from(depth).unwrap_or(1000));
-                book.set_precision(Some(Precision {
+                subscribed = usize::try_from(depth).ok();
+                let precision = Precision {
                     price: u8::try_from(r.get::<_, i16>(1)).map_err(|e| invalid(e.to_string()))?,
                     qty: u8::try_from(r.get::<_, i16>(2)).map_err(|e| invalid(e.to_string()))?,
-                }));
+                };
+                book = OrderBook::with_precision(subscribed.unwrap_or(1000), Some(precision));
                 let bids = parse_levels(r.get(3)).map_err(invalid)?;
                 let asks = parse_levels(r.get(4)).map_err(invalid)?;
                 book.apply_snapshot(bids, asks)
@@ -188,10 +210,11 @@ impl BookCursor {
                 after_seq = start.seq;
             }
             StartKind::Snapshot => {
-                if let Some(depth) = subscribed_depth(client, symbol, &start).await? {
-                    book = OrderBook::new(depth);
-                }
-                book.set_precision(instrument_precision(client, symbol, &start).await?);
+                subscribed =
+                    subscribed_depth(client, &start.collector, start.conn_id, symbol, start.seq)
+                        .await?;
+                let precision = instrument_precision(client, symbol, &start).await?;
+                book = OrderBook::with_precision(subscribed.unwrap_or(1000), precision);
             }
         }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
@@ -205,9 +228,15 @@ impl BookCursor {
             start,
             book,
             synced,
+            subscribed,
             rows: Some(Box::pin(rows)),
             pending: None,
         })
+    }
+
+    /// The depth the book was subscribed at, when the record says (its ack, or the state).
+    pub fn subscribed_depth(&self) -> Option<usize> {
+        self.subscribed
     }
 
     /// Where this cursor started.
@@ -317,7 +346,7 @@ impl BookCursor {
 }
 
 /// Levels stored as `[["price","qty"], ...]`.
-fn parse_levels(text: &str) -> Result<Vec<(Decimal, Decimal)>, String> {
+pub(crate) fn parse_levels(text: &str) -> Result<Vec<(Decimal, Decimal)>, String> {
     let pairs: Vec<(String, String)> = serde_json::from_str(text).map_err(|e| e.to_string())?;
     pairs
         .into_iter()
@@ -330,21 +359,46 @@ fn parse_levels(text: &str) -> Result<Vec<(Decimal, Decimal)>, String> {
         .collect()
 }
 
-/// The depth the symbol was subscribed at on the snapshot's connection (its subscribe ack).
-async fn subscribed_depth(
+/// The `seq` at which connection `conn_id` of `collector` began (its `connected` event).
+async fn connection_start(
     client: &Client,
+    collector: &str,
+    conn_id: i64,
+) -> Result<Option<i64>, ReadbackError> {
+    Ok(client
+        .query_one(
+            "SELECT max(seq) FROM kraken_feed_events WHERE collector = $1 AND conn_id = $2 AND event = 'connected'",
+            &[&collector, &conn_id],
+        )
+        .await
+        .map_err(db("reading where the connection began"))?
+        .get(0))
+}
+
+/// How far back to look on the same connection when its `connected` event is not stored (data
+/// recorded by another tool): a bound for the backward scan of the `(collector, seq)` index.
+const LOOKBACK: i64 = 1_000_000;
+
+/// The depth `symbol` was subscribed at on connection `conn_id` before `seq`: the `book`
+/// subscription acknowledged last before it on that connection (found by `seq`, not by time: a
+/// quiet pair's snapshot carries the time of its last change, which may precede the ack).
+pub(crate) async fn subscribed_depth(
+    client: &Client,
+    collector: &str,
+    conn_id: i64,
     symbol: &str,
-    start: &Start,
+    seq: i64,
 ) -> Result<Option<usize>, ReadbackError> {
+    let floor = connection_start(client, collector, conn_id)
+        .await?
+        .unwrap_or(seq - LOOKBACK);
     let row = client
         .query_opt(
-            // By seq, not by time: a snapshot carries the time of the book's last change, which
-            // for a quiet pair precedes the acknowledgement.
             "SELECT raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages
-              WHERE symbol = $1 AND collector = $2 AND conn_id = $3 AND channel = 'book'
-                AND message_type = 'subscribe' AND seq < $4 AND seq > $4 - 1000000
+              WHERE collector = $1 AND seq < $2 AND seq >= $3 AND conn_id = $4 AND symbol = $5
+                AND channel = 'book' AND message_type = 'subscribe'
               ORDER BY seq DESC LIMIT 1",
-            &[&symbol, &start.collector, &start.conn_id, &start.seq],
+            &[&collector, &seq, &floor, &conn_id, &symbol],
         )
         .await
         .map_err(db("reading the subscribed depth"))?;
@@ -353,21 +407,47 @@ async fn subscribed_depth(
         .and_then(|d| d.parse().ok()))
 }
 
-/// The pair's precision from the instrument channel on the snapshot's connection.
-async fn instrument_precision(
+/// [`subscribed_depth`] for the stored book message at `(collector, seq)`.
+pub(crate) async fn subscribed_depth_of(
+    client: &Client,
+    collector: &str,
+    seq: i64,
+) -> Result<Option<usize>, ReadbackError> {
+    let row = client
+        .query_opt(
+            "SELECT conn_id, symbol FROM kraken_orderbook_messages WHERE collector = $1 AND seq = $2",
+            &[&collector, &seq],
+        )
+        .await
+        .map_err(db("reading a book message"))?;
+    match row {
+        Some(r) => match (r.get::<_, Option<i64>>(0), r.get::<_, Option<String>>(1)) {
+            (Some(conn), Some(symbol)) => {
+                subscribed_depth(client, collector, conn, &symbol, seq).await
+            }
+            _ => Ok(None),
+        },
+        None => Ok(None),
+    }
+}
+
+/// The pair's precision from the instrument channel on the snapshot's connection (its snapshot
+/// comes right after the connection opens, before any book subscription).
+pub(crate) async fn instrument_precision(
     client: &Client,
     symbol: &str,
     start: &Start,
 ) -> Result<Option<Precision>, ReadbackError> {
-    // The instrument snapshot comes right after the connection opens, before any book
-    // subscription: a short backward scan of the (collector, seq) index.
+    let floor = connection_start(client, &start.collector, start.conn_id)
+        .await?
+        .unwrap_or(start.seq - LOOKBACK);
     let rows = client
         .query(
             "SELECT raw_message::text FROM kraken_orderbook_messages
-              WHERE collector = $1 AND seq < $2 AND seq > $2 - 200000 AND conn_id = $3
+              WHERE collector = $1 AND seq < $2 AND seq >= $3 AND conn_id = $4
                 AND channel = 'instrument'
               ORDER BY seq DESC LIMIT 4",
-            &[&start.collector, &start.seq, &start.conn_id],
+            &[&start.collector, &start.seq, &floor, &start.conn_id],
         )
         .await
         .map_err(db("reading the instrument list"))?;

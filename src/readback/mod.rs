@@ -16,10 +16,13 @@
 
 mod book_at;
 mod cursor;
+mod gaps;
 pub mod query;
 
 pub use book_at::{BookAt, Gap, Level, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
+pub(crate) use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
+pub use gaps::Gaps;
 
 use crate::store::StoreError;
 

@@ -228,6 +228,8 @@ pub async fn coverage(client: &Client, filter: &Filter) -> Result<Vec<Coverage>,
             "resynced" => {
                 let start: Option<Timestamp> = e.get(3);
                 if let Some(start) = start {
+                    // A gap that began before `--since` counts from there.
+                    let start = filter.since.map_or(start, |s| start.max(s));
                     c.gaps.push((start, time));
                     c.gap_seconds += time.nanos_since(start).max(0) as f64 / 1e9;
                 }
@@ -309,4 +311,28 @@ pub async fn entries(
             seq: r.get(6),
         })
         .collect())
+}
+
+/// Every symbol with a book message, by a skip scan of the `(symbol, timestamp)` index (one
+/// index probe per symbol, not a scan of the table). Acks and rejections, which name symbols
+/// too, do not count.
+pub async fn recorded_symbols(client: &Client) -> Result<Vec<String>, ReadbackError> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE s(symbol) AS (
+               (SELECT symbol FROM kraken_orderbook_messages
+                 WHERE symbol IS NOT NULL AND channel = 'book' AND message_type IN ('snapshot', 'update')
+                 ORDER BY symbol LIMIT 1)
+               UNION ALL
+               SELECT (SELECT m.symbol FROM kraken_orderbook_messages m
+                        WHERE m.symbol > s.symbol AND m.channel = 'book'
+                          AND m.message_type IN ('snapshot', 'update')
+                        ORDER BY m.symbol LIMIT 1)
+                 FROM s WHERE s.symbol IS NOT NULL)
+             SELECT symbol FROM s WHERE symbol IS NOT NULL LIMIT 1000",
+            &[],
+        )
+        .await
+        .map_err(db("listing the recorded symbols"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

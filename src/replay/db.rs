@@ -7,12 +7,12 @@
 //! like the rest. A stored level that was altered changes the rebuilt book and so its checksum:
 //! the message's recomputed verdict disagrees with the stored one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
 use super::engine::{ReplayReport, SymbolReplay, verdict_name};
-use crate::readback::{BookCursor, ReadbackError};
+use crate::readback::{BookCursor, ReadbackError, parse_levels};
 use crate::time::Timestamp;
 
 /// Replays `[from, to)` of the database (only `symbols` when given), calling `progress(messages)`
@@ -39,7 +39,7 @@ pub async fn verify_database(
     for pair in pairs {
         let (collector, symbol): (String, String) = (pair.get(0), pair.get(1));
         // The stored verdicts of the range.
-        let stored: HashMap<i64, Option<bool>> = client
+        let stored: BTreeMap<i64, Option<bool>> = client
             .query(
                 "SELECT seq, checksum_ok FROM kraken_orderbook_messages
                   WHERE symbol = $1 AND collector = $2 AND channel = 'book' AND message_type IN ('snapshot', 'update')
@@ -51,11 +51,11 @@ pub async fn verify_database(
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let start = match BookCursor::find_start(client, &symbol, from, Some(&collector)).await? {
-            Some(start) => Some(start),
-            // No start before the range: the first snapshot inside it.
-            None => BookCursor::find_first_start(client, &symbol, from, to, &collector).await?,
-        };
+        // A start strictly before the range (a book state at exactly `from` follows messages at
+        // `from` that belong to the range), else the first snapshot inside it.
+        let start =
+            BookCursor::find_start_or_first(client, &symbol, from.add_nanos(-1000), to, &collector)
+                .await?;
         // Counted here and added to the report once the symbol is done.
         let mut s = SymbolReplay::default();
         // Messages before any start cannot be rebuilt: they were unverifiable when received too,
@@ -104,10 +104,13 @@ pub async fn verify_database(
                 s.states += 1;
                 let book = cursor.book();
                 let view = book.view(book.depth());
+                let pairs = |levels: &[crate::book::PriceLevel]| {
+                    levels.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>()
+                };
                 let same = cursor.is_synced()
                     && book.checksum() == checksum
-                    && crate::store::rows::levels_json(&view.bids) == compact(&bids)
-                    && crate::store::rows::levels_json(&view.asks) == compact(&asks);
+                    && parse_levels(&bids).is_ok_and(|b| b == pairs(&view.bids))
+                    && parse_levels(&asks).is_ok_and(|a| a == pairs(&view.asks));
                 if !same {
                     report.disagree(
                         state_seq as u64,
@@ -153,22 +156,17 @@ pub async fn verify_database(
         // at least one): report them rather than pass over them.
         if seen < stored.len() {
             let missing = (stored.len() - seen) as u64;
-            report.disagree(
+            report.disagree_n(
+                missing,
                 0,
                 Some(symbol.clone()),
                 format!("{missing} book messages of {collector}"),
                 "no stored levels to replay them from".into(),
             );
-            report.disagreement_count += missing - 1;
         }
         let total = report.symbols.entry(symbol).or_default();
         total.add(&s);
     }
     progress(done);
     Ok(report)
-}
-
-/// JSON text as `jsonb` prints it, without the spaces: `[["1.5", "2"]]` → `[["1.5","2"]]`.
-fn compact(text: &str) -> String {
-    text.replace(", ", ",")
 }

@@ -76,7 +76,19 @@ impl ReplayReport {
         recorded: String,
         replayed: String,
     ) {
-        self.disagreement_count += 1;
+        self.disagree_n(1, seq, symbol, recorded, replayed);
+    }
+
+    /// Records `n` disagreements described by one entry.
+    pub fn disagree_n(
+        &mut self,
+        n: u64,
+        seq: u64,
+        symbol: Option<String>,
+        recorded: String,
+        replayed: String,
+    ) {
+        self.disagreement_count += n;
         if self.disagreements.len() < 100 {
             self.disagreements.push(Disagreement {
                 seq,

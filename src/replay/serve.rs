@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::book::{BookView, Decimal, Precision, PriceLevel};
 use crate::exchange::market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
 use crate::kraken::encode::{self, InstrumentPair};
-use crate::kraken::{BookKind, Depth, Frame};
+use crate::kraken::{BookKind, Depth};
 use crate::readback::{BookCursor, ReadbackError};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
@@ -65,68 +65,40 @@ impl ReplayMarket {
     ) -> Result<ReplayMarket, ReadbackError> {
         let target = DbTarget::parse(&source.database_url)?;
         let client = target.connect("krakenbook replay").await?;
-        let mut symbols = source.symbols.clone();
-        if symbols.is_empty() {
-            let to = source
-                .to
-                .unwrap_or(source.from.add_nanos(86_400_000_000_000));
-            symbols = client
-                .query(
-                    "SELECT DISTINCT symbol FROM kraken_orderbook_messages
-                      WHERE channel = 'book' AND symbol IS NOT NULL AND message_type = 'snapshot'
-                        AND \"timestamp\" <= $1
-                     UNION SELECT DISTINCT symbol FROM kraken_book_states WHERE \"timestamp\" <= $1",
-                    &[&to],
-                )
-                .await
-                .map_err(crate::readback::db("listing recorded pairs"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            symbols.sort();
-        }
-        // Precisions from the latest instrument frame recorded before the start.
-        let mut precision: HashMap<String, Precision> = HashMap::new();
-        if let Some(row) = client
-            .query_opt(
-                "SELECT raw_message::text FROM kraken_orderbook_messages
-                  WHERE channel = 'instrument' AND message_type = 'snapshot' AND \"timestamp\" <= $1
-                  ORDER BY \"timestamp\" DESC LIMIT 1",
-                &[&source.from],
-            )
-            .await
-            .map_err(crate::readback::db("reading the instrument list"))?
-            && let Some(text) = row.get::<_, Option<String>>(0)
-            && let Ok(Frame::Instrument(msg)) = crate::kraken::decode(&text)
-        {
-            for p in msg.pairs {
-                precision.insert(p.symbol.to_string(), p.precision());
-            }
-        }
+        let named = !source.symbols.is_empty();
+        let symbols = if named {
+            source.symbols.clone()
+        } else {
+            crate::readback::query::recorded_symbols(&client).await?
+        };
+        // Each pair served needs a verified start at or before `from` on the chosen record; its
+        // precision is the instrument channel's on that connection, else the stored levels'.
         let mut instruments = Vec::new();
         for symbol in &symbols {
-            let p = match precision.get(symbol) {
-                Some(p) => *p,
-                // Not in an instrument frame: the precision the stored levels are written at.
-                None => match BookCursor::find_start(
-                    &client,
-                    symbol,
-                    source.from,
-                    source.collector.as_deref(),
-                )
-                .await?
-                {
-                    Some(start) => {
-                        let mut cursor =
-                            BookCursor::open(&client, symbol, start.clone(), start.timestamp)
-                                .await?;
-                        while cursor.next().await?.is_some() {}
-                        cursor.book().precision()
-                    }
-                    None => continue,
-                },
+            let Some(start) =
+                BookCursor::find_start(&client, symbol, source.from, source.collector.as_deref())
+                    .await?
+            else {
+                if named {
+                    return Err(ReadbackError::NoStart {
+                        symbol: symbol.clone(),
+                        at: source.from,
+                    });
+                }
+                continue;
             };
-            instruments.push(InstrumentPair::online(symbol, p));
+            let precision = match crate::readback::instrument_precision(&client, symbol, &start)
+                .await?
+            {
+                Some(p) => p,
+                None => {
+                    let mut cursor =
+                        BookCursor::open(&client, symbol, start.clone(), start.timestamp).await?;
+                    while cursor.next().await?.is_some() {}
+                    cursor.book().precision()
+                }
+            };
+            instruments.push(InstrumentPair::online(symbol, precision));
         }
         Ok(ReplayMarket {
             source,

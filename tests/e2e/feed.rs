@@ -180,7 +180,8 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
     let mut peer = peers.recv().await.unwrap();
     handshake(&mut peer, &["X/Y"]).await;
     let mut book = OrderBook::new(10);
-    book.set_precision(Some(Precision { price: 1, qty: 2 }));
+    book.set_precision(Some(Precision { price: 1, qty: 2 }))
+        .unwrap();
     peer.send(&ack("X/Y")).await;
     peer.send(&book_frame(
         &mut book,
@@ -224,7 +225,9 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
     peer.send(r#"{"method":"unsubscribe","result":{"channel":"book","depth":10,"symbol":"X/Y"},"success":true}"#).await;
     peer.send(&ack("X/Y")).await;
     let mut fresh = OrderBook::new(10);
-    fresh.set_precision(Some(Precision { price: 1, qty: 2 }));
+    fresh
+        .set_precision(Some(Precision { price: 1, qty: 2 }))
+        .unwrap();
     peer.send(&book_frame(
         &mut fresh,
         "snapshot",
@@ -337,7 +340,7 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
             "{text}"
         );
         let mut rebuilt = OrderBook::new(10);
-        rebuilt.set_precision(Some(state.precision));
+        rebuilt.set_precision(Some(state.precision)).unwrap();
         rebuilt
             .apply_snapshot(
                 state.bids.iter().map(|l| (l.price, l.qty)),
@@ -440,7 +443,8 @@ async fn a_silent_connection_is_dropped_and_reopened_and_books_are_rebuilt() {
 }
 
 async fn peer_snapshot(peer: &mut Peer, book: &mut OrderBook) {
-    book.set_precision(Some(Precision { price: 1, qty: 2 }));
+    book.set_precision(Some(Precision { price: 1, qty: 2 }))
+        .unwrap();
     peer.send(&ack("X/Y")).await;
     peer.send(&book_frame(
         book,
@@ -471,7 +475,8 @@ async fn bad_frames_and_rejected_symbols_are_journaled_and_the_feed_goes_on() {
     peer.send("this is not json").await;
     peer.send(r#"{"channel":"mystery","data":[1,2,3]}"#).await;
     let mut book = OrderBook::new(10);
-    book.set_precision(Some(Precision { price: 1, qty: 2 }));
+    book.set_precision(Some(Precision { price: 1, qty: 2 }))
+        .unwrap();
     peer.send(&book_frame(
         &mut book,
         "snapshot",

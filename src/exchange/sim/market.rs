@@ -279,8 +279,7 @@ impl PairState {
             return &mut self.views[i];
         }
         let p = self.precision;
-        let mut book = OrderBook::new(depth.levels());
-        book.set_precision(Some(p));
+        let mut book = OrderBook::with_precision(depth.levels(), Some(p));
         if let Some(t) = &self.book {
             let take = |l: super::book::Lvl| (dec(l.price, p.price), dec(l.qty, p.qty));
             if let Err(e) = book.apply_snapshot(

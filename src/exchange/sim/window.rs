@@ -115,8 +115,7 @@ mod tests {
         let d = Dynamics::new(levels);
         let mut rng = Rng::new(seed);
         let mut book = TrueBook::generate(&mut rng, mid, p.qty, &d);
-        let mut client = OrderBook::new(depth);
-        client.set_precision(Some(p));
+        let mut client = OrderBook::with_precision(depth, Some(p));
         let level = |l: super::super::book::Lvl| (dec(l.price, p.price), dec(l.qty, p.qty));
         client
             .apply_snapshot(
