@@ -146,8 +146,10 @@ pub struct Metrics {
     pub malformed_frames: AtomicU64,
     /// Connections opened.
     pub connects: AtomicU64,
-    /// Connections lost and reopened.
+    /// Open connections that ended (lost, closed by the server, or dropped as silent).
     pub reconnects: AtomicU64,
+    /// Attempts to open a connection that failed.
+    pub connect_failures: AtomicU64,
     /// Connections currently open.
     pub connections_open: AtomicI64,
     /// Subscriptions rejected by the exchange.
@@ -249,8 +251,14 @@ impl Metrics {
         counter(
             &mut out,
             "krakenbook_reconnects_total",
-            "Connections lost and reopened.",
+            "Open connections that ended (and are reopened).",
             get(&self.reconnects),
+        );
+        counter(
+            &mut out,
+            "krakenbook_connect_failures_total",
+            "Attempts to open a connection that failed.",
+            get(&self.connect_failures),
         );
         counter(
             &mut out,
@@ -330,6 +338,12 @@ impl Metrics {
                 "krakenbook_journal_bytes_total",
                 "Bytes appended to the journal.",
                 get(&j.bytes),
+            );
+            counter(
+                &mut out,
+                "krakenbook_journal_rotations_total",
+                "Journal segments closed and started.",
+                get(&j.rotations),
             );
             gauge(
                 &mut out,
@@ -412,6 +426,14 @@ impl Metrics {
             );
         }
         out
+    }
+
+    /// The last `seq` the journal held when it was opened (`u64::MAX` without a journal, so
+    /// that nothing counts as appended).
+    pub fn journal_opened_seq(&self) -> u64 {
+        self.journal
+            .get()
+            .map_or(u64::MAX, |j| j.opened_seq.load(Ordering::Relaxed))
     }
 
     /// The database's checkpoint, when a database pipeline is attached.

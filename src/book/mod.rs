@@ -14,4 +14,4 @@ pub mod tracker;
 
 pub use decimal::{Decimal, DecimalError};
 pub use order_book::{BookView, CHECKSUM_LEVELS, OrderBook, Precision, PriceLevel, Side};
-pub use tracker::{Tracker, Verdict};
+pub use tracker::{FrameVerdict, Tracker, Verdict};

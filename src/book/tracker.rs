@@ -32,14 +32,34 @@ pub enum Verdict {
     Unsynced,
 }
 
-impl Verdict {
-    /// `Some(true)` for ok, `Some(false)` for a mismatch, `None` when not verifiable: the
-    /// database's `checksum_ok` column.
-    pub const fn checksum_ok(self) -> Option<bool> {
-        match self {
-            Verdict::Ok => Some(true),
-            Verdict::Mismatch { .. } => Some(false),
-            Verdict::Unsynced => None,
+/// The verdicts of one frame's symbols folded into the frame's one `checksum_ok` (Kraken sends
+/// one symbol a frame; the rule still has to say what several mean): any mismatch makes it a
+/// mismatch, all verified makes it verified, anything else (or no symbol) is not verifiable.
+/// The feed, the replay and the capture reader all fold with this one rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameVerdict {
+    any: bool,
+    mismatch: bool,
+    unsynced: bool,
+}
+
+impl FrameVerdict {
+    /// Adds one symbol's verdict.
+    pub fn add(&mut self, verdict: Verdict) {
+        self.any = true;
+        match verdict {
+            Verdict::Ok => {}
+            Verdict::Mismatch { .. } => self.mismatch = true,
+            Verdict::Unsynced => self.unsynced = true,
+        }
+    }
+
+    /// The frame's `checksum_ok`.
+    pub fn checksum_ok(self) -> Option<bool> {
+        match (self.any, self.mismatch, self.unsynced) {
+            (_, true, _) => Some(false),
+            (true, false, false) => Some(true),
+            _ => None,
         }
     }
 }
@@ -201,30 +221,14 @@ impl Tracker {
         self.books.get(symbol).is_some_and(|t| t.synced)
     }
 
-    /// Marks `symbol` unsynced: its updates are not verifiable until the next snapshot.
-    pub fn desync(&mut self, symbol: &str) {
-        if let Some(t) = self.books.get_mut(symbol) {
-            t.synced = false;
-            t.book.clear();
-        }
+    /// The book of `symbol` if it is synced: the one whose tops and levels can be trusted.
+    pub fn synced_book(&self, symbol: &str) -> Option<&OrderBook> {
+        self.books.get(symbol).filter(|t| t.synced).map(|t| &t.book)
     }
 
     /// Drops `symbol`'s book (after an unsubscribe).
     pub fn forget(&mut self, symbol: &str) {
         self.books.remove(symbol);
-    }
-
-    /// Marks every book unsynced (the connection was lost: Kraken restores nothing).
-    pub fn desync_all(&mut self) {
-        for t in self.books.values_mut() {
-            t.synced = false;
-            t.book.clear();
-        }
-    }
-
-    /// The symbols with a book, in no particular order.
-    pub fn symbols(&self) -> impl Iterator<Item = &str> {
-        self.books.keys().map(String::as_str)
     }
 }
 

@@ -16,8 +16,8 @@ use tokio_postgres::Client;
 use krakenbook::kraken::{self, Frame};
 use krakenbook::record::Record;
 use krakenbook::store::{
-    self, ClusterOptions, DbTarget, MigrateOptions, RowEncoder, TempCluster, Writer, WriterConfig,
-    capture, rows,
+    self, ClusterOptions, DbTarget, MigrateOptions, RowEncoder, Streams, TempCluster, Writer,
+    WriterConfig, capture, rows,
 };
 
 pub(crate) const BENCH_INGEST_EXAMPLES: &str = "\
@@ -121,7 +121,11 @@ async fn measure(
         encoder.push(r)?;
     }
     let counts = encoder.counts();
-    let (msg_rows, entry_rows, _) = encoder.finish();
+    let Streams {
+        messages: msg_rows,
+        entries: entry_rows,
+        ..
+    } = encoder.finish();
 
     let mut best_writer = Duration::MAX;
     let mut best_copy = Duration::MAX;

@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{JournalError, JournalReader};
+use crate::journal::{JournalError, JournalReader, encoded_len};
 use crate::metrics::{Metrics, StoreProgress};
-use crate::record::{Record, RecordBody};
+use crate::record::Record;
 use crate::store::{
     BatchConfig, Batcher, MigrateOptions, StoreError, Writer, WriterConfig, migrate,
 };
@@ -157,7 +157,6 @@ impl DbPipeline {
 
         let mut batcher = Batcher::new(self.config.batch);
         let mut committed = checkpoint;
-        let mut pending_bytes = 0u64;
         loop {
             if let Some(last) = *done.borrow()
                 && committed >= last
@@ -170,11 +169,8 @@ impl DbPipeline {
                 records = rx.recv() => match records {
                     Some(Ok(records)) => {
                         for record in records {
-                            pending_bytes += record_bytes(&record);
-                            // Bounded by bytes as well as by count: a burst of depth-1000
-                            // snapshots (60 KB each, 2000 rows) must not become one huge batch.
-                            if batcher.push(record) || pending_bytes >= MAX_BATCH_BYTES {
-                                self.flush(&mut writer, &mut batcher, &mut committed, &mut pending_bytes).await?;
+                            if batcher.push(record) {
+                                self.flush(&mut writer, &mut batcher, &mut committed).await?;
                             }
                         }
                         batcher.is_full()
@@ -182,24 +178,19 @@ impl DbPipeline {
                     Some(Err(e)) => return Err(e.into()),
                     None => true,
                 },
-                _ = receipt_deadline(&batcher, self.config.batch.max_delay) => true,
+                _ = batcher.due(Timestamp::now()) => true,
                 changed = done.changed() => {
                     if changed.is_err() {
                         // The collector is gone: write what is waiting and stop.
-                        return self.flush(&mut writer, &mut batcher, &mut committed, &mut pending_bytes).await;
+                        return self.flush(&mut writer, &mut batcher, &mut committed).await;
                     }
                     // Flush at once so that shutdown does not wait for the batch delay.
                     !batcher.is_empty()
                 }
             };
             if flush {
-                self.flush(
-                    &mut writer,
-                    &mut batcher,
-                    &mut committed,
-                    &mut pending_bytes,
-                )
-                .await?;
+                self.flush(&mut writer, &mut batcher, &mut committed)
+                    .await?;
             }
         }
     }
@@ -223,13 +214,23 @@ impl DbPipeline {
         writer: &mut Writer,
         batcher: &mut Batcher,
         committed: &mut u64,
-        pending_bytes: &mut u64,
     ) -> Result<(), PipelineError> {
         let Some(last) = batcher.records().last() else {
             return Ok(());
         };
         let last_received = last.received_at;
         let received: Vec<Timestamp> = batcher.records().iter().map(|r| r.received_at).collect();
+        // Journal bytes now in the database, counted like the journal counts its own: only the
+        // records it appended since it was opened (the lag in bytes is the difference). Records
+        // come in seq order, so those from before the open (a backlog, at start) lead the batch.
+        let opened = self.metrics.journal_opened_seq();
+        let backlog_bytes: u64 = batcher
+            .records()
+            .iter()
+            .take_while(|r| r.seq <= opened)
+            .map(encoded_len)
+            .sum();
+        let appended_bytes = batcher.bytes() - backlog_bytes;
         let started = Timestamp::now();
         let Some(report) = batcher.flush(writer).await? else {
             return Ok(());
@@ -249,8 +250,7 @@ impl DbPipeline {
             u64::from(report.attempts.saturating_sub(1)),
             Ordering::Relaxed,
         );
-        p.bytes
-            .fetch_add(std::mem::take(pending_bytes), Ordering::Relaxed);
+        p.bytes.fetch_add(appended_bytes, Ordering::Relaxed);
         p.checkpoint_received_ns
             .store(last_received.unix_nanos(), Ordering::Relaxed);
         p.checkpoint_seq.store(report.last_seq, Ordering::Release);
@@ -263,41 +263,10 @@ impl DbPipeline {
     }
 }
 
-/// Completes when the oldest waiting record was *received* `max_delay` ago (never while nothing
-/// waits). Counting from receipt rather than from when the batch started means that records
-/// which queued up while the previous batch was committing go out as soon as it is done, so a
-/// record waits at most about `max_delay` plus one commit.
-fn receipt_deadline(
-    batcher: &Batcher,
-    max_delay: Duration,
-) -> impl std::future::Future<Output = ()> + use<> {
-    let oldest = batcher.records().first().map(|r| r.received_at);
-    async move {
-        match oldest {
-            Some(at) => {
-                let waited = Duration::from_nanos(Timestamp::now().nanos_since(at).max(0) as u64);
-                tokio::time::sleep(max_delay.saturating_sub(waited)).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// The bytes a record took in the journal, roughly (for the lag-in-bytes metric).
-fn record_bytes(record: &Record) -> u64 {
-    41 + match &record.body {
-        RecordBody::Frame(f) => f.bytes.len() as u64 + 40,
-        RecordBody::Event(e) => e.detail.len() as u64 + 64,
-        RecordBody::BookState(b) => (b.bids.len() + b.asks.len()) as u64 * 24,
-    }
-}
-
 /// Records per message from the reader thread to the writer (at most).
 const READ_CHUNK: usize = 512;
-/// Journal bytes per message from the reader thread to the writer (at most, roughly).
+/// Journal bytes per message from the reader thread to the writer (at most).
 const READ_CHUNK_BYTES: u64 = 256 << 10;
-/// Journal bytes per database batch (at most, roughly): bounds the writer's memory.
-const MAX_BATCH_BYTES: u64 = 1 << 20;
 
 /// Reads the journal after `after` on a thread of its own (file reads block), sending records
 /// until `stop`; waits for `flushed` to move when it has read everything written.
@@ -331,7 +300,7 @@ fn spawn_reader(
                 }
                 match next {
                     Ok(Some(record)) => {
-                        chunk_bytes += record_bytes(&record);
+                        chunk_bytes += encoded_len(&record);
                         chunk.push(record);
                         if chunk.len() >= READ_CHUNK || chunk_bytes >= READ_CHUNK_BYTES {
                             chunk_bytes = 0;
@@ -353,7 +322,13 @@ fn spawn_reader(
                         handle.block_on(async {
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = flushed.changed() => {}
+                                changed = flushed.changed() => {
+                                    if changed.is_err() {
+                                        // The journal has closed: nothing more will come; wait
+                                        // to be stopped rather than poll the files in a loop.
+                                        stop.cancelled().await;
+                                    }
+                                }
                                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                             }
                         });

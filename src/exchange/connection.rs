@@ -836,6 +836,18 @@ mod tests {
         ws.send(Message::Text(text.into())).await.unwrap();
     }
 
+    /// A connection past its status frame that has asked for BTC/USD's book.
+    async fn subscribed(faults: Faults, send_queue: usize) -> Setup {
+        let mut s = setup(faults, send_queue).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
+        )
+        .await;
+        s
+    }
+
     #[tokio::test(start_paused = true)]
     async fn status_first_then_heartbeats_once_a_second_only_after_a_subscription() {
         let mut s = setup(Faults::default(), 64).await;
@@ -867,13 +879,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_connection_sends_no_heartbeat() {
-        let mut s = setup(Faults::default(), 64).await;
-        next(&mut s.client).await.unwrap();
-        send(
-            &mut s.client,
-            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
-        )
-        .await;
+        let mut s = subscribed(Faults::default(), 64).await;
         assert!(
             next(&mut s.client)
                 .await
@@ -903,13 +909,7 @@ mod tests {
             silence_for: Duration::from_secs(3),
             ..Faults::default()
         };
-        let mut s = setup(faults, 64).await;
-        next(&mut s.client).await.unwrap();
-        send(
-            &mut s.client,
-            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
-        )
-        .await;
+        let mut s = subscribed(faults, 64).await;
         next(&mut s.client).await.unwrap();
         next(&mut s.client).await.unwrap();
         s.market.update("BTC/USD", 1);
@@ -1041,13 +1041,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_does_not_read_is_disconnected_as_slow() {
-        let mut s = setup(Faults::default(), 8).await;
-        next(&mut s.client).await.unwrap();
-        send(
-            &mut s.client,
-            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
-        )
-        .await;
+        let mut s = subscribed(Faults::default(), 8).await;
         // The client stops reading; the duplex pipe and the queue fill, then the queue overflows.
         for n in 0..100_000 {
             s.market.update("BTC/USD", n);
@@ -1067,13 +1061,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_sends_what_is_queued_then_a_close_frame() {
-        let mut s = setup(Faults::default(), 64).await;
-        next(&mut s.client).await.unwrap();
-        send(
-            &mut s.client,
-            r#"{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"]}}"#,
-        )
-        .await;
+        let mut s = subscribed(Faults::default(), 64).await;
         next(&mut s.client).await.unwrap();
         next(&mut s.client).await.unwrap();
         for n in 0..5 {

@@ -48,11 +48,6 @@ impl Backoff {
         half + Duration::from_nanos(self.rng % spread)
     }
 
-    /// Consecutive failed attempts so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     /// Forgets past failures (after a connection proved healthy).
     pub fn reset(&mut self) {
         self.attempt = 0;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, FeedError, FeedShared};
-use crate::book::{Tracker, Verdict};
+use crate::book::{FrameVerdict, Tracker, Verdict};
 use crate::journal::Entry;
 use crate::kraken::{self, BookKind, Frame, Request};
 use crate::metrics::SymbolMetrics;
@@ -38,6 +38,9 @@ pub struct Connection {
 /// How a session (one WebSocket connection) ended.
 enum SessionEnd {
     Cancelled,
+    /// The connection could not be opened: nothing was connected, so nothing was lost.
+    Unreachable(String),
+    /// An open connection ended.
     Lost {
         reason: String,
         at: Timestamp,
@@ -75,6 +78,18 @@ impl Connection {
             match self.session(conn_id, &cancel).await {
                 SessionEnd::Cancelled => return Ok(()),
                 SessionEnd::Fatal(e) => return Err(e),
+                SessionEnd::Unreachable(reason) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(connection = conn_id, %reason, retry_in = ?delay, "feed: cannot connect");
+                    self.shared
+                        .metrics
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
                 SessionEnd::Lost { reason, at, up_for } => {
                     if up_for >= config.healthy_after {
                         backoff.reset();
@@ -117,12 +132,7 @@ impl Connection {
             received_at: at,
             conn_id,
             conn_seq: 0,
-            body: RecordBody::Event(FeedEvent {
-                kind,
-                symbol: symbol.map(str::to_owned),
-                gap_start,
-                detail,
-            }),
+            body: RecordBody::Event(event(kind, symbol, gap_start, detail)),
         })
         .await
     }
@@ -142,8 +152,8 @@ impl Connection {
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
             result = connect => match result {
                 Ok(Ok((socket, _response))) => socket,
-                Ok(Err(e)) => return lost(format!("cannot connect to {url}: {e}"), Duration::ZERO),
-                Err(_) => return lost(format!("cannot connect to {url}: no answer within {:?}", config.connect_timeout), Duration::ZERO),
+                Ok(Err(e)) => return SessionEnd::Unreachable(format!("cannot connect to {url}: {e}")),
+                Err(_) => return SessionEnd::Unreachable(format!("cannot connect to {url}: no answer within {:?}", config.connect_timeout)),
             },
         };
         let connected = Instant::now();
@@ -204,7 +214,7 @@ impl Connection {
         )
         .await
         {
-            return lost(reason, connected.elapsed());
+            return self.end_lost(&s, reason, connected);
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -377,12 +387,12 @@ impl Connection {
             }
             Ok(Frame::Book(msg)) => {
                 let conn_id = s.conn_id;
-                let mut all_ok = true;
-                let mut any_mismatch = false;
+                let mut folded = FrameVerdict::default();
                 let mut resubscribe = Vec::new();
                 let state_every = self.shared.config.book_state_every.max(1);
                 for data in &msg.data {
                     let verdict = s.tracker.apply(msg.kind, data);
+                    folded.add(verdict);
                     let symbol = data.symbol.as_ref();
                     let state = symbol_state(&mut s.symbols, symbol, &metrics);
                     state.metrics.book_messages.fetch_add(1, Ordering::Relaxed);
@@ -424,7 +434,6 @@ impl Connection {
                             }
                         }
                         Verdict::Mismatch { expected, computed } => {
-                            any_mismatch = true;
                             state
                                 .metrics
                                 .checksum_mismatch
@@ -457,7 +466,6 @@ impl Connection {
                             }
                         }
                         Verdict::Unsynced => {
-                            all_ok = false;
                             state.metrics.unverifiable.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -467,16 +475,9 @@ impl Connection {
                         s.pending_resubscribe.push_back(symbol);
                     }
                 }
-                record.checksum_ok = if any_mismatch {
-                    Some(false)
-                } else if all_ok {
-                    Some(true)
-                } else {
-                    None
-                };
+                record.checksum_ok = folded.checksum_ok();
                 if let Some(first) = msg.data.first()
-                    && s.tracker.is_synced(&first.symbol)
-                    && let Some(book) = s.tracker.book(&first.symbol)
+                    && let Some(book) = s.tracker.synced_book(&first.symbol)
                 {
                     record.best_bid = book.best_bid();
                     record.best_ask = book.best_ask();
@@ -557,14 +558,6 @@ impl Connection {
 enum FrameError {
     Fatal(FeedError),
     Lost(String),
-}
-
-fn lost(reason: String, up_for: Duration) -> SessionEnd {
-    SessionEnd::Lost {
-        reason,
-        at: Timestamp::now(),
-        up_for,
-    }
 }
 
 fn event(

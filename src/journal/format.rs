@@ -123,6 +123,42 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The bytes [`encode_record`] writes for `record` (prefix included), without writing them.
+pub fn encoded_len(record: &Record) -> u64 {
+    let body = match &record.body {
+        RecordBody::Frame(f) => {
+            let levels: usize = f
+                .best_bid
+                .iter()
+                .chain(f.best_ask.iter())
+                .map(|l| decimal_len(l.price) + decimal_len(l.qty))
+                .sum();
+            3 + levels + f.bytes.len()
+        }
+        RecordBody::Event(e) => 1 + serde_json::to_vec(e).map_or(0, |v| v.len()),
+        RecordBody::BookState(b) => {
+            let levels: usize = b
+                .bids
+                .iter()
+                .chain(&b.asks)
+                .map(|l| decimal_len(l.price) + decimal_len(l.qty))
+                .sum();
+            1 + 2 + b.symbol.len().min(u16::MAX as usize) + 2 + 2 + 4 + 8 + 8 + levels
+        }
+    };
+    (RECORD_PREFIX + 32 + body) as u64
+}
+
+fn decimal_len(d: Decimal) -> usize {
+    2 + 16
+        - d.mantissa()
+            .to_le_bytes()
+            .iter()
+            .rev()
+            .take_while(|&&b| b == 0)
+            .count()
+}
+
 fn encode_decimal(d: Decimal, out: &mut Vec<u8>) {
     let m = d.mantissa().to_le_bytes();
     let len = 16 - m.iter().rev().take_while(|&&b| b == 0).count();
@@ -452,6 +488,9 @@ mod tests {
         }
         let mut at = 0;
         for r in &records {
+            let mut one = Vec::new();
+            encode_record(r, &mut one);
+            assert_eq!(encoded_len(r), one.len() as u64, "encoded_len of {r:?}");
             match parse_record(&buf[at..]) {
                 Parsed::Record(got, len) => {
                     assert_eq!(&got.to_record().unwrap(), r);

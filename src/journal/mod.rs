@@ -61,7 +61,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use format::{FrameView, MAX_BODY, RecordView, SegmentHeader};
+pub use format::{FrameView, MAX_BODY, RecordView, SegmentHeader, encoded_len};
 pub use reader::JournalReader;
 pub use segment::{SegmentFile, list_segments};
 pub use writer::{

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::JournalError;
 use super::format::{HEADER_LEN, Parsed, RecordView, SegmentHeader, parse_record, view_validated};
-use super::segment::{SegmentFile, list_segments, open_segment};
+use super::segment::{SegmentFile, list_segments, open_segment, segment_name};
 use crate::record::Record;
 
 const CHUNK: usize = 256 << 10;
@@ -203,13 +203,20 @@ impl JournalReader {
         }
     }
 
+    /// Whether the segment after the current one exists. Segments are contiguous, so at the end
+    /// of the current one its successor is named after `after + 1`: two `stat`s, not a listing
+    /// of the directory (this runs each time a follower catches up with the writer).
     fn has_later_segment(&self) -> Result<bool, JournalError> {
         let Some(cursor) = &self.cursor else {
             return Ok(false);
         };
-        Ok(list_segments(&self.dir)?
-            .iter()
-            .any(|s| s.first_seq > cursor.segment.first_seq))
+        let next = self.after + 1;
+        if next <= cursor.segment.first_seq {
+            return Ok(false);
+        }
+        Ok([false, true]
+            .into_iter()
+            .any(|compressed| self.dir.join(segment_name(next, compressed)).exists()))
     }
 
     /// Opens the segment holding `after + 1`; `false` when there is none yet.

@@ -6,8 +6,9 @@
 //! the directory before the plain file is removed: at every instant one complete copy exists.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::JournalError;
 
@@ -81,8 +82,13 @@ pub fn open_segment(segment: &SegmentFile) -> Result<Box<dyn io::Read + Send>, J
 }
 
 /// Compresses a closed plain segment in place (see the module doc for the order of steps).
-/// Returns the compressed segment.
-pub fn compress(segment: &SegmentFile, level: i32) -> Result<SegmentFile, JournalError> {
+/// Returns the compressed segment, or `None` when `stop` was raised first (the temporary file is
+/// removed and the plain segment stays, to be compressed by the next writer).
+pub fn compress(
+    segment: &SegmentFile,
+    level: i32,
+    stop: &AtomicBool,
+) -> Result<Option<SegmentFile>, JournalError> {
     let dir = segment.path.parent().unwrap_or(Path::new("."));
     let target = dir.join(segment_name(segment.first_seq, true));
     let tmp = dir.join(format!("{}.tmp", segment_name(segment.first_seq, true)));
@@ -91,11 +97,25 @@ pub fn compress(segment: &SegmentFile, level: i32) -> Result<SegmentFile, Journa
         move |e| JournalError::io(&p, e)
     };
     {
-        let input = File::open(&segment.path).map_err(io(&segment.path))?;
+        let mut input = File::open(&segment.path).map_err(io(&segment.path))?;
         let output = File::create(&tmp).map_err(io(&tmp))?;
         let mut encoder =
             zstd::stream::write::Encoder::new(BufWriter::new(output), level).map_err(io(&tmp))?;
-        io::copy(&mut BufReader::new(input), &mut encoder).map_err(io(&tmp))?;
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                drop(encoder);
+                fs::remove_file(&tmp).map_err(io(&tmp))?;
+                return Ok(None);
+            }
+            let n = match input.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(JournalError::io(&segment.path, e)),
+            };
+            encoder.write_all(&chunk[..n]).map_err(io(&tmp))?;
+        }
         let mut output = encoder.finish().map_err(io(&tmp))?;
         output.flush().map_err(io(&tmp))?;
         output.get_ref().sync_all().map_err(io(&tmp))?;
@@ -103,11 +123,11 @@ pub fn compress(segment: &SegmentFile, level: i32) -> Result<SegmentFile, Journa
     fs::rename(&tmp, &target).map_err(io(&target))?;
     sync_dir(dir)?;
     fs::remove_file(&segment.path).map_err(io(&segment.path))?;
-    Ok(SegmentFile {
+    Ok(Some(SegmentFile {
         first_seq: segment.first_seq,
         path: target,
         compressed: true,
-    })
+    }))
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.

@@ -88,8 +88,9 @@ fn segments_rotate_by_size_and_compress_and_still_read_back() {
         w.append(frame(i)).unwrap();
         w.maybe_rotate().unwrap();
     }
-    w.close().unwrap();
-    // The compressor works in the background: wait for it to finish the closed segments.
+    w.flush().unwrap();
+    // The compressor works in the background while the writer is open: wait for it to finish
+    // the closed segments (closing the writer stops it).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let segments = list_segments(dir.path()).unwrap();
@@ -108,6 +109,7 @@ fn segments_rotate_by_size_and_compress_and_still_read_back() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    w.close().unwrap();
     let records = read_all(dir.path(), 0);
     assert_eq!(records.len(), 300);
     assert!(records.windows(2).all(|w| w[1].seq == w[0].seq + 1));
@@ -194,7 +196,6 @@ fn a_damaged_compressed_segment_is_an_error_not_silence() {
         w.append(frame(i)).unwrap();
         w.maybe_rotate().unwrap();
     }
-    w.close().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let compressed = loop {
         if let Some(s) = list_segments(dir.path())
@@ -210,6 +211,7 @@ fn a_damaged_compressed_segment_is_an_error_not_silence() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    w.close().unwrap(); // after the compressor is done (closing stops it)
     let mut bytes = fs::read(&compressed.path).unwrap();
     bytes.truncate(bytes.len() - 6);
     fs::write(&compressed.path, &bytes).unwrap();

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -90,6 +90,8 @@ pub struct JournalStats {
     pub synced_seq: AtomicU64,
     /// Segments rotated since start.
     pub rotations: AtomicU64,
+    /// The last `seq` found when the journal was opened: `bytes` counts the records after it.
+    pub opened_seq: AtomicU64,
 }
 
 /// The single writer of a journal directory.
@@ -108,7 +110,7 @@ pub struct JournalWriter {
     stats: Arc<JournalStats>,
     /// Held (locked) for the writer's life: one writer per directory.
     _lock: File,
-    compressor: Option<std::sync::mpsc::Sender<SegmentFile>>,
+    compressor: Option<Compressor>,
 }
 
 impl JournalWriter {
@@ -129,8 +131,9 @@ impl JournalWriter {
             .flushed_seq
             .store(recovery.last_seq, Ordering::Relaxed);
         stats.synced_seq.store(recovery.last_seq, Ordering::Relaxed);
+        stats.opened_seq.store(recovery.last_seq, Ordering::Relaxed);
         let compressor =
-            (config.compression_level > 0).then(|| spawn_compressor(config.compression_level));
+            (config.compression_level > 0).then(|| Compressor::spawn(config.compression_level));
         let first_seq = recovery.last_seq + 1;
         if let Some(tx) = &compressor {
             // Closed segments only: never the name the new active segment is about to take.
@@ -139,7 +142,7 @@ impl JournalWriter {
                 .filter(|s| !s.compressed && s.first_seq < first_seq)
             {
                 if s.path.exists() {
-                    let _ = tx.send(s.clone());
+                    tx.send(s.clone());
                 }
             }
         }
@@ -252,8 +255,8 @@ impl JournalWriter {
         self.segment_len = HEADER_LEN as u64;
         self.segment_opened = Instant::now();
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
-        if let Some(tx) = &self.compressor {
-            let _ = tx.send(closed);
+        if let Some(c) = &self.compressor {
+            c.send(closed);
         }
         Ok(())
     }
@@ -446,22 +449,61 @@ fn recover_last(last: &SegmentFile, all: &[SegmentFile]) -> Result<Recovery, Jou
     Ok(recovery)
 }
 
-fn spawn_compressor(level: i32) -> std::sync::mpsc::Sender<SegmentFile> {
-    let (tx, rx) = std::sync::mpsc::channel::<SegmentFile>();
-    let spawned = std::thread::Builder::new()
-        .name("journal-compress".into())
-        .spawn(move || {
-            for segment in rx {
-                match compress(&segment, level) {
-                    Ok(done) => tracing::debug!(path = %done.path.display(), "journal: segment compressed"),
-                    Err(e) => tracing::error!(error = %e, "journal: compressing a closed segment failed; it stays uncompressed"),
+/// The thread that compresses closed segments. Stopping it (on drop: a writer closed or
+/// dropped) abandons the segment in progress, which the next writer compresses, and waits for the
+/// thread: no compression outlives its writer (it would race the next writer's recovery).
+#[derive(Debug)]
+struct Compressor {
+    tx: Option<std::sync::mpsc::Sender<SegmentFile>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compressor {
+    fn spawn(level: i32) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SegmentFile>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("journal-compress".into())
+            .spawn(move || {
+                for segment in rx {
+                    match compress(&segment, level, &stopping) {
+                        Ok(Some(done)) => tracing::debug!(path = %done.path.display(), "journal: segment compressed"),
+                        Ok(None) => return,
+                        Err(e) => tracing::error!(error = %e, "journal: compressing a closed segment failed; it stays uncompressed"),
+                    }
                 }
+            });
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "journal: cannot start the compression thread; closed segments stay uncompressed");
+                None
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "journal: cannot start the compression thread; closed segments stay uncompressed");
+        };
+        Compressor {
+            tx: Some(tx),
+            stop,
+            thread,
+        }
     }
-    tx
+
+    fn send(&self, segment: SegmentFile) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(segment);
+        }
+    }
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A journal running on its own thread.

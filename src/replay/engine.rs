@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::book::{Tracker, Verdict};
+use crate::book::{FrameVerdict, Tracker, Verdict};
 use crate::journal::RecordView;
 use crate::kraken::{self, Frame};
 use crate::record::{BookState, Record, RecordBody};
@@ -199,10 +199,10 @@ impl ReplayEngine {
             }
             return;
         };
-        let mut any_mismatch = false;
-        let mut all_ok = true;
+        let mut folded = FrameVerdict::default();
         for data in &msg.data {
             let verdict = tracker.apply(msg.kind, data);
+            folded.add(verdict);
             let s = self
                 .report
                 .symbols
@@ -211,23 +211,11 @@ impl ReplayEngine {
             s.book_messages += 1;
             match verdict {
                 Verdict::Ok => s.ok += 1,
-                Verdict::Mismatch { .. } => {
-                    s.mismatches += 1;
-                    any_mismatch = true;
-                }
-                Verdict::Unsynced => {
-                    s.unverifiable += 1;
-                    all_ok = false;
-                }
+                Verdict::Mismatch { .. } => s.mismatches += 1,
+                Verdict::Unsynced => s.unverifiable += 1,
             }
         }
-        let replayed = if any_mismatch {
-            Some(false)
-        } else if all_ok {
-            Some(true)
-        } else {
-            None
-        };
+        let replayed = folded.checksum_ok();
         if replayed != recorded {
             let symbol = msg.data.first().map(|d| d.symbol.to_string());
             self.report
@@ -242,8 +230,7 @@ impl ReplayEngine {
         let replayed = self
             .trackers
             .get(&conn_id)
-            .filter(|t| t.is_synced(&state.symbol))
-            .and_then(|t| t.book(&state.symbol));
+            .and_then(|t| t.synced_book(&state.symbol));
         let Some(book) = replayed else {
             self.report.disagree(
                 seq,

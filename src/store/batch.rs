@@ -1,27 +1,35 @@
-//! Batching records for the writer: flush by count, or when the oldest unflushed record has
-//! waited long enough.
+//! Batching records for the writer: flush by count or by size, or when the oldest waiting record
+//! was received long enough ago.
 //!
 //! The journal-tailing task pushes records into a [`Batcher`] and `select!`s on
 //! [`Batcher::due`]; it flushes when [`Batcher::push`] says the batch is full or when `due`
-//! fires. What must always hold: a record waits at most `max_delay` (plus the time of the write
-//! in progress) before its flush begins; a batch holds at most `max_records`; a flush that fails
-//! keeps the records, so the caller can stop or try again without losing them.
+//! fires. What must always hold: a batch holds at most `max_records` records and about
+//! `max_bytes` journal bytes; its flush begins at most `max_delay` after its oldest record was
+//! *received* (plus the time of the write in progress); a flush that fails keeps the records, so
+//! the caller can stop or try again without losing them.
+//!
+//! The delay counts from receipt, not from when the record joined the batch: records that queued
+//! up in the journal while the previous batch was committing are already late, and go out as
+//! soon as that commit is done rather than another `max_delay` later.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::StoreError;
 use super::writer::{BatchReport, Writer};
+use crate::journal::encoded_len;
 use crate::record::Record;
+use crate::time::Timestamp;
 
 /// When a batch is flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchConfig {
     /// Flush when this many records are waiting.
     pub max_records: usize,
-    /// Flush when the oldest waiting record has waited this long.
+    /// Flush when the waiting records take this many journal bytes: a burst of depth-1000
+    /// snapshots (60 KB and 2000 rows each) must not become one huge batch.
+    pub max_bytes: u64,
+    /// Flush when the oldest waiting record was received this long ago.
     pub max_delay: Duration,
 }
 
@@ -29,6 +37,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_records: 2000,
+            max_bytes: 1 << 20,
             max_delay: Duration::from_millis(100),
         }
     }
@@ -39,35 +48,34 @@ impl Default for BatchConfig {
 pub struct Batcher {
     config: BatchConfig,
     records: Vec<Record>,
-    first_at: Option<Instant>,
+    bytes: u64,
 }
 
 impl Batcher {
-    /// An empty batcher (a `max_records` of 0 is taken as 1).
+    /// An empty batcher (a `max_records` or `max_bytes` of 0 is taken as 1).
     pub fn new(config: BatchConfig) -> Batcher {
         let config = BatchConfig {
             max_records: config.max_records.max(1),
+            max_bytes: config.max_bytes.max(1),
             ..config
         };
         Batcher {
             config,
             records: Vec::with_capacity(config.max_records),
-            first_at: None,
+            bytes: 0,
         }
     }
 
     /// Adds a record; `true` when the batch is now full and should be flushed.
     pub fn push(&mut self, record: Record) -> bool {
-        if self.records.is_empty() {
-            self.first_at = Some(Instant::now());
-        }
+        self.bytes += encoded_len(&record);
         self.records.push(record);
         self.is_full()
     }
 
-    /// Whether `max_records` are waiting.
+    /// Whether `max_records` records or `max_bytes` bytes are waiting.
     pub fn is_full(&self) -> bool {
-        self.records.len() >= self.config.max_records
+        self.records.len() >= self.config.max_records || self.bytes >= self.config.max_bytes
     }
 
     /// Whether nothing is waiting.
@@ -80,28 +88,34 @@ impl Batcher {
         self.records.len()
     }
 
+    /// The journal bytes of the waiting records ([`encoded_len`] of each).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The records waiting, oldest first.
     pub fn records(&self) -> &[Record] {
         &self.records
     }
 
-    /// When the waiting records must be flushed (`None`: nothing waits).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.first_at.map(|t| t + self.config.max_delay)
+    /// When the waiting records must be flushed: `max_delay` after the oldest one's receipt
+    /// (`None`: nothing waits).
+    pub fn deadline(&self) -> Option<Timestamp> {
+        let delay = i64::try_from(self.config.max_delay.as_nanos()).unwrap_or(i64::MAX);
+        self.records.first().map(|r| r.received_at.add_nanos(delay))
     }
 
-    /// Whether the deadline has passed.
-    pub fn is_due(&self) -> bool {
-        self.deadline().is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Completes at the deadline; never, while nothing waits. It does not borrow the batcher, so
-    /// it can sit in a `select!` next to a branch that pushes.
-    pub fn due(&self) -> impl Future<Output = ()> + Send + 'static {
-        let deadline = self.deadline();
+    /// Completes at the deadline, `now` being the current time (at once if it has passed; never
+    /// while nothing waits). It does not borrow the batcher, so it can sit in a `select!` next to
+    /// a branch that pushes.
+    pub fn due(&self, now: Timestamp) -> impl Future<Output = ()> + Send + 'static {
+        let until = self.deadline().map(|d| {
+            tokio::time::Instant::now()
+                + Duration::from_nanos(u64::try_from(d.nanos_since(now)).unwrap_or(0))
+        });
         async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
                 None => std::future::pending().await,
             }
         }
@@ -110,7 +124,7 @@ impl Batcher {
     /// Forgets the waiting records (after the caller wrote them itself).
     pub fn clear(&mut self) {
         self.records.clear();
-        self.first_at = None;
+        self.bytes = 0;
     }
 
     /// Writes the waiting records as one batch and forgets them; on error they stay.
@@ -132,9 +146,13 @@ mod tests {
     use futures_util::FutureExt;
 
     fn record(seq: u64) -> Record {
+        record_at(seq, Timestamp::from_unix_nanos(0))
+    }
+
+    fn record_at(seq: u64, received_at: Timestamp) -> Record {
         Record {
             seq,
-            received_at: Timestamp::from_unix_nanos(0),
+            received_at,
             conn_id: 1,
             conn_seq: 0,
             body: RecordBody::Event(FeedEvent {
@@ -147,38 +165,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_is_due_max_delay_after_its_first_record() {
+    async fn a_batch_is_due_max_delay_after_its_first_record_was_received() {
         let mut b = Batcher::new(BatchConfig {
             max_records: 10,
             max_delay: Duration::from_millis(100),
+            ..BatchConfig::default()
         });
         assert_eq!(b.deadline(), None);
-        let start = Instant::now();
-        assert!(!b.push(record(1)));
-        tokio::time::advance(Duration::from_millis(60)).await;
-        assert!(!b.push(record(2)));
+        let received = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        assert!(!b.push(record_at(1, received)));
+        let now = received.add_nanos(60_000_000);
+        assert!(!b.push(record_at(2, now)));
         // The deadline is the first record's, not the latest's.
-        assert_eq!(b.deadline(), Some(start + Duration::from_millis(100)));
-        tokio::time::advance(Duration::from_millis(39)).await;
-        assert!(!b.is_due());
-        let due = b.due();
+        assert_eq!(b.deadline(), Some(received.add_nanos(100_000_000)));
+        // Already waited 60 ms: due 40 ms from now.
+        let due = b.due(now);
         tokio::pin!(due);
+        tokio::time::advance(Duration::from_millis(39)).await;
         assert!(due.as_mut().now_or_never().is_none());
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(b.is_due());
         assert!(due.as_mut().now_or_never().is_some());
+        // A record that queued up past its deadline is due at once.
+        assert!(
+            b.due(received.add_nanos(500_000_000))
+                .now_or_never()
+                .is_some()
+        );
         b.clear();
         assert_eq!(b.deadline(), None);
-        assert!(!b.is_due());
+        assert_eq!(b.bytes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_empty_batcher_is_never_due() {
         let b = Batcher::new(BatchConfig::default());
-        let due = b.due();
+        let due = b.due(Timestamp::now());
         tokio::pin!(due);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(due.as_mut().now_or_never().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_full_at_max_bytes() {
+        let one = encoded_len(&record(1));
+        let mut b = Batcher::new(BatchConfig {
+            max_records: 100,
+            max_bytes: 2 * one + 1,
+            ..BatchConfig::default()
+        });
+        assert!(!b.push(record(1)));
+        assert!(!b.push(record(2)));
+        assert_eq!(b.bytes(), 2 * one);
+        assert!(b.push(record(3)));
+        assert_eq!(b.bytes(), 3 * one);
     }
 
     #[test]
@@ -186,6 +225,7 @@ mod tests {
         let mut b = Batcher::new(BatchConfig {
             max_records: 3,
             max_delay: Duration::from_secs(1),
+            ..BatchConfig::default()
         });
         assert!(!b.push(record(1)));
         assert!(!b.push(record(2)));

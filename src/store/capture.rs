@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::book::Tracker;
+use crate::book::{FrameVerdict, Tracker};
 use crate::kraken::{self, Frame};
 use crate::record::{FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
@@ -109,17 +109,17 @@ pub fn read_capture(
         };
         match kraken::decode(frame_text) {
             Ok(Frame::Book(book)) => {
+                let mut folded = FrameVerdict::default();
                 for (i, data) in book.data.iter().enumerate() {
-                    let verdict = tracker.apply(book.kind, data);
-                    if i == 0 {
-                        record.checksum_ok = verdict.checksum_ok();
-                        if tracker.is_synced(&data.symbol) {
-                            let b = tracker.book(&data.symbol);
-                            record.best_bid = b.and_then(|b| b.best_bid());
-                            record.best_ask = b.and_then(|b| b.best_ask());
-                        }
+                    folded.add(tracker.apply(book.kind, data));
+                    if i == 0
+                        && let Some(b) = tracker.synced_book(&data.symbol)
+                    {
+                        record.best_bid = b.best_bid();
+                        record.best_ask = b.best_ask();
                     }
                 }
+                record.checksum_ok = folded.checksum_ok();
             }
             Ok(other) => tracker.observe(&other),
             Err(_) => {}

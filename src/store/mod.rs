@@ -34,7 +34,7 @@ pub use migrate::{
     COMPRESS_AFTER, Compression, DEFAULT_CHUNK_INTERVAL, MigrateOptions, MigrateReport,
     SCHEMA_VERSION, migrate,
 };
-pub use rows::{RowCounts, RowEncoder, RowError};
+pub use rows::{RowCounts, RowEncoder, RowError, Streams};
 pub use writer::{BatchReport, RetryPolicy, Writer, WriterConfig, WriterStats};
 
 /// Connects to `url` (a `postgres://` URL or `key=value` pairs) for a one-off task such as a

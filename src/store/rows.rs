@@ -1,6 +1,6 @@
 //! Records to rows: the binary COPY encoding of messages, entries and feed events.
 //!
-//! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the three tables, decoding
+//! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the four tables, decoding
 //! each frame once with [`kraken::decode`] and writing every value straight into a reused buffer
 //! (no row structs, no per-row allocation on the path book frames take).
 //!
@@ -26,24 +26,24 @@ use crate::kraken::{self, BookData, DecodeError, Frame, Level};
 use crate::record::{BookState, FeedEvent, FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
 
-/// `COPY` statement for [`RowEncoder::messages`] (column order of the encoded rows).
+/// `COPY` statement for [`Streams::messages`] (column order of the encoded rows).
 pub const COPY_MESSAGES: &str = "COPY kraken_orderbook_messages (timestamp, received_at, collector, \
     seq, conn_id, conn_seq, channel, message_type, symbol, checksum, checksum_ok, raw_message, \
     raw_text, raw_bytes, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty) \
     FROM STDIN (FORMAT binary)";
 const MESSAGE_FIELDS: i16 = 18;
 
-/// `COPY` statement for [`RowEncoder::entries`].
+/// `COPY` statement for [`Streams::entries`].
 pub const COPY_ENTRIES: &str = "COPY kraken_orderbook_entries (timestamp, received_at, symbol, side, \
     price, quantity, message_type, checksum, collector, seq, ordinal) FROM STDIN (FORMAT binary)";
 const ENTRY_FIELDS: i16 = 11;
 
-/// `COPY` statement for [`RowEncoder::events`].
+/// `COPY` statement for [`Streams::events`].
 pub const COPY_EVENTS: &str = "COPY kraken_feed_events (time, collector, seq, conn_id, event, \
     symbol, gap_start, detail) FROM STDIN (FORMAT binary)";
 const EVENT_FIELDS: i16 = 8;
 
-/// `COPY` statement for the book-state stream ([`RowEncoder::finish_states`]).
+/// `COPY` statement for [`Streams::states`].
 pub const COPY_STATES: &str = "COPY kraken_book_states (timestamp, received_at, collector, seq, \
     conn_id, symbol, depth, price_precision, qty_precision, checksum, bids, asks) \
     FROM STDIN (FORMAT binary)";
@@ -73,6 +73,30 @@ pub struct RowCounts {
     pub malformed: u64,
 }
 
+impl std::ops::AddAssign for RowCounts {
+    fn add_assign(&mut self, other: RowCounts) {
+        self.messages += other.messages;
+        self.entries += other.entries;
+        self.events += other.events;
+        self.states += other.states;
+        self.heartbeats += other.heartbeats;
+        self.malformed += other.malformed;
+    }
+}
+
+/// The finished COPY streams of one batch, one a table.
+#[derive(Debug)]
+pub struct Streams {
+    /// Rows of `kraken_orderbook_messages` ([`COPY_MESSAGES`]).
+    pub messages: Bytes,
+    /// Rows of `kraken_orderbook_entries` ([`COPY_ENTRIES`]).
+    pub entries: Bytes,
+    /// Rows of `kraken_feed_events` ([`COPY_EVENTS`]).
+    pub events: Bytes,
+    /// Rows of `kraken_book_states` ([`COPY_STATES`]).
+    pub states: Bytes,
+}
+
 /// A record that cannot be stored at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("record {seq} cannot be stored: {reason}")]
@@ -83,7 +107,8 @@ pub struct RowError {
     pub reason: &'static str,
 }
 
-/// Encodes records into the binary COPY streams of the messages, entries and events tables.
+/// Encodes records into the binary COPY streams of the messages, entries, events and book-state
+/// tables.
 pub struct RowEncoder {
     collector: String,
     messages: BytesMut,
@@ -100,7 +125,7 @@ impl std::fmt::Debug for RowEncoder {
             .field("counts", &self.counts)
             .field(
                 "buffered_bytes",
-                &(self.messages.len() + self.entries.len() + self.events.len()),
+                &(self.messages.len() + self.entries.len() + self.events.len() + self.states.len()),
             )
             .finish()
     }
@@ -127,7 +152,7 @@ impl RowEncoder {
         &self.collector
     }
 
-    /// Forgets everything encoded (keeping the buffers' memory) and starts three new COPY streams.
+    /// Forgets everything encoded (keeping the buffers' memory) and starts four new COPY streams.
     pub fn reset(&mut self) {
         for buf in [
             &mut self.messages,
@@ -156,22 +181,18 @@ impl RowEncoder {
         self.messages.split().freeze()
     }
 
-    /// Ends the three streams and takes them: (messages, entries, events). Call once per reset.
-    pub fn finish(&mut self) -> (Bytes, Bytes, Bytes) {
-        for buf in [&mut self.messages, &mut self.entries, &mut self.events] {
+    /// Ends the four streams and takes them. Call once per reset.
+    pub fn finish(&mut self) -> Streams {
+        let end = |buf: &mut BytesMut| {
             buf.put_i16(-1);
+            buf.split().freeze()
+        };
+        Streams {
+            messages: end(&mut self.messages),
+            entries: end(&mut self.entries),
+            events: end(&mut self.events),
+            states: end(&mut self.states),
         }
-        (
-            self.messages.split().freeze(),
-            self.entries.split().freeze(),
-            self.events.split().freeze(),
-        )
-    }
-
-    /// Ends the book-state stream and takes it (after [`finish`](Self::finish)).
-    pub fn finish_states(&mut self) -> Bytes {
-        self.states.put_i16(-1);
-        self.states.split().freeze()
     }
 
     /// Encodes one record's rows. On error nothing of the record has been written.

@@ -112,12 +112,8 @@ pub struct WriterStats {
     pub records: u64,
     /// Records skipped as already committed.
     pub skipped: u64,
-    /// Message rows written.
-    pub messages: u64,
-    /// Entry rows written.
-    pub entries: u64,
-    /// Event rows written.
-    pub events: u64,
+    /// Rows written, by table.
+    pub rows: RowCounts,
     /// Failed attempts that were retried.
     pub retries: u64,
     /// Connections opened.
@@ -264,9 +260,7 @@ impl Writer {
                     s.batches += 1;
                     s.records += report.written;
                     s.skipped += report.skipped;
-                    s.messages += report.rows.messages;
-                    s.entries += report.rows.entries;
-                    s.events += report.rows.events;
+                    s.rows += report.rows;
                     return Ok(report);
                 }
                 Err(e) => {
@@ -419,11 +413,10 @@ impl Writer {
                 }
             }
         }
-        let (messages, entries, events) = encoder.finish();
-        let states = encoder.finish_states();
+        let streams = encoder.finish();
         let counts = encoder.counts();
         let copied = match result {
-            Ok(()) => match sink.feed(messages).await {
+            Ok(()) => match sink.feed(streams.messages).await {
                 Ok(()) => sink.as_mut().finish().await,
                 Err(e) => Err(e),
             },
@@ -432,15 +425,21 @@ impl Writer {
         .map_err(copy_err)?;
         expect_rows("kraken_orderbook_messages", copied, counts.messages)?;
         if counts.entries > 0 {
-            let n = copy_all(&tx, &conn.copy_entries, entries, "kraken_orderbook_entries").await?;
+            let n = copy_all(
+                &tx,
+                &conn.copy_entries,
+                streams.entries,
+                "kraken_orderbook_entries",
+            )
+            .await?;
             expect_rows("kraken_orderbook_entries", n, counts.entries)?;
         }
         if counts.events > 0 {
-            let n = copy_all(&tx, &conn.copy_events, events, "kraken_feed_events").await?;
+            let n = copy_all(&tx, &conn.copy_events, streams.events, "kraken_feed_events").await?;
             expect_rows("kraken_feed_events", n, counts.events)?;
         }
         if counts.states > 0 {
-            let n = copy_all(&tx, &conn.copy_states, states, "kraken_book_states").await?;
+            let n = copy_all(&tx, &conn.copy_states, streams.states, "kraken_book_states").await?;
             expect_rows("kraken_book_states", n, counts.states)?;
         }
         let last_seq = i64::try_from(last.seq)

@@ -15,7 +15,7 @@ use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
 use krakenbook::journal::JournalReader;
 use krakenbook::record::RecordBody;
 
-use crate::db::{TestDb, connect, fresh_db, own_cluster};
+use crate::db::{TestDb, column, connect, fresh_db, own_cluster};
 use crate::support::krakenbook;
 
 pub(crate) fn pairs() -> Vec<PairSpec> {
@@ -578,16 +578,11 @@ async fn bad_frames_and_rejected_symbols_are_kept_and_the_feed_goes_on() {
     finish(sim, collector).await;
 
     let client = connect(&db.url).await;
-    let malformed: Vec<String> = client
-        .query(
-            "SELECT raw_text FROM kraken_orderbook_messages WHERE message_type = 'malformed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let malformed: Vec<String> = column(
+        &client,
+        "SELECT raw_text FROM kraken_orderbook_messages WHERE message_type = 'malformed'",
+    )
+    .await;
     assert_eq!(
         malformed.len(),
         1,
@@ -707,28 +702,18 @@ async fn a_collector_killed_with_sigkill_restarts_and_stores_every_journaled_fra
         }
     }
     let client = connect(&db.url).await;
-    let stored: Vec<i64> = client
-        .query(
-            "SELECT seq FROM kraken_orderbook_messages ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored: Vec<i64> = column(
+        &client,
+        "SELECT seq FROM kraken_orderbook_messages ORDER BY seq",
+    )
+    .await;
     assert_eq!(stored, expected, "every journaled frame stored once");
     // Two collector runs, one journal identity, connection ids still increasing.
-    let conns: Vec<i64> = client
-        .query(
-            "SELECT DISTINCT conn_id FROM kraken_orderbook_messages ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let conns: Vec<i64> = column(
+        &client,
+        "SELECT DISTINCT conn_id FROM kraken_orderbook_messages ORDER BY 1",
+    )
+    .await;
     assert!(
         conns.len() >= 2 && conns.windows(2).all(|w| w[0] < w[1]),
         "{conns:?}"

@@ -128,6 +128,20 @@ pub async fn connect(url: &str) -> Client {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The first column of every row `sql` returns.
+pub async fn column<T>(client: &Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// A fresh database with the schema, and a connection to it.
 pub async fn migrated_db() -> (TestDb, Client) {
     let db = fresh_db().await;

@@ -49,6 +49,11 @@ fn export(rec: &Recording, args: &[&str]) -> Output {
     out
 }
 
+/// Runs `krakenbook export ARGS -o PATH`.
+fn export_to(rec: &Recording, args: &[&str], path: &Path) -> Output {
+    export(rec, &[args, &["-o", path.to_str().unwrap()]].concat())
+}
+
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
     let mut r = CsvReader::new(file);
@@ -305,7 +310,7 @@ async fn export_incremental_round_trips_and_the_file_alone_rebuilds_every_verifi
     let symbols = ["BTC/USD", "ETH/USD", "MINA/GBP"];
     let (f, tt) = (from.to_string(), to.to_string());
     let csv = dir.path().join("l2.csv");
-    let out = export(
+    let out = export_to(
         rec,
         &[
             "--symbol",
@@ -316,9 +321,8 @@ async fn export_incremental_round_trips_and_the_file_alone_rebuilds_every_verifi
             &f,
             "--to",
             &tt,
-            "-o",
-            csv.to_str().unwrap(),
         ],
+        &csv,
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("implied deletions"), "{summary}");
@@ -355,61 +359,30 @@ async fn export_incremental_round_trips_and_the_file_alone_rebuilds_every_verifi
     assert!(compared > 500, "{compared} books compared");
 
     // zstd-compressed CSV: the same bytes.
+    let all = [
+        "--quiet",
+        "--symbol",
+        "BTC/USD,ETH/USD,MINA/GBP",
+        "--from",
+        &f,
+        "--to",
+        &tt,
+    ];
     let zst = dir.path().join("l2.csv.zst");
-    export(
-        rec,
-        &[
-            "--quiet",
-            "--symbol",
-            "BTC/USD,ETH/USD,MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-            "-o",
-            zst.to_str().unwrap(),
-        ],
-    );
+    export_to(rec, &all, &zst);
     let plain = std::fs::read(&csv).unwrap();
     let unpacked = zstd::decode_all(std::fs::File::open(&zst).unwrap()).unwrap();
     assert!(unpacked == plain, "the .csv.zst holds the same CSV");
 
     // Parquet: the same rows, decimals exact.
     let pq = dir.path().join("l2.parquet");
-    export(
-        rec,
-        &[
-            "--quiet",
-            "--symbol",
-            "BTC/USD,ETH/USD,MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-            "-o",
-            pq.to_str().unwrap(),
-        ],
-    );
+    export_to(rec, &all, &pq);
     let (names, prows) = parquet(&pq);
     assert_parquet_matches_csv(&header, &rows, &names, &prows);
 
     // --stored-only: exactly the stored rows.
     let only = dir.path().join("stored.csv");
-    export(
-        rec,
-        &[
-            "--quiet",
-            "--stored-only",
-            "--symbol",
-            "BTC/USD,ETH/USD,MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-            "-o",
-            only.to_str().unwrap(),
-        ],
-    );
+    export_to(rec, &[&all[..], &["--stored-only"]].concat(), &only);
     assert_eq!(read_csv(&only).1, stored);
 }
 
@@ -434,7 +407,7 @@ async fn export_incremental_from_the_middle_opens_with_the_verified_book_at_from
     let symbols = ["BTC/USD", "ETH/USD"];
     let csv = dir.path().join("mid.csv");
     let (f, tt) = (from.to_string(), to.to_string());
-    export(
+    export_to(
         rec,
         &[
             "--quiet",
@@ -444,9 +417,8 @@ async fn export_incremental_from_the_middle_opens_with_the_verified_book_at_from
             &f,
             "--to",
             &tt,
-            "-o",
-            csv.to_str().unwrap(),
         ],
+        &csv,
     );
     let (_, rows) = read_csv(&csv);
     // The file opens with both books at `from`, as snapshot rows stamped `from`, equal to the
@@ -499,25 +471,21 @@ async fn export_snapshots_hold_the_verified_book_at_each_instant_and_skip_gaps()
     let (f, tt) = (from.to_string(), to.to_string());
     let csv = dir.path().join("snap.csv");
     let depth = 10;
-    let out = export(
-        rec,
-        &[
-            "--kind",
-            "snapshots",
-            "--depth",
-            "10",
-            "--interval",
-            "100ms",
-            "--symbol",
-            "BTC/USD,ETH/USD,MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-            "-o",
-            csv.to_str().unwrap(),
-        ],
-    );
+    let args = [
+        "--kind",
+        "snapshots",
+        "--depth",
+        "10",
+        "--interval",
+        "100ms",
+        "--symbol",
+        "BTC/USD,ETH/USD,MINA/GBP",
+        "--from",
+        &f,
+        "--to",
+        &tt,
+    ];
+    let out = export_to(rec, &args, &csv);
     let summary = String::from_utf8_lossy(&out.stdout);
     let (header, rows) = read_csv(&csv);
     assert_eq!(header.len(), 4 + depth * 4);
@@ -636,26 +604,7 @@ async fn export_snapshots_hold_the_verified_book_at_each_instant_and_skip_gaps()
 
     // Parquet: the same rows.
     let pq = dir.path().join("snap.parquet");
-    export(
-        rec,
-        &[
-            "--quiet",
-            "--kind",
-            "snapshots",
-            "--depth",
-            "10",
-            "--interval",
-            "100ms",
-            "--symbol",
-            "BTC/USD,ETH/USD,MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-            "-o",
-            pq.to_str().unwrap(),
-        ],
-    );
+    export_to(rec, &[&args[..], &["--quiet"]].concat(), &pq);
     let (names, prows) = parquet(&pq);
     assert_parquet_matches_csv(&header, &rows, &names, &prows);
 }
@@ -679,7 +628,7 @@ async fn export_messages_are_the_stored_messages_in_order() {
         "--to",
         &tt,
     ];
-    export(rec, &[&args[..], &["-o", csv.to_str().unwrap()]].concat());
+    export_to(rec, &args, &csv);
     let (header, rows) = read_csv(&csv);
     assert_eq!(
         header,
@@ -733,7 +682,7 @@ async fn export_messages_are_the_stored_messages_in_order() {
     );
 
     let pq = dir.path().join("messages.parquet");
-    export(rec, &[&args[..], &["-o", pq.to_str().unwrap()]].concat());
+    export_to(rec, &args, &pq);
     let (names, prows) = parquet(&pq);
     assert_parquet_matches_csv(&header, &rows, &names, &prows);
 }

@@ -101,6 +101,11 @@ fn events(records: &[Record]) -> Vec<(EventKind, Option<String>)> {
         .collect()
 }
 
+/// An empty X/Y book: depth 10, prices to 1 decimal, quantities to 2.
+fn xy_book() -> OrderBook {
+    OrderBook::with_precision(10, Some(Precision { price: 1, qty: 2 }))
+}
+
 /// A book frame with the checksum our engine computes for the book after applying it (or a
 /// wrong one), and the book it leaves.
 fn book_frame(
@@ -179,9 +184,7 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
 
     let mut peer = peers.recv().await.unwrap();
     handshake(&mut peer, &["X/Y"]).await;
-    let mut book = OrderBook::new(10);
-    book.set_precision(Some(Precision { price: 1, qty: 2 }))
-        .unwrap();
+    let mut book = xy_book();
     peer.send(&ack("X/Y")).await;
     peer.send(&book_frame(
         &mut book,
@@ -224,10 +227,7 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
     assert_eq!(sub.params.unwrap().symbol.unwrap(), vec!["X/Y".to_owned()]);
     peer.send(r#"{"method":"unsubscribe","result":{"channel":"book","depth":10,"symbol":"X/Y"},"success":true}"#).await;
     peer.send(&ack("X/Y")).await;
-    let mut fresh = OrderBook::new(10);
-    fresh
-        .set_precision(Some(Precision { price: 1, qty: 2 }))
-        .unwrap();
+    let mut fresh = xy_book();
     peer.send(&book_frame(
         &mut fresh,
         "snapshot",
@@ -339,8 +339,7 @@ async fn a_mismatch_resubscribes_once_and_the_gap_is_recorded() {
             text.contains(&format!(r#""checksum":{}"#, state.checksum)),
             "{text}"
         );
-        let mut rebuilt = OrderBook::new(10);
-        rebuilt.set_precision(Some(state.precision)).unwrap();
+        let mut rebuilt = OrderBook::with_precision(10, Some(state.precision));
         rebuilt
             .apply_snapshot(
                 state.bids.iter().map(|l| (l.price, l.qty)),
@@ -378,7 +377,7 @@ async fn a_silent_connection_is_dropped_and_reopened_and_books_are_rebuilt() {
 
     let mut first = peers.recv().await.unwrap();
     handshake(&mut first, &["X/Y"]).await;
-    let mut book = OrderBook::new(10);
+    let mut book = xy_book();
     peer_snapshot(&mut first, &mut book).await;
     // Now silence, heartbeats included: the client must give up on this connection.
     let started = std::time::Instant::now();
@@ -391,7 +390,7 @@ async fn a_silent_connection_is_dropped_and_reopened_and_books_are_rebuilt() {
         "not before the silence timeout"
     );
     handshake(&mut second, &["X/Y"]).await;
-    let mut book = OrderBook::new(10);
+    let mut book = xy_book();
     peer_snapshot(&mut second, &mut book).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     cancel.cancel();
@@ -443,8 +442,6 @@ async fn a_silent_connection_is_dropped_and_reopened_and_books_are_rebuilt() {
 }
 
 async fn peer_snapshot(peer: &mut Peer, book: &mut OrderBook) {
-    book.set_precision(Some(Precision { price: 1, qty: 2 }))
-        .unwrap();
     peer.send(&ack("X/Y")).await;
     peer.send(&book_frame(
         book,
@@ -474,9 +471,7 @@ async fn bad_frames_and_rejected_symbols_are_journaled_and_the_feed_goes_on() {
     peer.send(r#"{"error":"Currency pair not supported NOPE/USD","method":"subscribe","success":false,"symbol":"NOPE/USD","time_in":"2026-08-17T16:01:57.000001Z","time_out":"2026-08-17T16:01:57.000002Z"}"#).await;
     peer.send("this is not json").await;
     peer.send(r#"{"channel":"mystery","data":[1,2,3]}"#).await;
-    let mut book = OrderBook::new(10);
-    book.set_precision(Some(Precision { price: 1, qty: 2 }))
-        .unwrap();
+    let mut book = xy_book();
     peer.send(&book_frame(
         &mut book,
         "snapshot",

@@ -167,9 +167,7 @@ impl Checker {
                 krakenbook::kraken::BookKind::Snapshot => s.snapshots += 1,
                 krakenbook::kraken::BookKind::Update => {
                     s.updates += 1;
-                    if let Some(book) = self.tracker.book(&data.symbol)
-                        && self.tracker.is_synced(&data.symbol)
-                    {
+                    if let Some(book) = self.tracker.synced_book(&data.symbol) {
                         let full = book.len();
                         let depth = book.depth();
                         let worst_bid = book.bids().next_back().map(|l| l.price);

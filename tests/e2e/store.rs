@@ -17,7 +17,9 @@ use krakenbook::store::{
 };
 use krakenbook::time::Timestamp;
 
-use crate::db::{connect, fixture_records, fresh_db, migrated_db, own_cluster, shared_cluster};
+use crate::db::{
+    column, connect, fixture_records, fresh_db, migrated_db, own_cluster, shared_cluster,
+};
 use crate::support::{fixtures, run};
 
 // ---------------------------------------------------------------------------------------------
@@ -192,8 +194,8 @@ async fn the_real_captures_store_every_book_frame_once_and_every_level_once_exac
     let writer = write_all(&db.url, "fixtures", &records, 700).await;
     let stats = writer.stats();
     assert_eq!(stats.records, e.frames);
-    assert_eq!(stats.messages, e.frames - e.heartbeats);
-    assert_eq!(stats.entries, e.levels.len() as u64);
+    assert_eq!(stats.rows.messages, e.frames - e.heartbeats);
+    assert_eq!(stats.rows.entries, e.levels.len() as u64);
 
     // Every stored frame once, under its seq, with its JSON as received.
     let rows = client
@@ -618,13 +620,7 @@ async fn schema_snapshot(client: &Client) -> Vec<String> {
         "SELECT hypertable_name || ' ' || time_interval::text FROM timescaledb_information.dimensions",
         "SELECT version || ' ' || name FROM krakenbook_migrations",
     ] {
-        let mut rows: Vec<String> = client
-            .query(sql, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let mut rows: Vec<String> = column(client, sql).await;
         rows.sort();
         out.extend(rows);
     }
@@ -714,16 +710,11 @@ async fn a_chunk_interval_is_validated_and_applied() {
     .await
     .unwrap();
     assert_eq!(r.chunk_interval_set.as_deref(), Some("06:00:00"));
-    let intervals: Vec<String> = client
-        .query(
-            "SELECT time_interval::text FROM timescaledb_information.dimensions",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let intervals: Vec<String> = column(
+        &client,
+        "SELECT time_interval::text FROM timescaledb_information.dimensions",
+    )
+    .await;
     assert_eq!(intervals, ["06:00:00", "06:00:00", "06:00:00"]);
 }
 
