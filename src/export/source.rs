@@ -8,11 +8,8 @@
 //!   recorded, before a file is written;
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   feed events): none scans a day of rows;
-//! - [`Gaps::is_gap`] says an instant is in a gap whenever the book the collector held then was not
-//!   known to be Kraken's: inside a closed gap (`resynced` event: from its `gap_start` to its
-//!   time), or after a checksum mismatch of the symbol or the loss of a connection that carried
-//!   it, with no message of the symbol since, or after the collector's record ends (its last
-//!   stored message or commit: a collector killed leaves no `disconnected` event).
+//! - which instants are gaps is [`crate::readback::Gaps`]'s to say (the same rule as `book --at`
+//!   and the plot).
 
 use tokio_postgres::Client;
 

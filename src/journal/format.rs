@@ -123,7 +123,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The bytes [`encode_record`] writes for `record` (prefix included), without writing them.
+/// The bytes the journal writes for `record` (prefix included), computed without writing them.
 pub fn encoded_len(record: &Record) -> u64 {
     let body = match &record.body {
         RecordBody::Frame(f) => {

@@ -313,6 +313,33 @@ fn retention_waits_for_the_database_checkpoint() {
     w.close().unwrap();
 }
 
+#[test]
+fn retention_removes_segments_that_were_never_compressed() {
+    // No compressor (or one that failed, e.g. on a full disk): the plain segments must still
+    // expire, or the journal grows without bound.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 1;
+    c.retention = Some(Duration::ZERO);
+    let (mut w, _) = JournalWriter::open(c).unwrap();
+    for i in 0..6 {
+        w.append(frame(i)).unwrap();
+        w.maybe_rotate().unwrap();
+    }
+    assert!(
+        list_segments(dir.path())
+            .unwrap()
+            .iter()
+            .all(|s| !s.compressed)
+    );
+    assert_eq!(w.expire(4).unwrap(), 4);
+    assert_eq!(read_all(dir.path(), 4).len(), 2);
+    // The active segment (empty, after seq 6) is never removed, whatever the checkpoint.
+    assert_eq!(w.expire(u64::MAX).unwrap(), 2);
+    assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+    w.close().unwrap();
+}
+
 #[tokio::test]
 async fn the_journal_thread_drains_everything_on_cancel() {
     let dir = tempfile::tempdir().unwrap();

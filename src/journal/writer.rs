@@ -5,11 +5,12 @@
 //! thread fed by a bounded channel, so that file I/O never blocks the async feed and a slow disk
 //! pushes back on the socket readers instead of growing memory.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -263,6 +264,8 @@ impl JournalWriter {
 
     /// Removes closed segments created before `now - retention` whose records are all at or
     /// below `keep_after` (the database's checkpoint; `u64::MAX` when there is no database).
+    /// Compressed or not: a segment whose compression failed (a full disk) must still go, or
+    /// the disk never frees; only one waiting for the compressor is left to it.
     pub fn expire(&mut self, keep_after: u64) -> Result<usize, JournalError> {
         let Some(retention) = self.config.retention else {
             return Ok(0);
@@ -271,17 +274,26 @@ impl JournalWriter {
             Timestamp::now().add_nanos(-(retention.as_nanos().min(i64::MAX as u128) as i64));
         let segments = list_segments(&self.config.dir)?;
         let mut removed = 0;
+        // Oldest first, and both conditions only grow stricter along the list: stop at the first
+        // segment that must stay (no header of a newer segment is read).
         for pair in segments.windows(2) {
             let (seg, next) = (&pair[0], &pair[1]);
             let last_seq = next.first_seq.saturating_sub(1);
-            if seg.first_seq == self.segment.first_seq || !seg.compressed || last_seq > keep_after {
+            if seg.first_seq == self.segment.first_seq || last_seq > keep_after {
+                break;
+            }
+            let compressing = self
+                .compressor
+                .as_ref()
+                .is_some_and(|c| !seg.compressed && c.is_pending(seg.first_seq));
+            if compressing {
                 continue;
             }
-            let created = read_header(seg)?.created;
-            if created < cutoff {
-                fs::remove_file(&seg.path).map_err(|e| JournalError::io(&seg.path, e))?;
-                removed += 1;
+            if read_header(seg)?.created >= cutoff {
+                break;
             }
+            fs::remove_file(&seg.path).map_err(|e| JournalError::io(&seg.path, e))?;
+            removed += 1;
         }
         if removed > 0 {
             sync_dir(&self.config.dir)?;
@@ -455,6 +467,8 @@ fn recover_last(last: &SegmentFile, all: &[SegmentFile]) -> Result<Recovery, Jou
 #[derive(Debug)]
 struct Compressor {
     tx: Option<std::sync::mpsc::Sender<SegmentFile>>,
+    /// The `first_seq`s of the segments sent and not yet done with (compressed or failed).
+    pending: Arc<Mutex<BTreeSet<u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -463,7 +477,9 @@ impl Compressor {
     fn spawn(level: i32) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<SegmentFile>();
         let stop = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(Mutex::new(BTreeSet::new()));
         let stopping = Arc::clone(&stop);
+        let done_with = Arc::clone(&pending);
         let spawned = std::thread::Builder::new()
             .name("journal-compress".into())
             .spawn(move || {
@@ -473,6 +489,7 @@ impl Compressor {
                         Ok(None) => return,
                         Err(e) => tracing::error!(error = %e, "journal: compressing a closed segment failed; it stays uncompressed"),
                     }
+                    lock(&done_with).remove(&segment.first_seq);
                 }
             });
         let thread = match spawned {
@@ -483,7 +500,8 @@ impl Compressor {
             }
         };
         Compressor {
-            tx: Some(tx),
+            tx: thread.is_some().then_some(tx),
+            pending,
             stop,
             thread,
         }
@@ -491,9 +509,22 @@ impl Compressor {
 
     fn send(&self, segment: SegmentFile) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(segment);
+            let first_seq = segment.first_seq;
+            lock(&self.pending).insert(first_seq);
+            if tx.send(segment).is_err() {
+                lock(&self.pending).remove(&first_seq);
+            }
         }
     }
+
+    /// Whether the segment starting at `first_seq` waits for (or is in) compression.
+    fn is_pending(&self, first_seq: u64) -> bool {
+        lock(&self.pending).contains(&first_seq)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Compressor {

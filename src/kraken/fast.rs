@@ -1,12 +1,13 @@
 //! A fast path for the frames that dominate the feed: `book` snapshots and updates in Kraken's
 //! own layout.
 //!
-//! [`decode_book`] reads a book frame in one pass, parsing numbers straight into decimals, and
-//! gives up (`None`) on anything it does not expect: an escape in a string, an unknown key, a
-//! `null`, a number that is not a plain price. [`super::decode`] then takes the general serde path,
-//! which accepts or rejects the frame with a proper error. So the fast path never decides that a
-//! frame is invalid; it only speeds up frames that are plainly valid, and a property test checks
-//! that whenever it answers, it answers exactly what the general path does.
+//! [`decode_book`] reads a book frame in one pass, scanning each number's text once and parsing
+//! it into a decimal (no `f64`, no allocation), and gives up (`None`) on anything it does not
+//! expect: an escape in a string, an unknown key, a `null`, a number that is not a plain price.
+//! [`super::decode`] then takes the general serde path, which accepts or rejects the frame with a
+//! proper error. So the fast path never decides that a frame is invalid; it only speeds up frames
+//! that are plainly valid, and a property test checks that whenever it answers, it answers
+//! exactly what the general path does.
 
 use std::borrow::Cow;
 
