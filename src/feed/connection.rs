@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, FeedError, FeedShared};
@@ -256,9 +256,9 @@ impl Connection {
                     };
                     last_frame = Instant::now();
                     let received_at = Timestamp::now();
-                    let bytes = match message {
-                        Message::Text(text) => text.as_bytes().to_vec(),
-                        Message::Binary(data) => data.to_vec(),
+                    let payload = match message {
+                        Message::Text(text) => Payload::Text(text),
+                        Message::Binary(data) => Payload::Binary(data),
                         Message::Close(frame) => {
                             let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
                             return self.end_lost(&s, format!("the server closed the connection ({why})"), connected);
@@ -266,7 +266,7 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
                     s.last_frame = received_at;
-                    match self.on_frame(&mut s, socket, received_at, bytes).await {
+                    match self.on_frame(&mut s, socket, received_at, payload).await {
                         Ok(()) => {}
                         Err(FrameError::Fatal(e)) => return SessionEnd::Fatal(e),
                         Err(FrameError::Lost(reason)) => return self.end_lost(&s, reason, connected),
@@ -353,14 +353,14 @@ impl Connection {
         s: &mut Session,
         socket: &mut Socket,
         received_at: Timestamp,
-        bytes: Vec<u8>,
+        payload: Payload,
     ) -> Result<(), FrameError> {
         s.conn_seq += 1;
         let metrics = Arc::clone(&self.shared.metrics);
         metrics.frames.fetch_add(1, Ordering::Relaxed);
         metrics
             .bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload.bytes().len() as u64, Ordering::Relaxed);
         let mut record = FrameRecord {
             bytes: Vec::new(),
             checksum_ok: None,
@@ -370,8 +370,8 @@ impl Connection {
         let mut events: Vec<FeedEvent> = Vec::new();
         let mut states: Vec<BookState> = Vec::new();
         let mut subscribe_books = false;
-        let decoded = std::str::from_utf8(&bytes)
-            .map_err(|e| e.to_string())
+        let decoded = payload
+            .text()
             .and_then(|t| kraken::decode(t).map_err(|e| e.to_string()));
         // Acks set depths, instrument frames precisions; book frames go through `apply` below.
         if let Ok(frame) = &decoded
@@ -523,7 +523,7 @@ impl Connection {
             }
             Ok(Frame::Heartbeat | Frame::Pong(_) | Frame::Unknown(_)) => {}
         }
-        record.bytes = bytes;
+        record.bytes = payload.bytes().to_vec();
         self.journal(Entry {
             received_at,
             conn_id: s.conn_id,
@@ -552,6 +552,31 @@ impl Connection {
                 .map_err(FrameError::Lost)?;
         }
         Ok(())
+    }
+}
+
+/// A data frame as the socket delivered it.
+enum Payload {
+    /// A text frame: tungstenite has already checked that it is UTF-8.
+    Text(Utf8Bytes),
+    /// A binary frame (Kraken sends none; kept as received all the same).
+    Binary(Bytes),
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(t) => t.as_bytes(),
+            Payload::Binary(b) => b,
+        }
+    }
+
+    /// The frame's text, or why it has none.
+    fn text(&self) -> Result<&str, String> {
+        match self {
+            Payload::Text(t) => Ok(t.as_str()),
+            Payload::Binary(b) => std::str::from_utf8(b).map_err(|e| e.to_string()),
+        }
     }
 }
 
