@@ -26,5 +26,6 @@ pub mod readback;
 pub mod record;
 pub mod replay;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod verify;

@@ -159,7 +159,31 @@ pub struct Metrics {
     symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
     journal: OnceLock<Arc<JournalStats>>,
     store: OnceLock<Arc<StoreProgress>>,
-    health: Mutex<Option<String>>,
+    health: Mutex<[Option<String>; HealthSource::COUNT]>,
+}
+
+/// The parts of the collector that can make it unhealthy, each with its own reason slot, so that
+/// one part recovering never hides another's problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthSource {
+    /// The connections to the exchange.
+    Feed,
+    /// The journal.
+    Journal,
+    /// The database pipeline.
+    Database,
+}
+
+impl HealthSource {
+    const COUNT: usize = 3;
+
+    fn index(self) -> usize {
+        match self {
+            HealthSource::Feed => 0,
+            HealthSource::Journal => 1,
+            HealthSource::Database => 2,
+        }
+    }
 }
 
 impl Metrics {
@@ -187,20 +211,23 @@ impl Metrics {
         let _ = self.store.set(progress);
     }
 
-    /// Marks the collector unhealthy with a reason (`None`: healthy again).
-    pub fn set_unhealthy(&self, reason: Option<String>) {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    /// Records (`Some`) or clears (`None`) the problem of one part of the collector.
+    pub fn set_problem(&self, source: HealthSource, reason: Option<String>) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())[source.index()] = reason;
     }
 
-    /// `Ok` when healthy, else why not: a fatal error was recorded, or no connection is open.
+    /// `Ok` when healthy, else why not: a part recorded a problem, or no connection is open.
     pub fn health(&self) -> Result<(), String> {
-        if let Some(reason) = self
+        let problems: Vec<String> = self
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Err(reason);
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
         }
         if self.connections_open.load(Ordering::Relaxed) <= 0 {
             return Err("no connection to the exchange is open".into());
@@ -619,7 +646,7 @@ mod tests {
         assert!(m.health().is_err());
         m.connections_open.store(1, Ordering::Relaxed);
         assert!(m.health().is_ok());
-        m.set_unhealthy(Some("journal failed".into()));
+        m.set_problem(HealthSource::Journal, Some("journal failed".into()));
         assert_eq!(m.health(), Err("journal failed".into()));
     }
 

@@ -111,6 +111,26 @@ pub enum EventKind {
     Resynced,
     /// A frame could not be decoded (`detail`: the error); the frame itself is recorded too.
     MalformedFrame,
+    /// Records are missing from the journal: damaged bytes, or a missing or truncated segment.
+    /// Written by the readers that find it (the database pipeline, `import`): the row's `seq` is
+    /// the first missing seq, `gap_start` the receive time of the last intact record before the
+    /// damage, the row's time that of the first intact record after it; `detail` names the seq
+    /// range, the cause, the segment and the byte offset.
+    JournalDamage,
+    /// The journal writer cut a torn tail at open (`detail`: the segment, offset, bytes cut and
+    /// the seqs skipped so that no seq is ever used twice).
+    JournalRecovered,
+    /// A frame larger than the frame-size cap arrived; it was not kept (`detail`: its size). The
+    /// connection is reopened.
+    FrameTooLarge,
+    /// Frames arrived for a symbol that was not asked for (`symbol`); counted, never tracked.
+    UnaskedSymbol,
+    /// The database refused a record's structured form; it is stored in raw form (`detail`: the
+    /// database's error).
+    StoredRaw,
+    /// The database refused even a record's raw form; this row stands for it (`detail`: the
+    /// database's error). The record itself is still in the journal.
+    NotStored,
 }
 
 impl EventKind {
@@ -124,6 +144,12 @@ impl EventKind {
             EventKind::ChecksumMismatch => "checksum_mismatch",
             EventKind::Resynced => "resynced",
             EventKind::MalformedFrame => "malformed_frame",
+            EventKind::JournalDamage => "journal_damage",
+            EventKind::JournalRecovered => "journal_recovered",
+            EventKind::FrameTooLarge => "frame_too_large",
+            EventKind::UnaskedSymbol => "unasked_symbol",
+            EventKind::StoredRaw => "stored_raw",
+            EventKind::NotStored => "not_stored",
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{JournalError, JournalReader, encoded_len};
-use crate::metrics::{Metrics, StoreProgress};
+use crate::metrics::{HealthSource, Metrics, StoreProgress};
 use crate::record::Record;
 use crate::store::{
     BatchConfig, Batcher, MigrateOptions, StoreError, Writer, WriterConfig, migrate,
@@ -112,8 +112,10 @@ impl DbPipeline {
                     attempt = attempt.saturating_add(1);
                     let pause = Duration::from_secs(u64::from(attempt.min(6)) * 5);
                     self.progress.up.store(0, Ordering::Relaxed);
-                    self.metrics
-                        .set_unhealthy(Some(format!("database pipeline: {e}")));
+                    self.metrics.set_problem(
+                        HealthSource::Database,
+                        Some(format!("database pipeline: {e}")),
+                    );
                     tracing::error!(error = %e, retry_in = ?pause, "database pipeline failed; the journal keeps every frame, starting over from the checkpoint");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -141,7 +143,7 @@ impl DbPipeline {
         if let Some(tx) = &self.checkpoints {
             tx.send_replace(checkpoint);
         }
-        self.metrics.set_unhealthy(None);
+        self.metrics.set_problem(HealthSource::Database, None);
         tracing::info!(collector = %self.config.collector, checkpoint, "database: following the journal");
 
         let (tx, mut rx) = mpsc::channel::<Result<Vec<Record>, JournalError>>(4);

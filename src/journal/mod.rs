@@ -62,11 +62,87 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use format::{FrameView, MAX_BODY, RecordView, SegmentHeader, encoded_len};
-pub use reader::JournalReader;
+pub use reader::{Item, JournalReader, ReadItem};
 pub use segment::{SegmentFile, list_segments};
 pub use writer::{
-    Entry, JournalConfig, JournalHandle, JournalStats, JournalWriter, Recovery, spawn_journal,
+    Entry, JournalConfig, JournalHandle, JournalStats, JournalWriter, Recovery, Syncer,
+    spawn_journal,
 };
+
+/// Records a reader found missing, and why: readers report it and go on with the next intact
+/// record, so one damaged record never takes intact ones with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Why the records are missing.
+    pub kind: DamageKind,
+    /// The segment concerned (for a missing segment: the one after the hole).
+    pub segment: PathBuf,
+    /// Byte offset of the damage in the (uncompressed) segment.
+    pub offset: u64,
+    /// Bytes skipped (0 for a missing segment).
+    pub bytes: u64,
+    /// The first missing `seq`.
+    pub first_seq: u64,
+    /// The last missing `seq` (inclusive).
+    pub last_seq: u64,
+    /// Receive time of the last intact record before the damage, if any was read.
+    pub before: Option<crate::time::Timestamp>,
+    /// Receive time of the first intact record after the damage, if known.
+    pub after: Option<crate::time::Timestamp>,
+}
+
+/// Kinds of [`Damage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DamageKind {
+    /// Bytes inside a segment that are not valid records (a flipped bit, a zeroed page).
+    Corrupt,
+    /// A segment is missing: the next one starts later than the records before it end.
+    MissingSegment,
+    /// A closed segment ends early (cut, or its compressed stream is damaged).
+    TruncatedSegment,
+    /// A torn tail cut at recovery: the seqs the writer skipped so that none is used twice. The
+    /// records were never completely written (nothing synced was lost).
+    TornTail,
+    /// Segments removed by retention, as configured (recorded in the journal directory).
+    Expired,
+}
+
+impl DamageKind {
+    /// Whether records that had been written were lost (corruption, a missing or truncated
+    /// segment), as opposed to seqs that never held a complete record or were expired on purpose.
+    pub fn is_loss(self) -> bool {
+        matches!(
+            self,
+            DamageKind::Corrupt | DamageKind::MissingSegment | DamageKind::TruncatedSegment
+        )
+    }
+
+    /// A short name for messages and the database (`corrupt`, `missing_segment`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DamageKind::Corrupt => "corrupt",
+            DamageKind::MissingSegment => "missing_segment",
+            DamageKind::TruncatedSegment => "truncated_segment",
+            DamageKind::TornTail => "torn_tail",
+            DamageKind::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seqs {}..={} missing ({}) in {} at byte {} ({} bytes)",
+            self.first_seq,
+            self.last_seq,
+            self.kind.as_str(),
+            self.segment.display(),
+            self.offset,
+            self.bytes
+        )
+    }
+}
 
 /// The `seq` of the last intact record in the journal at `dir` (0 when it holds none), found by
 /// reading its last segment.

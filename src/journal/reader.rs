@@ -15,6 +15,24 @@ use super::format::{HEADER_LEN, Parsed, RecordView, SegmentHeader, parse_record,
 use super::segment::{SegmentFile, list_segments, open_segment, segment_name};
 use crate::record::Record;
 
+/// What a reader returns next: a record, read in place, or the records found missing.
+#[derive(Debug)]
+pub enum ReadItem<'a> {
+    /// An intact record (valid until the next read).
+    Record(RecordView<'a>),
+    /// Records missing before the next intact one.
+    Damage(super::Damage),
+}
+
+/// [`ReadItem`], owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// An intact record.
+    Record(Record),
+    /// Records missing before the next intact one.
+    Damage(super::Damage),
+}
+
 const CHUNK: usize = 256 << 10;
 
 /// Reads records with `seq` greater than a starting point, in order, across segments.
@@ -103,6 +121,17 @@ impl JournalReader {
     /// The `seq` of the last record returned (or the starting point).
     pub fn position(&self) -> u64 {
         self.after
+    }
+
+    /// The next record or damage, read in place, or `None` when everything written so far has
+    /// been read.
+    pub fn next_item(&mut self) -> Result<Option<ReadItem<'_>>, JournalError> {
+        Ok(self.next_view()?.map(ReadItem::Record))
+    }
+
+    /// The next record or damage, owned.
+    pub fn next_owned(&mut self) -> Result<Option<Item>, JournalError> {
+        Ok(self.next_record()?.map(Item::Record))
     }
 
     /// The next record, or `None` when every record written so far has been read.

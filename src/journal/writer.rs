@@ -544,6 +544,9 @@ pub struct JournalHandle {
     pub sender: mpsc::Sender<Entry>,
     /// The last `seq` handed to the operating system, for readers following the journal.
     pub flushed: watch::Receiver<u64>,
+    /// The last `seq` synced to disk: what a power cut cannot take back.
+    pub synced: watch::Receiver<u64>,
+    sync_now: Arc<tokio::sync::Notify>,
     /// What opening the journal found.
     pub recovery: Recovery,
     /// Live counters.
@@ -552,6 +555,14 @@ pub struct JournalHandle {
 }
 
 impl JournalHandle {
+    /// A handle that asks the journal to sync now and waits for it (see [`Syncer`]).
+    pub fn syncer(&self) -> Syncer {
+        Syncer {
+            synced: self.synced.clone(),
+            sync_now: Arc::clone(&self.sync_now),
+        }
+    }
+
     /// Waits for the journal thread to drain, sync and close.
     pub async fn join(self) -> Result<(), JournalError> {
         let thread = self.thread;
@@ -559,6 +570,43 @@ impl JournalHandle {
             .await
             .map_err(|e| JournalError::Thread(e.to_string()))?
             .map_err(|_| JournalError::Thread("the journal thread panicked".into()))?
+    }
+}
+
+/// Asks a running journal to sync, and waits until a `seq` is on disk: the database pipeline
+/// commits only records a power cut cannot take back.
+#[derive(Clone, Debug)]
+pub struct Syncer {
+    synced: watch::Receiver<u64>,
+    sync_now: Arc<tokio::sync::Notify>,
+}
+
+impl Syncer {
+    /// The last `seq` synced to disk.
+    pub fn synced(&self) -> u64 {
+        *self.synced.borrow()
+    }
+
+    /// Returns once every record up to `seq` is synced to disk, asking the journal to sync now
+    /// if it is not yet. Fails when the journal closed without syncing `seq` (it was never
+    /// written).
+    pub async fn sync_through(&mut self, seq: u64) -> Result<(), JournalError> {
+        loop {
+            if *self.synced.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.sync_now.notify_one();
+            if self.synced.changed().await.is_err() {
+                let last = *self.synced.borrow();
+                return if last >= seq {
+                    Ok(())
+                } else {
+                    Err(JournalError::Thread(format!(
+                        "the journal closed with seq {last} synced, before seq {seq}"
+                    )))
+                };
+            }
+        }
     }
 }
 
@@ -577,6 +625,9 @@ pub fn spawn_journal(
     let stats = writer.stats();
     let (tx, mut rx) = mpsc::channel::<Entry>(capacity.max(1));
     let (flushed_tx, flushed_rx) = watch::channel(recovery.last_seq);
+    let (synced_tx, synced_rx) = watch::channel(recovery.last_seq);
+    let sync_now = Arc::new(tokio::sync::Notify::new());
+    let sync_requested = Arc::clone(&sync_now);
     let thread = std::thread::Builder::new()
         .name("journal".into())
         .spawn(move || -> Result<(), JournalError> {
@@ -639,6 +690,15 @@ pub fn spawn_journal(
                             }
                         }
                         _ = tick.tick() => {}
+                        _ = sync_requested.notified() => {
+                            // A reader wants what it holds on disk: everything appended so far.
+                            if let Err(e) = writer.sync() {
+                                break Err(e);
+                            }
+                            last_sync = Instant::now();
+                            let _ = flushed_tx.send(writer.next_seq() - 1);
+                            let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
+                        }
                         _ = cancel.cancelled() => {
                             rx.close();
                             let mut failed = None;
@@ -656,6 +716,7 @@ pub fn spawn_journal(
                             break Err(e);
                         }
                         last_sync = Instant::now();
+                        let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
                     }
                     if last_expire.elapsed() >= Duration::from_secs(60) {
                         last_expire = Instant::now();
@@ -668,6 +729,7 @@ pub fn spawn_journal(
                 // Announce only what reached the file; the loop's own error comes first.
                 let closed = writer.sync();
                 let _ = flushed_tx.send(writer.stats.flushed_seq.load(Ordering::Acquire));
+                let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
                 result.and(closed).and(writer.close())
             })
         })
@@ -675,6 +737,8 @@ pub fn spawn_journal(
     Ok(JournalHandle {
         sender: tx,
         flushed: flushed_rx,
+        synced: synced_rx,
+        sync_now,
         recovery,
         stats,
         thread,
