@@ -129,6 +129,12 @@ pub struct StoreProgress {
     pub up: AtomicU64,
     /// Batches retried after a retriable error.
     pub retries: AtomicU64,
+    /// Seqs the pipeline found missing from the journal (damage, missing or truncated segments).
+    pub damaged_seqs: AtomicU64,
+    /// Records the database refused in structured form, stored raw.
+    pub stored_raw: AtomicU64,
+    /// Records the database refused even in raw form (an event row stands for each).
+    pub not_stored: AtomicU64,
     /// Time from a frame's receipt to the commit of the batch that holds it.
     pub commit_latency: Histogram,
     /// Time one batch takes to write and commit (retries included).
@@ -156,6 +162,10 @@ pub struct Metrics {
     pub subscription_errors: AtomicU64,
     /// Entries waiting in the journal's queue (sampled).
     pub journal_queue: AtomicU64,
+    /// Frames for symbols that were not asked for (counted, never tracked).
+    pub unasked_frames: AtomicU64,
+    /// Frames larger than the frame-size cap (not kept; the connection is reopened).
+    pub frames_too_large: AtomicU64,
     symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
     journal: OnceLock<Arc<JournalStats>>,
     store: OnceLock<Arc<StoreProgress>>,
@@ -305,6 +315,18 @@ impl Metrics {
             "Entries waiting for the journal.",
             get(&self.journal_queue) as f64,
         );
+        counter(
+            &mut out,
+            "krakenbook_unasked_symbol_frames_total",
+            "Frames for symbols that were not asked for (counted, never tracked).",
+            get(&self.unasked_frames),
+        );
+        counter(
+            &mut out,
+            "krakenbook_frames_too_large_total",
+            "Frames above the frame-size cap (not kept; the connection is reopened).",
+            get(&self.frames_too_large),
+        );
 
         let symbols = self.symbols.read().unwrap_or_else(|p| p.into_inner());
         type Field = fn(&SymbolMetrics) -> &AtomicU64;
@@ -384,6 +406,24 @@ impl Metrics {
                 "Last journal seq handed to the OS.",
                 get(&j.flushed_seq) as f64,
             );
+            gauge(
+                &mut out,
+                "krakenbook_journal_torn_bytes",
+                "Bytes of a torn tail cut when the journal was opened.",
+                get(&j.torn_bytes) as f64,
+            );
+            gauge(
+                &mut out,
+                "krakenbook_journal_recovery_damaged_seqs",
+                "Seqs found damaged in the last segment when the journal was opened.",
+                get(&j.damaged_seqs_at_open) as f64,
+            );
+            counter(
+                &mut out,
+                "krakenbook_journal_expired_segments_total",
+                "Closed segments removed by retention.",
+                get(&j.expired_segments),
+            );
         }
         if let Some(s) = self.store.get() {
             counter(
@@ -409,6 +449,24 @@ impl Metrics {
                 "krakenbook_db_retries_total",
                 "Database batches retried after a retriable error.",
                 get(&s.retries),
+            );
+            counter(
+                &mut out,
+                "krakenbook_journal_damage_seqs_total",
+                "Seqs the database pipeline found missing from the journal.",
+                get(&s.damaged_seqs),
+            );
+            counter(
+                &mut out,
+                "krakenbook_db_records_stored_raw_total",
+                "Records the database refused in structured form, stored raw.",
+                get(&s.stored_raw),
+            );
+            counter(
+                &mut out,
+                "krakenbook_db_records_not_stored_total",
+                "Records the database refused even in raw form (an event row stands for each).",
+                get(&s.not_stored),
             );
             gauge(
                 &mut out,

@@ -206,6 +206,47 @@ pub fn identity(dir: &Path, requested: Option<&str>) -> Result<String, JournalEr
     }
 }
 
+/// The name of the file holding a journal's instance id.
+pub const INSTANCE_FILE: &str = "INSTANCE";
+
+/// The instance id of the journal in `dir`: 32 random hex digits fixed when the journal is first
+/// given one, kept in the `INSTANCE` file, and stored beside the database's checkpoint. A journal
+/// directory deleted and started again under the same collector identity gets a new instance,
+/// which the database refuses instead of silently skipping its records.
+pub fn instance(dir: &Path) -> Result<String, JournalError> {
+    let path = dir.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+            let id = random_hex();
+            let tmp = dir.join(format!("{INSTANCE_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id}\n")).map_err(|e| JournalError::io(&tmp, e))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| JournalError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| JournalError::io(&path, e))?;
+            segment::sync_dir(dir)?;
+            Ok(id)
+        }
+        Err(e) => Err(JournalError::io(&path, e)),
+    }
+}
+
+/// 128 bits from the operating system's random source (the kernel's, read from
+/// `/dev/urandom`), mixed with the time and process id should that fail, as 32 hex digits.
+fn random_hex() -> String {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        let nanos = crate::time::Timestamp::now().unix_nanos() as u128;
+        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
+        bytes = mixed.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Journal failures, each naming the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -93,6 +93,12 @@ pub struct JournalStats {
     pub rotations: AtomicU64,
     /// The last `seq` found when the journal was opened: `bytes` counts the records after it.
     pub opened_seq: AtomicU64,
+    /// Bytes of a torn tail cut when the journal was opened.
+    pub torn_bytes: AtomicU64,
+    /// Seqs found damaged in the last segment when the journal was opened.
+    pub damaged_seqs_at_open: AtomicU64,
+    /// Closed segments removed by retention since start.
+    pub expired_segments: AtomicU64,
 }
 
 /// The single writer of a journal directory.
