@@ -19,6 +19,26 @@ pub enum ConfigError {
     /// A size that does not parse.
     #[error("invalid size {0:?}: use a number and a unit, e.g. 64MiB, 1GiB, 500MB")]
     Size(String),
+    /// A setting outside what the collector can honour.
+    #[error("{flag} {value}: {reason}")]
+    OutOfRange {
+        /// The flag (or settings-file key) concerned.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// The limit, and what to write instead.
+        reason: &'static str,
+    },
+    /// The settings file holds a password and other users can read it.
+    #[error(
+        "settings file {path} holds a database password and is readable by other users (mode {mode:o}): run `chmod 600 {path}`"
+    )]
+    ReadableSecret {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The settings file cannot be read or parsed.
     #[error("settings file {path}: {reason}")]
     File {
@@ -124,16 +144,77 @@ pub struct CollectFile {
 
 impl CollectFile {
     /// Reads and parses a settings file; unknown keys are errors (a typo must not be ignored).
+    /// A file that holds a database password must not be readable by other users (as libpq
+    /// demands of `~/.pgpass`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
+        let file: CollectFile = toml::from_str(&text).map_err(|e| ConfigError::File {
             path: path.to_path_buf(),
             reason: e.to_string().trim().replace('\n', " "),
-        })
+        })?;
+        if file.database_url.as_deref().is_some_and(holds_password) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| ConfigError::File {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::ReadableSecret {
+                    path: path.to_path_buf(),
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        Ok(file)
     }
+}
+
+/// Whether a database connection string carries a password (in any form the store redacts).
+pub fn holds_password(url: &str) -> bool {
+    crate::store::redact(url) != url
+}
+
+/// The least `--journal-sync-interval`: syncing more often only burns the disk.
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(1);
+/// The least `--journal-segment-size`.
+pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+/// The least `--journal-segment-age`.
+pub const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
+
+/// Checks the journal settings a user gives against what the journal can honour.
+pub fn check_journal_settings(
+    sync_interval: Duration,
+    segment_bytes: u64,
+    segment_age: Duration,
+) -> Result<(), ConfigError> {
+    if sync_interval < MIN_SYNC_INTERVAL {
+        return Err(ConfigError::OutOfRange {
+            flag: "--journal-sync-interval",
+            value: format!("{sync_interval:?}"),
+            reason: "must be at least 1ms (e.g. 1s, the default; 100ms to lose less in a power cut)",
+        });
+    }
+    if segment_bytes < MIN_SEGMENT_BYTES {
+        return Err(ConfigError::OutOfRange {
+            flag: "--journal-segment-size",
+            value: format!("{segment_bytes} bytes"),
+            reason: "must be at least 1MiB (e.g. 256MiB, the default)",
+        });
+    }
+    if segment_age < MIN_SEGMENT_AGE {
+        return Err(ConfigError::OutOfRange {
+            flag: "--journal-segment-age",
+            value: format!("{segment_age:?}"),
+            reason: "must be at least 1s (e.g. 1h, the default)",
+        });
+    }
+    Ok(())
 }
 
 /// This machine's host name (the default collector name), or `collector`.
@@ -167,6 +248,72 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn journal_settings_below_their_floor_are_refused() {
+        let ok = check_journal_settings(Duration::from_millis(1), 1 << 20, Duration::from_secs(1));
+        assert!(ok.is_ok());
+        for (sync, size, age, flag) in [
+            (
+                Duration::ZERO,
+                1 << 20,
+                Duration::from_secs(1),
+                "--journal-sync-interval",
+            ),
+            (
+                Duration::from_micros(999),
+                1 << 20,
+                Duration::from_secs(1),
+                "--journal-sync-interval",
+            ),
+            (
+                Duration::from_secs(1),
+                0,
+                Duration::from_secs(1),
+                "--journal-segment-size",
+            ),
+            (
+                Duration::from_secs(1),
+                (1 << 20) - 1,
+                Duration::from_secs(1),
+                "--journal-segment-size",
+            ),
+            (
+                Duration::from_secs(1),
+                1 << 20,
+                Duration::ZERO,
+                "--journal-segment-age",
+            ),
+        ] {
+            let err = check_journal_settings(sync, size, age)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(err.contains("at least"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_settings_file_with_a_password_must_not_be_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://kb:hunter2@db/market\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = CollectFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(CollectFile::load(&path).is_ok());
+        // Without a password the file may be shared.
+        std::fs::write(&path, "database_url = \"postgres://kb@db/market\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(CollectFile::load(&path).is_ok());
     }
 
     #[test]

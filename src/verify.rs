@@ -91,6 +91,11 @@ impl FileReport {
     pub fn is_clean(&self) -> bool {
         self.undecodable.is_empty() && self.symbols.values().all(|s| s.mismatches == 0)
     }
+
+    /// Book messages whose checksum was verified (matched).
+    pub fn verified(&self) -> u64 {
+        self.symbols.values().map(|s| s.ok).sum()
+    }
 }
 
 /// Why a file could not be read at all.

@@ -10,7 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use krakenbook::collect::{self, CollectConfig, DatabaseConfig, Symbols};
-use krakenbook::config::{CollectFile, parse_duration, parse_size};
+use krakenbook::config::{CollectFile, check_journal_settings, parse_duration, parse_size};
 use krakenbook::feed::FeedConfig;
 use krakenbook::journal::JournalConfig;
 use krakenbook::kraken::Depth;
@@ -162,6 +162,11 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     if let Some(t) = args.journal_retention.or(file.journal_retention) {
         journal.retention = Some(parse_duration(&t).context("--journal-retention")?);
     }
+    check_journal_settings(
+        journal.sync_interval,
+        journal.segment_bytes,
+        journal.segment_age,
+    )?;
     let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
         Some(a) => Some(
             a.parse::<SocketAddr>()
@@ -357,6 +362,18 @@ mod tests {
                 "500ms",
             ),
             (vec![], "--symbols"),
+            (
+                vec!["--symbols", "BTC/USD", "--journal-sync-interval", "0s"],
+                "at least 1ms",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--journal-segment-size", "0"],
+                "at least 1MiB",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--journal-segment-age", "0s"],
+                "at least 1s",
+            ),
         ] {
             let err = format!("{:#}", resolve_args(&argv).unwrap_err());
             assert!(err.contains(needle), "{argv:?}: {err}");

@@ -15,7 +15,9 @@ Each line of a file is a frame, or an object with the frame under \"frame\" (lin
 \"dir\": \"tx\" are frames the client sent, and skipped); a first line without a frame is a header.
 Depth comes from the subscribe acks in the file, else --depth; precision from instrument frames in
 the file, else --price-precision/--qty-precision, else the numbers' own decimals.
-Exits 1 if any checksum mismatches or any line cannot be decoded.
+Exit status: 0 every book message verified, 1 a checksum mismatch or a line that cannot be
+decoded, 2 an error (a file that cannot be read), 3 nothing verified (no book message with a
+snapshot before it in any file).
 
 Examples:
   krakenbook verify capture.ndjson
@@ -60,11 +62,16 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render_verify(&reports));
     }
-    Ok(if reports.iter().all(FileReport::is_clean) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !reports.iter().all(FileReport::is_clean) {
+        return Ok(ExitCode::FAILURE);
+    }
+    if reports.iter().map(FileReport::verified).sum::<u64>() == 0 {
+        eprintln!(
+            "verify: nothing verified: the files hold no book message with a snapshot before it"
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The human-readable verify report.
@@ -76,7 +83,7 @@ pub fn render_verify(reports: &[FileReport]) -> String {
         let _ = writeln!(
             out,
             "{}: {verdict} ({} frames received, {} sent, {} unknown, {} undecodable)",
-            r.path,
+            krakenbook::text::printable(&r.path),
             r.frames,
             r.sent_frames,
             r.unknown_frames,
@@ -88,6 +95,7 @@ pub fn render_verify(reports: &[FileReport]) -> String {
             "symbol", "messages", "snapshots", "ok", "mismatches", "unverifiable"
         );
         for (symbol, s) in &r.symbols {
+            let symbol = krakenbook::text::printable(symbol);
             let first = match (s.first_mismatch_line, s.first_mismatch) {
                 (Some(line), Some(m)) => format!(
                     "line {line} (expected {}, computed {})",
@@ -109,7 +117,12 @@ pub fn render_verify(reports: &[FileReport]) -> String {
             }
         }
         for u in r.undecodable.iter().take(10) {
-            let _ = writeln!(out, "  line {}: {}", u.line, u.error);
+            let _ = writeln!(
+                out,
+                "  line {}: {}",
+                u.line,
+                krakenbook::text::printable(&u.error)
+            );
         }
         if r.undecodable.len() > 10 {
             let _ = writeln!(

@@ -127,3 +127,36 @@ fn bad_flags_get_a_one_line_message() {
     assert!(stderr.contains("/no/such/file.ndjson"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// Issue 9, item 12: an empty file, or one with only updates and no snapshot, verified nothing
+/// and passed.
+#[test]
+fn verifying_nothing_exits_3_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let updates_only = dir.path().join("updates.ndjson");
+    std::fs::write(
+        &updates_only,
+        r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":1.0,"qty":2.0}],"asks":[],"checksum":1,"timestamp":"2026-11-24T10:00:00.000000Z"}]}
+"#,
+    )
+    .unwrap();
+    for file in [&empty, &updates_only] {
+        let out = run(&["verify", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{}", file.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("nothing verified"), "{err}");
+    }
+    // A symbol name with an escape sequence is printed escaped, never raw.
+    let hostile = dir.path().join("hostile.ndjson");
+    std::fs::write(
+        &hostile,
+        "{\"channel\":\"book\",\"type\":\"update\",\"data\":[{\"symbol\":\"X\\u001b[2J/USD\",\"bids\":[],\"asks\":[],\"checksum\":1,\"timestamp\":\"2026-11-24T10:00:00.000000Z\"}]}\n",
+    )
+    .unwrap();
+    let out = run(&["verify", hostile.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("X\\u{1b}[2J/USD"), "{text}");
+}
