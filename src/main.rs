@@ -52,7 +52,10 @@ fn warn_of_password_on_command_line(args: impl Iterator<Item = String>) {
         } else {
             arg.strip_prefix("--database-url=").map(str::to_owned)
         };
-        if value.as_deref().is_some_and(krakenbook::config::holds_password) {
+        if value
+            .as_deref()
+            .is_some_and(krakenbook::config::holds_password)
+        {
             tracing::warn!(
                 "the password in --database-url is visible to every user of this machine (ps); \
                  give it in PGPASSWORD, ~/.pgpass (PGPASSFILE) or the settings file (chmod 600) instead"
