@@ -192,7 +192,7 @@ async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement()
         .await;
         // The database must never be ahead of what the journal has synced: a checkpoint read
         // before a synced seq can never exceed it.
-        let mut synced = 0;
+        let mut synced;
         let until = tokio::time::Instant::now() + Duration::from_millis(choose.below(1500));
         loop {
             let checkpoint = gauge(metrics, "krakenbook_db_checkpoint_seq").await;
