@@ -24,6 +24,7 @@ use super::session::{Action, Continuity, Received, Session};
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
 use crate::kraken::{self, Frame, Request};
 use crate::metrics::HealthSource;
+use crate::text::printable_prefix;
 use crate::time::Timestamp;
 
 type Socket =
@@ -370,12 +371,19 @@ async fn online_pairs(config: &FeedConfig, timeout: Duration) -> Result<Vec<Stri
             if let Ok(Frame::Instrument(msg)) = kraken::decode(text.as_str())
                 && msg.snapshot
             {
-                let pairs = msg
+                let (pairs, odd): (Vec<String>, Vec<String>) = msg
                     .pairs
                     .iter()
                     .filter(|p| p.is_online())
                     .map(|p| p.symbol.to_string())
-                    .collect();
+                    .partition(|s| is_plausible_symbol(s));
+                if let Some(example) = odd.first() {
+                    tracing::warn!(
+                        count = odd.len(),
+                        example = %printable_prefix(example, 64),
+                        "feed: the instrument list names pairs no exchange would (control characters, or over 64 characters); not subscribed"
+                    );
+                }
                 let _ = socket.close(None).await;
                 return Ok(pairs);
             }
@@ -387,4 +395,38 @@ async fn online_pairs(config: &FeedConfig, timeout: Duration) -> Result<Vec<Stri
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| fail(format!("no instrument snapshot within {timeout:?}")))?
+}
+
+/// Whether a pair name from the instrument list can be a real one: Kraken's are short and
+/// printable (`BTC/USD`); a name with control characters or hundreds of characters is a lie
+/// that would end up in every log line and metric label.
+fn is_plausible_symbol(symbol: &str) -> bool {
+    !symbol.is_empty() && symbol.len() <= 64 && !symbol.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_names_no_exchange_would_use_are_not_subscribed() {
+        for (name, plausible) in [
+            ("BTC/USD", true),
+            ("1INCH/EUR", true),
+            ("'); DROP TABLE x;--", true),
+            ("\u{1b}[2J", false),
+            ("A/B\n", false),
+            ("", false),
+            (&"X".repeat(65), false),
+        ] {
+            assert_eq!(is_plausible_symbol(name), plausible, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn the_socket_refuses_frames_over_the_cap_from_their_header() {
+        let config = socket_config(1 << 20);
+        assert_eq!(config.max_frame_size, Some(1 << 20));
+        assert_eq!(config.max_message_size, Some(1 << 20));
+    }
 }

@@ -247,7 +247,7 @@ impl Session {
             self.subscribe_books();
         }
         self.queue_stale_resubscribes(now);
-        self.summaries(now);
+        self.summaries(Some(now));
     }
 
     /// Whether a resubscription waits for a permit from the shared limiter (only once the books
@@ -275,7 +275,7 @@ impl Session {
         self.actions.push_back(Action::Send(subscribe));
         tracing::info!(
             connection = self.conn_id,
-            symbol = %one[0],
+            symbol = %printable(&one[0]),
             "feed: resubscribed after a checksum mismatch"
         );
     }
@@ -308,6 +308,8 @@ impl Session {
     /// a gap keeps its gap's start. Journals the `disconnected` event.
     pub fn close(&mut self, why: &Lost, at: Timestamp) {
         self.closing = true;
+        // What was counted and not yet reported is reported now, not lost with the connection.
+        self.summaries(None);
         for (symbol, state) in &self.symbols {
             let start = match state.gap_start {
                 Some(start) => start,
@@ -459,7 +461,7 @@ impl Session {
                     if let Some(start) = gap {
                         state.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
                         state.resubscribed_at = None;
-                        tracing::info!(connection = self.conn_id, symbol, gap_start = %start, "feed: book verified again");
+                        tracing::info!(connection = self.conn_id, symbol = %printable(symbol), gap_start = %start, "feed: book verified again");
                         push_event(
                             &mut self.actions,
                             self.conn_id,
@@ -487,7 +489,7 @@ impl Session {
                         // flood the log (each mismatch is still an event).
                         tracing::warn!(
                             connection = self.conn_id,
-                            symbol,
+                            symbol = %printable(symbol),
                             expected,
                             computed,
                             kind,
@@ -626,7 +628,8 @@ impl Session {
         self.unasked.named.insert(name, logged);
     }
 
-    fn summaries(&mut self, now: Instant) {
+    /// Logs the summaries due (`None`: all that have something to report, due or not).
+    fn summaries(&mut self, now: Option<Instant>) {
         let conn_id = self.conn_id;
         if let Some(n) = self.unasked.log.summary(now) {
             tracing::warn!(
@@ -814,13 +817,17 @@ impl LogBudget {
         }
     }
 
-    /// The count to report, once a minute at most.
-    fn summary(&mut self, now: Instant) -> Option<u64> {
-        if self.suppressed == 0 || now.saturating_duration_since(self.last_summary) < SUMMARY_EVERY
-        {
+    /// The count to report, once a minute at most (`None`: now, due or not).
+    fn summary(&mut self, now: Option<Instant>) -> Option<u64> {
+        if self.suppressed == 0 {
             return None;
         }
-        self.last_summary = now;
+        if let Some(now) = now {
+            if now.saturating_duration_since(self.last_summary) < SUMMARY_EVERY {
+                return None;
+            }
+            self.last_summary = now;
+        }
         Some(std::mem::take(&mut self.suppressed))
     }
 }

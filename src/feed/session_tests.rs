@@ -652,6 +652,8 @@ async fn a_malformed_frame_is_kept_and_the_feed_goes_on() {
 /// bounded by the symbols asked for.
 #[tokio::test(start_paused = true)]
 async fn frames_for_symbols_never_asked_for_are_counted_and_never_tracked() {
+    let log = LogBuffer::default();
+    let _guard = log.install();
     let mut h = synced_matic().await;
     let mut names: Vec<String> = (0..20_000).map(|i| format!("SYM{i}/USD")).collect();
     names[3] = "'); DROP TABLE x;--".to_owned();
@@ -734,6 +736,55 @@ async fn frames_for_symbols_never_asked_for_are_counted_and_never_tracked() {
     assert_eq!(h.book_verdicts().first(), Some(&Some(true)));
     // None of the events and none of the journal grows with the flood beyond the frames.
     assert!(h.events().len() < UNASKED_EVENTS_PER_CONNECTION + 10);
+    // The log: the first ten symbols one by one, then one summary with the count of the rest.
+    let text = log.text();
+    let named = text.matches("a symbol not asked for").count();
+    assert_eq!(named, UNASKED_LOGGED_PER_CONNECTION, "{text}");
+    let summaries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("more frames for symbols not asked for"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{text}");
+    // 20,200 frames, less the 20 for the ten symbols named in their own lines.
+    assert!(summaries[0].contains("frames=20180"), "{}", summaries[0]);
+    assert!(text.lines().count() < 20, "{text}");
+    assert!(!text.contains('\u{1b}'), "no raw escape in the log");
+}
+
+/// The log lines written on this thread while installed.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
 
 /// Instrument first; the book subscription waits for the instrument snapshot (precision) or its
