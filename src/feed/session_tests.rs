@@ -314,6 +314,25 @@ async fn every_book_message_of_the_real_captures_is_verified() {
             !h.event_kinds().contains(&EventKind::ChecksumMismatch),
             "{file}"
         );
+        // Then silence: closed at the timeout after the capture's last frame; a book that was
+        // verified gets a gap from that frame.
+        let last_at = frames.last().unwrap().1;
+        h.run_for(Duration::from_millis(4_999)).await;
+        assert!(h.closed.is_none(), "{file}");
+        h.run_for(Duration::from_millis(1)).await;
+        assert!(matches!(h.closed, Some(Lost::Silent(_))), "{file}");
+        let gap = h.session.into_continuity().gap_start(symbol);
+        if verdict == Some(true) {
+            let first = frames[0].1;
+            let wall_first = Timestamp::parse("2026-08-18T20:43:52Z").unwrap();
+            assert_eq!(
+                gap,
+                Some(wall_first.add_nanos(last_at.nanos_since(first))),
+                "{file}"
+            );
+        } else {
+            assert_eq!(gap, None, "{file}: never verified, no gap to record");
+        }
     }
 }
 
