@@ -1,19 +1,24 @@
 //! Pacing for reconnects and resubscriptions, so that a bad minute cannot get the collector
 //! rate-limited or banned (Kraken bans an IP for about 10 minutes after ~150 reconnects in 10).
 //!
-//! - [`Backoff`]: exponential delay with full jitter between reconnect attempts of one connection,
-//!   reset once a connection has stayed healthy for a while.
+//! - [`Backoff`]: exponential delay with equal jitter (uniform in the upper half of the current
+//!   ceiling, so a delay never shrinks below half its step) between reconnect attempts of one
+//!   connection.
+//! - [`Reconnect`]: which delay each kind of failure gets ([`Pace`], decided by the error types in
+//!   [`super::error`]): an open connection that ended reconnects promptly (the backoff's first step
+//!   once the connection had proved healthy), an unreachable exchange backs off normally, a rate
+//!   limit pauses for minutes, and a broken setup (TLS, certificate) is retried slowly.
 //! - [`RateLimiter`]: a token bucket shared by all connections, for connects and for
 //!   resubscriptions; waiting for a token is how pacing happens.
 //!
-//! Both use tokio's clock, so tests run them on a paused clock.
+//! The limiter uses tokio's clock, so tests run it on a paused clock; the delays are pure.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Exponential backoff with jitter.
+/// Exponential backoff with equal jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -39,18 +44,83 @@ impl Backoff {
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         let ceiling = self.base.saturating_mul(factor).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
+        let half = ceiling / 2;
+        half + self.jitter(half)
+    }
+
+    /// A uniformly random duration in [0, `spread`).
+    pub fn jitter(&mut self, spread: Duration) -> Duration {
         // xorshift64: jitter need not be cryptographic, only spread out.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let half = ceiling / 2;
-        let spread = half.as_nanos().max(1) as u64;
-        half + Duration::from_nanos(self.rng % spread)
+        let spread = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.rng % spread)
     }
 
     /// Forgets past failures (after a connection proved healthy).
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// How soon to try again after a failure, by what the failure needs (the error types classify:
+/// [`super::ConnectError::pace`], [`super::Lost::pace`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pace {
+    /// An open connection ended (reset, EOF, a close frame, silence, an oversized frame):
+    /// reconnect promptly: the backoff's first step when the connection had proved healthy;
+    /// a connection that keeps dying young backs off like any failure.
+    Prompt,
+    /// The exchange could not be reached (DNS, a refused or timed-out connect, an HTTP error):
+    /// the backoff's next step, doubling per consecutive failure.
+    Normal,
+    /// The exchange says we send too much (HTTP 429, a rate-limit error): a pause of minutes, to
+    /// stay clear of a ban.
+    RateLimited,
+    /// Broken until someone fixes it (a TLS or certificate failure, a URL that cannot work):
+    /// retried slowly; the feed reports it on `/health`.
+    Broken,
+}
+
+/// The reconnect delays of one connection: the backoff for prompt and normal retries, long fixed
+/// pauses (with up to half again of jitter, so connections spread out) for rate limits and broken
+/// setups.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    backoff: Backoff,
+    healthy_after: Duration,
+    rate_limit_pause: Duration,
+    broken_retry: Duration,
+}
+
+impl Reconnect {
+    /// The delays of connection `seed` under `config`.
+    pub fn new(config: &super::FeedConfig, seed: u64) -> Self {
+        Reconnect {
+            backoff: Backoff::new(config.backoff_base, config.backoff_max, seed),
+            healthy_after: config.healthy_after,
+            rate_limit_pause: config.rate_limit_pause,
+            broken_retry: config.broken_retry,
+        }
+    }
+
+    /// The delay before the next attempt after a failure of `pace`; `up_for` is how long the
+    /// connection that ended had been open (`None`: it never opened).
+    pub fn delay(&mut self, pace: Pace, up_for: Option<Duration>) -> Duration {
+        match pace {
+            Pace::Prompt => {
+                if up_for.is_some_and(|up| up >= self.healthy_after) {
+                    self.backoff.reset();
+                }
+                self.backoff.next_delay()
+            }
+            Pace::Normal => self.backoff.next_delay(),
+            Pace::RateLimited => {
+                self.rate_limit_pause + self.backoff.jitter(self.rate_limit_pause / 2)
+            }
+            Pace::Broken => self.broken_retry + self.backoff.jitter(self.broken_retry / 2),
+        }
     }
 }
 
@@ -145,6 +215,90 @@ mod tests {
             .collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() >= 6, "{delays:?}");
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// Each kind of failure, in sequence on one connection, and the delay it gets (defaults:
+    /// backoff 1 s doubling to 60 s, healthy after 60 s, rate-limit pause and broken retry 5 min).
+    #[test]
+    fn each_kind_of_failure_gets_its_own_delay() {
+        let config = super::super::FeedConfig::new(
+            "wss://ws.kraken.com/v2".parse().unwrap(),
+            Default::default(),
+        );
+        let mut r = Reconnect::new(&config, 3);
+        let minutes = |m: u64| secs(60 * m);
+        // (what, pace, how long the connection had been up, lowest delay, highest delay)
+        let steps: [(&str, Pace, Option<Duration>, Duration, Duration); 10] = [
+            (
+                "DNS failure",
+                Pace::Normal,
+                None,
+                secs(0) + secs(1) / 2,
+                secs(1),
+            ),
+            ("DNS failure again", Pace::Normal, None, secs(1), secs(2)),
+            ("refused", Pace::Normal, None, secs(2), secs(4)),
+            (
+                "reset after 2 minutes up: the first step",
+                Pace::Prompt,
+                Some(minutes(2)),
+                secs(1) / 2,
+                secs(1),
+            ),
+            (
+                "reset after 5 s up: dying young backs off",
+                Pace::Prompt,
+                Some(secs(5)),
+                secs(1),
+                secs(2),
+            ),
+            (
+                "HTTP 429",
+                Pace::RateLimited,
+                None,
+                minutes(5),
+                minutes(5) + minutes(5) / 2,
+            ),
+            (
+                "a close citing a rate limit",
+                Pace::RateLimited,
+                Some(secs(1)),
+                minutes(5),
+                minutes(5) + minutes(5) / 2,
+            ),
+            (
+                "TLS failure",
+                Pace::Broken,
+                None,
+                minutes(5),
+                minutes(5) + minutes(5) / 2,
+            ),
+            (
+                "a rate limit does not advance the backoff",
+                Pace::Normal,
+                None,
+                secs(2),
+                secs(4),
+            ),
+            (
+                "EOF after a healthy hour",
+                Pace::Prompt,
+                Some(minutes(60)),
+                secs(1) / 2,
+                secs(1),
+            ),
+        ];
+        for (what, pace, up_for, low, high) in steps {
+            let d = r.delay(pace, up_for);
+            assert!(
+                d >= low && d <= high,
+                "{what}: {d:?} outside [{low:?}, {high:?}]"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

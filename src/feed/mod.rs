@@ -1,35 +1,57 @@
 //! The feed: WebSocket connections to Kraken, subscriptions, checksum verification, and the
 //! stream of stamped frames and events into the journal.
 //!
-//! One [`Connection`] task per WebSocket connection, each owning a share of the symbols. A
-//! connection subscribes to the instrument channel first (each pair's precision), then to `book`
-//! for its symbols; it stamps every frame with the local receive time, its connection id and a
-//! sequence number, applies book frames to its books (a [`crate::book::Tracker`]) and sends the
-//! frame, with its checksum verdict and the best bid and ask, to the journal. What must hold:
+//! One [`Connection`] task per WebSocket connection, each owning a share of the symbols. Every
+//! decision of a connection is made by its [`Session`], which does no I/O (frames, timers and
+//! permits in; journal entries, requests and closes out) and is tested on real captures on a
+//! paused clock; the connection only moves bytes. A connection subscribes to the instrument
+//! channel first (each pair's precision), then to `book` for its symbols; it stamps every frame
+//! with the local receive time, its connection id and a sequence number, applies book frames to
+//! its books (a [`crate::book::Tracker`]) and sends the frame, with its checksum verdict and the
+//! best bid and ask, to the journal. What must hold:
 //! - every frame received is journaled, in received order, before the connection reads further
 //!   (a full journal queue stops the reader: back-pressure reaches the socket, never memory);
 //! - a checksum mismatch marks the symbol unsynced, records a `checksum_mismatch` event (the gap
 //!   begins), and resubscribes the symbol once per episode, paced by a limiter shared by all
 //!   connections; the first verified message after it records `resynced` with the gap's start;
-//! - a connection silent for the heartbeat timeout (5 s; heartbeats count) is dropped; reconnects
-//!   back off exponentially with jitter and are paced by a shared limiter well under Kraken's
-//!   ban threshold; books are rebuilt from fresh snapshots and each symbol's gap is recorded;
+//! - a connection with no Kraken frame for the silence timeout (5 s; heartbeats, acks, status and
+//!   pongs count; WebSocket protocol pings and pongs do not) is dropped; books are rebuilt from
+//!   fresh snapshots and each symbol's gap is recorded;
+//! - reconnects wait as the failure asks ([`Pace`], classified on [`ConnectError`] and
+//!   [`Lost`]): promptly after a lost connection, with exponential backoff and jitter while the
+//!   exchange is unreachable, minutes after a rate limit, slowly (and `/health` 503) while TLS is
+//!   broken; all are paced by a shared limiter well under Kraken's ban threshold;
 //! - a rejected subscription is recorded and not retried; a frame that does not decode is
-//!   journaled as received, counted and logged, and the feed goes on.
+//!   journaled as received, counted and logged, and the feed goes on;
+//! - a lying peer cannot grow the collector: frames for symbols not asked for are journaled,
+//!   counted and reported a bounded number of times, never tracked; a frame over
+//!   [`FeedConfig::max_frame_bytes`] is refused unread, recorded as a `frame_too_large` event and
+//!   the connection reopened; `collect --all` refuses an instrument list longer than
+//!   [`FeedConfig::max_symbols`]; logs of what a peer can repeat are bounded, and every peer text
+//!   printed goes through [`crate::text::printable`].
 
 mod backoff;
 mod connection;
+mod error;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-pub use backoff::{Backoff, RateLimiter};
-pub use connection::{Connection, fetch_pairs};
+pub use backoff::{Backoff, Pace, RateLimiter, Reconnect};
+pub use connection::{Connection, all_pairs, fetch_pairs};
+pub use error::{ConnectError, Lost, is_rate_limit_text};
+pub use session::{Action, Continuity, Received, Session};
 
 use crate::journal::Entry;
 use crate::kraken::Depth;
 use crate::metrics::Metrics;
+
+/// The default frame-size cap: 16 MiB (tungstenite's default frame limit).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+/// The default cap on the symbols `collect --all` subscribes.
+pub const DEFAULT_MAX_SYMBOLS: usize = 2000;
 
 /// How the feed connects and paces itself.
 #[derive(Clone, Debug)]
@@ -52,6 +74,20 @@ pub struct FeedConfig {
     pub backoff_max: Duration,
     /// A connection up this long resets its backoff.
     pub healthy_after: Duration,
+    /// The pause after a rate limit (HTTP 429, a rate-limit error from the exchange), plus up
+    /// to half again of jitter: long enough to stay clear of a ban.
+    pub rate_limit_pause: Duration,
+    /// The retry interval while the setup is broken (TLS or certificate failure), plus up to
+    /// half again of jitter; `/health` says 503 meanwhile.
+    pub broken_retry: Duration,
+    /// The largest WebSocket frame (and message) accepted, in bytes. A larger one is refused
+    /// from its header, never held in memory whole: it is recorded as a `frame_too_large`
+    /// event and the connection is reopened. Kraken's largest frames (the instrument snapshot,
+    /// a depth-1000 book snapshot) are well under 1 MiB.
+    pub max_frame_bytes: usize,
+    /// The most symbols `collect --all` subscribes: an instrument list with more online pairs is
+    /// refused with an error naming `--max-symbols` (Kraken lists about 1,100).
+    pub max_symbols: usize,
     /// A symbol resubscribed this long ago and still unsynced may be resubscribed again.
     pub resubscribe_retry: Duration,
     /// Journal the whole verified book of a symbol after this many verified updates since its
@@ -72,6 +108,10 @@ impl FeedConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
+            rate_limit_pause: Duration::from_secs(5 * 60),
+            broken_retry: Duration::from_secs(5 * 60),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_symbols: DEFAULT_MAX_SYMBOLS,
             resubscribe_retry: Duration::from_secs(60),
             book_state_every: 10_000,
         }
@@ -124,11 +164,24 @@ pub enum FeedError {
     #[error("the journal stopped accepting frames")]
     JournalClosed,
     /// The instrument list could not be fetched.
-    #[error("could not fetch the instrument list from {url}: {reason}")]
+    #[error(
+        "could not fetch the instrument list from {url}: {}",
+        crate::text::printable(reason)
+    )]
     Instruments {
         /// Where from.
         url: String,
         /// Why.
         reason: String,
+    },
+    /// `collect --all` would subscribe more symbols than allowed.
+    #[error(
+        "the exchange lists {found} online pairs, more than --max-symbols ({max}) allows: raise --max-symbols, or name the pairs with --symbols"
+    )]
+    TooManySymbols {
+        /// Online pairs in the instrument list.
+        found: usize,
+        /// The cap.
+        max: usize,
     },
 }

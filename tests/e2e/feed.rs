@@ -547,3 +547,485 @@ async fn bad_frames_and_rejected_symbols_are_journaled_and_the_feed_goes_on() {
         "the feed went on"
     );
 }
+
+/// Waits (up to 20 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The log lines the code under test writes on this thread (the tests run on a current-thread
+/// runtime, so the collector's tasks log here too).
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Issue 9 item 7: a server that, once subscribed, sends only WebSocket pings (no Kraken frame,
+/// no heartbeat) kept a dead feed "alive". Pings are not Kraken frames: the connection is closed
+/// after the silence timeout, the gap is recorded and the books are rebuilt on a new connection.
+#[tokio::test]
+async fn protocol_pings_do_not_keep_a_dead_feed_alive() {
+    let (addr, mut peers) = exchange().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let collector = tokio::spawn(collect::run(
+        config(addr, dir.path(), &["X/Y"]),
+        cancel.clone(),
+        Arc::clone(&metrics),
+    ));
+
+    let mut first = peers.recv().await.unwrap();
+    handshake(&mut first, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer_snapshot(&mut first, &mut book).await;
+    // From now on only protocol pings, every 100 ms, well inside the 1.5 s silence timeout.
+    let pinger = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut pings = 0u32;
+        while first
+            .0
+            .send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .is_ok()
+        {
+            pings += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if started.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+        }
+        (pings, started.elapsed())
+    });
+    let mut second = tokio::time::timeout(Duration::from_secs(10), peers.recv())
+        .await
+        .expect("a new connection after the silence timeout")
+        .unwrap();
+    handshake(&mut second, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer_snapshot(&mut second, &mut book).await;
+    until("resynced", || {
+        metrics
+            .symbol("X/Y")
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    let (pings, _) = pinger.await.unwrap();
+    assert!(pings >= 5, "the server kept pinging ({pings})");
+
+    let records = records(dir.path());
+    let kinds: Vec<EventKind> = events(&records).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Connected,
+            EventKind::Subscribed,
+            EventKind::Disconnected,
+            EventKind::Connected,
+            EventKind::Subscribed,
+            EventKind::Resynced
+        ]
+    );
+    let (disconnected_at, detail) = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::Event(e) if e.kind == EventKind::Disconnected => {
+                Some((r.received_at, e.detail.clone()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(detail.contains("no frame for 1.5s"), "{detail}");
+    // The gap runs from the last Kraken frame of the first connection (the snapshot), not from
+    // the last ping.
+    let last_frame_first = records
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::Frame(_)) && r.received_at < disconnected_at)
+        .map(|r| r.received_at)
+        .max()
+        .unwrap();
+    let gap_start = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::Event(e) if e.kind == EventKind::Resynced => e.gap_start,
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(gap_start, last_frame_first);
+    assert!(
+        disconnected_at.nanos_since(last_frame_first) >= 1_500_000_000,
+        "closed only after the silence timeout"
+    );
+}
+
+fn unasked_book_frame(symbol: &str) -> String {
+    format!(
+        r#"{{"channel":"book","type":"snapshot","data":[{{"symbol":{},"bids":[{{"price":1.0,"qty":1.00}}],"asks":[{{"price":2.0,"qty":1.00}}],"checksum":12345,"timestamp":"2026-08-17T16:01:57.687440Z"}}]}}"#,
+        serde_json::to_string(symbol).unwrap()
+    )
+}
+
+/// Issue 9 item 8: a server sending frames for 20,000 symbols never asked for (one an SQL
+/// injection, one a terminal escape) grew the collector's memory, `/metrics` and log. Now every
+/// such frame is journaled and counted, at most 100 of them named in events (one per symbol),
+/// none subscribed or given metrics; `/metrics` and the log stay small; the asked-for book goes
+/// on.
+#[tokio::test]
+async fn twenty_thousand_unasked_symbols_do_not_grow_the_collector() {
+    let log = LogBuffer::default();
+    let _guard = log.install();
+    let (addr, mut peers) = exchange().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let mut config = config(addr, dir.path(), &["X/Y"]);
+    config.feed.silence_timeout = Duration::from_secs(10);
+    let collector = tokio::spawn(collect::run(config, cancel.clone(), Arc::clone(&metrics)));
+
+    let mut peer = peers.recv().await.unwrap();
+    handshake(&mut peer, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer_snapshot(&mut peer, &mut book).await;
+    until("the snapshot verified", || {
+        metrics
+            .symbol("X/Y")
+            .checksum_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    let rendered_before = metrics.render().len();
+
+    let mut names: Vec<String> = (0..20_000).map(|i| format!("LIE{i}/USD")).collect();
+    names[7] = "'); DROP TABLE x;--".into();
+    names[8] = "\u{1b}[2J".into();
+    for (i, name) in names.iter().enumerate() {
+        peer.send(&unasked_book_frame(name)).await;
+        if i % 2 == 0 {
+            // An ack for a subscription never asked for is a lie too.
+            peer.send(&format!(
+                r#"{{"method":"subscribe","result":{{"channel":"book","depth":10,"snapshot":true,"symbol":{}}},"success":true}}"#,
+                serde_json::to_string(name).unwrap()
+            ))
+            .await;
+        }
+    }
+    peer.send(&book_frame(
+        &mut book,
+        "update",
+        &[("100.0", "2.00")],
+        &[],
+        true,
+    ))
+    .await;
+    until("every lie counted", || {
+        metrics
+            .unasked_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 30_000
+    })
+    .await;
+    assert_eq!(
+        metrics
+            .unasked_frames
+            .load(std::sync::atomic::Ordering::Relaxed),
+        30_000
+    );
+    until("the asked-for book went on", || {
+        metrics
+            .symbol("X/Y")
+            .checksum_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    let rendered_after = metrics.render();
+    assert!(
+        rendered_after.len() < rendered_before + 200,
+        "/metrics grew from {rendered_before} to {} bytes",
+        rendered_after.len()
+    );
+    assert!(!rendered_after.contains("LIE1/USD"));
+    assert!(!rendered_after.contains("DROP TABLE"));
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    drop(peer);
+
+    let records = records(dir.path());
+    let frames = records
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::Frame(_)))
+        .count();
+    assert_eq!(
+        frames,
+        4 + 30_000 + 1,
+        "status, instrument, ack, snapshot, the lies and the update: all journaled"
+    );
+    let unasked: Vec<Option<String>> = events(&records)
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::UnaskedSymbol)
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(unasked.len(), 100, "a bounded number of events");
+    let distinct: std::collections::HashSet<_> = unasked.iter().collect();
+    assert_eq!(distinct.len(), 100, "one per symbol");
+    assert!(unasked.contains(&Some("'); DROP TABLE x;--".into())));
+    assert!(unasked.contains(&Some("\\u{1b}[2J".into())));
+    // Nothing subscribed for the lies: the server got no request after the book subscription
+    // (checked by the handshake); the log is short and holds no raw escape.
+    let text = log.text();
+    let lines = text.lines().count();
+    assert!(lines < 40, "{lines} log lines:\n{text}");
+    assert!(!text.contains('\u{1b}'), "a raw escape reached the log");
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+}
+
+/// Issue 9 item 13: the frame-size cap. A frame above it is refused from its header (never held
+/// whole), recorded as a `frame_too_large` event with its size and counted, and the connection
+/// is reopened (a gap, like any drop).
+#[tokio::test]
+async fn a_frame_over_the_cap_is_recorded_and_the_connection_reopened() {
+    let (addr, mut peers) = exchange().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let mut config = config(addr, dir.path(), &["X/Y"]);
+    config.feed.max_frame_bytes = 64 * 1024;
+    let collector = tokio::spawn(collect::run(config, cancel.clone(), Arc::clone(&metrics)));
+
+    let mut first = peers.recv().await.unwrap();
+    handshake(&mut first, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer_snapshot(&mut first, &mut book).await;
+    let big = format!(
+        r#"{{"channel":"heartbeat","pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    first.send(&big).await;
+    let mut second = tokio::time::timeout(Duration::from_secs(10), peers.recv())
+        .await
+        .expect("reconnected")
+        .unwrap();
+    handshake(&mut second, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer_snapshot(&mut second, &mut book).await;
+    until("resynced", || {
+        metrics
+            .symbol("X/Y")
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+
+    assert_eq!(
+        metrics
+            .frames_too_large
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let records = records(dir.path());
+    assert!(
+        !records.iter().any(|r| match &r.body {
+            RecordBody::Frame(f) => f.bytes.len() > 64 * 1024,
+            _ => false,
+        }),
+        "the oversized frame is not kept"
+    );
+    let evs: Vec<(EventKind, String)> = records
+        .iter()
+        .filter_map(|r| match &r.body {
+            RecordBody::Event(e) => Some((e.kind, e.detail.clone())),
+            _ => None,
+        })
+        .collect();
+    let kinds: Vec<EventKind> = evs.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Connected,
+            EventKind::Subscribed,
+            EventKind::FrameTooLarge,
+            EventKind::Disconnected,
+            EventKind::Connected,
+            EventKind::Subscribed,
+            EventKind::Resynced
+        ]
+    );
+    assert!(
+        evs[2].1.contains(&format!("{} bytes", big.len())),
+        "{}",
+        evs[2].1
+    );
+    assert!(evs[2].1.contains("65536"), "{}", evs[2].1);
+}
+
+/// A raw TCP server that answers every connection with `answer` and counts the connections.
+async fn raw_server(answer: &'static [u8]) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(answer).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// HTTP 429 at the WebSocket upgrade is a rate limit: the next attempt waits minutes (here the
+/// backoff alone would retry within 200 ms), and the log says why.
+#[tokio::test]
+async fn http_429_at_the_upgrade_pauses_reconnects_for_minutes() {
+    let log = LogBuffer::default();
+    let _guard = log.install();
+    let (addr, connects) =
+        raw_server(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let collector = tokio::spawn(collect::run(
+        config(addr, dir.path(), &["X/Y"]),
+        cancel.clone(),
+        Arc::clone(&metrics),
+    ));
+    until("one attempt", || {
+        metrics
+            .connect_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(connects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    let text = log.text();
+    assert!(text.contains("rate-limited"), "{text}");
+    assert!(text.contains("429"), "{text}");
+}
+
+/// A TLS failure (here a server that does not speak TLS on a wss:// URL) is permanent until
+/// fixed: `/health` reports it, it is logged once, and it is retried slowly, not at the backoff's
+/// pace.
+#[tokio::test]
+async fn a_tls_failure_is_reported_on_health_and_retried_slowly() {
+    let log = LogBuffer::default();
+    let _guard = log.install();
+    let (addr, connects) = raw_server(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let mut config = config(addr, dir.path(), &["X/Y"]);
+    config.feed.url = url::Url::parse(&format!("wss://{addr}/v2")).unwrap();
+    let collector = tokio::spawn(collect::run(config, cancel.clone(), Arc::clone(&metrics)));
+    until("one attempt", || {
+        metrics
+            .connect_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    let health = metrics.health().unwrap_err();
+    assert!(health.contains("TLS failure"), "{health}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(connects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    let text = log.text();
+    assert_eq!(text.matches("TLS failure").count(), 1, "{text}");
+}
+
+/// `collect --all` subscribes every online pair the instrument list names, up to
+/// `max_symbols`: a longer list (true or not) is refused with an error naming the flag.
+#[tokio::test]
+async fn an_instrument_list_longer_than_max_symbols_is_refused() {
+    let (addr, mut peers) = exchange().await;
+    let pairs: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                r#"{{"symbol":"P{i}/USD","price_precision":1,"qty_precision":2,"status":"online"}}"#
+            )
+        })
+        .collect();
+    let instrument = format!(
+        r#"{{"channel":"instrument","type":"snapshot","data":{{"assets":[],"pairs":[{}]}}}}"#,
+        pairs.join(",")
+    );
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let mut peer = peers.recv().await.unwrap();
+            let r = peer.request().await;
+            assert_eq!(r.params.unwrap().channel, "instrument");
+            peer.send(&instrument).await;
+        }
+    });
+    let url = url::Url::parse(&format!("ws://{addr}/v2")).unwrap();
+    let mut config = FeedConfig::new(url, Depth::default());
+    config.max_symbols = 30;
+    let pairs = krakenbook::feed::all_pairs(&config, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 30);
+    config.max_symbols = 29;
+    let error = krakenbook::feed::all_pairs(&config, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            krakenbook::feed::FeedError::TooManySymbols { found: 30, max: 29 }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--max-symbols"), "{error}");
+    server.await.unwrap();
+}

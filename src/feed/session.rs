@@ -1,0 +1,837 @@
+//! One connection's decisions, without I/O: a [`Session`] takes what happened (a frame received
+//! with its receive time, a timer, a permit from the resubscribe limiter, the end of the
+//! connection) and answers with [`Action`]s (journal this entry, send this request, close the
+//! connection) that [`super::Connection`] carries out in order.
+//!
+//! What it owns and what must hold:
+//! - **subscriptions**: the instrument channel first (each pair's precision), then `book` for the
+//!   symbols asked for in chunks of 50, once the instrument snapshot arrived or its deadline
+//!   passed; a symbol the exchange rejected is recorded ([`EventKind::SubscriptionError`]) and
+//!   never asked for again on this or a later connection ([`Continuity`]); a rate-limit error in
+//!   an ack is not a rejection: the connection closes with [`Lost::RateLimited`] and the
+//!   reconnect waits long;
+//! - **every frame** is journaled as received, numbered (`conn_seq`) in received order, before
+//!   anything derived from it (events, book states) and before any request it causes;
+//! - **verdicts**: each book message of a symbol asked for is applied to its book and checked;
+//!   a mismatch opens a gap ([`EventKind::ChecksumMismatch`]) and queues one resubscription for
+//!   the episode (sent when the shared limiter grants a permit; again only if the symbol is still
+//!   unsynced after `resubscribe_retry`); the first verified message after a gap (on this or a
+//!   later connection) records [`EventKind::Resynced`] with the gap's start; a verified book is
+//!   journaled whole every `book_state_every` verified updates;
+//! - **the watchdog** counts Kraken frames only (the connection never hands WebSocket pings or
+//!   pongs to the session): no frame for `silence_timeout` closes the connection; the deadline is
+//!   fixed by the last frame, never pushed back by timers or permits;
+//! - **a lying peer cannot grow it**: state is kept only for the symbols asked for. A frame for any
+//!   other symbol is journaled (as every frame), counted (`unasked_frames`), and named in an
+//!   [`EventKind::UnaskedSymbol`] event at most once per symbol and at most
+//!   [`UNASKED_EVENTS_PER_CONNECTION`] times per connection; it never gets a book, a depth, a
+//!   precision, per-symbol metrics or a subscription;
+//! - **logs are bounded**: what a peer can repeat at will (unasked symbols, malformed frames,
+//!   rejected requests without a symbol, exchange status) is logged one by one a few times per
+//!   connection, then as one summary line a minute with a count; every peer text in a log line or
+//!   an event goes through [`crate::text::printable`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::FeedConfig;
+use super::error::{Lost, is_rate_limit_text};
+use crate::book::{FrameVerdict, Tracker, Verdict};
+use crate::journal::Entry;
+use crate::kraken::{self, BookKind, BookMessage, Frame, Request, Response};
+use crate::metrics::{Metrics, SymbolMetrics};
+use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, RecordBody};
+use crate::text::{printable, printable_prefix};
+use crate::time::Timestamp;
+
+/// At most this many [`EventKind::UnaskedSymbol`] events per connection (one per symbol).
+pub const UNASKED_EVENTS_PER_CONNECTION: usize = 100;
+/// At most this many symbols not asked for are logged one by one per connection; frames for
+/// further ones are summed up in one log line a minute.
+pub const UNASKED_LOGGED_PER_CONNECTION: usize = 10;
+/// The longest symbol text kept in an event or a log line (Kraken's are under 20 characters).
+const SYMBOL_TEXT_MAX: usize = 64;
+/// Requests of one kind a peer can provoke at will are logged this many times per connection,
+/// then summed up once a minute.
+const LOGGED_PER_CONNECTION: u32 = 10;
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// Symbols per `book` subscribe request.
+const SUBSCRIBE_CHUNK: usize = 50;
+
+/// What the connection must do, in the order given.
+#[derive(Debug)]
+pub enum Action {
+    /// Append this entry to the journal (waiting for room: back-pressure reaches the socket).
+    Journal(Entry),
+    /// Send this request.
+    Send(Request),
+    /// Close the connection for this reason (then call [`Session::close`]).
+    Close(Lost),
+}
+
+/// A data frame as the socket delivered it (never a WebSocket ping, pong or close).
+#[derive(Clone, Copy, Debug)]
+pub enum Received<'a> {
+    /// A text frame (the WebSocket layer checked it is UTF-8).
+    Text(&'a str),
+    /// A binary frame (Kraken sends none; kept as received all the same).
+    Binary(&'a [u8]),
+}
+
+impl Received<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Received::Text(t) => t.as_bytes(),
+            Received::Binary(b) => b,
+        }
+    }
+}
+
+/// What one connection of a feed hands to the next: the gaps still open and the symbols the
+/// exchange rejected. Holds only symbols that were asked for.
+#[derive(Debug, Default, Clone)]
+pub struct Continuity {
+    /// Symbols whose gap is open across reconnects: symbol → when the gap began.
+    gaps: HashMap<String, Timestamp>,
+    /// Symbols the exchange rejected: not asked for again.
+    rejected: HashSet<String>,
+}
+
+impl Continuity {
+    /// Whether the exchange rejected `symbol`.
+    pub fn is_rejected(&self, symbol: &str) -> bool {
+        self.rejected.contains(symbol)
+    }
+
+    /// When `symbol`'s open gap began, if it has one.
+    pub fn gap_start(&self, symbol: &str) -> Option<Timestamp> {
+        self.gaps.get(symbol).copied()
+    }
+}
+
+/// The decisions of one WebSocket connection (see the module doc).
+#[derive(Debug)]
+pub struct Session {
+    conn_id: u64,
+    config: FeedConfig,
+    metrics: Arc<Metrics>,
+    conn_seq: u64,
+    tracker: Tracker,
+    /// The symbols asked for on this connection (the rejected ones left out), in order.
+    asked: Vec<String>,
+    symbols: HashMap<String, SymbolState>,
+    continuity: Continuity,
+    pending_resubscribe: VecDeque<String>,
+    books_requested: bool,
+    instrument_deadline: Instant,
+    req_id: u64,
+    /// When the last Kraken frame arrived (the watchdog's reference).
+    last_frame: Instant,
+    /// Its receive time (where a live book's gap begins when the connection is lost).
+    last_frame_at: Timestamp,
+    unasked: Unasked,
+    malformed_log: LogBudget,
+    rejected_log: LogBudget,
+    status_log: LogBudget,
+    closing: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Session {
+    /// The session of connection `conn_id`, just opened at `now` (`at` on the wall clock), for
+    /// `symbols` (those `continuity` says were rejected are left out). Its first actions journal
+    /// the `connected` event and subscribe to the instrument channel.
+    pub fn open(
+        conn_id: u64,
+        symbols: &[String],
+        continuity: Continuity,
+        config: &FeedConfig,
+        metrics: Arc<Metrics>,
+        now: Instant,
+        at: Timestamp,
+    ) -> Self {
+        let asked: Vec<String> = symbols
+            .iter()
+            .filter(|s| !continuity.is_rejected(s))
+            .cloned()
+            .collect();
+        let states = asked
+            .iter()
+            .map(|s| (s.clone(), SymbolState::new(metrics.symbol(s))))
+            .collect();
+        let mut session = Session {
+            conn_id,
+            config: config.clone(),
+            metrics,
+            conn_seq: 0,
+            tracker: Tracker::new(config.depth.levels()),
+            asked,
+            symbols: states,
+            continuity,
+            pending_resubscribe: VecDeque::new(),
+            books_requested: false,
+            instrument_deadline: now + config.instrument_timeout,
+            req_id: 0,
+            last_frame: now,
+            last_frame_at: at,
+            unasked: Unasked::new(now),
+            malformed_log: LogBudget::new(now),
+            rejected_log: LogBudget::new(now),
+            status_log: LogBudget::new(now),
+            closing: false,
+            actions: VecDeque::new(),
+        };
+        session.event(at, EventKind::Connected, None, None, config.url.to_string());
+        let request = Request::subscribe_instrument(Some(session.next_req_id()));
+        session.actions.push_back(Action::Send(request));
+        session
+    }
+
+    /// The next action to carry out, in order.
+    pub fn next_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The connection's number.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// The symbols asked for on this connection (without the rejected ones).
+    pub fn asked(&self) -> &[String] {
+        &self.asked
+    }
+
+    /// Whether the session keeps any state for `symbol` (a book, counters, a gap).
+    pub fn tracks(&self, symbol: &str) -> bool {
+        self.symbols.contains_key(symbol) || self.tracker.book(symbol).is_some()
+    }
+
+    /// How many symbols the session keeps state for: the symbols asked for, plus the (bounded)
+    /// names of symbols not asked for that it has reported.
+    pub fn tracked_symbols(&self) -> usize {
+        self.symbols.len() + self.unasked.named.len()
+    }
+
+    /// When [`Session::on_timer`] must run next: the silence deadline (fixed by the last frame),
+    /// or the instrument deadline while books are not yet requested.
+    pub fn deadline(&self) -> Instant {
+        let silence = self.last_frame + self.config.silence_timeout;
+        if self.books_requested {
+            silence
+        } else {
+            silence.min(self.instrument_deadline)
+        }
+    }
+
+    /// Time passed: closes a silent connection, subscribes to books when the instrument snapshot
+    /// is late, queues resubscriptions that went unanswered, and writes the log summaries. Call it
+    /// at [`Session::deadline`] and about once a second.
+    pub fn on_timer(&mut self, now: Instant) {
+        if self.closing {
+            return;
+        }
+        if now >= self.last_frame + self.config.silence_timeout {
+            self.close_with(Lost::Silent(self.config.silence_timeout));
+            return;
+        }
+        if !self.books_requested && now >= self.instrument_deadline {
+            tracing::warn!(
+                connection = self.conn_id,
+                "feed: no instrument snapshot in time; precision comes from the wire text"
+            );
+            self.subscribe_books();
+        }
+        self.queue_stale_resubscribes(now);
+        self.summaries(Some(now));
+    }
+
+    /// Whether a resubscription waits for a permit from the shared limiter (only once the books
+    /// were subscribed: before that, the book subscription brings the snapshot).
+    pub fn wants_resubscribe(&self) -> bool {
+        !self.closing && self.books_requested && !self.pending_resubscribe.is_empty()
+    }
+
+    /// The shared limiter granted a permit: resubscribe the next symbol waiting (unsubscribe,
+    /// then subscribe with a snapshot).
+    pub fn on_resubscribe_permit(&mut self, now: Instant) {
+        let Some(symbol) = self.pending_resubscribe.pop_front() else {
+            return;
+        };
+        let Some(state) = self.symbols.get_mut(&symbol) else {
+            return;
+        };
+        state.resubscribed_at = Some(now);
+        state.metrics.resubscribes.fetch_add(1, Ordering::Relaxed);
+        let depth = self.config.depth;
+        let one = [symbol];
+        let unsubscribe = Request::unsubscribe_book(&one, depth, Some(self.next_req_id()));
+        let subscribe = Request::subscribe_book(&one, depth, true, Some(self.next_req_id()));
+        self.actions.push_back(Action::Send(unsubscribe));
+        self.actions.push_back(Action::Send(subscribe));
+        tracing::info!(
+            connection = self.conn_id,
+            symbol = %printable(&one[0]),
+            "feed: resubscribed after a checksum mismatch"
+        );
+    }
+
+    /// A frame larger than the frame-size cap arrived (tungstenite refused it unread): counted,
+    /// recorded as a [`EventKind::FrameTooLarge`] event, and the connection is closed.
+    pub fn on_frame_too_large(&mut self, size: usize, max: usize, at: Timestamp) {
+        self.metrics
+            .frames_too_large
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            connection = self.conn_id,
+            size,
+            max,
+            "feed: a frame over the frame-size cap; not kept, reconnecting"
+        );
+        self.event(
+            at,
+            EventKind::FrameTooLarge,
+            None,
+            None,
+            format!("a frame of {size} bytes or more; the cap is {max} bytes"),
+        );
+        self.close_with(Lost::FrameTooLarge { size, max });
+    }
+
+    /// The connection ended (for any reason: one the session asked for or one the socket
+    /// reported) at `at`: each symbol whose book was live has a gap from the last frame received
+    /// (the book is known up to there, not up to when the loss was noticed); a symbol already in
+    /// a gap keeps its gap's start. Journals the `disconnected` event.
+    pub fn close(&mut self, why: &Lost, at: Timestamp) {
+        self.closing = true;
+        // What was counted and not yet reported is reported now, not lost with the connection.
+        self.summaries(None);
+        for (symbol, state) in &self.symbols {
+            let start = match state.gap_start {
+                Some(start) => start,
+                None if state.ever_synced => self.last_frame_at,
+                None => continue,
+            };
+            self.continuity.gaps.entry(symbol.clone()).or_insert(start);
+        }
+        self.event(at, EventKind::Disconnected, None, None, why.to_string());
+    }
+
+    /// What the next connection needs to know.
+    pub fn into_continuity(self) -> Continuity {
+        self.continuity
+    }
+
+    /// A Kraken frame arrived at `now` (`at` on the wall clock).
+    pub fn on_frame(&mut self, frame: Received<'_>, now: Instant, at: Timestamp) {
+        self.conn_seq += 1;
+        self.last_frame = now;
+        self.last_frame_at = at;
+        let bytes = frame.bytes();
+        self.metrics.frames.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        // Everything derived from the frame goes after the frame itself.
+        let mark = self.actions.len();
+        let mut record = FrameRecord {
+            bytes: Vec::new(),
+            checksum_ok: None,
+            best_bid: None,
+            best_ask: None,
+        };
+        let text = match frame {
+            Received::Text(t) => Ok(t),
+            Received::Binary(b) => {
+                std::str::from_utf8(b).map_err(|e| format!("a binary frame that is not UTF-8: {e}"))
+            }
+        };
+        match text.and_then(|t| kraken::decode(t).map_err(|e| e.to_string())) {
+            Err(error) => self.malformed(&error, at),
+            Ok(Frame::Book(msg)) => self.book(&msg, at, &mut record),
+            Ok(Frame::Ack(ack)) => self.ack(&ack, at),
+            Ok(Frame::Instrument(msg)) => {
+                for pair in &msg.pairs {
+                    if self.symbols.contains_key(pair.symbol.as_ref()) {
+                        self.tracker.set_precision(&pair.symbol, pair.precision());
+                    }
+                }
+                if msg.snapshot && !self.books_requested {
+                    self.subscribe_books();
+                }
+            }
+            Ok(Frame::Status(status)) => {
+                if let Some(st) = status.iter().find(|st| st.system != "online")
+                    && self.status_log.take()
+                {
+                    tracing::warn!(
+                        connection = self.conn_id,
+                        system = %printable_prefix(&st.system, SYMBOL_TEXT_MAX),
+                        "feed: exchange status is not online"
+                    );
+                }
+            }
+            Ok(Frame::Heartbeat | Frame::Pong(_) | Frame::Unknown(_)) => {}
+        }
+        record.bytes = bytes.to_vec();
+        self.actions.insert(
+            mark,
+            Action::Journal(Entry {
+                received_at: at,
+                conn_id: self.conn_id,
+                conn_seq: self.conn_seq,
+                body: RecordBody::Frame(record),
+            }),
+        );
+    }
+
+    fn malformed(&mut self, error: &str, at: Timestamp) {
+        self.metrics
+            .malformed_frames
+            .fetch_add(1, Ordering::Relaxed);
+        if self.malformed_log.take() {
+            tracing::warn!(
+                connection = self.conn_id,
+                frame = self.conn_seq,
+                error = %printable(error),
+                "feed: frame does not decode; journaled as received"
+            );
+        }
+        self.event(
+            at,
+            EventKind::MalformedFrame,
+            None,
+            None,
+            printable(error).into_owned(),
+        );
+    }
+
+    fn book(&mut self, msg: &BookMessage<'_>, at: Timestamp, record: &mut FrameRecord) {
+        let mut folded = FrameVerdict::default();
+        let mut unasked = false;
+        let state_every = self.config.book_state_every.max(1);
+        for data in &msg.data {
+            let symbol = data.symbol.as_ref();
+            let Some(state) = self.symbols.get_mut(symbol) else {
+                unasked = true;
+                self.note_unasked(symbol, at);
+                continue;
+            };
+            let verdict = self.tracker.apply(msg.kind, data);
+            folded.add(verdict);
+            state.metrics.book_messages.fetch_add(1, Ordering::Relaxed);
+            match verdict {
+                Verdict::Ok => {
+                    state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
+                    state.ever_synced = true;
+                    if msg.kind == BookKind::Snapshot {
+                        state.since_state = 0;
+                    } else {
+                        state.since_state += 1;
+                        if state.since_state >= state_every {
+                            state.since_state = 0;
+                            if let Some(book) = self.tracker.book(symbol) {
+                                let view = book.view(book.depth());
+                                let body = RecordBody::BookState(BookState {
+                                    symbol: symbol.to_owned(),
+                                    depth: u16::try_from(book.depth()).unwrap_or(u16::MAX),
+                                    precision: book.precision(),
+                                    checksum: data.checksum,
+                                    timestamp: data.timestamp.unwrap_or(at),
+                                    bids: view.bids,
+                                    asks: view.asks,
+                                });
+                                self.actions.push_back(Action::Journal(Entry {
+                                    received_at: at,
+                                    conn_id: self.conn_id,
+                                    conn_seq: 0,
+                                    body,
+                                }));
+                            }
+                        }
+                    }
+                    let gap = state
+                        .gap_start
+                        .take()
+                        .or_else(|| self.continuity.gaps.remove(symbol));
+                    if let Some(start) = gap {
+                        state.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+                        state.resubscribed_at = None;
+                        tracing::info!(connection = self.conn_id, symbol = %printable(symbol), gap_start = %start, "feed: book verified again");
+                        push_event(
+                            &mut self.actions,
+                            self.conn_id,
+                            at,
+                            event(
+                                EventKind::Resynced,
+                                Some(symbol),
+                                Some(start),
+                                String::new(),
+                            ),
+                        );
+                    }
+                }
+                Verdict::Mismatch { expected, computed } => {
+                    state
+                        .metrics
+                        .checksum_mismatch
+                        .fetch_add(1, Ordering::Relaxed);
+                    let kind = match msg.kind {
+                        BookKind::Snapshot => "snapshot",
+                        BookKind::Update => "update",
+                    };
+                    if state.gap_start.is_none() {
+                        // Logged once per episode: a peer repeating bad snapshots does not
+                        // flood the log (each mismatch is still an event).
+                        tracing::warn!(
+                            connection = self.conn_id,
+                            symbol = %printable(symbol),
+                            expected,
+                            computed,
+                            kind,
+                            "feed: checksum mismatch; resubscribing"
+                        );
+                        state.gap_start = Some(self.continuity.gaps.remove(symbol).unwrap_or(at));
+                    }
+                    let queue = state.resubscribed_at.is_none();
+                    push_event(
+                        &mut self.actions,
+                        self.conn_id,
+                        at,
+                        event(
+                            EventKind::ChecksumMismatch,
+                            Some(symbol),
+                            None,
+                            format!("{kind} checksum {expected}, computed {computed}"),
+                        ),
+                    );
+                    if queue && !self.pending_resubscribe.iter().any(|s| s == symbol) {
+                        self.pending_resubscribe.push_back(symbol.to_owned());
+                    }
+                }
+                Verdict::Unsynced => {
+                    state.metrics.unverifiable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if unasked {
+            self.metrics.unasked_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        record.checksum_ok = folded.checksum_ok();
+        if let Some(first) = msg.data.first()
+            && self.symbols.contains_key(first.symbol.as_ref())
+            && let Some(book) = self.tracker.synced_book(&first.symbol)
+        {
+            record.best_bid = book.best_bid();
+            record.best_ask = book.best_ask();
+        }
+    }
+
+    fn ack(&mut self, ack: &Response<'_>, at: Timestamp) {
+        let symbol = ack.symbol();
+        if let Some(symbol) = symbol
+            && !self.symbols.contains_key(symbol)
+        {
+            // An answer about a symbol this connection does not hold (never asked for, or
+            // already rejected): it changes nothing.
+            self.metrics.unasked_frames.fetch_add(1, Ordering::Relaxed);
+            self.note_unasked(symbol, at);
+            return;
+        }
+        if ack.is_error() {
+            let error = ack.error.as_deref().unwrap_or("rejected");
+            let shown = printable_prefix(error, 200);
+            if is_rate_limit_text(error) {
+                tracing::warn!(connection = self.conn_id, symbol = ?symbol.map(printable), method = %printable(&ack.method), error = %shown, "feed: the exchange is rate-limiting this connection; closing it and pausing");
+                self.event(at, EventKind::SubscriptionError, symbol, None, shown);
+                self.close_with(Lost::RateLimited(error.to_owned()));
+                return;
+            }
+            self.metrics
+                .subscription_errors
+                .fetch_add(1, Ordering::Relaxed);
+            // A rejection names a symbol this connection asked for (each is logged once: it is
+            // then forgotten) or none (bounded like any repeatable peer text).
+            if symbol.is_some() || self.rejected_log.take() {
+                tracing::error!(connection = self.conn_id, symbol = ?symbol.map(printable), method = %printable(&ack.method), error = %shown, "feed: request rejected by the exchange; not retried");
+            }
+            if ack.method == "subscribe"
+                && let Some(symbol) = symbol
+            {
+                self.continuity.rejected.insert(symbol.to_owned());
+                self.continuity.gaps.remove(symbol);
+                self.symbols.remove(symbol);
+                self.tracker.forget(symbol);
+                self.pending_resubscribe.retain(|s| s != symbol);
+            }
+            self.event(at, EventKind::SubscriptionError, symbol, None, shown);
+            return;
+        }
+        let Some(result) = &ack.result else {
+            return;
+        };
+        if result.channel != "book" {
+            return;
+        }
+        match (ack.method.as_ref(), symbol) {
+            ("subscribe", Some(symbol)) => {
+                if let Some(depth) = result.depth {
+                    self.tracker.set_depth(symbol, usize::from(depth));
+                }
+                let detail = result
+                    .depth
+                    .map(|d| format!("depth {d}"))
+                    .unwrap_or_default();
+                self.event(at, EventKind::Subscribed, Some(symbol), None, detail);
+            }
+            ("unsubscribe", Some(symbol)) => self.tracker.forget(symbol),
+            _ => {}
+        }
+    }
+
+    /// A frame named a symbol not asked for: named in an event once per symbol (bounded per
+    /// connection), logged for the first few, summed up for the rest.
+    fn note_unasked(&mut self, symbol: &str, at: Timestamp) {
+        let name = printable_prefix(symbol, SYMBOL_TEXT_MAX);
+        match self.unasked.named.get(&name) {
+            Some(true) => return,
+            Some(false) => {
+                self.unasked.log.suppressed += 1;
+                return;
+            }
+            None => {}
+        }
+        self.unasked.log.suppressed += 1;
+        if self.unasked.named.len() >= UNASKED_EVENTS_PER_CONNECTION {
+            return;
+        }
+        let logged = self.unasked.named.len() < UNASKED_LOGGED_PER_CONNECTION;
+        if logged {
+            self.unasked.log.suppressed -= 1;
+            tracing::warn!(
+                connection = self.conn_id,
+                symbol = %name,
+                "feed: frames for a symbol not asked for; journaled and counted, never tracked"
+            );
+        }
+        self.event(
+            at,
+            EventKind::UnaskedSymbol,
+            Some(&name),
+            None,
+            String::new(),
+        );
+        self.unasked.named.insert(name, logged);
+    }
+
+    /// Logs the summaries due (`None`: all that have something to report, due or not).
+    fn summaries(&mut self, now: Option<Instant>) {
+        let conn_id = self.conn_id;
+        if let Some(n) = self.unasked.log.summary(now) {
+            tracing::warn!(
+                connection = conn_id,
+                frames = n,
+                named = self.unasked.named.len(),
+                "feed: more frames for symbols not asked for since the last report (not logged one by one)"
+            );
+        }
+        if let Some(n) = self.malformed_log.summary(now) {
+            tracing::warn!(
+                connection = conn_id,
+                frames = n,
+                "feed: more frames that do not decode since the last report (not logged one by one)"
+            );
+        }
+        if let Some(n) = self.rejected_log.summary(now) {
+            tracing::error!(
+                connection = conn_id,
+                requests = n,
+                "feed: more requests rejected by the exchange since the last report"
+            );
+        }
+        if let Some(n) = self.status_log.summary(now) {
+            tracing::warn!(
+                connection = conn_id,
+                frames = n,
+                "feed: more status frames saying the exchange is not online"
+            );
+        }
+    }
+
+    fn subscribe_books(&mut self) {
+        self.books_requested = true;
+        let depth = self.config.depth;
+        let asked = std::mem::take(&mut self.asked);
+        for chunk in asked.chunks(SUBSCRIBE_CHUNK) {
+            let request = Request::subscribe_book(chunk, depth, true, Some(self.next_req_id()));
+            self.actions.push_back(Action::Send(request));
+        }
+        self.asked = asked;
+    }
+
+    /// Symbols resubscribed long ago and still unsynced get another resubscription.
+    fn queue_stale_resubscribes(&mut self, now: Instant) {
+        let retry_after = self.config.resubscribe_retry;
+        for (symbol, state) in &mut self.symbols {
+            if let Some(at) = state.resubscribed_at
+                && state.gap_start.is_some()
+                && now.saturating_duration_since(at) >= retry_after
+            {
+                state.resubscribed_at = None;
+                if !self.pending_resubscribe.contains(symbol) {
+                    self.pending_resubscribe.push_back(symbol.clone());
+                }
+            }
+        }
+    }
+
+    fn close_with(&mut self, why: Lost) {
+        if !self.closing {
+            self.closing = true;
+            self.actions.push_back(Action::Close(why));
+        }
+    }
+
+    fn next_req_id(&mut self) -> u64 {
+        self.req_id += 1;
+        self.req_id
+    }
+
+    fn event(
+        &mut self,
+        at: Timestamp,
+        kind: EventKind,
+        symbol: Option<&str>,
+        gap_start: Option<Timestamp>,
+        detail: String,
+    ) {
+        push_event(
+            &mut self.actions,
+            self.conn_id,
+            at,
+            event(kind, symbol, gap_start, detail),
+        );
+    }
+}
+
+fn push_event(actions: &mut VecDeque<Action>, conn_id: u64, at: Timestamp, event: FeedEvent) {
+    actions.push_back(Action::Journal(Entry {
+        received_at: at,
+        conn_id,
+        conn_seq: 0,
+        body: RecordBody::Event(event),
+    }));
+}
+
+fn event(
+    kind: EventKind,
+    symbol: Option<&str>,
+    gap_start: Option<Timestamp>,
+    detail: String,
+) -> FeedEvent {
+    FeedEvent {
+        kind,
+        symbol: symbol.map(|s| printable(s).into_owned()),
+        gap_start,
+        detail,
+    }
+}
+
+#[derive(Debug)]
+struct SymbolState {
+    metrics: Arc<SymbolMetrics>,
+    /// Verified at least once on this connection.
+    ever_synced: bool,
+    /// When the current gap began (after a mismatch), until the book verifies again.
+    gap_start: Option<Timestamp>,
+    /// When this episode's resubscription was sent.
+    resubscribed_at: Option<Instant>,
+    /// Verified updates since the last snapshot or journaled book state.
+    since_state: u64,
+}
+
+impl SymbolState {
+    fn new(metrics: Arc<SymbolMetrics>) -> Self {
+        SymbolState {
+            metrics,
+            ever_synced: false,
+            gap_start: None,
+            resubscribed_at: None,
+            since_state: 0,
+        }
+    }
+}
+
+/// The symbols not asked for that a connection has named in events (at most
+/// [`UNASKED_EVENTS_PER_CONNECTION`], each at most [`SYMBOL_TEXT_MAX`] characters).
+#[derive(Debug)]
+struct Unasked {
+    /// Symbol → whether it was logged on its own line.
+    named: HashMap<String, bool>,
+    log: LogBudget,
+}
+
+impl Unasked {
+    fn new(now: Instant) -> Self {
+        Unasked {
+            named: HashMap::new(),
+            log: LogBudget {
+                // The one-by-one lines are counted by `named`.
+                left: 0,
+                suppressed: 0,
+                last_summary: now,
+            },
+        }
+    }
+}
+
+/// A bound on log lines a peer can provoke: the first few one by one, then a count once a minute.
+#[derive(Debug)]
+struct LogBudget {
+    left: u32,
+    suppressed: u64,
+    last_summary: Instant,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> Self {
+        LogBudget {
+            left: LOGGED_PER_CONNECTION,
+            suppressed: 0,
+            last_summary: now,
+        }
+    }
+
+    /// Whether this occurrence may be logged on its own line (otherwise it is counted).
+    fn take(&mut self) -> bool {
+        if self.left > 0 {
+            self.left -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// The count to report, once a minute at most (`None`: now, due or not).
+    fn summary(&mut self, now: Option<Instant>) -> Option<u64> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        if let Some(now) = now {
+            if now.saturating_duration_since(self.last_summary) < SUMMARY_EVERY {
+                return None;
+            }
+            self.last_summary = now;
+        }
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
