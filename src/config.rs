@@ -132,6 +132,10 @@ pub struct CollectFile {
     pub collector_id: Option<String>,
     /// Symbols per WebSocket connection.
     pub symbols_per_connection: Option<usize>,
+    /// With `all`, the most pairs the instrument list may name.
+    pub max_symbols: Option<u64>,
+    /// The frame-size cap (`16MiB`).
+    pub max_frame_size: Option<String>,
     /// Journal sync interval.
     pub journal_sync_interval: Option<String>,
     /// Journal segment size.

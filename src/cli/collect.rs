@@ -80,6 +80,13 @@ pub struct CollectArgs {
     /// Symbols per WebSocket connection [default: 100].
     #[arg(long)]
     pub symbols_per_connection: Option<usize>,
+    /// With --all, refuse an instrument list naming more pairs than this [default: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_symbols: Option<u64>,
+    /// A frame larger than this is not kept: it is recorded as a frame_too_large event and the
+    /// connection is reopened (e.g. 16MiB) [default: 16MiB].
+    #[arg(long)]
+    pub max_frame_size: Option<String>,
     /// Journal each symbol's whole verified book after this many verified updates, so that
     /// `krakenbook book --at` never replays more [default: 10000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -144,6 +151,18 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     }
     if let Some(n) = args.book_state_every {
         feed.book_state_every = n;
+    }
+    if let Some(n) = args.max_symbols.or(file.max_symbols) {
+        feed.max_symbols = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(t) = args.max_frame_size.or(file.max_frame_size) {
+        let bytes = parse_size(&t).context("--max-frame-size")?;
+        if !(64 << 10..=1 << 30).contains(&bytes) {
+            bail!(
+                "--max-frame-size {t}: must be between 64KiB and 1GiB (a depth-1000 snapshot is about 60KB; the instrument list about 1MB)"
+            );
+        }
+        feed.max_frame_bytes = bytes as usize;
     }
     let dir = args
         .journal_dir
@@ -326,6 +345,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.feed.book_state_every, 40);
+        let c =
+            resolve_args(&["--all", "--max-symbols", "3000", "--max-frame-size", "4MiB"]).unwrap();
+        assert_eq!(c.feed.max_symbols, 3000);
+        assert_eq!(c.feed.max_frame_bytes, 4 << 20);
         let c = resolve_args(&[
             "--symbols",
             "BTC/USD",
@@ -373,6 +396,10 @@ mod tests {
             (
                 vec!["--symbols", "BTC/USD", "--journal-segment-age", "0s"],
                 "at least 1s",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--max-frame-size", "1KiB"],
+                "between 64KiB and 1GiB",
             ),
         ] {
             let err = format!("{:#}", resolve_args(&argv).unwrap_err());

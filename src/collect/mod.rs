@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, fetch_pairs};
+use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, all_pairs};
 use crate::journal::{JournalConfig, JournalError, spawn_journal};
 use crate::metrics::{self, Metrics};
 
@@ -168,7 +168,7 @@ pub async fn run(
         Symbols::All => {
             let pairs = tokio::select! {
                 _ = cancel.cancelled() => Vec::new(),
-                pairs = fetch_pairs(&config.feed.url, Duration::from_secs(30)) => pairs?,
+                pairs = all_pairs(&config.feed, Duration::from_secs(30)) => pairs?,
             };
             tracing::info!(pairs = pairs.len(), "feed: recording every online pair");
             pairs
