@@ -1,5 +1,8 @@
 //! Replays of recorded data: verification against the recorded verdicts (from a journal or from
 //! the database), and serving recorded books over Kraken's protocol.
+//!
+//! A journal's damage is reported with the verdicts: every item the reader finds (kind, seq
+//! range, segment, offset), while every intact record is still verified.
 
 mod db;
 mod engine;
@@ -8,14 +11,15 @@ mod serve;
 use std::path::Path;
 
 pub use db::verify_database;
-pub use engine::{Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
+pub use engine::{DamageFound, Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
 pub use serve::{ReplayMarket, ReplaySource};
 
-use crate::journal::{JournalError, JournalReader};
+use crate::journal::{JournalError, JournalReader, ReadItem};
 use crate::time::Timestamp;
 
 /// Replays the journal in `dir` (records received in `[from, to)`, all when `None`), calling
-/// `progress(records)` now and then.
+/// `progress(records)` now and then. Damage found on the way is in the report (damage before
+/// `from` only makes the books start over).
 pub fn verify_journal(
     dir: &Path,
     from: Option<Timestamp>,
@@ -25,7 +29,21 @@ pub fn verify_journal(
     let mut reader = JournalReader::open(dir, 0)?;
     let mut engine = ReplayEngine::new();
     let mut n = 0u64;
-    while let Some(view) = reader.next_view()? {
+    while let Some(item) = reader.next_item()? {
+        let view = match item {
+            ReadItem::Record(view) => view,
+            ReadItem::Damage(d) => {
+                // Reported when it may reach into the range: the first intact record after it
+                // (if any) is in the range or later.
+                let before_range = from.is_some_and(|f| d.after.is_some_and(|a| a < f));
+                if before_range {
+                    engine.forget_books();
+                } else {
+                    engine.damage(&d);
+                }
+                continue;
+            }
+        };
         if to.is_some_and(|t| view.received_at >= t) {
             break;
         }
