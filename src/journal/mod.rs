@@ -416,6 +416,8 @@ impl JournalError {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

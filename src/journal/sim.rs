@@ -50,10 +50,11 @@ struct State {
     next_lock: u64,
     capacity: Option<u64>,
     fail_sync: bool,
-    crash_after: Option<(u64, Cut)>,
+    /// Operations of the arming thread left before the armed cut, the cut, and that thread.
+    crash_after: Option<(u64, Cut, std::thread::ThreadId)>,
     rng: u64,
-    /// Mutating operations so far.
-    ops: u64,
+    /// Whether the last power cut struck an fsync that had completed.
+    struck_after_sync: bool,
 }
 
 impl State {
@@ -77,19 +78,32 @@ impl State {
             .sum()
     }
 
-    /// Counts a mutating operation; strikes the armed power cut when its time has come.
+    /// Counts a mutating operation; strikes the armed power cut (before the operation) when its
+    /// time has come.
     fn mutate(&mut self, boot: u64) -> io::Result<()> {
+        match self.due(boot)? {
+            Some(cut) => {
+                self.power_cut(cut);
+                Err(dead())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a mutating operation; the armed power cut, when its time has come (the caller
+    /// strikes it before or after doing the operation).
+    fn due(&mut self, boot: u64) -> io::Result<Option<Cut>> {
         self.alive(boot)?;
-        self.ops += 1;
-        if let Some((left, cut)) = self.crash_after {
+        if let Some((left, cut, thread)) = self.crash_after
+            && thread == std::thread::current().id()
+        {
             if left == 0 {
                 self.crash_after = None;
-                self.power_cut(cut);
-                return Err(dead());
+                return Ok(Some(cut));
             }
-            self.crash_after = Some((left - 1, cut));
+            self.crash_after = Some((left - 1, cut, thread));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn alive(&self, boot: u64) -> io::Result<()> {
@@ -102,6 +116,7 @@ impl State {
 
     fn power_cut(&mut self, cut: Cut) {
         self.boot += 1;
+        self.struck_after_sync = false;
         self.locks.clear();
         self.visible = self.durable.clone();
         let live: BTreeSet<u64> = self.visible.values().copied().collect();
@@ -146,6 +161,19 @@ impl State {
             inode.data = kept.clone();
             inode.durable = kept;
         }
+    }
+
+    /// Makes the names in `dir` durable.
+    fn durable_dir(&mut self, dir: &Path) {
+        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+        let durable: BTreeMap<PathBuf, u64> = self
+            .durable
+            .iter()
+            .filter(|(p, _)| !in_dir(p))
+            .chain(self.visible.iter().filter(|(p, _)| in_dir(p)))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        self.durable = durable;
     }
 
     fn inode_of(&self, path: &Path) -> io::Result<u64> {
@@ -197,7 +225,7 @@ impl SimDisk {
                 fail_sync: false,
                 crash_after: None,
                 rng: seed | 1,
-                ops: 0,
+                struck_after_sync: false,
             })),
         }
     }
@@ -216,26 +244,22 @@ impl SimDisk {
         lock(&self.state).power_cut(cut);
     }
 
-    /// Cuts the power when `ops` more mutating operations have run (at the next one).
+    /// Cuts the power when `ops` more mutating operations of the calling thread have run (at
+    /// the next one; other threads' operations, such as the compressor's, are not counted, so a
+    /// seed replays the same cut).
     pub fn crash_after(&self, ops: u64, cut: Cut) {
-        lock(&self.state).crash_after = Some((ops, cut));
+        lock(&self.state).crash_after = Some((ops, cut, std::thread::current().id()));
     }
 
-    /// Disarms a power cut that has not struck; `true` when one had struck.
+    /// Disarms a power cut that has not struck; `true` when one was still armed.
     pub fn disarm(&self) -> bool {
-        let mut s = lock(&self.state);
-        s.crash_after = None;
-        s.boot > 0
+        lock(&self.state).crash_after.take().is_some()
     }
 
-    /// The current boot number (each power cut adds one).
-    pub fn boots(&self) -> u64 {
-        lock(&self.state).boot
-    }
-
-    /// Mutating operations so far.
-    pub fn ops(&self) -> u64 {
-        lock(&self.state).ops
+    /// Whether the last power cut struck an fsync after it had made the data durable (the
+    /// process never learned it).
+    pub fn struck_after_sync(&self) -> bool {
+        lock(&self.state).struck_after_sync
     }
 
     /// Caps the bytes all files may hold (`None`: unlimited).
@@ -292,11 +316,6 @@ impl SimDisk {
         let mut s = lock(&self.state);
         s.visible.remove(path);
         s.durable.remove(path);
-    }
-
-    /// The names of the files in `dir`.
-    pub fn names(&self, dir: &Path) -> Vec<String> {
-        self.boot().list(dir).unwrap_or_default()
     }
 }
 
@@ -366,12 +385,19 @@ impl WriteFile for SimWrite {
 
     fn sync_data(&mut self) -> io::Result<()> {
         let mut s = lock(&self.state);
-        s.mutate(self.boot)?;
+        let strike = s.due(self.boot)?;
         if s.fail_sync {
             return Err(io::Error::from_raw_os_error(5));
         }
-        if let Some(inode) = s.inodes.get_mut(&self.inode) {
+        // A power cut during an fsync: the data may or may not have reached the disk.
+        let completes = strike.is_none() || s.next_random() % 2 == 0;
+        if completes && let Some(inode) = s.inodes.get_mut(&self.inode) {
             inode.durable = inode.data.clone();
+        }
+        if let Some(cut) = strike {
+            s.power_cut(cut);
+            s.struck_after_sync = completes;
+            return Err(dead());
         }
         Ok(())
     }
@@ -513,19 +539,19 @@ impl Fs for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
-        s.mutate(self.boot)?;
+        let strike = s.due(self.boot)?;
         if s.fail_sync {
             return Err(io::Error::from_raw_os_error(5));
         }
-        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-        let durable: BTreeMap<PathBuf, u64> = s
-            .durable
-            .iter()
-            .filter(|(p, _)| !in_dir(p))
-            .chain(s.visible.iter().filter(|(p, _)| in_dir(p)))
-            .map(|(p, id)| (p.clone(), *id))
-            .collect();
-        s.durable = durable;
+        if let Some(cut) = strike {
+            // The directory's changes may or may not have reached the disk.
+            if s.next_random() % 2 == 0 {
+                s.durable_dir(dir);
+            }
+            s.power_cut(cut);
+            return Err(dead());
+        }
+        s.durable_dir(dir);
         Ok(())
     }
 
