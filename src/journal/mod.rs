@@ -418,6 +418,8 @@ impl JournalError {
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,9 @@ pub struct Recovery {
     pub damage: Vec<Damage>,
 }
 
+/// Where a torn tail was: segment, offset, bytes.
+type TornAt = (PathBuf, u64, u64);
+
 /// What to do at open.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
@@ -228,7 +231,7 @@ fn finish(
     cut: Option<(SegmentFile, u64)>,
     empty: Vec<SegmentFile>,
     last_received: Option<Timestamp>,
-    detail: Option<(String, Option<(PathBuf, u64, u64)>)>,
+    detail: Option<(String, Option<TornAt>)>,
 ) -> Plan {
     let skipped = recovery.next_seq > prev_seq + 1;
     let (detail, torn_at) = detail.unzip();

@@ -639,7 +639,8 @@ mod tests {
                 .collect()
         };
         use DamageKind::*;
-        let cases: Vec<(&str, Vec<Damage>, Vec<(DamageKind, u64, u64, PathBuf)>)> = vec![
+        type Named = Vec<(DamageKind, u64, u64, PathBuf)>;
+        let cases: Vec<(&str, Vec<Damage>, Named)> = vec![
             (
                 "a segment removed by hand between two clean ones",
                 classify_gap(11, 20, 0, 20, &clean, b),

@@ -390,7 +390,7 @@ impl WriteFile for SimWrite {
             return Err(io::Error::from_raw_os_error(5));
         }
         // A power cut during an fsync: the data may or may not have reached the disk.
-        let completes = strike.is_none() || s.next_random() % 2 == 0;
+        let completes = strike.is_none() || s.next_random().is_multiple_of(2);
         if completes && let Some(inode) = s.inodes.get_mut(&self.inode) {
             inode.durable = inode.data.clone();
         }
@@ -545,7 +545,7 @@ impl Fs for SimFs {
         }
         if let Some(cut) = strike {
             // The directory's changes may or may not have reached the disk.
-            if s.next_random() % 2 == 0 {
+            if s.next_random().is_multiple_of(2) {
                 s.durable_dir(dir);
             }
             s.power_cut(cut);
