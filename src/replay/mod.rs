@@ -144,6 +144,43 @@ mod tests {
     }
 
     #[test]
+    fn damage_is_reported_and_the_frames_after_it_are_unverifiable_not_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
+        let segment = crate::journal::list_segments(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&segment.path).unwrap();
+        let at = bytes.len() / 3;
+        for b in &mut bytes[at..at + 4] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&segment.path, &bytes).unwrap();
+        let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
+        assert!(!report.is_clean(), "records are lost");
+        assert_eq!(report.disagreement_count, 0, "{:?}", report.disagreements);
+        assert_eq!(report.damage.len(), 1);
+        let d = &report.damage[0];
+        assert_eq!((d.kind, d.loss), ("corrupt", true));
+        assert_eq!(report.lost_seqs, d.last_seq - d.first_seq + 1);
+        assert_eq!(report.records, records.len() as u64 - report.lost_seqs);
+        assert!(report.unverifiable_after_damage > 0);
+        assert!(!report.verified_nothing());
+    }
+
+    #[test]
+    fn an_empty_journal_verifies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
+        assert!(report.is_clean() && report.verified_nothing());
+        let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
+        let after_all = records.last().unwrap().received_at.add_nanos(1);
+        let report = verify_journal(dir.path(), Some(after_all), None, |_| {}).unwrap();
+        assert!(
+            report.verified_nothing(),
+            "a range after every record holds nothing"
+        );
+    }
+
+    #[test]
     fn a_time_range_reports_only_its_frames_but_builds_books_from_before() {
         let dir = tempfile::tempdir().unwrap();
         let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
