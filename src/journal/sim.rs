@@ -50,6 +50,7 @@ struct State {
     next_lock: u64,
     capacity: Option<u64>,
     fail_sync: bool,
+    fail_create: bool,
     /// Operations of the arming thread left before the armed cut, the cut, and that thread.
     crash_after: Option<(u64, Cut, std::thread::ThreadId)>,
     rng: u64,
@@ -223,6 +224,7 @@ impl SimDisk {
                 next_lock: 1,
                 capacity: None,
                 fail_sync: false,
+                fail_create: false,
                 crash_after: None,
                 rng: seed | 1,
                 struck_after_sync: false,
@@ -275,6 +277,11 @@ impl SimDisk {
     /// Makes every fsync fail with EIO (or succeed again).
     pub fn fail_syncs(&self, fail: bool) {
         lock(&self.state).fail_sync = fail;
+    }
+
+    /// Makes creating a file fail with EMFILE, too many open files (or succeed again).
+    pub fn fail_creates(&self, fail: bool) {
+        lock(&self.state).fail_create = fail;
     }
 
     /// Flips bits of a file, on disk and in the page cache alike.
@@ -465,6 +472,9 @@ impl Fs for SimFs {
         let mut s = lock(&self.state);
         s.mutate(self.boot)?;
         s.parent_exists(path)?;
+        if s.fail_create {
+            return Err(io::Error::from_raw_os_error(24));
+        }
         let id = match s.visible.get(path) {
             Some(&id) => {
                 if let Some(inode) = s.inodes.get_mut(&id) {

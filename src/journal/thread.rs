@@ -243,9 +243,18 @@ impl Task {
                 }
             }
             if self.stalled_until.is_none() {
-                let rotated = self.writer.maybe_rotate().map(|_| ());
-                if let Err(e) = self.settle(rotated) {
-                    break Err(e);
+                match self.writer.maybe_rotate() {
+                    Ok(true) if self.rotation_problem => {
+                        self.rotation_problem = false;
+                        tracing::info!("journal: rotating again");
+                        self.publish(None);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Err(e) = self.settle(Err(e)) {
+                            break Err(e);
+                        }
+                    }
                 }
             }
             if last_expire.elapsed() >= Duration::from_secs(60) {
@@ -313,10 +322,6 @@ impl Task {
             Ok(()) => {
                 if self.stalled_until.is_some() && self.writer.waiting() == 0 {
                     self.stalled_until = None;
-                    self.publish(None);
-                }
-                if self.rotation_problem && self.stalled_until.is_none() {
-                    self.rotation_problem = false;
                     self.publish(None);
                 }
                 Ok(())
