@@ -445,6 +445,52 @@ fn a_failed_fsync_stops_the_writer_and_is_never_retried() {
     w.close().unwrap();
 }
 
+#[test]
+fn a_rotation_that_cannot_create_its_segment_keeps_writing_the_active_one() {
+    // Issue 9, item 5: with no file descriptor left, the journal could not open a segment and
+    // the collector exited.
+    let disk = SimDisk::new(13);
+    let fs = disk.boot();
+    let mut c = config(&fs);
+    c.segment_bytes = 1_000;
+    let (mut w, _) = JournalWriter::open(c).unwrap();
+    for i in 0..20 {
+        w.append(frame(i)).unwrap();
+    }
+    let active = w.segment_path().to_path_buf();
+    disk.fail_creates(true);
+    let err = w.maybe_rotate().unwrap_err();
+    assert!(err.is_retriable() && !err.is_disk_full(), "{err}");
+    assert!(
+        err.to_string().contains("cannot start a new segment"),
+        "{err}"
+    );
+    // Writing goes on in the active segment; the retry waits a second, not every append.
+    for i in 20..40 {
+        w.append(frame(i)).unwrap();
+        assert!(!w.maybe_rotate().unwrap());
+    }
+    w.sync().unwrap();
+    assert_eq!(w.segment_path(), active);
+    disk.fail_creates(false);
+    w.rotate().unwrap();
+    assert_ne!(w.segment_path(), active);
+    w.append(frame(40)).unwrap();
+    w.close().unwrap();
+    let got = items(&disk.boot(), 0, ReadMode::Auto);
+    assert!(damage(&got).is_empty());
+    assert_eq!(records(&got).len(), 41);
+    assert!(
+        !disk
+            .boot()
+            .list(&dir())
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(".tmp")),
+        "no temporary file left behind"
+    );
+}
+
 fn spawn(
     fs: &Arc<dyn Fs>,
     c: JournalConfig,
