@@ -25,7 +25,7 @@ pub const MIN_RECORD: usize = RECORD_PREFIX + MIN_BODY;
 pub const MAX_BODY: usize = 64 << 20;
 
 /// The most records `bytes` bytes can hold (an upper bound: every record takes at least
-/// [`MIN_RECORD`] bytes).
+/// 41 bytes, `MIN_RECORD`).
 pub fn max_records(bytes: u64) -> u64 {
     bytes.div_ceil(MIN_RECORD as u64)
 }
