@@ -18,8 +18,11 @@ use krakenbook::time::Timestamp;
 
 pub(crate) const REPLAY_EXAMPLES: &str = "\
 --verify re-runs recorded frames through the book engine and compares every recomputed checksum
-verdict with the recorded one (exit 1 on any disagreement): from a journal directory, or from
-the database over --from/--to. --serve speaks Kraken's v2 protocol from the database: a book
+verdict with the recorded one: from a journal directory, or from the database over --from/--to.
+From a journal it also reports every damaged or missing range it finds (kind, seqs, segment,
+byte offset) and verifies every intact record all the same. Exit status: 0 everything verified
+and agreed; 1 a disagreement, or records lost from the journal; 2 an error; 3 nothing to verify
+(no book message in the journal or range). --serve speaks Kraken's v2 protocol from the database: a book
 subscription gets a snapshot rebuilt at --from, then the recorded updates paced as recorded,
 --speed times faster (0: as fast as the client reads).
 
@@ -122,20 +125,52 @@ async fn verify(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render(&report));
     }
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
+    let code = exit_code(&report);
+    if code == NOTHING_VERIFIED {
+        let what = match &args.journal_dir {
+            Some(dir) => format!("the journal {}", dir.display()),
+            None => "the database".to_owned(),
+        };
+        let range = match (args.from, args.to) {
+            (None, None) => String::new(),
+            (from, to) => format!(
+                " between {} and {}",
+                from.map_or("its start".to_owned(), |t| t.to_string()),
+                to.map_or("now".to_owned(), |t| t.to_string())
+            ),
+        };
+        eprintln!(
+            "replay: nothing verified: {what} holds no book message{range}; check the directory or --from/--to/--symbol"
+        );
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Exit status when nothing was verified.
+const NOTHING_VERIFIED: u8 = 3;
+
+/// 1 for a disagreement or lost records, 3 when nothing was verified, else 0.
+fn exit_code(r: &ReplayReport) -> u8 {
+    if !r.is_clean() {
+        1
+    } else if r.verified_nothing() {
+        NOTHING_VERIFIED
     } else {
-        ExitCode::FAILURE
-    })
+        0
+    }
 }
 
 fn render(r: &ReplayReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let verdict = if r.is_clean() {
-        "every recorded verdict reproduced"
-    } else {
+    let verdict = if r.disagreement_count > 0 {
         "DISAGREEMENTS FOUND"
+    } else if r.lost_seqs > 0 {
+        "every intact record's verdict reproduced, but RECORDS ARE LOST"
+    } else if r.verified_nothing() {
+        "nothing to verify"
+    } else {
+        "every recorded verdict reproduced"
     };
     let range = r
         .seq_range
@@ -170,6 +205,32 @@ fn render(r: &ReplayReport) -> String {
     }
     if r.disagreement_count > r.disagreements.len() as u64 {
         let _ = writeln!(out, "  ... {} disagreements in all", r.disagreement_count);
+    }
+    for d in &r.damage {
+        let what = if d.loss { "LOST" } else { "not a loss" };
+        let _ = writeln!(
+            out,
+            "  journal damage: seqs {}..={} {what}: {} at byte {} of {} ({} bytes)",
+            d.first_seq,
+            d.last_seq,
+            d.kind,
+            d.offset,
+            krakenbook::text::printable(&d.segment),
+            d.bytes
+        );
+    }
+    if r.damage_count > r.damage.len() as u64 {
+        let _ = writeln!(out, "  ... {} damage items in all", r.damage_count);
+    }
+    if r.lost_seqs > 0 {
+        let _ = writeln!(out, "  {} seqs lost from the journal", r.lost_seqs);
+    }
+    if r.unverifiable_after_damage > 0 {
+        let _ = writeln!(
+            out,
+            "  {} recorded verdicts could not be checked: records before them are missing",
+            r.unverifiable_after_damage
+        );
     }
     out
 }

@@ -136,7 +136,7 @@ pub async fn run(
         journal_cancel.clone(),
     )?;
     metrics.attach_journal(Arc::clone(&journal.stats));
-    let recovery = journal.recovery;
+    let recovery = journal.recovery.clone();
     tracing::info!(
         dir = %config.journal.dir.display(),
         last_seq = recovery.last_seq,

@@ -5,15 +5,30 @@ use crate::book::{Decimal, Precision, PriceLevel};
 use crate::record::{BookState, FeedEvent, FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
 
-/// First eight bytes of every segment: the format name and version.
-pub const MAGIC: [u8; 8] = *b"KBJRNL\x00\x01";
-/// Bytes in a segment header.
-pub const HEADER_LEN: usize = 36;
+/// First eight bytes of every segment written now: the format name and version 2.
+pub const MAGIC: [u8; 8] = *b"KBJRNL\x00\x02";
+/// First eight bytes of a version-1 segment (still read).
+pub const MAGIC_V1: [u8; 8] = *b"KBJRNL\x00\x01";
+/// Bytes in a (version 2) segment header.
+pub const HEADER_LEN: usize = 44;
+/// Bytes in a version-1 segment header.
+pub const HEADER_LEN_V1: usize = 36;
 /// Bytes before a record's body: length and CRC.
 pub const RECORD_PREFIX: usize = 8;
+/// The smallest record body: the fixed fields and the kind byte.
+pub const MIN_BODY: usize = 33;
+/// The fewest bytes a record takes (prefix and smallest body): `n` bytes hold at most
+/// [`max_records`]`(n)` records.
+pub const MIN_RECORD: usize = RECORD_PREFIX + MIN_BODY;
 /// The largest record body accepted (a depth-1000 snapshot is ~60 KB, the instrument snapshot
 /// ~1 MB): anything larger in a length field is corruption, not data.
 pub const MAX_BODY: usize = 64 << 20;
+
+/// The most records `bytes` bytes can hold (an upper bound: every record takes at least
+/// 41 bytes, `MIN_RECORD`).
+pub fn max_records(bytes: u64) -> u64 {
+    bytes.div_ceil(MIN_RECORD as u64)
+}
 
 const KIND_FRAME: u8 = 1;
 const KIND_EVENT: u8 = 2;
@@ -28,32 +43,79 @@ pub struct SegmentHeader {
     pub conn_id_base: u64,
     /// When the segment was created.
     pub created: Timestamp,
+    /// The `seq` of the last intact record before this segment when it was created. Below
+    /// `first_seq - 1` after a torn tail was cut: the seqs in between were skipped on purpose
+    /// (none can have held a record the database took). Version-1 headers have no such field:
+    /// it reads as `first_seq - 1`.
+    pub prev_seq: u64,
+}
+
+/// What [`SegmentHeader::decode`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderParse {
+    /// A valid header of `len` bytes.
+    Header(SegmentHeader, usize),
+    /// Too few bytes to tell.
+    Incomplete,
+    /// Not a valid header (wrong magic or version, bad CRC).
+    Invalid,
 }
 
 impl SegmentHeader {
-    /// The header's bytes: magic, first_seq, conn_id_base, created (ns), CRC32 of the preceding.
+    /// The header's bytes (version 2): magic, first_seq, conn_id_base, created (ns), prev_seq,
+    /// CRC32 of the preceding 40 bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(&MAGIC);
         b[8..16].copy_from_slice(&self.first_seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.conn_id_base.to_le_bytes());
         b[24..32].copy_from_slice(&self.created.unix_nanos().to_le_bytes());
-        let crc = crc32fast::hash(&b[..32]);
-        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b[32..40].copy_from_slice(&self.prev_seq.to_le_bytes());
+        let crc = crc32fast::hash(&b[..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    /// Reads a header; `None` if the bytes are not a valid header (wrong magic, bad CRC, short).
-    pub fn decode(b: &[u8]) -> Option<Self> {
-        let b = b.get(..HEADER_LEN)?;
-        if b[..8] != MAGIC || crc32fast::hash(&b[..32]) != u32_at(b, 32) {
-            return None;
+    /// Reads a header of either version from the start of `b`.
+    pub fn decode(b: &[u8]) -> HeaderParse {
+        let Some(magic) = b.get(..8) else {
+            return if MAGIC.starts_with(b) || MAGIC_V1.starts_with(b) {
+                HeaderParse::Incomplete
+            } else {
+                HeaderParse::Invalid
+            };
+        };
+        let len = if magic == MAGIC {
+            HEADER_LEN
+        } else if magic == MAGIC_V1 {
+            HEADER_LEN_V1
+        } else {
+            return HeaderParse::Invalid;
+        };
+        let Some(b) = b.get(..len) else {
+            return HeaderParse::Incomplete;
+        };
+        if crc32fast::hash(&b[..len - 4]) != u32_at(b, len - 4) {
+            return HeaderParse::Invalid;
         }
-        Some(SegmentHeader {
-            first_seq: u64_at(b, 8),
-            conn_id_base: u64_at(b, 16),
-            created: Timestamp::from_unix_nanos(u64_at(b, 24) as i64),
-        })
+        let first_seq = u64_at(b, 8);
+        let prev_seq = if len == HEADER_LEN {
+            u64_at(b, 32)
+        } else {
+            first_seq.saturating_sub(1)
+        };
+        if first_seq == 0 || prev_seq >= first_seq {
+            return HeaderParse::Invalid;
+        }
+        HeaderParse::Header(
+            SegmentHeader {
+                first_seq,
+                conn_id_base: u64_at(b, 16),
+                created: Timestamp::from_unix_nanos(u64_at(b, 24) as i64),
+                prev_seq,
+            },
+            len,
+        )
     }
 }
 
@@ -301,7 +363,7 @@ pub fn parse_record(b: &[u8]) -> Parsed<'_> {
         return Parsed::Incomplete;
     }
     let len = u32_at(b, 0) as usize;
-    if !(33..=MAX_BODY).contains(&len) {
+    if !(MIN_BODY..=MAX_BODY).contains(&len) {
         return Parsed::Invalid("record length out of range");
     }
     let Some(body) = b.get(RECORD_PREFIX..RECORD_PREFIX + len) else {
@@ -536,14 +598,52 @@ mod tests {
             first_seq: 42,
             conn_id_base: 9,
             created: Timestamp::from_unix_nanos(123),
+            prev_seq: 30,
         };
         let b = h.encode();
-        assert_eq!(SegmentHeader::decode(&b), Some(h));
-        assert_eq!(SegmentHeader::decode(&b[..35]), None);
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            HeaderParse::Header(h, HEADER_LEN)
+        );
+        assert_eq!(SegmentHeader::decode(&b[..43]), HeaderParse::Incomplete);
+        assert_eq!(SegmentHeader::decode(&b[..3]), HeaderParse::Incomplete);
+        assert_eq!(SegmentHeader::decode(b"KBX"), HeaderParse::Invalid);
         for i in 0..HEADER_LEN {
             let mut d = b;
             d[i] ^= 1;
-            assert_eq!(SegmentHeader::decode(&d), None, "flip at {i}");
+            assert_ne!(
+                SegmentHeader::decode(&d),
+                HeaderParse::Header(h, HEADER_LEN),
+                "flip at {i}"
+            );
+            assert!(
+                !matches!(SegmentHeader::decode(&d), HeaderParse::Header(..)),
+                "flip at {i}"
+            );
         }
+    }
+
+    #[test]
+    fn version_1_headers_are_still_read() {
+        // A header as version 1 wrote it: no prev_seq, 36 bytes.
+        let mut b = [0u8; HEADER_LEN_V1];
+        b[..8].copy_from_slice(&MAGIC_V1);
+        b[8..16].copy_from_slice(&42u64.to_le_bytes());
+        b[16..24].copy_from_slice(&9u64.to_le_bytes());
+        b[24..32].copy_from_slice(&123i64.to_le_bytes());
+        let crc = crc32fast::hash(&b[..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            HeaderParse::Header(
+                SegmentHeader {
+                    first_seq: 42,
+                    conn_id_base: 9,
+                    created: Timestamp::from_unix_nanos(123),
+                    prev_seq: 41,
+                },
+                HEADER_LEN_V1
+            )
+        );
     }
 }

@@ -1,19 +1,32 @@
 //! Reading a journal in `seq` order from any point, including a journal that is still being
-//! written (the database writer follows the live journal this way).
+//! written (the database pipeline follows the live journal this way), reporting what is missing
+//! as [`Damage`] and going on.
 //!
-//! Within a live segment, bytes that end inside a record mean "not written yet", never
-//! corruption: the writer appends whole records but the operating system may show part of one.
-//! Only the writer's own recovery, at startup, decides that an incomplete tail is torn and cuts it.
-//! In a closed segment (a later one exists, or it is compressed), an incomplete tail or an invalid
-//! record is corruption, reported with the file and byte offset.
+//! What must hold:
+//! - Every intact record after the starting point is returned, in order, once; every seq that
+//!   is not is covered by exactly one damage item, returned where the seqs would have been. The
+//!   rules are those of recovery (`scan`), so a reader and the next writer agree.
+//! - Nothing hangs: a missing or truncated segment is found by seq continuity (each header
+//!   states the seq before it, and `EXPIRED` what retention removed), reported, and the reader
+//!   goes on with the next segment.
+//! - Two modes: *following* a live journal, bytes that end inside a record at the end of the last
+//!   segment mean "not written yet"; reading a *closed* journal (nothing holds the `LOCK`), they
+//!   are the torn tail recovery would cut, reported as [`DamageKind::TornTail`]. [`ReadMode::Auto`]
+//!   asks the lock, only when it meets such bytes.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::JournalError;
-use super::format::{HEADER_LEN, Parsed, RecordView, SegmentHeader, parse_record, view_validated};
-use super::segment::{SegmentFile, list_segments, open_segment, segment_name};
+use super::format::{RecordView, max_records, view_validated};
+use super::io::{Fs, StdFs};
+use super::scan::{PrevEnd, Scanner, Step, classify_gap};
+use super::segment::{LOCK_FILE, SegmentFile, list_in, open_segment, read_expired, segment_name};
+use super::{Damage, DamageKind, JournalError};
 use crate::record::Record;
+use crate::time::Timestamp;
 
 /// What a reader returns next: a record, read in place, or the records found missing.
 #[derive(Debug)]
@@ -21,7 +34,7 @@ pub enum ReadItem<'a> {
     /// An intact record (valid until the next read).
     Record(RecordView<'a>),
     /// Records missing before the next intact one.
-    Damage(super::Damage),
+    Damage(Damage),
 }
 
 /// [`ReadItem`], owned.
@@ -30,25 +43,52 @@ pub enum Item {
     /// An intact record.
     Record(Record),
     /// Records missing before the next intact one.
-    Damage(super::Damage),
+    Damage(Damage),
+}
+
+/// How a reader treats the end of the last segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Ask whether a writer holds the journal's lock when it matters (the default).
+    Auto,
+    /// A writer is appending: an incomplete record at the end is not written yet.
+    Follow,
+    /// Nobody writes: an incomplete record at the end is a torn tail.
+    Closed,
 }
 
 const CHUNK: usize = 256 << 10;
+/// The least time between two listings of the directory while following at the end.
+const RELIST_EVERY: Duration = Duration::from_millis(50);
 
 /// Reads records with `seq` greater than a starting point, in order, across segments.
 pub struct JournalReader {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
-    /// The last `seq` returned (or the starting point).
+    mode: ReadMode,
+    /// The last `seq` returned or covered by damage returned (or the starting point).
     after: u64,
     cursor: Option<Cursor>,
-    /// The first `seq` of the last segment read to its end: not to be opened again.
+    /// The first `seq` of the last segment read to its end.
     finished: Option<u64>,
+    /// How the last segment read ended.
+    prev_end: PrevEnd,
+    /// Damage found and not yet returned (it goes out before the next record).
+    pending: VecDeque<Damage>,
+    /// A record parsed and held back behind `pending`: its offset in the cursor's buffer.
+    held: Option<(usize, u64)>,
+    /// Return `pending` now, without waiting for a record.
+    flush_pending: bool,
+    last_received: Option<Timestamp>,
+    listed: Vec<SegmentFile>,
+    listed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for JournalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalReader")
             .field("dir", &self.dir)
+            .field("mode", &self.mode)
             .field("after", &self.after)
             .field("segment", &self.cursor.as_ref().map(|c| &c.segment.path))
             .finish()
@@ -59,66 +99,108 @@ struct Cursor {
     segment: SegmentFile,
     source: Box<dyn Read + Send>,
     buf: Vec<u8>,
-    start: usize,
+    /// Segment offset of `buf[0]`.
+    base: u64,
+    /// Bytes of `buf` holding data.
     end: usize,
-    /// Byte offset in the (uncompressed) segment of `buf[start]`.
-    offset: u64,
-    header: bool,
+    scanner: Scanner,
+    /// No byte will be added after `buf[..end]`.
+    final_end: bool,
+    /// Reading stopped at an error (a damaged compressed stream).
+    read_failed: bool,
+    /// A later segment exists: the writer is done with this one.
+    closed: bool,
 }
 
 impl Cursor {
-    /// Reads more bytes; returns how many.
+    /// Reads more bytes; returns how many (0 at the end, or after a compressed stream failed).
     fn fill(&mut self) -> Result<usize, JournalError> {
         // `buf[..end]` holds bytes read; `buf[end..]` is zeroed room kept between reads, so a read
         // never pays for clearing memory (a live journal is read a few hundred bytes at a time).
-        if self.start > 0 && (self.start * 2 >= self.end || self.end == self.buf.len()) {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        let keep = ((self.scanner.keep_from().saturating_sub(self.base)) as usize).min(self.end);
+        if keep > 0 && (keep * 2 >= self.end || self.end == self.buf.len()) {
+            self.buf.copy_within(keep..self.end, 0);
+            self.end -= keep;
+            self.base += keep as u64;
         }
         if self.buf.len() - self.end < CHUNK / 4 {
             let grown = (self.buf.len() * 2).max(CHUNK);
             self.buf.resize(grown, 0);
         }
-        let n = loop {
+        if self.read_failed {
+            return Ok(0);
+        }
+        loop {
             match self.source.read(&mut self.buf[self.end..]) {
-                Ok(n) => break n,
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if self.segment.compressed => {
+                    tracing::debug!(path = %self.segment.path.display(), error = %e, "journal: compressed segment unreadable from here");
+                    self.read_failed = true;
+                    return Ok(0);
+                }
                 Err(e) => return Err(JournalError::io(&self.segment.path, e)),
             }
-        };
-        self.end += n;
-        Ok(n)
-    }
-
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn corrupt(&self, reason: &'static str) -> JournalError {
-        JournalError::Corrupt {
-            path: self.segment.path.clone(),
-            offset: self.offset,
-            reason,
         }
+    }
+
+    /// Whether bytes were read that the scanner has not decided about yet.
+    fn undecided(&self) -> bool {
+        self.base + self.end as u64 > self.scanner.keep_from()
     }
 }
 
+enum EndKind {
+    Final,
+    Live,
+    More,
+}
+
+enum Next {
+    /// A record at this offset of the cursor's buffer.
+    Record(usize),
+    Damage(Damage),
+}
+
 impl JournalReader {
-    /// A reader of `dir` that returns the records after `after_seq` (0 reads from the start).
+    /// A reader of `dir` that returns the records after `after_seq` (0 reads from the start),
+    /// asking the journal's lock whether a writer is still appending when that matters.
     pub fn open(dir: &Path, after_seq: u64) -> Result<Self, JournalError> {
-        if !dir.is_dir() {
+        Self::open_with(StdFs::shared(), dir, after_seq, ReadMode::Auto)
+    }
+
+    /// A reader through the file system `fs`, in `mode`.
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        after_seq: u64,
+        mode: ReadMode,
+    ) -> Result<Self, JournalError> {
+        if !fs.is_dir(dir) {
             return Err(JournalError::NotADirectory(dir.to_path_buf()));
         }
         Ok(JournalReader {
+            fs,
             dir: dir.to_path_buf(),
+            mode,
             after: after_seq,
             cursor: None,
             finished: None,
+            prev_end: PrevEnd::Start,
+            pending: VecDeque::new(),
+            held: None,
+            flush_pending: false,
+            last_received: None,
+            listed: Vec::new(),
+            listed_at: None,
         })
     }
 
-    /// The `seq` of the last record returned (or the starting point).
+    /// The `seq` of the last record returned, or the last seq of the last damage returned (or
+    /// the starting point).
     pub fn position(&self) -> u64 {
         self.after
     }
@@ -126,170 +208,366 @@ impl JournalReader {
     /// The next record or damage, read in place, or `None` when everything written so far has
     /// been read.
     pub fn next_item(&mut self) -> Result<Option<ReadItem<'_>>, JournalError> {
-        Ok(self.next_view()?.map(ReadItem::Record))
+        Ok(match self.step()? {
+            None => None,
+            Some(Next::Damage(d)) => Some(ReadItem::Damage(d)),
+            Some(Next::Record(at)) => self
+                .cursor
+                .as_ref()
+                .map(|c| ReadItem::Record(view_validated(&c.buf[at..c.end]))),
+        })
     }
 
     /// The next record or damage, owned.
     pub fn next_owned(&mut self) -> Result<Option<Item>, JournalError> {
-        Ok(self.next_record()?.map(Item::Record))
+        match self.next_item()? {
+            None => Ok(None),
+            Some(ReadItem::Damage(d)) => Ok(Some(Item::Damage(d))),
+            Some(ReadItem::Record(view)) => match view.to_record() {
+                Some(record) => Ok(Some(Item::Record(record))),
+                None => Err(JournalError::Thread(
+                    "a validated journal record failed to decode".into(),
+                )),
+            },
+        }
     }
 
-    /// The next record, or `None` when every record written so far has been read.
+    /// The next record, or `None` when every record written so far has been read. Strict: seqs
+    /// skipped after a torn tail or expired are passed over, lost records are an error
+    /// ([`JournalError::Damaged`]; [`next_item`](Self::next_item) reports them and goes on).
     pub fn next_record(&mut self) -> Result<Option<Record>, JournalError> {
-        match self.next_view()? {
-            None => Ok(None),
-            Some(view) => view.to_record().map(Some).ok_or(JournalError::Thread(
-                "a validated journal record failed to decode".into(),
-            )),
-        }
-    }
-
-    /// The next record, read in place without copying (valid until the next call).
-    pub fn next_view(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
-        let Some(at) = self.advance()? else {
-            return Ok(None);
-        };
-        match &self.cursor {
-            Some(cursor) => Ok(Some(view_validated(&cursor.buf[at..cursor.end]))),
-            None => Ok(None),
-        }
-    }
-
-    /// Moves past the next record after `after`, returning its offset in the cursor's buffer.
-    fn advance(&mut self) -> Result<Option<usize>, JournalError> {
         loop {
+            match self.next_owned()? {
+                None => return Ok(None),
+                Some(Item::Record(r)) => return Ok(Some(r)),
+                Some(Item::Damage(d)) if d.kind.is_loss() => {
+                    return Err(JournalError::Damaged(Box::new(d)));
+                }
+                Some(Item::Damage(_)) => {}
+            }
+        }
+    }
+
+    /// The next record, read in place without copying (valid until the next call). Strict, as
+    /// [`next_record`](Self::next_record).
+    pub fn next_view(&mut self) -> Result<Option<RecordView<'_>>, JournalError> {
+        let at = loop {
+            match self.step()? {
+                None => return Ok(None),
+                Some(Next::Record(at)) => break at,
+                Some(Next::Damage(d)) if d.kind.is_loss() => {
+                    return Err(JournalError::Damaged(Box::new(d)));
+                }
+                Some(Next::Damage(_)) => {}
+            }
+        };
+        Ok(self
+            .cursor
+            .as_ref()
+            .map(|c| view_validated(&c.buf[at..c.end])))
+    }
+
+    /// The highest seq accounted for: returned, or found missing and queued.
+    fn covered(&self) -> u64 {
+        self.pending
+            .back()
+            .map_or(self.after, |d| d.last_seq.max(self.after))
+    }
+
+    /// Queues damage for `first..=last`, clipped to what is not yet accounted for.
+    fn queue(&mut self, mut d: Damage) {
+        d.first_seq = d.first_seq.max(self.covered().saturating_add(1));
+        if d.first_seq > d.last_seq {
+            return;
+        }
+        d.before = d.before.or(self.last_received);
+        self.pending.push_back(d);
+    }
+
+    fn step(&mut self) -> Result<Option<Next>, JournalError> {
+        loop {
+            if self.held.is_some() || self.flush_pending {
+                if let Some(d) = self.pending.pop_front() {
+                    self.after = self.after.max(d.last_seq);
+                    return Ok(Some(Next::Damage(d)));
+                }
+                self.flush_pending = false;
+                if let Some((at, seq)) = self.held.take() {
+                    self.after = seq;
+                    return Ok(Some(Next::Record(at)));
+                }
+            }
             if self.cursor.is_none() && !self.open_next()? {
-                return Ok(None);
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                self.flush_pending = true;
+                continue;
             }
             let Some(cursor) = self.cursor.as_mut() else {
-                return Ok(None);
+                continue;
             };
-            if !cursor.header {
-                if cursor.pending().len() < HEADER_LEN {
-                    if cursor.fill()? == 0 {
-                        let compressed = cursor.segment.compressed;
-                        if compressed || self.has_later_segment()? {
-                            let Some(cursor) = self.cursor.as_ref() else {
-                                return Ok(None);
-                            };
-                            return Err(cursor.corrupt("segment ends inside its header"));
-                        }
-                        return Ok(None);
-                    }
-                    continue;
-                }
-                let header = SegmentHeader::decode(cursor.pending())
-                    .ok_or_else(|| cursor.corrupt("bad segment header"))?;
-                if header.first_seq != cursor.segment.first_seq {
-                    return Err(cursor.corrupt("header disagrees with the file name"));
-                }
-                cursor.start += HEADER_LEN;
-                cursor.offset += HEADER_LEN as u64;
-                cursor.header = true;
-            }
-            match parse_record(cursor.pending()) {
-                Parsed::Record(record, len) => {
-                    let (seq, at) = (record.seq, cursor.start);
-                    cursor.start += len;
-                    cursor.offset += len as u64;
-                    if seq <= self.after {
-                        continue;
-                    }
-                    if seq != self.after + 1 {
-                        return Err(JournalError::Gap {
-                            expected: self.after + 1,
-                            found: seq,
-                            path: cursor.segment.path.clone(),
-                        });
-                    }
-                    self.after = seq;
-                    return Ok(Some(at));
-                }
-                Parsed::Invalid(reason) => return Err(cursor.corrupt(reason)),
-                Parsed::Incomplete => {
-                    if cursor.fill()? > 0 {
-                        continue;
-                    }
-                    let closed = cursor.segment.compressed || self.has_later_segment()?;
-                    let Some(cursor) = self.cursor.as_mut() else {
-                        return Ok(None);
+            let step =
+                cursor
+                    .scanner
+                    .step(&cursor.buf[..cursor.end], cursor.base, cursor.final_end);
+            match step {
+                Step::Header(h) => {
+                    let declared = if cursor.scanner.header_damaged() {
+                        h.first_seq.saturating_sub(1)
+                    } else {
+                        h.prev_seq
                     };
-                    if !closed {
-                        return Ok(None);
+                    let path = cursor.segment.path.clone();
+                    let from = self.covered().saturating_add(1);
+                    if h.first_seq > from {
+                        let expired = read_expired(self.fs.as_ref(), &self.dir)?;
+                        let gap = classify_gap(
+                            from,
+                            h.first_seq - 1,
+                            expired,
+                            declared,
+                            &self.prev_end,
+                            &path,
+                        );
+                        for d in gap {
+                            self.queue(d);
+                        }
                     }
-                    // Closed: the writer finished it before starting the next one, so one more read
-                    // sees everything it will ever hold.
+                }
+                Step::Record { view, at, .. } => {
+                    let (seq, received) = (view.seq, view.received_at);
+                    let rel = (at - cursor.base) as usize;
+                    self.last_received = Some(received);
+                    if seq <= self.covered() {
+                        continue; // before the starting point
+                    }
+                    if self.pending.is_empty() {
+                        self.after = seq;
+                        return Ok(Some(Next::Record(rel)));
+                    }
+                    for d in &mut self.pending {
+                        d.after.get_or_insert(received);
+                    }
+                    self.held = Some((rel, seq));
+                }
+                Step::Damage {
+                    offset,
+                    bytes,
+                    first_seq,
+                    last_seq,
+                } => {
+                    let segment = cursor.segment.path.clone();
+                    if first_seq > last_seq {
+                        tracing::debug!(path = %segment.display(), offset, bytes, "journal: damaged bytes between two intact records (no record lost)");
+                    }
+                    self.queue(Damage {
+                        kind: DamageKind::Corrupt,
+                        segment,
+                        offset,
+                        bytes,
+                        first_seq,
+                        last_seq,
+                        before: None,
+                        after: None,
+                    });
+                }
+                Step::NeedMore => {
                     if cursor.fill()? > 0 {
                         continue;
                     }
-                    if !cursor.pending().is_empty() {
-                        return Err(cursor.corrupt("closed segment ends inside a record"));
+                    match self.decide_end()? {
+                        EndKind::Final => {
+                            if let Some(cursor) = self.cursor.as_mut() {
+                                cursor.final_end = true;
+                            }
+                        }
+                        EndKind::More => {}
+                        // Following a live journal: nothing more yet.
+                        EndKind::Live if self.pending.is_empty() => return Ok(None),
+                        EndKind::Live => self.flush_pending = true,
                     }
-                    self.finished = Some(cursor.segment.first_seq);
-                    self.cursor = None;
+                }
+                Step::End => {
+                    let (segment, end) = (cursor.segment.clone(), cursor.scanner.keep_from());
+                    let failed = cursor.read_failed;
+                    let last_seen = cursor.scanner.last_seen();
+                    self.end_segment(&segment, failed, end, None, last_seen)?;
+                }
+                Step::Tail { offset, bytes } => {
+                    let segment = cursor.segment.clone();
+                    let failed = cursor.read_failed;
+                    let last_seen = cursor.scanner.last_seen();
+                    self.end_segment(&segment, failed, offset, Some(bytes), last_seen)?;
                 }
             }
         }
     }
 
-    /// Whether the segment after the current one exists. Segments are contiguous, so at the end
-    /// of the current one its successor is named after `after + 1`: two `stat`s, not a listing
-    /// of the directory (this runs each time a follower catches up with the writer).
-    fn has_later_segment(&self) -> Result<bool, JournalError> {
+    /// At the end of the bytes read so far: decides whether the current segment is complete
+    /// (its end is final), still being written, or known complete with more to read first.
+    fn decide_end(&mut self) -> Result<EndKind, JournalError> {
+        let Some(cursor) = self.cursor.as_ref() else {
+            return Ok(EndKind::Final);
+        };
+        if cursor.segment.compressed || cursor.read_failed || cursor.closed {
+            return Ok(EndKind::Final);
+        }
+        let undecided = cursor.undecided();
+        if self.later_segment_exists()? {
+            // The writer finished this segment before it created the next, so one more read
+            // sees everything it will ever hold.
+            if let Some(cursor) = self.cursor.as_mut() {
+                cursor.closed = true;
+            }
+            return Ok(EndKind::More);
+        }
+        let live = match self.mode {
+            ReadMode::Follow => true,
+            ReadMode::Closed => false,
+            // Only bytes that are not a whole record make a difference.
+            ReadMode::Auto => {
+                let lock = self.dir.join(LOCK_FILE);
+                !undecided
+                    || self
+                        .fs
+                        .is_locked(&lock)
+                        .map_err(|e| JournalError::io(&lock, e))?
+            }
+        };
+        Ok(if live { EndKind::Live } else { EndKind::Final })
+    }
+
+    /// The current segment ends: at `offset`, cleanly (`tail` None) or with `tail` bytes that
+    /// hold no record. When it is the journal's last segment, that tail is reported as recovery
+    /// would classify it.
+    fn end_segment(
+        &mut self,
+        segment: &SegmentFile,
+        read_failed: bool,
+        offset: u64,
+        tail: Option<u64>,
+        last_seen: u64,
+    ) -> Result<(), JournalError> {
+        self.prev_end = match (read_failed, tail) {
+            (true, _) => PrevEnd::Unreadable {
+                segment: segment.path.clone(),
+                offset,
+            },
+            (false, Some(bytes)) => PrevEnd::Tail {
+                segment: segment.path.clone(),
+                offset,
+                bytes,
+            },
+            (false, None) => PrevEnd::Clean {
+                segment: segment.path.clone(),
+                end: offset,
+            },
+        };
+        if (read_failed || tail.is_some()) && !self.later_segment_exists()? {
+            // The end of a closed journal. A plain segment's tail is what the next writer will
+            // cut and skip; a compressed segment was complete when it was compressed, so
+            // anything wrong in it is lost records (how many is unknown when its stream is
+            // damaged: at least one).
+            let plain_tail = !segment.compressed && !read_failed;
+            let count = tail.map_or(1, |b| max_records(b).max(1));
+            self.queue(Damage {
+                kind: if plain_tail {
+                    DamageKind::TornTail
+                } else {
+                    DamageKind::TruncatedSegment
+                },
+                segment: segment.path.clone(),
+                offset,
+                bytes: tail.unwrap_or(0),
+                first_seq: last_seen.saturating_add(1),
+                last_seq: last_seen.saturating_add(count),
+                before: None,
+                after: None,
+            });
+        }
+        self.finished = Some(segment.first_seq);
+        self.cursor = None;
+        Ok(())
+    }
+
+    /// Whether a segment after the current one exists. At the end of a live segment this runs
+    /// each time a follower catches up with the writer: first a `stat` of the name the next
+    /// segment would normally have, then (at most every 50 ms) a listing, which finds a segment
+    /// after a hole.
+    fn later_segment_exists(&mut self) -> Result<bool, JournalError> {
         let Some(cursor) = &self.cursor else {
             return Ok(false);
         };
-        let next = self.after + 1;
-        if next <= cursor.segment.first_seq {
-            return Ok(false);
+        let first = cursor.segment.first_seq;
+        if self.listed.iter().any(|s| s.first_seq > first) {
+            return Ok(true);
         }
-        Ok([false, true]
-            .into_iter()
-            .any(|compressed| self.dir.join(segment_name(next, compressed)).exists()))
+        let next = cursor.scanner.last_seen().saturating_add(1);
+        if next > first {
+            for compressed in [false, true] {
+                let path = self.dir.join(segment_name(next, compressed));
+                if self
+                    .fs
+                    .exists(&path)
+                    .map_err(|e| JournalError::io(&path, e))?
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        let stale = self.listed_at.is_none_or(|at| at.elapsed() >= RELIST_EVERY);
+        if stale {
+            self.listed = list_in(self.fs.as_ref(), &self.dir)?;
+            self.listed_at = Some(Instant::now());
+            return Ok(self.listed.iter().any(|s| s.first_seq > first));
+        }
+        Ok(false)
     }
 
-    /// Opens the segment holding `after + 1`; `false` when there is none yet.
+    /// Opens the next segment to read; `false` when there is none (yet).
     fn open_next(&mut self) -> Result<bool, JournalError> {
+        let mut last_error = None;
         for _attempt in 0..3 {
-            let segments = list_segments(&self.dir)?;
-            let want = self.after + 1;
-            let chosen = match segments.iter().rposition(|s| s.first_seq <= want) {
-                // Everything up to `after` is read and no segment holds more yet.
-                Some(i) if Some(segments[i].first_seq) == self.finished => return Ok(false),
-                Some(i) => &segments[i],
-                None => match segments.first() {
-                    Some(first) => {
-                        return Err(JournalError::Gap {
-                            expected: want,
-                            found: first.first_seq,
-                            path: first.path.clone(),
-                        });
-                    }
-                    None => return Ok(false),
-                },
+            self.listed = list_in(self.fs.as_ref(), &self.dir)?;
+            self.listed_at = Some(Instant::now());
+            let want = self.covered().saturating_add(1);
+            let chosen = match self.finished {
+                Some(done) => self.listed.iter().find(|s| s.first_seq > done),
+                None => self
+                    .listed
+                    .iter()
+                    .rev()
+                    .find(|s| s.first_seq <= want)
+                    .or(self.listed.first()),
             };
-            match open_segment(chosen) {
+            let Some(chosen) = chosen.cloned() else {
+                return Ok(false);
+            };
+            match open_segment(self.fs.as_ref(), &chosen) {
                 Ok(source) => {
                     self.cursor = Some(Cursor {
-                        segment: chosen.clone(),
+                        scanner: Scanner::new(chosen.first_seq),
+                        segment: chosen,
                         source,
                         buf: vec![0; CHUNK],
-                        start: 0,
+                        base: 0,
                         end: 0,
-                        offset: 0,
-                        header: false,
+                        final_end: false,
+                        read_failed: false,
+                        closed: false,
                     });
                     return Ok(true);
                 }
-                // Compressed and removed between listing and opening: list again.
-                Err(JournalError::Io { source, .. })
+                // Compressed (or expired) and removed between listing and opening: list again.
+                Err(JournalError::Io { source, path })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    continue;
+                    last_error = Some(JournalError::Io { source, path });
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Err(last_error.unwrap_or(JournalError::Thread("no segment to open".into())))
     }
 }

@@ -1,26 +1,32 @@
 //! Appending to the journal: recovery at open, appends, flush and sync, rotation, compression of
 //! closed segments, and retention.
 //!
-//! [`JournalWriter`] is synchronous and single-owner. [`spawn_journal`] runs one on a dedicated
-//! thread fed by a bounded channel, so that file I/O never blocks the async feed and a slow disk
-//! pushes back on the socket readers instead of growing memory.
+//! [`JournalWriter`] is synchronous and single-owner; [`super::spawn_journal`] runs one on a
+//! dedicated thread. What must hold:
+//! - the file only ever holds whole records: records are encoded into a buffer and written in
+//!   one piece; a write that fails is cut back to the last whole record before anything else is
+//!   written (a full disk leaves no half record followed by others), and the buffered records
+//!   stay to be written again;
+//! - `synced` only ever names records that an fsync covered; after an fsync fails the writer
+//!   never syncs again (the kernel may have dropped the dirty pages: a retried fsync could
+//!   succeed with the data gone), it stops with the error naming the file.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
-
 use super::JournalError;
-use super::format::{HEADER_LEN, Parsed, SegmentHeader, encode_record, parse_record};
+use super::format::{HEADER_LEN, SegmentHeader, encode_record};
+use super::io::{Fs, LockGuard, StdFs, WriteFile};
+use super::recovery::{self, Recovery};
 use super::segment::{
-    SegmentFile, clean_leftovers, compress, list_segments, segment_name, sync_dir,
+    LOCK_FILE, SegmentFile, clean_leftovers, compress, create_segment, list_in, open_segment,
+    write_expired,
 };
-use crate::record::{Record, RecordBody};
+use crate::record::{EventKind, FeedEvent, Record, RecordBody};
 use crate::time::Timestamp;
 
 /// How the journal rotates, syncs, compresses and expires segments.
@@ -38,6 +44,28 @@ pub struct JournalConfig {
     pub compression_level: i32,
     /// Remove closed segments older than this (once the database has them, when one is used).
     pub retention: Option<Duration>,
+    /// The file system (the real one; tests give an in-memory one that fails on demand).
+    pub fs: Arc<dyn Fs>,
+}
+
+/// A journal setting that cannot work, refused when the settings are parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalConfigError {
+    /// The sync interval is below 1 ms.
+    #[error(
+        "--journal-sync-interval must be at least 1ms (got {0:?}): it is the most a power cut can lose, e.g. 1s"
+    )]
+    SyncInterval(Duration),
+    /// Segments below 1 MiB.
+    #[error(
+        "--journal-segment-size must be at least 1MiB (got {0} bytes): smaller segments only make many files, e.g. 256MiB"
+    )]
+    SegmentSize(u64),
+    /// Segments younger than 1 s.
+    #[error(
+        "--journal-segment-age must be at least 1s (got {0:?}): shorter only makes many files, e.g. 1h"
+    )]
+    SegmentAge(Duration),
 }
 
 impl JournalConfig {
@@ -50,19 +78,24 @@ impl JournalConfig {
             sync_interval: Duration::from_secs(1),
             compression_level: 3,
             retention: None,
+            fs: StdFs::shared(),
         }
     }
-}
 
-/// What opening the journal found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// The `seq` of the last intact record (0 for a new journal).
-    pub last_seq: u64,
-    /// The highest connection id used so far.
-    pub conn_id_base: u64,
-    /// Bytes cut from a torn tail (a record half-written when the process or machine stopped).
-    pub torn_bytes: u64,
+    /// Refuses settings that cannot work: a sync interval under 1 ms, segments under 1 MiB or
+    /// younger than 1 s. (The journal itself survives any value; these are operator typos.)
+    pub fn validate(&self) -> Result<(), JournalConfigError> {
+        if self.sync_interval < Duration::from_millis(1) {
+            return Err(JournalConfigError::SyncInterval(self.sync_interval));
+        }
+        if self.segment_bytes < 1 << 20 {
+            return Err(JournalConfigError::SegmentSize(self.segment_bytes));
+        }
+        if self.segment_age < Duration::from_secs(1) {
+            return Err(JournalConfigError::SegmentAge(self.segment_age));
+        }
+        Ok(())
+    }
 }
 
 /// What to append: a record without its `seq` (the journal assigns it).
@@ -91,84 +124,177 @@ pub struct JournalStats {
     pub synced_seq: AtomicU64,
     /// Segments rotated since start.
     pub rotations: AtomicU64,
-    /// The last `seq` found when the journal was opened: `bytes` counts the records after it.
+    /// The last `seq` accounted for when the journal was opened (`Recovery::next_seq - 1`):
+    /// `bytes` counts the records after it.
     pub opened_seq: AtomicU64,
     /// Bytes of a torn tail cut when the journal was opened.
     pub torn_bytes: AtomicU64,
-    /// Seqs found damaged in the last segment when the journal was opened.
+    /// Seqs found lost in the last segment when the journal was opened (damage; not the seqs
+    /// skipped after a torn tail).
     pub damaged_seqs_at_open: AtomicU64,
     /// Closed segments removed by retention since start.
     pub expired_segments: AtomicU64,
+    /// Times writing stopped on a full disk (each episode once; see `JournalHandle::problem`).
+    pub disk_full_stalls: AtomicU64,
+    /// Whether writing is stopped on a full disk now (records wait in memory and the queue).
+    pub disk_full: AtomicBool,
 }
+
+/// Bytes buffered before the writer hands them to the file on its own.
+const WRITE_CHUNK: usize = 256 << 10;
+/// How long the writer waits before retrying a rotation that failed.
+const ROTATE_RETRY: Duration = Duration::from_secs(1);
 
 /// The single writer of a journal directory.
 #[derive(Debug)]
 pub struct JournalWriter {
     config: JournalConfig,
-    file: BufWriter<File>,
+    fs: Arc<dyn Fs>,
+    file: Box<dyn WriteFile>,
     segment: SegmentFile,
-    segment_len: u64,
+    /// Bytes in the active segment's file: the header and whole records.
+    file_len: u64,
     segment_opened: Instant,
     next_seq: u64,
+    /// The last seq whose record is in the file.
+    written_seq: u64,
+    /// The last seq an fsync covered.
+    synced_seq: u64,
     conn_id_base: u64,
-    buf: Vec<u8>,
-    unflushed: bool,
-    unsynced: bool,
+    /// Encoded records not yet in the file: seqs `written_seq + 1 .. next_seq`.
+    pending: Vec<u8>,
+    /// Set once a write could not be undone or an fsync failed: nothing more is written or
+    /// synced.
+    failed: Option<String>,
+    /// The last rotation attempt that failed.
+    rotate_failed: Option<Instant>,
     stats: Arc<JournalStats>,
     /// Held (locked) for the writer's life: one writer per directory.
-    _lock: File,
+    _lock: Box<dyn LockGuard>,
     compressor: Option<Compressor>,
 }
 
 impl JournalWriter {
     /// Opens (or creates) the journal: takes the directory's lock, recovers the last segment
-    /// (cutting a torn tail), and starts a new segment after it.
+    /// (keeping and reporting damage, cutting a torn tail and skipping its seqs), and starts a
+    /// new segment after it.
     pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
+        let fs = Arc::clone(&config.fs);
         let dir = config.dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| JournalError::io(&dir, e))?;
-        let lock = lock_dir(&dir)?;
-        clean_leftovers(&dir)?;
-        let mut recovery = Recovery::default();
-        let segments = list_segments(&dir)?;
-        if let Some(last) = segments.last() {
-            recovery = recover_last(last, &segments)?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| JournalError::io(&dir, e))?;
+        if !fs.is_dir(&dir) {
+            return Err(JournalError::NotADirectory(dir));
         }
-        let stats = Arc::new(JournalStats::default());
-        stats
-            .flushed_seq
-            .store(recovery.last_seq, Ordering::Relaxed);
-        stats.synced_seq.store(recovery.last_seq, Ordering::Relaxed);
-        stats.opened_seq.store(recovery.last_seq, Ordering::Relaxed);
-        let compressor =
-            (config.compression_level > 0).then(|| Compressor::spawn(config.compression_level));
-        let first_seq = recovery.last_seq + 1;
-        if let Some(tx) = &compressor {
-            // Closed segments only: never the name the new active segment is about to take.
-            for s in segments
-                .iter()
-                .filter(|s| !s.compressed && s.first_seq < first_seq)
-            {
-                if s.path.exists() {
-                    tx.send(s.clone());
-                }
+        let lock = lock_dir(fs.as_ref(), &dir)?;
+        clean_leftovers(fs.as_ref(), &dir)?;
+        let segments = list_in(fs.as_ref(), &dir)?;
+        let plan = recovery::plan(fs.as_ref(), &segments)?;
+        let mut recovery = plan.recovery;
+        let first_seq = recovery.next_seq;
+        // 1. The new segment, declaring the skipped seqs in its header, durable before anything
+        //    is cut: a crash from here on recovers to the same (or a later) first seq.
+        let header = SegmentHeader {
+            first_seq,
+            conn_id_base: recovery.conn_id_base,
+            created: Timestamp::now(),
+            prev_seq: plan.prev_seq,
+        };
+        let (file, segment) = create_segment(fs.as_ref(), &dir, &header)?;
+        // 2. The torn tail is cut (and synced).
+        if let Some((torn, offset)) = &plan.cut {
+            fs.truncate(&torn.path, *offset)
+                .map_err(|e| JournalError::io(&torn.path, e))?;
+            tracing::warn!(
+                path = %torn.path.display(),
+                offset,
+                bytes = recovery.torn_bytes,
+                "journal: cut a torn tail left by an interrupted write"
+            );
+        }
+        // 3. Trailing segments without records go (one named like the new segment was replaced).
+        let mut removed = false;
+        for e in &plan.empty {
+            if e.path != segment.path {
+                fs.remove(&e.path)
+                    .map_err(|err| JournalError::io(&e.path, err))?;
+                removed = true;
             }
         }
-        let (file, segment) = create_segment(&dir, first_seq, recovery.conn_id_base)?;
-        let writer = JournalWriter {
-            config,
+        if removed {
+            fs.sync_dir(&dir).map_err(|e| JournalError::io(&dir, e))?;
+        }
+        let stats = Arc::new(JournalStats::default());
+        let opened = first_seq - 1;
+        for s in [&stats.flushed_seq, &stats.synced_seq, &stats.opened_seq] {
+            s.store(opened, Ordering::Relaxed);
+        }
+        stats
+            .torn_bytes
+            .store(recovery.torn_bytes, Ordering::Relaxed);
+        let mut damaged = 0;
+        for d in &mut recovery.damage {
+            if d.segment.as_os_str().is_empty() {
+                d.segment = segment.path.clone();
+            }
+            if d.kind.is_loss() {
+                damaged += d.last_seq - d.first_seq + 1;
+                tracing::warn!(damage = %d, "journal: damaged records found at open; every intact record after them is kept");
+            } else {
+                tracing::warn!(damage = %d, "journal: seqs skipped after a torn tail (no record that was synced is lost; none is reused)");
+            }
+        }
+        stats.damaged_seqs_at_open.store(damaged, Ordering::Relaxed);
+        let compressor = (config.compression_level > 0)
+            .then(|| Compressor::spawn(Arc::clone(&fs), config.compression_level));
+        if let Some(c) = &compressor {
+            let gone: Vec<&PathBuf> = plan.empty.iter().map(|e| &e.path).collect();
+            for s in segments
+                .iter()
+                .filter(|s| !s.compressed && s.first_seq < first_seq && !gone.contains(&&s.path))
+            {
+                c.send(s.clone());
+            }
+        }
+        let mut writer = JournalWriter {
+            fs,
             file,
             segment,
-            segment_len: HEADER_LEN as u64,
+            file_len: HEADER_LEN as u64,
             segment_opened: Instant::now(),
             next_seq: first_seq,
+            written_seq: opened,
+            synced_seq: opened,
             conn_id_base: recovery.conn_id_base,
-            buf: Vec::with_capacity(64 << 10),
-            unflushed: false,
-            unsynced: false,
+            pending: Vec::with_capacity(64 << 10),
+            failed: None,
+            rotate_failed: None,
             stats,
             _lock: lock,
             compressor,
+            config,
         };
+        if first_seq > plan.prev_seq + 1 {
+            // Readers learn from the header that the skipped seqs are not a loss; the database
+            // learns it from this event.
+            let detail = format!(
+                "seqs {}..={} skipped so that none is used twice: {}",
+                plan.prev_seq + 1,
+                first_seq - 1,
+                plan.skip_detail.as_deref().unwrap_or("after a torn tail")
+            );
+            writer.append(Entry {
+                received_at: Timestamp::now(),
+                conn_id: 0,
+                conn_seq: 0,
+                body: RecordBody::Event(FeedEvent {
+                    kind: EventKind::JournalRecovered,
+                    symbol: None,
+                    gap_start: plan.last_received,
+                    detail,
+                }),
+            })?;
+        }
         Ok((writer, recovery))
     }
 
@@ -182,9 +308,32 @@ impl JournalWriter {
         self.next_seq
     }
 
+    /// The last `seq` handed to the operating system.
+    pub fn written_seq(&self) -> u64 {
+        self.written_seq
+    }
+
+    /// The last `seq` synced to disk.
+    pub fn synced_seq(&self) -> u64 {
+        self.synced_seq
+    }
+
+    /// The active segment.
+    pub fn segment_path(&self) -> &Path {
+        &self.segment.path
+    }
+
+    /// Records appended but not yet in the file (waiting for room on the disk, or the next
+    /// flush).
+    pub fn waiting(&self) -> u64 {
+        self.next_seq - 1 - self.written_seq
+    }
+
     /// Appends an entry, giving it the next `seq`. It reaches the operating system at the next
-    /// [`flush`](Self::flush), and the disk at the next [`sync`](Self::sync).
+    /// [`flush`](Self::flush) (or when enough is buffered), and the disk at the next
+    /// [`sync`](Self::sync).
     pub fn append(&mut self, entry: Entry) -> Result<u64, JournalError> {
+        self.check_failed()?;
         let record = Record {
             seq: self.next_seq,
             received_at: entry.received_at,
@@ -193,59 +342,110 @@ impl JournalWriter {
             body: entry.body,
         };
         self.conn_id_base = self.conn_id_base.max(record.conn_id);
-        self.buf.clear();
-        encode_record(&record, &mut self.buf);
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| JournalError::io(&self.segment.path, e))?;
-        self.segment_len += self.buf.len() as u64;
+        let before = self.pending.len();
+        encode_record(&record, &mut self.pending);
+        let len = (self.pending.len() - before) as u64;
         self.stats.records.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(len, Ordering::Relaxed);
         self.next_seq += 1;
-        self.unflushed = true;
-        self.unsynced = true;
+        if self.pending.len() >= WRITE_CHUNK {
+            match self.write_pending() {
+                Err(e) if e.is_disk_full() => {} // kept; the next flush says so
+                other => other?,
+            }
+        }
         Ok(record.seq)
     }
 
     /// Hands buffered records to the operating system: a crash of this process loses nothing
-    /// flushed; readers of the journal can see it.
+    /// flushed; readers of the journal can see it. On a full disk the records stay buffered
+    /// (the file is cut back to its last whole record) and the error says so
+    /// ([`JournalError::is_disk_full`]): flush again later.
     pub fn flush(&mut self) -> Result<(), JournalError> {
-        if self.unflushed {
-            self.file
-                .flush()
-                .map_err(|e| JournalError::io(&self.segment.path, e))?;
-            self.unflushed = false;
-            self.stats
-                .flushed_seq
-                .store(self.next_seq - 1, Ordering::Release);
-        }
+        self.write_pending()?;
+        self.stats
+            .flushed_seq
+            .store(self.written_seq, Ordering::Release);
         Ok(())
     }
 
-    /// Flushes and syncs the active segment to disk: a power cut loses nothing synced.
+    fn write_pending(&mut self) -> Result<(), JournalError> {
+        self.check_failed()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.file_len += self.pending.len() as u64;
+                self.written_seq = self.next_seq - 1;
+                self.pending.clear();
+                if self.stats.disk_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.segment.path.display(), "journal: the disk has room again; writing resumed");
+                }
+                Ok(())
+            }
+            Err(source) => {
+                // Whatever part reached the file goes: no half record may precede the next.
+                if let Err(cut) = self.file.set_len(self.file_len) {
+                    let e = JournalError::io(&self.segment.path, cut);
+                    self.failed = Some(e.to_string());
+                    return Err(e);
+                }
+                let e = JournalError::io(&self.segment.path, source);
+                if e.is_disk_full() {
+                    if !self.stats.disk_full.swap(true, Ordering::Relaxed) {
+                        self.stats.disk_full_stalls.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    self.failed = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes and syncs the active segment to disk: a power cut loses nothing synced. On a full
+    /// disk, what reached the file is synced and the disk-full error returned.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        self.flush()?;
-        if self.unsynced {
-            self.file
-                .get_ref()
-                .sync_data()
-                .map_err(|e| JournalError::io(&self.segment.path, e))?;
-            self.unsynced = false;
+        let flushed = self.flush();
+        if let Err(e) = &flushed
+            && !e.is_disk_full()
+        {
+            return flushed;
+        }
+        if self.written_seq > self.synced_seq {
+            if let Err(source) = self.file.sync_data() {
+                let e = JournalError::io(&self.segment.path, source);
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+            self.synced_seq = self.written_seq;
             self.stats
                 .synced_seq
-                .store(self.next_seq - 1, Ordering::Release);
+                .store(self.synced_seq, Ordering::Release);
         }
-        Ok(())
+        flushed
     }
 
-    /// Rotates if the active segment is large or old enough and holds records.
+    fn check_failed(&self) -> Result<(), JournalError> {
+        match &self.failed {
+            Some(why) => Err(JournalError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Rotates if the active segment is large or old enough and holds records. A rotation that
+    /// fails (no room for the new segment, too many open files) leaves the active segment in use
+    /// and is tried again a second later.
     pub fn maybe_rotate(&mut self) -> Result<bool, JournalError> {
-        let holds_records = self.segment_len > HEADER_LEN as u64;
-        let due = self.segment_len >= self.config.segment_bytes
+        let len = self.file_len + self.pending.len() as u64;
+        let holds_records = len > HEADER_LEN as u64;
+        let due = len >= self.config.segment_bytes
             || self.segment_opened.elapsed() >= self.config.segment_age;
-        if holds_records && due {
+        let waiting = self
+            .rotate_failed
+            .is_some_and(|at| at.elapsed() < ROTATE_RETRY);
+        if holds_records && due && !waiting {
             self.rotate()?;
             return Ok(true);
         }
@@ -253,13 +453,27 @@ impl JournalWriter {
     }
 
     /// Closes the active segment (synced) and starts the next; the closed one is compressed in
-    /// the background.
+    /// the background. When the new segment cannot be created, the active one stays in use and
+    /// the error is returned ([`JournalError::is_retriable`]).
     pub fn rotate(&mut self) -> Result<(), JournalError> {
         self.sync()?;
-        let (file, segment) = create_segment(&self.config.dir, self.next_seq, self.conn_id_base)?;
+        let header = SegmentHeader {
+            first_seq: self.next_seq,
+            conn_id_base: self.conn_id_base,
+            created: Timestamp::now(),
+            prev_seq: self.next_seq - 1,
+        };
+        let (file, segment) = match create_segment(self.fs.as_ref(), &self.config.dir, &header) {
+            Ok(created) => created,
+            Err(e) => {
+                self.rotate_failed = Some(Instant::now());
+                return Err(JournalError::Rotate(Box::new(e)));
+            }
+        };
+        self.rotate_failed = None;
         let closed = std::mem::replace(&mut self.segment, segment);
         self.file = file;
-        self.segment_len = HEADER_LEN as u64;
+        self.file_len = HEADER_LEN as u64;
         self.segment_opened = Instant::now();
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = &self.compressor {
@@ -271,21 +485,24 @@ impl JournalWriter {
     /// Removes closed segments created before `now - retention` whose records are all at or
     /// below `keep_after` (the database's checkpoint; `u64::MAX` when there is no database).
     /// Compressed or not: a segment whose compression failed (a full disk) must still go, or
-    /// the disk never frees; only one waiting for the compressor is left to it.
+    /// the disk never frees; only one waiting for the compressor is left to it. The highest seq
+    /// removed is recorded (synced, in `EXPIRED`) before any file goes, so readers report the
+    /// missing seqs as expired, not lost.
     pub fn expire(&mut self, keep_after: u64) -> Result<usize, JournalError> {
         let Some(retention) = self.config.retention else {
             return Ok(0);
         };
         let cutoff =
             Timestamp::now().add_nanos(-(retention.as_nanos().min(i64::MAX as u128) as i64));
-        let segments = list_segments(&self.config.dir)?;
-        let mut removed = 0;
+        let segments = list_in(self.fs.as_ref(), &self.config.dir)?;
+        let mut doomed = Vec::new();
+        let mut highest = 0;
         // Oldest first, and both conditions only grow stricter along the list: stop at the first
         // segment that must stay (no header of a newer segment is read).
         for pair in segments.windows(2) {
             let (seg, next) = (&pair[0], &pair[1]);
             let last_seq = next.first_seq.saturating_sub(1);
-            if seg.first_seq == self.segment.first_seq || last_seq > keep_after {
+            if seg.first_seq >= self.segment.first_seq || last_seq > keep_after {
                 break;
             }
             let compressing = self
@@ -295,176 +512,79 @@ impl JournalWriter {
             if compressing {
                 continue;
             }
-            if read_header(seg)?.created >= cutoff {
+            if read_header(self.fs.as_ref(), seg)?.created >= cutoff {
                 break;
             }
-            fs::remove_file(&seg.path).map_err(|e| JournalError::io(&seg.path, e))?;
-            removed += 1;
+            doomed.push(seg.clone());
+            highest = last_seq;
         }
-        if removed > 0 {
-            sync_dir(&self.config.dir)?;
+        if doomed.is_empty() {
+            return Ok(0);
         }
-        Ok(removed)
+        write_expired(self.fs.as_ref(), &self.config.dir, highest)?;
+        for seg in &doomed {
+            self.fs
+                .remove(&seg.path)
+                .map_err(|e| JournalError::io(&seg.path, e))?;
+        }
+        self.fs
+            .sync_dir(&self.config.dir)
+            .map_err(|e| JournalError::io(&self.config.dir, e))?;
+        self.stats
+            .expired_segments
+            .fetch_add(doomed.len() as u64, Ordering::Relaxed);
+        Ok(doomed.len())
     }
 
     /// Syncs and closes the journal; the directory lock is released.
     pub fn close(mut self) -> Result<(), JournalError> {
-        self.sync()?;
+        let synced = self.sync();
         drop(self.compressor.take());
-        Ok(())
-    }
-}
-
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| JournalError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::io(&path, e)),
-    }
-}
-
-fn create_segment(
-    dir: &Path,
-    first_seq: u64,
-    conn_id_base: u64,
-) -> Result<(BufWriter<File>, SegmentFile), JournalError> {
-    let path = dir.join(segment_name(first_seq, false));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| JournalError::io(&path, e))?;
-    let header = SegmentHeader {
-        first_seq,
-        conn_id_base,
-        created: Timestamp::now(),
-    };
-    file.write_all(&header.encode())
-        .map_err(|e| JournalError::io(&path, e))?;
-    file.sync_data().map_err(|e| JournalError::io(&path, e))?;
-    sync_dir(dir)?;
-    Ok((
-        BufWriter::with_capacity(256 << 10, file),
-        SegmentFile {
-            first_seq,
-            path,
-            compressed: false,
-        },
-    ))
-}
-
-fn read_header(segment: &SegmentFile) -> Result<SegmentHeader, JournalError> {
-    let mut source = super::segment::open_segment(segment)?;
-    let mut b = [0u8; HEADER_LEN];
-    source
-        .read_exact(&mut b)
-        .map_err(|e| JournalError::io(&segment.path, e))?;
-    SegmentHeader::decode(&b).ok_or_else(|| JournalError::Corrupt {
-        path: segment.path.clone(),
-        offset: 0,
-        reason: "bad segment header",
-    })
-}
-
-/// Scans the last segment: finds its last intact record and the highest connection id, and cuts
-/// a torn tail of a plain segment. An earlier segment's header supplies what an empty or
-/// headerless last segment cannot.
-fn recover_last(last: &SegmentFile, all: &[SegmentFile]) -> Result<Recovery, JournalError> {
-    let mut source = super::segment::open_segment(last)?;
-    let mut bytes = Vec::new();
-    source
-        .read_to_end(&mut bytes)
-        .map_err(|e| JournalError::io(&last.path, e))?;
-    let Some(header) = SegmentHeader::decode(&bytes) else {
-        if last.compressed {
-            return Err(JournalError::Corrupt {
-                path: last.path.clone(),
-                offset: 0,
-                reason: "bad segment header",
-            });
-        }
-        // Created but its header never reached the disk: nothing was written after it.
-        fs::remove_file(&last.path).map_err(|e| JournalError::io(&last.path, e))?;
-        let previous: Vec<_> = all
-            .iter()
-            .filter(|s| s.first_seq < last.first_seq)
-            .cloned()
-            .collect();
-        return match previous.last() {
-            Some(p) => recover_last(p, &previous),
-            None => Ok(Recovery {
-                last_seq: last.first_seq.saturating_sub(1),
-                ..Recovery::default()
+        match synced {
+            Err(e) if e.is_disk_full() => Err(JournalError::NotJournaled {
+                records: self.waiting(),
+                source: Box::new(e),
             }),
-        };
-    };
-    let mut recovery = Recovery {
-        last_seq: header.first_seq - 1,
-        conn_id_base: header.conn_id_base,
-        torn_bytes: 0,
-    };
-    let mut at = HEADER_LEN;
-    loop {
-        match parse_record(&bytes[at..]) {
-            Parsed::Record(record, len) => {
-                if record.seq != recovery.last_seq + 1 {
-                    return Err(JournalError::Gap {
-                        expected: recovery.last_seq + 1,
-                        found: record.seq,
-                        path: last.path.clone(),
-                    });
-                }
-                recovery.last_seq = record.seq;
-                recovery.conn_id_base = recovery.conn_id_base.max(record.conn_id);
-                at += len;
-            }
-            Parsed::Incomplete | Parsed::Invalid(_) if at == bytes.len() => break,
-            Parsed::Incomplete | Parsed::Invalid(_) => {
-                if last.compressed {
-                    return Err(JournalError::Corrupt {
-                        path: last.path.clone(),
-                        offset: at as u64,
-                        reason: "compressed segment ends inside a record",
-                    });
-                }
-                // Everything from the first record that is not whole and intact was being written
-                // when the process or machine stopped: the torn tail. Cut it.
-                recovery.torn_bytes = (bytes.len() - at) as u64;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(&last.path)
-                    .map_err(|e| JournalError::io(&last.path, e))?;
-                file.set_len(at as u64)
-                    .map_err(|e| JournalError::io(&last.path, e))?;
-                file.seek(SeekFrom::End(0))
-                    .map_err(|e| JournalError::io(&last.path, e))?;
-                file.sync_all()
-                    .map_err(|e| JournalError::io(&last.path, e))?;
-                tracing::warn!(
-                    path = %last.path.display(),
-                    offset = at,
-                    bytes = recovery.torn_bytes,
-                    "journal: cut a torn tail left by an interrupted write"
-                );
-                break;
-            }
+            other => other,
         }
     }
-    if at == HEADER_LEN && !last.compressed {
-        // A segment that holds no record (a run that journaled nothing, or a torn first record):
-        // the new active segment takes its name, so it goes; its header told all it knew.
-        fs::remove_file(&last.path).map_err(|e| JournalError::io(&last.path, e))?;
-        sync_dir(last.path.parent().unwrap_or(Path::new(".")))?;
+}
+
+/// Takes the directory's lock. A reader probing whether a writer is alive holds it for a few
+/// microseconds: a refusal is retried briefly before it counts.
+fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn LockGuard>, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    for attempt in 0..10 {
+        if let Some(guard) = fs.try_lock(&path).map_err(|e| JournalError::io(&path, e))? {
+            return Ok(guard);
+        }
+        if attempt < 9 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Ok(recovery)
+    Err(JournalError::Locked(dir.to_path_buf()))
+}
+
+fn read_header(fs: &dyn Fs, segment: &SegmentFile) -> Result<SegmentHeader, JournalError> {
+    let mut source = open_segment(fs, segment)?;
+    let mut b = [0u8; HEADER_LEN];
+    let mut n = 0;
+    while n < b.len() {
+        match source.read(&mut b[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(JournalError::io(&segment.path, e)),
+        }
+    }
+    match SegmentHeader::decode(&b[..n]) {
+        super::format::HeaderParse::Header(h, _) => Ok(h),
+        _ => Err(JournalError::Corrupt {
+            path: segment.path.clone(),
+            offset: 0,
+            reason: "bad segment header",
+        }),
+    }
 }
 
 /// The thread that compresses closed segments. Stopping it (on drop: a writer closed or
@@ -480,7 +600,7 @@ struct Compressor {
 }
 
 impl Compressor {
-    fn spawn(level: i32) -> Self {
+    fn spawn(fs: Arc<dyn Fs>, level: i32) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<SegmentFile>();
         let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(Mutex::new(BTreeSet::new()));
@@ -490,7 +610,7 @@ impl Compressor {
             .name("journal-compress".into())
             .spawn(move || {
                 for segment in rx {
-                    match compress(&segment, level, &stopping) {
+                    match compress(fs.as_ref(), &segment, level, &stopping) {
                         Ok(Some(done)) => tracing::debug!(path = %done.path.display(), "journal: segment compressed"),
                         Ok(None) => return,
                         Err(e) => tracing::error!(error = %e, "journal: compressing a closed segment failed; it stays uncompressed"),
@@ -541,234 +661,4 @@ impl Drop for Compressor {
             let _ = t.join();
         }
     }
-}
-
-/// A journal running on its own thread.
-#[derive(Debug)]
-pub struct JournalHandle {
-    /// Where to send entries. Dropping every sender (or cancelling) drains and closes the journal.
-    pub sender: mpsc::Sender<Entry>,
-    /// The last `seq` handed to the operating system, for readers following the journal.
-    pub flushed: watch::Receiver<u64>,
-    /// The last `seq` synced to disk: what a power cut cannot take back.
-    pub synced: watch::Receiver<u64>,
-    sync_now: Arc<tokio::sync::Notify>,
-    /// What opening the journal found.
-    pub recovery: Recovery,
-    /// Live counters.
-    pub stats: Arc<JournalStats>,
-    thread: std::thread::JoinHandle<Result<(), JournalError>>,
-}
-
-impl JournalHandle {
-    /// A handle that asks the journal to sync now and waits for it (see [`Syncer`]).
-    pub fn syncer(&self) -> Syncer {
-        Syncer {
-            synced: self.synced.clone(),
-            sync_now: Arc::clone(&self.sync_now),
-        }
-    }
-
-    /// Waits for the journal thread to drain, sync and close.
-    pub async fn join(self) -> Result<(), JournalError> {
-        let thread = self.thread;
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|e| JournalError::Thread(e.to_string()))?
-            .map_err(|_| JournalError::Thread("the journal thread panicked".into()))?
-    }
-}
-
-/// Asks a running journal to sync, and waits until a `seq` is on disk: the database pipeline
-/// commits only records a power cut cannot take back.
-#[derive(Clone, Debug)]
-pub struct Syncer {
-    synced: watch::Receiver<u64>,
-    sync_now: Arc<tokio::sync::Notify>,
-}
-
-impl Syncer {
-    /// The last `seq` synced to disk.
-    pub fn synced(&self) -> u64 {
-        *self.synced.borrow()
-    }
-
-    /// Returns once every record up to `seq` is synced to disk, asking the journal to sync now
-    /// if it is not yet. Fails when the journal closed without syncing `seq` (it was never
-    /// written).
-    pub async fn sync_through(&mut self, seq: u64) -> Result<(), JournalError> {
-        loop {
-            if *self.synced.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            self.sync_now.notify_one();
-            if self.synced.changed().await.is_err() {
-                let last = *self.synced.borrow();
-                return if last >= seq {
-                    Ok(())
-                } else {
-                    Err(JournalError::Thread(format!(
-                        "the journal closed with seq {last} synced, before seq {seq}"
-                    )))
-                };
-            }
-        }
-    }
-}
-
-/// Opens the journal and runs it on a dedicated thread. Entries arrive through a channel of
-/// `capacity`; the thread appends them, flushes whenever the channel runs dry but at most every
-/// [`FLUSH_EVERY`] (so a crash of the process loses at most that much), syncs at least every `sync_interval`, rotates, and expires.
-/// `checkpoint` is the database's checkpoint (retention waits for it); `None` without a database.
-/// It stops after `cancel` once the channel is drained, or when every sender is dropped.
-pub fn spawn_journal(
-    config: JournalConfig,
-    capacity: usize,
-    checkpoint: Option<watch::Receiver<u64>>,
-    cancel: tokio_util::sync::CancellationToken,
-) -> Result<JournalHandle, JournalError> {
-    let (mut writer, recovery) = JournalWriter::open(config)?;
-    let stats = writer.stats();
-    let (tx, mut rx) = mpsc::channel::<Entry>(capacity.max(1));
-    let (flushed_tx, flushed_rx) = watch::channel(recovery.last_seq);
-    let (synced_tx, synced_rx) = watch::channel(recovery.last_seq);
-    let sync_now = Arc::new(tokio::sync::Notify::new());
-    let sync_requested = Arc::clone(&sync_now);
-    let thread = std::thread::Builder::new()
-        .name("journal".into())
-        .spawn(move || -> Result<(), JournalError> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .map_err(|e| JournalError::Thread(e.to_string()))?;
-            runtime.block_on(async move {
-                let sync_every = writer.config.sync_interval;
-                let mut tick = tokio::time::interval(sync_every.min(Duration::from_secs(1)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut last_sync = Instant::now();
-                let mut last_expire = Instant::now();
-                let mut last_flush = tokio::time::Instant::now();
-                let mut flush_due: Option<tokio::time::Instant> = None;
-                let result = loop {
-                    tokio::select! {
-                        biased;
-                        // While a flush is pending the queue is not watched: entries gather in
-                        // it and are taken all at once when the flush is due, so that a trickle
-                        // of frames costs one wake-up, one write and one reader wake-up per
-                        // FLUSH_EVERY instead of one per frame.
-                        entry = rx.recv(), if flush_due.is_none() => {
-                            let Some(entry) = entry else { break Ok(()) };
-                            if let Err(e) = append_queued(&mut writer, entry, &mut rx) {
-                                break Err(e);
-                            }
-                            if last_flush.elapsed() >= FLUSH_EVERY {
-                                if let Err(e) = writer.flush() {
-                                    break Err(e);
-                                }
-                                last_flush = tokio::time::Instant::now();
-                                let _ = flushed_tx.send(writer.next_seq() - 1);
-                            } else {
-                                flush_due = Some(last_flush + FLUSH_EVERY);
-                            }
-                            if let Err(e) = writer.maybe_rotate() {
-                                break Err(e);
-                            }
-                        }
-                        _ = tokio::time::sleep_until(flush_due.unwrap_or_else(tokio::time::Instant::now)), if flush_due.is_some() => {
-                            flush_due = None;
-                            let drained = loop {
-                                match rx.try_recv() {
-                                    Ok(entry) => {
-                                        if let Err(e) = append_queued(&mut writer, entry, &mut rx) {
-                                            break Err(e);
-                                        }
-                                    }
-                                    Err(_) => break Ok(()),
-                                }
-                            };
-                            if let Err(e) = drained.and_then(|()| writer.flush()) {
-                                break Err(e);
-                            }
-                            last_flush = tokio::time::Instant::now();
-                            let _ = flushed_tx.send(writer.next_seq() - 1);
-                            if let Err(e) = writer.maybe_rotate() {
-                                break Err(e);
-                            }
-                        }
-                        _ = tick.tick() => {}
-                        _ = sync_requested.notified() => {
-                            // A reader wants what it holds on disk: everything appended so far.
-                            if let Err(e) = writer.sync() {
-                                break Err(e);
-                            }
-                            last_sync = Instant::now();
-                            let _ = flushed_tx.send(writer.next_seq() - 1);
-                            let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
-                        }
-                        _ = cancel.cancelled() => {
-                            rx.close();
-                            let mut failed = None;
-                            while let Ok(entry) = rx.try_recv() {
-                                if let Err(e) = writer.append(entry) {
-                                    failed = Some(e);
-                                    break;
-                                }
-                            }
-                            break failed.map_or(Ok(()), Err);
-                        }
-                    }
-                    if last_sync.elapsed() >= sync_every {
-                        if let Err(e) = writer.sync() {
-                            break Err(e);
-                        }
-                        last_sync = Instant::now();
-                        let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
-                    }
-                    if last_expire.elapsed() >= Duration::from_secs(60) {
-                        last_expire = Instant::now();
-                        let keep_after = checkpoint.as_ref().map_or(u64::MAX, |c| *c.borrow());
-                        if let Err(e) = writer.expire(keep_after) {
-                            tracing::warn!(error = %e, "journal: retention failed; will retry");
-                        }
-                    }
-                };
-                // Announce only what reached the file; the loop's own error comes first.
-                let closed = writer.sync();
-                let _ = flushed_tx.send(writer.stats.flushed_seq.load(Ordering::Acquire));
-                let _ = synced_tx.send(writer.stats.synced_seq.load(Ordering::Acquire));
-                result.and(closed).and(writer.close())
-            })
-        })
-        .map_err(|e| JournalError::Thread(e.to_string()))?;
-    Ok(JournalHandle {
-        sender: tx,
-        flushed: flushed_rx,
-        synced: synced_rx,
-        sync_now,
-        recovery,
-        stats,
-        thread,
-    })
-}
-
-/// The longest a record waits in the writer's buffer before it is handed to the operating system
-/// (what a crash of the process, as opposed to the machine, can lose).
-pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
-
-/// Appends `first` and whatever else is already queued (without flushing).
-fn append_queued(
-    writer: &mut JournalWriter,
-    first: Entry,
-    rx: &mut mpsc::Receiver<Entry>,
-) -> Result<(), JournalError> {
-    writer.append(first)?;
-    for _ in 0..4096 {
-        match rx.try_recv() {
-            Ok(entry) => {
-                writer.append(entry)?;
-            }
-            Err(_) => break,
-        }
-    }
-    Ok(())
 }

@@ -5,13 +5,18 @@
 //! give the same verdicts; a disagreement means a recorded frame or verdict was altered, or the
 //! engine changed. Book states are checked too: the replayed book at a state's position must equal
 //! the state, level for level.
+//!
+//! Journal damage is part of the report: every item, and the seqs lost. After damage the books
+//! are no longer known (the missing records may have changed any of them): every book starts over
+//! from its next snapshot, and until then a frame the collector verified is counted as
+//! unverifiable because of the damage, never as a disagreement.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::book::{FrameVerdict, Tracker, Verdict};
-use crate::journal::RecordView;
+use crate::journal::{Damage, RecordView};
 use crate::kraken::{self, Frame};
 use crate::record::{BookState, Record, RecordBody};
 
@@ -60,12 +65,71 @@ pub struct ReplayReport {
     pub disagreements: Vec<Disagreement>,
     /// How many disagreements in all.
     pub disagreement_count: u64,
+    /// What the journal was found missing, in seq order (at most the first 100 kept in full).
+    pub damage: Vec<DamageFound>,
+    /// How many damage items in all.
+    pub damage_count: u64,
+    /// Seqs lost to damage (not counting seqs skipped after a torn tail, or expired).
+    pub lost_seqs: u64,
+    /// Frames and book states that could not be checked because damage came before them
+    /// (their book's earlier records are missing).
+    pub unverifiable_after_damage: u64,
+}
+
+/// One damage item of a journal, as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamageFound {
+    /// `corrupt`, `missing_segment`, `truncated_segment`, `torn_tail` or `expired`.
+    pub kind: &'static str,
+    /// Whether records that had been written are lost.
+    pub loss: bool,
+    /// The first missing seq.
+    pub first_seq: u64,
+    /// The last missing seq.
+    pub last_seq: u64,
+    /// The segment concerned.
+    pub segment: String,
+    /// Byte offset in the (uncompressed) segment.
+    pub offset: u64,
+    /// Bytes concerned.
+    pub bytes: u64,
 }
 
 impl ReplayReport {
-    /// Whether every recorded verdict and state was reproduced.
+    /// Whether every recorded verdict and state was reproduced and no record was lost.
     pub fn is_clean(&self) -> bool {
-        self.disagreement_count == 0
+        self.disagreement_count == 0 && self.lost_seqs == 0
+    }
+
+    /// Book messages replayed, over every symbol.
+    pub fn book_messages(&self) -> u64 {
+        self.symbols.values().map(|s| s.book_messages).sum()
+    }
+
+    /// Whether nothing was verified: no book message (and no book state) was replayed.
+    pub fn verified_nothing(&self) -> bool {
+        self.symbols
+            .values()
+            .all(|s| s.book_messages == 0 && s.states == 0)
+    }
+
+    /// Records a damage item.
+    pub fn damaged(&mut self, d: &Damage) {
+        self.damage_count += 1;
+        if d.kind.is_loss() {
+            self.lost_seqs += d.last_seq - d.first_seq + 1;
+        }
+        if self.damage.len() < 100 {
+            self.damage.push(DamageFound {
+                kind: d.kind.as_str(),
+                loss: d.kind.is_loss(),
+                first_seq: d.first_seq,
+                last_seq: d.last_seq,
+                segment: d.segment.display().to_string(),
+                offset: d.offset,
+                bytes: d.bytes,
+            });
+        }
     }
 
     /// Records a disagreement (the first 100 are kept in full, all are counted).
@@ -116,6 +180,12 @@ impl SymbolReplay {
 pub struct ReplayEngine {
     trackers: HashMap<u64, Tracker>,
     report: ReplayReport,
+    /// Symbols seen (their books are dropped after damage).
+    symbols: HashSet<String>,
+    /// Damage was met: a book not verified since may have missed records.
+    damaged: bool,
+    /// Connections whose books verified again since the damage.
+    verified_since_damage: HashSet<u64>,
 }
 
 impl ReplayEngine {
@@ -157,6 +227,33 @@ impl ReplayEngine {
                 }
             }
         }
+    }
+
+    /// Journal damage: reported, and every book starts over from its next snapshot (the missing
+    /// records may have changed any of them).
+    pub fn damage(&mut self, d: &Damage) {
+        self.report.damaged(d);
+        self.forget_books();
+    }
+
+    /// Damage before the range replayed: not reported, but the books start over all the same.
+    pub fn forget_books(&mut self) {
+        for tracker in self.trackers.values_mut() {
+            for symbol in &self.symbols {
+                tracker.forget(symbol);
+            }
+        }
+        self.damaged = true;
+        self.verified_since_damage.clear();
+    }
+
+    /// Whether a verdict that cannot be reproduced on `conn_id` is excused by damage before it.
+    fn excused(&mut self, conn_id: u64) -> bool {
+        if self.damaged && !self.verified_since_damage.contains(&conn_id) {
+            self.report.unverifiable_after_damage += 1;
+            return true;
+        }
+        false
     }
 
     /// Replays a record to build the books without reporting on it (records before a range).
@@ -201,6 +298,9 @@ impl ReplayEngine {
         };
         let mut folded = FrameVerdict::default();
         for data in &msg.data {
+            if !self.symbols.contains(&*data.symbol) {
+                self.symbols.insert(data.symbol.to_string());
+            }
             let verdict = tracker.apply(msg.kind, data);
             folded.add(verdict);
             let s = self
@@ -216,6 +316,12 @@ impl ReplayEngine {
             }
         }
         let replayed = folded.checksum_ok();
+        if replayed.is_some() && self.damaged {
+            self.verified_since_damage.insert(conn_id);
+        }
+        if replayed.is_none() && recorded.is_some() && self.excused(conn_id) {
+            return;
+        }
         if replayed != recorded {
             let symbol = msg.data.first().map(|d| d.symbol.to_string());
             self.report
@@ -232,6 +338,9 @@ impl ReplayEngine {
             .get(&conn_id)
             .and_then(|t| t.synced_book(&state.symbol));
         let Some(book) = replayed else {
+            if self.excused(conn_id) {
+                return;
+            }
             self.report.disagree(
                 seq,
                 Some(state.symbol.clone()),

@@ -1,5 +1,8 @@
 //! Replays of recorded data: verification against the recorded verdicts (from a journal or from
 //! the database), and serving recorded books over Kraken's protocol.
+//!
+//! A journal's damage is reported with the verdicts: every item the reader finds (kind, seq
+//! range, segment, offset), while every intact record is still verified.
 
 mod db;
 mod engine;
@@ -8,14 +11,15 @@ mod serve;
 use std::path::Path;
 
 pub use db::verify_database;
-pub use engine::{Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
+pub use engine::{DamageFound, Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
 pub use serve::{ReplayMarket, ReplaySource};
 
-use crate::journal::{JournalError, JournalReader};
+use crate::journal::{JournalError, JournalReader, ReadItem};
 use crate::time::Timestamp;
 
 /// Replays the journal in `dir` (records received in `[from, to)`, all when `None`), calling
-/// `progress(records)` now and then.
+/// `progress(records)` now and then. Damage found on the way is in the report (damage before
+/// `from` only makes the books start over).
 pub fn verify_journal(
     dir: &Path,
     from: Option<Timestamp>,
@@ -25,7 +29,21 @@ pub fn verify_journal(
     let mut reader = JournalReader::open(dir, 0)?;
     let mut engine = ReplayEngine::new();
     let mut n = 0u64;
-    while let Some(view) = reader.next_view()? {
+    while let Some(item) = reader.next_item()? {
+        let view = match item {
+            ReadItem::Record(view) => view,
+            ReadItem::Damage(d) => {
+                // Reported when it may reach into the range: the first intact record after it
+                // (if any) is in the range or later.
+                let before_range = from.is_some_and(|f| d.after.is_some_and(|a| a < f));
+                if before_range {
+                    engine.forget_books();
+                } else {
+                    engine.damage(&d);
+                }
+                continue;
+            }
+        };
         if to.is_some_and(|t| view.received_at >= t) {
             break;
         }
@@ -123,6 +141,43 @@ mod tests {
         assert!(!report.is_clean());
         assert_eq!(report.disagreements[0].seq, clean[target].seq);
         assert_eq!(report.disagreements[0].recorded, "ok");
+    }
+
+    #[test]
+    fn damage_is_reported_and_the_frames_after_it_are_unverifiable_not_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
+        let segment = crate::journal::list_segments(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&segment.path).unwrap();
+        let at = bytes.len() / 3;
+        for b in &mut bytes[at..at + 4] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&segment.path, &bytes).unwrap();
+        let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
+        assert!(!report.is_clean(), "records are lost");
+        assert_eq!(report.disagreement_count, 0, "{:?}", report.disagreements);
+        assert_eq!(report.damage.len(), 1);
+        let d = &report.damage[0];
+        assert_eq!((d.kind, d.loss), ("corrupt", true));
+        assert_eq!(report.lost_seqs, d.last_seq - d.first_seq + 1);
+        assert_eq!(report.records, records.len() as u64 - report.lost_seqs);
+        assert!(report.unverifiable_after_damage > 0);
+        assert!(!report.verified_nothing());
+    }
+
+    #[test]
+    fn an_empty_journal_verifies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = verify_journal(dir.path(), None, None, |_| {}).unwrap();
+        assert!(report.is_clean() && report.verified_nothing());
+        let records = journal(dir.path(), "kraken_btcusd_d10_20260816.ndjson", |_, _| {});
+        let after_all = records.last().unwrap().received_at.add_nanos(1);
+        let report = verify_journal(dir.path(), Some(after_all), None, |_| {}).unwrap();
+        assert!(
+            report.verified_nothing(),
+            "a range after every record holds nothing"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod crash;
 mod db;
 mod export;
 mod feed;
+mod journal;
 mod plot;
 mod readback;
 mod recording;

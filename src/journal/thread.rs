@@ -1,0 +1,396 @@
+//! The journal's own thread: takes entries from a bounded queue, appends them, flushes, syncs
+//! (on a timer and on request), rotates and expires, so that file I/O never blocks the async
+//! feed and a slow or full disk pushes back on the socket readers instead of growing memory.
+//!
+//! What must hold:
+//! - `synced` (and [`Syncer::sync_through`]) only ever names records an fsync covered: the
+//!   database pipeline commits nothing a power cut could take back;
+//! - on a full disk nothing is dropped: the records already taken stay in memory, no more are
+//!   taken from the queue (the feed feels the back-pressure), the problem is published on
+//!   [`JournalHandle::problem`], and writing is retried every second;
+//! - a failed fsync stops the thread with the error naming the file; it is never retried as if
+//!   the data were safe. The next start recovers from what the disk holds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::JournalError;
+use super::recovery::Recovery;
+use super::writer::{Entry, JournalConfig, JournalStats, JournalWriter};
+
+/// The longest a record waits in the writer's buffer before it is handed to the operating system
+/// (what a crash of the process, as opposed to the machine, can lose).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// How often writing is retried while the disk is full.
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// Entries taken from the queue at once before the writer looks at its timers again.
+const BATCH: usize = 4096;
+/// How many times closing retries a full disk (once a second) before it gives up.
+const CLOSE_RETRIES: u32 = 5;
+
+/// A journal running on its own thread.
+#[derive(Debug)]
+pub struct JournalHandle {
+    /// Where to send entries. Dropping every sender (or cancelling) drains and closes the journal.
+    pub sender: mpsc::Sender<Entry>,
+    /// The last `seq` handed to the operating system, for readers following the journal.
+    pub flushed: watch::Receiver<u64>,
+    /// The last `seq` synced to disk: what a power cut cannot take back.
+    pub synced: watch::Receiver<u64>,
+    /// Why the journal is held up (`Some`: a full disk, a rotation that fails) or stopped (a
+    /// failed sync); `None` while it writes normally. For `/health`
+    /// (`Metrics::set_problem(HealthSource::Journal, ..)`).
+    pub problem: watch::Receiver<Option<String>>,
+    sync_now: Arc<Notify>,
+    /// What opening the journal found.
+    pub recovery: Recovery,
+    /// Live counters.
+    pub stats: Arc<JournalStats>,
+    thread: std::thread::JoinHandle<Result<(), JournalError>>,
+}
+
+impl JournalHandle {
+    /// A handle that asks the journal to sync now and waits for it (see [`Syncer`]).
+    pub fn syncer(&self) -> Syncer {
+        Syncer {
+            synced: self.synced.clone(),
+            sync_now: Arc::clone(&self.sync_now),
+        }
+    }
+
+    /// Waits for the journal thread to drain, sync and close.
+    pub async fn join(self) -> Result<(), JournalError> {
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| JournalError::Thread(e.to_string()))?
+            .map_err(|_| JournalError::Thread("the journal thread panicked".into()))?
+    }
+}
+
+/// Asks a running journal to sync, and waits until a `seq` is on disk: the database pipeline
+/// commits only records a power cut cannot take back.
+#[derive(Clone, Debug)]
+pub struct Syncer {
+    synced: watch::Receiver<u64>,
+    sync_now: Arc<Notify>,
+}
+
+impl Syncer {
+    /// The last `seq` synced to disk.
+    pub fn synced(&self) -> u64 {
+        *self.synced.borrow()
+    }
+
+    /// Returns once every record up to `seq` is synced to disk, asking the journal to sync now
+    /// if it is not yet. Fails when the journal closed without syncing `seq` (it was never
+    /// written, or the journal failed).
+    pub async fn sync_through(&mut self, seq: u64) -> Result<(), JournalError> {
+        loop {
+            if *self.synced.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            self.sync_now.notify_one();
+            if self.synced.changed().await.is_err() {
+                let last = *self.synced.borrow();
+                return if last >= seq {
+                    Ok(())
+                } else {
+                    Err(JournalError::Thread(format!(
+                        "the journal closed with seq {last} synced, before seq {seq}"
+                    )))
+                };
+            }
+        }
+    }
+}
+
+/// Opens the journal and runs it on a dedicated thread. Entries arrive through a channel of
+/// `capacity`; the thread appends them, flushes whenever the channel runs dry but at most every
+/// [`FLUSH_EVERY`] (so a crash of the process loses at most that much), syncs at least every
+/// `sync_interval` and whenever a [`Syncer`] asks, rotates, and expires. `checkpoint` is the
+/// database's checkpoint (retention waits for it); `None` without a database. It stops after
+/// `cancel` once the channel is drained, or when every sender is dropped.
+pub fn spawn_journal(
+    config: JournalConfig,
+    capacity: usize,
+    checkpoint: Option<watch::Receiver<u64>>,
+    cancel: CancellationToken,
+) -> Result<JournalHandle, JournalError> {
+    // A zero interval (refused by `JournalConfig::validate`, but possible here) would spin.
+    let sync_every = config.sync_interval.max(Duration::from_millis(1));
+    let (writer, recovery) = JournalWriter::open(config)?;
+    let stats = writer.stats();
+    let opened = writer.written_seq();
+    let (tx, rx) = mpsc::channel::<Entry>(capacity.max(1));
+    let (flushed_tx, flushed_rx) = watch::channel(opened);
+    let (synced_tx, synced_rx) = watch::channel(opened);
+    let (problem_tx, problem_rx) = watch::channel(None);
+    let sync_now = Arc::new(Notify::new());
+    let task = Task {
+        writer,
+        rx,
+        flushed_tx,
+        synced_tx,
+        problem_tx,
+        sync_requested: Arc::clone(&sync_now),
+        checkpoint,
+        cancel,
+        sync_every,
+        stalled_until: None,
+        rotation_problem: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || -> Result<(), JournalError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| JournalError::Thread(e.to_string()))?;
+            runtime.block_on(task.run())
+        })
+        .map_err(|e| JournalError::Thread(e.to_string()))?;
+    Ok(JournalHandle {
+        sender: tx,
+        flushed: flushed_rx,
+        synced: synced_rx,
+        problem: problem_rx,
+        sync_now,
+        recovery,
+        stats,
+        thread,
+    })
+}
+
+struct Task {
+    writer: JournalWriter,
+    rx: mpsc::Receiver<Entry>,
+    flushed_tx: watch::Sender<u64>,
+    synced_tx: watch::Sender<u64>,
+    problem_tx: watch::Sender<Option<String>>,
+    sync_requested: Arc<Notify>,
+    checkpoint: Option<watch::Receiver<u64>>,
+    cancel: CancellationToken,
+    sync_every: Duration,
+    /// While the disk is full: when to try writing again.
+    stalled_until: Option<Instant>,
+    /// Whether a failing rotation is published as the problem.
+    rotation_problem: bool,
+}
+
+impl Task {
+    async fn run(mut self) -> Result<(), JournalError> {
+        let mut tick = tokio::time::interval(self.sync_every.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sync = Instant::now();
+        let mut last_expire = Instant::now();
+        let mut last_flush = Instant::now();
+        let mut flush_due: Option<Instant> = None;
+        let result: Result<(), JournalError> = loop {
+            let stalled = self.stalled_until.is_some();
+            let step = tokio::select! {
+                biased;
+                // A reader wants what it holds on disk: everything appended so far.
+                _ = self.sync_requested.notified() => {
+                    last_sync = Instant::now();
+                    self.sync()
+                }
+                _ = self.cancel.cancelled() => break self.drain(),
+                // While a flush is pending the queue is not watched: entries gather in it and are
+                // taken all at once when the flush is due, so that a trickle of frames costs one
+                // wake-up, one write and one reader wake-up per FLUSH_EVERY instead of one per
+                // frame. While the disk is full nothing more is taken: the queue pushes back.
+                entry = self.rx.recv(), if flush_due.is_none() && !stalled => {
+                    let Some(entry) = entry else { break Ok(()) };
+                    match self.take(entry) {
+                        Ok(()) if last_flush.elapsed() >= FLUSH_EVERY => {
+                            last_flush = Instant::now();
+                            self.flush()
+                        }
+                        Ok(()) => {
+                            flush_due = Some(last_flush + FLUSH_EVERY);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(flush_due.unwrap_or_else(Instant::now)), if flush_due.is_some() && !stalled => {
+                    flush_due = None;
+                    last_flush = Instant::now();
+                    self.take_queued().and_then(|()| self.flush())
+                }
+                _ = tokio::time::sleep_until(self.stalled_until.unwrap_or_else(Instant::now)), if stalled => {
+                    self.flush()
+                }
+                _ = tick.tick() => Ok(()),
+            };
+            if let Err(e) = self.settle(step) {
+                break Err(e);
+            }
+            if self.stalled_until.is_some() {
+                flush_due = None;
+            }
+            if last_sync.elapsed() >= self.sync_every {
+                last_sync = Instant::now();
+                let synced = self.sync();
+                if let Err(e) = self.settle(synced) {
+                    break Err(e);
+                }
+            }
+            if self.stalled_until.is_none() {
+                match self.writer.maybe_rotate() {
+                    Ok(true) if self.rotation_problem => {
+                        self.rotation_problem = false;
+                        tracing::info!("journal: rotating again");
+                        self.publish(None);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Err(e) = self.settle(Err(e)) {
+                            break Err(e);
+                        }
+                    }
+                }
+            }
+            if last_expire.elapsed() >= Duration::from_secs(60) {
+                last_expire = Instant::now();
+                let keep_after = self.checkpoint.as_ref().map_or(u64::MAX, |c| *c.borrow());
+                if let Err(e) = self.writer.expire(keep_after) {
+                    tracing::warn!(error = %e, "journal: retention failed; will retry");
+                }
+            }
+        };
+        self.close(result).await
+    }
+
+    /// Appends `first` and whatever else is already queued (without flushing).
+    fn take(&mut self, first: Entry) -> Result<(), JournalError> {
+        self.writer.append(first)?;
+        self.take_queued()
+    }
+
+    fn take_queued(&mut self) -> Result<(), JournalError> {
+        for _ in 0..BATCH {
+            match self.rx.try_recv() {
+                Ok(entry) => {
+                    self.writer.append(entry)?;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), JournalError> {
+        let flushed = self.writer.flush();
+        self.announce();
+        flushed
+    }
+
+    fn sync(&mut self) -> Result<(), JournalError> {
+        let synced = self.writer.sync();
+        self.announce();
+        synced
+    }
+
+    /// Publishes the flushed and synced seqs (only when they move: a waiting [`Syncer`] is
+    /// woken by progress, never by a sync that changed nothing).
+    fn announce(&self) {
+        let written = self.writer.written_seq();
+        let synced = self.writer.synced_seq();
+        self.flushed_tx.send_if_modified(|s| {
+            let moved = written > *s;
+            *s = (*s).max(written);
+            moved
+        });
+        self.synced_tx.send_if_modified(|s| {
+            let moved = synced > *s;
+            *s = (*s).max(synced);
+            moved
+        });
+    }
+
+    /// Sorts a step's outcome: a full disk or a failed rotation is waited out (published as the
+    /// problem, retried); anything else is fatal.
+    fn settle(&mut self, step: Result<(), JournalError>) -> Result<(), JournalError> {
+        match step {
+            Ok(()) => {
+                if self.stalled_until.is_some() && self.writer.waiting() == 0 {
+                    self.stalled_until = None;
+                    self.publish(None);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_disk_full() => {
+                if self.stalled_until.is_none() {
+                    let why = format!(
+                        "journal: disk full, {} records wait in memory and the feed is held back; retrying every second: {e}",
+                        self.writer.waiting()
+                    );
+                    tracing::error!("{why}");
+                    self.publish(Some(why));
+                }
+                self.stalled_until = Some(Instant::now() + DISK_FULL_RETRY);
+                Ok(())
+            }
+            Err(e) if e.is_retriable() => {
+                if !self.rotation_problem {
+                    let why = format!(
+                        "journal: cannot start a new segment, still writing {}; retrying every second: {e}",
+                        self.writer.segment_path().display()
+                    );
+                    tracing::error!("{why}");
+                    self.rotation_problem = true;
+                    self.publish(Some(why));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn publish(&self, problem: Option<String>) {
+        self.problem_tx.send_replace(problem);
+    }
+
+    /// On cancel: takes everything still queued (nothing is dropped).
+    fn drain(&mut self) -> Result<(), JournalError> {
+        self.rx.close();
+        while let Ok(entry) = self.rx.try_recv() {
+            self.writer.append(entry)?;
+        }
+        Ok(())
+    }
+
+    async fn close(mut self, result: Result<(), JournalError>) -> Result<(), JournalError> {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "journal: stopped");
+            self.publish(Some(format!("journal: stopped: {e}")));
+            self.announce();
+            return result;
+        }
+        // A full disk at shutdown: a few more tries before the records still in memory are
+        // given up (and said so).
+        for _ in 0..CLOSE_RETRIES {
+            match self.sync() {
+                Err(e) if e.is_disk_full() => tokio::time::sleep(DISK_FULL_RETRY).await,
+                _ => break,
+            }
+        }
+        let stats = self.writer.stats();
+        let closed = self.writer.close();
+        if let Err(e) = &closed {
+            tracing::error!(error = %e, "journal: closing failed");
+        }
+        self.flushed_tx
+            .send_replace(stats.flushed_seq.load(Ordering::Acquire));
+        self.synced_tx
+            .send_replace(stats.synced_seq.load(Ordering::Acquire));
+        closed
+    }
+}
