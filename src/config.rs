@@ -19,16 +19,6 @@ pub enum ConfigError {
     /// A size that does not parse.
     #[error("invalid size {0:?}: use a number and a unit, e.g. 64MiB, 1GiB, 500MB")]
     Size(String),
-    /// A setting outside what the collector can honour.
-    #[error("{flag} {value}: {reason}")]
-    OutOfRange {
-        /// The flag (or settings-file key) concerned.
-        flag: &'static str,
-        /// The value given.
-        value: String,
-        /// The limit, and what to write instead.
-        reason: &'static str,
-    },
     /// The settings file holds a password and other users can read it.
     #[error(
         "settings file {path} holds a database password and is readable by other users (mode {mode:o}): run `chmod 600 {path}`"
@@ -184,43 +174,6 @@ pub fn holds_password(url: &str) -> bool {
     crate::store::redact(url) != url
 }
 
-/// The least `--journal-sync-interval`: syncing more often only burns the disk.
-pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(1);
-/// The least `--journal-segment-size`.
-pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
-/// The least `--journal-segment-age`.
-pub const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
-
-/// Checks the journal settings a user gives against what the journal can honour.
-pub fn check_journal_settings(
-    sync_interval: Duration,
-    segment_bytes: u64,
-    segment_age: Duration,
-) -> Result<(), ConfigError> {
-    if sync_interval < MIN_SYNC_INTERVAL {
-        return Err(ConfigError::OutOfRange {
-            flag: "--journal-sync-interval",
-            value: format!("{sync_interval:?}"),
-            reason: "must be at least 1ms (e.g. 1s, the default; 100ms to lose less in a power cut)",
-        });
-    }
-    if segment_bytes < MIN_SEGMENT_BYTES {
-        return Err(ConfigError::OutOfRange {
-            flag: "--journal-segment-size",
-            value: format!("{segment_bytes} bytes"),
-            reason: "must be at least 1MiB (e.g. 256MiB, the default)",
-        });
-    }
-    if segment_age < MIN_SEGMENT_AGE {
-        return Err(ConfigError::OutOfRange {
-            flag: "--journal-segment-age",
-            value: format!("{segment_age:?}"),
-            reason: "must be at least 1s (e.g. 1h, the default)",
-        });
-    }
-    Ok(())
-}
-
 /// This machine's host name (the default collector name), or `collector`.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -252,50 +205,6 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
-    }
-
-    #[test]
-    fn journal_settings_below_their_floor_are_refused() {
-        let ok = check_journal_settings(Duration::from_millis(1), 1 << 20, Duration::from_secs(1));
-        assert!(ok.is_ok());
-        for (sync, size, age, flag) in [
-            (
-                Duration::ZERO,
-                1 << 20,
-                Duration::from_secs(1),
-                "--journal-sync-interval",
-            ),
-            (
-                Duration::from_micros(999),
-                1 << 20,
-                Duration::from_secs(1),
-                "--journal-sync-interval",
-            ),
-            (
-                Duration::from_secs(1),
-                0,
-                Duration::from_secs(1),
-                "--journal-segment-size",
-            ),
-            (
-                Duration::from_secs(1),
-                (1 << 20) - 1,
-                Duration::from_secs(1),
-                "--journal-segment-size",
-            ),
-            (
-                Duration::from_secs(1),
-                1 << 20,
-                Duration::ZERO,
-                "--journal-segment-age",
-            ),
-        ] {
-            let err = check_journal_settings(sync, size, age)
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with(flag), "{err}");
-            assert!(err.contains("at least"), "{err}");
-        }
     }
 
     #[test]

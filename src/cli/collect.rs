@@ -10,7 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use krakenbook::collect::{self, CollectConfig, DatabaseConfig, Symbols};
-use krakenbook::config::{CollectFile, check_journal_settings, parse_duration, parse_size};
+use krakenbook::config::{CollectFile, parse_duration, parse_size};
 use krakenbook::feed::FeedConfig;
 use krakenbook::journal::JournalConfig;
 use krakenbook::kraken::Depth;
@@ -181,11 +181,7 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     if let Some(t) = args.journal_retention.or(file.journal_retention) {
         journal.retention = Some(parse_duration(&t).context("--journal-retention")?);
     }
-    check_journal_settings(
-        journal.sync_interval,
-        journal.segment_bytes,
-        journal.segment_age,
-    )?;
+    journal.validate()?;
     let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
         Some(a) => Some(
             a.parse::<SocketAddr>()

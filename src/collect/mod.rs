@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, all_pairs};
 use crate::journal::{JournalConfig, JournalError, spawn_journal};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, HealthSource, Metrics};
 
 mod import;
 mod pipeline;
@@ -137,6 +137,18 @@ pub async fn run(
     )?;
     metrics.attach_journal(Arc::clone(&journal.stats));
     let recovery = journal.recovery.clone();
+    // A full disk or a failing rotation shows on /health while it lasts.
+    let mut journal_problem = journal.problem.clone();
+    let problem_metrics = Arc::clone(&metrics);
+    tokio::spawn(async move {
+        loop {
+            let problem = journal_problem.borrow_and_update().clone();
+            problem_metrics.set_problem(HealthSource::Journal, problem);
+            if journal_problem.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     tracing::info!(
         dir = %config.journal.dir.display(),
         last_seq = recovery.last_seq,
