@@ -1,7 +1,7 @@
 //! The Prometheus text exposition (format 0.0.4) of [`Metrics`], as `/metrics` serves it.
 //!
-//! A scrape reads every atomic once into a [`Snapshot`] (the symbol map's read lock is held only
-//! while its rows are copied; the hot path never waits on a scrape), then `prometheus-client`'s
+//! A scrape reads every atomic once into a snapshot (the symbol map's read lock is held only
+//! while its rows are copied; counter updates never wait on a scrape), then `prometheus-client`'s
 //! classic text encoder writes it as a custom collector: the crate does the escaping of label
 //! values and help texts, the counters' `_total` suffix and the histogram series (`_bucket` with
 //! `le`, `_sum`, `_count`). The classic format is chosen over OpenMetrics because it is today's

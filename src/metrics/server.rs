@@ -7,7 +7,8 @@
 //!
 //! What must always hold (each has a test, here or in `tests/e2e/metrics.rs`):
 //! - **Bounded connections.** At most [`Limits::max_connections`] are open at once. The loop
-//!   takes a slot *before* it accepts, so further connections wait in the kernel's backlog, where
+//!   takes a slot *before* it accepts, so further connections wait in the kernel's listen backlog
+//!   (128, the standard library's; past it the kernel drops their SYNs and clients retry), where
 //!   they cost the process no file descriptor (1,100 idle connections once took every descriptor
 //!   and stopped the journal: issue 9, item 5).
 //! - **Bounded time.** The request head must arrive within [`Limits::header_timeout`] of the
