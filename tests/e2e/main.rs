@@ -7,6 +7,7 @@ mod db;
 mod export;
 mod feed;
 mod journal;
+mod metrics;
 mod plot;
 mod readback;
 mod recording;
