@@ -19,9 +19,12 @@ use krakenbook::time::Timestamp;
 pub(crate) const REPLAY_EXAMPLES: &str = "\
 --verify re-runs recorded frames through the book engine and compares every recomputed checksum
 verdict with the recorded one (exit 1 on any disagreement): from a journal directory, or from
-the database over --from/--to. --serve speaks Kraken's v2 protocol from the database: a book
-subscription gets a snapshot rebuilt at --from, then the recorded updates paced as recorded,
---speed times faster (0: as fast as the client reads).
+the database over --from/--to. --serve speaks Kraken's v2 protocol from the database, as Kraken
+would have: a book subscription (at most the recorded depth) gets a snapshot of the recorded book
+at the replay's clock (--from, then running --speed times faster; at 0, as fast as the client
+reads), then the recorded updates in Kraken's level order. A gap in the record drops the
+connection like a lost one (reconnect to go on after it); the end of the record closes it with
+code 1000, "end of recording".
 
 Examples:
   krakenbook replay --verify --journal-dir ./data/journal

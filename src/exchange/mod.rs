@@ -26,7 +26,7 @@ pub mod stats;
 pub mod window;
 
 pub use faults::{Faults, Probability};
-pub use market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
+pub use market::{BookFrame, BookSink, ConnId, Ending, Market, MarketError, SubId};
 pub use server::{Exchange, ExchangeError, ServerConfig};
 pub use sim::{PairSpec, SimConfig, SimStats, Simulator};
 pub use stats::StatsSnapshot;

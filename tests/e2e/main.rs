@@ -9,6 +9,7 @@ mod level_order;
 mod plot;
 mod readback;
 mod recording;
+mod replay_serve;
 mod sim_client;
 mod simulate;
 mod store;

@@ -19,8 +19,8 @@ use krakenbook::kraken::{BookKind, Depth, Frame, Request, decode};
 pub enum Next {
     /// A text frame, with when it arrived.
     Text(String, Instant),
-    /// The server sent a close frame.
-    Closed,
+    /// The server sent a close frame: its code and reason, if it had any.
+    Closed(Option<(u16, String)>),
     /// The socket ended without a close frame (an abrupt drop).
     Dropped(String),
     /// Nothing arrived in time.
@@ -81,13 +81,13 @@ impl Client {
                     self.received.push(text.clone());
                     return Next::Text(text, Instant::now());
                 }
-                Some(Ok(Message::Close(_))) => {
+                Some(Ok(Message::Close(frame))) => {
                     // Reading on sends the reply that completes the closing handshake.
                     let _ = tokio::time::timeout(wait, async {
                         while let Some(Ok(_)) = self.ws.next().await {}
                     })
                     .await;
-                    return Next::Closed;
+                    return Next::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Next::Dropped(e.to_string()),

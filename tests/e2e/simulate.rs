@@ -480,7 +480,7 @@ async fn the_frame_log_is_exactly_what_the_client_received() {
     loop {
         match client.next(WAIT).await {
             Next::Text(..) => {}
-            Next::Closed => break,
+            Next::Closed(_) => break,
             other => panic!("{other:?}"),
         }
     }
@@ -702,7 +702,7 @@ async fn the_command_serves_until_terminated_then_closes_politely() {
             other => break other,
         }
     };
-    assert!(matches!(end, Next::Closed), "{end:?}");
+    assert!(matches!(end, Next::Closed(_)), "{end:?}");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert_eq!(checker.total().mismatches, 0);
