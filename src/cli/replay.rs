@@ -24,7 +24,7 @@ would have: a book subscription (at most the recorded depth) gets a snapshot of 
 at the replay's clock (--from, then running --speed times faster; at 0, as fast as the client
 reads), then the recorded updates in Kraken's level order. A gap in the record drops the
 connection like a lost one (reconnect to go on after it); the end of the record closes it with
-code 1000, "end of recording".
+code 1000 and the reason \"end of recording\".
 
 Examples:
   krakenbook replay --verify --journal-dir ./data/journal

@@ -442,7 +442,7 @@ where
             self.deliver().await?;
             let close = CloseFrame {
                 code: CloseCode::Away,
-                reason: "krakenbook simulate is shutting down".into(),
+                reason: "the server is shutting down".into(),
             };
             self.ws.close(Some(close)).await.map_err(Closed::from_ws)?;
             // Wait for the client's reply to complete the closing handshake.

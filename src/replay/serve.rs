@@ -74,7 +74,7 @@ pub struct ReplaySource {
 
 /// What is known of a served pair from the record at `from`.
 #[derive(Clone, Debug)]
-struct Recorded {
+struct Served {
     /// The collector whose record is served.
     collector: String,
     /// The depth it was recorded at, when the record says.
@@ -86,7 +86,7 @@ struct Recorded {
 struct Shared {
     source: ReplaySource,
     target: DbTarget,
-    symbols: HashMap<String, Recorded>,
+    symbols: HashMap<String, Served>,
     /// When the server started: the replay clock at speed > 0 runs from here.
     started: tokio::time::Instant,
     /// At speed 0: the furthest recorded instant served (unix nanoseconds).
@@ -183,7 +183,7 @@ impl ReplayMarket {
             instruments.push(InstrumentPair::online(symbol, precision));
             recorded.insert(
                 symbol.clone(),
-                Recorded {
+                Served {
                     collector: start.collector.clone(),
                     depth,
                 },

@@ -157,8 +157,9 @@ impl Player {
             if self.shared.source.speed > 0.0 {
                 tokio::select! {
                     command = self.commands.recv() => {
-                        if let Some(command) = command {
-                            self.handle(command).await?;
+                        match command {
+                            Some(command) => self.handle(command).await?,
+                            None => return Ok(()),
                         }
                         continue;
                     }
