@@ -440,6 +440,55 @@ mod tests {
         );
     }
 
+    fn level(p: u128, q: u128) -> (Decimal, Decimal) {
+        (Decimal::new(p, 1).unwrap(), Decimal::new(q, 2).unwrap())
+    }
+
+    proptest::proptest! {
+        /// Recorded messages in any order (not only Kraken's), applied to the recorded book as a
+        /// whole: both kinds of client at any depth up to the recorded one end every message with
+        /// the recorded window.
+        #[test]
+        fn any_recorded_order_keeps_both_kinds_of_client_exact(
+            first in proptest::collection::vec((1u128..60, 1u128..5), 0..40),
+            messages in proptest::collection::vec(
+                proptest::collection::vec((1u128..60, 0u128..5, proptest::bool::ANY), 1..8),
+                1..30,
+            ),
+            recorded in 1usize..30,
+            depth in 1usize..30,
+        ) {
+            let depth = depth.min(recorded);
+            let mut truth = OrderBook::new(recorded);
+            truth
+                .apply_snapshot(
+                    first.iter().map(|&(p, q)| level(p, q)),
+                    first.iter().map(|&(p, q)| level(p + 100, q)),
+                )
+                .unwrap();
+            let mut e = Emitter::new(&truth, depth);
+            let w = e.window();
+            let mut per_level = PerLevel::default();
+            per_level.apply(&w, depth);
+            let mut whole = OrderBook::new(depth);
+            whole.apply_snapshot(w.bids.clone(), w.asks.clone()).unwrap();
+            for m in &messages {
+                let bids: Vec<_> = m.iter().filter(|l| l.2).map(|&(p, q, _)| level(p, q)).collect();
+                let asks: Vec<_> = m.iter().filter(|l| !l.2).map(|&(p, q, _)| level(p + 100, q)).collect();
+                truth.apply_update(bids.clone(), asks.clone()).unwrap();
+                let out = e.message(&bids, &asks, &truth);
+                let want = truth.view(depth);
+                per_level.apply(&out, depth);
+                whole.apply_update(out.bids.clone(), out.asks.clone()).unwrap();
+                proptest::prop_assert_eq!(
+                    (per_level.bids.clone(), per_level.asks.clone()),
+                    (pairs(&want.bids), pairs(&want.asks))
+                );
+                proptest::prop_assert_eq!(whole.view(depth), want);
+            }
+        }
+    }
+
     fn d(s: &str) -> Decimal {
         Decimal::parse(s).unwrap()
     }
@@ -449,6 +498,45 @@ mod tests {
         b.apply_snapshot(bids.iter().map(|&(p, q)| (d(p), d(q))), [])
             .unwrap();
         b
+    }
+
+    #[test]
+    fn a_level_pushed_out_then_deleted_below_the_window_is_deleted_at_the_end() {
+        // Recorded at depth 3 (the book below: 7, 6): bids 10, 9, 8; served at depth 2 (10, 9).
+        let before = book(3, &[("10", "1"), ("9", "1"), ("8", "1")]);
+        let after = book(3, &[("11", "5"), ("8", "1"), ("7", "1")]);
+        // Kraken at depth 3: insert 11; delete 9, refill 8; delete 10, refill 7.
+        let recorded = [
+            (d("11"), d("5")),
+            (d("9"), d("0")),
+            (d("8"), d("1")),
+            (d("10"), d("0")),
+            (d("7"), d("1")),
+        ];
+        let mut e = Emitter::new(&before, 2);
+        let out = e.message(&recorded, &[], &after);
+        // At depth 2: 11 pushes 9 out (no message); 9 is deleted below the window (no message);
+        // deleting 10 brings up 8. A client truncating after the message would still hold 9,
+        // ranking above 8: its deletion is appended.
+        assert_eq!(
+            out.bids,
+            vec![
+                (d("11"), d("5")),
+                (d("10"), d("0")),
+                (d("8"), d("1")),
+                (d("9"), d("0"))
+            ]
+        );
+        let mut whole = OrderBook::new(2);
+        whole
+            .apply_snapshot([(d("10"), d("1")), (d("9"), d("1"))], [])
+            .unwrap();
+        whole.apply_update(out.bids.clone(), []).unwrap();
+        assert_eq!(whole.view(2), after.view(2));
+        let mut per_level = PerLevel::default();
+        per_level.apply(&Emitter::new(&before, 2).window(), 2);
+        per_level.apply(&out, 2);
+        assert_eq!(per_level.bids, pairs(&after.view(2).bids));
     }
 
     #[test]
