@@ -224,12 +224,9 @@ impl PairState {
             }
             if v.stream.needs_check() {
                 // The view's book is what a client truncating after the message holds.
-                let mut after = v.book.clone();
-                apply(&mut after, &v.stream, p, &self.symbol);
-                let bids = deleted_but_held(after.bids(), &book.bids, p.price);
-                let asks = deleted_but_held(after.asks(), &book.asks, p.price);
-                v.stream.bids.extend(bids);
-                v.stream.asks.extend(asks);
+                let mut applied = v.book.clone();
+                apply(&mut applied, &v.stream, p, &self.symbol);
+                v.stream.settle(&applied, &book.bids, &book.asks, p.price);
             }
             apply(&mut v.book, &v.stream, p, &self.symbol);
             let levels = |side: &[(u64, u64)]| {
@@ -308,19 +305,6 @@ fn apply(book: &mut OrderBook, stream: &Stream, p: Precision, symbol: &str) {
         // Mantissas are u64 at the book's own precision: this cannot happen.
         tracing::error!(%symbol, error = %e, "view book rejected a level");
     }
-}
-
-/// The deletions of the levels a client holds that the true side no longer has.
-fn deleted_but_held(
-    held: impl Iterator<Item = crate::book::PriceLevel>,
-    truth: &super::book::Ladder,
-    price_scale: u8,
-) -> Vec<(u64, u64)> {
-    held.filter_map(|l| l.price.mantissa_at(price_scale))
-        .filter_map(|m| u64::try_from(m).ok())
-        .filter(|&price| truth.qty_at(price).is_none())
-        .map(|price| (price, 0))
-        .collect()
 }
 
 impl Market for SimMarket {
