@@ -22,9 +22,12 @@ verdict with the recorded one: from a journal directory, or from the database ov
 From a journal it also reports every damaged or missing range it finds (kind, seqs, segment,
 byte offset) and verifies every intact record all the same. Exit status: 0 everything verified
 and agreed; 1 a disagreement, or records lost from the journal; 2 an error; 3 nothing to verify
-(no book message in the journal or range). --serve speaks Kraken's v2 protocol from the database: a book
-subscription gets a snapshot rebuilt at --from, then the recorded updates paced as recorded,
---speed times faster (0: as fast as the client reads).
+(no book message in the journal or range). --serve speaks Kraken's v2 protocol from the
+database, as Kraken would have: a book subscription (at most the recorded depth) gets a snapshot
+of the recorded book at the replay's clock (--from, then running --speed times faster; at 0, as
+fast as the client reads), then the recorded updates in Kraken's level order. A gap in the record
+drops the connection like a lost one (reconnect to go on after it); the end of the record closes
+it with code 1000 and the reason \"end of recording\".
 
 Examples:
   krakenbook replay --verify --journal-dir ./data/journal

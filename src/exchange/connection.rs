@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::{FaultState, GARBAGE_FRAME, UNKNOWN_CHANNEL_FRAME};
 use super::log::LogEntry;
-use super::market::{BookSink, ConnId, Delivery, SubId};
+use super::market::MarketError;
+use super::market::{BookSink, ConnId, Delivery, Ending, Item, SubId};
 use super::server::Shared;
 use super::stats::{add, bump};
 use crate::kraken::encode::{self, Ack, AckResult};
@@ -86,6 +87,10 @@ pub enum Closed {
     SlowClient,
     /// The drop fault closed it.
     DropFault,
+    /// The market dropped it (the socket closed without a close frame: a gap in a replay).
+    MarketDrop,
+    /// The market closed it with a close frame (`1000` and this reason: the end of a replay).
+    MarketClose(&'static str),
     /// A socket or protocol error.
     Error(String),
 }
@@ -97,6 +102,8 @@ impl Closed {
             Closed::Shutdown => "server shutdown".to_owned(),
             Closed::SlowClient => "send queue overflowed (slow client)".to_owned(),
             Closed::DropFault => "dropped by the drop fault".to_owned(),
+            Closed::MarketDrop => "dropped by the market".to_owned(),
+            Closed::MarketClose(reason) => format!("closed by the market: {reason}"),
             Closed::Error(e) => format!("error: {e}"),
         }
     }
@@ -190,6 +197,8 @@ where
         match &reason {
             Closed::SlowClient => bump(&self.shared.stats.slow_client_disconnects),
             Closed::DropFault => bump(&self.shared.stats.fault_drops),
+            Closed::MarketDrop => bump(&self.shared.stats.market_drops),
+            Closed::MarketClose(_) => bump(&self.shared.stats.market_closes),
             _ => {}
         }
         tracing::debug!(conn = self.conn, reason = %reason.describe(), "connection closed");
@@ -265,10 +274,14 @@ where
         let mut result = Ok(());
         let mut rest = batch.drain(..);
         for d in rest.by_ref() {
-            if !self.active.contains(&d.sub) {
-                continue;
-            }
-            let frame = d.frame;
+            let frame = match d.item {
+                Item::End(ending) => {
+                    result = self.end(ending).await;
+                    break;
+                }
+                Item::Frame(_) if !self.active.contains(&d.sub) => continue,
+                Item::Frame(frame) => frame,
+            };
             if frame.kind == BookKind::Snapshot {
                 bump(&self.shared.stats.book_snapshots_sent);
                 if let Err(c) = self.feed(frame.text.clone()).await {
@@ -336,6 +349,41 @@ where
         result
     }
 
+    /// Ends the connection as the market asked, after what was already written: a drop flushes
+    /// and lets the socket close without a close frame; a close sends one (`1000`, the reason)
+    /// and waits a moment for the client's reply.
+    async fn end(&mut self, ending: Ending) -> Result<(), Closed> {
+        self.flush().await?;
+        if let Some(log) = &self.shared.log {
+            log.send(LogEntry::Event {
+                conn: self.conn,
+                at: Timestamp::now(),
+                event: "end",
+                detail: match ending {
+                    Ending::Drop => "drop".to_owned(),
+                    Ending::Close(reason) => format!("close 1000 {reason}"),
+                },
+            })
+            .await;
+        }
+        match ending {
+            Ending::Drop => Err(Closed::MarketDrop),
+            Ending::Close(reason) => {
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: reason.into(),
+                };
+                let handshake = async {
+                    self.ws.close(Some(close)).await.map_err(Closed::from_ws)?;
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                    Ok::<(), Closed>(())
+                };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, handshake).await;
+                Err(Closed::MarketClose(reason))
+            }
+        }
+    }
+
     async fn start_silence(&mut self) {
         let d = self.faults.silence_for();
         bump(&self.shared.stats.fault_silences);
@@ -394,7 +442,7 @@ where
             self.deliver().await?;
             let close = CloseFrame {
                 code: CloseCode::Away,
-                reason: "krakenbook simulate is shutting down".into(),
+                reason: "the server is shutting down".into(),
             };
             self.ws.close(Some(close)).await.map_err(Closed::from_ws)?;
             // Wait for the client's reply to complete the closing handshake.
@@ -487,14 +535,9 @@ where
                 Some(d) => d,
                 None => {
                     for symbol in &symbols {
-                        self.error(
-                            Some(method),
-                            req_id,
-                            "Subscription depth not supported",
-                            Some(symbol),
-                            time_in,
-                        )
-                        .await?;
+                        let error = MarketError::DepthNotSupported.to_string();
+                        self.error(Some(method), req_id, &error, Some(symbol), time_in)
+                            .await?;
                     }
                     return Ok(());
                 }

@@ -6,11 +6,17 @@
 //! already encoded, into the subscriber's [`BookSink`]. The simulator is one market; a replay
 //! server serving recorded frames is another.
 //!
+//! A market may also end a connection, after the frames it already queued: drop it like a lost
+//! connection (the socket closes without a WebSocket close frame: a replay reaching a gap in its
+//! record), or close it with a reason (`1000`, the end of the record). See [`BookSink::end`].
+//!
 //! What must always hold:
-//! - a market never blocks on a subscriber: [`BookSink::send`] never waits. A sink whose bounded
-//!   queue is full is *overflowed*: the push fails, the connection is told to close (a slow
-//!   client is disconnected, as an exchange does), and the market drops the subscription;
+//! - a simulated market never blocks on a subscriber: [`BookSink::send`] never waits. A sink whose
+//!   bounded queue is full is *overflowed*: the push fails, the connection is told to close (a slow
+//!   client is disconnected, as an exchange does), and the market drops the subscription. A
+//!   replay, which has all the time it wants, may wait instead ([`BookSink::send_waiting`]);
 //! - for one subscription, frames arrive in the order the market pushed them, the snapshot first;
+//!   an end is acted on after every frame pushed before it;
 //! - frames are shared (`Arc`): pushing one frame to many subscribers copies no text.
 
 use std::fmt;
@@ -46,13 +52,32 @@ pub struct BookFrame {
     pub text: Utf8Bytes,
 }
 
-/// A frame on its way to one connection.
+/// How a market ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Like a lost connection: the socket closes without a WebSocket close frame.
+    Drop,
+    /// A WebSocket close with code 1000 (normal) and this reason.
+    Close(&'static str),
+}
+
+/// What a market pushes to a connection.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A book frame.
+    Frame(Arc<BookFrame>),
+    /// The end of the connection, once everything before it was sent.
+    End(Ending),
+}
+
+/// An item on its way to one connection.
 #[derive(Clone, Debug)]
 pub struct Delivery {
-    /// The subscription it belongs to (the connection drops frames of ended subscriptions).
+    /// The subscription it belongs to (the connection drops frames of ended subscriptions; an
+    /// end applies whatever its subscription).
     pub sub: SubId,
-    /// The frame.
-    pub frame: Arc<BookFrame>,
+    /// The frame or the end.
+    pub item: Item,
 }
 
 /// Why a push to a [`BookSink`] failed; either way the subscription is over.
@@ -108,7 +133,7 @@ impl BookSink {
         }
         match self.tx.try_send(Delivery {
             sub: self.sub,
-            frame: Arc::clone(frame),
+            item: Item::Frame(Arc::clone(frame)),
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -124,10 +149,23 @@ impl BookSink {
     /// Queues `frame`, waiting while the queue is full: for markets that replay recorded data as
     /// fast as the client reads (a simulated exchange never waits; see [`BookSink::send`]).
     pub async fn send_waiting(&self, frame: &Arc<BookFrame>) -> Result<(), SinkError> {
+        self.push(Item::Frame(Arc::clone(frame))).await
+    }
+
+    /// Ends the connection once the items queued before this one were sent, waiting while the
+    /// queue is full.
+    pub async fn end(&self, ending: Ending) -> Result<(), SinkError> {
+        self.push(Item::End(ending)).await
+    }
+
+    async fn push(&self, item: Item) -> Result<(), SinkError> {
+        if self.overflow.is_cancelled() {
+            return Err(SinkError::Overflow);
+        }
         self.tx
             .send(Delivery {
                 sub: self.sub,
-                frame: Arc::clone(frame),
+                item,
             })
             .await
             .map_err(|_| SinkError::Closed)
@@ -140,6 +178,12 @@ pub enum MarketError {
     /// The market does not serve this symbol (Kraken's wording).
     #[error("Currency pair not supported {0}")]
     UnknownSymbol(String),
+    /// The market cannot serve this depth (Kraken's wording for a depth it does not offer).
+    #[error("Subscription depth not supported")]
+    DepthNotSupported,
+    /// The market cannot take the subscription now.
+    #[error("Subscription failed: {0}")]
+    Unavailable(&'static str),
 }
 
 /// What the protocol server serves.

@@ -21,6 +21,8 @@ pub struct Stats {
     pub(crate) slow_client_disconnects: AtomicU64,
     pub(crate) frames_discarded_in_silence: AtomicU64,
     pub(crate) fault_drops: AtomicU64,
+    pub(crate) market_drops: AtomicU64,
+    pub(crate) market_closes: AtomicU64,
     pub(crate) fault_silences: AtomicU64,
     pub(crate) fault_lost_updates: AtomicU64,
     pub(crate) fault_garbage_frames: AtomicU64,
@@ -58,6 +60,10 @@ pub struct StatsSnapshot {
     pub frames_discarded_in_silence: u64,
     /// Connections dropped by the drop fault.
     pub fault_drops: u64,
+    /// Connections the market dropped without a close frame (a replay reaching a gap).
+    pub market_drops: u64,
+    /// Connections the market closed with a close frame (a replay reaching its end).
+    pub market_closes: u64,
     /// Silences started.
     pub fault_silences: u64,
     /// Updates withheld by the lose fault.
@@ -98,6 +104,8 @@ impl Stats {
             slow_client_disconnects: g(&self.slow_client_disconnects),
             frames_discarded_in_silence: g(&self.frames_discarded_in_silence),
             fault_drops: g(&self.fault_drops),
+            market_drops: g(&self.market_drops),
+            market_closes: g(&self.market_closes),
             fault_silences: g(&self.fault_silences),
             fault_lost_updates: g(&self.fault_lost_updates),
             fault_garbage_frames: g(&self.fault_garbage_frames),

@@ -1,31 +1,59 @@
-//! `krakenbook replay --serve`: Kraken's v2 protocol over recorded books.
+//! `krakenbook replay --serve`: Kraken's v2 protocol over recorded books, as Kraken would have
+//! sent them.
 //!
 //! A [`ReplayMarket`] behind the project's protocol server (the one the simulator uses): the
-//! `instrument` snapshot lists the recorded pairs with their precisions; a `book` subscription
-//! gets a snapshot of the book rebuilt (and verified) at the start instant, then one update per
-//! recorded message, paced as recorded (`speed` times faster; 0: as fast as the client reads).
+//! `instrument` snapshot lists the recorded pairs with their precisions; a `book` subscription is
+//! acknowledged at once, gets a snapshot of the recorded book (verified) at the replay's clock,
+//! then an update for each recorded message that changes its window, paced as recorded (`speed`
+//! times faster; 0: as fast as the client reads).
 //!
-//! Updates are the difference between the subscriber's window (the top `depth` levels) before and
-//! after each recorded message: changed and new levels with their quantity, levels gone with
-//! quantity 0. Applied with Kraken's rules (and truncated to the depth), they give exactly the
-//! recorded book's window, at any depth up to the recorded one, and every frame carries the
-//! recorded book's checksum. Where the recording has a gap, the stream pauses and resumes with a
-//! fresh snapshot once the recording verified again. Each subscription reads the database on a
-//! connection of its own, so that one slow reader never holds up another.
+//! What a client sees is what Kraken shows:
+//! - levels in Kraken's order ([`emit`]): the recorded levels replayed one at a time with
+//!   Kraken's window rule, so a deletion comes before the level that refills its place and a
+//!   level merely pushed out of the window gets no message; at the recorded depth the updates are
+//!   the recorded ones;
+//! - a depth beyond the recorded one is refused with the error the simulator gives for a depth it
+//!   does not offer (`Subscription depth not supported`);
+//! - the frames of one connection are in time order across its symbols: one task per connection
+//!   ([`player`]) merges its subscriptions by recorded time;
+//! - a gap in the record of any subscribed symbol (a lost connection, a checksum mismatch, a
+//!   collector that was not running, a new snapshot) ends the connection like a lost connection:
+//!   the socket closes without a WebSocket close frame. Kraken never sends a snapshot nobody asked
+//!   for, and neither does the replay. A client that subscribes while its symbol is in a gap gets
+//!   the ack at once and the snapshot when the gap ends;
+//! - the end of the record (`--to`, or where the collector's record ends) closes the connection
+//!   with code 1000 and the reason `end of recording`;
+//! - every frame carries the recorded book's checksum.
+//!
+//! The replay's clock: at speed S it shows `from + S × (time since the server started)`; at speed 0
+//! it is the furthest recorded instant served on any connection (so a client reconnecting after a
+//! gap goes on from the gap). A subscription joins at the clock; on a connection already serving,
+//! at that connection's own position, so that its frames stay in time order.
+
+mod emit;
+mod player;
+mod record;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::book::{BookView, Decimal, Precision, PriceLevel};
-use crate::exchange::market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
-use crate::kraken::encode::{self, InstrumentPair};
-use crate::kraken::{BookKind, Depth};
+use self::player::{Command, Player};
+use crate::exchange::market::{BookSink, ConnId, Market, MarketError, SubId};
+use crate::kraken::Depth;
+use crate::kraken::encode::InstrumentPair;
 use crate::readback::{BookCursor, ReadbackError};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
+
+/// The reason of the close frame that ends every connection at the end of the record.
+pub const END_OF_RECORDING: &str = "end of recording";
+
+/// Subscribe and unsubscribe requests waiting for a connection's task, at most.
+const COMMAND_QUEUE: usize = 256;
 
 /// What to replay.
 #[derive(Clone, Debug)]
@@ -44,21 +72,74 @@ pub struct ReplaySource {
     pub collector: Option<String>,
 }
 
+/// What is known of a served pair from the record at `from`.
+#[derive(Clone, Debug)]
+struct Served {
+    /// The collector whose record is served.
+    collector: String,
+    /// The depth it was recorded at, when the record says.
+    depth: Option<usize>,
+}
+
+/// What the market and its connections' tasks share.
+#[derive(Debug)]
+struct Shared {
+    source: ReplaySource,
+    target: DbTarget,
+    symbols: HashMap<String, Served>,
+    /// When the server started: the replay clock at speed > 0 runs from here.
+    started: tokio::time::Instant,
+    /// At speed 0: the furthest recorded instant served (unix nanoseconds).
+    reached: AtomicI64,
+}
+
+impl Shared {
+    /// The replay clock now (see the module doc).
+    fn clock(&self) -> Timestamp {
+        if self.source.speed > 0.0 {
+            let elapsed = self.started.elapsed().as_nanos() as f64 * self.source.speed;
+            self.source
+                .from
+                .add_nanos(elapsed.min(i64::MAX as f64) as i64)
+        } else {
+            Timestamp::from_unix_nanos(self.reached.load(Ordering::Relaxed))
+        }
+    }
+
+    /// Notes that a connection served the record up to `at`.
+    fn reach(&self, at: Timestamp) {
+        self.reached.fetch_max(at.unix_nanos(), Ordering::Relaxed);
+    }
+
+    /// The wall-clock instant at which the recorded instant `at` is due (speed > 0).
+    fn due(&self, at: Timestamp) -> tokio::time::Instant {
+        let offset = at.nanos_since(self.source.from).max(0) as f64 / self.source.speed;
+        let offset = std::time::Duration::from_nanos(offset.min(u64::MAX as f64) as u64);
+        // Beyond what the clock can show: as good as never.
+        self.started
+            .checked_add(offset)
+            .unwrap_or_else(|| self.started + std::time::Duration::from_secs(1 << 32))
+    }
+}
+
+/// One connection's task: where to send it requests, and how to stop it.
+#[derive(Debug)]
+struct Handle {
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+}
+
 /// Recorded books served as a [`Market`].
 #[derive(Debug)]
 pub struct ReplayMarket {
-    source: ReplaySource,
-    target: DbTarget,
+    shared: Arc<Shared>,
     instruments: Vec<InstrumentPair>,
-    /// Each subscription's task, by (connection, subscription).
-    tasks: Mutex<HashMap<(ConnId, SubId), CancellationToken>>,
-    /// When the server started: every subscription's clock runs from here.
-    started: tokio::time::Instant,
+    players: Mutex<HashMap<ConnId, Handle>>,
     cancel: CancellationToken,
 }
 
 impl ReplayMarket {
-    /// Reads what the record holds at `source.from`: the pairs and their precisions.
+    /// Reads what the record holds at `source.from`: the pairs, their precisions and depths.
     pub async fn load(
         source: ReplaySource,
         cancel: CancellationToken,
@@ -74,6 +155,7 @@ impl ReplayMarket {
         // Each pair served needs a verified start at or before `from` on the chosen record; its
         // precision is the instrument channel's on that connection, else the stored levels'.
         let mut instruments = Vec::new();
+        let mut recorded = HashMap::new();
         for symbol in &symbols {
             let Some(start) =
                 BookCursor::find_start(&client, symbol, source.from, source.collector.as_deref())
@@ -87,31 +169,48 @@ impl ReplayMarket {
                 }
                 continue;
             };
-            let precision = match crate::readback::instrument_precision(&client, symbol, &start)
-                .await?
-            {
-                Some(p) => p,
-                None => {
-                    let mut cursor =
-                        BookCursor::open(&client, symbol, start.clone(), start.timestamp).await?;
-                    while cursor.next().await?.is_some() {}
-                    cursor.book().precision()
-                }
-            };
+            let mut cursor =
+                BookCursor::open(&client, symbol, start.clone(), start.timestamp).await?;
+            let depth = cursor.subscribed_depth();
+            let precision =
+                match crate::readback::instrument_precision(&client, symbol, &start).await? {
+                    Some(p) => p,
+                    None => {
+                        while cursor.next().await?.is_some() {}
+                        cursor.book().precision()
+                    }
+                };
             instruments.push(InstrumentPair::online(symbol, precision));
+            recorded.insert(
+                symbol.clone(),
+                Served {
+                    collector: start.collector.clone(),
+                    depth,
+                },
+            );
         }
+        let from = source.from.unix_nanos();
         Ok(ReplayMarket {
-            source,
-            target,
+            shared: Arc::new(Shared {
+                source,
+                target,
+                symbols: recorded,
+                started: tokio::time::Instant::now(),
+                reached: AtomicI64::new(from),
+            }),
             instruments,
-            tasks: Mutex::new(HashMap::new()),
-            started: tokio::time::Instant::now(),
+            players: Mutex::new(HashMap::new()),
             cancel,
         })
     }
 
-    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(ConnId, SubId), CancellationToken>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    fn players(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Handle>> {
+        self.players.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The depth `symbol` was recorded at, when the record says.
+    pub fn recorded_depth(&self, symbol: &str) -> Option<usize> {
+        self.shared.symbols.get(symbol).and_then(|r| r.depth)
     }
 }
 
@@ -127,286 +226,49 @@ impl Market for ReplayMarket {
         snapshot: bool,
         sink: BookSink,
     ) -> Result<(), MarketError> {
-        if !self.instruments.iter().any(|p| p.symbol == symbol) {
+        let Some(recorded) = self.shared.symbols.get(symbol) else {
             return Err(MarketError::UnknownSymbol(symbol.to_owned()));
+        };
+        if recorded.depth.is_some_and(|r| depth.levels() > r) {
+            return Err(MarketError::DepthNotSupported);
         }
-        let stop = self.cancel.child_token();
-        self.tasks().insert((sink.conn(), sink.sub()), stop.clone());
-        let stream = Subscription {
+        let conn = sink.conn();
+        let command = Command::Subscribe {
             symbol: symbol.to_owned(),
             depth: depth.levels(),
             snapshot,
             sink,
-            source: self.source.clone(),
-            target: self.target.clone(),
-            started: self.started,
         };
-        tokio::spawn(async move {
-            let symbol = stream.symbol.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                result = stream.run() => {
-                    if let Err(e) = result {
-                        tracing::warn!(%symbol, error = %e, "replay: subscription ended");
-                    }
+        let mut players = self.players();
+        let handle = players.entry(conn).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            let stop = self.cancel.child_token();
+            let player = Player::new(Arc::clone(&self.shared), rx);
+            let token = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    () = player.run() => {}
                 }
-            }
+            });
+            Handle { commands: tx, stop }
         });
-        Ok(())
+        handle.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => MarketError::Unavailable("too many requests"),
+            mpsc::error::TrySendError::Closed(_) => MarketError::Unavailable("the replay ended"),
+        })
     }
 
     fn unsubscribe_book(&self, _symbol: &str, conn: ConnId, sub: SubId) {
-        if let Some(token) = self.tasks().remove(&(conn, sub)) {
-            token.cancel();
+        if let Some(handle) = self.players().get(&conn) {
+            // A full queue: the subscription's frames are dropped by the connection anyway.
+            let _ = handle.commands.try_send(Command::Unsubscribe { sub });
         }
     }
 
     fn disconnect(&self, conn: ConnId) {
-        self.tasks().retain(|(c, _), token| {
-            if *c == conn {
-                token.cancel();
-            }
-            *c != conn
-        });
-    }
-}
-
-struct Subscription {
-    symbol: String,
-    depth: usize,
-    snapshot: bool,
-    sink: BookSink,
-    source: ReplaySource,
-    target: DbTarget,
-    started: tokio::time::Instant,
-}
-
-impl Subscription {
-    async fn run(self) -> Result<(), ReadbackError> {
-        let client = self.target.connect("krakenbook replay").await?;
-        // The replay clock started with the server: a later subscriber joins at the recorded
-        // instant the clock shows now (at speed 0, at the start).
-        let from = if self.source.speed > 0.0 {
-            let elapsed = self.started.elapsed().as_nanos() as f64 * self.source.speed;
-            self.source
-                .from
-                .add_nanos(elapsed.min(i64::MAX as f64) as i64)
-        } else {
-            self.source.from
-        };
-        let start = match BookCursor::find_start(
-            &client,
-            &self.symbol,
-            from,
-            self.source.collector.as_deref(),
-        )
-        .await?
-        {
-            Some(s) => s,
-            None => return Ok(()),
-        };
-        let to = self
-            .source
-            .to
-            .unwrap_or(Timestamp::from_unix_nanos(i64::MAX));
-        let mut cursor = BookCursor::open(&client, &self.symbol, start, to).await?;
-        // Up to the start instant: build the book.
-        let mut last_ts = from;
-        while cursor.peek_timestamp().await?.is_some_and(|t| t <= from) {
-            if let Some(step) = cursor.next().await? {
-                last_ts = step.timestamp;
-            }
-        }
-        let symbol: Arc<str> = Arc::from(self.symbol.as_str());
-        let mut window: Option<BookView> = None;
-        let mut last_checksum = 0u32;
-        if cursor.is_synced() && self.snapshot {
-            let view = cursor.book().view(self.depth);
-            last_checksum = cursor.book().checksum();
-            self.send(
-                &symbol,
-                BookKind::Snapshot,
-                &view.bids,
-                &view.asks,
-                cursor.book().precision(),
-                last_checksum,
-                last_ts,
-                true,
-            )
-            .await?;
-            window = Some(view);
-        } else if cursor.is_synced() {
-            window = Some(cursor.book().view(self.depth));
-        }
-        loop {
-            let Some(step) = cursor.next().await? else {
-                return Ok(());
-            };
-            if self.source.speed > 0.0 {
-                let offset =
-                    step.timestamp.nanos_since(self.source.from).max(0) as f64 / self.source.speed;
-                tokio::time::sleep_until(self.started + Duration::from_nanos(offset as u64)).await;
-            }
-            if step.verified != Some(true) {
-                // A gap in the record: nothing to send until it verifies again (a snapshot).
-                window = None;
-                continue;
-            }
-            let precision = step.book.precision();
-            let view = step.book.view(self.depth);
-            let checksum = step.book.checksum();
-            match &window {
-                Some(before) if !step.snapshot => {
-                    let (bids, asks) = (
-                        diff(&before.bids, &view.bids, true),
-                        diff(&before.asks, &view.asks, false),
-                    );
-                    if bids.is_empty() && asks.is_empty() {
-                        window = Some(view);
-                        continue;
-                    }
-                    let changed = checksum != last_checksum;
-                    self.send(
-                        &symbol,
-                        BookKind::Update,
-                        &bids,
-                        &asks,
-                        precision,
-                        checksum,
-                        step.timestamp,
-                        changed,
-                    )
-                    .await?;
-                }
-                _ => {
-                    self.send(
-                        &symbol,
-                        BookKind::Snapshot,
-                        &view.bids,
-                        &view.asks,
-                        precision,
-                        checksum,
-                        step.timestamp,
-                        true,
-                    )
-                    .await?;
-                }
-            }
-            last_checksum = checksum;
-            window = Some(view);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        symbol: &Arc<str>,
-        kind: BookKind,
-        bids: &[PriceLevel],
-        asks: &[PriceLevel],
-        precision: Precision,
-        checksum: u32,
-        timestamp: Timestamp,
-        checksum_changed: bool,
-    ) -> Result<(), ReadbackError> {
-        let text = encode::book(
-            kind,
-            symbol,
-            bids.iter().map(|l| (l.price, l.qty)),
-            asks.iter().map(|l| (l.price, l.qty)),
-            precision,
-            checksum,
-            timestamp,
-        );
-        let frame = Arc::new(BookFrame {
-            symbol: Arc::clone(symbol),
-            kind,
-            checksum,
-            checksum_changed,
-            text: text.into(),
-        });
-        // The subscriber gone is the end of this subscription, not an error.
-        let _ = self.sink.send_waiting(&frame).await;
-        Ok(())
-    }
-}
-
-/// The levels that turn window `before` into window `after` (both best first): new or changed
-/// levels with their quantity, vanished levels with quantity zero.
-fn diff(before: &[PriceLevel], after: &[PriceLevel], bids: bool) -> Vec<PriceLevel> {
-    use std::cmp::Ordering;
-    // Best first: bids descend, asks ascend. `order(a, b)` is Less when a comes first.
-    let order = |a: &Decimal, b: &Decimal| if bids { b.cmp(a) } else { a.cmp(b) };
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < before.len() || j < after.len() {
-        match (before.get(i), after.get(j)) {
-            (Some(b), Some(a)) => match order(&b.price, &a.price) {
-                Ordering::Equal => {
-                    if b.qty != a.qty {
-                        out.push(*a);
-                    }
-                    i += 1;
-                    j += 1;
-                }
-                Ordering::Less => {
-                    out.push(PriceLevel {
-                        price: b.price,
-                        qty: Decimal::ZERO,
-                    });
-                    i += 1;
-                }
-                Ordering::Greater => {
-                    out.push(*a);
-                    j += 1;
-                }
-            },
-            (Some(b), None) => {
-                out.push(PriceLevel {
-                    price: b.price,
-                    qty: Decimal::ZERO,
-                });
-                i += 1;
-            }
-            (None, Some(a)) => {
-                out.push(*a);
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::book::OrderBook;
-    use proptest::prelude::*;
-
-    fn level(p: u128, q: u128) -> (Decimal, Decimal) {
-        (Decimal::new(p, 1).unwrap(), Decimal::new(q, 2).unwrap())
-    }
-
-    proptest! {
-        /// Applying the diff of two windows to the first gives the second, at any depth.
-        #[test]
-        fn a_diff_turns_one_window_into_the_next(
-            first in prop::collection::vec((1u128..60, 1u128..5), 0..40),
-            changes in prop::collection::vec((1u128..60, 0u128..5), 0..20),
-            depth in 1usize..30,
-        ) {
-            let mut recorded = OrderBook::new(1000);
-            recorded.apply_snapshot(first.iter().map(|&(p, q)| level(p, q)), first.iter().map(|&(p, q)| level(p + 100, q))).unwrap();
-            let before = recorded.view(depth);
-            recorded.apply_update(changes.iter().map(|&(p, q)| level(p, q)), changes.iter().map(|&(p, q)| level(p + 100, q))).unwrap();
-            let after = recorded.view(depth);
-            let mut client = OrderBook::new(depth);
-            client.apply_snapshot(before.bids.iter().map(|l| (l.price, l.qty)), before.asks.iter().map(|l| (l.price, l.qty))).unwrap();
-            let bids = diff(&before.bids, &after.bids, true);
-            let asks = diff(&before.asks, &after.asks, false);
-            client.apply_update(bids.iter().map(|l| (l.price, l.qty)), asks.iter().map(|l| (l.price, l.qty))).unwrap();
-            prop_assert_eq!(client.view(depth), after);
+        if let Some(handle) = self.players().remove(&conn) {
+            handle.stop.cancel();
         }
     }
 }

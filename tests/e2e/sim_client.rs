@@ -1,5 +1,6 @@
-//! A test client for the simulator, built on the project's engine: tokio-tungstenite for the
-//! socket, `kraken::decode` for frames and `book::Tracker` for checksums.
+//! Test clients for the simulator and the replay server: tokio-tungstenite for the socket,
+//! `kraken::decode` for frames; [`Checker`] verifies with the project's `book::Tracker` (levels
+//! applied a whole message at a time, then truncated), [`LevelClient`] truncates after every level.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,16 +11,16 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use krakenbook::book::{Tracker, Verdict};
-use krakenbook::kraken::{Depth, Frame, Request, decode};
+use krakenbook::book::{CHECKSUM_LEVELS, Decimal, OrderBook, Tracker, Verdict};
+use krakenbook::kraken::{BookKind, Depth, Frame, Request, decode};
 
 /// What the next read gave.
 #[derive(Debug)]
 pub enum Next {
     /// A text frame, with when it arrived.
     Text(String, Instant),
-    /// The server sent a close frame.
-    Closed,
+    /// The server sent a close frame: its code and reason, if it had any.
+    Closed(Option<(u16, String)>),
     /// The socket ended without a close frame (an abrupt drop).
     Dropped(String),
     /// Nothing arrived in time.
@@ -80,13 +81,13 @@ impl Client {
                     self.received.push(text.clone());
                     return Next::Text(text, Instant::now());
                 }
-                Some(Ok(Message::Close(_))) => {
+                Some(Ok(Message::Close(frame))) => {
                     // Reading on sends the reply that completes the closing handshake.
                     let _ = tokio::time::timeout(wait, async {
                         while let Some(Ok(_)) = self.ws.next().await {}
                     })
                     .await;
-                    return Next::Closed;
+                    return Next::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Next::Dropped(e.to_string()),
@@ -221,5 +222,155 @@ impl Checker {
             t.repeats += s.repeats;
         }
         t
+    }
+}
+
+/// One side of a book as (price, qty) text, best first.
+pub type TextSide = Vec<(String, String)>;
+
+/// A client that applies a book message the way python-kraken-sdk's `SpotOrderBookClient` does:
+/// each level in the order given, truncating that side to the subscribed depth after every level
+/// (Kraken's checksum guide allows it). A server whose deletion comes after the insert that
+/// refills its place makes it drop a level that is still in the book, and its next checksum
+/// fails. Only the checksum comes from `krakenbook::book`; the books are its own.
+pub struct LevelClient {
+    /// The depth every book is truncated to (the subscribed one).
+    pub depth: usize,
+    books: BTreeMap<String, LevelBook>,
+    /// Pair precisions from the instrument channel, when the client subscribed to it.
+    precisions: BTreeMap<String, krakenbook::book::Precision>,
+    /// Book messages that verified.
+    pub ok: u64,
+    /// Book messages whose checksum differed: (symbol, index of the book message of that symbol).
+    pub mismatches: Vec<(String, u64)>,
+    /// Updates before any snapshot of their symbol (nothing to verify them against).
+    pub unsynced: u64,
+    /// Book messages per symbol.
+    pub messages: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct LevelBook {
+    bids: BTreeMap<Decimal, Decimal>,
+    asks: BTreeMap<Decimal, Decimal>,
+}
+
+impl LevelBook {
+    /// Applies one level, then truncates the side to `depth` (its worst levels go).
+    fn apply(&mut self, bid: bool, price: Decimal, qty: Decimal, depth: usize) {
+        let side = if bid { &mut self.bids } else { &mut self.asks };
+        if qty.is_zero() {
+            side.remove(&price);
+        } else {
+            side.insert(price, qty);
+        }
+        while side.len() > depth {
+            // Bids: the lowest price is the worst; asks: the highest.
+            if bid {
+                side.pop_first();
+            } else {
+                side.pop_last();
+            }
+        }
+    }
+
+    fn checksum(&self, precision: Option<krakenbook::book::Precision>) -> u32 {
+        let mut book = OrderBook::with_precision(CHECKSUM_LEVELS, precision);
+        book.apply_snapshot(
+            self.bids
+                .iter()
+                .rev()
+                .take(CHECKSUM_LEVELS)
+                .map(|(p, q)| (*p, *q)),
+            self.asks
+                .iter()
+                .take(CHECKSUM_LEVELS)
+                .map(|(p, q)| (*p, *q)),
+        )
+        .expect("levels fit the book");
+        book.checksum()
+    }
+}
+
+impl LevelClient {
+    pub fn new(depth: usize) -> LevelClient {
+        LevelClient {
+            depth,
+            books: BTreeMap::new(),
+            precisions: BTreeMap::new(),
+            ok: 0,
+            mismatches: Vec::new(),
+            unsynced: 0,
+            messages: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one frame; returns the verdict of a book message (`None` for other frames and for
+    /// updates before a snapshot).
+    pub fn observe(&mut self, text: &str) -> Option<bool> {
+        let frame = decode(text).ok()?;
+        let msg = match frame {
+            Frame::Book(msg) => msg,
+            Frame::Instrument(msg) => {
+                for pair in &msg.pairs {
+                    self.precisions
+                        .insert(pair.symbol.to_string(), pair.precision());
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        let mut verdict = None;
+        for data in &msg.data {
+            let symbol = data.symbol.to_string();
+            let n = self.messages.entry(symbol.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            let book = match msg.kind {
+                BookKind::Snapshot => {
+                    let book = self.books.entry(symbol.clone()).or_default();
+                    *book = LevelBook::default();
+                    book
+                }
+                BookKind::Update => match self.books.get_mut(&symbol) {
+                    Some(book) => book,
+                    None => {
+                        self.unsynced += 1;
+                        continue;
+                    }
+                },
+            };
+            for l in &data.bids {
+                book.apply(true, l.price.value, l.qty.value, self.depth);
+            }
+            for l in &data.asks {
+                book.apply(false, l.price.value, l.qty.value, self.depth);
+            }
+            let ok = book.checksum(self.precisions.get(&symbol).copied()) == data.checksum;
+            if ok {
+                self.ok += 1;
+            } else {
+                self.mismatches.push((symbol.clone(), n));
+                // Start over at the next snapshot, as a client that resubscribes would.
+                self.books.remove(&symbol);
+            }
+            verdict = Some(ok);
+        }
+        verdict
+    }
+
+    /// Book messages seen, over all symbols.
+    pub fn total(&self) -> u64 {
+        self.messages.values().sum()
+    }
+
+    /// The book of `symbol` as (price, qty) text, bids best first then asks best first.
+    pub fn book(&self, symbol: &str) -> Option<(TextSide, TextSide)> {
+        let b = self.books.get(symbol)?;
+        let text = |(p, q): (&Decimal, &Decimal)| (p.to_string(), q.to_string());
+        Some((
+            b.bids.iter().rev().map(text).collect(),
+            b.asks.iter().map(text).collect(),
+        ))
     }
 }

@@ -11,7 +11,7 @@ use krakenbook::exchange::{Faults, SimConfig, Simulator};
 use krakenbook::kraken::{Frame, Request, decode};
 use tokio::time::Instant;
 
-use crate::sim_client::{Checker, Client, Next};
+use crate::sim_client::{Checker, Client, LevelClient, Next};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -106,6 +106,63 @@ async fn every_checksum_verifies_at_depths_10_25_100_and_1000() {
     assert!(verified > 10_000, "verified {verified} messages");
     let stats = sim.shutdown().await.unwrap();
     assert_eq!(stats.exchange.slow_client_disconnects, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_truncating_after_each_level_verifies_every_frame_at_depths_10_and_25() {
+    let sim = Simulator::bind(config(
+        "BTC/USD:1:8:price=62802.5,ETH/USD:2:8,MINA/GBP:4:8:price=0.0279",
+        1500.0,
+        5,
+    ))
+    .await
+    .unwrap();
+    let symbols = ["BTC/USD", "ETH/USD", "MINA/GBP"];
+    for depth in [10u64, 25] {
+        let (mut client, mut checker) = subscribed(&sim, &symbols, depth).await;
+        let mut level = LevelClient::new(depth as usize);
+        for text in &client.received {
+            level.observe(text);
+        }
+        while checker.total().updates < 3000 {
+            let text = client.text().await;
+            checker.observe(&text);
+            level.observe(&text);
+        }
+        let t = checker.total();
+        assert!(
+            level.mismatches.is_empty(),
+            "depth {depth}: {} of {} messages failed, first at {:?}",
+            level.mismatches.len(),
+            level.total(),
+            level.mismatches.first()
+        );
+        assert_eq!(
+            level.ok,
+            level.total(),
+            "depth {depth}: every message verified"
+        );
+        assert_eq!(level.total(), t.updates + t.snapshots);
+        assert!(
+            t.deletions > 0 && t.refills > 0 && t.repeats > 0,
+            "depth {depth}: {t:?}"
+        );
+        // The whole-message client verifies the same frames.
+        assert_eq!((t.mismatches, t.ok), (0, level.ok), "depth {depth}: {t:?}");
+        for symbol in symbols {
+            let book = checker.tracker.book(symbol).unwrap().view(depth as usize);
+            let text = |l: &krakenbook::book::PriceLevel| (l.price.to_string(), l.qty.to_string());
+            assert_eq!(
+                level.book(symbol).unwrap(),
+                (
+                    book.bids.iter().map(text).collect(),
+                    book.asks.iter().map(text).collect()
+                ),
+                "depth {depth}: {symbol}: both clients hold the same book"
+            );
+        }
+    }
+    sim.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -423,7 +480,7 @@ async fn the_frame_log_is_exactly_what_the_client_received() {
     loop {
         match client.next(WAIT).await {
             Next::Text(..) => {}
-            Next::Closed => break,
+            Next::Closed(_) => break,
             other => panic!("{other:?}"),
         }
     }
@@ -645,7 +702,7 @@ async fn the_command_serves_until_terminated_then_closes_politely() {
             other => break other,
         }
     };
-    assert!(matches!(end, Next::Closed), "{end:?}");
+    assert!(matches!(end, Next::Closed(_)), "{end:?}");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert_eq!(checker.total().mismatches, 0);

@@ -12,6 +12,8 @@
 //!   depth 25, nearly all at depth 100), with a few drawn uniformly over the whole book;
 //! - a change sets a new quantity, a delete removes the level, an insert opens a new price in
 //!   the gap above the drawn rank (a new best inside the spread at rank 0);
+//! - an event's deletions come first, then its changes and inserts (no real capture has a
+//!   deletion after an insert into a full window on the same side of a message);
 //! - now and then the same price is touched twice in one event (changed again, deleted, or
 //!   deleted and re-added), as Kraken sometimes sends;
 //! - each side is then kept between `levels` and `levels + levels / 10` by adding or removing
@@ -19,7 +21,8 @@
 //!
 //! What must always hold (checked by the tests below on long random runs): each side is sorted
 //! and unique by price, every quantity is positive, every bid is below every ask, and every op
-//! in an event's list is exactly what was done to the book, in order.
+//! in an event's list is exactly what was done to the book, in order, each seen by the event's
+//! watcher just after it was applied.
 
 use super::rng::Rng;
 use crate::book::Side;
@@ -109,15 +112,31 @@ impl Ladder {
         self.find(price).ok().map(|i| self.levels[i].qty)
     }
 
-    /// Sets a level; `qty == 0` deletes it.
-    pub fn set(&mut self, price: u64, qty: u64) {
+    /// The number of levels strictly better than `price`.
+    pub fn better_than(&self, price: u64) -> usize {
+        let n = self.levels.len();
+        match self.find(price) {
+            Ok(i) => n - 1 - i,
+            Err(i) => n - i,
+        }
+    }
+
+    /// Sets a level; `qty == 0` deletes it. Returns whether the price had a level before.
+    pub fn set(&mut self, price: u64, qty: u64) -> bool {
         match self.find(price) {
             Ok(i) if qty == 0 => {
                 self.levels.remove(i);
+                true
             }
-            Ok(i) => self.levels[i].qty = qty,
-            Err(_) if qty == 0 => {}
-            Err(i) => self.levels.insert(i, Lvl { price, qty }),
+            Ok(i) => {
+                self.levels[i].qty = qty;
+                true
+            }
+            Err(_) if qty == 0 => false,
+            Err(i) => {
+                self.levels.insert(i, Lvl { price, qty });
+                false
+            }
         }
     }
 }
@@ -160,7 +179,7 @@ pub struct TrueBook {
     qty_precision: u8,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Change,
     Delete,
@@ -246,20 +265,37 @@ impl TrueBook {
         (r as usize).min(len - 1)
     }
 
-    /// Draws one event, applies it, and appends what was done to `ops` (cleared first).
-    pub fn event(&mut self, rng: &mut Rng, d: &Dynamics, ops: &mut Vec<Op>) {
+    /// Draws one event, applies it, and appends what was done to `ops` (cleared first). `watch`
+    /// sees each op just after it was applied: the side after it, the op, and whether its price
+    /// had a level before.
+    ///
+    /// An event's deletions are drawn first, as on Kraken (no real capture has a deletion after
+    /// an insert into a full window on the same side of a message).
+    pub fn event(
+        &mut self,
+        rng: &mut Rng,
+        d: &Dynamics,
+        ops: &mut Vec<Op>,
+        watch: &mut impl FnMut(&Ladder, Op, bool),
+    ) {
         ops.clear();
-        let changes = 1 + rng.geometric(d.extra_p, 7);
-        for _ in 0..changes {
+        let changes = 1 + rng.geometric(d.extra_p, 7) as usize;
+        let mut kinds = [(Side::Bid, Kind::Change); 8];
+        for k in kinds.iter_mut().take(changes) {
             let side = if rng.chance(0.5) {
                 Side::Bid
             } else {
                 Side::Ask
             };
-            let Some(op) = self.change(rng, d, side) else {
+            *k = (side, self.draw_kind(rng));
+        }
+        // Stable: deletions first, the rest in the order drawn.
+        kinds[..changes].sort_by_key(|&(_, kind)| kind != Kind::Delete);
+        for &(side, kind) in &kinds[..changes] {
+            let Some(op) = self.change(rng, d, side, kind) else {
                 continue;
             };
-            self.apply(op, ops);
+            self.apply(op, ops, watch);
             if rng.chance(d.repeat_p) {
                 let again = match self.side(side).qty_at(op.price) {
                     Some(_) if rng.chance(0.6) => Some(self.draw_qty(rng)),
@@ -275,16 +311,18 @@ impl TrueBook {
                             qty,
                         },
                         ops,
+                        watch,
                     );
                 }
             }
         }
-        self.maintain(rng, d, ops);
+        self.maintain(rng, d, ops, watch);
     }
 
-    fn apply(&mut self, op: Op, ops: &mut Vec<Op>) {
-        self.side_mut(op.side).set(op.price, op.qty);
+    fn apply(&mut self, op: Op, ops: &mut Vec<Op>, watch: &mut impl FnMut(&Ladder, Op, bool)) {
+        let existed = self.side_mut(op.side).set(op.price, op.qty);
         ops.push(op);
+        watch(self.side(op.side), op, existed);
     }
 
     /// Whether a level at `price` on `side` would keep the book uncrossed.
@@ -295,17 +333,20 @@ impl TrueBook {
         }
     }
 
-    /// One change on `side`, not yet applied.
-    fn change(&mut self, rng: &mut Rng, d: &Dynamics, side: Side) -> Option<Op> {
-        let ladder = self.side(side);
-        let len = ladder.len();
-        let rank = self.draw_rank(rng, len, d);
-        // Inserts and deletes balance; the side's size is kept by `maintain`.
-        let kind = match rng.below(20) {
+    /// What a change does: inserts and deletes balance (the side's size is kept by `maintain`).
+    fn draw_kind(&self, rng: &mut Rng) -> Kind {
+        match rng.below(20) {
             0..=8 => Kind::Change,
             9..=13 => Kind::Delete,
             _ => Kind::Insert,
-        };
+        }
+    }
+
+    /// One change of `kind` on `side`, not yet applied.
+    fn change(&mut self, rng: &mut Rng, d: &Dynamics, side: Side, kind: Kind) -> Option<Op> {
+        let ladder = self.side(side);
+        let len = ladder.len();
+        let rank = self.draw_rank(rng, len, d);
         let existing = ladder.at_rank(rank);
         if (kind == Kind::Insert || existing.is_none())
             && let Some(price) = self.insert_price(rng, side, rank)
@@ -361,7 +402,13 @@ impl TrueBook {
     }
 
     /// Keeps each side between `levels` and 110 % of it, at its far end.
-    fn maintain(&mut self, rng: &mut Rng, d: &Dynamics, ops: &mut Vec<Op>) {
+    fn maintain(
+        &mut self,
+        rng: &mut Rng,
+        d: &Dynamics,
+        ops: &mut Vec<Op>,
+        watch: &mut impl FnMut(&Ladder, Op, bool),
+    ) {
         let max = d.levels + d.levels / 10;
         for side in [Side::Bid, Side::Ask] {
             while self.side(side).len() < d.levels {
@@ -375,7 +422,7 @@ impl TrueBook {
                     (_, None) => break,
                 };
                 let qty = self.draw_qty(rng);
-                self.apply(Op { side, price, qty }, ops);
+                self.apply(Op { side, price, qty }, ops, watch);
             }
             while self.side(side).len() > max {
                 let Some(worst) = self.side(side).levels.first().copied() else {
@@ -388,6 +435,7 @@ impl TrueBook {
                         qty: 0,
                     },
                     ops,
+                    watch,
                 );
             }
         }
@@ -434,7 +482,7 @@ mod tests {
         let (mut inserts, mut deletes, mut changes) = (0, 0, 0);
         for _ in 0..20_000 {
             let before = book.clone();
-            book.event(&mut rng, &d, &mut ops);
+            book.event(&mut rng, &d, &mut ops, &mut |_, _, _| {});
             assert!(!ops.is_empty());
             // Replaying the ops on the previous book gives the new book exactly.
             let mut replay = before.clone();
@@ -482,7 +530,7 @@ mod tests {
         let (mut top10, mut top25, mut top100, mut events) = (0u32, 0u32, 0u32, 0u32);
         for _ in 0..5000 {
             let before = book.clone();
-            book.event(&mut rng, &d, &mut ops);
+            book.event(&mut rng, &d, &mut ops, &mut |_, _, _| {});
             events += 1;
             // The best rank any op of the event touched, before or after.
             let rank = |side: &Ladder, p: u64| side.best_first().position(|l| l.price == p);
@@ -518,7 +566,7 @@ mod tests {
         assert!(book.bids.len() < 40, "bids stop above zero");
         let mut ops = Vec::new();
         for _ in 0..2000 {
-            book.event(&mut rng, &d, &mut ops);
+            book.event(&mut rng, &d, &mut ops, &mut |_, _, _| {});
             check(&book);
             assert!(book.bids.best_first().all(|l| l.price >= 1));
         }

@@ -9,14 +9,17 @@
 //! the market moved on.
 //!
 //! For every depth served for a pair there is one *view*: an [`OrderBook`] (the project's own
-//! engine) holding what that depth's subscribers hold. Each event is turned into that depth's
-//! update by [`window_update`], applied to the view's book, checksummed by
-//! [`OrderBook::checksum`], encoded once, and pushed to every subscriber at that depth. A view
-//! exists while it has subscribers; a new one starts from the true book's top levels.
+//! engine) holding what that depth's subscribers hold. Each op of an event is passed, as it is
+//! applied, to every view's [`Stream`], which collects what Kraken's window rule sends for it;
+//! the levels are applied to the view's book, checksummed by [`OrderBook::checksum`], encoded once,
+//! and pushed to every subscriber at that depth. When the stream says a client truncating after
+//! the message may hold a level the event deleted below the window, the view's book is compared
+//! with the true window and the deletion of each such level is appended. A view exists while it
+//! has subscribers; a new one starts from the true book's top levels.
 //!
 //! What must always hold: a view's book equals the true book's top `depth` levels after every
-//! event (the window rules guarantee it; the tests check it), so every frame's checksum is the
-//! one a correct client computes.
+//! event (the window rule guarantees it; the tests check it), so every frame's checksum is the
+//! one a correct client computes, whether it truncates after each level or after each message.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::book::{Dynamics, Op, TrueBook};
 use super::rng::Rng;
-use super::window::{boundary, window_update};
+use super::window::Stream;
 use super::{PairSpec, SimConfig};
 use crate::book::{Decimal, OrderBook, Precision};
 use crate::exchange::market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
@@ -58,8 +61,6 @@ struct State {
     /// Pairs that have started trading, in the order they started.
     active: Vec<usize>,
     ops: Vec<Op>,
-    bids: Vec<(u64, u64)>,
-    asks: Vec<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -83,8 +84,8 @@ struct View {
     depth: Depth,
     book: OrderBook,
     checksum: u32,
-    /// Boundaries before the current event: (bids, asks).
-    before: (Option<u64>, Option<u64>),
+    /// What the current event sends.
+    stream: Stream,
     sinks: Vec<BookSink>,
 }
 
@@ -117,8 +118,6 @@ impl SimMarket {
                 pairs,
                 active: Vec::new(),
                 ops: Vec::new(),
-                bids: Vec::new(),
-                asks: Vec::new(),
             }),
             dynamics: Dynamics::new(config.book_levels),
             start: Instant::now(),
@@ -165,8 +164,7 @@ impl SimMarket {
             let mut n = 0;
             while pair.next_at <= now && n < MAX_EVENTS_PER_STEP {
                 let at = self.wall(pair.next_at);
-                let frames =
-                    pair.event(&self.dynamics, at, &mut st.ops, &mut st.bids, &mut st.asks);
+                let frames = pair.event(&self.dynamics, at, &mut st.ops);
                 self.frames.fetch_add(frames, Ordering::Relaxed);
                 pair.next_at = pair.next_at.saturating_add(pair.rng.exp_nanos(mean));
                 n += 1;
@@ -204,45 +202,39 @@ impl PairState {
     }
 
     /// Draws one event, updates every view and publishes their frames; returns how many.
-    fn event(
-        &mut self,
-        dynamics: &Dynamics,
-        at: Timestamp,
-        ops: &mut Vec<Op>,
-        bids: &mut Vec<(u64, u64)>,
-        asks: &mut Vec<(u64, u64)>,
-    ) -> u64 {
+    fn event(&mut self, dynamics: &Dynamics, at: Timestamp, ops: &mut Vec<Op>) -> u64 {
         let Some(book) = self.book.as_mut() else {
             return 0;
         };
-        for v in &mut self.views {
-            v.before = (
-                boundary(&book.bids, v.depth.levels()),
-                boundary(&book.asks, v.depth.levels()),
-            );
+        let views = &mut self.views;
+        for v in views.iter_mut() {
+            v.stream.clear();
         }
-        book.event(&mut self.rng, dynamics, ops);
+        book.event(&mut self.rng, dynamics, ops, &mut |after, op, existed| {
+            for v in views.iter_mut() {
+                v.stream.on_op(after, op, existed);
+            }
+        });
         self.last_change = at;
         let p = self.precision;
         let mut frames = 0;
         for v in &mut self.views {
-            bids.clear();
-            asks.clear();
-            window_update(v.before.0, ops, &book.bids, v.depth.levels(), bids);
-            window_update(v.before.1, ops, &book.asks, v.depth.levels(), asks);
-            if bids.is_empty() && asks.is_empty() {
+            if v.stream.is_empty() {
                 continue;
             }
-            let levels = |side: &Vec<(u64, u64)>| {
+            if v.stream.needs_check() {
+                // The view's book is what a client truncating after the message holds.
+                let mut applied = v.book.clone();
+                apply(&mut applied, &v.stream, p, &self.symbol);
+                v.stream.settle(&applied, &book.bids, &book.asks, p.price);
+            }
+            apply(&mut v.book, &v.stream, p, &self.symbol);
+            let levels = |side: &[(u64, u64)]| {
                 side.iter()
                     .map(|&(price, qty)| (dec(price, p.price), dec(qty, p.qty)))
                     .collect::<Vec<_>>()
             };
-            let (b, a) = (levels(bids), levels(asks));
-            if let Err(e) = v.book.apply_update(b.iter().copied(), a.iter().copied()) {
-                // Mantissas are u64 at the book's own precision: this cannot happen.
-                tracing::error!(symbol = %self.symbol, error = %e, "view book rejected a level");
-            }
+            let (b, a) = (levels(&v.stream.bids), levels(&v.stream.asks));
             let checksum = v.book.checksum();
             let changed = checksum != v.checksum;
             v.checksum = checksum;
@@ -294,11 +286,24 @@ impl PairState {
             depth,
             book,
             checksum,
-            before: (None, None),
+            stream: Stream::new(depth.levels()),
             sinks: Vec::new(),
         });
         let last = self.views.len() - 1;
         &mut self.views[last]
+    }
+}
+
+/// Applies a stream's levels to a view's book (a client that truncates after the message).
+fn apply(book: &mut OrderBook, stream: &Stream, p: Precision, symbol: &str) {
+    let levels = |side: &[(u64, u64)]| {
+        side.iter()
+            .map(|&(price, qty)| (dec(price, p.price), dec(qty, p.qty)))
+            .collect::<Vec<_>>()
+    };
+    if let Err(e) = book.apply_update(levels(&stream.bids), levels(&stream.asks)) {
+        // Mantissas are u64 at the book's own precision: this cannot happen.
+        tracing::error!(%symbol, error = %e, "view book rejected a level");
     }
 }
 
