@@ -326,9 +326,11 @@ impl OutputFile {
         drop(files);
         // The rename itself is durable once the directory is synced (best effort: not every
         // filesystem lets a directory be opened for it).
-        if let Some(dir) = p.target.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = File::open(dir)
-        {
+        let dir = match p.target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(self.bytes)

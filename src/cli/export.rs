@@ -14,9 +14,11 @@ pub(crate) const EXPORT_HELP: &str = "\
 Kinds (--kind):
   incremental  tardis.dev incremental_book_L2: exchange,symbol,timestamp,local_timestamp,
                is_snapshot,side,price,amount; every level change in received order. The file opens
-               with the book at --from (snapshot rows) and carries the deletions Kraken implies
-               when it drops levels past the subscribed depth, so the file alone rebuilds the
-               exact book (--stored-only: the stored levels and nothing else).
+               with the book at --from (snapshot rows), carries the deletions Kraken implies when
+               it drops levels past the subscribed depth, deletes every level held before each
+               snapshot and follows each snapshot with an update, so the file alone rebuilds the
+               exact book in tardis's rule, nautilus_trader's and hftbacktest's loaders alike
+               (--stored-only: the stored levels and nothing else).
   snapshots    tardis.dev book_snapshot_N: the top --depth levels every --interval, from the book
                rebuilt with every checksum verified; instants in a gap are skipped.
   messages     the stored messages (raw JSON) with their checksum verdicts.

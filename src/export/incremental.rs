@@ -454,10 +454,14 @@ impl Emitter {
         if !self.stored_only {
             // Held whether or not the book is known yet: a consumer that applies every row
             // holds it, and the next snapshot deletes it.
-            self.held
-                .entry(m.symbol.clone())
-                .or_default()
-                .apply(side, price, qty);
+            match self.held.get_mut(&m.symbol) {
+                Some(held) => held.apply(side, price, qty),
+                None => self
+                    .held
+                    .entry(m.symbol.clone())
+                    .or_default()
+                    .apply(side, price, qty),
+            }
         }
     }
 

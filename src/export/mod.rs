@@ -336,16 +336,7 @@ pub enum ExportError {
 impl ExportError {
     /// Whether the reader of the output (standard output, a FIFO) went away before the end.
     pub fn is_broken_pipe(&self) -> bool {
-        match self {
-            ExportError::Output(e) => e.is_broken_pipe(),
-            ExportError::Parquet {
-                source: ParquetFileError::Parquet(::parquet::errors::ParquetError::External(e)),
-                ..
-            } => e
-                .downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe),
-            _ => false,
-        }
+        matches!(self, ExportError::Output(e) if e.is_broken_pipe())
     }
 }
 
@@ -435,8 +426,9 @@ pub(crate) struct Sink {
 }
 
 enum Writer {
-    Csv(CsvWriter<Out>),
-    Parquet(ParquetWriter<OutputFile>),
+    // Both boxed: each is a few hundred bytes, and a sink is moved around.
+    Csv(Box<CsvWriter<Out>>),
+    Parquet(Box<ParquetWriter<OutputFile>>),
 }
 
 impl std::fmt::Debug for Sink {
@@ -447,7 +439,8 @@ impl std::fmt::Debug for Sink {
 
 /// Where CSV text goes.
 pub(crate) enum Out {
-    Plain(BufWriter<OutputFile>),
+    /// The `csv` crate buffers: its chunks go straight to the file.
+    Plain(OutputFile),
     Zstd(zstd::stream::write::Encoder<'static, BufWriter<OutputFile>>),
     Stdout(BufWriter<io::Stdout>),
 }
@@ -482,7 +475,7 @@ impl Out {
     /// Ends the stream; the output file, when there is one.
     fn finish(self) -> io::Result<Option<OutputFile>> {
         match self {
-            Out::Plain(w) => w.into_inner().map(Some).map_err(|e| e.into_error()),
+            Out::Plain(f) => Ok(Some(f)),
             Out::Zstd(w) => w
                 .finish()?
                 .into_inner()
@@ -531,31 +524,32 @@ impl Target {
             })
         };
         let writer = match (format, self) {
-            (Format::Parquet, Target::File(f)) => {
-                Writer::Parquet(ParquetWriter::new(f, columns, scales, metadata).map_err(
-                    |source| ExportError::Parquet {
+            (Format::Parquet, Target::File(f)) => Writer::Parquet(Box::new(
+                ParquetWriter::new(f, columns, scales, metadata).map_err(|source| {
+                    ExportError::Parquet {
                         path: path.clone(),
                         source,
-                    },
-                )?)
-            }
-            (Format::Csv, Target::File(f)) => Writer::Csv(
-                CsvWriter::new(Out::Plain(BufWriter::with_capacity(1 << 16, f)), columns)
-                    .map_err(out_err)?,
-            ),
+                    }
+                })?,
+            )),
+            (Format::Csv, Target::File(f)) => Writer::Csv(Box::new(
+                CsvWriter::new(Out::Plain(f), columns).map_err(out_err)?,
+            )),
             (Format::CsvZstd, Target::File(f)) => {
                 let enc =
                     zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 16, f), 3)
                         .map_err(out_err)?;
-                Writer::Csv(CsvWriter::new(Out::Zstd(enc), columns).map_err(out_err)?)
+                Writer::Csv(Box::new(
+                    CsvWriter::new(Out::Zstd(enc), columns).map_err(out_err)?,
+                ))
             }
-            (Format::Csv, Target::Stdout) => Writer::Csv(
+            (Format::Csv, Target::Stdout) => Writer::Csv(Box::new(
                 CsvWriter::new(
                     Out::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
                     columns,
                 )
                 .map_err(out_err)?,
-            ),
+            )),
             (_, Target::Stdout) => {
                 return Err(ExportError::Invalid(
                     "only CSV goes to standard output: give -o FILE.parquet or -o FILE.csv.zst"
@@ -587,11 +581,11 @@ impl Sink {
     fn finish(self) -> Result<Option<OutputFile>, ExportError> {
         let path = self.path;
         match self.writer {
-            Writer::Csv(w) => w
+            Writer::Csv(w) => (*w)
                 .finish()
                 .and_then(Out::finish)
                 .map_err(|source| ExportError::Output(OutputError { path, source })),
-            Writer::Parquet(w) => w
+            Writer::Parquet(w) => (*w)
                 .finish()
                 .map(Some)
                 .map_err(|source| ExportError::Parquet { path, source }),
