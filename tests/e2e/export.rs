@@ -1559,3 +1559,28 @@ async fn export_snapshots_deeper_than_recorded_are_clamped_with_a_warning() {
         "warning: --depth 1000 is deeper than the books recorded (25 levels a side): the snapshots hold 25 levels"
     );
 }
+
+/// `export -o - | head` ended with an error once `head` had what it wanted. A reader of
+/// standard output that stops early ends the export quietly, with success.
+#[tokio::test]
+async fn export_to_standard_output_read_by_head_ends_quietly() {
+    use std::io::Read;
+    let rec = recording().await;
+    let (f, tt) = range_args(rec);
+    let mut child = krakenbook()
+        .args(["export", "--quiet", "--database-url", &rec.url])
+        .args(["--kind", "messages", "--symbol", "BTC/USD,ETH/USD,MINA/GBP"])
+        .args(["--from", &f, "--to", &tt, "-o", "-"])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The pipe is closed here: the export's next writes fail with EPIPE.
+    let out = child.wait_with_output().unwrap();
+    assert!(head.starts_with(b"timestamp,local_timestamp,"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
