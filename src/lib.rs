@@ -21,6 +21,7 @@ pub mod feed;
 pub mod journal;
 pub mod kraken;
 pub mod metrics;
+pub mod output;
 pub mod plot;
 pub mod readback;
 pub mod record;

@@ -14,21 +14,32 @@ pub(crate) const EXPORT_HELP: &str = "\
 Kinds (--kind):
   incremental  tardis.dev incremental_book_L2: exchange,symbol,timestamp,local_timestamp,
                is_snapshot,side,price,amount; every level change in received order. The file opens
-               with the book at --from (snapshot rows) and carries the deletions Kraken implies
-               when it drops levels past the subscribed depth, so the file alone rebuilds the
-               exact book (--stored-only: the stored levels and nothing else).
+               with the book at --from (snapshot rows), carries the deletions Kraken implies when
+               it drops levels past the subscribed depth, deletes every level held before each
+               snapshot and follows each snapshot with an update, so the file alone rebuilds the
+               exact book in tardis's rule, nautilus_trader's and hftbacktest's loaders alike
+               (--stored-only: the stored levels and nothing else).
   snapshots    tardis.dev book_snapshot_N: the top --depth levels every --interval, from the book
                rebuilt with every checksum verified; instants in a gap are skipped.
   messages     the stored messages (raw JSON) with their checksum verdicts.
 
 Times: --from and --to are RFC 3339 (2026-11-24T10:00:00Z) or a date (2026-11-24), on Kraken's
 clock; --from is included, --to is not. In the files, times are microseconds since the epoch (UTC).
-Decimals are exact: CSV keeps each value's text, Parquet uses DECIMAL(38, S). The format follows
-the file name (.csv, .csv.zst, .parquet) unless --format says otherwise; -o - writes CSV to
-standard output. Several symbols go to one file, told apart by the symbol column.
+Decimals are exact: CSV keeps each value's text, Parquet uses DECIMAL(38, S).
+
+Output: the format is the file name's (.csv, .csv.zst, .parquet); any other name needs --format,
+and a name that says another format than --format is refused. Several symbols go to one file,
+told apart by the symbol column, unless the name holds {symbol}: then one file per symbol, the
+symbol written with / as - (l2_{symbol}.csv gives l2_BTC-USD.csv). Beside each file,
+FILE.precision.json gives each pair's price and quantity decimals, as recorded:
+{\"BTC/USD\": {\"price_precision\": 1, \"qty_precision\": 8}}. A file appears complete or not at all
+(written beside it, then renamed; through a symlink, the file it points to is replaced and the
+link kept); an existing device or FIFO is written in place; Ctrl-C or SIGTERM removes the
+unfinished file. -o - writes CSV to standard output.
 
 Examples:
   krakenbook export --symbol BTC/USD --from 2026-11-24 --to 2026-11-25 -o btcusd.csv.zst
+  krakenbook export --symbol BTC/USD,ETH/USD --from 2026-11-24 --to 2026-11-25 -o 'l2_{symbol}.csv'
   krakenbook export --symbol BTC/USD,ETH/USD --from 2026-11-24T10:00:00Z --to 2026-11-24T11:00:00Z \\
       --kind snapshots --depth 25 --interval 1s -o book_snapshot_25.parquet
   krakenbook export --symbol MINA/GBP --from 2026-11-24 --to 2026-11-25 --kind messages -o - | head";
@@ -77,10 +88,11 @@ pub struct ExportArgs {
     /// What to export.
     #[arg(long, value_enum, default_value = "incremental")]
     pub kind: KindArg,
-    /// File format [default: from the file name, else csv].
+    /// File format [default: the file name's; needed for any other name].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
-    /// Snapshots: levels per side.
+    /// Snapshots: levels per side (at most the recorded depth: deeper is clamped, with a
+    /// warning).
     #[arg(long, default_value_t = 25)]
     pub depth: usize,
     /// Snapshots: time between snapshots (100ms, 1s, 1m, ...).
@@ -92,7 +104,7 @@ pub struct ExportArgs {
     /// Incremental: the stored levels only (no initial book, no implied deletions).
     #[arg(long)]
     pub stored_only: bool,
-    /// The output file (`-`: standard output, CSV only).
+    /// The output file (`{symbol}` in it: one file per symbol; `-`: standard output, CSV only).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// The database: postgres://user:password@host:port/database (sslmode honoured).
@@ -116,13 +128,14 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     } else {
         Destination::File(args.output.clone())
     };
-    let format = match (args.format, &dest) {
-        (Some(FormatArg::Csv), _) => Format::Csv,
-        (Some(FormatArg::CsvZst), _) => Format::CsvZstd,
-        (Some(FormatArg::Parquet), _) => Format::Parquet,
-        (None, Destination::File(p)) => Format::from_path(p).unwrap_or(Format::Csv),
-        (None, Destination::Stdout) => Format::Csv,
-    };
+    let format = Format::for_output(
+        args.format.map(|f| match f {
+            FormatArg::Csv => Format::Csv,
+            FormatArg::CsvZst => Format::CsvZstd,
+            FormatArg::Parquet => Format::Parquet,
+        }),
+        &dest,
+    )?;
     let kind = match args.kind {
         KindArg::Incremental => Kind::Incremental,
         KindArg::Snapshots => Kind::Snapshots {
@@ -157,18 +170,55 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    stop_on_signal(bar.clone())?;
     let mut progress = |p: export::Progress| {
         bar.set_length(p.total.max(1));
         bar.set_position(p.done);
         bar.set_message(format!("{} rows", p.rows));
     };
-    let report = export::export(&target, &request, &dest, &mut progress).await?;
+    let report = match export::export(&target, &request, &dest, &mut progress).await {
+        Ok(r) => r,
+        // The reader of standard output stopped early (`| head`): what it read is what it
+        // wanted.
+        Err(e) if dest == Destination::Stdout && e.is_broken_pipe() => {
+            bar.finish_and_clear();
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            bar.finish_and_clear();
+            return Err(e.into());
+        }
+    };
     bar.finish_and_clear();
+    if let Some(c) = report.depth_clamped {
+        eprintln!(
+            "warning: --depth {} is deeper than the books recorded ({} levels a side): the snapshots hold {} levels",
+            c.asked, c.recorded, c.recorded
+        );
+    }
+    if !report.precision_from_values.is_empty() {
+        eprintln!(
+            "warning: no instrument frame of {} is recorded in the range: its precision is the most decimals of its stored values",
+            report.precision_from_values.join(", ")
+        );
+    }
     if args.quiet {
         return Ok(ExitCode::SUCCESS);
     }
     let where_to = match &dest {
-        Destination::File(p) => format!("{} ({} bytes)", p.display(), report.bytes),
+        Destination::File(_) => report
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} ({} bytes{})",
+                    f.path.display(),
+                    f.bytes,
+                    if f.in_place { ", written in place" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         Destination::Stdout => "standard output".to_owned(),
     };
     let mut line = format!(
@@ -189,9 +239,11 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             ));
             if !request.stored_only {
                 line.push_str(&format!(
-                    ", {} initial-book levels, {} implied deletions",
+                    ", {} initial-book levels, {} implied deletions, {} deletions before snapshots, {} snapshot ends",
                     report.initial_levels,
-                    report.implied_deletions + report.reset_deletions
+                    report.implied_deletions,
+                    report.reset_deletions,
+                    report.snapshot_ends
                 ));
             }
             if !report.no_initial_book.is_empty() {
@@ -215,10 +267,47 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
         Kind::Messages => {}
     }
+    if report.files.iter().any(|f| f.precision_file.is_some()) {
+        let pairs: Vec<String> = report
+            .precision
+            .iter()
+            .map(|(s, p)| format!("{s} {}/{}", p.price, p.qty))
+            .collect();
+        line.push_str(&format!(
+            "; price/quantity decimals in {}: {}",
+            export::PRECISION_SUFFIX,
+            pairs.join(", ")
+        ));
+    }
     // With the data on standard output, the summary goes to standard error.
     match dest {
         Destination::Stdout => eprintln!("{line}"),
         Destination::File(_) => println!("{line}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// On Ctrl-C (SIGINT) or SIGTERM: removes the unfinished output files and exits at once (the
+/// main thread may be blocked writing to a FIFO nobody reads, so this does not wait for it),
+/// with 130 or 143 as a shell reports a process killed by the signal.
+pub(crate) fn stop_on_signal(bar: ProgressBar) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = int.recv() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
+        };
+        let removed = krakenbook::output::remove_partial_files();
+        bar.finish_and_clear();
+        if removed.is_empty() {
+            eprintln!("error: interrupted by {name}");
+        } else {
+            eprintln!("error: interrupted by {name}: the unfinished output was removed");
+        }
+        std::process::exit(code);
+    });
+    Ok(())
 }

@@ -19,6 +19,10 @@ Long ranges are reduced to one min/max per pixel column, so a day draws as reada
 Times: --from and --to are RFC 3339 (2026-11-24T10:00:00Z) or a date (2026-11-24), on Kraken's
 clock; --from is included, --to is not.
 
+Output: a PNG, so the name must end in .png (a device or FIFO without an extension is written in
+place). The file appears complete or not at all; Ctrl-C or SIGTERM removes the unfinished file.
+--depth-levels deeper than the recorded books is clamped to them, with a warning.
+
 Examples:
   krakenbook plot BTC/USD --from 2026-11-24 --to 2026-11-25 -o btcusd.png
   krakenbook plot ETH/USD --from 2026-11-24T10:00:00Z --to 2026-11-24T10:05:00Z -o eth.png \\
@@ -71,7 +75,14 @@ pub async fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
         height: args.height,
         depth_levels: args.depth_levels,
     };
+    super::export::stop_on_signal(indicatif::ProgressBar::hidden())?;
     let report = plot::plot(&target, &request, &args.output).await?;
+    if let Some(asked) = report.depth_levels_asked {
+        eprintln!(
+            "warning: --depth-levels {asked} is deeper than the books recorded ({} levels a side): the depth panel sums {}",
+            report.depth_levels, report.depth_levels
+        );
+    }
     if !args.quiet {
         println!(
             "{}: {}x{} PNG ({} bytes) of {} from {} to {}, collector {}: {} messages ({} verified), {} of {} pixel columns shaded as gaps",

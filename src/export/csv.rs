@@ -1,185 +1,130 @@
-//! CSV as tardis.dev writes it: a header line, `,` between fields, `\n` after each row, `.` as the
-//! decimal mark, times as integer microseconds since the epoch (UTC), booleans as `true`/`false`.
+//! CSV as tardis.dev writes it, with the `csv` crate: a header line, `,` between fields, `\n`
+//! after each row, `.` as the decimal mark, times as integer microseconds since the epoch (UTC),
+//! booleans as `true`/`false`.
 //!
-//! The quoting rules (RFC 4180's): a field that holds `,`, `"`, `\r` or `\n` is written between
-//! double quotes, with each `"` inside doubled; an empty text is written as `""`; a missing value
-//! (null) is an empty field. Decimals are written as their exact text, scale kept (`0.00005100`),
-//! never through a float. [`CsvReader`] reads exactly these rules back (the round-trip tests use
-//! it).
+//! Quoting is the `csv` crate's (RFC 4180): a field that holds `,`, `"`, `\r` or `\n` is written
+//! between double quotes, with each `"` inside doubled. A missing value (null) and an empty text
+//! are both an empty field (no column of an export holds an empty text; Parquet keeps nulls).
+//! Decimals are written as their exact text, scale kept (`0.00005100`), never through a float.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 
 use super::table::{Cell, Column};
+use crate::book::Decimal;
 
 /// Writes rows as CSV.
 #[derive(Debug)]
 pub struct CsvWriter<W: Write> {
-    out: W,
+    out: csv::Writer<W>,
     columns: usize,
-    line: Vec<u8>,
+    /// The row being written: filled field by field, then written in one call (the `csv`
+    /// crate's fast path for a whole record).
+    record: csv::ByteRecord,
+    /// Scratch space for a decimal's text.
+    text: Vec<u8>,
 }
+
+/// `d`'s text, exactly as its `Display` writes it (every digit of its scale, `0.00005100`), into
+/// `out`: without the formatting machinery and its allocation, which cost more than the rest of
+/// a row.
+fn decimal_text(d: Decimal, out: &mut Vec<u8>) {
+    out.clear();
+    let mut ints = itoa::Buffer::new();
+    let digits = ints.format(d.mantissa()).as_bytes();
+    let scale = usize::from(d.scale());
+    if scale == 0 {
+        out.extend_from_slice(digits);
+    } else if digits.len() <= scale {
+        out.extend_from_slice(b"0.");
+        out.resize(2 + scale - digits.len(), b'0');
+        out.extend_from_slice(digits);
+    } else {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        out.extend_from_slice(int);
+        out.push(b'.');
+        out.extend_from_slice(frac);
+    }
+}
+
+/// The I/O error under a `csv` error (the others cannot happen when writing text fields).
+fn io_error(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// The `csv` crate's buffer: large enough that a row is rarely split between two writes.
+const BUFFER: usize = 1 << 16;
 
 impl<W: Write> CsvWriter<W> {
     /// A writer that has written the header line for `columns`.
-    pub fn new(mut out: W, columns: &[Column]) -> io::Result<CsvWriter<W>> {
-        let mut line = Vec::with_capacity(256);
-        for (i, c) in columns.iter().enumerate() {
-            if i > 0 {
-                line.push(b',');
-            }
-            push_text(&mut line, &c.name);
-        }
-        line.push(b'\n');
-        out.write_all(&line)?;
+    pub fn new(out: W, columns: &[Column]) -> io::Result<CsvWriter<W>> {
+        let mut out = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .quote_style(csv::QuoteStyle::Necessary)
+            .buffer_capacity(BUFFER)
+            .from_writer(out);
+        out.write_record(columns.iter().map(|c| c.name.as_bytes()))
+            .map_err(io_error)?;
         Ok(CsvWriter {
             out,
             columns: columns.len(),
-            line,
+            record: csv::ByteRecord::with_capacity(256, columns.len()),
+            text: Vec::with_capacity(64),
         })
     }
 
     /// Writes one row (as many cells as columns).
     pub fn write_row(&mut self, cells: &[Cell<'_>]) -> io::Result<()> {
         debug_assert_eq!(cells.len(), self.columns);
-        self.line.clear();
         let mut ints = itoa::Buffer::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                self.line.push(b',');
-            }
+        self.record.clear();
+        for cell in cells {
             match *cell {
-                Cell::Null => {}
-                Cell::Text(t) => push_text(&mut self.line, t),
+                Cell::Null => self.record.push_field(b""),
+                Cell::Text(t) => self.record.push_field(t.as_bytes()),
                 Cell::Micros(v) | Cell::Int(v) => {
-                    self.line.extend_from_slice(ints.format(v).as_bytes());
+                    self.record.push_field(ints.format(v).as_bytes());
                 }
-                Cell::Bool(b) => {
-                    self.line
-                        .extend_from_slice(if b { b"true" } else { b"false" });
+                Cell::Bool(b) => self.record.push_field(if b { b"true" } else { b"false" }),
+                Cell::Decimal(d) => {
+                    decimal_text(d, &mut self.text);
+                    self.record.push_field(&self.text);
                 }
-                Cell::Decimal(d) => write!(self.line, "{d}")?,
             }
         }
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        self.out.write_byte_record(&self.record).map_err(io_error)
     }
 
     /// Flushes and returns the output.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.out.flush()?;
-        Ok(self.out)
-    }
-}
-
-fn push_text(line: &mut Vec<u8>, text: &str) {
-    if text.is_empty() {
-        line.extend_from_slice(b"\"\"");
-    } else if text
-        .bytes()
-        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
-    {
-        line.push(b'"');
-        for b in text.bytes() {
-            if b == b'"' {
-                line.push(b'"');
-            }
-            line.push(b);
-        }
-        line.push(b'"');
-    } else {
-        line.extend_from_slice(text.as_bytes());
-    }
-}
-
-/// Reads CSV written by [`CsvWriter`] (any RFC 4180 CSV): one record of fields at a time.
-#[derive(Debug)]
-pub struct CsvReader<R: BufRead> {
-    input: R,
-    line: String,
-    /// Lines read so far (for error messages).
-    line_no: u64,
-}
-
-impl<R: BufRead> CsvReader<R> {
-    /// A reader of `input`.
-    pub fn new(input: R) -> CsvReader<R> {
-        CsvReader {
-            input,
-            line: String::new(),
-            line_no: 0,
-        }
-    }
-
-    /// The next record's fields (`None` at the end). A missing value reads as an empty field.
-    pub fn next_record(&mut self) -> io::Result<Option<Vec<String>>> {
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let mut quoted = false;
-        let mut started = false;
-        loop {
-            self.line.clear();
-            if self.input.read_line(&mut self.line)? == 0 {
-                if quoted {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("line {}: a quoted field is not closed", self.line_no),
-                    ));
-                }
-                if !started {
-                    return Ok(None);
-                }
-                fields.push(field);
-                return Ok(Some(fields));
-            }
-            self.line_no += 1;
-            started = true;
-            let mut chars = self.line.chars().peekable();
-            while let Some(c) = chars.next() {
-                if quoted {
-                    if c == '"' {
-                        if chars.peek() == Some(&'"') {
-                            chars.next();
-                            field.push('"');
-                        } else {
-                            quoted = false;
-                        }
-                    } else {
-                        field.push(c);
-                    }
-                    continue;
-                }
-                match c {
-                    '"' if field.is_empty() => quoted = true,
-                    ',' => fields.push(std::mem::take(&mut field)),
-                    '\n' => {
-                        fields.push(field);
-                        return Ok(Some(fields));
-                    }
-                    '\r' if chars.peek() == Some(&'\n') => {}
-                    c => field.push(c),
-                }
-            }
-            if !quoted {
-                // The last line, without a line break.
-                fields.push(field);
-                return Ok(Some(fields));
-            }
-        }
+    pub fn finish(self) -> io::Result<W> {
+        self.out
+            .into_inner()
+            .map_err(csv::IntoInnerError::into_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book::Decimal;
     use crate::export::table::ColumnKind;
 
     fn dec(s: &str) -> Decimal {
         Decimal::parse(s).unwrap()
     }
 
+    fn read(bytes: &[u8]) -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(bytes)
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect()
+    }
+
     #[test]
-    fn rows_round_trip_through_the_reader() {
+    fn rows_round_trip_through_a_csv_reader_with_every_digit_kept() {
         let columns = vec![
             Column::required("exchange", ColumnKind::Text),
             Column::required("timestamp", ColumnKind::Micros),
@@ -204,13 +149,12 @@ mod tests {
                 Cell::Decimal(dec("62802.5")),
                 Cell::Text("{\"a\":[1,2],\n\"b\":\"x\"}"),
             ],
-            // An empty text is not a null.
             vec![
-                Cell::Text(""),
+                Cell::Text("kraken"),
                 Cell::Micros(0),
                 Cell::Bool(false),
-                Cell::Decimal(dec("0")),
-                Cell::Text(""),
+                Cell::Decimal(dec("0.10")),
+                Cell::Text("a\rb"),
             ],
         ];
         let mut w = CsvWriter::new(Vec::new(), &columns).unwrap();
@@ -228,36 +172,80 @@ mod tests {
             text.contains(",\"{\"\"a\"\":[1,2],\n\"\"b\"\":\"\"x\"\"}\"\n"),
             "{text}"
         );
-        assert!(text.ends_with("\"\",0,false,0,\"\"\n"), "{text}");
+        // A carriage return is a line break to most readers: quoted too.
+        assert!(text.ends_with("kraken,0,false,0.10,\"a\rb\"\n"), "{text}");
 
-        let mut r = CsvReader::new(bytes.as_slice());
-        let header = r.next_record().unwrap().unwrap();
-        assert_eq!(
-            header,
-            ["exchange", "timestamp", "is_snapshot", "price", "raw"]
-        );
-        let got: Vec<Vec<String>> = std::iter::from_fn(|| r.next_record().unwrap()).collect();
-        assert_eq!(got.len(), 3);
+        let got = read(&bytes);
         assert_eq!(
             got[0],
+            ["exchange", "timestamp", "is_snapshot", "price", "raw"]
+        );
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[1],
             ["kraken", "1763977200123456", "true", "0.00005100", ""]
         );
-        assert_eq!(got[1][4], "{\"a\":[1,2],\n\"b\":\"x\"}");
-        assert_eq!(got[1][1], "-1");
-        assert_eq!(got[2], ["", "0", "false", "0", ""]);
+        assert_eq!(got[2][4], "{\"a\":[1,2],\n\"b\":\"x\"}");
+        assert_eq!(got[2][1], "-1");
+        assert_eq!(got[3][4], "a\rb");
     }
 
     #[test]
-    fn the_reader_takes_crlf_and_a_missing_final_line_break() {
-        let mut r = CsvReader::new("a,b\r\n1,\"x,y\"".as_bytes());
-        assert_eq!(r.next_record().unwrap().unwrap(), ["a", "b"]);
-        assert_eq!(r.next_record().unwrap().unwrap(), ["1", "x,y"]);
-        assert_eq!(r.next_record().unwrap(), None);
+    fn decimals_are_written_as_their_display_text() {
+        let mut out = Vec::new();
+        for text in [
+            "0",
+            "3",
+            "62802.5",
+            "0.00005100",
+            "0.1",
+            "1.0",
+            "100.00",
+            "0.00000001",
+            "12345678901234567890.123456789012345678",
+            "99999999999999999999999999999999999999",
+            "0.0",
+        ] {
+            let d = dec(text);
+            decimal_text(d, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), d.to_string(), "{text}");
+            assert_eq!(d.to_string(), text, "{text}");
+        }
+    }
+
+    /// A writer whose disk fills after a few bytes.
+    #[derive(Debug)]
+    struct Full(usize);
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
-    fn an_unclosed_quote_is_an_error() {
-        let mut r = CsvReader::new("a,\"b\n".as_bytes());
-        assert!(r.next_record().is_err());
+    fn a_full_disk_is_an_io_error_that_names_it() {
+        let columns = vec![Column::required("price", ColumnKind::Decimal)];
+        let mut w = CsvWriter::new(Full(10), &columns).unwrap();
+        let mut failed = None;
+        for _ in 0..100_000 {
+            if let Err(e) = w.write_row(&[Cell::Decimal(dec("62802.5"))]) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => w.finish().unwrap_err(),
+        };
+        assert_eq!(e.raw_os_error(), Some(28), "{e}");
     }
 }

@@ -1,13 +1,14 @@
 //! `incremental_book_L2`: every level change, in received order, in tardis.dev's layout
 //! (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`; `amount` 0 deletes
-//! the level; `is_snapshot` marks the rows of a snapshot, and a snapshot that follows updates
-//! replaces the book).
+//! the level; `is_snapshot` marks the rows of a snapshot).
 //!
 //! Kraken keeps a book at the subscribed depth and, after each message, silently drops the levels
-//! that fell past it: no deletion is sent for them. A consumer that keeps every level it was sent
-//! (as tardis's loaders do) would hold stale levels below the window, and they resurface when the
-//! book moves. So the file carries what the consumer needs, and the file alone rebuilds the exact
-//! book:
+//! that fell past it: no deletion is sent for them. And the loaders that read this layout disagree
+//! on what a snapshot does to the levels already held (see [`super::consumers`]: tardis's rule
+//! empties the book, nautilus_trader's loader never does, hftbacktest's clears each side only down
+//! to the snapshot's deepest price and applies a snapshot only once a non-snapshot row follows
+//! it). So the file carries what every one of them needs, and the file alone rebuilds the exact
+//! book in each:
 //! - **implied deletions**: after each message, the levels Kraken dropped (the worst past the
 //!   depth, by Kraken's rule, the same as [`crate::book::OrderBook`]'s) are written as `amount` 0
 //!   rows with the message's timestamps and `is_snapshot` false. The depth is the subscribed one,
@@ -15,18 +16,23 @@
 //! - **an initial snapshot**: the book at `from` (rebuilt and checksum-verified by
 //!   [`BookCursor`]) is written first, as snapshot rows stamped `from`, as tardis files open with
 //!   the book at the day's start. When the book at `from` is not known (in a gap, or not recorded
-//!   yet) it is left out and the symbol's rows are usable from its next snapshot (tardis's rule:
-//!   skip updates before the first snapshot);
-//! - **resets**: tardis consumers replace the book only when a snapshot follows an update; when a
-//!   snapshot directly follows another (the initial one, or a quiet pair resubscribed), the levels
-//!   held are first deleted (`amount` 0, `is_snapshot` false), so the new snapshot starts from an
-//!   empty book.
+//!   yet) it is left out and the symbol's rows are usable from its next snapshot;
+//! - **resets**: before every snapshot (after a reconnection or a resubscription), every level a
+//!   consumer that applies every row still holds for the symbol (the opening book's, the updates
+//!   since, and the updates written before the symbol's first snapshot) is deleted (`amount` 0,
+//!   `is_snapshot` false, the snapshot's timestamps), unconditionally: a snapshot always starts
+//!   from an empty book, whatever the consumer does with snapshots;
+//! - **snapshot ends**: a snapshot whose rows no implied deletion follows is followed by its last
+//!   level again as an update (`is_snapshot` false, the same price and amount: no change for any
+//!   consumer), so that a consumer that applies a snapshot only when a non-snapshot row comes
+//!   (hftbacktest) applies it at its own time, even at the end of the file.
 //!
-//! What must hold: applying the file's rows in order (zero deletes, anything else sets; a snapshot
-//! after a non-snapshot row clears the book first) gives, after each stored message, exactly the
-//! book the book engine holds after it (the end-to-end test checks this against [`BookCursor`] at
-//! every verified message); the stored rows appear in the file unchanged, in `(seq, ordinal)`
-//! order. `--stored-only` writes the stored rows alone.
+//! What must hold: applying the file's rows in order by any of the three rules of
+//! [`super::consumers`] gives, after each stored message, exactly the book the book engine holds
+//! after it (the unit tests check it on a table of messages, the end-to-end tests against
+//! [`BookCursor`] at every verified message of a recording with reconnections); the stored rows
+//! appear in the file unchanged, in `(seq, ordinal)` order, and every other row is either an
+//! `amount` 0 deletion or a snapshot end. `--stored-only` writes the stored rows alone.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -36,9 +42,8 @@ use tokio_postgres::Client;
 use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
 use super::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
-use crate::book::{Decimal, PriceLevel};
+use crate::book::{Decimal, PriceLevel, Side};
 use crate::readback::BookCursor;
-use crate::readback::Gaps;
 use crate::store::DbTarget;
 use crate::time::Timestamp;
 
@@ -127,7 +132,7 @@ async fn initial_book(
         // A book state with nothing after it: verified when it was journaled.
         None => (start.received_at, cursor.is_synced()),
     };
-    let gaps = Gaps::load(
+    let gaps = super::source::gaps(
         client,
         collector,
         &[symbol.to_owned()],
@@ -203,7 +208,7 @@ impl Plan<'_> {
             let r = r.map_err(db("reading the stored levels"))?;
             let seq: i64 = r.get(0);
             let symbol: &str = r.get(1);
-            let side = if r.get::<_, &str>(2) == "bid" {
+            let side = if r.get::<_, &str>(2) == Side::Bid.as_str() {
                 Side::Bid
             } else {
                 Side::Ask
@@ -264,8 +269,11 @@ enum RowKind {
     Stored,
     /// A level Kraken dropped past the depth.
     Implied,
-    /// A level deleted before a snapshot that follows a snapshot.
+    /// A level deleted before a new snapshot.
     Reset,
+    /// The last level of a snapshot again, as an update: ends the snapshot for consumers that
+    /// apply one only when a non-snapshot row follows it.
+    SnapshotEnd,
 }
 
 /// One row of the file.
@@ -299,7 +307,7 @@ impl Output<'_> {
             Cell::Micros(r.ts.unix_micros()),
             Cell::Micros(r.received.unix_micros()),
             Cell::Bool(r.snapshot),
-            Cell::Text(r.side.name()),
+            Cell::Text(r.side.as_str()),
             Cell::Decimal(r.price),
             Cell::Decimal(r.amount),
         ]);
@@ -313,6 +321,7 @@ impl Output<'_> {
             RowKind::Stored => self.report.stored_levels += 1,
             RowKind::Implied => self.report.implied_deletions += 1,
             RowKind::Reset => self.report.reset_deletions += 1,
+            RowKind::SnapshotEnd => self.report.snapshot_ends += 1,
         }
     }
 
@@ -322,11 +331,12 @@ impl Output<'_> {
 }
 
 /// Turns stored messages into the file's rows: the stored levels, plus (unless stored-only) the
-/// implied deletions and resets that let a consumer hold Kraken's book from the file alone.
+/// implied deletions, resets and snapshot ends that let every consumer hold Kraken's book from
+/// the file alone.
 #[derive(Debug)]
 struct Emitter {
     stored_only: bool,
-    windows: HashMap<String, Window>,
+    held: HashMap<String, Held>,
     current: Option<Message>,
     /// Symbols with an update written before any book of theirs was known.
     before_snapshot: HashSet<String>,
@@ -339,19 +349,21 @@ struct Message {
     ts: Timestamp,
     received: Timestamp,
     snapshot: bool,
+    /// A snapshot's last level written.
+    last: Option<(Side, Decimal, Decimal)>,
 }
 
 impl Emitter {
     fn new(stored_only: bool) -> Emitter {
         Emitter {
             stored_only,
-            windows: HashMap::new(),
+            held: HashMap::new(),
             current: None,
             before_snapshot: HashSet::new(),
         }
     }
 
-    /// The book at `from`, as snapshot rows stamped `from`.
+    /// The book at `from`, as snapshot rows stamped `from` (and its snapshot end).
     fn initial(
         &mut self,
         symbol: &str,
@@ -361,28 +373,17 @@ impl Emitter {
         from: Timestamp,
         out: &mut dyn FnMut(Row<'_>),
     ) {
-        let w = self.windows.entry(symbol.to_owned()).or_default();
-        w.active = true;
-        w.depth = depth;
-        w.last_snapshot = true;
+        self.begin_message(symbol, true, depth, from, from, out);
         for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
             for l in levels {
-                w.apply(side, l.price, l.qty);
-                out(Row {
-                    kind: RowKind::Initial,
-                    symbol,
-                    ts: from,
-                    received: from,
-                    snapshot: true,
-                    side,
-                    price: l.price,
-                    amount: l.qty,
-                });
+                self.write_level(RowKind::Initial, side, l.price, l.qty, out);
             }
         }
+        self.end_message(out);
     }
 
-    /// A stored message begins (`depth`: its subscription's, for a snapshot).
+    /// A stored message begins (`depth`: its subscription's, for a snapshot). Before a snapshot,
+    /// every level a consumer still holds for the symbol is deleted.
     fn begin_message(
         &mut self,
         symbol: &str,
@@ -393,28 +394,23 @@ impl Emitter {
         out: &mut dyn FnMut(Row<'_>),
     ) {
         if snapshot && !self.stored_only {
-            let w = self.windows.entry(symbol.to_owned()).or_default();
-            if w.last_snapshot {
-                // A snapshot right after a snapshot: a consumer would merge the two; empty
-                // the book first.
-                for (side, price) in w.clear() {
-                    out(Row {
-                        kind: RowKind::Reset,
-                        symbol,
-                        ts,
-                        received,
-                        snapshot: false,
-                        side,
-                        price,
-                        amount: Decimal::ZERO,
-                    });
-                }
+            let held = self.held.entry(symbol.to_owned()).or_default();
+            for (side, price) in held.clear() {
+                out(Row {
+                    kind: RowKind::Reset,
+                    symbol,
+                    ts,
+                    received,
+                    snapshot: false,
+                    side,
+                    price,
+                    amount: Decimal::ZERO,
+                });
             }
-            w.clear();
-            w.active = true;
-            w.depth = depth;
+            held.known = true;
+            held.depth = depth;
         }
-        if !snapshot && !self.windows.get(symbol).is_some_and(|w| w.active) {
+        if !snapshot && !self.held.get(symbol).is_some_and(|h| h.known) {
             self.before_snapshot.insert(symbol.to_owned());
         }
         self.current = Some(Message {
@@ -422,16 +418,28 @@ impl Emitter {
             ts,
             received,
             snapshot,
+            last: None,
         });
     }
 
     /// A stored level of the current message.
     fn level(&mut self, side: Side, price: Decimal, qty: Decimal, out: &mut dyn FnMut(Row<'_>)) {
-        let Some(m) = &self.current else {
+        self.write_level(RowKind::Stored, side, price, qty, out);
+    }
+
+    fn write_level(
+        &mut self,
+        kind: RowKind,
+        side: Side,
+        price: Decimal,
+        qty: Decimal,
+        out: &mut dyn FnMut(Row<'_>),
+    ) {
+        let Some(m) = &mut self.current else {
             return;
         };
         out(Row {
-            kind: RowKind::Stored,
+            kind,
             symbol: &m.symbol,
             ts: m.ts,
             received: m.received,
@@ -440,15 +448,25 @@ impl Emitter {
             price,
             amount: qty,
         });
-        if !self.stored_only
-            && let Some(w) = self.windows.get_mut(&m.symbol)
-            && w.active
-        {
-            w.apply(side, price, qty);
+        if m.snapshot {
+            m.last = Some((side, price, qty));
+        }
+        if !self.stored_only {
+            // Held whether or not the book is known yet: a consumer that applies every row
+            // holds it, and the next snapshot deletes it.
+            match self.held.get_mut(&m.symbol) {
+                Some(held) => held.apply(side, price, qty),
+                None => self
+                    .held
+                    .entry(m.symbol.clone())
+                    .or_default()
+                    .apply(side, price, qty),
+            }
         }
     }
 
-    /// The current message ends: the levels Kraken dropped past the depth are deleted.
+    /// The current message ends: the levels Kraken dropped past the depth are deleted, and a
+    /// snapshot not followed by such a deletion gets its snapshot end.
     fn end_message(&mut self, out: &mut dyn FnMut(Row<'_>)) {
         let Some(m) = self.current.take() else {
             return;
@@ -456,58 +474,48 @@ impl Emitter {
         if self.stored_only {
             return;
         }
-        let Some(w) = self.windows.get_mut(&m.symbol) else {
+        let Some(held) = self.held.get_mut(&m.symbol) else {
             return;
         };
+        let row = |kind, side, price, amount| Row {
+            kind,
+            symbol: &m.symbol,
+            ts: m.ts,
+            received: m.received,
+            snapshot: false,
+            side,
+            price,
+            amount,
+        };
         let mut dropped = 0;
-        if w.active {
-            for (side, price) in w.overflow() {
+        if held.known {
+            for (side, price) in held.overflow() {
                 dropped += 1;
-                out(Row {
-                    kind: RowKind::Implied,
-                    symbol: &m.symbol,
-                    ts: m.ts,
-                    received: m.received,
-                    snapshot: false,
-                    side,
-                    price,
-                    amount: Decimal::ZERO,
-                });
+                out(row(RowKind::Implied, side, price, Decimal::ZERO));
             }
         }
-        w.last_snapshot = m.snapshot && dropped == 0;
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Bid,
-    Ask,
-}
-
-impl Side {
-    fn name(self) -> &'static str {
-        match self {
-            Side::Bid => "bid",
-            Side::Ask => "ask",
+        if m.snapshot
+            && dropped == 0
+            && let Some((side, price, qty)) = m.last
+        {
+            out(row(RowKind::SnapshotEnd, side, price, qty));
         }
     }
 }
 
-/// What a consumer of the file holds for a symbol: the prices of each side, and Kraken's window.
+/// What a consumer that applies every row of the file holds for a symbol (the prices of each
+/// side), and Kraken's window over it.
 #[derive(Debug, Default)]
-struct Window {
+struct Held {
     /// Known since a snapshot (the initial one or a stored one).
-    active: bool,
+    known: bool,
     /// The subscribed depth (`None`: unknown, nothing is dropped).
     depth: Option<usize>,
     bids: BTreeSet<Decimal>,
     asks: BTreeSet<Decimal>,
-    /// The last rows written for the symbol were a snapshot's.
-    last_snapshot: bool,
 }
 
-impl Window {
+impl Held {
     fn apply(&mut self, side: Side, price: Decimal, qty: Decimal) {
         let set = match side {
             Side::Bid => &mut self.bids,
@@ -554,42 +562,9 @@ impl Window {
 mod tests {
     use super::*;
     use crate::book::OrderBook;
-    use std::collections::BTreeMap;
-
-    type Levels = BTreeMap<Decimal, Decimal>;
-    type Book = (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>);
-
-    /// A consumer as tardis.dev documents it: amount 0 deletes, anything else sets; a snapshot
-    /// row after a non-snapshot row clears the book first.
-    #[derive(Default)]
-    struct Consumer {
-        books: HashMap<String, (Levels, Levels, bool)>,
-    }
-
-    impl Consumer {
-        fn apply(&mut self, r: &Row<'_>) {
-            let (bids, asks, last_snapshot) = self.books.entry(r.symbol.to_owned()).or_default();
-            if r.snapshot && !*last_snapshot {
-                bids.clear();
-                asks.clear();
-            }
-            *last_snapshot = r.snapshot;
-            let side = if r.side == Side::Bid { bids } else { asks };
-            if r.amount.is_zero() {
-                side.remove(&r.price);
-            } else {
-                side.insert(r.price, r.amount);
-            }
-        }
-
-        fn book(&self, symbol: &str) -> Book {
-            let (bids, asks, _) = &self.books[symbol];
-            (
-                bids.iter().rev().map(|(p, q)| (*p, *q)).collect(),
-                asks.iter().map(|(p, q)| (*p, *q)).collect(),
-            )
-        }
-    }
+    use crate::export::consumers::{
+        Book, ClearsToDeepest, Consumer, L2Row, NeverClears, TardisRule,
+    };
 
     fn engine_book(b: &OrderBook) -> Book {
         (
@@ -602,17 +577,90 @@ mod tests {
         spec.iter().map(|(p, q)| (d(p), d(q))).collect()
     }
 
-    #[test]
-    fn the_file_alone_rebuilds_the_engines_book_after_every_message() {
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    /// Levels as text: `(price, quantity)`.
+    type Spec = &'static [(&'static str, &'static str)];
+
+    /// (snapshot, bids, asks, what it covers).
+    type Msg = (
+        bool,
+        &'static [(&'static str, &'static str)],
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+
+    /// Every consumer model applies every row it is given; after each message, each one that
+    /// holds a book must hold the engine's (depth 2).
+    fn run(initial: Option<(Spec, Spec)>, messages: &[Msg]) -> Vec<RowKind> {
         let t = |s: i64| Timestamp::from_unix_nanos(s * 1_000_000_000);
-        // (snapshot, bids, asks, what it covers); depth 2.
-        type Msg = (
-            bool,
-            &'static [(&'static str, &'static str)],
-            &'static [(&'static str, &'static str)],
-            &'static str,
-        );
-        let messages: [Msg; 6] = [
+        let mut emitter = Emitter::new(false);
+        let mut consumers: Vec<(&str, Box<dyn Consumer>)> = vec![
+            ("tardis", Box::new(TardisRule::default())),
+            ("nautilus", Box::new(NeverClears::default())),
+            ("hftbacktest", Box::new(ClearsToDeepest::default())),
+        ];
+        let mut kinds = Vec::new();
+        let mut engine = OrderBook::new(2);
+        let mut known = false;
+        let mut feed = |r: Row<'_>, consumers: &mut Vec<(&str, Box<dyn Consumer>)>| {
+            kinds.push(r.kind);
+            let row = L2Row {
+                snapshot: r.snapshot,
+                side: r.side,
+                price: r.price,
+                amount: r.amount,
+            };
+            for (_, c) in consumers.iter_mut() {
+                c.apply(&row);
+            }
+        };
+        if let Some((bids, asks)) = initial {
+            engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
+            let view = engine.view(2);
+            emitter.initial("X", &view.bids, &view.asks, Some(2), t(0), &mut |r| {
+                feed(r, &mut consumers)
+            });
+            known = true;
+            for (name, c) in &consumers {
+                assert_eq!(c.book(), engine_book(&engine), "{name}: the initial book");
+            }
+        }
+        for (i, (snapshot, bids, asks, what)) in messages.iter().enumerate() {
+            let ts = t(i as i64 + 1);
+            let mut sink = |r: Row<'_>| feed(r, &mut consumers);
+            emitter.begin_message("X", *snapshot, Some(2), ts, ts, &mut sink);
+            for (p, q) in levels(bids) {
+                emitter.level(Side::Bid, p, q, &mut sink);
+            }
+            for (p, q) in levels(asks) {
+                emitter.level(Side::Ask, p, q, &mut sink);
+            }
+            emitter.end_message(&mut sink);
+            if *snapshot {
+                engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
+                known = true;
+            } else if known {
+                engine.apply_update(levels(bids), levels(asks)).unwrap();
+            }
+            if known {
+                for (name, c) in &consumers {
+                    assert_eq!(
+                        c.book(),
+                        engine_book(&engine),
+                        "{name} after message {i}: {what}"
+                    );
+                }
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn every_consumer_rebuilds_the_engines_book_after_every_message() {
+        let messages: [Msg; 7] = [
             (
                 false,
                 &[("100.0", "1")],
@@ -623,7 +671,7 @@ mod tests {
                 true,
                 &[("100.0", "1"), ("99.0", "1")],
                 &[("101.0", "1"), ("102.0", "1")],
-                "a snapshot after updates",
+                "a snapshot after updates (a resubscription)",
             ),
             (
                 false,
@@ -641,57 +689,55 @@ mod tests {
                 true,
                 &[("98.0", "1")],
                 &[("103.0", "1")],
-                "a snapshot after updates: replaces",
+                "a shallower snapshot after updates: nothing deeper may survive",
             ),
             (
                 true,
                 &[("97.0", "4")],
                 &[("104.0", "5"), ("105.0", "1")],
-                "a snapshot right after a snapshot: reset",
+                "a snapshot right after a snapshot (a quiet pair reconnected)",
+            ),
+            (
+                true,
+                &[("97.0", "4")],
+                &[("104.0", "5"), ("105.0", "1")],
+                "the same snapshot again, last in the file",
             ),
         ];
-        let mut emitter = Emitter::new(false);
-        let mut consumer = Consumer::default();
-        let mut kinds = Vec::new();
-        let mut engine = OrderBook::new(2);
-        let initial = levels(&[("99.9", "1"), ("99.8", "2")]);
-        engine
-            .apply_snapshot(initial.clone(), levels(&[("100.2", "1")]))
-            .unwrap();
-        let view = engine.view(2);
-        emitter.initial("X", &view.bids, &view.asks, Some(2), t(0), &mut |r| {
-            consumer.apply(&r);
-            kinds.push(r.kind);
-        });
-        assert_eq!(consumer.book("X"), engine_book(&engine), "the initial book");
-        for (i, (snapshot, bids, asks, what)) in messages.iter().enumerate() {
-            let ts = t(i as i64 + 1);
-            let mut sink = |r: Row<'_>| {
-                consumer.apply(&r);
-                kinds.push(r.kind);
-            };
-            emitter.begin_message("X", *snapshot, Some(2), ts, ts, &mut sink);
-            for (p, q) in levels(bids) {
-                emitter.level(Side::Bid, p, q, &mut sink);
-            }
-            for (p, q) in levels(asks) {
-                emitter.level(Side::Ask, p, q, &mut sink);
-            }
-            emitter.end_message(&mut sink);
-            if *snapshot {
-                engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
-            } else {
-                engine.apply_update(levels(bids), levels(asks)).unwrap();
-            }
-            assert_eq!(
-                consumer.book("X"),
-                engine_book(&engine),
-                "after message {i}: {what}"
-            );
-        }
+        let kinds = run(
+            Some((&[("99.9", "1"), ("99.8", "2")], &[("100.2", "1")])),
+            &messages,
+        );
         assert!(kinds.contains(&RowKind::Implied));
         assert!(kinds.contains(&RowKind::Reset));
         assert_eq!(kinds.iter().filter(|k| **k == RowKind::Initial).count(), 3);
+        // The initial book and each of the four snapshots end with a non-snapshot row.
+        assert_eq!(
+            kinds.iter().filter(|k| **k == RowKind::SnapshotEnd).count(),
+            5
+        );
+    }
+
+    #[test]
+    fn levels_set_before_the_first_snapshot_are_deleted_before_it() {
+        // No initial book: the file opens with updates a consumer that never clears applies.
+        let messages: [Msg; 3] = [
+            (
+                false,
+                &[("50.0", "1")],
+                &[("60.0", "1")],
+                "an update, book unknown",
+            ),
+            (
+                true,
+                &[("51.0", "1")],
+                &[("59.0", "1")],
+                "the first snapshot",
+            ),
+            (false, &[("51.5", "1")], &[], "an update"),
+        ];
+        let kinds = run(None, &messages);
+        assert_eq!(kinds.iter().filter(|k| **k == RowKind::Reset).count(), 2);
     }
 
     #[test]
@@ -710,16 +756,12 @@ mod tests {
         assert!(rows.iter().all(|r| r.0 == RowKind::Stored));
     }
 
-    fn d(s: &str) -> Decimal {
-        Decimal::parse(s).unwrap()
-    }
-
     #[test]
     fn the_window_drops_the_worst_levels_past_the_depth() {
-        let mut w = Window {
-            active: true,
+        let mut w = Held {
+            known: true,
             depth: Some(2),
-            ..Window::default()
+            ..Held::default()
         };
         for p in ["100.0", "99.5", "101.0"] {
             w.apply(Side::Bid, d(p), d("1"));

@@ -5,45 +5,55 @@
 //! - [`Kind::Incremental`]: tardis.dev's `incremental_book_L2` layout
 //!   (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`), one row per level
 //!   change in received order (`seq`, then `ordinal`), which nautilus_trader's and hftbacktest's
-//!   tardis loaders read. See [`incremental`] for how the file alone rebuilds the exact book;
+//!   tardis loaders read. See [`incremental`] for how the file alone rebuilds the exact book in
+//!   each of them ([`consumers`] models them);
 //! - [`Kind::Snapshots`]: tardis's `book_snapshot_{N}` layout at a fixed interval, from the book
 //!   rebuilt and checksum-verified by [`crate::readback::BookCursor`]; see [`snapshots`];
 //! - [`Kind::Messages`]: the stored messages themselves, with their verdicts; see [`messages`].
 //!
 //! Ranges are on Kraken's clock (`timestamp`): `from` inclusive, `to` exclusive. Times are written
-//! as microseconds since the epoch (UTC), as tardis does. All symbols of an export go to one file
-//! (tardis's files hold several symbols too; the `symbol` column tells them apart), read from one
-//! collector's record (the only one that recorded them, or `--collector`).
+//! as microseconds since the epoch (UTC), as tardis does. The symbols of an export go to one file
+//! (tardis's files hold several symbols too; the `symbol` column tells them apart), or to one file
+//! each when the output path holds [`SYMBOL_PLACEHOLDER`] (hftbacktest reads one symbol per
+//! file), all read from one collector's record (the only one that recorded them, or
+//! `--collector`). Beside each file, `<file>.precision.json` gives each pair's price and quantity
+//! precision as recorded ([`recorded`]), which nautilus_trader needs to build its instruments.
 //!
 //! What must always hold:
 //! - no value passes through a float: decimals are copied from `numeric` (or from the book engine)
 //!   to the file's text or DECIMAL mantissa;
-//! - a file appears complete or not at all: it is written to a temporary file beside the target,
-//!   synced, then renamed over it;
+//! - a file appears complete or not at all, and a device or FIFO is written in place and never
+//!   replaced ([`crate::output`]); the files of one export are committed together at its end;
+//! - the format is the one the name says (`.csv`, `.csv.zst`, `.parquet`): a name that says
+//!   another, or none, needs `--format`, and one that contradicts `--format` is refused;
 //! - every bad request (time, symbol, range, output) fails before the database is read at length,
 //!   with one line that says what to do.
 
+pub mod consumers;
 pub mod csv;
 pub mod incremental;
 pub mod messages;
 pub mod parquet;
+pub mod recorded;
 pub mod snapshots;
 pub mod source;
 pub mod table;
 
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use tempfile::TempPath;
 use tokio_postgres::Client;
 
-pub use crate::readback::Gaps;
+pub use crate::output::OutputError;
+pub use recorded::Recorded;
 pub use source::{Selection, SourceError};
 pub use table::{Cell, Column, ColumnKind, Scales};
 
 use self::csv::CsvWriter;
 use self::parquet::{ParquetFileError, ParquetWriter};
+use crate::book::Precision;
+use crate::output::{OutputFile, Placement};
 use crate::readback::ReadbackError;
 use crate::store::{DbTarget, StoreError};
 use crate::time::Timestamp;
@@ -56,6 +66,12 @@ pub const MAX_SNAPSHOT_DEPTH: usize = 1000;
 
 /// The most symbols in one snapshot export (each is read on its own database connection).
 pub const MAX_SNAPSHOT_SYMBOLS: usize = 32;
+
+/// In an output path, the symbol's place: one file per symbol (`l2_{symbol}.csv`).
+pub const SYMBOL_PLACEHOLDER: &str = "{symbol}";
+
+/// What is appended to a file's path for its precision file.
+pub const PRECISION_SUFFIX: &str = ".precision.json";
 
 /// What to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +112,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a file name implies: `.parquet`, `.csv.zst`, `.csv` (`None` otherwise).
+    /// The format a file name implies: `.parquet` (or `.pq`), `.csv.zst`, `.csv` (`None`
+    /// otherwise).
     pub fn from_path(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
         if name.ends_with(".parquet") || name.ends_with(".pq") {
@@ -109,15 +126,97 @@ impl Format {
             None
         }
     }
+
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::CsvZstd => "csv.zst",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// The format to write to `dest`: `given` (`--format`), else the one its name says. A name
+    /// that says none is refused unless `--format` is given (a device or FIFO whose name has no
+    /// extension, like standard output, is written as CSV); a name that says another format than
+    /// `--format` is refused.
+    pub fn for_output(given: Option<Format>, dest: &Destination) -> Result<Format, ExportError> {
+        let Destination::File(path) = dest else {
+            return Ok(given.unwrap_or(Format::Csv));
+        };
+        crate::output::check_kind(path)?;
+        let named = Format::from_path(path);
+        match (given, named) {
+            (Some(g), Some(n)) if g != n => Err(ExportError::Invalid(format!(
+                "{} is named as {} but --format is {}: name the file for the format, or drop --format",
+                path.display(),
+                n.name(),
+                g.name()
+            ))),
+            (Some(g), _) => Ok(g),
+            (None, Some(n)) => Ok(n),
+            (None, None) if path.extension().is_none() && crate::output::writes_in_place(path) => {
+                Ok(Format::Csv)
+            }
+            (None, None) => Err(ExportError::Invalid(format!(
+                "cannot tell the format from the name {}: name it .csv, .csv.zst or .parquet, or give --format csv, csv.zst or parquet",
+                path.display()
+            ))),
+        }
+    }
 }
 
 /// Where the export goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
-    /// A file (replaced atomically).
+    /// A file (replaced atomically), or a device or FIFO (written in place); one file per
+    /// symbol when the path holds [`SYMBOL_PLACEHOLDER`].
     File(PathBuf),
     /// Standard output (CSV only).
     Stdout,
+}
+
+/// The text that stands for `symbol` in a file name: `/` becomes `-` (`BTC/USD` gives
+/// `BTC-USD`), and any other character but letters, digits, `.`, `_` and `-` becomes `_`.
+pub fn symbol_in_file_name(symbol: &str) -> String {
+    symbol
+        .chars()
+        .map(|c| match c {
+            '/' => '-',
+            c if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+/// The files of an export: each with the symbols it holds. One file for all the symbols, or,
+/// when the path holds [`SYMBOL_PLACEHOLDER`], one per symbol, in the order given.
+pub fn outputs(
+    symbols: &[String],
+    dest: &Destination,
+) -> Result<Vec<(Vec<String>, Destination)>, ExportError> {
+    let Destination::File(path) = dest else {
+        return Ok(vec![(symbols.to_vec(), dest.clone())]);
+    };
+    let Some(text) = path.to_str().filter(|t| t.contains(SYMBOL_PLACEHOLDER)) else {
+        return Ok(vec![(symbols.to_vec(), dest.clone())]);
+    };
+    let mut out: Vec<(Vec<String>, Destination)> = Vec::new();
+    for symbol in symbols {
+        let file = PathBuf::from(text.replace(SYMBOL_PLACEHOLDER, &symbol_in_file_name(symbol)));
+        if let Some((other, _)) = out
+            .iter()
+            .find(|(_, d)| *d == Destination::File(file.clone()))
+        {
+            return Err(ExportError::Invalid(format!(
+                "{} and {symbol} would both be written to {}: export them separately",
+                other.join(", "),
+                file.display()
+            )));
+        }
+        out.push((vec![symbol.clone()], Destination::File(file)));
+    }
+    Ok(out)
 }
 
 /// An export to run.
@@ -136,8 +235,32 @@ pub struct ExportRequest {
     /// The file format.
     pub format: Format,
     /// Incremental only: write the stored levels and nothing else (no initial snapshot, no
-    /// implied deletions).
+    /// implied deletions, resets or snapshot ends).
     pub stored_only: bool,
+}
+
+/// A file an export wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileReport {
+    /// Its path, as given (the placeholder replaced).
+    pub path: PathBuf,
+    /// The symbols it holds.
+    pub symbols: Vec<String>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Written in place (a device or FIFO) rather than replaced whole.
+    pub in_place: bool,
+    /// Its precision file, when one was written beside it.
+    pub precision_file: Option<PathBuf>,
+}
+
+/// A snapshot depth beyond what was recorded, and what was written instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthClamp {
+    /// `--depth`.
+    pub asked: usize,
+    /// The deepest book recorded for the file's symbols in the range.
+    pub recorded: usize,
 }
 
 /// What an export wrote.
@@ -145,6 +268,8 @@ pub struct ExportRequest {
 pub struct ExportReport {
     /// The collector whose record was read.
     pub collector: String,
+    /// The files written (none for standard output).
+    pub files: Vec<FileReport>,
     /// Rows written (header aside).
     pub rows: u64,
     /// Stored messages read.
@@ -155,9 +280,11 @@ pub struct ExportReport {
     pub initial_levels: u64,
     /// Incremental: deletions written for levels Kraken drops past the subscribed depth.
     pub implied_deletions: u64,
-    /// Incremental: deletions written before a snapshot that follows a snapshot, so that a
-    /// consumer starts it from an empty book.
+    /// Incremental: deletions written before each snapshot, for every level still held, so
+    /// that every consumer starts it from an empty book.
     pub reset_deletions: u64,
+    /// Incremental: snapshot ends written (a snapshot's last level again, as an update).
+    pub snapshot_ends: u64,
     /// Incremental: subscriptions whose depth is not recorded (no implied deletions for them).
     pub unknown_depth: u64,
     /// Incremental: symbols whose book at `from` was not known (in a gap, or not recorded yet)
@@ -167,7 +294,14 @@ pub struct ExportReport {
     pub intervals: u64,
     /// Snapshots: instants skipped because the book was in a gap (or not recorded yet).
     pub skipped_intervals: u64,
-    /// Bytes written.
+    /// Snapshots: `--depth` was deeper than the recorded books (per file, the first).
+    pub depth_clamped: Option<DepthClamp>,
+    /// Each pair's precision as recorded, in the order given.
+    pub precision: Vec<(String, Precision)>,
+    /// Pairs whose instrument frames were not recorded: their precision is the largest number
+    /// of decimals of their stored values in the range.
+    pub precision_from_values: Vec<String>,
+    /// Bytes written, all files together.
     pub bytes: u64,
 }
 
@@ -186,14 +320,9 @@ pub enum ExportError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The output cannot be written.
-    #[error("cannot write {path}: {source}")]
-    Output {
-        /// The file.
-        path: String,
-        /// Why.
-        source: io::Error,
-    },
+    /// The output cannot be opened, written or committed.
+    #[error(transparent)]
+    Output(#[from] OutputError),
     /// The Parquet writer failed.
     #[error("writing {path}: {source}")]
     Parquet {
@@ -202,6 +331,13 @@ pub enum ExportError {
         /// Why.
         source: ParquetFileError,
     },
+}
+
+impl ExportError {
+    /// Whether the reader of the output (standard output, a FIFO) went away before the end.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ExportError::Output(e) if e.is_broken_pipe())
+    }
 }
 
 pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ExportError {
@@ -216,7 +352,7 @@ pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) ->
 /// Progress: how far into the range (microseconds of `total`), and rows written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Microseconds of the range covered.
+    /// Microseconds of the range covered (over all the files, when there are several).
     pub done: u64,
     /// The range's length in microseconds.
     pub total: u64,
@@ -230,6 +366,8 @@ pub(crate) struct Ticker<'a> {
     total: u64,
     rows: u64,
     every: u64,
+    /// The file being written, of how many: each covers the whole range.
+    part: (u64, u64),
     report: &'a mut (dyn FnMut(Progress) + Send),
 }
 
@@ -244,6 +382,7 @@ impl<'a> Ticker<'a> {
             total: u64::try_from(to.unix_micros() - from.unix_micros()).unwrap_or(0),
             rows: 0,
             every: 4096,
+            part: (0, 1),
             report,
         }
     }
@@ -262,8 +401,9 @@ impl<'a> Ticker<'a> {
         let done = u64::try_from(at.unix_micros() - self.from)
             .unwrap_or(0)
             .min(self.total);
+        let (i, n) = self.part;
         (self.report)(Progress {
-            done,
+            done: (i * self.total + done) / n.max(1),
             total: self.total,
             rows: self.rows,
         });
@@ -286,8 +426,9 @@ pub(crate) struct Sink {
 }
 
 enum Writer {
-    Csv(CsvWriter<Out>),
-    Parquet(ParquetWriter<File>),
+    // Both boxed: each is a few hundred bytes, and a sink is moved around.
+    Csv(Box<CsvWriter<Out>>),
+    Parquet(Box<ParquetWriter<OutputFile>>),
 }
 
 impl std::fmt::Debug for Sink {
@@ -296,9 +437,11 @@ impl std::fmt::Debug for Sink {
     }
 }
 
+/// Where CSV text goes.
 pub(crate) enum Out {
-    Plain(BufWriter<File>),
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+    /// The `csv` crate buffers: its chunks go straight to the file.
+    Plain(OutputFile),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<OutputFile>>),
     Stdout(BufWriter<io::Stdout>),
 }
 
@@ -329,10 +472,10 @@ impl Write for Out {
 }
 
 impl Out {
-    /// Ends the stream; the file, when there is one.
-    fn finish(self) -> io::Result<Option<File>> {
+    /// Ends the stream; the output file, when there is one.
+    fn finish(self) -> io::Result<Option<OutputFile>> {
         match self {
-            Out::Plain(w) => w.into_inner().map(Some).map_err(|e| e.into_error()),
+            Out::Plain(f) => Ok(Some(f)),
             Out::Zstd(w) => w
                 .finish()?
                 .into_inner()
@@ -343,107 +486,71 @@ impl Out {
     }
 }
 
-/// The output file, open before any database work so that an unwritable path fails first.
-struct Target {
-    dest: Destination,
-    /// The temporary file beside the destination, renamed over it when complete.
-    temp: Option<(File, TempPath)>,
+/// An output, opened before any database work so that an unwritable path fails first.
+#[derive(Debug)]
+enum Target {
+    File(OutputFile),
+    Stdout,
 }
 
 impl Target {
     fn open(dest: &Destination) -> Result<Target, ExportError> {
-        let Destination::File(path) = dest else {
-            return Ok(Target {
-                dest: dest.clone(),
-                temp: None,
-            });
-        };
-        let out_err = |source: io::Error| ExportError::Output {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.is_dir() {
-            return Err(out_err(io::Error::other(
-                "it is a directory: give a file name, e.g. -o book.csv",
-            )));
-        }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "export".into());
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".part")
-            .tempfile_in(&dir)
-            .map_err(|e| {
-                if dir.is_dir() {
-                    out_err(e)
-                } else {
-                    out_err(io::Error::other(format!(
-                        "the directory {} does not exist",
-                        dir.display()
-                    )))
-                }
-            })?;
-        Ok(Target {
-            dest: dest.clone(),
-            temp: Some(temp.into_parts()),
+        Ok(match dest {
+            Destination::File(path) => Target::File(OutputFile::create(path)?),
+            Destination::Stdout => Target::Stdout,
         })
     }
 
     fn path_text(&self) -> String {
-        match &self.dest {
-            Destination::File(p) => p.display().to_string(),
-            Destination::Stdout => "standard output".into(),
+        match self {
+            Target::File(f) => f.path().display().to_string(),
+            Target::Stdout => "standard output".into(),
         }
     }
 
+    /// The writer of `format` over this output (the header written).
     fn sink(
-        &mut self,
+        self,
         format: Format,
         columns: &[Column],
         scales: &Scales,
         metadata: Vec<(String, String)>,
     ) -> Result<Sink, ExportError> {
         let path = self.path_text();
-        let out_err = |source: io::Error| ExportError::Output {
-            path: path.clone(),
-            source,
+        let out_err = |source: io::Error| {
+            ExportError::Output(OutputError {
+                path: path.clone(),
+                source,
+            })
         };
-        let file = match &self.temp {
-            Some((f, _)) => Some(f.try_clone().map_err(out_err)?),
-            None => None,
-        };
-        let writer = match (format, file) {
-            (Format::Parquet, Some(f)) => {
-                Writer::Parquet(ParquetWriter::new(f, columns, scales, metadata).map_err(
-                    |source| ExportError::Parquet {
+        let writer = match (format, self) {
+            (Format::Parquet, Target::File(f)) => Writer::Parquet(Box::new(
+                ParquetWriter::new(f, columns, scales, metadata).map_err(|source| {
+                    ExportError::Parquet {
                         path: path.clone(),
                         source,
-                    },
-                )?)
-            }
-            (Format::Csv, Some(f)) => Writer::Csv(
-                CsvWriter::new(Out::Plain(BufWriter::with_capacity(1 << 16, f)), columns)
-                    .map_err(out_err)?,
-            ),
-            (Format::CsvZstd, Some(f)) => {
+                    }
+                })?,
+            )),
+            (Format::Csv, Target::File(f)) => Writer::Csv(Box::new(
+                CsvWriter::new(Out::Plain(f), columns).map_err(out_err)?,
+            )),
+            (Format::CsvZstd, Target::File(f)) => {
                 let enc =
-                    zstd::stream::write::Encoder::new(BufWriter::new(f), 3).map_err(out_err)?;
-                Writer::Csv(CsvWriter::new(Out::Zstd(enc), columns).map_err(out_err)?)
+                    zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 16, f), 3)
+                        .map_err(out_err)?;
+                Writer::Csv(Box::new(
+                    CsvWriter::new(Out::Zstd(enc), columns).map_err(out_err)?,
+                ))
             }
-            (Format::Csv, None) => Writer::Csv(
+            (Format::Csv, Target::Stdout) => Writer::Csv(Box::new(
                 CsvWriter::new(
                     Out::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
                     columns,
                 )
                 .map_err(out_err)?,
-            ),
-            (_, None) => {
+            )),
+            (_, Target::Stdout) => {
                 return Err(ExportError::Invalid(
                     "only CSV goes to standard output: give -o FILE.parquet or -o FILE.csv.zst"
                         .into(),
@@ -452,45 +559,16 @@ impl Target {
         };
         Ok(Sink { writer, path })
     }
-
-    /// Completes the file: flush, sync, rename over the destination. Returns its size.
-    fn commit(self, sink: Sink) -> Result<u64, ExportError> {
-        let path = self.path_text();
-        let out_err = |source: io::Error| ExportError::Output {
-            path: path.clone(),
-            source,
-        };
-        let file = match sink.writer {
-            Writer::Csv(w) => w.finish().map_err(out_err)?.finish().map_err(out_err)?,
-            Writer::Parquet(w) => Some(w.finish().map_err(|source| ExportError::Parquet {
-                path: path.clone(),
-                source,
-            })?),
-        };
-        let (Some(file), Some((_, temp)), Destination::File(dest)) = (file, self.temp, &self.dest)
-        else {
-            return Ok(0);
-        };
-        file.sync_all().map_err(out_err)?;
-        let bytes = file.metadata().map_err(out_err)?.len();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // The temporary file is private (0600); an export is an ordinary file.
-            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644))
-                .map_err(out_err)?;
-        }
-        temp.persist(dest).map_err(|e| out_err(e.error))?;
-        Ok(bytes)
-    }
 }
 
 impl Sink {
     pub(crate) fn write_row(&mut self, cells: &[Cell<'_>]) -> Result<(), ExportError> {
         match &mut self.writer {
-            Writer::Csv(w) => w.write_row(cells).map_err(|source| ExportError::Output {
-                path: self.path.clone(),
-                source,
+            Writer::Csv(w) => w.write_row(cells).map_err(|source| {
+                ExportError::Output(OutputError {
+                    path: self.path.clone(),
+                    source,
+                })
             }),
             Writer::Parquet(w) => w.write_row(cells).map_err(|source| ExportError::Parquet {
                 path: self.path.clone(),
@@ -498,10 +576,25 @@ impl Sink {
             }),
         }
     }
+
+    /// Ends the file (footer, compression frame, buffers); the output, to commit.
+    fn finish(self) -> Result<Option<OutputFile>, ExportError> {
+        let path = self.path;
+        match self.writer {
+            Writer::Csv(w) => (*w)
+                .finish()
+                .and_then(Out::finish)
+                .map_err(|source| ExportError::Output(OutputError { path, source })),
+            Writer::Parquet(w) => (*w)
+                .finish()
+                .map(Some)
+                .map_err(|source| ExportError::Parquet { path, source }),
+        }
+    }
 }
 
-/// Runs an export: checks the request, reads the range, writes the file. `progress` is called
-/// every few thousand rows.
+/// Runs an export: checks the request, reads the range, writes the files and their precision
+/// files. `progress` is called every few thousand rows.
 pub async fn export(
     target: &DbTarget,
     request: &ExportRequest,
@@ -509,7 +602,12 @@ pub async fn export(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<ExportReport, ExportError> {
     check_request(request, dest)?;
-    let mut out = Target::open(dest)?;
+    let files = outputs(&request.symbols, dest)?;
+    // Every output opened before the database is read at length: an unwritable path fails first.
+    let mut opened = Vec::with_capacity(files.len());
+    for (_, d) in &files {
+        opened.push(Target::open(d)?);
+    }
     let client = target.connect("krakenbook export").await?;
     let selection = source::select(
         &client,
@@ -519,7 +617,116 @@ pub async fn export(
         request.collector.as_deref(),
     )
     .await?;
+    let mut report = ExportReport {
+        collector: selection.collector.clone(),
+        ..ExportReport::default()
+    };
+    let mut info: HashMap<String, Recorded> = HashMap::new();
+    for symbol in &selection.symbols {
+        info.insert(
+            symbol.clone(),
+            recorded::recorded(&client, &selection, symbol).await?,
+        );
+    }
     let mut ticker = Ticker::new(request.from, request.to, progress);
+    let parts = files.len() as u64;
+    let mut finished: Vec<(Vec<String>, OutputFile)> = Vec::new();
+    for (i, ((symbols, _), out)) in files.iter().zip(opened).enumerate() {
+        ticker.part = (i as u64, parts);
+        let part = Selection {
+            symbols: symbols.clone(),
+            ..selection.clone()
+        };
+        let sink = write_part(
+            target,
+            &client,
+            request,
+            &part,
+            &info,
+            out,
+            &mut ticker,
+            &mut report,
+        )
+        .await?;
+        if let Some(file) = sink.finish()? {
+            finished.push((symbols.clone(), file));
+        }
+    }
+    ticker.done();
+
+    // Each pair's precision, for the precision files and the summary.
+    for symbol in &selection.symbols {
+        let precision = match info.get(symbol).and_then(|r| r.precision) {
+            Some(p) => p,
+            None => {
+                let one = Selection {
+                    symbols: vec![symbol.clone()],
+                    ..selection.clone()
+                };
+                report.precision_from_values.push(symbol.clone());
+                let (price, qty) = stored_scales(&client, &one, selection.from, (0, 0)).await?;
+                Precision { price, qty }
+            }
+        };
+        report.precision.push((symbol.clone(), precision));
+    }
+    // A precision file beside each file replaced whole (a device or FIFO has no "beside").
+    let mut precision_files: Vec<Option<OutputFile>> = Vec::new();
+    for (symbols, file) in &finished {
+        if file.placement() != Placement::Replace {
+            precision_files.push(None);
+            continue;
+        }
+        let mut path = file.path().as_os_str().to_owned();
+        path.push(PRECISION_SUFFIX);
+        let mut out = OutputFile::create(Path::new(&path))?;
+        let text = precision_json(
+            report
+                .precision
+                .iter()
+                .filter(|(s, _)| symbols.contains(s))
+                .map(|(s, p)| (s.as_str(), *p)),
+        );
+        out.write_all(text.as_bytes()).map_err(|e| out.error(e))?;
+        precision_files.push(Some(out));
+    }
+    // Commit everything together, at the end: a failure above leaves nothing behind.
+    for ((symbols, file), precision) in finished.into_iter().zip(precision_files) {
+        let path = file.path().to_path_buf();
+        let in_place = file.placement() == Placement::InPlace;
+        let bytes = file.commit()?;
+        let precision_file = match precision {
+            Some(p) => {
+                let at = p.path().to_path_buf();
+                p.commit()?;
+                Some(at)
+            }
+            None => None,
+        };
+        report.bytes += bytes;
+        report.files.push(FileReport {
+            path,
+            symbols,
+            bytes,
+            in_place,
+            precision_file,
+        });
+    }
+    Ok(report)
+}
+
+/// Writes one file's rows (its symbols in `selection`); the open sink, to finish.
+#[allow(clippy::too_many_arguments)]
+async fn write_part(
+    target: &DbTarget,
+    client: &Client,
+    request: &ExportRequest,
+    selection: &Selection,
+    info: &HashMap<String, Recorded>,
+    out: Target,
+    ticker: &mut Ticker<'_>,
+    report: &mut ExportReport,
+) -> Result<Sink, ExportError> {
     let metadata = vec![
         ("krakenbook.kind".to_owned(), request.kind.name().to_owned()),
         ("krakenbook.symbols".to_owned(), selection.symbols.join(",")),
@@ -530,35 +737,45 @@ pub async fn export(
             selection.collector.clone(),
         ),
     ];
-    let mut report = ExportReport {
-        collector: selection.collector.clone(),
-        ..ExportReport::default()
-    };
     let sink = match request.kind {
         Kind::Incremental => {
-            let plan = incremental::plan(&client, &selection, request).await?;
+            let plan = incremental::plan(client, selection, request).await?;
             let scales = if request.format == Format::Parquet {
-                plan.scales(&client).await?
+                plan.scales(client).await?
             } else {
                 Scales::default()
             };
             let mut sink = out.sink(request.format, &incremental::columns(), &scales, metadata)?;
-            plan.write(target, &mut sink, &mut ticker, &mut report)
-                .await?;
+            plan.write(target, &mut sink, ticker, report).await?;
             sink
         }
         Kind::Snapshots {
             depth,
             interval_micros,
         } => {
-            let plan = snapshots::plan(target, &client, &selection, depth, interval_micros).await?;
+            let depths: Option<Vec<usize>> = selection
+                .symbols
+                .iter()
+                .map(|s| info.get(s).and_then(|r| r.depth))
+                .collect();
+            let depth = match depths.and_then(|d| d.into_iter().max()) {
+                Some(recorded) if recorded < depth => {
+                    report.depth_clamped.get_or_insert(DepthClamp {
+                        asked: depth,
+                        recorded,
+                    });
+                    recorded
+                }
+                _ => depth,
+            };
+            let plan = snapshots::plan(target, client, selection, depth, interval_micros).await?;
             let scales = if request.format == Format::Parquet {
-                plan.scales(&client).await?
+                plan.scales(client).await?
             } else {
                 Scales::default()
             };
             let mut sink = out.sink(request.format, &plan.columns(), &scales, metadata)?;
-            plan.write(&mut sink, &mut ticker, &mut report).await?;
+            plan.write(&mut sink, ticker, report).await?;
             sink
         }
         Kind::Messages => {
@@ -568,13 +785,36 @@ pub async fn export(
                 &Scales::default(),
                 metadata,
             )?;
-            messages::write(&client, &selection, &mut sink, &mut ticker, &mut report).await?;
+            messages::write(client, selection, &mut sink, ticker, report).await?;
             sink
         }
     };
-    ticker.done();
-    report.bytes = out.commit(sink)?;
-    Ok(report)
+    Ok(sink)
+}
+
+/// The precision file's text: `{"BTC/USD": {"price_precision": 1, "qty_precision": 8}}`, one
+/// entry per pair, sorted by symbol.
+pub fn precision_json<'a>(pairs: impl IntoIterator<Item = (&'a str, Precision)>) -> String {
+    #[derive(serde::Serialize)]
+    struct Entry {
+        price_precision: u8,
+        qty_precision: u8,
+    }
+    let map: BTreeMap<&str, Entry> = pairs
+        .into_iter()
+        .map(|(s, p)| {
+            (
+                s,
+                Entry {
+                    price_precision: p.price,
+                    qty_precision: p.qty,
+                },
+            )
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".to_owned());
+    text.push('\n');
+    text
 }
 
 fn check_request(request: &ExportRequest, dest: &Destination) -> Result<(), ExportError> {

@@ -103,7 +103,7 @@ pub(crate) async fn plan<'a>(
         .await?;
         // Feed events are on the local clock: from the start's receipt.
         let since = start.as_ref().map_or(selection.from, |s| s.received_at);
-        let gaps = Gaps::load(
+        let gaps = super::source::gaps(
             client,
             &selection.collector,
             std::slice::from_ref(symbol),

@@ -8,13 +8,26 @@
 //!   recorded, before a file is written;
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   feed events): none scans a day of rows;
-//! - which instants are gaps is [`crate::readback::Gaps`]'s to say (the same rule as `book --at`
-//!   and the plot).
+//! - which instants are gaps is [`crate::readback::Gaps`]'s to say (the same rule as `book --at`),
+//!   and `gaps` here is the one place the exports and the plot load them.
 
 use tokio_postgres::Client;
 
+use crate::readback::{Gaps, ReadbackError};
 use crate::store::StoreError;
 use crate::time::Timestamp;
+
+/// The gaps in `symbols`' record by `collector`, from `since` to `until` (the local clock: the
+/// receipt of the book a rebuild starts from): the one place exports and plots ask.
+pub(crate) async fn gaps(
+    client: &Client,
+    collector: &str,
+    symbols: &[String],
+    since: Timestamp,
+    until: Timestamp,
+) -> Result<Gaps, ReadbackError> {
+    Gaps::load(client, collector, symbols, since, until).await
+}
 
 /// What an export or a plot reads.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,8 +20,10 @@
 //! with a small dependency (`png`) instead of plotters' tree.
 //!
 //! What must hold: the image has exactly the size asked for; every value plotted comes from a
-//! verified book; the file appears complete or not at all (written beside the target, then
-//! renamed).
+//! verified book; the output is a `.png` (or a device or FIFO whose name has no extension), and
+//! it is written as [`crate::output`] writes every output: a file appears complete or not at all,
+//! a device or FIFO is written in place and never replaced; a `--depth-levels` deeper than the
+//! recorded books is clamped to them, and the report says so.
 
 pub mod axis;
 pub mod canvas;
@@ -29,12 +31,12 @@ pub mod chart;
 pub mod font;
 pub mod series;
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use crate::book::{Decimal, OrderBook};
 use crate::export::source::{self, SourceError};
-use crate::readback::Gaps;
+use crate::output::{OutputError, OutputFile};
 use crate::readback::{BookCursor, ReadbackError};
 use crate::store::{DbTarget, StoreError};
 use crate::time::Timestamp;
@@ -76,6 +78,10 @@ pub struct PlotReport {
     pub gap_columns: usize,
     /// Size of the PNG file.
     pub bytes: u64,
+    /// The levels summed in the depth panel (`--depth-levels`, clamped to the recorded depth).
+    pub depth_levels: usize,
+    /// `--depth-levels` was deeper than the recorded books: what was asked.
+    pub depth_levels_asked: Option<usize>,
 }
 
 /// Why a plot failed.
@@ -93,14 +99,9 @@ pub enum PlotError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The output cannot be written.
-    #[error("cannot write {path}: {source}")]
-    Output {
-        /// The file.
-        path: String,
-        /// Why.
-        source: io::Error,
-    },
+    /// The output cannot be opened, written or committed.
+    #[error(transparent)]
+    Output(#[from] OutputError),
     /// PNG encoding failed.
     #[error("encoding the PNG: {0}")]
     Png(#[from] png::EncodingError),
@@ -108,6 +109,22 @@ pub enum PlotError {
 
 /// The largest image side accepted.
 pub const MAX_SIDE: u32 = 10_000;
+
+/// Whether `path` may receive a PNG: its name ends in `.png` (any case), or it is a device or
+/// FIFO whose name has no extension (`/dev/stdout`, a named pipe).
+pub fn check_png_name(path: &Path) -> Result<(), PlotError> {
+    crate::output::check_kind(path)?;
+    let png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if png || (path.extension().is_none() && crate::output::writes_in_place(path)) {
+        return Ok(());
+    }
+    Err(PlotError::Invalid(format!(
+        "plot writes PNG images: name the file .png (e.g. -o chart.png), not {}",
+        path.display()
+    )))
+}
 
 /// Draws the plot of `request` into the PNG file `path`.
 pub async fn plot(
@@ -135,7 +152,8 @@ pub async fn plot(
         }
         .into());
     }
-    let out = OutputFile::open(path)?;
+    check_png_name(path)?;
+    let mut out = OutputFile::create(path)?;
     let client = target.connect("krakenbook plot").await?;
     let selection = source::select(
         &client,
@@ -148,15 +166,31 @@ pub async fn plot(
     let mut report = PlotReport {
         collector: selection.collector.clone(),
         columns: layout.columns(),
+        depth_levels: request.depth_levels,
         ..PlotReport::default()
     };
-    let series = read_series(&client, &selection, request, layout.columns(), &mut report).await?;
+    let recorded = crate::export::recorded::recorded(&client, &selection, &request.symbol).await?;
+    if let Some(depth) = recorded.depth
+        && depth < request.depth_levels
+    {
+        report.depth_levels_asked = Some(request.depth_levels);
+        report.depth_levels = depth;
+    }
+    let series = read_series(
+        &client,
+        &selection,
+        request,
+        report.depth_levels,
+        layout.columns(),
+        &mut report,
+    )
+    .await?;
     report.gap_columns = series.columns.iter().filter(|c| c.gap).count();
     let labels = labels(request, &selection.collector, &report);
     let canvas = chart::draw(&layout, &series, &labels);
     let png = canvas.encode_png()?;
-    report.bytes = png.len() as u64;
-    out.commit(&png)?;
+    out.write_all(&png).map_err(|e| out.error(e))?;
+    report.bytes = out.commit()?;
     Ok(report)
 }
 
@@ -165,6 +199,7 @@ async fn read_series(
     client: &tokio_postgres::Client,
     selection: &source::Selection,
     request: &PlotRequest,
+    depth_levels: usize,
     columns: usize,
     report: &mut PlotReport,
 ) -> Result<Series, PlotError> {
@@ -181,7 +216,7 @@ async fn read_series(
     let since = start
         .as_ref()
         .map_or(selection.from, |s| s.received_at.min(selection.from));
-    let gaps = Gaps::load(
+    let gaps = source::gaps(
         client,
         &selection.collector,
         std::slice::from_ref(symbol),
@@ -196,7 +231,7 @@ async fn read_series(
             BookCursor::open(client, symbol, start, selection.to.add_nanos(-1)).await?;
         if cursor.is_synced() {
             // A book state: the book is there before the first message.
-            let s = sample(cursor.book(), request.depth_levels);
+            let s = sample(cursor.book(), depth_levels);
             let at = cursor.start().timestamp;
             builder.step(at, at, Some(s), &gap_at);
         }
@@ -204,7 +239,7 @@ async fn read_series(
             report.messages += 1;
             let verified = step.verified == Some(true);
             report.verified += u64::from(verified);
-            let s = verified.then(|| sample(step.book, request.depth_levels));
+            let s = verified.then(|| sample(step.book, depth_levels));
             builder.step(step.timestamp, step.received_at, s, &gap_at);
         }
     }
@@ -266,72 +301,11 @@ fn labels(request: &PlotRequest, collector: &str, report: &PlotReport) -> Labels
             format!("spread{}", unit(quote)),
             format!(
                 "depth, top {} levels of each side{}",
-                request.depth_levels,
+                report.depth_levels,
                 unit(base)
             ),
         ],
         time_axis: format!("time (UTC), from {from_s} to {to_s}"),
-    }
-}
-
-/// The PNG file, created beside the target first so that an unwritable path fails before any
-/// work, and renamed over it when written.
-struct OutputFile {
-    path: PathBuf,
-    temp: tempfile::NamedTempFile,
-}
-
-impl OutputFile {
-    fn open(path: &Path) -> Result<OutputFile, PlotError> {
-        let err = |source: io::Error| PlotError::Output {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.is_dir() {
-            return Err(err(io::Error::other(
-                "it is a directory: give a file name, e.g. -o book.png",
-            )));
-        }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(err(io::Error::other(format!(
-                "the directory {} does not exist",
-                dir.display()
-            ))));
-        }
-        let temp = tempfile::Builder::new()
-            .prefix(".krakenbook-plot.")
-            .suffix(".part")
-            .tempfile_in(&dir)
-            .map_err(err)?;
-        Ok(OutputFile {
-            path: path.to_path_buf(),
-            temp,
-        })
-    }
-
-    fn commit(mut self, bytes: &[u8]) -> Result<(), PlotError> {
-        let err = |source: io::Error| PlotError::Output {
-            path: self.path.display().to_string(),
-            source,
-        };
-        self.temp.write_all(bytes).map_err(err)?;
-        self.temp.as_file().sync_all().map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(self.temp.path(), std::fs::Permissions::from_mode(0o644))
-                .map_err(err)?;
-        }
-        let path = self.path.clone();
-        self.temp.persist(&path).map_err(|e| PlotError::Output {
-            path: path.display().to_string(),
-            source: e.error,
-        })?;
-        Ok(())
     }
 }
 

@@ -171,7 +171,7 @@ impl SeriesBuilder {
 
     /// The book after a message at `t`, received at `received`: `Some` when it verified.
     /// `gap_at(last_received, at)` says whether the book was in a gap at `at` (see
-    /// [`crate::export::Gaps::is_gap`]).
+    /// [`crate::readback::Gaps::is_gap`]).
     pub fn step(
         &mut self,
         t: Timestamp,

@@ -25,7 +25,7 @@ pub struct Recording {
     pub first: Timestamp,
     /// Kraken timestamp of the last book message.
     pub last: Timestamp,
-    _db: TestDb,
+    pub(crate) _db: TestDb,
 }
 
 impl Recording {
