@@ -26,7 +26,9 @@ mod import;
 mod pipeline;
 
 pub use import::{ImportError, ImportReport, import};
-pub use pipeline::{DbPipeline, PipelineConfig, PipelineError};
+pub use pipeline::{
+    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, Preflight, preflight,
+};
 
 /// Which symbols to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,19 +146,23 @@ pub async fn run(
         "journal: open"
     );
 
+    let journal_instance = match &config.database {
+        Some(_) => Some(crate::journal::instance(&config.journal.dir)?),
+        None => None,
+    };
     let (done_tx, done_rx) = tokio::sync::watch::channel(None::<u64>);
     let pipeline_cancel = CancellationToken::new();
     let pipeline_task = config.database.as_ref().map(|db| {
         tracing::info!(database = %crate::store::redact(&db.url), %collector, "database: writing through the journal");
         let pipeline = DbPipeline::new(
             PipelineConfig {
-                journal_dir: config.journal.dir.clone(),
-                collector: collector.clone(),
-                database_url: db.url.clone(),
                 batch: db.batch,
                 chunk_interval: db.chunk_interval.clone(),
+                journal_instance: journal_instance.clone(),
+                ..PipelineConfig::new(&config.journal.dir, collector.clone(), db.url.clone())
             },
             journal.flushed.clone(),
+            Some(journal.syncer()),
             Arc::clone(&metrics),
         )
         .publish_checkpoints(checkpoint_tx);

@@ -17,10 +17,12 @@
 //! password is ever printed.
 
 mod batch;
+mod bisect;
 pub mod capture;
 pub mod cluster;
 mod connect;
 mod error;
+pub mod health;
 mod migrate;
 pub mod rows;
 pub mod types;
@@ -28,14 +30,19 @@ mod writer;
 
 pub use batch::{BatchConfig, Batcher};
 pub use cluster::{ClusterOptions, TempCluster};
-pub use connect::{CONNECT_TIMEOUT, DbTarget, redact};
-pub use error::{StoreError, pg_is_retriable, sqlstate_is_retriable};
+pub use connect::{CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, pgpass_lookup, redact};
+pub use error::{
+    ErrorClass, StoreError, pg_class, pg_is_retriable, sqlstate_class, sqlstate_is_retriable,
+};
 pub use migrate::{
     COMPRESS_AFTER, Compression, DEFAULT_CHUNK_INTERVAL, MigrateOptions, MigrateReport,
     SCHEMA_VERSION, migrate,
 };
-pub use rows::{RowCounts, RowEncoder, RowError, Streams};
-pub use writer::{BatchReport, RetryPolicy, Writer, WriterConfig, WriterStats};
+pub use rows::{ConnLiveness, RowCounts, RowEncoder, RowError, Streams};
+pub use writer::{
+    BatchItem, BatchReport, JournalBinding, RetryPolicy, Unit, WRITER_LOCK, Writer, WriterConfig,
+    WriterStats,
+};
 
 /// Connects to `url` (a `postgres://` URL or `key=value` pairs) for a one-off task such as a
 /// migration; `application_name` shows in `pg_stat_activity`.
