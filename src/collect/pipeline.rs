@@ -392,7 +392,8 @@ impl DbPipeline {
                     }
                     tracing::info!(collector = %self.config.collector, checkpoint, "database: following the journal");
                 }
-                self.healthy(&mut health);
+                // Not healthy yet: only a commit says the database takes our rows (a missing
+                // column, for one, shows only when rows are sent).
             }
             let Some(rd) = reader.as_mut() else {
                 continue;

@@ -5,6 +5,7 @@ mod collect;
 mod db;
 mod export;
 mod feed;
+mod pipeline;
 mod plot;
 mod readback;
 mod recording;
