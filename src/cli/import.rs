@@ -29,7 +29,8 @@ pub struct ImportArgs {
     /// The journal directory.
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR", default_value = "data/journal")]
     pub journal_dir: PathBuf,
-    /// The database: postgres://user:password@host:port/database (sslmode honoured).
+    /// The database: postgres://user@host:port/database (sslmode honoured; the password from
+    /// PGPASSWORD or ~/.pgpass).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
     /// Most records per transaction.

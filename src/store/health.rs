@@ -7,9 +7,9 @@
 //!   environment errors (authentication, permission, a missing column, a timeout set on the role,
 //!   a refusal: nothing changes by itself, so the pipeline must not spin) and up to
 //!   [`TRANSIENT_MAX_PAUSE`] for transient ones (an unreachable server comes back at any moment);
-//! - `/health` has a problem at once for an environment error ("database: <error>; <fix>"), and
-//!   for a transient one only once the outage is older than `unhealthy_after` ("database
-//!   unreachable for N s: <error>");
+//! - `/health` has a problem at once for an environment error (`database: <error>; <fix>`), and
+//!   for a transient one only once the outage is older than `unhealthy_after`
+//!   (`database unreachable for N s: <error>`);
 //! - the log gets one line when the outage begins, one when its class changes, and at most one
 //!   every `log_every` while it lasts; one line when it ends (when it was logged).
 //!

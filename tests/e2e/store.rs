@@ -667,6 +667,52 @@ async fn bisection_isolates_one_bad_record_in_a_batch_of_2000() {
 }
 
 #[tokio::test]
+async fn a_book_frame_with_more_levels_than_ordinal_can_number_is_stored_whole_as_its_type() {
+    let (db, client) = migrated_db().await;
+    let levels: Vec<String> = (0..33_000)
+        .map(|i| format!(r#"{{"price":{}.5,"qty":1.25}}"#, 100_000 - i))
+        .collect();
+    let frame = format!(
+        r#"{{"channel":"book","type":"snapshot","data":[{{"symbol":"BTC/USD","bids":[{}],"asks":[],"checksum":12345,"timestamp":"2026-08-18T10:00:00.000000Z"}}]}}"#,
+        levels.join(",")
+    );
+    let records = vec![
+        frame_record(1, frame.as_bytes()),
+        frame_record(2, br#"{"channel":"heartbeat"}"#),
+    ];
+    let mut w = Writer::new(&db.url, WriterConfig::new("deep")).unwrap();
+    let report = w.write_batch(&records).await.unwrap();
+    assert_eq!((report.rows.messages, report.rows.entries), (1, 0));
+    assert_eq!((report.rows.malformed, report.rows.stored_raw), (0, 1));
+    let row = client
+        .query_one(
+            "SELECT message_type, symbol, checksum, jsonb_array_length(raw_message->'data'->0->'bids')
+               FROM kraken_orderbook_messages WHERE seq = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "snapshot");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("BTC/USD"));
+    assert_eq!(row.get::<_, Option<i64>>(2), Some(12345));
+    assert_eq!(row.get::<_, i32>(3), 33_000, "every level in raw_message");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM kraken_orderbook_entries").await,
+        0,
+        "entries absent, never partial"
+    );
+    let detail: String = client
+        .query_one(
+            "SELECT detail FROM kraken_feed_events WHERE seq = 1 AND event = 'stored_raw'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("33000 levels"), "{detail}");
+}
+
+#[tokio::test]
 async fn records_the_checkpoint_covers_are_skipped() {
     let (db, client) = migrated_db().await;
     let records = fixture_records();
