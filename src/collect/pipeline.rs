@@ -238,7 +238,12 @@ pub struct DbPipeline {
     metrics: Arc<Metrics>,
     checkpoints: Option<watch::Sender<u64>>,
     damage: DamageLog,
+    /// When records stored raw were last logged, and how many since.
+    raw_logged: Mutex<(Option<Instant>, u64)>,
 }
+
+/// Records stored raw are logged at most this often (a peer can send such frames on purpose).
+const RAW_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl DbPipeline {
     /// A pipeline following the journal whose flushed `seq` is published on `flushed`, committing
@@ -260,6 +265,7 @@ impl DbPipeline {
             metrics,
             checkpoints: None,
             damage: Arc::default(),
+            raw_logged: Mutex::new((None, 0)),
         }
     }
 
@@ -655,13 +661,20 @@ impl DbPipeline {
         p.not_stored.fetch_add(rows.not_stored, Ordering::Relaxed);
         p.bytes.fetch_add(appended_bytes, Ordering::Relaxed);
         if rows.stored_raw + rows.not_stored > 0 {
-            tracing::warn!(
-                first_seq = report.first_seq,
-                last_seq = report.last_seq,
-                stored_raw = rows.stored_raw,
-                not_stored = rows.not_stored,
-                "database: records its structured form could not hold were stored raw (see the stored_raw and not_stored events)"
-            );
+            let mut logged = self.raw_logged.lock().unwrap_or_else(|p| p.into_inner());
+            logged.1 += rows.stored_raw + rows.not_stored;
+            let now = Instant::now();
+            if logged
+                .0
+                .is_none_or(|at| now.saturating_duration_since(at) >= RAW_LOG_EVERY)
+            {
+                tracing::warn!(
+                    records = logged.1,
+                    last_seq = report.last_seq,
+                    "database: records whose structured form the database cannot hold were stored raw or stood for by an event (see the stored_raw and not_stored rows of kraken_feed_events; said at most once a minute)"
+                );
+                *logged = (Some(now), 0);
+            }
         }
         if let Some(at) = last_received {
             p.checkpoint_received_ns

@@ -534,7 +534,6 @@ impl RowEncoder {
                          stored whole as its {message_type} message, its levels in raw_message only \
                          (no entry rows)"
                     );
-                    tracing::warn!(seq = ids.seq, levels, "{detail}");
                     self.put_event_row(
                         ids.received_at,
                         ids.seq,
