@@ -14,7 +14,9 @@
 //!   covered, and writes nothing twice;
 //! - one writer per collector identity: every connection first takes a session advisory lock on
 //!   the collector's name ([`WRITER_LOCK`], `hashtext(collector)`), held until it closes; when
-//!   another session holds it the writer refuses ([`StoreError::Locked`], naming the holder);
+//!   another session holds it the writer refuses ([`StoreError::Locked`], naming the holder).
+//!   The writer's own previous session (after a failure it may still be ending, or stuck in an
+//!   abandoned attempt) is ended instead, so a retry is never refused by its own past;
 //! - one journal per collector identity: with a [`JournalBinding`], every connection checks the
 //!   journal instance recorded beside the checkpoint (a NULL one is adopted) and that the
 //!   checkpoint is not beyond the journal's last seq, refusing otherwise
@@ -238,6 +240,9 @@ pub struct Writer {
     conn: Option<Conn>,
     encoder: RowEncoder,
     stats: WriterStats,
+    /// The server process of the last connection: after a failure it may still hold the
+    /// collector's lock for a moment (or for good, stuck in an abandoned attempt).
+    previous_backend: Option<i32>,
 }
 
 struct Conn {
@@ -276,6 +281,7 @@ impl Writer {
             conn: None,
             encoder,
             stats: WriterStats::default(),
+            previous_backend: None,
         }
     }
 
@@ -579,6 +585,7 @@ impl Writer {
             .map_err(StoreError::db("reading the backend pid"))?
             .get(0);
         self.stats.connections += 1;
+        self.previous_backend = Some(backend_pid);
         tracing::debug!(database = %self.target.redacted(), backend_pid, "writer connected");
         Ok(Conn {
             client,
@@ -593,36 +600,60 @@ impl Writer {
         })
     }
 
-    /// Takes the collector's session advisory lock, or says who holds it.
+    /// Takes the collector's session advisory lock, or says who holds it. A lock still held by
+    /// this writer's own previous session (ending after a failure, or stuck in an abandoned
+    /// attempt) is taken back: that session is ended.
     async fn take_lock(&self, client: &Client) -> Result<(), StoreError> {
         let collector = &self.config.collector;
-        let free: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1::int4, hashtext($2::text))",
-                &[&WRITER_LOCK, collector],
-            )
-            .await
-            .map_err(StoreError::db("taking the collector's writer lock"))?
-            .get(0);
-        if free {
-            return Ok(());
-        }
-        let holder = client
-            .query_opt(
-                "SELECT a.pid, a.application_name, host(a.client_addr), a.client_port, \
-                        to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        a.usename::text
-                   FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                    AND l.classid = ($1::int4)::oid AND l.objid = hashtext($2::text)::oid
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND l.pid <> pg_backend_pid()
-                  LIMIT 1",
-                &[&WRITER_LOCK, collector],
-            )
-            .await
-            .ok()
-            .flatten();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let holder = loop {
+            let free: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1::int4, hashtext($2::text))",
+                    &[&WRITER_LOCK, collector],
+                )
+                .await
+                .map_err(StoreError::db("taking the collector's writer lock"))?
+                .get(0);
+            if free {
+                return Ok(());
+            }
+            let holder = client
+                .query_opt(
+                    "SELECT l.pid, a.application_name, host(a.client_addr), a.client_port, \
+                            to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                            a.usename::text
+                       FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                        AND l.classid = ($1::int4)::oid AND l.objid = hashtext($2::text)::oid
+                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND l.pid <> pg_backend_pid()
+                      LIMIT 1",
+                    &[&WRITER_LOCK, collector],
+                )
+                .await
+                .ok()
+                .flatten();
+            let pid: Option<i32> = holder.as_ref().and_then(|r| r.get(0));
+            let ours = pid.is_some() && pid == self.previous_backend;
+            if ours && tokio::time::Instant::now() < deadline {
+                tracing::debug!(
+                    pid,
+                    "the writer's previous session still holds its lock; ending it"
+                );
+                let _ = client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            if holder.is_none() && tokio::time::Instant::now() < deadline {
+                // Released between the two queries: try again.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            break holder;
+        };
         let (holder, stale) = match holder {
             Some(row) => {
                 let pid: Option<i32> = row.get(0);
@@ -789,15 +820,18 @@ impl Writer {
             let n = copy_all(&tx, &conn.copy_states, streams.states, "kraken_book_states").await?;
             expect_rows("kraken_book_states", n, counts.states)?;
         }
+        // The liveness rows and the checkpoint go out together (one round trip, pipelined).
         let live = encoder.connections();
-        if !live.is_empty() {
-            let ids: Vec<i64> = live.iter().map(|c| c.conn_id).collect();
-            let first_seqs: Vec<i64> = live.iter().map(|c| c.first_seq).collect();
-            let first_at: Vec<Timestamp> = live.iter().map(|c| c.first_received_at).collect();
-            let last_seqs: Vec<i64> = live.iter().map(|c| c.last_seq).collect();
-            let last_at: Vec<Timestamp> = live.iter().map(|c| c.last_received_at).collect();
-            let kraken: Vec<Option<Timestamp>> =
-                live.iter().map(|c| c.last_frame_timestamp).collect();
+        let ids: Vec<i64> = live.iter().map(|c| c.conn_id).collect();
+        let first_seqs: Vec<i64> = live.iter().map(|c| c.first_seq).collect();
+        let first_at: Vec<Timestamp> = live.iter().map(|c| c.first_received_at).collect();
+        let last_seqs: Vec<i64> = live.iter().map(|c| c.last_seq).collect();
+        let last_at: Vec<Timestamp> = live.iter().map(|c| c.last_received_at).collect();
+        let kraken: Vec<Option<Timestamp>> = live.iter().map(|c| c.last_frame_timestamp).collect();
+        let upsert = async {
+            if ids.is_empty() {
+                return Ok(0);
+            }
             tx.execute(
                 &conn.upsert_connections,
                 &[
@@ -811,14 +845,17 @@ impl Writer {
                 ],
             )
             .await
-            .map_err(StoreError::db("updating krakenbook_connections"))?;
-        }
+            .map_err(StoreError::db("updating krakenbook_connections"))
+        };
         let last_seq = last.unit().last_seq();
         let last_seq = i64::try_from(last_seq)
             .map_err(|_| StoreError::InvalidBatch(format!("seq {last_seq} exceeds bigint")))?;
-        tx.execute(&conn.update_checkpoint, &[&last_seq, &collector])
-            .await
-            .map_err(StoreError::db("moving the checkpoint"))?;
+        let checkpoint = async {
+            tx.execute(&conn.update_checkpoint, &[&last_seq, &collector])
+                .await
+                .map_err(StoreError::db("moving the checkpoint"))
+        };
+        tokio::try_join!(upsert, checkpoint)?;
         if let Some((seq, g)) = gate {
             g.await.map_err(|e| StoreError::JournalSync {
                 seq,

@@ -457,6 +457,42 @@ async fn a_backend_terminated_mid_batch_is_retried_without_duplicates() {
     assert_stored_once(&client, &records).await;
 }
 
+#[tokio::test]
+async fn a_writer_whose_attempt_timed_out_takes_its_lock_back_from_its_stuck_session() {
+    let (db, client) = migrated_db().await;
+    let records = fixture_records();
+    // The entries table held: every attempt stops at its entries COPY until released, and an
+    // abandoned attempt's server session stays there, holding the collector's writer lock.
+    let mut holder = connect(&db.url).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE kraken_orderbook_entries IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let writing = tokio::spawn({
+        let records = records[..500].to_vec();
+        async move {
+            let mut w = Writer::new(
+                &url,
+                WriterConfig {
+                    attempt_timeout: Duration::from_millis(1500),
+                    ..test_config("stuck")
+                },
+            )
+            .unwrap();
+            let report = w.write_batch(&records).await;
+            (report, w.stats())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    hold.commit().await.unwrap();
+    let (report, stats) = writing.await.unwrap();
+    let report = report.unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.attempts >= 2, "{report:?}");
+    assert!(stats.retries >= 1 && stats.connections >= 2, "{stats:?}");
+    assert_stored_once(&client, &records[..500]).await;
+}
+
 /// Installs a deferred trigger that fails the first `failures` commits that move the checkpoint,
 /// with SQLSTATE `code`.
 async fn fail_commits(client: &Client, failures: i64, code: &str) {
