@@ -16,7 +16,10 @@
 //!   the collector's name ([`WRITER_LOCK`], `hashtext(collector)`), held until it closes; when
 //!   another session holds it the writer refuses ([`StoreError::Locked`], naming the holder).
 //!   The writer's own previous session (after a failure it may still be ending, or stuck in an
-//!   abandoned attempt) is ended instead, so a retry is never refused by its own past;
+//!   abandoned attempt) is ended instead, so a retry is never refused by its own past; so is a
+//!   session of a writer process of this host that no longer runs (killed mid-statement, before
+//!   the server noticed), named by its `application_name`
+//!   (`krakenbook writer NAME (pid PID on HOST)`);
 //! - one journal per collector identity: with a [`JournalBinding`], every connection checks the
 //!   journal instance recorded beside the checkpoint (a NULL one is adopted) and that the
 //!   checkpoint is not beyond the journal's last seq, refusing otherwise
@@ -635,8 +638,19 @@ impl Writer {
                 .ok()
                 .flatten();
             let pid: Option<i32> = holder.as_ref().and_then(|r| r.get(0));
+            let app: Option<String> = holder.as_ref().and_then(|r| r.get(1));
             let ours = pid.is_some() && pid == self.previous_backend;
-            if ours && tokio::time::Instant::now() < deadline {
+            let orphan = app
+                .as_deref()
+                .is_some_and(|a| orphaned_writer(a, &crate::config::hostname(), process_runs));
+            if orphan && !ours {
+                tracing::warn!(
+                    pid,
+                    application = %crate::text::printable(app.as_deref().unwrap_or_default()),
+                    "the collector's writer lock is held by a session of a krakenbook process of this host that no longer runs (killed mid-statement); ending that session"
+                );
+            }
+            if (ours || orphan) && tokio::time::Instant::now() < deadline {
                 tracing::debug!(
                     pid,
                     "the writer's previous session still holds its lock; ending it"
@@ -870,6 +884,35 @@ impl Writer {
     }
 }
 
+/// Whether a session named `application` (as [`Writer`] names its sessions:
+/// `krakenbook writer NAME (pid PID on HOST)`) belongs to a writer process of this host (`host`)
+/// that is gone: `alive(pid)` says whether a krakenbook process with that pid runs. A name cut
+/// short, another host, or a live process: not orphaned.
+pub(crate) fn orphaned_writer(application: &str, host: &str, alive: impl Fn(u32) -> bool) -> bool {
+    let Some(rest) = application.strip_prefix("krakenbook writer ") else {
+        return false;
+    };
+    let Some((_, tail)) = rest.rsplit_once(" (pid ") else {
+        return false;
+    };
+    let Some((pid, on)) = tail.strip_suffix(')').and_then(|t| t.split_once(" on ")) else {
+        return false;
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => on == host && pid != std::process::id() && !alive(pid),
+        Err(_) => false,
+    }
+}
+
+/// Whether a process with `pid` runs on this host (present in `/proc`; an unreadable entry
+/// counts as running: a session is never ended on a guess).
+fn process_runs(pid: u32) -> bool {
+    match std::fs::metadata(format!("/proc/{pid}")) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 /// What one attempt at a part did.
 #[derive(Debug, Default)]
 struct Attempted {
@@ -1071,6 +1114,25 @@ mod tests {
                 gap_start: None,
                 detail: String::new(),
             }),
+        }
+    }
+
+    #[test]
+    fn only_a_gone_writer_process_of_this_host_is_orphaned() {
+        let alive = |pid: u32| pid == 4242;
+        // (application name, orphaned)
+        let cases = [
+            ("krakenbook writer bot (pid 777 on box)", true),
+            ("krakenbook writer bot (pid 4242 on box)", false),
+            ("krakenbook writer bot (pid 777 on other)", false),
+            ("krakenbook writer a (b) (pid 777 on box)", true),
+            ("krakenbook writer bot (pid 777 on bo", false),
+            ("krakenbook writer bot", false),
+            ("psql", false),
+            ("krakenbook writer bot (pid x on box)", false),
+        ];
+        for (app, orphaned) in cases {
+            assert_eq!(orphaned_writer(app, "box", alive), orphaned, "{app}");
         }
     }
 

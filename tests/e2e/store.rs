@@ -826,6 +826,39 @@ async fn a_second_writer_of_one_collector_is_refused_naming_the_holder_and_the_f
 }
 
 #[tokio::test]
+async fn a_lock_left_by_a_killed_writer_of_this_host_is_taken_back_but_a_live_one_is_not() {
+    let (db, _client) = migrated_db().await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    // A session of a krakenbook writer killed mid-statement: its process is gone, the server has
+    // not noticed yet, and it holds the lock. Then one of a process that still runs (pid 1).
+    for (pid, taken_back) in [(u32::MAX - 7, true), (1, false)] {
+        let stale = connect(&db.url).await;
+        stale
+            .batch_execute(&format!(
+                "SET application_name = 'krakenbook writer orphan (pid {pid} on {host})'"
+            ))
+            .await
+            .unwrap();
+        stale
+            .query_one(
+                "SELECT pg_advisory_lock($1::int4, hashtext('orphan'))",
+                &[&store::WRITER_LOCK],
+            )
+            .await
+            .unwrap();
+        let result = Writer::connect(&db.url, test_config("orphan")).await;
+        assert_eq!(result.is_ok(), taken_back, "pid {pid}: {result:?}");
+        if !taken_back {
+            let text = result.unwrap_err().to_string();
+            assert!(text.contains(&format!("pid {pid} on {host}")), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_writer_waits_out_a_database_outage() {
     let cluster = own_cluster();
     let url = cluster.create_database().await.unwrap();
