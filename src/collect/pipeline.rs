@@ -799,23 +799,27 @@ impl Follower {
                     self.push(item)
                 }
                 Ok(None) => self.caught_up(),
-                Err(JournalError::Gap {
-                    expected,
-                    found,
-                    path,
-                }) if found > expected => {
-                    self.skip(DamageKind::MissingSegment, expected, found - 1, path, 0, 0)
-                }
                 Err(JournalError::Corrupt { path, offset, .. }) => self.skip_corrupt(path, offset),
-                Err(e) => {
-                    let _ = self.tx.blocking_send(Err(e));
-                    false
-                }
+                Err(e) => self.failed(e),
             };
             if !keep_going {
                 return;
             }
         }
+    }
+
+    /// A reader error: a reader that stops in front of a hole in the seqs (no segment holds the
+    /// next seq, a later one exists) is moved past it, reported as missing; any other error goes
+    /// to the pipeline (which pauses and starts over from the database's checkpoint).
+    fn failed(&mut self, e: JournalError) -> bool {
+        let pos = self.reader.position();
+        if !matches!(e, JournalError::Io { .. })
+            && let Ok(Some((next, path))) = hole_after(&self.dir, pos)
+        {
+            return self.skip(DamageKind::MissingSegment, pos + 1, next - 1, path, 0, 0);
+        }
+        let _ = self.tx.blocking_send(Err(e));
+        false
     }
 
     /// Adds an item to the chunk, sending it when full. `false`: the pipeline is gone.

@@ -659,6 +659,43 @@ async fn import_of_a_journal_missing_a_middle_segment_stores_everything_intact_a
 }
 
 #[tokio::test]
+async fn import_of_a_journal_whose_first_segment_is_gone_reports_it_and_stores_the_rest() {
+    let db = fresh_db().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    let (firsts, last) = closed_journal(&dir, "headless", 2);
+    let records = journal_records(&dir);
+    std::fs::remove_file(&journal::list_segments(&dir).unwrap()[0].path).unwrap();
+    let out = krakenbook()
+        .args(["import", "--quiet", "--journal-dir"])
+        .arg(&dir)
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("seqs 1..={}", firsts[1] - 1)),
+        "{stderr}"
+    );
+    let client = connect(&db.url).await;
+    let stored = stored_seqs(&client, "headless").await;
+    for r in records
+        .iter()
+        .filter(|r| r.seq >= firsts[1] && !is_heartbeat(r))
+    {
+        assert!(stored.contains(&r.seq), "seq {}", r.seq);
+    }
+    assert!(stored.iter().all(|s| *s >= firsts[1]));
+    let checkpoint: i64 = one(
+        &client,
+        "SELECT seq FROM krakenbook_checkpoints WHERE collector = 'headless'",
+    )
+    .await;
+    assert_eq!(checkpoint as u64, last);
+}
+
+#[tokio::test]
 async fn a_damaged_closed_segment_never_stops_the_pipeline() {
     let (db, client) = migrated_db().await;
     let tmp = tempfile::tempdir().unwrap();
