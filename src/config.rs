@@ -126,6 +126,8 @@ pub struct CollectFile {
     pub max_symbols: Option<u64>,
     /// The frame-size cap (`16MiB`).
     pub max_frame_size: Option<String>,
+    /// How long the database may be unreachable before `/health` says so (`30s`).
+    pub db_unhealthy_after: Option<String>,
     /// Journal sync interval.
     pub journal_sync_interval: Option<String>,
     /// Journal segment size.

@@ -238,7 +238,7 @@ async fn truncate(client: &Client) -> anyhow::Result<()> {
     client
         .batch_execute(
             "TRUNCATE kraken_orderbook_messages, kraken_orderbook_entries, kraken_feed_events, \
-             krakenbook_checkpoints",
+             krakenbook_connections, krakenbook_checkpoints",
         )
         .await
         .context("truncating the bench tables")

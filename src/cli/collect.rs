@@ -71,6 +71,10 @@ pub struct CollectArgs {
     /// Longest a record waits for its database batch (e.g. 50ms, 200ms) [default: 50ms].
     #[arg(long)]
     pub db_batch_delay: Option<String>,
+    /// /health answers 503 once the database has been unreachable this long (e.g. 30s, 2m)
+    /// [default: 30s].
+    #[arg(long)]
+    pub db_unhealthy_after: Option<String>,
     /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "KRAKENBOOK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -201,6 +205,10 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     if let Some(t) = &args.db_batch_delay {
         batch.max_delay = parse_duration(t).context("--db-batch-delay")?;
     }
+    let unhealthy_after = match args.db_unhealthy_after.or(file.db_unhealthy_after) {
+        Some(t) => parse_duration(&t).context("--db-unhealthy-after")?,
+        None => std::time::Duration::from_secs(30),
+    };
     let database = args
         .database_url
         .or(file.database_url)
@@ -209,6 +217,7 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
             url,
             batch,
             chunk_interval: args.chunk_interval.clone(),
+            unhealthy_after,
         });
     if let Some(db) = &database {
         krakenbook::store::DbTarget::parse(&db.url)

@@ -12,7 +12,12 @@ use krakenbook::store::{BatchConfig, DbTarget};
 pub(crate) const IMPORT_EXAMPLES: &str = "\
 Writes every record of a journal (recorded by `krakenbook collect` without --database-url) that
 the database does not hold yet: it resumes from the database's checkpoint for this journal, so
-running it twice changes nothing and an interrupted import continues where it stopped.
+running it twice changes nothing and an interrupted import continues where it stopped. Records
+missing from the journal (a missing, truncated or damaged segment) are reported and stored as
+journal_damage events; everything intact is imported all the same.
+
+Exit status: 0 imported (or nothing to import), 1 imported but records are missing from the
+journal, 2 an error (nothing more imported).
 
 Examples:
   krakenbook import --journal-dir ./data/journal --database-url postgres://kb@localhost/market
@@ -24,7 +29,8 @@ pub struct ImportArgs {
     /// The journal directory.
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR", default_value = "data/journal")]
     pub journal_dir: PathBuf,
-    /// The database: postgres://user:password@host:port/database (sslmode honoured).
+    /// The database: postgres://user@host:port/database (sslmode honoured; the password from
+    /// PGPASSWORD or ~/.pgpass).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
     /// Most records per transaction.
@@ -61,6 +67,41 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     bar.finish_and_clear();
+    if report.stored_raw + report.not_stored > 0 {
+        eprintln!(
+            "{} record(s) the database refused in structured form were stored raw, {} not at all (see the stored_raw and not_stored rows of kraken_feed_events; the journal keeps them)",
+            report.stored_raw, report.not_stored
+        );
+    }
+    if report.damaged_seqs > 0 {
+        for d in &report.damage {
+            eprintln!(
+                "missing from the journal: seqs {}..={} ({}, {} at byte {})",
+                d.first_seq,
+                d.last_seq,
+                d.kind.as_str(),
+                d.segment.display(),
+                d.offset
+            );
+        }
+        if report.damage.len() < report.damaged_seqs as usize
+            && report.damage.len() == krakenbook::collect::DAMAGE_KEPT
+        {
+            eprintln!("(more ranges: see the journal_damage rows of kraken_feed_events)");
+        }
+        println!(
+            "{}: imported seq {}..={} of collector {} except {} seq(s) missing from the journal (recorded as journal_damage events): {} messages, {} levels, {} feed events",
+            target.redacted(),
+            report.from_seq + 1,
+            report.to_seq,
+            report.collector,
+            report.damaged_seqs,
+            report.messages,
+            report.entries,
+            report.events
+        );
+        return Ok(ExitCode::from(1));
+    }
     if report.from_seq >= report.to_seq {
         println!(
             "{}: already holds journal {} (collector {}) through seq {}; nothing to import",

@@ -8,21 +8,25 @@ use clap::Args;
 use krakenbook::store::{self, Compression, MigrateOptions};
 
 pub(crate) const MIGRATE_EXAMPLES: &str = "\
-Creates the tables (kraken_orderbook_messages and kraken_orderbook_entries as hypertables,
-kraken_feed_events, krakenbook_checkpoints) or upgrades them. Safe to run again, and from two
+Creates the tables (kraken_orderbook_messages, kraken_orderbook_entries and kraken_book_states
+as hypertables, kraken_feed_events, krakenbook_checkpoints, krakenbook_connections) or upgrades
+them. Safe to run again, and from two
 processes at once. Tables made by the original tool's setup SQL are converted in place, keeping
 every row. Every command that writes to the database runs this first.
 
+Keep the password off the command line (where `ps` shows it): libpq's PGPASSWORD, or a line
+`host:port:database:user:password` in ~/.pgpass (or the file PGPASSFILE names; mode 0600).
+
 Examples:
-  krakenbook migrate --database-url postgres://kb:secret@localhost:5432/market
+  PGPASSWORD=secret krakenbook migrate --database-url postgres://kb@localhost:5432/market
   DATABASE_URL=postgres://kb@db.internal/market?sslmode=verify-full krakenbook migrate
   krakenbook migrate --database-url postgres://localhost/market --chunk-interval '6 hours'";
 
 /// `krakenbook migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The database: postgres://user:password@host:port/database (sslmode=disable, prefer,
-    /// require, verify-ca or verify-full; sslrootcert=FILE).
+    /// The database: postgres://user@host:port/database (sslmode=disable, prefer, require,
+    /// verify-ca or verify-full; sslrootcert=FILE); the password from PGPASSWORD or ~/.pgpass.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
     /// Chunk interval of both hypertables, in PostgreSQL's interval syntax ('1 day', '6 hours').
@@ -83,7 +87,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn database_url(given: Option<String>) -> anyhow::Result<String> {
     given.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
         anyhow::anyhow!(
-            "no database given: use --database-url postgres://user:password@host:port/database or set DATABASE_URL"
+            "no database given: use --database-url postgres://user@host:port/database or set DATABASE_URL (the password from PGPASSWORD or ~/.pgpass)"
         )
     })
 }

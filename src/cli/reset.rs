@@ -32,11 +32,12 @@ pub struct ResetArgs {
     pub database_url: Option<String>,
 }
 
-const TABLES: [&str; 4] = [
+const TABLES: [&str; 5] = [
     "kraken_orderbook_messages",
     "kraken_orderbook_entries",
     "kraken_book_states",
     "kraken_feed_events",
+    "krakenbook_connections",
 ];
 
 /// Runs `krakenbook reset`.

@@ -26,7 +26,9 @@ mod import;
 mod pipeline;
 
 pub use import::{ImportError, ImportReport, import};
-pub use pipeline::{DbPipeline, PipelineConfig, PipelineError};
+pub use pipeline::{
+    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, Preflight, preflight,
+};
 
 /// Which symbols to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct DatabaseConfig {
     pub batch: crate::store::BatchConfig,
     /// Chunk interval for new hypertables.
     pub chunk_interval: Option<String>,
+    /// How long the database may be unreachable before `/health` says so.
+    pub unhealthy_after: Duration,
 }
 
 /// What a finished run did.
@@ -102,7 +106,15 @@ pub enum CollectError {
     /// Nothing to record.
     #[error("no symbols to record: give --symbols BTC/USD,... or --all")]
     NoSymbols,
+    /// The database refused this collector at start-up (credentials, rights, another writer,
+    /// another journal): the collector does not start rather than record what it cannot store.
+    #[error(transparent)]
+    Database(#[from] PipelineError),
 }
+
+/// How long the start-up check waits for the database before the collector starts journaling
+/// alone.
+const PREFLIGHT_WAIT: Duration = Duration::from_secs(15);
 
 /// Runs the collector until `cancel`, then shuts down gracefully.
 pub async fn run(
@@ -156,19 +168,44 @@ pub async fn run(
         "journal: open"
     );
 
+    let journal_instance = match &config.database {
+        Some(_) => Some(crate::journal::instance(&config.journal.dir)?),
+        None => None,
+    };
+    let pipeline_config = config.database.as_ref().map(|db| PipelineConfig {
+        batch: db.batch,
+        chunk_interval: db.chunk_interval.clone(),
+        journal_instance: journal_instance.clone(),
+        unhealthy_after: db.unhealthy_after,
+        ..PipelineConfig::new(&config.journal.dir, collector.clone(), db.url.clone())
+    });
+    if let Some(pconfig) = &pipeline_config {
+        // Refusals (credentials, rights, another writer of this identity, another journal) stop
+        // the collector before it records anything it could not store; a database that does not
+        // answer only delays the pipeline: the journal records alone until it returns.
+        let journal_end = recovery.next_seq.saturating_sub(1);
+        match preflight(pconfig, journal_end, PREFLIGHT_WAIT).await {
+            Ok(Preflight::Ready { checkpoint }) => {
+                tracing::info!(database = %crate::store::redact(&pconfig.database_url), %collector, checkpoint = ?checkpoint, "database: ready");
+            }
+            Ok(Preflight::Unreachable { reason }) => {
+                tracing::warn!(%reason, "database: unreachable at start; journaling alone, the pipeline keeps trying");
+            }
+            Err(e) => {
+                journal_cancel.cancel();
+                let _ = journal.join().await;
+                return Err(CollectError::Database(e));
+            }
+        }
+    }
     let (done_tx, done_rx) = tokio::sync::watch::channel(None::<u64>);
     let pipeline_cancel = CancellationToken::new();
-    let pipeline_task = config.database.as_ref().map(|db| {
-        tracing::info!(database = %crate::store::redact(&db.url), %collector, "database: writing through the journal");
+    let pipeline_task = pipeline_config.map(|pconfig| {
+        tracing::info!(database = %crate::store::redact(&pconfig.database_url), %collector, "database: writing through the journal");
         let pipeline = DbPipeline::new(
-            PipelineConfig {
-                journal_dir: config.journal.dir.clone(),
-                collector: collector.clone(),
-                database_url: db.url.clone(),
-                batch: db.batch,
-                chunk_interval: db.chunk_interval.clone(),
-            },
+            pconfig,
             journal.flushed.clone(),
+            Some(journal.syncer()),
             Arc::clone(&metrics),
         )
         .publish_checkpoints(checkpoint_tx);

@@ -3,76 +3,256 @@
 //!
 //! ```text
 //! journal files ──► reader thread ──(bounded channel)──► batcher ──► store::Writer ──► TimescaleDB
+//!                   (records and damage, in seq order)               (commits after the journal's sync)
 //! ```
 //!
 //! What must hold:
-//! - the database is a pure function of the journal: records are read in `seq` order from the
+//! - the database is a pure function of the journal: items are read in `seq` order from the
 //!   checkpoint the database itself holds, and the writer commits each batch together with its new
 //!   checkpoint, so restarts and outages never skip or repeat a record;
-//! - the feed never waits for the database: while the database is unreachable the writer retries
-//!   with backoff, the reader blocks on its bounded channel, and the journal grows on disk (the lag
-//!   metrics show how far behind the database is); when it returns, the pipeline catches up;
-//! - a failure that retrying cannot fix is logged, marks the collector unhealthy, and the pipeline
-//!   starts over from the checkpoint after a pause, without touching the feed.
+//! - the database never holds a record the journal could lose: the reader follows the journal's
+//!   *flushed* position (to encode early), but no batch commits before [`Syncer::sync_through`]
+//!   its last record (a power cut after the commit finds every committed record on disk, so the
+//!   journal never renumbers a seq the database holds). A closed journal (`import`) has every
+//!   segment fsynced before it is read;
+//! - damage never stops or hides: records the journal reader finds missing (corrupt bytes, a
+//!   missing or truncated segment) come as [`Item::Damage`], are logged once, counted
+//!   (`damaged_seqs`), stored as a `journal_damage` event row in seq order, and the checkpoint
+//!   moves past them; a torn tail or expired segments are logged at info and only moved past.
+//!   Where the reader returns an error or stalls in front of a hole instead (a missing segment
+//!   found by seq continuity, corruption in a closed segment), the pipeline turns it into damage
+//!   itself and goes on from the next segment;
+//! - no record can stop the pipeline: the writer splits a batch the server refuses because of a
+//!   record, and stores that record raw (see `store::writer`);
+//! - environment errors (authentication, permission, a missing column, a timeout, another writer
+//!   of this collector, a journal that is not the database's) are never split and never spin:
+//!   the pipeline pauses with a backoff growing to `retry_max`, `/health` says why at once, and
+//!   the log says so once per episode (see `store::health`). An unreachable database sets
+//!   `db_up` 0 at once and `/health` 503 once it has been down for `unhealthy_after`;
+//! - the feed never waits for the database: while it is down the reader blocks on its bounded
+//!   channel and the journal grows on disk; when it returns, the pipeline catches up.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{JournalError, JournalReader, encoded_len};
-use crate::metrics::{HealthSource, Metrics, StoreProgress};
-use crate::record::Record;
-use crate::store::{
-    BatchConfig, Batcher, MigrateOptions, StoreError, Writer, WriterConfig, migrate,
+use crate::journal::{
+    Damage, DamageKind, Item, JournalError, JournalReader, Syncer, encoded_len, list_segments,
 };
+use crate::metrics::{HealthSource, Metrics, StoreProgress};
+use crate::store::health::{DbHealth, HealthPolicy, LogLine};
+use crate::store::{
+    BatchConfig, BatchReport, Batcher, ErrorClass, JournalBinding, MigrateOptions, RetryPolicy,
+    StoreError, Writer, WriterConfig, migrate,
+};
+use crate::text::printable;
 use crate::time::Timestamp;
 
-/// Where the pipeline reads and writes.
+/// Where the pipeline reads and writes, and how it reacts to failures.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     /// The journal directory.
     pub journal_dir: PathBuf,
     /// The journal's collector identity (the database key of its records and checkpoint).
     pub collector: String,
+    /// The journal's instance id (`journal::instance`), checked against the one recorded beside
+    /// the database's checkpoint (`None`: not checked).
+    pub journal_instance: Option<String>,
     /// The database URL.
     pub database_url: String,
     /// Batching by count and delay.
     pub batch: BatchConfig,
     /// Chunk interval for new hypertables (`None`: the default).
     pub chunk_interval: Option<String>,
+    /// How long the database may be unreachable before `/health` says so (default 30 s).
+    pub unhealthy_after: Duration,
+    /// The pause after the first failure of an outage (default 500 ms), doubling per failure.
+    pub retry_initial: Duration,
+    /// The longest pause between attempts (default 60 s; 5 s while merely unreachable).
+    pub retry_max: Duration,
+    /// While an outage lasts, log it at most once per this long (default 5 minutes).
+    pub log_every: Duration,
 }
 
-/// Why the pipeline stopped (only ever returned when stopping was asked for or when the journal
-/// itself cannot be read).
+impl PipelineConfig {
+    /// A configuration with the defaults: batches of [`BatchConfig::default`], `/health` 503
+    /// after 30 s unreachable, pauses from 500 ms to 60 s, a reminder every 5 minutes.
+    pub fn new(
+        journal_dir: impl Into<PathBuf>,
+        collector: impl Into<String>,
+        database_url: impl Into<String>,
+    ) -> PipelineConfig {
+        let policy = HealthPolicy::default();
+        PipelineConfig {
+            journal_dir: journal_dir.into(),
+            collector: collector.into(),
+            journal_instance: None,
+            database_url: database_url.into(),
+            batch: BatchConfig::default(),
+            chunk_interval: None,
+            unhealthy_after: policy.unhealthy_after,
+            retry_initial: policy.retry_initial,
+            retry_max: policy.retry_max,
+            log_every: policy.log_every,
+        }
+    }
+
+    fn health_policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            unhealthy_after: self.unhealthy_after,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+            log_every: self.log_every,
+        }
+    }
+
+    fn writer_config(&self, journal_last_seq: u64) -> WriterConfig {
+        WriterConfig {
+            retry: RetryPolicy::once(),
+            journal: self
+                .journal_instance
+                .as_ref()
+                .map(|instance| JournalBinding {
+                    instance: instance.clone(),
+                    dir: self.journal_dir.display().to_string(),
+                    last_seq: journal_last_seq,
+                }),
+            ..WriterConfig::new(self.collector.clone())
+        }
+    }
+}
+
+/// Why the pipeline stopped, or why it cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The journal could not be read.
-    #[error(transparent)]
+    #[error("cannot read the journal: {0}")]
     Journal(#[from] JournalError),
     /// The database failed in a way retrying did not fix.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("{source}{}", fix_suffix(source))]
+    Store {
+        /// The store's error.
+        #[from]
+        source: StoreError,
+    },
+    /// A journal-reading thread stopped unexpectedly.
+    #[error("the journal reader stopped: {0}")]
+    Reader(String),
 }
+
+fn fix_suffix(e: &StoreError) -> String {
+    e.fix().map(|f| format!("; {f}")).unwrap_or_default()
+}
+
+impl PipelineError {
+    /// What the error calls for: database errors by their class; journal errors are the
+    /// environment's (nothing in the database changes them).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::Store { source } => source.class(),
+            PipelineError::Journal(_) | PipelineError::Reader(_) => ErrorClass::Environment,
+        }
+    }
+}
+
+/// What the start-up check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Preflight {
+    /// Connected, migrated, this collector's lock free and the journal the database's: the
+    /// database's checkpoint (`None`: nothing stored yet).
+    Ready {
+        /// The seq of the last record the database holds for the collector.
+        checkpoint: Option<u64>,
+    },
+    /// The database did not answer within the time allowed (or refused connections for a
+    /// reason that can pass): the journal goes on alone and the pipeline keeps trying.
+    Unreachable {
+        /// Why, password redacted.
+        reason: String,
+    },
+}
+
+/// The start-up check the collector runs before it starts the feed: connects (waiting at most
+/// `timeout`), migrates, takes and releases the collector's writer lock, and checks the journal
+/// (`config.journal_instance`, `journal_last_seq`) against the database's checkpoint.
+///
+/// An environment error (authentication, a missing database, permission, another process writing
+/// this collector, a journal that is not the database's) is `Err`, with a one-line message
+/// saying how to fix it: the collector should exit non-zero. A database that does not answer is
+/// `Ok(Preflight::Unreachable)`.
+pub async fn preflight(
+    config: &PipelineConfig,
+    journal_last_seq: u64,
+    timeout: Duration,
+) -> Result<Preflight, PipelineError> {
+    let check = async {
+        let client = crate::store::connect(&config.database_url, "krakenbook-migrate").await?;
+        migrate(
+            &client,
+            &MigrateOptions {
+                chunk_interval: config.chunk_interval.clone(),
+            },
+        )
+        .await?;
+        drop(client);
+        let mut writer =
+            Writer::connect(&config.database_url, config.writer_config(journal_last_seq)).await?;
+        let checkpoint = writer.checkpoint().await?;
+        writer.disconnect();
+        Ok::<_, StoreError>(checkpoint)
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Err(_) => Ok(Preflight::Unreachable {
+            reason: format!(
+                "{} did not answer within {timeout:?}",
+                crate::store::redact(&config.database_url)
+            ),
+        }),
+        Ok(Ok(checkpoint)) => Ok(Preflight::Ready { checkpoint }),
+        Ok(Err(e)) if e.class() == ErrorClass::Transient => Ok(Preflight::Unreachable {
+            reason: printable(&e.to_string()).into_owned(),
+        }),
+        Ok(Err(e)) => Err(PipelineError::from(e)),
+    }
+}
+
+/// Damage found by a pipeline, kept for its report (the first [`DAMAGE_KEPT`] ranges).
+pub type DamageLog = Arc<Mutex<Vec<Damage>>>;
+
+/// How many damage ranges a pipeline keeps for its report (all are logged and stored).
+pub const DAMAGE_KEPT: usize = 1000;
 
 /// The journal-to-database pipeline.
 #[derive(Debug)]
 pub struct DbPipeline {
     config: PipelineConfig,
     flushed: watch::Receiver<u64>,
+    syncer: Option<Syncer>,
     progress: Arc<StoreProgress>,
     metrics: Arc<Metrics>,
     checkpoints: Option<watch::Sender<u64>>,
+    damage: DamageLog,
+    /// When records stored raw were last logged, and how many since.
+    raw_logged: Mutex<(Option<Instant>, u64)>,
 }
 
+/// Records stored raw are logged at most this often (a peer can send such frames on purpose).
+const RAW_LOG_EVERY: Duration = Duration::from_secs(60);
+
 impl DbPipeline {
-    /// A pipeline following the journal whose flushed `seq` is published on `flushed`.
+    /// A pipeline following the journal whose flushed `seq` is published on `flushed`, committing
+    /// only what `syncer` has synced to disk (`None`: a closed journal whose segments were synced
+    /// before it is read, as `import` does).
     pub fn new(
         config: PipelineConfig,
         flushed: watch::Receiver<u64>,
+        syncer: Option<Syncer>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let progress = Arc::new(StoreProgress::default());
@@ -80,9 +260,12 @@ impl DbPipeline {
         DbPipeline {
             config,
             flushed,
+            syncer,
             progress,
             metrics,
             checkpoints: None,
+            damage: Arc::default(),
+            raw_logged: Mutex::new((None, 0)),
         }
     }
 
@@ -97,145 +280,369 @@ impl DbPipeline {
         Arc::clone(&self.progress)
     }
 
+    /// The records found missing from the journal so far (lost ones only).
+    pub fn damage(&self) -> DamageLog {
+        Arc::clone(&self.damage)
+    }
+
     /// Runs until `cancel`; when `done` says the journal closed at a `seq`, returns as soon as
-    /// that `seq` is committed.
+    /// that `seq` is committed. Never gives up: every failure pauses and is tried again.
     pub async fn run(self, cancel: CancellationToken, done: watch::Receiver<Option<u64>>) {
-        let mut attempt = 0u32;
-        loop {
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => return,
-                outcome = self.attempt(done.clone()) => outcome,
-            };
-            match outcome {
-                Ok(()) => return,
-                Err(e) => {
-                    attempt = attempt.saturating_add(1);
-                    let pause = Duration::from_secs(u64::from(attempt.min(6)) * 5);
-                    self.progress.up.store(0, Ordering::Relaxed);
-                    self.metrics.set_problem(
-                        HealthSource::Database,
-                        Some(format!("database pipeline: {e}")),
-                    );
-                    tracing::error!(error = %e, retry_in = ?pause, "database pipeline failed; the journal keeps every frame, starting over from the checkpoint");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
+        if let Err(e) = self.drive(&cancel, done, true).await {
+            // Only a bug gets here (the persistent mode returns no error): say so and stop.
+            tracing::error!(error = %e, "database pipeline stopped");
         }
     }
 
-    /// One pass: connect, migrate, read the checkpoint, then follow the journal.
-    pub(crate) async fn attempt(
+    /// Runs until `done`'s seq is committed, for a closed journal: transient failures are tried
+    /// again, any other failure is returned.
+    pub(crate) async fn run_to_end(
         &self,
-        mut done: watch::Receiver<Option<u64>>,
+        cancel: &CancellationToken,
+        done: watch::Receiver<Option<u64>>,
     ) -> Result<(), PipelineError> {
-        let mut writer = self.connect().await?;
-        let checkpoint = writer.checkpoint().await?.unwrap_or(0);
-        self.progress
-            .checkpoint_seq
-            .store(checkpoint, Ordering::Relaxed);
-        self.progress
-            .started_seq
-            .store(checkpoint, Ordering::Relaxed);
-        self.progress.up.store(1, Ordering::Release);
-        if let Some(tx) = &self.checkpoints {
-            tx.send_replace(checkpoint);
-        }
-        self.metrics.set_problem(HealthSource::Database, None);
-        tracing::info!(collector = %self.config.collector, checkpoint, "database: following the journal");
+        self.drive(cancel, done, false).await
+    }
 
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<Record>, JournalError>>(4);
-        let stop = CancellationToken::new();
-        let _stop_reader = stop.clone().drop_guard();
-        spawn_reader(
-            self.config.journal_dir.clone(),
-            checkpoint,
-            self.flushed.clone(),
-            tx,
-            stop.clone(),
-        )?;
-
+    async fn drive(
+        &self,
+        cancel: &CancellationToken,
+        mut done: watch::Receiver<Option<u64>>,
+        persistent: bool,
+    ) -> Result<(), PipelineError> {
+        let mut health = DbHealth::new(self.config.health_policy());
+        let journal_end = *self.flushed.borrow();
+        let mut writer = match Writer::new(
+            &self.config.database_url,
+            self.config.writer_config(journal_end),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                // A URL that cannot be used never becomes usable: say so and wait to be stopped.
+                let e = PipelineError::from(e);
+                if !persistent {
+                    return Err(e);
+                }
+                self.failed(&mut health, &e);
+                cancel.cancelled().await;
+                return Ok(());
+            }
+        };
+        let mut syncer = self.syncer.clone();
+        let closed_end = (!persistent).then_some(journal_end);
+        let mut reader: Option<ReaderHandle> = None;
         let mut batcher = Batcher::new(self.config.batch);
-        let mut committed = checkpoint;
+        let mut pending: VecDeque<Item> = VecDeque::new();
+        let mut committed: Option<u64> = None;
+        let mut migrated = false;
+        let mut damage_noted = 0u64;
         loop {
-            if let Some(last) = *done.borrow()
-                && committed >= last
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            // Connected, and the reader following the journal from the database's checkpoint.
+            if !writer.is_connected() || reader.is_none() {
+                let journal_end = *self.flushed.borrow();
+                writer.set_journal_end(journal_end);
+                let connected = guarded(
+                    &health,
+                    &self.metrics,
+                    cancel,
+                    self.connect(&mut writer, &mut migrated),
+                )
+                .await;
+                let checkpoint = match connected {
+                    None => return Ok(()),
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        if self.pause_after(&mut health, e, persistent, cancel).await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                };
+                if committed != Some(checkpoint) || reader.is_none() {
+                    // First start, or the database is not where we left it (a commit whose
+                    // outcome was unknown went through, or the database was reset): follow the
+                    // journal from what the database holds.
+                    reader = None;
+                    batcher.clear();
+                    pending.clear();
+                    let spawned = spawn_reader(
+                        self.config.journal_dir.clone(),
+                        checkpoint,
+                        self.flushed.clone(),
+                        closed_end,
+                    );
+                    match spawned {
+                        Ok(r) => reader = Some(r),
+                        Err(e) => {
+                            if self
+                                .pause_after(&mut health, e.into(), persistent, cancel)
+                                .await?
+                            {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
+                    committed = Some(checkpoint);
+                    self.progress
+                        .checkpoint_seq
+                        .store(checkpoint, Ordering::Relaxed);
+                    self.progress
+                        .started_seq
+                        .store(checkpoint, Ordering::Relaxed);
+                    if let Some(tx) = &self.checkpoints {
+                        tx.send_replace(checkpoint);
+                    }
+                    tracing::info!(collector = %self.config.collector, checkpoint, "database: following the journal");
+                }
+                // Not healthy yet: only a commit says the database takes our rows (a missing
+                // column, for one, shows only when rows are sent).
+            }
+            let Some(rd) = reader.as_mut() else {
+                continue;
+            };
+
+            let done_at = *done.borrow();
+            if let Some(last) = done_at
+                && committed.is_some_and(|c| c >= last)
                 && batcher.is_empty()
+                && pending.is_empty()
             {
                 return Ok(());
             }
-            let flush = tokio::select! {
-                biased;
-                records = rx.recv() => match records {
-                    Some(Ok(records)) => {
-                        for record in records {
-                            if batcher.push(record) {
-                                self.flush(&mut writer, &mut batcher, &mut committed).await?;
+            while !batcher.is_full()
+                && let Some(item) = pending.pop_front()
+            {
+                batcher.push(item);
+            }
+            let closing = done_at.is_some();
+            let flush_now = batcher.is_full() || (closing && !batcher.is_empty());
+            if !flush_now {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    msg = rd.rx.recv(), if pending.is_empty() => {
+                        match msg {
+                            Some(Ok(items)) => {
+                                for item in &items {
+                                    self.note(item, &mut damage_noted);
+                                }
+                                pending.extend(items);
+                                continue;
+                            }
+                            Some(Err(e)) => {
+                                reader = None;
+                                if self.pause_after(&mut health, e.into(), persistent, cancel).await? {
+                                    return Ok(());
+                                }
+                                continue;
+                            }
+                            None => {
+                                reader = None;
+                                let e = PipelineError::Reader("its thread ended".into());
+                                if self.pause_after(&mut health, e, persistent, cancel).await? {
+                                    return Ok(());
+                                }
+                                continue;
                             }
                         }
-                        batcher.is_full()
                     }
-                    Some(Err(e)) => return Err(e.into()),
-                    None => true,
-                },
-                _ = batcher.due(Timestamp::now()) => true,
-                changed = done.changed() => {
-                    if changed.is_err() {
-                        // The collector is gone: write what is waiting and stop.
-                        return self.flush(&mut writer, &mut batcher, &mut committed).await;
+                    _ = batcher.due(Timestamp::now()) => {}
+                    changed = done.changed() => {
+                        if changed.is_err() {
+                            // The collector is gone: write what is waiting, then stop.
+                            if let Err(e) = self.flush(&mut writer, &mut batcher, syncer.as_mut()).await {
+                                tracing::warn!(error = %printable(&e.to_string()), "database: the last batch was not written; the journal keeps it for the next start");
+                            }
+                            return Ok(());
+                        }
+                        continue;
                     }
-                    // Flush at once so that shutdown does not wait for the batch delay.
-                    !batcher.is_empty()
                 }
-            };
-            if flush {
-                self.flush(&mut writer, &mut batcher, &mut committed)
-                    .await?;
+            }
+            if batcher.is_empty() {
+                continue;
+            }
+            let flushed = guarded(
+                &health,
+                &self.metrics,
+                cancel,
+                self.flush(&mut writer, &mut batcher, syncer.as_mut()),
+            )
+            .await;
+            match flushed {
+                None => return Ok(()),
+                Some(Ok(Some(report))) => {
+                    committed = Some(report.last_seq);
+                    self.healthy(&mut health);
+                }
+                Some(Ok(None)) => {}
+                Some(Err(e)) => {
+                    // The batch stays; the writer dropped its connection and reconnects.
+                    if self.pause_after(&mut health, e, persistent, cancel).await? {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    async fn connect(&self) -> Result<Writer, PipelineError> {
-        let client = crate::store::connect(&self.config.database_url, "krakenbook-migrate").await?;
-        let options = MigrateOptions {
-            chunk_interval: self.config.chunk_interval.clone(),
+    /// Connects (migrating first, once), checks the lock and the journal, and reads the
+    /// checkpoint.
+    async fn connect(
+        &self,
+        writer: &mut Writer,
+        migrated: &mut bool,
+    ) -> Result<u64, PipelineError> {
+        if !*migrated {
+            let client =
+                crate::store::connect(&self.config.database_url, "krakenbook-migrate").await?;
+            let options = MigrateOptions {
+                chunk_interval: self.config.chunk_interval.clone(),
+            };
+            migrate(&client, &options).await?;
+            *migrated = true;
+        }
+        writer.ensure_connected().await?;
+        Ok(writer.checkpoint().await?.unwrap_or(0))
+    }
+
+    /// Logs damage once (the reader may deliver it again after a restart).
+    fn note(&self, item: &Item, noted: &mut u64) {
+        let Item::Damage(d) = item else {
+            return;
         };
-        migrate(&client, &options).await?;
-        drop(client);
-        Ok(Writer::connect(
-            &self.config.database_url,
-            WriterConfig::new(self.config.collector.clone()),
+        if d.last_seq <= *noted {
+            return;
+        }
+        *noted = d.last_seq;
+        let what = printable(&d.to_string()).into_owned();
+        if d.kind.is_loss() {
+            tracing::warn!(
+                collector = %self.config.collector,
+                first_seq = d.first_seq,
+                last_seq = d.last_seq,
+                "journal damage: {what}; recorded as a journal_damage event, going on with the next intact record"
+            );
+            let mut log = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() < DAMAGE_KEPT {
+                log.push(d.clone());
+            }
+        } else {
+            tracing::info!(
+                collector = %self.config.collector,
+                "journal: {what} (nothing that was written is lost); moving past it"
+            );
+        }
+    }
+
+    /// Records a failure: `db_up` 0 at once, `/health` and the log as the outage policy says.
+    /// Returns the pause to wait.
+    fn failed(&self, health: &mut DbHealth, e: &PipelineError) -> Duration {
+        self.progress.up.store(0, Ordering::Relaxed);
+        self.progress.retries.fetch_add(1, Ordering::Relaxed);
+        let class = e.class();
+        let text = printable(&e.to_string()).into_owned();
+        let v = health.failed(Instant::now(), class, &text);
+        self.metrics
+            .set_problem(HealthSource::Database, v.problem.clone());
+        let database = crate::store::redact(&self.config.database_url);
+        match (v.log, class) {
+            (None, _) => {}
+            (Some(LogLine::Still), _) => tracing::warn!(
+                %database,
+                failures = v.failures,
+                down_for = ?v.down_for,
+                "database: still failing: {text}; the journal keeps every frame"
+            ),
+            (Some(_), ErrorClass::Transient) => tracing::warn!(
+                %database,
+                retry_in = ?v.pause,
+                "database unreachable: {text}; the journal keeps every frame, retrying with backoff"
+            ),
+            (Some(_), _) => tracing::error!(
+                %database,
+                class = class.as_str(),
+                retry_in = ?v.pause,
+                "database refuses the pipeline: {text}; the journal keeps every frame, retrying with backoff up to {:?}",
+                self.config.retry_max
+            ),
+        }
+        v.pause
+    }
+
+    /// After a failure: records it and waits the pause (or returns the error, for a closed
+    /// journal, unless it is transient). `Ok(true)`: cancelled while waiting.
+    async fn pause_after(
+        &self,
+        health: &mut DbHealth,
+        e: PipelineError,
+        persistent: bool,
+        cancel: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        if !persistent && e.class() != ErrorClass::Transient {
+            self.progress.up.store(0, Ordering::Relaxed);
+            return Err(e);
+        }
+        let pause = self.failed(health, &e);
+        Ok(
+            guarded(health, &self.metrics, cancel, tokio::time::sleep(pause))
+                .await
+                .is_none(),
         )
-        .await?)
+    }
+
+    /// A success: the outage, if any, is over.
+    fn healthy(&self, health: &mut DbHealth) {
+        self.progress.up.store(1, Ordering::Release);
+        if let Some(r) = health.recovered(Instant::now()) {
+            self.metrics.set_problem(HealthSource::Database, None);
+            tracing::info!(
+                down_for = ?r.down_for,
+                failures = r.failures,
+                "database: back; catching up with the journal"
+            );
+        }
     }
 
     async fn flush(
         &self,
         writer: &mut Writer,
         batcher: &mut Batcher,
-        committed: &mut u64,
-    ) -> Result<(), PipelineError> {
-        let Some(last) = batcher.records().last() else {
-            return Ok(());
-        };
-        let last_received = last.received_at;
-        let received: Vec<Timestamp> = batcher.records().iter().map(|r| r.received_at).collect();
+        syncer: Option<&mut Syncer>,
+    ) -> Result<Option<BatchReport>, PipelineError> {
+        let items = batcher.items();
+        let last_received = items.iter().rev().find_map(|i| match i {
+            Item::Record(r) => Some(r.received_at),
+            Item::Damage(_) => None,
+        });
+        let received: Vec<Timestamp> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Record(r) => Some(r.received_at),
+                Item::Damage(_) => None,
+            })
+            .collect();
         // Journal bytes now in the database, counted like the journal counts its own: only the
         // records it appended since it was opened (the lag in bytes is the difference). Records
         // come in seq order, so those from before the open (a backlog, at start) lead the batch.
         let opened = self.metrics.journal_opened_seq();
-        let backlog_bytes: u64 = batcher
-            .records()
+        let backlog_bytes: u64 = items
             .iter()
+            .filter_map(|i| match i {
+                Item::Record(r) => Some(r),
+                Item::Damage(_) => None,
+            })
             .take_while(|r| r.seq <= opened)
             .map(encoded_len)
             .sum();
-        let appended_bytes = batcher.bytes() - backlog_bytes;
+        let appended_bytes = batcher.bytes().saturating_sub(backlog_bytes);
         let started = Timestamp::now();
-        let Some(report) = batcher.flush(writer).await? else {
-            return Ok(());
+        let Some(report) = batcher.flush(writer, syncer).await? else {
+            return Ok(None);
         };
         let p = &self.progress;
         let committed_at = Timestamp::now();
@@ -244,24 +651,70 @@ impl DbPipeline {
         for at in received {
             p.commit_latency.observe_ns(committed_at.nanos_since(at));
         }
-        p.messages
-            .fetch_add(report.rows.messages, Ordering::Relaxed);
-        p.entries.fetch_add(report.rows.entries, Ordering::Relaxed);
-        p.events.fetch_add(report.rows.events, Ordering::Relaxed);
-        p.retries.fetch_add(
-            u64::from(report.attempts.saturating_sub(1)),
-            Ordering::Relaxed,
-        );
+        let rows = report.rows;
+        p.messages.fetch_add(rows.messages, Ordering::Relaxed);
+        p.entries.fetch_add(rows.entries, Ordering::Relaxed);
+        p.events.fetch_add(rows.events, Ordering::Relaxed);
+        p.damaged_seqs
+            .fetch_add(rows.damaged_seqs, Ordering::Relaxed);
+        p.stored_raw.fetch_add(rows.stored_raw, Ordering::Relaxed);
+        p.not_stored.fetch_add(rows.not_stored, Ordering::Relaxed);
         p.bytes.fetch_add(appended_bytes, Ordering::Relaxed);
-        p.checkpoint_received_ns
-            .store(last_received.unix_nanos(), Ordering::Relaxed);
+        if rows.stored_raw + rows.not_stored > 0 {
+            let mut logged = self.raw_logged.lock().unwrap_or_else(|p| p.into_inner());
+            logged.1 += rows.stored_raw + rows.not_stored;
+            let now = Instant::now();
+            if logged
+                .0
+                .is_none_or(|at| now.saturating_duration_since(at) >= RAW_LOG_EVERY)
+            {
+                tracing::warn!(
+                    records = logged.1,
+                    last_seq = report.last_seq,
+                    "database: records whose structured form the database cannot hold were stored raw or stood for by an event (see the stored_raw and not_stored rows of kraken_feed_events; said at most once a minute)"
+                );
+                *logged = (Some(now), 0);
+            }
+        }
+        if let Some(at) = last_received {
+            p.checkpoint_received_ns
+                .store(at.unix_nanos(), Ordering::Relaxed);
+        }
         p.checkpoint_seq.store(report.last_seq, Ordering::Release);
         p.up.store(1, Ordering::Relaxed);
         if let Some(tx) = &self.checkpoints {
             tx.send_replace(report.last_seq);
         }
-        *committed = report.last_seq;
-        Ok(())
+        Ok(Some(report))
+    }
+}
+
+/// Runs `work` until it completes (`Some`), or `cancel` (`None`), keeping `/health` current
+/// meanwhile: an outage crosses its unhealthy threshold on time even while an attempt hangs.
+async fn guarded<F: std::future::Future>(
+    health: &DbHealth,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    loop {
+        let next = health.next_change(Instant::now());
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return None,
+            out = &mut work => return Some(out),
+            _ = sleep_until(next) => {
+                metrics.set_problem(HealthSource::Database, health.problem(Instant::now()));
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -270,78 +723,308 @@ const READ_CHUNK: usize = 512;
 /// Journal bytes per message from the reader thread to the writer (at most).
 const READ_CHUNK_BYTES: u64 = 256 << 10;
 
-/// Reads the journal after `after` on a thread of its own (file reads block), sending records
-/// until `stop`; waits for `flushed` to move when it has read everything written.
+/// The reader thread's channel; the thread stops when this is dropped.
+struct ReaderHandle {
+    rx: mpsc::Receiver<Result<Vec<Item>, JournalError>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Reads the journal after `after` on a thread of its own (file reads block), sending items
+/// until stopped. A live journal (`closed_end` `None`) is waited on when everything written has
+/// been read; a closed one ends at `closed_end`, and whatever the reader cannot reach before it is
+/// damage.
 fn spawn_reader(
     dir: PathBuf,
     after: u64,
-    mut flushed: watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<Vec<Record>, JournalError>>,
-    stop: CancellationToken,
-) -> Result<(), JournalError> {
-    let mut reader = JournalReader::open(&dir, after)?;
+    flushed: watch::Receiver<u64>,
+    closed_end: Option<u64>,
+) -> Result<ReaderHandle, JournalError> {
+    let reader = JournalReader::open(&dir, after)?;
+    let (tx, rx) = mpsc::channel(4);
+    let stop = CancellationToken::new();
     let handle = tokio::runtime::Handle::current();
+    let mut follower = Follower {
+        dir,
+        reader,
+        flushed,
+        closed_end,
+        tx,
+        stop: stop.clone(),
+        handle,
+        chunk: Vec::with_capacity(READ_CHUNK),
+        chunk_bytes: 0,
+        last_received: None,
+        suspect_hole: None,
+    };
     std::thread::Builder::new()
         .name("journal-reader".into())
-        .spawn(move || {
-            // Records travel in chunks: one channel message (and one wake-up of the writer) per
-            // read of the journal rather than per record.
-            let mut chunk = Vec::with_capacity(READ_CHUNK);
-            let mut chunk_bytes = 0u64;
-            loop {
-                if stop.is_cancelled() {
-                    return;
+        .spawn(move || follower.run())
+        .map_err(|e| JournalError::Thread(e.to_string()))?;
+    Ok(ReaderHandle {
+        rx,
+        _stop: stop.drop_guard(),
+    })
+}
+
+/// The reader thread's state.
+struct Follower {
+    dir: PathBuf,
+    reader: JournalReader,
+    flushed: watch::Receiver<u64>,
+    closed_end: Option<u64>,
+    tx: mpsc::Sender<Result<Vec<Item>, JournalError>>,
+    stop: CancellationToken,
+    handle: tokio::runtime::Handle,
+    chunk: Vec<Item>,
+    chunk_bytes: u64,
+    /// Receive time of the last record read (the `before` of damage found after it).
+    last_received: Option<Timestamp>,
+    /// A hole seen once at this position: confirmed if a second read finds nothing more.
+    suspect_hole: Option<u64>,
+}
+
+impl Follower {
+    fn run(&mut self) {
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let next = self.reader.next_owned();
+            if !matches!(next, Ok(Some(_))) && !self.send_chunk() {
+                return;
+            }
+            let keep_going = match next {
+                Ok(Some(item)) => {
+                    self.suspect_hole = None;
+                    self.push(item)
                 }
-                let next = reader.next_record();
-                if !matches!(next, Ok(Some(_))) && !chunk.is_empty() {
-                    chunk_bytes = 0;
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
-                    if tx.blocking_send(Ok(full)).is_err() {
-                        return;
-                    }
-                }
-                match next {
-                    Ok(Some(record)) => {
-                        chunk_bytes += encoded_len(&record);
-                        chunk.push(record);
-                        if chunk.len() >= READ_CHUNK || chunk_bytes >= READ_CHUNK_BYTES {
-                            chunk_bytes = 0;
-                            let full =
-                                std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
-                            if tx.blocking_send(Ok(full)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        flushed.mark_unchanged();
-                        let seen = reader.position();
-                        if *flushed.borrow() > seen {
-                            // Written after our read returned: read again, without spinning hot.
-                            std::thread::sleep(Duration::from_millis(1));
-                            continue;
-                        }
-                        handle.block_on(async {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                changed = flushed.changed() => {
-                                    if changed.is_err() {
-                                        // The journal has closed: nothing more will come; wait
-                                        // to be stopped rather than poll the files in a loop.
-                                        stop.cancelled().await;
-                                    }
-                                }
-                                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                            }
-                        });
+                Ok(None) => self.caught_up(),
+                Err(JournalError::Corrupt { path, offset, .. }) => self.skip_corrupt(path, offset),
+                Err(e) => self.failed(e),
+            };
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    /// A reader error: a reader that stops in front of a hole in the seqs (no segment holds the
+    /// next seq, a later one exists) is moved past it, reported as missing; any other error goes
+    /// to the pipeline (which pauses and starts over from the database's checkpoint).
+    fn failed(&mut self, e: JournalError) -> bool {
+        let pos = self.reader.position();
+        if !matches!(e, JournalError::Io { .. })
+            && let Ok(Some((next, path))) = hole_after(&self.dir, pos)
+        {
+            return self.skip(DamageKind::MissingSegment, pos + 1, next - 1, path, 0, 0);
+        }
+        let _ = self.tx.blocking_send(Err(e));
+        false
+    }
+
+    /// Adds an item to the chunk, sending it when full. `false`: the pipeline is gone.
+    fn push(&mut self, item: Item) -> bool {
+        if let Item::Record(r) = &item {
+            self.last_received = Some(r.received_at);
+            self.chunk_bytes += encoded_len(r);
+        }
+        self.chunk.push(item);
+        if self.chunk.len() >= READ_CHUNK || self.chunk_bytes >= READ_CHUNK_BYTES {
+            return self.send_chunk();
+        }
+        true
+    }
+
+    /// Sends the chunk (if any). `false`: the pipeline is gone.
+    fn send_chunk(&mut self) -> bool {
+        if self.chunk.is_empty() {
+            return true;
+        }
+        self.chunk_bytes = 0;
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(READ_CHUNK));
+        self.tx.blocking_send(Ok(full)).is_ok()
+    }
+
+    /// Records `first..=last` as missing and goes on after them.
+    fn skip(
+        &mut self,
+        kind: DamageKind,
+        first: u64,
+        last: u64,
+        segment: PathBuf,
+        offset: u64,
+        bytes: u64,
+    ) -> bool {
+        let damage = Damage {
+            kind,
+            segment,
+            offset,
+            bytes,
+            first_seq: first,
+            last_seq: last,
+            before: self.last_received,
+            after: None,
+        };
+        if !self.push(Item::Damage(damage)) || !self.send_chunk() {
+            return false;
+        }
+        match JournalReader::open(&self.dir, last) {
+            Ok(r) => {
+                self.reader = r;
+                self.suspect_hole = None;
+                true
+            }
+            Err(e) => {
+                let _ = self.tx.blocking_send(Err(e));
+                false
+            }
+        }
+    }
+
+    /// A damaged closed segment the reader cannot resynchronize in: its records from the damage
+    /// on are missing, and reading goes on with the next segment.
+    fn skip_corrupt(&mut self, path: PathBuf, offset: u64) -> bool {
+        let pos = self.reader.position();
+        let next = match list_segments(&self.dir) {
+            Ok(segments) => segments.into_iter().find(|s| s.first_seq > pos),
+            Err(e) => {
+                let _ = self.tx.blocking_send(Err(e));
+                return false;
+            }
+        };
+        match next {
+            Some(seg) if seg.first_seq > pos + 1 => self.skip(
+                DamageKind::Corrupt,
+                pos + 1,
+                seg.first_seq - 1,
+                path,
+                offset,
+                0,
+            ),
+            Some(seg) => {
+                // Damage after the segment's last record: nothing missing.
+                tracing::warn!(segment = %path.display(), offset, "journal: damaged bytes after the last record of a closed segment; nothing is missing, going on");
+                match JournalReader::open(&self.dir, seg.first_seq - 1) {
+                    Ok(r) => {
+                        self.reader = r;
+                        true
                     }
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
+                        let _ = self.tx.blocking_send(Err(e));
+                        false
                     }
                 }
             }
+            None => {
+                // The damage is in the last segment: nothing can be read past it until the
+                // journal moves on to a new segment. Wait, and look again.
+                self.wait(Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Everything readable so far has been read: damage if the journal goes on past a hole (or,
+    /// closed, ends early), else wait for more.
+    fn caught_up(&mut self) -> bool {
+        let pos = self.reader.position();
+        match hole_after(&self.dir, pos) {
+            Ok(Some(next)) => {
+                if self.suspect_hole == Some(pos) {
+                    // A second read found nothing more: the records are not coming.
+                    return self.skip(
+                        DamageKind::MissingSegment,
+                        pos + 1,
+                        next.0 - 1,
+                        next.1,
+                        0,
+                        0,
+                    );
+                }
+                // The writer finishes a segment before it starts the next: read once more.
+                self.suspect_hole = Some(pos);
+                return true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = self.tx.blocking_send(Err(e));
+                return false;
+            }
+        }
+        if let Some(end) = self.closed_end {
+            if pos < end {
+                let segment = list_segments(&self.dir)
+                    .ok()
+                    .and_then(|s| s.into_iter().rev().find(|s| s.first_seq <= pos + 1))
+                    .map(|s| s.path)
+                    .unwrap_or_else(|| self.dir.clone());
+                if !self.skip(DamageKind::TruncatedSegment, pos + 1, end, segment, 0, 0) {
+                    return false;
+                }
+                return true;
+            }
+            // A closed journal read to its end: nothing more will come.
+            self.handle.block_on(self.stop.cancelled());
+            return false;
+        }
+        self.flushed.mark_unchanged();
+        if *self.flushed.borrow() > pos {
+            // Written after our read returned: read again, without spinning hot.
+            std::thread::sleep(Duration::from_millis(1));
+            return true;
+        }
+        self.wait(Duration::from_millis(250))
+    }
+
+    /// Waits for the journal to move (or `max`). `false`: stopped.
+    fn wait(&mut self, max: Duration) -> bool {
+        let stop = self.stop.clone();
+        let flushed = &mut self.flushed;
+        self.handle.block_on(async {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                changed = flushed.changed() => {
+                    if changed.is_err() {
+                        // The journal has closed: nothing more will come; wait to be stopped
+                        // rather than poll the files in a loop.
+                        stop.cancelled().await;
+                    }
+                }
+                _ = tokio::time::sleep(max) => {}
+            }
+        });
+        !self.stop.is_cancelled()
+    }
+}
+
+/// The first seq and path of the next segment when the journal goes on beyond `pos + 1` but no
+/// segment starts at `pos + 1` (the records in between are in no segment), else `None`.
+fn hole_after(dir: &Path, pos: u64) -> Result<Option<(u64, PathBuf)>, JournalError> {
+    let segments = list_segments(dir)?;
+    if segments.iter().any(|s| s.first_seq == pos + 1) {
+        return Ok(None);
+    }
+    Ok(segments
+        .into_iter()
+        .find(|s| s.first_seq > pos + 1)
+        .map(|s| (s.first_seq, s.path)))
+}
+
+/// Syncs every segment of the closed journal in `dir` (and the directory) to disk, so that the
+/// database never holds a record a later power cut could take from the journal (a collector
+/// killed without its final sync leaves its last writes in the page cache only).
+pub(crate) fn sync_closed_journal(dir: &Path) -> Result<(), JournalError> {
+    for segment in list_segments(dir)? {
+        std::fs::File::open(&segment.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| JournalError::Io {
+                path: segment.path.clone(),
+                source,
+            })?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| JournalError::Io {
+            path: dir.to_path_buf(),
+            source,
         })
-        .map_err(|e| JournalError::Thread(e.to_string()))?;
-    Ok(())
 }

@@ -130,7 +130,9 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use format::{FrameView, MAX_BODY, RecordView, SegmentHeader, encoded_len, max_records};
+pub use format::{
+    FrameView, HeaderParse, MAX_BODY, RecordView, SegmentHeader, encoded_len, max_records,
+};
 pub use reader::{Item, JournalReader, ReadItem, ReadMode};
 pub use recovery::Recovery;
 pub use segment::{SegmentFile, list_segments};

@@ -1,7 +1,8 @@
-//! Batching records for the writer: flush by count or by size, or when the oldest waiting record
-//! was received long enough ago.
+//! Batching journal items for the writer: flush by count or by size, or when the oldest waiting
+//! record was received long enough ago.
 //!
-//! The journal-tailing task pushes records into a [`Batcher`] and `select!`s on
+//! The journal-tailing task pushes items (records, and damage: records found missing) into a
+//! [`Batcher`] and `select!`s on
 //! [`Batcher::due`]; it flushes when [`Batcher::push`] says the batch is full or when `due`
 //! fires. What must always hold: a batch holds at most `max_records` records and about
 //! `max_bytes` journal bytes; its flush begins at most `max_delay` after its oldest record was
@@ -17,8 +18,7 @@ use std::time::Duration;
 
 use super::StoreError;
 use super::writer::{BatchReport, Writer};
-use crate::journal::encoded_len;
-use crate::record::Record;
+use crate::journal::{Item, Syncer, encoded_len};
 use crate::time::Timestamp;
 
 /// When a batch is flushed.
@@ -43,11 +43,11 @@ impl Default for BatchConfig {
     }
 }
 
-/// Records waiting to be written.
+/// Items waiting to be written.
 #[derive(Debug)]
 pub struct Batcher {
     config: BatchConfig,
-    records: Vec<Record>,
+    records: Vec<Item>,
     bytes: u64,
 }
 
@@ -66,10 +66,12 @@ impl Batcher {
         }
     }
 
-    /// Adds a record; `true` when the batch is now full and should be flushed.
-    pub fn push(&mut self, record: Record) -> bool {
-        self.bytes += encoded_len(&record);
-        self.records.push(record);
+    /// Adds an item; `true` when the batch is now full and should be flushed.
+    pub fn push(&mut self, item: Item) -> bool {
+        if let Item::Record(record) = &item {
+            self.bytes += encoded_len(record);
+        }
+        self.records.push(item);
         self.is_full()
     }
 
@@ -83,7 +85,7 @@ impl Batcher {
         self.records.is_empty()
     }
 
-    /// How many records are waiting.
+    /// How many items are waiting.
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -93,16 +95,19 @@ impl Batcher {
         self.bytes
     }
 
-    /// The records waiting, oldest first.
-    pub fn records(&self) -> &[Record] {
+    /// The items waiting, oldest first.
+    pub fn items(&self) -> &[Item] {
         &self.records
     }
 
-    /// When the waiting records must be flushed: `max_delay` after the oldest one's receipt
-    /// (`None`: nothing waits).
+    /// When the waiting items must be flushed: `max_delay` after the oldest record's receipt, or
+    /// at once when damage leads the batch (`None`: nothing waits).
     pub fn deadline(&self) -> Option<Timestamp> {
         let delay = i64::try_from(self.config.max_delay.as_nanos()).unwrap_or(i64::MAX);
-        self.records.first().map(|r| r.received_at.add_nanos(delay))
+        self.records.first().map(|item| match item {
+            Item::Record(r) => r.received_at.add_nanos(delay),
+            Item::Damage(_) => Timestamp::from_unix_nanos(0),
+        })
     }
 
     /// Completes at the deadline, `now` being the current time (at once if it has passed; never
@@ -127,12 +132,17 @@ impl Batcher {
         self.bytes = 0;
     }
 
-    /// Writes the waiting records as one batch and forgets them; on error they stay.
-    pub async fn flush(&mut self, writer: &mut Writer) -> Result<Option<BatchReport>, StoreError> {
+    /// Writes the waiting items as one batch (committed only once `sync` says the journal has
+    /// synced them, when given) and forgets them; on error they stay.
+    pub async fn flush(
+        &mut self,
+        writer: &mut Writer,
+        sync: Option<&mut Syncer>,
+    ) -> Result<Option<BatchReport>, StoreError> {
         if self.records.is_empty() {
             return Ok(None);
         }
-        let report = writer.write_batch(&self.records).await?;
+        let report = writer.write(&self.records, sync).await?;
         self.clear();
         Ok(Some(report))
     }
@@ -141,16 +151,16 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{EventKind, FeedEvent, RecordBody};
+    use crate::record::{EventKind, FeedEvent, Record, RecordBody};
     use crate::time::Timestamp;
     use futures_util::FutureExt;
 
-    fn record(seq: u64) -> Record {
+    fn record(seq: u64) -> Item {
         record_at(seq, Timestamp::from_unix_nanos(0))
     }
 
-    fn record_at(seq: u64, received_at: Timestamp) -> Record {
-        Record {
+    fn record_at(seq: u64, received_at: Timestamp) -> Item {
+        Item::Record(Record {
             seq,
             received_at,
             conn_id: 1,
@@ -161,7 +171,7 @@ mod tests {
                 gap_start: None,
                 detail: String::new(),
             }),
-        }
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -207,7 +217,10 @@ mod tests {
 
     #[test]
     fn a_batch_is_full_at_max_bytes() {
-        let one = encoded_len(&record(1));
+        let Item::Record(r) = record(1) else {
+            unreachable!()
+        };
+        let one = encoded_len(&r);
         let mut b = Batcher::new(BatchConfig {
             max_records: 100,
             max_bytes: 2 * one + 1,
@@ -231,9 +244,14 @@ mod tests {
         assert!(!b.push(record(2)));
         assert!(b.push(record(3)));
         assert_eq!(b.len(), 3);
-        assert_eq!(
-            b.records().iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
+        let seqs: Vec<u64> = b
+            .items()
+            .iter()
+            .map(|i| match i {
+                Item::Record(r) => r.seq,
+                Item::Damage(d) => d.first_seq,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }

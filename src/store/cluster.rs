@@ -153,6 +153,25 @@ impl TempCluster {
         Ok(self.url(&name))
     }
 
+    /// Makes every role except `postgres` authenticate with a password (SCRAM) over TCP, as a
+    /// production server does (`postgres` keeps trust, so [`TempCluster::url`] still works), and
+    /// reloads the server's configuration: for tests of passwords and authentication failures.
+    pub fn require_passwords(&self) -> Result<(), StoreError> {
+        let hba = self.root.join("data").join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .map_err(|e| io_err("writing", &hba, e))?;
+        run(self
+            .command(self.bindir.join("pg_ctl"))
+            .arg("reload")
+            .arg("-D")
+            .arg(self.root.join("data")))
+    }
+
     /// Whether the server is running.
     pub fn is_running(&self) -> bool {
         let mut guard = self.lock();

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -46,6 +46,16 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "book_states",
         sql: include_str!("migrations/0002_book_states.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "journal_instance",
+        sql: include_str!("migrations/0003_journal_instance.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "connections",
+        sql: include_str!("migrations/0004_connections.sql"),
     },
 ];
 

@@ -9,8 +9,23 @@
 //!   book frame exactly one entry row, numbered by its position in the message (`ordinal`), so the
 //!   levels can be re-applied in wire order even when a message names a price twice;
 //! - nothing is lost: a frame that is valid JSON goes to `raw_message` (jsonb); a frame that is not
-//!   (or that `jsonb` would refuse) goes to `raw_text`; bytes that are not text go to `raw_bytes`;
-//!   such frames get `message_type = 'malformed'` (or keep their type when only jsonb refused them);
+//!   goes to `raw_text`, and bytes that are not text to `raw_bytes`, with
+//!   `message_type = 'malformed'`; valid JSON that `jsonb` would refuse ([`jsonb_refusal`]: a
+//!   `\u0000`, nesting deeper than the server's parser allows, a number `numeric` cannot hold)
+//!   keeps its type, goes to `raw_text`, and gets a `stored_raw` event row saying why;
+//! - a book frame with more levels than `kraken_orderbook_entries.ordinal` (a `smallint`) can
+//!   number is stored whole as its real type (snapshot or update, with its checksum and
+//!   `raw_message`) but without entry rows, and a `stored_raw` event row says so: no stored copy
+//!   disagrees with `raw_message`, the entries are absent, never partial (Kraken's deepest book
+//!   has 2,000 levels, so only a lying peer sends such a frame);
+//! - [`RowEncoder::push_raw`] (the writer's fallback when the server refused a record's rows)
+//!   writes the frame as received into `raw_text` or `raw_bytes` and nothing else of it (no
+//!   `jsonb`, no symbol, no entries), with a `stored_raw` event row; [`RowEncoder::push_not_stored`]
+//!   writes only a `not_stored` event row for a record the server refused even so; and
+//!   [`RowEncoder::push_damage`] a `journal_damage` event row for records missing from the
+//!   journal;
+//! - every frame record (heartbeats included) updates its connection's liveness
+//!   ([`RowEncoder::connections`]), written in the batch's transaction;
 //! - `(collector, seq)` of a row is its record's: ordering by it reproduces the received order;
 //! - the encoder never fails on a frame's content; it fails only on a record that cannot be stored
 //!   at all (a number beyond PostgreSQL's `bigint`), before anything of that record is written.
@@ -20,10 +35,11 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::types::{jsonb_compatible, put_numeric_field};
+use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
+use crate::journal::Damage;
 use crate::kraken::{self, BookData, DecodeError, Frame, Level};
-use crate::record::{BookState, FeedEvent, FrameRecord, Record, RecordBody};
+use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
 
 /// `COPY` statement for [`Streams::messages`] (column order of the encoded rows).
@@ -71,6 +87,12 @@ pub struct RowCounts {
     pub heartbeats: u64,
     /// Message rows of frames that could not be decoded (stored with `message_type = 'malformed'`).
     pub malformed: u64,
+    /// Records stored in raw form (each with a `stored_raw` event row).
+    pub stored_raw: u64,
+    /// Records the server refused even in raw form (each a `not_stored` event row).
+    pub not_stored: u64,
+    /// Seqs missing from the journal (lost records, each range a `journal_damage` event row).
+    pub damaged_seqs: u64,
 }
 
 impl std::ops::AddAssign for RowCounts {
@@ -81,8 +103,45 @@ impl std::ops::AddAssign for RowCounts {
         self.states += other.states;
         self.heartbeats += other.heartbeats;
         self.malformed += other.malformed;
+        self.stored_raw += other.stored_raw;
+        self.not_stored += other.not_stored;
+        self.damaged_seqs += other.damaged_seqs;
     }
 }
+
+/// What a batch tells about one connection: its first and last frame in the batch (heartbeats
+/// included), and the latest Kraken timestamp among its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLiveness {
+    /// The connection.
+    pub conn_id: i64,
+    /// Its first frame in the batch.
+    pub first_seq: i64,
+    /// That frame's receive time.
+    pub first_received_at: Timestamp,
+    /// Its last frame in the batch.
+    pub last_seq: i64,
+    /// That frame's receive time.
+    pub last_received_at: Timestamp,
+    /// The latest Kraken timestamp among its frames in the batch (book data, acks' `time_out`).
+    pub last_frame_timestamp: Option<Timestamp>,
+}
+
+/// The statement that merges a batch's [`ConnLiveness`] into `krakenbook_connections`
+/// (parameters: collector, then arrays of conn_id, first_seq, first_received_at, last_seq,
+/// last_received_at, last_frame_timestamp). A later batch moves the last frame forward, never back.
+pub const UPSERT_CONNECTIONS: &str = "INSERT INTO krakenbook_connections AS c (collector, conn_id, \
+    first_seq, first_received_at, last_seq, last_received_at, last_frame_timestamp) \
+    SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::bigint[], \
+    $6::timestamptz[], $7::timestamptz[]) \
+    ON CONFLICT (collector, conn_id) DO UPDATE SET \
+    first_seq = LEAST(c.first_seq, excluded.first_seq), \
+    first_received_at = CASE WHEN excluded.first_seq < c.first_seq \
+        THEN excluded.first_received_at ELSE c.first_received_at END, \
+    last_seq = GREATEST(c.last_seq, excluded.last_seq), \
+    last_received_at = CASE WHEN excluded.last_seq > c.last_seq \
+        THEN excluded.last_received_at ELSE c.last_received_at END, \
+    last_frame_timestamp = GREATEST(c.last_frame_timestamp, excluded.last_frame_timestamp)";
 
 /// The finished COPY streams of one batch, one a table.
 #[derive(Debug)]
@@ -116,6 +175,7 @@ pub struct RowEncoder {
     events: BytesMut,
     states: BytesMut,
     counts: RowCounts,
+    conns: Vec<ConnLiveness>,
 }
 
 impl std::fmt::Debug for RowEncoder {
@@ -142,6 +202,7 @@ impl RowEncoder {
             events: BytesMut::with_capacity(4096),
             states: BytesMut::with_capacity(4096),
             counts: RowCounts::default(),
+            conns: Vec::new(),
         };
         e.reset();
         e
@@ -164,6 +225,13 @@ impl RowEncoder {
             buf.put_slice(COPY_HEADER);
         }
         self.counts = RowCounts::default();
+        self.conns.clear();
+    }
+
+    /// The connections whose frames were encoded since the last reset, with their first and last
+    /// frame ([`UPSERT_CONNECTIONS`] writes them).
+    pub fn connections(&self) -> &[ConnLiveness] {
+        &self.conns
     }
 
     /// Rows encoded since the last reset.
@@ -197,46 +265,208 @@ impl RowEncoder {
 
     /// Encodes one record's rows. On error nothing of the record has been written.
     pub fn push(&mut self, record: &Record) -> Result<(), RowError> {
-        let err = |reason| RowError {
-            seq: record.seq,
-            reason,
-        };
-        let seq = i64::try_from(record.seq).map_err(|_| err("seq exceeds bigint"))?;
-        let conn_id = i64::try_from(record.conn_id).map_err(|_| err("conn_id exceeds bigint"))?;
-        let conn_seq =
-            i64::try_from(record.conn_seq).map_err(|_| err("conn_seq exceeds bigint"))?;
-        let ids = Ids {
-            seq,
-            conn_id,
-            conn_seq,
-            received_at: record.received_at,
-        };
+        let ids = Ids::of(record)?;
         match &record.body {
-            RecordBody::Frame(frame) => self.push_frame(&ids, frame),
+            RecordBody::Frame(frame) => {
+                let kraken_time = self.push_frame(&ids, frame);
+                self.touch(&ids, kraken_time);
+            }
             RecordBody::Event(event) => self.push_event(&ids, event),
             RecordBody::BookState(state) => self.push_state(&ids, state),
         }
         Ok(())
     }
 
-    fn push_event(&mut self, ids: &Ids, event: &FeedEvent) {
+    /// Encodes a frame record in raw form after the server refused its rows (`reason`, the
+    /// server's error): a message row with the frame as received in `raw_text` (or `raw_bytes`
+    /// when it is not text or holds NUL) and nothing decoded from it (no `jsonb`, symbol, checksum
+    /// or entries), and a `stored_raw` event row. `Ok(false)`: the record is not a frame and has
+    /// no raw form (nothing written).
+    pub fn push_raw(&mut self, record: &Record, reason: &str) -> Result<bool, RowError> {
+        let ids = Ids::of(record)?;
+        let RecordBody::Frame(frame) = &record.body else {
+            return Ok(false);
+        };
+        let (channel, message_type) = match std::str::from_utf8(&frame.bytes) {
+            Ok(text) => match kraken::decode(text) {
+                Ok(decoded) => {
+                    let claim: Claim<'_> = match decoded {
+                        Frame::Unknown(_) => serde_json::from_str(text).unwrap_or_default(),
+                        _ => Claim::default(),
+                    };
+                    let other = other_frame_row(&ids, text, &decoded, &claim);
+                    let kind = match &decoded {
+                        Frame::Book(b) => b.kind.as_str(),
+                        Frame::Heartbeat => "heartbeat",
+                        _ => other.row.message_type,
+                    };
+                    (short(other.row.channel), short(kind))
+                }
+                Err(DecodeError::Shape { channel, .. }) => {
+                    (short(&channel), "malformed".to_owned())
+                }
+                Err(DecodeError::Json { .. }) => ("unknown".to_owned(), "malformed".to_owned()),
+            },
+            Err(_) => ("unknown".to_owned(), "malformed".to_owned()),
+        };
+        let raw = match std::str::from_utf8(&frame.bytes) {
+            Ok(text) if !text.contains('\0') => Raw::Text(text),
+            _ => Raw::Bytes(&frame.bytes),
+        };
+        let row = MessageRow {
+            timestamp: ids.received_at,
+            channel: &channel,
+            message_type: &message_type,
+            symbol: None,
+            checksum: None,
+            raw,
+            ids: &ids,
+        };
+        self.put_message(&row, frame);
+        self.put_event_row(
+            ids.received_at,
+            ids.seq,
+            Some(ids.conn_id),
+            EventKind::StoredRaw,
+            None,
+            None,
+            &format!(
+                "the database refused the frame's rows ({reason}); stored as received in {}, without jsonb or entries",
+                if matches!(row.raw, Raw::Text(_)) { "raw_text" } else { "raw_bytes" }
+            ),
+        );
+        self.counts.stored_raw += 1;
+        self.touch(&ids, None);
+        Ok(true)
+    }
+
+    /// Encodes a `not_stored` event row standing for a record the server refused even in raw form
+    /// (`reason`, the server's error): its seq, receive time and connection. The journal still
+    /// holds the record.
+    pub fn push_not_stored(&mut self, record: &Record, reason: &str) -> Result<(), RowError> {
+        let ids = Ids::of(record)?;
+        let what = match &record.body {
+            RecordBody::Frame(_) => "frame",
+            RecordBody::Event(_) => "feed event",
+            RecordBody::BookState(_) => "book state",
+        };
+        self.put_event_row(
+            ids.received_at,
+            ids.seq,
+            Some(ids.conn_id),
+            EventKind::NotStored,
+            None,
+            None,
+            &format!(
+                "the database refused this {what} record even in raw form ({reason}); the journal still holds it"
+            ),
+        );
+        self.counts.not_stored += 1;
+        if matches!(record.body, RecordBody::Frame(_)) {
+            self.touch(&ids, None);
+        }
+        Ok(())
+    }
+
+    /// Encodes a `journal_damage` event row for records missing from the journal: `seq` is the
+    /// first missing seq at or after `from_seq` (seqs before it are already covered), `gap_start`
+    /// the receive time of the last intact record before the damage, the row's time that of the
+    /// first intact record after it (else the one before, else now); `detail` names the seq range,
+    /// the cause, the segment and the byte offset. Damage that lost nothing
+    /// ([`crate::journal::DamageKind::is_loss`] false) writes no row.
+    pub fn push_damage(&mut self, damage: &Damage, from_seq: u64) -> Result<(), RowError> {
+        if !damage.kind.is_loss() {
+            return Ok(());
+        }
+        let first = damage.first_seq.max(from_seq);
+        let seq = i64::try_from(first).map_err(|_| RowError {
+            seq: first,
+            reason: "seq exceeds bigint",
+        })?;
+        let time = damage
+            .after
+            .or(damage.before)
+            .unwrap_or_else(Timestamp::now);
+        self.put_event_row(
+            time,
+            seq,
+            None,
+            EventKind::JournalDamage,
+            None,
+            damage.before,
+            &crate::text::printable(&damage.to_string()),
+        );
+        self.counts.damaged_seqs += damage.last_seq.saturating_sub(first) + 1;
+        Ok(())
+    }
+
+    /// Records a frame of `ids`' connection in the batch's liveness.
+    fn touch(&mut self, ids: &Ids, kraken_time: Option<Timestamp>) {
+        match self.conns.iter_mut().find(|c| c.conn_id == ids.conn_id) {
+            Some(c) => {
+                if ids.seq < c.first_seq {
+                    c.first_seq = ids.seq;
+                    c.first_received_at = ids.received_at;
+                }
+                if ids.seq > c.last_seq {
+                    c.last_seq = ids.seq;
+                    c.last_received_at = ids.received_at;
+                }
+                if kraken_time > c.last_frame_timestamp {
+                    c.last_frame_timestamp = kraken_time;
+                }
+            }
+            None => self.conns.push(ConnLiveness {
+                conn_id: ids.conn_id,
+                first_seq: ids.seq,
+                first_received_at: ids.received_at,
+                last_seq: ids.seq,
+                last_received_at: ids.received_at,
+                last_frame_timestamp: kraken_time,
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_event_row(
+        &mut self,
+        time: Timestamp,
+        seq: i64,
+        conn_id: Option<i64>,
+        kind: EventKind,
+        symbol: Option<&str>,
+        gap_start: Option<Timestamp>,
+        detail: &str,
+    ) {
         let b = &mut self.events;
         b.put_i16(EVENT_FIELDS);
-        put_ts(b, ids.received_at);
+        put_ts(b, time);
         put_text(b, &self.collector);
-        put_i64(b, ids.seq);
-        put_i64(b, ids.conn_id);
-        put_text(b, event.kind.as_str());
-        put_opt_text(b, event.symbol.as_deref());
-        match event.gap_start {
+        put_i64(b, seq);
+        match conn_id {
+            Some(c) => put_i64(b, c),
+            None => put_null(b),
+        }
+        put_text(b, kind.as_str());
+        put_opt_text(b, symbol);
+        match gap_start {
             Some(t) => put_ts(b, t),
             None => put_null(b),
         }
-        put_opt_text(
-            b,
-            (!event.detail.is_empty()).then_some(event.detail.as_str()),
-        );
+        put_opt_text(b, (!detail.is_empty()).then_some(detail));
         self.counts.events += 1;
+    }
+
+    fn push_event(&mut self, ids: &Ids, event: &FeedEvent) {
+        self.put_event_row(
+            ids.received_at,
+            ids.seq,
+            Some(ids.conn_id),
+            event.kind,
+            event.symbol.as_deref(),
+            event.gap_start,
+            &event.detail,
+        );
     }
 
     fn push_state(&mut self, ids: &Ids, state: &BookState) {
@@ -264,43 +494,58 @@ impl RowEncoder {
         self.counts.states += 1;
     }
 
-    fn push_frame(&mut self, ids: &Ids, frame: &FrameRecord) {
+    /// Encodes a frame's rows; returns its Kraken timestamp, if it carries one.
+    fn push_frame(&mut self, ids: &Ids, frame: &FrameRecord) -> Option<Timestamp> {
         let Ok(text) = std::str::from_utf8(&frame.bytes) else {
             // Not text at all: kept byte for byte.
             let row = MessageRow::malformed(ids, "unknown", Raw::Bytes(&frame.bytes));
             self.put_message(&row, frame);
             self.counts.malformed += 1;
-            return;
+            return None;
         };
         match kraken::decode(text) {
-            Ok(Frame::Heartbeat) => self.counts.heartbeats += 1,
+            Ok(Frame::Heartbeat) => {
+                self.counts.heartbeats += 1;
+                None
+            }
             Ok(Frame::Book(book)) => {
                 let levels: usize = book.data.iter().map(BookData::level_count).sum();
                 let first = book.data.first();
-                let timestamp = first.and_then(|d| d.timestamp).unwrap_or(ids.received_at);
+                let kraken_time = first.and_then(|d| d.timestamp);
+                let timestamp = kraken_time.unwrap_or(ids.received_at);
                 let message_type = book.kind.as_str();
-                let raw = Raw::json(text);
-                if levels > MAX_LEVELS_PER_MESSAGE {
-                    tracing::warn!(
-                        seq = ids.seq,
-                        levels,
-                        "book frame with more levels than a message may hold; stored as malformed"
-                    );
-                    let row = MessageRow::malformed(ids, "book", raw);
-                    self.put_message(&row, frame);
-                    self.counts.malformed += 1;
-                    return;
-                }
+                let symbol = first.map(|d| d.symbol.as_ref());
+                let (raw, refusal) = Raw::json(text);
                 let row = MessageRow {
                     timestamp,
                     channel: "book",
                     message_type,
-                    symbol: first.map(|d| d.symbol.as_ref()),
+                    symbol,
                     checksum: first.map(|d| i64::from(d.checksum)),
                     raw,
                     ids,
                 };
                 self.put_message(&row, frame);
+                self.note_refusal(ids, symbol, refusal);
+                if levels > MAX_LEVELS_PER_MESSAGE {
+                    let detail = format!(
+                        "book frame with {levels} levels, more than the {MAX_LEVELS_PER_MESSAGE} one \
+                         message may have in kraken_orderbook_entries (ordinal is a smallint): \
+                         stored whole as its {message_type} message, its levels in raw_message only \
+                         (no entry rows)"
+                    );
+                    self.put_event_row(
+                        ids.received_at,
+                        ids.seq,
+                        Some(ids.conn_id),
+                        EventKind::StoredRaw,
+                        symbol,
+                        None,
+                        &detail,
+                    );
+                    self.counts.stored_raw += 1;
+                    return kraken_time;
+                }
                 let mut ordinal: i16 = 0;
                 for data in &book.data {
                     let entry = EntryHead {
@@ -320,25 +565,52 @@ impl RowEncoder {
                         }
                     }
                 }
+                kraken_time
             }
             Ok(decoded) => {
                 let claim: Claim<'_> = match decoded {
                     Frame::Unknown(_) => serde_json::from_str(text).unwrap_or_default(),
                     _ => Claim::default(),
                 };
-                let row = other_frame_row(ids, text, &decoded, &claim);
-                self.put_message(&row, frame);
+                let other = other_frame_row(ids, text, &decoded, &claim);
+                self.put_message(&other.row, frame);
+                self.note_refusal(ids, other.row.symbol, other.refusal);
+                other.kraken_time
             }
             Err(e) => {
-                let (channel, raw) = match &e {
-                    DecodeError::Shape { channel, .. } => (channel.as_str(), Raw::json(text)),
-                    DecodeError::Json { .. } => ("unknown", Raw::not_json(text, &frame.bytes)),
+                let (channel, raw, refusal) = match &e {
+                    DecodeError::Shape { channel, .. } => {
+                        let (raw, refusal) = Raw::json(text);
+                        (channel.as_str(), raw, refusal)
+                    }
+                    DecodeError::Json { .. } => {
+                        ("unknown", Raw::not_json(text, &frame.bytes), None)
+                    }
                 };
                 let row = MessageRow::malformed(ids, channel, raw);
                 self.put_message(&row, frame);
                 self.counts.malformed += 1;
+                self.note_refusal(ids, None, refusal);
+                None
             }
         }
+    }
+
+    /// A `stored_raw` event row when `jsonb` would have refused a frame's valid JSON (`refusal`).
+    fn note_refusal(&mut self, ids: &Ids, symbol: Option<&str>, refusal: Option<&'static str>) {
+        let Some(why) = refusal else {
+            return;
+        };
+        self.put_event_row(
+            ids.received_at,
+            ids.seq,
+            Some(ids.conn_id),
+            EventKind::StoredRaw,
+            symbol,
+            None,
+            &format!("valid JSON that jsonb refuses ({why}): stored in raw_text"),
+        );
+        self.counts.stored_raw += 1;
     }
 
     fn put_message(&mut self, row: &MessageRow<'_>, frame: &FrameRecord) {
@@ -415,6 +687,26 @@ struct Ids {
     received_at: Timestamp,
 }
 
+impl Ids {
+    fn of(record: &Record) -> Result<Ids, RowError> {
+        let err = |reason| RowError {
+            seq: record.seq,
+            reason,
+        };
+        Ok(Ids {
+            seq: i64::try_from(record.seq).map_err(|_| err("seq exceeds bigint"))?,
+            conn_id: i64::try_from(record.conn_id).map_err(|_| err("conn_id exceeds bigint"))?,
+            conn_seq: i64::try_from(record.conn_seq).map_err(|_| err("conn_seq exceeds bigint"))?,
+            received_at: record.received_at,
+        })
+    }
+}
+
+/// Up to 64 characters of a name taken from a frame (a raw row's channel or type).
+fn short(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
 struct EntryHead<'a> {
     timestamp: Timestamp,
     received_at: Timestamp,
@@ -435,12 +727,11 @@ enum Raw<'a> {
 }
 
 impl<'a> Raw<'a> {
-    /// Text known to be valid JSON.
-    fn json(text: &'a str) -> Raw<'a> {
-        if jsonb_compatible(text) {
-            Raw::Json(text)
-        } else {
-            Raw::Text(text)
+    /// Text known to be valid JSON: `jsonb`, or text with the reason `jsonb` would refuse it.
+    fn json(text: &'a str) -> (Raw<'a>, Option<&'static str>) {
+        match jsonb_refusal(text) {
+            None => (Raw::Json(text), None),
+            Some(why) => (Raw::Text(text), Some(why)),
         }
     }
 
@@ -462,6 +753,14 @@ struct MessageRow<'a> {
     checksum: Option<i64>,
     raw: Raw<'a>,
     ids: &'a Ids,
+}
+
+/// The row of a frame other than a book frame or a heartbeat, why `jsonb` refused its text (if
+/// it did), and its Kraken timestamp (if it carries one).
+struct OtherRow<'a> {
+    row: MessageRow<'a>,
+    refusal: Option<&'static str>,
+    kraken_time: Option<Timestamp>,
 }
 
 impl<'a> MessageRow<'a> {
@@ -495,14 +794,16 @@ fn other_frame_row<'a>(
     text: &'a str,
     decoded: &'a Frame<'a>,
     claim: &'a Claim<'a>,
-) -> MessageRow<'a> {
+) -> OtherRow<'a> {
+    let (raw, refusal) = Raw::json(text);
+    let mut kraken_time = None;
     let mut row = MessageRow {
         timestamp: ids.received_at,
         channel: decoded.channel(),
         message_type: "unknown",
         symbol: None,
         checksum: None,
-        raw: Raw::json(text),
+        raw,
         ids,
     };
     match decoded {
@@ -510,6 +811,7 @@ fn other_frame_row<'a>(
         Frame::Pong(r) | Frame::Ack(r) => {
             row.message_type = r.method.as_ref();
             row.symbol = r.symbol();
+            kraken_time = r.time_out;
             row.timestamp = r.time_out.unwrap_or(ids.received_at);
         }
         Frame::Instrument(i) => {
@@ -522,7 +824,11 @@ fn other_frame_row<'a>(
         }
         Frame::Heartbeat | Frame::Book(_) => {}
     }
-    row
+    OtherRow {
+        row,
+        refusal,
+        kraken_time,
+    }
 }
 
 /// Levels as exact decimal strings, best first: `[["62802.5","0.02987767"],...]`.

@@ -250,32 +250,64 @@ impl ToSql for Jsonb<'_> {
     to_sql_checked!();
 }
 
-/// Whether text that is already known to be valid JSON is also accepted by PostgreSQL's `jsonb`.
-///
-/// `jsonb` is stricter than JSON in three ways, each checked here: it rejects the escape `\u0000`,
-/// an unpaired UTF-16 surrogate escape, and numbers outside `numeric`'s range (an exponent beyond
-/// ±1000 digits is refused by its parser; this check refuses any exponent or digit run longer than
-/// that, conservatively). Text refused here is stored as text, never lost.
+/// The deepest nesting of arrays and objects stored as `jsonb`. PostgreSQL's JSON parser
+/// recurses per level and fails with "stack depth limit exceeded" (54001) somewhere above 12,000
+/// levels at the default `max_stack_depth` (2 MB), and above 500 at its smallest setting (100 kB);
+/// Kraken's frames nest 4 deep. Deeper text is stored as text.
+pub const MAX_JSON_DEPTH: usize = 256;
+
+/// Whether text that is already known to be valid JSON is also accepted by PostgreSQL's `jsonb`
+/// (see [`jsonb_refusal`]).
 pub fn jsonb_compatible(json: &str) -> bool {
+    jsonb_refusal(json).is_none()
+}
+
+/// Why PostgreSQL's `jsonb` would refuse text that is already known to be valid JSON, or `None`
+/// when it accepts it.
+///
+/// `jsonb` is stricter than JSON in four ways, each checked here in one pass over the bytes: it
+/// rejects the escape `\u0000`, an unpaired UTF-16 surrogate escape, numbers outside `numeric`'s
+/// range (an exponent beyond ±1000 digits is refused by its parser; this check refuses any
+/// exponent or digit run longer than that, conservatively), and nesting deeper than its parser's
+/// stack allows ([`MAX_JSON_DEPTH`], conservatively). Text refused here is stored as text, never
+/// lost.
+pub fn jsonb_refusal(json: &str) -> Option<&'static str> {
     const MAX_DIGITS: usize = 1000;
+    const NUL: &str = "a \\u0000 escape (jsonb cannot hold NUL)";
+    const SURROGATE: &str = "an unpaired UTF-16 surrogate escape";
+    const NUMBER: &str = "a number outside numeric's range";
     let b = json.as_bytes();
+    let mut depth = 0usize;
     let mut i = 0;
     while i < b.len() {
         match b[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(
+                        "nesting deeper than 256 levels (PostgreSQL's jsonb parser would exceed its stack depth)",
+                    );
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
             b'"' => {
                 i += 1;
                 loop {
                     match b.get(i) {
-                        None => return false,
+                        None => return Some("an unterminated string"),
                         Some(b'"') => break,
                         Some(b'\\') => {
                             if b.get(i + 1) == Some(&b'u') {
                                 let Some(unit) = hex4(b, i + 2) else {
-                                    return false;
+                                    return Some("a malformed \\u escape");
                                 };
                                 i += 6;
                                 match unit {
-                                    0 => return false,
+                                    0 => return Some(NUL),
                                     0xD800..=0xDBFF => {
                                         let low = (b.get(i) == Some(&b'\\')
                                             && b.get(i + 1) == Some(&b'u'))
@@ -283,10 +315,10 @@ pub fn jsonb_compatible(json: &str) -> bool {
                                         .flatten();
                                         match low {
                                             Some(0xDC00..=0xDFFF) => i += 6,
-                                            _ => return false,
+                                            _ => return Some(SURROGATE),
                                         }
                                     }
-                                    0xDC00..=0xDFFF => return false,
+                                    0xDC00..=0xDFFF => return Some(SURROGATE),
                                     _ => {}
                                 }
                             } else {
@@ -304,7 +336,7 @@ pub fn jsonb_compatible(json: &str) -> bool {
                     i += 1;
                 }
                 if i - start > MAX_DIGITS {
-                    return false;
+                    return Some(NUMBER);
                 }
                 if i < b.len() && matches!(b[i], b'e' | b'E') {
                     i += 1;
@@ -315,14 +347,14 @@ pub fn jsonb_compatible(json: &str) -> bool {
                     let digits = json[exp_start..i].trim_start_matches(['-', '+']);
                     let digits = digits.trim_start_matches('0');
                     if digits.len() > 4 || digits.parse::<u32>().unwrap_or(u32::MAX) > 1000 {
-                        return false;
+                        return Some(NUMBER);
                     }
                 }
             }
             _ => i += 1,
         }
     }
-    true
+    None
 }
 
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
@@ -418,9 +450,31 @@ mod tests {
             (r#"{"a":1e1001}"#, false),
             (r#"{"a":1e99999999999999999999}"#, false),
             (r#"{"e":"1e9999 inside a string is text"}"#, true),
+            (r#"{"d":"[[[[ inside a string is text"}"#, true),
         ];
         for (text, ok) in cases {
             assert_eq!(jsonb_compatible(text), ok, "{text}");
         }
+        // Depth: at the limit accepted, one more refused, whatever mix of arrays and objects.
+        let nest = |n: usize| {
+            let mut s = String::from(r#"{"a":"#);
+            for i in 0..n - 1 {
+                s.push_str(if i % 2 == 0 { "[" } else { r#"{"k":"# });
+            }
+            s.push('1');
+            for i in (0..n - 1).rev() {
+                s.push(if i % 2 == 0 { ']' } else { '}' });
+            }
+            s.push('}');
+            s
+        };
+        assert!(jsonb_compatible(&nest(MAX_JSON_DEPTH)));
+        assert!(jsonb_refusal(&nest(MAX_JSON_DEPTH + 1)).is_some_and(|r| r.contains("nesting")));
+        let attack = format!(
+            r#"{{"channel":"book","data":{}{}}}"#,
+            "[".repeat(20_000),
+            "]".repeat(20_000)
+        );
+        assert!(jsonb_refusal(&attack).is_some_and(|r| r.contains("nesting")));
     }
 }

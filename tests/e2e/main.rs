@@ -9,6 +9,7 @@ mod feed;
 mod journal;
 mod level_order;
 mod metrics;
+mod pipeline;
 mod plot;
 mod readback;
 mod recording;

@@ -377,6 +377,7 @@ async fn replay_verify_passes_on_good_data_and_fails_on_a_tampered_row_and_reset
         "kraken_orderbook_entries",
         "kraken_book_states",
         "kraken_feed_events",
+        "krakenbook_connections",
         "krakenbook_checkpoints",
     ] {
         assert_eq!(
