@@ -834,3 +834,58 @@ async fn collect_all_records_every_online_pair_the_instrument_channel_lists() {
         "3 pairs at 2 per connection: two connections\n{log}"
     );
 }
+
+/// Issue 9, item 9: permanent database errors were retried forever. A collector whose password
+/// the database refuses at start-up stops at once with one line saying what to do; the password
+/// never shows.
+#[tokio::test]
+async fn a_refused_password_at_start_up_stops_the_collector_with_one_line() {
+    let cluster = own_cluster();
+    cluster.require_passwords().unwrap();
+    let admin_url = cluster.create_database().await.unwrap();
+    connect(&admin_url)
+        .await
+        .batch_execute("CREATE ROLE kb LOGIN SUPERUSER PASSWORD 'right-one'")
+        .await
+        .unwrap();
+    let url = admin_url.replacen("postgres@", "kb@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(dir.path(), 20.0, Faults::default()).await;
+    let out = krakenbook()
+        .args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
+        .args(["--symbols", "BTC/USD", "--database-url", &url])
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .env("PGPASSWORD", "wrong-one")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(last.contains("28P01") || last.contains("password"), "{err}");
+    assert!(!err.contains("wrong-one"), "{err}");
+    // With the right password the same command records.
+    let mut ok = krakenbook()
+        .args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
+        .args(["--symbols", "BTC/USD", "--database-url", &url])
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .env("PGPASSWORD", "right-one")
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_count(
+        &admin_url,
+        "SELECT count(*) FROM kraken_orderbook_messages WHERE channel = 'book'",
+        20,
+        Duration::from_secs(30),
+        String::new,
+    )
+    .await;
+    ok.kill().unwrap();
+    ok.wait().unwrap();
+    sim.shutdown().await.unwrap();
+}

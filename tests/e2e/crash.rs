@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use krakenbook::exchange::Faults;
-use krakenbook::journal::{Item, JournalReader};
+use krakenbook::journal::{HeaderParse, Item, JournalReader, SegmentHeader};
 use krakenbook::record::RecordBody;
 
 use crate::collect::{Collector, count, free_addr, is_heartbeat, simulator, wait_count};
@@ -83,10 +83,18 @@ fn plain_segments(journal: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// The length of a segment's header.
+fn header_len(bytes: &[u8]) -> usize {
+    match SegmentHeader::decode(bytes) {
+        HeaderParse::Header(_, len) => len,
+        other => panic!("the active segment's header does not parse: {other:?}"),
+    }
+}
+
 /// Byte offsets of the ends of the records in a plain segment, with their seqs (walking the
-/// format: a 36-byte header, then `len:u32 crc:u32 body` with the seq first in the body).
+/// format: the header, then `len:u32 crc:u32 body` with the seq first in the body).
 fn record_ends(bytes: &[u8]) -> Vec<(u64, usize)> {
-    let mut at = 36;
+    let mut at = header_len(bytes);
     let mut out = Vec::new();
     while at + 16 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
@@ -109,13 +117,14 @@ fn power_cut(journal: &Path, synced: u64, torn: bool) -> String {
     };
     let bytes = std::fs::read(&path).unwrap();
     let ends = record_ends(&bytes);
+    let header = header_len(&bytes);
     let keep = if synced < first {
-        36
+        header
     } else {
         ends.iter()
             .take_while(|(seq, _)| *seq <= synced)
             .last()
-            .map_or(36, |&(_, end)| end)
+            .map_or(header, |&(_, end)| end)
     };
     let next_end = ends.iter().find(|&&(_, end)| end > keep).map(|&(_, e)| e);
     let cut = match (torn, next_end) {
