@@ -17,6 +17,7 @@ mod plot;
 mod query;
 mod replay;
 mod reset;
+pub mod secret;
 mod simulate;
 mod verify;
 

@@ -889,3 +889,49 @@ async fn a_refused_password_at_start_up_stops_the_collector_with_one_line() {
     ok.wait().unwrap();
     sim.shutdown().await.unwrap();
 }
+
+/// Issue 9, item 10: a password in `--database-url` was visible to every user in `ps` for as
+/// long as the collector ran. The process starts itself again without it, and records.
+#[tokio::test]
+async fn a_password_given_in_the_url_is_not_left_on_the_command_line() {
+    let cluster = own_cluster();
+    cluster.require_passwords().unwrap();
+    let admin_url = cluster.create_database().await.unwrap();
+    connect(&admin_url)
+        .await
+        .batch_execute("CREATE ROLE kb LOGIN SUPERUSER PASSWORD 'sekrit-pw'")
+        .await
+        .unwrap();
+    let url = admin_url.replacen("postgres@", "kb:sekrit-pw@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(dir.path(), 20.0, Faults::default()).await;
+    let log = dir.path().join("collector.log");
+    let mut child = krakenbook()
+        .args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
+        .args(["--symbols", "BTC/USD", "--database-url", &url])
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .env_remove("DATABASE_URL")
+        .env_remove("PGPASSWORD")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_count(
+        &admin_url,
+        "SELECT count(*) FROM kraken_orderbook_messages WHERE channel = 'book'",
+        20,
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+    .await;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains("sekrit-pw"), "{cmdline}");
+    assert!(cmdline.contains("--database-url"), "{cmdline}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("sekrit-pw"), "{text}");
+    assert!(text.contains("moved to PGPASSWORD"), "{text}");
+    sim.shutdown().await.unwrap();
+}
