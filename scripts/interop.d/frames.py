@@ -152,6 +152,9 @@ def run_pandas(ex: Path, truths: dict[str, Truth], lo: int, hi: int, results: st
         total += len(df)
         if kind == SNAP:
             r.data["samples"] = snapshot_samples(df, precisions)
+            stamps = [int(v) for v in t.column("timestamp")]
+            off = [v for v in stamps if v % 1_000_000]
+            r.check("snapshot instants are whole seconds (--interval 1s)", not off, f"{len(off)} are not, e.g. {micros_to_iso(off[0])}" if off else f"{len(stamps)} instants")
     t = truths[INC]
     df = pd.read_csv(ex / f"{INC}.csv.zst", dtype=text_cols(t), keep_default_na=False)
     check_frame(r, f"{INC}.csv.zst", t, cols_of(df), lo, hi)

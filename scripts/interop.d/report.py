@@ -171,15 +171,20 @@ def consumer_row(r: dict, oracle: Oracle, gaps: dict, rep: Report) -> str:
     for e in r.get("errors", []):
         items.append((f"error: {e}", "other"))
     counts = dict.fromkeys(("equal", "differs", "gap", "gap-at-snapshot", "reader-in-gap", "oracle-error"), 0)
+    at_snapshot: list[str] = []
     for s in r.get("samples", []):
         verdict, detail = judge_sample(s, oracle.book(s["symbol"], s["at"]), gaps)
         counts[verdict] += 1
         if verdict == "differs":
             items.append((detail, differ))
-        elif verdict in ("reader-in-gap", "gap-at-snapshot"):
+        elif verdict == "gap-at-snapshot":
+            at_snapshot.append(detail)
+        elif verdict == "reader-in-gap":
             items.append((detail, verdict))
         elif verdict == "oracle-error":
             items.append((detail, "other"))
+    if at_snapshot:  # one line: they all say the same
+        items.insert(0, (f"{len(at_snapshot)} sampled instant(s) called a gap by book --at, e.g. {at_snapshot[0]}", "gap-at-snapshot"))
     if r.get("kind") == "ws":
         why = "level-order" if "sdk" in consumer else "other"
         own = r.get("own_checksums")
@@ -289,10 +294,11 @@ def main() -> int:
     servers += [server_row(r, rep) for _, r in rows if r.get("kind") == "ws" and r.get("frames")]
 
     commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([ctx["krakenbook"], "--version"], capture_output=True, text=True).stdout.strip()
     n_gaps = sum(len(v) for v in gaps.values())
     out = "\n".join(
         [
-            f"krakenbook {commit or '?'}; simulator pairs {ctx['pairs']} (symbol:price precision:qty precision), each connection dropped with",
+            f"{version or 'krakenbook'} ({ctx['krakenbook']}; worktree at {commit or '?'}); simulator pairs {ctx['pairs']} (symbol:price precision:qty precision), each connection dropped with",
             f"probability {ctx['drop_rate']} per update; the collector recorded at depth {ctx['collect_depth']} for {ctx['collect_secs']} s "
             f"(exit status {ctx['collect_status']}, {n_gaps} gap(s) in its record); replay and exports over {ctx['from']} .. {ctx['to']}.",
             "",

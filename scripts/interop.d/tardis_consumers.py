@@ -86,21 +86,39 @@ def symbol_in_name(symbol: str, name: str) -> bool:
 
 
 def precisions_of(ctx: dict) -> tuple[dict[str, tuple[int, int]], str]:
-    """Each pair's precisions: from the export's JSON beside the per-symbol files when it writes
-    one, else the simulator's settings (what the instrument channel announced)."""
-    folder = Path(ctx["exports"]) / "per-symbol"
-    for p in sorted(folder.glob("*.json")):
+    """Each pair's precisions: from the JSON the export writes beside its files when it writes one
+    (any of {symbol: {...}}, [{"symbol": ...}, ...] or one {"symbol": ..., ...} per file, with
+    price_precision and qty_precision or size_precision), else the simulator's settings (what
+    its instrument channel announced)."""
+    symbols = ctx["symbols"].split(",")
+    found: dict[str, tuple[int, int]] = {}
+    names = []
+
+    def take(symbol: str | None, entry: object) -> None:
+        if symbol in symbols and isinstance(entry, dict) and "price_precision" in entry:
+            qty = entry.get("qty_precision", entry.get("size_precision", entry.get("amount_precision")))
+            if qty is not None:
+                found[symbol] = (int(entry["price_precision"]), int(qty))
+
+    for p in sorted(Path(ctx["exports"]).rglob("*.json")):
         try:
             raw = json.loads(p.read_text())
         except ValueError:
             continue
-        found = {}
-        for symbol in ctx["symbols"].split(","):
-            entry = raw.get(symbol) if isinstance(raw, dict) else None
-            if isinstance(entry, dict) and "price_precision" in entry:
-                found[symbol] = (int(entry["price_precision"]), int(entry.get("qty_precision", entry.get("size_precision"))))
-        if len(found) == len(ctx["symbols"].split(",")):
-            return found, f"precisions from the export's {p.name}"
+        before = len(found)
+        entries = raw if isinstance(raw, list) else raw.get("symbols", raw.get("pairs", [raw])) if isinstance(raw, dict) else []
+        if isinstance(entries, dict):
+            entries = [dict(v, symbol=k) for k, v in entries.items() if isinstance(v, dict)]
+        for entry in entries:
+            if isinstance(entry, dict):
+                take(entry.get("symbol"), entry)
+        if isinstance(raw, dict):
+            for k, v in raw.items():
+                take(k, v)
+        if len(found) > before:
+            names.append(p.name)
+    if len(found) == len(symbols):
+        return found, f"precisions from the export's {', '.join(names)}"
     raw = json.loads(Path(ctx["precisions"]).read_text())
     return {s: (v["price_precision"], v["qty_precision"]) for s, v in raw.items()}, "precisions from the simulator's settings (the export wrote no precision JSON)"
 
