@@ -190,12 +190,6 @@ def describe_difference(mine: list[Level], theirs: list[Level], side: str) -> st
     return ""
 
 
-def load_precisions(path: str) -> dict[str, tuple[int, int]]:
-    """{symbol: (price_precision, qty_precision)} from the JSON the driver writes."""
-    raw = json.loads(Path(path).read_text())
-    return {symbol: (int(p["price_precision"]), int(p["qty_precision"])) for symbol, p in raw.items()}
-
-
 async def fetch_instruments(url: str, timeout: float = 20.0) -> dict[str, dict]:
     """The pairs a server announces on its `instrument` channel (what Kraken's REST asset pairs
     would give a client offline): {symbol: {"price_precision", "qty_precision", "price_increment",

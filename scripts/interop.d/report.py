@@ -113,6 +113,10 @@ MEANINGS = {
         "Kraken timestamp) as still inside the gap, because the gap ends at the snapshot's receive time a few ms "
         "later. Coverage is meant to be on Kraken's clock; a consumer holding that very snapshot disagrees."
     ),
+    "deeper": (
+        "Depth beyond the record (item 5): the replay server acks a book subscription deeper than the record "
+        "and serves the recorded depth; Kraken (and the simulator) refuse an unsupported depth with an error ack."
+    ),
     "reader-in-gap": "Downtime read as a verified book (item 1): book --at answered exit 0 inside a gap that query --coverage lists.",
     "ccxt-checksum": (
         "Not krakenbook: ccxt 4.5.90's own Kraken checksum option (watchOrderBook.checksum) raises "
@@ -286,12 +290,19 @@ def main() -> int:
         "| consumer | source | received | checksums: consumer's own | checksums: recomputed from the consumer's book | books = `book --at` | result |",
         "|---|---|---|---|---|---|---|",
     ]
-    consumers += [consumer_row(r, oracle, gaps, rep) for _, r in rows]
+    consumers += [consumer_row(r, oracle, gaps, rep) for _, r in rows if r.get("kind") != "probe"]
     servers = [
         "| server | depth | seen by | book updates | checksums (each update applied whole) | updates a per-level-truncating client loses a level in | time order | unasked snapshots | end of the record | result |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     servers += [server_row(r, rep) for _, r in rows if r.get("kind") == "ws" and r.get("frames")]
+    probes = []
+    for _, r in rows:
+        if r.get("kind") == "probe":
+            bad = [(f"{c['what']}: {c['detail']}", "deeper") for c in r.get("checks", []) if not c["ok"]]
+            rep.row(f"**{r['source']}**", bad)
+            details = "; ".join(c["detail"] for c in r.get("checks", []))
+            probes.append(f"- {r['source']}: {details} — {'ok' if not bad else '**disagrees**'}")
 
     commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     version = subprocess.run([ctx["krakenbook"], "--version"], capture_output=True, text=True).stdout.strip()
@@ -309,6 +320,7 @@ def main() -> int:
             "What the servers sent, as each consumer's connection received it (checked by this script):",
             "",
             *servers,
+            *(["", "Probes:", "", *probes] if probes else []),
         ]
     )
     if rep.meanings:

@@ -200,7 +200,6 @@ def run_nautilus(ctx: dict, results: str) -> None:
 
 
 def run_hftbacktest(ctx: dict, results: str) -> None:
-    import numpy as np
     from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest
     from hftbacktest.data.utils import tardis
     from hftbacktest.types import BUY_EVENT, LOCAL_EVENT, SELL_EVENT
