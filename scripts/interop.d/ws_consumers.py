@@ -1,0 +1,524 @@
+"""ccxt.pro's kraken and python-kraken-sdk's SpotOrderBookClient against a Kraken v2 server.
+
+    ws_consumers.py --consumer ccxt|sdk --url ws://127.0.0.1:PORT/v2 --source NAME --mode live|replay
+                    --symbols A,B --depths 10,25 --duration SECS --results DIR
+
+Both libraries fetch pair data over Kraken's REST API, which is unreachable offline; this script
+reads the pairs from the server's own `instrument` channel and hands them over (ccxt:
+`set_markets`; the SDK: the `Market` object its order book client asks for decimals). Nothing
+else in either library is changed: each builds its books with its own code, and after every book
+message the script records the book the library holds, recomputes Kraken's checksum from it and
+compares it with the frame's, and keeps a sample of instants to compare with `book --at` later.
+
+Mode `live` runs for --duration seconds, reconnecting as the library does after a dropped
+connection. Mode `replay` stops when the server closes the connection (the close code and reason
+are recorded), when no book frame arrived for --idle seconds (the record ended without a close), or
+after --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from decimal import Decimal
+
+from common import Result, at_precision, fetch_instruments, iso_to_micros, kraken_checksum, pick_samples, sample
+
+
+class Tracker:
+    """What one client instance (one connection, one depth) received and held."""
+
+    def __init__(self, consumer: str, source: str, depth: int, precisions: dict[str, tuple[int, int]]):
+        self.result = Result(consumer, f"{source}, depth {depth}", "ws")
+        self.depth = depth
+        self.precisions = precisions
+        self.timeline: list[dict] = []
+        self.pending: dict[str, dict] = {}
+        self.snapshot_no: dict[str, int] = {}
+        self.book_messages = 0
+        self.snapshots = 0
+        self.script_ok = 0
+        self.script_failed = 0
+        self.script_failures: list[str] = []
+        self.own_ok = 0
+        self.own_failed = 0
+        self.own_unchecked = 0
+        self.connections = 0
+        self.max_ts: int | None = None
+        self.out_of_order = 0
+        self.max_lag_us = 0
+        self.last_event: dict[str, str] = {}
+        self.unasked_snapshots = 0
+        self.symbol_ts: dict[str, int] = {}
+        self.rewinds = 0
+        self.max_rewind_us = 0
+        self.first_book_at: float | None = None
+        self.last_book_at: float | None = None
+        self.close_info: str | None = None
+        self.stopped_early = False
+        # The frames themselves, read by the script: each message applied whole (then truncated to
+        # the depth) must give the frame's checksum; applied level by level with the side truncated
+        # after each level (from the same correct book) it must too, on Kraken.
+        self.truth: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
+        self.frame_updates = 0
+        self.frame_bad = 0
+        self.per_level_bad = 0
+        dump_dir = os.environ.get("INTEROP_FRAMES")  # debugging: every frame received, one JSON line each
+        self.dump = open(os.path.join(dump_dir, f"{consumer.split()[0]}-{source}-d{depth}.ndjson".replace(" ", "_").replace("/", "")), "w") if dump_dir else None
+
+    # Every decoded frame, before the library handles it.
+    def raw(self, msg: object) -> None:
+        if self.dump is not None:
+            self.dump.write(json.dumps(msg) + "\n")
+        if not isinstance(msg, dict):
+            return
+        channel = msg.get("channel")
+        if channel == "status":
+            self.connections += 1
+            self.max_ts = None
+            self.last_event = {}
+            return
+        if msg.get("method") == "subscribe":
+            result = msg.get("result") or {}
+            if msg.get("success") and result.get("channel") == "book":
+                self.last_event[result.get("symbol")] = "ack"
+            elif msg.get("success") is False:
+                self.result.note(f"subscription refused: {str(msg.get('error'))[:120]}")
+            return
+        if channel != "book" or not msg.get("data"):
+            return
+        data = msg["data"][0]
+        symbol = data.get("symbol")
+        kind = msg.get("type")
+        if kind == "snapshot" and self.last_event.get(symbol) != "ack":
+            self.unasked_snapshots += 1
+        self.check_frame(symbol, kind, data)
+        self.last_event[symbol] = kind
+        stamp = data.get("timestamp")
+        if stamp:
+            us = iso_to_micros(stamp)
+            last = self.symbol_ts.get(symbol)
+            if kind == "snapshot" and last is not None and us < last:
+                self.rewinds += 1
+                self.max_rewind_us = max(self.max_rewind_us, last - us)
+            self.symbol_ts[symbol] = us
+            if self.max_ts is not None and us < self.max_ts:
+                self.out_of_order += 1
+                self.max_lag_us = max(self.max_ts - us, self.max_lag_us)
+            self.max_ts = us if self.max_ts is None else max(self.max_ts, us)
+        now = time.monotonic()
+        self.first_book_at = self.first_book_at or now
+        self.last_book_at = now
+
+    def check_frame(self, symbol: str, kind: str, data: dict) -> None:
+        if symbol not in self.precisions:
+            return
+        pp, qp = self.precisions[symbol]
+        levels = {
+            side: [(at_precision(lv["price"], pp), at_precision(lv["qty"], qp)) for lv in data.get(key) or []]
+            for side, key in (("bid", "bids"), ("ask", "asks"))
+        }
+
+        def top(book: dict[Decimal, Decimal], side: str) -> list[tuple[Decimal, Decimal]]:
+            return sorted(book.items(), key=lambda kv: -kv[0] if side == "bid" else kv[0])[: self.depth]
+
+        if kind == "snapshot":
+            self.truth[symbol] = {side: dict(levels[side]) for side in ("bid", "ask")}
+            return
+        book = self.truth.get(symbol)
+        if book is None:
+            return
+        self.frame_updates += 1
+        want = int(data.get("checksum", -1))
+        per_level = {}
+        for side in ("bid", "ask"):
+            stepwise = dict(book[side])
+            for price, qty in levels[side]:
+                if qty == 0:
+                    stepwise.pop(price, None)
+                else:
+                    stepwise[price] = qty
+                stepwise = dict(top(stepwise, side))
+            per_level[side] = stepwise
+            for price, qty in levels[side]:
+                if qty == 0:
+                    book[side].pop(price, None)
+                else:
+                    book[side][price] = qty
+            book[side] = dict(top(book[side], side))
+        if kraken_checksum(top(book["ask"], "ask"), top(book["bid"], "bid"), pp, qp) != want:
+            self.frame_bad += 1
+        elif per_level["bid"] != book["bid"] or per_level["ask"] != book["ask"]:
+            self.per_level_bad += 1  # a level lost: a checksum failure if in the top 10, else a silent one
+
+    def observe(self, msg: dict, bids: list[tuple[Decimal, Decimal]], asks: list[tuple[Decimal, Decimal]], own: bool | None) -> None:
+        """The book the library holds right after handling book message `msg`; `own` is the
+        library's own checksum verdict (None: it did not check this message)."""
+        data = msg["data"][0]
+        symbol = data["symbol"]
+        kind = msg.get("type")
+        self.book_messages += 1
+        if kind == "snapshot":
+            self.snapshots += 1
+            self.snapshot_no[symbol] = self.snapshot_no.get(symbol, 0) + 1
+        if own is None:
+            self.own_unchecked += 1
+        elif own:
+            self.own_ok += 1
+        else:
+            self.own_failed += 1
+        pp, qp = self.precisions[symbol]
+        mine = kraken_checksum(asks, bids, pp, qp)
+        if mine == int(data.get("checksum", -1)):
+            self.script_ok += 1
+        else:
+            self.script_failed += 1
+            if len(self.script_failures) < 5:
+                self.script_failures.append(f"{symbol} {kind} {data.get('timestamp')}: held {mine}, frame {data.get('checksum')}")
+        stamp = data.get("timestamp")
+        if not stamp:
+            return
+        us = iso_to_micros(stamp)
+        prev = self.pending.get(symbol)
+        if prev is not None and us > prev["us"]:
+            # Nothing else of this symbol at prev's instant can follow: its book is final there.
+            self.timeline.append(prev)
+        obs = sample(symbol, stamp, bids, asks, self.depth, "")
+        obs["us"] = us
+        obs["snapshot_no"] = self.snapshot_no.get(symbol, 0)
+        self.pending[symbol] = obs
+
+    def finish(self, own_label: str, name: str, results: str) -> None:
+        r = self.result
+        r.data["received"] = self.book_messages
+        r.data["own_checksums"] = (
+            {"ok": self.own_ok, "failed": self.own_failed, "unchecked": self.own_unchecked} if own_label else None
+        )
+        r.data["own_checksum_note"] = own_label
+        r.data["script_checksums"] = {"ok": self.script_ok, "failed": self.script_failed, "first_failures": self.script_failures}
+        for obs in self.timeline:
+            obs.pop("us", None)
+        r.data["samples"] = pick_samples(self.timeline, per_symbol=6, extra=4)
+        r.data["connections"] = self.connections
+        r.data["out_of_order"] = self.out_of_order
+        r.data["max_lag_s"] = self.max_lag_us / 1e6
+        r.data["unasked_snapshots"] = self.unasked_snapshots
+        r.data["close_info"] = self.close_info
+        r.data["rewinds"] = self.rewinds
+        r.data["stopped_early"] = self.stopped_early
+        r.data["frames"] = {"updates": self.frame_updates, "bad": self.frame_bad, "per_level_bad": self.per_level_bad}
+        r.note(
+            f"the frames themselves: {self.frame_updates - self.frame_bad}/{self.frame_updates} updates verify applied whole; "
+            f"applied level by level with truncation after each level, {self.per_level_bad} lose a level"
+            + (f" ({100 * self.per_level_bad / max(1, self.frame_updates):.1f}%)" if self.per_level_bad else "")
+        )
+        if self.rewinds:
+            r.note(f"{self.rewinds} snapshot(s) older than the symbol's previous frame on the same connection (up to {self.max_rewind_us / 1e6:.3f} s back): a resubscription started over in the past")
+        if self.own_failed and "sdk" in r.data["consumer"].lower():
+            r.note("after each failure the SDK unsubscribes, pauses its whole connection for 3 s, and subscribes again")
+        r.note(f"{self.connections} connection(s), {self.snapshots} snapshots")
+        if self.unasked_snapshots:
+            r.note(f"{self.unasked_snapshots} snapshot(s) arrived without a subscription asking for them")
+        if self.out_of_order:
+            r.note(f"{self.out_of_order} frames older than one already received on the connection (up to {self.max_lag_us / 1e6:.3f} s)")
+        if self.close_info:
+            r.note(self.close_info)
+        r.check("book messages received", self.book_messages > 0, f"{self.book_messages}")
+        r.write(results, name)
+
+
+def pair_precisions(instruments: dict[str, dict], symbols: list[str]) -> dict[str, tuple[int, int]]:
+    missing = [s for s in symbols if s not in instruments]
+    if missing:
+        raise SystemExit(f"the server's instrument channel does not list {missing}")
+    return {s: (int(instruments[s]["price_precision"]), int(instruments[s]["qty_precision"])) for s in symbols}
+
+
+# ---------------------------------------------------------------------------------------------
+# python-kraken-sdk
+
+
+async def run_sdk(args, instruments: dict[str, dict]) -> list[Tracker]:
+    from importlib.metadata import version
+
+    from kraken.spot import SpotOrderBookClient
+
+    label = f"python-kraken-sdk {version('python-kraken-sdk')} SpotOrderBookClient"
+    precisions = pair_precisions(instruments, args.symbols)
+    base_url = args.url[: -len("/v2")] if args.url.endswith("/v2") else args.url
+
+    class OfflineMarket:
+        """Stands in for the SDK's REST `Market`: the decimals its checksum needs, from the
+        server's instrument channel."""
+
+        def get_asset_pairs(self, pair: str | list[str] | None = None, **_kw) -> dict:
+            names = [pair] if isinstance(pair, str) else list(pair or precisions)
+            return {n: {"pair_decimals": precisions[n][0], "lot_decimals": precisions[n][1], "wsname": n} for n in names}
+
+    trackers: list[Tracker] = []
+    clients = []
+    for depth in args.depths:
+        tracker = Tracker(label, args.source, depth, precisions)
+        trackers.append(tracker)
+
+        class Client(SpotOrderBookClient):
+            WS_URL = base_url  # the SDK appends "/v2"
+
+            async def on_message(self, message, _t=tracker):  # observe, then the SDK's own handling
+                _t.raw(message)
+                await super().on_message(message)
+
+            async def on_book_update(self, pair: str, message: dict, _t=tracker) -> None:
+                if "error" in message:  # the SDK's own report of a checksum failure; counted below
+                    return
+                book = self.get(pair=pair)
+                if book is None:
+                    return
+                bids = [(Decimal(p), Decimal(v[0])) for p, v in book["bid"].items()]
+                asks = [(Decimal(p), Decimal(v[0])) for p, v in book["ask"].items()]
+                own = None if message.get("type") == "snapshot" else bool(book["valid"])
+                _t.observe(message, bids, asks, own)
+
+        client = Client(depth=depth)
+        client._SpotOrderBookClient__market = OfflineMarket()  # noqa: SLF001: the REST seam, see the module doc
+        clients.append((client, tracker))
+
+    for client, _ in clients:
+        await client.start()
+        await client.add_book(pairs=args.symbols)
+
+    await supervise(args, [t for _, t in clients], lambda i: sdk_close_state(clients[i][0]))
+    for client, _ in clients:
+        try:
+            await asyncio.wait_for(client.close(), timeout=10)
+        except Exception as exc:  # noqa: BLE001: closing is best effort, the result is written anyway
+            logging.debug("closing the SDK client: %s", exc)
+    for _, t in clients:
+        if t.connections > 1:
+            t.result.note("the SDK reconnected and resubscribed by itself after each drop")
+    return trackers
+
+
+def sdk_close_state(client) -> str | None:
+    """How the SDK's current connection ended, once it has: the close frame's code and reason,
+    or that none came."""
+    conn = getattr(client, "_pub_conn", None)
+    sock = getattr(conn, "socket", None)
+    state = getattr(getattr(sock, "state", None), "name", None)
+    if sock is None or state not in ("CLOSED", "CLOSING"):
+        return None
+    rcvd = getattr(sock, "close_rcvd", None)
+    if rcvd is None:
+        return "the server closed the connection without a close frame"
+    return f"the server closed the connection: code {rcvd.code}, reason {rcvd.reason!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# ccxt
+
+
+async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
+    import ccxt
+    import ccxt.pro as ccxtpro
+
+    label = f"ccxt {ccxt.__version__} (ccxt.pro kraken, WebSocket v2)"
+    precisions = pair_precisions(instruments, args.symbols)
+    markets = []
+    for symbol in args.symbols:
+        inst = instruments[symbol]
+        base, quote = symbol.split("/")
+        pp, qp = precisions[symbol]
+        markets.append(
+            {
+                "id": symbol.replace("/", ""),
+                "symbol": symbol,
+                "base": base,
+                "quote": quote,
+                "baseId": base,
+                "quoteId": quote,
+                "type": "spot",
+                "spot": True,
+                "margin": False,
+                "swap": False,
+                "future": False,
+                "option": False,
+                "contract": False,
+                "active": True,
+                "precision": {"price": float(inst.get("price_increment") or 10**-pp), "amount": float(inst.get("qty_increment") or 10**-qp)},
+                "limits": {},
+                "info": {"wsname": symbol, "altname": symbol.replace("/", "")},
+            }
+        )
+
+    trackers: list[Tracker] = []
+    exchanges = []
+    for depth in args.depths:
+        tracker = Tracker(label, args.source, depth, precisions)
+        trackers.append(tracker)
+
+        class Kraken(ccxtpro.kraken):
+            checksum_broken: str | None = None
+
+            def handle_message(self, client, message, _t=tracker):
+                _t.raw(message)
+                return super().handle_message(client, message)
+
+            def handle_order_book(self, client, message, _t=tracker):
+                symbol = message["data"][0]["symbol"]
+                checking = self.options["watchOrderBook"].get("checksum") is True
+                try:
+                    super().handle_order_book(client, message)
+                except Exception as exc:  # noqa: BLE001: ccxt's own checksum code; see the note it leaves
+                    if not checking:
+                        raise
+                    # ccxt's checksum code itself failed: say so, verify without it from here on.
+                    self.checksum_broken = f"{type(exc).__name__}: {exc}"
+                    self.options["watchOrderBook"]["checksum"] = False
+                    checking = False
+                book = self.orderbooks.get(symbol)
+                if book is None:  # ccxt dropped the book: its checksum disagreed
+                    _t.observe(message, [], [], False)
+                    return
+                bids = [(at_precision(p, precisions[symbol][0]), at_precision(q, precisions[symbol][1])) for p, q in book["bids"]]
+                asks = [(at_precision(p, precisions[symbol][0]), at_precision(q, precisions[symbol][1])) for p, q in book["asks"]]
+                _t.observe(message, bids, asks, True if checking else None)
+
+        ex = Kraken({"enableRateLimit": False})
+        ex.urls["api"]["ws"]["publicV2"] = args.url
+        ex.urls["api"]["ws"]["public"] = args.url
+        ex.options["watchOrderBook"]["checksum"] = True
+        ex.set_markets(markets)
+        exchanges.append((ex, tracker))
+
+    stop = asyncio.Event()
+
+    async def watch(ex, tracker: Tracker, symbol: str) -> None:
+        from ccxt.base.errors import ChecksumError, NetworkError
+
+        while not stop.is_set():
+            try:
+                await ex.watch_order_book(symbol, limit=tracker.depth)
+            except ChecksumError:
+                continue  # ccxt unsubscribed the book; watching again resubscribes it
+            except NetworkError as exc:
+                if args.mode == "replay" and tracker.book_messages:
+                    tracker.close_info = tracker.close_info or f"ccxt: {str(exc)[:160]}"
+                    return
+                await asyncio.sleep(0.5)  # live: watch again, ccxt reconnects
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001: reported in the row
+                tracker.result.error(f"{symbol}: {type(exc).__name__}: {str(exc)[:200]}")
+                await asyncio.sleep(1.0)
+
+    tasks = [asyncio.create_task(watch(ex, t, s)) for ex, t in exchanges for s in args.symbols]
+
+    def closed(i: int) -> str | None:
+        t = exchanges[i][1]
+        if t.close_info:
+            return t.close_info
+        if args.mode == "replay" and t.book_messages and all(task.done() for task in tasks):
+            return "ccxt: connection closed"
+        return None
+
+    await supervise(args, [t for _, t in exchanges], closed)
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for ex, t in exchanges:
+        if ex.checksum_broken:
+            t.own_unchecked += t.own_ok + t.own_failed
+            t.own_ok = t.own_failed = 0
+            t.result.note(f"ccxt's own checksum option (watchOrderBook.checksum) fails in ccxt itself: {ex.checksum_broken}; the script verifies instead")
+        try:
+            await asyncio.wait_for(ex.close(), timeout=10)
+        except Exception as exc:  # noqa: BLE001
+            logging.debug("closing ccxt: %s", exc)
+    return trackers
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def supervise(args, trackers: list[Tracker], closed) -> None:
+    """Waits for the end of the run (see the module doc)."""
+    start = time.monotonic()
+    while True:
+        await asyncio.sleep(0.2)
+        now = time.monotonic()
+        if now - start > args.duration:
+            if args.mode == "replay":
+                for t in trackers:
+                    if not t.close_info:
+                        t.stopped_early = True
+                        t.result.note(f"still receiving after {args.duration:.0f} s: stopped before the end of the record")
+            return
+        if args.mode != "replay":
+            continue
+        done = True
+        for i, t in enumerate(trackers):
+            if t.close_info:
+                continue
+            info = closed(i)
+            if info and t.book_messages:
+                t.close_info = info
+                continue
+            if t.last_book_at is not None and now - t.last_book_at > args.idle:
+                t.close_info = f"no book frame for {args.idle:.0f} s and no close: the end of the record was not announced"
+                continue
+            if t.last_book_at is None and now - start > args.idle * 3:
+                t.close_info = "no book frame at all"
+                continue
+            done = False
+        if done:
+            return
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--consumer", choices=["ccxt", "sdk"], required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--mode", choices=["live", "replay"], required=True)
+    ap.add_argument("--symbols", required=True)
+    ap.add_argument("--depths", default="10,25")
+    ap.add_argument("--duration", type=float, default=45)
+    ap.add_argument("--idle", type=float, default=8)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--name", required=True)
+    args = ap.parse_args()
+    args.symbols = [s for s in args.symbols.split(",") if s]
+    args.depths = [int(d) for d in args.depths.split(",") if d]
+    logging.basicConfig(level=os.environ.get("INTEROP_LOG", "CRITICAL"))
+
+    async def run() -> list[Tracker]:
+        instruments = await fetch_instruments(args.url)
+        if args.consumer == "sdk":
+            return await run_sdk(args, instruments)
+        return await run_ccxt(args, instruments)
+
+    try:
+        trackers = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001: one failed consumer is a row, not a crash of the run
+        for depth in args.depths:
+            r = Result(args.consumer, f"{args.source}, depth {depth}", "ws")
+            r.error(f"{type(exc).__name__}: {exc}")
+            r.check("consumer ran", False, traceback.format_exc()[-600:])
+            r.write(args.results, f"{args.name}-d{depth}")
+        traceback.print_exc()
+        return 1
+    own_label = "SDK's own checksum check" if args.consumer == "sdk" else "ccxt watchOrderBook.checksum"
+    for t in trackers:
+        t.finish(own_label, f"{args.name}-d{t.depth}", args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
