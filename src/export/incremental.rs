@@ -127,20 +127,13 @@ async fn initial_book(
     while let Some(step) = cursor.next().await? {
         last = Some((step.received_at, step.verified));
     }
-    let (last_received, verified) = match last {
-        Some((r, v)) => (r, v == Some(true)),
+    let verified = match last {
+        Some((_, v)) => v == Some(true),
         // A book state with nothing after it: verified when it was journaled.
-        None => (start.received_at, cursor.is_synced()),
+        None => cursor.is_synced(),
     };
-    let gaps = super::source::gaps(
-        client,
-        collector,
-        &[symbol.to_owned()],
-        start.received_at,
-        selection.from.max(last_received),
-    )
-    .await?;
-    if !verified || gaps.is_gap(symbol, last_received, at) {
+    let coverage = super::source::coverage(client, collector, symbol).await?;
+    if !verified || !coverage.covers(at) {
         return Ok(None);
     }
     let depth = cursor.subscribed_depth();

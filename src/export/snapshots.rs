@@ -8,10 +8,11 @@
 //! recomputed: `timestamp` is `t`; `local_timestamp` is when that message was received (how fresh
 //! the book is). Several symbols are written instant by instant, in the order given.
 //!
-//! What must hold: a row is written only for a book known to be Kraken's at that instant: the last
-//! message verified its checksum, and no gap (a mismatch, a lost connection) began since
-//! ([`Gaps::is_gap`]). Other instants are skipped and counted, never filled with a stale or wrong
-//! book.
+//! What must hold: a row is written only for a book known to be Kraken's at that instant: the
+//! coverage model says the collector's record covers it ([`crate::history::Coverage::covers`]: no
+//! mismatch, lost connection, stopped collector or journal damage), and the last message applied
+//! verified its checksum. Other instants are skipped and counted, never filled with a stale or
+//! wrong book: a collector's downtime has no rows.
 
 use tokio_postgres::Client;
 
@@ -19,7 +20,7 @@ use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
 use super::{EXCHANGE, ExportError, ExportReport, Sink, Ticker};
 use crate::book::PriceLevel;
-use crate::readback::Gaps;
+use crate::history::Coverage;
 use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
@@ -101,21 +102,13 @@ pub(crate) async fn plan<'a>(
             &selection.collector,
         )
         .await?;
-        // Feed events are on the local clock: from the start's receipt.
         let since = start.as_ref().map_or(selection.from, |s| s.received_at);
-        let gaps = super::source::gaps(
-            client,
-            &selection.collector,
-            std::slice::from_ref(symbol),
-            since.min(selection.from),
-            selection.to,
-        )
-        .await?;
+        let coverage = super::source::coverage(client, &selection.collector, symbol).await?;
         let mut book = SymbolBook {
             symbol: symbol.clone(),
             conn: None,
             cursor: None,
-            gaps,
+            coverage,
             saved: View::default(),
             last: None,
             ahead: None,
@@ -197,7 +190,7 @@ impl Plan<'_> {
                     report.skipped_intervals += 1;
                     continue;
                 };
-                if book.gaps.is_gap(&book.symbol, last.received, at) {
+                if !book.coverage.covers(at) {
                     report.skipped_intervals += 1;
                     continue;
                 }
@@ -264,7 +257,7 @@ struct SymbolBook {
     /// The connection the cursor reads on.
     conn: Option<Client>,
     cursor: Option<BookCursor>,
-    gaps: Gaps,
+    coverage: Coverage,
     /// The top levels after the last message at or before the instant.
     saved: View,
     last: Option<Last>,

@@ -20,6 +20,9 @@ use crate::time::Timestamp;
 /// How far before a mismatch event its frame may be (as in the database source).
 const MISMATCH_LOOKBACK: i64 = 100_000;
 
+/// A frame's seq and receive time.
+type FrameAt = (i64, Timestamp);
+
 /// A time as the database stores it: whole microseconds.
 fn micros(t: Timestamp) -> Timestamp {
     Timestamp::from_pg_micros(t.pg_micros())
@@ -59,8 +62,8 @@ pub fn observe(
     }
     let wanted: HashSet<&str> = symbols.iter().map(String::as_str).collect();
     let mut marks: BTreeMap<String, Vec<Observation>> = BTreeMap::new();
-    // Per connection: first and last frame (seq, receive time).
-    let mut frames: HashMap<u64, ((i64, Timestamp), (i64, Timestamp))> = HashMap::new();
+    // Per connection: first and last frame.
+    let mut frames: HashMap<u64, (FrameAt, FrameAt)> = HashMap::new();
     let mut lost: HashSet<u64> = HashSet::new();
     let mut damage: Vec<Damage> = Vec::new();
     // The last frame of each (connection, symbol) whose checksum failed: (seq, received, Kraken).

@@ -547,11 +547,12 @@ impl Coverage {
         self.gaps.iter().filter(move |g| g.overlaps(from, to))
     }
 
-    /// The first gap that ends after `after` and begins at or before `at`.
+    /// The first gap that ends after `after` and begins at or before `at` (the gap before the
+    /// first record, which begins nowhere, is never one: nothing was lost there).
     pub fn next_gap(&self, after: Timestamp, at: Timestamp) -> Option<&Gap> {
         self.gaps
             .iter()
-            .find(|g| g.end.is_none_or(|e| e > after) && g.start.is_none_or(|s| s <= at))
+            .find(|g| g.end.is_none_or(|e| e > after) && g.start.is_some_and(|s| s <= at))
     }
 
     /// The stream `book --at t` answers from, and its span: among the streams verified at `t`,
