@@ -4,8 +4,9 @@
 //! - subscriptions: `kraken_feed_events` (`subscribed`), by its `(symbol, time)` index;
 //! - verified snapshots: `kraken_orderbook_messages`, by its partial snapshot index (one row per
 //!   subscription, not per message);
-//! - mismatches: `checksum_mismatch` events, each with the mismatched message found by its
-//!   `(collector, seq)` index just before the event (its Kraken timestamp);
+//! - mismatches: `checksum_mismatch` events, each with the mismatched message found by the
+//!   `(collector, seq)` index just before the event (its Kraken timestamp), and the last message of
+//!   the symbol on the connection that verified before it;
 //! - connections: `krakenbook_connections` (first and last frame, heartbeats included), by key;
 //! - `disconnected` and `journal_damage` events: a few rows per connection or damage;
 //! - after each damage, the first book state of each connection concerned, by the states'
@@ -98,7 +99,8 @@ pub async fn observe(
     }
     let mismatches = client
         .query(
-            "SELECT e.symbol, e.collector, e.conn_id, e.seq, e.time, m.seq, m.\"timestamp\", m.received_at
+            "SELECT e.symbol, e.collector, e.conn_id, e.seq, e.time, m.seq, m.\"timestamp\",
+                    m.received_at, v.\"timestamp\"
                FROM kraken_feed_events e
                LEFT JOIN LATERAL (
                  SELECT seq, \"timestamp\", received_at FROM kraken_orderbook_messages m
@@ -106,6 +108,12 @@ pub async fn observe(
                     AND m.conn_id = e.conn_id AND m.symbol = e.symbol AND m.checksum_ok = false
                     AND m.\"timestamp\" <= e.time + interval '1 hour'
                   ORDER BY m.seq DESC LIMIT 1) m ON true
+               LEFT JOIN LATERAL (
+                 SELECT \"timestamp\" FROM kraken_orderbook_messages v
+                  WHERE v.collector = e.collector AND v.seq < coalesce(m.seq, e.seq)
+                    AND v.seq > e.seq - $3 AND v.conn_id = e.conn_id AND v.symbol = e.symbol
+                    AND v.checksum_ok AND v.\"timestamp\" <= e.time + interval '1 hour'
+                  ORDER BY v.seq DESC LIMIT 1) v ON true
               WHERE e.symbol = ANY($1) AND e.event = 'checksum_mismatch' AND e.conn_id IS NOT NULL
                 AND ($2::text IS NULL OR e.collector = $2)",
             &[&symbols, &collector, &MISMATCH_LOOKBACK],
@@ -124,7 +132,10 @@ pub async fn observe(
                 stream: stream(r.get(1), r.get(2)),
                 seq,
                 received,
-                mark: Mark::Mismatch { kraken },
+                mark: Mark::Mismatch {
+                    kraken,
+                    last_verified: r.get(8),
+                },
             });
         }
     }

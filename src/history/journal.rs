@@ -2,10 +2,10 @@
 //! pass over the records (a journal is a complete source: every frame, heartbeats included, every
 //! feed event, every book state, and its damage).
 //!
-//! Only the frames that can be marks are decoded: verified snapshots (a frame whose verdict is
-//! "ok" and whose bytes name a snapshot) and frames whose checksum failed. Times are cut to whole
-//! microseconds, as the database stores them, so that both sources of one recording give equal
-//! observations.
+//! Only book frames with a verdict are decoded (the verified ones for their symbol and Kraken
+//! timestamp: a snapshot is a mark, and a mismatch needs the last verified message before it;
+//! the failed ones for the mismatch itself). Times are cut to whole microseconds, as the database
+//! stores them, so that both sources of one recording give equal observations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -66,6 +66,8 @@ pub fn observe(
     let mut frames: HashMap<u64, (FrameAt, FrameAt)> = HashMap::new();
     let mut lost: HashSet<u64> = HashSet::new();
     let mut damage: Vec<Damage> = Vec::new();
+    // The last frame of each (connection, symbol) that verified: (seq, Kraken).
+    let mut verified: HashMap<(u64, String), (i64, Timestamp)> = HashMap::new();
     // The last frame of each (connection, symbol) whose checksum failed: (seq, received, Kraken).
     let mut failed: HashMap<(u64, String), (i64, Timestamp, Timestamp)> = HashMap::new();
     // Book states already taken after each damage: (damage index, connection, symbol).
@@ -98,12 +100,7 @@ pub fn observe(
                 .entry(conn)
                 .and_modify(|(_, last)| *last = (seq, received))
                 .or_insert(((seq, received), (seq, received)));
-            let interesting = match frame.checksum_ok {
-                Some(true) => contains(frame.bytes, b"snapshot"),
-                Some(false) => true,
-                None => false,
-            };
-            if !interesting {
+            if frame.checksum_ok.is_none() {
                 continue;
             }
             let Ok(text) = std::str::from_utf8(frame.bytes) else {
@@ -121,8 +118,8 @@ pub fn observe(
                 continue;
             }
             let kraken = micros(first.timestamp.unwrap_or(received));
-            match frame.checksum_ok {
-                Some(true) if book.kind == BookKind::Snapshot => {
+            if frame.checksum_ok == Some(true) {
+                if book.kind == BookKind::Snapshot {
                     marks
                         .entry(symbol.to_owned())
                         .or_default()
@@ -133,10 +130,9 @@ pub fn observe(
                             mark: Mark::Snapshot { kraken },
                         });
                 }
-                Some(false) => {
-                    failed.insert((conn, symbol.to_owned()), (seq, received, kraken));
-                }
-                _ => {}
+                verified.insert((conn, symbol.to_owned()), (seq, kraken));
+            } else {
+                failed.insert((conn, symbol.to_owned()), (seq, received, kraken));
             }
             continue;
         }
@@ -154,16 +150,25 @@ pub fn observe(
                     });
                 }
                 (EventKind::ChecksumMismatch, Some(symbol)) if wanted.contains(symbol.as_str()) => {
+                    let key = (conn, symbol);
+                    let event_seq = seq;
                     let (seq, received, kraken) = failed
-                        .get(&(conn, symbol.clone()))
+                        .get(&key)
                         .copied()
-                        .filter(|&(s, _, _)| s < seq && s > seq - MISMATCH_LOOKBACK)
-                        .unwrap_or((seq, received, received));
-                    marks.entry(symbol).or_default().push(Observation {
+                        .filter(|&(s, _, _)| s < event_seq && s > event_seq - MISMATCH_LOOKBACK)
+                        .unwrap_or((event_seq, received, received));
+                    let last_verified = verified
+                        .get(&key)
+                        .filter(|&&(s, _)| s < seq && s > event_seq - MISMATCH_LOOKBACK)
+                        .map(|&(_, t)| t);
+                    marks.entry(key.1).or_default().push(Observation {
                         stream: stream(conn),
                         seq,
                         received,
-                        mark: Mark::Mismatch { kraken },
+                        mark: Mark::Mismatch {
+                            kraken,
+                            last_verified,
+                        },
                     });
                 }
                 (EventKind::Disconnected, _) => {
@@ -225,8 +230,4 @@ pub fn observe(
         out.push(o);
     }
     Ok(out)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }

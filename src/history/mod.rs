@@ -7,7 +7,8 @@
 //! A *stream* is what one connection (`conn_id`) of one collector received for one symbol. A
 //! stream's book is *verified* from a snapshot whose checksum matched, or from a book state the
 //! collector journaled (always of a verified book), until the first of:
-//! - a **checksum mismatch** of the symbol on that connection;
+//! - a **checksum mismatch** of the symbol on that connection (proven only up to the last message
+//!   that verified before it: see the clocks below);
 //! - the **last frame of its connection**, heartbeats included: a drop, a silence, a process stop
 //!   and a crash all end there (the database keeps each connection's last frame in
 //!   `krakenbook_connections`, updated with every batch, so it knows it even after a crash);
@@ -35,13 +36,19 @@
 //! Coverage and gaps are on Kraken's clock, the one `book --at` and the export ranges use (the
 //! messages' `timestamp`). Each bound uses the clock it is known on:
 //! - a span's **start** is Kraken's timestamp of its snapshot or state, but never earlier than
-//!   the receive time of the last thing that (re)began the stream or broke it: the connection's
-//!   first frame, the subscription's acknowledgement, a mismatch, the first intact record after
-//!   damage. A quiet pair's snapshot carries the time of the book's last change, possibly hours
-//!   before the stream existed; taken alone it would cover a stopped collector's downtime. The
-//!   book is known from the moment the stream could know it, not from when Kraken last changed it;
-//! - a span ended by a **mismatch** ends at Kraken's timestamp of the mismatched message: `book
-//!   --at` at that instant applies it and fails, so the span must not contain it;
+//!   what (re)began the stream or broke it: the receive time of the connection's first frame and
+//!   of the stream's subscription (its first, or a later one before it ever verified), Kraken's
+//!   timestamp of a mismatch that ended its previous span, the receive time of the first intact
+//!   record after damage. A quiet pair's snapshot carries the time of the book's last change,
+//!   possibly hours before the stream existed; taken alone it would cover a stopped collector's
+//!   downtime. After a mismatch on a live connection the stream existed throughout, and the
+//!   resubscription's snapshot stamped with the mismatched message's own time (nothing changed
+//!   since) makes the book known again from that very instant;
+//! - a span ended by a **mismatch** ends just after the last message of the stream that verified
+//!   before it (Kraken's timestamp plus one microsecond), and at the latest at the mismatched
+//!   message's timestamp: the mismatch proves that something was lost or altered after the last
+//!   verified message, at an instant nobody knows, so the book after that message is not proven;
+//!   and `book --at` at the mismatched message's instant applies it and fails;
 //! - a span ended by its **connection** ends at the receive time of the connection's last frame:
 //!   a heartbeat carries no Kraken timestamp, and the book was known as long as frames arrived;
 //! - a span ended by **damage** ends at the receive time of the last intact record before it

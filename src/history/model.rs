@@ -61,10 +61,14 @@ pub enum Mark {
         /// Kraken's timestamp of the state.
         kraken: Timestamp,
     },
-    /// A book message whose checksum did not match, with Kraken's timestamp.
+    /// A book message whose checksum did not match, with Kraken's timestamp, and Kraken's
+    /// timestamp of the last message of the symbol on the same connection that verified before it
+    /// (when there is one).
     Mismatch {
         /// Kraken's timestamp of the message.
         kraken: Timestamp,
+        /// Kraken's timestamp of the last verified message before it.
+        last_verified: Option<Timestamp>,
     },
 }
 
@@ -340,6 +344,8 @@ fn stream_spans(conn: &Connection, marks: &[&Observation], damage: &[&Damage]) -
     let mut spans = Vec::new();
     let mut floor = conn.first_received;
     let mut live: Option<Live> = None;
+    // A span of this stream ended (empty spans are dropped, so `spans` alone cannot say).
+    let mut ended_once = false;
     let mut last_seen = conn.first_received;
     let mut close = |live: Live, end: Timestamp, last_seq: i64, ended_by: SpanEnd| {
         let end = end.max(live.start);
@@ -360,7 +366,9 @@ fn stream_spans(conn: &Connection, marks: &[&Observation], damage: &[&Damage]) -
                 last_seen = last_seen.max(o.received);
                 match o.mark {
                     Mark::Subscribed => {
-                        if live.is_none() {
+                        // The stream begins at its subscription; a resubscription after a
+                        // mismatch does not make it begin again (the mismatch bounds it).
+                        if live.is_none() && !ended_once {
                             floor = floor.max(o.received);
                         }
                     }
@@ -377,11 +385,23 @@ fn stream_spans(conn: &Connection, marks: &[&Observation], damage: &[&Damage]) -
                             });
                         }
                     }
-                    Mark::Mismatch { kraken } => {
+                    Mark::Mismatch {
+                        kraken,
+                        last_verified,
+                    } => {
                         if let Some(l) = live.take() {
-                            close(l, kraken, o.seq - 1, SpanEnd::Mismatch);
+                            // Proven up to the last message that verified: whatever the mismatch
+                            // shows was lost happened after it.
+                            let end = match last_verified {
+                                Some(v) => kraken.min(v.add_nanos(1000)),
+                                None => kraken,
+                            };
+                            close(l, end, o.seq - 1, SpanEnd::Mismatch);
+                            ended_once = true;
                         }
-                        floor = floor.max(o.received);
+                        // The next span starts at the mismatched message at the earliest (on
+                        // Kraken's clock, as the book at that instant is a snapshot's business).
+                        floor = floor.max(kraken);
                     }
                 }
             }
@@ -393,6 +413,7 @@ fn stream_spans(conn: &Connection, marks: &[&Observation], damage: &[&Damage]) -
                         d.first_seq - 1,
                         SpanEnd::JournalDamage,
                     );
+                    ended_once = true;
                 }
                 if let Some(t) = d.after.or(d.before) {
                     floor = floor.max(t);

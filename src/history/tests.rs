@@ -50,8 +50,39 @@ fn state(c: &str, n: i64, seq: i64, received: f64, kraken: f64) -> Observation {
     mark(c, n, seq, received, Mark::State { kraken: t(kraken) })
 }
 
+/// A mismatch at Kraken time `kraken` with no verified message known before it.
 fn mismatch(c: &str, n: i64, seq: i64, received: f64, kraken: f64) -> Observation {
-    mark(c, n, seq, received, Mark::Mismatch { kraken: t(kraken) })
+    mark(
+        c,
+        n,
+        seq,
+        received,
+        Mark::Mismatch {
+            kraken: t(kraken),
+            last_verified: None,
+        },
+    )
+}
+
+/// A mismatch at Kraken time `kraken` whose last verified message before it was at `verified`.
+fn mismatch_after(
+    c: &str,
+    n: i64,
+    seq: i64,
+    received: f64,
+    kraken: f64,
+    verified: f64,
+) -> Observation {
+    mark(
+        c,
+        n,
+        seq,
+        received,
+        Mark::Mismatch {
+            kraken: t(kraken),
+            last_verified: Some(t(verified)),
+        },
+    )
 }
 
 fn observed(conns: Vec<Connection>, marks: Vec<Observation>, damage: Vec<Damage>) -> Observed {
@@ -155,7 +186,98 @@ fn every_cause_gives_its_gap_with_the_right_bounds() {
             ],
         ),
         (
-            "a checksum mismatch: the span ends at the mismatched message's Kraken time; the resubscription's snapshot, stamped before the mismatch (a quiet pair), resumes only from the new subscription",
+            "a checksum mismatch: the span ends at the mismatched message's Kraken time and resumes at the resubscription's snapshot",
+            observed(
+                vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
+                vec![
+                    sub("a", 1, 2, 0.2),
+                    snap("a", 1, 3, 0.3, 0.25),
+                    mismatch("a", 1, 150, 40.01, 40.0),
+                    sub("a", 1, 160, 42.0),
+                    snap("a", 1, 161, 42.1, 42.05),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(0.25), NotRecorded),
+                (Some(40.0), Some(42.05), Mismatch),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "a mismatch after an update was lost: proven only up to the last message that verified (the loss lies after it, somewhere before the mismatch)",
+            observed(
+                vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
+                vec![
+                    sub("a", 1, 2, 0.2),
+                    snap("a", 1, 3, 0.3, 0.25),
+                    mismatch_after("a", 1, 150, 40.01, 40.0, 38.5),
+                    sub("a", 1, 160, 42.0),
+                    snap("a", 1, 161, 42.1, 42.05),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(0.25), NotRecorded),
+                (Some(38.500001), Some(42.05), Mismatch),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "a mismatch in the same microsecond as the last verified message: the gap starts at the mismatch",
+            observed(
+                vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
+                vec![
+                    snap("a", 1, 3, 0.3, 0.25),
+                    mismatch_after("a", 1, 150, 40.01, 40.0, 40.0),
+                    snap("a", 1, 161, 42.1, 42.05),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(0.25), NotRecorded),
+                (Some(40.0), Some(42.05), Mismatch),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "a quiet pair whose only verified message is its old-stamped snapshot: a mismatch leaves nothing of the span proven",
+            observed(
+                vec![conn("a", 1, (1, 300), 10.0, 90.0, false)],
+                vec![
+                    sub("a", 1, 2, 10.2),
+                    snap("a", 1, 3, 10.3, 1.0),
+                    mismatch_after("a", 1, 150, 40.01, 40.0, 1.0),
+                    snap("a", 1, 161, 42.1, 42.05),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(10.0), NotRecorded),
+                (Some(10.0), Some(42.05), Mismatch),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "healed at once: the resubscription's snapshot is stamped with the mismatched message's time (the book's last change): the book is known at every instant, no gap",
+            observed(
+                vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
+                vec![
+                    sub("a", 1, 2, 0.2),
+                    snap("a", 1, 3, 0.3, 0.25),
+                    mismatch("a", 1, 150, 40.01, 40.0),
+                    sub("a", 1, 160, 42.0),
+                    snap("a", 1, 161, 42.1, 40.0),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(0.25), NotRecorded),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "a resubscription's snapshot stamped before the mismatch resumes at the mismatch, never before it",
             observed(
                 vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
                 vec![
@@ -169,7 +291,24 @@ fn every_cause_gives_its_gap_with_the_right_bounds() {
             ),
             vec![
                 (None, Some(0.25), NotRecorded),
-                (Some(40.0), Some(42.0), Mismatch),
+                (Some(90.0), None, NotRecorded),
+            ],
+        ),
+        (
+            "a stream whose first snapshot mismatched begins at its last subscription: an old-stamped snapshot after it covers nothing before",
+            observed(
+                vec![conn("a", 1, (1, 300), 0.0, 90.0, false)],
+                vec![
+                    sub("a", 1, 2, 0.2),
+                    mismatch("a", 1, 3, 0.3, 0.1),
+                    sub("a", 1, 160, 42.0),
+                    snap("a", 1, 161, 42.1, 0.1),
+                ],
+                vec![],
+            ),
+            vec![
+                (None, Some(0.0), NotRecorded),
+                (Some(0.0), Some(42.0), Mismatch),
                 (Some(90.0), None, NotRecorded),
             ],
         ),

@@ -312,15 +312,17 @@ pub async fn coverage(client: &Client, filter: &Filter) -> Result<Vec<Coverage>,
     let models = Source::Database(client)
         .coverage(&symbols, filter.collector.as_deref())
         .await?;
+    let mut recorded = std::collections::BTreeSet::new();
     for model in &models {
         if let Some(c) = out.get_mut(&model.symbol) {
             if model.streams.is_empty() {
                 continue;
             }
+            recorded.insert(model.symbol.clone());
             c.fill(model, filter.since, filter.until);
         }
     }
-    out.retain(|_, c| c.book_messages > 0 || !c.streams.is_empty());
+    out.retain(|symbol, c| c.book_messages > 0 || recorded.contains(symbol));
     Ok(out.into_values().collect())
 }
 
