@@ -94,16 +94,11 @@ pub(crate) async fn plan<'a>(
     let last = selection.to.add_nanos(-1);
     let mut books = Vec::new();
     for symbol in &selection.symbols {
-        let start = BookCursor::find_start_or_first(
-            client,
-            symbol,
-            first,
-            selection.to,
-            &selection.collector,
-        )
-        .await?;
-        let since = start.as_ref().map_or(selection.from, |s| s.received_at);
         let coverage = super::source::coverage(client, &selection.collector, symbol).await?;
+        // From the stream the coverage model verifies at the first instant (or the first one
+        // after it).
+        let start = BookCursor::find_start_covered(client, symbol, &coverage, first).await?;
+        let since = start.as_ref().map_or(selection.from, |s| s.received_at);
         let mut book = SymbolBook {
             symbol: symbol.clone(),
             conn: None,
@@ -185,7 +180,13 @@ impl Plan<'_> {
         for at in boundaries(self.selection.from, self.selection.to, self.interval_micros) {
             for book in &mut self.books {
                 report.intervals += 1;
-                book.advance_to(at, depth).await?;
+                // The stream verified at `at` ends at this record: a later one (a reconnection's
+                // snapshot of a quiet pair carries an old Kraken timestamp) is not applied yet.
+                let limit = book
+                    .coverage
+                    .choose(at)
+                    .map_or(i64::MAX, |(_, span)| span.last_seq);
+                book.advance_to(at, depth, limit).await?;
                 let Some(last) = book.last.filter(|l| l.verified) else {
                     report.skipped_intervals += 1;
                     continue;
@@ -244,10 +245,12 @@ struct Last {
     verified: bool,
 }
 
-/// A message already applied to the cursor's book but later than the instant being written.
+/// A message already applied to the cursor's book but later than the instant being written (or
+/// past the end of the stream verified at it).
 #[derive(Clone, Copy, Debug)]
 struct Ahead {
     timestamp: Timestamp,
+    seq: i64,
     last: Last,
 }
 
@@ -279,13 +282,18 @@ impl std::fmt::Debug for SymbolBook {
 }
 
 impl SymbolBook {
-    /// Applies every message up to `at`, keeping the view as of `at`.
-    async fn advance_to(&mut self, at: Timestamp, depth: usize) -> Result<(), ExportError> {
+    /// Applies every message up to `at` and up to `seq` `limit`, keeping the view as of `at`.
+    async fn advance_to(
+        &mut self,
+        at: Timestamp,
+        depth: usize,
+        limit: i64,
+    ) -> Result<(), ExportError> {
         let Some(cursor) = self.cursor.as_mut() else {
             return Ok(());
         };
         if let Some(a) = self.ahead {
-            if a.timestamp > at {
+            if a.timestamp > at || a.seq > limit {
                 return Ok(());
             }
             // The cursor's book is the one after that message.
@@ -303,9 +311,10 @@ impl SymbolBook {
                 received: step.received_at,
                 verified: step.verified == Some(true),
             };
-            if step.timestamp > at {
+            if step.timestamp > at || step.seq > limit {
                 self.ahead = Some(Ahead {
                     timestamp: step.timestamp,
+                    seq: step.seq,
                     last,
                 });
                 break;

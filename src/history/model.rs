@@ -586,6 +586,20 @@ impl Coverage {
             .min_by(|(a, x), (b, y)| x.start.cmp(&y.start).then_with(|| a.stream.cmp(&b.stream)))
     }
 
+    /// The stream a replay from `t` begins with: the one [`choose`](Self::choose) gives at `t`,
+    /// else (`t` in a gap) the span that begins first after `t` (ties to the smallest id).
+    pub fn choose_from(&self, t: Timestamp) -> Option<(&StreamCoverage, &Span)> {
+        self.choose(t).or_else(|| {
+            self.streams
+                .iter()
+                .flat_map(|s| s.spans.iter().map(move |span| (s, span)))
+                .filter(|(_, span)| span.start > t)
+                .min_by(|(a, x), (b, y)| {
+                    x.start.cmp(&y.start).then_with(|| a.stream.cmp(&b.stream))
+                })
+        })
+    }
+
     /// The first instant of the union of verified spans.
     pub fn first_verified(&self) -> Option<Timestamp> {
         self.spans.first().map(|s| s.start)

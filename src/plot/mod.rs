@@ -204,20 +204,14 @@ async fn read_series(
     report: &mut PlotReport,
 ) -> Result<Series, PlotError> {
     let symbol = &request.symbol;
-    let start = BookCursor::find_start_or_first(
-        client,
-        symbol,
-        selection.from,
-        selection.to,
-        &selection.collector,
-    )
-    .await?;
     // The coverage model says which instants have a book; a carried book also stops at a gap
     // that began after the message it came from (received at `last`).
     let coverage = source::coverage(client, &selection.collector, symbol).await?;
     let gap_at = |last: Timestamp, at: Timestamp| {
         !coverage.covers(at) || coverage.next_gap(last, at).is_some()
     };
+    // From the stream verified at `from` (or the first one after it).
+    let start = BookCursor::find_start_covered(client, symbol, &coverage, selection.from).await?;
     let mut builder = SeriesBuilder::new(selection.from, selection.to, columns);
     if let Some(start) = start {
         let mut cursor =

@@ -213,7 +213,14 @@ impl SeriesBuilder {
         }
         match sample {
             Some(s) => {
-                self.series.columns[c].push(&s);
+                // A message stamped inside a gap (a quiet pair's snapshot carries the time of
+                // the book's last change, before its stream began): its book is carried from
+                // where it is known, never drawn in the gap.
+                if gap_at(received, t) {
+                    self.series.columns[c].gap = true;
+                } else {
+                    self.series.columns[c].push(&s);
+                }
                 self.carry = Some((s, received));
             }
             None => {

@@ -172,6 +172,32 @@ impl BookCursor {
         }))
     }
 
+    /// Where a replay of `symbol` from `at` begins, as the coverage model says: the latest start
+    /// at or before `at` on the stream verified at `at`, else the start of the first verified
+    /// span after it; `None` when nothing is verified from `at` on. (A quiet pair's later
+    /// snapshots carry old Kraken timestamps: the latest start by time alone may lie in a later
+    /// stream.)
+    pub async fn find_start_covered(
+        client: &Client,
+        symbol: &str,
+        coverage: &crate::history::Coverage,
+        at: Timestamp,
+    ) -> Result<Option<Start>, ReadbackError> {
+        let Some((stream, span)) = coverage.choose_from(at) else {
+            return Ok(None);
+        };
+        Self::find_start_in_span(
+            client,
+            symbol,
+            at.max(span.start),
+            &stream.stream.collector,
+            stream.stream.conn_id,
+            span.start_seq,
+            span.last_seq,
+        )
+        .await
+    }
+
     /// The earliest snapshot of `symbol` in `[from, to)` on `collector`'s record.
     pub async fn find_first_start(
         client: &Client,

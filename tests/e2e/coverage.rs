@@ -564,3 +564,158 @@ async fn a_mismatch_and_a_dropped_connection_are_gaps_in_book_at_and_query() {
         assert_ne!(v["conn_id"], dropped, "{v}");
     }
 }
+
+/// Journal damage ends every stream of its collector at the last intact record before it; the
+/// book is known again from the first book state after it. The journal (read directly) and the
+/// database (the damage stored by `import` as a `journal_damage` event) say the same.
+#[tokio::test]
+async fn journal_damage_is_a_gap_from_the_journal_and_from_the_database_alike() {
+    use krakenbook::book::{Tracker, Verdict};
+    use krakenbook::journal::{Entry, JournalConfig, JournalWriter, list_segments};
+    use krakenbook::kraken::{BookKind, Frame, decode};
+    use krakenbook::record::{BookState, RecordBody};
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    // The BTC/USD depth-10 capture, journaled as the collector would have, with a book state
+    // every 40 verified updates.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kraken-v2/kraken_btcusd_d10_20260816.ndjson");
+    let records = krakenbook::store::capture::read_capture(&path, &mut 1, 1).unwrap();
+    let mut config = JournalConfig::new(&journal);
+    config.compression_level = 0;
+    config.segment_bytes = 20_000;
+    let (mut w, _) = JournalWriter::open(config).unwrap();
+    let mut tracker = Tracker::new(10);
+    let mut updates = 0u64;
+    let mut states = 0;
+    for r in &records {
+        w.append(Entry {
+            received_at: r.received_at,
+            conn_id: r.conn_id,
+            conn_seq: r.conn_seq,
+            body: r.body.clone(),
+        })
+        .unwrap();
+        let Some(text) = r.frame_text() else { continue };
+        match decode(text) {
+            Ok(Frame::Book(msg)) => {
+                for data in &msg.data {
+                    let verdict = tracker.apply(msg.kind, data);
+                    if verdict != Verdict::Ok || msg.kind != BookKind::Update {
+                        continue;
+                    }
+                    updates += 1;
+                    if !updates.is_multiple_of(40) {
+                        continue;
+                    }
+                    let book = tracker.book(&data.symbol).unwrap();
+                    let view = book.view(book.depth());
+                    w.append(Entry {
+                        received_at: r.received_at,
+                        conn_id: r.conn_id,
+                        conn_seq: 0,
+                        body: RecordBody::BookState(BookState {
+                            symbol: data.symbol.to_string(),
+                            depth: book.depth() as u16,
+                            precision: book.precision(),
+                            checksum: data.checksum,
+                            timestamp: data.timestamp.unwrap_or(r.received_at),
+                            bids: view.bids,
+                            asks: view.asks,
+                        }),
+                    })
+                    .unwrap();
+                    states += 1;
+                }
+            }
+            Ok(other) => tracker.observe(&other),
+            Err(_) => {}
+        }
+        w.maybe_rotate().unwrap();
+    }
+    w.close().unwrap();
+    assert!(states > 5, "{states} book states");
+    // Four bytes flipped in the middle of a middle segment: a record or two are lost.
+    let segments = list_segments(&journal).unwrap();
+    assert!(segments.len() >= 4, "{} segments", segments.len());
+    let damaged = &segments[segments.len() / 2];
+    let mut bytes = std::fs::read(&damaged.path).unwrap();
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&damaged.path, &bytes).unwrap();
+
+    let db = fresh_db().await;
+    let out = run(&[
+        "import",
+        "--journal-dir",
+        journal.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    let events = count(
+        &db.url,
+        "SELECT count(*) FROM kraken_feed_events WHERE event = 'journal_damage'",
+    )
+    .await;
+    assert_eq!(events, 1, "{}", String::from_utf8_lossy(&out.stderr));
+
+    let client = connect(&db.url).await;
+    let symbols = vec!["BTC/USD".to_owned()];
+    let from_journal = Source::Journal(&journal)
+        .observe(&symbols, None)
+        .await
+        .unwrap();
+    let from_db = Source::Database(&client)
+        .observe(&symbols, None)
+        .await
+        .unwrap();
+    assert_eq!(from_journal, from_db, "the observations");
+    let coverage = Source::Database(&client)
+        .coverage_of("BTC/USD", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        Source::Journal(&journal)
+            .coverage_of("BTC/USD", None)
+            .await
+            .unwrap(),
+        coverage
+    );
+    let gap = coverage
+        .gaps
+        .iter()
+        .find(|g| g.cause == Cause::JournalDamage)
+        .unwrap_or_else(|| panic!("{:?}", coverage.gaps));
+    let (start, end) = (gap.start.unwrap(), gap.end.unwrap());
+    let (before, after): (Timestamp, Timestamp) = {
+        let r = client
+            .query_one(
+                "SELECT gap_start, time FROM kraken_feed_events WHERE event = 'journal_damage'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(start, before, "the last intact record before the damage");
+    assert!(
+        end >= after,
+        "known again no earlier than the first intact record after it"
+    );
+    // The stream resumed at a book state, not at a snapshot (the capture has only its first).
+    let stream = &coverage.streams[0];
+    let resumed = stream.spans.iter().find(|s| s.start == end).unwrap();
+    assert_eq!(resumed.started_from, krakenbook::history::SpanStart::State);
+
+    let middle =
+        Timestamp::from_unix_nanos((start.unix_nanos() + end.unix_nanos()) / 2 / 1000 * 1000);
+    let (code, v) = book_json(&db.url, "BTC/USD", middle);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["gap"]["cause"], "journal_damage", "{v}");
+    let (code, v) = book_json(&db.url, "BTC/USD", end);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["started_from"], "state", "{v}");
+}
