@@ -565,7 +565,11 @@ fn the_stream_chosen_is_the_one_verified_longest_then_the_smallest_id() {
         c.choose_from(t(s))
             .map(|(st, span)| (st.stream.clone(), span.start))
     };
-    assert_eq!(from(0.2), Some((id("a", 1), t(0.5))), "before any span: the first");
+    assert_eq!(
+        from(0.2),
+        Some((id("a", 1), t(0.5))),
+        "before any span: the first"
+    );
     assert_eq!(from(10.0), chosen(10.0), "inside a span: the chosen one");
     assert_eq!(from(65.0), None, "nothing after");
     let g = c.gap_at(t(65.0)).expect("a gap");
