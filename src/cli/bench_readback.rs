@@ -6,7 +6,8 @@
 //! it to TimescaleDB with the store writer. Then it measures, in one run:
 //! - `book --at` latency at random instants across the recording (coverage + rebuild + verify +
 //!   print-ready);
-//! - the coverage model's answer for the whole recording (what `query` and every read path ask);
+//! - the coverage model's answer for the whole recording (what `query` and every read path ask),
+//!   from the database and from the journal;
 //! - `replay --verify` speed from the journal (messages per second, one core);
 //! - `replay --verify` speed from the database over one hour of the recording.
 
@@ -220,6 +221,22 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
             .as_secs_f64()
             * 1e3
+    );
+
+    // The same from the journal: one pass over every record.
+    let t = Instant::now();
+    let coverage = krakenbook::history::Source::Journal(&journal_dir)
+        .coverage_of("BTC/USD", None)
+        .await?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        coverage.spans.len() == 1,
+        "the journal's coverage is one verified span: {:?}",
+        coverage.gaps
+    );
+    println!(
+        "coverage of the whole recording from the journal: {secs:.2} s = {:.0} records/s",
+        messages as f64 / secs
     );
 
     // replay --verify from the journal.

@@ -194,7 +194,7 @@ fn render(r: &Report) -> String {
             for st in &s.streams {
                 let _ = writeln!(
                     out,
-                    "  {:<12} stream {} connection {}: frames {} .. {}, {} verified span(s), {} gap(s)",
+                    "  {:<12} stream: collector {} connection {}, frames {} .. {}, {} verified span(s), {} gap(s)",
                     "",
                     st.collector,
                     st.conn_id,
