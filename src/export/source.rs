@@ -9,7 +9,7 @@
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   coverage model's lookups): none scans a day of rows;
 //! - which instants have a book is the coverage model's to say ([`crate::history`], the same
-//!   answer `book --at` gets), and [`coverage`] here is the one place the exports and the plot
+//!   answer `book --at` gets), and `coverage` here is the one place the exports and the plot
 //!   ask it.
 
 use tokio_postgres::Client;
