@@ -5,6 +5,8 @@
 //! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
 //! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
 //! - [`store`]: TimescaleDB: schema, migrations, the exactly-once binary-COPY writer;
+//! - [`history`]: what was recorded of each symbol and when its book was known (coverage and
+//!   gaps), the one definition every read path asks;
 //! - [`verify`]: checking recorded frames against their checksums;
 //! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks.
 //!
@@ -18,6 +20,7 @@ pub mod config;
 pub mod exchange;
 pub mod export;
 pub mod feed;
+pub mod history;
 pub mod journal;
 pub mod kraken;
 pub mod metrics;

@@ -4,7 +4,10 @@
 //! top, `--rate` messages per second of Kraken time for `--hours`, every frame with a correct
 //! checksum), journals it as the collector would (a book state every 10,000 updates) and writes
 //! it to TimescaleDB with the store writer. Then it measures, in one run:
-//! - `book --at` latency at random instants across the recording (rebuild + verify + print-ready);
+//! - `book --at` latency at random instants across the recording (coverage + rebuild + verify +
+//!   print-ready);
+//! - the coverage model's answer for the whole recording (what `query` and every read path ask),
+//!   from the database and from the journal;
 //! - `replay --verify` speed from the journal (messages per second, one core);
 //! - `replay --verify` speed from the database over one hour of the recording.
 
@@ -175,7 +178,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
         let book = book_at(&client, "BTC/USD", at, 1000, None).await?;
         times.push(t.elapsed());
         anyhow::ensure!(
-            book.checksum_ok && book.gap.is_none(),
+            book.is_verified(),
             "the rebuilt book at {at} did not verify"
         );
         replayed.push(book.messages_applied);
@@ -191,6 +194,49 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
         pct(0.9).as_secs_f64() * 1e3,
         times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         replayed.iter().max().copied().unwrap_or(0)
+    );
+
+    // The coverage model over the whole recording: what `query` and every read path ask.
+    let mut coverage_times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let coverage = krakenbook::history::Source::Database(&client)
+            .coverage_of("BTC/USD", None)
+            .await?;
+        coverage_times.push(t.elapsed());
+        anyhow::ensure!(
+            coverage.spans.len() == 1,
+            "the synthesized recording is one verified span: {:?}",
+            coverage.gaps
+        );
+    }
+    coverage_times.sort();
+    println!(
+        "coverage of the whole recording ({} h): median {:.1} ms, max {:.1} ms",
+        args.hours,
+        coverage_times[coverage_times.len() / 2].as_secs_f64() * 1e3,
+        coverage_times
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3
+    );
+
+    // The same from the journal: one pass over every record.
+    let t = Instant::now();
+    let coverage = krakenbook::history::Source::Journal(&journal_dir)
+        .coverage_of("BTC/USD", None)
+        .await?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        coverage.spans.len() == 1,
+        "the journal's coverage is one verified span: {:?}",
+        coverage.gaps
+    );
+    println!(
+        "coverage of the whole recording from the journal: {secs:.2} s = {:.0} records/s",
+        messages as f64 / secs
     );
 
     // replay --verify from the journal.

@@ -9,14 +9,21 @@ use krakenbook::store::DbTarget;
 use krakenbook::time::Timestamp;
 
 pub(crate) const BOOK_EXAMPLES: &str = "\
-Rebuilds the book from the database: the latest snapshot or journaled book state before TIME on
-one collector's record, then every update up to TIME, verifying each checksum on the way. Says
-so when TIME falls in a gap (after a checksum mismatch or a lost connection, before the book
-verified again). Exit status 1 when the book at TIME is not verified.
+Rebuilds the book from the database. The coverage model (the same one `query`, `export`, `plot`
+and `replay --serve` ask) says whether the book is known at TIME, and from which stream: of the
+streams (one connection of one collector) verified at TIME, the one verified longest, ties to the
+smallest collector and connection. The book is rebuilt from that stream's latest snapshot or
+journaled book state before TIME, every checksum verified on the way.
+
+When TIME falls in a gap, no book is printed: the gap's start, end and cause (mismatch,
+connection_lost, no_collector, journal_damage, not_recorded) and when the last verified book
+before it was. Exit status 1 when the book at TIME is not verified (a gap, or a rebuild that does
+not reproduce Kraken's checksum).
 
 Examples:
   krakenbook book BTC/USD --at 2026-11-24T10:00:00Z
   krakenbook book ETH/USD --at '2026-11-24 10:00:00.250Z' --depth 25
+  krakenbook book BTC/USD --at 2026-11-24T10:00:00Z --collector host-a1b2c3d4
   krakenbook book BTC/USD --at 2026-11-24T10:00:00Z --json | jq '.bids[0]'";
 
 /// `krakenbook book`.
@@ -30,13 +37,14 @@ pub struct BookArgs {
     /// Levels to show per side.
     #[arg(long, default_value_t = 10)]
     pub depth: usize,
-    /// Only this collector's record (when several collectors record the same pair).
+    /// Only this collector's streams (default: every collector's).
     #[arg(long)]
     pub collector: Option<String>,
     /// The database (or DATABASE_URL).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
-    /// Print JSON: {"symbol","at","bids":[{"price","qty"}],"asks":[...],"checksum","checksum_ok",...}.
+    /// Print JSON: {"symbol","at","bids":[{"price","qty"}],"asks":[...],"checksum","checksum_ok",
+    /// "collector","conn_id",...,"gap":{"start","end","cause","last_verified_at"} or null}.
     #[arg(long)]
     pub json: bool,
 }
@@ -58,7 +66,7 @@ pub async fn run(args: BookArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render(&book));
     }
-    Ok(if book.checksum_ok && book.gap.is_none() {
+    Ok(if book.is_verified() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -70,29 +78,51 @@ pub fn render(b: &BookAt) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{} at {}", b.symbol, b.at);
-    let _ = writeln!(
-        out,
-        "last message {} (seq {} of {}), rebuilt from the {} of {} + {} messages",
-        b.last_message_at,
-        b.last_seq,
-        b.collector,
-        b.started_from,
-        b.started_at,
-        b.messages_applied
-    );
-    let verdict = if b.checksum_ok {
-        "verified"
-    } else {
-        "NOT VERIFIED"
+    let ts = |t: Option<krakenbook::time::Timestamp>, none: &str| {
+        t.map_or_else(|| none.to_owned(), |t| t.to_string())
     };
-    let _ = writeln!(out, "checksum {} {verdict}", b.checksum);
     if let Some(gap) = &b.gap {
         let _ = writeln!(
             out,
-            "GAP: {} falls in a gap that began at {} ({}); the book below is the last one before it",
-            b.at, gap.since, gap.reason
+            "GAP ({}): no verified book from {} to {}",
+            gap.cause,
+            ts(gap.start, "the beginning"),
+            ts(gap.end, "the end of the record"),
         );
+        match gap.last_verified_at {
+            Some(t) => {
+                let _ = writeln!(out, "the last verified book before it is at {t}");
+            }
+            None => {
+                let _ = writeln!(out, "no verified book before it");
+            }
+        }
+        if let Some(after) = &gap.after {
+            let _ = writeln!(out, "the gap began when {after} stopped being verified");
+        }
+        return out;
     }
+    let _ = writeln!(
+        out,
+        "last message {} (seq {}) on collector {} connection {}, rebuilt from the {} of {} + {} messages",
+        ts(b.last_message_at, "-"),
+        b.last_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        b.collector.as_deref().unwrap_or("-"),
+        b.conn_id.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        b.started_from.as_deref().unwrap_or("-"),
+        ts(b.started_at, "-"),
+        b.messages_applied
+    );
+    let verdict = if b.checksum_ok == Some(true) {
+        "verified"
+    } else {
+        "NOT VERIFIED: the rebuilt book does not have Kraken's checksum"
+    };
+    let _ = writeln!(
+        out,
+        "checksum {} {verdict}",
+        b.checksum.map_or_else(|| "-".to_owned(), |c| c.to_string())
+    );
     let best = |levels: &[krakenbook::readback::Level]| {
         levels
             .first()

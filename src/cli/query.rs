@@ -10,14 +10,20 @@ use krakenbook::store::DbTarget;
 use krakenbook::time::Timestamp;
 
 pub(crate) const QUERY_EXAMPLES: &str = "\
-Prints the summary (messages, levels, symbols, first and last message), each symbol's coverage
-(time collected, checksums ok and mismatched, gaps from the feed events), the latest messages
-with their JSON pretty-printed, and the latest levels.
+Prints the summary (messages, levels, symbols, first and last message), each symbol's coverage,
+the latest messages with their JSON pretty-printed, and the latest levels.
+
+Coverage is the coverage model's (the same one `book --at`, `export`, `plot` and `replay --serve`
+ask): when the book was verified on some stream (one connection of one collector), and every gap
+of the union with its start, end and cause (mismatch, connection_lost, no_collector,
+journal_damage, not_recorded), then each stream's own verified spans and gaps. Times are Kraken's
+clock; see `krakenbook book --help`.
 
 Examples:
   krakenbook query
   krakenbook query --symbol BTC/USD --since 2026-11-24T00:00:00Z --until 2026-11-25T00:00:00Z
-  krakenbook query --coverage --json | jq '.coverage[] | {symbol, gap_seconds}'
+  krakenbook query --coverage --json | jq '.coverage[] | {symbol, gap_seconds, gaps}'
+  krakenbook query --coverage --collector host-a1b2c3d4
   krakenbook query --symbol ETH/USD --entries --limit 50 --order asc";
 
 /// Sort order.
@@ -41,6 +47,9 @@ pub struct QueryArgs {
     /// Up to this instant (RFC 3339, exclusive).
     #[arg(long)]
     pub until: Option<Timestamp>,
+    /// Only this collector's rows and streams (default: every collector's).
+    #[arg(long)]
+    pub collector: Option<String>,
     /// Messages and levels to list.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(0..=100_000))]
     pub limit: i64,
@@ -87,6 +96,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         symbol: args.symbol.clone(),
         since: args.since,
         until: args.until,
+        collector: args.collector.clone(),
     };
     let all = !(args.summary || args.coverage || args.messages || args.entries);
     let asc = args.order == Order::Asc;
@@ -164,11 +174,45 @@ fn render(r: &Report) -> String {
                 s.gaps.len(),
                 s.gap_seconds
             );
-            for (start, end) in &s.gaps {
-                let _ = writeln!(out, "  {:<12} gap {start} .. {end}", "");
+            let _ = writeln!(
+                out,
+                "  {:<12} verified from {} until {}",
+                "",
+                ts(s.verified_from),
+                ts(s.verified_until)
+            );
+            for g in &s.gaps {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} gap {} .. {} {}",
+                    "",
+                    ts(g.start),
+                    ts(g.end),
+                    g.cause
+                );
             }
-            if let Some(open) = s.open_gap {
-                let _ = writeln!(out, "  {:<12} gap open since {open}", "");
+            for st in &s.streams {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} stream: collector {} connection {}, frames {} .. {}, {} verified span(s), {} gap(s)",
+                    "",
+                    st.collector,
+                    st.conn_id,
+                    st.first_frame,
+                    st.last_frame,
+                    st.spans.len(),
+                    st.gaps.len()
+                );
+                for g in &st.gaps {
+                    let _ = writeln!(
+                        out,
+                        "  {:<12}   gap {} .. {} {}",
+                        "",
+                        ts(g.start),
+                        ts(g.end),
+                        g.cause
+                    );
+                }
             }
         }
     }

@@ -119,28 +119,26 @@ async fn initial_book(
     // Everything strictly before `from` (timestamps are whole microseconds).
     let at = selection.from.add_nanos(-1);
     let collector = selection.collector.as_str();
-    let Some(start) = BookCursor::find_start(client, symbol, at, Some(collector)).await? else {
+    // Only a book the coverage model verifies at `at`, from the stream it chooses.
+    let coverage = super::source::coverage(client, collector, symbol).await?;
+    let Some((_, span)) = coverage.choose(at) else {
         return Ok(None);
     };
-    let mut cursor = BookCursor::open(client, symbol, start.clone(), at).await?;
+    let Some(start) = BookCursor::find_start_covered(client, symbol, &coverage, at).await? else {
+        return Ok(None);
+    };
+    let mut cursor =
+        BookCursor::open_bounded(client, symbol, start.clone(), at, span.last_seq).await?;
     let mut last = None;
     while let Some(step) = cursor.next().await? {
-        last = Some((step.received_at, step.verified));
+        last = Some(step.verified);
     }
-    let (last_received, verified) = match last {
-        Some((r, v)) => (r, v == Some(true)),
+    let verified = match last {
+        Some(v) => v == Some(true),
         // A book state with nothing after it: verified when it was journaled.
-        None => (start.received_at, cursor.is_synced()),
+        None => cursor.is_synced(),
     };
-    let gaps = super::source::gaps(
-        client,
-        collector,
-        &[symbol.to_owned()],
-        start.received_at,
-        selection.from.max(last_received),
-    )
-    .await?;
-    if !verified || gaps.is_gap(symbol, last_received, at) {
+    if !verified {
         return Ok(None);
     }
     let depth = cursor.subscribed_depth();

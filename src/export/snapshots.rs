@@ -8,10 +8,11 @@
 //! recomputed: `timestamp` is `t`; `local_timestamp` is when that message was received (how fresh
 //! the book is). Several symbols are written instant by instant, in the order given.
 //!
-//! What must hold: a row is written only for a book known to be Kraken's at that instant: the last
-//! message verified its checksum, and no gap (a mismatch, a lost connection) began since
-//! ([`Gaps::is_gap`]). Other instants are skipped and counted, never filled with a stale or wrong
-//! book.
+//! What must hold: a row is written only for a book known to be Kraken's at that instant: the
+//! coverage model says the collector's record covers it ([`crate::history::Coverage::covers`]: no
+//! mismatch, lost connection, stopped collector or journal damage), and the last message applied
+//! verified its checksum. Other instants are skipped and counted, never filled with a stale or
+//! wrong book: a collector's downtime has no rows.
 
 use tokio_postgres::Client;
 
@@ -19,7 +20,7 @@ use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
 use super::{EXCHANGE, ExportError, ExportReport, Sink, Ticker};
 use crate::book::PriceLevel;
-use crate::readback::Gaps;
+use crate::history::Coverage;
 use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
@@ -93,29 +94,16 @@ pub(crate) async fn plan<'a>(
     let last = selection.to.add_nanos(-1);
     let mut books = Vec::new();
     for symbol in &selection.symbols {
-        let start = BookCursor::find_start_or_first(
-            client,
-            symbol,
-            first,
-            selection.to,
-            &selection.collector,
-        )
-        .await?;
-        // Feed events are on the local clock: from the start's receipt.
+        let coverage = super::source::coverage(client, &selection.collector, symbol).await?;
+        // From the stream the coverage model verifies at the first instant (or the first one
+        // after it).
+        let start = BookCursor::find_start_covered(client, symbol, &coverage, first).await?;
         let since = start.as_ref().map_or(selection.from, |s| s.received_at);
-        let gaps = super::source::gaps(
-            client,
-            &selection.collector,
-            std::slice::from_ref(symbol),
-            since.min(selection.from),
-            selection.to,
-        )
-        .await?;
         let mut book = SymbolBook {
             symbol: symbol.clone(),
             conn: None,
             cursor: None,
-            gaps,
+            coverage,
             saved: View::default(),
             last: None,
             ahead: None,
@@ -192,12 +180,18 @@ impl Plan<'_> {
         for at in boundaries(self.selection.from, self.selection.to, self.interval_micros) {
             for book in &mut self.books {
                 report.intervals += 1;
-                book.advance_to(at, depth).await?;
+                // The stream verified at `at` ends at this record: a later one (a reconnection's
+                // snapshot of a quiet pair carries an old Kraken timestamp) is not applied yet.
+                let limit = book
+                    .coverage
+                    .choose(at)
+                    .map_or(i64::MAX, |(_, span)| span.last_seq);
+                book.advance_to(at, depth, limit).await?;
                 let Some(last) = book.last.filter(|l| l.verified) else {
                     report.skipped_intervals += 1;
                     continue;
                 };
-                if book.gaps.is_gap(&book.symbol, last.received, at) {
+                if !book.coverage.covers(at) {
                     report.skipped_intervals += 1;
                     continue;
                 }
@@ -251,10 +245,12 @@ struct Last {
     verified: bool,
 }
 
-/// A message already applied to the cursor's book but later than the instant being written.
+/// A message already applied to the cursor's book but later than the instant being written (or
+/// past the end of the stream verified at it).
 #[derive(Clone, Copy, Debug)]
 struct Ahead {
     timestamp: Timestamp,
+    seq: i64,
     last: Last,
 }
 
@@ -264,7 +260,7 @@ struct SymbolBook {
     /// The connection the cursor reads on.
     conn: Option<Client>,
     cursor: Option<BookCursor>,
-    gaps: Gaps,
+    coverage: Coverage,
     /// The top levels after the last message at or before the instant.
     saved: View,
     last: Option<Last>,
@@ -286,13 +282,18 @@ impl std::fmt::Debug for SymbolBook {
 }
 
 impl SymbolBook {
-    /// Applies every message up to `at`, keeping the view as of `at`.
-    async fn advance_to(&mut self, at: Timestamp, depth: usize) -> Result<(), ExportError> {
+    /// Applies every message up to `at` and up to `seq` `limit`, keeping the view as of `at`.
+    async fn advance_to(
+        &mut self,
+        at: Timestamp,
+        depth: usize,
+        limit: i64,
+    ) -> Result<(), ExportError> {
         let Some(cursor) = self.cursor.as_mut() else {
             return Ok(());
         };
         if let Some(a) = self.ahead {
-            if a.timestamp > at {
+            if a.timestamp > at || a.seq > limit {
                 return Ok(());
             }
             // The cursor's book is the one after that message.
@@ -310,9 +311,10 @@ impl SymbolBook {
                 received: step.received_at,
                 verified: step.verified == Some(true),
             };
-            if step.timestamp > at {
+            if step.timestamp > at || step.seq > limit {
                 self.ahead = Some(Ahead {
                     timestamp: step.timestamp,
+                    seq: step.seq,
                     last,
                 });
                 break;

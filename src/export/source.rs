@@ -1,5 +1,5 @@
 //! What an export or a plot reads: the symbols, the time range and the collector whose record is
-//! read, checked against the database before any work starts, and the gaps in each symbol's
+//! read, checked against the database before any work starts, and the coverage of each symbol's
 //! record.
 //!
 //! What must hold:
@@ -7,26 +7,28 @@
 //!   several collectors (without `--collector`) is refused with a one-line error that says what is
 //!   recorded, before a file is written;
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
-//!   feed events): none scans a day of rows;
-//! - which instants are gaps is [`crate::readback::Gaps`]'s to say (the same rule as `book --at`),
-//!   and `gaps` here is the one place the exports and the plot load them.
+//!   coverage model's lookups): none scans a day of rows;
+//! - which instants have a book is the coverage model's to say ([`crate::history`], the same
+//!   answer `book --at` gets), and `coverage` here is the one place the exports and the plot
+//!   ask it.
 
 use tokio_postgres::Client;
 
-use crate::readback::{Gaps, ReadbackError};
+use crate::history::{Coverage, Source};
+use crate::readback::ReadbackError;
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
-/// The gaps in `symbols`' record by `collector`, from `since` to `until` (the local clock: the
-/// receipt of the book a rebuild starts from): the one place exports and plots ask.
-pub(crate) async fn gaps(
+/// The coverage of `symbol` on `collector`'s record (its streams only: an export follows one
+/// collector's record): the one place exports and plots ask which instants have a book.
+pub(crate) async fn coverage(
     client: &Client,
     collector: &str,
-    symbols: &[String],
-    since: Timestamp,
-    until: Timestamp,
-) -> Result<Gaps, ReadbackError> {
-    Gaps::load(client, collector, symbols, since, until).await
+    symbol: &str,
+) -> Result<Coverage, ReadbackError> {
+    Ok(Source::Database(client)
+        .coverage_of(symbol, Some(collector))
+        .await?)
 }
 
 /// What an export or a plot reads.

@@ -204,27 +204,14 @@ async fn read_series(
     report: &mut PlotReport,
 ) -> Result<Series, PlotError> {
     let symbol = &request.symbol;
-    let start = BookCursor::find_start_or_first(
-        client,
-        symbol,
-        selection.from,
-        selection.to,
-        &selection.collector,
-    )
-    .await?;
-    // Feed events are on the local clock: from the start's receipt.
-    let since = start
-        .as_ref()
-        .map_or(selection.from, |s| s.received_at.min(selection.from));
-    let gaps = source::gaps(
-        client,
-        &selection.collector,
-        std::slice::from_ref(symbol),
-        since,
-        selection.to,
-    )
-    .await?;
-    let gap_at = |last: Timestamp, at: Timestamp| gaps.is_gap(symbol, last, at);
+    // The coverage model says which instants have a book; a carried book also stops at a gap
+    // that began after the message it came from (received at `last`).
+    let coverage = source::coverage(client, &selection.collector, symbol).await?;
+    let gap_at = |last: Timestamp, at: Timestamp| {
+        !coverage.covers(at) || coverage.next_gap(last, at).is_some()
+    };
+    // From the stream verified at `from` (or the first one after it).
+    let start = BookCursor::find_start_covered(client, symbol, &coverage, selection.from).await?;
     let mut builder = SeriesBuilder::new(selection.from, selection.to, columns);
     if let Some(start) = start {
         let mut cursor =
@@ -243,7 +230,15 @@ async fn read_series(
             builder.step(step.timestamp, step.received_at, s, &gap_at);
         }
     }
-    Ok(builder.finish(&gap_at))
+    let mut series = builder.finish(&gap_at);
+    // Every column a gap reaches into is shaded, even one no message fell in.
+    for g in coverage.gaps_in(selection.from, selection.to) {
+        series.mark_gap(
+            g.start.unwrap_or(selection.from),
+            g.end.unwrap_or(selection.to),
+        );
+    }
+    Ok(series)
 }
 
 /// The plotted values of a book.

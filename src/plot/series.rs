@@ -95,6 +95,25 @@ pub struct Series {
 }
 
 impl Series {
+    /// Marks every column that `[from, to)` reaches into as a gap (values already in such a
+    /// column stay, shaded, and are not joined to their neighbours).
+    pub fn mark_gap(&mut self, from: Timestamp, to: Timestamp) {
+        let n = self.columns.len() as i128;
+        let span = i128::from(self.to - self.from);
+        let (lo, hi) = (i128::from(from.unix_micros()), i128::from(to.unix_micros()));
+        if hi <= i128::from(self.from) || lo >= i128::from(self.to) || hi <= lo {
+            return;
+        }
+        // Column k covers [from + span*k/n, from + span*(k+1)/n).
+        let column = |us: i128| ((us - i128::from(self.from)) * n).div_euclid(span);
+        let first = column(lo.max(i128::from(self.from))).clamp(0, n - 1);
+        // The last column the range reaches: the one holding its last microsecond.
+        let last = column(hi.min(i128::from(self.to)) - 1).clamp(0, n - 1);
+        for c in first..=last {
+            self.columns[c as usize].gap = true;
+        }
+    }
+
     /// The span of series `i` over all columns: (min, max), if it has values.
     pub fn extent(&self, i: usize) -> Option<(f64, f64)> {
         self.columns
@@ -170,8 +189,8 @@ impl SeriesBuilder {
     }
 
     /// The book after a message at `t`, received at `received`: `Some` when it verified.
-    /// `gap_at(last_received, at)` says whether the book was in a gap at `at` (see
-    /// [`crate::readback::Gaps::is_gap`]).
+    /// `gap_at(last_received, at)` says whether the book carried from a message received at
+    /// `last_received` is not known at `at` (see [`crate::history::Coverage`]).
     pub fn step(
         &mut self,
         t: Timestamp,
@@ -194,7 +213,14 @@ impl SeriesBuilder {
         }
         match sample {
             Some(s) => {
-                self.series.columns[c].push(&s);
+                // A message stamped inside a gap (a quiet pair's snapshot carries the time of
+                // the book's last change, before its stream began): its book is carried from
+                // where it is known, never drawn in the gap.
+                if gap_at(received, t) {
+                    self.series.columns[c].gap = true;
+                } else {
+                    self.series.columns[c].push(&s);
+                }
                 self.carry = Some((s, received));
             }
             None => {
@@ -215,6 +241,44 @@ impl SeriesBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_marks_every_column_it_reaches_into() {
+        let no_gap = |_: Timestamp, _: Timestamp| false;
+        // 10 s over 5 columns: 2 s each.
+        let cases = [
+            (
+                (103.0, 104.5),
+                [false, true, true, false, false],
+                "inside two columns",
+            ),
+            (
+                (90.0, 100.5),
+                [true, false, false, false, false],
+                "from before the range",
+            ),
+            (
+                (109.999, 130.0),
+                [false, false, false, false, true],
+                "to after it",
+            ),
+            (
+                (104.0, 106.0),
+                [false, false, true, false, false],
+                "exactly one column",
+            ),
+            ((80.0, 90.0), [false; 5], "before the range"),
+        ];
+        for ((from, to), want, what) in cases {
+            let mut b = SeriesBuilder::new(t(100), t(110), 5);
+            b.step(t(99), t(99), mid(1.0), &no_gap);
+            let mut s = b.finish(&no_gap);
+            let at = |x: f64| Timestamp::from_unix_nanos((x * 1e9) as i64);
+            s.mark_gap(at(from), at(to));
+            let got: Vec<bool> = s.columns.iter().map(|c| c.gap).collect();
+            assert_eq!(got, want, "{what}");
+        }
+    }
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_unix_nanos(s * 1_000_000_000)

@@ -82,6 +82,7 @@ impl std::fmt::Debug for BookCursor {
 const ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity, \"timestamp\", received_at \
     FROM kraken_orderbook_entries \
     WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
+      AND seq <= $6 \
     ORDER BY seq, ordinal";
 
 impl BookCursor {
@@ -123,6 +124,78 @@ impl BookCursor {
             timestamp: r.get(4),
             received_at: r.get(5),
         }))
+    }
+
+    /// The latest starting point (snapshot or state) of `symbol` at or before `at` on one
+    /// stream's verified span: connection `conn_id` of `collector`, seqs `first_seq..=last_seq`
+    /// (see [`crate::history::Span`]).
+    pub async fn find_start_in_span(
+        client: &Client,
+        symbol: &str,
+        at: Timestamp,
+        collector: &str,
+        conn_id: i64,
+        first_seq: i64,
+        last_seq: i64,
+    ) -> Result<Option<Start>, ReadbackError> {
+        let row = client
+            .query_opt(
+                "SELECT kind, collector, conn_id, seq, ts, received_at FROM (
+                   (SELECT 'snapshot' AS kind, collector, conn_id, seq, \"timestamp\" AS ts, received_at
+                      FROM kraken_orderbook_messages
+                     WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
+                       AND \"timestamp\" <= $2 AND collector = $3 AND conn_id = $4
+                       AND seq >= $5 AND seq <= $6
+                     ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
+                   UNION ALL
+                   (SELECT 'state', collector, conn_id, seq, \"timestamp\", received_at
+                      FROM kraken_book_states
+                     WHERE symbol = $1 AND \"timestamp\" <= $2 AND collector = $3 AND conn_id = $4
+                       AND seq >= $5 AND seq <= $6
+                     ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
+                 ) s ORDER BY ts DESC, seq DESC LIMIT 1",
+                &[&symbol, &at, &collector, &conn_id, &first_seq, &last_seq],
+            )
+            .await
+            .map_err(db("finding where the stream's book starts"))?;
+        Ok(row.map(|r| Start {
+            kind: if r.get::<_, &str>(0) == "snapshot" {
+                StartKind::Snapshot
+            } else {
+                StartKind::State
+            },
+            collector: r.get(1),
+            conn_id: r.get(2),
+            seq: r.get(3),
+            timestamp: r.get(4),
+            received_at: r.get(5),
+        }))
+    }
+
+    /// Where a replay of `symbol` from `at` begins, as the coverage model says: the latest start
+    /// at or before `at` on the stream verified at `at`, else the start of the first verified
+    /// span after it; `None` when nothing is verified from `at` on. (A quiet pair's later
+    /// snapshots carry old Kraken timestamps: the latest start by time alone may lie in a later
+    /// stream.)
+    pub async fn find_start_covered(
+        client: &Client,
+        symbol: &str,
+        coverage: &crate::history::Coverage,
+        at: Timestamp,
+    ) -> Result<Option<Start>, ReadbackError> {
+        let Some((stream, span)) = coverage.choose_from(at) else {
+            return Ok(None);
+        };
+        Self::find_start_in_span(
+            client,
+            symbol,
+            at.max(span.start),
+            &stream.stream.collector,
+            stream.stream.conn_id,
+            span.start_seq,
+            span.last_seq,
+        )
+        .await
     }
 
     /// The earliest snapshot of `symbol` in `[from, to)` on `collector`'s record.
@@ -176,6 +249,19 @@ impl BookCursor {
         start: Start,
         to: Timestamp,
     ) -> Result<BookCursor, ReadbackError> {
+        Self::open_bounded(client, symbol, start, to, i64::MAX).await
+    }
+
+    /// [`open`](Self::open), stepping only through messages whose `seq` is at most `last_seq`
+    /// (the end of a stream's verified span: later records belong to another stream or lie past
+    /// a mismatch).
+    pub async fn open_bounded(
+        client: &Client,
+        symbol: &str,
+        start: Start,
+        to: Timestamp,
+        last_seq: i64,
+    ) -> Result<BookCursor, ReadbackError> {
         let mut book;
         let mut synced = false;
         let mut after_seq = start.seq - 1;
@@ -217,8 +303,14 @@ impl BookCursor {
                 book = OrderBook::with_precision(subscribed.unwrap_or(1000), precision);
             }
         }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&symbol, &start.collector, &start.timestamp, &to, &after_seq];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &symbol,
+            &start.collector,
+            &start.timestamp,
+            &to,
+            &after_seq,
+            &last_seq,
+        ];
         let rows = client
             .query_raw(ENTRIES, params)
             .await

@@ -9,20 +9,22 @@
 //! checksum is recomputed and compared with Kraken's. Both lookups use the `(symbol, timestamp)`
 //! indexes; the replay is bounded by the collector's book-state interval, never a day of updates.
 //!
-//! What must hold: the book returned at an instant is exactly the book the collector held after
-//! the last message at or before it, and says whether that message verified; an instant inside a
-//! gap (after a mismatch or a lost connection, before the book verified again) is reported as
-//! such, never as a book.
+//! Which instants have a book at all is [`crate::history`]'s to say: `book --at` answers from the
+//! stream the coverage model chooses, rebuilt from that stream's own starting point and records,
+//! and `query` reports the model's coverage and gaps.
+//!
+//! What must hold: the book returned at an instant is exactly the book the chosen stream held
+//! after its last message at or before it, and says whether that message verified; an instant
+//! inside a gap (a mismatch, a lost connection, a stopped collector, journal damage, or outside
+//! the record) is reported as that gap, with no book.
 
 mod book_at;
 mod cursor;
-mod gaps;
 pub mod query;
 
-pub use book_at::{BookAt, Gap, Level, book_at};
+pub use book_at::{BookAt, BookGap, Level, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
 pub(crate) use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
-pub use gaps::Gaps;
 
 use crate::store::StoreError;
 
@@ -32,6 +34,9 @@ pub enum ReadbackError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The coverage could not be read.
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
     /// Nothing recorded for the symbol at or before the instant.
     #[error(
         "no book of {symbol} is recorded at or before {at}: the earliest record starts later, or the symbol was never collected (try `krakenbook query --coverage`)"

@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::{ReadbackError, db};
+use crate::history::{self, Gap, Source, Span};
 use crate::time::Timestamp;
 
 /// Which rows a query looks at.
@@ -18,6 +19,8 @@ pub struct Filter {
     pub since: Option<Timestamp>,
     /// Up to this instant (exclusive).
     pub until: Option<Timestamp>,
+    /// Only this collector's rows and streams.
+    pub collector: Option<String>,
 }
 
 impl Filter {
@@ -36,6 +39,10 @@ impl Filter {
         if let Some(t) = self.until {
             params.push(Box::new(t));
             conds.push(format!("{time_col} < ${}", params.len()));
+        }
+        if let Some(c) = &self.collector {
+            params.push(Box::new(c.clone()));
+            conds.push(format!("collector = ${}", params.len()));
         }
         let clause = if conds.is_empty() {
             String::new()
@@ -68,12 +75,14 @@ pub struct Summary {
     pub last_message: Option<Timestamp>,
 }
 
-/// One symbol's coverage: what was collected, how well it verified, and its gaps.
+/// One symbol's coverage: what was collected, how well it verified, and its gaps, from the
+/// coverage model ([`crate::history`]): the union of every stream's verified spans, and each
+/// stream's own.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Coverage {
     /// The pair.
     pub symbol: String,
-    /// The first book message.
+    /// The first book message (Kraken's timestamp).
     pub first: Option<Timestamp>,
     /// The last book message.
     pub last: Option<Timestamp>,
@@ -85,12 +94,95 @@ pub struct Coverage {
     pub checksum_mismatch: i64,
     /// Of which not verifiable (before a snapshot, or in a gap).
     pub unverified: i64,
-    /// Gaps that closed (the book verified again): start and end.
-    pub gaps: Vec<(Timestamp, Timestamp)>,
-    /// A gap still open at the end of the record, since when.
-    pub open_gap: Option<Timestamp>,
-    /// Seconds in closed gaps.
+    /// The first instant the book was verified on some stream (in the range asked for).
+    pub verified_from: Option<Timestamp>,
+    /// The first instant after the last verified one (in the range asked for).
+    pub verified_until: Option<Timestamp>,
+    /// The union's gaps inside the record (from the first verified book to the last frame),
+    /// cut to the range asked for; a range reaching before or after the record also gets the
+    /// `not_recorded` gaps there.
+    pub gaps: Vec<Gap>,
+    /// Seconds in those gaps.
     pub gap_seconds: f64,
+    /// Each stream: its verified spans and its own gaps.
+    pub streams: Vec<StreamSummary>,
+}
+
+/// One stream's coverage, in [`Coverage::streams`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StreamSummary {
+    /// The collector.
+    pub collector: String,
+    /// Its connection.
+    pub conn_id: i64,
+    /// When the connection's first frame was received.
+    pub first_frame: Timestamp,
+    /// When its last frame was received.
+    pub last_frame: Timestamp,
+    /// Its verified spans.
+    pub spans: Vec<Span>,
+    /// Its own gaps (between its spans, and after the last one when a mismatch or damage ended
+    /// it).
+    pub gaps: Vec<Gap>,
+}
+
+impl Coverage {
+    /// Fills the coverage fields from the model's answer for the symbol, cut to `[since, until)`.
+    fn fill(
+        &mut self,
+        model: &history::Coverage,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) {
+        let inside = |start: Timestamp, end: Timestamp| {
+            since.is_none_or(|s| end > s) && until.is_none_or(|u| start < u)
+        };
+        let clip_start = |t: Timestamp| since.map_or(t, |s| t.max(s));
+        let clip_end = |t: Timestamp| until.map_or(t, |u| t.min(u));
+        let spans: Vec<&history::Interval> = model
+            .spans
+            .iter()
+            .filter(|i| inside(i.start, i.end))
+            .collect();
+        self.verified_from = spans.first().map(|i| clip_start(i.start));
+        self.verified_until = spans.last().map(|i| clip_end(i.end));
+        // Cut to the range; a gap still unbounded (before the first record, after the last, with
+        // no range on that side) is left out: `verified_from` and `verified_until` say it.
+        self.gaps = model
+            .gaps
+            .iter()
+            .map(|g| g.clipped(since, until))
+            .filter(|g| matches!((g.start, g.end), (Some(s), Some(e)) if s < e))
+            .collect();
+        self.gap_seconds = self.gaps.iter().filter_map(history::Gap::seconds).sum();
+        let (lo, hi) = (
+            since.unwrap_or(Timestamp::from_unix_nanos(i64::MIN)),
+            until.unwrap_or(Timestamp::from_unix_nanos(i64::MAX)),
+        );
+        self.streams = model
+            .streams
+            .iter()
+            .filter(|s| inside(s.first_received, s.last_received.add_nanos(1)))
+            .map(|s| StreamSummary {
+                collector: s.stream.collector.clone(),
+                conn_id: s.stream.conn_id,
+                first_frame: s.first_received,
+                last_frame: s.last_received,
+                spans: s
+                    .spans
+                    .iter()
+                    .filter(|x| inside(x.start, x.end))
+                    .cloned()
+                    .collect(),
+                gaps: s
+                    .gaps
+                    .iter()
+                    .filter(|g| g.overlaps(lo, hi))
+                    .map(|g| g.clipped(since, until))
+                    .collect(),
+            })
+            .collect();
+    }
 }
 
 /// A stored message.
@@ -159,7 +251,8 @@ pub async fn summary(client: &Client, filter: &Filter) -> Result<Summary, Readba
     })
 }
 
-/// Per-symbol coverage, gaps from the feed events.
+/// Per-symbol coverage: message counts from the messages table, coverage and gaps from the
+/// coverage model.
 pub async fn coverage(client: &Client, filter: &Filter) -> Result<Vec<Coverage>, ReadbackError> {
     let (clause, params) = filter.clause("\"timestamp\"");
     let book_clause = if clause.is_empty() {
@@ -202,44 +295,34 @@ pub async fn coverage(client: &Client, filter: &Filter) -> Result<Vec<Coverage>,
             )
         })
         .collect();
-    let (clause, params) = filter.clause("time");
-    let events = client
-        .query(
-            &format!(
-                "SELECT symbol, event, time, gap_start FROM kraken_feed_events {}
-                  ORDER BY time, seq",
-                if clause.is_empty() {
-                    "WHERE event IN ('resynced', 'checksum_mismatch') AND symbol IS NOT NULL".to_owned()
-                } else {
-                    format!("{clause} AND event IN ('resynced', 'checksum_mismatch') AND symbol IS NOT NULL")
-                }
-            ),
-            &refs(&params),
-        )
-        .await
-        .map_err(db("reading feed events"))?;
-    for e in events {
-        let symbol: String = e.get(0);
-        let Some(c) = out.get_mut(&symbol) else {
-            continue;
-        };
-        let time: Timestamp = e.get(2);
-        match e.get::<_, &str>(1) {
-            "resynced" => {
-                let start: Option<Timestamp> = e.get(3);
-                if let Some(start) = start {
-                    // A gap that began before `--since` counts from there.
-                    let start = filter.since.map_or(start, |s| start.max(s));
-                    c.gaps.push((start, time));
-                    c.gap_seconds += time.nanos_since(start).max(0) as f64 / 1e9;
-                }
-                c.open_gap = None;
+    // A symbol asked for by name is reported even when no message lies in the range (a range
+    // inside a gap), if it was ever recorded.
+    if let Some(symbol) = &filter.symbol
+        && !out.contains_key(symbol)
+    {
+        out.insert(
+            symbol.clone(),
+            Coverage {
+                symbol: symbol.clone(),
+                ..Coverage::default()
+            },
+        );
+    }
+    let symbols: Vec<String> = out.keys().cloned().collect();
+    let models = Source::Database(client)
+        .coverage(&symbols, filter.collector.as_deref())
+        .await?;
+    let mut recorded = std::collections::BTreeSet::new();
+    for model in &models {
+        if let Some(c) = out.get_mut(&model.symbol) {
+            if model.streams.is_empty() {
+                continue;
             }
-            _ => {
-                c.open_gap.get_or_insert(time);
-            }
+            recorded.insert(model.symbol.clone());
+            c.fill(model, filter.since, filter.until);
         }
     }
+    out.retain(|symbol, c| c.book_messages > 0 || recorded.contains(symbol));
     Ok(out.into_values().collect())
 }
 

@@ -2,6 +2,7 @@
 //! loopback, and a real TimescaleDB. One test binary, one module per area.
 
 mod collect;
+mod coverage;
 mod crash;
 mod db;
 mod export;

@@ -472,6 +472,57 @@ async fn a_subscription_during_a_gap_is_acked_at_once_and_gets_its_snapshot_when
     exchange.shutdown().await.unwrap();
 }
 
+/// The collector's stop is a gap from its connection's last frame (the coverage model's), not
+/// from the restarted collector's first connection: a subscription in between gets no stale book,
+/// only its snapshot once the record goes on.
+#[tokio::test]
+async fn a_subscription_while_the_collector_was_stopped_gets_its_snapshot_after_the_restart() {
+    let rec = recording().await;
+    let client = connect(&rec.db.url).await;
+    let last_frame: Timestamp = client
+        .query_one(
+            "SELECT max(last_received_at) FROM krakenbook_connections WHERE last_received_at < $1",
+            &[&rec.restarted],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(last_frame.add_nanos(1_500_000_000) < rec.restarted);
+    let from = Timestamp::from_unix_nanos(
+        (last_frame.unix_nanos() + rec.restarted.unix_nanos()) / 2 / 1000 * 1000,
+    );
+    let exchange = serve(rec, from, 1.0).await;
+    let mut client = Client::connect(&url(&exchange)).await;
+    client.text().await;
+    client.subscribe_book(&["BTC/USD"], 10, 3).await;
+    let ack: Value = serde_json::from_str(&client.text().await).unwrap();
+    assert_eq!(ack["success"], Value::Bool(true), "{ack}");
+    let mut level = LevelClient::new(10);
+    let mut snapshot = None;
+    while snapshot.is_none() {
+        let text = client.text().await;
+        level.observe(&text);
+        if let Some((symbol, kind, ts, _)) = book_frames(std::slice::from_ref(&text)).pop() {
+            assert_eq!(
+                (symbol.as_str(), kind),
+                ("BTC/USD", BookKind::Snapshot),
+                "{text}"
+            );
+            snapshot = Some(ts);
+        }
+    }
+    let ts = snapshot.unwrap();
+    assert!(
+        ts > last_frame,
+        "the snapshot at {ts} is the book after the restart, not the one the stopped collector last held ({last_frame})"
+    );
+    while level.total() < 10 {
+        level.observe(&client.text().await);
+    }
+    assert!(level.mismatches.is_empty(), "{:?}", level.mismatches);
+    exchange.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn replay_serve_closes_with_1000_end_of_recording_at_the_end_of_the_record() {
     let rec = recording().await;

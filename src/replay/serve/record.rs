@@ -5,8 +5,10 @@
 //! The messages come from [`BookCursor`] (the book after each message, its checksum recomputed),
 //! their levels from a second query over the same rows on a connection of its own, read in step
 //! with the cursor (two result streams on one connection would make each wait for the other).
-//! The gaps come from [`GapSource`], today [`crate::readback::Gaps`]: the one place to change when
-//! coverage gets its own definition.
+//! The gaps come from [`GapSource`]: the coverage model ([`crate::history`]) of the collector's
+//! record, the same answer `book --at` and the exports get. A stream that ended (a stopped
+//! collector, a crash, a drop) is seen at its connection's last frame, not at the next
+//! connection's first.
 
 use std::pin::Pin;
 
@@ -14,62 +16,57 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, Row, RowStream};
 
 use crate::book::{Decimal, OrderBook};
-use crate::readback::{BookCursor, Gaps, ReadbackError, Start, StartKind};
+use crate::history::{Coverage, Source};
+use crate::readback::{BookCursor, ReadbackError, Start, StartKind};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
 
 /// Where the record of a symbol has gaps, and where it ends.
 #[derive(Debug)]
 pub(super) struct GapSource {
-    gaps: Gaps,
+    coverage: Coverage,
 }
 
 impl GapSource {
-    /// The gaps of `symbol` on `collector`'s record from `since`.
+    /// The coverage of `symbol` on `collector`'s record (`_since`: where the replay starts; the
+    /// model reads the whole record of the symbol from its indexes).
     pub(super) async fn load(
         client: &Client,
         collector: &str,
         symbol: &str,
-        since: Timestamp,
+        _since: Timestamp,
     ) -> Result<GapSource, ReadbackError> {
-        let gaps = Gaps::load(
-            client,
-            collector,
-            &[symbol.to_owned()],
-            since,
-            Timestamp::from_unix_nanos(i64::MAX),
-        )
-        .await?;
-        Ok(GapSource { gaps })
+        let coverage = Source::Database(client)
+            .coverage_of(symbol, Some(collector))
+            .await?;
+        Ok(GapSource { coverage })
     }
 
     /// When the book of `symbol` was lost after its last message (received at `last_received`)
-    /// and at or before `at`: a lost connection, a new one, a checksum mismatch, the end of the
-    /// record. `None` when the book synced by that message is still known at `at`.
+    /// and at or before `at`: the start of the first gap of the record that ends after that
+    /// message and begins by `at` (a mismatch, a lost connection, a stopped collector, journal
+    /// damage, the end of the record). `None` when the book synced by that message is still
+    /// known at `at`.
     pub(super) fn lost_after(
         &self,
         symbol: &str,
         last_received: Timestamp,
         at: Timestamp,
     ) -> Option<Timestamp> {
-        // `Gaps` also reports the closed gaps (a mismatch or a loss until the resync) that `at`
-        // lies in; one that began before the last message ended with a snapshot the caller has
-        // already applied, and a gap that began after it begins with a loss, reported as such.
-        self.gaps
-            .gap_at(symbol, last_received, at)
-            .map(|(t, _)| t)
-            .filter(|&t| t > last_received)
+        debug_assert_eq!(symbol, self.coverage.symbol);
+        // A gap that ended by the last message was closed by a snapshot the caller has already
+        // applied. A gap that begins with the last message's receipt (its connection's last
+        // frame) begins right after it.
+        self.coverage
+            .next_gap(last_received, at)
+            .and_then(|g| g.start)
+            .map(|start| start.max(last_received))
     }
 
-    /// Where the collector's record ends (its last message or commit), when known.
+    /// Where the collector's record of the symbol ends (its connections' last frame), when known.
     pub(super) fn record_end(&self, symbol: &str) -> Option<Timestamp> {
-        // `Gaps` says every instant after the record's end is a gap "not recorded" beginning
-        // there, before looking at anything else: ask it about the last instant there is.
-        let last = Timestamp::from_unix_nanos(i64::MAX);
-        match self.gaps.gap_at(symbol, last, last) {
-            Some((end, "not recorded")) => Some(end),
-            _ => None,
-        }
+        debug_assert_eq!(symbol, self.coverage.symbol);
+        self.coverage.record_end()
     }
 }
 
