@@ -44,7 +44,14 @@ def coverage_gaps(path: Path) -> dict[str, list[tuple[int, int]]]:
         return {}
     out: dict[str, list[tuple[int, int]]] = {}
     for c in cov:
-        out[c["symbol"]] = [(iso_to_micros(a), iso_to_micros(b)) for a, b in c.get("gaps", [])]
+        spans = []
+        for g in c.get("gaps", []):
+            if isinstance(g, dict):  # {"start", "end" (null while open), "cause", ...}
+                end = g.get("end")
+                spans.append((iso_to_micros(g["start"]), iso_to_micros(end) if end else 1 << 62))
+            else:  # an older krakenbook: [start, end]
+                spans.append((iso_to_micros(g[0]), iso_to_micros(g[1])))
+        out[c["symbol"]] = spans
         if c.get("open_gap"):
             out[c["symbol"]].append((iso_to_micros(c["open_gap"]), 1 << 62))
     return out
