@@ -4,6 +4,7 @@
 mod collect;
 mod crash;
 mod db;
+mod deploy;
 mod export;
 mod feed;
 mod journal;
