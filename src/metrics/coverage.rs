@@ -97,7 +97,9 @@ impl SymbolCoverage {
         let subscribed = self.subscribed_ns.load(Ordering::Relaxed);
         let last = self.last_verified_ns.load(Ordering::Relaxed);
         let until = self.verified_until_ns.load(Ordering::Acquire);
-        let age = |from: i64| now.unix_nanos().saturating_sub(from).max(0) as f64 / 1e9;
+        // Whole milliseconds: all a dashboard needs, and short in the exposition.
+        let age =
+            |from: i64| (now.unix_nanos().saturating_sub(from).max(0) / 1_000_000) as f64 / 1e3;
         let newest_message = if last == NONE { subscribed } else { last };
         CoverageReading {
             streams_verified: u64::try_from(streams).unwrap_or(0),
