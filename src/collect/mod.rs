@@ -148,6 +148,13 @@ pub async fn run(
         journal_cancel.clone(),
     )?;
     metrics.attach_journal(Arc::clone(&journal.stats));
+    // The journal's segment bytes and free disk, for /metrics, until the journal closes.
+    tokio::spawn(metrics::disk::sample_every(
+        config.journal.dir.clone(),
+        Arc::clone(&metrics),
+        metrics::disk::SAMPLE_EVERY,
+        journal_cancel.clone(),
+    ));
     let recovery = journal.recovery.clone();
     // A full disk or a failing rotation shows on /health while it lasts.
     let mut journal_problem = journal.problem.clone();

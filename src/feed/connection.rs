@@ -55,8 +55,13 @@ enum SessionEnd {
 }
 
 impl Connection {
-    /// Connection number `index` of the feed, for `symbols`.
+    /// Connection number `index` of the feed, for `symbols`. The symbols' metrics exist from
+    /// here on (at 0), before the connection opens, so a symbol the exchange never delivers is
+    /// seen on `/metrics` too.
     pub fn new(index: usize, symbols: Vec<String>, shared: Arc<FeedShared>) -> Self {
+        for symbol in &symbols {
+            shared.metrics.symbol(symbol);
+        }
         Connection {
             index,
             symbols,

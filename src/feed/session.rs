@@ -18,6 +18,10 @@
 //!   unsynced after `resubscribe_retry`); the first verified message after a gap (on this or a
 //!   later connection) records [`EventKind::Resynced`] with the gap's start; a verified book is
 //!   journaled whole every `book_state_every` verified updates;
+//! - **coverage metrics**: each symbol's stream on this connection counts itself verified in the
+//!   symbol's shared metrics ([`StreamCoverage`]) from its first verified message until a
+//!   mismatch or the connection's end (its last frame), so `/metrics` shows the union over every
+//!   stream of the symbol;
 //! - **the watchdog** counts Kraken frames only (the connection never hands WebSocket pings or
 //!   pongs to the session): no frame for `silence_timeout` closes the connection; the deadline is
 //!   fixed by the last frame, never pushed back by timers or permits;
@@ -43,7 +47,7 @@ use super::error::{Lost, is_rate_limit_text};
 use crate::book::{FrameVerdict, Tracker, Verdict};
 use crate::journal::Entry;
 use crate::kraken::{self, BookKind, BookMessage, Frame, Request, Response};
-use crate::metrics::{Metrics, SymbolMetrics};
+use crate::metrics::{Metrics, StreamCoverage, SymbolMetrics};
 use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, RecordBody};
 use crate::text::{printable, printable_prefix};
 use crate::time::Timestamp;
@@ -310,7 +314,8 @@ impl Session {
         self.closing = true;
         // What was counted and not yet reported is reported now, not lost with the connection.
         self.summaries(None);
-        for (symbol, state) in &self.symbols {
+        for (symbol, state) in &mut self.symbols {
+            state.stream.unverified(self.last_frame_at);
             let start = match state.gap_start {
                 Some(start) => start,
                 None if state.ever_synced => self.last_frame_at,
@@ -427,6 +432,7 @@ impl Session {
             match verdict {
                 Verdict::Ok => {
                     state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
+                    state.stream.verified(at);
                     state.ever_synced = true;
                     if msg.kind == BookKind::Snapshot {
                         state.since_state = 0;
@@ -480,6 +486,7 @@ impl Session {
                         .metrics
                         .checksum_mismatch
                         .fetch_add(1, Ordering::Relaxed);
+                    state.stream.unverified(at);
                     let kind = match msg.kind {
                         BookKind::Snapshot => "snapshot",
                         BookKind::Update => "update",
@@ -515,6 +522,7 @@ impl Session {
                 }
                 Verdict::Unsynced => {
                     state.metrics.unverifiable.fetch_add(1, Ordering::Relaxed);
+                    state.stream.unverified(at);
                 }
             }
         }
@@ -588,7 +596,12 @@ impl Session {
                     .unwrap_or_default();
                 self.event(at, EventKind::Subscribed, Some(symbol), None, detail);
             }
-            ("unsubscribe", Some(symbol)) => self.tracker.forget(symbol),
+            ("unsubscribe", Some(symbol)) => {
+                self.tracker.forget(symbol);
+                if let Some(state) = self.symbols.get_mut(symbol) {
+                    state.stream.unverified(at);
+                }
+            }
             _ => {}
         }
     }
@@ -744,6 +757,8 @@ fn event(
 #[derive(Debug)]
 struct SymbolState {
     metrics: Arc<SymbolMetrics>,
+    /// This stream's part in the symbol's coverage metrics.
+    stream: StreamCoverage,
     /// Verified at least once on this connection.
     ever_synced: bool,
     /// When the current gap began (after a mismatch), until the book verifies again.
@@ -757,6 +772,7 @@ struct SymbolState {
 impl SymbolState {
     fn new(metrics: Arc<SymbolMetrics>) -> Self {
         SymbolState {
+            stream: StreamCoverage::new(Arc::clone(&metrics)),
             metrics,
             ever_synced: false,
             gap_start: None,

@@ -539,6 +539,71 @@ async fn a_silent_connection_is_closed_at_the_deadline_and_its_books_get_a_gap()
     assert!(heartbeat_at > last);
 }
 
+/// The coverage metrics follow the stream: verified from the snapshot, dark from a mismatch
+/// until the next good snapshot, dark from the last frame when the connection is lost; a second
+/// connection carrying the same symbol keeps it out of a gap while the first is dark.
+#[tokio::test(start_paused = true)]
+async fn coverage_metrics_count_a_stream_verified_until_its_mismatch_or_its_last_frame() {
+    let mut h = synced_matic().await;
+    let coverage = |h: &Harness| h.metrics.symbol("MATIC/USD").coverage.read(h.at());
+    assert_eq!(coverage(&h).streams_verified, 1);
+    assert_eq!(coverage(&h).gap_seconds, 0.0);
+
+    h.run_for(Duration::from_secs(1)).await;
+    h.frame(&UPDATE_XY.replace("2114181697", "1"));
+    h.run_for(Duration::from_secs(2)).await;
+    let c = coverage(&h);
+    assert_eq!(
+        (c.streams_verified, c.gap_seconds),
+        (0, 2.0),
+        "dark from the mismatch"
+    );
+    assert_eq!(
+        c.seconds_since_verified, 3.0,
+        "the snapshot was the last verified message"
+    );
+
+    // Another connection of the same collector carries MATIC/USD and verifies it.
+    let mut other = Session::open(
+        8,
+        &["MATIC/USD".to_owned()],
+        Continuity::default(),
+        &config(10),
+        Arc::clone(&h.metrics),
+        Instant::now(),
+        h.at(),
+    );
+    other.on_frame(Received::Text(INSTRUMENT_XY), Instant::now(), h.at());
+    other.on_frame(Received::Text(&ack("MATIC/USD")), Instant::now(), h.at());
+    other.on_frame(Received::Text(SNAPSHOT_XY), Instant::now(), h.at());
+    let c = coverage(&h);
+    assert_eq!(
+        (c.streams_verified, c.gap_seconds),
+        (1, 0.0),
+        "the union is verified"
+    );
+    drop(other);
+    assert_eq!(
+        coverage(&h).streams_verified,
+        0,
+        "a session dropped uncounts itself"
+    );
+
+    h.frame(SNAPSHOT_XY);
+    assert_eq!(coverage(&h).streams_verified, 1, "verified again");
+    h.run_for(Duration::from_secs(2)).await;
+    h.frame(HEARTBEAT);
+    h.run_for(Duration::from_secs(6)).await;
+    assert!(matches!(h.closed, Some(Lost::Silent(_))), "{:?}", h.closed);
+    let c = coverage(&h);
+    assert_eq!(c.streams_verified, 0);
+    assert_eq!(
+        c.gap_seconds, 5.0,
+        "the gap runs from the last frame, a heartbeat"
+    );
+    assert_eq!(c.seconds_since_verified, 7.0);
+}
+
 /// A rejected symbol is recorded, dropped, and not asked for on the next connection; the other
 /// symbols go on.
 #[tokio::test(start_paused = true)]

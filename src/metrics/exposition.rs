@@ -12,7 +12,9 @@
 //! golden test `families_are_todays_names_types_labels_and_help` pins them; change them only
 //! with the dashboards. Counter names are written here whole (`..._total`) so that a search for
 //! a dashboard's name finds them; the encoder appends `_total` itself, so the stem is passed to it.
-//! Families of the journal and the database appear only once that part is attached.
+//! Families of the journal and the database appear only once that part is attached; those of
+//! the journal's disk once it has been measured ([`super::disk`]). The per-symbol families have
+//! a series for every symbol asked for, from its subscription on.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +28,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::{Histogram, LATENCY_BUCKETS, Metrics, SymbolMetrics};
+use super::{CoverageReading, HealthSource, Histogram, LATENCY_BUCKETS, Metrics, SymbolMetrics};
+use crate::time::Timestamp;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -49,8 +52,8 @@ impl Metrics {
 #[derive(Debug)]
 struct Snapshot {
     families: Vec<Family>,
-    /// Per symbol, the values of [`PER_SYMBOL`]'s families, in that order.
-    symbols: Vec<(String, [u64; PER_SYMBOL.len()])>,
+    /// Per symbol, the values of [`PER_SYMBOL`]'s families, in that order, and its coverage.
+    symbols: Vec<(String, [u64; PER_SYMBOL.len()], CoverageReading)>,
 }
 
 /// One metric family.
@@ -70,6 +73,10 @@ enum Value {
     FloatGauge(f64),
     /// A counter with a `symbol` label: the index of its field in [`PER_SYMBOL`].
     PerSymbol(usize),
+    /// A gauge with a `symbol` label: one figure of the symbol's coverage.
+    PerSymbolGauge(fn(&CoverageReading) -> f64),
+    /// A gauge with a `part` label per [`HealthSource`]: 1 while the part has a problem.
+    Problems([bool; HealthSource::ALL.len()]),
     Histogram(HistogramSnapshot),
 }
 
@@ -169,9 +176,34 @@ impl Snapshot {
             "Frames above the frame-size cap (not kept; the connection is reopened).",
             Value::Counter(get(&m.frames_too_large)),
         );
+        add(
+            "krakenbook_healthy",
+            "1 while /health answers 200 (an exchange connection open, no part with a problem).",
+            Value::Gauge(u64::from(m.health().is_ok())),
+        );
+        add(
+            "krakenbook_health_problem",
+            "1 while this part of the collector reports a problem on /health.",
+            Value::Problems(m.problems()),
+        );
         for (i, (name, help, _)) in PER_SYMBOL.iter().enumerate() {
             add(name, help, Value::PerSymbol(i));
         }
+        add(
+            "krakenbook_symbol_streams_verified",
+            "Streams (connections) whose book of the symbol is verified now.",
+            Value::PerSymbolGauge(|c| c.streams_verified as f64),
+        );
+        add(
+            "krakenbook_symbol_seconds_since_verified",
+            "Seconds since the last verified book message of the symbol on any stream (since its subscription before the first).",
+            Value::PerSymbolGauge(|c| c.seconds_since_verified),
+        );
+        add(
+            "krakenbook_symbol_gap_seconds",
+            "Seconds the symbol's current gap has been open: 0 while any stream's book is verified.",
+            Value::PerSymbolGauge(|c| c.gap_seconds),
+        );
 
         if let Some(j) = m.journal.get() {
             add(
@@ -214,6 +246,38 @@ impl Snapshot {
                 "Closed segments removed by retention.",
                 Value::Counter(get(&j.expired_segments)),
             );
+            add(
+                "krakenbook_journal_disk_full",
+                "1 while journal writing is stopped on a full disk (records wait in memory).",
+                Value::Gauge(u64::from(j.disk_full.load(Ordering::Relaxed))),
+            );
+            add(
+                "krakenbook_journal_disk_full_stalls_total",
+                "Times journal writing stopped on a full disk.",
+                Value::Counter(get(&j.disk_full_stalls)),
+            );
+            if let Some(disk) = m.journal_disk.latest() {
+                add(
+                    "krakenbook_journal_segment_bytes",
+                    "Bytes of the journal's segment files on disk.",
+                    Value::Gauge(disk.segment_bytes),
+                );
+                add(
+                    "krakenbook_journal_segment_files",
+                    "Segment files in the journal directory.",
+                    Value::Gauge(disk.segment_files),
+                );
+                add(
+                    "krakenbook_journal_disk_free_bytes",
+                    "Bytes free for the collector on the journal's filesystem.",
+                    Value::Gauge(disk.free_bytes),
+                );
+                add(
+                    "krakenbook_journal_disk_size_bytes",
+                    "Size of the journal's filesystem in bytes.",
+                    Value::Gauge(disk.size_bytes),
+                );
+            }
         }
         if let Some(s) = m.store.get() {
             add(
@@ -289,6 +353,7 @@ impl Snapshot {
             );
         }
 
+        let now = Timestamp::now();
         let symbols = m
             .symbols
             .read()
@@ -298,6 +363,7 @@ impl Snapshot {
                 (
                     symbol.clone(),
                     PER_SYMBOL.map(|(_, _, field)| get(field(sm))),
+                    sm.coverage.read(now),
                 )
             })
             .collect();
@@ -310,7 +376,11 @@ impl Collector for Snapshot {
         for family in &self.families {
             let kind = match family.value {
                 Value::Counter(_) | Value::PerSymbol(_) => MetricType::Counter,
-                Value::Gauge(_) | Value::SignedGauge(_) | Value::FloatGauge(_) => MetricType::Gauge,
+                Value::Gauge(_)
+                | Value::SignedGauge(_)
+                | Value::FloatGauge(_)
+                | Value::PerSymbolGauge(_)
+                | Value::Problems(_) => MetricType::Gauge,
                 Value::Histogram(_) => MetricType::Histogram,
             };
             // The encoder appends `_total` to a counter's name.
@@ -325,9 +395,22 @@ impl Collector for Snapshot {
                 Value::SignedGauge(v) => ConstGauge::new(*v).encode(metric)?,
                 Value::FloatGauge(v) => ConstGauge::new(*v).encode(metric)?,
                 Value::PerSymbol(i) => {
-                    for (symbol, values) in &self.symbols {
+                    for (symbol, values, _) in &self.symbols {
                         let labels = [("symbol", symbol.as_str())];
                         ConstCounter::new(values[*i]).encode(metric.encode_family(&labels)?)?;
+                    }
+                }
+                Value::PerSymbolGauge(figure) => {
+                    for (symbol, _, coverage) in &self.symbols {
+                        let labels = [("symbol", symbol.as_str())];
+                        ConstGauge::new(figure(coverage)).encode(metric.encode_family(&labels)?)?;
+                    }
+                }
+                Value::Problems(problems) => {
+                    for (part, problem) in HealthSource::ALL.iter().zip(problems) {
+                        let labels = [("part", part.name())];
+                        ConstGauge::new(u64::from(*problem))
+                            .encode(metric.encode_family(&labels)?)?;
                     }
                 }
                 Value::Histogram(h) => h.encode(metric)?,
@@ -378,7 +461,8 @@ mod tests {
     use crate::metrics::StoreProgress;
 
     /// Today's families, as the hand-written format showed them before `prometheus-client`
-    /// took over (captured from that code): name, type, help, label names of its samples.
+    /// took over (captured from that code), and those added since for the alert rules and the
+    /// dashboard in `deploy/`: name, type, help, label names of its samples.
     #[rustfmt::skip]
     const GOLDEN: &[(&str, &str, &str, &[&str])] = &[
         ("krakenbook_frames_received_total", "counter", "WebSocket frames received.", &[]),
@@ -392,12 +476,17 @@ mod tests {
         ("krakenbook_journal_queue_depth", "gauge", "Entries waiting for the journal.", &[]),
         ("krakenbook_unasked_symbol_frames_total", "counter", "Frames for symbols that were not asked for (counted, never tracked).", &[]),
         ("krakenbook_frames_too_large_total", "counter", "Frames above the frame-size cap (not kept; the connection is reopened).", &[]),
+        ("krakenbook_healthy", "gauge", "1 while /health answers 200 (an exchange connection open, no part with a problem).", &[]),
+        ("krakenbook_health_problem", "gauge", "1 while this part of the collector reports a problem on /health.", &["part"]),
         ("krakenbook_book_messages_total", "counter", "Book messages received.", &["symbol"]),
         ("krakenbook_checksum_ok_total", "counter", "Book messages whose checksum matched.", &["symbol"]),
         ("krakenbook_checksum_mismatch_total", "counter", "Book messages whose checksum did not match.", &["symbol"]),
         ("krakenbook_unverifiable_total", "counter", "Book messages received while the book was unsynced.", &["symbol"]),
         ("krakenbook_resubscribes_total", "counter", "Resubscriptions after a checksum mismatch.", &["symbol"]),
         ("krakenbook_resyncs_total", "counter", "Gaps closed: the book verified again after a mismatch or reconnect.", &["symbol"]),
+        ("krakenbook_symbol_streams_verified", "gauge", "Streams (connections) whose book of the symbol is verified now.", &["symbol"]),
+        ("krakenbook_symbol_seconds_since_verified", "gauge", "Seconds since the last verified book message of the symbol on any stream (since its subscription before the first).", &["symbol"]),
+        ("krakenbook_symbol_gap_seconds", "gauge", "Seconds the symbol's current gap has been open: 0 while any stream's book is verified.", &["symbol"]),
         ("krakenbook_journal_records_total", "counter", "Records appended to the journal.", &[]),
         ("krakenbook_journal_bytes_total", "counter", "Bytes appended to the journal.", &[]),
         ("krakenbook_journal_rotations_total", "counter", "Journal segments closed and started.", &[]),
@@ -406,6 +495,12 @@ mod tests {
         ("krakenbook_journal_torn_bytes", "gauge", "Bytes of a torn tail cut when the journal was opened.", &[]),
         ("krakenbook_journal_recovery_damaged_seqs", "gauge", "Seqs found damaged in the last segment when the journal was opened.", &[]),
         ("krakenbook_journal_expired_segments_total", "counter", "Closed segments removed by retention.", &[]),
+        ("krakenbook_journal_disk_full", "gauge", "1 while journal writing is stopped on a full disk (records wait in memory).", &[]),
+        ("krakenbook_journal_disk_full_stalls_total", "counter", "Times journal writing stopped on a full disk.", &[]),
+        ("krakenbook_journal_segment_bytes", "gauge", "Bytes of the journal's segment files on disk.", &[]),
+        ("krakenbook_journal_segment_files", "gauge", "Segment files in the journal directory.", &[]),
+        ("krakenbook_journal_disk_free_bytes", "gauge", "Bytes free for the collector on the journal's filesystem.", &[]),
+        ("krakenbook_journal_disk_size_bytes", "gauge", "Size of the journal's filesystem in bytes.", &[]),
         ("krakenbook_db_messages_written_total", "counter", "Message rows committed to the database.", &[]),
         ("krakenbook_db_entries_written_total", "counter", "Level rows committed to the database.", &[]),
         ("krakenbook_db_events_written_total", "counter", "Feed-event rows committed to the database.", &[]),
@@ -443,6 +538,12 @@ mod tests {
         journal.flushed_seq.store(12, Ordering::Relaxed);
         journal.bytes.store(1000, Ordering::Relaxed);
         m.attach_journal(journal);
+        m.journal_disk.record(crate::metrics::disk::DiskSample {
+            segment_bytes: 4096,
+            segment_files: 2,
+            free_bytes: 1 << 30,
+            size_bytes: 1 << 34,
+        });
         let store = Arc::new(StoreProgress::default());
         store.checkpoint_seq.store(10, Ordering::Relaxed);
         store.bytes.store(900, Ordering::Relaxed);
@@ -582,6 +683,9 @@ mod tests {
         );
     }
 
+    /// The per-symbol gauges of a symbol's coverage.
+    const PER_SYMBOL_GAUGES: usize = 3;
+
     fn parse_sample_or_comment(line: &str) -> Option<Sample> {
         (!line.starts_with('#')).then(|| parse_sample(line))
     }
@@ -598,7 +702,7 @@ mod tests {
             .iter()
             .filter(|s| s.labels.first().is_some_and(|(_, v)| v == ODD_SYMBOL))
             .collect();
-        assert_eq!(odd.len(), PER_SYMBOL.len(), "{text}");
+        assert_eq!(odd.len(), PER_SYMBOL.len() + PER_SYMBOL_GAUGES, "{text}");
         // A newline in a label never starts a line of its own.
         assert!(text.lines().all(|l| !l.starts_with("Y\"")), "{text}");
     }
@@ -618,6 +722,102 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }
+    }
+
+    /// The value of the sample `name{label="value"}` (or `name` alone), parsed as a scraper does.
+    fn value_of(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+        text.lines()
+            .filter_map(parse_sample_or_comment)
+            .find(|s| {
+                s.name == name
+                    && match label {
+                        Some((k, v)) => s.labels == [(k.to_owned(), v.to_owned())],
+                        None => s.labels.is_empty(),
+                    }
+            })
+            .map(|s| s.value.parse().unwrap())
+    }
+
+    #[test]
+    fn a_symbol_has_every_series_at_zero_from_its_subscription_before_any_message() {
+        let m = Metrics::default();
+        m.symbol("ETH/USD");
+        let text = m.render();
+        let eth = Some(("symbol", "ETH/USD"));
+        for (name, _, _) in PER_SYMBOL {
+            assert_eq!(value_of(&text, name, eth), Some(0.0), "{name}\n{text}");
+        }
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_streams_verified", eth),
+            Some(0.0)
+        );
+        for name in [
+            "krakenbook_symbol_seconds_since_verified",
+            "krakenbook_symbol_gap_seconds",
+        ] {
+            let v = value_of(&text, name, eth).unwrap_or_else(|| panic!("{name}\n{text}"));
+            assert!(
+                (0.0..1.0).contains(&v),
+                "{name} {v}: counts from the subscription"
+            );
+        }
+    }
+
+    #[test]
+    fn coverage_gauges_show_a_verified_stream_and_an_open_gap() {
+        let m = Metrics::default();
+        let btc = m.symbol("BTC/USD");
+        let mut stream = crate::metrics::StreamCoverage::new(Arc::clone(&btc));
+        stream.verified(Timestamp::now().add_nanos(-30_000_000_000));
+        let text = m.render();
+        let label = Some(("symbol", "BTC/USD"));
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_streams_verified", label),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_gap_seconds", label),
+            Some(0.0)
+        );
+        let age = value_of(&text, "krakenbook_symbol_seconds_since_verified", label).unwrap();
+        assert!((30.0..40.0).contains(&age), "{age}");
+        stream.unverified(Timestamp::now().add_nanos(-10_000_000_000));
+        let text = m.render();
+        let gap = value_of(&text, "krakenbook_symbol_gap_seconds", label).unwrap();
+        assert!((10.0..20.0).contains(&gap), "{gap}");
+    }
+
+    #[test]
+    fn health_gauges_name_the_part_with_a_problem() {
+        let m = Metrics::default();
+        m.connections_open.store(1, Ordering::Relaxed);
+        let text = m.render();
+        assert_eq!(value_of(&text, "krakenbook_healthy", None), Some(1.0));
+        m.set_problem(HealthSource::Database, Some("down".into()));
+        let text = m.render();
+        assert_eq!(value_of(&text, "krakenbook_healthy", None), Some(0.0));
+        for (part, want) in [("feed", 0.0), ("journal", 0.0), ("database", 1.0)] {
+            let v = value_of(&text, "krakenbook_health_problem", Some(("part", part)));
+            assert_eq!(v, Some(want), "{part}\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_journal_disk_families_wait_for_the_first_measurement() {
+        let m = Metrics::default();
+        m.attach_journal(Arc::new(JournalStats::default()));
+        let text = m.render();
+        assert!(text.contains("krakenbook_journal_disk_full 0\n"), "{text}");
+        assert!(!text.contains("krakenbook_journal_segment_bytes"), "{text}");
+        let text = populated().render();
+        assert!(
+            text.contains("krakenbook_journal_segment_bytes 4096\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krakenbook_journal_disk_free_bytes 1073741824\n"),
+            "{text}"
+        );
     }
 
     #[test]

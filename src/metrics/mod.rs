@@ -3,6 +3,10 @@
 //!
 //! - here: [`Metrics`] and the structs it gathers ([`SymbolMetrics`], [`StoreProgress`],
 //!   [`Histogram`]), and [`HealthSource`]s' problems behind [`Metrics::health`];
+//! - [`coverage`]: per symbol, over every stream of it: streams verified now, the age of the last
+//!   verified message, how long the current gap has been open;
+//! - [`disk`]: the journal's segment bytes and its filesystem's free and total bytes, measured in
+//!   the background;
 //! - [`exposition`]: the Prometheus text format (version 0.0.4) of a [`Metrics`], written by the
 //!   `prometheus-client` crate from a snapshot of the atomics;
 //! - [`server`]: `/metrics` and `/health` over HTTP/1.1 (hyper), built so that no client can
@@ -13,6 +17,9 @@
 //! - The hot path never locks: every counter is an atomic that the feed, the journal or the
 //!   database writer bumps; per-symbol counters are created once per symbol (a short lock) and
 //!   then held by the connection that updates them. Scrapes only read the atomics.
+//! - Every symbol the collector asks for has its series from the moment it is asked for (the
+//!   feed registers it when it creates the connection that will carry it), at 0, not only after
+//!   its first message; several streams of one symbol share one [`SymbolMetrics`].
 //! - Metric names, types, labels, help texts and histogram bucket bounds are an interface that
 //!   dashboards use; a golden test in [`exposition`] pins them.
 //! - `/health` is 503 while any [`HealthSource`] has a problem or no exchange connection is open.
@@ -25,12 +32,16 @@ use crate::journal::JournalStats;
 use crate::time::Timestamp;
 
 pub mod accept;
+pub mod coverage;
+pub mod disk;
 pub mod exposition;
 pub mod server;
 
+pub use coverage::{CoverageReading, StreamCoverage, SymbolCoverage};
+pub use disk::JournalDisk;
 pub use server::{bind, serve};
 
-/// Counters for one symbol.
+/// Counters for one symbol, shared by every stream (connection) that carries it.
 #[derive(Debug, Default)]
 pub struct SymbolMetrics {
     /// Book messages received.
@@ -45,6 +56,18 @@ pub struct SymbolMetrics {
     pub resubscribes: AtomicU64,
     /// Gaps closed (the book verified again after a mismatch or a reconnect).
     pub resyncs: AtomicU64,
+    /// Coverage over every stream of the symbol.
+    pub coverage: SymbolCoverage,
+}
+
+impl SymbolMetrics {
+    /// The counters of a symbol first asked for at `subscribed`, all at 0.
+    pub fn subscribed_at(subscribed: Timestamp) -> Self {
+        SymbolMetrics {
+            coverage: SymbolCoverage::new(subscribed),
+            ..SymbolMetrics::default()
+        }
+    }
 }
 
 /// Upper bounds (seconds) of the commit-latency histogram's buckets.
@@ -161,6 +184,8 @@ pub struct Metrics {
     pub unasked_frames: AtomicU64,
     /// Frames larger than the frame-size cap (not kept; the connection is reopened).
     pub frames_too_large: AtomicU64,
+    /// The journal's segment bytes and free disk, measured in the background ([`disk`]).
+    pub journal_disk: JournalDisk,
     symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
     journal: OnceLock<Arc<JournalStats>>,
     store: OnceLock<Arc<StoreProgress>>,
@@ -181,6 +206,21 @@ pub enum HealthSource {
 
 impl HealthSource {
     const COUNT: usize = 3;
+    /// Every part, in the order of [`Metrics::problems`].
+    pub const ALL: [HealthSource; HealthSource::COUNT] = [
+        HealthSource::Feed,
+        HealthSource::Journal,
+        HealthSource::Database,
+    ];
+
+    /// The part's name, as `/metrics` labels it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthSource::Feed => "feed",
+            HealthSource::Journal => "journal",
+            HealthSource::Database => "database",
+        }
+    }
 
     fn index(self) -> usize {
         match self {
@@ -192,7 +232,8 @@ impl HealthSource {
 }
 
 impl Metrics {
-    /// The counters of `symbol`, created on first use.
+    /// The counters of `symbol`, created on first use (the symbol's subscription: its coverage
+    /// ages count from then until its first verified message).
     pub fn symbol(&self, symbol: &str) -> Arc<SymbolMetrics> {
         if let Some(m) = self
             .symbols
@@ -203,7 +244,10 @@ impl Metrics {
             return Arc::clone(m);
         }
         let mut map = self.symbols.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry(symbol.to_owned()).or_default())
+        Arc::clone(
+            map.entry(symbol.to_owned())
+                .or_insert_with(|| Arc::new(SymbolMetrics::subscribed_at(Timestamp::now()))),
+        )
     }
 
     /// Shows the journal's counters too.
@@ -219,6 +263,15 @@ impl Metrics {
     /// Records (`Some`) or clears (`None`) the problem of one part of the collector.
     pub fn set_problem(&self, source: HealthSource, reason: Option<String>) {
         self.health.lock().unwrap_or_else(|p| p.into_inner())[source.index()] = reason;
+    }
+
+    /// Whether each part ([`HealthSource::ALL`], in order) has a problem now.
+    pub fn problems(&self) -> [bool; HealthSource::COUNT] {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .each_ref()
+            .map(Option::is_some)
     }
 
     /// `Ok` when healthy, else why not: a part recorded a problem, or no connection is open.

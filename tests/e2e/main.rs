@@ -5,6 +5,7 @@ mod collect;
 mod coverage;
 mod crash;
 mod db;
+mod deploy;
 mod export;
 mod feed;
 mod journal;
