@@ -313,6 +313,12 @@ impl CopyVerifier {
         self.verified_since_damage.clear();
     }
 
+    /// A connection is over (nothing of it remains to be read): its books go.
+    pub fn end_connection(&mut self, conn_id: i64) {
+        self.conns.remove(&conn_id);
+        self.verified_since_damage.remove(&conn_id);
+    }
+
     /// What a replay that starts after the connection's subscription needs to know of it: the
     /// depth `symbol` was subscribed at and its precision (from the stored ack and instrument
     /// message before the start).
@@ -753,6 +759,10 @@ impl CopyVerifier {
             .states += 1;
         let levels = parse_state(st);
         let books = self.conns.entry(st.conn_id).or_insert_with(Books::new);
+        // The collector journals states of the books it tracks only.
+        if !books.acked.contains(&st.symbol) {
+            books.acked.insert(st.symbol.clone());
+        }
         let mut found = Vec::new();
         let mut unknown = false;
         for (copy, tracker) in [

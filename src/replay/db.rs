@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Transaction};
 
 use super::copies::{
     CopyVerifier, EntryRow, EventRow, MessageRow, StateRow, StoredDecimal, StoredFrame,
@@ -167,6 +167,38 @@ pub async fn stream_start(
     BookCursor::find_start_or_first(client, symbol, at.add_nanos(-1000), to, collector).await
 }
 
+/// Where the connections of `collector` that are still open at `seq` or later end: their last
+/// frame's seq (heartbeats included), by seq. A book state follows its frame with nothing but
+/// events between, so once a message after a connection's last frame is read, nothing of the
+/// connection remains and its books can go: memory stays flat however many connections a record
+/// holds. Read from `krakenbook_connections` (none when the table is not there), in the
+/// verification's transaction (a live collector moves them on).
+pub async fn connection_ends(
+    client: &impl GenericClient,
+    collector: &str,
+    seq: i64,
+) -> Result<Vec<(i64, i64)>, ReadbackError> {
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass('krakenbook_connections')::text", &[])
+        .await
+        .map_err(db("looking for the connections table"))?
+        .get(0);
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            "SELECT last_seq, conn_id FROM krakenbook_connections
+              WHERE collector = $1 AND last_seq >= $2 ORDER BY last_seq",
+            &[&collector, &seq],
+        )
+        .await
+        .map_err(db("reading where the connections end"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Far enough back and ahead for any recording (PostgreSQL's timestamps go further than ours).
 const EARLIEST: Timestamp = Timestamp::from_unix_nanos(-2_208_988_800_000_000_000); // 1900
 const LATEST: Timestamp = Timestamp::from_unix_nanos(7_258_118_400_000_000_000); // 2200
@@ -216,6 +248,9 @@ struct Plan {
     /// The last seq known when planning (for progress).
     last: i64,
     primes: Vec<Prime>,
+    /// The Kraken times of the book states the replay starts from (where the first span looks
+    /// for them).
+    state_times: Vec<Timestamp>,
 }
 
 impl Plan {
@@ -246,6 +281,7 @@ async fn plan(
             hi: i64::MAX,
             last,
             primes: Vec::new(),
+            state_times: Vec::new(),
         }));
     }
     let (from, to) = bounds(scope);
@@ -280,6 +316,7 @@ async fn plan(
         return Ok(None);
     };
     let mut primes = Vec::new();
+    let mut state_times = Vec::new();
     if scope.from.is_none() {
         // From the record's start: the subscriptions are read like everything else.
         lo = first;
@@ -292,6 +329,9 @@ async fn plan(
                 continue;
             };
             lo = lo.min(start.seq);
+            if start.kind == StartKind::State {
+                state_times.push(start.timestamp);
+            }
             if start.kind == StartKind::Snapshot {
                 primes.push(Prime {
                     conn_id: start.conn_id,
@@ -308,6 +348,7 @@ async fn plan(
         hi,
         last: hi,
         primes,
+        state_times,
     }))
 }
 
@@ -519,8 +560,12 @@ async fn read_collector(
     let wanted = |s: &str| scope.symbols.is_empty() || scope.symbols.iter().any(|w| w == s);
     // Seqs up to here are read.
     let mut done = plan.lo.saturating_sub(1);
-    // The last update's Kraken time before the span (a book state may follow it in the next).
-    let mut last_update: Option<Timestamp> = None;
+    // The Kraken times of the updates of the last message before the span: a book state follows
+    // its update closely (nothing but events between), perhaps in the next span. The first span
+    // looks for the states the replay starts from.
+    let mut carry: Vec<Timestamp> = plan.state_times.clone();
+    let ends = connection_ends(tx, &plan.collector, plan.lo).await?;
+    let mut ends = ends.iter().peekable();
     loop {
         let rows = tx
             .query_portal(&portal, BATCH)
@@ -547,7 +592,7 @@ async fn read_collector(
                 messages[end - 1].seq
             };
             let mut windows = Windows::default();
-            if let Some(t) = last_update {
+            for t in carry.drain(..) {
                 widen(&mut windows.updates, t);
             }
             for (m, f) in messages[start..end].iter().zip(&frames[start..end]) {
@@ -570,10 +615,25 @@ async fn read_collector(
                 &states,
                 &events,
             );
-            if let Some((_, b)) = windows.updates {
-                last_update = Some(b);
+            if let Some(Some(Frame::Book(b))) = frames[start..end].last()
+                && b.kind == crate::kraken::BookKind::Update
+            {
+                let m = &messages[end - 1];
+                let first = b
+                    .data
+                    .first()
+                    .and_then(|d| d.timestamp)
+                    .unwrap_or(m.received_at);
+                carry.extend(b.data.iter().map(|d| d.timestamp.unwrap_or(first)));
             }
             done = until;
+            // Connections whose last frame is before the span's last message are over.
+            while let Some(&&(last, conn)) = ends.peek()
+                && last < until
+            {
+                verifier.end_connection(conn);
+                ends.next();
+            }
             progress(done, (end - start) as u64);
             start = end;
             if start >= messages.len() {

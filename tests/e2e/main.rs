@@ -19,3 +19,4 @@ mod simulate;
 mod store;
 mod support;
 mod verify;
+mod verify_db;
