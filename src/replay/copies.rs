@@ -131,6 +131,20 @@ pub enum StoredFrame {
 }
 
 impl StoredFrame {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            StoredFrame::Json(t) | StoredFrame::Text(t) => t.len(),
+            StoredFrame::Bytes(b) => b.len(),
+            StoredFrame::Missing => 0,
+        }
+    }
+
+    /// Whether there is nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The frame's text, when it has one.
     pub fn text(&self) -> Option<&str> {
         match self {
@@ -1100,4 +1114,298 @@ pub fn compare_state(
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordBody;
+    use crate::store::capture::read_capture;
+
+    /// The rows the writer stores for a real capture (the messages row and its entry rows, in
+    /// ordinal order; heartbeats are not stored), each with its frame's text as stored.
+    fn stored(name: &str) -> Vec<(MessageRow, Vec<EntryRow>)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kraken-v2")
+            .join(name);
+        let mut out = Vec::new();
+        for r in read_capture(&path, &mut 1, 1).unwrap() {
+            let RecordBody::Frame(f) = &r.body else {
+                continue;
+            };
+            let text = std::str::from_utf8(&f.bytes).unwrap();
+            let frame = kraken::decode(text).unwrap();
+            if matches!(frame, Frame::Heartbeat) {
+                continue;
+            }
+            let seq = r.seq as i64;
+            let level = |l: Option<PriceLevel>| match l {
+                Some(l) => [Some(Ok(l.price)), Some(Ok(l.qty))],
+                None => [None, None],
+            };
+            let mut m = MessageRow {
+                seq,
+                conn_id: Some(1),
+                timestamp: r.received_at,
+                received_at: r.received_at,
+                channel: frame.channel().to_owned(),
+                message_type: "status".into(),
+                symbol: None,
+                checksum: None,
+                checksum_ok: f.checksum_ok,
+                frame: StoredFrame::Json(text.to_owned()),
+                best_bid: level(f.best_bid),
+                best_ask: level(f.best_ask),
+            };
+            let mut entries = Vec::new();
+            match &frame {
+                Frame::Book(b) => {
+                    let first = &b.data[0];
+                    m.message_type = b.kind.as_str().into();
+                    m.symbol = Some(first.symbol.to_string());
+                    m.checksum = Some(i64::from(first.checksum));
+                    m.timestamp = first.timestamp.unwrap_or(r.received_at);
+                    for d in &b.data {
+                        for (side, levels) in [("bid", &d.bids), ("ask", &d.asks)] {
+                            for l in levels {
+                                entries.push(EntryRow {
+                                    seq,
+                                    ordinal: Some(entries.len() as i16),
+                                    symbol: d.symbol.to_string(),
+                                    side: side.into(),
+                                    price: Ok(l.price.value),
+                                    quantity: Ok(l.qty.value),
+                                    message_type: b.kind.as_str().into(),
+                                    checksum: Some(i64::from(d.checksum)),
+                                });
+                            }
+                        }
+                    }
+                }
+                Frame::Ack(a) => m.message_type = a.method.to_string(),
+                _ => {}
+            }
+            out.push((m, entries));
+        }
+        out
+    }
+
+    fn verify(rows: &[(MessageRow, Vec<EntryRow>)]) -> ReplayReport {
+        let mut v = CopyVerifier::new(&[]);
+        v.begin_collector("test");
+        for (m, entries) in rows {
+            v.message(m, m.decode().as_ref(), entries, false);
+        }
+        v.finish()
+    }
+
+    /// The index of the `n`th verified update that sets the best bid with its first level.
+    fn update_at_top(rows: &[(MessageRow, Vec<EntryRow>)], n: usize) -> usize {
+        rows.iter()
+            .enumerate()
+            .filter(|(_, (m, e))| {
+                m.message_type == "update"
+                    && m.checksum_ok == Some(true)
+                    && e.first().is_some_and(|e| {
+                        e.side == "bid" && Some(&e.price) == m.best_bid[0].as_ref()
+                    })
+            })
+            .nth(n)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_real_capture_stored_faithfully_has_no_disagreement() {
+        for name in [
+            "kraken_btcusd_d10_20260816.ndjson",
+            "kraken_btcusd_d100_20260816.ndjson",
+            "kraken_minagbp_d25_resync_20260818.ndjson",
+        ] {
+            let rows = stored(name);
+            let report = verify(&rows);
+            assert!(report.is_clean(), "{name}: {:?}", report.disagreements);
+            let books = rows.iter().filter(|(m, _)| m.claims_book()).count() as u64;
+            assert_eq!(report.book_messages(), books, "{name}");
+            assert_eq!(
+                report.entries_compared,
+                rows.iter().map(|(_, e)| e.len() as u64).sum::<u64>()
+            );
+        }
+    }
+
+    /// Each copy of one message altered in turn: the first disagreement is at its seq, between
+    /// the copies named.
+    #[test]
+    fn each_altered_copy_is_reported_at_its_seq_between_the_right_copies() {
+        type Tamper = fn(&mut MessageRow, &mut Vec<EntryRow>);
+        let cases: Vec<(&str, Tamper, [&str; 2])> = vec![
+            (
+                "a level price inside raw_message",
+                |m, _| {
+                    let StoredFrame::Json(t) = &mut m.frame else {
+                        panic!()
+                    };
+                    let at = t.find(r#""price":"#).unwrap() + 8;
+                    *t = bump_number_end(t, at);
+                },
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+            (
+                "the checksum column",
+                |m, _| m.checksum = m.checksum.map(|c| c + 1),
+                ["checksum", "raw_message"],
+            ),
+            (
+                "checksum_ok",
+                |m, _| m.checksum_ok = Some(false),
+                ["checksum_ok", "book from raw_message"],
+            ),
+            (
+                "the best bid quantity",
+                |m, _| m.best_bid[1] = Some(Ok(Decimal::parse("1.23456789").unwrap())),
+                ["best_bid", "book from raw_message"],
+            ),
+            (
+                "the message type",
+                |m, _| m.message_type = "snapshot".into(),
+                ["message_type", "raw_message"],
+            ),
+            (
+                "the symbol column",
+                |m, _| m.symbol = Some("ETH/USD".into()),
+                ["symbol", "raw_message"],
+            ),
+            (
+                "an entry's quantity",
+                |_, e| e[0].quantity = Ok(Decimal::parse("99.5").unwrap()),
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+            (
+                "an entry's price scale (the same value, other text)",
+                |_, e| {
+                    let p = e[0].price.clone().unwrap();
+                    e[0].price = Ok(p.with_scale(p.scale() + 1).unwrap());
+                },
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+            (
+                "an entry's side",
+                |_, e| e[0].side = "ask".into(),
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+            (
+                "an entry row deleted",
+                |_, e| {
+                    e.pop();
+                },
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+            (
+                "an entry row added",
+                |_, e| {
+                    let mut extra = e[0].clone();
+                    extra.ordinal = Some(e.len() as i16);
+                    e.push(extra);
+                },
+                ["raw_message", "kraken_orderbook_entries"],
+            ),
+        ];
+        let clean = stored("kraken_btcusd_d10_20260816.ndjson");
+        let at = update_at_top(&clean, 20);
+        for (what, tamper, copies) in cases {
+            let mut rows = clean.clone();
+            let (m, e) = &mut rows[at];
+            tamper(m, e);
+            let report = verify(&rows);
+            assert!(!report.is_clean(), "{what}: not caught");
+            let first = &report.disagreements[0];
+            assert_eq!(first.seq, rows[at].0.seq as u64, "{what}: {first:?}");
+            assert_eq!(first.collector.as_deref(), Some("test"), "{what}");
+            assert_eq!(first.symbol.as_deref(), Some("BTC/USD"), "{what}");
+            assert!(
+                report
+                    .disagreements
+                    .iter()
+                    .any(|d| d.seq == first.seq && d.copies == copies),
+                "{what}: no {copies:?} in {:?}",
+                report.disagreements
+            );
+        }
+    }
+
+    /// `text` with the last digit of the number that starts at `at` changed.
+    fn bump_number_end(text: &str, at: usize) -> String {
+        let end = at + text[at..].find([',', '}']).unwrap();
+        let mut b = text.as_bytes().to_vec();
+        b[end - 1] = if b[end - 1] == b'1' { b'2' } else { b'1' };
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn a_message_stored_raw_on_purpose_without_entries_is_checked_against_its_event() {
+        let clean = stored("kraken_btcusd_d10_20260816.ndjson");
+        let at = update_at_top(&clean, 5);
+        // Stored as received after the database refused its rows: raw_text, no symbol, checksum
+        // or entries, its time the receive time.
+        let mut rows = clean.clone();
+        let (m, e) = &mut rows[at];
+        let StoredFrame::Json(t) = &m.frame else {
+            panic!()
+        };
+        m.frame = StoredFrame::Text(t.clone());
+        (m.symbol, m.checksum, m.timestamp) = (None, None, m.received_at);
+        e.clear();
+        let mut v = CopyVerifier::new(&[]);
+        v.begin_collector("test");
+        for (i, (m, entries)) in rows.iter().enumerate() {
+            v.message(m, m.decode().as_ref(), entries, i == at);
+        }
+        let report = v.finish();
+        assert!(report.is_clean(), "{:?}", report.disagreements);
+        assert_eq!(report.stored_raw, 1);
+        // Without its event, the missing entries are a disagreement.
+        let report = verify(&rows);
+        assert_eq!(
+            report.disagreements[0].copies,
+            ["symbol", "raw_message"],
+            "{:?}",
+            report.disagreements
+        );
+    }
+
+    #[test]
+    fn a_book_state_is_compared_level_by_level_beyond_the_checksum() {
+        let rows = stored("kraken_btcusd_d100_20260816.ndjson");
+        let at = update_at_top(&rows, 10);
+        let mut v = CopyVerifier::new(&[]);
+        v.begin_collector("test");
+        for (m, entries) in &rows[..=at] {
+            v.message(m, m.decode().as_ref(), entries, false);
+        }
+        let book = v.conns[&1].raw.synced_book("BTC/USD").unwrap().clone();
+        let view = book.view(book.depth());
+        let json = crate::store::rows::levels_json;
+        let state = |bids: &[PriceLevel]| StateRow {
+            seq: rows[at].0.seq + 1,
+            conn_id: 1,
+            symbol: "BTC/USD".into(),
+            timestamp: rows[at].0.timestamp,
+            depth: book.depth() as i32,
+            price_precision: i16::from(book.precision().price),
+            qty_precision: i16::from(book.precision().qty),
+            checksum: i64::from(book.checksum()),
+            bids: json(bids),
+            asks: json(&view.asks),
+        };
+        v.state(&state(&view.bids));
+        assert!(v.report().is_clean(), "{:?}", v.report().disagreements);
+        // Level 60 changed: the checksum (top ten) is the same, the state is not.
+        let mut bids = view.bids.clone();
+        bids[59].qty = Decimal::parse("7.77700000").unwrap();
+        v.state(&state(&bids));
+        let d = &v.report().disagreements[0];
+        assert_eq!(d.copies, ["kraken_book_states", "book from raw_message"]);
+        assert!(d.recorded.starts_with("bid level 60: "), "{d:?}");
+    }
 }

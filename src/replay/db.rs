@@ -3,12 +3,13 @@
 //! range, streaming.
 //!
 //! How it reads, per collector: the messages in `seq` order through a portal over the
-//! `(collector, seq)` index, [`BATCH`] rows at a time; for each span of them (at most
-//! [`SPAN_LEVELS`] levels), in one round trip, the entry rows, book states and feed events of its
-//! seqs (entries and states through their `(symbol, timestamp)` and time indexes, in time windows
-//! taken from the span's decoded frames; events through their `(collector, seq)` key). Everything
-//! is read in one `REPEATABLE READ` read-only transaction: one consistent view, even while a
-//! collector writes. Memory holds one batch and the books of the collector's connections,
+//! `(collector, seq)` index, [`BATCH`] rows at a time, in spans of at most [`SPAN_MESSAGES`] rows
+//! or [`SPAN_BYTES`] of frames; for each span, in one round trip (which also asks for the next
+//! span's messages), the entry rows, book states and feed events of its seqs: entries and states
+//! through their `(symbol, timestamp)` and time indexes, in windows of Kraken time taken from the
+//! span's decoded frames; events through their `(collector, seq)` key. Everything is read in one
+//! `REPEATABLE READ` read-only transaction: one consistent view, even while a collector writes.
+//! Memory holds two spans and the books of the connections still open ([`connection_ends`]),
 //! whatever the size of the tables.
 //!
 //! A range (`--from`/`--to`, on Kraken's clock like `book --at` and exports) verifies the book
@@ -20,14 +21,14 @@
 use std::collections::HashMap;
 
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Row, Statement, Transaction};
 
 use super::copies::{
     CopyVerifier, EntryRow, EventRow, MessageRow, StateRow, StoredDecimal, StoredFrame,
 };
 use super::engine::ReplayReport;
 use crate::book::Precision;
-use crate::kraken::{BookData, Frame};
+use crate::kraken::Frame;
 use crate::readback::{
     BookCursor, ReadbackError, Start, StartKind, db, instrument_precision, subscribed_depth_of,
 };
@@ -36,9 +37,14 @@ use crate::time::Timestamp;
 /// Message rows fetched from the portal at a time.
 pub const BATCH: i32 = 1000;
 
-/// Most levels (entry rows) read in one round trip: a run of deep snapshots (a whole market
-/// resubscribed at depth 1000) is read in several spans.
-pub const SPAN_LEVELS: usize = 100_000;
+/// Most message rows in one span (the entry rows, states and events of a span are read in one
+/// round trip).
+pub const SPAN_MESSAGES: usize = 10_000;
+
+/// Most bytes of frames in one span (once reached, the span ends with its batch): memory stays
+/// bounded when the record holds deep snapshots (a whole market resubscribed at depth 1000), and
+/// so does the number of entry rows a span reads (a level is some 40 bytes of frame).
+pub const SPAN_BYTES: usize = 4 << 20;
 
 /// What to verify.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,6 +132,11 @@ pub async fn verify_database(
         .start()
         .await
         .map_err(db("starting a read-only transaction"))?;
+    // A plan made for the span's own windows, every time: a generic plan over the hypertables
+    // reads whole chunks.
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await
+        .map_err(db("setting the plan mode"))?;
     let mut verifier = CopyVerifier::new(&scope.symbols);
     for plan in &plans {
         verifier.begin_collector(&plan.collector);
@@ -550,6 +561,20 @@ async fn read_collector(
         .prepare(MESSAGES)
         .await
         .map_err(db("preparing the messages query"))?;
+    let statements = Statements {
+        entries: tx
+            .prepare(ENTRIES)
+            .await
+            .map_err(db("preparing the entries query"))?,
+        states: tx
+            .prepare(STATES)
+            .await
+            .map_err(db("preparing the states query"))?,
+        events: tx
+            .prepare(EVENTS)
+            .await
+            .map_err(db("preparing the events query"))?,
+    };
     let portal = tx
         .bind(
             &statement,
@@ -566,88 +591,98 @@ async fn read_collector(
     let mut carry: Vec<Timestamp> = plan.state_times.clone();
     let ends = connection_ends(tx, &plan.collector, plan.lo).await?;
     let mut ends = ends.iter().peekable();
+    let mut next = Some(fetch_span(tx, &portal).await?);
+    while let Some((messages, end_of_record)) = next.take() {
+        let until = match messages.last() {
+            Some(m) if !end_of_record => m.seq,
+            _ => plan.hi,
+        };
+        let frames: Vec<Option<Frame<'_>>> = messages.iter().map(MessageRow::decode).collect();
+        let mut windows = Windows::default();
+        for t in carry.drain(..) {
+            widen(&mut windows.updates, t);
+        }
+        for (m, f) in messages.iter().zip(&frames) {
+            windows.add(m, f.as_ref(), wanted);
+        }
+        let span = Span {
+            statements: &statements,
+            collector: &plan.collector,
+            after: done,
+            until,
+            windows: &windows,
+            symbols: &scope.symbols,
+        };
+        // The next span's messages are asked for in the same round trip.
+        let ((entries, states, events), following) = if end_of_record {
+            (span.read(tx).await?, None)
+        } else {
+            let (rows, following) =
+                futures_util::try_join!(span.read(tx), fetch_span(tx, &portal))?;
+            (rows, Some(following))
+        };
+        next = following;
+        feed(
+            verifier, scope, &messages, &frames, &entries, &states, &events,
+        );
+        if let (Some(Some(Frame::Book(b))), Some(m)) = (frames.last(), messages.last())
+            && b.kind == crate::kraken::BookKind::Update
+        {
+            let first = b
+                .data
+                .first()
+                .and_then(|d| d.timestamp)
+                .unwrap_or(m.received_at);
+            carry.extend(b.data.iter().map(|d| d.timestamp.unwrap_or(first)));
+        }
+        done = until;
+        // Connections whose last frame is before the span's last message are over.
+        while let Some(&&(last, conn)) = ends.peek()
+            && last < until
+        {
+            verifier.end_connection(conn);
+            ends.next();
+        }
+        progress(done, messages.len() as u64);
+    }
+    Ok(())
+}
+
+/// The message rows of the next span from `portal`: up to [`SPAN_BYTES`] of frames or
+/// [`SPAN_MESSAGES`] rows, and whether the record ends with them.
+async fn fetch_span(
+    tx: &Transaction<'_>,
+    portal: &Portal,
+) -> Result<(Vec<MessageRow>, bool), ReadbackError> {
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
     loop {
         let rows = tx
-            .query_portal(&portal, BATCH)
+            .query_portal(portal, BATCH)
             .await
             .map_err(db("reading messages"))?;
         let end_of_record = rows.len() < BATCH as usize;
-        let messages: Vec<MessageRow> = rows.iter().map(message_row).collect();
-        drop(rows);
-        let frames: Vec<Option<Frame<'_>>> = messages.iter().map(MessageRow::decode).collect();
-        // Spans of at most SPAN_LEVELS levels (and at least one message).
-        let mut start = 0;
-        while start < messages.len() || (end_of_record && done < plan.hi) {
-            let mut end = start;
-            let mut levels = 0usize;
-            while end < messages.len() && (end == start || levels < SPAN_LEVELS) {
-                if let Some(Frame::Book(b)) = &frames[end] {
-                    levels += b.data.iter().map(BookData::level_count).sum::<usize>();
-                }
-                end += 1;
-            }
-            let until = if end == messages.len() && end_of_record {
-                plan.hi
-            } else {
-                messages[end - 1].seq
-            };
-            let mut windows = Windows::default();
-            for t in carry.drain(..) {
-                widen(&mut windows.updates, t);
-            }
-            for (m, f) in messages[start..end].iter().zip(&frames[start..end]) {
-                windows.add(m, f.as_ref(), wanted);
-            }
-            let span = Span {
-                collector: &plan.collector,
-                after: done,
-                until,
-                windows: &windows,
-                symbols: &scope.symbols,
-            };
-            let (entries, states, events) = span.read(tx).await?;
-            feed(
-                verifier,
-                scope,
-                &messages[start..end],
-                &frames[start..end],
-                &entries,
-                &states,
-                &events,
-            );
-            if let Some(Some(Frame::Book(b))) = frames[start..end].last()
-                && b.kind == crate::kraken::BookKind::Update
-            {
-                let m = &messages[end - 1];
-                let first = b
-                    .data
-                    .first()
-                    .and_then(|d| d.timestamp)
-                    .unwrap_or(m.received_at);
-                carry.extend(b.data.iter().map(|d| d.timestamp.unwrap_or(first)));
-            }
-            done = until;
-            // Connections whose last frame is before the span's last message are over.
-            while let Some(&&(last, conn)) = ends.peek()
-                && last < until
-            {
-                verifier.end_connection(conn);
-                ends.next();
-            }
-            progress(done, (end - start) as u64);
-            start = end;
-            if start >= messages.len() {
-                break;
-            }
+        for r in &rows {
+            let m = message_row(r);
+            bytes += m.frame.len();
+            messages.push(m);
         }
-        if end_of_record {
-            return Ok(());
+        if end_of_record || bytes >= SPAN_BYTES || messages.len() >= SPAN_MESSAGES {
+            return Ok((messages, end_of_record));
         }
     }
 }
 
+/// The span queries, prepared once.
+struct Statements {
+    entries: Statement,
+    states: Statement,
+    events: Statement,
+}
+
 /// One round trip's seqs: `(after, until]`.
 struct Span<'a> {
+    statements: &'a Statements,
     collector: &'a str,
     after: i64,
     until: i64,
@@ -673,7 +708,7 @@ impl Span<'_> {
                 return Ok(Vec::new());
             }
             tx.query(
-                ENTRIES,
+                &self.statements.entries,
                 &[
                     &self.collector,
                     &names,
@@ -692,7 +727,7 @@ impl Span<'_> {
                 return Ok(Vec::new());
             };
             tx.query(
-                STATES,
+                &self.statements.states,
                 &[
                     &self.collector,
                     &self.after,
@@ -707,10 +742,13 @@ impl Span<'_> {
             .map_err(db("reading book states"))
         };
         let events = async {
-            tx.query(EVENTS, &[&self.collector, &self.after, &self.until])
-                .await
-                .map(|rows| rows.iter().map(event_row).collect())
-                .map_err(db("reading feed events"))
+            tx.query(
+                &self.statements.events,
+                &[&self.collector, &self.after, &self.until],
+            )
+            .await
+            .map(|rows| rows.iter().map(event_row).collect())
+            .map_err(db("reading feed events"))
         };
         futures_util::try_join!(entries, states, events)
     }

@@ -17,7 +17,10 @@ mod serve;
 use std::path::Path;
 
 pub use copies::{CopyVerifier, StoredCopy};
-pub use db::{BATCH, DbScope, Progress, SPAN_LEVELS, stream_start, verify_database};
+pub use db::{
+    BATCH, DbScope, Progress, SPAN_BYTES, SPAN_MESSAGES, connection_ends, stream_start,
+    verify_database,
+};
 pub use engine::{DamageFound, Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
 pub use serve::{ReplayMarket, ReplaySource};
 
