@@ -1375,6 +1375,51 @@ mod tests {
     }
 
     #[test]
+    fn frames_of_a_symbol_never_asked_for_have_no_verdict_and_are_not_disagreements() {
+        let clean = stored("kraken_btcusd_d10_20260816.ndjson");
+        let at = update_at_top(&clean, 5);
+        // The peer slips in another symbol's snapshot and update: the collector never tracked
+        // them (no subscription ack for it on the connection), so they carry no verdict.
+        let snapshot = clean
+            .iter()
+            .find(|(m, _)| m.message_type == "snapshot")
+            .unwrap();
+        let mut rows = clean[..at].to_vec();
+        for (k, (m, e)) in [snapshot, &clean[at]].into_iter().enumerate() {
+            let mut m = m.clone();
+            let StoredFrame::Json(t) = &m.frame else {
+                panic!()
+            };
+            m.frame = StoredFrame::Json(t.replace("BTC/USD", "XBT/EUR"));
+            m.symbol = Some("XBT/EUR".into());
+            m.seq = clean[at].0.seq * 10 + k as i64;
+            (m.checksum_ok, m.best_bid, m.best_ask) = (None, [None, None], [None, None]);
+            let mut e = e.clone();
+            for r in &mut e {
+                r.seq = m.seq;
+                r.symbol = "XBT/EUR".into();
+            }
+            rows.push((m, e));
+        }
+        rows.extend(clean[at..].iter().cloned());
+        let report = verify(&rows);
+        assert!(report.is_clean(), "{:?}", report.disagreements);
+        assert_eq!(report.symbols["XBT/EUR"].unverifiable, 2);
+        // Had the collector tracked it (a verdict recorded), the replay would say otherwise.
+        let mut tracked = rows.clone();
+        let i = tracked
+            .iter()
+            .position(|(m, _)| m.symbol.as_deref() == Some("XBT/EUR"))
+            .unwrap();
+        tracked[i].0.checksum_ok = Some(true);
+        let report = verify(&tracked);
+        assert_eq!(
+            report.disagreements[0].copies,
+            ["checksum_ok", "book from raw_message"]
+        );
+    }
+
+    #[test]
     fn a_book_state_is_compared_level_by_level_beyond_the_checksum() {
         let rows = stored("kraken_btcusd_d100_20260816.ndjson");
         let at = update_at_top(&rows, 10);

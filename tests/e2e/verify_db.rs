@@ -529,6 +529,40 @@ async fn a_tampered_message_type_is_reported_with_its_seq() {
     assert_eq!(report["disagreement_count"], 1, "{report:#}");
 }
 
+#[tokio::test]
+async fn bad_frames_and_a_rejected_symbol_are_stored_as_they_came_and_not_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db().await;
+    let faults = Faults {
+        garbage_after: Some(30),
+        unknown_channel_after: Some(50),
+        reject: vec!["ETH/USD".into()],
+        lose_after: Some(120),
+        ..Faults::default()
+    };
+    let sim = simulator(dir.path(), 60.0, faults).await;
+    let collector = Collector::start(
+        &sim,
+        Some(&db.url),
+        dir.path(),
+        &["--book-state-every", "40"],
+    );
+    wait_count(
+        &db.url,
+        "SELECT count(*) FROM kraken_orderbook_messages WHERE checksum_ok",
+        300,
+        Duration::from_secs(30),
+        || collector.log(),
+    )
+    .await;
+    finish(sim, collector).await;
+    let (code, report) = verify(&db.url, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["undecodable"], 1, "the frame that is not JSON");
+    assert!(report["symbols"].get("ETH/USD").is_none(), "{report:#}");
+    assert_eq!(total(&report, "mismatches"), 1, "the lost update");
+}
+
 /// A frame's record as the collector journals it.
 fn frame(seq: u64, text: &str, book: Option<&OrderBook>) -> Record {
     Record {
