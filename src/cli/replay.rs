@@ -159,7 +159,7 @@ async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
         bail!("--to ({to}) must be after --from ({from})");
     }
     let url = super::migrate::database_url(args.database_url.clone())?;
-    let mut client = DbTarget::parse(&url)?.connect("krakenbook replay").await?;
+    let target = DbTarget::parse(&url)?;
     let scope = DbScope {
         from: args.from,
         to: args.to,
@@ -178,12 +178,26 @@ async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let report = replay::verify_database(&mut client, &scope, |p| {
-        bar.set_length(p.total);
-        bar.set_position(p.done);
-        bar.set_message(p.messages.to_string());
+    // On a thread of its own with a single-threaded runtime: the connection's task and the
+    // verification take turns on one thread instead of waking each other across threads for
+    // every batch of rows.
+    let progress = bar.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut client = target.connect("krakenbook replay").await?;
+            let report = replay::verify_database(&mut client, &scope, |p| {
+                progress.set_length(p.total);
+                progress.set_position(p.done);
+                progress.set_message(p.messages.to_string());
+            })
+            .await?;
+            anyhow::Ok(report)
+        })
     })
-    .await?;
+    .await??;
     bar.finish_and_clear();
     Ok(report)
 }

@@ -656,6 +656,7 @@ impl CopyVerifier {
         };
 
         // Both books, then the verdicts.
+        let counts = &mut self.report.symbols;
         let books = self.conns.entry(conn).or_insert_with(Books::new);
         if !entries_same && books.entries.is_none() {
             books.entries = Some(books.raw.clone());
@@ -665,7 +666,6 @@ impl CopyVerifier {
                 books.symbols.insert(d.symbol.to_string());
             }
         }
-        let mut counts: Vec<(String, Option<Verdict>)> = Vec::with_capacity(book.data.len());
         let raw_verdict = apply(
             &mut books.raw,
             &books.acked,
@@ -674,7 +674,16 @@ impl CopyVerifier {
             book.kind,
             &book.data,
             |s, v| {
-                counts.push((s.to_owned(), v));
+                let sr = match counts.get_mut(s) {
+                    Some(sr) => sr,
+                    None => counts.entry(s.to_owned()).or_default(),
+                };
+                sr.book_messages += 1;
+                match v {
+                    Some(Verdict::Ok) => sr.ok += 1,
+                    Some(Verdict::Mismatch { .. }) => sr.mismatches += 1,
+                    Some(Verdict::Unsynced) | None => sr.unverifiable += 1,
+                }
             },
         );
         let entries_verdict = match books.entries.as_mut() {
@@ -709,15 +718,6 @@ impl CopyVerifier {
             after.and_then(OrderBook::best_bid),
             after.and_then(OrderBook::best_ask),
         ];
-        for (s, v) in counts {
-            let sr = self.report.symbols.entry(s).or_default();
-            sr.book_messages += 1;
-            match v {
-                Some(Verdict::Ok) => sr.ok += 1,
-                Some(Verdict::Mismatch { .. }) => sr.mismatches += 1,
-                Some(Verdict::Unsynced) | None => sr.unverifiable += 1,
-            }
-        }
         if raw_verdict != entries_verdict {
             self.differ(
                 seq,
