@@ -64,14 +64,14 @@ impl FrameVerdict {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Tracked {
     book: OrderBook,
     synced: bool,
 }
 
 /// Per-symbol books with their depth, precision and sync state.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Tracker {
     books: HashMap<String, Tracked>,
     depths: HashMap<String, usize>,

@@ -12,17 +12,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use krakenbook::exchange::{Exchange, ServerConfig};
-use krakenbook::replay::{self, ReplayMarket, ReplayReport, ReplaySource};
+use krakenbook::replay::{self, DbScope, ReplayMarket, ReplayReport, ReplaySource};
 use krakenbook::store::DbTarget;
 use krakenbook::time::Timestamp;
 
 pub(crate) const REPLAY_EXAMPLES: &str = "\
 --verify re-runs recorded frames through the book engine and compares every recomputed checksum
-verdict with the recorded one: from a journal directory, or from the database over --from/--to.
-From a journal it also reports every damaged or missing range it finds (kind, seqs, segment,
-byte offset) and verifies every intact record all the same. Exit status: 0 everything verified
-and agreed; 1 a disagreement, or records lost from the journal; 2 an error; 3 nothing to verify
-(no book message in the journal or range). --serve speaks Kraken's v2 protocol from the
+verdict with the recorded one. From a journal directory it also reports every damaged or missing
+range it finds (kind, seqs, segment, byte offset) and verifies every intact record all the same.
+From the database it checks every stored copy of every book message against the others: the
+levels and checksum inside raw_message, its entry rows (exact decimals, in order), the messages
+row's checksum, checksum_ok, best bid and ask and message type, and the book states; each
+disagreement is reported with its collector, seq, symbol and the two copies. Without --from/--to
+it verifies the whole database (a progress bar on stderr, unless --quiet or not a terminal);
+--from/--to (Kraken's clock), --symbol and --collector narrow it. Exit status: 0 everything
+verified and agreed; 1 a disagreement, or records lost (from the journal; or, in the database,
+journal_damage/not_stored events); 2 an error; 3 nothing to verify (no book message in the journal
+or range). --serve speaks Kraken's v2 protocol from the
 database, as Kraken would have: a book subscription (at most the recorded depth) gets a snapshot
 of the recorded book at the replay's clock (--from, then running --speed times faster; at 0, as
 fast as the client reads), then the recorded updates in Kraken's level order. A gap in the record
@@ -31,6 +37,7 @@ it with code 1000 and the reason \"end of recording\".
 
 Examples:
   krakenbook replay --verify --journal-dir ./data/journal
+  krakenbook replay --verify --database-url postgres://kb@localhost/market
   krakenbook replay --verify --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --symbol BTC/USD
   krakenbook replay --serve 127.0.0.1:8791 --from 2026-11-24T10:00:00Z --speed 10
   krakenbook collect --url ws://127.0.0.1:8791/v2 --symbols BTC/USD --journal-dir ./replayed";
@@ -47,7 +54,8 @@ pub struct ReplayArgs {
     /// Replay a journal directory (with --verify) instead of the database.
     #[arg(long, value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
-    /// Start of the range (required with the database).
+    /// Start of the range (required with --serve; --verify over the database: Kraken's clock,
+    /// default the start of the record).
     #[arg(long)]
     pub from: Option<Timestamp>,
     /// End of the range (exclusive; default: the end of the record).
@@ -59,7 +67,7 @@ pub struct ReplayArgs {
     /// Recorded time runs this many times faster (--serve); 0: as fast as the client reads.
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
-    /// Only this collector's record (--serve).
+    /// Only this collector's record (--serve, and --verify over the database).
     #[arg(long)]
     pub collector: Option<String>,
     /// Allow a non-loopback --serve address.
@@ -110,23 +118,15 @@ async fn verify(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .await??
         }
         None => {
-            let url = super::migrate::database_url(args.database_url.clone())?;
-            let Some(from) = args.from else {
-                bail!(
-                    "--verify over the database needs --from (and --to): e.g. --from 2026-11-24T00:00:00Z; or give --journal-dir"
-                );
-            };
-            let to = args.to.unwrap_or_else(Timestamp::now);
-            let client = DbTarget::parse(&url)?.connect("krakenbook replay").await?;
-            let p = progress.clone();
-            replay::verify_database(&client, &args.symbols, from, to, |n| p.set_position(n)).await?
+            progress.finish_and_clear();
+            verify_database(&args).await?
         }
     };
     progress.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report));
+        print!("{}", render(&report, args.journal_dir.is_none()));
     }
     let code = exit_code(&report);
     if code == NOTHING_VERIFIED {
@@ -149,6 +149,59 @@ async fn verify(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
+/// `--verify` over the database: every stored copy against the others, with a progress bar of
+/// the seqs read (hidden with --quiet or --json, or when stderr is not a terminal).
+async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
+    use std::io::IsTerminal;
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && to <= from
+    {
+        bail!("--to ({to}) must be after --from ({from})");
+    }
+    let url = super::migrate::database_url(args.database_url.clone())?;
+    let target = DbTarget::parse(&url)?;
+    let scope = DbScope {
+        from: args.from,
+        to: args.to,
+        symbols: args.symbols.clone(),
+        collector: args.collector.clone(),
+    };
+    let bar = if args.quiet || args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} verifying [{bar:30}] {percent}% of the record, {msg} messages ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    // On a thread of its own with a single-threaded runtime: the connection's task and the
+    // verification take turns on one thread instead of waking each other across threads for
+    // every batch of rows.
+    let progress = bar.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut client = target.connect("krakenbook replay").await?;
+            let report = replay::verify_database(&mut client, &scope, |p| {
+                progress.set_length(p.total);
+                progress.set_position(p.done);
+                progress.set_message(p.messages.to_string());
+            })
+            .await?;
+            anyhow::Ok(report)
+        })
+    })
+    .await??;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
 /// Exit status when nothing was verified.
 const NOTHING_VERIFIED: u8 = 3;
 
@@ -163,15 +216,20 @@ fn exit_code(r: &ReplayReport) -> u8 {
     }
 }
 
-fn render(r: &ReplayReport) -> String {
+fn render(r: &ReplayReport, database: bool) -> String {
+    use krakenbook::text::printable;
     use std::fmt::Write;
     let mut out = String::new();
     let verdict = if r.disagreement_count > 0 {
         "DISAGREEMENTS FOUND"
     } else if r.lost_seqs > 0 {
         "every intact record's verdict reproduced, but RECORDS ARE LOST"
+    } else if r.records_missing > 0 {
+        "every stored copy agrees, but RECORDS ARE MISSING from the database"
     } else if r.verified_nothing() {
         "nothing to verify"
+    } else if database {
+        "every stored copy agrees and every recorded verdict reproduced"
     } else {
         "every recorded verdict reproduced"
     };
@@ -197,14 +255,31 @@ fn render(r: &ReplayReport) -> String {
         );
     }
     for d in &r.disagreements {
-        let _ = writeln!(
-            out,
-            "  seq {} {}: recorded {}, replayed {}",
-            d.seq,
-            d.symbol.as_deref().unwrap_or("-"),
-            d.recorded,
-            d.replayed
-        );
+        let symbol = printable(d.symbol.as_deref().unwrap_or("-"));
+        match (&d.collector, d.copies) {
+            (None, ["recorded", "replayed"]) => {
+                let _ = writeln!(
+                    out,
+                    "  seq {} {symbol}: recorded {}, replayed {}",
+                    d.seq,
+                    printable(&d.recorded),
+                    printable(&d.replayed)
+                );
+            }
+            (collector, [a, b]) => {
+                let collector = collector
+                    .as_deref()
+                    .map(|c| format!(" of {}", printable(c)))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  seq {}{collector} {symbol}: {a} says {}; {b} says {}",
+                    d.seq,
+                    printable(&d.recorded),
+                    printable(&d.replayed)
+                );
+            }
+        }
     }
     if r.disagreement_count > r.disagreements.len() as u64 {
         let _ = writeln!(out, "  ... {} disagreements in all", r.disagreement_count);
@@ -227,6 +302,27 @@ fn render(r: &ReplayReport) -> String {
     }
     if r.lost_seqs > 0 {
         let _ = writeln!(out, "  {} seqs lost from the journal", r.lost_seqs);
+    }
+    if database {
+        let _ = writeln!(
+            out,
+            "  {} entry rows compared with their raw levels; {} messages stored raw on purpose, checked against their stored_raw event",
+            r.entries_compared, r.stored_raw
+        );
+    }
+    if r.records_missing > 0 {
+        let _ = writeln!(
+            out,
+            "  {} journal_damage/not_stored events: records the database never got (the books after them start over from their next snapshot)",
+            r.records_missing
+        );
+    }
+    if r.unordered_rows > 0 {
+        let _ = writeln!(
+            out,
+            "  {} message rows without a collector or seq (written by another tool): not verified",
+            r.unordered_rows
+        );
     }
     if r.unverifiable_after_damage > 0 {
         let _ = writeln!(

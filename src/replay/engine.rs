@@ -20,16 +20,24 @@ use crate::journal::{Damage, RecordView};
 use crate::kraken::{self, Frame};
 use crate::record::{BookState, Record, RecordBody};
 
-/// One disagreement between the recorded verdict and the recomputed one.
+/// One disagreement between two copies of what was recorded: the recorded verdict and the one the
+/// replay recomputes (a journal), or two stored copies of one message (the database: see
+/// [`super::copies`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Disagreement {
     /// The record's `seq`.
     pub seq: u64,
+    /// The collector whose record it is (the database; a journal is one collector's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
     /// The symbol, when the record names one.
     pub symbol: Option<String>,
-    /// What was recorded.
+    /// The two copies that disagree: what `recorded` and `replayed` say, in that order (e.g.
+    /// `["raw_message", "kraken_orderbook_entries"]`; from a journal `["recorded", "replayed"]`).
+    pub copies: [&'static str; 2],
+    /// What the first copy says (from a journal: what was recorded).
     pub recorded: String,
-    /// What the replay found.
+    /// What the second copy says (from a journal: what the replay found).
     pub replayed: String,
 }
 
@@ -74,6 +82,17 @@ pub struct ReplayReport {
     /// Frames and book states that could not be checked because damage came before them
     /// (their book's earlier records are missing).
     pub unverifiable_after_damage: u64,
+    /// The database: entry rows compared with their messages' raw levels.
+    pub entries_compared: u64,
+    /// The database: book messages stored raw on purpose (a `stored_raw` event: no entry rows by
+    /// design), checked against what their event says.
+    pub stored_raw: u64,
+    /// The database: `journal_damage` and `not_stored` events met (records the database never
+    /// got: the books after them start over from their next snapshot).
+    pub records_missing: u64,
+    /// The database: message rows without a collector or seq (written by another tool): they
+    /// have no received order to replay them in, and are not verified.
+    pub unordered_rows: u64,
 }
 
 /// One damage item of a journal, as reported.
@@ -96,9 +115,10 @@ pub struct DamageFound {
 }
 
 impl ReplayReport {
-    /// Whether every recorded verdict and state was reproduced and no record was lost.
+    /// Whether every recorded verdict and state was reproduced (every stored copy agreed) and no
+    /// record was lost.
     pub fn is_clean(&self) -> bool {
-        self.disagreement_count == 0 && self.lost_seqs == 0
+        self.disagreement_count == 0 && self.lost_seqs == 0 && self.records_missing == 0
     }
 
     /// Book messages replayed, over every symbol.
@@ -156,10 +176,21 @@ impl ReplayReport {
         if self.disagreements.len() < 100 {
             self.disagreements.push(Disagreement {
                 seq,
+                collector: None,
                 symbol,
+                copies: ["recorded", "replayed"],
                 recorded,
                 replayed,
             });
+        }
+    }
+
+    /// Records a disagreement between two stored copies (the first 100 are kept in full, all are
+    /// counted).
+    pub fn disagree_copies(&mut self, d: Disagreement) {
+        self.disagreement_count += 1;
+        if self.disagreements.len() < 100 {
+            self.disagreements.push(d);
         }
     }
 }

@@ -1,16 +1,26 @@
-//! Replays of recorded data: verification against the recorded verdicts (from a journal or from
-//! the database), and serving recorded books over Kraken's protocol.
+//! Replays of recorded data: verification against the recorded verdicts (from a journal), every
+//! stored copy checked against the others (from the database), and serving recorded books over
+//! Kraken's protocol.
 //!
 //! A journal's damage is reported with the verdicts: every item the reader finds (kind, seq
-//! range, segment, offset), while every intact record is still verified.
+//! range, segment, offset), while every intact record is still verified. The database holds each
+//! book message several times over (its raw frame, its entry rows, its messages row's columns, the
+//! book states after it): [`verify_database`] rebuilds the books from both the raw frames and the
+//! entry rows and sets every copy against the others ([`copies`] says which and how), over the
+//! whole database by default.
 
+pub mod copies;
 mod db;
 mod engine;
 mod serve;
 
 use std::path::Path;
 
-pub use db::verify_database;
+pub use copies::{CopyVerifier, StoredCopy};
+pub use db::{
+    BATCH, DbScope, Progress, SPAN_BYTES, SPAN_MESSAGES, connection_ends, stream_start,
+    verify_database,
+};
 pub use engine::{DamageFound, Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
 pub use serve::{ReplayMarket, ReplaySource};
 

@@ -21,3 +21,4 @@ mod simulate;
 mod store;
 mod support;
 mod verify;
+mod verify_db;
