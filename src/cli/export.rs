@@ -239,18 +239,13 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             ));
             if !request.stored_only {
                 line.push_str(&format!(
-                    ", {} initial-book levels, {} implied deletions, {} deletions before snapshots, {} snapshot ends",
-                    report.initial_levels,
+                    ", {} levels of books where coverage starts, {} implied deletions, {} deletions before snapshots, {} snapshot ends",
+                    report.opening_levels,
                     report.implied_deletions,
                     report.reset_deletions,
                     report.snapshot_ends
                 ));
-            }
-            if !report.no_initial_book.is_empty() {
-                line.push_str(&format!(
-                    "; no verified book at --from for {} (their rows start at their next snapshot)",
-                    report.no_initial_book.join(", ")
-                ));
+                line.push_str(&export::coverage_summary(&report, request.from));
             }
             if report.unknown_depth > 0 {
                 line.push_str(&format!(
