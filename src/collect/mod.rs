@@ -24,6 +24,7 @@ use crate::metrics::{self, HealthSource, Metrics};
 
 mod import;
 mod pipeline;
+pub mod state;
 
 pub use import::{ImportError, ImportReport, import};
 pub use pipeline::{
@@ -234,6 +235,21 @@ pub async fn run(
         return Err(CollectError::NoSymbols);
     }
 
+    // The collector's state for `krakenbook serve`, on its own connection: never in the way.
+    let state_cancel = cancel.child_token();
+    let state_task = config.database.as_ref().map(|db| {
+        tokio::spawn(
+            state::StatePublisher {
+                database_url: db.url.clone(),
+                collector: collector.clone(),
+                symbols: symbols.clone(),
+                metrics: Arc::clone(&metrics),
+                every: state::PUBLISH_EVERY,
+            }
+            .run(state_cancel.clone()),
+        )
+    });
+
     let shared = Arc::new(FeedShared::new(
         config.feed.clone(),
         journal.sender.clone(),
@@ -268,6 +284,7 @@ pub async fn run(
 
     // Shut down: stop reading, close the journal after it drains, then stop the rest.
     feed_cancel.cancel();
+    state_cancel.cancel();
     tasks.wait().await;
     drop(shared);
     journal_cancel.cancel();
@@ -291,6 +308,9 @@ pub async fn run(
     }
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(task) = state_task {
+        let _ = task.await;
     }
     let summary = Summary {
         frames: metrics.frames.load(Ordering::Relaxed),

@@ -926,12 +926,13 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            4,
+            5,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
                 (3, "journal_instance"),
-                (4, "connections")
+                (4, "connections"),
+                (5, "collector_state")
             ]
         )
     );
@@ -951,7 +952,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (4, 0));
+    assert_eq!((second.from_version, second.applied.len()), (5, 0));
     assert_eq!(schema_snapshot(&client).await, before);
 }
 
@@ -1080,7 +1081,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (1, "schema"),
             (2, "book_states"),
             (3, "journal_instance"),
-            (4, "connections")
+            (4, "connections"),
+            (5, "collector_state")
         ]
     );
 
