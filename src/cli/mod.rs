@@ -7,6 +7,7 @@ mod bench;
 mod bench_collect;
 mod bench_ingest;
 mod bench_readback;
+mod bench_serve;
 mod bench_simulate;
 mod book;
 mod collect;

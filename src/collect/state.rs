@@ -141,7 +141,11 @@ impl StatePublisher {
                 _ = tick.tick() => true,
             };
             let now = Timestamp::now();
-            let state = CollectorState::read(&self.metrics, &self.symbols, now);
+            let mut state = CollectorState::read(&self.metrics, &self.symbols, now);
+            if !running {
+                // Stopping on purpose: closed connections are not a problem then.
+                state.problem = None;
+            }
             if state.frames > frames_seen {
                 frames_seen = state.frames;
                 last_frame_at = Some(now);
