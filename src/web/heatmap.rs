@@ -8,7 +8,8 @@
 //!
 //! How a day stays cheap: a column never replays the record from far back. It starts from the
 //! latest snapshot or journaled book state at or before `t` on the chosen stream's span (the
-//! `(symbol, timestamp)` indexes of `kraken_orderbook_messages` and `kraken_book_states`), or,
+//! `(symbol, timestamp)` indexes of `kraken_orderbook_messages` and `kraken_book_states`; one
+//! query lists a span's starts over the whole range, so columns cost no lookup of their own), or,
 //! when the previous column's book on the same span is already past that start, goes on from
 //! that book with only the messages between the two instants. Over a range each stored message
 //! is read at most once, and a sparse range (a month in 400 columns) reads only the messages
@@ -24,7 +25,7 @@ use tokio_postgres::{Client, RowStream};
 
 use crate::book::{Decimal, OrderBook};
 use crate::history::{Source, StreamId};
-use crate::readback::{BookCursor, ReadbackError};
+use crate::readback::{BookCursor, ReadbackError, Start, StartKind};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -138,6 +139,7 @@ pub async fn heatmap(client: &Client, req: &HeatmapRequest) -> Result<Heatmap, R
     let mut stats = HeatmapStats::default();
     let mut columns = Vec::with_capacity(instants.len());
     let mut carried: Option<Carried> = None;
+    let mut starts: Option<(StreamId, i64, Vec<Start>)> = None;
     for t in instants {
         let blank = |status: &str| Column {
             t,
@@ -153,16 +155,18 @@ pub async fn heatmap(client: &Client, req: &HeatmapRequest) -> Result<Heatmap, R
             continue;
         };
         let id = &stream.stream;
-        let Some(start) = BookCursor::find_start_in_span(
-            client,
-            &req.symbol,
-            t,
-            &id.collector,
-            id.conn_id,
-            span.start_seq,
-            span.last_seq,
-        )
-        .await?
+        // Every start of this span over the rest of the range, in one query per span.
+        if starts
+            .as_ref()
+            .is_none_or(|(sid, seq, _)| sid != id || *seq != span.start_seq)
+        {
+            let list = span_starts(client, req, id, span.start_seq, span.last_seq, t).await?;
+            starts = Some((id.clone(), span.start_seq, list));
+        }
+        let list = starts.as_ref().map_or(&[][..], |(_, _, l)| l.as_slice());
+        let Some(start) = list[..list.partition_point(|s| s.timestamp <= t)]
+            .last()
+            .cloned()
         else {
             columns.push(blank("not_recorded"));
             continue;
@@ -221,6 +225,69 @@ pub async fn heatmap(client: &Client, req: &HeatmapRequest) -> Result<Heatmap, R
         columns,
         stats,
     })
+}
+
+/// The starts (snapshots and book states) of one span of `stream` that a column from `first` to
+/// the range's end may begin from: the latest at or before `first`, then every later one up to
+/// the range's end, ordered by (timestamp, seq).
+async fn span_starts(
+    client: &Client,
+    req: &HeatmapRequest,
+    stream: &StreamId,
+    first_seq: i64,
+    last_seq: i64,
+    first: Timestamp,
+) -> Result<Vec<Start>, ReadbackError> {
+    let mut list: Vec<Start> = BookCursor::find_start_in_span(
+        client,
+        &req.symbol,
+        first,
+        &stream.collector,
+        stream.conn_id,
+        first_seq,
+        last_seq,
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let rows = client
+        .query(
+            "SELECT kind, seq, ts, received_at FROM (
+               SELECT 'snapshot' AS kind, seq, \"timestamp\" AS ts, received_at
+                 FROM kraken_orderbook_messages
+                WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
+                  AND \"timestamp\" > $2 AND \"timestamp\" <= $3 AND collector = $4
+                  AND conn_id = $5 AND seq >= $6 AND seq <= $7
+               UNION ALL
+               SELECT 'state', seq, \"timestamp\", received_at FROM kraken_book_states
+                WHERE symbol = $1 AND \"timestamp\" > $2 AND \"timestamp\" <= $3
+                  AND collector = $4 AND conn_id = $5 AND seq >= $6 AND seq <= $7
+             ) s ORDER BY ts, seq",
+            &[
+                &req.symbol,
+                &first,
+                &req.to,
+                &stream.collector,
+                &stream.conn_id,
+                &first_seq,
+                &last_seq,
+            ],
+        )
+        .await
+        .map_err(db("listing the starts of a span"))?;
+    list.extend(rows.iter().map(|r| Start {
+        kind: if r.get::<_, &str>(0) == "snapshot" {
+            StartKind::Snapshot
+        } else {
+            StartKind::State
+        },
+        collector: stream.collector.clone(),
+        conn_id: stream.conn_id,
+        seq: r.get(1),
+        timestamp: r.get(2),
+        received_at: r.get(3),
+    }));
+    Ok(list)
 }
 
 /// Applies to `c` the stream's messages after `c.seq` up to `t` (and never past `last_seq`),

@@ -558,6 +558,18 @@ function drawHeatmap(map) {
   const plotH = H - bottom - 10;
   const y = (p) => 10 + (1 - (p - lo) / (hi - lo)) * plotH;
   const logMax = Math.log1p(maxQty);
+  // The price tick: the smallest gap between adjacent levels of any verified column.
+  let tick = Infinity;
+  for (const c of cols) {
+    if (c.status !== 'verified') continue;
+    for (const side of [c.bids, c.asks]) {
+      for (let k = 1; k < side.length; k++) {
+        const d = Math.abs(Number(side[k][0]) - Number(side[k - 1][0]));
+        if (d > 0) tick = Math.min(tick, d);
+      }
+    }
+  }
+  const cell = Math.max(2, Math.min(12, Number.isFinite(tick) ? (tick / (hi - lo)) * plotH : 2));
   ctx.fillStyle = '#0b1020';
   ctx.fillRect(left, 10, W - left - 10, plotH);
   cols.forEach((c, i) => {
@@ -570,20 +582,17 @@ function drawHeatmap(map) {
       ctx.fillRect(x0, H - bottom + 2, Math.ceil(cw), 6);
       return;
     }
-    // Cells: each level spans to the next level of its side (at least one pixel).
-    const paint = (levels, dir) => {
-      for (let k = 0; k < levels.length; k++) {
-        const p = Number(levels[k][0]);
+    // Cells: one price tick high (at least two pixels), centred on the level's price.
+    const paint = (levels) => {
+      for (const l of levels) {
+        const p = Number(l[0]);
         if (p < lo || p > hi) continue;
-        const yy = y(p);
-        const next = levels[k + 1] ? y(Number(levels[k + 1][0])) : yy + dir * 2;
-        const h = Math.max(1, Math.abs(next - yy));
-        ctx.fillStyle = heat(Math.log1p(Number(levels[k][1])) / logMax);
-        ctx.fillRect(x0, dir > 0 ? yy : yy - h, Math.ceil(cw), h);
+        ctx.fillStyle = heat(Math.log1p(Number(l[1])) / logMax);
+        ctx.fillRect(x0, y(p) - cell / 2, Math.ceil(cw), cell);
       }
     };
-    paint(c.bids, 1);
-    paint(c.asks, -1);
+    paint(c.bids);
+    paint(c.asks);
   });
   // Best bid and ask over it, broken at blank columns.
   const line = (side, color) => {
