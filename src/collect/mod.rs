@@ -9,6 +9,10 @@
 //! appends what is queued, syncs and closes; the database pipeline then commits what the journal
 //! holds, for up to `shutdown_grace`. Whatever the database has not received by then stays in the
 //! journal and is written on the next start: nothing is lost either way.
+//!
+//! With a database, the collector also publishes its state every few seconds ([`state`]: one
+//! row per collector for `krakenbook serve`'s health view), on its own connection, never in the
+//! feed's way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
