@@ -8,7 +8,8 @@
 //! - [`history`]: what was recorded of each symbol and when its book was known (coverage and
 //!   gaps), the one definition every read path asks;
 //! - [`verify`]: checking recorded frames against their checksums;
-//! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks.
+//! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks;
+//! - [`web`]: `krakenbook serve`, a read-only web explorer of coverage, books and collectors.
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
 #![forbid(unsafe_code)]
@@ -33,3 +34,4 @@ pub mod store;
 pub mod text;
 pub mod time;
 pub mod verify;
+pub mod web;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{bench_collect, bench_ingest, bench_readback, bench_simulate};
+use super::{bench_collect, bench_ingest, bench_readback, bench_serve, bench_simulate};
 
 pub(crate) const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// The store writer against plain binary COPY of the same rows into the same tables.
     #[command(after_help = bench_ingest::BENCH_INGEST_EXAMPLES)]
     Ingest(bench_ingest::IngestArgs),
+    /// How fast the web explorer answers: coverage of a month, book at an instant, heatmaps.
+    #[command(after_help = bench_serve::BENCH_SERVE_EXAMPLES)]
+    Serve(bench_serve::BenchServeArgs),
     /// Messages per second the simulator delivers to loopback clients subscribed to every pair.
     #[command(after_help = bench_simulate::BENCH_SIMULATE_EXAMPLES)]
     Simulate(bench_simulate::BenchSimulateArgs),
@@ -44,6 +47,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Collect(a) => bench_collect::run(a).await,
         BenchCommand::Readback(a) => bench_readback::run(a).await,
         BenchCommand::Ingest(a) => bench_ingest::run(a).await,
+        BenchCommand::Serve(a) => bench_serve::run(a).await,
         BenchCommand::Simulate(a) => bench_simulate::run(a).await,
     }
 }

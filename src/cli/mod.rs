@@ -7,6 +7,7 @@ mod bench;
 mod bench_collect;
 mod bench_ingest;
 mod bench_readback;
+mod bench_serve;
 mod bench_simulate;
 mod book;
 mod collect;
@@ -18,6 +19,7 @@ mod query;
 mod replay;
 mod reset;
 pub mod secret;
+mod serve;
 mod simulate;
 mod verify;
 
@@ -84,6 +86,9 @@ pub enum Command {
     /// Plot mid price, spread and depth near the top over time, as a PNG.
     #[command(after_help = plot::PLOT_HELP)]
     Plot(Box<plot::PlotArgs>),
+    /// A web explorer of the recording: coverage, books, heatmap, collectors (read-only).
+    #[command(after_help = serve::SERVE_EXAMPLES)]
+    Serve(serve::ServeArgs),
     /// Benchmarks that print figures (ingest, simulate).
     #[command(after_help = bench::BENCH_EXAMPLES)]
     Bench(bench::BenchArgs),
@@ -103,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(*args).await,
         Command::Export(args) => export::run(*args).await,
         Command::Plot(args) => plot::run(*args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

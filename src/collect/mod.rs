@@ -9,6 +9,10 @@
 //! appends what is queued, syncs and closes; the database pipeline then commits what the journal
 //! holds, for up to `shutdown_grace`. Whatever the database has not received by then stays in the
 //! journal and is written on the next start: nothing is lost either way.
+//!
+//! With a database, the collector also publishes its state every few seconds ([`state`]: one
+//! row per collector for `krakenbook serve`'s health view), on its own connection, never in the
+//! feed's way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use crate::metrics::{self, HealthSource, Metrics};
 
 mod import;
 mod pipeline;
+pub mod state;
 
 pub use import::{ImportError, ImportReport, import};
 pub use pipeline::{
@@ -234,6 +239,21 @@ pub async fn run(
         return Err(CollectError::NoSymbols);
     }
 
+    // The collector's state for `krakenbook serve`, on its own connection: never in the way.
+    let state_cancel = cancel.child_token();
+    let state_task = config.database.as_ref().map(|db| {
+        tokio::spawn(
+            state::StatePublisher {
+                database_url: db.url.clone(),
+                collector: collector.clone(),
+                symbols: symbols.clone(),
+                metrics: Arc::clone(&metrics),
+                every: state::PUBLISH_EVERY,
+            }
+            .run(state_cancel.clone()),
+        )
+    });
+
     let shared = Arc::new(FeedShared::new(
         config.feed.clone(),
         journal.sender.clone(),
@@ -268,6 +288,7 @@ pub async fn run(
 
     // Shut down: stop reading, close the journal after it drains, then stop the rest.
     feed_cancel.cancel();
+    state_cancel.cancel();
     tasks.wait().await;
     drop(shared);
     journal_cancel.cancel();
@@ -291,6 +312,9 @@ pub async fn run(
     }
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(task) = state_task {
+        let _ = task.await;
     }
     let summary = Summary {
         frames: metrics.frames.load(Ordering::Relaxed),

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -56,6 +56,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "connections",
         sql: include_str!("migrations/0004_connections.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "collector_state",
+        sql: include_str!("migrations/0005_collector_state.sql"),
     },
 ];
 

@@ -15,6 +15,8 @@
 //!   instance id of the journal it comes from;
 //! - `krakenbook_connections`: per connection of a collector, its first and last frame stored
 //!   (heartbeats included), updated in every batch's transaction;
+//! - `krakenbook_collector_state`: per collector, its state as it last published it (the
+//!   collector's `collect::state` upserts it every few seconds, outside the writer's path);
 //! - `krakenbook_migrations`: the schema versions applied.
 //!
 //! Errors carry their class ([`ErrorClass`]): transient ones are retried, record-specific ones

@@ -22,3 +22,4 @@ mod store;
 mod support;
 mod verify;
 mod verify_db;
+mod web;

@@ -926,12 +926,13 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            4,
+            5,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
                 (3, "journal_instance"),
-                (4, "connections")
+                (4, "connections"),
+                (5, "collector_state")
             ]
         )
     );
@@ -951,7 +952,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (4, 0));
+    assert_eq!((second.from_version, second.applied.len()), (5, 0));
     assert_eq!(schema_snapshot(&client).await, before);
 }
 
@@ -975,11 +976,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 4, "exactly one process applies each migration");
+    assert_eq!(applied, 5, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        4
+        5
     );
 }
 
@@ -1080,7 +1081,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (1, "schema"),
             (2, "book_states"),
             (3, "journal_instance"),
-            (4, "connections")
+            (4, "connections"),
+            (5, "collector_state")
         ]
     );
 
@@ -1561,14 +1563,14 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 4"),
+        stdout.contains("schema migrated from version 0 to 5"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout2.contains("schema already at version 4"), "{stdout2}");
+    assert!(stdout2.contains("schema already at version 5"), "{stdout2}");
     for text in [
         &stdout,
         &stderr,
