@@ -32,12 +32,13 @@ pub struct ResetArgs {
     pub database_url: Option<String>,
 }
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "kraken_orderbook_messages",
     "kraken_orderbook_entries",
     "kraken_book_states",
     "kraken_feed_events",
     "krakenbook_connections",
+    "krakenbook_collector_state",
 ];
 
 /// Runs `krakenbook reset`.

@@ -419,14 +419,23 @@ async fn replay_verify_passes_on_good_data_and_fails_on_a_tampered_row_and_reset
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for table in [
-        "kraken_orderbook_messages",
-        "kraken_orderbook_entries",
-        "kraken_book_states",
-        "kraken_feed_events",
-        "krakenbook_connections",
-        "krakenbook_checkpoints",
-    ] {
+    // Every table of the schema but the migrations' own, so that a table added later and
+    // forgotten by reset fails here.
+    let tables: Vec<String> = connect(url)
+        .await
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+              WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+                AND table_name LIKE 'kraken%' AND table_name <> 'krakenbook_migrations'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() >= 7, "{tables:?}");
+    for table in &tables {
         assert_eq!(
             count(url, &format!("SELECT count(*) FROM {table}")).await,
             0,
