@@ -14,7 +14,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
-pub mod book;
+pub use krakenbook_core::{book, host, kraken, num, record, text, time};
+
 pub mod collect;
 pub mod config;
 pub mod exchange;
@@ -22,14 +23,10 @@ pub mod export;
 pub mod feed;
 pub mod history;
 pub mod journal;
-pub mod kraken;
 pub mod metrics;
 pub mod output;
 pub mod plot;
 pub mod readback;
-pub mod record;
 pub mod replay;
 pub mod store;
-pub mod text;
-pub mod time;
 pub mod verify;

@@ -5,8 +5,6 @@
 //!   errors, heartbeats, pings, bounded send queues, [`faults`] on demand, the frame [`log`]);
 //! - [`market`]: the interface between the protocol and what is served — instruments, and for
 //!   each book subscription a snapshot then updates pushed into the subscriber's bounded queue;
-//! - [`window`]: Kraken's window rule, what a subscriber at a depth is sent for each change of a
-//!   book (the simulator and the replay server both follow it);
 //! - [`sim`]: the simulated market and [`Simulator`], the two put together;
 //! - [`stats`]: the counters.
 //!
@@ -23,7 +21,6 @@ pub mod market;
 pub mod server;
 pub mod sim;
 pub mod stats;
-pub mod window;
 
 pub use faults::{Faults, Probability};
 pub use market::{BookFrame, BookSink, ConnId, Ending, Market, MarketError, SubId};

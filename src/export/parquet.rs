@@ -40,7 +40,7 @@ use parquet::schema::types::Type;
 
 use super::table::{Cell, Column, ColumnKind, Scales};
 use crate::book::Decimal;
-use crate::book::decimal::pow10;
+use crate::num::pow10;
 
 /// Rows per row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;

@@ -266,7 +266,7 @@ pub fn identity(dir: &Path, requested: Option<&str>) -> Result<String, JournalEr
                     let salt = nanos ^ (u64::from(std::process::id()) << 32);
                     format!(
                         "{}-{:08x}",
-                        crate::config::hostname(),
+                        crate::host::hostname(),
                         crc32fast::hash(&salt.to_le_bytes())
                     )
                 }

@@ -542,7 +542,7 @@ impl Writer {
             "krakenbook writer {} (pid {} on {})",
             self.config.collector,
             std::process::id(),
-            crate::config::hostname()
+            crate::host::hostname()
         );
         // PostgreSQL keeps 63 bytes of application_name.
         while app.len() > 63 {
@@ -642,7 +642,7 @@ impl Writer {
             let ours = pid.is_some() && pid == self.previous_backend;
             let orphan = app
                 .as_deref()
-                .is_some_and(|a| orphaned_writer(a, &crate::config::hostname(), process_runs));
+                .is_some_and(|a| orphaned_writer(a, &crate::host::hostname(), process_runs));
             if orphan && !ours {
                 tracing::warn!(
                     pid,

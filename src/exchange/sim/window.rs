@@ -1,5 +1,5 @@
 //! What a subscriber at depth D is sent for one event of the true book: Kraken's window rule
-//! ([`crate::exchange::window`]) applied to each op of the event as it happens.
+//! ([`crate::book::window`]) applied to each op of the event as it happens.
 //!
 //! A [`Stream`] collects one view's levels for one event: [`Stream::on_op`] is called just after
 //! each op was applied to the true book, with the side after it, and appends what the rule sends:
@@ -23,8 +23,8 @@
 //! The unit tests check both clients on long random runs at depths 1 to 1000.
 
 use super::book::{Ladder, Op};
+use crate::book::window::{Sent, on_change};
 use crate::book::{OrderBook, PriceLevel, Side};
-use crate::exchange::window::{Sent, on_change};
 
 /// One view's levels for the current event: `(price, qty)` mantissas, each side in the order the
 /// rule sent them.

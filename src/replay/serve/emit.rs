@@ -4,7 +4,7 @@
 //! recorded depth R (at least D), and the book after it (the collector's, verified). An
 //! [`Emitter`] replays the levels one at a time on its own copy of the recorded book, truncated to
 //! R after every level (what Kraken's subscriber at R holds), and sends to the depth-D window what
-//! Kraken's window rule ([`crate::exchange::window`]) sends for each: the level when it ranks
+//! Kraken's window rule ([`crate::book::window`]) sends for each: the level when it ranks
 //! inside the window, and after a deletion inside the window the level that now ranks D-th. At
 //! D = R that is the recorded message itself; below R it is what Kraken would have sent at D.
 //!
@@ -27,8 +27,8 @@
 
 use std::cmp::Ordering;
 
+use crate::book::window::{Sent, on_change};
 use crate::book::{Decimal, OrderBook, PriceLevel, Side};
-use crate::exchange::window::{Sent, on_change};
 
 /// One side's levels, best first, at most a given depth.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::{Precision, PriceLevel};
+use crate::num::{Precision, PriceLevel};
 use crate::time::Timestamp;
 
 /// One journal record.

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::book::WireDecimal;
-use crate::book::{Decimal, Precision};
+use crate::num::{Decimal, Precision};
 
 /// A decoded `instrument` frame (only its pairs; assets are not needed to keep books).
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! Kraken's window rule: what a subscriber at depth D is sent when one level of one side changes.
-//! The simulator ([`super::sim`]) and the replay server ([`crate::replay`]) both send what this
+//! The simulator (`krakenbook-exchange`) and the replay server (`krakenbook-read`) both send what this
 //! rule says, one change at a time, in the order the changes happen.
 //!
 //! The rule, for a change of the level at price P (levels strictly better than P: `better`):

@@ -26,48 +26,10 @@
 
 use std::collections::VecDeque;
 
-use super::decimal::Decimal;
+use crate::num::{Decimal, Precision, PriceLevel, Side, pow10};
 
 /// How many levels of each side the checksum covers.
 pub const CHECKSUM_LEVELS: usize = 10;
-
-/// The decimals a pair's prices and quantities are printed with (the instrument channel's
-/// `price_precision` and `qty_precision`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Precision {
-    /// Digits after the point in a price.
-    pub price: u8,
-    /// Digits after the point in a quantity.
-    pub qty: u8,
-}
-
-/// A side of the book.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Buy orders, best (highest) first.
-    Bid,
-    /// Sell orders, best (lowest) first.
-    Ask,
-}
-
-impl Side {
-    /// `"bid"` or `"ask"`, the spelling stored in the database.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Side::Bid => "bid",
-            Side::Ask => "ask",
-        }
-    }
-}
-
-/// One price level: a price and the quantity resting at it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PriceLevel {
-    /// Price, exact.
-    pub price: Decimal,
-    /// Quantity, exact.
-    pub qty: Decimal,
-}
 
 /// A sorted copy of the top of a book.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -346,7 +308,7 @@ impl OrderBook {
 
     /// Re-stores every level of both sides with `field` at `scale` (larger than the current one).
     fn rescale(&mut self, field: Field, scale: u8) -> Result<(), ()> {
-        let factor = super::decimal::pow10(scale - field.get(self.scale)).ok_or(())?;
+        let factor = pow10(scale - field.get(self.scale)).ok_or(())?;
         for l in self
             .bids
             .levels

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::book::Decimal;
+use crate::num::Decimal;
 use crate::time::Timestamp;
 
 /// Whether a book message replaces the book or changes it.

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use super::book::{BookData, BookKind, BookMessage, Level, WireDecimal};
-use crate::book::Decimal;
+use crate::num::Decimal;
 use crate::time::Timestamp;
 
 struct Cursor<'a> {
@@ -249,7 +249,10 @@ mod tests {
 
     #[test]
     fn takes_every_book_frame_of_the_real_captures() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kraken-v2");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/kraken-v2"
+        );
         let mut taken = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();

@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 
-use super::order_book::{OrderBook, Precision};
+use super::order_book::OrderBook;
 use crate::kraken::{BookData, BookKind, Frame};
+use crate::num::Precision;
 
 /// The outcome of checking one book message against Kraken's checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,6 +1,6 @@
 //! Server-side encoding: the frames a Kraken v2 server sends, byte for byte in Kraken's layout.
 //!
-//! The simulator and the replay server (`crate::exchange`) send only what this module writes, so
+//! The simulator and the replay server (`krakenbook-exchange`, `krakenbook-read`) send only what this module writes, so
 //! a client tested against them sees Kraken's wire format. The layouts are Kraken's as received
 //! (see the captures in `tests/fixtures/kraken-v2/`), and the tests re-encode captured frames and
 //! compare them byte for byte:
@@ -21,8 +21,8 @@
 
 use std::fmt::Write;
 
-use crate::book::{Decimal, Precision};
 use crate::kraken::BookKind;
+use crate::num::{Decimal, Precision};
 use crate::time::Timestamp;
 
 /// The `version` Kraken's status frame reported when the captures were made.
@@ -364,7 +364,7 @@ mod tests {
             dir: Option<&'a str>,
         }
         let path = format!(
-            "{}/tests/fixtures/kraken-v2/{name}",
+            "{}/../../tests/fixtures/kraken-v2/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let text = std::fs::read_to_string(&path).unwrap();
