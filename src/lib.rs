@@ -15,6 +15,8 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub use krakenbook_core::{book, host, kraken, num, record, text, time};
+pub use krakenbook_journal as journal;
+pub use krakenbook_store as store;
 
 pub mod collect;
 pub mod config;
@@ -22,11 +24,9 @@ pub mod exchange;
 pub mod export;
 pub mod feed;
 pub mod history;
-pub mod journal;
 pub mod metrics;
 pub mod output;
 pub mod plot;
 pub mod readback;
 pub mod replay;
-pub mod store;
 pub mod verify;

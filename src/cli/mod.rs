@@ -3,11 +3,6 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
-mod bench;
-mod bench_collect;
-mod bench_ingest;
-mod bench_readback;
-mod bench_simulate;
 mod book;
 mod collect;
 mod export;
@@ -43,10 +38,8 @@ Examples:
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
   krakenbook verify --json capture.ndjson                 the same, as JSON for scripts
   krakenbook migrate --database-url postgres://kb@localhost/market   create or upgrade the schema
-  krakenbook bench ingest                                 the store writer against plain COPY
 
-  krakenbook simulate --symbols BTC/USD:1:8 --rate 50      a local Kraken v2 exchange on 127.0.0.1:8790
-  krakenbook bench simulate --pairs 500                   messages per second the simulator serves";
+  krakenbook simulate --symbols BTC/USD:1:8 --rate 50      a local Kraken v2 exchange on 127.0.0.1:8790";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
@@ -84,9 +77,6 @@ pub enum Command {
     /// Plot mid price, spread and depth near the top over time, as a PNG.
     #[command(after_help = plot::PLOT_HELP)]
     Plot(Box<plot::PlotArgs>),
-    /// Benchmarks that print figures (ingest, simulate).
-    #[command(after_help = bench::BENCH_EXAMPLES)]
-    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -103,6 +93,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(*args).await,
         Command::Export(args) => export::run(*args).await,
         Command::Plot(args) => plot::run(*args).await,
-        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -22,7 +22,7 @@ fn fixture(name: &str) -> PathBuf {
 /// The frames of a capture: (bytes, receive time).
 fn capture(name: &str) -> Vec<(String, Timestamp)> {
     let mut seq = 1;
-    crate::store::capture::read_capture(&fixture(name), &mut seq, 1)
+    krakenbook_testkit::capture::read_capture(&fixture(name), &mut seq, 1)
         .unwrap()
         .into_iter()
         .map(|r: Record| {

@@ -1120,7 +1120,7 @@ pub fn compare_state(
 mod tests {
     use super::*;
     use crate::record::RecordBody;
-    use crate::store::capture::read_capture;
+    use krakenbook_testkit::capture::read_capture;
 
     /// The rows the writer stores for a real capture (the messages row and its entry rows, in
     /// ordinal order; heartbeats are not stored), each with its frame's text as stored.

@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::journal::{Entry, JournalConfig, JournalWriter};
     use crate::record::{Record, RecordBody};
-    use crate::store::capture::read_capture;
+    use krakenbook_testkit::capture::read_capture;
 
     /// A real capture journaled as the collector would have (verdicts from a tracker, in order);
     /// `tamper` may change a frame's bytes after its verdict was computed.

@@ -281,7 +281,7 @@ mod tests {
     use crate::book::Tracker;
     use crate::kraken::{BookKind, Frame, decode};
     use crate::record::RecordBody;
-    use crate::store::capture::read_capture;
+    use krakenbook_testkit::capture::read_capture;
 
     /// A client truncating its side after every level, as python-kraken-sdk does.
     #[derive(Clone, Default)]

@@ -127,9 +127,6 @@ pub enum StoreError {
         /// The last error.
         source: Box<StoreError>,
     },
-    /// A throwaway cluster could not be set up or run.
-    #[error("throwaway TimescaleDB cluster: {0}")]
-    Cluster(String),
     /// Another session holds this collector's writer lock: two processes write one identity.
     #[error(
         "collector {collector:?} is already being written to this database by another process ({holder}); \
@@ -226,7 +223,6 @@ impl StoreError {
             | StoreError::SchemaTooNew { .. }
             | StoreError::Option { .. }
             | StoreError::InvalidBatch(_)
-            | StoreError::Cluster(_)
             | StoreError::Locked { .. }
             | StoreError::InstanceMismatch { .. }
             | StoreError::CheckpointBeyondJournal { .. }

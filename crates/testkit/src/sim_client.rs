@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use krakenbook::book::{CHECKSUM_LEVELS, Decimal, OrderBook, Tracker, Verdict};
-use krakenbook::kraken::{BookKind, Depth, Frame, Request, decode};
+use krakenbook_core::book::{CHECKSUM_LEVELS, Decimal, OrderBook, Tracker, Verdict};
+use krakenbook_core::kraken::{BookKind, Depth, Frame, Request, decode};
 
 /// What the next read gave.
 #[derive(Debug)]
@@ -165,8 +165,8 @@ impl Checker {
         for data in &msg.data {
             let s = self.stats.entry(data.symbol.to_string()).or_default();
             match msg.kind {
-                krakenbook::kraken::BookKind::Snapshot => s.snapshots += 1,
-                krakenbook::kraken::BookKind::Update => {
+                krakenbook_core::kraken::BookKind::Snapshot => s.snapshots += 1,
+                krakenbook_core::kraken::BookKind::Update => {
                     s.updates += 1;
                     if let Some(book) = self.tracker.synced_book(&data.symbol) {
                         let full = book.len();
@@ -232,13 +232,13 @@ pub type TextSide = Vec<(String, String)>;
 /// each level in the order given, truncating that side to the subscribed depth after every level
 /// (Kraken's checksum guide allows it). A server whose deletion comes after the insert that
 /// refills its place makes it drop a level that is still in the book, and its next checksum
-/// fails. Only the checksum comes from `krakenbook::book`; the books are its own.
+/// fails. Only the checksum comes from `krakenbook_core::book`; the books are its own.
 pub struct LevelClient {
     /// The depth every book is truncated to (the subscribed one).
     pub depth: usize,
     books: BTreeMap<String, LevelBook>,
     /// Pair precisions from the instrument channel, when the client subscribed to it.
-    precisions: BTreeMap<String, krakenbook::book::Precision>,
+    precisions: BTreeMap<String, krakenbook_core::book::Precision>,
     /// Book messages that verified.
     pub ok: u64,
     /// Book messages whose checksum differed: (symbol, index of the book message of that symbol).
@@ -274,7 +274,7 @@ impl LevelBook {
         }
     }
 
-    fn checksum(&self, precision: Option<krakenbook::book::Precision>) -> u32 {
+    fn checksum(&self, precision: Option<krakenbook_core::book::Precision>) -> u32 {
         let mut book = OrderBook::with_precision(CHECKSUM_LEVELS, precision);
         book.apply_snapshot(
             self.bids

@@ -1,4 +1,4 @@
-//! `krakenbook bench ingest`: throughput figures, measured in one run so that they compare on a
+//! `krakenbook-bench ingest`: throughput figures, measured in one run so that they compare on a
 //! shared, noisy machine.
 //!
 //! It times the store writer against plain binary COPY of the very same rows into the
@@ -16,17 +16,17 @@ use tokio_postgres::Client;
 use krakenbook::kraken::{self, Frame};
 use krakenbook::record::Record;
 use krakenbook::store::{
-    self, ClusterOptions, DbTarget, MigrateOptions, RowEncoder, Streams, TempCluster, Writer,
-    WriterConfig, capture, rows,
+    self, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
 };
+use krakenbook_testkit::{ClusterOptions, TempCluster, capture};
 
 pub(crate) const BENCH_INGEST_EXAMPLES: &str = "\
 Examples:
-  krakenbook bench ingest                                  a throwaway TimescaleDB cluster, 100000 messages
-  krakenbook bench ingest --messages 20000 --batch 500
-  krakenbook bench ingest --database-url postgres://kb@localhost/postgres   (makes and drops a scratch database)";
+  krakenbook-bench ingest                                  a throwaway TimescaleDB cluster, 100000 messages
+  krakenbook-bench ingest --messages 20000 --batch 500
+  krakenbook-bench ingest --database-url postgres://kb@localhost/postgres   (makes and drops a scratch database)";
 
-/// `krakenbook bench ingest`.
+/// `krakenbook-bench ingest`.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// A server to measure on: a scratch database is created there and dropped afterwards (needs
@@ -47,14 +47,14 @@ pub struct IngestArgs {
     pub fixtures: PathBuf,
 }
 
-/// Runs `krakenbook bench ingest`.
+/// Runs `krakenbook-bench ingest`.
 pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let records = bench_records(&args.fixtures, args.messages)?;
     let levels = count_levels(&records);
     let (target, _cluster, scratch) = match &args.database_url {
         Some(url) => {
             let server = DbTarget::parse(url)?;
-            let admin = server.connect("krakenbook bench").await?;
+            let admin = server.connect("krakenbook-bench").await?;
             let name = format!("krakenbook_bench_{}", std::process::id());
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
@@ -101,7 +101,7 @@ async fn measure(
     records: &[Record],
     levels: u64,
 ) -> anyhow::Result<ExitCode> {
-    let client = target.connect("krakenbook bench").await?;
+    let client = target.connect("krakenbook-bench").await?;
     store::migrate(&client, &MigrateOptions::default()).await?;
     let fsync: String = client.query_one("SHOW fsync", &[]).await?.get(0);
     let messages = records.len() as u64;

@@ -1,4 +1,4 @@
-//! A throwaway TimescaleDB cluster: for the tests, and for `krakenbook bench ingest` when no
+//! A throwaway TimescaleDB cluster: for the tests, and for `krakenbook-bench ingest` when no
 //! database is given.
 //!
 //! [`TempCluster::new`] runs `initdb` into a fresh directory under `/tmp` (as the `postgres` user
@@ -19,7 +19,24 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::StoreError;
+use tokio_postgres::NoTls;
+
+/// A throwaway cluster that could not be set up, run, or given a database.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster could not be set up or run.
+    #[error("throwaway TimescaleDB cluster: {0}")]
+    Cluster(String),
+    /// A statement on the running cluster failed.
+    #[error("{context}: {source}")]
+    Db {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
 
 /// How a throwaway cluster is set up.
 #[derive(Clone, Debug, Default)]
@@ -70,12 +87,12 @@ alive || rm -rf "$root"
 
 impl TempCluster {
     /// Creates and starts a cluster with the default options.
-    pub fn new() -> Result<TempCluster, StoreError> {
+    pub fn new() -> Result<TempCluster, ClusterError> {
         TempCluster::with_options(ClusterOptions::default())
     }
 
     /// Creates and starts a cluster.
-    pub fn with_options(options: ClusterOptions) -> Result<TempCluster, StoreError> {
+    pub fn with_options(options: ClusterOptions) -> Result<TempCluster, ClusterError> {
         let bindir = find_bindir(options.bindir.as_deref())?;
         let run_as = running_as_root()?.then_some("postgres");
         let base = if run_as.is_some() {
@@ -117,7 +134,7 @@ impl TempCluster {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| StoreError::Cluster("could not start".into())))
+        Err(last_error.unwrap_or_else(|| ClusterError::Cluster("could not start".into())))
     }
 
     /// The loopback port it listens on.
@@ -139,24 +156,35 @@ impl TempCluster {
     }
 
     /// Creates a fresh, empty database and returns its URL.
-    pub async fn create_database(&self) -> Result<String, StoreError> {
+    pub async fn create_database(&self) -> Result<String, ClusterError> {
         let name = format!(
             "krakenbook_{}",
             self.next_db.fetch_add(1, Ordering::Relaxed)
         );
-        let target = super::DbTarget::parse(&self.url("postgres"))?;
-        let client = target.connect("krakenbook cluster").await?;
+        let context = |what: &str| {
+            let what = what.to_owned();
+            move |source| ClusterError::Db {
+                context: what,
+                source,
+            }
+        };
+        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), NoTls)
+            .await
+            .map_err(context("connecting to the cluster"))?;
+        let connection = tokio::spawn(connection);
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-            .map_err(StoreError::db(format!("creating database {name}")))?;
+            .map_err(context(&format!("creating database {name}")))?;
+        drop(client);
+        let _ = connection.await;
         Ok(self.url(&name))
     }
 
     /// Makes every role except `postgres` authenticate with a password (SCRAM) over TCP, as a
     /// production server does (`postgres` keeps trust, so [`TempCluster::url`] still works), and
     /// reloads the server's configuration: for tests of passwords and authentication failures.
-    pub fn require_passwords(&self) -> Result<(), StoreError> {
+    pub fn require_passwords(&self) -> Result<(), ClusterError> {
         let hba = self.root.join("data").join("pg_hba.conf");
         std::fs::write(
             &hba,
@@ -183,7 +211,7 @@ impl TempCluster {
 
     /// Starts the server (again) on its port and data directory, and waits until it accepts
     /// connections. A no-op when it is running.
-    pub fn start(&self) -> Result<(), StoreError> {
+    pub fn start(&self) -> Result<(), ClusterError> {
         let mut guard = self.lock();
         if let Some(child) = guard.as_mut()
             && matches!(child.try_wait(), Ok(None))
@@ -234,16 +262,16 @@ impl TempCluster {
             .stderr(Stdio::null());
         let child = cmd
             .spawn()
-            .map_err(|e| StoreError::Cluster(format!("cannot run sh: {e}")))?;
+            .map_err(|e| ClusterError::Cluster(format!("cannot run sh: {e}")))?;
         *guard = Some(child);
         let Some(child) = guard.as_mut() else {
-            return Err(StoreError::Cluster("watchdog vanished".into()));
+            return Err(ClusterError::Cluster("watchdog vanished".into()));
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 *guard = None;
-                return Err(StoreError::Cluster(format!(
+                return Err(ClusterError::Cluster(format!(
                     "postgres exited ({status}) on port {}: {}",
                     self.port,
                     self.log_tail()
@@ -262,7 +290,7 @@ impl TempCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(StoreError::Cluster(format!(
+                return Err(ClusterError::Cluster(format!(
                     "postgres did not accept connections within 60 s: {}",
                     self.log_tail()
                 )));
@@ -273,11 +301,11 @@ impl TempCluster {
 
     /// Stops the server (fast shutdown: sessions are ended, like a restart in production) and
     /// waits until it is down. A no-op when it is not running.
-    pub fn stop(&self) -> Result<(), StoreError> {
+    pub fn stop(&self) -> Result<(), ClusterError> {
         self.stop_with("fast")
     }
 
-    fn stop_with(&self, mode: &str) -> Result<(), StoreError> {
+    fn stop_with(&self, mode: &str) -> Result<(), ClusterError> {
         let mut guard = self.lock();
         let Some(mut child) = guard.take() else {
             return Ok(());
@@ -300,7 +328,7 @@ impl TempCluster {
         Ok(())
     }
 
-    fn initdb(&self) -> Result<(), StoreError> {
+    fn initdb(&self) -> Result<(), ClusterError> {
         let data = self.root.join("data");
         let log = self.root.join("initdb.log");
         let out = self
@@ -310,10 +338,10 @@ impl TempCluster {
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
             .args(["--locale=C", "--no-instructions"])
             .output()
-            .map_err(|e| StoreError::Cluster(format!("cannot run initdb: {e}")))?;
+            .map_err(|e| ClusterError::Cluster(format!("cannot run initdb: {e}")))?;
         let _ = std::fs::write(&log, [out.stdout.as_slice(), &out.stderr].concat());
         if !out.status.success() {
-            return Err(StoreError::Cluster(format!(
+            return Err(ClusterError::Cluster(format!(
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
@@ -362,13 +390,13 @@ impl Drop for TempCluster {
     }
 }
 
-fn find_bindir(given: Option<&Path>) -> Result<PathBuf, StoreError> {
+fn find_bindir(given: Option<&Path>) -> Result<PathBuf, ClusterError> {
     let has_postgres = |d: &Path| d.join("postgres").is_file() && d.join("initdb").is_file();
     if let Some(d) = given {
         return if has_postgres(d) {
             Ok(d.to_owned())
         } else {
-            Err(StoreError::Cluster(format!(
+            Err(ClusterError::Cluster(format!(
                 "no postgres and initdb in {}",
                 d.display()
             )))
@@ -406,56 +434,56 @@ fn find_bindir(given: Option<&Path>) -> Result<PathBuf, StoreError> {
         .rev()
         .find(|d| has_postgres(d))
         .ok_or_else(|| {
-            StoreError::Cluster(
+            ClusterError::Cluster(
                 "no PostgreSQL server programs found (install postgresql-15, or set KRAKENBOOK_PG_BINDIR)"
                     .into(),
             )
         })
 }
 
-fn running_as_root() -> Result<bool, StoreError> {
+fn running_as_root() -> Result<bool, ClusterError> {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
-        .map_err(|e| StoreError::Cluster(format!("cannot read /proc/self: {e}")))
+        .map_err(|e| ClusterError::Cluster(format!("cannot read /proc/self: {e}")))
 }
 
 /// This process's start time in clock ticks since boot (field 22 of `/proc/self/stat`): with the
 /// pid, it names this process even after the pid is reused.
-fn own_start_time() -> Result<String, StoreError> {
+fn own_start_time() -> Result<String, ClusterError> {
     let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|e| StoreError::Cluster(format!("cannot read /proc/self/stat: {e}")))?;
+        .map_err(|e| ClusterError::Cluster(format!("cannot read /proc/self/stat: {e}")))?;
     let after_comm = stat
         .rsplit_once(") ")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| StoreError::Cluster("unexpected /proc/self/stat".into()))?;
+        .ok_or_else(|| ClusterError::Cluster("unexpected /proc/self/stat".into()))?;
     after_comm
         .split_whitespace()
         .nth(19)
         .map(str::to_owned)
-        .ok_or_else(|| StoreError::Cluster("unexpected /proc/self/stat".into()))
+        .ok_or_else(|| ClusterError::Cluster("unexpected /proc/self/stat".into()))
 }
 
-fn free_port() -> Result<u16, StoreError> {
+fn free_port() -> Result<u16, ClusterError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| StoreError::Cluster(format!("no free loopback port: {e}")))
+        .map_err(|e| ClusterError::Cluster(format!("no free loopback port: {e}")))
 }
 
-fn run(cmd: &mut Command) -> Result<(), StoreError> {
+fn run(cmd: &mut Command) -> Result<(), ClusterError> {
     let out = cmd
         .output()
-        .map_err(|e| StoreError::Cluster(format!("cannot run {cmd:?}: {e}")))?;
+        .map_err(|e| ClusterError::Cluster(format!("cannot run {cmd:?}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(StoreError::Cluster(format!(
+        Err(ClusterError::Cluster(format!(
             "{cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Cluster(format!("{what} {}: {e}", path.display()))
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ClusterError {
+    ClusterError::Cluster(format!("{what} {}: {e}", path.display()))
 }

@@ -16,10 +16,10 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::book::{FrameVerdict, Tracker};
-use crate::kraken::{self, Frame};
-use crate::record::{FrameRecord, Record, RecordBody};
-use crate::time::Timestamp;
+use krakenbook_core::book::{FrameVerdict, Tracker};
+use krakenbook_core::kraken::{self, Frame};
+use krakenbook_core::record::{FrameRecord, Record, RecordBody};
+use krakenbook_core::time::Timestamp;
 
 /// Why a capture could not be read.
 #[derive(Debug, thiserror::Error)]

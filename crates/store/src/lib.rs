@@ -1,5 +1,4 @@
-//! TimescaleDB storage: the schema and its migrations, the exactly-once binary-COPY writer, and a
-//! throwaway cluster for tests and benchmarks.
+//! TimescaleDB storage: the schema and its migrations, and the exactly-once binary-COPY writer.
 //!
 //! The data flow: journal → [`Batcher`] → [`Writer::write_batch`] → [`rows::RowEncoder`] (binary
 //! COPY rows) → TimescaleDB. The tables:
@@ -25,11 +24,22 @@
 //! checkpoint that covers it, and (in the collector) only once the journal has synced it; one
 //! writer per collector identity and one journal per identity; prices and quantities are stored
 //! exactly with their scale; no password is ever printed.
+//!
+//! # Layer
+//!
+//! Crate `krakenbook-store`. May use: `krakenbook-core` and `krakenbook-journal` (the writer follows
+//! the journal and binds to its instance). The throwaway test cluster and the capture reader are
+//! test infrastructure and live in `krakenbook-testkit`.
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, missing_docs)]
+
+// The layers below, under the names the `krakenbook` facade gives them, so that a path
+// reads the same in every crate (`crate::time::Timestamp`).
+use krakenbook_core::{book, host, kraken, record, text, time};
+use krakenbook_journal as journal;
 
 mod batch;
 mod bisect;
-pub mod capture;
-pub mod cluster;
 mod connect;
 mod error;
 pub mod health;
@@ -39,7 +49,6 @@ pub mod types;
 mod writer;
 
 pub use batch::{BatchConfig, Batcher};
-pub use cluster::{ClusterOptions, TempCluster};
 pub use connect::{CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, pgpass_lookup, redact};
 pub use error::{
     ErrorClass, StoreError, pg_class, pg_is_retriable, sqlstate_class, sqlstate_is_retriable,

@@ -1,4 +1,4 @@
-//! `krakenbook bench readback`: how fast recorded books come back.
+//! `krakenbook-bench readback`: how fast recorded books come back.
 //!
 //! Synthesizes a long recording of one pair at depth 1000 (a random walk of the book near the
 //! top, `--rate` messages per second of Kraken time for `--hours`, every frame with a correct
@@ -25,15 +25,16 @@ use krakenbook::kraken::encode;
 use krakenbook::readback::book_at;
 use krakenbook::record::{BookState, FrameRecord, RecordBody};
 use krakenbook::replay;
-use krakenbook::store::{self, ClusterOptions, MigrateOptions, TempCluster, Writer, WriterConfig};
+use krakenbook::store::{self, MigrateOptions, Writer, WriterConfig};
 use krakenbook::time::Timestamp;
+use krakenbook_testkit::{ClusterOptions, TempCluster};
 
 pub(crate) const BENCH_READBACK_EXAMPLES: &str = "\
 Examples:
-  krakenbook bench readback                         a day of BTC/USD-like data at depth 1000, 20 msg/s
-  krakenbook bench readback --hours 2 --rate 50     smaller and denser";
+  krakenbook-bench readback                         a day of BTC/USD-like data at depth 1000, 20 msg/s
+  krakenbook-bench readback --hours 2 --rate 50     smaller and denser";
 
-/// `krakenbook bench readback`.
+/// `krakenbook-bench readback`.
 #[derive(Debug, Args)]
 pub struct BenchReadbackArgs {
     /// Hours of Kraken time to synthesize.
@@ -50,7 +51,7 @@ pub struct BenchReadbackArgs {
     pub state_every: u64,
 }
 
-/// Runs `krakenbook bench readback`.
+/// Runs `krakenbook-bench readback`.
 pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     let messages = (args.hours * 3600.0 * args.rate) as u64;
     anyhow::ensure!(
@@ -67,7 +68,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     })
     .await??;
     let url = cluster.create_database().await?;
-    let mut client = store::connect(&url, "krakenbook bench").await?;
+    let mut client = store::connect(&url, "krakenbook-bench").await?;
     store::migrate(&client, &MigrateOptions::default()).await?;
 
     eprintln!(

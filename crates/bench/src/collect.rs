@@ -1,4 +1,4 @@
-//! `krakenbook bench collect`: what the collector costs while it records, and how long a frame
+//! `krakenbook-bench collect`: what the collector costs while it records, and how long a frame
 //! takes to reach the database.
 //!
 //! Starts the simulator in-process and `krakenbook collect` as a child process subscribed to
@@ -19,18 +19,18 @@ use krakenbook::exchange::sim::generated_pairs;
 use krakenbook::exchange::{SimConfig, Simulator};
 use krakenbook::kraken::Depth;
 use krakenbook::metrics::histogram_quantile;
-use krakenbook::store::{ClusterOptions, TempCluster};
+use krakenbook_testkit::{ClusterOptions, TempCluster};
 
 pub(crate) const BENCH_COLLECT_EXAMPLES: &str = "\
 Run it with a release build (cargo run --release -- bench collect ...). The offered load is
 --pairs x --rate book events per second; at depth 1000 nearly every event is a message.
 
 Examples:
-  krakenbook bench collect --pairs 1000 --depth 1000 --rate 2 --journal-only   a whole market, light
-  krakenbook bench collect --pairs 100 --depth 1000 --rate 100                 ~10,000 msg/s into TimescaleDB
-  krakenbook bench collect --database-url postgres://kb@localhost/market       an existing server";
+  krakenbook-bench collect --pairs 1000 --depth 1000 --rate 2 --journal-only   a whole market, light
+  krakenbook-bench collect --pairs 100 --depth 1000 --rate 100                 ~10,000 msg/s into TimescaleDB
+  krakenbook-bench collect --database-url postgres://kb@localhost/market       an existing server";
 
-/// `krakenbook bench collect`.
+/// `krakenbook-bench collect`.
 #[derive(Debug, Args)]
 pub struct BenchCollectArgs {
     /// Simulated pairs (the collector records all of them).
@@ -56,7 +56,7 @@ pub struct BenchCollectArgs {
     pub database_url: Option<String>,
 }
 
-/// Runs `krakenbook bench collect`.
+/// Runs `krakenbook-bench collect`.
 pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of events per second");
@@ -90,7 +90,7 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
     };
-    let exe = std::env::current_exe().context("locating the krakenbook binary")?;
+    let exe = krakenbook_binary()?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
         .args(["--symbols", &symbols.join(",")])
@@ -304,4 +304,17 @@ fn histogram_delta(start: &str, end: &str, name: &str) -> Vec<(f64, u64)> {
         .enumerate()
         .map(|(i, (bound, n))| (bound, n.saturating_sub(before.get(i).map_or(0, |b| b.1))))
         .collect()
+}
+
+/// The `krakenbook` binary beside this one (cargo builds both into the same directory).
+fn krakenbook_binary() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("locating the krakenbook-bench binary")?;
+    let exe = me.with_file_name("krakenbook");
+    if !exe.is_file() {
+        bail!(
+            "no krakenbook binary beside {} (build both: cargo build --release --workspace)",
+            me.display()
+        );
+    }
+    Ok(exe)
 }

@@ -118,6 +118,18 @@
 //! early ([`DamageKind::TruncatedSegment`]), a missing segment ([`DamageKind::MissingSegment`]),
 //! seqs skipped after a torn tail ([`DamageKind::TornTail`], not a loss) and segments retention
 //! removed ([`DamageKind::Expired`], not a loss).
+//!
+//! # Layer
+//!
+//! Crate `krakenbook-journal`. May use: `krakenbook-core` only (the layer test, `tests/layers.rs`,
+//! fails otherwise). Used by the store (whose writer follows it), the collector, history and the
+//! read paths.
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, missing_docs)]
+
+// The layers below, under the names the `krakenbook` facade gives them, so that a path
+// reads the same in every crate (`crate::time::Timestamp`).
+use krakenbook_core::{book, host, record, time};
 
 mod format;
 pub mod io;

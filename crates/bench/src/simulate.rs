@@ -1,4 +1,4 @@
-//! `krakenbook bench simulate`: how many book messages per second the simulator delivers.
+//! `krakenbook-bench simulate`: how many book messages per second the simulator delivers.
 //!
 //! Starts the simulator in-process on a loopback port, connects `--clients` clients, each
 //! subscribed to every pair, waits until every snapshot arrived, then counts for `--seconds` the
@@ -30,11 +30,11 @@ message per event that touches the top D levels (about half of them at depth 10)
 a release build: cargo run --release -- bench simulate.
 
 Examples:
-  krakenbook bench simulate                                    500 pairs, 10 s
-  krakenbook bench simulate --pairs 1000 --rate 200 --depth 25 --clients 2
-  krakenbook bench simulate --verify-every 1 --json             verify every pair, print JSON";
+  krakenbook-bench simulate                                    500 pairs, 10 s
+  krakenbook-bench simulate --pairs 1000 --rate 200 --depth 25 --clients 2
+  krakenbook-bench simulate --verify-every 1 --json             verify every pair, print JSON";
 
-/// `krakenbook bench simulate`.
+/// `krakenbook-bench simulate`.
 #[derive(Debug, Args)]
 pub struct BenchSimulateArgs {
     /// Simulated pairs (every client subscribes to all of them).
@@ -303,7 +303,7 @@ pub async fn run(args: BenchSimulateArgs) -> anyhow::Result<ExitCode> {
 fn render(r: &Report, verify_every: u32) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "krakenbook bench simulate: {} pairs at depth {}, {} client(s), {:.0} events/s offered, {:.1} s measured, {cpus} CPUs\n\
+        "krakenbook-bench simulate: {} pairs at depth {}, {} client(s), {:.0} events/s offered, {:.1} s measured, {cpus} CPUs\n\
          \x20 delivered    {:>12.0} book messages/s ({:.0} per client, {:.1} MB/s)\n\
          \x20 market       {:>12.0} events/s drawn\n\
          \x20 checksums    {:>12} verified ok, {} mismatches, {} unverifiable (every message of 1 pair in {verify_every})\n\
