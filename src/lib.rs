@@ -15,12 +15,12 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub use krakenbook_core::{book, host, kraken, num, record, text, time};
+pub use krakenbook_exchange as exchange;
 pub use krakenbook_journal as journal;
 pub use krakenbook_store as store;
 
 pub mod collect;
 pub mod config;
-pub mod exchange;
 pub mod export;
 pub mod feed;
 pub mod history;

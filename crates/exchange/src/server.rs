@@ -13,22 +13,21 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::Connection;
 use super::faults::{Faults, FaultsError};
-use super::log::{LogError, LogSender, LogWriter};
-use super::market::{ConnId, Market, SubId};
+use super::log::{LogError, LogWriter};
+use super::market::{ConnId, Market};
+use super::shared::Shared;
 use super::stats::{Stats, StatsSnapshot, bump};
-use crate::kraken::encode;
 
 /// How the server behaves, apart from its market.
 #[derive(Clone, Debug)]
@@ -84,40 +83,6 @@ pub enum ExchangeError {
     /// A task of the server panicked.
     #[error("{0}")]
     Task(String),
-}
-
-/// What every connection shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) market: Arc<dyn Market>,
-    pub(crate) config: ServerConfig,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) log: Option<LogSender>,
-    pub(crate) instrument_snapshot: Utf8Bytes,
-    next_sub: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        market: Arc<dyn Market>,
-        config: ServerConfig,
-        stats: Arc<Stats>,
-        log: Option<LogSender>,
-    ) -> Self {
-        let instrument_snapshot = encode::instrument_snapshot(market.instruments()).into();
-        Shared {
-            market,
-            config,
-            stats,
-            log,
-            instrument_snapshot,
-            next_sub: AtomicU64::new(1),
-        }
-    }
-
-    pub(crate) fn next_sub(&self) -> SubId {
-        self.next_sub.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 /// A running exchange: the listener, its connections and its log.

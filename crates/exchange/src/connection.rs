@@ -45,7 +45,7 @@ use super::faults::{FaultState, GARBAGE_FRAME, UNKNOWN_CHANNEL_FRAME};
 use super::log::LogEntry;
 use super::market::MarketError;
 use super::market::{BookSink, ConnId, Delivery, Ending, Item, SubId};
-use super::server::Shared;
+use super::shared::Shared;
 use super::stats::{add, bump};
 use crate::kraken::encode::{self, Ack, AckResult};
 use crate::kraken::{BookKind, Depth, Params, Request};
@@ -163,9 +163,7 @@ where
     ) -> Self {
         let (queue_tx, queue) = mpsc::channel(shared.config.send_queue.max(1));
         let seed = shared.config.seed;
-        let connection_id = super::sim::rng::Rng::derive(seed, &format!("connection_id {conn}"))
-            .next_u64()
-            | (1 << 63);
+        let connection_id = shared.connection_id(conn);
         let faults = FaultState::new(&shared.config.faults, conn, seed);
         let now = Instant::now();
         let next_silence = faults.silence_every().map(|every| now + every);
@@ -751,12 +749,13 @@ mod tests {
 
     use super::*;
     use crate::book::Precision;
-    use crate::exchange::faults::Faults;
-    use crate::exchange::market::{BookFrame, Market, MarketError};
-    use crate::exchange::server::ServerConfig;
-    use crate::exchange::stats::Stats;
+    use crate::faults::Faults;
     use crate::kraken::encode::InstrumentPair;
     use crate::kraken::{Frame, decode};
+    use crate::market::{BookFrame, Market, MarketError};
+    use crate::server::ServerConfig;
+    use crate::shared::Shared;
+    use crate::stats::Stats;
 
     /// A market the test drives by hand: it serves `BTC/USD` and `ETH/USD`.
     #[derive(Debug)]

@@ -24,8 +24,8 @@
 //! in an event's list is exactly what was done to the book, in order, each seen by the event's
 //! watcher just after it was applied.
 
-use super::rng::Rng;
 use crate::book::Side;
+use crate::rng::Rng;
 
 /// One change to a side of the book: `qty == 0` deletes the level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

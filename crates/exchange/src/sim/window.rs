@@ -129,9 +129,9 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::super::book::{Dynamics, Lvl, TrueBook};
-    use super::super::rng::Rng;
     use super::*;
     use crate::book::{Decimal, OrderBook, Precision};
+    use crate::rng::Rng;
 
     fn dec(m: u64, scale: u8) -> Decimal {
         Decimal::new(u128::from(m), scale).unwrap()

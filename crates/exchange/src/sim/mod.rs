@@ -1,7 +1,6 @@
-//! The simulated exchange: [`Simulator`] = the protocol server ([`crate::exchange::server`]) +
+//! The simulated exchange: [`Simulator`] = the protocol server ([`crate::server`]) +
 //! a simulated market ([`market::SimMarket`]).
 //!
-//! - [`rng`]: the seeded random numbers;
 //! - [`book`]: each pair's deep "true" book and the events that move it;
 //! - [`window`]: what a subscriber at a given depth is sent for an event (Kraken's rules);
 //! - [`market`]: the pairs, their views per depth, and the clock that moves them.
@@ -12,7 +11,6 @@
 
 pub mod book;
 pub mod market;
-pub mod rng;
 pub mod window;
 
 use std::net::SocketAddr;

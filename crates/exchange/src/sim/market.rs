@@ -30,13 +30,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::book::{Dynamics, Op, TrueBook};
-use super::rng::Rng;
 use super::window::Stream;
 use super::{PairSpec, SimConfig};
 use crate::book::{Decimal, OrderBook, Precision};
-use crate::exchange::market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
 use crate::kraken::encode::{self, InstrumentPair};
 use crate::kraken::{BookKind, Depth};
+use crate::market::{BookFrame, BookSink, ConnId, Market, MarketError, SubId};
+use crate::rng::Rng;
 use crate::time::Timestamp;
 
 /// Events drawn for one pair in one step, at most (a pair far behind catches up over steps).

@@ -32,7 +32,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::market::{BookFrame, ConnId};
-use super::sim::rng::Rng;
+use super::rng::Rng;
 
 /// The frame sent by the `garbage` fault: not JSON (an HTML error page, as a proxy would send).
 pub const GARBAGE_FRAME: &str = "<html><head><title>502 Bad Gateway</title></head><body>krakenbook simulate: fault: a frame that is not JSON</body></html>";

@@ -1,4 +1,5 @@
-//! The simulator's pseudo-random numbers: SplitMix64, seeded per pair and per connection.
+//! The exchange's pseudo-random numbers: SplitMix64, seeded per pair (the simulator's books) and
+//! per connection (the server's faults and connection ids).
 //!
 //! Small, fast and fully determined by its seed, so a `--seed` reproduces every book and every
 //! fault. What must always hold: the same seed gives the same sequence on every platform (only
