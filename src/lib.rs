@@ -14,19 +14,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
+pub use krakenbook_collect::{collect, feed, metrics};
 pub use krakenbook_core::{book, host, kraken, num, record, text, time};
 pub use krakenbook_exchange as exchange;
+pub use krakenbook_history::{history, readback};
 pub use krakenbook_journal as journal;
 pub use krakenbook_store as store;
 
-pub mod collect;
 pub mod config;
 pub mod export;
-pub mod feed;
-pub mod history;
-pub mod metrics;
 pub mod output;
 pub mod plot;
-pub mod readback;
 pub mod replay;
 pub mod verify;

@@ -438,7 +438,7 @@ impl BookCursor {
 }
 
 /// Levels stored as `[["price","qty"], ...]`.
-pub(crate) fn parse_levels(text: &str) -> Result<Vec<(Decimal, Decimal)>, String> {
+pub fn parse_levels(text: &str) -> Result<Vec<(Decimal, Decimal)>, String> {
     let pairs: Vec<(String, String)> = serde_json::from_str(text).map_err(|e| e.to_string())?;
     pairs
         .into_iter()
@@ -500,7 +500,7 @@ pub(crate) async fn subscribed_depth(
 }
 
 /// [`subscribed_depth`] for the stored book message at `(collector, seq)`.
-pub(crate) async fn subscribed_depth_of(
+pub async fn subscribed_depth_of(
     client: &Client,
     collector: &str,
     seq: i64,
@@ -525,7 +525,7 @@ pub(crate) async fn subscribed_depth_of(
 
 /// The pair's precision from the instrument channel on the snapshot's connection (its snapshot
 /// comes right after the connection opens, before any book subscription).
-pub(crate) async fn instrument_precision(
+pub async fn instrument_precision(
     client: &Client,
     symbol: &str,
     start: &Start,

@@ -24,7 +24,7 @@ pub mod query;
 
 pub use book_at::{BookAt, BookGap, Level, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
-pub(crate) use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
+pub use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
 
 use crate::store::StoreError;
 
@@ -59,7 +59,8 @@ pub enum ReadbackError {
     },
 }
 
-pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReadbackError {
+/// Wraps a database error with what was being done, as a [`ReadbackError`].
+pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReadbackError {
     move |source| {
         ReadbackError::Store(StoreError::Db {
             context: context.to_owned(),

@@ -15,7 +15,7 @@ use crate::record::Record;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kraken-v2")
+        .join("../../tests/fixtures/kraken-v2")
         .join(name)
 }
 
