@@ -19,11 +19,7 @@ pub use krakenbook_core::{book, host, kraken, num, record, text, time};
 pub use krakenbook_exchange as exchange;
 pub use krakenbook_history::{history, readback};
 pub use krakenbook_journal as journal;
+pub use krakenbook_read::{export, output, plot, replay, verify};
 pub use krakenbook_store as store;
 
 pub mod config;
-pub mod export;
-pub mod output;
-pub mod plot;
-pub mod replay;
-pub mod verify;

@@ -35,9 +35,9 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::book::{Decimal, OrderBook};
-use crate::export::source::{self, SourceError};
 use crate::output::{OutputError, OutputFile};
 use crate::readback::{BookCursor, ReadbackError};
+use crate::source::{self, SourceError};
 use crate::store::{DbTarget, StoreError};
 use crate::time::Timestamp;
 
@@ -137,11 +137,11 @@ pub async fn plot(
             "--width and --height may be at most {MAX_SIDE} pixels"
         )));
     }
-    if request.depth_levels == 0 || request.depth_levels > crate::export::MAX_SNAPSHOT_DEPTH {
+    if request.depth_levels == 0 || request.depth_levels > crate::source::MAX_SNAPSHOT_DEPTH {
         return Err(PlotError::Invalid(format!(
             "--depth-levels {}: give 1 to {}",
             request.depth_levels,
-            crate::export::MAX_SNAPSHOT_DEPTH
+            crate::source::MAX_SNAPSHOT_DEPTH
         )));
     }
     let layout = Layout::new(request.width, request.height).map_err(PlotError::Invalid)?;
@@ -169,7 +169,7 @@ pub async fn plot(
         depth_levels: request.depth_levels,
         ..PlotReport::default()
     };
-    let recorded = crate::export::recorded::recorded(&client, &selection, &request.symbol).await?;
+    let recorded = crate::recorded::recorded(&client, &selection, &request.symbol).await?;
     if let Some(depth) = recorded.depth
         && depth < request.depth_levels
     {

@@ -318,7 +318,7 @@ mod tests {
     /// The real captures as (name, recorded depth, messages): each message's levels and the book
     /// after it, as the collector holds it.
     fn captures() -> Vec<(String, usize, Vec<Message>)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kraken-v2");
+        let dir = krakenbook_testkit::fixtures().join("kraken-v2");
         let mut out = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -1125,9 +1125,7 @@ mod tests {
     /// The rows the writer stores for a real capture (the messages row and its entry rows, in
     /// ordinal order; heartbeats are not stored), each with its frame's text as stored.
     fn stored(name: &str) -> Vec<(MessageRow, Vec<EntryRow>)> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kraken-v2")
-            .join(name);
+        let path = krakenbook_testkit::fixtures().join("kraken-v2").join(name);
         let mut out = Vec::new();
         for r in read_capture(&path, &mut 1, 1).unwrap() {
             let RecordBody::Frame(f) = &r.body else {

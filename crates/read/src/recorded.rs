@@ -11,6 +11,8 @@
 //! What must hold: the lookups use the snapshot index and the `(collector, seq)` order, never a
 //! scan of the range's rows; a pair whose instrument frames were not recorded has no precision
 //! here (the caller says so), never a guessed one.
+//!
+//! Shared by [`crate::export`] and [`crate::plot`].
 
 use tokio_postgres::Client;
 

@@ -82,9 +82,7 @@ mod tests {
     /// A real capture journaled as the collector would have (verdicts from a tracker, in order);
     /// `tamper` may change a frame's bytes after its verdict was computed.
     fn journal(dir: &Path, name: &str, tamper: impl Fn(usize, &mut Vec<u8>)) -> Vec<Record> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kraken-v2")
-            .join(name);
+        let path = krakenbook_testkit::fixtures().join("kraken-v2").join(name);
         let mut records = read_capture(&path, &mut 1, 1).unwrap();
         let mut config = JournalConfig::new(dir);
         config.compression_level = 0;

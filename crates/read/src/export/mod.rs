@@ -34,9 +34,7 @@ pub mod csv;
 pub mod incremental;
 pub mod messages;
 pub mod parquet;
-pub mod recorded;
 pub mod snapshots;
-pub mod source;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,8 +44,8 @@ use std::path::{Path, PathBuf};
 use tokio_postgres::Client;
 
 pub use crate::output::OutputError;
-pub use recorded::Recorded;
-pub use source::{Selection, SourceError};
+pub use crate::recorded::{self, Recorded};
+pub use crate::source::{self, MAX_SNAPSHOT_DEPTH, Selection, SourceError};
 pub use table::{Cell, Column, ColumnKind, Scales};
 
 use self::csv::CsvWriter;
@@ -60,9 +58,6 @@ use crate::time::Timestamp;
 
 /// The exchange name in the `exchange` column.
 pub const EXCHANGE: &str = "kraken";
-
-/// The largest snapshot depth (Kraken's deepest book).
-pub const MAX_SNAPSHOT_DEPTH: usize = 1000;
 
 /// The most symbols in one snapshot export (each is read on its own database connection).
 pub const MAX_SNAPSHOT_SYMBOLS: usize = 32;

@@ -11,6 +11,8 @@
 //! - which instants have a book is the coverage model's to say ([`crate::history`], the same
 //!   answer `book --at` gets), and `coverage` here is the one place the exports and the plot
 //!   ask it.
+//!
+//! It sits beside [`crate::export`] and [`crate::plot`], not inside either, because both use it.
 
 use tokio_postgres::Client;
 
@@ -18,6 +20,9 @@ use crate::history::{Coverage, Source};
 use crate::readback::ReadbackError;
 use crate::store::StoreError;
 use crate::time::Timestamp;
+
+/// The largest snapshot depth an export or a plot reads (Kraken's deepest book).
+pub const MAX_SNAPSHOT_DEPTH: usize = 1000;
 
 /// The coverage of `symbol` on `collector`'s record (its streams only: an export follows one
 /// collector's record): the one place exports and plots ask which instants have a book.
