@@ -11,9 +11,12 @@ message the script records the book the library holds, recomputes Kraken's check
 compares it with the frame's, and keeps a sample of instants to compare with `book --at` later.
 
 Mode `live` runs for --duration seconds, reconnecting as the library does after a dropped
-connection. Mode `replay` stops when the server closes the connection (the close code and reason
-are recorded), when no book frame arrived for --idle seconds (the record ended without a close), or
-after --duration.
+connection. Mode `replay` runs until the server closes a connection with code 1000 and the reason
+"end of recording", when no book frame arrived for --idle seconds (the record ended without saying
+so), or after --duration. A connection the replay server drops before that (it drops one where
+the record of a subscribed symbol has a gap, as Kraken drops a connection) is recorded with the
+Kraken timestamp of its last book frame, and the consumer reconnects and goes on, the SDK by itself,
+ccxt by watching again; the report checks each drop against the coverage gaps of `query`.
 """
 
 from __future__ import annotations
@@ -62,6 +65,14 @@ class Tracker:
         self.last_book_at: float | None = None
         self.close_info: str | None = None
         self.stopped_early = False
+        # The end of the record seen (a close with code 1000, "end of recording").
+        self.ended = False
+        # Connections closed any other way: {"last_us": the Kraken timestamp of the last book frame
+        # received on it (None: none), "before_us": the last book frame on any earlier one, "how"}.
+        self.drops: list[dict] = []
+        self.last_us_any: int | None = None
+        # The SDK's sockets seen: id -> [socket, last book frame's timestamp on it, reported].
+        self.sockets: dict[int, list] = {}
         # The frames themselves, read by the script: each message applied whole (then truncated to
         # the depth) must give the frame's checksum; applied level by level with the side truncated
         # after each level (from the same correct book) it must too, on Kraken.
@@ -81,6 +92,8 @@ class Tracker:
         channel = msg.get("channel")
         if channel == "status":
             self.connections += 1
+            if self.max_ts is not None:
+                self.last_us_any = self.max_ts
             self.max_ts = None
             self.last_event = {}
             return
@@ -115,6 +128,18 @@ class Tracker:
         now = time.monotonic()
         self.first_book_at = self.first_book_at or now
         self.last_book_at = now
+
+    def connection_closed(self, code: int | None, reason: str, last_us: int | None) -> None:
+        """A connection ended: with the end of the record, or as a drop (`code` None: no close
+        frame). `last_us`: the Kraken timestamp of its last book frame."""
+        if self.ended:
+            return
+        if code == 1000 and reason == "end of recording":
+            self.ended = True
+            self.close_info = "the server closed the connection: code 1000, reason 'end of recording'"
+            return
+        how = "no close frame" if code in (None, 1006) else f"close code {code}" + (f", reason {reason!r}" if reason else "")
+        self.drops.append({"last_us": last_us, "before_us": self.last_us_any, "how": how})
 
     def check_frame(self, symbol: str, kind: str, data: dict) -> None:
         if symbol not in self.precisions:
@@ -210,6 +235,8 @@ class Tracker:
         r.data["max_lag_s"] = self.max_lag_us / 1e6
         r.data["unasked_snapshots"] = self.unasked_snapshots
         r.data["close_info"] = self.close_info
+        r.data["ended"] = self.ended
+        r.data["drops"] = self.drops
         r.data["rewinds"] = self.rewinds
         r.data["stopped_early"] = self.stopped_early
         r.data["frames"] = {"updates": self.frame_updates, "bad": self.frame_bad, "per_level_bad": self.per_level_bad}
@@ -227,6 +254,9 @@ class Tracker:
             r.note(f"{self.unasked_snapshots} snapshot(s) arrived without a subscription asking for them")
         if self.out_of_order:
             r.note(f"{self.out_of_order} frames older than one already received on the connection (up to {self.max_lag_us / 1e6:.3f} s)")
+        if self.drops:
+            hows = sorted({d["how"] for d in self.drops})
+            r.note(f"{len(self.drops)} connection(s) dropped by the server ({', '.join(hows)}); the consumer reconnected after each")
         if self.close_info:
             r.note(self.close_info)
         r.check("book messages received", self.book_messages > 0, f"{self.book_messages}")
@@ -272,6 +302,10 @@ async def run_sdk(args, instruments: dict[str, dict]) -> list[Tracker]:
 
             async def on_message(self, message, _t=tracker):  # observe, then the SDK's own handling
                 _t.raw(message)
+                sock = getattr(getattr(self, "_pub_conn", None), "socket", None)
+                if sock is not None:
+                    entry = _t.sockets.setdefault(id(sock), [sock, None, False])
+                    entry[1] = _t.max_ts
                 await super().on_message(message)
 
             async def on_book_update(self, pair: str, message: dict, _t=tracker) -> None:
@@ -293,7 +327,7 @@ async def run_sdk(args, instruments: dict[str, dict]) -> list[Tracker]:
         await client.start()
         await client.add_book(pairs=args.symbols)
 
-    await supervise(args, [t for _, t in clients], lambda i: sdk_close_state(clients[i][0]))
+    await supervise(args, [t for _, t in clients], lambda i: sdk_closed(clients[i][1]))
     for client, _ in clients:
         try:
             await asyncio.wait_for(client.close(), timeout=10)
@@ -305,18 +339,17 @@ async def run_sdk(args, instruments: dict[str, dict]) -> list[Tracker]:
     return trackers
 
 
-def sdk_close_state(client) -> str | None:
-    """How the SDK's current connection ended, once it has: the close frame's code and reason,
-    or that none came."""
-    conn = getattr(client, "_pub_conn", None)
-    sock = getattr(conn, "socket", None)
-    state = getattr(getattr(sock, "state", None), "name", None)
-    if sock is None or state not in ("CLOSED", "CLOSING"):
-        return None
-    rcvd = getattr(sock, "close_rcvd", None)
-    if rcvd is None:
-        return "the server closed the connection without a close frame"
-    return f"the server closed the connection: code {rcvd.code}, reason {rcvd.reason!r}"
+def sdk_closed(tracker: Tracker) -> None:
+    """Reports each of the SDK's connections that has closed since the last call: with the close
+    frame's code and reason, or without one (the SDK reconnects by itself after either)."""
+    for entry in tracker.sockets.values():
+        sock, last_us, reported = entry
+        if reported or getattr(getattr(sock, "state", None), "name", None) != "CLOSED":
+            continue
+        entry[2] = True
+        # websockets keeps the close frame received on its protocol object (None: none came).
+        rcvd = getattr(getattr(sock, "protocol", None), "close_rcvd", None) or getattr(sock, "close_rcvd", None)
+        tracker.connection_closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "", last_us)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +389,9 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
             }
         )
 
+    from aiohttp import WSMsgType
+
+    stop = asyncio.Event()
     trackers: list[Tracker] = []
     exchanges = []
     for depth in args.depths:
@@ -364,6 +400,28 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
 
         class Kraken(ccxtpro.kraken):
             checksum_broken: str | None = None
+
+            def client(self, url, _t=tracker):
+                # Each new connection's close frame (code and reason) is kept for on_close.
+                c = super().client(url)
+                if not getattr(c, "_interop_watched", False):
+                    c._interop_watched = True
+                    handle = c.handle_message
+
+                    def keep_close(message, _c=c, _handle=handle):
+                        if message.type == WSMsgType.CLOSE:
+                            _c._interop_close = (message.data, message.extra or "")
+                        return _handle(message)
+
+                    c.handle_message = keep_close
+                return c
+
+            def on_close(self, client, error, _t=tracker):
+                if not stop.is_set() and not getattr(client, "_interop_reported", False):
+                    client._interop_reported = True
+                    code, reason = getattr(client, "_interop_close", (error, ""))
+                    _t.connection_closed(code if isinstance(code, int) else None, str(reason or ""), _t.max_ts)
+                return super().on_close(client, error)
 
             def handle_message(self, client, message, _t=tracker):
                 _t.raw(message)
@@ -396,8 +454,6 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
         ex.set_markets(markets)
         exchanges.append((ex, tracker))
 
-    stop = asyncio.Event()
-
     async def watch(ex, tracker: Tracker, symbol: str) -> None:
         from ccxt.base.errors import ChecksumError, NetworkError
 
@@ -406,11 +462,10 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
                 await ex.watch_order_book(symbol, limit=tracker.depth)
             except ChecksumError:
                 continue  # ccxt unsubscribed the book; watching again resubscribes it
-            except NetworkError as exc:
-                if args.mode == "replay" and tracker.book_messages:
-                    tracker.close_info = tracker.close_info or f"ccxt: {str(exc)[:160]}"
+            except NetworkError:
+                if tracker.ended:
                     return
-                await asyncio.sleep(0.5)  # live: watch again, ccxt reconnects
+                await asyncio.sleep(0.5)  # watch again: ccxt reconnects and resubscribes
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001: reported in the row
@@ -419,15 +474,7 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
 
     tasks = [asyncio.create_task(watch(ex, t, s)) for ex, t in exchanges for s in args.symbols]
 
-    def closed(i: int) -> str | None:
-        t = exchanges[i][1]
-        if t.close_info:
-            return t.close_info
-        if args.mode == "replay" and t.book_messages and all(task.done() for task in tasks):
-            return "ccxt: connection closed"
-        return None
-
-    await supervise(args, [t for _, t in exchanges], closed)
+    await supervise(args, [t for _, t in exchanges], lambda i: None)
     stop.set()
     for task in tasks:
         task.cancel()
@@ -448,7 +495,8 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
 
 
 async def supervise(args, trackers: list[Tracker], closed) -> None:
-    """Waits for the end of the run (see the module doc)."""
+    """Waits for the end of the run (see the module doc); `closed(i)` reports the connections of
+    consumer i that closed since it was last called."""
     start = time.monotonic()
     while True:
         await asyncio.sleep(0.2)
@@ -461,14 +509,15 @@ async def supervise(args, trackers: list[Tracker], closed) -> None:
                         t.result.note(f"still receiving after {args.duration:.0f} s: stopped before the end of the record")
             return
         if args.mode != "replay":
+            for i in range(len(trackers)):
+                closed(i)
             continue
         done = True
         for i, t in enumerate(trackers):
             if t.close_info:
                 continue
-            info = closed(i)
-            if info and t.book_messages:
-                t.close_info = info
+            closed(i)  # reports the connections closed since the last look
+            if t.ended:
                 continue
             if t.last_book_at is not None and now - t.last_book_at > args.idle:
                 t.close_info = f"no book frame for {args.idle:.0f} s and no close: the end of the record was not announced"

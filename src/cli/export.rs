@@ -13,12 +13,14 @@ use krakenbook::time::Timestamp;
 pub(crate) const EXPORT_HELP: &str = "\
 Kinds (--kind):
   incremental  tardis.dev incremental_book_L2: exchange,symbol,timestamp,local_timestamp,
-               is_snapshot,side,price,amount; every level change in received order. The file opens
-               with the book at --from (snapshot rows), carries the deletions Kraken implies when
-               it drops levels past the subscribed depth, deletes every level held before each
-               snapshot and follows each snapshot with an update, so the file alone rebuilds the
-               exact book in tardis's rule, nautilus_trader's and hftbacktest's loaders alike
-               (--stored-only: the stored levels and nothing else).
+               is_snapshot,side,price,amount; every verified level change in received order.
+               Wherever coverage starts (--from, or the first verified book after it, and after
+               every gap) the file writes the book there as snapshot rows; where a gap starts, an
+               amount-0 row for every level held; no row of an unverified book. With the deletions
+               Kraken implies when it drops levels past the subscribed depth and a deletion of
+               every held level before each snapshot, the file alone rebuilds `book --at`'s book
+               (and an empty book in gaps) in tardis's rule, nautilus_trader's and hftbacktest's
+               loaders alike (--stored-only: the stored levels and nothing else).
   snapshots    tardis.dev book_snapshot_N: the top --depth levels every --interval, from the book
                rebuilt with every checksum verified; instants in a gap are skipped.
   messages     the stored messages (raw JSON) with their checksum verdicts.
@@ -101,7 +103,7 @@ pub struct ExportArgs {
     /// Read this collector's record (needed when several recorded the range).
     #[arg(long, value_name = "NAME")]
     pub collector: Option<String>,
-    /// Incremental: the stored levels only (no initial book, no implied deletions).
+    /// Incremental: the stored levels only (no books where coverage starts, no deletions added).
     #[arg(long)]
     pub stored_only: bool,
     /// The output file (`{symbol}` in it: one file per symbol; `-`: standard output, CSV only).
@@ -239,18 +241,13 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             ));
             if !request.stored_only {
                 line.push_str(&format!(
-                    ", {} initial-book levels, {} implied deletions, {} deletions before snapshots, {} snapshot ends",
-                    report.initial_levels,
+                    ", {} levels of books where coverage starts, {} implied deletions, {} deletions before snapshots, {} snapshot ends",
+                    report.opening_levels,
                     report.implied_deletions,
                     report.reset_deletions,
                     report.snapshot_ends
                 ));
-            }
-            if !report.no_initial_book.is_empty() {
-                line.push_str(&format!(
-                    "; no verified book at --from for {} (their rows start at their next snapshot)",
-                    report.no_initial_book.join(", ")
-                ));
+                line.push_str(&export::coverage_summary(&report, request.from));
             }
             if report.unknown_depth > 0 {
                 line.push_str(&format!(

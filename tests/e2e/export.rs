@@ -17,12 +17,13 @@ use krakenbook::export::consumers::{
     Book, ClearsToDeepest, Consumer, L2Row, NeverClears, TardisRule,
 };
 use krakenbook::export::parquet::{Value, read_file};
-use krakenbook::readback::{self, BookCursor};
+use krakenbook::history::{Cause, Coverage, Source};
+use krakenbook::readback;
 use krakenbook::time::Timestamp;
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
-use crate::collect::{Collector, finish, wait_count};
+use crate::collect::{Collector, count, finish, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
 use crate::recording::{Recording, recording};
 use crate::support::krakenbook;
@@ -109,18 +110,18 @@ fn range_args(rec: &Recording) -> (String, String) {
 }
 
 /// The stored levels in range, as the tardis layout writes them (computed by SQL, not by the
-/// exporter's code).
+/// exporter's code), each with its message's `seq`.
 async fn stored_levels(
     client: &Client,
     rec: &Recording,
     symbols: &[&str],
     from: Timestamp,
     to: Timestamp,
-) -> Vec<Vec<String>> {
+) -> Vec<(i64, Vec<String>)> {
     let symbols: Vec<String> = symbols.iter().map(|s| t(s)).collect();
     client
         .query(
-            "SELECT 'kraken', symbol,
+            "SELECT seq, 'kraken', symbol,
                     (extract(epoch FROM \"timestamp\") * 1000000)::bigint::text,
                     (extract(epoch FROM coalesce(received_at, \"timestamp\")) * 1000000)::bigint::text,
                     (message_type = 'snapshot')::text, side, price::text, quantity::text
@@ -132,7 +133,45 @@ async fn stored_levels(
         .await
         .unwrap()
         .iter()
-        .map(|r| (0..8).map(|i| r.get::<_, String>(i)).collect())
+        .map(|r| (r.get(0), (1..9).map(|i| r.get::<_, String>(i)).collect()))
+        .collect()
+}
+
+/// A symbol's coverage on the recording: the coverage model's, as `book --at` and `query` get it.
+async fn coverage_of(client: &Client, rec: &Recording, symbol: &str) -> Coverage {
+    Source::Database(client)
+        .coverage_of(symbol, Some(&rec.collector))
+        .await
+        .unwrap()
+}
+
+fn at_micros(us: i64) -> Timestamp {
+    Timestamp::from_unix_nanos(us * 1000)
+}
+
+/// The stored levels a file of `[from, to)` must hold: those of the messages the coverage model
+/// verifies, on the stream it chooses at their instant. The others (the updates of an unverified
+/// book after a mismatch, what comes before coverage starts) are left out.
+async fn covered_levels(
+    client: &Client,
+    rec: &Recording,
+    symbols: &[&str],
+    from: Timestamp,
+    to: Timestamp,
+) -> Vec<Vec<String>> {
+    let mut coverage = HashMap::new();
+    for &s in symbols {
+        coverage.insert(s.to_owned(), coverage_of(client, rec, s).await);
+    }
+    stored_levels(client, rec, symbols, from, to)
+        .await
+        .into_iter()
+        .filter(|(seq, row)| {
+            coverage[&row[1]]
+                .choose(at_micros(micros(&row[2])))
+                .is_some_and(|(_, span)| span.start_seq <= *seq && *seq <= span.last_seq)
+        })
+        .map(|(_, row)| row)
         .collect()
 }
 
@@ -148,53 +187,6 @@ fn l2_row(row: &[String]) -> L2Row {
         price: dec(&row[6]),
         amount: dec(&row[7]),
     }
-}
-
-fn view(book: &krakenbook::book::OrderBook, depth: usize) -> Book {
-    let v = book.view(depth);
-    (
-        v.bids.iter().map(|l| (l.price, l.qty)).collect(),
-        v.asks.iter().map(|l| (l.price, l.qty)).collect(),
-    )
-}
-
-/// The book after each message, per symbol: (timestamp, local_timestamp, verified, book), one
-/// entry per run of messages with the same two times (the file cannot tell them apart).
-type Groups = Vec<(i64, i64, bool, Book)>;
-
-/// What the book engine says, per symbol: the book just before `from` (when verified) and the
-/// book after each message in `[from, to)`.
-async fn engine_books(
-    client: &Client,
-    rec: &Recording,
-    symbol: &str,
-    from: Timestamp,
-    to: Timestamp,
-) -> (Option<Book>, Groups) {
-    let before = from.add_nanos(-1);
-    let start = BookCursor::find_start_or_first(client, symbol, before, to, &rec.collector)
-        .await
-        .unwrap()
-        .expect("a start for the symbol");
-    let mut cursor = BookCursor::open(client, symbol, start, to.add_nanos(-1))
-        .await
-        .unwrap();
-    let mut initial = None;
-    let mut groups: Groups = Vec::new();
-    while let Some(step) = cursor.next().await.unwrap() {
-        let verified = step.verified == Some(true);
-        if step.timestamp < from {
-            initial = verified.then(|| view(step.book, DEPTH));
-            continue;
-        }
-        let key = (step.timestamp.unix_micros(), step.received_at.unix_micros());
-        let entry = (key.0, key.1, verified, view(step.book, DEPTH));
-        match groups.last_mut() {
-            Some(last) if (last.0, last.1) == key => *last = entry,
-            _ => groups.push(entry),
-        }
-    }
-    (initial, groups)
 }
 
 /// The three kinds of consumer: tardis.dev's rule, nautilus_trader's loader (never clears),
@@ -213,9 +205,52 @@ fn consumers() -> Vec<(&'static str, Box<dyn Consumer>)> {
     ]
 }
 
-/// Replays the file's rows of each symbol through each kind of consumer and compares its book
-/// after each message with the book engine's (where it verified). Returns the number of books
-/// compared.
+/// `book SYMBOL --at T` for the recording's collector, remembered: the book where it is
+/// verified, `None` in a gap.
+#[derive(Default)]
+struct BookAt(HashMap<(String, i64), Option<Book>>);
+
+impl BookAt {
+    async fn get(
+        &mut self,
+        client: &Client,
+        rec: &Recording,
+        symbol: &str,
+        at: i64,
+    ) -> Option<Book> {
+        if let Some(b) = self.0.get(&(symbol.to_owned(), at)) {
+            return b.clone();
+        }
+        let book = readback::book_at(client, symbol, at_micros(at), DEPTH, Some(&rec.collector))
+            .await
+            .unwrap();
+        let answer = if book.gap.is_some() {
+            assert!(book.bids.is_empty() && book.asks.is_empty(), "{book:?}");
+            None
+        } else {
+            assert!(book.is_verified(), "not a gap, not verified: {book:?}");
+            Some((
+                book.bids.iter().map(|l| (l.price, l.qty)).collect(),
+                book.asks.iter().map(|l| (l.price, l.qty)).collect(),
+            ))
+        };
+        self.0.insert((symbol.to_owned(), at), answer.clone());
+        answer
+    }
+}
+
+/// Books compared: at verified instants, and in gaps (each per consumer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Compared {
+    verified: usize,
+    in_gaps: usize,
+}
+
+/// Replays the file's rows of each symbol through each kind of consumer: once it has applied
+/// every row stamped at or before an instant, each must hold `book --at`'s book there where the
+/// coverage model verifies it, and an empty book in a gap. The instants: every stored message
+/// of the symbol in `[from, to)` (those left out too), `from`, and each bound of the coverage
+/// (a span's first and last microsecond, a gap's first and middle one).
 async fn assert_file_rebuilds_the_books(
     client: &Client,
     rec: &Recording,
@@ -223,56 +258,74 @@ async fn assert_file_rebuilds_the_books(
     from: Timestamp,
     to: Timestamp,
     rows: &[Vec<String>],
-    expect_initial: bool,
-) -> usize {
-    let from_us = from.unix_micros();
-    let mut compared = 0;
+    oracle: &mut BookAt,
+) -> Compared {
+    let (from_us, to_us) = (from.unix_micros(), to.unix_micros());
+    let mut compared = Compared::default();
     for &symbol in symbols {
         let mine: Vec<&Vec<String>> = rows.iter().filter(|r| r[1] == symbol).collect();
-        let (initial, engine) = engine_books(client, rec, symbol, from, to).await;
-        for (name, mut consumer) in consumers() {
-            // Books from the symbol's first snapshot row on (rows before it describe no book).
-            let mut seen_snapshot = false;
-            let mut file_groups: Vec<(i64, i64, Book)> = Vec::new();
-            for (i, row) in mine.iter().enumerate() {
-                consumer.apply(&l2_row(row));
-                seen_snapshot |= row[4] == "true";
-                let key = (micros(&row[2]), micros(&row[3]));
-                let next = mine.get(i + 1).map(|r| (micros(&r[2]), micros(&r[3])));
-                if seen_snapshot && next != Some(key) {
-                    file_groups.push((key.0, key.1, consumer.book()));
-                }
-            }
-            let mut file = file_groups.into_iter().peekable();
-            if let Some(first) = file.peek()
-                && (first.0, first.1) == (from_us, from_us)
-                && engine
-                    .first()
-                    .is_none_or(|e| (e.0, e.1) != (from_us, from_us))
-            {
-                let (_, _, book) = file.next().unwrap();
-                let want = initial.clone().unwrap_or_else(|| {
-                    panic!("{symbol}: an initial book the engine does not verify")
-                });
-                assert_eq!(book, want, "{symbol}, {name}: the book at --from");
-                compared += 1;
-            } else {
-                assert!(
-                    !expect_initial,
-                    "{symbol}: the file does not open with the book at --from"
-                );
-            }
-            let file: Vec<_> = file.collect();
-            assert_eq!(
-                file.len(),
-                engine.len(),
-                "{symbol}, {name}: messages in the file and in the database"
+        for w in mine.windows(2) {
+            assert!(
+                micros(&w[0][2]) <= micros(&w[1][2]),
+                "{symbol}: the file goes back in time: {w:?}"
             );
-            for (k, (f, e)) in file.iter().zip(&engine).enumerate() {
-                assert_eq!((f.0, f.1), (e.0, e.1), "{symbol}: message {k}'s times");
-                if e.2 {
-                    assert_eq!(f.2, e.3, "{symbol}, {name}: the book after message {k}");
-                    compared += 1;
+        }
+        let mut instants: Vec<i64> = client
+            .query(
+                "SELECT DISTINCT (extract(epoch FROM \"timestamp\") * 1000000)::bigint
+                   FROM kraken_orderbook_messages
+                  WHERE symbol = $1 AND collector = $2 AND channel = 'book'
+                    AND message_type IN ('snapshot', 'update')
+                    AND \"timestamp\" >= $3 AND \"timestamp\" < $4",
+                &[&symbol, &rec.collector, &from, &to],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        instants.push(from_us);
+        let coverage = coverage_of(client, rec, symbol).await;
+        for iv in &coverage.spans {
+            let (s, e) = (iv.start.unix_micros(), iv.end.unix_micros());
+            instants.extend([s, e - 1, e]);
+        }
+        for g in &coverage.gaps {
+            if let (Some(s), Some(e)) = (g.start, g.end) {
+                instants.push((s.unix_micros() + e.unix_micros()) / 2);
+            }
+        }
+        instants.retain(|&i| from_us <= i && i < to_us);
+        instants.sort_unstable();
+        instants.dedup();
+        let mut wants = Vec::with_capacity(instants.len());
+        for &at in &instants {
+            wants.push(oracle.get(client, rec, symbol, at).await);
+        }
+        for (name, mut consumer) in consumers() {
+            let mut next = 0;
+            for (&at, want) in instants.iter().zip(&wants) {
+                while next < mine.len() && micros(&mine[next][2]) <= at {
+                    consumer.apply(&l2_row(mine[next]));
+                    next += 1;
+                }
+                match want {
+                    Some(book) => {
+                        assert_eq!(
+                            &consumer.book(),
+                            book,
+                            "{symbol}, {name}: book --at {at} µs"
+                        );
+                        compared.verified += 1;
+                    }
+                    None => {
+                        assert_eq!(
+                            consumer.book(),
+                            Book::default(),
+                            "{symbol}, {name}: at {at} µs, in a gap, the book must be empty"
+                        );
+                        compared.in_gaps += 1;
+                    }
                 }
             }
         }
@@ -317,34 +370,51 @@ fn parquet(path: &Path) -> (Vec<String>, Vec<Vec<Value>>) {
     read_file(std::fs::File::open(path).unwrap()).unwrap()
 }
 
+/// What a file added to the stored rows, per symbol.
+#[derive(Debug, Default)]
+struct Added {
+    /// `amount` 0 rows that are not snapshot rows.
+    deletions: usize,
+    /// Snapshot rows of the books written where coverage starts.
+    book_levels: usize,
+}
+
 /// Checks the rows that are not stored levels: each is a deletion (`amount` 0, not a snapshot
-/// row) or a snapshot end (the symbol's previous row, a snapshot row, again as an update).
-/// Returns the deletions per symbol.
+/// row), a snapshot end (the symbol's previous row, a snapshot row, again as an update) or a
+/// snapshot row of a book written where coverage starts; and the stored rows `stored` are all
+/// there, in order.
 fn classify_added_rows<'a>(
     rows: &'a [Vec<String>],
     stored: &[Vec<String>],
-) -> HashMap<&'a str, usize> {
+) -> HashMap<&'a str, Added> {
     let mut k = 0;
-    let mut deletions: HashMap<&str, usize> = HashMap::new();
+    let mut added: HashMap<&str, Added> = HashMap::new();
     let mut previous: HashMap<&str, &Vec<String>> = HashMap::new();
     for row in rows {
+        let symbol = row[1].as_str();
         if k < stored.len() && *row == stored[k] {
             k += 1;
         } else if dec(&row[7]).is_zero() && row[4] == "false" {
-            *deletions.entry(row[1].as_str()).or_default() += 1;
+            added.entry(symbol).or_default().deletions += 1;
+        } else if row[4] == "true" {
+            added.entry(symbol).or_default().book_levels += 1;
         } else {
-            let prev = previous.get(row[1].as_str()).expect("a row before");
+            let prev = previous.get(symbol).expect("a row before");
             let mut as_update = (*prev).clone();
             as_update[4] = t("false");
             assert!(
                 prev[4] == "true" && *row == as_update,
-                "neither stored, a deletion nor a snapshot end: {row:?} after {prev:?}"
+                "neither stored, a deletion, a book's level nor a snapshot end: {row:?} after {prev:?}"
             );
         }
-        previous.insert(row[1].as_str(), row);
+        previous.insert(symbol, row);
     }
-    assert_eq!(k, stored.len(), "every stored level is in the file");
-    deletions
+    assert_eq!(
+        k,
+        stored.len(),
+        "every stored level the coverage verifies is in the file, in order"
+    );
+    added
 }
 
 #[tokio::test]
@@ -372,27 +442,37 @@ async fn export_incremental_round_trips_and_the_file_alone_rebuilds_every_verifi
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("implied deletions"), "{summary}");
+    assert!(summary.contains("gaps cleared"), "{summary}");
+    assert!(!summary.contains("next snapshot"), "{summary}");
 
     let (header, rows) = read_csv(&csv);
     assert_eq!(header, TARDIS_L2);
-    // The stored rows are all in the file, unchanged and in order; every other row deletes a
-    // level (amount 0) without being a snapshot row, or ends a snapshot.
+    // The stored rows the coverage verifies are all in the file, unchanged and in order; every
+    // other row deletes a level (amount 0) without being a snapshot row, ends a snapshot, or is
+    // a level of a book written where coverage starts.
+    let covered = covered_levels(&client, rec, &symbols, from, to).await;
     let stored = stored_levels(&client, rec, &symbols, from, to).await;
-    let deletions = classify_added_rows(&rows, &stored);
+    assert!(
+        covered.len() < stored.len(),
+        "the lost update's unverified rows and those before coverage starts are left out"
+    );
+    let added = classify_added_rows(&rows, &covered);
     // BTC/USD and ETH/USD move: Kraken's window drops levels past the depth.
-    assert!(
-        deletions.get("BTC/USD").copied().unwrap_or(0) > 10,
-        "{deletions:?}"
-    );
-    // MINA/GBP never changes: before its snapshot after the reconnection, the file empties
-    // the book the first one set.
-    assert!(
-        deletions.get("MINA/GBP").copied().unwrap_or(0) >= DEPTH,
-        "{deletions:?}"
-    );
-    let compared =
-        assert_file_rebuilds_the_books(&client, rec, &symbols, from, to, &rows, false).await;
-    assert!(compared > 1500, "{compared} books compared");
+    assert!(added["BTC/USD"].deletions > 10, "{added:?}");
+    // MINA/GBP never changes: where its connection was lost, the file empties the book.
+    assert!(added["MINA/GBP"].deletions >= DEPTH, "{added:?}");
+    let compared = assert_file_rebuilds_the_books(
+        &client,
+        rec,
+        &symbols,
+        from,
+        to,
+        &rows,
+        &mut BookAt::default(),
+    )
+    .await;
+    assert!(compared.verified > 1500, "{compared:?}");
+    assert!(compared.in_gaps > 10, "{compared:?}");
 
     // zstd-compressed CSV: the same bytes.
     let all = [
@@ -416,9 +496,10 @@ async fn export_incremental_round_trips_and_the_file_alone_rebuilds_every_verifi
     let (names, prows) = parquet(&pq);
     assert_parquet_matches_csv(&header, &rows, &names, &prows);
 
-    // --stored-only: exactly the stored rows.
+    // --stored-only: exactly the stored rows, covered or not.
     let only = dir.path().join("stored.csv");
     export_to(rec, &[&all[..], &["--stored-only"]].concat(), &only);
+    let stored: Vec<Vec<String>> = stored.into_iter().map(|(_, row)| row).collect();
     assert_eq!(read_csv(&only).1, stored);
 }
 
@@ -462,9 +543,13 @@ async fn export_incremental_from_the_middle_opens_with_the_verified_book_at_from
     let from_us = from.unix_micros().to_string();
     let opening: Vec<&Vec<String>> = rows
         .iter()
-        .take_while(|r| r[2] == from_us && r[3] == from_us)
+        .take_while(|r| r[2] == from_us)
         .filter(|r| r[4] == "true")
         .collect();
+    assert!(
+        opening.iter().all(|r| micros(&r[3]) >= from.unix_micros()),
+        "received when the book was held, never before --from"
+    );
     for symbol in symbols {
         let at = readback::book_at(
             &client,
@@ -494,9 +579,17 @@ async fn export_incremental_from_the_middle_opens_with_the_verified_book_at_from
         assert_eq!(side("ask"), want(false), "{symbol} asks at --from");
         assert!(!at.bids.is_empty());
     }
-    let compared =
-        assert_file_rebuilds_the_books(&client, rec, &symbols, from, to, &rows, true).await;
-    assert!(compared > 300, "{compared} books compared");
+    let compared = assert_file_rebuilds_the_books(
+        &client,
+        rec,
+        &symbols,
+        from,
+        to,
+        &rows,
+        &mut BookAt::default(),
+    )
+    .await;
+    assert!(compared.verified > 300, "{compared:?}");
 }
 
 /// A recording of this module's: the three pairs at depth 25, the first three connections each
@@ -582,9 +675,11 @@ async fn record_reconnects() -> Recording {
 
 /// nautilus_trader's loader never cleared its book on a snapshot (39/35 levels, crossed ETH and
 /// MINA books), hftbacktest's cleared only down to the snapshot's deepest price (a stale MINA
-/// bid in the top 25): with a deletion of every held level before each snapshot, each kind of
-/// consumer holds the engine's book after every message, in one file per symbol and in one
-/// file of all.
+/// bid in the top 25); and between a gap's start and the next snapshot the file went on feeding
+/// the updates of an unverified book. Following the coverage model (a book where coverage
+/// starts, every level deleted where a gap starts), each kind of consumer holds exactly `book
+/// --at`'s book at every verified instant and an empty book at every instant inside a gap, in
+/// one file per symbol and in one file of all.
 #[tokio::test]
 async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
     let rec = reconnects().await;
@@ -621,8 +716,9 @@ async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
         ],
     );
     let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("gaps cleared"), "{summary}");
     let precisions = [("BTC/USD", 1, 8), ("ETH/USD", 2, 8), ("MINA/GBP", 4, 8)];
-    let mut all_rows = Vec::new();
+    let mut oracle = BookAt::default();
     for (symbol, price, qty) in precisions {
         let name = format!("l2_{}.csv", symbol.replace('/', "-"));
         let path = dir.path().join(&name);
@@ -630,13 +726,15 @@ async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
         let (header, rows) = read_csv(&path);
         assert_eq!(header, TARDIS_L2);
         assert!(rows.iter().all(|r| r[1] == symbol), "{name}: one symbol");
-        let stored = stored_levels(&client, rec, &[symbol], from, to).await;
-        let deletions = classify_added_rows(&rows, &stored);
-        assert!(deletions[symbol] > 0, "{symbol}: {deletions:?}");
+        let covered = covered_levels(&client, rec, &[symbol], from, to).await;
+        let added = classify_added_rows(&rows, &covered);
+        assert!(added[symbol].deletions > 0, "{symbol}: {added:?}");
         let compared =
-            assert_file_rebuilds_the_books(&client, rec, &[symbol], from, to, &rows, false).await;
-        // MINA/GBP never changes: a book per snapshot, per consumer.
-        assert!(compared >= 9, "{symbol}: {compared} books compared");
+            assert_file_rebuilds_the_books(&client, rec, &[symbol], from, to, &rows, &mut oracle)
+                .await;
+        // Three connections lost: a gap each (and a mismatch before each loss).
+        assert!(compared.in_gaps >= 3 * 3, "{symbol}: {compared:?}");
+        assert!(compared.verified >= 4 * 3, "{symbol}: {compared:?}");
         // The precision beside the file, as the instrument channel gave it.
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join(format!("{name}.precision.json"))).unwrap(),
@@ -647,56 +745,7 @@ async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
             serde_json::json!({symbol: {"price_precision": price, "qty_precision": qty}}),
             "{name}"
         );
-        all_rows.extend(rows);
     }
-    // Soon after each snapshot (a reconnection, a resubscription), the books the consumers hold
-    // are `book --at`'s (at the third message after it: the snapshot's own instant may still
-    // count as the gap it ends).
-    let resyncs = client
-        .query(
-            "SELECT s.symbol, (SELECT m.\"timestamp\" FROM kraken_orderbook_messages m
-                                WHERE m.symbol = s.symbol AND m.seq > s.seq AND m.channel = 'book'
-                                  AND m.message_type IN ('snapshot', 'update')
-                                ORDER BY m.seq OFFSET 2 LIMIT 1)
-               FROM kraken_orderbook_messages s
-              WHERE s.message_type = 'snapshot' AND s.checksum_ok ORDER BY s.seq",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut checked = 0;
-    for r in &resyncs {
-        let (symbol, at): (String, Option<Timestamp>) = (r.get(0), r.get(1));
-        let Some(at) = at else {
-            continue;
-        };
-        let book = readback::book_at(&client, &symbol, at, DEPTH, Some(&rec.collector))
-            .await
-            .unwrap();
-        if !book.is_verified() {
-            eprintln!("{symbol} at {at}: not checked: {book:?}");
-            continue;
-        }
-        let want: Book = (
-            book.bids.iter().map(|l| (l.price, l.qty)).collect(),
-            book.asks.iter().map(|l| (l.price, l.qty)).collect(),
-        );
-        let at_us = at.unix_micros();
-        for (name, mut consumer) in consumers() {
-            for row in all_rows
-                .iter()
-                .filter(|row| row[1] == symbol && micros(&row[2]) <= at_us)
-            {
-                consumer.apply(&l2_row(row));
-            }
-            assert_eq!(consumer.book(), want, "{symbol} at {at}, {name}: book --at");
-        }
-        checked += 1;
-    }
-    assert!(
-        checked >= 8,
-        "{checked} snapshots checked against book --at"
-    );
 
     // One file of all the symbols: the consumers that key their books by symbol.
     let one = dir.path().join("all.csv");
@@ -715,8 +764,8 @@ async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
     );
     let (_, rows) = read_csv(&one);
     let compared =
-        assert_file_rebuilds_the_books(&client, rec, &symbols, from, to, &rows, false).await;
-    assert!(compared > 300, "{compared} books compared");
+        assert_file_rebuilds_the_books(&client, rec, &symbols, from, to, &rows, &mut oracle).await;
+    assert!(compared.verified > 300, "{compared:?}");
     let json: BTreeMap<String, serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("all.csv.precision.json")).unwrap(),
     )
@@ -725,6 +774,350 @@ async fn every_kind_of_consumer_rebuilds_the_exact_book_across_reconnections() {
         json.keys().collect::<Vec<_>>(),
         ["BTC/USD", "ETH/USD", "MINA/GBP"]
     );
+}
+
+/// `export --from T` with T between the first snapshot's Kraken time and its stream's start
+/// (the subscription's receive time) found no verified book at T, said "their rows start at
+/// their next snapshot", and wrote the symbol's updates from T on: nautilus_trader and
+/// hftbacktest applied them to an empty book until the next snapshot, 14 s later. The file now
+/// opens with the book at the stream's start, and writes nothing of the symbol before it.
+#[tokio::test]
+async fn an_export_starting_just_before_the_first_snapshot_opens_with_it() {
+    let rec = reconnects().await;
+    let client = connect(&rec.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let to = rec.all().1;
+    // Every symbol whose first verified span starts after its snapshot's Kraken time.
+    let mut cases = Vec::new();
+    for symbol in ["BTC/USD", "ETH/USD", "MINA/GBP"] {
+        let coverage = coverage_of(&client, rec, symbol).await;
+        let (stream, span) = coverage.choose_from(rec.first).expect("a verified span");
+        let snapshot: Timestamp = client
+            .query_one(
+                "SELECT \"timestamp\" FROM kraken_orderbook_messages WHERE collector = $1 AND seq = $2",
+                &[&stream.stream.collector, &span.start_seq],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let gap = span.start.unix_micros() - snapshot.unix_micros();
+        if gap >= 2 {
+            cases.push((
+                symbol,
+                at_micros(snapshot.unix_micros() + gap / 2),
+                span.start,
+            ));
+        }
+    }
+    assert!(
+        cases.iter().any(|c| c.0 == "MINA/GBP"),
+        "the quiet pair's snapshot carries the time of its last change, before the stream: {cases:?}"
+    );
+    for (symbol, from, start) in cases {
+        let csv = dir.path().join(format!("{}.csv", symbol.replace('/', "-")));
+        let out = export_to(
+            rec,
+            &[
+                "--symbol",
+                symbol,
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+            ],
+            &csv,
+        );
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains(&format!("{symbol} covered from {start}")),
+            "{summary}"
+        );
+        let (_, rows) = read_csv(&csv);
+        // Nothing before the stream's start; the book there first, as snapshot rows.
+        assert!(
+            rows.iter().all(|r| micros(&r[2]) >= start.unix_micros()),
+            "{symbol}: a row before coverage starts"
+        );
+        assert_eq!(rows[0][4], "true", "{symbol}: {:?}", rows[0]);
+        assert_eq!(micros(&rows[0][2]), start.unix_micros());
+        let book = readback::book_at(&client, symbol, start, DEPTH, Some(&rec.collector))
+            .await
+            .unwrap();
+        assert!(book.is_verified(), "{book:?}");
+        let opening: Vec<(Decimal, Decimal)> = rows
+            .iter()
+            .take_while(|r| r[4] == "true" && r[5] == "bid")
+            .map(|r| (dec(&r[6]), dec(&r[7])))
+            .collect();
+        assert_eq!(
+            opening,
+            book.bids
+                .iter()
+                .map(|l| (l.price, l.qty))
+                .collect::<Vec<_>>(),
+            "{symbol}: the bids at the stream's start"
+        );
+        let compared = assert_file_rebuilds_the_books(
+            &client,
+            rec,
+            &[symbol],
+            from,
+            to,
+            &rows,
+            &mut BookAt::default(),
+        )
+        .await;
+        assert!(
+            compared.in_gaps >= 3,
+            "{symbol}: from is in a gap: {compared:?}"
+        );
+    }
+}
+
+/// After a lost update (the simulator's `lose update` fault: a checksum mismatch), the file went
+/// on writing the updates of the unverified book until the resubscription's snapshot. None of
+/// them is written now, and every level held is deleted where the mismatch gap starts.
+#[tokio::test]
+async fn no_row_of_the_unverified_updates_after_a_mismatch_is_written() {
+    let rec = reconnects().await;
+    let client = connect(&rec.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = rec.all();
+    let (f, tt) = range_args(rec);
+    let csv = dir.path().join("all.csv");
+    export_to(
+        rec,
+        &[
+            "--quiet",
+            "--symbol",
+            "BTC/USD,ETH/USD,MINA/GBP",
+            "--from",
+            &f,
+            "--to",
+            &tt,
+        ],
+        &csv,
+    );
+    let (_, rows) = read_csv(&csv);
+    // The updates the collector did not verify: each mismatch, and what came after it on its
+    // connection before the resubscription's snapshot.
+    let unverified: Vec<(String, i64, i64)> = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM \"timestamp\") * 1000000)::bigint,
+                    (extract(epoch FROM received_at) * 1000000)::bigint
+               FROM kraken_orderbook_messages
+              WHERE collector = $1 AND channel = 'book' AND message_type = 'update'
+                AND checksum_ok IS NOT TRUE AND \"timestamp\" >= $2 AND \"timestamp\" < $3",
+            &[&rec.collector, &from, &to],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        !unverified.is_empty(),
+        "the lost updates were recorded as mismatches"
+    );
+    for (symbol, ts, received) in &unverified {
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r[1] == *symbol && micros(&r[2]) == *ts && micros(&r[3]) == *received),
+            "{symbol}: a row of the unverified update stamped {ts}, received {received}"
+        );
+    }
+    // Where each mismatch gap starts, every level held is deleted.
+    let mut gaps = 0;
+    for symbol in ["BTC/USD", "ETH/USD", "MINA/GBP"] {
+        let coverage = coverage_of(&client, rec, symbol).await;
+        for g in coverage.gaps_in(from, to) {
+            let (Some(start), Some(_)) = (g.start, g.end) else {
+                continue;
+            };
+            if g.cause != Cause::Mismatch || start < from {
+                continue;
+            }
+            let at: Vec<&Vec<String>> = rows
+                .iter()
+                .filter(|r| r[1] == symbol && micros(&r[2]) == start.unix_micros())
+                .collect();
+            assert!(
+                !at.is_empty() && at.iter().all(|r| dec(&r[7]).is_zero() && r[4] == "false"),
+                "{symbol}: the book is emptied at the gap's start {start}: {at:?}"
+            );
+            gaps += 1;
+        }
+    }
+    assert!(gaps >= 1, "a mismatch gap in the recording");
+}
+
+static DOWNTIME: OnceCell<Recording> = OnceCell::const_new();
+
+/// A recording with a downtime of its collector: the three pairs (MINA/GBP quiet: its snapshot
+/// after the restart carries the time of its only change, before the downtime), a collector
+/// stopped (SIGTERM) for 6 s and started again on the same journal and database.
+async fn downtime() -> &'static Recording {
+    DOWNTIME.get_or_init(record_downtime).await
+}
+
+async fn record_downtime() -> Recording {
+    let dir = tempfile::tempdir().unwrap();
+    let db: TestDb = fresh_db().await;
+    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
+        symbol: s.into(),
+        precision: Precision { price: p, qty: 8 },
+        mid: None,
+        rate,
+    };
+    let config = SimConfig {
+        pairs: vec![
+            pair("BTC/USD", 1, None),
+            pair("ETH/USD", 2, None),
+            pair("MINA/GBP", 4, Some(0.0)),
+        ],
+        rate: 60.0,
+        seed: 43,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::bind(config).await.expect("the simulator starts");
+    let verified = "SELECT count(*) FROM kraken_orderbook_messages WHERE checksum_ok";
+    let first = Collector::start(&sim, Some(&db.url), dir.path(), &[]);
+    wait_count(&db.url, verified, 150, Duration::from_secs(60), || {
+        first.log()
+    })
+    .await;
+    let (status, _, log) = first.stop();
+    assert!(status.success(), "{log}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = count(&db.url, verified).await;
+    let second = Collector::start(&sim, Some(&db.url), dir.path(), &[]);
+    wait_count(
+        &db.url,
+        verified,
+        before + 150,
+        Duration::from_secs(60),
+        || second.log(),
+    )
+    .await;
+    let (status, _, log) = second.stop();
+    assert!(status.success(), "{log}");
+    sim.shutdown().await.unwrap();
+    // Whatever the database had not taken at a stop is loaded from the journal.
+    let out = krakenbook()
+        .args(["import", "--journal-dir"])
+        .arg(dir.path().join("journal"))
+        .args(["--database-url", &db.url])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = connect(&db.url).await;
+    let row = client
+        .query_one(
+            "SELECT min(collector), min(\"timestamp\"), max(\"timestamp\")
+               FROM kraken_orderbook_messages WHERE channel = 'book'
+                AND message_type IN ('snapshot', 'update')",
+            &[],
+        )
+        .await
+        .unwrap();
+    Recording {
+        url: db.url.clone(),
+        collector: row.get(0),
+        first: row.get(1),
+        last: row.get(2),
+        _db: db,
+    }
+}
+
+/// A collector that was not running is a `no_collector` gap: the file empties every book where
+/// it starts, writes nothing inside it (the quiet pair's snapshot after the restart is stamped
+/// before the downtime: written as stored, it would refill the book inside the gap), and writes
+/// the book where coverage starts again; each kind of consumer holds `book --at`'s book at every
+/// verified instant and an empty book inside the downtime.
+#[tokio::test]
+async fn a_collector_downtime_is_an_empty_book_in_every_consumer_until_coverage_starts_again() {
+    let rec = downtime().await;
+    let client = connect(&rec.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = rec.all();
+    let (f, tt) = range_args(rec);
+    let symbols = ["BTC/USD", "ETH/USD", "MINA/GBP"];
+    let csv = dir.path().join("all.csv");
+    let out = export_to(
+        rec,
+        &[
+            "--symbol",
+            "BTC/USD,ETH/USD,MINA/GBP",
+            "--from",
+            &f,
+            "--to",
+            &tt,
+        ],
+        &csv,
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    // A coverage start per symbol at the beginning and after the downtime; a gap each.
+    assert!(summary.contains("6 coverage starts"), "{summary}");
+    assert!(summary.contains("3 gaps cleared"), "{summary}");
+    let (_, rows) = read_csv(&csv);
+    for symbol in symbols {
+        let coverage = coverage_of(&client, rec, symbol).await;
+        let downtime: Vec<_> = coverage
+            .gaps_in(from, to)
+            .filter(|g| g.cause == Cause::NoCollector && g.start.is_some() && g.end.is_some())
+            .collect();
+        assert_eq!(downtime.len(), 1, "{symbol}: {:?}", coverage.gaps);
+        let (start, end) = (
+            downtime[0].start.unwrap().unix_micros(),
+            downtime[0].end.unwrap().unix_micros(),
+        );
+        assert!(end - start > 5_000_000, "{symbol}: {start}..{end}");
+        let mine: Vec<&Vec<String>> = rows.iter().filter(|r| r[1] == symbol).collect();
+        // At the gap's start, only deletions, one per level held (a full book each side).
+        let at_start: Vec<&&Vec<String>> = mine
+            .iter()
+            .filter(|r| micros(&r[2]) > start - 1 && micros(&r[2]) <= start + 1)
+            .filter(|r| dec(&r[7]).is_zero())
+            .collect();
+        assert!(at_start.len() >= DEPTH, "{symbol}: {at_start:?}");
+        // Inside the gap, nothing.
+        let inside: Vec<&&Vec<String>> = mine
+            .iter()
+            .filter(|r| micros(&r[2]) > start + 1 && micros(&r[2]) < end)
+            .collect();
+        assert!(
+            inside.is_empty(),
+            "{symbol}: rows inside the downtime: {inside:?}"
+        );
+        // Where it ends, the book, as snapshot rows stamped there.
+        let at_end = mine
+            .iter()
+            .filter(|r| micros(&r[2]) == end && r[4] == "true")
+            .count();
+        assert_eq!(
+            at_end,
+            2 * DEPTH,
+            "{symbol}: the book where coverage starts again"
+        );
+    }
+    let compared = assert_file_rebuilds_the_books(
+        &client,
+        rec,
+        &symbols,
+        from,
+        to,
+        &rows,
+        &mut BookAt::default(),
+    )
+    .await;
+    assert!(compared.verified > 300, "{compared:?}");
+    assert!(compared.in_gaps >= 3 * 3, "{compared:?}");
 }
 
 #[tokio::test]

@@ -359,6 +359,62 @@ async fn speed_0_keeps_time_order_across_the_symbols_of_a_connection() {
     assert!(updates > 400, "{updates}");
 }
 
+/// Regression (interop, ccxt): a client subscribing symbol by symbol, each join reading the
+/// database while the replay clock moved on, got one symbol's snapshot of a later book before
+/// another symbol's updates of earlier instants (up to 2.2 s back in time).
+#[tokio::test]
+async fn subscriptions_sent_one_by_one_never_get_a_frame_older_than_a_snapshot_before_it() {
+    let rec = recording().await;
+    for speed in [0.0, 10.0] {
+        let exchange = serve(rec, rec.first, speed).await;
+        // At speed 0 a second connection moves the shared clock while the first one joins.
+        let runner = {
+            let url = url(&exchange);
+            tokio::spawn(async move {
+                let mut client = Client::connect(&url).await;
+                client.subscribe_book(&SYMBOLS, 10, 1).await;
+                while let Next::Text(..) = client.next(Duration::from_secs(2)).await {}
+            })
+        };
+        let mut client = Client::connect(&url(&exchange)).await;
+        for (i, symbol) in SYMBOLS.iter().enumerate() {
+            client.subscribe_book(&[symbol], 10, i as u64 + 1).await;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            if !matches!(client.next(Duration::from_secs(2)).await, Next::Text(..)) {
+                break;
+            }
+        }
+        let frames = book_frames(&client.received);
+        let snapshots = frames.iter().filter(|f| f.1 == BookKind::Snapshot).count();
+        assert_eq!(
+            snapshots,
+            SYMBOLS.len(),
+            "speed {speed}: a snapshot per symbol"
+        );
+        let mut latest: Option<(Timestamp, &str)> = None;
+        let mut updates = 0;
+        for (symbol, kind, ts, _) in &frames {
+            if *kind == BookKind::Update {
+                if let Some((l, of)) = latest {
+                    assert!(
+                        *ts >= l,
+                        "speed {speed}: {symbol} update at {ts} after {of}'s frame at {l}"
+                    );
+                }
+                updates += 1;
+            }
+            if latest.is_none_or(|(l, _)| *ts > l) {
+                latest = Some((*ts, symbol));
+            }
+        }
+        assert!(updates > 30, "speed {speed}: {updates} updates");
+        runner.abort();
+        exchange.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn no_quantity_0_is_sent_for_a_level_merely_pushed_out_of_the_window() {
     let rec = recording().await;

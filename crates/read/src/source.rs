@@ -3,9 +3,10 @@
 //! record.
 //!
 //! What must hold:
-//! - a symbol never recorded, a range with no book message of a symbol, or a range recorded by
-//!   several collectors (without `--collector`) is refused with a one-line error that says what is
-//!   recorded, before a file is written;
+//! - a symbol never recorded, a range in which a symbol has no book message and no verified book
+//!   (a quiet pair's book is verified long after its last message: such a range is read), or a
+//!   range recorded by several collectors (without `--collector`) is refused with a one-line error
+//!   that says what is recorded, before a file is written;
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   coverage model's lookups): none scans a day of rows;
 //! - which instants have a book is the coverage model's to say ([`crate::history`], the same
@@ -209,7 +210,9 @@ async fn check_symbol(
         .map_err(db("checking the symbol"))?;
     let first: Option<Timestamp> = extent.get(0);
     let last: Option<Timestamp> = extent.get(1);
-    let in_range: bool = extent.get(2);
+    // No message in range: the range is still read where the book is verified.
+    let in_range: bool =
+        extent.get(2) || (first.is_some() && covered_in(client, symbol, None, from, to).await?);
     match (first, last) {
         (Some(first), Some(last)) if !in_range => Err(SourceError::NoData {
             symbol: symbol.to_owned(),
@@ -248,7 +251,35 @@ async fn collector_has_data(
         )
         .await
         .map_err(db("checking the collector"))?;
-    Ok(row.get(0))
+    if row.get(0) {
+        return Ok(true);
+    }
+    for symbol in symbols {
+        if covered_in(client, symbol, Some(collector), from, to).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the coverage model verifies `symbol`'s book somewhere in `[from, to)`, on
+/// `collector`'s record (any collector's when `None`): a quiet pair's book stays verified long
+/// after its last message.
+async fn covered_in(
+    client: &Client,
+    symbol: &str,
+    collector: Option<&str>,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<bool, SourceError> {
+    let coverage = Source::Database(client)
+        .coverage_of(symbol, collector)
+        .await
+        .map_err(ReadbackError::from)?;
+    Ok(coverage
+        .spans
+        .iter()
+        .any(|iv| iv.start < to && from < iv.end))
 }
 
 /// The collectors (from the writers' checkpoints) with a book message of the symbols in range.

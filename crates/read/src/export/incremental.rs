@@ -2,6 +2,41 @@
 //! (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`; `amount` 0 deletes
 //! the level; `is_snapshot` marks the rows of a snapshot).
 //!
+//! # Following the coverage model
+//!
+//! The file describes a symbol's book only where the coverage model ([`crate::history`]) says it
+//! was verified, and an empty book everywhere else. Over `[from, to)` each symbol's *timeline* is
+//! walked ([`timeline`]): at each instant, the stream [`Coverage::choose`] answers `book --at`
+//! from, and that stream's span; where no stream is verified, the next instant one is. Each piece
+//! of it is a [`Segment`]: one stream followed from an instant to the end of its span (or `to`).
+//! Today a symbol has one stream at a time (one collector, one connection); with several, only
+//! the stream followed changes: at a stream's gap the timeline continues with another stream
+//! verified there, and the file writes that stream's book at that instant.
+//! - **where coverage starts** (at `from` when the book is verified there, else at the first span
+//!   start after it, and after every gap at the next span start), and where the stream followed
+//!   changes, the book at that instant is written first: rebuilt and checksum-verified by
+//!   [`BookCursor`] from that stream's own records (every message before the instant), as
+//!   snapshot rows stamped with the instant (`timestamp` the instant on Kraken's clock, rounded up
+//!   to the microsecond; `local_timestamp` the receive time of the last message in that book, or
+//!   the instant when it is later). When that stream's snapshot carries the instant itself, the
+//!   stored snapshot is that book and nothing is added;
+//! - **then the stream's stored rows** while the span lasts: messages of that stream (`seq` inside
+//!   the span) stamped inside the segment; every other stored row of the symbol is left out: the
+//!   updates of an unverified book after a mismatch, those of a lost connection's last moments,
+//!   anything before coverage starts;
+//! - **at a gap's start**, an `amount` 0 row for every level held (stamped at the gap's start;
+//!   `local_timestamp` never earlier than the symbol's last row), so that every consumer holds an
+//!   empty book, never a stale one, until coverage starts again.
+//!
+//! The rows of all the symbols come in received order (`seq`, then `ordinal`); a segment's
+//! opening book goes before the first stored row stamped at or after its instant, a gap's
+//! deletions before the first one after the span's last record (so no row of the span can follow
+//! them) stamped at or after the gap's start. The entries table does not name each row's
+//! connection: a segment's rows are told by the span's `seq` range, which is exact while a
+//! collector carries a symbol on one connection at a time.
+//!
+//! # What every consumer needs
+//!
 //! Kraken keeps a book at the subscribed depth and, after each message, silently drops the levels
 //! that fell past it: no deletion is sent for them. And the loaders that read this layout disagree
 //! on what a snapshot does to the levels already held (see [`super::consumers`]: tardis's rule
@@ -13,28 +48,30 @@
 //!   depth, by Kraken's rule, the same as [`crate::book::OrderBook`]'s) are written as `amount` 0
 //!   rows with the message's timestamps and `is_snapshot` false. The depth is the subscribed one,
 //!   from the subscription's acknowledgement on the same connection;
-//! - **an initial snapshot**: the book at `from` (rebuilt and checksum-verified by
-//!   [`BookCursor`]) is written first, as snapshot rows stamped `from`, as tardis files open with
-//!   the book at the day's start. When the book at `from` is not known (in a gap, or not recorded
-//!   yet) it is left out and the symbol's rows are usable from its next snapshot;
-//! - **resets**: before every snapshot (after a reconnection or a resubscription), every level a
-//!   consumer that applies every row still holds for the symbol (the opening book's, the updates
-//!   since, and the updates written before the symbol's first snapshot) is deleted (`amount` 0,
-//!   `is_snapshot` false, the snapshot's timestamps), unconditionally: a snapshot always starts
-//!   from an empty book, whatever the consumer does with snapshots;
+//! - **resets**: before every snapshot (a book written where coverage starts or the stream
+//!   changes, a stored snapshot), every level a consumer that applies every row still holds for
+//!   the symbol is deleted (`amount` 0, `is_snapshot` false, the snapshot's timestamps),
+//!   unconditionally: a snapshot always starts from an empty book, whatever the consumer does with
+//!   snapshots;
 //! - **snapshot ends**: a snapshot whose rows no implied deletion follows is followed by its last
 //!   level again as an update (`is_snapshot` false, the same price and amount: no change for any
 //!   consumer), so that a consumer that applies a snapshot only when a non-snapshot row comes
 //!   (hftbacktest) applies it at its own time, even at the end of the file.
 //!
-//! What must hold: applying the file's rows in order by any of the three rules of
-//! [`super::consumers`] gives, after each stored message, exactly the book the book engine holds
-//! after it (the unit tests check it on a table of messages, the end-to-end tests against
-//! [`BookCursor`] at every verified message of a recording with reconnections); the stored rows
-//! appear in the file unchanged, in `(seq, ordinal)` order, and every other row is either an
-//! `amount` 0 deletion or a snapshot end. `--stored-only` writes the stored rows alone.
+//! # What must hold
+//!
+//! Applying the file's rows in order by any of the three rules of [`super::consumers`], the book a
+//! consumer holds once it has applied every row stamped at or before an instant `T` of `[from, to)`
+//! is exactly `book --at T`'s (its top levels, at the subscribed depth) where the coverage model
+//! verifies `T`, and empty where `T` is in a gap (the unit tests check it on a table of records
+//! with every kind of gap, the end-to-end tests against `book --at` on recordings with
+//! mismatches and reconnections). The stored rows written appear unchanged, in `(seq, ordinal)`
+//! order, and every other row is a snapshot row of a book written where coverage starts, an
+//! `amount` 0 deletion, or a snapshot end. `--stored-only` writes every stored row in range and
+//! nothing else, whatever the coverage.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use futures_util::StreamExt;
 use tokio_postgres::Client;
@@ -43,7 +80,8 @@ use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind, Scales};
 use super::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
 use crate::book::{Decimal, PriceLevel, Side};
-use crate::readback::BookCursor;
+use crate::history::{Coverage, StreamId};
+use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
 use crate::time::Timestamp;
 
@@ -66,15 +104,107 @@ const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, 
     WHERE symbol = ANY($1) AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
     ORDER BY seq, ordinal";
 
-/// The book of a symbol at `from`, to open the file with.
+/// A piece of a symbol's timeline: one stream followed from `start` to `end`, inside one of its
+/// verified spans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The stream followed.
+    pub stream: StreamId,
+    /// Where the file starts following it (Kraken's clock): `from`, the span's start, or where
+    /// the stream followed before it stopped being verified.
+    pub start: Timestamp,
+    /// Where it stops: the span's end, or `to`.
+    pub end: Timestamp,
+    /// The span's first `seq` (its snapshot or book state).
+    pub start_seq: i64,
+    /// The span's last `seq`.
+    pub last_seq: i64,
+    /// A gap follows: `end` is before `to` and no stream is verified at `end`.
+    pub gap_after: bool,
+}
+
+impl Segment {
+    /// Whether the stored message `seq`, stamped `ts`, is one of the segment's rows.
+    pub fn holds(&self, seq: i64, ts: Timestamp) -> bool {
+        self.start_seq <= seq && seq <= self.last_seq && self.start <= ts && ts < self.end
+    }
+}
+
+/// The segments the file follows for a symbol over `[from, to)`, in time order: from each
+/// instant, the stream [`Coverage::choose`] gives there while its span lasts; in a gap, the next
+/// instant any stream is verified.
+pub fn timeline(coverage: &Coverage, from: Timestamp, to: Timestamp) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    let mut t = from;
+    while t < to {
+        if let Some((stream, span)) = coverage.choose(t) {
+            out.push(Segment {
+                stream: stream.stream.clone(),
+                start: t,
+                end: span.end.min(to),
+                start_seq: span.start_seq,
+                last_seq: span.last_seq,
+                gap_after: false,
+            });
+            // The span contains `t`: its end is later.
+            t = span.end;
+        } else {
+            match coverage.choose_from(t) {
+                Some((_, span)) if span.start > t => t = span.start,
+                _ => break,
+            }
+        }
+    }
+    mark_gaps(&mut out, to);
+    out
+}
+
+/// Sets each segment's `gap_after`.
+fn mark_gaps(segments: &mut [Segment], to: Timestamp) {
+    let starts: Vec<Timestamp> = segments.iter().skip(1).map(|s| s.start).collect();
+    for (i, s) in segments.iter_mut().enumerate() {
+        s.gap_after = s.end < to && starts.get(i) != Some(&s.end);
+    }
+}
+
+/// The instant rounded up to the microsecond (the file's unit): a row stamped there is applied
+/// by a consumer at no instant before it.
+fn ceil_micros(t: Timestamp) -> Timestamp {
+    let n = t.unix_nanos();
+    Timestamp::from_unix_nanos(n + (1000 - n.rem_euclid(1000)) % 1000)
+}
+
+/// The book written where a segment starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opening {
+    /// Bids, best first, at most the subscribed depth.
+    pub bids: Vec<PriceLevel>,
+    /// Asks, best first.
+    pub asks: Vec<PriceLevel>,
+    /// The subscribed depth, when the record says.
+    pub depth: Option<usize>,
+    /// The scales the book prints at (price, quantity).
+    pub scales: (u8, u8),
+    /// When the last message in it was received.
+    pub received: Timestamp,
+}
+
+/// How a segment starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opens {
+    /// With this book, written as snapshot rows.
+    Book(Opening),
+    /// With a stored snapshot stamped at the segment's start: it is written as stored.
+    Stored,
+}
+
+/// One symbol's segments, each with how it starts.
 #[derive(Debug)]
-struct Initial {
+struct Followed {
     symbol: String,
-    bids: Vec<PriceLevel>,
-    asks: Vec<PriceLevel>,
-    depth: Option<usize>,
-    /// The scales the book prints at.
-    scales: (u8, u8),
+    segments: Vec<(Segment, Opens)>,
+    /// Segments left out: the coverage model verifies them, the cursor could not (counted).
+    unverified: u64,
 }
 
 /// An incremental export, ready to write.
@@ -82,11 +212,11 @@ struct Initial {
 pub(crate) struct Plan<'a> {
     selection: &'a Selection,
     stored_only: bool,
-    initial: Vec<Initial>,
-    no_initial: Vec<String>,
+    followed: Vec<Followed>,
 }
 
-/// Rebuilds the initial books (unless `--stored-only`).
+/// Walks each symbol's timeline and rebuilds the book where each segment starts (unless
+/// `--stored-only`).
 pub(crate) async fn plan<'a>(
     client: &Client,
     selection: &'a Selection,
@@ -95,43 +225,76 @@ pub(crate) async fn plan<'a>(
     let mut plan = Plan {
         selection,
         stored_only: request.stored_only,
-        initial: Vec::new(),
-        no_initial: Vec::new(),
+        followed: Vec::new(),
     };
     if request.stored_only {
         return Ok(plan);
     }
     for symbol in &selection.symbols {
-        match initial_book(client, selection, symbol).await? {
-            Some(i) => plan.initial.push(i),
-            None => plan.no_initial.push(symbol.clone()),
+        let coverage = super::source::coverage(client, &selection.collector, symbol).await?;
+        let mut followed = Followed {
+            symbol: symbol.clone(),
+            segments: Vec::new(),
+            unverified: 0,
+        };
+        let mut kept = Vec::new();
+        for segment in timeline(&coverage, selection.from, selection.to) {
+            match opening(client, symbol, &segment).await? {
+                Some(start) => kept.push((segment, start)),
+                None => followed.unverified += 1,
+            }
         }
+        let mut segments: Vec<Segment> = kept.iter().map(|(s, _)| s.clone()).collect();
+        mark_gaps(&mut segments, selection.to);
+        followed.segments = segments
+            .into_iter()
+            .zip(kept)
+            .map(|(s, (_, start))| (s, start))
+            .collect();
+        plan.followed.push(followed);
     }
     Ok(plan)
 }
 
-/// The verified book of `symbol` just before `from`, when it is known.
-async fn initial_book(
+/// How `segment` of `symbol` starts: the stream's book just before the segment's instant,
+/// rebuilt from the stream's own records and verified; or its stored snapshot stamped at that
+/// instant. `None` when neither can be had (the cursor does not verify what the coverage model
+/// does: the segment is left out).
+async fn opening(
     client: &Client,
-    selection: &Selection,
     symbol: &str,
-) -> Result<Option<Initial>, ExportError> {
-    // Everything strictly before `from` (timestamps are whole microseconds).
-    let at = selection.from.add_nanos(-1);
-    let collector = selection.collector.as_str();
-    // Only a book the coverage model verifies at `at`, from the stream it chooses.
-    let coverage = super::source::coverage(client, collector, symbol).await?;
-    let Some((_, span)) = coverage.choose(at) else {
-        return Ok(None);
+    segment: &Segment,
+) -> Result<Option<Opens>, ExportError> {
+    // Every message before the instant (timestamps are whole microseconds).
+    let before = segment.start.add_nanos(-1);
+    let id = &segment.stream;
+    let find = |at: Timestamp| {
+        BookCursor::find_start_in_span(
+            client,
+            symbol,
+            at,
+            &id.collector,
+            id.conn_id,
+            segment.start_seq,
+            segment.last_seq,
+        )
     };
-    let Some(start) = BookCursor::find_start_covered(client, symbol, &coverage, at).await? else {
-        return Ok(None);
+    let start = match find(before).await? {
+        Some(start) => start,
+        None => match find(segment.start).await? {
+            // A book state journaled at the instant itself: it is not a stored row.
+            Some(start) if start.kind == StartKind::State => start,
+            Some(_) => return Ok(Some(Opens::Stored)),
+            None => return Ok(None),
+        },
     };
+    let mut received = start.received_at;
     let mut cursor =
-        BookCursor::open_bounded(client, symbol, start.clone(), at, span.last_seq).await?;
+        BookCursor::open_bounded(client, symbol, start, before, segment.last_seq).await?;
     let mut last = None;
     while let Some(step) = cursor.next().await? {
         last = Some(step.verified);
+        received = step.received_at;
     }
     let verified = match last {
         Some(v) => v == Some(true),
@@ -145,22 +308,27 @@ async fn initial_book(
     let book = cursor.book();
     let keep = depth.unwrap_or(usize::MAX);
     let precision = book.precision();
-    Ok(Some(Initial {
-        symbol: symbol.to_owned(),
+    Ok(Some(Opens::Book(Opening {
         bids: book.bids().take(keep).collect(),
         asks: book.asks().take(keep).collect(),
         depth,
         scales: (precision.price, precision.qty),
-    }))
+        received,
+    })))
 }
 
 impl Plan<'_> {
-    /// The DECIMAL scales for Parquet: every stored value in range, and the initial books.
+    /// The DECIMAL scales for Parquet: every stored value in range, and the books written.
     pub(crate) async fn scales(&self, client: &Client) -> Result<Scales, ExportError> {
         let floor = self
-            .initial
+            .followed
             .iter()
-            .fold((0, 0), |(p, q), i| (p.max(i.scales.0), q.max(i.scales.1)));
+            .flat_map(|f| &f.segments)
+            .filter_map(|(_, start)| match start {
+                Opens::Book(o) => Some(o.scales),
+                Opens::Stored => None,
+            })
+            .fold((0, 0), |(p, q), s| (p.max(s.0), q.max(s.1)));
         let (p, q) =
             super::stored_scales(client, self.selection, self.selection.from, floor).await?;
         Ok(Scales {
@@ -177,19 +345,17 @@ impl Plan<'_> {
         report: &mut ExportReport,
     ) -> Result<(), ExportError> {
         let sel = self.selection;
-        let mut emitter = Emitter::new(self.stored_only);
+        let mut follower = Follower::new(
+            self.stored_only,
+            self.followed
+                .iter()
+                .map(|f| (f.symbol.clone(), f.segments.clone())),
+        );
         let mut out = Output {
             sink,
             report: &mut *report,
             error: None,
         };
-        for i in &self.initial {
-            emitter.initial(&i.symbol, &i.bids, &i.asks, i.depth, sel.from, &mut |r| {
-                out.row(r)
-            });
-            ticker.rows(out.report.rows, sel.from);
-        }
-        out.check()?;
 
         // The levels stream on a connection of their own; depth lookups use another.
         let stream_client = target.connect("krakenbook export").await?;
@@ -201,7 +367,8 @@ impl Plan<'_> {
             .await
             .map_err(db("reading the stored levels"))?;
         futures_util::pin_mut!(rows);
-        let mut current: Option<(i64, String)> = None;
+        // The message being read, and whether its rows are written.
+        let mut current: Option<(i64, String, bool)> = None;
         while let Some(r) = rows.next().await {
             let r = r.map_err(db("reading the stored levels"))?;
             let seq: i64 = r.get(0);
@@ -219,41 +386,51 @@ impl Plan<'_> {
 
             let same = current
                 .as_ref()
-                .is_some_and(|(s, sym)| *s == seq && sym == symbol);
+                .is_some_and(|(s, sym, _)| *s == seq && sym == symbol);
             if !same {
-                if current.is_some() {
-                    emitter.end_message(&mut |r| out.row(r));
-                    out.check()?;
-                    ticker.rows(out.report.rows, ts);
+                if let Some((_, _, true)) = current {
+                    follower.end_message(&mut |r| out.row(r));
                 }
-                let depth = if snapshot && !self.stored_only {
-                    let d =
-                        crate::readback::subscribed_depth_of(&lookups, &sel.collector, seq).await?;
-                    if d.is_none() {
-                        out.report.unknown_depth += 1;
-                    }
-                    d
-                } else {
-                    None
-                };
+                out.check()?;
+                ticker.rows(out.report.rows, ts);
                 out.report.messages += 1;
-                emitter.begin_message(symbol, snapshot, depth, ts, received, &mut |r| out.row(r));
-                current = Some((seq, symbol.to_owned()));
+                follower.advance(seq, ts, &mut |r| out.row(r));
+                let written = follower.enter(symbol, seq, ts, &mut |r| out.row(r));
+                if written {
+                    let depth = if snapshot && !self.stored_only {
+                        let d = crate::readback::subscribed_depth_of(&lookups, &sel.collector, seq)
+                            .await?;
+                        if d.is_none() {
+                            out.report.unknown_depth += 1;
+                        }
+                        d
+                    } else {
+                        None
+                    };
+                    follower
+                        .begin_message(symbol, snapshot, depth, ts, received, &mut |r| out.row(r));
+                } else {
+                    out.report.messages_left_out += 1;
+                }
+                current = Some((seq, symbol.to_owned(), written));
             }
-            emitter.level(side, price, qty, &mut |r| out.row(r));
+            if let Some((_, _, true)) = current {
+                follower.level(side, price, qty, &mut |r| out.row(r));
+            }
         }
-        if current.is_some() {
-            emitter.end_message(&mut |r| out.row(r));
+        if let Some((_, _, true)) = current {
+            follower.end_message(&mut |r| out.row(r));
         }
+        follower.finish(&mut |r| out.row(r));
         out.check()?;
-        // The symbols without a book at `from` whose first rows were updates (a consumer skips
-        // them until the symbol's first snapshot).
-        report.no_initial_book = self
-            .no_initial
-            .iter()
-            .filter(|s| emitter.before_snapshot.contains(*s))
-            .cloned()
-            .collect();
+        for f in &self.followed {
+            report
+                .covered_from
+                .push((f.symbol.clone(), f.segments.first().map(|(s, _)| s.start)));
+            report.unverified_starts += f.unverified;
+        }
+        report.coverage_starts += follower.coverage_starts;
+        report.gaps_cleared += follower.gaps_cleared;
         Ok(())
     }
 }
@@ -261,14 +438,16 @@ impl Plan<'_> {
 /// What one row of the file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowKind {
-    /// A level of the book at `from`.
-    Initial,
+    /// A level of a book written where a segment starts.
+    Opening,
     /// A stored level.
     Stored,
     /// A level Kraken dropped past the depth.
     Implied,
     /// A level deleted before a new snapshot.
     Reset,
+    /// A level deleted where a gap starts.
+    GapClear,
     /// The last level of a snapshot again, as an update: ends the snapshot for consumers that
     /// apply one only when a non-snapshot row follows it.
     SnapshotEnd,
@@ -315,10 +494,11 @@ impl Output<'_> {
         }
         self.report.rows += 1;
         match r.kind {
-            RowKind::Initial => self.report.initial_levels += 1,
+            RowKind::Opening => self.report.opening_levels += 1,
             RowKind::Stored => self.report.stored_levels += 1,
             RowKind::Implied => self.report.implied_deletions += 1,
             RowKind::Reset => self.report.reset_deletions += 1,
+            RowKind::GapClear => self.report.gap_deletions += 1,
             RowKind::SnapshotEnd => self.report.snapshot_ends += 1,
         }
     }
@@ -328,19 +508,253 @@ impl Output<'_> {
     }
 }
 
-/// Turns stored messages into the file's rows: the stored levels, plus (unless stored-only) the
+/// A symbol's progress along its segments.
+#[derive(Debug)]
+struct Track {
+    symbol: String,
+    segments: Vec<(Segment, Opens)>,
+    /// The segment open (when `open`), else the next one to open.
+    at: usize,
+    open: bool,
+    /// Bumped at every event: entries of the queues with an older one are stale.
+    generation: u64,
+}
+
+/// What happens next on a track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Event {
+    /// Due only after a stored row whose `seq` is above this (the last record of the segment
+    /// before it: no row of that segment can follow).
+    after_seq: i64,
+    /// Due only at a stored row stamped at or after this.
+    at: Timestamp,
+}
+
+impl Track {
+    /// The next event: the open segment's gap, or the next segment's start.
+    fn next_event(&self) -> Option<Event> {
+        let (current, next) = if self.open {
+            let (seg, _) = self.segments.get(self.at)?;
+            if seg.gap_after {
+                return Some(Event {
+                    after_seq: seg.last_seq,
+                    at: seg.end,
+                });
+            }
+            (Some(seg), self.segments.get(self.at + 1))
+        } else {
+            (
+                self.at
+                    .checked_sub(1)
+                    .and_then(|i| self.segments.get(i))
+                    .map(|(s, _)| s),
+                self.segments.get(self.at),
+            )
+        };
+        let (next, _) = next?;
+        Some(Event {
+            after_seq: current.map_or(i64::MIN, |s| s.last_seq),
+            at: next.start,
+        })
+    }
+}
+
+/// Follows each symbol's segments through the stored rows, read in received order, and turns
+/// them into the file's rows (see the module doc); no I/O.
+#[derive(Debug)]
+struct Follower {
+    emitter: Emitter,
+    stored_only: bool,
+    tracks: Vec<Track>,
+    by_symbol: HashMap<String, usize>,
+    /// Events whose `after_seq` no row has passed yet: (after_seq, track, generation).
+    waiting: BinaryHeap<Reverse<(i64, usize, u64)>>,
+    /// Events past their `after_seq`, by instant: (at, track, generation).
+    due: BinaryHeap<Reverse<(Timestamp, usize, u64)>>,
+    /// Books written where coverage starts (at the first segment, and after a gap).
+    coverage_starts: u64,
+    /// Gaps whose start was written (deletions of every level held).
+    gaps_cleared: u64,
+}
+
+impl Follower {
+    fn new(
+        stored_only: bool,
+        symbols: impl IntoIterator<Item = (String, Vec<(Segment, Opens)>)>,
+    ) -> Follower {
+        let mut f = Follower {
+            emitter: Emitter::new(stored_only),
+            stored_only,
+            tracks: Vec::new(),
+            by_symbol: HashMap::new(),
+            waiting: BinaryHeap::new(),
+            due: BinaryHeap::new(),
+            coverage_starts: 0,
+            gaps_cleared: 0,
+        };
+        for (symbol, segments) in symbols {
+            let k = f.tracks.len();
+            f.by_symbol.insert(symbol.clone(), k);
+            f.tracks.push(Track {
+                symbol,
+                segments,
+                at: 0,
+                open: false,
+                generation: 0,
+            });
+            f.schedule(k);
+        }
+        f
+    }
+
+    /// Queues track `k`'s next event.
+    fn schedule(&mut self, k: usize) {
+        let t = &self.tracks[k];
+        if let Some(e) = t.next_event() {
+            self.waiting.push(Reverse((e.after_seq, k, t.generation)));
+        }
+    }
+
+    /// Applies track `k`'s next event: a gap's deletions, or a segment's start.
+    fn fire(&mut self, k: usize, out: &mut dyn FnMut(Row<'_>)) {
+        let t = &mut self.tracks[k];
+        let Some(event) = t.next_event() else {
+            return;
+        };
+        t.generation += 1;
+        let gap = t.open && t.segments.get(t.at).is_some_and(|(s, _)| s.gap_after);
+        if gap {
+            t.open = false;
+            t.at += 1;
+            self.gaps_cleared += 1;
+            self.emitter.clear(&t.symbol, ceil_micros(event.at), out);
+        } else {
+            if t.open {
+                // The stream followed changes without a gap.
+                t.at += 1;
+            } else {
+                self.coverage_starts += 1;
+            }
+            t.open = true;
+            if let Some((seg, Opens::Book(book))) = t.segments.get(t.at) {
+                let ts = ceil_micros(seg.start);
+                self.emitter
+                    .open(&t.symbol, book, ts, book.received.max(ts), out);
+            }
+        }
+        self.schedule(k);
+    }
+
+    /// A stored message `seq` stamped `ts` comes next: the events it makes due go first.
+    fn advance(&mut self, seq: i64, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
+        if self.stored_only {
+            return;
+        }
+        loop {
+            while let Some(&Reverse((after, k, g))) = self.waiting.peek()
+                && after < seq
+            {
+                self.waiting.pop();
+                if let Some(e) = self.tracks[k].next_event()
+                    && self.tracks[k].generation == g
+                {
+                    self.due.push(Reverse((e.at, k, g)));
+                }
+            }
+            match self.due.peek() {
+                Some(&Reverse((at, k, g))) if at <= ts => {
+                    self.due.pop();
+                    if self.tracks[k].generation == g {
+                        self.fire(k, out);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Whether the stored message `seq` of `symbol` stamped `ts` is written: it belongs to one of
+    /// the symbol's segments (the one open, or a later one, which is then opened first).
+    fn enter(
+        &mut self,
+        symbol: &str,
+        seq: i64,
+        ts: Timestamp,
+        out: &mut dyn FnMut(Row<'_>),
+    ) -> bool {
+        if self.stored_only {
+            return true;
+        }
+        let Some(&k) = self.by_symbol.get(symbol) else {
+            return false;
+        };
+        let t = &self.tracks[k];
+        let Some(j) = t
+            .segments
+            .iter()
+            .enumerate()
+            .skip(t.at)
+            .find(|(_, (s, _))| s.holds(seq, ts))
+            .map(|(j, _)| j)
+        else {
+            return false;
+        };
+        while !(self.tracks[k].open && self.tracks[k].at == j) {
+            self.fire(k, out);
+        }
+        true
+    }
+
+    /// The rest of every track: segments that start, and gaps that begin, after the last row.
+    fn finish(&mut self, out: &mut dyn FnMut(Row<'_>)) {
+        if self.stored_only {
+            return;
+        }
+        // In time order across the symbols.
+        while let Some((k, _)) = self
+            .tracks
+            .iter()
+            .enumerate()
+            .filter_map(|(k, t)| t.next_event().map(|e| (k, e.at)))
+            .min_by_key(|(k, at)| (*at, *k))
+        {
+            self.fire(k, out);
+        }
+    }
+
+    fn begin_message(
+        &mut self,
+        symbol: &str,
+        snapshot: bool,
+        depth: Option<usize>,
+        ts: Timestamp,
+        received: Timestamp,
+        out: &mut dyn FnMut(Row<'_>),
+    ) {
+        self.emitter
+            .begin_message(symbol, snapshot, depth, ts, received, out);
+    }
+
+    fn level(&mut self, side: Side, price: Decimal, qty: Decimal, out: &mut dyn FnMut(Row<'_>)) {
+        self.emitter.level(side, price, qty, out);
+    }
+
+    fn end_message(&mut self, out: &mut dyn FnMut(Row<'_>)) {
+        self.emitter.end_message(out);
+    }
+}
+
+/// Turns messages into the file's rows: the stored levels, plus (unless stored-only) the
 /// implied deletions, resets and snapshot ends that let every consumer hold Kraken's book from
-/// the file alone.
+/// the file alone, the books written where segments start and the deletions where gaps start.
 #[derive(Debug)]
 struct Emitter {
     stored_only: bool,
     held: HashMap<String, Held>,
     current: Option<Message>,
-    /// Symbols with an update written before any book of theirs was known.
-    before_snapshot: HashSet<String>,
 }
 
-/// The message being read.
+/// The message being written.
 #[derive(Debug)]
 struct Message {
     symbol: String,
@@ -357,31 +771,51 @@ impl Emitter {
             stored_only,
             held: HashMap::new(),
             current: None,
-            before_snapshot: HashSet::new(),
         }
     }
 
-    /// The book at `from`, as snapshot rows stamped `from` (and its snapshot end).
-    fn initial(
+    /// A book written where a segment starts, as snapshot rows (and its snapshot end).
+    fn open(
         &mut self,
         symbol: &str,
-        bids: &[PriceLevel],
-        asks: &[PriceLevel],
-        depth: Option<usize>,
-        from: Timestamp,
+        book: &Opening,
+        ts: Timestamp,
+        received: Timestamp,
         out: &mut dyn FnMut(Row<'_>),
     ) {
-        self.begin_message(symbol, true, depth, from, from, out);
-        for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
+        self.begin_message(symbol, true, book.depth, ts, received, out);
+        for (side, levels) in [(Side::Bid, &book.bids), (Side::Ask, &book.asks)] {
             for l in levels {
-                self.write_level(RowKind::Initial, side, l.price, l.qty, out);
+                self.write_level(RowKind::Opening, side, l.price, l.qty, out);
             }
         }
         self.end_message(out);
     }
 
-    /// A stored message begins (`depth`: its subscription's, for a snapshot). Before a snapshot,
-    /// every level a consumer still holds for the symbol is deleted.
+    /// A gap starts at `ts`: every level held is deleted.
+    fn clear(&mut self, symbol: &str, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
+        let Some(held) = self.held.get_mut(symbol) else {
+            return;
+        };
+        let received = held.last_received.map_or(ts, |r| r.max(ts));
+        for (side, price) in held.clear() {
+            out(Row {
+                kind: RowKind::GapClear,
+                symbol,
+                ts,
+                received,
+                snapshot: false,
+                side,
+                price,
+                amount: Decimal::ZERO,
+            });
+        }
+        held.known = false;
+        held.last_received = Some(received);
+    }
+
+    /// A message begins (`depth`: its subscription's, for a snapshot). Before a snapshot, every
+    /// level a consumer still holds for the symbol is deleted.
     fn begin_message(
         &mut self,
         symbol: &str,
@@ -407,9 +841,6 @@ impl Emitter {
             }
             held.known = true;
             held.depth = depth;
-        }
-        if !snapshot && !self.held.get(symbol).is_some_and(|h| h.known) {
-            self.before_snapshot.insert(symbol.to_owned());
         }
         self.current = Some(Message {
             symbol: symbol.to_owned(),
@@ -450,16 +881,14 @@ impl Emitter {
             m.last = Some((side, price, qty));
         }
         if !self.stored_only {
-            // Held whether or not the book is known yet: a consumer that applies every row
-            // holds it, and the next snapshot deletes it.
-            match self.held.get_mut(&m.symbol) {
-                Some(held) => held.apply(side, price, qty),
-                None => self
-                    .held
-                    .entry(m.symbol.clone())
-                    .or_default()
-                    .apply(side, price, qty),
-            }
+            // Held whether or not the book is known: a consumer that applies every row holds
+            // it, and the next snapshot or gap deletes it.
+            let held = match self.held.get_mut(&m.symbol) {
+                Some(held) => held,
+                None => self.held.entry(m.symbol.clone()).or_default(),
+            };
+            held.apply(side, price, qty);
+            held.last_received = Some(m.received);
         }
     }
 
@@ -505,12 +934,15 @@ impl Emitter {
 /// side), and Kraken's window over it.
 #[derive(Debug, Default)]
 struct Held {
-    /// Known since a snapshot (the initial one or a stored one).
+    /// Known since a snapshot (a book written where a segment starts, or a stored one), and not
+    /// cleared by a gap since.
     known: bool,
     /// The subscribed depth (`None`: unknown, nothing is dropped).
     depth: Option<usize>,
     bids: BTreeSet<Decimal>,
     asks: BTreeSet<Decimal>,
+    /// The `local_timestamp` of the symbol's last row.
+    last_received: Option<Timestamp>,
 }
 
 impl Held {
@@ -563,6 +995,123 @@ mod tests {
     use crate::export::consumers::{
         Book, ClearsToDeepest, Consumer, L2Row, NeverClears, TardisRule,
     };
+    use crate::history::{Connection, Mark, Observation, Observed};
+
+    const DEPTH: usize = 2;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    fn levels(spec: Spec) -> Vec<(Decimal, Decimal)> {
+        spec.iter().map(|(p, q)| (d(p), d(q))).collect()
+    }
+
+    /// Second `s` of a fixed day.
+    fn t(s: f64) -> Timestamp {
+        Timestamp::from_unix_nanos(1_800_000_000_000_000_000 + (s * 1e9).round() as i64)
+    }
+
+    /// Levels as text: `(price, quantity)`.
+    type Spec = &'static [(&'static str, &'static str)];
+
+    /// What one record of the collector's is.
+    #[derive(Clone, Copy, Debug)]
+    enum What {
+        /// A connection's first frame.
+        Connected,
+        /// The book subscription acknowledged.
+        Subscribed,
+        /// A book message that verified, stamped `kraken` (seconds).
+        Verified {
+            snapshot: bool,
+            kraken: f64,
+            bids: Spec,
+            asks: Spec,
+        },
+        /// An update whose checksum did not match (one before it was lost).
+        Mismatch { kraken: f64, bids: Spec },
+        /// An update after a mismatch, before the resubscription's snapshot: never verified.
+        Unsynced { kraken: f64, bids: Spec },
+        /// A heartbeat.
+        Heartbeat,
+    }
+    use What::*;
+
+    /// A record: (seq, connection, received at (seconds), what).
+    type Rec = (i64, i64, f64, What);
+
+    fn stream(conn: i64) -> StreamId {
+        StreamId {
+            collector: "c".into(),
+            conn_id: conn,
+        }
+    }
+
+    /// What a source would observe of the records, and the coverage the model computes.
+    fn coverage_of(records: &[Rec]) -> Coverage {
+        let mut observed = Observed {
+            symbol: "X".into(),
+            ..Observed::default()
+        };
+        let mut conns: Vec<i64> = records.iter().map(|r| r.1).collect();
+        conns.dedup();
+        for conn in conns {
+            let mine: Vec<&Rec> = records.iter().filter(|r| r.1 == conn).collect();
+            let (first, last) = (mine[0], mine[mine.len() - 1]);
+            observed.connections.push(Connection {
+                id: stream(conn),
+                first_seq: first.0,
+                last_seq: last.0,
+                first_received: t(first.2),
+                last_received: t(last.2),
+                loss_recorded: true,
+            });
+            let mut last_verified = None;
+            for &&(seq, _, received, what) in &mine {
+                let mark = match what {
+                    Subscribed => Mark::Subscribed,
+                    Verified {
+                        snapshot, kraken, ..
+                    } => {
+                        last_verified = Some(t(kraken));
+                        if !snapshot {
+                            continue;
+                        }
+                        Mark::Snapshot { kraken: t(kraken) }
+                    }
+                    Mismatch { kraken, .. } => Mark::Mismatch {
+                        kraken: t(kraken),
+                        last_verified: last_verified.take(),
+                    },
+                    _ => continue,
+                };
+                observed.observations.push(Observation {
+                    stream: stream(conn),
+                    seq,
+                    received: t(received),
+                    mark,
+                });
+            }
+        }
+        Coverage::compute(&observed)
+    }
+
+    /// A book message's fields: (snapshot, Kraken's timestamp, bids, asks).
+    fn message(what: What) -> Option<(bool, f64, Spec, Spec)> {
+        match what {
+            Verified {
+                snapshot,
+                kraken,
+                bids,
+                asks,
+            } => Some((snapshot, kraken, bids, asks)),
+            Mismatch { kraken, bids } | Unsynced { kraken, bids } => {
+                Some((false, kraken, bids, &[]))
+            }
+            _ => None,
+        }
+    }
 
     fn engine_book(b: &OrderBook) -> Book {
         (
@@ -571,185 +1120,568 @@ mod tests {
         )
     }
 
-    fn levels(spec: &[(&str, &str)]) -> Vec<(Decimal, Decimal)> {
-        spec.iter().map(|(p, q)| (d(p), d(q))).collect()
+    /// The verified messages of a span, stamped at or before `until` (or strictly before),
+    /// applied by the book engine; the receive time of the last one. What `book --at` and the
+    /// cursor do, by other code.
+    fn replay(
+        records: &[Rec],
+        conn: i64,
+        seqs: (i64, i64),
+        keep: impl Fn(Timestamp) -> bool,
+    ) -> Option<(OrderBook, Timestamp)> {
+        let mut engine = OrderBook::new(DEPTH);
+        let mut synced = None;
+        for &(seq, c, received, what) in records {
+            let Verified {
+                snapshot,
+                kraken,
+                bids,
+                asks,
+            } = what
+            else {
+                continue;
+            };
+            if c != conn || seq < seqs.0 || seq > seqs.1 || !keep(t(kraken)) {
+                continue;
+            }
+            if snapshot {
+                engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
+                synced = Some(t(received));
+            } else if synced.is_some() {
+                engine.apply_update(levels(bids), levels(asks)).unwrap();
+                synced = Some(t(received));
+            }
+        }
+        synced.map(|r| (engine, r))
     }
 
-    fn d(s: &str) -> Decimal {
-        Decimal::parse(s).unwrap()
+    /// `book --at`: the book of the stream the coverage model chooses at `at`, or none in a gap.
+    fn book_at(records: &[Rec], coverage: &Coverage, at: Timestamp) -> Option<Book> {
+        let (s, span) = coverage.choose(at)?;
+        let (engine, _) = replay(
+            records,
+            s.stream.conn_id,
+            (span.start_seq, span.last_seq),
+            |k| k <= at,
+        )
+        .expect("a verified span starts with a snapshot");
+        Some(engine_book(&engine))
     }
 
-    /// Levels as text: `(price, quantity)`.
-    type Spec = &'static [(&'static str, &'static str)];
+    /// A row as the tests keep it.
+    #[derive(Clone, Debug)]
+    struct Written {
+        kind: RowKind,
+        ts: Timestamp,
+        received: Timestamp,
+        row: L2Row,
+    }
 
-    /// (snapshot, bids, asks, what it covers).
-    type Msg = (
-        bool,
-        &'static [(&'static str, &'static str)],
-        &'static [(&'static str, &'static str)],
-        &'static str,
-    );
+    /// The export of symbol X over `[from, to)`: its segments (the book at each start rebuilt
+    /// like the cursor does) driven through the records in received order.
+    fn export(records: &[Rec], coverage: &Coverage, from: f64, to: f64) -> Vec<Written> {
+        let (from, to) = (t(from), t(to));
+        let segments: Vec<(Segment, Opens)> = timeline(coverage, from, to)
+            .into_iter()
+            .map(|seg| {
+                let opens = match replay(
+                    records,
+                    seg.stream.conn_id,
+                    (seg.start_seq, seg.last_seq),
+                    |k| k < seg.start,
+                ) {
+                    Some((engine, received)) => Opens::Book(Opening {
+                        bids: engine.bids().collect(),
+                        asks: engine.asks().collect(),
+                        depth: Some(DEPTH),
+                        scales: (1, 0),
+                        received,
+                    }),
+                    None => Opens::Stored,
+                };
+                (seg, opens)
+            })
+            .collect();
+        let mut follower = Follower::new(false, [("X".to_owned(), segments)]);
+        let mut rows = Vec::new();
+        let mut out = |r: Row<'_>| {
+            assert_eq!(r.symbol, "X");
+            rows.push(Written {
+                kind: r.kind,
+                ts: r.ts,
+                received: r.received,
+                row: L2Row {
+                    snapshot: r.snapshot,
+                    side: r.side,
+                    price: r.price,
+                    amount: r.amount,
+                },
+            });
+        };
+        for &(seq, _, received, what) in records {
+            let Some((snapshot, kraken, bids, asks)) = message(what) else {
+                continue;
+            };
+            let ts = t(kraken);
+            if ts < from || ts >= to {
+                continue;
+            }
+            follower.advance(seq, ts, &mut out);
+            if follower.enter("X", seq, ts, &mut out) {
+                follower.begin_message("X", snapshot, Some(DEPTH), ts, t(received), &mut out);
+                for (p, q) in levels(bids) {
+                    follower.level(Side::Bid, p, q, &mut out);
+                }
+                for (p, q) in levels(asks) {
+                    follower.level(Side::Ask, p, q, &mut out);
+                }
+                follower.end_message(&mut out);
+            }
+        }
+        follower.finish(&mut out);
+        rows
+    }
 
-    /// Every consumer model applies every row it is given; after each message, each one that
-    /// holds a book must hold the engine's (depth 2).
-    fn run(initial: Option<(Spec, Spec)>, messages: &[Msg]) -> Vec<RowKind> {
-        let t = |s: i64| Timestamp::from_unix_nanos(s * 1_000_000_000);
-        let mut emitter = Emitter::new(false);
-        let mut consumers: Vec<(&str, Box<dyn Consumer>)> = vec![
+    fn consumers() -> Vec<(&'static str, Box<dyn Consumer>)> {
+        vec![
             ("tardis", Box::new(TardisRule::default())),
             ("nautilus", Box::new(NeverClears::default())),
             ("hftbacktest", Box::new(ClearsToDeepest::default())),
-        ];
-        let mut kinds = Vec::new();
-        let mut engine = OrderBook::new(2);
-        let mut known = false;
-        let mut feed = |r: Row<'_>, consumers: &mut Vec<(&str, Box<dyn Consumer>)>| {
-            kinds.push(r.kind);
-            let row = L2Row {
-                snapshot: r.snapshot,
-                side: r.side,
-                price: r.price,
-                amount: r.amount,
-            };
-            for (_, c) in consumers.iter_mut() {
-                c.apply(&row);
-            }
-        };
-        if let Some((bids, asks)) = initial {
-            engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
-            let view = engine.view(2);
-            emitter.initial("X", &view.bids, &view.asks, Some(2), t(0), &mut |r| {
-                feed(r, &mut consumers)
-            });
-            known = true;
-            for (name, c) in &consumers {
-                assert_eq!(c.book(), engine_book(&engine), "{name}: the initial book");
-            }
+        ]
+    }
+
+    /// Every consumer model applies every row stamped at or before each instant of `[from,
+    /// to)` that matters (every message's, every bound of a span or a gap, and between them):
+    /// each must hold `book --at`'s book where the coverage model verifies it, an empty book
+    /// in a gap. Returns the rows and the number of books compared.
+    fn check(records: &[Rec], from: f64, to: f64) -> (Vec<Written>, usize) {
+        let coverage = coverage_of(records);
+        let rows = export(records, &coverage, from, to);
+        let (from, to) = (t(from), t(to));
+        for w in rows.windows(2) {
+            assert!(w[0].ts <= w[1].ts, "rows go back in time: {w:?}");
+            assert!(w[0].received <= w[1].received, "local times go back: {w:?}");
         }
-        for (i, (snapshot, bids, asks, what)) in messages.iter().enumerate() {
-            let ts = t(i as i64 + 1);
-            let mut sink = |r: Row<'_>| feed(r, &mut consumers);
-            emitter.begin_message("X", *snapshot, Some(2), ts, ts, &mut sink);
-            for (p, q) in levels(bids) {
-                emitter.level(Side::Bid, p, q, &mut sink);
-            }
-            for (p, q) in levels(asks) {
-                emitter.level(Side::Ask, p, q, &mut sink);
-            }
-            emitter.end_message(&mut sink);
-            if *snapshot {
-                engine.apply_snapshot(levels(bids), levels(asks)).unwrap();
-                known = true;
-            } else if known {
-                engine.apply_update(levels(bids), levels(asks)).unwrap();
-            }
-            if known {
-                for (name, c) in &consumers {
-                    assert_eq!(
-                        c.book(),
-                        engine_book(&engine),
-                        "{name} after message {i}: {what}"
+        // No row of a message the coverage model does not verify.
+        for &(_, _, _, what) in records {
+            if let Mismatch { kraken, bids } | Unsynced { kraken, bids } = what {
+                for (price, _) in levels(bids) {
+                    assert!(
+                        !rows
+                            .iter()
+                            .any(|r| r.ts == t(kraken) && r.row.price == price),
+                        "a row of the unverified update at {kraken}"
                     );
                 }
             }
         }
-        kinds
+        let mut instants: Vec<Timestamp> = records
+            .iter()
+            .filter_map(|r| message(r.3).map(|m| t(m.1)))
+            .collect();
+        for s in &coverage.streams {
+            for span in &s.spans {
+                instants.extend([span.start, span.end, span.end.add_nanos(-1000)]);
+            }
+        }
+        let mut around: Vec<Timestamp> = instants.clone();
+        around.sort();
+        for w in around.windows(2) {
+            instants.push(w[0].add_nanos(w[1].nanos_since(w[0]) / 2));
+        }
+        instants.retain(|&i| from <= i && i < to);
+        instants.sort();
+        instants.dedup();
+        let mut compared = 0;
+        for (name, mut consumer) in consumers() {
+            let mut next = 0;
+            for &at in &instants {
+                while next < rows.len() && rows[next].ts <= at {
+                    consumer.apply(&rows[next].row);
+                    next += 1;
+                }
+                let want = book_at(records, &coverage, at).unwrap_or_default();
+                assert_eq!(
+                    consumer.book(),
+                    want,
+                    "{name} at {at} ({})",
+                    if coverage.covers(at) {
+                        "verified"
+                    } else {
+                        "in a gap"
+                    }
+                );
+                compared += 1;
+            }
+        }
+        (rows, compared)
     }
+
+    /// Two connections of a quiet-and-busy pair at depth 2, with every way a book starts and
+    /// stops being known.
+    const RECORDS: &[Rec] = &[
+        (1, 1, 0.0, Connected),
+        (2, 1, 1.0, Subscribed),
+        // Stamped before the stream began (a quiet pair's snapshot carries its last change):
+        // coverage starts at the subscription, with the book as it was then.
+        (
+            3,
+            1,
+            1.1,
+            Verified {
+                snapshot: true,
+                kraken: 0.5,
+                bids: &[("100.0", "1"), ("99.0", "1")],
+                asks: &[("101.0", "1"), ("102.0", "1")],
+            },
+        ),
+        (
+            4,
+            1,
+            1.2,
+            Verified {
+                snapshot: false,
+                kraken: 0.9,
+                bids: &[("100.5", "2")],
+                asks: &[],
+            },
+        ),
+        // An insert pushes the worst ask out: an implied deletion.
+        (
+            5,
+            1,
+            1.6,
+            Verified {
+                snapshot: false,
+                kraken: 1.5,
+                bids: &[],
+                asks: &[("100.8", "3")],
+            },
+        ),
+        // A deletion and a level re-entering the window.
+        (
+            6,
+            1,
+            2.1,
+            Verified {
+                snapshot: false,
+                kraken: 2.0,
+                bids: &[("100.5", "0"), ("99.5", "1")],
+                asks: &[],
+            },
+        ),
+        // An update was lost: the book is not known from just after the last verified one.
+        (
+            7,
+            1,
+            3.1,
+            Mismatch {
+                kraken: 3.0,
+                bids: &[("98.0", "1")],
+            },
+        ),
+        (
+            8,
+            1,
+            3.6,
+            Unsynced {
+                kraken: 3.5,
+                bids: &[("97.0", "7")],
+            },
+        ),
+        (9, 1, 4.0, Subscribed),
+        // The resubscription's snapshot, shallower: coverage starts again at its own instant.
+        (
+            10,
+            1,
+            4.3,
+            Verified {
+                snapshot: true,
+                kraken: 4.2,
+                bids: &[("98.0", "1")],
+                asks: &[("103.0", "1")],
+            },
+        ),
+        (
+            11,
+            1,
+            5.1,
+            Verified {
+                snapshot: false,
+                kraken: 5.0,
+                bids: &[("98.5", "1")],
+                asks: &[],
+            },
+        ),
+        // A snapshot inside the span (a resubscription that healed at once), and the same again.
+        (
+            12,
+            1,
+            5.6,
+            Verified {
+                snapshot: true,
+                kraken: 5.5,
+                bids: &[("97.0", "4")],
+                asks: &[("104.0", "5"), ("105.0", "1")],
+            },
+        ),
+        (
+            13,
+            1,
+            5.8,
+            Verified {
+                snapshot: true,
+                kraken: 5.7,
+                bids: &[("97.0", "4")],
+                asks: &[("104.0", "5"), ("105.0", "1")],
+            },
+        ),
+        (
+            14,
+            1,
+            6.1,
+            Verified {
+                snapshot: false,
+                kraken: 6.0,
+                bids: &[("97.5", "1")],
+                asks: &[],
+            },
+        ),
+        // The connection's last frame: a gap until the next connection's book.
+        (15, 1, 7.0, Heartbeat),
+        (16, 2, 9.0, Connected),
+        (17, 2, 9.1, Subscribed),
+        // Stamped before the stream began, after the gap: coverage starts at the subscription.
+        (
+            18,
+            2,
+            9.2,
+            Verified {
+                snapshot: true,
+                kraken: 8.0,
+                bids: &[("96.0", "1"), ("95.0", "1")],
+                asks: &[("106.0", "1")],
+            },
+        ),
+        (
+            19,
+            2,
+            9.3,
+            Verified {
+                snapshot: false,
+                kraken: 9.5,
+                bids: &[],
+                asks: &[("105.5", "2")],
+            },
+        ),
+        (
+            20,
+            2,
+            10.1,
+            Verified {
+                snapshot: false,
+                kraken: 10.0,
+                bids: &[("96.5", "1")],
+                asks: &[],
+            },
+        ),
+        // A mismatch whose resubscription's snapshot carries the very next microsecond: the
+        // spans touch, no gap.
+        (
+            21,
+            2,
+            10.2,
+            Mismatch {
+                kraken: 10.000001,
+                bids: &[("50.0", "1")],
+            },
+        ),
+        (22, 2, 10.3, Subscribed),
+        (
+            23,
+            2,
+            10.4,
+            Verified {
+                snapshot: true,
+                kraken: 10.000001,
+                bids: &[("96.5", "1"), ("96.0", "1")],
+                asks: &[("105.5", "2"), ("106.0", "1")],
+            },
+        ),
+        (
+            24,
+            2,
+            11.1,
+            Verified {
+                snapshot: false,
+                kraken: 11.0,
+                bids: &[("96.8", "3")],
+                asks: &[],
+            },
+        ),
+        (25, 2, 12.0, Heartbeat),
+    ];
 
     #[test]
     fn every_consumer_rebuilds_the_engines_book_after_every_message() {
-        let messages: [Msg; 7] = [
-            (
-                false,
-                &[("100.0", "1")],
-                &[],
-                "an update right after the initial book",
-            ),
-            (
-                true,
-                &[("100.0", "1"), ("99.0", "1")],
-                &[("101.0", "1"), ("102.0", "1")],
-                "a snapshot after updates (a resubscription)",
-            ),
-            (
-                false,
-                &[("100.5", "2")],
-                &[("100.8", "3")],
-                "inserts push the worst levels out: implied deletions",
-            ),
-            (
-                false,
-                &[("100.5", "0"), ("99.5", "1")],
-                &[],
-                "a deletion and the level re-entering the window",
-            ),
-            (
-                true,
-                &[("98.0", "1")],
-                &[("103.0", "1")],
-                "a shallower snapshot after updates: nothing deeper may survive",
-            ),
-            (
-                true,
-                &[("97.0", "4")],
-                &[("104.0", "5"), ("105.0", "1")],
-                "a snapshot right after a snapshot (a quiet pair reconnected)",
-            ),
-            (
-                true,
-                &[("97.0", "4")],
-                &[("104.0", "5"), ("105.0", "1")],
-                "the same snapshot again, last in the file",
-            ),
-        ];
-        let kinds = run(
-            Some((&[("99.9", "1"), ("99.8", "2")], &[("100.2", "1")])),
-            &messages,
-        );
-        assert!(kinds.contains(&RowKind::Implied));
-        assert!(kinds.contains(&RowKind::Reset));
-        assert_eq!(kinds.iter().filter(|k| **k == RowKind::Initial).count(), 3);
-        // The initial book and each of the four snapshots end with a non-snapshot row.
+        let coverage = coverage_of(RECORDS);
+        // The model sees what the table means: two gaps inside the record.
+        let inner: Vec<_> = coverage
+            .gaps
+            .iter()
+            .filter(|g| g.start.is_some() && g.cause != crate::history::Cause::NotRecorded)
+            .map(|g| (g.start.unwrap(), g.cause))
+            .collect();
         assert_eq!(
-            kinds.iter().filter(|k| **k == RowKind::SnapshotEnd).count(),
-            5
+            inner,
+            [
+                (t(2.000001), crate::history::Cause::Mismatch),
+                (t(7.0), crate::history::Cause::ConnectionLost),
+            ],
+            "{:?}",
+            coverage.gaps
+        );
+        // Ranges from before the record, from mid-span, from inside each gap, and to mid-span.
+        for (from, to) in [
+            (0.0, 13.0),
+            (1.0, 12.0),
+            (1.5, 6.5),
+            (3.0, 9.6),
+            (5.55, 10.05),
+            (8.5, 9.15),
+            (7.5, 13.0),
+        ] {
+            let (rows, compared) = check(RECORDS, from, to);
+            assert!(compared >= 6, "[{from}, {to}): {compared} books compared");
+            if (from, to) == (0.0, 13.0) {
+                let count = |k| rows.iter().filter(|r| r.kind == k).count();
+                // Where coverage starts at 1.0 and 9.1 (the snapshots are older) a book is
+                // written (4 and 3 levels); at 4.2 the stored snapshot is the book.
+                assert_eq!(count(RowKind::Opening), 4 + 3, "{rows:?}");
+                assert!(count(RowKind::GapClear) >= 4, "{rows:?}");
+                assert!(count(RowKind::Implied) > 0);
+                assert!(count(RowKind::Reset) > 0);
+                // Every book written and stored snapshot ends with a non-snapshot row.
+                assert_eq!(count(RowKind::SnapshotEnd), 2 + 4, "{rows:?}");
+            }
+        }
+    }
+
+    /// The export started between the first snapshot's Kraken time and its stream's start wrote
+    /// that symbol's updates from `--from` on (nautilus_trader and hftbacktest applied them to
+    /// an empty book for 14 s): it opens with the book at the stream's start instead.
+    #[test]
+    fn an_export_starting_just_before_the_first_snapshot_opens_with_it() {
+        let (rows, _) = check(RECORDS, 8.5, 12.0);
+        let first = &rows[0];
+        assert_eq!(first.kind, RowKind::Opening);
+        assert_eq!(first.ts, t(9.1), "stamped where the stream began");
+        assert_eq!(first.received, t(9.2), "received with the snapshot");
+        assert!(rows.iter().all(|r| r.ts >= t(9.1)));
+    }
+
+    #[test]
+    fn no_row_of_an_unverified_book_is_written_and_a_gap_empties_every_book() {
+        let (rows, _) = check(RECORDS, 1.5, 5.0);
+        // The book at 1.5, its updates to 2.0, every level deleted at the gap's start, the
+        // resubscription's snapshot at 4.2 (nothing to reset).
+        let clear: Vec<&Written> = rows
+            .iter()
+            .filter(|r| r.kind == RowKind::GapClear)
+            .collect();
+        assert_eq!(clear.len(), 4, "{rows:?}");
+        assert!(clear.iter().all(|r| r.ts == t(2.000001)));
+        assert!(!rows.iter().any(|r| r.kind == RowKind::Reset));
+        assert!(
+            rows.iter()
+                .filter(|r| r.ts > t(2.0) && r.ts < t(4.2))
+                .all(|r| r.kind == RowKind::GapClear)
         );
     }
 
     #[test]
-    fn levels_set_before_the_first_snapshot_are_deleted_before_it() {
-        // No initial book: the file opens with updates a consumer that never clears applies.
-        let messages: [Msg; 3] = [
-            (
-                false,
-                &[("50.0", "1")],
-                &[("60.0", "1")],
-                "an update, book unknown",
-            ),
-            (
-                true,
-                &[("51.0", "1")],
-                &[("59.0", "1")],
-                "the first snapshot",
-            ),
-            (false, &[("51.5", "1")], &[], "an update"),
-        ];
-        let kinds = run(None, &messages);
-        assert_eq!(kinds.iter().filter(|k| **k == RowKind::Reset).count(), 2);
+    fn at_a_streams_gap_the_timeline_continues_with_another_verified_there() {
+        // Two connections of one collector carrying the pair at once (issue 12): the first from
+        // 1 to its loss at 10, the second from 5 to 20 with a mismatch at 15.
+        let conn = |n: i64, seqs: (i64, i64), from: f64, to: f64| Connection {
+            id: stream(n),
+            first_seq: seqs.0,
+            last_seq: seqs.1,
+            first_received: t(from),
+            last_received: t(to),
+            loss_recorded: true,
+        };
+        let mark = |n: i64, seq: i64, received: f64, mark: Mark| Observation {
+            stream: stream(n),
+            seq,
+            received: t(received),
+            mark,
+        };
+        let coverage = Coverage::compute(&Observed {
+            symbol: "X".into(),
+            connections: vec![conn(1, (1, 100), 0.5, 10.0), conn(2, (50, 300), 4.0, 20.0)],
+            observations: vec![
+                mark(1, 2, 0.9, Mark::Subscribed),
+                mark(1, 3, 1.0, Mark::Snapshot { kraken: t(1.0) }),
+                mark(2, 51, 4.5, Mark::Subscribed),
+                mark(2, 52, 5.0, Mark::Snapshot { kraken: t(5.0) }),
+                mark(
+                    2,
+                    200,
+                    15.0,
+                    Mark::Mismatch {
+                        kraken: t(15.0),
+                        last_verified: Some(t(14.0)),
+                    },
+                ),
+            ],
+            damage: vec![],
+        });
+        let segs = timeline(&coverage, t(0.0), t(30.0));
+        let brief: Vec<_> = segs
+            .iter()
+            .map(|s| (s.stream.conn_id, s.start, s.end, s.gap_after))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                (1, t(1.0), t(10.0), false),
+                (2, t(10.0), t(14.000001), true),
+            ]
+        );
+        // From inside the first stream's span but after it ends: the second alone.
+        let segs = timeline(&coverage, t(12.0), t(13.0));
+        assert_eq!(segs.len(), 1);
+        assert_eq!((segs[0].stream.conn_id, segs[0].start), (2, t(12.0)));
+        assert!(!segs[0].gap_after, "ends at --to");
+        // Nothing verified in the range: no segment.
+        assert!(timeline(&coverage, t(14.5), t(19.0)).is_empty());
+    }
+
+    #[test]
+    fn instants_round_up_to_the_microsecond() {
+        let at = |n: i64| Timestamp::from_unix_nanos(n);
+        assert_eq!(ceil_micros(at(5_000)), at(5_000));
+        assert_eq!(ceil_micros(at(5_001)), at(6_000));
+        assert_eq!(ceil_micros(at(5_999)), at(6_000));
+        assert_eq!(ceil_micros(at(-1)), at(0));
     }
 
     #[test]
     fn stored_only_writes_the_stored_levels_alone() {
         let t = Timestamp::from_unix_nanos(0);
-        let mut emitter = Emitter::new(true);
+        let mut follower = Follower::new(true, []);
         let mut rows = Vec::new();
-        for snapshot in [true, true, false] {
+        for (seq, snapshot) in [(1, true), (2, true), (3, false)] {
             let mut sink = |r: Row<'_>| rows.push((r.kind, r.snapshot, r.price));
-            emitter.begin_message("X", snapshot, Some(1), t, t, &mut sink);
-            emitter.level(Side::Bid, d("1"), d("1"), &mut sink);
-            emitter.level(Side::Bid, d("2"), d("1"), &mut sink);
-            emitter.end_message(&mut sink);
+            follower.advance(seq, t, &mut sink);
+            assert!(follower.enter("X", seq, t, &mut sink));
+            follower.begin_message("X", snapshot, Some(1), t, t, &mut sink);
+            follower.level(Side::Bid, d("1"), d("1"), &mut sink);
+            follower.level(Side::Bid, d("2"), d("1"), &mut sink);
+            follower.end_message(&mut sink);
         }
+        follower.finish(&mut |r: Row<'_>| rows.push((r.kind, r.snapshot, r.price)));
         assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.0 == RowKind::Stored));
     }

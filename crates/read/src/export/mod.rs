@@ -5,8 +5,10 @@
 //! - [`Kind::Incremental`]: tardis.dev's `incremental_book_L2` layout
 //!   (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`), one row per level
 //!   change in received order (`seq`, then `ordinal`), which nautilus_trader's and hftbacktest's
-//!   tardis loaders read. See [`incremental`] for how the file alone rebuilds the exact book in
-//!   each of them ([`consumers`] models them);
+//!   tardis loaders read, following the coverage model: a book where coverage starts, the
+//!   verified stream's rows, every level deleted where a gap starts. See [`incremental`] for how
+//!   the file alone rebuilds the exact book (or an empty one in a gap) in each of them
+//!   ([`consumers`] models them);
 //! - [`Kind::Snapshots`]: tardis's `book_snapshot_{N}` layout at a fixed interval, from the book
 //!   rebuilt and checksum-verified by [`crate::readback::BookCursor`]; see [`snapshots`];
 //! - [`Kind::Messages`]: the stored messages themselves, with their verdicts; see [`messages`].
@@ -229,8 +231,8 @@ pub struct ExportRequest {
     pub kind: Kind,
     /// The file format.
     pub format: Format,
-    /// Incremental only: write the stored levels and nothing else (no initial snapshot, no
-    /// implied deletions, resets or snapshot ends).
+    /// Incremental only: write every stored level in range and nothing else (no books where
+    /// coverage starts, no implied deletions, resets, gap deletions or snapshot ends).
     pub stored_only: bool,
 }
 
@@ -271,8 +273,9 @@ pub struct ExportReport {
     pub messages: u64,
     /// Incremental: stored levels written.
     pub stored_levels: u64,
-    /// Incremental: levels of the initial snapshots (the book at `from`).
-    pub initial_levels: u64,
+    /// Incremental: levels of the books written where coverage starts (at `from`, after each
+    /// gap) or the stream followed changes.
+    pub opening_levels: u64,
     /// Incremental: deletions written for levels Kraken drops past the subscribed depth.
     pub implied_deletions: u64,
     /// Incremental: deletions written before each snapshot, for every level still held, so
@@ -280,11 +283,26 @@ pub struct ExportReport {
     pub reset_deletions: u64,
     /// Incremental: snapshot ends written (a snapshot's last level again, as an update).
     pub snapshot_ends: u64,
+    /// Incremental: deletions written where a gap starts, for every level held, so that every
+    /// consumer holds an empty book through the gap.
+    pub gap_deletions: u64,
     /// Incremental: subscriptions whose depth is not recorded (no implied deletions for them).
     pub unknown_depth: u64,
-    /// Incremental: symbols whose book at `from` was not known (in a gap, or not recorded yet)
-    /// and whose first rows are updates: a consumer skips them until the symbol's next snapshot.
-    pub no_initial_book: Vec<String>,
+    /// Incremental: each symbol and the first instant of the range where the coverage model
+    /// verifies its book (`None`: nowhere in the range); from there on the file describes it.
+    pub covered_from: Vec<(String, Option<Timestamp>)>,
+    /// Incremental: instants where a symbol's coverage starts (at `from` or later, and after
+    /// each gap), each written as the book at that instant or its stored snapshot.
+    pub coverage_starts: u64,
+    /// Incremental: gaps whose start was written as a deletion of every level held.
+    pub gaps_cleared: u64,
+    /// Incremental: stored messages in range left out: outside the coverage (the updates of an
+    /// unverified book after a mismatch, before coverage starts, ...).
+    pub messages_left_out: u64,
+    /// Incremental: pieces of coverage left out because the book at their start could not be
+    /// rebuilt and verified from the stored records (the coverage model and the records
+    /// disagree; none is expected).
+    pub unverified_starts: u64,
     /// Snapshots: instants asked for (per symbol, summed).
     pub intervals: u64,
     /// Snapshots: instants skipped because the book was in a gap (or not recorded yet).
@@ -298,6 +316,39 @@ pub struct ExportReport {
     pub precision_from_values: Vec<String>,
     /// Bytes written, all files together.
     pub bytes: u64,
+}
+
+/// The incremental export's coverage, for its summary line: where each symbol is covered from,
+/// the coverage starts, the gaps cleared and the messages left out (`from`: the range's start).
+pub fn coverage_summary(report: &ExportReport, from: Timestamp) -> String {
+    let mut text = String::new();
+    let at_from: Vec<&str> = report
+        .covered_from
+        .iter()
+        .filter(|(_, c)| *c == Some(from))
+        .map(|(s, _)| s.as_str())
+        .collect();
+    if !at_from.is_empty() {
+        text.push_str(&format!("; covered from --from: {}", at_from.join(", ")));
+    }
+    for (symbol, covered) in &report.covered_from {
+        match covered {
+            Some(c) if *c == from => {}
+            Some(c) => text.push_str(&format!("; {symbol} covered from {c}")),
+            None => text.push_str(&format!("; {symbol} not covered anywhere in the range")),
+        }
+    }
+    text.push_str(&format!(
+        "; {} coverage starts, {} gaps cleared ({} deletions), {} messages outside the coverage left out",
+        report.coverage_starts, report.gaps_cleared, report.gap_deletions, report.messages_left_out
+    ));
+    if report.unverified_starts > 0 {
+        text.push_str(&format!(
+            "; {} pieces of coverage left out: their book could not be rebuilt and verified from the stored records",
+            report.unverified_starts
+        ));
+    }
+    text
 }
 
 /// Why an export failed.
@@ -932,6 +983,31 @@ mod tests {
         for bad in ["", "s", "1", "1.5s", "0s", "-1s", "1w"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_summary_says_where_each_symbol_is_covered_from() {
+        let from = Timestamp::from_unix_nanos(1_000_000_000);
+        let later = from.add_nanos(14_000_000_000);
+        let report = ExportReport {
+            covered_from: vec![
+                ("BTC/USD".into(), Some(from)),
+                ("ETH/USD".into(), Some(from)),
+                ("MINA/GBP".into(), Some(later)),
+                ("DOGE/USD".into(), None),
+            ],
+            coverage_starts: 4,
+            gaps_cleared: 2,
+            gap_deletions: 50,
+            messages_left_out: 7,
+            ..ExportReport::default()
+        };
+        assert_eq!(
+            coverage_summary(&report, from),
+            format!(
+                "; covered from --from: BTC/USD, ETH/USD; MINA/GBP covered from {later}; DOGE/USD not covered anywhere in the range; 4 coverage starts, 2 gaps cleared (50 deletions), 7 messages outside the coverage left out"
+            )
+        );
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! - the end of a subscription's record: it is done; when every subscription is done, the
 //!   connection is closed with code 1000 and [`END_OF_RECORDING`].
 //!
-//! Requests are taken between events, so a subscription joins at the connection's position:
-//! frames stay in time order across the connection's symbols.
+//! Requests are taken between events, and a subscription joins at the connection's position (the
+//! first one fixes it; at speed > 0 a connection with nothing to serve joins the clock): frames
+//! stay in time order across the connection's symbols, snapshots included (a snapshot's book is
+//! the book at the join, no later than any frame after it).
 
 use std::sync::Arc;
 
@@ -200,8 +202,13 @@ impl Player {
                 snapshot,
                 sink,
             } => {
+                // Every subscription of a connection joins at the connection's position, fixed
+                // by its first one: a join reads the database, and the clock moves meanwhile, so
+                // joins each at the clock would send one symbol's snapshot of a later book before
+                // another symbol's updates of earlier instants. A connection with nothing to
+                // serve at speed > 0 joins the clock.
                 let at = match self.position {
-                    Some(p) if self.shared.source.speed == 0.0 => p,
+                    Some(p) if self.shared.source.speed == 0.0 || !self.subs.is_empty() => p,
                     _ => self.shared.clock(),
                 };
                 let (sub, snapshot_frame) =
@@ -210,6 +217,7 @@ impl Player {
                     let _ = sub.sink.send_waiting(&frame).await;
                 }
                 self.subs.push(sub);
+                self.reach(at);
             }
         }
         Ok(())

@@ -1,0 +1,11 @@
+SELECT COUNT(*) FROM kraken_orderbook_messages;
+SELECT COUNT(*) FROM kraken_orderbook_entries;
+SELECT * FROM kraken_orderbook_messages ORDER BY timestamp DESC LIMIT 5;
+SELECT * FROM kraken_orderbook_entries ORDER BY timestamp DESC LIMIT 10;
+SELECT DISTINCT symbol FROM kraken_orderbook_messages;
+SELECT COUNT(*) as total_messages, COUNT(DISTINCT symbol) as unique_symbols, MIN(timestamp) as first_message, MAX(timestamp) as last_message FROM kraken_orderbook_messages;
+SELECT jsonb_pretty(raw_message) FROM kraken_orderbook_messages LIMIT 1;
+SELECT * FROM kraken_orderbook_entries WHERE symbol = 'AAA/USD' ORDER BY timestamp DESC;
+SELECT collector, seq, timestamp FROM kraken_orderbook_messages WHERE symbol = 'AAA/USD' AND message_type = 'snapshot' AND timestamp <= '2026-12-06T20:51:00Z' ORDER BY timestamp DESC LIMIT 1;
+SELECT seq, ordinal, side, price, quantity FROM kraken_orderbook_entries WHERE symbol = 'AAA/USD' AND timestamp BETWEEN '2026-12-06T20:50:30Z' AND '2026-12-06T20:51:00Z' ORDER BY collector, seq, ordinal;
+SELECT * FROM kraken_orderbook_messages WHERE symbol = 'AAA/USD' ORDER BY timestamp DESC LIMIT 10;
