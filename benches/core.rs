@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use krakenbook::book::{Tracker, Verdict};
 use krakenbook::kraken::{self, Frame};
-use krakenbook::store::capture::read_capture;
+use krakenbook_testkit::capture::read_capture;
 
 /// The received frames of a capture, in order, as their exact text.
 fn frames(name: &str) -> Vec<String> {

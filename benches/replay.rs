@@ -8,7 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use krakenbook::journal::{Entry, JournalConfig, JournalWriter};
 use krakenbook::record::RecordBody;
 use krakenbook::replay::verify_journal;
-use krakenbook::store::capture::read_capture;
+use krakenbook_testkit::capture::read_capture;
 
 /// A journal of `copies` connections, each the BTC/USD depth-100 capture as the collector would
 /// have journaled it; returns the number of book messages.

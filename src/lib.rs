@@ -1,37 +1,34 @@
 //! krakenbook records Kraken's public order books, exactly, and gives them back.
 //!
-//! The data flows through the modules in this order:
-//! - [`kraken`]: the v2 protocol, decoded without I/O or floating point;
-//! - [`book`]: order books, Kraken's checksum, and per-symbol verdicts;
-//! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
-//! - [`store`]: TimescaleDB: schema, migrations, the exactly-once binary-COPY writer;
-//! - [`history`]: what was recorded of each symbol and when its book was known (coverage and
-//!   gaps), the one definition every read path asks;
-//! - [`verify`]: checking recorded frames against their checksums;
-//! - [`exchange`]: the server side of the protocol, a simulated Kraken for tests and benchmarks;
-//! - [`web`]: `krakenbook serve`, a read-only web explorer of coverage, books and collectors.
+//! This library is the facade of the workspace: it owns only [`config`] (the collector's
+//! configuration file) and re-exports every layer under the module name it has always had, so
+//! `krakenbook::history::Coverage` and the CLI's `krakenbook::store::Writer` name the same items as
+//! the layer crates. The layers, bottom to top (a crate uses only those below it; `tests/layers.rs`
+//! checks it):
+//! - `krakenbook-core`: [`time`], [`text`], [`host`], [`num`], [`kraken`] (the v2 protocol,
+//!   decoded without I/O or floating point), [`book`] (order books, Kraken's checksum, per-symbol
+//!   verdicts, the depth-window rule), [`record`] (a frame or feed event as journaled);
+//! - `krakenbook-journal`: [`journal`], every frame as received, in checksummed segments;
+//! - `krakenbook-exchange`: [`exchange`], the server side of the protocol and a simulated Kraken;
+//! - `krakenbook-store`: [`store`], TimescaleDB: schema, migrations, the exactly-once writer;
+//! - `krakenbook-collect`: [`feed`], [`collect`], [`metrics`]: feed → journal → store;
+//! - `krakenbook-history`: [`history`] (coverage and gaps, the one definition every read path
+//!   asks) and [`readback`] (books at any instant);
+//! - `krakenbook-read`: [`replay`], [`export`], [`plot`], [`output`], [`verify`];
+//! - `krakenbook-web`: [`web`], `krakenbook serve`, the read-only web explorer of coverage, books
+//!   and collectors (it reads through history, and serves with collect's hardened accept loop).
 //!
 //! Every price and quantity is an exact [`book::Decimal`]; every instant a [`time::Timestamp`].
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
-pub mod book;
-pub mod collect;
+pub use krakenbook_collect::{collect, feed, metrics};
+pub use krakenbook_core::{book, host, kraken, num, record, text, time};
+pub use krakenbook_exchange as exchange;
+pub use krakenbook_history::{history, readback};
+pub use krakenbook_journal as journal;
+pub use krakenbook_read::{export, output, plot, replay, verify};
+pub use krakenbook_store as store;
+pub use krakenbook_web as web;
+
 pub mod config;
-pub mod exchange;
-pub mod export;
-pub mod feed;
-pub mod history;
-pub mod journal;
-pub mod kraken;
-pub mod metrics;
-pub mod output;
-pub mod plot;
-pub mod readback;
-pub mod record;
-pub mod replay;
-pub mod store;
-pub mod text;
-pub mod time;
-pub mod verify;
-pub mod web;

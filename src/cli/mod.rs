@@ -3,12 +3,6 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
-mod bench;
-mod bench_collect;
-mod bench_ingest;
-mod bench_readback;
-mod bench_serve;
-mod bench_simulate;
 mod book;
 mod collect;
 mod export;
@@ -45,10 +39,8 @@ Examples:
   krakenbook verify tests/fixtures/kraken-v2/*.ndjson     check every checksum in recorded frames
   krakenbook verify --json capture.ndjson                 the same, as JSON for scripts
   krakenbook migrate --database-url postgres://kb@localhost/market   create or upgrade the schema
-  krakenbook bench ingest                                 the store writer against plain COPY
 
-  krakenbook simulate --symbols BTC/USD:1:8 --rate 50      a local Kraken v2 exchange on 127.0.0.1:8790
-  krakenbook bench simulate --pairs 500                   messages per second the simulator serves";
+  krakenbook simulate --symbols BTC/USD:1:8 --rate 50      a local Kraken v2 exchange on 127.0.0.1:8790";
 
 /// krakenbook's commands.
 #[derive(Debug, Subcommand)]
@@ -89,9 +81,6 @@ pub enum Command {
     /// A web explorer of the recording: coverage, books, heatmap, collectors (read-only).
     #[command(after_help = serve::SERVE_EXAMPLES)]
     Serve(serve::ServeArgs),
-    /// Benchmarks that print figures (ingest, simulate).
-    #[command(after_help = bench::BENCH_EXAMPLES)]
-    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -109,6 +98,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(*args).await,
         Command::Plot(args) => plot::run(*args).await,
         Command::Serve(args) => serve::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
     }
 }

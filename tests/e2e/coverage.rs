@@ -581,7 +581,7 @@ async fn journal_damage_is_a_gap_from_the_journal_and_from_the_database_alike() 
     // every 40 verified updates.
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/kraken-v2/kraken_btcusd_d10_20260816.ndjson");
-    let records = krakenbook::store::capture::read_capture(&path, &mut 1, 1).unwrap();
+    let records = krakenbook_testkit::capture::read_capture(&path, &mut 1, 1).unwrap();
     let mut config = JournalConfig::new(&journal);
     config.compression_level = 0;
     config.segment_bytes = 20_000;

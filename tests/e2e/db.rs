@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use krakenbook::record::Record;
-use krakenbook::store::{self, MigrateOptions, TempCluster, capture};
+use krakenbook::store::{self, MigrateOptions};
+use krakenbook_testkit::{TempCluster, capture};
 use tokio_postgres::Client;
 
 use crate::support::fixtures;

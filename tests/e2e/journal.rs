@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use krakenbook::journal::{Entry, JournalConfig, JournalWriter, list_segments};
-use krakenbook::store::capture::read_capture;
+use krakenbook_testkit::capture::read_capture;
 
 use crate::db::migrated_db;
 use crate::support::{krakenbook, run};

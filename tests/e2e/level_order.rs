@@ -2,10 +2,10 @@
 //! book after every level ([`LevelClient`]): every message of every capture verifies.
 
 use krakenbook::record::RecordBody;
-use krakenbook::store::capture::read_capture;
+use krakenbook_testkit::capture::read_capture;
 
-use crate::sim_client::LevelClient;
 use crate::support::fixtures;
+use krakenbook_testkit::sim_client::LevelClient;
 
 #[test]
 fn a_client_truncating_after_each_level_verifies_every_message_of_the_real_captures() {

@@ -16,7 +16,6 @@ mod plot;
 mod readback;
 mod recording;
 mod replay_serve;
-mod sim_client;
 mod simulate;
 mod store;
 mod support;

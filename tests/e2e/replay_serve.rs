@@ -27,7 +27,7 @@ use krakenbook::time::Timestamp;
 
 use crate::collect::{Collector, finish, simulator, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
-use crate::sim_client::{Checker, Client, LevelClient, Next};
+use krakenbook_testkit::sim_client::{Checker, Client, LevelClient, Next};
 
 const SYMBOLS: [&str; 3] = ["BTC/USD", "ETH/USD", "MINA/GBP"];
 

@@ -11,7 +11,7 @@ use krakenbook::exchange::{Faults, SimConfig, Simulator};
 use krakenbook::kraken::{Frame, Request, decode};
 use tokio::time::Instant;
 
-use crate::sim_client::{Checker, Client, LevelClient, Next};
+use krakenbook_testkit::sim_client::{Checker, Client, LevelClient, Next};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,320 @@
+//! `krakenbook-bench collect`: what the collector costs while it records, and how long a frame
+//! takes to reach the database.
+//!
+//! Starts the simulator in-process and `krakenbook collect` as a child process subscribed to
+//! every simulated pair (journal, and a throwaway TimescaleDB unless `--journal-only` or
+//! `--database-url`). After the snapshots and a warm-up it measures, over `--seconds`, the
+//! collector's CPU time (from /proc, user + system, as a share of one core), its peak resident
+//! memory, the frames it received per second, and the receive-to-commit latency histogram its
+//! `/metrics` exposes (p50, p99).
+
+use std::net::SocketAddr;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use krakenbook::exchange::sim::generated_pairs;
+use krakenbook::exchange::{SimConfig, Simulator};
+use krakenbook::kraken::Depth;
+use krakenbook::metrics::histogram_quantile;
+use krakenbook_testkit::{ClusterOptions, TempCluster};
+
+pub(crate) const BENCH_COLLECT_EXAMPLES: &str = "\
+Run it with a release build (cargo run --release -- bench collect ...). The offered load is
+--pairs x --rate book events per second; at depth 1000 nearly every event is a message.
+
+Examples:
+  krakenbook-bench collect --pairs 1000 --depth 1000 --rate 2 --journal-only   a whole market, light
+  krakenbook-bench collect --pairs 100 --depth 1000 --rate 100                 ~10,000 msg/s into TimescaleDB
+  krakenbook-bench collect --database-url postgres://kb@localhost/market       an existing server";
+
+/// `krakenbook-bench collect`.
+#[derive(Debug, Args)]
+pub struct BenchCollectArgs {
+    /// Simulated pairs (the collector records all of them).
+    #[arg(long, value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub pairs: u32,
+    /// Book events per second per pair.
+    #[arg(long, value_name = "EVENTS", default_value = "100")]
+    pub rate: f64,
+    /// Book depth: 10, 25, 100, 500 or 1000.
+    #[arg(long, default_value = "1000")]
+    pub depth: Depth,
+    /// Seconds to measure, after the warm-up.
+    #[arg(long, value_name = "SECS", default_value = "20", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Seconds to wait after starting before measuring (snapshots, connections, caches).
+    #[arg(long, value_name = "SECS", default_value = "8")]
+    pub warmup: u64,
+    /// Record to the journal only (no database; no latency figure).
+    #[arg(long, conflicts_with = "database_url")]
+    pub journal_only: bool,
+    /// Write to this database instead of a throwaway local cluster.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// Runs `krakenbook-bench collect`.
+pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of events per second");
+    }
+    let work = tempfile::tempdir().context("creating a scratch directory")?;
+    let (cluster, db_url) = match (&args.database_url, args.journal_only) {
+        (Some(url), _) => (None, Some(url.clone())),
+        (None, true) => (None, None),
+        (None, false) => {
+            let cluster = tokio::task::spawn_blocking(|| {
+                TempCluster::with_options(ClusterOptions {
+                    durable: true,
+                    bindir: None,
+                })
+            })
+            .await??;
+            let url = cluster.create_database().await?;
+            (Some(cluster), Some(url))
+        }
+    };
+
+    let pairs = generated_pairs(args.pairs as usize);
+    let symbols: Vec<String> = pairs.iter().map(|p| p.symbol.clone()).collect();
+    let sim = Simulator::bind(SimConfig {
+        pairs,
+        rate: args.rate,
+        ..SimConfig::default()
+    })
+    .await?;
+    let metrics_addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let exe = krakenbook_binary()?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
+        .args(["--symbols", &symbols.join(",")])
+        .args(["--depth", &args.depth.to_string()])
+        .args(["--metrics-listen", &metrics_addr.to_string()])
+        .arg("--journal-dir")
+        .arg(work.path().join("journal"))
+        .env_remove("DATABASE_URL")
+        .env("KRAKENBOOK_LOG", "warn")
+        .envs(
+            std::env::var("BENCH_WORKERS")
+                .ok()
+                .map(|w| ("TOKIO_WORKER_THREADS", w)),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(url) = &db_url {
+        cmd.args(["--database-url", url]);
+    }
+    let mut child = cmd.spawn().context("starting krakenbook collect")?;
+    let pid = child.id().context("the collector's pid")?;
+    eprintln!(
+        "bench collect: {} pairs at depth {}, {} events/s offered ({} per pair), warm-up {} s, measuring {} s{}",
+        args.pairs,
+        args.depth,
+        args.pairs as f64 * args.rate,
+        args.rate,
+        args.warmup,
+        args.seconds,
+        if db_url.is_some() {
+            ", into TimescaleDB"
+        } else {
+            ", journal only"
+        }
+    );
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    if db_url.is_some() {
+        // The subscriptions' snapshots (2,000 levels each at depth 1000) arrive in a burst; measure
+        // the steady state, once the database has caught up with the journal.
+        let waiting = Instant::now();
+        loop {
+            let lag = counter(&scrape(metrics_addr).await?, "krakenbook_db_lag_records");
+            if lag < 1000.0 {
+                break;
+            }
+            if waiting.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "the database did not catch up with the journal within 5 minutes ({lag} records behind)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "bench collect: the database caught up with the startup snapshots {:.1} s after the warm-up",
+            waiting.elapsed().as_secs_f64()
+        );
+    }
+    let start_cpu = cpu_seconds(pid)?;
+    let start_metrics = scrape(metrics_addr).await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let cpu = cpu_seconds(pid)? - start_cpu;
+    let wall = started.elapsed().as_secs_f64();
+    let end_metrics = scrape(metrics_addr).await?;
+    let peak_rss = peak_rss_bytes(pid)?;
+
+    if let Some(id) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &id.to_string()])
+            .status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    sim.shutdown().await?;
+    drop(cluster);
+
+    let frames = counter(&end_metrics, "krakenbook_frames_received_total")
+        - counter(&start_metrics, "krakenbook_frames_received_total");
+    let ok = sum_counter(&end_metrics, "krakenbook_checksum_ok_total")
+        - sum_counter(&start_metrics, "krakenbook_checksum_ok_total");
+    let mismatches = sum_counter(&end_metrics, "krakenbook_checksum_mismatch_total");
+    println!(
+        "collector frames received:   {:.0} /s ({:.0} verified book messages/s)",
+        frames / wall,
+        ok / wall
+    );
+    println!(
+        "collector CPU:               {:.1}% of one core ({:.2} µs per frame)",
+        100.0 * cpu / wall,
+        1e6 * cpu / frames.max(1.0)
+    );
+    println!(
+        "collector peak RSS:          {:.1} MB",
+        peak_rss as f64 / 1e6
+    );
+    println!("checksum mismatches:         {mismatches}");
+    if db_url.is_some() {
+        for (label, name) in [
+            (
+                "receive → committed latency",
+                "krakenbook_db_commit_latency_seconds",
+            ),
+            ("database batch duration    ", "krakenbook_db_batch_seconds"),
+        ] {
+            let buckets = histogram_delta(&start_metrics, &end_metrics, name);
+            match (
+                histogram_quantile(0.5, &buckets),
+                histogram_quantile(0.99, &buckets),
+            ) {
+                (Some(p50), Some(p99)) => {
+                    println!("{label}: p50 {:.1} ms, p99 {:.1} ms", p50 * 1e3, p99 * 1e3)
+                }
+                _ => println!("{label}: no commits during the window"),
+            }
+        }
+    }
+    match status {
+        Ok(Ok(s)) if s.success() => Ok(if mismatches == 0.0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Ok(Ok(s)) => bail!("the collector exited with {s}"),
+        _ => bail!("the collector did not exit after SIGTERM"),
+    }
+}
+
+/// User + system CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context("reading /proc/PID/stat (Linux only)")?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    Ok((ticks(11) + ticks(12)) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading /proc/PID/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kb * 1024)
+}
+
+async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connecting to the collector's /metrics")?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn sum_counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|l| {
+            let (bound, count) = l.split_once("\"} ")?;
+            Some((
+                bound.parse::<f64>().unwrap_or(f64::INFINITY),
+                count.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn histogram_delta(start: &str, end: &str, name: &str) -> Vec<(f64, u64)> {
+    let before = buckets(start, name);
+    buckets(end, name)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (bound, n))| (bound, n.saturating_sub(before.get(i).map_or(0, |b| b.1))))
+        .collect()
+}
+
+/// The `krakenbook` binary beside this one (cargo builds both into the same directory).
+fn krakenbook_binary() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("locating the krakenbook-bench binary")?;
+    let exe = me.with_file_name("krakenbook");
+    if !exe.is_file() {
+        bail!(
+            "no krakenbook binary beside {} (build both: cargo build --release --workspace)",
+            me.display()
+        );
+    }
+    Ok(exe)
+}

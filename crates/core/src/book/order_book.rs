@@ -1,0 +1,801 @@
+//! One symbol's L2 order book, kept exactly as Kraken's v2 `book` channel describes it.
+//!
+//! Rules (from Kraken's book channel and checksum guides):
+//! - a snapshot replaces the book;
+//! - an update applies its levels in the order given, so when one message names a price twice the
+//!   later level wins; a quantity of zero deletes the level, and deleting an absent level is a no-op;
+//! - after every message each side is truncated to the subscribed depth, because Kraken sends no
+//!   deletion for a level that falls out of range (it sends the level that comes into range);
+//! - the checksum is CRC32 over the top ten asks (low to high) then the top ten bids (high to low),
+//!   each level as price then quantity, each printed at the pair's precision with the point removed
+//!   and leading zeros stripped.
+//!
+//! Storage: each side is a `VecDeque` of integer mantissas at the book's scale, sorted so that the
+//! best level is at the back. Kraken's changes cluster at the top, so inserts and deletes move few
+//! elements; truncation pops the front. A level is 24 bytes, so a whole market at depth 1000 fits
+//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic.
+//!
+//! Scale: values are stored as mantissas at one scale per field (price, quantity). It starts at the
+//! instrument's precision when known, else at 0, and grows when a value needs more decimals: to
+//! the value's written decimals when the precision comes from the wire text, or to its significant
+//! decimals when the instrument gave one (trailing zeros then do not count). Growing rescales the
+//! stored levels. The checksum prints every value at the current scale.
+//!
+//! Invariants, checked by property tests against a plain `BTreeMap` model: each side is sorted and
+//! unique by price, holds no zero quantity, and has at most `depth` levels after each message.
+
+use std::collections::VecDeque;
+
+use crate::num::{Decimal, Precision, PriceLevel, Side, pow10};
+
+/// How many levels of each side the checksum covers.
+pub const CHECKSUM_LEVELS: usize = 10;
+
+/// A sorted copy of the top of a book.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BookView {
+    /// Bids, best (highest) first.
+    pub bids: Vec<PriceLevel>,
+    /// Asks, best (lowest) first.
+    pub asks: Vec<PriceLevel>,
+}
+
+/// A value that the book cannot hold exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value} does not fit the book's integer representation at {scale} decimals")]
+pub struct BookError {
+    /// `price` or `qty`.
+    pub field: &'static str,
+    /// The value.
+    pub value: Decimal,
+    /// The scale it was to be stored at.
+    pub scale: u8,
+}
+
+/// A stored level: mantissas at the book's scales. The quantity is split into two `u64`s so a
+/// level is 24 bytes with 8-byte alignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lvl {
+    price: u64,
+    qty_lo: u64,
+    qty_hi: u64,
+}
+
+impl Lvl {
+    fn qty(self) -> u128 {
+        (u128::from(self.qty_hi) << 64) | u128::from(self.qty_lo)
+    }
+    fn set_qty(&mut self, q: u128) {
+        self.qty_lo = q as u64;
+        self.qty_hi = (q >> 64) as u64;
+    }
+}
+
+/// One side, best level at the back.
+#[derive(Clone, Debug)]
+struct Ladder {
+    side: Side,
+    levels: VecDeque<Lvl>,
+    /// Whether the top [`CHECKSUM_LEVELS`] may have changed since the checksum was last taken.
+    top_changed: bool,
+}
+
+impl Ladder {
+    fn new(side: Side) -> Self {
+        Ladder {
+            side,
+            levels: VecDeque::new(),
+            top_changed: true,
+        }
+    }
+
+    /// Whether index `i` (of a ladder of `len` levels) is among the top levels.
+    fn in_top(i: usize, len: usize) -> bool {
+        i + CHECKSUM_LEVELS >= len
+    }
+
+    /// Where `price` is, or would be inserted. Bids ascend toward the back, asks descend.
+    fn find(&self, price: u64) -> Result<usize, usize> {
+        match self.side {
+            Side::Bid => self.levels.binary_search_by(|l| l.price.cmp(&price)),
+            Side::Ask => self.levels.binary_search_by(|l| price.cmp(&l.price)),
+        }
+    }
+
+    fn set(&mut self, price: u64, qty: u128) {
+        let len = self.levels.len();
+        match self.find(price) {
+            Ok(i) if qty == 0 => {
+                self.top_changed |= Self::in_top(i, len);
+                self.levels.remove(i);
+            }
+            Ok(i) => {
+                self.top_changed |= Self::in_top(i, len);
+                self.levels[i].set_qty(qty);
+            }
+            Err(_) if qty == 0 => {}
+            Err(i) => {
+                // After the insert, the new level sits at `i` in a ladder of `len + 1`.
+                self.top_changed |= Self::in_top(i, len + 1);
+                let mut l = Lvl {
+                    price,
+                    qty_lo: 0,
+                    qty_hi: 0,
+                };
+                l.set_qty(qty);
+                self.levels.insert(i, l);
+            }
+        }
+    }
+
+    fn truncate(&mut self, depth: usize) {
+        while self.levels.len() > depth {
+            self.top_changed |= Self::in_top(0, self.levels.len());
+            self.levels.pop_front();
+        }
+        // A message that briefly pushed a side past its depth may have doubled its capacity:
+        // give the memory back (a whole market at depth 1000 is 2 million levels).
+        if self.levels.capacity() > 2 * depth + 64 {
+            self.levels.shrink_to(depth + 32);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+        self.top_changed = true;
+    }
+
+    /// Best first.
+    fn best_first(&self) -> impl DoubleEndedIterator<Item = &Lvl> + ExactSizeIterator {
+        self.levels.iter().rev()
+    }
+}
+
+/// One symbol's order book at a fixed depth.
+#[derive(Clone, Debug)]
+pub struct OrderBook {
+    depth: usize,
+    bids: Ladder,
+    asks: Ladder,
+    /// Precision from the instrument channel, when known.
+    known: Option<Precision>,
+    /// The scales the mantissas are stored at (and the checksum prints at).
+    scale: Precision,
+    /// The checksum as last computed by [`OrderBook::current_checksum`].
+    last_checksum: u32,
+}
+
+impl OrderBook {
+    /// An empty book keeping `depth` levels a side.
+    pub fn new(depth: usize) -> Self {
+        OrderBook {
+            depth: depth.max(1),
+            bids: Ladder::new(Side::Bid),
+            asks: Ladder::new(Side::Ask),
+            known: None,
+            scale: Precision::default(),
+            last_checksum: 0,
+        }
+    }
+
+    /// An empty book keeping `depth` levels a side, at `precision` (`None`: the wire text's).
+    pub fn with_precision(depth: usize, precision: Option<Precision>) -> Self {
+        let mut book = OrderBook::new(depth);
+        book.known = precision;
+        book.scale = precision.unwrap_or_default();
+        book
+    }
+
+    /// Sets the pair's precision (from the instrument channel); `None` falls back to the wire
+    /// text. The levels already held are kept (re-stored at the new scale); when one cannot be,
+    /// the error says so and the book must be treated as unsynced. On an empty book it cannot
+    /// fail.
+    pub fn set_precision(&mut self, precision: Option<Precision>) -> Result<(), BookError> {
+        if self.known == precision {
+            return Ok(());
+        }
+        let view = self.view(self.depth);
+        self.known = precision;
+        self.scale = precision.unwrap_or_default();
+        self.clear();
+        // Values that were held exactly are re-stored; the scale grows if one needs it.
+        self.apply_update(
+            view.bids.iter().map(|l| (l.price, l.qty)),
+            view.asks.iter().map(|l| (l.price, l.qty)),
+        )
+    }
+
+    /// The precision the checksum prints at: the instrument's, grown where the wire needed more.
+    pub fn precision(&self) -> Precision {
+        self.scale
+    }
+
+    /// Levels kept per side.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Changes the depth; a smaller depth truncates at once.
+    pub fn set_depth(&mut self, depth: usize) {
+        self.depth = depth.max(1);
+        self.truncate();
+    }
+
+    /// Removes every level.
+    pub fn clear(&mut self) {
+        self.bids.clear();
+        self.asks.clear();
+    }
+
+    /// Replaces the book with a snapshot's levels (applied in order, then truncated).
+    pub fn apply_snapshot(
+        &mut self,
+        bids: impl IntoIterator<Item = (Decimal, Decimal)>,
+        asks: impl IntoIterator<Item = (Decimal, Decimal)>,
+    ) -> Result<(), BookError> {
+        self.clear();
+        self.scale = self.known.unwrap_or_default();
+        self.apply_update(bids, asks)
+    }
+
+    /// Applies an update's levels in the order given, then truncates to the depth.
+    ///
+    /// On error (a value too large for the book's integers) the book is left part-applied and
+    /// must be treated as unsynced.
+    pub fn apply_update(
+        &mut self,
+        bids: impl IntoIterator<Item = (Decimal, Decimal)>,
+        asks: impl IntoIterator<Item = (Decimal, Decimal)>,
+    ) -> Result<(), BookError> {
+        let mut result = Ok(());
+        for (price, qty) in bids {
+            if let Err(e) = self.set_level(Side::Bid, price, qty) {
+                result = Err(e);
+            }
+        }
+        for (price, qty) in asks {
+            if let Err(e) = self.set_level(Side::Ask, price, qty) {
+                result = Err(e);
+            }
+        }
+        self.truncate();
+        result
+    }
+
+    /// Sets one level without truncating: quantity zero deletes it (absent or not).
+    pub fn set_level(&mut self, side: Side, price: Decimal, qty: Decimal) -> Result<(), BookError> {
+        let p = self.mantissa(price, Field::Price)?;
+        let q = self.mantissa(qty, Field::Qty)?;
+        let p = u64::try_from(p).map_err(|_| BookError {
+            field: "price",
+            value: price,
+            scale: self.scale.price,
+        })?;
+        match side {
+            Side::Bid => self.bids.set(p, q),
+            Side::Ask => self.asks.set(p, q),
+        }
+        Ok(())
+    }
+
+    /// The mantissa of `value` at the field's scale, growing the scale first if `value` needs it.
+    fn mantissa(&mut self, value: Decimal, field: Field) -> Result<u128, BookError> {
+        let current = field.get(self.scale);
+        if let Some(m) = value.mantissa_at(current)
+            && (self.known.is_some() || value.scale() <= current)
+        {
+            return Ok(m);
+        }
+        let needed = if self.known.is_some() {
+            value.normalized().scale()
+        } else {
+            value.scale()
+        };
+        if needed > current {
+            self.rescale(field, needed).map_err(|()| BookError {
+                field: field.name(),
+                value,
+                scale: needed,
+            })?;
+        }
+        let scale = field.get(self.scale);
+        value.mantissa_at(scale).ok_or(BookError {
+            field: field.name(),
+            value,
+            scale,
+        })
+    }
+
+    /// Re-stores every level of both sides with `field` at `scale` (larger than the current one).
+    fn rescale(&mut self, field: Field, scale: u8) -> Result<(), ()> {
+        let factor = pow10(scale - field.get(self.scale)).ok_or(())?;
+        for l in self
+            .bids
+            .levels
+            .iter_mut()
+            .chain(self.asks.levels.iter_mut())
+        {
+            match field {
+                Field::Price => {
+                    l.price = u64::try_from(u128::from(l.price).checked_mul(factor).ok_or(())?)
+                        .map_err(|_| ())?;
+                }
+                Field::Qty => {
+                    let q = l.qty().checked_mul(factor).ok_or(())?;
+                    l.set_qty(q);
+                }
+            }
+        }
+        match field {
+            Field::Price => self.scale.price = scale,
+            Field::Qty => self.scale.qty = scale,
+        }
+        self.bids.top_changed = true;
+        self.asks.top_changed = true;
+        Ok(())
+    }
+
+    /// Drops the levels beyond the depth on each side (the worst prices).
+    pub fn truncate(&mut self) {
+        self.bids.truncate(self.depth);
+        self.asks.truncate(self.depth);
+    }
+
+    /// The checksum, recomputed only when the top ten levels of a side may have changed since
+    /// the last call (changes deeper in a depth-1000 book leave it as it was).
+    pub fn current_checksum(&mut self) -> u32 {
+        if self.bids.top_changed || self.asks.top_changed {
+            self.last_checksum = self.checksum();
+            self.bids.top_changed = false;
+            self.asks.top_changed = false;
+        }
+        self.last_checksum
+    }
+
+    /// Kraken's CRC32 checksum of the top ten levels of each side.
+    pub fn checksum(&self) -> u32 {
+        // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
+        // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
+        // (hashing each number separately is three times slower).
+        let mut text = [0u8; 2 * CHECKSUM_LEVELS * (20 + 39)];
+        let mut len = 0;
+        let mut buf = itoa::Buffer::new();
+        let mut push = |digits: &str| {
+            text[len..len + digits.len()].copy_from_slice(digits.as_bytes());
+            len += digits.len();
+        };
+        let levels = self
+            .asks
+            .best_first()
+            .take(CHECKSUM_LEVELS)
+            .chain(self.bids.best_first().take(CHECKSUM_LEVELS));
+        for l in levels {
+            push(buf.format(l.price));
+            push(match l.qty_hi {
+                0 => buf.format(l.qty_lo),
+                _ => buf.format(l.qty()),
+            });
+        }
+        crc32fast::hash(&text[..len])
+    }
+
+    fn level(&self, l: &Lvl) -> PriceLevel {
+        // Scales never exceed Decimal::MAX_SCALE: they only grow to a parsed Decimal's scale.
+        PriceLevel {
+            price: Decimal::new(u128::from(l.price), self.scale.price).unwrap_or_default(),
+            qty: Decimal::new(l.qty(), self.scale.qty).unwrap_or_default(),
+        }
+    }
+
+    /// The highest bid.
+    pub fn best_bid(&self) -> Option<PriceLevel> {
+        self.bids.levels.back().map(|l| self.level(l))
+    }
+
+    /// The lowest ask.
+    pub fn best_ask(&self) -> Option<PriceLevel> {
+        self.asks.levels.back().map(|l| self.level(l))
+    }
+
+    /// Best ask minus best bid; `None` when a side is empty or the book is crossed.
+    pub fn spread(&self) -> Option<Decimal> {
+        self.best_ask()?.price.checked_sub(self.best_bid()?.price)
+    }
+
+    /// Bids, best (highest) first.
+    pub fn bids(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + ExactSizeIterator + '_ {
+        self.bids.best_first().map(|l| self.level(l))
+    }
+
+    /// Asks, best (lowest) first.
+    pub fn asks(&self) -> impl DoubleEndedIterator<Item = PriceLevel> + ExactSizeIterator + '_ {
+        self.asks.best_first().map(|l| self.level(l))
+    }
+
+    /// Number of bid and ask levels.
+    pub fn len(&self) -> (usize, usize) {
+        (self.bids.levels.len(), self.asks.levels.len())
+    }
+
+    /// Whether both sides are empty.
+    pub fn is_empty(&self) -> bool {
+        self.bids.levels.is_empty() && self.asks.levels.is_empty()
+    }
+
+    /// A sorted copy of the top `depth` levels of each side.
+    pub fn view(&self, depth: usize) -> BookView {
+        BookView {
+            bids: self.bids().take(depth).collect(),
+            asks: self.asks().take(depth).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Price,
+    Qty,
+}
+
+impl Field {
+    fn get(self, p: Precision) -> u8 {
+        match self {
+            Field::Price => p.price,
+            Field::Qty => p.qty,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Field::Price => "price",
+            Field::Qty => "qty",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    fn levels(pairs: &[(&str, &str)]) -> Vec<(Decimal, Decimal)> {
+        pairs.iter().map(|(p, q)| (d(p), d(q))).collect()
+    }
+
+    /// Kraken's "Book checksum (v2)" guide: BTC/USD at precision 1/8 gives 3310070434.
+    #[test]
+    fn kraken_guide_btcusd_vector() {
+        let asks = levels(&[
+            ("45285.2", "0.00100000"),
+            ("45286.4", "1.54571953"),
+            ("45286.6", "1.54571109"),
+            ("45289.6", "1.54560911"),
+            ("45290.2", "0.15890660"),
+            ("45291.8", "1.54553491"),
+            ("45294.7", "0.04454749"),
+            ("45296.1", "0.35380000"),
+            ("45297.5", "0.09945542"),
+            ("45299.5", "0.18772827"),
+        ]);
+        let bids = levels(&[
+            ("45283.5", "0.10000000"),
+            ("45283.4", "1.54582015"),
+            ("45282.1", "0.10000000"),
+            ("45281.0", "0.10000000"),
+            ("45280.3", "1.54592586"),
+            ("45279.0", "0.07990000"),
+            ("45277.6", "0.03310103"),
+            ("45277.5", "0.30000000"),
+            ("45277.3", "1.54602737"),
+            ("45276.6", "0.15445238"),
+        ]);
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 1, qty: 8 }));
+        book.apply_snapshot(bids.clone(), asks.clone()).unwrap();
+        assert_eq!(book.checksum(), 3_310_070_434);
+        // The same from the wire text alone (every value printed at full precision).
+        let mut inferred = OrderBook::new(10);
+        inferred.apply_snapshot(bids, asks).unwrap();
+        assert_eq!(inferred.checksum(), 3_310_070_434);
+    }
+
+    fn matic_snapshot() -> Message {
+        let bids = levels(&[
+            ("0.5666", "4831.75496356"),
+            ("0.5665", "6658.22734739"),
+            ("0.5664", "18724.91513344"),
+            ("0.5663", "11563.92544914"),
+            ("0.5662", "14006.65365711"),
+            ("0.5661", "17454.85679807"),
+            ("0.566", "18097.1547"),
+            ("0.5659", "33644.89175666"),
+            ("0.5658", "148.3464"),
+            ("0.5657", "606.70854372"),
+        ]);
+        let asks = levels(&[
+            ("0.5668", "4410.79769741"),
+            ("0.5669", "4655.40412487"),
+            ("0.567", "49844.89424998"),
+            ("0.5671", "24306.41678"),
+            ("0.5672", "29783.25223475"),
+            ("0.5673", "57234.71239278"),
+            ("0.5674", "45065.04744"),
+            ("0.5675", "5912.76380354"),
+            ("0.5676", "42514.92434778"),
+            ("0.5677", "36304.0847022"),
+        ]);
+        (bids, asks)
+    }
+
+    /// Kraken's v2 book page, MATIC/USD at precision 4/8: the page drops trailing zeros, so only
+    /// formatting at the pair's precision reproduces 2439117997 and then 2114181697.
+    #[test]
+    fn kraken_book_page_maticusd_vector_needs_padding() {
+        let (bids, asks) = matic_snapshot();
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 4, qty: 8 }));
+        book.apply_snapshot(bids, asks).unwrap();
+        assert_eq!(book.checksum(), 2_439_117_997);
+        book.apply_update(levels(&[("0.5657", "1098.3947558")]), vec![])
+            .unwrap();
+        assert_eq!(book.checksum(), 2_114_181_697);
+    }
+
+    /// The unpadded text gives a different checksum: the padding is what makes the vector pass.
+    #[test]
+    fn maticusd_vector_fails_without_padding() {
+        let (bids, asks) = matic_snapshot();
+        let unpadded: String = asks
+            .iter()
+            .chain(&bids)
+            .flat_map(|(p, q)| [p.to_string(), q.to_string()])
+            .map(|t| t.replace('.', "").trim_start_matches('0').to_owned())
+            .collect();
+        assert_ne!(crc32fast::hash(unpadded.as_bytes()), 2_439_117_997);
+    }
+
+    #[test]
+    fn update_rules_table() {
+        // (what it covers, update bids, expected bids best first)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                "qty 0 deletes",
+                vec![("10", "0")],
+                vec![("9", "2"), ("8", "3")],
+            ),
+            (
+                "delete of an absent level is ignored",
+                vec![("7.5", "0")],
+                vec![("10", "1"), ("9", "2"), ("8", "3")],
+            ),
+            (
+                "same price twice: the later wins",
+                vec![("9", "5"), ("9", "6")],
+                vec![("10", "1"), ("9", "6"), ("8", "3")],
+            ),
+            (
+                "same price: delete then re-add",
+                vec![("9", "0"), ("9", "7")],
+                vec![("10", "1"), ("9", "7"), ("8", "3")],
+            ),
+            (
+                "insert beyond depth truncates the worst",
+                vec![("11", "1")],
+                vec![("11", "1"), ("10", "1"), ("9", "2")],
+            ),
+            (
+                "insert below the worst is cut at once",
+                vec![("1", "1")],
+                vec![("10", "1"), ("9", "2"), ("8", "3")],
+            ),
+            (
+                "equal by value at another scale",
+                vec![("9.00", "4")],
+                vec![("10", "1"), ("9", "4"), ("8", "3")],
+            ),
+        ];
+        for (what, update, expected) in cases {
+            let mut book = OrderBook::new(3);
+            book.apply_snapshot(levels(&[("10", "1"), ("9", "2"), ("8", "3")]), vec![])
+                .unwrap();
+            book.apply_update(levels(&update), vec![]).unwrap();
+            let got: Vec<_> = book.bids().map(|l| (l.price, l.qty)).collect();
+            assert_eq!(got, levels(&expected), "{what}");
+        }
+    }
+
+    #[test]
+    fn best_levels_and_spread() {
+        let mut book = OrderBook::new(10);
+        assert_eq!(book.spread(), None);
+        book.apply_snapshot(
+            levels(&[("100.1", "1"), ("99.5", "2")]),
+            levels(&[("100.4", "3"), ("101", "1")]),
+        )
+        .unwrap();
+        assert_eq!(book.best_bid().unwrap().price, d("100.1"));
+        assert_eq!(book.best_ask().unwrap().price, d("100.4"));
+        assert_eq!(book.spread(), Some(d("0.3")));
+        let view = book.view(1);
+        assert_eq!(
+            view.bids,
+            vec![PriceLevel {
+                price: d("100.1"),
+                qty: d("1")
+            }]
+        );
+        assert_eq!(
+            view.asks,
+            vec![PriceLevel {
+                price: d("100.4"),
+                qty: d("3")
+            }]
+        );
+    }
+
+    fn arb_level() -> impl Strategy<Value = (Decimal, Decimal)> {
+        // Prices on a small grid so updates collide with existing levels, written with one to
+        // three decimals (so equal prices arrive at different scales); qty 0 now and then.
+        (
+            1u128..200,
+            1u8..4,
+            prop_oneof![Just(0u128), 1u128..1_000_000_000],
+            6u8..9,
+        )
+            .prop_map(|(p, ps, q, qs)| {
+                let price = Decimal::new(p * 5 * 10u128.pow(u32::from(ps) - 1), ps).unwrap();
+                (price, Decimal::new(q, qs).unwrap())
+            })
+    }
+
+    /// The obvious implementation of the rules, to check the compact one against.
+    #[derive(Default)]
+    struct Model {
+        bids: std::collections::BTreeMap<Decimal, Decimal>,
+        asks: std::collections::BTreeMap<Decimal, Decimal>,
+        seen: Precision,
+    }
+
+    impl Model {
+        fn apply(
+            &mut self,
+            depth: usize,
+            bids: &[(Decimal, Decimal)],
+            asks: &[(Decimal, Decimal)],
+        ) {
+            for (side, levels) in [(&mut self.bids, bids), (&mut self.asks, asks)] {
+                for &(p, q) in levels {
+                    self.seen.price = self.seen.price.max(p.scale());
+                    self.seen.qty = self.seen.qty.max(q.scale());
+                    if q.is_zero() {
+                        side.remove(&p);
+                    } else {
+                        side.insert(p, q);
+                    }
+                }
+            }
+            while self.bids.len() > depth {
+                self.bids.pop_first();
+            }
+            while self.asks.len() > depth {
+                self.asks.pop_last();
+            }
+        }
+
+        fn checksum(&self) -> u32 {
+            let mut text = String::new();
+            let mut buf = itoa::Buffer::new();
+            for (p, q) in self
+                .asks
+                .iter()
+                .take(10)
+                .chain(self.bids.iter().rev().take(10))
+            {
+                text.push_str(p.checksum_digits(self.seen.price, &mut buf));
+                text.push_str(q.checksum_digits(self.seen.qty, &mut buf));
+            }
+            crc32fast::hash(text.as_bytes())
+        }
+
+        fn view(&self) -> BookView {
+            let level = |(p, q): (&Decimal, &Decimal)| PriceLevel { price: *p, qty: *q };
+            BookView {
+                bids: self.bids.iter().rev().map(level).collect(),
+                asks: self.asks.iter().map(level).collect(),
+            }
+        }
+    }
+
+    fn check_invariants(book: &OrderBook) -> Result<(), TestCaseError> {
+        let bids: Vec<_> = book.bids().collect();
+        let asks: Vec<_> = book.asks().collect();
+        prop_assert!(bids.len() <= book.depth() && asks.len() <= book.depth());
+        prop_assert!(
+            bids.windows(2).all(|w| w[0].price > w[1].price),
+            "bids sorted and unique"
+        );
+        prop_assert!(
+            asks.windows(2).all(|w| w[0].price < w[1].price),
+            "asks sorted and unique"
+        );
+        prop_assert!(
+            bids.iter().chain(&asks).all(|l| !l.qty.is_zero()),
+            "no zero quantity"
+        );
+        Ok(())
+    }
+
+    type Message = (Vec<(Decimal, Decimal)>, Vec<(Decimal, Decimal)>);
+
+    fn arb_message(max: usize) -> impl Strategy<Value = Message> {
+        (
+            prop::collection::vec(arb_level(), 0..max),
+            prop::collection::vec(arb_level(), 0..max),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn random_messages_keep_the_book_well_formed_and_equal_to_the_model(
+            depth in prop_oneof![Just(10usize), Just(25), 1usize..40],
+            snapshot in arb_message(60),
+            updates in prop::collection::vec(arb_message(8), 0..50),
+        ) {
+            let mut book = OrderBook::new(depth);
+            let mut model = Model::default();
+            book.apply_snapshot(snapshot.0.clone(), snapshot.1.clone()).unwrap();
+            model.apply(depth, &snapshot.0, &snapshot.1);
+            check_invariants(&book)?;
+            for (bids, asks) in updates {
+                book.apply_update(bids.clone(), asks.clone()).unwrap();
+                model.apply(depth, &bids, &asks);
+                check_invariants(&book)?;
+                prop_assert_eq!(book.view(depth), model.view());
+                prop_assert_eq!(book.checksum(), model.checksum());
+                prop_assert_eq!(book.current_checksum(), book.checksum(), "the cached checksum is current");
+                // A book rebuilt from its own top-N view has the same checksum.
+                let view = book.view(depth);
+                let mut rebuilt = OrderBook::with_precision(depth, Some(book.precision()));
+                rebuilt
+                    .apply_snapshot(
+                        view.bids.iter().map(|l| (l.price, l.qty)),
+                        view.asks.iter().map(|l| (l.price, l.qty)),
+                    )
+                    .unwrap();
+                prop_assert_eq!(rebuilt.checksum(), book.checksum());
+                prop_assert_eq!(rebuilt.view(depth), view);
+            }
+        }
+    }
+
+    #[test]
+    fn known_precision_ignores_extra_trailing_zeros_but_grows_for_real_digits() {
+        let mut book = OrderBook::with_precision(10, Some(Precision { price: 1, qty: 2 }));
+        book.apply_snapshot(levels(&[("100.10", "1.500")]), vec![])
+            .unwrap();
+        assert_eq!(book.precision(), Precision { price: 1, qty: 2 });
+        assert_eq!(book.checksum(), crc32fast::hash(b"1001150"));
+        book.apply_update(levels(&[("99.95", "1")]), vec![])
+            .unwrap();
+        assert_eq!(book.precision(), Precision { price: 2, qty: 2 });
+        assert_eq!(book.checksum(), crc32fast::hash(b"100101509995100"));
+        assert_eq!(book.best_bid().unwrap().price, d("100.10"));
+    }
+
+    #[test]
+    fn values_beyond_the_integer_range_are_errors_not_wraparounds() {
+        let mut book = OrderBook::new(10);
+        let huge = d("99999999999999999999.5");
+        let err = book
+            .apply_snapshot(vec![(huge, d("1"))], vec![])
+            .unwrap_err();
+        assert_eq!(err.field, "price");
+        let mut book = OrderBook::new(10);
+        let big_qty = d("123456789012345678901234567.12345678");
+        book.apply_snapshot(vec![(d("1.5"), big_qty)], vec![])
+            .unwrap();
+        assert_eq!(book.best_bid().unwrap().qty, big_qty);
+    }
+}

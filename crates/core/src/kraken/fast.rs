@@ -1,0 +1,368 @@
+//! A fast path for the frames that dominate the feed: `book` snapshots and updates in Kraken's
+//! own layout.
+//!
+//! [`decode_book`] reads a book frame in one pass, scanning each number's text once and parsing
+//! it into a decimal (no `f64`, no allocation), and gives up (`None`) on anything it does not
+//! expect: an escape in a string, an unknown key, a `null`, a number that is not a plain price.
+//! [`super::decode`] then takes the general serde path, which accepts or rejects the frame with a
+//! proper error. So the fast path never decides that a frame is invalid; it only speeds up frames
+//! that are plainly valid, and a property test checks that whenever it answers, it answers
+//! exactly what the general path does.
+
+use std::borrow::Cow;
+
+use super::book::{BookData, BookKind, BookMessage, Level, WireDecimal};
+use crate::num::Decimal;
+use crate::time::Timestamp;
+
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.ws();
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// `,` → `true` (more follows), `close` → `false`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let b = self.peek()?;
+        self.at += 1;
+        match b {
+            b',' => Some(true),
+            _ if b == close => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let bytes = self.text.as_bytes();
+        loop {
+            match *bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        let s = &self.text[start..self.at];
+        self.at += 1;
+        Some(s)
+    }
+
+    fn key(&mut self) -> Option<&'a str> {
+        let k = self.string()?;
+        self.eat(b':')?;
+        Some(k)
+    }
+
+    /// The text of a JSON number (strict grammar: no leading zeros, digits after a point).
+    fn number_text(&mut self) -> Option<&'a str> {
+        self.ws();
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let digits = |c: &mut Self| {
+            let s = c.at;
+            while bytes.get(c.at).is_some_and(u8::is_ascii_digit) {
+                c.at += 1;
+            }
+            c.at - s
+        };
+        let int = digits(self);
+        if int == 0 || (int > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        Some(&self.text[start..self.at])
+    }
+
+    fn decimal(&mut self) -> Option<WireDecimal<'a>> {
+        let text = self.number_text()?;
+        Some(WireDecimal {
+            value: Decimal::parse(text).ok()?,
+            text,
+        })
+    }
+
+    fn levels(&mut self) -> Option<Vec<Level<'a>>> {
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Some(out);
+        }
+        loop {
+            self.eat(b'{')?;
+            let (mut price, mut qty) = (None, None);
+            loop {
+                match self.key()? {
+                    "price" if price.is_none() => price = Some(self.decimal()?),
+                    "qty" if qty.is_none() => qty = Some(self.decimal()?),
+                    _ => return None,
+                }
+                if !self.more(b'}')? {
+                    break;
+                }
+            }
+            out.push(Level {
+                price: price?,
+                qty: qty?,
+            });
+            if !self.more(b']')? {
+                return Some(out);
+            }
+        }
+    }
+
+    fn data(&mut self) -> Option<BookData<'a>> {
+        self.eat(b'{')?;
+        let (mut symbol, mut bids, mut asks, mut checksum, mut timestamp) =
+            (None, None, None, None, None);
+        loop {
+            match self.key()? {
+                "symbol" if symbol.is_none() => symbol = Some(self.string()?),
+                "bids" if bids.is_none() => bids = Some(self.levels()?),
+                "asks" if asks.is_none() => asks = Some(self.levels()?),
+                "checksum" if checksum.is_none() => {
+                    let text = self.number_text()?;
+                    checksum = Some(text.parse::<u32>().ok()?);
+                }
+                "timestamp" if timestamp.is_none() => {
+                    timestamp = Some(Timestamp::parse(self.string()?).ok()?)
+                }
+                _ => return None,
+            }
+            if !self.more(b'}')? {
+                break;
+            }
+        }
+        Some(BookData {
+            symbol: Cow::Borrowed(symbol?),
+            bids: bids.unwrap_or_default(),
+            asks: asks.unwrap_or_default(),
+            checksum: checksum?,
+            timestamp,
+        })
+    }
+}
+
+/// Decodes a plainly valid `book` frame, or returns `None` to leave it to the general path.
+pub(super) fn decode_book(text: &str) -> Option<BookMessage<'_>> {
+    let mut c = Cursor { text, at: 0 };
+    c.eat(b'{')?;
+    let (mut channel, mut kind, mut data) = (false, None, None);
+    loop {
+        match c.key()? {
+            "channel" if !channel => {
+                if c.string()? != "book" {
+                    return None;
+                }
+                channel = true;
+            }
+            "type" if kind.is_none() => {
+                kind = Some(match c.string()? {
+                    "snapshot" => BookKind::Snapshot,
+                    "update" => BookKind::Update,
+                    _ => return None,
+                })
+            }
+            "data" if data.is_none() => {
+                c.eat(b'[')?;
+                let mut items = Vec::with_capacity(1);
+                c.ws();
+                if c.peek() == Some(b']') {
+                    c.at += 1;
+                } else {
+                    loop {
+                        items.push(c.data()?);
+                        if !c.more(b']')? {
+                            break;
+                        }
+                    }
+                }
+                data = Some(items);
+            }
+            _ => return None,
+        }
+        if !c.more(b'}')? {
+            break;
+        }
+    }
+    c.ws();
+    if c.at != text.len() || !channel {
+        return None;
+    }
+    Some(BookMessage {
+        kind: kind?,
+        data: data?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kraken::{Frame, decode_general};
+    use proptest::prelude::*;
+
+    /// The fast path's answer, checked against the general path's.
+    fn agree(text: &str) -> Option<BookMessage<'_>> {
+        let fast = decode_book(text);
+        if let Some(fast) = &fast {
+            assert_eq!(
+                decode_general(text),
+                Ok(Frame::Book(fast.clone())),
+                "{text}"
+            );
+        }
+        fast
+    }
+
+    #[test]
+    fn takes_every_book_frame_of_the_real_captures() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/kraken-v2"
+        );
+        let mut taken = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "ndjson") {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
+                let Some(start) = line.find(r#""frame": "#) else {
+                    continue;
+                };
+                let frame = &line[start + 9..line.len() - 1];
+                if frame.starts_with(r#"{"channel":"book""#) {
+                    assert!(
+                        agree(frame).is_some(),
+                        "fast path declined a real frame: {frame}"
+                    );
+                    taken += 1;
+                }
+            }
+        }
+        assert!(taken > 4900, "{taken}");
+    }
+
+    #[test]
+    fn declines_what_it_does_not_expect() {
+        for text in [
+            r#"{"channel":"book","type":"update","data":[{"symbol":"BTC\/USD","bids":[],"asks":[],"checksum":1}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"extra":1}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":01,"qty":1}],"asks":[],"checksum":1}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":4294967296}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"timestamp":null}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1}]} x"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1}],"asks":[],"checksum":1}]}"#,
+            r#"{"channel":"ticker","type":"update","data":[]}"#,
+        ] {
+            assert!(decode_book(text).is_none(), "{text}");
+        }
+    }
+
+    fn arb_number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..10_000_000, 0usize..9).prop_map(|(m, s)| {
+                let d = m.to_string();
+                if s == 0 {
+                    d
+                } else if d.len() > s {
+                    format!("{}.{}", &d[..d.len() - s], &d[d.len() - s..])
+                } else {
+                    format!("0.{}{}", "0".repeat(s - d.len()), d)
+                }
+            }),
+            (1u64..100, 1u32..9).prop_map(|(m, e)| format!("{m}e-0{e}")),
+            Just("0".to_owned()),
+            Just("-1.5".to_owned()),
+            Just("\"2.5\"".to_owned()),
+        ]
+    }
+
+    fn arb_level() -> impl Strategy<Value = String> {
+        (arb_number(), arb_number(), any::<bool>(), " ?").prop_map(|(p, q, swap, ws)| {
+            if swap {
+                format!(r#"{{{ws}"qty":{q},"price"{ws}:{p}}}"#)
+            } else {
+                format!(r#"{{"price":{p},{ws}"qty":{q}{ws}}}"#)
+            }
+        })
+    }
+
+    fn arb_frame() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(arb_level(), 0..5),
+            prop::collection::vec(arb_level(), 0..5),
+            prop_oneof![Just("snapshot"), Just("update"), Just("delta")],
+            prop_oneof![Just("BTC/USD"), Just("BTC\\/USD"), Just("MINA/GBP")],
+            any::<u32>(),
+            prop::option::of(Just("2026-08-17T16:01:57.687440Z")),
+            0usize..3,
+        )
+            .prop_map(|(bids, asks, kind, symbol, checksum, ts, order)| {
+                let ts = ts.map(|t| format!(r#","timestamp":"{t}""#)).unwrap_or_default();
+                let data = format!(
+                    r#"[{{"symbol":"{symbol}","bids":[{}],"asks":[{}],"checksum":{checksum}{ts}}}]"#,
+                    bids.join(","),
+                    asks.join(", ")
+                );
+                match order {
+                    0 => format!(r#"{{"channel":"book","type":"{kind}","data":{data}}}"#),
+                    1 => format!(r#"{{ "type" : "{kind}" , "channel":"book", "data":{data} }}"#),
+                    _ => format!(r#"{{"data":{data},"channel":"book","type":"{kind}"}}"#),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn whenever_the_fast_path_answers_it_agrees_with_the_general_path(text in arb_frame()) {
+            let fast = agree(&text);
+            // The plain Kraken layout with plain numbers is always taken.
+            let plain = !text.contains('\\') && !text.contains("-1.5") && !text.contains("\"2.5\"")
+                && !text.contains("delta");
+            prop_assert_eq!(fast.is_some(), plain, "{}", text);
+        }
+
+        #[test]
+        fn never_panics_on_mutated_frames(text in arb_frame(), at in 0usize..400, byte in any::<u8>()) {
+            let mut bytes = text.into_bytes();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            let text = String::from_utf8_lossy(&bytes);
+            agree(&text);
+        }
+    }
+}

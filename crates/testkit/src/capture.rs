@@ -1,0 +1,138 @@
+//! Records from capture files (the format of `tests/fixtures/kraken-v2/`): real Kraken frames
+//! turned into the [`Record`]s a collector would have journaled, for benchmarks and tests.
+//!
+//! A capture is one JSON value per line: a header (`captured_at`, ...), then
+//! `{"rx_ns": <monotonic ns>, "frame": <frame as received>}` lines, where `"dir": "tx"` marks a
+//! frame the client sent (skipped). What must always hold: every received frame becomes one frame
+//! record whose bytes are the frame's text exactly as in the file, in file order, with seqs
+//! counting up from the caller's; the checksum verdict and best bid/ask are what a collector's
+//! [`Tracker`] gives (best levels only while the book is synced); `received_at` is the header's
+//! `captured_at` plus the frame's `rx_ns` offset from the first frame.
+
+use std::borrow::Cow;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use krakenbook_core::book::{FrameVerdict, Tracker};
+use krakenbook_core::kraken::{self, Frame};
+use krakenbook_core::record::{FrameRecord, Record, RecordBody};
+use krakenbook_core::time::Timestamp;
+
+/// Why a capture could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line is not a capture line.
+    #[error("{path} line {line}: not a capture line (expected {{\"rx_ns\": ..., \"frame\": ...}})")]
+    Line {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow, default)]
+    frame: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dir: Option<Cow<'a, str>>,
+    #[serde(default)]
+    rx_ns: Option<i64>,
+    #[serde(default)]
+    captured_at: Option<Timestamp>,
+}
+
+/// Reads a capture into records: seqs from `*next_seq` (advanced past the last), connection id
+/// `conn_id`, connection seqs from 1.
+pub fn read_capture(
+    path: &Path,
+    next_seq: &mut u64,
+    conn_id: u64,
+) -> Result<Vec<Record>, CaptureError> {
+    let label = path.display().to_string();
+    let io = |source| CaptureError::Io {
+        path: label.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut tracker = Tracker::new(10);
+    let mut records = Vec::new();
+    let mut base = Timestamp::from_unix_nanos(0);
+    let mut first_rx: Option<i64> = None;
+    let mut text = String::new();
+    let mut line_no = 0u64;
+    let mut conn_seq = 0u64;
+    loop {
+        text.clear();
+        if reader.read_line(&mut text).map_err(io)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let t = text.trim_end_matches(['\n', '\r']);
+        if t.trim().is_empty() {
+            continue;
+        }
+        let line: Line<'_> = serde_json::from_str(t).map_err(|_| CaptureError::Line {
+            path: label.clone(),
+            line: line_no,
+        })?;
+        let Some(frame) = line.frame else {
+            if let Some(at) = line.captured_at {
+                base = at;
+            }
+            continue;
+        };
+        if line.dir.as_deref() == Some("tx") {
+            continue;
+        }
+        let rx = line.rx_ns.unwrap_or(0);
+        let offset = rx - *first_rx.get_or_insert(rx);
+        let frame_text = frame.get();
+        let mut record = FrameRecord {
+            bytes: frame_text.as_bytes().to_vec(),
+            checksum_ok: None,
+            best_bid: None,
+            best_ask: None,
+        };
+        match kraken::decode(frame_text) {
+            Ok(Frame::Book(book)) => {
+                let mut folded = FrameVerdict::default();
+                for (i, data) in book.data.iter().enumerate() {
+                    folded.add(tracker.apply(book.kind, data));
+                    if i == 0
+                        && let Some(b) = tracker.synced_book(&data.symbol)
+                    {
+                        record.best_bid = b.best_bid();
+                        record.best_ask = b.best_ask();
+                    }
+                }
+                record.checksum_ok = folded.checksum_ok();
+            }
+            Ok(other) => tracker.observe(&other),
+            Err(_) => {}
+        }
+        conn_seq += 1;
+        records.push(Record {
+            seq: *next_seq,
+            received_at: base.add_nanos(offset),
+            conn_id,
+            conn_seq,
+            body: RecordBody::Frame(record),
+        });
+        *next_seq += 1;
+    }
+    Ok(records)
+}
