@@ -157,7 +157,7 @@ fn a_dependency_on_a_higher_layer_is_caught() {
             vec!["krakenbook-core".to_owned(), "krakenbook-store".to_owned()],
             vec![],
         ),
-        ("krakenbook-web".to_owned(), vec![], vec![]),
+        ("krakenbook-gui".to_owned(), vec![], vec![]),
         (
             "krakenbook-store".to_owned(),
             vec![],

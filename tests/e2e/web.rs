@@ -265,6 +265,13 @@ fn chromium_binary() -> String {
 /// Loads `url` in headless Chromium, lets its requests finish, and returns the DOM (and takes a
 /// screenshot into `shot` when given).
 fn browse(url: &str, shot: Option<&Path>) -> String {
+    browse_for(url, shot, 30_000)
+}
+
+/// [`browse`] with a virtual-time budget in milliseconds: the health view refreshes every 5 s, so
+/// it is read within the first interval (a refresh in flight when the budget ends would leave the
+/// page not ready).
+fn browse_for(url: &str, shot: Option<&Path>, budget_ms: u32) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(chromium_binary());
     cmd.args([
@@ -274,8 +281,8 @@ fn browse(url: &str, shot: Option<&Path>) -> String {
         "--no-first-run",
         "--hide-scrollbars",
         "--window-size=1280,1000",
-        "--virtual-time-budget=30000",
     ])
+    .arg(format!("--virtual-time-budget={budget_ms}"))
     .arg(format!("--user-data-dir={}", profile.path().display()));
     match shot {
         Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
@@ -806,7 +813,7 @@ async fn browser_health_view_shows_each_collector_and_its_status() {
     let url = serve.url("health");
     let dom = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || browse(&url, None)
+        move || browse_for(&url, None, 4_000)
     })
     .await
     .unwrap();
@@ -814,7 +821,7 @@ async fn browser_health_view_shows_each_collector_and_its_status() {
     assert!(dom.contains("data-status=\"stopped\""), "{dom}");
     assert!(dom.contains("class=\"badge stopped\""), "{dom}");
     let shot = shot_path("web-health.png");
-    tokio::task::spawn_blocking(move || browse(&url, Some(&shot)))
+    tokio::task::spawn_blocking(move || browse_for(&url, Some(&shot), 4_000))
         .await
         .unwrap();
 }
