@@ -1,6 +1,11 @@
 //! Settings shared by the commands: durations and sizes as people write them (`500ms`, `30d`,
 //! `256MiB`), and the TOML settings file of `krakenbook collect --config`.
 //!
+//! One syntax everywhere: every flag, environment variable and settings-file key that takes a
+//! duration or a size goes through [`parse_duration`] (humantime) or [`parse_size`] (bytesize),
+//! as a clap value parser ([`duration`], [`size`]) or a serde `deserialize_with`. A number must
+//! carry its unit: a bare `5` is refused with the unit to add, never read as seconds or bytes.
+//!
 //! Precedence, highest first: command-line flags, environment variables, the settings file,
 //! built-in defaults. Flags and environment variables are resolved by clap; this module reads the
 //! file and lets the command fill what is still unset.
@@ -13,12 +18,36 @@ use serde::Deserialize;
 /// A setting that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A bare number where a duration or a size is expected: the unit is not guessed.
+    #[error("add a unit, e.g. `{number}{unit}` or `{number}{other}`")]
+    NoUnit {
+        /// The number as given.
+        number: String,
+        /// The unit suggested first (`s`, `MiB`).
+        unit: &'static str,
+        /// The unit suggested second (`ms`, `B`).
+        other: &'static str,
+    },
     /// A duration that does not parse.
-    #[error("invalid duration {0:?}: use a number and a unit, e.g. 500ms, 5s, 10m, 1h, 30d")]
-    Duration(String),
+    #[error(
+        "invalid duration {text:?}: {reason} (write a number and a unit, e.g. 500ms, 5s, 10m, 1h, 7d)"
+    )]
+    Duration {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A size that does not parse.
-    #[error("invalid size {0:?}: use a number and a unit, e.g. 64MiB, 1GiB, 500MB")]
-    Size(String),
+    #[error(
+        "invalid size {text:?}: {reason} (write a number and a unit, e.g. 64KiB, 256MiB, 1GiB, 500MB)"
+    )]
+    Size {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The settings file holds a password and other users can read it.
     #[error(
         "settings file {path} holds a database password and is readable by other users (mode {mode:o}): run `chmod 600 {path}`"
@@ -39,53 +68,113 @@ pub enum ConfigError {
     },
 }
 
-/// Parses `500ms`, `5s`, `10m`, `1h`, `30d` (and a bare number of seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| ConfigError::Duration(text.to_owned()))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        "d" | "day" | "days" => 86_400.0,
-        _ => return Err(ConfigError::Duration(text.to_owned())),
-    };
-    let total = value * seconds;
-    if !total.is_finite() || !(0.0..=1e12).contains(&total) {
-        return Err(ConfigError::Duration(text.to_owned()));
-    }
-    Ok(Duration::from_secs_f64(total))
+/// Whether `text` is a number without a unit (`5`, `1.5`, `-3`).
+fn is_bare_number(text: &str) -> bool {
+    !text.is_empty() && text.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
-/// Parses `64MiB`, `1GiB`, `500MB`, `4096` (bytes).
+/// Parses a duration in humantime's syntax: a number and its unit, `500ms`, `5s`, `10m`, `1h`,
+/// `7d`, `1.5h`, `1h 30m`. A bare number is refused ([`ConfigError::NoUnit`]): `5` could be
+/// seconds or milliseconds, and a guess is how a sync interval becomes a thousand times longer.
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let t = text.trim();
+    if is_bare_number(t) {
+        return Err(ConfigError::NoUnit {
+            number: t.to_owned(),
+            unit: "s",
+            other: "ms",
+        });
+    }
+    humantime::parse_duration(t).map_err(|e| ConfigError::Duration {
+        text: text.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses a size in bytesize's syntax: a number and its unit, `4096B`, `64KiB`, `256MiB`,
+/// `1GiB`, `500MB` (KB, MB, GB are powers of 1,000; KiB, MiB, GiB of 1,024). A bare number is
+/// refused ([`ConfigError::NoUnit`]), and so is a size past 2^64 - 1 bytes.
 pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| ConfigError::Size(text.to_owned()))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        _ => return Err(ConfigError::Size(text.to_owned())),
+    if is_bare_number(t) {
+        return Err(ConfigError::NoUnit {
+            number: t.to_owned(),
+            unit: "MiB",
+            other: "B",
+        });
+    }
+    let err = |reason: &str| ConfigError::Size {
+        text: text.to_owned(),
+        reason: reason.to_owned(),
     };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| ConfigError::Size(text.to_owned()))
+    if t.starts_with('-') {
+        return Err(err("a size cannot be negative"));
+    }
+    let bytes = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| err(&e))?
+        .as_u64();
+    // bytesize saturates instead of failing.
+    if bytes == u64::MAX {
+        return Err(err("too large"));
+    }
+    Ok(bytes)
+}
+
+/// [`parse_duration`] as a clap value parser: `#[arg(value_parser = config::duration)]`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// [`parse_duration`] for a duration that must be above zero (a period, a length of silence).
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?} must be above zero, e.g. 1s or 500ms")),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// [`parse_size`] as a clap value parser: `#[arg(value_parser = config::size)]`.
+pub fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A TOML value where a duration or a size is expected: a string, or a number (refused, with
+/// the unit to add).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Written {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl Written {
+    fn text(self) -> String {
+        match self {
+            Written::Text(t) => t,
+            Written::Integer(n) => n.to_string(),
+            Written::Float(x) => x.to_string(),
+        }
+    }
+}
+
+/// Deserializes an optional duration with [`parse_duration`] (`journal_sync_interval = "1s"`).
+pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = Written::deserialize(d)?.text();
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Deserializes an optional size with [`parse_size`] (`journal_segment_size = "256MiB"`).
+pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = Written::deserialize(d)?.text();
+    parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The settings file of `krakenbook collect` (every field optional; flags and environment
@@ -124,18 +213,27 @@ pub struct CollectFile {
     pub symbols_per_connection: Option<usize>,
     /// With `all`, the most pairs the instrument list may name.
     pub max_symbols: Option<u64>,
-    /// The frame-size cap (`16MiB`).
-    pub max_frame_size: Option<String>,
-    /// How long the database may be unreachable before `/health` says so (`30s`).
-    pub db_unhealthy_after: Option<String>,
-    /// Journal sync interval.
-    pub journal_sync_interval: Option<String>,
-    /// Journal segment size.
-    pub journal_segment_size: Option<String>,
-    /// Journal segment age.
-    pub journal_segment_age: Option<String>,
-    /// Journal retention.
-    pub journal_retention: Option<String>,
+    /// The frame-size cap (`"16MiB"`).
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub max_frame_size: Option<u64>,
+    /// How long the database may be unreachable before `/health` says so (`"30s"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub db_unhealthy_after: Option<Duration>,
+    /// Longest a record waits for its database batch (`"50ms"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub db_batch_delay: Option<Duration>,
+    /// Journal sync interval (`"1s"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub journal_sync_interval: Option<Duration>,
+    /// Journal segment size (`"256MiB"`).
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub journal_segment_size: Option<u64>,
+    /// Journal segment age (`"1h"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub journal_segment_age: Option<Duration>,
+    /// Journal retention (`"30d"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub journal_retention: Option<Duration>,
 }
 
 impl CollectFile {
@@ -184,22 +282,135 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_sizes_parse_as_written() {
-        let d = |s| parse_duration(s).unwrap();
-        assert_eq!(d("500ms"), Duration::from_millis(500));
-        assert_eq!(d("5s"), Duration::from_secs(5));
-        assert_eq!(d("5"), Duration::from_secs(5));
-        assert_eq!(d("10m"), Duration::from_secs(600));
-        assert_eq!(d("1.5h"), Duration::from_secs(5400));
-        assert_eq!(d("30d"), Duration::from_secs(30 * 86_400));
-        for bad in ["", "ms", "5 parsecs", "-1s", "1e400s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+    fn durations_parse_as_written_with_their_unit() {
+        // (text, duration)
+        let cases = [
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            (" 5s ", Duration::from_secs(5)),
+            ("250us", Duration::from_micros(250)),
+            ("10m", Duration::from_secs(600)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("30d", Duration::from_secs(30 * 86_400)),
+            ("0s", Duration::ZERO),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
         }
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12XB").is_err());
-        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn a_bare_number_is_refused_with_the_unit_to_add() {
+        // (text, the message)
+        let cases = [
+            (parse_duration("5"), "add a unit, e.g. `5s` or `5ms`"),
+            (
+                parse_duration(" 1.5 "),
+                "add a unit, e.g. `1.5s` or `1.5ms`",
+            ),
+            (parse_duration("0"), "add a unit, e.g. `0s` or `0ms`"),
+            (
+                parse_size("4096").map(|_| Duration::ZERO),
+                "add a unit, e.g. `4096MiB` or `4096B`",
+            ),
+        ];
+        for (result, message) in cases {
+            assert_eq!(result.map_err(|e| e.to_string()), Err(message.to_owned()));
+        }
+        assert_eq!(
+            duration("5"),
+            Err("add a unit, e.g. `5s` or `5ms`".to_owned())
+        );
+        assert_eq!(
+            size("64"),
+            Err("add a unit, e.g. `64MiB` or `64B`".to_owned())
+        );
+    }
+
+    #[test]
+    fn durations_that_do_not_parse_say_what_to_write() {
+        for bad in ["", "ms", "5 parsecs", "-1s", "often", "1e400s"] {
+            let err = parse_duration(bad).expect_err(bad).to_string();
+            assert!(err.contains("e.g. 500ms, 5s"), "{bad:?}: {err}");
+        }
+        assert!(positive_duration("0s").unwrap_err().contains("above zero"));
+        assert_eq!(positive_duration("6s"), Ok(Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn sizes_parse_as_written_with_their_unit() {
+        // (text, bytes)
+        let cases = [
+            ("256MiB", 256 << 20),
+            ("1GiB", 1 << 30),
+            ("64KiB", 64 << 10),
+            ("1GB", 1_000_000_000),
+            ("500MB", 500_000_000),
+            ("4096B", 4096),
+            ("0B", 0),
+            ("1.5 GiB", 3 << 29),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text), Ok(want), "{text:?}");
+        }
+        for bad in ["12XB", "99999999999999GiB", "-1MiB", "MiB", ""] {
+            let err = parse_size(bad).expect_err(bad).to_string();
+            assert!(err.contains("e.g. 64KiB, 256MiB"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn settings_file_durations_and_sizes_need_their_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "journal_sync_interval = \"250ms\"\njournal_segment_size = \"64MiB\"\n\
+             journal_segment_age = \"1h\"\njournal_retention = \"7d\"\n\
+             db_unhealthy_after = \"30s\"\ndb_batch_delay = \"20ms\"\nmax_frame_size = \"16MiB\"\n",
+        )
+        .unwrap();
+        let f = CollectFile::load(&path).unwrap();
+        assert_eq!(f.journal_sync_interval, Some(Duration::from_millis(250)));
+        assert_eq!(f.journal_segment_size, Some(64 << 20));
+        assert_eq!(f.journal_segment_age, Some(Duration::from_secs(3600)));
+        assert_eq!(f.journal_retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(f.db_unhealthy_after, Some(Duration::from_secs(30)));
+        assert_eq!(f.db_batch_delay, Some(Duration::from_millis(20)));
+        assert_eq!(f.max_frame_size, Some(16 << 20));
+        // (setting, what the error must say)
+        let cases = [
+            (
+                "journal_sync_interval = 5",
+                "add a unit, e.g. `5s` or `5ms`",
+            ),
+            (
+                "journal_sync_interval = \"5\"",
+                "add a unit, e.g. `5s` or `5ms`",
+            ),
+            (
+                "journal_retention = 1.5",
+                "add a unit, e.g. `1.5s` or `1.5ms`",
+            ),
+            (
+                "journal_segment_size = 268435456",
+                "add a unit, e.g. `268435456MiB`",
+            ),
+            ("db_unhealthy_after = \"soon\"", "e.g. 500ms, 5s"),
+            ("max_frame_size = \"16 parsecs\"", "e.g. 64KiB, 256MiB"),
+        ];
+        for (line, message) in cases {
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            let err = CollectFile::load(&path).unwrap_err().to_string();
+            assert!(err.contains(message), "{line}: {err}");
+            assert!(
+                err.contains(line.split(' ').next().unwrap()),
+                "{line}: names the key: {err}"
+            );
+            assert!(!err.contains('\n'), "{line}: one line: {err}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct BookArgs {
     /// The pair, e.g. BTC/USD.
     pub symbol: String,
     /// The instant (RFC 3339, UTC or with an offset).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub at: Timestamp,
     /// Levels to show per side.
     #[arg(long, default_value_t = 10)]
@@ -40,9 +40,8 @@ pub struct BookArgs {
     /// Only this collector's streams (default: every collector's).
     #[arg(long)]
     pub collector: Option<String>,
-    /// The database (or DATABASE_URL).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
     /// Print JSON: {"symbol","at","bids":[{"price","qty"}],"asks":[...],"checksum","checksum_ok",
     /// "collector","conn_id",...,"gap":{"start","end","cause","last_verified_at"} or null}.
     #[arg(long)]
@@ -51,7 +50,7 @@ pub struct BookArgs {
 
 /// Runs `krakenbook book`.
 pub async fn run(args: BookArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let client = DbTarget::parse(&url)?.connect("krakenbook book").await?;
     let book = book_at(
         &client,

@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use krakenbook::collect::{self, CollectConfig, DatabaseConfig, Symbols};
-use krakenbook::config::{CollectFile, parse_duration, parse_size};
+use krakenbook::config::{self, CollectFile};
 use krakenbook::feed::FeedConfig;
 use krakenbook::journal::JournalConfig;
 use krakenbook::kraken::Depth;
@@ -23,7 +24,9 @@ TimescaleDB). Stops cleanly on Ctrl-C or SIGTERM: the journal is synced before e
 
 Settings come from flags, then environment variables (KRAKENBOOK_SYMBOLS, KRAKENBOOK_DEPTH,
 KRAKENBOOK_URL, KRAKENBOOK_JOURNAL_DIR, DATABASE_URL, KRAKENBOOK_METRICS_LISTEN), then the
---config TOML file, then defaults.
+--config TOML file, then defaults. Without a database the journal is the only store (load it
+later with `krakenbook import`). Durations and sizes carry their unit: 500ms, 5s, 1h, 30d,
+256MiB (a bare number is refused).
 
 Examples:
   krakenbook collect --symbols BTC/USD,ETH/USD --depth 100
@@ -55,26 +58,24 @@ pub struct CollectArgs {
     /// Journal directory [default: ./data/journal].
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
-    /// Also write to this TimescaleDB (postgres://user:pass@host/db?sslmode=require); without
-    /// one, the journal is the only store (load it later with `krakenbook import`).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
     /// This collector's name in the database, for a new journal [default: host name + random].
     #[arg(long, env = "KRAKENBOOK_COLLECTOR_ID")]
     pub collector_id: Option<String>,
-    /// Chunk interval of new hypertables (e.g. "1 day", "6 hours") [default: 1 day].
-    #[arg(long)]
+    /// Chunk interval of new hypertables (e.g. 1d, 6h) [default: 1d].
+    #[arg(long, value_name = "DURATION", value_parser = super::migrate::chunk_interval)]
     pub chunk_interval: Option<String>,
     /// Most records per database transaction [default: 2000].
     #[arg(long)]
     pub db_batch_size: Option<usize>,
     /// Longest a record waits for its database batch (e.g. 50ms, 200ms) [default: 50ms].
-    #[arg(long)]
-    pub db_batch_delay: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub db_batch_delay: Option<Duration>,
     /// /health answers 503 once the database has been unreachable this long (e.g. 30s, 2m)
     /// [default: 30s].
-    #[arg(long)]
-    pub db_unhealthy_after: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub db_unhealthy_after: Option<Duration>,
     /// Serve /metrics and /health here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "KRAKENBOOK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -89,24 +90,24 @@ pub struct CollectArgs {
     pub max_symbols: Option<u64>,
     /// A frame larger than this is not kept: it is recorded as a frame_too_large event and the
     /// connection is reopened (e.g. 16MiB) [default: 16MiB].
-    #[arg(long)]
-    pub max_frame_size: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = config::size)]
+    pub max_frame_size: Option<u64>,
     /// Journal each symbol's whole verified book after this many verified updates, so that
     /// `krakenbook book --at` never replays more [default: 10000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub book_state_every: Option<u64>,
     /// Sync the journal to disk at least this often: what a power cut can lose [default: 1s].
-    #[arg(long)]
-    pub journal_sync_interval: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub journal_sync_interval: Option<Duration>,
     /// Start a new journal segment at this size [default: 256MiB].
-    #[arg(long)]
-    pub journal_segment_size: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = config::size)]
+    pub journal_segment_size: Option<u64>,
     /// Start a new journal segment at this age [default: 1h].
-    #[arg(long)]
-    pub journal_segment_age: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub journal_segment_age: Option<Duration>,
     /// Remove closed journal segments older than this (e.g. 30d) [default: keep].
-    #[arg(long)]
-    pub journal_retention: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub journal_retention: Option<Duration>,
 }
 
 /// Resolves flags, environment and settings file into a configuration.
@@ -159,11 +160,10 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     if let Some(n) = args.max_symbols.or(file.max_symbols) {
         feed.max_symbols = usize::try_from(n).unwrap_or(usize::MAX);
     }
-    if let Some(t) = args.max_frame_size.or(file.max_frame_size) {
-        let bytes = parse_size(&t).context("--max-frame-size")?;
+    if let Some(bytes) = args.max_frame_size.or(file.max_frame_size) {
         if !(64 << 10..=1 << 30).contains(&bytes) {
             bail!(
-                "--max-frame-size {t}: must be between 64KiB and 1GiB (a depth-1000 snapshot is about 60KB; the instrument list about 1MB)"
+                "--max-frame-size {bytes}B: must be between 64KiB and 1GiB (a depth-1000 snapshot is about 60KB; the instrument list about 1MB)"
             );
         }
         feed.max_frame_bytes = bytes as usize;
@@ -173,17 +173,17 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         .or(file.journal_dir)
         .unwrap_or_else(|| PathBuf::from("data/journal"));
     let mut journal = JournalConfig::new(dir);
-    if let Some(t) = args.journal_sync_interval.or(file.journal_sync_interval) {
-        journal.sync_interval = parse_duration(&t).context("--journal-sync-interval")?;
+    if let Some(d) = args.journal_sync_interval.or(file.journal_sync_interval) {
+        journal.sync_interval = d;
     }
-    if let Some(t) = args.journal_segment_size.or(file.journal_segment_size) {
-        journal.segment_bytes = parse_size(&t).context("--journal-segment-size")?;
+    if let Some(bytes) = args.journal_segment_size.or(file.journal_segment_size) {
+        journal.segment_bytes = bytes;
     }
-    if let Some(t) = args.journal_segment_age.or(file.journal_segment_age) {
-        journal.segment_age = parse_duration(&t).context("--journal-segment-age")?;
+    if let Some(d) = args.journal_segment_age.or(file.journal_segment_age) {
+        journal.segment_age = d;
     }
-    if let Some(t) = args.journal_retention.or(file.journal_retention) {
-        journal.retention = Some(parse_duration(&t).context("--journal-retention")?);
+    if let Some(d) = args.journal_retention.or(file.journal_retention) {
+        journal.retention = Some(d);
     }
     journal.validate()?;
     let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
@@ -202,15 +202,16 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     if let Some(n) = args.db_batch_size {
         batch.max_records = n.max(1);
     }
-    if let Some(t) = &args.db_batch_delay {
-        batch.max_delay = parse_duration(t).context("--db-batch-delay")?;
+    if let Some(d) = args.db_batch_delay.or(file.db_batch_delay) {
+        batch.max_delay = d;
     }
-    let unhealthy_after = match args.db_unhealthy_after.or(file.db_unhealthy_after) {
-        Some(t) => parse_duration(&t).context("--db-unhealthy-after")?,
-        None => std::time::Duration::from_secs(30),
-    };
+    let unhealthy_after = args
+        .db_unhealthy_after
+        .or(file.db_unhealthy_after)
+        .unwrap_or(Duration::from_secs(30));
     let database = args
-        .database_url
+        .db
+        .given()
         .or(file.database_url)
         .filter(|u| !u.trim().is_empty())
         .map(|url| DatabaseConfig {
@@ -385,17 +386,13 @@ mod tests {
                 vec!["--symbols", "BTC/USD", "--metrics-listen", "9187"],
                 "HOST:PORT",
             ),
-            (
-                vec!["--symbols", "BTC/USD", "--journal-sync-interval", "often"],
-                "500ms",
-            ),
             (vec![], "--symbols"),
             (
                 vec!["--symbols", "BTC/USD", "--journal-sync-interval", "0s"],
                 "at least 1ms",
             ),
             (
-                vec!["--symbols", "BTC/USD", "--journal-segment-size", "0"],
+                vec!["--symbols", "BTC/USD", "--journal-segment-size", "0B"],
                 "at least 1MiB",
             ),
             (
@@ -411,5 +408,77 @@ mod tests {
             assert!(err.contains(needle), "{argv:?}: {err}");
             assert!(!err.contains('\n'), "{argv:?}: one line: {err}");
         }
+    }
+
+    #[test]
+    fn durations_and_sizes_without_a_unit_are_refused_with_the_unit_to_add() {
+        // (flag, value, what the message says)
+        let cases = [
+            (
+                "--journal-sync-interval",
+                "5",
+                "add a unit, e.g. `5s` or `5ms`",
+            ),
+            ("--journal-segment-age", "3600", "add a unit, e.g. `3600s`"),
+            ("--journal-retention", "30", "add a unit, e.g. `30s`"),
+            ("--db-batch-delay", "50", "add a unit, e.g. `50s` or `50ms`"),
+            ("--db-unhealthy-after", "30", "add a unit, e.g. `30s`"),
+            (
+                "--journal-segment-size",
+                "268435456",
+                "add a unit, e.g. `268435456MiB` or `268435456B`",
+            ),
+            ("--max-frame-size", "16", "add a unit, e.g. `16MiB`"),
+            ("--chunk-interval", "6", "add a unit, e.g. `6s`"),
+            ("--journal-sync-interval", "often", "e.g. 500ms, 5s"),
+        ];
+        for (flag, value, message) in cases {
+            let err = Wrap::try_parse_from(["collect", "--symbols", "BTC/USD", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+            let first = err.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            assert!(first.contains(message), "{flag} {value}: {first}");
+            assert!(
+                first.contains(flag),
+                "{flag} {value}: names the flag: {first}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes_with_their_unit_reach_the_configuration() {
+        let c = resolve_args(&[
+            "--symbols",
+            "BTC/USD",
+            "--journal-sync-interval",
+            "500ms",
+            "--journal-segment-size",
+            "64MiB",
+            "--journal-segment-age",
+            "10m",
+            "--journal-retention",
+            "7d",
+            "--max-frame-size",
+            "1MiB",
+            "--database-url",
+            "postgres://x@localhost/db",
+            "--db-unhealthy-after",
+            "2m",
+            "--chunk-interval",
+            "6h",
+        ])
+        .unwrap();
+        assert_eq!(c.journal.sync_interval, Duration::from_millis(500));
+        assert_eq!(c.journal.segment_bytes, 64 << 20);
+        assert_eq!(c.journal.segment_age, Duration::from_secs(600));
+        assert_eq!(c.journal.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(c.feed.max_frame_bytes, 1 << 20);
+        let db = c.database.unwrap();
+        assert_eq!(db.unhealthy_after, Duration::from_secs(120));
+        assert_eq!(
+            db.chunk_interval.as_deref(),
+            Some("21600000000 microseconds")
+        );
     }
 }

@@ -82,10 +82,10 @@ pub struct ExportArgs {
     )]
     pub symbols: Vec<String>,
     /// Range start (inclusive): RFC 3339 or a date.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub from: Timestamp,
     /// Range end (exclusive): RFC 3339 or a date [default: now].
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub to: Option<Timestamp>,
     /// What to export.
     #[arg(long, value_enum, default_value = "incremental")]
@@ -97,8 +97,8 @@ pub struct ExportArgs {
     /// warning).
     #[arg(long, default_value_t = 25)]
     pub depth: usize,
-    /// Snapshots: time between snapshots (100ms, 1s, 1m, ...).
-    #[arg(long, default_value = "1s", value_parser = export::parse_interval)]
+    /// Snapshots: time between snapshots (100ms, 1s, 1m, ...; whole microseconds).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = interval_micros)]
     pub interval: i64,
     /// Read this collector's record (needed when several recorded the range).
     #[arg(long, value_name = "NAME")]
@@ -109,21 +109,27 @@ pub struct ExportArgs {
     /// The output file (`{symbol}` in it: one file per symbol; `-`: standard output, CSV only).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
-    /// The database: postgres://user:password@host:port/database (sslmode honoured).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
     /// No progress bar and no summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
 
-pub(crate) fn parse_time(text: &str) -> Result<Timestamp, String> {
-    Timestamp::parse(text).map_err(|e| e.to_string())
+/// A snapshot interval in microseconds, the files' resolution: above zero, whole microseconds.
+fn interval_micros(text: &str) -> Result<i64, String> {
+    let d = krakenbook::config::positive_duration(text)?;
+    if d.subsec_nanos() % 1000 != 0 {
+        return Err(format!(
+            "{text:?}: snapshots are microseconds apart at the finest, e.g. 100us or 1ms"
+        ));
+    }
+    i64::try_from(d.as_micros()).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// Runs `krakenbook export`.
 pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let target = DbTarget::parse(&url)?;
     let dest = if args.output.as_os_str() == "-" {
         Destination::Stdout

@@ -29,10 +29,8 @@ pub struct ImportArgs {
     /// The journal directory.
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR", default_value = "data/journal")]
     pub journal_dir: PathBuf,
-    /// The database: postgres://user@host:port/database (sslmode honoured; the password from
-    /// PGPASSWORD or ~/.pgpass).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
     /// Most records per transaction.
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
@@ -43,7 +41,7 @@ pub struct ImportArgs {
 
 /// Runs `krakenbook import`.
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let target = DbTarget::parse(&url)?;
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -20,24 +20,22 @@ Keep the password off the command line (where `ps` shows it): libpq's PGPASSWORD
 Examples:
   PGPASSWORD=secret krakenbook migrate --database-url postgres://kb@localhost:5432/market
   DATABASE_URL=postgres://kb@db.internal/market?sslmode=verify-full krakenbook migrate
-  krakenbook migrate --database-url postgres://localhost/market --chunk-interval '6 hours'";
+  krakenbook migrate --database-url postgres://localhost/market --chunk-interval 6h";
 
 /// `krakenbook migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The database: postgres://user@host:port/database (sslmode=disable, prefer, require,
-    /// verify-ca or verify-full; sslrootcert=FILE); the password from PGPASSWORD or ~/.pgpass.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Chunk interval of both hypertables, in PostgreSQL's interval syntax ('1 day', '6 hours').
-    /// Default: 1 day for new tables; existing tables keep theirs unless this is given.
-    #[arg(long, value_name = "INTERVAL")]
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
+    /// Chunk interval of both hypertables (e.g. 1d, 6h). Default: 1d for new tables; existing
+    /// tables keep theirs unless this is given.
+    #[arg(long, value_name = "DURATION", value_parser = chunk_interval)]
     pub chunk_interval: Option<String>,
 }
 
 /// Runs `krakenbook migrate`.
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let url = database_url(args.database_url)?;
+    let url = args.db.url()?;
     let target = store::DbTarget::parse(&url)?;
     let client = target.connect("krakenbook migrate").await?;
     let report = store::migrate(
@@ -83,11 +81,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The URL from the flag or `DATABASE_URL`, or a one-line error saying how to give one.
-pub(crate) fn database_url(given: Option<String>) -> anyhow::Result<String> {
-    given.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no database given: use --database-url postgres://user@host:port/database or set DATABASE_URL (the password from PGPASSWORD or ~/.pgpass)"
-        )
-    })
+/// A chunk interval in the one duration syntax (`6h`, `1d`), as PostgreSQL interval text
+/// (whole microseconds, the precision of its `interval`).
+pub(crate) fn chunk_interval(text: &str) -> Result<String, String> {
+    let d = krakenbook::config::positive_duration(text)?;
+    let micros = d.as_micros();
+    if micros == 0 || d.subsec_nanos() % 1000 != 0 {
+        return Err(format!(
+            "{text:?}: a chunk interval is whole microseconds, e.g. 6h or 1d"
+        ));
+    }
+    Ok(format!("{micros} microseconds"))
 }

@@ -5,6 +5,7 @@
 
 mod book;
 mod collect;
+mod db;
 mod export;
 mod import;
 mod migrate;
@@ -83,6 +84,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// A time flag (`--at`, `--from`, `--to`, `--since`, `--until`) as people write it: see
+/// [`krakenbook::time::Timestamp::parse_user`] for the forms accepted.
+pub(crate) fn parse_time(text: &str) -> Result<krakenbook::time::Timestamp, String> {
+    krakenbook::time::Timestamp::parse_user(text).map_err(|e| e.to_string())
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -98,5 +105,176 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(*args).await,
         Command::Plot(args) => plot::run(*args).await,
         Command::Serve(args) => serve::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_that_reads_the_database_takes_the_same_database_url() {
+        let cli = Cli::command();
+        let mut with = Vec::new();
+        for sub in cli.get_subcommands() {
+            let Some(arg) = sub.get_arguments().find(|a| a.get_id() == "database_url") else {
+                continue;
+            };
+            with.push(sub.get_name().to_owned());
+            assert_eq!(arg.get_long(), Some("database-url"), "{}", sub.get_name());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some("DATABASE_URL"),
+                "{}",
+                sub.get_name()
+            );
+            assert!(arg.is_hide_env_values_set(), "{}", sub.get_name());
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                help.contains("PGPASSWORD or ~/.pgpass"),
+                "{}: {help}",
+                sub.get_name()
+            );
+        }
+        let want = [
+            "collect", "import", "book", "query", "replay", "reset", "migrate", "export", "plot",
+            "serve",
+        ];
+        assert_eq!(with, want);
+    }
+
+    #[test]
+    fn time_flags_take_what_people_write_and_refuse_the_rest() {
+        // (argv, accepted)
+        let cases: [(&[&str], bool); 8] = [
+            (&["book", "BTC/USD", "--at", "2026-11-24T10:00:00Z"], true),
+            (
+                &["book", "BTC/USD", "--at", "2026-11-24 10:00:00.25+01:00"],
+                true,
+            ),
+            (&["book", "BTC/USD", "--at", "2026-11-24T10:00:00"], false),
+            (
+                &["query", "--since", "2026-11-24", "--until", "2026-11-25"],
+                true,
+            ),
+            (
+                &["replay", "--verify", "--from", "2026-11-24t10:00:00z"],
+                true,
+            ),
+            (&["replay", "--verify", "--to", "tomorrow"], false),
+            (
+                &["plot", "X/Y", "--from", "2026-11-24", "-o", "x.png"],
+                true,
+            ),
+            (
+                &[
+                    "export",
+                    "--symbol",
+                    "X/Y",
+                    "--from",
+                    "1732442400",
+                    "-o",
+                    "x.csv",
+                ],
+                false,
+            ),
+        ];
+        for (argv, accepted) in cases {
+            let result =
+                Cli::try_parse_from(std::iter::once("krakenbook").chain(argv.iter().copied()));
+            match (result, accepted) {
+                (Ok(_), true) => {}
+                (Err(e), false) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("e.g. 2026-11-24T10:00:00Z"),
+                        "{argv:?}: {text}"
+                    );
+                }
+                (Ok(_), false) => panic!("{argv:?} was accepted"),
+                (Err(e), true) => panic!("{argv:?}: {e}"),
+            }
+        }
+        let Ok(Cli {
+            command: Command::Book(b),
+            ..
+        }) = Cli::try_parse_from([
+            "krakenbook",
+            "book",
+            "X/Y",
+            "--at",
+            "2026-11-24 10:00:00.000000001Z",
+        ])
+        else {
+            panic!("book --at")
+        };
+        assert_eq!(b.at.unix_nanos(), 1_795_514_400_000_000_001);
+    }
+
+    #[test]
+    fn simulate_and_export_durations_need_their_unit() {
+        // (argv, the message, or "" when accepted)
+        let cases: [(&[&str], &str); 7] = [
+            (
+                &["simulate", "--silence-every", "30s", "--silence-for", "6s"],
+                "",
+            ),
+            (
+                &["simulate", "--silence-secs", "500ms", "--stats-every", "0s"],
+                "",
+            ),
+            (
+                &["simulate", "--silence-every", "30"],
+                "add a unit, e.g. `30s` or `30ms`",
+            ),
+            (&["simulate", "--silence-for", "0s"], "above zero"),
+            (
+                &["simulate", "--stats-every", "10"],
+                "add a unit, e.g. `10s`",
+            ),
+            (
+                &[
+                    "export",
+                    "--symbol",
+                    "X/Y",
+                    "--from",
+                    "2026-11-24",
+                    "-o",
+                    "x.csv",
+                    "--interval",
+                    "1",
+                ],
+                "add a unit, e.g. `1s`",
+            ),
+            (
+                &[
+                    "export",
+                    "--symbol",
+                    "X/Y",
+                    "--from",
+                    "2026-11-24",
+                    "-o",
+                    "x.csv",
+                    "--interval",
+                    "1ns",
+                ],
+                "microseconds",
+            ),
+        ];
+        for (argv, message) in cases {
+            let result =
+                Cli::try_parse_from(std::iter::once("krakenbook").chain(argv.iter().copied()));
+            match result {
+                Ok(_) => assert_eq!(message, "", "{argv:?} was accepted"),
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(
+                        !message.is_empty() && text.contains(message),
+                        "{argv:?}: {text}"
+                    );
+                }
+            }
+        }
     }
 }

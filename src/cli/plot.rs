@@ -34,10 +34,10 @@ pub struct PlotArgs {
     /// The pair, e.g. BTC/USD.
     pub symbol: String,
     /// Range start (inclusive): RFC 3339 or a date.
-    #[arg(long, value_name = "TIME", value_parser = super::export::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub from: Timestamp,
     /// Range end (exclusive): RFC 3339 or a date [default: now].
-    #[arg(long, value_name = "TIME", value_parser = super::export::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub to: Option<Timestamp>,
     /// The PNG file to write.
     #[arg(short = 'o', long = "output", value_name = "FILE.png")]
@@ -54,9 +54,8 @@ pub struct PlotArgs {
     /// Read this collector's record (needed when several recorded the range).
     #[arg(long, value_name = "NAME")]
     pub collector: Option<String>,
-    /// The database: postgres://user:password@host:port/database (sslmode honoured).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
     /// No summary line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -64,7 +63,7 @@ pub struct PlotArgs {
 
 /// Runs `krakenbook plot`.
 pub async fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let target = DbTarget::parse(&url)?;
     let request = PlotRequest {
         symbol: args.symbol.trim().to_owned(),

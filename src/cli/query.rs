@@ -42,10 +42,10 @@ pub struct QueryArgs {
     #[arg(long)]
     pub symbol: Option<String>,
     /// From this instant (RFC 3339).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub since: Option<Timestamp>,
     /// Up to this instant (RFC 3339, exclusive).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub until: Option<Timestamp>,
     /// Only this collector's rows and streams (default: every collector's).
     #[arg(long)]
@@ -71,9 +71,8 @@ pub struct QueryArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The database (or DATABASE_URL).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
 }
 
 #[derive(Serialize)]
@@ -90,7 +89,7 @@ struct Report {
 
 /// Runs `krakenbook query`.
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url.clone())?;
+    let url = args.db.url()?;
     let client = DbTarget::parse(&url)?.connect("krakenbook query").await?;
     let filter = Filter {
         symbol: args.symbol.clone(),

@@ -56,10 +56,10 @@ pub struct ReplayArgs {
     pub journal_dir: Option<PathBuf>,
     /// Start of the range (required with --serve; --verify over the database: Kraken's clock,
     /// default the start of the record).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub from: Option<Timestamp>,
     /// End of the range (exclusive; default: the end of the record).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_time)]
     pub to: Option<Timestamp>,
     /// Only these symbols (repeatable, or comma-separated).
     #[arg(long = "symbol", value_delimiter = ',')]
@@ -79,9 +79,8 @@ pub struct ReplayArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// The database (or DATABASE_URL).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
 }
 
 /// Runs `krakenbook replay`.
@@ -158,7 +157,7 @@ async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     {
         bail!("--to ({to}) must be after --from ({from})");
     }
-    let url = super::migrate::database_url(args.database_url.clone())?;
+    let url = args.db.url()?;
     let target = DbTarget::parse(&url)?;
     let scope = DbScope {
         from: args.from,
@@ -348,7 +347,7 @@ async fn serve(addr: SocketAddr, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "--serve needs --from, the recorded instant to start at: e.g. --from 2026-11-24T10:00:00Z"
         );
     };
-    let url = super::migrate::database_url(args.database_url.clone())?;
+    let url = args.db.url()?;
     let cancel = CancellationToken::new();
     super::collect::spawn_signal_handler(cancel.clone())?;
     let market = ReplayMarket::load(

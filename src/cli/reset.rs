@@ -27,9 +27,8 @@ pub struct ResetArgs {
     /// Keep the collectors' checkpoints: journals are not written again.
     #[arg(long)]
     pub keep_checkpoints: bool,
-    /// The database (or DATABASE_URL).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
 }
 
 const TABLES: [&str; 6] = [
@@ -43,7 +42,7 @@ const TABLES: [&str; 6] = [
 
 /// Runs `krakenbook reset`.
 pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let target = DbTarget::parse(&url)?;
     let client = target.connect("krakenbook reset").await?;
     let messages: i64 = client

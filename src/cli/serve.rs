@@ -33,15 +33,14 @@ pub struct ServeArgs {
     /// Allow a non-loopback --listen address (the explorer has no authentication).
     #[arg(long)]
     pub public: bool,
-    /// The database (or DATABASE_URL).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::db::DbArgs,
 }
 
 /// Runs `krakenbook serve` until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_listen(args.listen, args.public)?;
-    let url = super::migrate::database_url(args.database_url)?;
+    let url = args.db.url()?;
     let sessions = Sessions::new(&url)?;
     // Reach the database once before saying we serve: a wrong URL fails here, not on the page.
     sessions

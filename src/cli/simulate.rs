@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use krakenbook::config;
 use krakenbook::exchange::sim::{generated_pairs, parse_pairs};
 use krakenbook::exchange::{Faults, Probability, ServerConfig, SimConfig, SimStats, Simulator};
 
@@ -20,7 +21,7 @@ subscribed, and the same --seed gives the same frames (timestamps aside).
 
 Fault counts (--*-after N) count the book updates sent on each connection, and fire once per
 connection; rates (--*-rate P) are probabilities per update. Prints the address on the first line
-of stdout, counters every --stats-every seconds on stderr, and runs until Ctrl-C or SIGTERM.
+of stdout, counters every --stats-every on stderr, and runs until Ctrl-C or SIGTERM.
 
 Examples:
   krakenbook simulate                                          BTC/USD, ETH/USD, MINA/GBP on 127.0.0.1:8790
@@ -29,7 +30,7 @@ Examples:
   krakenbook simulate --pairs 500 --rate 100 --listen 127.0.0.1:9000
   krakenbook simulate --drop-after 1000 --fault-connections 1    drop the first connection once
   krakenbook simulate --lose-after 200 --log frames.ndjson  a checksum failure, and a log
-  krakenbook simulate --silence-every 30 --silence-secs 6 --reject ETH/USD --garbage-after 50";
+  krakenbook simulate --silence-every 30s --silence-for 6s --reject ETH/USD --garbage-after 50";
 
 /// `krakenbook simulate`.
 #[derive(Debug, Args)]
@@ -64,9 +65,9 @@ pub struct SimulateArgs {
     /// Write every frame sent to FILE, one JSON line each: {"conn":1,"ns":...,"sent":"<frame>"}.
     #[arg(long = "log", visible_alias = "frame-log", value_name = "FILE")]
     pub frame_log: Option<PathBuf>,
-    /// Print counters to stderr every SECS seconds (0: only at the end).
-    #[arg(long, value_name = "SECS", default_value = "10")]
-    pub stats_every: u64,
+    /// Print counters to stderr this often (0s: only at the end).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = config::duration)]
+    pub stats_every: Duration,
 
     /// Close each connection (no WebSocket close) after its N-th book update.
     #[arg(long, value_name = "N", help_heading = "Faults", value_parser = clap::value_parser!(u64).range(1..))]
@@ -77,12 +78,19 @@ pub struct SimulateArgs {
     /// Go silent (no frame at all, heartbeats included) after the N-th update.
     #[arg(long, value_name = "N", help_heading = "Faults", value_parser = clap::value_parser!(u64).range(1..))]
     pub silence_after: Option<u64>,
-    /// Go silent every SECS seconds of each connection's life.
-    #[arg(long, value_name = "SECS", help_heading = "Faults", value_parser = parse_secs)]
+    /// Go silent every DURATION of each connection's life (e.g. 30s).
+    #[arg(long, value_name = "DURATION", help_heading = "Faults", value_parser = config::positive_duration)]
     pub silence_every: Option<Duration>,
-    /// How long a silence lasts, in seconds.
-    #[arg(long, value_name = "SECS", help_heading = "Faults", default_value = "6", value_parser = parse_secs)]
-    pub silence_secs: Duration,
+    /// How long a silence lasts (e.g. 6s, 500ms).
+    #[arg(
+        long,
+        visible_alias = "silence-secs",
+        value_name = "DURATION",
+        help_heading = "Faults",
+        default_value = "6s",
+        value_parser = config::positive_duration
+    )]
+    pub silence_for: Duration,
     /// Withhold the first update after N updates that changes the checksum: the client's next
     /// checksum for that pair fails.
     #[arg(long, value_name = "N", help_heading = "Faults")]
@@ -107,15 +115,6 @@ pub struct SimulateArgs {
     /// Apply the per-connection faults to the first N connections only.
     #[arg(long, value_name = "N", help_heading = "Faults")]
     pub fault_connections: Option<u64>,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .and_then(|v| Duration::try_from_secs_f64(v).ok())
-        .ok_or_else(|| format!("{s:?} is not a number of seconds above zero, e.g. 6 or 0.5"))
 }
 
 impl SimulateArgs {
@@ -147,7 +146,7 @@ impl SimulateArgs {
                     drop_rate: self.drop_rate,
                     silence_after: self.silence_after,
                     silence_every: self.silence_every,
-                    silence_for: self.silence_secs,
+                    silence_for: self.silence_for,
                     lose_after: self.lose_after,
                     lose_rate: self.lose_rate,
                     garbage_after: self.garbage_after,
@@ -173,8 +172,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         "krakenbook simulate: listening on {} ({pairs} pairs, {rate} events/s each, seed {seed})",
         sim.url()
     );
-    let mut every = (args.stats_every > 0)
-        .then(|| tokio::time::interval(Duration::from_secs(args.stats_every)));
+    let mut every = (!args.stats_every.is_zero()).then(|| tokio::time::interval(args.stats_every));
     if let Some(i) = &mut every {
         i.tick().await;
     }

@@ -1497,7 +1497,7 @@ async fn export_refuses_bad_requests_with_one_line_that_says_why() {
         err.lines()
             .next()
             .unwrap()
-            .contains("invalid timestamp \"yesterday\""),
+            .contains("invalid time \"yesterday\""),
         "{err}"
     );
     let err = fails(
@@ -1515,7 +1515,10 @@ async fn export_refuses_bad_requests_with_one_line_that_says_why() {
         ],
     );
     assert!(
-        err.lines().next().unwrap().contains("the unit must be"),
+        err.lines()
+            .next()
+            .unwrap()
+            .contains("write a number and a unit"),
         "{err}"
     );
     // Nothing was left behind: no output, no temporary file.

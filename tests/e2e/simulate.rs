@@ -628,7 +628,7 @@ fn simulate_help_explains_every_flag() {
         "--drop-rate",
         "--silence-after",
         "--silence-every",
-        "--silence-secs",
+        "--silence-for",
         "--lose-after",
         "--lose-rate",
         "--garbage-after",
@@ -671,7 +671,7 @@ async fn the_command_serves_until_terminated_then_closes_politely() {
             "--rate",
             "100",
             "--stats-every",
-            "0",
+            "0s",
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

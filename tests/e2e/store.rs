@@ -1552,13 +1552,7 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     // Trust authentication ignores the password, so it can be given and must then be hidden.
     let url = db.url.replacen("postgres@", "postgres:hunter2@", 1);
     assert!(url.contains("hunter2") || std::env::var("TEST_DATABASE_URL").is_ok());
-    let out = run(&[
-        "migrate",
-        "--database-url",
-        &url,
-        "--chunk-interval",
-        "12 hours",
-    ]);
+    let out = run(&["migrate", "--database-url", &url, "--chunk-interval", "12h"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -1615,7 +1609,7 @@ fn migrate_command_errors_are_one_line_and_say_what_to_fix() {
                 "--chunk-interval",
                 "whenever",
             ],
-            "invalid chunk interval \"whenever\"",
+            "invalid duration \"whenever\"",
         ),
     ];
     for (args, says) in cases {

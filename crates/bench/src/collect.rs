@@ -3,7 +3,7 @@
 //!
 //! Starts the simulator in-process and `krakenbook collect` as a child process subscribed to
 //! every simulated pair (journal, and a throwaway TimescaleDB unless `--journal-only` or
-//! `--database-url`). After the snapshots and a warm-up it measures, over `--seconds`, the
+//! `--database-url`). After the snapshots and a warm-up it measures, over `--measure`, the
 //! collector's CPU time (from /proc, user + system, as a share of one core), its peak resident
 //! memory, the frames it received per second, and the receive-to-commit latency histogram its
 //! `/metrics` exposes (p50, p99).
@@ -42,18 +42,27 @@ pub struct BenchCollectArgs {
     /// Book depth: 10, 25, 100, 500 or 1000.
     #[arg(long, default_value = "1000")]
     pub depth: Depth,
-    /// Seconds to measure, after the warm-up.
-    #[arg(long, value_name = "SECS", default_value = "20", value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub seconds: u64,
-    /// Seconds to wait after starting before measuring (snapshots, connections, caches).
-    #[arg(long, value_name = "SECS", default_value = "8")]
-    pub warmup: u64,
+    /// How long to measure, after the warm-up (1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = bench_period)]
+    pub measure: Duration,
+    /// How long to wait after starting before measuring (snapshots, connections, caches).
+    #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = krakenbook::config::duration)]
+    pub warmup: Duration,
     /// Record to the journal only (no database; no latency figure).
     #[arg(long, conflicts_with = "database_url")]
     pub journal_only: bool,
     /// Write to this database instead of a throwaway local cluster.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+/// A measuring period or a warm-up: a duration with its unit, from 1 s to 1 h.
+pub(crate) fn bench_period(text: &str) -> Result<Duration, String> {
+    let d = krakenbook::config::duration(text)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{text:?}: give 1s to 1h"));
+    }
+    Ok(d)
 }
 
 /// Runs `krakenbook-bench collect`.
@@ -114,20 +123,20 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     let mut child = cmd.spawn().context("starting krakenbook collect")?;
     let pid = child.id().context("the collector's pid")?;
     eprintln!(
-        "bench collect: {} pairs at depth {}, {} events/s offered ({} per pair), warm-up {} s, measuring {} s{}",
+        "bench collect: {} pairs at depth {}, {} events/s offered ({} per pair), warm-up {:?}, measuring {:?}{}",
         args.pairs,
         args.depth,
         args.pairs as f64 * args.rate,
         args.rate,
         args.warmup,
-        args.seconds,
+        args.measure,
         if db_url.is_some() {
             ", into TimescaleDB"
         } else {
             ", journal only"
         }
     );
-    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    tokio::time::sleep(args.warmup).await;
     if db_url.is_some() {
         // The subscriptions' snapshots (2,000 levels each at depth 1000) arrive in a burst; measure
         // the steady state, once the database has caught up with the journal.
@@ -152,7 +161,7 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     let start_cpu = cpu_seconds(pid)?;
     let start_metrics = scrape(metrics_addr).await?;
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    tokio::time::sleep(args.measure).await;
     let cpu = cpu_seconds(pid)? - start_cpu;
     let wall = started.elapsed().as_secs_f64();
     let end_metrics = scrape(metrics_addr).await?;

@@ -28,7 +28,7 @@ const BENCH_EXAMPLES: &str = "\
 Examples:
   krakenbook-bench collect --pairs 100 --depth 1000 --rate 100   collector CPU, memory, commit latency
   krakenbook-bench ingest                                the store writer against plain COPY (throwaway cluster)
-  krakenbook-bench simulate --pairs 500 --seconds 10     messages per second the simulator serves
+  krakenbook-bench simulate --pairs 500 --measure 10s    messages per second the simulator serves
   krakenbook-bench serve                                 the web explorer's views on a month of one pair";
 
 /// krakenbook's benchmarks.

@@ -1,7 +1,7 @@
 //! `krakenbook-bench readback`: how fast recorded books come back.
 //!
 //! Synthesizes a long recording of one pair at depth 1000 (a random walk of the book near the
-//! top, `--rate` messages per second of Kraken time for `--hours`, every frame with a correct
+//! top, `--rate` messages per second of Kraken time for `--span`, every frame with a correct
 //! checksum), journals it as the collector would (a book state every 10,000 updates) and writes
 //! it to TimescaleDB with the store writer. Then it measures, in one run:
 //! - `book --at` latency at random instants across the recording (coverage + rebuild + verify +
@@ -32,14 +32,14 @@ use krakenbook_testkit::{ClusterOptions, TempCluster};
 pub(crate) const BENCH_READBACK_EXAMPLES: &str = "\
 Examples:
   krakenbook-bench readback                         a day of BTC/USD-like data at depth 1000, 20 msg/s
-  krakenbook-bench readback --hours 2 --rate 50     smaller and denser";
+  krakenbook-bench readback --span 2h --rate 50      smaller and denser";
 
 /// `krakenbook-bench readback`.
 #[derive(Debug, Args)]
 pub struct BenchReadbackArgs {
-    /// Hours of Kraken time to synthesize.
-    #[arg(long, default_value_t = 24.0)]
-    pub hours: f64,
+    /// Kraken time to synthesize (e.g. 24h, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = krakenbook::config::positive_duration)]
+    pub span: std::time::Duration,
     /// Book messages per second.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
@@ -53,10 +53,11 @@ pub struct BenchReadbackArgs {
 
 /// Runs `krakenbook-bench readback`.
 pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
-    let messages = (args.hours * 3600.0 * args.rate) as u64;
+    let hours = args.span.as_secs_f64() / 3600.0;
+    let messages = (hours * 3600.0 * args.rate) as u64;
     anyhow::ensure!(
         messages >= 1000,
-        "--hours x --rate must give at least 1000 messages"
+        "--span x --rate must give at least 1000 messages"
     );
     let work = tempfile::tempdir()?;
     let journal_dir = work.path().join("journal");
@@ -73,7 +74,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
 
     eprintln!(
         "bench readback: synthesizing {messages} messages ({} h at {} msg/s, depth 1000)",
-        args.hours, args.rate
+        hours, args.rate
     );
     let started = Instant::now();
     let start_ts = Timestamp::parse("2026-11-24T00:00:00Z")?;
@@ -190,7 +191,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     println!(
         "book --at (depth 1000, {} lookups over {} h, {} rows): p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms; up to {} messages replayed per lookup",
         times.len(),
-        args.hours,
+        hours,
         entries + messages as i64,
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.9).as_secs_f64() * 1e3,
@@ -215,7 +216,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     coverage_times.sort();
     println!(
         "coverage of the whole recording ({} h): median {:.1} ms, max {:.1} ms",
-        args.hours,
+        hours,
         coverage_times[coverage_times.len() / 2].as_secs_f64() * 1e3,
         coverage_times
             .last()

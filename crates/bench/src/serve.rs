@@ -1,8 +1,8 @@
 //! `krakenbook-bench serve`: how fast the web explorer's views answer.
 //!
 //! Synthesizes a recording of one pair at depth 100 into a throwaway TimescaleDB with the store
-//! writer: `--days` of quiet history (one message every 10 s, a new connection every 4 hours:
-//! subscription, snapshot, updates), then `--hours` of a busy pair (`--rate` messages per second,
+//! writer: `--history` of quiet history (one message every 10 s, a new connection every 4 hours:
+//! subscription, snapshot, updates), then `--busy` of a busy pair (`--rate` messages per second,
 //! a book state every 10,000 updates as the collector journals them). Every frame has a correct
 //! checksum. Then it measures what `/api/` answers, in-process (the HTTP layer adds little):
 //! - the coverage of the whole recording (a month by default);
@@ -26,17 +26,17 @@ use krakenbook_testkit::{ClusterOptions, TempCluster};
 pub(crate) const BENCH_SERVE_EXAMPLES: &str = "\
 Examples:
   krakenbook-bench serve                          30 quiet days, then 24 busy hours at 20 msg/s
-  krakenbook-bench serve --days 2 --hours 2      a quick run";
+  krakenbook-bench serve --history 2d --busy 2h  a quick run";
 
 /// `krakenbook-bench serve`.
 #[derive(Debug, Args)]
 pub struct BenchServeArgs {
-    /// Days of quiet history before the busy part.
-    #[arg(long, default_value_t = 30)]
-    pub days: u32,
-    /// Hours of the busy part.
-    #[arg(long, default_value_t = 24.0)]
-    pub hours: f64,
+    /// Quiet history before the busy part (e.g. 30d).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = krakenbook::config::duration)]
+    pub history: std::time::Duration,
+    /// The busy part (at least 1h).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = krakenbook::config::duration)]
+    pub busy: std::time::Duration,
     /// Book messages per second in the busy part.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
@@ -185,9 +185,11 @@ impl Synth {
 
 /// Runs `krakenbook-bench serve`.
 pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
+    let hours = args.busy.as_secs_f64() / 3600.0;
+    let days = args.history.as_secs_f64() / 86_400.0;
     anyhow::ensure!(
-        args.hours >= 1.0 && args.rate > 0.0,
-        "--hours must be at least 1 and --rate positive"
+        hours >= 1.0 && args.rate > 0.0,
+        "--busy must be at least 1h and --rate positive"
     );
     let cluster = tokio::task::spawn_blocking(|| {
         TempCluster::with_options(ClusterOptions {
@@ -213,7 +215,7 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
     let start = Timestamp::parse("2026-10-25T00:00:00Z")?;
     const SEC: i64 = 1_000_000_000;
     // Quiet history: a message every 10 s, a new connection every 4 hours.
-    let quiet_end = start.add_nanos(i64::from(args.days) * 86_400 * SEC);
+    let quiet_end = start.add_nanos(i64::try_from(args.history.as_nanos()).unwrap_or(i64::MAX));
     let mut t = start;
     while t < quiet_end {
         if t.nanos_since(start) % (4 * 3600 * SEC) == 0 {
@@ -228,7 +230,7 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
     }
     // The busy part, on one connection.
     let busy_start = quiet_end;
-    let messages = (args.hours * 3600.0 * args.rate) as i64;
+    let messages = (hours * 3600.0 * args.rate) as i64;
     let step = (1e9 / args.rate) as i64;
     s.connect(busy_start);
     for i in 1..=messages {
@@ -271,8 +273,8 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
     times.sort_by(f64::total_cmp);
     println!(
         "coverage of {} days + {} h ({} connections): median {:.0} ms, max {:.0} ms",
-        args.days,
-        args.hours,
+        days,
+        hours,
         s.conn,
         times[times.len() / 2],
         times[times.len() - 1]
@@ -330,12 +332,7 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
     };
     let hour_from = busy_start.add_nanos(busy_end.nanos_since(busy_start) / 2);
     measure("one hour", hour_from, hour_from.add_nanos(3600 * SEC)).await?;
-    measure(
-        &format!("{} h", args.hours),
-        busy_start.add_nanos(SEC),
-        busy_end,
-    )
-    .await?;
+    measure(&format!("{} h", hours), busy_start.add_nanos(SEC), busy_end).await?;
     drop(cluster);
     Ok(ExitCode::SUCCESS)
 }

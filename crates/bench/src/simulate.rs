@@ -1,7 +1,7 @@
 //! `krakenbook-bench simulate`: how many book messages per second the simulator delivers.
 //!
 //! Starts the simulator in-process on a loopback port, connects `--clients` clients, each
-//! subscribed to every pair, waits until every snapshot arrived, then counts for `--seconds` the
+//! subscribed to every pair, waits until every snapshot arrived, then counts for `--measure` the
 //! book messages each client actually received. A sample of the pairs (every `--verify-every`-th)
 //! is verified on every message with the project's own engine (`kraken::decode` +
 //! `book::Tracker`), so the figure is for correct books; the others are only counted, to leave
@@ -49,12 +49,12 @@ pub struct BenchSimulateArgs {
     /// Loopback clients, each subscribed to every pair.
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub clients: u32,
-    /// Seconds to measure, after the warm-up.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub seconds: u64,
-    /// Seconds to wait after every snapshot arrived before measuring.
-    #[arg(long, value_name = "SECS", default_value = "2")]
-    pub warmup: u64,
+    /// How long to measure, after the warm-up (1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::collect::bench_period)]
+    pub measure: Duration,
+    /// How long to wait after every snapshot arrived before measuring.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = krakenbook::config::duration)]
+    pub warmup: Duration,
     /// Verify every message of one pair in N (1: every pair).
     #[arg(long, value_name = "N", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
     pub verify_every: u32,
@@ -246,14 +246,14 @@ pub async fn run(args: BenchSimulateArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    tokio::time::sleep(args.warmup).await;
     let (m0, b0, e0, t0) = (
         total(|c| &c.book_messages),
         total(|c| &c.bytes),
         sim.stats().market_events,
         Instant::now(),
     );
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    tokio::time::sleep(args.measure).await;
     let (m1, b1, e1, dt) = (
         total(|c| &c.book_messages),
         total(|c| &c.bytes),

@@ -4,6 +4,13 @@
 //! the local receive clock is nanoseconds. Both become a [`Timestamp`], which orders, subtracts and
 //! converts to PostgreSQL's `timestamptz` (microseconds since 2000-01-01) without loss. Parsing is
 //! strict: a string that is not a valid RFC 3339 date-time is an error, never a guess.
+//!
+//! Two parsers, on purpose: [`Timestamp::parse`] is the fixed-format parser of Kraken's frames
+//! (the hot path: no allocation, benchmarked with the frame decoder), and
+//! [`Timestamp::parse_user`] reads what people type in `--at`, `--from`, `--to` with jiff
+//! (RFC 3339 with `T`, `t` or a space, an offset or `Z`, up to nine fraction digits, or a date
+//! alone for its midnight UTC). Printing ([`fmt::Display`]) goes through jiff too. Both keep every
+//! nanosecond: no instant is rounded on the way in or out.
 
 use std::fmt;
 
@@ -25,6 +32,18 @@ pub struct TimestampError {
     pub text: String,
     /// What is wrong with it.
     pub reason: &'static str,
+}
+
+/// A time given by a person that does not parse (see [`Timestamp::parse_user`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid time {text:?}: {reason}; write RFC 3339 with a zone, e.g. 2026-11-24T10:00:00Z, 2026-11-24 10:00:00.25+01:00, or a date, 2026-11-24 (midnight UTC)"
+)]
+pub struct UserTimeError {
+    /// The text as given.
+    pub text: String,
+    /// What is wrong with it (jiff's words).
+    pub reason: String,
 }
 
 impl Timestamp {
@@ -74,6 +93,36 @@ impl Timestamp {
             text: text.to_owned(),
             reason,
         })
+    }
+
+    /// Parses a time as people write it on a command line, with jiff: an RFC 3339 date-time with
+    /// `Z` or an offset (`2026-11-24T10:00:00Z`, `2026-11-24 10:00:00.25+01:00`, `T`, `t` or a
+    /// space between date and time, up to nine fraction digits), or a date alone
+    /// (`2026-11-24`: its midnight UTC). A date-time without a zone is refused, never guessed.
+    pub fn parse_user(text: &str) -> Result<Self, UserTimeError> {
+        let t = text.trim();
+        let err = |reason: String| UserTimeError {
+            text: text.to_owned(),
+            reason,
+        };
+        let instant = if t.len() == 10 && !t.contains(['T', 't', ' ']) {
+            let date: jiff::civil::Date = t.parse().map_err(|e: jiff::Error| err(e.to_string()))?;
+            jiff::tz::Offset::UTC
+                .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+                .map_err(|e| err(e.to_string()))?
+        } else {
+            t.parse::<jiff::Timestamp>().map_err(|e| {
+                let reason = e.to_string();
+                if reason.contains("offset") || reason.contains("Z") {
+                    err("no time zone: end it with Z (UTC) or an offset such as +01:00".to_owned())
+                } else {
+                    err(reason)
+                }
+            })?
+        };
+        i64::try_from(instant.as_nanosecond())
+            .map(Timestamp)
+            .map_err(|_| err("outside the years 1678 to 2262".to_owned()))
     }
 
     /// The time elapsed from `earlier` to `self`, in nanoseconds (negative if `earlier` is later).
@@ -197,39 +246,25 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The date of a day count since 1970-01-01: (year, month, day).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 impl fmt::Display for Timestamp {
-    /// RFC 3339 in UTC: microseconds when the instant has no finer part (as Kraken prints), else
-    /// nanoseconds.
+    /// RFC 3339 in UTC, printed by jiff: microseconds when the instant has no finer part (as
+    /// Kraken prints), else nanoseconds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(NS_PER_SEC);
-        let ns = self.0.rem_euclid(NS_PER_SEC);
-        let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-        let sod = secs.rem_euclid(86_400);
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )?;
-        if ns % 1000 == 0 {
-            write!(f, ".{:06}Z", ns / 1000)
+        use jiff::fmt::{StdFmtWrite, temporal::DateTimePrinter};
+        static MICROS: DateTimePrinter = DateTimePrinter::new().precision(Some(6));
+        static NANOS: DateTimePrinter = DateTimePrinter::new().precision(Some(9));
+        // Every i64 of nanoseconds (years 1677 to 2262) is inside jiff's range (years -9999 to
+        // 9999), so this cannot fail; an error would print as a formatting error, not a panic.
+        let instant =
+            jiff::Timestamp::from_nanosecond(i128::from(self.0)).map_err(|_| fmt::Error)?;
+        let printer = if self.0.rem_euclid(1000) == 0 {
+            &MICROS
         } else {
-            write!(f, ".{ns:09}Z")
-        }
+            &NANOS
+        };
+        printer
+            .print_timestamp(&instant, StdFmtWrite(f))
+            .map_err(|_| fmt::Error)
     }
 }
 
@@ -336,10 +371,69 @@ mod tests {
     }
 
     #[test]
-    fn civil_conversion_round_trips_across_four_centuries() {
-        for day in (-150_000..150_000).step_by(37) {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
+    fn the_fixed_parser_and_jiff_agree_over_the_whole_range() {
+        // days_from_civil is the hot path's own calendar: jiff is the reference.
+        for day in (-106_000i64..106_000).step_by(37) {
+            let t = Timestamp(day * 86_400 * NS_PER_SEC + 123_456_789);
+            let text = t.to_string();
+            assert_eq!(Timestamp::parse(&text), Ok(t), "{text}");
+            assert_eq!(Timestamp::parse_user(&text), Ok(t), "{text}");
+        }
+    }
+
+    #[test]
+    fn people_s_times_parse_to_the_nanosecond() {
+        // (what is typed, unix nanos): every form the README lists.
+        let cases = [
+            ("2026-11-24T10:00:00Z", 1_795_514_400_000_000_000),
+            ("2026-11-24t10:00:00z", 1_795_514_400_000_000_000),
+            ("2026-11-24 10:00:00.25+01:00", 1_795_510_800_250_000_000),
+            ("2026-11-24T10:00:00.123456789Z", 1_795_514_400_123_456_789),
+            (
+                "2026-11-24T10:00:00.000000001-00:30",
+                1_795_516_200_000_000_001,
+            ),
+            ("2026-11-24 10:00:00.250Z", 1_795_514_400_250_000_000),
+            ("2026-11-24", 1_795_478_400_000_000_000),
+            ("  2026-11-24T10:00:00Z ", 1_795_514_400_000_000_000),
+            ("1970-01-01T00:00:00Z", 0),
+            ("1969-12-31T23:59:59.5Z", -500_000_000),
+        ];
+        for (text, nanos) in cases {
+            let t = Timestamp::parse_user(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(t.unix_nanos(), nanos, "{text}");
+            assert_eq!(
+                Timestamp::parse_user(&t.to_string()),
+                Ok(t),
+                "round trip of {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn people_s_times_that_do_not_parse_say_what_to_write() {
+        // (what is typed, a word of the reason)
+        let cases = [
+            ("2026-11-24T10:00:00", "zone"),
+            ("2026-11-24 10:00", "zone"),
+            ("2026-13-01T00:00:00Z", ""),
+            ("2026-02-29", ""),
+            ("2026-11-24T24:00:00Z", ""),
+            ("2026-11-24T10:00:00.1234567891Z", ""),
+            ("2026-11-24T10:00:00Zjunk", ""),
+            ("3000-01-01T00:00:00Z", "1678 to 2262"),
+            ("yesterday", ""),
+            ("", ""),
+            ("1732442400", ""),
+        ];
+        for (text, word) in cases {
+            let err = Timestamp::parse_user(text).expect_err(text).to_string();
+            assert!(err.contains(word), "{text}: {err}");
+            assert!(
+                err.contains("2026-11-24T10:00:00Z"),
+                "{text}: the example: {err}"
+            );
+            assert!(!err.contains('\n'), "{text}: one line: {err}");
         }
     }
 }

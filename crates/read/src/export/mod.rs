@@ -912,33 +912,6 @@ fn check_request(request: &ExportRequest, dest: &Destination) -> Result<(), Expo
     Ok(())
 }
 
-/// Parses an interval: a whole number and a unit, `us`, `ms`, `s`, `m`, `h` or `d` (`1s`,
-/// `100ms`, `5m`); microseconds.
-pub fn parse_interval(text: &str) -> Result<i64, String> {
-    let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (n, unit) = t.split_at(digits);
-    let n: i64 = n
-        .parse()
-        .map_err(|_| format!("invalid interval {text:?}: expected e.g. 1s, 100ms, 5m"))?;
-    let per = match unit.trim() {
-        "us" | "µs" => 1,
-        "ms" => 1_000,
-        "s" => 1_000_000,
-        "m" | "min" => 60_000_000,
-        "h" => 3_600_000_000,
-        "d" => 86_400_000_000,
-        _ => {
-            return Err(format!(
-                "invalid interval {text:?}: the unit must be us, ms, s, m, h or d (e.g. 1s)"
-            ));
-        }
-    };
-    n.checked_mul(per)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("invalid interval {text:?}: must be above zero"))
-}
-
 /// The decimal scales of the `price` and `quantity` stored for `symbols` by `collector` from
 /// `since` to `to` (at least `floor`).
 pub(crate) async fn stored_scales(
@@ -966,24 +939,6 @@ pub(crate) async fn stored_scales(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn intervals_parse_with_units_and_bad_ones_say_why() {
-        let cases = [
-            ("1s", Ok(1_000_000)),
-            ("100ms", Ok(100_000)),
-            ("250us", Ok(250)),
-            ("5m", Ok(300_000_000)),
-            ("1h", Ok(3_600_000_000)),
-            ("1d", Ok(86_400_000_000)),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_interval(text), want, "{text}");
-        }
-        for bad in ["", "s", "1", "1.5s", "0s", "-1s", "1w"] {
-            assert!(parse_interval(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_summary_says_where_each_symbol_is_covered_from() {
