@@ -1,6 +1,7 @@
 //! Kraken's window rule: what a subscriber at depth D is sent when one level of one side changes.
 //! The simulator (`krakenbook-exchange`) and the replay server (`krakenbook-read`) both send what this
-//! rule says, one change at a time, in the order the changes happen.
+//! rule says, one change at a time, in the order the changes happen; the export writes the
+//! levels a subscriber drops past the window ([`truncate`]) as the deletions Kraken implies.
 //!
 //! The rule, for a change of the level at price P (levels strictly better than P: `better`):
 //! - below the window (`better >= D`): nothing is sent; a level pushed out of the window by an
@@ -37,6 +38,10 @@
 //! deletion, which a client truncating after every level ignores (it no longer holds the level).
 //! The simulator's tests show both kinds of client holding the exact window after every message.
 
+use std::collections::BTreeSet;
+
+use crate::num::{Decimal, Side};
+
 /// What one change of a side sends to a window of `depth` levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -61,9 +66,93 @@ pub fn on_change(depth: usize, better: usize, existed: bool, deletion: bool) -> 
     }
 }
 
+/// The levels one side of a subscriber's book drops at the end of a message: Kraken sends no
+/// deletion for a level pushed past the window (the first bullet of the rule above), so the
+/// client truncates the side to `depth` levels, its best. `prices` is the side's prices; the
+/// ones dropped (the lowest bids, the highest asks) are taken out and returned, the worst first.
+/// The export writes them as the deletions Kraken implies; [`crate::book::OrderBook`] truncates
+/// its own sides the same way.
+pub fn truncate(side: Side, prices: &mut BTreeSet<Decimal>, depth: usize) -> Vec<Decimal> {
+    let mut dropped = Vec::new();
+    while prices.len() > depth {
+        let worst = match side {
+            Side::Bid => prices.pop_first(),
+            Side::Ask => prices.pop_last(),
+        };
+        dropped.extend(worst);
+    }
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_drops_the_worst_levels_of_each_side_past_the_depth() {
+        let set = |ps: &[&str]| -> BTreeSet<Decimal> {
+            ps.iter().map(|p| Decimal::parse(p).unwrap()).collect()
+        };
+        let list = |ps: &[&str]| -> Vec<Decimal> {
+            ps.iter().map(|p| Decimal::parse(p).unwrap()).collect()
+        };
+        // (side, depth, prices, dropped (worst first), kept, what it covers)
+        type Case = (
+            Side,
+            usize,
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static str,
+        );
+        let cases: [Case; 5] = [
+            (
+                Side::Bid,
+                2,
+                &["100", "99.5", "101"],
+                &["99.5"],
+                &["100", "101"],
+                "the lowest bid goes",
+            ),
+            (
+                Side::Ask,
+                2,
+                &["102", "103", "102.5"],
+                &["103"],
+                &["102", "102.5"],
+                "the highest ask goes",
+            ),
+            (
+                Side::Bid,
+                1,
+                &["1", "2", "3"],
+                &["1", "2"],
+                &["3"],
+                "several levels, the worst first",
+            ),
+            (
+                Side::Ask,
+                3,
+                &["1", "2"],
+                &[],
+                &["1", "2"],
+                "a side inside the window keeps everything",
+            ),
+            (
+                Side::Ask,
+                0,
+                &["1", "2"],
+                &["2", "1"],
+                &[],
+                "a zero depth empties the side",
+            ),
+        ];
+        for (side, depth, prices, dropped, kept, what) in cases {
+            let mut prices = set(prices);
+            assert_eq!(truncate(side, &mut prices, depth), list(dropped), "{what}");
+            assert_eq!(prices, set(kept), "{what}");
+        }
+    }
 
     #[test]
     fn each_change_sends_what_kraken_sends() {

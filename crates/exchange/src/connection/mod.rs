@@ -26,12 +26,21 @@
 //! - nothing waits forever on a client: a write blocked by a client that does not read ends
 //!   when the queue overflows (the market cancels the connection's overflow token) or at shutdown;
 //! - every frame written is logged first when there is a log, so the log is what was sent.
+//!
+//! Where each part lives: this file holds the connection's state, its loop (`serve`: requests,
+//! queued frames, silences, heartbeats, shutdown) and the tests; `requests` parses the client's
+//! requests and answers them (ping, subscribe and unsubscribe of `book` and `instrument`, the
+//! error acks); `send` writes frames out: the queued book frames with the faults applied, the
+//! market's endings, and the one path every frame takes (`feed`: logged, then written).
+
+mod requests;
+mod send;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -41,14 +50,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::faults::{FaultState, GARBAGE_FRAME, UNKNOWN_CHANNEL_FRAME};
+use super::faults::FaultState;
 use super::log::LogEntry;
-use super::market::MarketError;
-use super::market::{BookSink, ConnId, Delivery, Ending, Item, SubId};
+use super::market::{ConnId, Delivery, SubId};
 use super::shared::Shared;
 use super::stats::{add, bump};
-use crate::kraken::encode::{self, Ack, AckResult};
-use crate::kraken::{BookKind, Depth, Params, Request};
+use crate::kraken::Depth;
+use crate::kraken::encode;
 use crate::time::Timestamp;
 
 /// Book frames forwarded per wake-up, at most (then one flush).
@@ -266,172 +274,6 @@ where
         }
     }
 
-    /// Sends the queued frames (the batch already taken from the queue), applying the faults.
-    async fn deliver(&mut self) -> Result<(), Closed> {
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut result = Ok(());
-        let mut rest = batch.drain(..);
-        for d in rest.by_ref() {
-            let frame = match d.item {
-                Item::End(ending) => {
-                    result = self.end(ending).await;
-                    break;
-                }
-                Item::Frame(_) if !self.active.contains(&d.sub) => continue,
-                Item::Frame(frame) => frame,
-            };
-            if frame.kind == BookKind::Snapshot {
-                bump(&self.shared.stats.book_snapshots_sent);
-                if let Err(c) = self.feed(frame.text.clone()).await {
-                    result = Err(c);
-                    break;
-                }
-                continue;
-            }
-            if self.faults.withhold(&frame) {
-                bump(&self.shared.stats.fault_lost_updates);
-                self.log_fault("lose_update", Some(frame.text.clone()))
-                    .await;
-                continue;
-            }
-            if let Err(c) = self.feed(frame.text.clone()).await {
-                result = Err(c);
-                break;
-            }
-            bump(&self.shared.stats.book_updates_sent);
-            let after = self.faults.sent_update();
-            if after.garbage {
-                bump(&self.shared.stats.fault_garbage_frames);
-                self.log_fault("garbage", None).await;
-                if let Err(c) = self.feed(Utf8Bytes::from_static(GARBAGE_FRAME)).await {
-                    result = Err(c);
-                    break;
-                }
-            }
-            if after.unknown_channel {
-                bump(&self.shared.stats.fault_unknown_channel_frames);
-                self.log_fault("unknown_channel", None).await;
-                if let Err(c) = self
-                    .feed(Utf8Bytes::from_static(UNKNOWN_CHANNEL_FRAME))
-                    .await
-                {
-                    result = Err(c);
-                    break;
-                }
-            }
-            if after.drop {
-                self.log_fault("drop", None).await;
-                // What was written before the fault reaches the client; then the socket closes.
-                result = self.flush().await.and(Err(Closed::DropFault));
-                break;
-            }
-            if after.silence {
-                result = self.flush().await;
-                self.start_silence().await;
-                break;
-            }
-        }
-        let discarded = rest.len();
-        drop(rest);
-        if self.silent_until.is_some() {
-            add(
-                &self.shared.stats.frames_discarded_in_silence,
-                discarded as u64,
-            );
-        }
-        self.batch = batch;
-        self.batch.clear();
-        if result.is_ok() && self.silent_until.is_none() {
-            result = self.flush().await;
-        }
-        result
-    }
-
-    /// Ends the connection as the market asked, after what was already written: a drop flushes
-    /// and lets the socket close without a close frame; a close sends one (`1000`, the reason)
-    /// and waits a moment for the client's reply.
-    async fn end(&mut self, ending: Ending) -> Result<(), Closed> {
-        self.flush().await?;
-        if let Some(log) = &self.shared.log {
-            log.send(LogEntry::Event {
-                conn: self.conn,
-                at: Timestamp::now(),
-                event: "end",
-                detail: match ending {
-                    Ending::Drop => "drop".to_owned(),
-                    Ending::Close(reason) => format!("close 1000 {reason}"),
-                },
-            })
-            .await;
-        }
-        match ending {
-            Ending::Drop => Err(Closed::MarketDrop),
-            Ending::Close(reason) => {
-                let close = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: reason.into(),
-                };
-                let handshake = async {
-                    self.ws.close(Some(close)).await.map_err(Closed::from_ws)?;
-                    while let Some(Ok(_)) = self.ws.next().await {}
-                    Ok::<(), Closed>(())
-                };
-                let _ = tokio::time::timeout(DRAIN_TIMEOUT, handshake).await;
-                Err(Closed::MarketClose(reason))
-            }
-        }
-    }
-
-    async fn start_silence(&mut self) {
-        let d = self.faults.silence_for();
-        bump(&self.shared.stats.fault_silences);
-        self.log_fault("silence", None).await;
-        self.silent_until = Some(Instant::now() + d);
-    }
-
-    async fn log_fault(&self, fault: &'static str, frame: Option<Utf8Bytes>) {
-        tracing::debug!(conn = self.conn, fault, "fault");
-        if let Some(log) = &self.shared.log {
-            log.send(LogEntry::Fault {
-                conn: self.conn,
-                at: Timestamp::now(),
-                fault,
-                frame,
-            })
-            .await;
-        }
-    }
-
-    /// Writes a frame into the socket's buffer (logged first).
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
-        let len = text.len() as u64;
-        if let Some(log) = &self.shared.log {
-            log.send(LogEntry::Sent {
-                conn: self.conn,
-                at: Timestamp::now(),
-                text: text.clone(),
-            })
-            .await;
-        }
-        self.ws
-            .feed(Message::Text(text))
-            .await
-            .map_err(Closed::from_ws)?;
-        bump(&self.shared.stats.frames_sent);
-        add(&self.shared.stats.bytes_sent, len);
-        self.last_sent = Instant::now();
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), Closed> {
-        self.ws.flush().await.map_err(Closed::from_ws)
-    }
-
-    async fn send_now(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
-        self.feed(text).await?;
-        self.flush().await
-    }
-
     async fn shutdown(&mut self) -> Closed {
         let drain = async {
             while let Ok(d) = self.queue.try_recv() {
@@ -469,290 +311,23 @@ where
         }
         self.flush().await
     }
-
-    async fn on_request(&mut self, text: &str) -> Result<(), Closed> {
-        let time_in = Timestamp::now();
-        bump(&self.shared.stats.requests);
-        let request = match Request::parse(text) {
-            Ok(r) => r,
-            Err(_) => {
-                let (method, req_id, error) = sniff_malformed(text);
-                return self
-                    .error(method.as_deref(), req_id, error, None, time_in)
-                    .await;
-            }
-        };
-        let method = request.method.as_str();
-        let req_id = request.req_id;
-        match (method, request.params) {
-            ("ping", _) => {
-                let pong = encode::pong(req_id, time_in, Timestamp::now());
-                self.feed(pong.into()).await
-            }
-            ("subscribe" | "unsubscribe", Some(params)) => match params.channel.as_str() {
-                "book" => self.book_request(method, params, req_id, time_in).await,
-                "instrument" => {
-                    self.instrument_request(method, params, req_id, time_in)
-                        .await
-                }
-                _ => {
-                    self.error(Some(method), req_id, "Channel not supported", None, time_in)
-                        .await
-                }
-            },
-            ("subscribe" | "unsubscribe", None) => {
-                self.error(Some(method), req_id, "Malformed request", None, time_in)
-                    .await
-            }
-            (other, _) => {
-                let other = other.to_owned();
-                self.error(Some(&other), req_id, "Method not found", None, time_in)
-                    .await
-            }
-        }
-    }
-
-    async fn book_request(
-        &mut self,
-        method: &str,
-        params: Params,
-        req_id: Option<u64>,
-        time_in: Timestamp,
-    ) -> Result<(), Closed> {
-        let symbols = match params.symbol {
-            Some(s) if !s.is_empty() => s,
-            _ => {
-                return self
-                    .error(Some(method), req_id, "Malformed request", None, time_in)
-                    .await;
-            }
-        };
-        let depth = match params.depth {
-            None => Depth::default(),
-            Some(d) => match Depth::new(d) {
-                Some(d) => d,
-                None => {
-                    for symbol in &symbols {
-                        let error = MarketError::DepthNotSupported.to_string();
-                        self.error(Some(method), req_id, &error, Some(symbol), time_in)
-                            .await?;
-                    }
-                    return Ok(());
-                }
-            },
-        };
-        let snapshot = params.snapshot.unwrap_or(true);
-        for symbol in &symbols {
-            if method == "subscribe" {
-                self.subscribe_book(symbol, depth, snapshot, req_id, time_in)
-                    .await?;
-            } else {
-                self.unsubscribe_book(symbol, req_id, time_in).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn subscribe_book(
-        &mut self,
-        symbol: &str,
-        depth: Depth,
-        snapshot: bool,
-        req_id: Option<u64>,
-        time_in: Timestamp,
-    ) -> Result<(), Closed> {
-        const METHOD: Option<&str> = Some("subscribe");
-        if self.shared.config.faults.rejects(symbol) {
-            bump(&self.shared.stats.fault_rejected_subscriptions);
-            let error = format!("Currency pair not supported {symbol}");
-            return self
-                .error(METHOD, req_id, &error, Some(symbol), time_in)
-                .await;
-        }
-        if self.books.contains_key(symbol) {
-            return self
-                .error(METHOD, req_id, "Already subscribed", Some(symbol), time_in)
-                .await;
-        }
-        let sub = self.shared.next_sub();
-        let sink = BookSink::new(self.conn, sub, self.queue_tx.clone(), self.overflow.clone());
-        // Active before the market queues the snapshot, so nothing of it is skipped.
-        self.active.insert(sub);
-        match self
-            .shared
-            .market
-            .subscribe_book(symbol, depth, snapshot, sink)
-        {
-            Ok(()) => {
-                self.books.insert(symbol.to_owned(), (sub, depth));
-                self.heartbeats = true;
-                let ack = encode::ack(&Ack {
-                    method: METHOD,
-                    req_id,
-                    result: Some(AckResult {
-                        channel: "book",
-                        depth: Some(depth.get()),
-                        snapshot: Some(snapshot),
-                        symbol: Some(symbol),
-                    }),
-                    error: None,
-                    symbol: None,
-                    time_in,
-                    time_out: Timestamp::now(),
-                });
-                self.feed(ack.into()).await
-            }
-            Err(e) => {
-                self.active.remove(&sub);
-                self.error(METHOD, req_id, &e.to_string(), Some(symbol), time_in)
-                    .await
-            }
-        }
-    }
-
-    async fn unsubscribe_book(
-        &mut self,
-        symbol: &str,
-        req_id: Option<u64>,
-        time_in: Timestamp,
-    ) -> Result<(), Closed> {
-        const METHOD: Option<&str> = Some("unsubscribe");
-        let Some((sub, depth)) = self.books.remove(symbol) else {
-            let known = self
-                .shared
-                .market
-                .instruments()
-                .iter()
-                .any(|p| p.symbol == symbol);
-            let error = if known {
-                "Subscription Not Found".to_owned()
-            } else {
-                format!("Currency pair not supported {symbol}")
-            };
-            return self
-                .error(METHOD, req_id, &error, Some(symbol), time_in)
-                .await;
-        };
-        self.active.remove(&sub);
-        self.shared.market.unsubscribe_book(symbol, self.conn, sub);
-        let ack = encode::ack(&Ack {
-            method: METHOD,
-            req_id,
-            result: Some(AckResult {
-                channel: "book",
-                depth: Some(depth.get()),
-                snapshot: None,
-                symbol: Some(symbol),
-            }),
-            error: None,
-            symbol: None,
-            time_in,
-            time_out: Timestamp::now(),
-        });
-        self.feed(ack.into()).await
-    }
-
-    async fn instrument_request(
-        &mut self,
-        method: &str,
-        params: Params,
-        req_id: Option<u64>,
-        time_in: Timestamp,
-    ) -> Result<(), Closed> {
-        let subscribe = method == "subscribe";
-        if subscribe == self.instrument {
-            let error = if subscribe {
-                "Already subscribed"
-            } else {
-                "Subscription Not Found"
-            };
-            return self.error(Some(method), req_id, error, None, time_in).await;
-        }
-        self.instrument = subscribe;
-        let snapshot = subscribe && params.snapshot.unwrap_or(true);
-        let ack = encode::ack(&Ack {
-            method: Some(method),
-            req_id,
-            result: Some(AckResult {
-                channel: "instrument",
-                depth: None,
-                snapshot: subscribe.then_some(snapshot),
-                symbol: None,
-            }),
-            error: None,
-            symbol: None,
-            time_in,
-            time_out: Timestamp::now(),
-        });
-        self.feed(ack.into()).await?;
-        if subscribe {
-            self.heartbeats = true;
-        }
-        if snapshot {
-            let text = self.shared.instrument_snapshot.clone();
-            self.feed(text).await?;
-        }
-        Ok(())
-    }
-
-    async fn error(
-        &mut self,
-        method: Option<&str>,
-        req_id: Option<u64>,
-        error: &str,
-        symbol: Option<&str>,
-        time_in: Timestamp,
-    ) -> Result<(), Closed> {
-        bump(&self.shared.stats.error_acks);
-        let text = encode::ack(&Ack {
-            method,
-            req_id,
-            result: None,
-            error: Some(error),
-            symbol,
-            time_in,
-            time_out: Timestamp::now(),
-        });
-        self.feed(text.into()).await
-    }
-}
-
-/// What can be said about a request that is not a valid request object: its method and
-/// `req_id` if it has them, and Kraken's error text.
-fn sniff_malformed(text: &str) -> (Option<String>, Option<u64>, &'static str) {
-    let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(text) else {
-        return (None, None, "Malformed request");
-    };
-    let method = obj
-        .get("method")
-        .and_then(|m| m.as_str())
-        .map(str::to_owned);
-    let req_id = obj.get("req_id").and_then(serde_json::Value::as_u64);
-    let symbol_is_string = obj
-        .get("params")
-        .and_then(|p| p.get("symbol"))
-        .is_some_and(serde_json::Value::is_string);
-    let error = if symbol_is_string {
-        "Symbol field must be an array"
-    } else {
-        "Malformed request"
-    };
-    (method, req_id, error)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
+    use futures_util::SinkExt;
     use tokio::io::DuplexStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
     use crate::book::Precision;
     use crate::faults::Faults;
+    use crate::kraken::BookKind;
     use crate::kraken::encode::InstrumentPair;
     use crate::kraken::{Frame, decode};
-    use crate::market::{BookFrame, Market, MarketError};
+    use crate::market::{BookFrame, BookSink, Market, MarketError};
     use crate::server::ServerConfig;
     use crate::shared::Shared;
     use crate::stats::Stats;

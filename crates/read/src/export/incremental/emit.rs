@@ -1,171 +1,21 @@
-//! `incremental_book_L2`: every level change, in received order, in tardis.dev's layout
-//! (`exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount`; `amount` 0 deletes
-//! the level; `is_snapshot` marks the rows of a snapshot).
+//! The incremental export's rows, decided without I/O: the [`Follower`] walks each symbol's
+//! segments through the stored messages, read in received order, and its emitter turns them into
+//! the file's rows: the stored levels, and (unless `--stored-only`) the opening books, the
+//! implied deletions, resets, snapshot ends and gap deletions the parent module's doc describes.
 //!
-//! # Following the coverage model
-//!
-//! The file describes a symbol's book only where the coverage model ([`crate::history`]) says it
-//! was verified, and an empty book everywhere else. Over `[from, to)` each symbol's *timeline* is
-//! walked ([`timeline`]): at each instant, the stream [`Coverage::choose`] answers `book --at`
-//! from, and that stream's span; where no stream is verified, the next instant one is. Each piece
-//! of it is a [`Segment`]: one stream followed from an instant to the end of its span (or `to`).
-//! Today a symbol has one stream at a time (one collector, one connection); with several, only
-//! the stream followed changes: at a stream's gap the timeline continues with another stream
-//! verified there, and the file writes that stream's book at that instant.
-//! - **where coverage starts** (at `from` when the book is verified there, else at the first span
-//!   start after it, and after every gap at the next span start), and where the stream followed
-//!   changes, the book at that instant is written first: rebuilt and checksum-verified by
-//!   [`BookCursor`] from that stream's own records (every message before the instant), as
-//!   snapshot rows stamped with the instant (`timestamp` the instant on Kraken's clock, rounded up
-//!   to the microsecond; `local_timestamp` the receive time of the last message in that book, or
-//!   the instant when it is later). When that stream's snapshot carries the instant itself, the
-//!   stored snapshot is that book and nothing is added;
-//! - **then the stream's stored rows** while the span lasts: messages of that stream (`seq` inside
-//!   the span) stamped inside the segment; every other stored row of the symbol is left out: the
-//!   updates of an unverified book after a mismatch, those of a lost connection's last moments,
-//!   anything before coverage starts;
-//! - **at a gap's start**, an `amount` 0 row for every level held (stamped at the gap's start;
-//!   `local_timestamp` never earlier than the symbol's last row), so that every consumer holds an
-//!   empty book, never a stale one, until coverage starts again.
-//!
-//! The rows of all the symbols come in received order (`seq`, then `ordinal`); a segment's
-//! opening book goes before the first stored row stamped at or after its instant, a gap's
-//! deletions before the first one after the span's last record (so no row of the span can follow
-//! them) stamped at or after the gap's start. The entries table does not name each row's
-//! connection: a segment's rows are told by the span's `seq` range, which is exact while a
-//! collector carries a symbol on one connection at a time.
-//!
-//! # What every consumer needs
-//!
-//! Kraken keeps a book at the subscribed depth and, after each message, silently drops the levels
-//! that fell past it: no deletion is sent for them. And the loaders that read this layout disagree
-//! on what a snapshot does to the levels already held (see [`super::consumers`]: tardis's rule
-//! empties the book, nautilus_trader's loader never does, hftbacktest's clears each side only down
-//! to the snapshot's deepest price and applies a snapshot only once a non-snapshot row follows
-//! it). So the file carries what every one of them needs, and the file alone rebuilds the exact
-//! book in each:
-//! - **implied deletions**: after each message, the levels Kraken dropped (the worst past the
-//!   depth, by Kraken's rule, the same as [`crate::book::OrderBook`]'s) are written as `amount` 0
-//!   rows with the message's timestamps and `is_snapshot` false. The depth is the subscribed one,
-//!   from the subscription's acknowledgement on the same connection;
-//! - **resets**: before every snapshot (a book written where coverage starts or the stream
-//!   changes, a stored snapshot), every level a consumer that applies every row still holds for
-//!   the symbol is deleted (`amount` 0, `is_snapshot` false, the snapshot's timestamps),
-//!   unconditionally: a snapshot always starts from an empty book, whatever the consumer does with
-//!   snapshots;
-//! - **snapshot ends**: a snapshot whose rows no implied deletion follows is followed by its last
-//!   level again as an update (`is_snapshot` false, the same price and amount: no change for any
-//!   consumer), so that a consumer that applies a snapshot only when a non-snapshot row comes
-//!   (hftbacktest) applies it at its own time, even at the end of the file.
-//!
-//! # What must hold
-//!
-//! Applying the file's rows in order by any of the three rules of [`super::consumers`], the book a
-//! consumer holds once it has applied every row stamped at or before an instant `T` of `[from, to)`
-//! is exactly `book --at T`'s (its top levels, at the subscribed depth) where the coverage model
-//! verifies `T`, and empty where `T` is in a gap (the unit tests check it on a table of records
-//! with every kind of gap, the end-to-end tests against `book --at` on recordings with
-//! mismatches and reconnections). The stored rows written appear unchanged, in `(seq, ordinal)`
-//! order, and every other row is a snapshot row of a book written where coverage starts, an
-//! `amount` 0 deletion, or a snapshot end. `--stored-only` writes every stored row in range and
-//! nothing else, whatever the coverage.
+//! What must hold (the tests below check it with the three consumer models of
+//! [`crate::export::consumers`] on a table of records with every kind of gap): a consumer that
+//! applies the rows stamped at or before an instant holds `book --at`'s book there where the
+//! coverage model verifies it, an empty book in a gap. The levels past the subscribed depth are
+//! dropped by Kraken's one window rule, [`crate::book::window::truncate`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use futures_util::StreamExt;
-use tokio_postgres::Client;
-
-use super::source::Selection;
-use super::table::{Cell, Column, ColumnKind, Scales};
-use super::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
-use crate::book::{Decimal, PriceLevel, Side};
-use crate::history::{Coverage, StreamId};
-use crate::readback::{BookCursor, StartKind};
-use crate::store::DbTarget;
+use super::timeline::{Opening, Opens, Segment};
+use crate::book::window;
+use crate::book::{Decimal, Side};
 use crate::time::Timestamp;
-
-/// The columns, tardis's `incremental_book_L2`.
-pub fn columns() -> Vec<Column> {
-    vec![
-        Column::required("exchange", ColumnKind::Text),
-        Column::required("symbol", ColumnKind::Text),
-        Column::required("timestamp", ColumnKind::Micros),
-        Column::required("local_timestamp", ColumnKind::Micros),
-        Column::required("is_snapshot", ColumnKind::Bool),
-        Column::required("side", ColumnKind::Text),
-        Column::required("price", ColumnKind::Decimal),
-        Column::required("amount", ColumnKind::Decimal),
-    ]
-}
-
-const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = ANY($1) AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
-    ORDER BY seq, ordinal";
-
-/// A piece of a symbol's timeline: one stream followed from `start` to `end`, inside one of its
-/// verified spans.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// The stream followed.
-    pub stream: StreamId,
-    /// Where the file starts following it (Kraken's clock): `from`, the span's start, or where
-    /// the stream followed before it stopped being verified.
-    pub start: Timestamp,
-    /// Where it stops: the span's end, or `to`.
-    pub end: Timestamp,
-    /// The span's first `seq` (its snapshot or book state).
-    pub start_seq: i64,
-    /// The span's last `seq`.
-    pub last_seq: i64,
-    /// A gap follows: `end` is before `to` and no stream is verified at `end`.
-    pub gap_after: bool,
-}
-
-impl Segment {
-    /// Whether the stored message `seq`, stamped `ts`, is one of the segment's rows.
-    pub fn holds(&self, seq: i64, ts: Timestamp) -> bool {
-        self.start_seq <= seq && seq <= self.last_seq && self.start <= ts && ts < self.end
-    }
-}
-
-/// The segments the file follows for a symbol over `[from, to)`, in time order: from each
-/// instant, the stream [`Coverage::choose`] gives there while its span lasts; in a gap, the next
-/// instant any stream is verified.
-pub fn timeline(coverage: &Coverage, from: Timestamp, to: Timestamp) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    let mut t = from;
-    while t < to {
-        if let Some((stream, span)) = coverage.choose(t) {
-            out.push(Segment {
-                stream: stream.stream.clone(),
-                start: t,
-                end: span.end.min(to),
-                start_seq: span.start_seq,
-                last_seq: span.last_seq,
-                gap_after: false,
-            });
-            // The span contains `t`: its end is later.
-            t = span.end;
-        } else {
-            match coverage.choose_from(t) {
-                Some((_, span)) if span.start > t => t = span.start,
-                _ => break,
-            }
-        }
-    }
-    mark_gaps(&mut out, to);
-    out
-}
-
-/// Sets each segment's `gap_after`.
-fn mark_gaps(segments: &mut [Segment], to: Timestamp) {
-    let starts: Vec<Timestamp> = segments.iter().skip(1).map(|s| s.start).collect();
-    for (i, s) in segments.iter_mut().enumerate() {
-        s.gap_after = s.end < to && starts.get(i) != Some(&s.end);
-    }
-}
 
 /// The instant rounded up to the microsecond (the file's unit): a row stamped there is applied
 /// by a consumer at no instant before it.
@@ -174,270 +24,9 @@ fn ceil_micros(t: Timestamp) -> Timestamp {
     Timestamp::from_unix_nanos(n + (1000 - n.rem_euclid(1000)) % 1000)
 }
 
-/// The book written where a segment starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Opening {
-    /// Bids, best first, at most the subscribed depth.
-    pub bids: Vec<PriceLevel>,
-    /// Asks, best first.
-    pub asks: Vec<PriceLevel>,
-    /// The subscribed depth, when the record says.
-    pub depth: Option<usize>,
-    /// The scales the book prints at (price, quantity).
-    pub scales: (u8, u8),
-    /// When the last message in it was received.
-    pub received: Timestamp,
-}
-
-/// How a segment starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Opens {
-    /// With this book, written as snapshot rows.
-    Book(Opening),
-    /// With a stored snapshot stamped at the segment's start: it is written as stored.
-    Stored,
-}
-
-/// One symbol's segments, each with how it starts.
-#[derive(Debug)]
-struct Followed {
-    symbol: String,
-    segments: Vec<(Segment, Opens)>,
-    /// Segments left out: the coverage model verifies them, the cursor could not (counted).
-    unverified: u64,
-}
-
-/// An incremental export, ready to write.
-#[derive(Debug)]
-pub(crate) struct Plan<'a> {
-    selection: &'a Selection,
-    stored_only: bool,
-    followed: Vec<Followed>,
-}
-
-/// Walks each symbol's timeline and rebuilds the book where each segment starts (unless
-/// `--stored-only`).
-pub(crate) async fn plan<'a>(
-    client: &Client,
-    selection: &'a Selection,
-    request: &ExportRequest,
-) -> Result<Plan<'a>, ExportError> {
-    let mut plan = Plan {
-        selection,
-        stored_only: request.stored_only,
-        followed: Vec::new(),
-    };
-    if request.stored_only {
-        return Ok(plan);
-    }
-    for symbol in &selection.symbols {
-        let coverage = super::source::coverage(client, &selection.collector, symbol).await?;
-        let mut followed = Followed {
-            symbol: symbol.clone(),
-            segments: Vec::new(),
-            unverified: 0,
-        };
-        let mut kept = Vec::new();
-        for segment in timeline(&coverage, selection.from, selection.to) {
-            match opening(client, symbol, &segment).await? {
-                Some(start) => kept.push((segment, start)),
-                None => followed.unverified += 1,
-            }
-        }
-        let mut segments: Vec<Segment> = kept.iter().map(|(s, _)| s.clone()).collect();
-        mark_gaps(&mut segments, selection.to);
-        followed.segments = segments
-            .into_iter()
-            .zip(kept)
-            .map(|(s, (_, start))| (s, start))
-            .collect();
-        plan.followed.push(followed);
-    }
-    Ok(plan)
-}
-
-/// How `segment` of `symbol` starts: the stream's book just before the segment's instant,
-/// rebuilt from the stream's own records and verified; or its stored snapshot stamped at that
-/// instant. `None` when neither can be had (the cursor does not verify what the coverage model
-/// does: the segment is left out).
-async fn opening(
-    client: &Client,
-    symbol: &str,
-    segment: &Segment,
-) -> Result<Option<Opens>, ExportError> {
-    // Every message before the instant (timestamps are whole microseconds).
-    let before = segment.start.add_nanos(-1);
-    let id = &segment.stream;
-    let find = |at: Timestamp| {
-        BookCursor::find_start_in_span(
-            client,
-            symbol,
-            at,
-            &id.collector,
-            id.conn_id,
-            segment.start_seq,
-            segment.last_seq,
-        )
-    };
-    let start = match find(before).await? {
-        Some(start) => start,
-        None => match find(segment.start).await? {
-            // A book state journaled at the instant itself: it is not a stored row.
-            Some(start) if start.kind == StartKind::State => start,
-            Some(_) => return Ok(Some(Opens::Stored)),
-            None => return Ok(None),
-        },
-    };
-    let mut received = start.received_at;
-    let mut cursor =
-        BookCursor::open_bounded(client, symbol, start, before, segment.last_seq).await?;
-    let mut last = None;
-    while let Some(step) = cursor.next().await? {
-        last = Some(step.verified);
-        received = step.received_at;
-    }
-    let verified = match last {
-        Some(v) => v == Some(true),
-        // A book state with nothing after it: verified when it was journaled.
-        None => cursor.is_synced(),
-    };
-    if !verified {
-        return Ok(None);
-    }
-    let depth = cursor.subscribed_depth();
-    let book = cursor.book();
-    let keep = depth.unwrap_or(usize::MAX);
-    let precision = book.precision();
-    Ok(Some(Opens::Book(Opening {
-        bids: book.bids().take(keep).collect(),
-        asks: book.asks().take(keep).collect(),
-        depth,
-        scales: (precision.price, precision.qty),
-        received,
-    })))
-}
-
-impl Plan<'_> {
-    /// The DECIMAL scales for Parquet: every stored value in range, and the books written.
-    pub(crate) async fn scales(&self, client: &Client) -> Result<Scales, ExportError> {
-        let floor = self
-            .followed
-            .iter()
-            .flat_map(|f| &f.segments)
-            .filter_map(|(_, start)| match start {
-                Opens::Book(o) => Some(o.scales),
-                Opens::Stored => None,
-            })
-            .fold((0, 0), |(p, q), s| (p.max(s.0), q.max(s.1)));
-        let (p, q) =
-            super::stored_scales(client, self.selection, self.selection.from, floor).await?;
-        Ok(Scales {
-            by_column: vec![0, 0, 0, 0, 0, 0, p, q],
-        })
-    }
-
-    /// Writes the rows.
-    pub(crate) async fn write(
-        &self,
-        target: &DbTarget,
-        sink: &mut Sink,
-        ticker: &mut Ticker<'_>,
-        report: &mut ExportReport,
-    ) -> Result<(), ExportError> {
-        let sel = self.selection;
-        let mut follower = Follower::new(
-            self.stored_only,
-            self.followed
-                .iter()
-                .map(|f| (f.symbol.clone(), f.segments.clone())),
-        );
-        let mut out = Output {
-            sink,
-            report: &mut *report,
-            error: None,
-        };
-
-        // The levels stream on a connection of their own; depth lookups use another.
-        let stream_client = target.connect("krakenbook export").await?;
-        let lookups = target.connect("krakenbook export").await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&sel.symbols, &sel.collector, &sel.from, &sel.to];
-        let rows = stream_client
-            .query_raw(ENTRIES, params)
-            .await
-            .map_err(db("reading the stored levels"))?;
-        futures_util::pin_mut!(rows);
-        // The message being read, and whether its rows are written.
-        let mut current: Option<(i64, String, bool)> = None;
-        while let Some(r) = rows.next().await {
-            let r = r.map_err(db("reading the stored levels"))?;
-            let seq: i64 = r.get(0);
-            let symbol: &str = r.get(1);
-            let side = if r.get::<_, &str>(2) == Side::Bid.as_str() {
-                Side::Bid
-            } else {
-                Side::Ask
-            };
-            let price: Decimal = r.get(3);
-            let qty: Decimal = r.get(4);
-            let snapshot = r.get::<_, &str>(5) == "snapshot";
-            let ts: Timestamp = r.get(6);
-            let received: Timestamp = r.get::<_, Option<Timestamp>>(7).unwrap_or(ts);
-
-            let same = current
-                .as_ref()
-                .is_some_and(|(s, sym, _)| *s == seq && sym == symbol);
-            if !same {
-                if let Some((_, _, true)) = current {
-                    follower.end_message(&mut |r| out.row(r));
-                }
-                out.check()?;
-                ticker.rows(out.report.rows, ts);
-                out.report.messages += 1;
-                follower.advance(seq, ts, &mut |r| out.row(r));
-                let written = follower.enter(symbol, seq, ts, &mut |r| out.row(r));
-                if written {
-                    let depth = if snapshot && !self.stored_only {
-                        let d = crate::readback::subscribed_depth_of(&lookups, &sel.collector, seq)
-                            .await?;
-                        if d.is_none() {
-                            out.report.unknown_depth += 1;
-                        }
-                        d
-                    } else {
-                        None
-                    };
-                    follower
-                        .begin_message(symbol, snapshot, depth, ts, received, &mut |r| out.row(r));
-                } else {
-                    out.report.messages_left_out += 1;
-                }
-                current = Some((seq, symbol.to_owned(), written));
-            }
-            if let Some((_, _, true)) = current {
-                follower.level(side, price, qty, &mut |r| out.row(r));
-            }
-        }
-        if let Some((_, _, true)) = current {
-            follower.end_message(&mut |r| out.row(r));
-        }
-        follower.finish(&mut |r| out.row(r));
-        out.check()?;
-        for f in &self.followed {
-            report
-                .covered_from
-                .push((f.symbol.clone(), f.segments.first().map(|(s, _)| s.start)));
-            report.unverified_starts += f.unverified;
-        }
-        report.coverage_starts += follower.coverage_starts;
-        report.gaps_cleared += follower.gaps_cleared;
-        Ok(())
-    }
-}
-
 /// What one row of the file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RowKind {
+pub(super) enum RowKind {
     /// A level of a book written where a segment starts.
     Opening,
     /// A stored level.
@@ -455,60 +44,17 @@ enum RowKind {
 
 /// One row of the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Row<'a> {
-    kind: RowKind,
-    symbol: &'a str,
-    ts: Timestamp,
-    received: Timestamp,
-    snapshot: bool,
-    side: Side,
-    price: Decimal,
-    amount: Decimal,
+pub(super) struct Row<'a> {
+    pub(super) kind: RowKind,
+    pub(super) symbol: &'a str,
+    pub(super) ts: Timestamp,
+    pub(super) received: Timestamp,
+    pub(super) snapshot: bool,
+    pub(super) side: Side,
+    pub(super) price: Decimal,
+    pub(super) amount: Decimal,
 }
 
-/// Writes rows to the sink and counts them (the first error is kept and stops the export).
-struct Output<'a> {
-    sink: &'a mut Sink,
-    report: &'a mut ExportReport,
-    error: Option<ExportError>,
-}
-
-impl Output<'_> {
-    fn row(&mut self, r: Row<'_>) {
-        if self.error.is_some() {
-            return;
-        }
-        let written = self.sink.write_row(&[
-            Cell::Text(EXCHANGE),
-            Cell::Text(r.symbol),
-            Cell::Micros(r.ts.unix_micros()),
-            Cell::Micros(r.received.unix_micros()),
-            Cell::Bool(r.snapshot),
-            Cell::Text(r.side.as_str()),
-            Cell::Decimal(r.price),
-            Cell::Decimal(r.amount),
-        ]);
-        if let Err(e) = written {
-            self.error = Some(e);
-            return;
-        }
-        self.report.rows += 1;
-        match r.kind {
-            RowKind::Opening => self.report.opening_levels += 1,
-            RowKind::Stored => self.report.stored_levels += 1,
-            RowKind::Implied => self.report.implied_deletions += 1,
-            RowKind::Reset => self.report.reset_deletions += 1,
-            RowKind::GapClear => self.report.gap_deletions += 1,
-            RowKind::SnapshotEnd => self.report.snapshot_ends += 1,
-        }
-    }
-
-    fn check(&mut self) -> Result<(), ExportError> {
-        self.error.take().map_or(Ok(()), Err)
-    }
-}
-
-/// A symbol's progress along its segments.
 #[derive(Debug)]
 struct Track {
     symbol: String,
@@ -562,7 +108,7 @@ impl Track {
 /// Follows each symbol's segments through the stored rows, read in received order, and turns
 /// them into the file's rows (see the module doc); no I/O.
 #[derive(Debug)]
-struct Follower {
+pub(super) struct Follower {
     emitter: Emitter,
     stored_only: bool,
     tracks: Vec<Track>,
@@ -572,13 +118,13 @@ struct Follower {
     /// Events past their `after_seq`, by instant: (at, track, generation).
     due: BinaryHeap<Reverse<(Timestamp, usize, u64)>>,
     /// Books written where coverage starts (at the first segment, and after a gap).
-    coverage_starts: u64,
+    pub(super) coverage_starts: u64,
     /// Gaps whose start was written (deletions of every level held).
-    gaps_cleared: u64,
+    pub(super) gaps_cleared: u64,
 }
 
 impl Follower {
-    fn new(
+    pub(super) fn new(
         stored_only: bool,
         symbols: impl IntoIterator<Item = (String, Vec<(Segment, Opens)>)>,
     ) -> Follower {
@@ -646,7 +192,7 @@ impl Follower {
     }
 
     /// A stored message `seq` stamped `ts` comes next: the events it makes due go first.
-    fn advance(&mut self, seq: i64, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
+    pub(super) fn advance(&mut self, seq: i64, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
         if self.stored_only {
             return;
         }
@@ -675,7 +221,7 @@ impl Follower {
 
     /// Whether the stored message `seq` of `symbol` stamped `ts` is written: it belongs to one of
     /// the symbol's segments (the one open, or a later one, which is then opened first).
-    fn enter(
+    pub(super) fn enter(
         &mut self,
         symbol: &str,
         seq: i64,
@@ -706,7 +252,7 @@ impl Follower {
     }
 
     /// The rest of every track: segments that start, and gaps that begin, after the last row.
-    fn finish(&mut self, out: &mut dyn FnMut(Row<'_>)) {
+    pub(super) fn finish(&mut self, out: &mut dyn FnMut(Row<'_>)) {
         if self.stored_only {
             return;
         }
@@ -722,7 +268,7 @@ impl Follower {
         }
     }
 
-    fn begin_message(
+    pub(super) fn begin_message(
         &mut self,
         symbol: &str,
         snapshot: bool,
@@ -735,11 +281,17 @@ impl Follower {
             .begin_message(symbol, snapshot, depth, ts, received, out);
     }
 
-    fn level(&mut self, side: Side, price: Decimal, qty: Decimal, out: &mut dyn FnMut(Row<'_>)) {
+    pub(super) fn level(
+        &mut self,
+        side: Side,
+        price: Decimal,
+        qty: Decimal,
+        out: &mut dyn FnMut(Row<'_>),
+    ) {
         self.emitter.level(side, price, qty, out);
     }
 
-    fn end_message(&mut self, out: &mut dyn FnMut(Row<'_>)) {
+    pub(super) fn end_message(&mut self, out: &mut dyn FnMut(Row<'_>)) {
         self.emitter.end_message(out);
     }
 }
@@ -931,7 +483,7 @@ impl Emitter {
 }
 
 /// What a consumer that applies every row of the file holds for a symbol (the prices of each
-/// side), and Kraken's window over it.
+/// side), and Kraken's window over it ([`window::truncate`]).
 #[derive(Debug, Default)]
 struct Held {
     /// Known since a snapshot (a book written where a segment starts, or a stored one), and not
@@ -958,21 +510,19 @@ impl Held {
         }
     }
 
-    /// Drops the worst levels past the depth (lowest bids, highest asks), as Kraken does.
+    /// Drops the levels past the depth, by Kraken's window rule (the worst: lowest bids,
+    /// highest asks); the levels dropped.
     fn overflow(&mut self) -> Vec<(Side, Decimal)> {
         let Some(depth) = self.depth else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        while self.bids.len() > depth {
-            if let Some(p) = self.bids.pop_first() {
-                out.push((Side::Bid, p));
-            }
-        }
-        while self.asks.len() > depth {
-            if let Some(p) = self.asks.pop_last() {
-                out.push((Side::Ask, p));
-            }
+        for (side, set) in [(Side::Bid, &mut self.bids), (Side::Ask, &mut self.asks)] {
+            out.extend(
+                window::truncate(side, set, depth)
+                    .into_iter()
+                    .map(|p| (side, p)),
+            );
         }
         out
     }
@@ -990,12 +540,13 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
+    use super::super::timeline::timeline;
     use super::*;
     use crate::book::OrderBook;
     use crate::export::consumers::{
         Book, ClearsToDeepest, Consumer, L2Row, NeverClears, TardisRule,
     };
-    use crate::history::{Connection, Mark, Observation, Observed};
+    use crate::history::{Connection, Coverage, Mark, Observation, Observed, StreamId};
 
     const DEPTH: usize = 2;
 
