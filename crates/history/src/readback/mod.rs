@@ -22,7 +22,7 @@ mod book_at;
 mod cursor;
 pub mod query;
 
-pub use book_at::{BookAt, BookGap, Level, book_at};
+pub use book_at::{BookAt, BookGap, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
 pub use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
 
