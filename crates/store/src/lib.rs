@@ -37,7 +37,7 @@
 
 // The layers below, under the names the `krakenbook` facade gives them, so that a path
 // reads the same in every crate (`crate::time::Timestamp`).
-use krakenbook_core::{book, host, kraken, record, text, time};
+use krakenbook_core::{book, host, kraken, record, rng, text, time};
 use krakenbook_journal as journal;
 
 mod batch;
