@@ -10,10 +10,11 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::ReadbackError;
 use super::cursor::{BookCursor, Start, StartKind};
-use super::{ReadbackError, db};
 use crate::book::{BookView, Decimal, PriceLevel};
 use crate::history::{Cause, Source, StreamId};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// The gap an instant falls in.
@@ -198,6 +199,6 @@ async fn last_verified(
             &[&symbol, &before, &stream.collector, &stream.conn_id],
         )
         .await
-        .map_err(db("finding the last verified book"))?;
+        .map_err(StoreError::db("finding the last verified book"))?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -58,13 +58,3 @@ pub enum ReadbackError {
         reason: String,
     },
 }
-
-/// Wraps a database error with what was being done, as a [`ReadbackError`].
-pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReadbackError {
-    move |source| {
-        ReadbackError::Store(StoreError::Db {
-            context: context.to_owned(),
-            source,
-        })
-    }
-}
