@@ -16,7 +16,11 @@
 //! What must hold: the book returned at an instant is exactly the book the chosen stream held
 //! after its last message at or before it, and says whether that message verified; an instant
 //! inside a gap (a mismatch, a lost connection, a stopped collector, journal damage, or outside
-//! the record) is reported as that gap, with no book.
+//! the record) is answered with a [`BookAt`] whose `gap` names that gap (bounds, cause, the last
+//! verified instant before it) and which holds no levels and no checksum, so
+//! [`BookAt::is_verified`] is false: the answer is the gap, never a book (the export e2e checks
+//! both halves at every instant it compares); an instant before the symbol's first record is
+//! [`ReadbackError::NoStart`].
 
 mod book_at;
 mod cursor;
