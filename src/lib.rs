@@ -23,7 +23,7 @@
 #![warn(missing_debug_implementations, missing_docs)]
 
 pub use krakenbook_collect::{collect, feed, metrics};
-pub use krakenbook_core::{book, host, kraken, num, record, text, time};
+pub use krakenbook_core::{book, host, kraken, num, record, rng, text, time};
 pub use krakenbook_exchange as exchange;
 pub use krakenbook_history::{history, readback};
 pub use krakenbook_journal as journal;

@@ -122,7 +122,7 @@ pub fn render(b: &BookAt) -> String {
         "checksum {} {verdict}",
         b.checksum.map_or_else(|| "-".to_owned(), |c| c.to_string())
     );
-    let best = |levels: &[krakenbook::readback::Level]| {
+    let best = |levels: &[krakenbook::book::PriceLevel]| {
         levels
             .first()
             .map(|l| l.price.to_string())

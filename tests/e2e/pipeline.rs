@@ -444,14 +444,9 @@ fn deep_book_frame(depth: usize) -> String {
 
 /// A symbol of `n` characters no compression can shrink (an index row can hold ~2,700 bytes).
 fn incompressible(n: usize) -> String {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = krakenbook::rng::Rng::new(0x9e37_79b9_7f4a_7c15);
     (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
+        .map(|_| char::from(b'a' + rng.below(26) as u8))
         .collect()
 }
 

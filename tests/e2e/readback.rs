@@ -553,7 +553,7 @@ async fn a_collector_recording_from_replay_serve_stores_the_same_books() {
             let original = rebuild(&client, symbol, at).await;
             let b = rebuild(&copy, symbol, at).await;
             assert!(original.2 && b.2, "{symbol} at {at}");
-            let levels = |l: &[krakenbook::readback::Level]| {
+            let levels = |l: &[krakenbook::book::PriceLevel]| {
                 l.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>()
             };
             assert_eq!(

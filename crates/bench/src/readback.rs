@@ -169,14 +169,11 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
 
     // book --at at random instants.
     let end_ts = start_ts.add_nanos(step_ns * messages as i64);
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = krakenbook::rng::Rng::new(0x2545_f491_4f6c_dd1d);
     let mut times = Vec::new();
     let mut replayed = Vec::new();
     for _ in 0..args.lookups {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let at = start_ts.add_nanos((rng % end_ts.nanos_since(start_ts) as u64) as i64);
+        let at = start_ts.add_nanos(rng.below(end_ts.nanos_since(start_ts) as u64) as i64);
         let t = Instant::now();
         let book = book_at(&client, "BTC/USD", at, 1000, None).await?;
         times.push(t.elapsed());
@@ -303,7 +300,7 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
 /// A random walk of a depth-1000 book around 62,800.0 (precision 1/8).
 struct Generator {
     book: OrderBook,
-    rng: u64,
+    rng: krakenbook::rng::Rng,
 }
 
 impl Generator {
@@ -311,15 +308,12 @@ impl Generator {
         let book = OrderBook::with_precision(1000, Some(Precision { price: 1, qty: 8 }));
         Generator {
             book,
-            rng: 0x9e37_79b9_7f4a_7c15,
+            rng: krakenbook::rng::Rng::new(0x9e37_79b9_7f4a_7c15),
         }
     }
 
     fn next(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        self.rng.next_u64()
     }
 
     fn level(&mut self, bid: bool, near: u64) -> (Decimal, Decimal) {

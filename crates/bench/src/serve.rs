@@ -52,7 +52,7 @@ const STATE_EVERY: u64 = 10_000;
 /// A random walk of a depth-100 book near 62,800.0 (precision 1/8), and the records of it.
 struct Synth {
     book: OrderBook,
-    rng: u64,
+    rng: krakenbook::rng::Rng,
     seq: u64,
     conn: u64,
     conn_seq: u64,
@@ -62,10 +62,7 @@ struct Synth {
 
 impl Synth {
     fn next(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        self.rng.next_u64()
     }
 
     fn push(&mut self, at: Timestamp, body: RecordBody, conn_seq: u64) {
@@ -205,7 +202,7 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut s = Synth {
         book: OrderBook::with_precision(DEPTH, Some(Precision { price: 1, qty: 8 })),
-        rng: 0x9e37_79b9_7f4a_7c15,
+        rng: krakenbook::rng::Rng::new(0x9e37_79b9_7f4a_7c15),
         seq: 0,
         conn: 0,
         conn_seq: 0,
@@ -282,12 +279,9 @@ pub async fn run(args: BenchServeArgs) -> anyhow::Result<ExitCode> {
 
     // The book at an instant, depth 100.
     let mut times = Vec::new();
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = krakenbook::rng::Rng::new(0x2545_f491_4f6c_dd1d);
     for _ in 0..20 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let at = busy_start.add_nanos((rng % busy_end.nanos_since(busy_start) as u64) as i64);
+        let at = busy_start.add_nanos(rng.below(busy_end.nanos_since(busy_start) as u64) as i64);
         let t = Instant::now();
         let b = book_at(&client, SYMBOL, at, DEPTH, None).await?;
         times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -21,7 +21,7 @@
 
 // The layers below, under the names the `krakenbook` facade gives them, so that a path
 // reads the same in every crate (`crate::time::Timestamp`).
-use krakenbook_core::{book, kraken, record, text, time};
+use krakenbook_core::{book, kraken, record, rng, text, time};
 use krakenbook_journal as journal;
 use krakenbook_store as store;
 

@@ -10,6 +10,7 @@
 //! - [`kraken`]: the v2 protocol's wire types, decoded (and encoded) without I/O or floating point;
 //! - [`book`]: order books, Kraken's checksum, per-symbol verdicts, and the depth-window rule;
 //! - [`record`]: a received frame or feed event, as the journal and the database writer see it;
+//! - [`rng`]: the one pseudo-random generator (SplitMix64), seeded or OS-seeded; uses nothing;
 //! - `sql` (feature `sql`): PostgreSQL's binary `numeric` and `timestamptz` for the two types above
 //!   (Rust lets only a type's own crate implement a foreign trait for it).
 //!
@@ -27,6 +28,7 @@ pub mod host;
 pub mod kraken;
 pub mod num;
 pub mod record;
+pub mod rng;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod text;

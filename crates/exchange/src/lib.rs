@@ -5,8 +5,8 @@
 //!   errors, heartbeats, pings, bounded send queues, [`faults`] on demand, the frame [`log`]);
 //! - [`market`]: the interface between the protocol and what is served — instruments, and for
 //!   each book subscription a snapshot then updates pushed into the subscriber's bounded queue;
-//! - [`rng`]: the seeded random numbers (the simulator's books, the server's faults and
-//!   connection ids);
+//! - [`rng`]: core's seeded random numbers, re-exported (the simulator's books, the server's
+//!   faults and connection ids);
 //! - [`sim`]: the simulated market and [`Simulator`], the two put together;
 //! - [`stats`]: the counters.
 //!
@@ -34,7 +34,7 @@ pub mod connection;
 pub mod faults;
 pub mod log;
 pub mod market;
-pub mod rng;
+pub use krakenbook_core::rng;
 pub mod server;
 mod shared;
 pub mod sim;

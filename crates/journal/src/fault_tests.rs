@@ -775,25 +775,10 @@ fn power_cuts_under_load_never_lose_a_synced_record_or_reuse_a_seq() {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// One machine: several boots, each cut short by a power cut.
 fn crash_machine(seed: u64) {
     let ctx = format!("KRAKENBOOK_CRASH_SEED={seed} KRAKENBOOK_CRASH_ITERATIONS=1");
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = crate::rng::Rng::new(seed);
     let disk = SimDisk::new(seed);
     // Every seq ever handed out, with the payload it was given.
     let mut handed: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();

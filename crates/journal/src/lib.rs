@@ -129,7 +129,7 @@
 
 // The layers below, under the names the `krakenbook` facade gives them, so that a path
 // reads the same in every crate (`crate::time::Timestamp`).
-use krakenbook_core::{book, host, record, time};
+use krakenbook_core::{book, host, record, rng, time};
 
 mod format;
 pub mod io;
@@ -320,18 +320,9 @@ pub fn instance(dir: &Path) -> Result<String, JournalError> {
     }
 }
 
-/// 128 bits from the operating system's random source (the kernel's, read from
-/// `/dev/urandom`), mixed with the time and process id should that fail, as 32 hex digits.
+/// 128 bits seeded by the operating system ([`rng::os_u64`], twice), as 32 hex digits.
 fn random_hex() -> String {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        let nanos = crate::time::Timestamp::now().unix_nanos() as u128;
-        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
-        bytes = mixed.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:016x}{:016x}", rng::os_u64(), rng::os_u64())
 }
 
 /// Journal failures, each naming the file concerned.

@@ -53,20 +53,14 @@ struct State {
     fail_create: bool,
     /// Operations of the arming thread left before the armed cut, the cut, and that thread.
     crash_after: Option<(u64, Cut, std::thread::ThreadId)>,
-    rng: u64,
+    rng: crate::rng::Rng,
     /// Whether the last power cut struck an fsync that had completed.
     struck_after_sync: bool,
 }
 
 impl State {
     fn next_random(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.rng.next_u64()
     }
 
     /// Bytes held by the files that have a name.
@@ -226,7 +220,7 @@ impl SimDisk {
                 fail_sync: false,
                 fail_create: false,
                 crash_after: None,
-                rng: seed | 1,
+                rng: crate::rng::Rng::new(seed),
                 struck_after_sync: false,
             })),
         }

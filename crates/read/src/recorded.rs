@@ -16,9 +16,10 @@
 
 use tokio_postgres::Client;
 
-use super::source::{Selection, SourceError, db};
+use super::source::{Selection, SourceError};
 use crate::book::Precision;
 use crate::readback::{BookCursor, Start, StartKind, instrument_precision, subscribed_depth_of};
+use crate::store::StoreError;
 
 /// A pair's precision and subscribed depth over a range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub async fn recorded(
             &[&symbol, &collector, &selection.from, &selection.to],
         )
         .await
-        .map_err(db("finding the connections of the range"))?;
+        .map_err(StoreError::db("finding the connections of the range"))?;
     for r in rows {
         let conn_id: i64 = r.get(0);
         if starts.iter().any(|s| s.conn_id == conn_id) {
@@ -97,7 +98,7 @@ pub async fn recorded(
                         &[&symbol, &collector, &start.seq],
                     )
                     .await
-                    .map_err(db("reading a book state"))?;
+                    .map_err(StoreError::db("reading a book state"))?;
                 if let Some(r) = row {
                     let small = |v: i16| u8::try_from(v).ok();
                     let precision = small(r.get(1))

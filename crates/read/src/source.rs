@@ -124,15 +124,6 @@ pub enum SourceError {
     },
 }
 
-pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SourceError {
-    move |source| {
-        SourceError::Store(StoreError::Db {
-            context: context.to_owned(),
-            source,
-        })
-    }
-}
-
 /// Checks the symbols and the range, and finds the collector whose record is read.
 pub async fn select(
     client: &Client,
@@ -207,7 +198,7 @@ async fn check_symbol(
             &[&symbol, &from, &to],
         )
         .await
-        .map_err(db("checking the symbol"))?;
+        .map_err(StoreError::db("checking the symbol"))?;
     let first: Option<Timestamp> = extent.get(0);
     let last: Option<Timestamp> = extent.get(1);
     // No message in range: the range is still read where the book is verified.
@@ -250,7 +241,7 @@ async fn collector_has_data(
             &[&symbols, &collector, &from, &to],
         )
         .await
-        .map_err(db("checking the collector"))?;
+        .map_err(StoreError::db("checking the collector"))?;
     if row.get(0) {
         return Ok(true);
     }
@@ -295,7 +286,7 @@ async fn collectors_with_data(
             &[],
         )
         .await
-        .map_err(db("reading the collectors"))?
+        .map_err(StoreError::db("reading the collectors"))?
         .iter()
         .map(|r| r.get(0))
         .collect();

@@ -2,7 +2,7 @@
 //!
 //! A recording is one JSON value per line: either a bare frame, or an object with the frame under
 //! `"frame"` (the capture format of `shared/fixtures/kraken-v2`, where other keys are ignored and
-//! a line with `"dir": "tx"` is a frame the client sent). A first line that holds no frame is a
+//! a line with `"dir": "tx"` is a frame the client sent; read by [`kraken::capture`]). A first line that holds no frame is a
 //! header. Each file is its own connection: its books start empty.
 //!
 //! Depth comes from the subscribe acks in the file, else from the options; precision from the
@@ -10,15 +10,14 @@
 //! counts, per symbol, book messages, checksums ok, mismatches (with the line of the first) and
 //! messages that could not be verified because no snapshot preceded them.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 use crate::book::{Precision, Tracker, Verdict};
+use crate::kraken::capture::{CaptureLine, CaptureLines, classify};
 use crate::kraken::{self, Depth, Frame};
 
 /// What `verify` assumes where a recording does not say.
@@ -109,14 +108,6 @@ pub struct VerifyError {
     pub source: std::io::Error,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    frame: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    dir: Option<Cow<'a, str>>,
-}
-
 /// Verifies one recording file.
 pub fn verify_file(path: &Path, options: VerifyOptions) -> Result<FileReport, VerifyError> {
     let label = path.display().to_string();
@@ -133,7 +124,7 @@ pub fn verify_file(path: &Path, options: VerifyOptions) -> Result<FileReport, Ve
 /// Verifies a recording read from `reader`; `label` names it in the report.
 pub fn verify_reader(
     label: &str,
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     options: VerifyOptions,
 ) -> std::io::Result<FileReport> {
     let mut report = FileReport {
@@ -142,31 +133,16 @@ pub fn verify_reader(
     };
     let mut tracker = Tracker::new(options.depth.levels());
     tracker.set_default_precision(options.precision);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        report.lines += 1;
-        let n = report.lines;
-        let text = line.trim_end_matches(['\n', '\r']);
-        if text.trim().is_empty() {
-            continue;
-        }
-        let envelope = serde_json::from_str::<Envelope<'_>>(text).ok();
-        let frame_text = match &envelope {
-            Some(Envelope {
-                frame: Some(f),
-                dir,
-            }) => {
-                if dir.as_deref() == Some("tx") {
-                    report.sent_frames += 1;
-                    continue;
-                }
-                f.get()
+    let mut lines = CaptureLines::new(reader);
+    while let Some((n, text)) = lines.next_line()? {
+        let line = classify(text);
+        let frame_text = match line {
+            CaptureLine::Sent { .. } => {
+                report.sent_frames += 1;
+                continue;
             }
-            _ => text,
+            CaptureLine::Received { frame, .. } => frame,
+            CaptureLine::NoFrame { .. } | CaptureLine::Other => text,
         };
         let frame = match kraken::decode(frame_text) {
             Ok(frame) => frame,
@@ -178,7 +154,7 @@ pub fn verify_reader(
                 continue;
             }
         };
-        let is_wrapped = matches!(&envelope, Some(Envelope { frame: Some(_), .. }));
+        let is_wrapped = matches!(line, CaptureLine::Received { .. });
         if n == 1 && !is_wrapped && matches!(frame, Frame::Unknown(_)) {
             continue; // a header line
         }
@@ -212,6 +188,7 @@ pub fn verify_reader(
             other => tracker.observe(other),
         }
     }
+    report.lines = lines.lines_read();
     Ok(report)
 }
 

@@ -7,6 +7,9 @@
 //!   verdict, the best bid and ask after applying it, and the order key `(collector, seq)`;
 //! - `kraken_orderbook_entries` (hypertable on `timestamp`): one row per level of a book frame,
 //!   exact `numeric` price and quantity, `ordinal` = position in its message;
+//! - `kraken_book_states` (hypertable on `timestamp`): a symbol's whole verified book every so
+//!   many updates (Kraken's snapshots count too), levels as exact decimal strings, so a book at
+//!   an instant is rebuilt from the nearest state before it, never from the subscription's start;
 //! - `kraken_feed_events`: connections, subscriptions, checksum mismatches, resyncs, and what the
 //!   writer itself records: `journal_damage` (records missing from the journal), `stored_raw`
 //!   (a record stored without its structured form, and why), `not_stored` (one not stored at all);
@@ -37,7 +40,7 @@
 
 // The layers below, under the names the `krakenbook` facade gives them, so that a path
 // reads the same in every crate (`crate::time::Timestamp`).
-use krakenbook_core::{book, host, kraken, record, text, time};
+use krakenbook_core::{book, host, kraken, record, rng, text, time};
 use krakenbook_journal as journal;
 
 mod batch;

@@ -379,3 +379,35 @@ async fn compression(client: &Client) -> Result<Compression, StoreError> {
         Compression::AlreadyEnabled
     })
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::MIGRATIONS;
+
+    /// The crate's doc lists the tables: one a migration creates and the doc omits fails this.
+    #[test]
+    fn the_crate_doc_names_every_table_the_migrations_create() {
+        let doc: String = include_str!("lib.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut tables = vec!["krakenbook_migrations".to_owned()];
+        for m in MIGRATIONS {
+            for part in m.sql.split("CREATE TABLE IF NOT EXISTS ").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                tables.push(name);
+            }
+        }
+        assert!(tables.len() >= 8, "{tables:?}");
+        for table in tables {
+            assert!(
+                doc.contains(&format!("`{table}`")),
+                "crates/store/src/lib.rs does not list `{table}`"
+            );
+        }
+    }
+}

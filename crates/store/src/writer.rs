@@ -1072,7 +1072,7 @@ fn jitter(d: Duration) -> Duration {
     if quarter == 0 {
         return d;
     }
-    let noise = Timestamp::now().unix_nanos().unsigned_abs() % quarter;
+    let noise = crate::rng::Rng::from_os().below(quarter + 1);
     d + Duration::from_nanos(noise)
 }
 

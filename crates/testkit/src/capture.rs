@@ -9,14 +9,10 @@
 //! [`Tracker`] gives (best levels only while the book is synced); `received_at` is the header's
 //! `captured_at` plus the frame's `rx_ns` offset from the first frame.
 
-use std::borrow::Cow;
-use std::io::BufRead;
 use std::path::Path;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use krakenbook_core::book::{FrameVerdict, Tracker};
+use krakenbook_core::kraken::capture::{CaptureLine, CaptureLines, classify};
 use krakenbook_core::kraken::{self, Frame};
 use krakenbook_core::record::{FrameRecord, Record, RecordBody};
 use krakenbook_core::time::Timestamp;
@@ -42,18 +38,6 @@ pub enum CaptureError {
     },
 }
 
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow, default)]
-    frame: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    dir: Option<Cow<'a, str>>,
-    #[serde(default)]
-    rx_ns: Option<i64>,
-    #[serde(default)]
-    captured_at: Option<Timestamp>,
-}
-
 /// Reads a capture into records: seqs from `*next_seq` (advanced past the last), connection id
 /// `conn_id`, connection seqs from 1.
 pub fn read_capture(
@@ -67,40 +51,31 @@ pub fn read_capture(
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = std::io::BufReader::new(file);
+    let mut lines = CaptureLines::new(std::io::BufReader::new(file));
     let mut tracker = Tracker::new(10);
     let mut records = Vec::new();
     let mut base = Timestamp::from_unix_nanos(0);
     let mut first_rx: Option<i64> = None;
-    let mut text = String::new();
-    let mut line_no = 0u64;
     let mut conn_seq = 0u64;
-    loop {
-        text.clear();
-        if reader.read_line(&mut text).map_err(io)? == 0 {
-            break;
-        }
-        line_no += 1;
-        let t = text.trim_end_matches(['\n', '\r']);
-        if t.trim().is_empty() {
-            continue;
-        }
-        let line: Line<'_> = serde_json::from_str(t).map_err(|_| CaptureError::Line {
-            path: label.clone(),
-            line: line_no,
-        })?;
-        let Some(frame) = line.frame else {
-            if let Some(at) = line.captured_at {
-                base = at;
+    while let Some((line_no, text)) = lines.next_line().map_err(io)? {
+        let (frame_text, rx_ns) = match classify(text) {
+            CaptureLine::Received { frame, rx_ns } => (frame, rx_ns),
+            CaptureLine::Sent { .. } => continue,
+            CaptureLine::NoFrame { captured_at } => {
+                if let Some(at) = captured_at {
+                    base = at;
+                }
+                continue;
             }
-            continue;
+            CaptureLine::Other => {
+                return Err(CaptureError::Line {
+                    path: label.clone(),
+                    line: line_no,
+                });
+            }
         };
-        if line.dir.as_deref() == Some("tx") {
-            continue;
-        }
-        let rx = line.rx_ns.unwrap_or(0);
+        let rx = rx_ns.unwrap_or(0);
         let offset = rx - *first_rx.get_or_insert(rx);
-        let frame_text = frame.get();
         let mut record = FrameRecord {
             bytes: frame_text.as_bytes().to_vec(),
             checksum_ok: None,

@@ -21,7 +21,7 @@ use super::heatmap::{HeatmapRequest, heatmap};
 use super::params::{BadRequest, MAX_COLUMNS, MAX_HEATMAP_SECONDS, Params};
 use crate::book::BookView;
 use crate::history::{Coverage, Source, StreamId};
-use crate::readback::{BookAt, BookCursor, Level, ReadbackError, book_at};
+use crate::readback::{BookAt, BookCursor, ReadbackError, book_at};
 use crate::time::Timestamp;
 
 /// A collector whose row is older than this is shown as not running.
@@ -286,15 +286,11 @@ pub async fn step_book(
     let checksum = checksum.unwrap_or_else(|| cursor.book().checksum());
     let ok = cursor.is_synced() && verified != Some(false);
     let BookView { bids, asks } = cursor.book().view(depth);
-    let level = |l: crate::book::PriceLevel| Level {
-        price: l.price,
-        qty: l.qty,
-    };
     Ok(BookAt {
         symbol: symbol.to_owned(),
         at,
-        bids: bids.into_iter().map(level).collect(),
-        asks: asks.into_iter().map(level).collect(),
+        bids,
+        asks,
         checksum: Some(checksum),
         checksum_ok: Some(ok),
         spread: cursor.book().spread(),

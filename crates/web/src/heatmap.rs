@@ -120,15 +120,6 @@ const ENTRIES_AFTER: &str = "SELECT seq, message_type, checksum, side, price, qu
       AND seq > $5 AND seq <= $6 \
     ORDER BY seq, ordinal";
 
-fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReadbackError {
-    move |source| {
-        ReadbackError::Store(StoreError::Db {
-            context: context.to_owned(),
-            source,
-        })
-    }
-}
-
 /// Builds the heatmap of `req` from the database.
 pub async fn heatmap(client: &Client, req: &HeatmapRequest) -> Result<Heatmap, ReadbackError> {
     let started = Instant::now();
@@ -274,7 +265,7 @@ async fn span_starts(
             ],
         )
         .await
-        .map_err(db("listing the starts of a span"))?;
+        .map_err(StoreError::db("listing the starts of a span"))?;
     list.extend(rows.iter().map(|r| Start {
         kind: if r.get::<_, &str>(0) == "snapshot" {
             StartKind::Snapshot
@@ -305,7 +296,7 @@ async fn advance(
         client
             .query_raw(ENTRIES_AFTER, params)
             .await
-            .map_err(db("reading book levels for the heatmap"))?,
+            .map_err(StoreError::db("reading book levels for the heatmap"))?,
     );
     let mut applied = 0u64;
     let mut current: Option<(i64, bool, u32)> = None;
@@ -313,7 +304,7 @@ async fn advance(
     let mut asks: Vec<(Decimal, Decimal)> = Vec::new();
     loop {
         let row = match rows.next().await {
-            Some(r) => Some(r.map_err(db("reading book levels for the heatmap"))?),
+            Some(r) => Some(r.map_err(StoreError::db("reading book levels for the heatmap"))?),
             None => None,
         };
         let seq = row.as_ref().map(|r| r.get::<_, i64>(0));

@@ -1,6 +1,7 @@
 //! The explorer's HTTP/1.1 server: the page, its assets, and the API, over hyper.
 //!
-//! The protections are the metrics server's (`crate::metrics::server`): a connection slot is
+//! The protections are the metrics server's, its accept loop shared
+//! ([`crate::metrics::server::accept_loop`]): a connection slot is
 //! taken before each accept (at most [`Limits::max_connections`] open; more wait in the kernel's
 //! backlog and cost no descriptor), the request head must arrive within the header timeout,
 //! the whole exchange must end within the connection deadline (longer here: a day's heatmap
@@ -28,15 +29,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Sessions;
 use super::api::{self, Answer};
-use crate::metrics::accept::{AcceptBackoff, ErrorLog};
-use crate::metrics::server::Accept;
+use crate::metrics::server::{Accept, accept_loop};
 
 /// What one client may take from the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,55 +86,13 @@ pub async fn serve(listener: TcpListener, site: Arc<Site>, cancel: CancellationT
 
 /// Serves connections from `listener` within `limits` until `cancel`.
 pub async fn serve_on<L: Accept>(
-    mut listener: L,
+    listener: L,
     site: Arc<Site>,
     limits: Limits,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    let mut backoff = AcceptBackoff::default();
-    let mut errors = ErrorLog::default();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let slot = tokio::select! {
-            _ = cancel.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok(io) => {
-                backoff.on_success();
-                if let Some(unlogged) = errors.on_success(Instant::now()) {
-                    tracing::info!(unlogged, "serve: accepting connections again");
-                }
-                connections.spawn(serve_connection(io, Arc::clone(&site), limits, slot));
-            }
-            Err(error) => {
-                drop(slot);
-                let pause = backoff.on_error();
-                if let Some(unlogged) = errors.on_error(Instant::now()) {
-                    tracing::warn!(
-                        %error,
-                        unlogged,
-                        pause_ms = pause.as_millis() as u64,
-                        "serve: accept failed; pausing (at most one such line per 10 s)"
-                    );
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    }
-    connections.shutdown().await;
+    let serve = move |io, slot| serve_connection(io, Arc::clone(&site), limits, slot);
+    accept_loop(listener, limits.max_connections, "serve", cancel, serve).await;
 }
 
 async fn serve_connection<I>(io: I, site: Arc<Site>, limits: Limits, _slot: OwnedSemaphorePermit)

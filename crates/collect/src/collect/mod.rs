@@ -331,3 +331,36 @@ pub async fn run(
     outcome?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `metrics::bind` leaves the address to its caller: `run` must name it and say what to do.
+    #[tokio::test]
+    async fn a_metrics_address_in_use_is_refused_naming_the_address_and_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = CollectConfig {
+            feed: FeedConfig::new("ws://127.0.0.1:9/v2".parse().unwrap(), Default::default()),
+            symbols: Symbols::List(vec!["BTC/USD".to_owned()]),
+            journal: JournalConfig::new(dir.path()),
+            journal_queue: 16,
+            metrics_listen: Some(addr),
+            shutdown_grace: Duration::from_secs(1),
+            database: None,
+            collector_id: None,
+        };
+        let err = run(config, CancellationToken::new(), Arc::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CollectError::Metrics { addr: a, .. } if a == addr),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&addr.to_string()), "{text}");
+        assert!(text.contains("--metrics-listen"), "{text}");
+    }
+}

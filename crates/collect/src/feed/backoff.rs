@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::rng::Rng;
+
 /// Exponential backoff with equal jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Backoff {
@@ -34,7 +36,7 @@ impl Backoff {
             base,
             max: max.max(base),
             attempt: 0,
-            rng: splitmix64(seed) | 1,
+            rng: Rng::new(seed),
         }
     }
 
@@ -50,12 +52,9 @@ impl Backoff {
 
     /// A uniformly random duration in [0, `spread`).
     pub fn jitter(&mut self, spread: Duration) -> Duration {
-        // xorshift64: jitter need not be cryptographic, only spread out.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let spread = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(self.rng % spread)
+        // Nearby seeds (connection numbers) give unrelated streams: SplitMix64 mixes its output.
+        let spread = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.rng.below(spread))
     }
 
     /// Forgets past failures (after a connection proved healthy).
@@ -122,14 +121,6 @@ impl Reconnect {
             Pace::Broken => self.broken_retry + self.backoff.jitter(self.broken_retry / 2),
         }
     }
-}
-
-/// Spreads nearby seeds (connection numbers) far apart.
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A token bucket: `burst` tokens, refilled at one per `interval`.

@@ -107,12 +107,33 @@ impl Accept for TcpListener {
 /// Serves connections from `listener` within `limits` until `cancel`, then drops the
 /// connections still open.
 pub async fn serve_on<L: Accept>(
-    mut listener: L,
+    listener: L,
     metrics: Arc<Metrics>,
     limits: Limits,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let serve = move |io, slot| serve_connection(io, Arc::clone(&metrics), limits, slot);
+    accept_loop(listener, limits.max_connections, "metrics", cancel, serve).await;
+}
+
+/// The hardened accept loop, shared by this server and the web explorer's (`krakenbook-web`):
+/// a connection slot (of `max_connections`) is taken before each accept, so more connections wait
+/// in the kernel's backlog and cost no descriptor; each accepted connection is handed to `serve`
+/// with its slot, which frees it when the connection ends; accept errors (descriptors exhausted)
+/// pause with [`AcceptBackoff`] and are logged at most once per 10 s, naming `what`. On `cancel`
+/// it stops accepting and aborts the connections still open.
+pub async fn accept_loop<L, F, Fut>(
+    mut listener: L,
+    max_connections: usize,
+    what: &'static str,
+    cancel: CancellationToken,
+    mut serve: F,
+) where
+    L: Accept,
+    F: FnMut(L::Io, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut connections = JoinSet::new();
     let mut backoff = AcceptBackoff::default();
     let mut errors = ErrorLog::default();
@@ -135,9 +156,9 @@ pub async fn serve_on<L: Accept>(
             Ok(io) => {
                 backoff.on_success();
                 if let Some(unlogged) = errors.on_success(Instant::now()) {
-                    tracing::info!(unlogged, "metrics: accepting connections again");
+                    tracing::info!(unlogged, "{what}: accepting connections again");
                 }
-                connections.spawn(serve_connection(io, Arc::clone(&metrics), limits, slot));
+                connections.spawn(serve(io, slot));
             }
             Err(error) => {
                 drop(slot);
@@ -147,7 +168,7 @@ pub async fn serve_on<L: Accept>(
                         %error,
                         unlogged,
                         pause_ms = pause.as_millis() as u64,
-                        "metrics: accept failed; pausing (at most one such line per 10 s)"
+                        "{what}: accept failed; pausing (at most one such line per 10 s)"
                     );
                 }
                 tokio::select! {

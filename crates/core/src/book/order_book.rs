@@ -5,7 +5,12 @@
 //! - an update applies its levels in the order given, so when one message names a price twice the
 //!   later level wins; a quantity of zero deletes the level, and deleting an absent level is a no-op;
 //! - after every message each side is truncated to the subscribed depth, because Kraken sends no
-//!   deletion for a level that falls out of range (it sends the level that comes into range);
+//!   deletion for a level that falls out of range (it sends the level that comes into range).
+//!   This is the receiving half of Kraken's depth-window rule, not a second copy of it: what a
+//!   window is sent is [`super::window::on_change`] (the simulator and the replay server send
+//!   that), and that module's doc shows from the real captures that a book truncating after every
+//!   message, as this one does, holds exactly the window (the replay server's tests replay those
+//!   captures at depths 1 to 100 into this book to check it);
 //! - the checksum is CRC32 over the top ten asks (low to high) then the top ten bids (high to low),
 //!   each level as price then quantity, each printed at the pair's precision with the point removed
 //!   and leading zeros stripped.

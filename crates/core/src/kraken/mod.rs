@@ -10,9 +10,11 @@
 //! - `connection_id` is a `u64` (it exceeds 2^53).
 //!
 //! Each message type lives in its own file with its doc page and a raw example that its tests
-//! decode: [`status`], [`instrument`], [`book`], [`response`]; [`request`] encodes what we send.
+//! decode: [`status`], [`instrument`], [`book`], [`response`]; [`request`] encodes what we send;
+//! [`capture`] reads the capture files that hold real frames.
 
 pub mod book;
+pub mod capture;
 pub mod encode;
 mod fast;
 pub mod instrument;

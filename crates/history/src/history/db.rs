@@ -21,15 +21,6 @@ use super::model::{Connection, Damage, Mark, Observation, Observed, StreamId};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
-fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> HistoryError {
-    move |source| {
-        HistoryError::Store(StoreError::Db {
-            context: context.to_owned(),
-            source,
-        })
-    }
-}
-
 /// How far before a mismatch event its message is looked for on the collector's record (other
 /// connections' records may come between a frame and the event it caused).
 const MISMATCH_LOOKBACK: i64 = 100_000;
@@ -65,7 +56,7 @@ pub async fn observe(
             &[&symbols, &collector],
         )
         .await
-        .map_err(db("reading the subscriptions"))?;
+        .map_err(StoreError::db("reading the subscriptions"))?;
     for r in subscribed {
         if let Some(o) = by_symbol.get_mut(r.get::<_, &str>(0)) {
             o.observations.push(Observation {
@@ -86,7 +77,7 @@ pub async fn observe(
             &[&symbols, &collector],
         )
         .await
-        .map_err(db("reading the verified snapshots"))?;
+        .map_err(StoreError::db("reading the verified snapshots"))?;
     for r in snapshots {
         if let Some(o) = by_symbol.get_mut(r.get::<_, &str>(0)) {
             o.observations.push(Observation {
@@ -119,7 +110,7 @@ pub async fn observe(
             &[&symbols, &collector, &MISMATCH_LOOKBACK],
         )
         .await
-        .map_err(db("reading the checksum mismatches"))?;
+        .map_err(StoreError::db("reading the checksum mismatches"))?;
     for r in mismatches {
         if let Some(o) = by_symbol.get_mut(r.get::<_, &str>(0)) {
             let event_time: Timestamp = r.get(4);
@@ -148,7 +139,7 @@ pub async fn observe(
             &[&collector],
         )
         .await
-        .map_err(db("reading the disconnections and damage"))?;
+        .map_err(StoreError::db("reading the disconnections and damage"))?;
     let mut lost: BTreeSet<StreamId> = BTreeSet::new();
     let mut damage: Vec<Damage> = Vec::new();
     for r in rows {
@@ -182,7 +173,7 @@ pub async fn observe(
             &[&collectors, &ids],
         )
         .await
-        .map_err(db("reading the connections"))?;
+        .map_err(StoreError::db("reading the connections"))?;
     let mut conns: HashMap<StreamId, Connection> = HashMap::new();
     for r in rows {
         let id = stream(r.get(0), r.get(1));
@@ -238,7 +229,7 @@ pub async fn observe(
                         ],
                     )
                     .await
-                    .map_err(db("reading the book states after damage"))?;
+                    .map_err(StoreError::db("reading the book states after damage"))?;
                 if let Some(r) = row {
                     states.push(Observation {
                         stream: c.id.clone(),

@@ -10,10 +10,11 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::ReadbackError;
 use super::cursor::{BookCursor, Start, StartKind};
-use super::{ReadbackError, db};
-use crate::book::{BookView, Decimal};
+use crate::book::{BookView, Decimal, PriceLevel};
 use crate::history::{Cause, Source, StreamId};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// The gap an instant falls in.
@@ -40,9 +41,9 @@ pub struct BookAt {
     /// The instant asked for.
     pub at: Timestamp,
     /// Bids, best first (at most the depth asked for); empty in a gap.
-    pub bids: Vec<Level>,
+    pub bids: Vec<PriceLevel>,
     /// Asks, best first; empty in a gap.
-    pub asks: Vec<Level>,
+    pub asks: Vec<PriceLevel>,
     /// Kraken's checksum of the last message at or before the instant (`None` in a gap).
     pub checksum: Option<u32>,
     /// Whether the rebuilt book has that checksum (`None` in a gap).
@@ -72,15 +73,6 @@ impl BookAt {
     pub fn is_verified(&self) -> bool {
         self.gap.is_none() && self.checksum_ok == Some(true)
     }
-}
-
-/// One level in the JSON output: decimal strings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Level {
-    /// Price.
-    pub price: Decimal,
-    /// Quantity.
-    pub qty: Decimal,
 }
 
 /// Rebuilds `symbol`'s book as it was at `at`, showing `depth` levels a side, from the streams of
@@ -167,13 +159,9 @@ pub async fn book_at(
     let checksum_ok = cursor.is_synced() && verified != Some(false);
     let book = cursor.book();
     let BookView { bids, asks } = book.view(depth);
-    let level = |l: crate::book::PriceLevel| Level {
-        price: l.price,
-        qty: l.qty,
-    };
     Ok(BookAt {
-        bids: bids.into_iter().map(level).collect(),
-        asks: asks.into_iter().map(level).collect(),
+        bids,
+        asks,
         checksum: Some(checksum),
         checksum_ok: Some(checksum_ok),
         spread: book.spread(),
@@ -211,6 +199,6 @@ async fn last_verified(
             &[&symbol, &before, &stream.collector, &stream.conn_id],
         )
         .await
-        .map_err(db("finding the last verified book"))?;
+        .map_err(StoreError::db("finding the last verified book"))?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -5,9 +5,10 @@ use std::pin::Pin;
 use futures_util::StreamExt;
 use tokio_postgres::{Client, Row, RowStream};
 
-use super::{ReadbackError, db};
+use super::ReadbackError;
 use crate::book::{Decimal, OrderBook, Precision};
 use crate::kraken::{self, Frame};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// What a rebuild starts from.
@@ -111,7 +112,7 @@ impl BookCursor {
                 &[&symbol, &at, &collector],
             )
             .await
-            .map_err(db("finding where the book starts"))?;
+            .map_err(StoreError::db("finding where the book starts"))?;
         Ok(row.map(|r| Start {
             kind: if r.get::<_, &str>(0) == "snapshot" {
                 StartKind::Snapshot
@@ -157,7 +158,7 @@ impl BookCursor {
                 &[&symbol, &at, &collector, &conn_id, &first_seq, &last_seq],
             )
             .await
-            .map_err(db("finding where the stream's book starts"))?;
+            .map_err(StoreError::db("finding where the stream's book starts"))?;
         Ok(row.map(|r| Start {
             kind: if r.get::<_, &str>(0) == "snapshot" {
                 StartKind::Snapshot
@@ -215,7 +216,7 @@ impl BookCursor {
                 &[&symbol, &from, &to, &collector],
             )
             .await
-            .map_err(db("finding the first snapshot"))?;
+            .map_err(StoreError::db("finding the first snapshot"))?;
         Ok(row.map(|r| Start {
             kind: StartKind::Snapshot,
             collector: r.get(0),
@@ -275,7 +276,7 @@ impl BookCursor {
                         &[&symbol, &start.collector, &start.seq, &start.timestamp],
                     )
                     .await
-                    .map_err(db("reading a book state"))?;
+                    .map_err(StoreError::db("reading a book state"))?;
                 let invalid = |reason: String| ReadbackError::Invalid {
                     symbol: symbol.to_owned(),
                     seq: start.seq,
@@ -314,7 +315,7 @@ impl BookCursor {
         let rows = client
             .query_raw(ENTRIES, params)
             .await
-            .map_err(db("reading book levels"))?;
+            .map_err(StoreError::db("reading book levels"))?;
         Ok(BookCursor {
             symbol: symbol.to_owned(),
             start,
@@ -428,7 +429,7 @@ impl BookCursor {
         };
         match rows.next().await {
             Some(Ok(row)) => Ok(Some(row)),
-            Some(Err(e)) => Err(db("reading book levels")(e)),
+            Some(Err(e)) => Err(StoreError::db("reading book levels")(e).into()),
             None => {
                 self.rows = None;
                 Ok(None)
@@ -463,7 +464,7 @@ async fn connection_start(
             &[&collector, &conn_id],
         )
         .await
-        .map_err(db("reading where the connection began"))?
+        .map_err(StoreError::db("reading where the connection began"))?
         .get(0))
 }
 
@@ -493,7 +494,7 @@ pub(crate) async fn subscribed_depth(
             &[&collector, &seq, &floor, &conn_id, &symbol],
         )
         .await
-        .map_err(db("reading the subscribed depth"))?;
+        .map_err(StoreError::db("reading the subscribed depth"))?;
     Ok(row
         .and_then(|r| r.get::<_, Option<String>>(0))
         .and_then(|d| d.parse().ok()))
@@ -511,7 +512,7 @@ pub async fn subscribed_depth_of(
             &[&collector, &seq],
         )
         .await
-        .map_err(db("reading a book message"))?;
+        .map_err(StoreError::db("reading a book message"))?;
     match row {
         Some(r) => match (r.get::<_, Option<i64>>(0), r.get::<_, Option<String>>(1)) {
             (Some(conn), Some(symbol)) => {
@@ -542,7 +543,7 @@ pub async fn instrument_precision(
             &[&start.collector, &start.seq, &floor, &start.conn_id],
         )
         .await
-        .map_err(db("reading the instrument list"))?;
+        .map_err(StoreError::db("reading the instrument list"))?;
     for row in rows {
         let Some(text) = row.get::<_, Option<String>>(0) else {
             continue;

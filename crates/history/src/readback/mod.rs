@@ -16,13 +16,17 @@
 //! What must hold: the book returned at an instant is exactly the book the chosen stream held
 //! after its last message at or before it, and says whether that message verified; an instant
 //! inside a gap (a mismatch, a lost connection, a stopped collector, journal damage, or outside
-//! the record) is reported as that gap, with no book.
+//! the record) is answered with a [`BookAt`] whose `gap` names that gap (bounds, cause, the last
+//! verified instant before it) and which holds no levels and no checksum, so
+//! [`BookAt::is_verified`] is false: the answer is the gap, never a book (the export e2e checks
+//! both halves at every instant it compares); an instant before the symbol's first record is
+//! [`ReadbackError::NoStart`].
 
 mod book_at;
 mod cursor;
 pub mod query;
 
-pub use book_at::{BookAt, BookGap, Level, book_at};
+pub use book_at::{BookAt, BookGap, book_at};
 pub use cursor::{BookCursor, Start, StartKind, Step};
 pub use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
 
@@ -57,14 +61,4 @@ pub enum ReadbackError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// Wraps a database error with what was being done, as a [`ReadbackError`].
-pub fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReadbackError {
-    move |source| {
-        ReadbackError::Store(StoreError::Db {
-            context: context.to_owned(),
-            source,
-        })
-    }
 }

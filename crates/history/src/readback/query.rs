@@ -6,8 +6,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use super::{ReadbackError, db};
+use super::ReadbackError;
 use crate::history::{self, Gap, Source, Span};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// Which rows a query looks at.
@@ -234,14 +235,14 @@ pub async fn summary(client: &Client, filter: &Filter) -> Result<Summary, Readba
             &refs(&params),
         )
         .await
-        .map_err(db("counting messages"))?;
+        .map_err(StoreError::db("counting messages"))?;
     let e = client
         .query_one(
             &format!("SELECT count(*) FROM kraken_orderbook_entries {clause}"),
             &refs(&params),
         )
         .await
-        .map_err(db("counting entries"))?;
+        .map_err(StoreError::db("counting entries"))?;
     Ok(Summary {
         total_messages: m.get(0),
         unique_symbols: m.get(1),
@@ -275,7 +276,7 @@ pub async fn coverage(client: &Client, filter: &Filter) -> Result<Vec<Coverage>,
             &refs(&params),
         )
         .await
-        .map_err(db("measuring coverage"))?;
+        .map_err(StoreError::db("measuring coverage"))?;
     let mut out: BTreeMap<String, Coverage> = rows
         .iter()
         .map(|r| {
@@ -346,7 +347,7 @@ pub async fn messages(
             &refs(&params),
         )
         .await
-        .map_err(db("reading messages"))?;
+        .map_err(StoreError::db("reading messages"))?;
     Ok(rows
         .iter()
         .map(|r| MessageRow {
@@ -381,7 +382,7 @@ pub async fn entries(
             &refs(&params),
         )
         .await
-        .map_err(db("reading entries"))?;
+        .map_err(StoreError::db("reading entries"))?;
     Ok(rows
         .iter()
         .map(|r| EntryRow {
@@ -416,6 +417,6 @@ pub async fn recorded_symbols(client: &Client) -> Result<Vec<String>, ReadbackEr
             &[],
         )
         .await
-        .map_err(db("listing the recorded symbols"))?;
+        .map_err(StoreError::db("listing the recorded symbols"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -15,7 +15,8 @@ use tokio_postgres::Client;
 
 use super::source::Selection;
 use super::table::{Cell, Column, ColumnKind};
-use super::{ExportError, ExportReport, Sink, Ticker, db};
+use super::{ExportError, ExportReport, Sink, Ticker};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// The columns.
@@ -58,10 +59,10 @@ pub(crate) async fn write(
     let rows = client
         .query_raw(MESSAGES, params)
         .await
-        .map_err(db("reading the stored messages"))?;
+        .map_err(StoreError::db("reading the stored messages"))?;
     futures_util::pin_mut!(rows);
     while let Some(r) = rows.next().await {
-        let r = r.map_err(db("reading the stored messages"))?;
+        let r = r.map_err(StoreError::db("reading the stored messages"))?;
         let ts: Timestamp = r.get(0);
         let received: Timestamp = r.get(1);
         let opt_int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);

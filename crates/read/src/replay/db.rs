@@ -30,8 +30,9 @@ use super::engine::ReplayReport;
 use crate::book::Precision;
 use crate::kraken::Frame;
 use crate::readback::{
-    BookCursor, ReadbackError, Start, StartKind, db, instrument_precision, subscribed_depth_of,
+    BookCursor, ReadbackError, Start, StartKind, instrument_precision, subscribed_depth_of,
 };
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// Message rows fetched from the portal at a time.
@@ -91,7 +92,7 @@ pub async fn verify_database(
     let exists: Option<String> = client
         .query_one("SELECT to_regclass('kraken_orderbook_messages')::text", &[])
         .await
-        .map_err(db("looking for the messages table"))?
+        .map_err(StoreError::db("looking for the messages table"))?
         .get(0);
     if exists.is_none() {
         return Ok(ReplayReport::default());
@@ -115,7 +116,7 @@ pub async fn verify_database(
                 &[&from, &to],
             )
             .await
-            .map_err(db("counting rows without a collector"))?
+            .map_err(StoreError::db("counting rows without a collector"))?
             .get::<_, i64>(0)
     } else {
         0
@@ -131,12 +132,12 @@ pub async fn verify_database(
         .read_only(true)
         .start()
         .await
-        .map_err(db("starting a read-only transaction"))?;
+        .map_err(StoreError::db("starting a read-only transaction"))?;
     // A plan made for the span's own windows, every time: a generic plan over the hypertables
     // reads whole chunks.
     tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
         .await
-        .map_err(db("setting the plan mode"))?;
+        .map_err(StoreError::db("setting the plan mode"))?;
     let mut verifier = CopyVerifier::new(&scope.symbols);
     for plan in &plans {
         verifier.begin_collector(&plan.collector);
@@ -154,7 +155,7 @@ pub async fn verify_database(
     }
     tx.rollback()
         .await
-        .map_err(db("ending the read-only transaction"))?;
+        .map_err(StoreError::db("ending the read-only transaction"))?;
     progress(at);
     let mut report = verifier.finish();
     report.unordered_rows = unordered.max(0) as u64;
@@ -192,7 +193,7 @@ pub async fn connection_ends(
     let exists: Option<String> = client
         .query_one("SELECT to_regclass('krakenbook_connections')::text", &[])
         .await
-        .map_err(db("looking for the connections table"))?
+        .map_err(StoreError::db("looking for the connections table"))?
         .get(0);
     if exists.is_none() {
         return Ok(Vec::new());
@@ -204,7 +205,7 @@ pub async fn connection_ends(
             &[&collector, &seq],
         )
         .await
-        .map_err(db("reading where the connections end"))?
+        .map_err(StoreError::db("reading where the connections end"))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
@@ -233,7 +234,7 @@ async fn collectors(client: &Client) -> Result<Vec<String>, ReadbackError> {
             &[],
         )
         .await
-        .map_err(db("listing the collectors"))?
+        .map_err(StoreError::db("listing the collectors"))?
         .iter()
         .map(|r| r.get(0))
         .collect())
@@ -281,7 +282,7 @@ async fn plan(
             &[&collector],
         )
         .await
-        .map_err(db("reading a collector's seqs"))?;
+        .map_err(StoreError::db("reading a collector's seqs"))?;
     let (Some(first), Some(last)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
         return Ok(None);
     };
@@ -306,7 +307,7 @@ async fn plan(
             &[&collector, &from, &to, &scope.symbols],
         )
         .await
-        .map_err(db("reading what the range holds"))?;
+        .map_err(StoreError::db("reading what the range holds"))?;
     let states = client
         .query_one(
             "SELECT min(seq), max(seq) FROM kraken_book_states
@@ -315,7 +316,7 @@ async fn plan(
             &[&collector, &from, &to, &scope.symbols],
         )
         .await
-        .map_err(db("reading the range's book states"))?;
+        .map_err(StoreError::db("reading the range's book states"))?;
     let mut lo: Option<i64> = states.get(0);
     let mut hi: Option<i64> = states.get(1);
     for r in &symbols {
@@ -560,20 +561,20 @@ async fn read_collector(
     let statement = tx
         .prepare(MESSAGES)
         .await
-        .map_err(db("preparing the messages query"))?;
+        .map_err(StoreError::db("preparing the messages query"))?;
     let statements = Statements {
         entries: tx
             .prepare(ENTRIES)
             .await
-            .map_err(db("preparing the entries query"))?,
+            .map_err(StoreError::db("preparing the entries query"))?,
         states: tx
             .prepare(STATES)
             .await
-            .map_err(db("preparing the states query"))?,
+            .map_err(StoreError::db("preparing the states query"))?,
         events: tx
             .prepare(EVENTS)
             .await
-            .map_err(db("preparing the events query"))?,
+            .map_err(StoreError::db("preparing the events query"))?,
     };
     let portal = tx
         .bind(
@@ -581,7 +582,7 @@ async fn read_collector(
             &[&plan.collector, &plan.lo, &plan.hi, &scope.symbols],
         )
         .await
-        .map_err(db("opening the messages"))?;
+        .map_err(StoreError::db("opening the messages"))?;
     let wanted = |s: &str| scope.symbols.is_empty() || scope.symbols.iter().any(|w| w == s);
     // Seqs up to here are read.
     let mut done = plan.lo.saturating_sub(1);
@@ -660,7 +661,7 @@ async fn fetch_span(
         let rows = tx
             .query_portal(portal, BATCH)
             .await
-            .map_err(db("reading messages"))?;
+            .map_err(StoreError::db("reading messages"))?;
         let end_of_record = rows.len() < BATCH as usize;
         for r in &rows {
             let m = message_row(r);
@@ -720,7 +721,7 @@ impl Span<'_> {
             )
             .await
             .map(|rows| rows.iter().map(entry_row).collect())
-            .map_err(db("reading entry rows"))
+            .map_err(StoreError::db("reading entry rows"))
         };
         let states = async {
             let Some((lo, hi)) = self.windows.updates else {
@@ -739,7 +740,7 @@ impl Span<'_> {
             )
             .await
             .map(|rows| rows.iter().map(state_row).collect())
-            .map_err(db("reading book states"))
+            .map_err(StoreError::db("reading book states"))
         };
         let events = async {
             tx.query(
@@ -748,9 +749,9 @@ impl Span<'_> {
             )
             .await
             .map(|rows| rows.iter().map(event_row).collect())
-            .map_err(db("reading feed events"))
+            .map_err(StoreError::db("reading feed events"))
         };
-        futures_util::try_join!(entries, states, events)
+        Ok(futures_util::try_join!(entries, states, events)?)
     }
 }
 

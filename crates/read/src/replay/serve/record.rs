@@ -19,6 +19,7 @@ use crate::book::{Decimal, OrderBook};
 use crate::history::{Coverage, Source};
 use crate::readback::{BookCursor, ReadbackError, Start, StartKind};
 use crate::store::DbTarget;
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// Where the record of a symbol has gaps, and where it ends.
@@ -190,7 +191,7 @@ impl Record {
             let rows = client
                 .query_raw(LEVELS, params)
                 .await
-                .map_err(crate::readback::db("reading book levels"))?;
+                .map_err(StoreError::db("reading book levels"))?;
             self.levels = Some((client, Box::pin(rows)));
         }
         let Some(step) = self.cursor.next().await? else {
@@ -204,7 +205,7 @@ impl Record {
                 None => match self.levels.as_mut() {
                     Some((_, rows)) => match rows.next().await {
                         Some(Ok(row)) => row,
-                        Some(Err(e)) => return Err(crate::readback::db("reading book levels")(e)),
+                        Some(Err(e)) => return Err(StoreError::db("reading book levels")(e).into()),
                         None => break,
                     },
                     None => break,

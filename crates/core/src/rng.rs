@@ -1,11 +1,33 @@
-//! The exchange's pseudo-random numbers: SplitMix64, seeded per pair (the simulator's books) and
-//! per connection (the server's faults and connection ids).
+//! krakenbook's one source of pseudo-random numbers: SplitMix64, seeded where a run must be
+//! reproducible (the simulator's books per pair, the server's faults and connection ids per
+//! connection, a connection's reconnect jitter, the journal's simulated disk), seeded by the
+//! operating system where it must not repeat ([`Rng::from_os`], [`os_u64`]: the journal's instance
+//! id, the database writer's retry jitter).
 //!
 //! Small, fast and fully determined by its seed, so a `--seed` reproduces every book and every
 //! fault. What must always hold: the same seed gives the same sequence on every platform (only
 //! integer arithmetic and exactly rounded IEEE operations decide what happens; `ln` is used only
 //! for waiting times, which change when a frame is sent but never what it says; `f64` is never
-//! used for prices or quantities).
+//! used for prices or quantities). Not cryptographic: nothing here is a secret.
+//!
+//! Why our own and not a crate: `fastrand` would serve for jitter, but its seeded sequence is not
+//! promised to stay the same across its releases, and a simulator run's `--seed` must; the
+//! generator is twelve lines with its published reference values as a test.
+
+use std::hash::{BuildHasher, Hasher};
+
+/// 64 bits the operating system seeded: std seeds the keys of its hash maps' `RandomState` from
+/// the OS's random source (once a thread, then stepped per use), and the hash of the time and
+/// process id under those keys is a fresh value each call. Never fails, does no I/O of its own.
+pub fn os_u64() -> u64 {
+    let mut h = std::hash::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
+}
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): a 64-bit state stepped by a constant and mixed.
 #[derive(Clone, Debug)]
@@ -15,6 +37,11 @@ impl Rng {
     /// A generator seeded with `seed`.
     pub const fn new(seed: u64) -> Self {
         Rng(seed)
+    }
+
+    /// A generator seeded by the operating system ([`os_u64`]): for what must differ between runs.
+    pub fn from_os() -> Self {
+        Rng(os_u64())
     }
 
     /// A generator for one named stream of a run: the same `(seed, name)` always gives the same
@@ -122,6 +149,13 @@ mod tests {
         let (x1, y1, z1) = (x.next_u64(), y.next_u64(), z.next_u64());
         assert_ne!(x1, y1);
         assert_ne!(x1, z1);
+    }
+
+    #[test]
+    fn os_seeded_generators_differ_between_calls() {
+        let seeds: std::collections::HashSet<u64> = (0..64).map(|_| os_u64()).collect();
+        assert_eq!(seeds.len(), 64);
+        assert_ne!(Rng::from_os().next_u64(), Rng::from_os().next_u64());
     }
 
     #[test]
