@@ -386,12 +386,6 @@ impl ExportError {
     }
 }
 
-/// The store's adaptor ([`StoreError::db`]) under the name `incremental.rs` imports; `?` turns
-/// its `StoreError` into an [`ExportError`]. Delete once that file calls `StoreError::db` itself.
-pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    StoreError::db(context)
-}
-
 /// Progress: how far into the range (microseconds of `total`), and rows written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {

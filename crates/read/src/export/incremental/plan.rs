@@ -14,9 +14,10 @@ use super::timeline::{Opening, Opens, Segment, mark_gaps, timeline};
 use crate::book::{Decimal, Side};
 use crate::export::source::Selection;
 use crate::export::table::{Cell, Scales};
-use crate::export::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker, db};
+use crate::export::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker};
 use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at \
@@ -193,12 +194,12 @@ impl Plan<'_> {
         let rows = stream_client
             .query_raw(ENTRIES, params)
             .await
-            .map_err(db("reading the stored levels"))?;
+            .map_err(StoreError::db("reading the stored levels"))?;
         futures_util::pin_mut!(rows);
         // The message being read, and whether its rows are written.
         let mut current: Option<(i64, String, bool)> = None;
         while let Some(r) = rows.next().await {
-            let r = r.map_err(db("reading the stored levels"))?;
+            let r = r.map_err(StoreError::db("reading the stored levels"))?;
             let seq: i64 = r.get(0);
             let symbol: &str = r.get(1);
             let side = if r.get::<_, &str>(2) == Side::Bid.as_str() {
