@@ -55,6 +55,7 @@ class Tracker:
         self.connections = 0
         self.max_ts: int | None = None
         self.out_of_order = 0
+        self.old_snapshots = 0
         self.max_lag_us = 0
         self.last_event: dict[str, str] = {}
         self.unasked_snapshots = 0
@@ -122,8 +123,13 @@ class Tracker:
                 self.max_rewind_us = max(self.max_rewind_us, last - us)
             self.symbol_ts[symbol] = us
             if self.max_ts is not None and us < self.max_ts:
-                self.out_of_order += 1
-                self.max_lag_us = max(self.max_ts - us, self.max_lag_us)
+                if kind == "snapshot":
+                    # A snapshot carries the time of its book's last change (as Kraken's do): a
+                    # symbol subscribed after others started is stamped before their latest frame.
+                    self.old_snapshots += 1
+                else:
+                    self.out_of_order += 1
+                    self.max_lag_us = max(self.max_ts - us, self.max_lag_us)
             self.max_ts = us if self.max_ts is None else max(self.max_ts, us)
         now = time.monotonic()
         self.first_book_at = self.first_book_at or now
@@ -232,6 +238,7 @@ class Tracker:
         r.data["samples"] = pick_samples(self.timeline, per_symbol=6, extra=4)
         r.data["connections"] = self.connections
         r.data["out_of_order"] = self.out_of_order
+        r.data["old_snapshots"] = self.old_snapshots
         r.data["max_lag_s"] = self.max_lag_us / 1e6
         r.data["unasked_snapshots"] = self.unasked_snapshots
         r.data["close_info"] = self.close_info
@@ -253,7 +260,9 @@ class Tracker:
         if self.unasked_snapshots:
             r.note(f"{self.unasked_snapshots} snapshot(s) arrived without a subscription asking for them")
         if self.out_of_order:
-            r.note(f"{self.out_of_order} frames older than one already received on the connection (up to {self.max_lag_us / 1e6:.3f} s)")
+            r.note(f"{self.out_of_order} updates older than a frame already received on the connection (up to {self.max_lag_us / 1e6:.3f} s)")
+        if self.old_snapshots:
+            r.note(f"{self.old_snapshots} snapshots stamped before the latest frame received (a snapshot carries its book's last change)")
         if self.drops:
             hows = sorted({d["how"] for d in self.drops})
             r.note(f"{len(self.drops)} connection(s) dropped by the server ({', '.join(hows)}); the consumer reconnected after each")
