@@ -333,7 +333,11 @@ mod tests {
         ];
         for (text, urls, redundancy) in cases {
             let file: CollectFile = toml::from_str(text).unwrap();
-            assert_eq!(file.url, Some(urls.iter().map(|u| u.to_string()).collect()), "{text}");
+            assert_eq!(
+                file.url,
+                Some(urls.iter().map(|u| u.to_string()).collect()),
+                "{text}"
+            );
             assert_eq!(file.redundancy, redundancy, "{text}");
         }
         assert!(toml::from_str::<CollectFile>("url = 5\n").is_err());

@@ -428,11 +428,15 @@ mod tests {
         assert_eq!(c.feed.redundancy, 2);
         assert_eq!(c.feed.for_replica(1).url.as_str(), "ws://b:2/v2");
         // A flag wins over the file, the whole list at once.
-        let c = resolve_args(&["--config", path.to_str().unwrap(), "--url", "ws://z:9/v2"]).unwrap();
+        let c =
+            resolve_args(&["--config", path.to_str().unwrap(), "--url", "ws://z:9/v2"]).unwrap();
         assert_eq!(c.feed.endpoints().len(), 1);
         assert_eq!(c.feed.for_replica(1).url.host_str(), Some("z"));
         std::fs::write(&path, "symbols = [\"BTC/USD\"]\nredundancy = 9\n").unwrap();
-        let err = format!("{:#}", resolve_args(&["--config", path.to_str().unwrap()]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            resolve_args(&["--config", path.to_str().unwrap()]).unwrap_err()
+        );
         assert!(err.contains("--redundancy 9: must be from 1 to 4"), "{err}");
         assert!(Wrap::try_parse_from(["collect", "--redundancy", "5"]).is_err());
     }

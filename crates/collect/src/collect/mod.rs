@@ -268,13 +268,15 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<FeedError>(1);
     let per = config.feed.symbols_per_connection.max(1);
-    let redundancy = config.feed.redundancy.clamp(1, crate::feed::replicas::MAX_REDUNDANCY);
+    let redundancy = config
+        .feed
+        .redundancy
+        .clamp(1, crate::feed::replicas::MAX_REDUNDANCY);
     for (group, chunk) in symbols.chunks(per).enumerate() {
         // With redundancy, the group's replicas share a gate; the connection index (the
         // backoff's seed) is unique per replica.
-        let gate = (redundancy > 1).then(|| {
-            Arc::new(SharedGate::new(redundancy, config.feed.replica_deadline))
-        });
+        let gate = (redundancy > 1)
+            .then(|| Arc::new(SharedGate::new(redundancy, config.feed.replica_deadline)));
         for replica in 0..redundancy {
             let index = group * redundancy + replica;
             let mut connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));

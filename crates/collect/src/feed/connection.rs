@@ -101,7 +101,11 @@ impl Connection {
             match gate.try_start(self.replica, work, Instant::now()) {
                 Decision::Go => return true,
                 Decision::WaitUntil(at) => {
-                    tracing::debug!(replica = self.replica, ?work, "feed: waiting for another replica of the group");
+                    tracing::debug!(
+                        replica = self.replica,
+                        ?work,
+                        "feed: waiting for another replica of the group"
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep_until(at) => {}
