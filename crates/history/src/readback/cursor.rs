@@ -80,10 +80,15 @@ impl std::fmt::Debug for BookCursor {
     }
 }
 
+// The entries table has no connection column: the start's connection is matched through its
+// messages, since a collector with redundant connections interleaves several streams' seqs.
 const ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity, \"timestamp\", received_at \
     FROM kraken_orderbook_entries \
     WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
       AND seq <= $6 \
+      AND seq IN (SELECT m.seq FROM kraken_orderbook_messages m \
+                   WHERE m.symbol = $1 AND m.collector = $2 AND m.conn_id = $7 \
+                     AND m.\"timestamp\" >= $3 AND m.\"timestamp\" <= $4 AND m.seq > $5 AND m.seq <= $6) \
     ORDER BY seq, ordinal";
 
 impl BookCursor {
@@ -304,13 +309,14 @@ impl BookCursor {
                 book = OrderBook::with_precision(subscribed.unwrap_or(1000), precision);
             }
         }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &symbol,
             &start.collector,
             &start.timestamp,
             &to,
             &after_seq,
             &last_seq,
+            &start.conn_id,
         ];
         let rows = client
             .query_raw(ENTRIES, params)
