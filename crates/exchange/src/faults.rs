@@ -330,7 +330,7 @@ impl DropRotation {
 
     /// The connection to drop now: the first live one after the last dropped, in accept order,
     /// wrapping to the oldest; `None` when none is live.
-    pub fn next(&mut self) -> Option<ConnId> {
+    pub fn next_victim(&mut self) -> Option<ConnId> {
         let next = self
             .live
             .range(self.last + 1..)
@@ -439,19 +439,17 @@ mod tests {
     #[test]
     fn drops_take_live_connections_in_turn_so_two_alternate() {
         let mut turn = DropRotation::default();
-        assert_eq!(turn.next(), None, "nothing live, nothing dropped");
+        assert_eq!(turn.next_victim(), None, "nothing live, nothing dropped");
         // A client with two connections that reconnects each dropped one at once: (open, close
         // before the next drop) per period; the drops alternate between its two streams.
         turn.opened(1);
         turn.opened(2);
         let mut dropped = Vec::new();
-        let mut next_conn = 3;
-        for _ in 0..6 {
-            let victim = turn.next().unwrap();
+        for replacement in 3..9 {
+            let victim = turn.next_victim().unwrap();
             dropped.push(victim);
             turn.closed(victim);
-            turn.opened(next_conn);
-            next_conn += 1;
+            turn.opened(replacement);
         }
         // 1 and 2 are the two replicas; 3 replaces 1, 4 replaces 2, and so on.
         assert_eq!(dropped, [1, 2, 3, 4, 5, 6]);
@@ -460,10 +458,10 @@ mod tests {
         for c in [1, 2, 3] {
             turn.opened(c);
         }
-        assert_eq!(turn.next(), Some(1));
+        assert_eq!(turn.next_victim(), Some(1));
         turn.closed(2);
-        assert_eq!(turn.next(), Some(3));
-        assert_eq!(turn.next(), Some(1), "wraps to the oldest live");
+        assert_eq!(turn.next_victim(), Some(3));
+        assert_eq!(turn.next_victim(), Some(1), "wraps to the oldest live");
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Shared {
     /// The `drop_every` fault's period came: drops the next live connection in turn, if any.
     pub(crate) fn drop_next(&self) -> Option<ConnId> {
         self.with_drops(|(turn, tokens)| {
-            let conn = turn.next()?;
+            let conn = turn.next_victim()?;
             if let Some(token) = tokens.get(&conn) {
                 token.cancel();
             }
