@@ -294,7 +294,7 @@ pub async fn run(
     }
     drop(failed_tx);
     tasks.close();
-    tracing::info!(symbols = symbols.len(), groups = symbols.len().div_ceil(per), redundancy, depth = %config.feed.depth, "feed: started");
+    tracing::info!(symbols = symbols.len(), connections = symbols.len().div_ceil(per) * redundancy, redundancy, depth = %config.feed.depth, "feed: started");
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
