@@ -177,13 +177,43 @@ pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option
         .map_err(serde::de::Error::custom)
 }
 
+/// A TOML value where a list of texts is expected: a list, or one comma-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Listed {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Deserializes an optional list written as a list or as one comma-separated string
+/// (`url = ["ws://a/v2", "ws://b/v2"]` or `url = "ws://a/v2,ws://b/v2"`); blanks are dropped.
+pub fn deserialize_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    let items = match Listed::deserialize(d)? {
+        Listed::One(text) => split_list(&text),
+        Listed::Many(list) => list.iter().flat_map(|t| split_list(t)).collect(),
+    };
+    Ok(Some(items))
+}
+
+/// Splits a comma-separated list, trimming each item and dropping blanks.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The settings file of `krakenbook collect` (every field optional; flags and environment
 /// variables win). Example:
 ///
 /// ```toml
 /// symbols = ["BTC/USD", "ETH/USD"]
 /// depth = 100
-/// url = "wss://ws.kraken.com/v2"
+/// url = "wss://ws.kraken.com/v2"        # or a list: replica k uses the k-th (mod their number)
+/// redundancy = 2                         # connections per symbol group
 /// journal_dir = "/var/lib/krakenbook/journal"
 /// database_url = "postgres://krakenbook@db.internal/market?sslmode=require"
 /// metrics_listen = "127.0.0.1:9187"
@@ -199,8 +229,12 @@ pub struct CollectFile {
     pub all: Option<bool>,
     /// Book depth.
     pub depth: Option<u16>,
-    /// WebSocket URL.
-    pub url: Option<String>,
+    /// WebSocket URL, or several: a list, or one comma-separated string (replica k of a group
+    /// connects to the k-th, modulo their number).
+    #[serde(default, deserialize_with = "deserialize_list")]
+    pub url: Option<Vec<String>>,
+    /// Connections per symbol group (1 to 4).
+    pub redundancy: Option<usize>,
     /// Journal directory.
     pub journal_dir: Option<PathBuf>,
     /// Database URL.
@@ -280,6 +314,34 @@ pub use crate::host::hostname;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_and_redundancy_are_read_as_a_list_or_a_comma_separated_string() {
+        // (file text, urls, redundancy)
+        let cases = [
+            ("url = \"ws://a/v2\"\n", vec!["ws://a/v2"], None),
+            (
+                "url = \"ws://a/v2, ws://b/v2,\"\nredundancy = 2\n",
+                vec!["ws://a/v2", "ws://b/v2"],
+                Some(2),
+            ),
+            (
+                "url = [\"ws://a/v2\", \"ws://b/v2,ws://c/v2\"]\n",
+                vec!["ws://a/v2", "ws://b/v2", "ws://c/v2"],
+                None,
+            ),
+        ];
+        for (text, urls, redundancy) in cases {
+            let file: CollectFile = toml::from_str(text).unwrap();
+            assert_eq!(
+                file.url,
+                Some(urls.iter().map(|u| u.to_string()).collect()),
+                "{text}"
+            );
+            assert_eq!(file.redundancy, redundancy, "{text}");
+        }
+        assert!(toml::from_str::<CollectFile>("url = 5\n").is_err());
+    }
 
     #[test]
     fn durations_parse_as_written_with_their_unit() {

@@ -32,6 +32,7 @@ Examples:
   krakenbook collect --symbols BTC/USD,ETH/USD --depth 100
   krakenbook collect --all --depth 1000 --journal-dir /var/lib/krakenbook/journal
   krakenbook collect --symbols BTC/USD --database-url postgres://user@localhost/market
+  krakenbook collect --symbols BTC/USD --redundancy 2 --url wss://ws.kraken.com/v2,wss://ws.kraken.com/v2
   krakenbook simulate --listen 127.0.0.1:8790 &   # offline: a local Kraken
   krakenbook collect --url ws://127.0.0.1:8790/v2 --symbols BTC/USD,ETH/USD --metrics-listen 127.0.0.1:9187";
 
@@ -52,9 +53,16 @@ pub struct CollectArgs {
     /// Book depth: 10, 25, 100, 500 or 1000 [default: 10].
     #[arg(long, env = "KRAKENBOOK_DEPTH")]
     pub depth: Option<Depth>,
-    /// Kraken's WebSocket v2 URL [default: wss://ws.kraken.com/v2].
-    #[arg(long, env = "KRAKENBOOK_URL")]
-    pub url: Option<String>,
+    /// Kraken's WebSocket v2 URL [default: wss://ws.kraken.com/v2]. Repeat it or separate
+    /// URLs with commas to name several endpoints: replica k of a group connects to the k-th
+    /// (modulo their number).
+    #[arg(long, env = "KRAKENBOOK_URL", value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// Subscribe every symbol group on N connections (1 to 4): separate sockets, staggered
+    /// starts, never resubscribing a symbol on two at once. The database stores each
+    /// connection's frames (N times the rows, for now) [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub redundancy: Option<u64>,
     /// Journal directory [default: ./data/journal].
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
@@ -142,12 +150,30 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         (None, Some(d)) => d.to_string().parse::<Depth>()?,
         (None, None) => Depth::default(),
     };
-    let url_text = args
-        .url
-        .or(file.url)
-        .unwrap_or_else(|| "wss://ws.kraken.com/v2".to_owned());
-    let url = parse_ws_url(&url_text)?;
+    let url_texts: Vec<String> = if !args.url.is_empty() {
+        args.url
+            .iter()
+            .flat_map(|u| config::split_list(u))
+            .collect()
+    } else {
+        file.url.clone().unwrap_or_default()
+    };
+    let mut urls = url_texts
+        .iter()
+        .map(|u| parse_ws_url(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        urls.push(parse_ws_url("wss://ws.kraken.com/v2")?);
+    }
+    let url = urls.remove(0);
     let mut feed = FeedConfig::new(url, depth);
+    feed.more_urls = urls;
+    if let Some(n) = args.redundancy.map(|n| n as usize).or(file.redundancy) {
+        if !(1..=krakenbook::feed::replicas::MAX_REDUNDANCY).contains(&n) {
+            bail!("--redundancy {n}: must be from 1 to 4 (connections per symbol group)");
+        }
+        feed.redundancy = n;
+    }
     if let Some(n) = args.symbols_per_connection.or(file.symbols_per_connection) {
         if n == 0 {
             bail!("--symbols-per-connection must be at least 1");
@@ -371,6 +397,51 @@ mod tests {
     }
 
     #[test]
+    fn redundancy_and_several_urls_reach_the_feed_configuration() {
+        let c = resolve_args(&["--symbols", "BTC/USD"]).unwrap();
+        assert_eq!(c.feed.redundancy, 1, "one connection per group by default");
+        assert_eq!(c.feed.endpoints().len(), 1);
+        let c = resolve_args(&[
+            "--symbols",
+            "BTC/USD",
+            "--redundancy",
+            "3",
+            "--url",
+            "ws://a:1/v2,ws://b:2/v2",
+            "--url",
+            "ws://c:3/v2",
+        ])
+        .unwrap();
+        assert_eq!(c.feed.redundancy, 3);
+        let hosts: Vec<String> = (0..4)
+            .map(|k| c.feed.for_replica(k).url.host_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(hosts, ["a", "b", "c", "a"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "symbols = [\"BTC/USD\"]\nredundancy = 2\nurl = [\"ws://a:1/v2\", \"ws://b:2/v2\"]\n",
+        )
+        .unwrap();
+        let c = resolve_args(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.feed.redundancy, 2);
+        assert_eq!(c.feed.for_replica(1).url.as_str(), "ws://b:2/v2");
+        // A flag wins over the file, the whole list at once.
+        let c =
+            resolve_args(&["--config", path.to_str().unwrap(), "--url", "ws://z:9/v2"]).unwrap();
+        assert_eq!(c.feed.endpoints().len(), 1);
+        assert_eq!(c.feed.for_replica(1).url.host_str(), Some("z"));
+        std::fs::write(&path, "symbols = [\"BTC/USD\"]\nredundancy = 9\n").unwrap();
+        let err = format!(
+            "{:#}",
+            resolve_args(&["--config", path.to_str().unwrap()]).unwrap_err()
+        );
+        assert!(err.contains("--redundancy 9: must be from 1 to 4"), "{err}");
+        assert!(Wrap::try_parse_from(["collect", "--redundancy", "5"]).is_err());
+    }
+
+    #[test]
     fn bad_settings_get_one_line_errors_that_say_what_to_do() {
         for (argv, needle) in [
             (vec!["--symbols", "BTCUSD"], "BASE/QUOTE"),
@@ -381,6 +452,10 @@ mod tests {
             (
                 vec!["--symbols", "BTC/USD", "--url", "not a url"],
                 "wss://ws.kraken.com/v2",
+            ),
+            (
+                vec!["--symbols", "BTC/USD", "--url", "ws://a/v2,http://b"],
+                "ws:// or wss://",
             ),
             (
                 vec!["--symbols", "BTC/USD", "--metrics-listen", "9187"],

@@ -30,7 +30,9 @@ Examples:
   krakenbook simulate --pairs 500 --rate 100 --listen 127.0.0.1:9000
   krakenbook simulate --drop-after 1000 --fault-connections 1    drop the first connection once
   krakenbook simulate --lose-after 200 --log frames.ndjson  a checksum failure, and a log
-  krakenbook simulate --silence-every 30s --silence-for 6s --reject ETH/USD --garbage-after 50";
+  krakenbook simulate --silence-every 30s --silence-for 6s --reject ETH/USD --garbage-after 50
+  krakenbook simulate --drop-every 20s                       drop the connections in turn
+  krakenbook simulate --silence-conn 2 --silence-at 10s --silence-for 8s   one quiet connection";
 
 /// `krakenbook simulate`.
 #[derive(Debug, Args)]
@@ -115,6 +117,16 @@ pub struct SimulateArgs {
     /// Apply the per-connection faults to the first N connections only.
     #[arg(long, value_name = "N", help_heading = "Faults")]
     pub fault_connections: Option<u64>,
+    /// Every DURATION, drop one live connection (no WebSocket close), taking them in turn in
+    /// accept order: a client with two connections always has one up (e.g. 20s).
+    #[arg(long, value_name = "DURATION", help_heading = "Faults", value_parser = config::positive_duration)]
+    pub drop_every: Option<Duration>,
+    /// Apply the silence faults to connection N (accept order, from 1) only; the others go on.
+    #[arg(long, value_name = "N", help_heading = "Faults", value_parser = clap::value_parser!(u64).range(1..))]
+    pub silence_conn: Option<u64>,
+    /// Go silent once, DURATION after each connection (or the --silence-conn one) opened.
+    #[arg(long, value_name = "DURATION", help_heading = "Faults", value_parser = config::duration)]
+    pub silence_at: Option<Duration>,
 }
 
 impl SimulateArgs {
@@ -153,6 +165,9 @@ impl SimulateArgs {
                     unknown_channel_after: self.unknown_channel_after,
                     reject: self.reject.iter().map(|s| s.trim().to_owned()).collect(),
                     connections: self.fault_connections,
+                    silence_conn: self.silence_conn,
+                    silence_at: self.silence_at,
+                    drop_every: self.drop_every,
                 },
                 ..ServerConfig::default()
             },

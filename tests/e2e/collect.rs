@@ -183,7 +183,7 @@ fn levels(frame: &str) -> u64 {
 }
 
 /// The stored messages, per connection in connection order, each connection's in `seq` order.
-async fn stored(url: &str) -> Vec<Vec<String>> {
+pub(crate) async fn stored(url: &str) -> Vec<Vec<String>> {
     let client = connect(url).await;
     let rows = client
         .query(
@@ -231,7 +231,7 @@ pub(crate) async fn wait_count(
 }
 
 /// Every frame the simulator sent (heartbeats aside) is stored once, in received order.
-fn assert_stored_exactly(sent: &[Vec<String>], stored: &[Vec<String>]) {
+pub(crate) fn assert_stored_exactly(sent: &[Vec<String>], stored: &[Vec<String>]) {
     assert_eq!(
         stored.len(),
         sent.len(),

@@ -15,6 +15,7 @@ mod pipeline;
 mod plot;
 mod readback;
 mod recording;
+mod redundancy;
 mod replay_serve;
 mod simulate;
 mod store;

@@ -28,7 +28,8 @@ Run it with a release build (cargo run --release -- bench collect ...). The offe
 Examples:
   krakenbook-bench collect --pairs 1000 --depth 1000 --rate 2 --journal-only   a whole market, light
   krakenbook-bench collect --pairs 100 --depth 1000 --rate 100                 ~10,000 msg/s into TimescaleDB
-  krakenbook-bench collect --database-url postgres://kb@localhost/market       an existing server";
+  krakenbook-bench collect --database-url postgres://kb@localhost/market       an existing server
+  krakenbook-bench collect --redundancy 2                                      two connections per group";
 
 /// `krakenbook-bench collect`.
 #[derive(Debug, Args)]
@@ -54,6 +55,10 @@ pub struct BenchCollectArgs {
     /// Write to this database instead of a throwaway local cluster.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// The collector's `--redundancy`: connections per symbol group (1 to 4). Frames per
+    /// second then count every replica's copy.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub redundancy: u32,
 }
 
 /// A measuring period or a warm-up: a duration with its unit, from 1 s to 1 h.
@@ -104,6 +109,7 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     cmd.args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
         .args(["--symbols", &symbols.join(",")])
         .args(["--depth", &args.depth.to_string()])
+        .args(["--redundancy", &args.redundancy.to_string()])
         .args(["--metrics-listen", &metrics_addr.to_string()])
         .arg("--journal-dir")
         .arg(work.path().join("journal"))
@@ -123,9 +129,10 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     let mut child = cmd.spawn().context("starting krakenbook collect")?;
     let pid = child.id().context("the collector's pid")?;
     eprintln!(
-        "bench collect: {} pairs at depth {}, {} events/s offered ({} per pair), warm-up {:?}, measuring {:?}{}",
+        "bench collect: {} pairs at depth {} on {} connection(s) per group, {} events/s offered ({} per pair), warm-up {:?}, measuring {:?}{}",
         args.pairs,
         args.depth,
+        args.redundancy,
         args.pairs as f64 * args.rate,
         args.rate,
         args.warmup,

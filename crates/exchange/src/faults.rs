@@ -15,6 +15,14 @@
 //! | `unknown_channel_after: N` | after the N-th update, a frame of a channel no client knows ([`UNKNOWN_CHANNEL_FRAME`]) |
 //! | `reject: [symbols]` | subscriptions to these symbols fail with Kraken's `Currency pair not supported` |
 //! | `connections: N` | the per-connection faults above apply to the first N connections only |
+//! | `silence_conn: N` | the silence faults apply to connection N (accept order) only; the others go on |
+//! | `silence_at: T` | go silent once, T after the connection opened (then every `silence_every`, if set) |
+//! | `drop_every: T` | every T, drop one live connection, taking them in turn ([`DropRotation`]) |
+//!
+//! `drop_every` is the one fault of the server rather than of a connection: every T the server
+//! drops the live connection that follows the last one dropped in accept order (wrapping to the
+//! oldest), so that with two client connections they are dropped alternately and one is always
+//! up (its replacement, accepted later, comes last in the turn).
 //!
 //! A withheld ("lost") update has been applied to the market's book, so the client's book
 //! silently diverges and its next checksum for that symbol fails. Only updates that change the
@@ -111,6 +119,12 @@ pub struct Faults {
     pub reject: Vec<String>,
     /// Apply the per-connection faults to the first this many connections only.
     pub connections: Option<u64>,
+    /// Apply the silence faults to this connection (accept order) only.
+    pub silence_conn: Option<ConnId>,
+    /// Go silent once this long after the connection opened.
+    pub silence_at: Option<Duration>,
+    /// Drop one live connection every this long, in turn.
+    pub drop_every: Option<Duration>,
 }
 
 impl Default for Faults {
@@ -127,6 +141,9 @@ impl Default for Faults {
             unknown_channel_after: None,
             reject: Vec::new(),
             connections: None,
+            silence_conn: None,
+            silence_at: None,
+            drop_every: None,
         }
     }
 }
@@ -147,6 +164,12 @@ pub enum FaultsError {
     /// A count of zero never triggers.
     #[error("{0} must be at least 1 (it counts updates sent)")]
     Zero(&'static str),
+    /// A period of zero would drop every connection at once, forever.
+    #[error("drop_every must be above zero (e.g. 20s)")]
+    ZeroPeriod,
+    /// Connections are numbered from 1.
+    #[error("silence_conn must be at least 1 (connections are numbered from 1, in accept order)")]
+    NoSuchConnection,
 }
 
 impl Faults {
@@ -159,6 +182,12 @@ impl Faults {
                 silence_for: self.silence_for,
                 every,
             });
+        }
+        if self.drop_every.is_some_and(|d| d.is_zero()) {
+            return Err(FaultsError::ZeroPeriod);
+        }
+        if self.silence_conn == Some(0) {
+            return Err(FaultsError::NoSuchConnection);
         }
         for (name, n) in [
             ("drop_after", self.drop_after),
@@ -202,6 +231,8 @@ pub struct AfterUpdate {
 pub struct FaultState {
     faults: Faults,
     enabled: bool,
+    /// Whether the silence faults apply to this connection.
+    silence_enabled: bool,
     rng: Rng,
     updates: u64,
     lost_once: bool,
@@ -213,6 +244,8 @@ impl FaultState {
         FaultState {
             faults: faults.clone(),
             enabled: faults.applies_to(conn),
+            silence_enabled: faults.applies_to(conn)
+                && faults.silence_conn.is_none_or(|c| c == conn),
             rng: Rng::derive(seed, &format!("connection {conn}")),
             updates: 0,
             lost_once: false,
@@ -250,7 +283,7 @@ impl FaultState {
         AfterUpdate {
             drop: f.drop_after == Some(n)
                 || (f.drop_rate.is_set() && self.rng.chance(f.drop_rate.get())),
-            silence: f.silence_after == Some(n),
+            silence: self.silence_enabled && f.silence_after == Some(n),
             garbage: f.garbage_after == Some(n),
             unknown_channel: f.unknown_channel_after == Some(n),
         }
@@ -263,7 +296,49 @@ impl FaultState {
 
     /// The period of the periodic silence, if this connection has one.
     pub fn silence_every(&self) -> Option<Duration> {
-        self.faults.silence_every.filter(|_| self.enabled)
+        self.faults.silence_every.filter(|_| self.silence_enabled)
+    }
+
+    /// When, after the connection opened, its first timed silence starts, if it has one:
+    /// `silence_at`, or else the first period of `silence_every`.
+    pub fn first_silence(&self) -> Option<Duration> {
+        if !self.silence_enabled {
+            return None;
+        }
+        self.faults.silence_at.or(self.faults.silence_every)
+    }
+}
+
+/// The `drop_every` fault's turn: which live connection to drop next (see the module doc). No
+/// I/O: the server tells it which connections open and close, and asks it at each period.
+#[derive(Debug, Default)]
+pub struct DropRotation {
+    live: std::collections::BTreeSet<ConnId>,
+    last: ConnId,
+}
+
+impl DropRotation {
+    /// Connection `conn` opened.
+    pub fn opened(&mut self, conn: ConnId) {
+        self.live.insert(conn);
+    }
+
+    /// Connection `conn` closed.
+    pub fn closed(&mut self, conn: ConnId) {
+        self.live.remove(&conn);
+    }
+
+    /// The connection to drop now: the first live one after the last dropped, in accept order,
+    /// wrapping to the oldest; `None` when none is live.
+    pub fn next_victim(&mut self) -> Option<ConnId> {
+        let next = self
+            .live
+            .range(self.last + 1..)
+            .next()
+            .or_else(|| self.live.iter().next())
+            .copied()?;
+        self.last = next;
+        Some(next)
     }
 }
 
@@ -362,6 +437,59 @@ mod tests {
     }
 
     #[test]
+    fn drops_take_live_connections_in_turn_so_two_alternate() {
+        let mut turn = DropRotation::default();
+        assert_eq!(turn.next_victim(), None, "nothing live, nothing dropped");
+        // A client with two connections that reconnects each dropped one at once: (open, close
+        // before the next drop) per period; the drops alternate between its two streams.
+        turn.opened(1);
+        turn.opened(2);
+        let mut dropped = Vec::new();
+        for replacement in 3..9 {
+            let victim = turn.next_victim().unwrap();
+            dropped.push(victim);
+            turn.closed(victim);
+            turn.opened(replacement);
+        }
+        // 1 and 2 are the two replicas; 3 replaces 1, 4 replaces 2, and so on.
+        assert_eq!(dropped, [1, 2, 3, 4, 5, 6]);
+        // Connections that close by themselves leave the turn; the turn wraps to the oldest.
+        let mut turn = DropRotation::default();
+        for c in [1, 2, 3] {
+            turn.opened(c);
+        }
+        assert_eq!(turn.next_victim(), Some(1));
+        turn.closed(2);
+        assert_eq!(turn.next_victim(), Some(3));
+        assert_eq!(turn.next_victim(), Some(1), "wraps to the oldest live");
+    }
+
+    #[test]
+    fn a_silence_can_be_given_to_one_connection_at_a_time_after_it_opened() {
+        let faults = Faults {
+            silence_conn: Some(2),
+            silence_at: Some(Duration::from_secs(5)),
+            silence_after: Some(1),
+            ..Faults::default()
+        };
+        let mut first = FaultState::new(&faults, 1, 0);
+        let mut second = FaultState::new(&faults, 2, 0);
+        assert_eq!(first.first_silence(), None);
+        assert!(!first.sent_update().silence);
+        assert_eq!(second.first_silence(), Some(Duration::from_secs(5)));
+        assert!(second.sent_update().silence);
+        // Without silence_at, the periodic silence's first period.
+        let every = Faults {
+            silence_every: Some(Duration::from_secs(30)),
+            ..Faults::default()
+        };
+        assert_eq!(
+            FaultState::new(&every, 7, 0).first_silence(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
     fn settings_are_checked() {
         assert!("1.5".parse::<Probability>().is_err());
         assert!("-0.1".parse::<Probability>().is_err());
@@ -382,5 +510,15 @@ mod tests {
         };
         assert_eq!(zero.validate(), Err(FaultsError::Zero("drop_after")));
         assert!(Faults::default().validate().is_ok());
+        let zero_period = Faults {
+            drop_every: Some(Duration::ZERO),
+            ..Faults::default()
+        };
+        assert_eq!(zero_period.validate(), Err(FaultsError::ZeroPeriod));
+        let conn_zero = Faults {
+            silence_conn: Some(0),
+            ..Faults::default()
+        };
+        assert_eq!(conn_zero.validate(), Err(FaultsError::NoSuchConnection));
     }
 }

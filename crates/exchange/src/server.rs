@@ -139,6 +139,9 @@ impl Exchange {
             tracker: tracker.clone(),
         };
         tracker.spawn(acceptor.run(cancel.clone()));
+        if let Some(every) = shared.config.faults.drop_every {
+            tracker.spawn(drop_in_turn(Arc::clone(&shared), every, cancel.clone()));
+        }
         Ok(Exchange {
             local_addr,
             cancel,
@@ -223,6 +226,22 @@ impl Acceptor {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The `drop_every` fault: every `every`, drops the next live connection in turn.
+async fn drop_in_turn(shared: Arc<Shared>, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Some(conn) = shared.drop_next() {
+                    tracing::debug!(conn, "fault: drop_every");
                 }
             }
         }

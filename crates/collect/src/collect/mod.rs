@@ -5,6 +5,10 @@
 //! Connection tasks ──(bounded queue)──► journal thread ──(flushed seq)──► database pipeline
 //! ```
 //!
+//! With `redundancy` N (`collect --redundancy`), each group of symbols is recorded by N
+//! connection tasks (replicas, [`crate::feed::replicas`]) that share nothing but a gate; every
+//! replica's frames go to the one journal, in received order, each under its own connection id.
+//!
 //! Shutdown drains, never drops: on cancel the connections stop reading and close; the journal
 //! appends what is queued, syncs and closes; the database pipeline then commits what the journal
 //! holds, for up to `shutdown_grace`. Whatever the database has not received by then stays in the
@@ -22,7 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, all_pairs};
+use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, SharedGate, all_pairs};
 use crate::journal::{JournalConfig, JournalError, spawn_journal};
 use crate::metrics::{self, HealthSource, Metrics};
 
@@ -264,19 +268,33 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<FeedError>(1);
     let per = config.feed.symbols_per_connection.max(1);
-    for (index, chunk) in symbols.chunks(per).enumerate() {
-        let connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));
-        let token = feed_cancel.clone();
-        let failed = failed_tx.clone();
-        tasks.spawn(async move {
-            if let Err(e) = connection.run(token).await {
-                let _ = failed.send(e).await;
+    let redundancy = config
+        .feed
+        .redundancy
+        .clamp(1, crate::feed::replicas::MAX_REDUNDANCY);
+    for (group, chunk) in symbols.chunks(per).enumerate() {
+        // With redundancy, the group's replicas share a gate; the connection index (the
+        // backoff's seed) is unique per replica.
+        let gate = (redundancy > 1)
+            .then(|| Arc::new(SharedGate::new(redundancy, config.feed.replica_deadline)));
+        for replica in 0..redundancy {
+            let index = group * redundancy + replica;
+            let mut connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));
+            if let Some(gate) = &gate {
+                connection = connection.replica(replica, Arc::clone(gate));
             }
-        });
+            let token = feed_cancel.clone();
+            let failed = failed_tx.clone();
+            tasks.spawn(async move {
+                if let Err(e) = connection.run(token).await {
+                    let _ = failed.send(e).await;
+                }
+            });
+        }
     }
     drop(failed_tx);
     tasks.close();
-    tracing::info!(symbols = symbols.len(), connections = symbols.len().div_ceil(per), depth = %config.feed.depth, "feed: started");
+    tracing::info!(symbols = symbols.len(), connections = symbols.len().div_ceil(per) * redundancy, redundancy, depth = %config.feed.depth, "feed: started");
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Ok(()),

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
+use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
 use crate::kraken::{self, Frame, Request};
@@ -37,6 +38,12 @@ pub struct Connection {
     index: usize,
     symbols: Vec<String>,
     shared: Arc<FeedShared>,
+    /// This connection's settings: the feed's, with its replica's endpoint as `url`.
+    config: FeedConfig,
+    /// Which replica of its group this is, and the gate the group's replicas share (none
+    /// without redundancy).
+    replica: usize,
+    gate: Option<Arc<SharedGate>>,
     /// Open gaps and rejected symbols, carried from one session to the next.
     continuity: Continuity,
 }
@@ -65,23 +72,81 @@ impl Connection {
         Connection {
             index,
             symbols,
+            config: shared.config.clone(),
             shared,
+            replica: 0,
+            gate: None,
             continuity: Continuity::default(),
+        }
+    }
+
+    /// Replica `replica` of a group whose replicas share `gate` ([`super::replicas`]): it
+    /// connects to its replica's endpoint, starts `replica ×` the stagger after replica 0, and
+    /// asks the gate before each reconnect and resubscription.
+    pub fn replica(mut self, replica: usize, gate: Arc<SharedGate>) -> Self {
+        self.config = self.shared.config.for_replica(replica);
+        self.replica = replica;
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Waits until the gate lets this replica start `work` (at once without a gate); `false`
+    /// when cancelled meanwhile.
+    async fn wait_for_gate(&self, work: &Work, cancel: &CancellationToken) -> bool {
+        let Some(gate) = &self.gate else {
+            return true;
+        };
+        loop {
+            let changed = gate.changed();
+            match gate.try_start(self.replica, work, Instant::now()) {
+                Decision::Go => return true,
+                Decision::WaitUntil(at) => {
+                    tracing::debug!(
+                        replica = self.replica,
+                        ?work,
+                        "feed: waiting for another replica of the group"
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+            }
         }
     }
 
     /// Runs until `cancel`; returns an error only when recording became impossible.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), FeedError> {
-        let mut reconnect = Reconnect::new(&self.shared.config, 0x9e37_79b9 ^ self.index as u64);
+        let seed = 0x9e37_79b9 ^ self.index as u64 ^ ((self.replica as u64) << 32);
+        let mut reconnect = Reconnect::new(&self.shared.config, seed);
         // Whether this connection reported a broken setup on /health (cleared once it connects).
         let mut broken = false;
+        if self.gate.is_some() {
+            let mut rng = crate::rng::Rng::derive(seed, "replica stagger");
+            let first = start_delay(self.replica, self.config.replica_stagger, &mut rng);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(first) => {}
+            }
+        }
         loop {
+            if !self.wait_for_gate(&Work::Reconnect, &cancel).await {
+                return Ok(());
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = self.shared.connect_limiter.acquire() => {}
             }
             let conn_id = self.shared.last_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
-            let delay = match self.session(conn_id, &cancel, &mut broken).await {
+            let end = self.session(conn_id, &cancel, &mut broken).await;
+            // Whatever this replica had under way ended with the connection; while it waits to
+            // reconnect it holds no one (it is dark anyway: the others must not wait for it).
+            if let Some(gate) = &self.gate {
+                gate.finish(self.replica, &Work::Reconnect);
+                gate.connection_ended(self.replica);
+            }
+            let delay = match end {
                 SessionEnd::Cancelled => return Ok(()),
                 SessionEnd::Fatal(e) => return Err(e),
                 SessionEnd::Unreachable(error) => {
@@ -135,7 +200,7 @@ impl Connection {
         cancel: &CancellationToken,
         broken: &mut bool,
     ) -> SessionEnd {
-        let config = &self.shared.config;
+        let config = &self.config;
         let connect = tokio::time::timeout(config.connect_timeout, open(config));
         let mut socket = tokio::select! {
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
@@ -176,20 +241,41 @@ impl Connection {
             conn_id,
             &self.symbols,
             std::mem::take(&mut self.continuity),
-            &shared.config,
+            &self.config,
             Arc::clone(&shared.metrics),
             Instant::now(),
             Timestamp::now(),
         );
-        tracing::info!(connection = conn_id, url = %shared.config.url, symbols = session.asked().len(), "feed: connected");
+        tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With a gate: whether this replica's reconnect is still under way (until every symbol
+        // verified), the symbols it is resubscribing, and until when the gate holds the next one.
+        let gate = self.gate.clone();
+        let mut reconnecting = gate.is_some();
+        let mut resubscribing: Vec<String> = Vec::new();
+        let mut resubscribe_held_until: Option<Instant> = None;
         let why = loop {
             match carry_out(&mut session, socket, &shared).await {
                 Ok(None) => {}
                 Ok(Some(why)) => break why,
                 Err(e) => return SessionEnd::Fatal(e),
             }
+            if let Some(gate) = &gate {
+                if reconnecting && session.all_verified() {
+                    reconnecting = false;
+                    gate.finish(self.replica, &Work::Reconnect);
+                }
+                resubscribing.retain(|symbol| {
+                    let done = session.is_verified(symbol);
+                    if done {
+                        gate.finish(self.replica, &Work::Resubscribe(symbol.clone()));
+                    }
+                    !done
+                });
+            }
+            let resubscribe_now = session.wants_resubscribe()
+                && resubscribe_held_until.is_none_or(|t| Instant::now() >= t);
             tokio::select! {
                 _ = cancel.cancelled() => return SessionEnd::Cancelled,
                 _ = tick.tick() => {
@@ -197,8 +283,23 @@ impl Connection {
                     shared.metrics.journal_queue.store(depth as u64, Ordering::Relaxed);
                     session.on_timer(Instant::now());
                 }
-                _ = shared.resubscribe_limiter.acquire(), if session.wants_resubscribe() => {
-                    session.on_resubscribe_permit(Instant::now());
+                _ = shared.resubscribe_limiter.acquire(), if resubscribe_now => {
+                    let now = Instant::now();
+                    match (&gate, session.next_resubscribe()) {
+                        (Some(gate), Some(symbol)) => {
+                            let work = Work::Resubscribe(symbol.to_owned());
+                            match gate.try_start(self.replica, &work, now) {
+                                Decision::Go => {
+                                    resubscribe_held_until = None;
+                                    resubscribing.push(symbol.to_owned());
+                                    session.on_resubscribe_permit(now);
+                                }
+                                // Asked again at the next tick at the latest.
+                                Decision::WaitUntil(at) => resubscribe_held_until = Some(at.min(now + Duration::from_secs(1))),
+                            }
+                        }
+                        _ => session.on_resubscribe_permit(now),
+                    }
                 }
                 // The deadline is fixed by the last Kraken frame, not by this loop turn: the other
                 // branches (the tick, permits, protocol pings) must not push it back.

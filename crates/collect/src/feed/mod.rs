@@ -28,11 +28,17 @@
 //!   [`FeedConfig::max_frame_bytes`] is refused unread, recorded as a `frame_too_large` event and
 //!   the connection reopened; `collect --all` refuses an instrument list longer than
 //!   [`FeedConfig::max_symbols`]; logs of what a peer can repeat are bounded, and every peer text
-//!   printed goes through [`crate::text::printable`].
+//!   printed goes through [`crate::text::printable`];
+//! - with [`FeedConfig::redundancy`] N, every group of symbols has N [`Connection`]s (replicas:
+//!   separate sockets, ids, sessions and books, replica k on endpoint k mod the number of
+//!   endpoints), staggered at start; a replica does not start a reconnect or a resubscription
+//!   while another replica of its group darkens the same symbols, for at most a deadline
+//!   ([`replicas`]).
 
 mod backoff;
 mod connection;
 mod error;
+pub mod replicas;
 pub mod session;
 
 use std::sync::Arc;
@@ -42,6 +48,7 @@ use std::time::Duration;
 pub use backoff::{Backoff, Pace, RateLimiter, Reconnect};
 pub use connection::{Connection, all_pairs, fetch_pairs};
 pub use error::{ConnectError, Lost, is_rate_limit_text};
+pub use replicas::{Decision, Gate, SharedGate, Work};
 pub use session::{Action, Continuity, Received, Session};
 
 use crate::journal::Entry;
@@ -56,8 +63,17 @@ pub const DEFAULT_MAX_SYMBOLS: usize = 2000;
 /// How the feed connects and paces itself.
 #[derive(Clone, Debug)]
 pub struct FeedConfig {
-    /// The WebSocket URL (`wss://ws.kraken.com/v2`).
+    /// The WebSocket URL (`wss://ws.kraken.com/v2`): the first endpoint.
     pub url: url::Url,
+    /// Further endpoints: replica k of a group connects to endpoint `k mod` their number, the
+    /// endpoints being `url` then these.
+    pub more_urls: Vec<url::Url>,
+    /// Connections per symbol group (`--redundancy`, 1 to [`replicas::MAX_REDUNDANCY`]).
+    pub redundancy: usize,
+    /// Replica k of a group first connects `k ×` this after replica 0 (jittered).
+    pub replica_stagger: Duration,
+    /// The longest one replica's reconnect or resubscription holds the others of its group.
+    pub replica_deadline: Duration,
     /// Book depth.
     pub depth: Depth,
     /// Symbols per connection.
@@ -100,6 +116,10 @@ impl FeedConfig {
     pub fn new(url: url::Url, depth: Depth) -> Self {
         FeedConfig {
             url,
+            more_urls: Vec::new(),
+            redundancy: 1,
+            replica_stagger: replicas::DEFAULT_STAGGER,
+            replica_deadline: replicas::DEFAULT_DEADLINE,
             depth,
             symbols_per_connection: 100,
             silence_timeout: Duration::from_secs(5),
@@ -114,6 +134,25 @@ impl FeedConfig {
             max_symbols: DEFAULT_MAX_SYMBOLS,
             resubscribe_retry: Duration::from_secs(60),
             book_state_every: 10_000,
+        }
+    }
+
+    /// Every endpoint: `url`, then `more_urls`.
+    pub fn endpoints(&self) -> Vec<url::Url> {
+        std::iter::once(self.url.clone())
+            .chain(self.more_urls.iter().cloned())
+            .collect()
+    }
+
+    /// This configuration as replica `replica` of a group uses it: its endpoint as `url`.
+    pub fn for_replica(&self, replica: usize) -> FeedConfig {
+        let endpoints = self.endpoints();
+        let url = replicas::endpoint(&endpoints, replica)
+            .cloned()
+            .unwrap_or_else(|| self.url.clone());
+        FeedConfig {
+            url,
+            ..self.clone()
         }
     }
 }

@@ -260,6 +260,26 @@ impl Session {
         !self.closing && self.books_requested && !self.pending_resubscribe.is_empty()
     }
 
+    /// The symbol the next resubscribe permit would resubscribe, if any.
+    pub fn next_resubscribe(&self) -> Option<&str> {
+        self.pending_resubscribe.front().map(String::as_str)
+    }
+
+    /// Whether this connection's book of `symbol` is verified now.
+    pub fn is_verified(&self, symbol: &str) -> bool {
+        self.symbols
+            .get(symbol)
+            .is_some_and(|s| s.stream.is_verified())
+    }
+
+    /// Whether every symbol asked for on this connection (the rejected ones aside) is verified
+    /// now: the connection's reconnect is over.
+    pub fn all_verified(&self) -> bool {
+        self.symbols.iter().all(|(symbol, state)| {
+            state.stream.is_verified() || self.continuity.is_rejected(symbol)
+        })
+    }
+
     /// The shared limiter granted a permit: resubscribe the next symbol waiting (unsubscribe,
     /// then subscribe with a snapshot).
     pub fn on_resubscribe_permit(&mut self, now: Instant) {

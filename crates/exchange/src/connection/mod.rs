@@ -146,6 +146,8 @@ pub struct Connection<S> {
     queue_tx: mpsc::Sender<Delivery>,
     overflow: CancellationToken,
     cancel: CancellationToken,
+    /// Cancelled by the `drop_every` fault when this connection's turn comes.
+    dropped: CancellationToken,
     /// Book subscriptions by symbol: (subscription, depth).
     books: HashMap<String, (SubId, Depth)>,
     active: HashSet<SubId>,
@@ -174,7 +176,8 @@ where
         let connection_id = shared.connection_id(conn);
         let faults = FaultState::new(&shared.config.faults, conn, seed);
         let now = Instant::now();
-        let next_silence = faults.silence_every().map(|every| now + every);
+        let next_silence = faults.first_silence().map(|after| now + after);
+        let dropped = shared.opened(conn);
         Connection {
             conn,
             connection_id,
@@ -184,6 +187,7 @@ where
             queue_tx,
             overflow: CancellationToken::new(),
             cancel,
+            dropped,
             books: HashMap::new(),
             active: HashSet::new(),
             instrument: false,
@@ -199,6 +203,7 @@ where
     /// Serves the connection until it ends, then releases its subscriptions.
     pub async fn run(mut self) -> Closed {
         let reason = self.serve().await;
+        self.shared.closed(self.conn);
         self.shared.market.disconnect(self.conn);
         match &reason {
             Closed::SlowClient => bump(&self.shared.stats.slow_client_disconnects),
@@ -227,12 +232,14 @@ where
         }
         let cancel = self.cancel.clone();
         let overflow = self.overflow.clone();
+        let dropped = self.dropped.clone();
         loop {
             if let Some(until) = self.silent_until {
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Closed::Shutdown,
                     _ = overflow.cancelled() => return Closed::SlowClient,
+                    _ = dropped.cancelled() => return self.drop_fault().await,
                     _ = sleep_until(until) => self.silent_until = None,
                     n = self.queue.recv_many(&mut self.batch, BATCH) => {
                         add(&self.shared.stats.frames_discarded_in_silence, n as u64);
@@ -246,6 +253,7 @@ where
                 biased;
                 _ = cancel.cancelled() => return self.shutdown().await,
                 _ = overflow.cancelled() => return Closed::SlowClient,
+                _ = dropped.cancelled() => return self.drop_fault().await,
                 msg = self.ws.next() => match msg {
                     None => return Closed::Client,
                     Some(Err(e)) => return Closed::from_ws(e),
@@ -257,9 +265,11 @@ where
                     guard(self.deliver(), &overflow, &cancel).await
                 }
                 _ = sleep_until(self.next_silence.unwrap_or_else(Instant::now)), if self.next_silence.is_some() => {
-                    if let (Some(at), Some(every)) = (self.next_silence, self.faults.silence_every()) {
-                        self.next_silence = Some(at + every);
-                    }
+                    // A one-shot silence (`silence_at` alone) does not come back.
+                    self.next_silence = match (self.next_silence, self.faults.silence_every()) {
+                        (Some(at), Some(every)) => Some(at + every),
+                        _ => None,
+                    };
                     self.start_silence().await;
                     Ok(())
                 }
@@ -272,6 +282,14 @@ where
                 return c;
             }
         }
+    }
+
+    /// The `drop_every` fault chose this connection: what was written reaches the client, then
+    /// the socket closes without a WebSocket close.
+    async fn drop_fault(&mut self) -> Closed {
+        self.log_fault("drop", None).await;
+        let _ = self.flush().await;
+        Closed::DropFault
     }
 
     async fn shutdown(&mut self) -> Closed {
@@ -406,6 +424,7 @@ mod tests {
         client: WebSocketStream<DuplexStream>,
         market: Arc<HandMarket>,
         stats: Arc<Stats>,
+        shared: Arc<Shared>,
         cancel: CancellationToken,
         task: tokio::task::JoinHandle<Closed>,
     }
@@ -428,11 +447,13 @@ mod tests {
             None,
         ));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(Connection::new(1, server, shared, cancel.clone()).run());
+        let task =
+            tokio::spawn(Connection::new(1, server, Arc::clone(&shared), cancel.clone()).run());
         Setup {
             client,
             market,
             stats,
+            shared,
             cancel,
             task,
         }
@@ -574,6 +595,81 @@ mod tests {
         }
         assert_eq!(times, [1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15, 16]);
         assert_eq!(s.stats.snapshot().fault_silences, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silence_at_a_time_comes_once() {
+        let faults = Faults {
+            silence_at: Some(Duration::from_millis(3500)),
+            silence_for: Duration::from_secs(2),
+            ..Faults::default()
+        };
+        let mut s = setup(faults, 64).await;
+        let start = Instant::now();
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"instrument","snapshot":false}}"#,
+        )
+        .await;
+        next(&mut s.client).await.unwrap();
+        let mut times = Vec::new();
+        while times.len() < 8 {
+            assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+            times.push((Instant::now() - start).as_millis());
+        }
+        // Quiet from 3.5 s to 5.5 s (the heartbeat due meanwhile goes out at its end), then a
+        // heartbeat a second apart, never quiet again.
+        assert_eq!(times, [1000, 2000, 3000, 5500, 6500, 7500, 8500, 9500]);
+        assert_eq!(s.stats.snapshot().fault_silences, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silence_for_another_connection_leaves_this_one_alone() {
+        let faults = Faults {
+            silence_conn: Some(2),
+            silence_at: Some(Duration::from_secs(2)),
+            silence_every: Some(Duration::from_secs(3)),
+            ..Faults::default()
+        };
+        let mut s = setup(faults, 64).await;
+        next(&mut s.client).await.unwrap();
+        send(
+            &mut s.client,
+            r#"{"method":"subscribe","params":{"channel":"instrument","snapshot":false}}"#,
+        )
+        .await;
+        next(&mut s.client).await.unwrap();
+        let start = Instant::now();
+        for n in 1..=8 {
+            assert_eq!(next(&mut s.client).await.unwrap(), encode::HEARTBEAT);
+            assert_eq!(Instant::now() - start, Duration::from_secs(n));
+        }
+        assert_eq!(s.stats.snapshot().fault_silences, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_every_closes_the_connection_whose_turn_it_is_without_a_close_frame() {
+        let mut s = subscribed(Faults::default(), 64).await;
+        next(&mut s.client).await.unwrap();
+        next(&mut s.client).await.unwrap();
+        assert_eq!(s.shared.drop_next(), Some(1));
+        // The socket ends: no close frame (an error or the end of the stream).
+        loop {
+            match s.client.next().await {
+                Some(Ok(Message::Close(_))) => panic!("a drop sends no WebSocket close"),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        assert_eq!(s.task.await.unwrap(), Closed::DropFault);
+        assert_eq!(s.stats.snapshot().fault_drops, 1);
+        assert_eq!(
+            s.shared.drop_next(),
+            None,
+            "a closed connection leaves the turn"
+        );
+        s.cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]

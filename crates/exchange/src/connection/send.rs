@@ -153,7 +153,7 @@ where
         self.silent_until = Some(Instant::now() + d);
     }
 
-    async fn log_fault(&self, fault: &'static str, frame: Option<Utf8Bytes>) {
+    pub(super) async fn log_fault(&self, fault: &'static str, frame: Option<Utf8Bytes>) {
         tracing::debug!(conn = self.conn, fault, "fault");
         if let Some(log) = &self.shared.log {
             log.send(LogEntry::Fault {

@@ -86,6 +86,18 @@ const ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity
       AND seq <= $6 \
     ORDER BY seq, ordinal";
 
+/// [`ENTRIES`] of one stream: the entries table has no connection column, so the start's
+/// connection ($7) is matched through its messages. A collector with redundant connections
+/// interleaves several streams' seqs, so a stream's span holds other streams' records too.
+const STREAM_ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity, \"timestamp\", received_at \
+    FROM kraken_orderbook_entries \
+    WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
+      AND seq <= $6 \
+      AND seq IN (SELECT m.seq FROM kraken_orderbook_messages m \
+                   WHERE m.symbol = $1 AND m.collector = $2 AND m.conn_id = $7 \
+                     AND m.\"timestamp\" >= $3 AND m.\"timestamp\" <= $4 AND m.seq > $5 AND m.seq <= $6) \
+    ORDER BY seq, ordinal";
+
 impl BookCursor {
     /// The latest starting point (snapshot or state) of `symbol` at or before `at`, on
     /// `collector`'s record (any collector when `None`).
@@ -250,7 +262,7 @@ impl BookCursor {
         start: Start,
         to: Timestamp,
     ) -> Result<BookCursor, ReadbackError> {
-        Self::open_bounded(client, symbol, start, to, i64::MAX).await
+        Self::open_inner(client, symbol, start, to, i64::MAX, false).await
     }
 
     /// [`open`](Self::open), stepping only through messages whose `seq` is at most `last_seq`
@@ -262,6 +274,19 @@ impl BookCursor {
         start: Start,
         to: Timestamp,
         last_seq: i64,
+    ) -> Result<BookCursor, ReadbackError> {
+        Self::open_inner(client, symbol, start, to, last_seq, true).await
+    }
+
+    /// `one_stream`: only the start's connection's messages (a stream's span), or every message
+    /// of the collector (a record followed across its connections).
+    async fn open_inner(
+        client: &Client,
+        symbol: &str,
+        start: Start,
+        to: Timestamp,
+        last_seq: i64,
+        one_stream: bool,
     ) -> Result<BookCursor, ReadbackError> {
         let mut book;
         let mut synced = false;
@@ -304,18 +329,21 @@ impl BookCursor {
                 book = OrderBook::with_precision(subscribed.unwrap_or(1000), precision);
             }
         }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &symbol,
             &start.collector,
             &start.timestamp,
             &to,
             &after_seq,
             &last_seq,
+            &start.conn_id,
         ];
-        let rows = client
-            .query_raw(ENTRIES, params)
-            .await
-            .map_err(StoreError::db("reading book levels"))?;
+        let rows = if one_stream {
+            client.query_raw(STREAM_ENTRIES, params).await
+        } else {
+            client.query_raw(ENTRIES, params[..6].iter().copied()).await
+        };
+        let rows = rows.map_err(StoreError::db("reading book levels"))?;
         Ok(BookCursor {
             symbol: symbol.to_owned(),
             start,
