@@ -21,9 +21,15 @@ Kinds (--kind):
                every held level before each snapshot, the file alone rebuilds `book --at`'s book
                (and an empty book in gaps) in tardis's rule, nautilus_trader's and hftbacktest's
                loaders alike (--stored-only: the stored levels and nothing else).
+               Recorded by several collectors (or connections), it is one merged stream: it
+               follows one stream and, where that one stops being verified, writes the book of
+               another verified there as snapshot rows; a gap only where every stream was dark.
+               --collector NAME follows that collector's streams only.
   snapshots    tardis.dev book_snapshot_N: the top --depth levels every --interval, from the book
                rebuilt with every checksum verified; instants in a gap are skipped.
   messages     the stored messages (raw JSON) with their checksum verdicts.
+  (snapshots, messages and --stored-only read one collector: a range several recorded needs
+  --collector NAME.)
 
 Times: --from and --to are RFC 3339 (2026-11-24T10:00:00Z) or a date (2026-11-24), on Kraken's
 clock; --from is included, --to is not. In the files, times are microseconds since the epoch (UTC).

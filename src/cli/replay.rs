@@ -23,7 +23,11 @@ range it finds (kind, seqs, segment, byte offset) and verifies every intact reco
 From the database it checks every stored copy of every book message against the others: the
 levels and checksum inside raw_message, its entry rows (exact decimals, in order), the messages
 row's checksum, checksum_ok, best bid and ask and message type, and the book states; each
-disagreement is reported with its collector, seq, symbol and the two copies. Without --from/--to
+disagreement is reported with its collector, seq, symbol and the two copies. Then, wherever two
+streams of a symbol (two collectors, or two connections) were verified at once, their books are
+compared at every Kraken timestamp both have a message at, every level down to the smaller depth
+(the checksum covers only the top ten): each disagreement is reported with both collectors and
+seqs, and the common instants that agreed are counted. Without --from/--to
 it verifies the whole database (a progress bar on stderr, unless --quiet or not a terminal);
 --from/--to (Kraken's clock), --symbol and --collector narrow it. Exit status: 0 everything
 verified and agreed; 1 a disagreement, or records lost (from the journal; or, in the database,
@@ -187,12 +191,25 @@ async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
             .build()?;
         runtime.block_on(async {
             let mut client = target.connect("krakenbook replay").await?;
-            let report = replay::verify_database(&mut client, &scope, |p| {
+            let mut report = replay::verify_database(&mut client, &scope, |p| {
                 progress.set_length(p.total);
                 progress.set_position(p.done);
                 progress.set_message(p.messages.to_string());
             })
             .await?;
+            if !report.verified_nothing() {
+                // Overlapping streams' books, each pair read on two connections.
+                let other = target.connect("krakenbook replay").await?;
+                report.cross = replay::cross_check(
+                    &client,
+                    &other,
+                    &scope.symbols,
+                    scope.collector.as_deref(),
+                    scope.from,
+                    scope.to,
+                )
+                .await?;
+            }
             anyhow::Ok(report)
         })
     })
@@ -221,6 +238,8 @@ fn render(r: &ReplayReport, database: bool) -> String {
     let mut out = String::new();
     let verdict = if r.disagreement_count > 0 {
         "DISAGREEMENTS FOUND"
+    } else if r.cross.disagreement_count > 0 {
+        "OVERLAPPING STREAMS DISAGREE"
     } else if r.lost_seqs > 0 {
         "every intact record's verdict reproduced, but RECORDS ARE LOST"
     } else if r.records_missing > 0 {
@@ -308,6 +327,43 @@ fn render(r: &ReplayReport, database: bool) -> String {
             "  {} entry rows compared with their raw levels; {} messages stored raw on purpose, checked against their stored_raw event",
             r.entries_compared, r.stored_raw
         );
+    }
+    if database {
+        let c = &r.cross;
+        let _ = writeln!(
+            out,
+            "  cross-check: {} overlaps of two streams, {} common instants compared, {} agreed, {} disagreed",
+            c.overlaps, c.compared, c.agreed, c.disagreement_count
+        );
+        if c.unopened > 0 {
+            let _ = writeln!(
+                out,
+                "  {} overlaps not compared: a stream's book could not be rebuilt there",
+                c.unopened
+            );
+        }
+        for d in &c.disagreements {
+            let _ = writeln!(
+                out,
+                "  {} at {}: {} connection {} seq {} and {} connection {} seq {} disagree: {}",
+                printable(&d.symbol),
+                d.at,
+                printable(&d.a.collector),
+                d.a.conn_id,
+                d.a.seq,
+                printable(&d.b.collector),
+                d.b.conn_id,
+                d.b.seq,
+                printable(&d.what)
+            );
+        }
+        if c.disagreement_count > c.disagreements.len() as u64 {
+            let _ = writeln!(
+                out,
+                "  ... {} cross-check disagreements in all",
+                c.disagreement_count
+            );
+        }
     }
     if r.records_missing > 0 {
         let _ = writeln!(

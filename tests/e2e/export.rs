@@ -65,7 +65,7 @@ fn export_output(rec: &Recording, args: &[&str]) -> Output {
 }
 
 /// Runs `krakenbook export ARGS -o PATH`.
-fn export_to(rec: &Recording, args: &[&str], path: &Path) -> Output {
+pub(crate) fn export_to(rec: &Recording, args: &[&str], path: &Path) -> Output {
     export(rec, &[args, &["-o", path.to_str().unwrap()]].concat())
 }
 
@@ -87,7 +87,7 @@ fn read_csv_bytes(bytes: &[u8]) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
-fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     read_csv_bytes(&std::fs::read(path).unwrap())
 }
 
@@ -95,7 +95,7 @@ fn t(s: &str) -> String {
     s.to_owned()
 }
 
-fn micros(s: &str) -> i64 {
+pub(crate) fn micros(s: &str) -> i64 {
     s.parse().unwrap()
 }
 
@@ -104,7 +104,7 @@ fn dec(s: &str) -> Decimal {
 }
 
 /// The full range of a recording, as `--from` and `--to` texts.
-fn range_args(rec: &Recording) -> (String, String) {
+pub(crate) fn range_args(rec: &Recording) -> (String, String) {
     let (from, to) = rec.all();
     (from.to_string(), to.to_string())
 }
@@ -137,10 +137,16 @@ async fn stored_levels(
         .collect()
 }
 
+/// The collector a recording's reads name: its own, or none (every collector's, merged) when its
+/// `collector` is empty (a recording of several collectors).
+pub(crate) fn reads(rec: &Recording) -> Option<&str> {
+    (!rec.collector.is_empty()).then_some(rec.collector.as_str())
+}
+
 /// A symbol's coverage on the recording: the coverage model's, as `book --at` and `query` get it.
-async fn coverage_of(client: &Client, rec: &Recording, symbol: &str) -> Coverage {
+pub(crate) async fn coverage_of(client: &Client, rec: &Recording, symbol: &str) -> Coverage {
     Source::Database(client)
-        .coverage_of(symbol, Some(&rec.collector))
+        .coverage_of(symbol, reads(rec))
         .await
         .unwrap()
 }
@@ -208,7 +214,7 @@ fn consumers() -> Vec<(&'static str, Box<dyn Consumer>)> {
 /// `book SYMBOL --at T` for the recording's collector, remembered: the book where it is
 /// verified, `None` in a gap.
 #[derive(Default)]
-struct BookAt(HashMap<(String, i64), Option<Book>>);
+pub(crate) struct BookAt(HashMap<(String, i64), Option<Book>>);
 
 impl BookAt {
     async fn get(
@@ -221,7 +227,7 @@ impl BookAt {
         if let Some(b) = self.0.get(&(symbol.to_owned(), at)) {
             return b.clone();
         }
-        let book = readback::book_at(client, symbol, at_micros(at), DEPTH, Some(&rec.collector))
+        let book = readback::book_at(client, symbol, at_micros(at), DEPTH, reads(rec))
             .await
             .unwrap();
         let answer = if book.gap.is_some() {
@@ -241,9 +247,9 @@ impl BookAt {
 
 /// Books compared: at verified instants, and in gaps (each per consumer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Compared {
-    verified: usize,
-    in_gaps: usize,
+pub(crate) struct Compared {
+    pub(crate) verified: usize,
+    pub(crate) in_gaps: usize,
 }
 
 /// Replays the file's rows of each symbol through each kind of consumer: once it has applied
@@ -251,7 +257,7 @@ struct Compared {
 /// coverage model verifies it, and an empty book in a gap. The instants: every stored message
 /// of the symbol in `[from, to)` (those left out too), `from`, and each bound of the coverage
 /// (a span's first and last microsecond, a gap's first and middle one).
-async fn assert_file_rebuilds_the_books(
+pub(crate) async fn assert_file_rebuilds_the_books(
     client: &Client,
     rec: &Recording,
     symbols: &[&str],
@@ -274,10 +280,10 @@ async fn assert_file_rebuilds_the_books(
             .query(
                 "SELECT DISTINCT (extract(epoch FROM \"timestamp\") * 1000000)::bigint
                    FROM kraken_orderbook_messages
-                  WHERE symbol = $1 AND collector = $2 AND channel = 'book'
+                  WHERE symbol = $1 AND ($2::text IS NULL OR collector = $2) AND channel = 'book'
                     AND message_type IN ('snapshot', 'update')
                     AND \"timestamp\" >= $3 AND \"timestamp\" < $4",
-                &[&symbol, &rec.collector, &from, &to],
+                &[&symbol, &reads(rec), &from, &to],
             )
             .await
             .unwrap()

@@ -10,6 +10,7 @@ mod export;
 mod feed;
 mod journal;
 mod level_order;
+mod merged;
 mod metrics;
 mod pipeline;
 mod plot;

@@ -5,8 +5,10 @@
 //! What must hold:
 //! - a symbol never recorded, a range in which a symbol has no book message and no verified book
 //!   (a quiet pair's book is verified long after its last message: such a range is read), or a
-//!   range recorded by several collectors (without `--collector`) is refused with a one-line error
-//!   that says what is recorded, before a file is written;
+//!   range recorded by several collectors (without `--collector`, by a reader that cannot merge
+//!   them) is refused with a one-line error that says what is recorded, before a file is written;
+//! - a reader that merges collectors (the incremental export) gets every collector that recorded
+//!   the range, in name order, in [`Selection::merged`]; `--collector` still restricts it to one;
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   coverage model's lookups): none scans a day of rows;
 //! - which instants have a book is the coverage model's to say ([`crate::history`], the same
@@ -32,8 +34,18 @@ pub(crate) async fn coverage(
     collector: &str,
     symbol: &str,
 ) -> Result<Coverage, ReadbackError> {
+    coverage_of(client, Some(collector), symbol).await
+}
+
+/// The coverage of `symbol` on `collector`'s record, or on every collector's (`None`: the union
+/// the merged export follows).
+pub(crate) async fn coverage_of(
+    client: &Client,
+    collector: Option<&str>,
+    symbol: &str,
+) -> Result<Coverage, ReadbackError> {
     Ok(Source::Database(client)
-        .coverage_of(symbol, Some(collector))
+        .coverage_of(symbol, collector)
         .await?)
 }
 
@@ -46,8 +58,32 @@ pub struct Selection {
     pub from: Timestamp,
     /// The range's end (exclusive).
     pub to: Timestamp,
-    /// The collector whose record is read.
+    /// The collector whose record is read (the first of [`merged`](Self::merged) when several
+    /// are).
     pub collector: String,
+    /// The collectors whose records are merged, in name order, when several recorded the range
+    /// and the reader merges them; empty when one collector's record is read.
+    pub merged: Vec<String>,
+}
+
+impl Selection {
+    /// The collectors read: [`merged`](Self::merged), or the one.
+    pub fn collectors(&self) -> Vec<String> {
+        if self.merged.is_empty() {
+            vec![self.collector.clone()]
+        } else {
+            self.merged.clone()
+        }
+    }
+
+    /// How the collectors read are named in reports and file metadata (`A+B` when merged).
+    pub fn collector_label(&self) -> String {
+        if self.merged.is_empty() {
+            self.collector.clone()
+        } else {
+            self.merged.join("+")
+        }
+    }
 }
 
 /// Why a selection was refused.
@@ -90,9 +126,9 @@ pub enum SourceError {
         /// What is recorded, for the message.
         recorded: String,
     },
-    /// Several collectors recorded the symbols in the range.
+    /// Several collectors recorded the symbols in the range, and the reader reads one.
     #[error(
-        "the range was recorded by several collectors ({collectors}): choose one with --collector NAME"
+        "the range was recorded by several collectors ({collectors}): choose one with --collector NAME (only the incremental export merges them)"
     )]
     SeveralCollectors {
         /// Their names.
@@ -124,13 +160,16 @@ pub enum SourceError {
     },
 }
 
-/// Checks the symbols and the range, and finds the collector whose record is read.
+/// Checks the symbols and the range, and finds the collector whose record is read; without
+/// `collector`, when several recorded the range, all of them if `merge` (the reader merges their
+/// streams), else the selection is refused.
 pub async fn select(
     client: &Client,
     symbols: &[String],
     from: Timestamp,
     to: Timestamp,
     collector: Option<&str>,
+    merge: bool,
 ) -> Result<Selection, SourceError> {
     if from >= to {
         return Err(SourceError::EmptyRange { from, to });
@@ -141,6 +180,7 @@ pub async fn select(
     for symbol in symbols {
         check_symbol(client, symbol, from, to).await?;
     }
+    let mut merged = Vec::new();
     let collector = match collector {
         Some(c) => {
             if !collector_has_data(client, c, symbols, from, to).await? {
@@ -164,6 +204,10 @@ pub async fn select(
             match found.len() {
                 0 => return Err(SourceError::NoCollector { from, to }),
                 1 => found.remove(0),
+                _ if merge => {
+                    merged = found.clone();
+                    found.remove(0)
+                }
                 _ => {
                     return Err(SourceError::SeveralCollectors {
                         collectors: found.join(", "),
@@ -177,6 +221,7 @@ pub async fn select(
         from,
         to,
         collector,
+        merged,
     })
 }
 

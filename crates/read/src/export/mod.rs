@@ -225,7 +225,8 @@ pub struct ExportRequest {
     pub from: Timestamp,
     /// Range end (exclusive).
     pub to: Timestamp,
-    /// The collector whose record to read (`None`: the only one that recorded the range).
+    /// The collector whose record to read (`None`: every collector that recorded the range,
+    /// merged by the incremental export; the other kinds and `--stored-only` need it to be one).
     pub collector: Option<String>,
     /// What to export.
     pub kind: Kind,
@@ -263,7 +264,7 @@ pub struct DepthClamp {
 /// What an export wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportReport {
-    /// The collector whose record was read.
+    /// The collector whose record was read (`A+B` when several were merged).
     pub collector: String,
     /// The files written (none for standard output).
     pub files: Vec<FileReport>,
@@ -296,6 +297,9 @@ pub struct ExportReport {
     pub coverage_starts: u64,
     /// Incremental: gaps whose start was written as a deletion of every level held.
     pub gaps_cleared: u64,
+    /// Incremental: books written where the stream followed changed without a gap (another
+    /// connection or collector verified where the one followed stopped being).
+    pub stream_switches: u64,
     /// Incremental: stored messages in range left out: outside the coverage (the updates of an
     /// unverified book after a mismatch, before coverage starts, ...).
     pub messages_left_out: u64,
@@ -342,6 +346,12 @@ pub fn coverage_summary(report: &ExportReport, from: Timestamp) -> String {
         "; {} coverage starts, {} gaps cleared ({} deletions), {} messages outside the coverage left out",
         report.coverage_starts, report.gaps_cleared, report.gap_deletions, report.messages_left_out
     ));
+    if report.stream_switches > 0 {
+        text.push_str(&format!(
+            "; {} stream switches (the book of another stream where the one followed stopped being verified)",
+            report.stream_switches
+        ));
+    }
     if report.unverified_starts > 0 {
         text.push_str(&format!(
             "; {} pieces of coverage left out: their book could not be rebuilt and verified from the stored records",
@@ -652,10 +662,11 @@ pub async fn export(
         request.from,
         request.to,
         request.collector.as_deref(),
+        request.kind == Kind::Incremental && !request.stored_only,
     )
     .await?;
     let mut report = ExportReport {
-        collector: selection.collector.clone(),
+        collector: selection.collector_label(),
         ..ExportReport::default()
     };
     let mut info: HashMap<String, Recorded> = HashMap::new();
@@ -771,7 +782,7 @@ async fn write_part(
         ("krakenbook.to".to_owned(), request.to.to_string()),
         (
             "krakenbook.collector".to_owned(),
-            selection.collector.clone(),
+            selection.collector_label(),
         ),
     ];
     let sink = match request.kind {
@@ -915,8 +926,8 @@ pub(crate) async fn stored_scales(
         .query_one(
             "SELECT coalesce(max(scale(price)), 0), coalesce(max(scale(quantity)), 0)
                FROM kraken_orderbook_entries
-              WHERE symbol = ANY($1) AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" < $4",
-            &[&selection.symbols, &selection.collector, &since, &selection.to],
+              WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4",
+            &[&selection.symbols, &selection.collectors(), &since, &selection.to],
         )
         .await
         .map_err(StoreError::db("finding the decimal scales"))?;

@@ -161,6 +161,7 @@ pub async fn plot(
         request.from,
         request.to,
         request.collector.as_deref(),
+        false,
     )
     .await?;
     let mut report = PlotReport {

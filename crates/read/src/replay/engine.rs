@@ -93,6 +93,8 @@ pub struct ReplayReport {
     /// The database: message rows without a collector or seq (written by another tool): they
     /// have no received order to replay them in, and are not verified.
     pub unordered_rows: u64,
+    /// The database: overlapping streams' books compared at their common instants.
+    pub cross: super::cross::CrossCheck,
 }
 
 /// One damage item of a journal, as reported.
@@ -115,10 +117,13 @@ pub struct DamageFound {
 }
 
 impl ReplayReport {
-    /// Whether every recorded verdict and state was reproduced (every stored copy agreed) and no
-    /// record was lost.
+    /// Whether every recorded verdict and state was reproduced (every stored copy agreed, and
+    /// overlapping streams' books too) and no record was lost.
     pub fn is_clean(&self) -> bool {
-        self.disagreement_count == 0 && self.lost_seqs == 0 && self.records_missing == 0
+        self.disagreement_count == 0
+            && self.lost_seqs == 0
+            && self.records_missing == 0
+            && self.cross.disagreement_count == 0
     }
 
     /// Book messages replayed, over every symbol.

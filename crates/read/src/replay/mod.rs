@@ -7,9 +7,12 @@
 //! book message several times over (its raw frame, its entry rows, its messages row's columns, the
 //! book states after it): [`verify_database`] rebuilds the books from both the raw frames and the
 //! entry rows and sets every copy against the others ([`copies`] says which and how), over the
-//! whole database by default.
+//! whole database by default. [`cross_check`] (run after it by `replay --verify`) compares, where
+//! two streams of a symbol (two collectors, or two connections) were verified at once, their books
+//! at every common Kraken timestamp ([`cross`]).
 
 pub mod copies;
+pub mod cross;
 mod db;
 mod engine;
 mod serve;
@@ -17,6 +20,7 @@ mod serve;
 use std::path::Path;
 
 pub use copies::{CopyVerifier, StoredCopy};
+pub use cross::{CrossCheck, CrossDisagreement, StreamAt, cross_check};
 pub use db::{
     BATCH, DbScope, Progress, SPAN_BYTES, SPAN_MESSAGES, connection_ends, stream_start,
     verify_database,

@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use super::timeline::{Opening, Opens, Segment};
+use super::timeline::{Opening, Opens, Pos, Segment};
 use crate::book::window;
 use crate::book::{Decimal, Side};
 use crate::time::Timestamp;
@@ -69,9 +69,9 @@ struct Track {
 /// What happens next on a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Event {
-    /// Due only after a stored row whose `seq` is above this (the last record of the segment
-    /// before it: no row of that segment can follow).
-    after_seq: i64,
+    /// Due only after a stored row read past this (the last record of the segment before it: no
+    /// row of that segment can follow).
+    after: Pos,
     /// Due only at a stored row stamped at or after this.
     at: Timestamp,
 }
@@ -83,7 +83,7 @@ impl Track {
             let (seg, _) = self.segments.get(self.at)?;
             if seg.gap_after {
                 return Some(Event {
-                    after_seq: seg.last_seq,
+                    after: seg.after,
                     at: seg.end,
                 });
             }
@@ -99,7 +99,9 @@ impl Track {
         };
         let (next, _) = next?;
         Some(Event {
-            after_seq: current.map_or(i64::MIN, |s| s.last_seq),
+            after: current.map_or((Timestamp::from_unix_nanos(i64::MIN), 0, i64::MIN), |s| {
+                s.after
+            }),
             at: next.start,
         })
     }
@@ -113,14 +115,17 @@ pub(super) struct Follower {
     stored_only: bool,
     tracks: Vec<Track>,
     by_symbol: HashMap<String, usize>,
-    /// Events whose `after_seq` no row has passed yet: (after_seq, track, generation).
-    waiting: BinaryHeap<Reverse<(i64, usize, u64)>>,
-    /// Events past their `after_seq`, by instant: (at, track, generation).
+    /// Events whose `after` no row has passed yet: (after, track, generation).
+    waiting: BinaryHeap<Reverse<(Pos, usize, u64)>>,
+    /// Events past their `after`, by instant: (at, track, generation).
     due: BinaryHeap<Reverse<(Timestamp, usize, u64)>>,
     /// Books written where coverage starts (at the first segment, and after a gap).
     pub(super) coverage_starts: u64,
     /// Gaps whose start was written (deletions of every level held).
     pub(super) gaps_cleared: u64,
+    /// Books written where the stream followed changed without a gap (another stream, of the
+    /// same collector or another, verified where the one followed stopped being).
+    pub(super) switches: u64,
 }
 
 impl Follower {
@@ -137,6 +142,7 @@ impl Follower {
             due: BinaryHeap::new(),
             coverage_starts: 0,
             gaps_cleared: 0,
+            switches: 0,
         };
         for (symbol, segments) in symbols {
             let k = f.tracks.len();
@@ -157,7 +163,7 @@ impl Follower {
     fn schedule(&mut self, k: usize) {
         let t = &self.tracks[k];
         if let Some(e) = t.next_event() {
-            self.waiting.push(Reverse((e.after_seq, k, t.generation)));
+            self.waiting.push(Reverse((e.after, k, t.generation)));
         }
     }
 
@@ -178,6 +184,7 @@ impl Follower {
             if t.open {
                 // The stream followed changes without a gap.
                 t.at += 1;
+                self.switches += 1;
             } else {
                 self.coverage_starts += 1;
             }
@@ -191,14 +198,14 @@ impl Follower {
         self.schedule(k);
     }
 
-    /// A stored message `seq` stamped `ts` comes next: the events it makes due go first.
-    pub(super) fn advance(&mut self, seq: i64, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
+    /// A stored message read at `pos`, stamped `ts`, comes next: the events it makes due go first.
+    pub(super) fn advance(&mut self, pos: Pos, ts: Timestamp, out: &mut dyn FnMut(Row<'_>)) {
         if self.stored_only {
             return;
         }
         loop {
             while let Some(&Reverse((after, k, g))) = self.waiting.peek()
-                && after < seq
+                && after < pos
             {
                 self.waiting.pop();
                 if let Some(e) = self.tracks[k].next_event()
@@ -219,12 +226,12 @@ impl Follower {
         }
     }
 
-    /// Whether the stored message `seq` of `symbol` stamped `ts` is written: it belongs to one of
-    /// the symbol's segments (the one open, or a later one, which is then opened first).
+    /// Whether the stored message of `symbol` read at `pos`, stamped `ts`, is written: it belongs
+    /// to one of the symbol's segments (the one open, or a later one, which is then opened first).
     pub(super) fn enter(
         &mut self,
         symbol: &str,
-        seq: i64,
+        pos: Pos,
         ts: Timestamp,
         out: &mut dyn FnMut(Row<'_>),
     ) -> bool {
@@ -240,7 +247,7 @@ impl Follower {
             .iter()
             .enumerate()
             .skip(t.at)
-            .find(|(_, (s, _))| s.holds(seq, ts))
+            .find(|(_, (s, _))| s.holds(pos, ts))
             .map(|(j, _)| j)
         else {
             return false;
@@ -540,7 +547,7 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
-    use super::super::timeline::timeline;
+    use super::super::timeline::{single, timeline};
     use super::*;
     use crate::book::OrderBook;
     use crate::export::consumers::{
@@ -777,8 +784,8 @@ mod tests {
             if ts < from || ts >= to {
                 continue;
             }
-            follower.advance(seq, ts, &mut out);
-            if follower.enter("X", seq, ts, &mut out) {
+            follower.advance(single(seq), ts, &mut out);
+            if follower.enter("X", single(seq), ts, &mut out) {
                 follower.begin_message("X", snapshot, Some(DEPTH), ts, t(received), &mut out);
                 for (p, q) in levels(bids) {
                     follower.level(Side::Bid, p, q, &mut out);
@@ -1225,8 +1232,8 @@ mod tests {
         let mut rows = Vec::new();
         for (seq, snapshot) in [(1, true), (2, true), (3, false)] {
             let mut sink = |r: Row<'_>| rows.push((r.kind, r.snapshot, r.price));
-            follower.advance(seq, t, &mut sink);
-            assert!(follower.enter("X", seq, t, &mut sink));
+            follower.advance(single(seq), t, &mut sink);
+            assert!(follower.enter("X", single(seq), t, &mut sink));
             follower.begin_message("X", snapshot, Some(1), t, t, &mut sink);
             follower.level(Side::Bid, d("1"), d("1"), &mut sink);
             follower.level(Side::Bid, d("2"), d("1"), &mut sink);

@@ -9,9 +9,10 @@
 //! walked ([`timeline()`]): at each instant, the stream [`Coverage::choose`](crate::history::Coverage::choose) answers `book --at`
 //! from, and that stream's span; where no stream is verified, the next instant one is. Each piece
 //! of it is a [`Segment`]: one stream followed from an instant to the end of its span (or `to`).
-//! Today a symbol has one stream at a time (one collector, one connection); with several, only
-//! the stream followed changes: at a stream's gap the timeline continues with another stream
-//! verified there, and the file writes that stream's book at that instant.
+//! With several streams (connections, or collectors merged when no `--collector` is given), only
+//! the stream followed changes: where its span ends, the timeline continues with the stream
+//! `choose` gives there, and the file writes that stream's book at that instant (a stream switch,
+//! counted); the book is cleared only where no stream is verified (a union gap).
 //! - **where coverage starts** (at `from` when the book is verified there, else at the first span
 //!   start after it, and after every gap at the next span start), and where the stream followed
 //!   changes, the book at that instant is written first: rebuilt and checksum-verified by
@@ -33,7 +34,8 @@
 //! deletions before the first one after the span's last record (so no row of the span can follow
 //! them) stamped at or after the gap's start. The entries table does not name each row's
 //! connection: a segment's rows are told by the span's `seq` range, which is exact while a
-//! collector carries a symbol on one connection at a time.
+//! collector carries a symbol on one connection at a time. Merged collectors have no common `seq`:
+//! their rows are read in receive order and a segment's rows are also told by its collector.
 //!
 //! # What every consumer needs
 //!

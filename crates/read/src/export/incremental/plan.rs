@@ -5,12 +5,18 @@
 //! What must hold: every stored row in range is read once, in order, and handed to the follower,
 //! which alone decides what is written; a segment whose opening book the cursor does not verify
 //! is left out and counted (`unverified_starts`); the first error of the sink stops the export.
+//!
+//! One collector's record is read in `seq` order. Several collectors' records (merged: the
+//! selection has no `--collector` and several recorded the range) have no common `seq`: they are
+//! read in receive order (ties by collector, then `seq`), the order a consumer would have seen
+//! them in had one process received every connection, and each segment's rows are told by its
+//! collector as well as its `seq` range.
 
 use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use super::emit::{Follower, Row, RowKind};
-use super::timeline::{Opening, Opens, Segment, mark_gaps, timeline};
+use super::timeline::{Opening, Opens, Pos, Segment, mark_gaps, single, timeline};
 use crate::book::{Decimal, Side};
 use crate::export::source::Selection;
 use crate::export::table::{Cell, Scales};
@@ -20,10 +26,21 @@ use crate::store::DbTarget;
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
-const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at \
+const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at, collector \
     FROM kraken_orderbook_entries \
-    WHERE symbol = ANY($1) AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
+    WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
     ORDER BY seq, ordinal";
+
+/// [`ENTRIES`] of several collectors, in receive order.
+const ENTRIES_MERGED: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at, collector \
+    FROM kraken_orderbook_entries \
+    WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
+    ORDER BY coalesce(received_at, \"timestamp\"), collector, seq, ordinal";
+
+/// The receive time of a stream's last stored message at or before a `seq`.
+const LAST_RECEIVED: &str = "SELECT coalesce(received_at, \"timestamp\") FROM kraken_orderbook_messages \
+    WHERE collector = $1 AND conn_id = $2 AND symbol = $3 AND seq >= $4 AND seq <= $5 \
+    ORDER BY seq DESC LIMIT 1";
 
 /// One symbol's segments, each with how it starts.
 #[derive(Debug)]
@@ -57,16 +74,36 @@ pub(crate) async fn plan<'a>(
     if request.stored_only {
         return Ok(plan);
     }
+    let collectors = selection.collectors();
     for symbol in &selection.symbols {
-        let coverage =
-            crate::export::source::coverage(client, &selection.collector, symbol).await?;
+        let coverage = crate::export::source::coverage_of(
+            client,
+            selection
+                .merged
+                .is_empty()
+                .then_some(selection.collector.as_str()),
+            symbol,
+        )
+        .await?;
         let mut followed = Followed {
             symbol: symbol.clone(),
             segments: Vec::new(),
             unverified: 0,
         };
         let mut kept = Vec::new();
-        for segment in timeline(&coverage, selection.from, selection.to) {
+        for mut segment in timeline(&coverage, selection.from, selection.to) {
+            // A stream of a collector not selected (one that recorded nothing in range).
+            let Some(rank) = collectors
+                .iter()
+                .position(|c| *c == segment.stream.collector)
+            else {
+                followed.unverified += 1;
+                continue;
+            };
+            if !selection.merged.is_empty() {
+                segment.rank = rank;
+                segment.after = last_position(client, symbol, &segment, rank).await?;
+            }
             match opening(client, symbol, &segment).await? {
                 Some(start) => kept.push((segment, start)),
                 None => followed.unverified += 1,
@@ -82,6 +119,32 @@ pub(crate) async fn plan<'a>(
         plan.followed.push(followed);
     }
     Ok(plan)
+}
+
+/// Where the last stored message of `segment`'s span is read when collectors are merged.
+async fn last_position(
+    client: &Client,
+    symbol: &str,
+    segment: &Segment,
+    rank: usize,
+) -> Result<Pos, ExportError> {
+    let id = &segment.stream;
+    let row = client
+        .query_opt(
+            LAST_RECEIVED,
+            &[
+                &id.collector,
+                &id.conn_id,
+                &symbol,
+                &segment.start_seq,
+                &segment.last_seq,
+            ],
+        )
+        .await
+        .map_err(StoreError::db("finding a span's last message"))?;
+    // No stored message in the span (a book state alone): nothing of it is read.
+    let received = row.map_or(segment.start, |r| r.get::<_, Timestamp>(0));
+    Ok((received, rank, segment.last_seq))
 }
 
 /// How `segment` of `symbol` starts: the stream's book just before the segment's instant,
@@ -189,15 +252,17 @@ impl Plan<'_> {
         // The levels stream on a connection of their own; depth lookups use another.
         let stream_client = target.connect("krakenbook export").await?;
         let lookups = target.connect("krakenbook export").await?;
+        let collectors = sel.collectors();
+        let merged = !sel.merged.is_empty();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&sel.symbols, &sel.collector, &sel.from, &sel.to];
+            [&sel.symbols, &collectors, &sel.from, &sel.to];
         let rows = stream_client
-            .query_raw(ENTRIES, params)
+            .query_raw(if merged { ENTRIES_MERGED } else { ENTRIES }, params)
             .await
             .map_err(StoreError::db("reading the stored levels"))?;
         futures_util::pin_mut!(rows);
-        // The message being read, and whether its rows are written.
-        let mut current: Option<(i64, String, bool)> = None;
+        // The message being read (its position and symbol), and whether its rows are written.
+        let mut current: Option<(Pos, String, bool)> = None;
         while let Some(r) = rows.next().await {
             let r = r.map_err(StoreError::db("reading the stored levels"))?;
             let seq: i64 = r.get(0);
@@ -212,10 +277,17 @@ impl Plan<'_> {
             let snapshot = r.get::<_, &str>(5) == "snapshot";
             let ts: Timestamp = r.get(6);
             let received: Timestamp = r.get::<_, Option<Timestamp>>(7).unwrap_or(ts);
+            let collector: &str = r.get(8);
+            let pos = if merged {
+                let rank = collectors.iter().position(|c| c == collector).unwrap_or(0);
+                (received, rank, seq)
+            } else {
+                single(seq)
+            };
 
             let same = current
                 .as_ref()
-                .is_some_and(|(s, sym, _)| *s == seq && sym == symbol);
+                .is_some_and(|(p, sym, _)| *p == pos && sym == symbol);
             if !same {
                 if let Some((_, _, true)) = current {
                     follower.end_message(&mut |r| out.row(r));
@@ -223,12 +295,12 @@ impl Plan<'_> {
                 out.check()?;
                 ticker.rows(out.report.rows, ts);
                 out.report.messages += 1;
-                follower.advance(seq, ts, &mut |r| out.row(r));
-                let written = follower.enter(symbol, seq, ts, &mut |r| out.row(r));
+                follower.advance(pos, ts, &mut |r| out.row(r));
+                let written = follower.enter(symbol, pos, ts, &mut |r| out.row(r));
                 if written {
                     let depth = if snapshot && !self.stored_only {
-                        let d = crate::readback::subscribed_depth_of(&lookups, &sel.collector, seq)
-                            .await?;
+                        let d =
+                            crate::readback::subscribed_depth_of(&lookups, collector, seq).await?;
                         if d.is_none() {
                             out.report.unknown_depth += 1;
                         }
@@ -241,7 +313,7 @@ impl Plan<'_> {
                 } else {
                     out.report.messages_left_out += 1;
                 }
-                current = Some((seq, symbol.to_owned(), written));
+                current = Some((pos, symbol.to_owned(), written));
             }
             if let Some((_, _, true)) = current {
                 follower.level(side, price, qty, &mut |r| out.row(r));
@@ -260,6 +332,7 @@ impl Plan<'_> {
         }
         report.coverage_starts += follower.coverage_starts;
         report.gaps_cleared += follower.gaps_cleared;
+        report.stream_switches += follower.switches;
         Ok(())
     }
 }

@@ -28,12 +28,31 @@ pub struct Segment {
     pub last_seq: i64,
     /// A gap follows: `end` is before `to` and no stream is verified at `end`.
     pub gap_after: bool,
+    /// The stream's collector's rank among the collectors read (0 when one is read).
+    pub rank: usize,
+    /// The read position of the span's last record: no row of the segment is read after it.
+    pub after: Pos,
+}
+
+/// Where a stored message comes in the order the export reads them: (receive time, collector's
+/// rank, `seq`). One collector's record is read in `seq` order ([`single`]: the receive time is
+/// left out); merged collectors' records in receive order, ties by collector and `seq`.
+pub type Pos = (Timestamp, usize, i64);
+
+/// The position of `seq` when one collector's record is read.
+pub const fn single(seq: i64) -> Pos {
+    (Timestamp::from_unix_nanos(0), 0, seq)
 }
 
 impl Segment {
-    /// Whether the stored message `seq`, stamped `ts`, is one of the segment's rows.
-    pub fn holds(&self, seq: i64, ts: Timestamp) -> bool {
-        self.start_seq <= seq && seq <= self.last_seq && self.start <= ts && ts < self.end
+    /// Whether the stored message at `pos`, stamped `ts`, is one of the segment's rows.
+    pub fn holds(&self, pos: Pos, ts: Timestamp) -> bool {
+        let (_, rank, seq) = pos;
+        rank == self.rank
+            && self.start_seq <= seq
+            && seq <= self.last_seq
+            && self.start <= ts
+            && ts < self.end
     }
 }
 
@@ -52,6 +71,8 @@ pub fn timeline(coverage: &Coverage, from: Timestamp, to: Timestamp) -> Vec<Segm
                 start_seq: span.start_seq,
                 last_seq: span.last_seq,
                 gap_after: false,
+                rank: 0,
+                after: single(span.last_seq),
             });
             // The span contains `t`: its end is later.
             t = span.end;
