@@ -27,14 +27,14 @@ use crate::support::run;
 
 const SYMBOLS: [&str; 3] = ["BTC/USD", "ETH/USD", "MINA/GBP"];
 
-/// A recording with a 15 s downtime of its collector.
-struct Downtime {
-    db: TestDb,
-    dir: tempfile::TempDir,
+/// A recording with a downtime of its collector (see [`record_downtime`]).
+pub(crate) struct Downtime {
+    pub(crate) db: TestDb,
+    pub(crate) dir: tempfile::TempDir,
     /// Just before the first collector was sent SIGTERM.
-    stopped: Timestamp,
+    pub(crate) stopped: Timestamp,
     /// Just before the second collector was started.
-    restarted: Timestamp,
+    pub(crate) restarted: Timestamp,
 }
 
 impl Downtime {
@@ -42,10 +42,15 @@ impl Downtime {
         self.dir.path().join("journal")
     }
 
-    /// An instant in the middle of the downtime.
+    /// An instant in the middle of the downtime (whole microseconds).
     fn middle(&self) -> Timestamp {
+        Downtime::midpoint(self.stopped, self.restarted)
+    }
+
+    /// The instant halfway from `stopped` to `restarted`, in whole microseconds.
+    pub(crate) fn midpoint(stopped: Timestamp, restarted: Timestamp) -> Timestamp {
         Timestamp::from_unix_nanos(
-            (self.stopped.unix_nanos() + self.restarted.unix_nanos()) / 2 / 1000 * 1000,
+            (stopped.unix_nanos() + restarted.unix_nanos()) / 2 / 1000 * 1000,
         )
     }
 }
@@ -57,10 +62,25 @@ static DOWNTIME: OnceCell<Downtime> = OnceCell::const_new();
 /// loses an update: a mismatch and a resubscription), a collector recording into a fresh database,
 /// stopped (SIGTERM) for 15 s, then a second collector process on the same journal and database.
 async fn downtime() -> &'static Downtime {
-    DOWNTIME.get_or_init(record_downtime).await
+    DOWNTIME
+        .get_or_init(|| async {
+            record_downtime(31, Duration::from_secs(15), async |_, _| ())
+                .await
+                .0
+        })
+        .await
 }
 
-async fn record_downtime() -> Downtime {
+/// Records the simulator (BTC/USD and ETH/USD moving, MINA/GBP quiet; the first connection loses
+/// an update: a mismatch and a resubscription, `seed` choosing the market) with a collector into
+/// a fresh database, stops it (SIGTERM) for `pause`, starts a second collector process on the
+/// same journal and database, runs `meanwhile` while that one records, stops it, and imports what
+/// the database had not taken.
+pub(crate) async fn record_downtime<T>(
+    seed: u64,
+    pause: Duration,
+    meanwhile: impl AsyncFnOnce(&TestDb, &Collector) -> T,
+) -> (Downtime, T) {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_db().await;
     let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
@@ -76,7 +96,7 @@ async fn record_downtime() -> Downtime {
             pair("MINA/GBP", 4, Some(0.0)),
         ],
         rate: 60.0,
-        seed: 31,
+        seed,
         ..SimConfig::default()
     };
     config.server.faults = Faults {
@@ -102,7 +122,7 @@ async fn record_downtime() -> Downtime {
     let stopped = Timestamp::now();
     let (status, _, log) = first.stop();
     assert!(status.success(), "{log}");
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(pause).await;
     let before = count(&db.url, verified).await;
     let restarted = Timestamp::now();
     let second = Collector::start(&sim, Some(&db.url), dir.path(), &[]);
@@ -114,6 +134,7 @@ async fn record_downtime() -> Downtime {
         || second.log(),
     )
     .await;
+    let got = meanwhile(&db, &second).await;
     // The collector stops first this time (the exchange keeps running: no lost connection at the
     // end), then the exchange.
     let (status, _, log) = second.stop();
@@ -132,12 +153,15 @@ async fn record_downtime() -> Downtime {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Downtime {
-        db,
-        dir,
-        stopped,
-        restarted,
-    }
+    (
+        Downtime {
+            db,
+            dir,
+            stopped,
+            restarted,
+        },
+        got,
+    )
 }
 
 fn book_json(url: &str, symbol: &str, at: Timestamp) -> (Option<i32>, Value) {

@@ -18,12 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
-use krakenbook::book::Precision;
-use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
 use krakenbook::time::Timestamp;
 
-use crate::collect::{Collector, count, wait_count};
-use crate::db::{TestDb, connect, fresh_db};
+use crate::coverage::record_downtime;
+use crate::db::{TestDb, connect};
 use crate::support::{krakenbook, run};
 
 /// The recording with a mismatch and a downtime.
@@ -40,9 +38,7 @@ struct Rec {
 
 impl Rec {
     fn downtime_middle(&self) -> Timestamp {
-        Timestamp::from_unix_nanos(
-            (self.stopped.unix_nanos() + self.restarted.unix_nanos()) / 2 / 1000 * 1000,
-        )
+        crate::coverage::Downtime::midpoint(self.stopped, self.restarted)
     }
 }
 
@@ -53,61 +49,8 @@ async fn rec() -> &'static Rec {
 }
 
 async fn record() -> Rec {
-    let dir = tempfile::tempdir().unwrap();
-    let db = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
-    let mut config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
-        rate: 60.0,
-        seed: 37,
-        ..SimConfig::default()
-    };
-    config.server.faults = Faults {
-        lose_after: Some(120),
-        connections: Some(1),
-        ..Faults::default()
-    };
-    let sim = Simulator::bind(config).await.expect("the simulator starts");
-    let verified = "SELECT count(*) FROM kraken_orderbook_messages WHERE checksum_ok";
-    let first = Collector::start(&sim, Some(&db.url), dir.path(), &[]);
-    wait_count(&db.url, verified, 300, Duration::from_secs(60), || {
-        first.log()
-    })
-    .await;
-    wait_count(
-        &db.url,
-        "SELECT count(*) FROM kraken_feed_events WHERE event = 'resynced'",
-        1,
-        Duration::from_secs(30),
-        || first.log(),
-    )
-    .await;
-    let stopped = Timestamp::now();
-    let (status, _, log) = first.stop();
-    assert!(status.success(), "{log}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = count(&db.url, verified).await;
-    let restarted = Timestamp::now();
-    let second = Collector::start(&sim, Some(&db.url), dir.path(), &[]);
-    wait_count(
-        &db.url,
-        verified,
-        before + 300,
-        Duration::from_secs(60),
-        || second.log(),
-    )
-    .await;
-    // The running collector's state, as the explorer shows it.
-    let live = {
+    // While the second collector runs: the explorer's view of it (its state row must say running).
+    let (rec, live) = record_downtime(37, Duration::from_secs(6), async |db, second| {
         let serve = Serve::start(&db.url, &[]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -127,27 +70,13 @@ async fn record() -> Rec {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    };
-    let (status, _, log) = second.stop();
-    assert!(status.success(), "{log}");
-    sim.shutdown().await.unwrap();
-    let out = run(&[
-        "import",
-        "--journal-dir",
-        dir.path().join("journal").to_str().unwrap(),
-        "--database-url",
-        &db.url,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    })
+    .await;
     Rec {
-        db,
-        _dir: dir,
-        stopped,
-        restarted,
+        db: rec.db,
+        _dir: rec.dir,
+        stopped: rec.stopped,
+        restarted: rec.restarted,
         live,
     }
 }
