@@ -14,8 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use krakenbook::book::Precision;
-use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
+use krakenbook::exchange::{Faults, SimConfig, Simulator};
 use krakenbook::history::{Cause, Source};
 use krakenbook::plot::canvas::Rgb;
 use krakenbook::plot::chart::{GAP, Layout, MID_COLOR};
@@ -24,6 +23,7 @@ use krakenbook::time::Timestamp;
 use crate::collect::{Collector, count, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
 use crate::support::run;
+use crate::support::three_pairs;
 
 const SYMBOLS: [&str; 3] = ["BTC/USD", "ETH/USD", "MINA/GBP"];
 
@@ -83,18 +83,8 @@ pub(crate) async fn record_downtime<T>(
 ) -> (Downtime, T) {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
     let mut config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
+        pairs: three_pairs(),
         rate: 60.0,
         seed,
         ..SimConfig::default()

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use krakenbook::book::{Decimal, Precision, Side};
-use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
+use krakenbook::book::{Decimal, Side};
+use krakenbook::exchange::{Faults, SimConfig, Simulator};
 use krakenbook::export::consumers::{
     Book, ClearsToDeepest, Consumer, L2Row, NeverClears, TardisRule,
 };
@@ -27,6 +27,7 @@ use crate::collect::{Collector, count, finish, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
 use crate::recording::{Recording, recording};
 use crate::support::krakenbook;
+use crate::support::three_pairs;
 
 const TARDIS_L2: [&str; 8] = [
     "exchange",
@@ -610,18 +611,8 @@ async fn reconnects() -> &'static Recording {
 async fn record_reconnects() -> Recording {
     let dir = tempfile::tempdir().unwrap();
     let db: TestDb = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
     let mut config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
+        pairs: three_pairs(),
         rate: 80.0,
         seed: 41,
         ..SimConfig::default()
@@ -970,18 +961,8 @@ async fn downtime() -> &'static Recording {
 async fn record_downtime() -> Recording {
     let dir = tempfile::tempdir().unwrap();
     let db: TestDb = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
     let config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
+        pairs: three_pairs(),
         rate: 60.0,
         seed: 43,
         ..SimConfig::default()

@@ -8,8 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use krakenbook::book::Precision;
-use krakenbook::exchange::{PairSpec, SimConfig, Simulator};
+use krakenbook::exchange::{SimConfig, Simulator};
 use krakenbook::history::{Cause, Source};
 use tokio::sync::OnceCell;
 
@@ -20,6 +19,7 @@ use crate::export::{
 };
 use crate::recording::Recording;
 use crate::support::krakenbook;
+use crate::support::three_pairs;
 
 const SYMBOLS: [&str; 3] = ["BTC/USD", "ETH/USD", "MINA/GBP"];
 
@@ -44,18 +44,8 @@ async fn record_two() -> (Recording, tempfile::TempDir) {
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
     let db: TestDb = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
     let config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
+        pairs: three_pairs(),
         rate: 60.0,
         seed: 47,
         ..SimConfig::default()

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use krakenbook::book::Precision;
-use krakenbook::exchange::{Faults, PairSpec, SimConfig, Simulator};
+use krakenbook::exchange::{Faults, SimConfig, Simulator};
 use krakenbook::time::Timestamp;
 use tokio::sync::OnceCell;
 
 use crate::collect::{Collector, finish, wait_count};
 use crate::db::{TestDb, connect, fresh_db};
+use crate::support::three_pairs;
 
 /// The recorded data.
 #[derive(Debug)]
@@ -45,18 +45,8 @@ pub async fn recording() -> &'static Recording {
 async fn record() -> Recording {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_db().await;
-    let pair = |s: &str, p: u8, rate: Option<f64>| PairSpec {
-        symbol: s.into(),
-        precision: Precision { price: p, qty: 8 },
-        mid: None,
-        rate,
-    };
     let mut config = SimConfig {
-        pairs: vec![
-            pair("BTC/USD", 1, None),
-            pair("ETH/USD", 2, None),
-            pair("MINA/GBP", 4, Some(0.0)),
-        ],
+        pairs: three_pairs(),
         rate: 60.0,
         seed: 23,
         ..SimConfig::default()

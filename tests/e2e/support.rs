@@ -30,3 +30,20 @@ pub fn fixtures() -> Vec<PathBuf> {
     );
     files
 }
+
+/// The three pairs most recordings use: BTC/USD and ETH/USD moving at the simulator's rate, and
+/// MINA/GBP quiet (its every snapshot carries the time of its only change, before the recording),
+/// at price precisions 1, 2 and 4 (quantities 8).
+pub fn three_pairs() -> Vec<krakenbook::exchange::PairSpec> {
+    let pair = |s: &str, p: u8, rate: Option<f64>| krakenbook::exchange::PairSpec {
+        symbol: s.into(),
+        precision: krakenbook::book::Precision { price: p, qty: 8 },
+        mid: None,
+        rate,
+    };
+    vec![
+        pair("BTC/USD", 1, None),
+        pair("ETH/USD", 2, None),
+        pair("MINA/GBP", 4, Some(0.0)),
+    ]
+}
