@@ -45,8 +45,10 @@ use krakenbook_journal as journal;
 
 mod batch;
 mod bisect;
+pub mod book_rows;
 mod connect;
 mod error;
+pub mod layout;
 pub mod health;
 mod migrate;
 pub mod rows;

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -61,6 +61,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "collector_state",
         sql: include_str!("migrations/0005_collector_state.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "layout",
+        sql: include_str!("migrations/0006_layout.sql"),
     },
 ];
 
@@ -196,11 +201,7 @@ async fn migrate_locked(
     }
     // An explicit interval on an existing schema: new chunks get it.
     if let (Some(iv), true) = (&interval, applied.is_empty()) {
-        for table in [
-            "kraken_orderbook_messages",
-            "kraken_orderbook_entries",
-            "kraken_book_states",
-        ] {
+        for table in ["krakenbook_book", "krakenbook_other", "kraken_book_states"] {
             client
                 .execute(
                     "SELECT set_chunk_time_interval($1::text::regclass, $2::text::interval)",
@@ -212,6 +213,7 @@ async fn migrate_locked(
                 )))?;
         }
     }
+    super::layout::settle_views(client).await?;
     let compression = compression(client).await?;
     Ok(MigrateReport {
         from_version,
@@ -337,8 +339,8 @@ async fn compression(client: &Client) -> Result<Compression, StoreError> {
     }
     let mut enabled_now = false;
     for (table, orderby) in [
-        ("kraken_orderbook_messages", "timestamp, seq"),
-        ("kraken_orderbook_entries", "timestamp, seq, ordinal"),
+        ("krakenbook_book", "timestamp, seq"),
+        ("krakenbook_other", "timestamp, seq"),
         ("kraken_book_states", "timestamp, seq"),
     ] {
         let enabled: bool = client

@@ -35,24 +35,23 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
+use super::book_rows::{canonical, levels_dec64, BookRow, BookRows};
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
 use crate::journal::Damage;
-use crate::kraken::{self, BookData, DecodeError, Frame, Level};
+use crate::kraken::{self, BookData, BookMessage, DecodeError, Frame};
 use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, Record, RecordBody};
 use crate::time::Timestamp;
 
-/// `COPY` statement for [`Streams::messages`] (column order of the encoded rows).
-pub const COPY_MESSAGES: &str = "COPY kraken_orderbook_messages (timestamp, received_at, collector, \
+/// `COPY` statement for [`Streams::messages`] (column order of the encoded rows): every frame
+/// that is not a book message the book table holds.
+pub const COPY_MESSAGES: &str = "COPY krakenbook_other (timestamp, received_at, collector, \
     seq, conn_id, conn_seq, channel, message_type, symbol, checksum, checksum_ok, raw_message, \
     raw_text, raw_bytes, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty) \
     FROM STDIN (FORMAT binary)";
 const MESSAGE_FIELDS: i16 = 18;
 
-/// `COPY` statement for [`Streams::entries`].
-pub const COPY_ENTRIES: &str = "COPY kraken_orderbook_entries (timestamp, received_at, symbol, side, \
-    price, quantity, message_type, checksum, collector, seq, ordinal) FROM STDIN (FORMAT binary)";
-const ENTRY_FIELDS: i16 = 11;
+pub use super::book_rows::COPY_BOOK;
 
 /// `COPY` statement for [`Streams::events`].
 pub const COPY_EVENTS: &str = "COPY kraken_feed_events (time, collector, seq, conn_id, event, \
@@ -68,16 +67,22 @@ const STATE_FIELDS: i16 = 12;
 /// The binary COPY signature, flags and header extension length.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
-/// The most levels one message may have: `ordinal` is a `smallint` (Kraken's deepest book, 1000
-/// levels a side, is far below).
+/// The most levels one message may have: the views number them with a `smallint` `ordinal` and
+/// the book table counts bids in a `smallint` (Kraken's deepest book, 1000 levels a side, is far
+/// below).
 pub const MAX_LEVELS_PER_MESSAGE: usize = i16::MAX as usize + 1;
 
 /// Rows encoded since the last [`RowEncoder::reset`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RowCounts {
-    /// Message rows (frames other than heartbeats).
+    /// Messages stored (frames other than heartbeats): book rows plus other rows; a copy merged
+    /// into an earlier book row is not one.
     pub messages: u64,
-    /// Entry rows (book levels).
+    /// Rows of `krakenbook_book`.
+    pub book: u64,
+    /// Copies merged into an earlier book row (`dups`).
+    pub copies: u64,
+    /// Book levels stored (in the book rows' `levels`).
     pub entries: u64,
     /// Feed-event rows.
     pub events: u64,
@@ -98,6 +103,8 @@ pub struct RowCounts {
 impl std::ops::AddAssign for RowCounts {
     fn add_assign(&mut self, other: RowCounts) {
         self.messages += other.messages;
+        self.book += other.book;
+        self.copies += other.copies;
         self.entries += other.entries;
         self.events += other.events;
         self.states += other.states;
@@ -146,10 +153,10 @@ pub const UPSERT_CONNECTIONS: &str = "INSERT INTO krakenbook_connections AS c (c
 /// The finished COPY streams of one batch, one a table.
 #[derive(Debug)]
 pub struct Streams {
-    /// Rows of `kraken_orderbook_messages` ([`COPY_MESSAGES`]).
+    /// Rows of `krakenbook_other` ([`COPY_MESSAGES`]) not taken yet.
     pub messages: Bytes,
-    /// Rows of `kraken_orderbook_entries` ([`COPY_ENTRIES`]).
-    pub entries: Bytes,
+    /// Rows of `krakenbook_book` ([`COPY_BOOK`]).
+    pub book: Bytes,
     /// Rows of `kraken_feed_events` ([`COPY_EVENTS`]).
     pub events: Bytes,
     /// Rows of `kraken_book_states` ([`COPY_STATES`]).
@@ -170,8 +177,10 @@ pub struct RowError {
 /// tables.
 pub struct RowEncoder {
     collector: String,
+    collector_id: i16,
     messages: BytesMut,
-    entries: BytesMut,
+    book: BytesMut,
+    book_rows: BookRows,
     events: BytesMut,
     states: BytesMut,
     counts: RowCounts,
@@ -185,7 +194,7 @@ impl std::fmt::Debug for RowEncoder {
             .field("counts", &self.counts)
             .field(
                 "buffered_bytes",
-                &(self.messages.len() + self.entries.len() + self.events.len() + self.states.len()),
+                &(self.messages.len() + self.events.len() + self.states.len()),
             )
             .finish()
     }
@@ -197,8 +206,10 @@ impl RowEncoder {
         let mut e = RowEncoder {
             // PostgreSQL's text cannot hold NUL.
             collector: collector.replace('\0', "\u{FFFD}"),
-            messages: BytesMut::with_capacity(256 * 1024),
-            entries: BytesMut::with_capacity(256 * 1024),
+            collector_id: 0,
+            messages: BytesMut::with_capacity(64 * 1024),
+            book: BytesMut::with_capacity(256 * 1024),
+            book_rows: BookRows::default(),
             events: BytesMut::with_capacity(4096),
             states: BytesMut::with_capacity(4096),
             counts: RowCounts::default(),
@@ -213,17 +224,29 @@ impl RowEncoder {
         &self.collector
     }
 
+    /// The collector's id in `krakenbook_collectors`, written in every book row (the writer
+    /// registers the name and sets it before the first batch).
+    pub fn set_collector_id(&mut self, id: i16) {
+        self.collector_id = id;
+    }
+
+    /// The collector id set by [`RowEncoder::set_collector_id`] (0 until then).
+    pub fn collector_id(&self) -> i16 {
+        self.collector_id
+    }
+
     /// Forgets everything encoded (keeping the buffers' memory) and starts four new COPY streams.
     pub fn reset(&mut self) {
         for buf in [
             &mut self.messages,
-            &mut self.entries,
+            &mut self.book,
             &mut self.events,
             &mut self.states,
         ] {
             buf.clear();
             buf.put_slice(COPY_HEADER);
         }
+        self.book_rows.clear();
         self.counts = RowCounts::default();
         self.conns.clear();
     }
@@ -255,9 +278,10 @@ impl RowEncoder {
             buf.put_i16(-1);
             buf.split().freeze()
         };
+        self.book_rows.encode(self.collector_id, &mut self.book);
         Streams {
             messages: end(&mut self.messages),
-            entries: end(&mut self.entries),
+            book: end(&mut self.book),
             events: end(&mut self.events),
             states: end(&mut self.states),
         }
@@ -509,61 +533,19 @@ impl RowEncoder {
                 None
             }
             Ok(Frame::Book(book)) => {
-                let levels: usize = book.data.iter().map(BookData::level_count).sum();
-                let first = book.data.first();
-                let kraken_time = first.and_then(|d| d.timestamp);
-                let timestamp = kraken_time.unwrap_or(ids.received_at);
-                let message_type = book.kind.as_str();
-                let symbol = first.map(|d| d.symbol.as_ref());
-                let (raw, refusal) = Raw::json(text);
-                let row = MessageRow {
-                    timestamp,
-                    channel: "book",
-                    message_type,
-                    symbol,
-                    checksum: first.map(|d| i64::from(d.checksum)),
-                    raw,
-                    ids,
-                };
-                self.put_message(&row, frame);
-                self.note_refusal(ids, symbol, refusal);
-                if levels > MAX_LEVELS_PER_MESSAGE {
-                    let detail = format!(
-                        "book frame with {levels} levels, more than the {MAX_LEVELS_PER_MESSAGE} one \
-                         message may have in kraken_orderbook_entries (ordinal is a smallint): \
-                         stored whole as its {message_type} message, its levels in raw_message only \
-                         (no entry rows)"
-                    );
-                    self.put_event_row(
-                        ids.received_at,
-                        ids.seq,
-                        Some(ids.conn_id),
-                        EventKind::StoredRaw,
-                        symbol,
-                        None,
-                        &detail,
-                    );
-                    self.counts.stored_raw += 1;
-                    return kraken_time;
-                }
-                let mut ordinal: i16 = 0;
-                for data in &book.data {
-                    let entry = EntryHead {
-                        timestamp: data.timestamp.unwrap_or(timestamp),
-                        received_at: ids.received_at,
-                        symbol: &data.symbol,
-                        message_type,
-                        checksum: i64::from(data.checksum),
-                        seq: ids.seq,
-                    };
-                    for (side, levels) in [("bid", &data.bids), ("ask", &data.asks)] {
-                        for level in levels {
-                            self.put_entry(&entry, side, level, ordinal);
-                            // At most MAX_LEVELS_PER_MESSAGE levels (checked above): no overflow
-                            // that matters; the last increment may wrap and is never written.
-                            ordinal = ordinal.wrapping_add(1);
+                let kraken_time = book.data.first().and_then(|d| d.timestamp);
+                match self.book_row(ids, frame, text, &book) {
+                    Some(row) => {
+                        let levels = row.levels.as_ref().map_or(0, |l| l.len() as u64 / 2);
+                        if self.book_rows.push(row) {
+                            self.counts.copies += 1;
+                        } else {
+                            self.counts.messages += 1;
+                            self.counts.book += 1;
+                            self.counts.entries += levels;
                         }
                     }
+                    None => self.push_book_whole(ids, frame, text, &book),
                 }
                 kraken_time
             }
@@ -594,6 +576,93 @@ impl RowEncoder {
                 None
             }
         }
+    }
+
+    /// The book-table row of a book frame, or `None` when the book table cannot hold it (not
+    /// exactly one data element, too many levels, text `jsonb` refuses): such a frame is stored
+    /// whole in `krakenbook_other` by [`RowEncoder::push_book_whole`].
+    fn book_row(
+        &self,
+        ids: &Ids,
+        frame: &FrameRecord,
+        text: &str,
+        book: &BookMessage<'_>,
+    ) -> Option<BookRow> {
+        let [data] = book.data.as_slice() else {
+            return None;
+        };
+        if data.bids.len() + data.asks.len() > MAX_LEVELS_PER_MESSAGE / 2
+            || jsonb_refusal(text).is_some()
+            || data.symbol.contains('\0')
+        {
+            return None;
+        }
+        let levels = levels_dec64(&data.bids, &data.asks);
+        let rebuilt = levels.is_some()
+            && canonical(book.kind, data).is_some_and(|c| c.as_bytes() == frame.bytes.as_slice());
+        Some(BookRow {
+            timestamp: data.timestamp.unwrap_or(ids.received_at),
+            received_at: ids.received_at,
+            seq: ids.seq,
+            conn_id: ids.conn_id,
+            checksum: data.checksum,
+            n_bids: data.bids.len() as i16,
+            kind: book.kind,
+            checksum_ok: frame.checksum_ok,
+            symbol: data.symbol.to_string(),
+            levels,
+            raw: (!rebuilt).then(|| text.to_owned()),
+            dups: Vec::new(),
+        })
+    }
+
+    /// A book frame the book table cannot hold, stored whole as its real type in
+    /// `krakenbook_other` (with a `stored_raw` event row saying why when that is not obvious).
+    fn push_book_whole(&mut self, ids: &Ids, frame: &FrameRecord, text: &str, book: &BookMessage<'_>) {
+        let first = book.data.first();
+        let kraken_time = first.and_then(|d| d.timestamp);
+        let message_type = book.kind.as_str();
+        let symbol = first.map(|d| d.symbol.as_ref());
+        let (raw, refusal) = Raw::json(text);
+        let row = MessageRow {
+            timestamp: kraken_time.unwrap_or(ids.received_at),
+            channel: "book",
+            message_type,
+            symbol,
+            checksum: first.map(|d| i64::from(d.checksum)),
+            raw,
+            ids,
+        };
+        self.put_message(&row, frame);
+        if refusal.is_some() {
+            self.note_refusal(ids, symbol, refusal);
+            return;
+        }
+        let levels: usize = book.data.iter().map(BookData::level_count).sum();
+        let detail = if book.data.len() != 1 {
+            format!(
+                "book frame with {} data elements: stored whole as its {message_type} message in \
+                 krakenbook_other (no levels in the book table)",
+                book.data.len()
+            )
+        } else {
+            format!(
+                "book frame with {levels} levels, more than the {} one message may have: stored \
+                 whole as its {message_type} message in krakenbook_other (no levels in the book \
+                 table)",
+                MAX_LEVELS_PER_MESSAGE / 2
+            )
+        };
+        self.put_event_row(
+            ids.received_at,
+            ids.seq,
+            Some(ids.conn_id),
+            EventKind::StoredRaw,
+            symbol,
+            None,
+            &detail,
+        );
+        self.counts.stored_raw += 1;
     }
 
     /// A `stored_raw` event row when `jsonb` would have refused a frame's valid JSON (`refusal`).
@@ -661,23 +730,6 @@ impl RowEncoder {
         self.counts.messages += 1;
     }
 
-    fn put_entry(&mut self, head: &EntryHead<'_>, side: &str, level: &Level<'_>, ordinal: i16) {
-        let b = &mut self.entries;
-        b.put_i16(ENTRY_FIELDS);
-        put_ts(b, head.timestamp);
-        put_ts(b, head.received_at);
-        put_text(b, head.symbol);
-        put_text(b, side);
-        put_numeric_field(level.price.value, b);
-        put_numeric_field(level.qty.value, b);
-        put_text(b, head.message_type);
-        put_i64(b, head.checksum);
-        put_text(b, &self.collector);
-        put_i64(b, head.seq);
-        b.put_i32(2);
-        b.put_i16(ordinal);
-        self.counts.entries += 1;
-    }
 }
 
 struct Ids {
@@ -707,14 +759,6 @@ fn short(name: &str) -> String {
     name.chars().take(64).collect()
 }
 
-struct EntryHead<'a> {
-    timestamp: Timestamp,
-    received_at: Timestamp,
-    symbol: &'a str,
-    message_type: &'a str,
-    checksum: i64,
-    seq: i64,
-}
 
 /// Where a frame's content is stored.
 enum Raw<'a> {

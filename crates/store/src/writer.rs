@@ -46,7 +46,7 @@ use tokio_postgres::{Client, Statement};
 use super::bisect::{Bisect, Mode, Part};
 use super::connect::DbTarget;
 use super::rows::{
-    COPY_ENTRIES, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder,
+    COPY_BOOK, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder,
     UPSERT_CONNECTIONS,
 };
 use super::{ErrorClass, StoreError};
@@ -254,7 +254,9 @@ struct Conn {
     update_checkpoint: Statement,
     upsert_connections: Statement,
     copy_messages: Statement,
-    copy_entries: Statement,
+    copy_book: Statement,
+    /// This collector's id in `krakenbook_collectors` (written in every book row).
+    collector_id: i16,
     copy_events: Statement,
     copy_states: Statement,
     backend_pid: i32,
@@ -579,9 +581,17 @@ impl Writer {
         .await?;
         let upsert_connections = prepare(UPSERT_CONNECTIONS).await?;
         let copy_messages = prepare(COPY_MESSAGES).await?;
-        let copy_entries = prepare(COPY_ENTRIES).await?;
+        let copy_book = prepare(COPY_BOOK).await?;
         let copy_events = prepare(COPY_EVENTS).await?;
         let copy_states = prepare(COPY_STATES).await?;
+        let collector_id: i16 = client
+            .query_one(
+                "SELECT krakenbook_collector_id($1)",
+                &[&self.encoder.collector()],
+            )
+            .await
+            .map_err(StoreError::db("registering the collector's id"))?
+            .get(0);
         let backend_pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
@@ -596,7 +606,8 @@ impl Writer {
             update_checkpoint,
             upsert_connections,
             copy_messages,
-            copy_entries,
+            copy_book,
+            collector_id,
             copy_events,
             copy_states,
             backend_pid,
@@ -778,14 +789,13 @@ impl Writer {
         let reason = part.reason.as_deref().unwrap_or("refused");
 
         encoder.reset();
+        encoder.set_collector_id(conn.collector_id);
         let sink = tx
             .copy_in(&conn.copy_messages)
             .await
-            .map_err(StoreError::db(
-                "starting COPY into kraken_orderbook_messages",
-            ))?;
+            .map_err(StoreError::db("starting COPY into krakenbook_other"))?;
         futures_util::pin_mut!(sink);
-        let copy_err = StoreError::db("COPY into kraken_orderbook_messages");
+        let copy_err = StoreError::db("COPY into krakenbook_other");
         let mut result = Ok(());
         for item in todo {
             match (item.unit(), part.mode) {
@@ -815,16 +825,10 @@ impl Writer {
             Err(e) => Err(e),
         }
         .map_err(copy_err)?;
-        expect_rows("kraken_orderbook_messages", copied, counts.messages)?;
-        if counts.entries > 0 {
-            let n = copy_all(
-                &tx,
-                &conn.copy_entries,
-                streams.entries,
-                "kraken_orderbook_entries",
-            )
-            .await?;
-            expect_rows("kraken_orderbook_entries", n, counts.entries)?;
+        expect_rows("krakenbook_other", copied, counts.messages - counts.book)?;
+        if counts.book > 0 {
+            let n = copy_all(&tx, &conn.copy_book, streams.book, "krakenbook_book").await?;
+            expect_rows("krakenbook_book", n, counts.book)?;
         }
         if counts.events > 0 {
             let n = copy_all(&tx, &conn.copy_events, streams.events, "kraken_feed_events").await?;

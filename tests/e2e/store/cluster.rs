@@ -14,11 +14,11 @@ use crate::db::{connect, fixture_records, migrated_db, own_cluster};
 async fn a_writer_whose_attempt_timed_out_takes_its_lock_back_from_its_stuck_session() {
     let (db, client) = migrated_db().await;
     let records = fixture_records();
-    // The entries table held: every attempt stops at its entries COPY until released, and an
+    // The book table held: every attempt stops at its book COPY until released, and an
     // abandoned attempt's server session stays there, holding the collector's writer lock.
     let mut holder = connect(&db.url).await;
     let hold = holder.transaction().await.unwrap();
-    hold.batch_execute("LOCK TABLE kraken_orderbook_entries IN ACCESS EXCLUSIVE MODE")
+    hold.batch_execute("LOCK TABLE krakenbook_book IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     let url = db.url.clone();

@@ -46,13 +46,14 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            5,
+            6,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
                 (3, "journal_instance"),
                 (4, "connections"),
-                (5, "collector_state")
+                (5, "collector_state"),
+                (6, "layout")
             ]
         )
     );
@@ -96,7 +97,7 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 5, "exactly one process applies each migration");
+    assert_eq!(applied, 6, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
@@ -202,7 +203,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (2, "book_states"),
             (3, "journal_instance"),
             (4, "connections"),
-            (5, "collector_state")
+            (5, "collector_state"),
+            (6, "layout")
         ]
     );
 
@@ -377,8 +379,8 @@ async fn the_original_readme_queries_run_unmodified_and_answer_right() {
         names,
         BTreeSet::from([
             "kraken_book_states".to_owned(),
-            "kraken_orderbook_entries".to_owned(),
-            "kraken_orderbook_messages".to_owned()
+            "krakenbook_book".to_owned(),
+            "krakenbook_other".to_owned()
         ])
     );
     let q = "SELECT * FROM timescaledb_information.chunks;";
@@ -412,7 +414,7 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 5"),
+        stdout.contains("schema migrated from version 0 to 6"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");

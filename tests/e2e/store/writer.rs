@@ -136,25 +136,13 @@ async fn the_real_captures_store_every_book_frame_once_and_every_level_once_exac
         (e.books.len() as i64 - mid_stream, mid_stream, 0)
     );
 
-    // Best bid and ask after a snapshot are its first levels.
-    let (first_snapshot, _) = e.books.iter().find(|(_, (_, t))| t == "snapshot").unwrap();
-    let first = |side: &str| {
-        e.levels
-            .iter()
-            .find(|l| l.0 == *first_snapshot && l.2 == side)
-            .map(|l| (l.3.clone(), l.4.clone()))
-            .unwrap()
-    };
-    let r = client
-        .query_one(
-            "SELECT best_bid_price::text, best_bid_qty::text, best_ask_price::text, best_ask_qty::text
-               FROM kraken_orderbook_messages WHERE seq = $1",
-            &[first_snapshot],
-        )
-        .await
-        .unwrap();
-    assert_eq!((r.get(0), r.get(1)), first("bid"));
-    assert_eq!((r.get(2), r.get(3)), first("ask"));
+    // Kraken's frames are rebuilt exactly from the book rows: none keeps its frame.
+    let kept = count(
+        &client,
+        "SELECT count(*) FROM krakenbook_book WHERE raw IS NOT NULL OR levels IS NULL",
+    )
+    .await;
+    assert_eq!(kept, 0, "every real frame is rebuilt from its row");
 
     // The checkpoint is the last record's seq.
     let ckpt: Option<i64> = client
@@ -193,12 +181,12 @@ async fn both_tables_are_hypertables_with_one_day_chunks() {
         dims,
         [
             ("kraken_book_states".to_owned(), "1 day".to_owned()),
-            ("kraken_orderbook_entries".to_owned(), "1 day".to_owned()),
-            ("kraken_orderbook_messages".to_owned(), "1 day".to_owned())
+            ("krakenbook_book".to_owned(), "1 day".to_owned()),
+            ("krakenbook_other".to_owned(), "1 day".to_owned())
         ]
     );
     // The captures span three days: each table has a chunk per day.
-    for table in ["kraken_orderbook_messages", "kraken_orderbook_entries"] {
+    for table in ["krakenbook_book"] {
         let chunks: i64 = client
             .query_one(
                 "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = $1",
@@ -218,11 +206,11 @@ async fn both_tables_are_hypertables_with_one_day_chunks() {
 async fn a_backend_terminated_mid_batch_is_retried_without_duplicates() {
     let (db, client) = migrated_db().await;
     let records = fixture_records();
-    // Hold the entries table so that the writer's transaction stops right after its messages
+    // Hold the book table so that the writer's transaction stops right after its other-frames
     // COPY: it is then certainly mid-batch when its backend is terminated.
     let mut holder = connect(&db.url).await;
     let hold = holder.transaction().await.unwrap();
-    hold.batch_execute("LOCK TABLE kraken_orderbook_entries IN ACCESS EXCLUSIVE MODE")
+    hold.batch_execute("LOCK TABLE krakenbook_book IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     let url = db.url.clone();
@@ -240,7 +228,7 @@ async fn a_backend_terminated_mid_batch_is_retried_without_duplicates() {
             &client,
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
               WHERE application_name LIKE 'krakenbook writer kill (pid %'
-                AND query LIKE 'COPY kraken_orderbook_entries%' AND wait_event_type = 'Lock'",
+                AND query LIKE 'COPY krakenbook_book%' AND wait_event_type = 'Lock'",
         )
         .await;
         if n > 0 {
@@ -249,7 +237,7 @@ async fn a_backend_terminated_mid_batch_is_retried_without_duplicates() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(terminated, "the writer never reached the entries COPY");
+    assert!(terminated, "the writer never reached the book COPY");
     // The killed transaction's messages must not survive; release the table and let it retry.
     hold.commit().await.unwrap();
     let (report, stats) = writing.await.unwrap();
@@ -384,7 +372,9 @@ async fn bisection_isolates_one_bad_record_in_a_batch_of_2000() {
                  END IF;
                  RETURN NEW;
              END $$;
-             CREATE TRIGGER refuse BEFORE INSERT ON kraken_orderbook_messages
+             CREATE TRIGGER refuse BEFORE INSERT ON krakenbook_book
+                 FOR EACH ROW EXECUTE FUNCTION refuse();
+             CREATE TRIGGER refuse BEFORE INSERT ON krakenbook_other
                  FOR EACH ROW EXECUTE FUNCTION refuse();"
         ))
         .await

@@ -1,0 +1,421 @@
+//! Book messages as rows of `krakenbook_book` (schema version 6, `migrations/0006_layout.sql`).
+//!
+//! One row per book message: the levels as dec64 values in one `bigint[]`, the frame itself only
+//! when the compatibility view's rendering of the row would differ from it, and the further copies
+//! of the same message that this collector received on its other connections packed into `dups`.
+//!
+//! What must always hold:
+//! - [`dec64`] and [`undec64`] are exact inverses over every value they accept: the mantissa and
+//!   the scale as sent (`1.50` and `1.5` stay apart); a value they refuse keeps its message's
+//!   levels out of the array (`levels` null) and the frame in `raw`;
+//! - `raw` is null only when the frame is byte for byte what [`canonical`] writes from the row's
+//!   own columns (Kraken's layout), so the view's `jsonb` equals the frame's `jsonb`;
+//! - a copy is merged into an earlier row of the same batch only when the two frames are equal
+//!   (same content, both canonical), came on different connections of this collector, the row
+//!   holds no copy of that connection yet, and the differences fit their bits
+//!   ([`pack_dup`]); anything else is a row of its own. So each connection's stream is whole in
+//!   `krakenbook_copies`, and a copy's seq is within [`DUP_SEQ_REACH`] of its row's.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use bytes::{BufMut, BytesMut};
+
+use crate::book::Decimal;
+use crate::kraken::{BookData, BookKind, Level};
+use crate::time::Timestamp;
+
+/// `COPY` statement for the book rows (column order of the encoded rows).
+pub const COPY_BOOK: &str = "COPY krakenbook_book (timestamp, received_at, seq, conn_id, checksum, \
+    collector_id, n_bids, kind, checksum_ok, symbol, levels, raw, dups) FROM STDIN (FORMAT binary)";
+const BOOK_FIELDS: i16 = 13;
+
+/// How far (in seqs, either way) a copy in `dups` may be from its row's seq: readers that look for
+/// a stream's records by seq widen their window by this much.
+pub const DUP_SEQ_REACH: i64 = 1 << 16;
+
+/// The largest mantissa dec64 holds (exclusive): 2^58, 17 significant digits.
+const DEC64_MANTISSA_LIMIT: u128 = 1 << 58;
+
+/// PostgreSQL's type oid of `int8`.
+const INT8_OID: i32 = 20;
+
+/// `value` as dec64 (`mantissa * 32 + scale`), or `None` when the mantissa is 2^58 or more or the
+/// scale above 31.
+pub fn dec64(value: Decimal) -> Option<i64> {
+    let (m, s) = (value.mantissa(), value.scale());
+    if m >= DEC64_MANTISSA_LIMIT || s > 31 {
+        return None;
+    }
+    // m < 2^58, so m * 32 + s < 2^63.
+    i64::try_from((m << 5) | u128::from(s)).ok()
+}
+
+/// The decimal a dec64 value stands for (`None` for a negative value or a scale above
+/// [`Decimal::MAX_SCALE`]: not something [`dec64`] writes).
+pub fn undec64(v: i64) -> Option<Decimal> {
+    let v = u64::try_from(v).ok()?;
+    Decimal::new(u128::from(v >> 5), (v & 31) as u8)
+}
+
+/// One further copy packed in 64 bits (see `krakenbook_book.dups`), or `None` when a difference
+/// does not fit: connection (16 bits, signed), seq (22 bits, signed, and within
+/// [`DUP_SEQ_REACH`]), verdict (2 bits), receive time in microseconds (24 bits, signed).
+pub fn pack_dup(
+    conn_delta: i64,
+    seq_delta: i64,
+    verdict: Option<bool>,
+    recv_delta_us: i64,
+) -> Option<i64> {
+    let fits = |v: i64, bits: u32| {
+        let half = 1i64 << (bits - 1);
+        (-half..half).contains(&v)
+    };
+    if !fits(conn_delta, 16)
+        || !fits(seq_delta, 22)
+        || seq_delta.abs() >= DUP_SEQ_REACH
+        || !fits(recv_delta_us, 24)
+    {
+        return None;
+    }
+    let verdict = match verdict {
+        None => 0u64,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    let bits = ((conn_delta as u64 & 0xffff) << 48)
+        | ((seq_delta as u64 & 0x3f_ffff) << 26)
+        | (verdict << 24)
+        | (recv_delta_us as u64 & 0xff_ffff);
+    Some(bits as i64)
+}
+
+/// A packed copy's differences: (connection, seq, verdict, receive time in µs), as [`pack_dup`]
+/// took them.
+pub fn unpack_dup(d: i64) -> (i64, i64, Option<bool>, i64) {
+    let conn = d >> 48;
+    let seq = (d << 16) >> 42;
+    let verdict = match (d >> 24) & 3 {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    };
+    let recv = (d << 40) >> 40;
+    (conn, seq, verdict, recv)
+}
+
+/// Whether a number's wire text is plain: digits, at most one `.` with digits on both sides.
+fn plain_number(text: &str) -> bool {
+    let mut parts = text.split('.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    parts.next().is_none() && digits(whole) && frac.is_none_or(digits)
+}
+
+/// The frame Kraken would send for this message, written from its parts: `None` when one of
+/// them cannot be written back exactly (no timestamp, a number that is not plain).
+pub fn canonical(kind: BookKind, data: &BookData<'_>) -> Option<String> {
+    use std::fmt::Write;
+    let timestamp = data.timestamp?;
+    let micros = Timestamp::from_unix_nanos(timestamp.unix_micros().saturating_mul(1000));
+    if micros != timestamp {
+        return None;
+    }
+    let mut out = String::with_capacity(96 + 40 * (data.bids.len() + data.asks.len()));
+    out.push_str(r#"{"channel":"book","type":""#);
+    out.push_str(kind.as_str());
+    out.push_str(r#"","data":[{"symbol":"#);
+    crate::kraken::encode::push_json_str(&mut out, &data.symbol);
+    for (name, side) in [("bids", &data.bids), ("asks", &data.asks)] {
+        let _ = write!(out, r#","{name}":["#);
+        for (i, l) in side.iter().enumerate() {
+            if !plain_number(l.price.text) || !plain_number(l.qty.text) {
+                return None;
+            }
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                r#"{{"price":{},"qty":{}}}"#,
+                l.price.text, l.qty.text
+            );
+        }
+        out.push(']');
+    }
+    let _ = write!(
+        out,
+        r#","checksum":{},"timestamp":"{}"}}]}}"#,
+        data.checksum, timestamp
+    );
+    Some(out)
+}
+
+/// The levels of a message as dec64, prices and quantities interleaved in wire order (bids
+/// first): `None` if one value does not fit.
+pub fn levels_dec64(bids: &[Level<'_>], asks: &[Level<'_>]) -> Option<Vec<i64>> {
+    let mut out = Vec::with_capacity(2 * (bids.len() + asks.len()));
+    for l in bids.iter().chain(asks) {
+        out.push(dec64(l.price.value)?);
+        out.push(dec64(l.qty.value)?);
+    }
+    Some(out)
+}
+
+/// A book message's row, held until the batch ends (a later copy may join it).
+#[derive(Debug)]
+pub struct BookRow {
+    /// Kraken's timestamp (the receive time when the frame has none).
+    pub timestamp: Timestamp,
+    /// When the first copy was read.
+    pub received_at: Timestamp,
+    /// The first copy's journal seq.
+    pub seq: i64,
+    /// The first copy's connection.
+    pub conn_id: i64,
+    /// Kraken's CRC32.
+    pub checksum: u32,
+    /// How many of the levels are bids.
+    pub n_bids: i16,
+    /// Snapshot or update.
+    pub kind: BookKind,
+    /// The collector's verdict on the first copy.
+    pub checksum_ok: Option<bool>,
+    /// The pair.
+    pub symbol: String,
+    /// dec64 price, qty, ... in wire order; `None` when a value does not fit.
+    pub levels: Option<Vec<i64>>,
+    /// The frame, when the row alone does not rebuild it.
+    pub raw: Option<String>,
+    /// Further copies, packed ([`pack_dup`]).
+    pub dups: Vec<i64>,
+}
+
+impl BookRow {
+    fn same_message(&self, other: &BookRow) -> bool {
+        self.raw.is_none()
+            && other.raw.is_none()
+            && self.timestamp == other.timestamp
+            && self.kind == other.kind
+            && self.checksum == other.checksum
+            && self.n_bids == other.n_bids
+            && self.symbol == other.symbol
+            && self.levels == other.levels
+    }
+
+    fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.symbol.hash(&mut h);
+        self.timestamp.pg_micros().hash(&mut h);
+        self.checksum.hash(&mut h);
+        self.levels.hash(&mut h);
+        h.finish()
+    }
+
+    fn has_conn(&self, conn_id: i64) -> bool {
+        conn_id == self.conn_id
+            || self
+                .dups
+                .iter()
+                .any(|d| self.conn_id + unpack_dup(*d).0 == conn_id)
+    }
+}
+
+/// The book rows of one batch, merging copies.
+#[derive(Debug, Default)]
+pub struct BookRows {
+    rows: Vec<BookRow>,
+    latest: HashMap<u64, usize>,
+    /// Copies merged into an earlier row since the last reset.
+    pub merged: u64,
+}
+
+impl BookRows {
+    /// Forgets every row.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.latest.clear();
+        self.merged = 0;
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Adds a message: merged into an earlier row as a copy when it is one (true), else a row.
+    pub fn push(&mut self, row: BookRow) -> bool {
+        if row.raw.is_none() {
+            let key = row.key();
+            if let Some(&i) = self.latest.get(&key) {
+                let first = &mut self.rows[i];
+                if first.same_message(&row) && !first.has_conn(row.conn_id) {
+                    let packed = pack_dup(
+                        row.conn_id - first.conn_id,
+                        row.seq - first.seq,
+                        row.checksum_ok,
+                        row.received_at.pg_micros() - first.received_at.pg_micros(),
+                    );
+                    if let Some(d) = packed {
+                        first.dups.push(d);
+                        self.merged += 1;
+                        return true;
+                    }
+                }
+            }
+            self.latest.insert(key, self.rows.len());
+        }
+        self.rows.push(row);
+        false
+    }
+
+    /// Writes every row into `b` (a binary COPY stream after its header) and forgets them.
+    pub fn encode(&mut self, collector_id: i16, b: &mut BytesMut) {
+        for row in self.rows.drain(..) {
+            b.put_i16(BOOK_FIELDS);
+            put_i64(b, row.timestamp.pg_micros());
+            put_i64(b, row.received_at.pg_micros());
+            put_i64(b, row.seq);
+            put_i64(b, row.conn_id);
+            b.put_i32(4);
+            b.put_i32(row.checksum as i32);
+            b.put_i32(2);
+            b.put_i16(collector_id);
+            b.put_i32(2);
+            b.put_i16(row.n_bids);
+            b.put_i32(1);
+            b.put_u8(match row.kind {
+                BookKind::Snapshot => b's',
+                BookKind::Update => b'u',
+            });
+            match row.checksum_ok {
+                Some(ok) => {
+                    b.put_i32(1);
+                    b.put_u8(u8::from(ok));
+                }
+                None => b.put_i32(-1),
+            }
+            b.put_i32(row.symbol.len() as i32);
+            b.put_slice(row.symbol.as_bytes());
+            match &row.levels {
+                Some(l) => put_i64_array(b, l),
+                None => b.put_i32(-1),
+            }
+            match &row.raw {
+                Some(text) => {
+                    b.put_i32(text.len() as i32 + 1);
+                    b.put_u8(1);
+                    b.put_slice(text.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+            if row.dups.is_empty() {
+                b.put_i32(-1);
+            } else {
+                put_i64_array(b, &row.dups);
+            }
+        }
+        self.latest.clear();
+    }
+}
+
+fn put_i64(b: &mut BytesMut, v: i64) {
+    b.put_i32(8);
+    b.put_i64(v);
+}
+
+/// A one-dimensional `bigint[]` in binary form (an empty array has no dimension).
+fn put_i64_array(b: &mut BytesMut, values: &[i64]) {
+    if values.is_empty() {
+        b.put_i32(12);
+        b.put_i32(0);
+        b.put_i32(0);
+        b.put_i32(INT8_OID);
+        return;
+    }
+    b.put_i32(20 + 12 * values.len() as i32);
+    b.put_i32(1);
+    b.put_i32(0);
+    b.put_i32(INT8_OID);
+    b.put_i32(values.len() as i32);
+    b.put_i32(1);
+    for v in values {
+        b.put_i32(8);
+        b.put_i64(*v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dec64_keeps_every_digit_and_the_scale_as_sent() {
+        for s in ["1.50", "1.5", "0", "0.00000000", "0.000051004", "62797.0", "123456789012345.67"] {
+            let v = dec64(d(s)).unwrap();
+            assert_eq!(undec64(v).unwrap().to_string(), s);
+        }
+        assert_eq!(dec64(d("1.50")), Some(150 * 32 + 2));
+        assert_ne!(dec64(d("1.50")), dec64(d("1.5")));
+    }
+
+    #[test]
+    fn dec64_refuses_values_it_cannot_hold() {
+        assert_eq!(dec64(d("288230376151711744")), None, "2^58");
+        assert!(dec64(d("288230376151711743")).is_some());
+        assert_eq!(dec64(d("99999999999999999999.5")), None);
+    }
+
+    #[test]
+    fn a_packed_copy_unpacks_to_what_was_packed() {
+        for (c, s, v, r) in [
+            (1, 1, Some(true), 5),
+            (-1, -3, Some(false), -250_000),
+            (32_767, 65_535, None, 8_388_607),
+            (-32_768, -65_535, Some(true), -8_388_608),
+        ] {
+            let p = pack_dup(c, s, v, r).unwrap();
+            assert_eq!(unpack_dup(p), (c, s, v, r));
+        }
+        assert_eq!(pack_dup(32_768, 0, None, 0), None);
+        assert_eq!(pack_dup(0, DUP_SEQ_REACH, None, 0), None);
+        assert_eq!(pack_dup(0, 0, None, 8_388_608), None);
+    }
+
+    #[test]
+    fn only_plain_numbers_are_written_back() {
+        for s in ["1", "1.5", "0.00005100", "62797.0"] {
+            assert!(plain_number(s), "{s}");
+        }
+        for s in ["5e-05", "1E2", "-1", "1.", ".5", "", "1.2.3", "+1"] {
+            assert!(!plain_number(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn real_frames_are_canonical() {
+        let text = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[],"asks":[{"price":62806.6,"qty":0.00000000},{"price":62808.0,"qty":0.79607759}],"checksum":265834348,"timestamp":"2026-08-16T23:37:05.376419Z"}]}"#;
+        let crate::kraken::Frame::Book(book) = crate::kraken::decode(text).unwrap() else {
+            panic!("a book frame");
+        };
+        assert_eq!(
+            canonical(book.kind, &book.data[0]).as_deref(),
+            Some(text)
+        );
+        let spaced = text.replace(r#""bids":[]"#, r#""bids": []"#);
+        let crate::kraken::Frame::Book(book) = crate::kraken::decode(&spaced).unwrap() else {
+            panic!("a book frame");
+        };
+        assert_ne!(canonical(book.kind, &book.data[0]).as_deref(), Some(&*spaced));
+    }
+}
