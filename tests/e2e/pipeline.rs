@@ -278,26 +278,29 @@ fn is_heartbeat(r: &Record) -> bool {
 }
 
 /// The database holds exactly the journal's records of `collector`: every frame but heartbeats
-/// as a message row with its connection and frame number, nothing else; every event; and the
-/// checkpoint at the journal's end.
+/// as a stored copy (a book row's copy or an other-frame row) with its connection, nothing else;
+/// every event; and the checkpoint at the journal's end.
 async fn assert_database_equals_journal(client: &Client, dir: &Path, collector: &str) {
     let records = journal_records(dir);
-    let want: BTreeSet<(i64, i64, i64)> = records
+    let want: BTreeSet<(i64, i64)> = records
         .iter()
         .filter(|r| matches!(r.body, RecordBody::Frame(_)) && !is_heartbeat(r))
-        .map(|r| (r.seq as i64, r.conn_id as i64, r.conn_seq as i64))
+        .map(|r| (r.seq as i64, r.conn_id as i64))
         .collect();
-    let got: Vec<(i64, i64, i64)> = client
+    let got: Vec<(i64, i64)> = client
         .query(
-            "SELECT seq, conn_id, conn_seq FROM kraken_orderbook_messages WHERE collector = $1",
+            "SELECT c.seq, c.conn_id FROM krakenbook_copies c
+               JOIN krakenbook_collectors k ON k.id = c.collector_id WHERE k.name = $1
+             UNION ALL
+             SELECT seq, conn_id FROM krakenbook_other WHERE collector = $1",
             &[&collector],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let got_set: BTreeSet<(i64, i64, i64)> = got.iter().copied().collect();
+    let got_set: BTreeSet<(i64, i64)> = got.iter().copied().collect();
     assert_eq!(got.len(), got_set.len(), "no record twice");
     let missing: Vec<_> = want.difference(&got_set).take(5).collect();
     let extra: Vec<_> = got_set.difference(&want).take(5).collect();
@@ -500,8 +503,9 @@ async fn one_frame_cannot_stop_the_database() {
         let row = client
             .query_one(
                 "SELECT raw_message IS NULL, raw_text,
-                        (SELECT count(*) FROM kraken_orderbook_entries e
-                          WHERE e.collector = m.collector AND e.seq = m.seq)
+                        (SELECT count(*) FROM krakenbook_copies c
+                           JOIN krakenbook_collectors k ON k.id = c.collector_id
+                          WHERE k.name = m.collector AND c.seq = m.seq)
                    FROM kraken_orderbook_messages m WHERE collector = 'poison' AND seq = $1",
                 &[&(seq as i64)],
             )
@@ -582,7 +586,10 @@ async fn damage_ranges(client: &Client, collector: &str) -> Vec<(u64, u64)> {
 async fn stored_seqs(client: &Client, collector: &str) -> BTreeSet<u64> {
     client
         .query(
-            "SELECT seq FROM kraken_orderbook_messages WHERE collector = $1",
+            "SELECT c.seq FROM krakenbook_copies c
+               JOIN krakenbook_collectors k ON k.id = c.collector_id WHERE k.name = $1
+             UNION ALL
+             SELECT seq FROM krakenbook_other WHERE collector = $1",
             &[&collector],
         )
         .await
@@ -808,15 +815,16 @@ async fn environment_episode(
 }
 
 #[tokio::test]
-async fn a_dropped_column_pauses_the_pipeline_and_sets_health_without_splitting() {
+async fn a_missing_column_pauses_the_pipeline_and_sets_health_without_splitting() {
     let (db, client) = migrated_db().await;
+    // The views depend on every column, so an operator's mistake looks like a rename.
     client
-        .batch_execute("ALTER TABLE kraken_orderbook_messages DROP COLUMN raw_text")
+        .batch_execute("ALTER TABLE krakenbook_book RENAME COLUMN dups TO dups_gone")
         .await
         .unwrap();
     environment_episode(&db.url, &client, "dropped", "42703", async || {
         client
-            .batch_execute("ALTER TABLE kraken_orderbook_messages ADD COLUMN raw_text text")
+            .batch_execute("ALTER TABLE krakenbook_book RENAME COLUMN dups_gone TO dups")
             .await
             .unwrap();
     })
