@@ -537,7 +537,7 @@ async fn the_explorer_sessions_cannot_write() {
     let sessions = krakenbook::web::Sessions::new(&rec.db.url).unwrap();
     let client = sessions.client().await.unwrap();
     let e = client
-        .batch_execute("DELETE FROM kraken_orderbook_messages")
+        .batch_execute("DELETE FROM krakenbook_book")
         .await
         .unwrap_err();
     assert_eq!(
