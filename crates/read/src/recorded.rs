@@ -59,10 +59,11 @@ pub async fn recorded(
     // One snapshot per connection in the range (the partial index on snapshots finds them).
     let rows = client
         .query(
-            "SELECT DISTINCT ON (conn_id) conn_id, seq, \"timestamp\", coalesce(received_at, \"timestamp\")
-               FROM kraken_orderbook_messages
-              WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book' AND collector = $2
-                AND \"timestamp\" >= $3 AND \"timestamp\" < $4 AND conn_id IS NOT NULL
+            "SELECT DISTINCT ON (conn_id) conn_id, seq, \"timestamp\", received_at
+               FROM krakenbook_copies
+              WHERE symbol = $1 AND kind = 's'
+                AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2)
+                AND \"timestamp\" >= $3 AND \"timestamp\" < $4
               ORDER BY conn_id, seq",
             &[&symbol, &collector, &selection.from, &selection.to],
         )

@@ -234,12 +234,12 @@ async fn check_symbol(
 ) -> Result<(), SourceError> {
     let extent = client
         .query_one(
-            "SELECT (SELECT \"timestamp\" FROM kraken_orderbook_messages
-                      WHERE symbol = $1 AND channel = 'book' AND message_type IN ('snapshot', 'update') ORDER BY \"timestamp\" LIMIT 1),
-                    (SELECT \"timestamp\" FROM kraken_orderbook_messages
-                      WHERE symbol = $1 AND channel = 'book' AND message_type IN ('snapshot', 'update') ORDER BY \"timestamp\" DESC LIMIT 1),
-                    EXISTS (SELECT 1 FROM kraken_orderbook_messages
-                      WHERE symbol = $1 AND channel = 'book' AND message_type IN ('snapshot', 'update') AND \"timestamp\" >= $2 AND \"timestamp\" < $3)",
+            "SELECT (SELECT \"timestamp\" FROM krakenbook_book
+                      WHERE symbol = $1 ORDER BY \"timestamp\" LIMIT 1),
+                    (SELECT \"timestamp\" FROM krakenbook_book
+                      WHERE symbol = $1 ORDER BY \"timestamp\" DESC LIMIT 1),
+                    EXISTS (SELECT 1 FROM krakenbook_book
+                      WHERE symbol = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3)",
             &[&symbol, &from, &to],
         )
         .await
@@ -280,8 +280,9 @@ async fn collector_has_data(
 ) -> Result<bool, SourceError> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM kraken_orderbook_messages
-                WHERE symbol = ANY($1) AND collector = $2 AND channel = 'book' AND message_type IN ('snapshot', 'update')
+            "SELECT EXISTS (SELECT 1 FROM krakenbook_book
+                WHERE symbol = ANY($1)
+                  AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2)
                   AND \"timestamp\" >= $3 AND \"timestamp\" < $4)",
             &[&symbols, &collector, &from, &to],
         )

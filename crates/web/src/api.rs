@@ -22,6 +22,7 @@ use super::params::{BadRequest, MAX_COLUMNS, MAX_HEATMAP_SECONDS, Params};
 use crate::book::BookView;
 use crate::history::{Coverage, Source, StreamId};
 use crate::readback::{BookAt, BookCursor, ReadbackError, book_at};
+use crate::store::book_rows::DUP_SEQ_REACH;
 use crate::time::Timestamp;
 
 /// A collector whose row is older than this is shown as not running.
@@ -213,6 +214,64 @@ async fn step(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
     }))
 }
 
+/// The book message of `symbol` on `stream` next to `seq` (after it when `forward`): its seq and
+/// Kraken timestamp. Looked for in seq windows that grow sixteen-fold (the received order has a
+/// block-range index, not a btree), up to the collector's last seq.
+async fn next_message(
+    client: &Client,
+    symbol: &str,
+    stream: &StreamId,
+    seq: i64,
+    forward: bool,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let sql = if forward {
+        "SELECT seq, \"timestamp\" FROM krakenbook_copies
+          WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
+            AND conn_id = $2 AND symbol = $3 AND seq > $4 AND seq <= $4 + $5
+            AND row_seq > $4 - $6 AND row_seq <= $4 + $5 + $6
+          ORDER BY seq LIMIT 1"
+    } else {
+        "SELECT seq, \"timestamp\" FROM krakenbook_copies
+          WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
+            AND conn_id = $2 AND symbol = $3 AND seq < $4 AND seq >= $4 - $5
+            AND row_seq < $4 + $6 AND row_seq >= $4 - $5 - $6
+          ORDER BY seq DESC LIMIT 1"
+    };
+    let bounds = client
+        .query_one(
+            "SELECT coalesce(min(first_seq), 0), coalesce(max(last_seq), 0)
+               FROM krakenbook_connections WHERE collector = $1",
+            &[&stream.collector],
+        )
+        .await?;
+    let (first, last): (i64, i64) = (bounds.get(0), bounds.get(1));
+    let mut window: i64 = 1 << 16;
+    loop {
+        let row = client
+            .query_opt(
+                sql,
+                &[
+                    &stream.collector,
+                    &stream.conn_id,
+                    &symbol,
+                    &seq,
+                    &window,
+                    &DUP_SEQ_REACH,
+                ],
+            )
+            .await?;
+        let exhausted = if forward {
+            seq.saturating_add(window) >= last
+        } else {
+            seq.saturating_sub(window) <= first
+        };
+        if row.is_some() || exhausted {
+            return Ok(row);
+        }
+        window = window.saturating_mul(16);
+    }
+}
+
 /// The book after the book message of `symbol` next to `seq` (after it when `forward`, else
 /// before it) on `stream`, rebuilt from that stream's own start within the verified span that
 /// holds the message. A message outside every verified span of the stream is answered as
@@ -225,19 +284,7 @@ pub async fn step_book(
     forward: bool,
     depth: usize,
 ) -> Result<BookAt, Answer> {
-    let sql = if forward {
-        "SELECT seq, \"timestamp\" FROM kraken_orderbook_messages
-          WHERE collector = $1 AND conn_id = $2 AND symbol = $3 AND channel = 'book'
-            AND message_type IN ('snapshot', 'update') AND seq > $4
-          ORDER BY seq LIMIT 1"
-    } else {
-        "SELECT seq, \"timestamp\" FROM kraken_orderbook_messages
-          WHERE collector = $1 AND conn_id = $2 AND symbol = $3 AND channel = 'book'
-            AND message_type IN ('snapshot', 'update') AND seq < $4
-          ORDER BY seq DESC LIMIT 1"
-    };
-    let row = client
-        .query_opt(sql, &[&stream.collector, &stream.conn_id, &symbol, &seq])
+    let row = next_message(client, symbol, stream, seq, forward)
         .await
         .map_err(db_failed)?;
     let Some(row) = row else {

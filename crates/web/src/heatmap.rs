@@ -8,7 +8,7 @@
 //!
 //! How a day stays cheap: a column never replays the record from far back. It starts from the
 //! latest snapshot or journaled book state at or before `t` on the chosen stream's span (the
-//! `(symbol, timestamp)` indexes of `kraken_orderbook_messages` and `kraken_book_states`; one
+//! `(symbol, timestamp)` indexes of `krakenbook_book` and `kraken_book_states`; one
 //! query lists a span's starts over the whole range, so columns cost no lookup of their own), or,
 //! when the previous column's book on the same span is already past that start, goes on from
 //! that book with only the messages between the two instants. Over a range each stored message
@@ -114,11 +114,14 @@ struct Carried {
     synced: bool,
 }
 
-const ENTRIES_AFTER: &str = "SELECT seq, message_type, checksum, side, price, quantity \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 \
-      AND seq > $5 AND seq <= $6 \
-    ORDER BY seq, ordinal";
+/// A stream's messages (every copy its connection $7 received) in ($5, $6] between two instants,
+/// one row a message (the columns `readback::stored_message` reads).
+const MESSAGES_AFTER: &str = "SELECT seq, kind = 's', checksum, n_bids, levels, raw::text, \
+    \"timestamp\", received_at \
+    FROM krakenbook_copies \
+    WHERE symbol = $1 AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2) \
+      AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 AND seq <= $6 AND conn_id = $7 \
+    ORDER BY seq";
 
 /// Builds the heatmap of `req` from the database.
 pub async fn heatmap(client: &Client, req: &HeatmapRequest) -> Result<Heatmap, ReadbackError> {
@@ -245,9 +248,10 @@ async fn span_starts(
         .query(
             "SELECT kind, seq, ts, received_at FROM (
                SELECT 'snapshot' AS kind, seq, \"timestamp\" AS ts, received_at
-                 FROM kraken_orderbook_messages
-                WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
-                  AND \"timestamp\" > $2 AND \"timestamp\" <= $3 AND collector = $4
+                 FROM krakenbook_copies
+                WHERE symbol = $1 AND kind = 's'
+                  AND \"timestamp\" > $2 AND \"timestamp\" <= $3
+                  AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $4)
                   AND conn_id = $5 AND seq >= $6 AND seq <= $7
                UNION ALL
                SELECT 'state', seq, \"timestamp\", received_at FROM kraken_book_states
@@ -290,42 +294,28 @@ async fn advance(
     t: Timestamp,
     last_seq: i64,
 ) -> Result<u64, ReadbackError> {
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&symbol, &c.stream.collector, &c.ts, &t, &c.seq, &last_seq];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &symbol,
+        &c.stream.collector,
+        &c.ts,
+        &t,
+        &c.seq,
+        &last_seq,
+        &c.stream.conn_id,
+    ];
     let mut rows: Pin<Box<RowStream>> = Box::pin(
         client
-            .query_raw(ENTRIES_AFTER, params)
+            .query_raw(MESSAGES_AFTER, params)
             .await
             .map_err(StoreError::db("reading book levels for the heatmap"))?,
     );
     let mut applied = 0u64;
-    let mut current: Option<(i64, bool, u32)> = None;
-    let mut bids: Vec<(Decimal, Decimal)> = Vec::new();
-    let mut asks: Vec<(Decimal, Decimal)> = Vec::new();
-    loop {
-        let row = match rows.next().await {
-            Some(r) => Some(r.map_err(StoreError::db("reading book levels for the heatmap"))?),
-            None => None,
-        };
-        let seq = row.as_ref().map(|r| r.get::<_, i64>(0));
-        if let Some((done, snapshot, checksum)) = current
-            && seq != Some(done)
-        {
-            apply(c, snapshot, checksum, &mut bids, &mut asks);
-            c.seq = done;
-            applied += 1;
-            current = None;
-        }
-        let Some(r) = row else { break };
-        if current.is_none() {
-            let checksum = u32::try_from(r.get::<_, Option<i64>>(2).unwrap_or(0)).unwrap_or(0);
-            current = Some((r.get(0), r.get::<_, &str>(1) == "snapshot", checksum));
-        }
-        let level = (r.get::<_, Decimal>(4), r.get::<_, Decimal>(5));
-        match r.get::<_, &str>(3) {
-            "bid" => bids.push(level),
-            _ => asks.push(level),
-        }
+    while let Some(r) = rows.next().await {
+        let r = r.map_err(StoreError::db("reading book levels for the heatmap"))?;
+        let mut m = crate::readback::stored_message(&r, symbol)?;
+        apply(c, m.snapshot, m.checksum, &mut m.bids, &mut m.asks);
+        c.seq = m.seq;
+        applied += 1;
     }
     c.ts = t;
     Ok(applied)

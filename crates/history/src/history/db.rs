@@ -2,10 +2,11 @@
 //! table, whatever the length of the record.
 //!
 //! - subscriptions: `kraken_feed_events` (`subscribed`), by its `(symbol, time)` index;
-//! - verified snapshots: `kraken_orderbook_messages`, by its partial snapshot index (one row per
-//!   subscription, not per message);
+//! - verified snapshots: every received copy of a snapshot (`krakenbook_copies`: a book row's
+//!   first copy and those packed in its `dups`, each with its own verdict), by the book table's
+//!   partial snapshot index (one row per subscription, not per message);
 //! - mismatches: `checksum_mismatch` events, each with the mismatched message found by the
-//!   `(collector, seq)` index just before the event (its Kraken timestamp), and the last message of
+//!   `(collector_id, seq)` block-range index just before the event (its Kraken timestamp), and the last message of
 //!   the symbol on the connection that verified before it;
 //! - connections: `krakenbook_connections` (first and last frame, heartbeats included), by key;
 //! - `disconnected` and `journal_damage` events: a few rows per connection or damage;
@@ -19,6 +20,7 @@ use tokio_postgres::Client;
 use super::HistoryError;
 use super::model::{Connection, Damage, Mark, Observation, Observed, StreamId};
 use crate::store::StoreError;
+use crate::store::book_rows::DUP_SEQ_REACH;
 use crate::time::Timestamp;
 
 /// How far before a mismatch event its message is looked for on the collector's record (other
@@ -69,11 +71,10 @@ pub async fn observe(
     }
     let snapshots = client
         .query(
-            "SELECT symbol, collector, conn_id, seq, \"timestamp\", received_at
-               FROM kraken_orderbook_messages
-              WHERE symbol = ANY($1) AND message_type = 'snapshot' AND channel = 'book'
-                AND checksum_ok AND collector IS NOT NULL AND conn_id IS NOT NULL
-                AND seq IS NOT NULL AND ($2::text IS NULL OR collector = $2)",
+            "SELECT c.symbol, k.name, c.conn_id, c.seq, c.\"timestamp\", c.received_at
+               FROM krakenbook_copies c JOIN krakenbook_collectors k ON k.id = c.collector_id
+              WHERE c.symbol = ANY($1) AND c.kind = 's' AND c.checksum_ok
+                AND ($2::text IS NULL OR k.name = $2)",
             &[&symbols, &collector],
         )
         .await
@@ -94,20 +95,24 @@ pub async fn observe(
                     m.received_at, v.\"timestamp\"
                FROM kraken_feed_events e
                LEFT JOIN LATERAL (
-                 SELECT seq, \"timestamp\", received_at FROM kraken_orderbook_messages m
-                  WHERE m.collector = e.collector AND m.seq < e.seq AND m.seq > e.seq - $3
+                 SELECT m.seq, m.\"timestamp\", m.received_at FROM krakenbook_copies m
+                  WHERE m.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = e.collector)
+                    AND m.row_seq < e.seq + $4 AND m.row_seq > e.seq - $3 - $4
+                    AND m.seq < e.seq AND m.seq > e.seq - $3
                     AND m.conn_id = e.conn_id AND m.symbol = e.symbol AND m.checksum_ok = false
                     AND m.\"timestamp\" <= e.time + interval '1 hour'
                   ORDER BY m.seq DESC LIMIT 1) m ON true
                LEFT JOIN LATERAL (
-                 SELECT \"timestamp\" FROM kraken_orderbook_messages v
-                  WHERE v.collector = e.collector AND v.seq < coalesce(m.seq, e.seq)
+                 SELECT v.\"timestamp\" FROM krakenbook_copies v
+                  WHERE v.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = e.collector)
+                    AND v.row_seq < coalesce(m.seq, e.seq) + $4 AND v.row_seq > e.seq - $3 - $4
+                    AND v.seq < coalesce(m.seq, e.seq)
                     AND v.seq > e.seq - $3 AND v.conn_id = e.conn_id AND v.symbol = e.symbol
                     AND v.checksum_ok AND v.\"timestamp\" <= e.time + interval '1 hour'
                   ORDER BY v.seq DESC LIMIT 1) v ON true
               WHERE e.symbol = ANY($1) AND e.event = 'checksum_mismatch' AND e.conn_id IS NOT NULL
                 AND ($2::text IS NULL OR e.collector = $2)",
-            &[&symbols, &collector, &MISMATCH_LOOKBACK],
+            &[&symbols, &collector, &MISMATCH_LOOKBACK, &DUP_SEQ_REACH],
         )
         .await
         .map_err(StoreError::db("reading the checksum mismatches"))?;

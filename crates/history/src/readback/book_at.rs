@@ -192,9 +192,10 @@ async fn last_verified(
 ) -> Result<Option<Timestamp>, ReadbackError> {
     let row = client
         .query_opt(
-            "SELECT \"timestamp\" FROM kraken_orderbook_messages
-              WHERE symbol = $1 AND \"timestamp\" <= $2 AND collector = $3 AND conn_id = $4
-                AND checksum_ok AND channel = 'book'
+            "SELECT \"timestamp\" FROM krakenbook_copies
+              WHERE symbol = $1 AND \"timestamp\" <= $2
+                AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $3)
+                AND conn_id = $4 AND checksum_ok
               ORDER BY \"timestamp\" DESC LIMIT 1",
             &[&symbol, &before, &stream.collector, &stream.conn_id],
         )

@@ -9,6 +9,7 @@ use super::ReadbackError;
 use crate::book::{Decimal, OrderBook, Precision};
 use crate::kraken::{self, Frame};
 use crate::store::StoreError;
+use crate::store::book_rows::{DUP_SEQ_REACH, undec64};
 use crate::time::Timestamp;
 
 /// What a rebuild starts from.
@@ -80,23 +81,104 @@ impl std::fmt::Debug for BookCursor {
     }
 }
 
-const ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity, \"timestamp\", received_at \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
-      AND seq <= $6 \
-    ORDER BY seq, ordinal";
+/// The book messages of a collector's record in seq order, first copies only ($1 symbol, $2
+/// collector, $3..$4 Kraken time, ($5, $6] seqs): one row a message, its levels as dec64.
+const MESSAGES: &str = "SELECT b.seq, b.kind = 's', b.checksum, b.n_bids, b.levels, b.raw::text, \
+    b.\"timestamp\", b.received_at \
+    FROM krakenbook_book b \
+    WHERE b.symbol = $1 AND b.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2) \
+      AND b.\"timestamp\" >= $3 AND b.\"timestamp\" <= $4 AND b.seq > $5 AND b.seq <= $6 \
+    ORDER BY b.seq";
 
-/// [`ENTRIES`] of one stream: the entries table has no connection column, so the start's
-/// connection ($7) is matched through its messages. A collector with redundant connections
-/// interleaves several streams' seqs, so a stream's span holds other streams' records too.
-const STREAM_ENTRIES: &str = "SELECT seq, message_type, checksum, side, price, quantity, \"timestamp\", received_at \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
-      AND seq <= $6 \
-      AND seq IN (SELECT m.seq FROM kraken_orderbook_messages m \
-                   WHERE m.symbol = $1 AND m.collector = $2 AND m.conn_id = $7 \
-                     AND m.\"timestamp\" >= $3 AND m.\"timestamp\" <= $4 AND m.seq > $5 AND m.seq <= $6) \
-    ORDER BY seq, ordinal";
+/// [`MESSAGES`] of one stream (connection $7): every copy that connection received, the first
+/// copies of rows and those packed in other rows' `dups`, in that connection's own seq order.
+const STREAM_MESSAGES: &str = "SELECT c.seq, c.kind = 's', c.checksum, c.n_bids, c.levels, \
+    c.raw::text, c.\"timestamp\", c.received_at \
+    FROM krakenbook_copies c \
+    WHERE c.symbol = $1 AND c.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2) \
+      AND c.\"timestamp\" >= $3 AND c.\"timestamp\" <= $4 AND c.seq > $5 AND c.seq <= $6 \
+      AND c.conn_id = $7 \
+    ORDER BY c.seq";
+
+/// One stored book message as the readers apply it: levels in wire order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The copy's seq.
+    pub seq: i64,
+    /// A snapshot (else an update).
+    pub snapshot: bool,
+    /// Kraken's checksum.
+    pub checksum: u32,
+    /// Bid levels (price, qty) in wire order.
+    pub bids: Vec<(Decimal, Decimal)>,
+    /// Ask levels in wire order.
+    pub asks: Vec<(Decimal, Decimal)>,
+    /// Kraken's timestamp.
+    pub timestamp: Timestamp,
+    /// When the copy was received.
+    pub received_at: Timestamp,
+}
+
+/// Decodes a row of `seq, snapshot, checksum, n_bids, levels, raw, timestamp, received_at` (the
+/// book table's columns: levels as dec64, or the frame in raw when they do not fit).
+pub fn stored_message(row: &Row, symbol: &str) -> Result<StoredMessage, ReadbackError> {
+    let seq: i64 = row.get(0);
+    let invalid = |reason: String| ReadbackError::Invalid {
+        symbol: symbol.to_owned(),
+        seq,
+        reason,
+    };
+    let n_bids = usize::try_from(row.get::<_, i16>(3)).map_err(|e| invalid(e.to_string()))?;
+    let (bids, asks) = match row.get::<_, Option<Vec<i64>>>(4) {
+        Some(levels) => {
+            if levels.len() % 2 != 0 || n_bids * 2 > levels.len() {
+                return Err(invalid(format!(
+                    "{} level values with {n_bids} bids",
+                    levels.len()
+                )));
+            }
+            let mut pairs = levels.chunks_exact(2).map(|p| {
+                match (undec64(p[0]), undec64(p[1])) {
+                    (Some(price), Some(qty)) => Ok((price, qty)),
+                    _ => Err(invalid(format!("level {p:?} is not dec64"))),
+                }
+            });
+            let bids = pairs.by_ref().take(n_bids).collect::<Result<Vec<_>, _>>()?;
+            let asks = pairs.collect::<Result<Vec<_>, _>>()?;
+            (bids, asks)
+        }
+        None => {
+            let raw: Option<&str> = row.get(5);
+            let raw = raw.ok_or_else(|| invalid("neither levels nor raw".to_owned()))?;
+            match kraken::decode(raw) {
+                Ok(Frame::Book(book)) => {
+                    let data = book
+                        .data
+                        .iter()
+                        .find(|d| d.symbol == symbol)
+                        .ok_or_else(|| invalid("raw frame of another symbol".to_owned()))?;
+                    let pair = |l: &kraken::Level<'_>| (l.price.value, l.qty.value);
+                    (
+                        data.bids.iter().map(pair).collect(),
+                        data.asks.iter().map(pair).collect(),
+                    )
+                }
+                Ok(_) => return Err(invalid("raw frame is not a book frame".to_owned())),
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+    };
+    let timestamp: Timestamp = row.get(6);
+    Ok(StoredMessage {
+        seq,
+        snapshot: row.get(1),
+        checksum: row.get::<_, Option<i32>>(2).unwrap_or(0) as u32,
+        bids,
+        asks,
+        timestamp,
+        received_at: row.get::<_, Option<Timestamp>>(7).unwrap_or(timestamp),
+    })
+}
 
 impl BookCursor {
     /// The latest starting point (snapshot or state) of `symbol` at or before `at`, on
@@ -110,10 +192,13 @@ impl BookCursor {
         let row = client
             .query_opt(
                 "SELECT kind, collector, conn_id, seq, ts, received_at FROM (
-                   (SELECT 'snapshot' AS kind, collector, conn_id, seq, \"timestamp\" AS ts, received_at
-                      FROM kraken_orderbook_messages
-                     WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
-                       AND \"timestamp\" <= $2 AND ($3::text IS NULL OR collector = $3)
+                   (SELECT 'snapshot' AS kind,
+                           (SELECT k.name FROM krakenbook_collectors k WHERE k.id = b.collector_id) AS collector,
+                           conn_id, seq, \"timestamp\" AS ts, received_at
+                      FROM krakenbook_book b
+                     WHERE symbol = $1 AND kind = 's' AND \"timestamp\" <= $2
+                       AND ($3::text IS NULL
+                            OR collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $3))
                      ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
                    UNION ALL
                    (SELECT 'state', collector, conn_id, seq, \"timestamp\", received_at
@@ -154,11 +239,12 @@ impl BookCursor {
         let row = client
             .query_opt(
                 "SELECT kind, collector, conn_id, seq, ts, received_at FROM (
-                   (SELECT 'snapshot' AS kind, collector, conn_id, seq, \"timestamp\" AS ts, received_at
-                      FROM kraken_orderbook_messages
-                     WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
-                       AND \"timestamp\" <= $2 AND collector = $3 AND conn_id = $4
-                       AND seq >= $5 AND seq <= $6
+                   (SELECT 'snapshot' AS kind, $3::text AS collector, conn_id, seq,
+                           \"timestamp\" AS ts, received_at
+                      FROM krakenbook_copies
+                     WHERE symbol = $1 AND kind = 's' AND \"timestamp\" <= $2
+                       AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $3)
+                       AND conn_id = $4 AND seq >= $5 AND seq <= $6
                      ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1)
                    UNION ALL
                    (SELECT 'state', collector, conn_id, seq, \"timestamp\", received_at
@@ -221,9 +307,10 @@ impl BookCursor {
     ) -> Result<Option<Start>, ReadbackError> {
         let row = client
             .query_opt(
-                "SELECT collector, conn_id, seq, \"timestamp\", received_at FROM kraken_orderbook_messages
-                  WHERE symbol = $1 AND message_type = 'snapshot' AND channel = 'book'
-                    AND \"timestamp\" >= $2 AND \"timestamp\" < $3 AND collector = $4
+                "SELECT $4::text, conn_id, seq, \"timestamp\", received_at FROM krakenbook_book
+                  WHERE symbol = $1 AND kind = 's'
+                    AND \"timestamp\" >= $2 AND \"timestamp\" < $3
+                    AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $4)
                   ORDER BY \"timestamp\", seq LIMIT 1",
                 &[&symbol, &from, &to, &collector],
             )
@@ -339,9 +426,9 @@ impl BookCursor {
             &start.conn_id,
         ];
         let rows = if one_stream {
-            client.query_raw(STREAM_ENTRIES, params).await
+            client.query_raw(STREAM_MESSAGES, params).await
         } else {
-            client.query_raw(ENTRIES, params[..6].iter().copied()).await
+            client.query_raw(MESSAGES, params[..6].iter().copied()).await
         };
         let rows = rows.map_err(StoreError::db("reading book levels"))?;
         Ok(BookCursor {
@@ -400,27 +487,15 @@ impl BookCursor {
                 None => return Ok(None),
             },
         };
-        let seq: i64 = first.get(0);
-        let snapshot = first.get::<_, &str>(1) == "snapshot";
-        let checksum = u32::try_from(first.get::<_, Option<i64>>(2).unwrap_or(0)).unwrap_or(0);
-        let timestamp: Timestamp = first.get(6);
-        let received_at: Timestamp = first.get::<_, Option<Timestamp>>(7).unwrap_or(timestamp);
-        let mut bids = Vec::new();
-        let mut asks = Vec::new();
-        let mut row = Some(first);
-        while let Some(r) = row {
-            if r.get::<_, i64>(0) != seq {
-                self.pending = Some(r);
-                break;
-            }
-            let price: Decimal = r.get(4);
-            let qty: Decimal = r.get(5);
-            match r.get::<_, &str>(3) {
-                "bid" => bids.push((price, qty)),
-                _ => asks.push((price, qty)),
-            }
-            row = self.next_row().await?;
-        }
+        let StoredMessage {
+            seq,
+            snapshot,
+            checksum,
+            bids,
+            asks,
+            timestamp,
+            received_at,
+        } = stored_message(&first, &self.symbol)?;
         let applied = if snapshot {
             self.synced = true;
             self.book.apply_snapshot(bids, asks)
@@ -515,7 +590,7 @@ pub(crate) async fn subscribed_depth(
         .unwrap_or(seq - LOOKBACK);
     let row = client
         .query_opt(
-            "SELECT raw_message -> 'result' ->> 'depth' FROM kraken_orderbook_messages
+            "SELECT raw_message -> 'result' ->> 'depth' FROM krakenbook_other
               WHERE collector = $1 AND seq < $2 AND seq >= $3 AND conn_id = $4 AND symbol = $5
                 AND channel = 'book' AND message_type = 'subscribe'
               ORDER BY seq DESC LIMIT 1",
@@ -536,8 +611,13 @@ pub async fn subscribed_depth_of(
 ) -> Result<Option<usize>, ReadbackError> {
     let row = client
         .query_opt(
-            "SELECT conn_id, symbol FROM kraken_orderbook_messages WHERE collector = $1 AND seq = $2",
-            &[&collector, &seq],
+            "SELECT conn_id, symbol FROM krakenbook_copies
+              WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
+                AND row_seq > $2 - $3 AND row_seq < $2 + $3 AND seq = $2
+             UNION ALL
+             SELECT conn_id, symbol FROM krakenbook_other WHERE collector = $1 AND seq = $2
+             LIMIT 1",
+            &[&collector, &seq, &DUP_SEQ_REACH],
         )
         .await
         .map_err(StoreError::db("reading a book message"))?;
@@ -564,7 +644,7 @@ pub async fn instrument_precision(
         .unwrap_or(start.seq - LOOKBACK);
     let rows = client
         .query(
-            "SELECT raw_message::text FROM kraken_orderbook_messages
+            "SELECT raw_message::text FROM krakenbook_other
               WHERE collector = $1 AND seq < $2 AND seq >= $3 AND conn_id = $4
                 AND channel = 'instrument'
               ORDER BY seq DESC LIMIT 4",

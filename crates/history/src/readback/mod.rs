@@ -2,12 +2,12 @@
 //! evolved over a time range, each message's checksum recomputed on the way.
 //!
 //! Where a rebuild starts: the latest verified starting point at or before the instant, on one
-//! collector's record: a Kraken snapshot (`kraken_orderbook_messages`, `message_type =
-//! 'snapshot'`) or a book state the collector journaled (`kraken_book_states`, every so many
-//! updates). From there the levels of each later message (`kraken_orderbook_entries`, in `seq`
-//! and `ordinal` order) are applied with the project's one book engine, and each message's
-//! checksum is recomputed and compared with Kraken's. Both lookups use the `(symbol, timestamp)`
-//! indexes; the replay is bounded by the collector's book-state interval, never a day of updates.
+//! collector's record: a Kraken snapshot (a `krakenbook_book` row of kind `s`, or a copy of one
+//! on another connection, `krakenbook_copies`) or a book state the collector journaled
+//! (`kraken_book_states`, every so many updates). From there each later message of the stream
+//! (one row a message, its levels as dec64 in wire order, in the copy's own `seq` order) is
+//! applied with the project's one book engine, and each message's checksum is recomputed and
+//! compared with Kraken's. Both lookups use the `(symbol, timestamp)` indexes; the replay is bounded by the collector's book-state interval, never a day of updates.
 //!
 //! Which instants have a book at all is [`crate::history`]'s to say: `book --at` answers from the
 //! stream the coverage model chooses, rebuilt from that stream's own starting point and records,
@@ -27,7 +27,7 @@ mod cursor;
 pub mod query;
 
 pub use book_at::{BookAt, BookGap, book_at};
-pub use cursor::{BookCursor, Start, StartKind, Step};
+pub use cursor::{BookCursor, Start, StartKind, Step, StoredMessage, stored_message};
 pub use cursor::{instrument_precision, parse_levels, subscribed_depth_of};
 
 use crate::store::StoreError;

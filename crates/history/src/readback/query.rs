@@ -404,14 +404,10 @@ pub async fn recorded_symbols(client: &Client) -> Result<Vec<String>, ReadbackEr
     let rows = client
         .query(
             "WITH RECURSIVE s(symbol) AS (
-               (SELECT symbol FROM kraken_orderbook_messages
-                 WHERE symbol IS NOT NULL AND channel = 'book' AND message_type IN ('snapshot', 'update')
-                 ORDER BY symbol LIMIT 1)
+               (SELECT symbol FROM krakenbook_book ORDER BY symbol LIMIT 1)
                UNION ALL
-               SELECT (SELECT m.symbol FROM kraken_orderbook_messages m
-                        WHERE m.symbol > s.symbol AND m.channel = 'book'
-                          AND m.message_type IN ('snapshot', 'update')
-                        ORDER BY m.symbol LIMIT 1)
+               SELECT (SELECT m.symbol FROM krakenbook_book m
+                        WHERE m.symbol > s.symbol ORDER BY m.symbol LIMIT 1)
                  FROM s WHERE s.symbol IS NOT NULL)
              SELECT symbol FROM s WHERE symbol IS NOT NULL LIMIT 1000",
             &[],

@@ -924,9 +924,13 @@ pub(crate) async fn stored_scales(
 ) -> Result<(u8, u8), ExportError> {
     let row = client
         .query_one(
-            "SELECT coalesce(max(scale(price)), 0), coalesce(max(scale(quantity)), 0)
-               FROM kraken_orderbook_entries
-              WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4",
+            "SELECT coalesce(max(u.v & 31) FILTER (WHERE u.k % 2 = 1), 0)::int,
+                    coalesce(max(u.v & 31) FILTER (WHERE u.k % 2 = 0), 0)::int
+               FROM krakenbook_book b
+               CROSS JOIN LATERAL unnest(b.levels) WITH ORDINALITY u(v, k)
+              WHERE b.symbol = ANY($1)
+                AND b.collector_id IN (SELECT id FROM krakenbook_collectors WHERE name = ANY($2))
+                AND b.\"timestamp\" >= $3 AND b.\"timestamp\" < $4",
             &[&selection.symbols, &selection.collectors(), &since, &selection.to],
         )
         .await

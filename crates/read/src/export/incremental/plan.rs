@@ -17,29 +17,35 @@ use tokio_postgres::Client;
 
 use super::emit::{Follower, Row, RowKind};
 use super::timeline::{Opening, Opens, Pos, Segment, mark_gaps, single, timeline};
-use crate::book::{Decimal, Side};
+use crate::book::Side;
 use crate::export::source::Selection;
 use crate::export::table::{Cell, Scales};
 use crate::export::{EXCHANGE, ExportError, ExportReport, ExportRequest, Sink, Ticker};
 use crate::readback::{BookCursor, StartKind};
 use crate::store::DbTarget;
 use crate::store::StoreError;
+use crate::store::book_rows::DUP_SEQ_REACH;
 use crate::time::Timestamp;
 
-const ENTRIES: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at, collector \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
-    ORDER BY seq, ordinal";
+/// Every received copy of the selected book messages, one row a copy, in `seq` order (the
+/// columns [`crate::readback::stored_message`] reads, then symbol, collector and connection).
+const MESSAGES: &str = "SELECT c.seq, c.kind = 's', c.checksum, c.n_bids, c.levels, c.raw::text, \
+    c.\"timestamp\", c.received_at, c.symbol, k.name, c.conn_id \
+    FROM krakenbook_copies c JOIN krakenbook_collectors k ON k.id = c.collector_id \
+    WHERE c.symbol = ANY($1) AND k.name = ANY($2) AND c.\"timestamp\" >= $3 AND c.\"timestamp\" < $4 \
+    ORDER BY c.seq";
 
-/// [`ENTRIES`] of several collectors, in receive order.
-const ENTRIES_MERGED: &str = "SELECT seq, symbol, side, price, quantity, message_type, \"timestamp\", received_at, collector \
-    FROM kraken_orderbook_entries \
-    WHERE symbol = ANY($1) AND collector = ANY($2) AND \"timestamp\" >= $3 AND \"timestamp\" < $4 \
-    ORDER BY coalesce(received_at, \"timestamp\"), collector, seq, ordinal";
+/// [`MESSAGES`] of several collectors, in receive order.
+const MESSAGES_MERGED: &str = "SELECT c.seq, c.kind = 's', c.checksum, c.n_bids, c.levels, \
+    c.raw::text, c.\"timestamp\", c.received_at, c.symbol, k.name, c.conn_id \
+    FROM krakenbook_copies c JOIN krakenbook_collectors k ON k.id = c.collector_id \
+    WHERE c.symbol = ANY($1) AND k.name = ANY($2) AND c.\"timestamp\" >= $3 AND c.\"timestamp\" < $4 \
+    ORDER BY c.received_at, k.name, c.seq";
 
 /// The receive time of a stream's last stored message at or before a `seq`.
-const LAST_RECEIVED: &str = "SELECT coalesce(received_at, \"timestamp\") FROM kraken_orderbook_messages \
-    WHERE collector = $1 AND conn_id = $2 AND symbol = $3 AND seq >= $4 AND seq <= $5 \
+const LAST_RECEIVED: &str = "SELECT received_at FROM krakenbook_copies \
+    WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1) AND conn_id = $2 \
+      AND symbol = $3 AND row_seq >= $4 - $6 AND row_seq <= $5 + $6 AND seq >= $4 AND seq <= $5 \
     ORDER BY seq DESC LIMIT 1";
 
 /// One symbol's segments, each with how it starts.
@@ -138,6 +144,7 @@ async fn last_position(
                 &symbol,
                 &segment.start_seq,
                 &segment.last_seq,
+                &DUP_SEQ_REACH,
             ],
         )
         .await
@@ -209,6 +216,27 @@ async fn opening(
 }
 
 impl Plan<'_> {
+    /// Whether a copy received on `conn_id` of `collector` at `seq` belongs to another stream:
+    /// a segment of the symbol follows another connection of that collector over that seq
+    /// (a collector with redundant connections interleaves its streams' seqs), and none follows
+    /// this connection there.
+    fn another_streams_copy(&self, symbol: &str, collector: &str, conn_id: i64, seq: i64) -> bool {
+        let Some(f) = self.followed.iter().find(|f| f.symbol == symbol) else {
+            return false;
+        };
+        let over = |s: &Segment| {
+            s.stream.collector == collector && s.start_seq <= seq && seq <= s.last_seq
+        };
+        let mut others = false;
+        for (s, _) in f.segments.iter().filter(|(s, _)| over(s)) {
+            if s.stream.conn_id == conn_id {
+                return false;
+            }
+            others = true;
+        }
+        others
+    }
+
     /// The DECIMAL scales for Parquet: every stored value in range, and the books written.
     pub(crate) async fn scales(&self, client: &Client) -> Result<Scales, ExportError> {
         let floor = self
@@ -257,7 +285,7 @@ impl Plan<'_> {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&sel.symbols, &collectors, &sel.from, &sel.to];
         let rows = stream_client
-            .query_raw(if merged { ENTRIES_MERGED } else { ENTRIES }, params)
+            .query_raw(if merged { MESSAGES_MERGED } else { MESSAGES }, params)
             .await
             .map_err(StoreError::db("reading the stored levels"))?;
         futures_util::pin_mut!(rows);
@@ -265,19 +293,15 @@ impl Plan<'_> {
         let mut current: Option<(Pos, String, bool)> = None;
         while let Some(r) = rows.next().await {
             let r = r.map_err(StoreError::db("reading the stored levels"))?;
+            let symbol: &str = r.get(8);
+            let collector: &str = r.get(9);
+            let conn_id: i64 = r.get(10);
             let seq: i64 = r.get(0);
-            let symbol: &str = r.get(1);
-            let side = if r.get::<_, &str>(2) == Side::Bid.as_str() {
-                Side::Bid
-            } else {
-                Side::Ask
-            };
-            let price: Decimal = r.get(3);
-            let qty: Decimal = r.get(4);
-            let snapshot = r.get::<_, &str>(5) == "snapshot";
-            let ts: Timestamp = r.get(6);
-            let received: Timestamp = r.get::<_, Option<Timestamp>>(7).unwrap_or(ts);
-            let collector: &str = r.get(8);
+            if self.another_streams_copy(symbol, collector, conn_id, seq) {
+                continue;
+            }
+            let m = crate::readback::stored_message(&r, symbol)?;
+            let (ts, received, snapshot) = (m.timestamp, m.received_at, m.snapshot);
             let pos = if merged {
                 let rank = collectors.iter().position(|c| c == collector).unwrap_or(0);
                 (received, rank, seq)
@@ -316,7 +340,11 @@ impl Plan<'_> {
                 current = Some((pos, symbol.to_owned(), written));
             }
             if let Some((_, _, true)) = current {
-                follower.level(side, price, qty, &mut |r| out.row(r));
+                for (side, levels) in [(Side::Bid, &m.bids), (Side::Ask, &m.asks)] {
+                    for &(price, qty) in levels {
+                        follower.level(side, price, qty, &mut |r| out.row(r));
+                    }
+                }
             }
         }
         if let Some((_, _, true)) = current {
