@@ -227,14 +227,14 @@ async fn next_message(
     let sql = if forward {
         "SELECT seq, \"timestamp\" FROM krakenbook_copies
           WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
-            AND conn_id = $2 AND symbol = $3 AND seq > $4 AND seq <= $4 + $5
-            AND row_seq > $4 - $6 AND row_seq <= $4 + $5 + $6
+            AND conn_id = $2 AND symbol = $3 AND seq > $4::bigint AND seq <= $4::bigint + $5::bigint
+            AND row_seq > $4::bigint - $6::bigint AND row_seq <= $4::bigint + $5::bigint + $6::bigint
           ORDER BY seq LIMIT 1"
     } else {
         "SELECT seq, \"timestamp\" FROM krakenbook_copies
           WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
-            AND conn_id = $2 AND symbol = $3 AND seq < $4 AND seq >= $4 - $5
-            AND row_seq < $4 + $6 AND row_seq >= $4 - $5 - $6
+            AND conn_id = $2 AND symbol = $3 AND seq < $4::bigint AND seq >= $4::bigint - $5::bigint
+            AND row_seq < $4::bigint + $6::bigint AND row_seq >= $4::bigint - $5::bigint - $6::bigint
           ORDER BY seq DESC LIMIT 1"
     };
     let bounds = client

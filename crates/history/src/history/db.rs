@@ -97,7 +97,7 @@ pub async fn observe(
                LEFT JOIN LATERAL (
                  SELECT m.seq, m.\"timestamp\", m.received_at FROM krakenbook_copies m
                   WHERE m.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = e.collector)
-                    AND m.row_seq < e.seq + $4 AND m.row_seq > e.seq - $3 - $4
+                    AND m.row_seq < e.seq + $4::bigint AND m.row_seq > e.seq - $3::bigint - $4::bigint
                     AND m.seq < e.seq AND m.seq > e.seq - $3
                     AND m.conn_id = e.conn_id AND m.symbol = e.symbol AND m.checksum_ok = false
                     AND m.\"timestamp\" <= e.time + interval '1 hour'
@@ -105,7 +105,7 @@ pub async fn observe(
                LEFT JOIN LATERAL (
                  SELECT v.\"timestamp\" FROM krakenbook_copies v
                   WHERE v.collector_id = (SELECT id FROM krakenbook_collectors WHERE name = e.collector)
-                    AND v.row_seq < coalesce(m.seq, e.seq) + $4 AND v.row_seq > e.seq - $3 - $4
+                    AND v.row_seq < coalesce(m.seq, e.seq) + $4::bigint AND v.row_seq > e.seq - $3::bigint - $4::bigint
                     AND v.seq < coalesce(m.seq, e.seq)
                     AND v.seq > e.seq - $3 AND v.conn_id = e.conn_id AND v.symbol = e.symbol
                     AND v.checksum_ok AND v.\"timestamp\" <= e.time + interval '1 hour'

@@ -613,7 +613,7 @@ pub async fn subscribed_depth_of(
         .query_opt(
             "SELECT conn_id, symbol FROM krakenbook_copies
               WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
-                AND row_seq > $2 - $3 AND row_seq < $2 + $3 AND seq = $2
+                AND row_seq > $2::bigint - $3::bigint AND row_seq < $2::bigint + $3::bigint AND seq = $2
              UNION ALL
              SELECT conn_id, symbol FROM krakenbook_other WHERE collector = $1 AND seq = $2
              LIMIT 1",

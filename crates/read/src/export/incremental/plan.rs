@@ -45,7 +45,8 @@ const MESSAGES_MERGED: &str = "SELECT c.seq, c.kind = 's', c.checksum, c.n_bids,
 /// The receive time of a stream's last stored message at or before a `seq`.
 const LAST_RECEIVED: &str = "SELECT received_at FROM krakenbook_copies \
     WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1) AND conn_id = $2 \
-      AND symbol = $3 AND row_seq >= $4 - $6 AND row_seq <= $5 + $6 AND seq >= $4 AND seq <= $5 \
+      AND symbol = $3 AND row_seq >= $4::bigint - $6::bigint AND row_seq <= $5::bigint + $6::bigint \
+      AND seq >= $4 AND seq <= $5 \
     ORDER BY seq DESC LIMIT 1";
 
 /// One symbol's segments, each with how it starts.
