@@ -182,12 +182,23 @@ fn levels(frame: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The stored messages, per connection in connection order, each connection's in `seq` order.
+/// The stored messages, per connection in connection order, each connection's in `seq` order:
+/// every received copy (a book message received on several connections is one row holding its
+/// further copies), as the messages view renders its row.
 pub(crate) async fn stored(url: &str) -> Vec<Vec<String>> {
     let client = connect(url).await;
     let rows = client
         .query(
-            "SELECT conn_id, coalesce(raw_message::text, raw_text) FROM kraken_orderbook_messages ORDER BY collector, seq",
+            "SELECT conn_id, frame FROM (
+               SELECT c.conn_id, m.raw_message::text AS frame, k.name AS collector, c.seq
+                 FROM krakenbook_copies c
+                 JOIN krakenbook_collectors k ON k.id = c.collector_id
+                 JOIN kraken_orderbook_messages m
+                   ON m.collector = k.name AND m.seq = c.row_seq AND m.channel = 'book'
+               UNION ALL
+               SELECT conn_id, coalesce(raw_message::text, raw_text), collector, seq
+                 FROM krakenbook_other) x
+             ORDER BY collector, seq",
             &[],
         )
         .await

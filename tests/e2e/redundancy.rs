@@ -136,6 +136,23 @@ async fn two_replicas_under_alternating_drops_leave_no_union_gap_and_store_every
     }
     // Every frame the simulator sent on any connection is stored once, per connection, in order.
     assert_stored_exactly(&sent(rec.dir.path()), &stored(url).await);
+    // ...and a message both connections received is one row with the second copy packed in it:
+    // while both are up, most book messages are (issue 12's storage cost).
+    let client = connect(url).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE dups IS NOT NULL),
+                    coalesce(sum(cardinality(dups)), 0)::bigint
+               FROM krakenbook_book",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, with_copies, copies): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(
+        with_copies * 2 > rows && copies == with_copies,
+        "{rows} book rows, {with_copies} with a further copy, {copies} copies"
+    );
 }
 
 #[tokio::test]
