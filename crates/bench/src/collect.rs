@@ -323,7 +323,7 @@ fn histogram_delta(start: &str, end: &str, name: &str) -> Vec<(f64, u64)> {
 }
 
 /// The `krakenbook` binary beside this one (cargo builds both into the same directory).
-fn krakenbook_binary() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn krakenbook_binary() -> anyhow::Result<std::path::PathBuf> {
     let me = std::env::current_exe().context("locating the krakenbook-bench binary")?;
     let exe = me.with_file_name("krakenbook");
     if !exe.is_file() {

@@ -13,6 +13,7 @@ mod ingest;
 mod readback;
 mod serve;
 mod simulate;
+mod storage;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,7 @@ use ingest as bench_ingest;
 use readback as bench_readback;
 use serve as bench_serve;
 use simulate as bench_simulate;
+use storage as bench_storage;
 
 const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -61,6 +63,9 @@ pub enum BenchCommand {
     /// How fast the web explorer answers: coverage of a month, book at an instant, heatmaps.
     #[command(after_help = bench_serve::BENCH_SERVE_EXAMPLES)]
     Serve(bench_serve::BenchServeArgs),
+    /// Bytes at rest per book message, per table and tier, for a recording it makes.
+    #[command(after_help = bench_storage::BENCH_STORAGE_EXAMPLES)]
+    Storage(bench_storage::BenchStorageArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,5 +103,6 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Ingest(a) => bench_ingest::run(a).await,
         BenchCommand::Simulate(a) => bench_simulate::run(a).await,
         BenchCommand::Serve(a) => bench_serve::run(a).await,
+        BenchCommand::Storage(a) => bench_storage::run(a).await,
     }
 }
