@@ -73,7 +73,7 @@ struct Measured {
     tables: Vec<TableSize>,
     /// Book messages (rows of the book table: first copies).
     messages: i64,
-    /// Copies packed in those rows (`dups`).
+    /// Copies packed in those rows (`dup`, `dups`).
     copies: i64,
     /// Levels stored.
     levels: i64,
@@ -187,7 +187,10 @@ async fn record(args: &BenchStorageArgs, n: u32, url: &str, work: &Path) -> anyh
         .kill_on_drop(true)
         .spawn()
         .context("starting krakenbook collect")?;
-    eprintln!("bench storage: recording --redundancy {n} for {:?}", args.seconds);
+    eprintln!(
+        "bench storage: recording --redundancy {n} for {:?}",
+        args.seconds
+    );
     tokio::time::sleep(args.seconds).await;
     if let Some(id) = child.id() {
         let _ = std::process::Command::new("kill")
@@ -232,7 +235,7 @@ async fn measure(client: &Client) -> anyhow::Result<Measured> {
         .collect();
     let book = client
         .query_one(
-            "SELECT count(*), coalesce(sum(cardinality(dups)), 0)::bigint,
+            "SELECT count(*), (count(dup) + coalesce(sum(cardinality(dups)), 0))::bigint,
                     coalesce(sum(cardinality(levels) / 2), 0)::bigint
                FROM krakenbook_book",
             &[],

@@ -26,9 +26,10 @@ use crate::kraken::{BookData, BookKind, Level};
 use crate::time::Timestamp;
 
 /// `COPY` statement for the book rows (column order of the encoded rows).
-pub const COPY_BOOK: &str = "COPY krakenbook_book (timestamp, received_at, seq, conn_id, checksum, \
-    collector_id, n_bids, kind, checksum_ok, symbol, levels, raw, dups) FROM STDIN (FORMAT binary)";
-const BOOK_FIELDS: i16 = 13;
+pub const COPY_BOOK: &str = "COPY krakenbook_book (timestamp, received_at, seq, conn_id, dup, \
+    checksum, collector_id, n_bids, kind, checksum_ok, symbol, levels, raw, dups) \
+    FROM STDIN (FORMAT binary)";
+const BOOK_FIELDS: i16 = 14;
 
 /// How far (in seqs, either way) a copy in `dups` may be from its row's seq: readers that look for
 /// a stream's records by seq widen their window by this much.
@@ -136,11 +137,7 @@ pub fn canonical(kind: BookKind, data: &BookData<'_>) -> Option<String> {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(
-                out,
-                r#"{{"price":{},"qty":{}}}"#,
-                l.price.text, l.qty.text
-            );
+            let _ = write!(out, r#"{{"price":{},"qty":{}}}"#, l.price.text, l.qty.text);
         }
         out.push(']');
     }
@@ -188,7 +185,7 @@ pub struct BookRow {
     pub levels: Option<Vec<i64>>,
     /// The frame, when the row alone does not rebuild it.
     pub raw: Option<String>,
-    /// Further copies, packed ([`pack_dup`]).
+    /// Further copies, packed ([`pack_dup`]): the first is stored in `dup`, the others in `dups`.
     pub dups: Vec<i64>,
 }
 
@@ -283,6 +280,10 @@ impl BookRows {
             put_i64(b, row.received_at.pg_micros());
             put_i64(b, row.seq);
             put_i64(b, row.conn_id);
+            match row.dups.first() {
+                Some(d) => put_i64(b, *d),
+                None => b.put_i32(-1),
+            }
             b.put_i32(4);
             b.put_i32(row.checksum as i32);
             b.put_i32(2);
@@ -315,10 +316,10 @@ impl BookRows {
                 }
                 None => b.put_i32(-1),
             }
-            if row.dups.is_empty() {
+            if row.dups.len() < 2 {
                 b.put_i32(-1);
             } else {
-                put_i64_array(b, &row.dups);
+                put_i64_array(b, &row.dups[1..]);
             }
         }
         self.latest.clear();
@@ -361,7 +362,15 @@ mod tests {
 
     #[test]
     fn dec64_keeps_every_digit_and_the_scale_as_sent() {
-        for s in ["1.50", "1.5", "0", "0.00000000", "0.000051004", "62797.0", "123456789012345.67"] {
+        for s in [
+            "1.50",
+            "1.5",
+            "0",
+            "0.00000000",
+            "0.000051004",
+            "62797.0",
+            "123456789012345.67",
+        ] {
             let v = dec64(d(s)).unwrap();
             assert_eq!(undec64(v).unwrap().to_string(), s);
         }
@@ -408,14 +417,14 @@ mod tests {
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(text).unwrap() else {
             panic!("a book frame");
         };
-        assert_eq!(
-            canonical(book.kind, &book.data[0]).as_deref(),
-            Some(text)
-        );
+        assert_eq!(canonical(book.kind, &book.data[0]).as_deref(), Some(text));
         let spaced = text.replace(r#""bids":[]"#, r#""bids": []"#);
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(&spaced).unwrap() else {
             panic!("a book frame");
         };
-        assert_ne!(canonical(book.kind, &book.data[0]).as_deref(), Some(&*spaced));
+        assert_ne!(
+            canonical(book.kind, &book.data[0]).as_deref(),
+            Some(&*spaced)
+        );
     }
 }

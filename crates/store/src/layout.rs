@@ -6,7 +6,7 @@
 //! `krakenbook_book` (frames rebuilt from their levels), `krakenbook_other` (frames stored whole)
 //! and, while rows of the older layout remain, `krakenbook_legacy_messages` /
 //! `krakenbook_legacy_entries`. `krakenbook_copies` has one row per received copy of a book
-//! message (the first copy and each one packed in `dups`): a stream's records.
+//! message (the first copy and each one packed in `dup`/`dups`): a stream's records.
 //!
 //! What must always hold:
 //! - for every book row without `raw`, the messages view's `raw_message` equals, as `jsonb`, the
@@ -107,7 +107,9 @@ SELECT b.\"timestamp\", b.symbol, b.collector_id, b.kind, b.checksum, b.n_bids, 
       UNION ALL
       SELECT krakenbook_dup_conn(b.conn_id, u.d), krakenbook_dup_seq(b.seq, u.d),
              krakenbook_dup_received(b.received_at, u.d), krakenbook_dup_ok(u.d), u.k
-        FROM unnest(b.dups) WITH ORDINALITY u(d, k)) c;"
+        FROM unnest(CASE WHEN b.dup IS NOT NULL
+                         THEN array_prepend(b.dup, coalesce(b.dups, '{{}}'::bigint[])) END)
+             WITH ORDINALITY u(d, k)) c;"
     )
 }
 

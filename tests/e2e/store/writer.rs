@@ -771,3 +771,71 @@ async fn malformed_frames_are_stored_with_their_text_and_nothing_is_lost() {
     assert_eq!(raw.0, "stored_raw");
     assert!(raw.1.contains("u0000"), "{}", raw.1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// One row per message, its copies on other connections packed with it.
+
+#[tokio::test]
+async fn a_message_received_on_three_connections_is_one_row_with_each_copy_as_received() {
+    let (db, client) = migrated_db().await;
+    let frame = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":62802.5,"qty":0.02987767}],"asks":[],"checksum":975661613,"timestamp":"2026-08-16T23:37:04.316445Z"}]}"#;
+    let other = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[],"asks":[{"price":62806.6,"qty":0.00000000}],"checksum":265834348,"timestamp":"2026-08-16T23:37:05.376419Z"}]}"#;
+    // Connection 7 first, then 8 and 5 (a lower id than the first copy's); a verdict on each;
+    // connection 7 receives the same frame again (a repeat on one connection is a message of its
+    // own, never a copy), and another message comes between.
+    let mut records = Vec::new();
+    for (seq, conn, text, ok) in [
+        (1, 7, frame, Some(true)),
+        (2, 8, other, None),
+        (3, 8, frame, Some(false)),
+        (4, 5, frame, None),
+        (5, 7, frame, Some(true)),
+    ] {
+        let mut r = frame_record(seq, text.as_bytes());
+        r.conn_id = conn;
+        if let RecordBody::Frame(f) = &mut r.body {
+            f.checksum_ok = ok;
+        }
+        records.push(r);
+    }
+    let mut w = Writer::new(&db.url, test_config("copies")).unwrap();
+    let report = w
+        .write_batch(&records)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.rows.book, report.rows.copies), (3, 2));
+    let rows = client
+        .query(
+            "SELECT row_seq, conn_id, seq, received_at, checksum_ok, copy
+               FROM krakenbook_copies ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, i64, i64, Timestamp, Option<bool>, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let at = |seq: u64| records[seq as usize - 1].received_at;
+    assert_eq!(
+        got,
+        vec![
+            (1, 7, 1, at(1), Some(true), 0),
+            (2, 8, 2, at(2), None, 0),
+            (1, 8, 3, at(3), Some(false), 1),
+            (1, 5, 4, at(4), None, 2),
+            (5, 7, 5, at(5), Some(true), 0),
+        ]
+    );
+    // The views show each message once, rebuilt exactly.
+    let frames: Vec<String> = column(
+        &client,
+        "SELECT raw_message::text FROM kraken_orderbook_messages ORDER BY seq",
+    )
+    .await;
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_eq!(
+        frames.iter().map(|f| json(f)).collect::<Vec<_>>(),
+        vec![json(frame), json(other), json(frame)]
+    );
+}

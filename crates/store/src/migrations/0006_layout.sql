@@ -63,7 +63,7 @@ CREATE FUNCTION krakenbook_kraken_ts(t timestamptz) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
--- A packed further copy (see krakenbook_book.dups): its connection, seq, receive time, verdict.
+-- A packed further copy (see krakenbook_book.dup): its connection, seq, receive time, verdict.
 CREATE FUNCTION krakenbook_dup_conn(conn_id bigint, d bigint) RETURNS bigint
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN conn_id + (d >> 48);
 CREATE FUNCTION krakenbook_dup_seq(seq bigint, d bigint) RETURNS bigint
@@ -89,15 +89,17 @@ ALTER TABLE kraken_orderbook_entries RENAME TO krakenbook_legacy_entries;
 --   levels:       dec64 price, qty, price, qty, ... in wire order; null when a value does not fit
 --                 dec64 (raw holds the frame then);
 --   raw:          the frame, only when the views' rendering of the row would not equal it;
---   dups:         further copies on this collector's other connections, 64 bits each: connection
+--   dup, dups:    further copies on this collector's other connections, 64 bits each: connection
 --                 minus conn_id (16 bits, signed), seq minus seq (22 bits, signed), verdict (2 bits:
 --                 0 none, 1 ok, 2 mismatch), receive time minus received_at in microseconds
---                 (24 bits, signed). A copy that does not fit is a row of its own.
+--                 (24 bits, signed). The first further copy is `dup` (a scalar costs 8 bytes, an
+--                 array 33), any others are `dups`. A copy that does not fit is a row of its own.
 CREATE TABLE krakenbook_book (
     "timestamp"   timestamptz NOT NULL,
     received_at   timestamptz NOT NULL,
     seq           bigint      NOT NULL,
     conn_id       bigint      NOT NULL,
+    dup           bigint,
     checksum      integer,
     collector_id  smallint    NOT NULL,
     n_bids        smallint    NOT NULL,
@@ -107,7 +109,8 @@ CREATE TABLE krakenbook_book (
     levels        bigint[],
     raw           jsonb,
     dups          bigint[],
-    CHECK (levels IS NOT NULL OR raw IS NOT NULL)
+    CHECK (levels IS NOT NULL OR raw IS NOT NULL),
+    CHECK (dups IS NULL OR dup IS NOT NULL)
 );
 SELECT create_hypertable('krakenbook_book', 'timestamp',
     chunk_time_interval => current_setting('krakenbook.chunk_interval')::interval,
