@@ -219,10 +219,17 @@ impl BookRow {
     }
 }
 
+/// How many rows stay held for later copies to join them: older rows are encoded as they age out
+/// (so the COPY streams while the batch is encoded), and a copy arriving after its first copy
+/// aged out is a row of its own. Copies on redundant connections arrive a few frames apart.
+pub const MERGE_WINDOW: usize = 4096;
+
 /// The book rows of one batch, merging copies.
 #[derive(Debug, Default)]
 pub struct BookRows {
-    rows: Vec<BookRow>,
+    rows: std::collections::VecDeque<BookRow>,
+    /// The absolute index of `rows[0]` since the last clear.
+    base: usize,
     latest: HashMap<u64, usize>,
     /// Copies merged into an earlier row since the last reset.
     pub merged: u64,
@@ -233,6 +240,7 @@ impl BookRows {
     pub fn clear(&mut self) {
         self.rows.clear();
         self.latest.clear();
+        self.base = 0;
         self.merged = 0;
     }
 
@@ -250,79 +258,101 @@ impl BookRows {
     pub fn push(&mut self, row: BookRow) -> bool {
         if row.raw.is_none() {
             let key = row.key();
-            if let Some(&i) = self.latest.get(&key) {
-                let first = &mut self.rows[i];
-                if first.same_message(&row) && !first.has_conn(row.conn_id) {
-                    let packed = pack_dup(
-                        row.conn_id - first.conn_id,
-                        row.seq - first.seq,
-                        row.checksum_ok,
-                        row.received_at.pg_micros() - first.received_at.pg_micros(),
-                    );
-                    if let Some(d) = packed {
-                        first.dups.push(d);
-                        self.merged += 1;
-                        return true;
-                    }
-                }
+            if let Some(&abs) = self.latest.get(&key)
+                && let Some(first) = abs
+                    .checked_sub(self.base)
+                    .and_then(|i| self.rows.get_mut(i))
+                && first.same_message(&row)
+                && !first.has_conn(row.conn_id)
+                && let Some(d) = pack_dup(
+                    row.conn_id - first.conn_id,
+                    row.seq - first.seq,
+                    row.checksum_ok,
+                    row.received_at.pg_micros() - first.received_at.pg_micros(),
+                )
+            {
+                first.dups.push(d);
+                self.merged += 1;
+                return true;
             }
-            self.latest.insert(key, self.rows.len());
+            self.latest.insert(key, self.base + self.rows.len());
         }
-        self.rows.push(row);
+        self.rows.push_back(row);
         false
     }
 
-    /// Writes every row into `b` (a binary COPY stream after its header) and forgets them.
-    pub fn encode(&mut self, collector_id: i16, b: &mut BytesMut) {
-        for row in self.rows.drain(..) {
-            b.put_i16(BOOK_FIELDS);
-            put_i64(b, row.timestamp.pg_micros());
-            put_i64(b, row.received_at.pg_micros());
-            put_i64(b, row.seq);
-            put_i64(b, row.conn_id);
-            match row.dups.first() {
-                Some(d) => put_i64(b, *d),
-                None => b.put_i32(-1),
-            }
-            b.put_i32(4);
-            b.put_i32(row.checksum as i32);
-            b.put_i32(2);
-            b.put_i16(collector_id);
-            b.put_i32(2);
-            b.put_i16(row.n_bids);
-            b.put_i32(1);
-            b.put_u8(match row.kind {
-                BookKind::Snapshot => b's',
-                BookKind::Update => b'u',
-            });
-            match row.checksum_ok {
-                Some(ok) => {
-                    b.put_i32(1);
-                    b.put_u8(u8::from(ok));
-                }
-                None => b.put_i32(-1),
-            }
-            b.put_i32(row.symbol.len() as i32);
-            b.put_slice(row.symbol.as_bytes());
-            match &row.levels {
-                Some(l) => put_i64_array(b, l),
-                None => b.put_i32(-1),
-            }
-            match &row.raw {
-                Some(text) => {
-                    b.put_i32(text.len() as i32 + 1);
-                    b.put_u8(1);
-                    b.put_slice(text.as_bytes());
-                }
-                None => b.put_i32(-1),
-            }
-            if row.dups.len() < 2 {
-                b.put_i32(-1);
-            } else {
-                put_i64_array(b, &row.dups[1..]);
-            }
+    /// Encodes the rows older than the merge window into `b` (a binary COPY stream after its
+    /// header); returns how many.
+    pub fn encode_aged(&mut self, collector_id: i16, b: &mut BytesMut) -> usize {
+        let n = self.rows.len().saturating_sub(MERGE_WINDOW);
+        self.encode_first(n, collector_id, b);
+        if self.latest.len() > 4 * MERGE_WINDOW {
+            let base = self.base;
+            self.latest.retain(|_, abs| *abs >= base);
         }
+        n
+    }
+
+    /// Writes every row into `b` and forgets them.
+    pub fn encode(&mut self, collector_id: i16, b: &mut BytesMut) {
+        self.encode_first(self.rows.len(), collector_id, b);
         self.latest.clear();
+    }
+
+    fn encode_first(&mut self, n: usize, collector_id: i16, b: &mut BytesMut) {
+        for row in self.rows.drain(..n) {
+            encode_row(&row, collector_id, b);
+        }
+        self.base += n;
+    }
+}
+
+fn encode_row(row: &BookRow, collector_id: i16, b: &mut BytesMut) {
+    b.put_i16(BOOK_FIELDS);
+    put_i64(b, row.timestamp.pg_micros());
+    put_i64(b, row.received_at.pg_micros());
+    put_i64(b, row.seq);
+    put_i64(b, row.conn_id);
+    match row.dups.first() {
+        Some(d) => put_i64(b, *d),
+        None => b.put_i32(-1),
+    }
+    b.put_i32(4);
+    b.put_i32(row.checksum as i32);
+    b.put_i32(2);
+    b.put_i16(collector_id);
+    b.put_i32(2);
+    b.put_i16(row.n_bids);
+    b.put_i32(1);
+    b.put_u8(match row.kind {
+        BookKind::Snapshot => b's',
+        BookKind::Update => b'u',
+    });
+    match row.checksum_ok {
+        Some(ok) => {
+            b.put_i32(1);
+            b.put_u8(u8::from(ok));
+        }
+        None => b.put_i32(-1),
+    }
+    b.put_i32(row.symbol.len() as i32);
+    b.put_slice(row.symbol.as_bytes());
+    match &row.levels {
+        Some(l) => put_i64_array(b, l),
+        None => b.put_i32(-1),
+    }
+    match &row.raw {
+        Some(text) => {
+            b.put_i32(text.len() as i32 + 1);
+            b.put_u8(1);
+            b.put_slice(text.as_bytes());
+        }
+        None => b.put_i32(-1),
+    }
+    if row.dups.len() < 2 {
+        b.put_i32(-1);
+    } else {
+        put_i64_array(b, &row.dups[1..]);
     }
 }
 
@@ -399,6 +429,51 @@ mod tests {
         assert_eq!(pack_dup(32_768, 0, None, 0), None);
         assert_eq!(pack_dup(0, DUP_SEQ_REACH, None, 0), None);
         assert_eq!(pack_dup(0, 0, None, 8_388_608), None);
+    }
+
+    fn row(seq: i64, conn_id: i64, checksum: u32) -> BookRow {
+        BookRow {
+            timestamp: Timestamp::from_unix_nanos(1_000_000_000 * checksum as i64),
+            received_at: Timestamp::from_unix_nanos(1_000 * seq),
+            seq,
+            conn_id,
+            checksum,
+            n_bids: 1,
+            kind: BookKind::Update,
+            checksum_ok: Some(true),
+            symbol: "BTC/USD".to_owned(),
+            levels: Some(vec![dec64(d("1.5")).unwrap(), dec64(d("2")).unwrap()]),
+            raw: None,
+            dups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_copy_joins_its_first_copy_only_while_that_row_is_held() {
+        let mut rows = BookRows::default();
+        assert!(!rows.push(row(1, 1, 7)));
+        assert!(rows.push(row(2, 2, 7)), "the copy on connection 2 joins");
+        assert!(
+            !rows.push(row(3, 1, 7)),
+            "a repeat on connection 1 is a message of its own"
+        );
+        // Enough other messages to age the first row out of the window.
+        for i in 0..MERGE_WINDOW as i64 {
+            rows.push(row(10 + i, 1, 100 + i as u32));
+        }
+        let mut b = BytesMut::new();
+        assert_eq!(
+            rows.encode_aged(1, &mut b),
+            2,
+            "both rows of message 7 aged out"
+        );
+        assert!(!b.is_empty());
+        // A copy arriving later is a row of its own: correct, a little larger.
+        assert!(!rows.push(row(9_000, 3, 7)));
+        assert_eq!(rows.merged, 1);
+        // A copy of a row still held joins it.
+        assert!(rows.push(row(9_001, 2, 100 + MERGE_WINDOW as u32 - 1)));
+        assert_eq!(rows.merged, 2);
     }
 
     #[test]

@@ -272,6 +272,15 @@ impl RowEncoder {
         self.messages.split().freeze()
     }
 
+    /// Encodes the book rows that no later copy can join any more (older than
+    /// [`super::book_rows::MERGE_WINDOW`] rows) and returns the bytes of the book stream not yet
+    /// taken, when there are at least `at_least` (for sending while encoding goes on).
+    pub fn take_book(&mut self, at_least: usize) -> Option<Bytes> {
+        self.book_rows
+            .encode_aged(self.collector_id, &mut self.book);
+        (self.book.len() >= at_least).then(|| self.book.split().freeze())
+    }
+
     /// Ends the four streams and takes them. Call once per reset.
     pub fn finish(&mut self) -> Streams {
         let end = |buf: &mut BytesMut| {

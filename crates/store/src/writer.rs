@@ -789,12 +789,14 @@ impl Writer {
 
         encoder.reset();
         encoder.set_collector_id(conn.collector_id);
+        // The book rows stream while the batch is encoded (they are nearly all of it); the other
+        // frames follow in a COPY of their own.
         let sink = tx
-            .copy_in(&conn.copy_messages)
+            .copy_in(&conn.copy_book)
             .await
-            .map_err(StoreError::db("starting COPY into krakenbook_other"))?;
+            .map_err(StoreError::db("starting COPY into krakenbook_book"))?;
         futures_util::pin_mut!(sink);
-        let copy_err = StoreError::db("COPY into krakenbook_other");
+        let copy_err = StoreError::db("COPY into krakenbook_book");
         let mut result = Ok(());
         for item in todo {
             match (item.unit(), part.mode) {
@@ -807,8 +809,8 @@ impl Writer {
                 (Unit::Record(r), Mode::NotStored) => encoder.push_not_stored(r, reason)?,
                 (Unit::Damage(d), _) => encoder.push_damage(d, from_seq)?,
             }
-            if encoder.messages_len() >= CHUNK {
-                result = sink.feed(encoder.take_messages()).await;
+            if let Some(chunk) = encoder.take_book(CHUNK) {
+                result = sink.feed(chunk).await;
                 if result.is_err() {
                     break;
                 }
@@ -817,17 +819,24 @@ impl Writer {
         let streams = encoder.finish();
         let counts = encoder.counts();
         let copied = match result {
-            Ok(()) => match sink.feed(streams.messages).await {
+            Ok(()) => match sink.feed(streams.book).await {
                 Ok(()) => sink.as_mut().finish().await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         }
         .map_err(copy_err)?;
-        expect_rows("krakenbook_other", copied, counts.messages - counts.book)?;
-        if counts.book > 0 {
-            let n = copy_all(&tx, &conn.copy_book, streams.book, "krakenbook_book").await?;
-            expect_rows("krakenbook_book", n, counts.book)?;
+        expect_rows("krakenbook_book", copied, counts.book)?;
+        let others = counts.messages - counts.book;
+        if others > 0 {
+            let n = copy_all(
+                &tx,
+                &conn.copy_messages,
+                streams.messages,
+                "krakenbook_other",
+            )
+            .await?;
+            expect_rows("krakenbook_other", n, others)?;
         }
         if counts.events > 0 {
             let n = copy_all(&tx, &conn.copy_events, streams.events, "kraken_feed_events").await?;

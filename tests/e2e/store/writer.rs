@@ -206,8 +206,8 @@ async fn both_tables_are_hypertables_with_one_day_chunks() {
 async fn a_backend_terminated_mid_batch_is_retried_without_duplicates() {
     let (db, client) = migrated_db().await;
     let records = fixture_records();
-    // Hold the book table so that the writer's transaction stops right after its other-frames
-    // COPY: it is then certainly mid-batch when its backend is terminated.
+    // Hold the book table so that the writer's transaction stops at its book COPY, after its
+    // checkpoint lock: it is then certainly mid-batch when its backend is terminated.
     let mut holder = connect(&db.url).await;
     let hold = holder.transaction().await.unwrap();
     hold.batch_execute("LOCK TABLE krakenbook_book IN ACCESS EXCLUSIVE MODE")
