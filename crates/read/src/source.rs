@@ -16,7 +16,7 @@
 //!   `replay --serve` ask it;
 //! - a reader that follows the merged history (the incremental export, `replay --serve`: the
 //!   segments of [`crate::export::incremental::timeline`]) rebuilds a segment's book from the
-//!   start [`segment_start`] finds on that segment's stream and span, and nowhere else.
+//!   start `segment_start` finds on that segment's stream and span, and nowhere else.
 //!
 //! It sits beside [`crate::export`], [`crate::plot`] and [`crate::replay`], not inside any of
 //! them, because they all use it.

@@ -1,7 +1,7 @@
 //! The segments a reader of the merged history follows for a symbol: from each instant of
 //! `[from, to)`, the stream the coverage model verifies there, while its span lasts (see the
 //! parent module's doc), and the book each segment opens with. No I/O: the coverage comes in
-//! computed, the opening books come from [`super::plan`].
+//! computed, the opening books come from [`super::plan`](mod@super::plan).
 //!
 //! The one walk of the merged history: the incremental export and `replay --serve`
 //! ([`crate::replay::ReplayMarket`]) both follow [`timeline`]'s segments, so a file and a replay
