@@ -168,8 +168,8 @@ impl SymbolCoverage {
 
     /// The coverage as of `now`.
     pub fn read(&self, now: Timestamp) -> CoverageReading {
-        let last = self.last_verified_ns.load(Ordering::Relaxed);
         let mut u = self.union();
+        let last = self.last_verified_ns.load(Ordering::Relaxed);
         let now = now.unix_nanos();
         u.read_ns = u.read_ns.max(now);
         let newest_message = if last == NONE {
