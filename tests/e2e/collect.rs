@@ -131,6 +131,17 @@ impl Collector {
     }
 }
 
+/// A collector still running when its test ends without stopping it (a failed assertion, a
+/// panic) is killed and reaped, never left recording.
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Stops the exchange first, so that every frame it sent has arrived, then the collector, which
 /// must exit 0; returns the collector's log.
 pub(crate) async fn finish(sim: Simulator, collector: Collector) -> String {

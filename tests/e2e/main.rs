@@ -11,6 +11,7 @@ mod feed;
 mod journal;
 mod level_order;
 mod merged;
+mod merged_serve;
 mod metrics;
 mod pipeline;
 mod plot;

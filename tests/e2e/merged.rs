@@ -27,10 +27,10 @@ static TWO: OnceCell<(Recording, tempfile::TempDir)> = OnceCell::const_new();
 
 /// Held for reading by every test of the shared recording, for writing by the one that tampers
 /// with it (and puts it back).
-static TAMPER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+pub(crate) static TAMPER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The recording of collectors `A` and `B` (its `collector` empty: reads merge both).
-async fn two_collectors() -> &'static Recording {
+pub(crate) async fn two_collectors() -> &'static Recording {
     &TWO.get_or_init(record_two).await.0
 }
 

@@ -33,13 +33,13 @@ const RECORD_FOR: Duration = Duration::from_secs(25);
 const DROP_EVERY: Duration = Duration::from_secs(5);
 
 /// One recording under the drop fault.
-struct Recording {
-    db: TestDb,
+pub(crate) struct Recording {
+    pub(crate) db: TestDb,
     dir: tempfile::TempDir,
 }
 
-struct Both {
-    redundant: Recording,
+pub(crate) struct Both {
+    pub(crate) redundant: Recording,
     single: Recording,
 }
 
@@ -47,7 +47,7 @@ static BOTH: OnceCell<Both> = OnceCell::const_new();
 
 /// The two recordings, made once per test process, side by side (two simulators, two collector
 /// processes, two databases).
-async fn recordings() -> &'static Both {
+pub(crate) async fn recordings() -> &'static Both {
     BOTH.get_or_init(|| async {
         let (redundant, single) = tokio::join!(record(2), record(1));
         Both { redundant, single }

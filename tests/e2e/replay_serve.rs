@@ -139,15 +139,26 @@ async fn record() -> Recording {
 
 /// A replay server in-process, every recorded pair from `from` at `speed`.
 async fn serve(rec: &Recording, from: Timestamp, speed: f64) -> Exchange {
+    serve_db(&rec.db.url, from, speed, None).await
+}
+
+/// A replay server in-process of the database at `url`: every recorded pair from `from` at
+/// `speed`, on `collector`'s record (every collector's, merged, when `None`).
+pub(crate) async fn serve_db(
+    url: &str,
+    from: Timestamp,
+    speed: f64,
+    collector: Option<&str>,
+) -> Exchange {
     let cancel = CancellationToken::new();
     let market = ReplayMarket::load(
         ReplaySource {
-            database_url: rec.db.url.clone(),
+            database_url: url.to_owned(),
             symbols: Vec::new(),
             from,
             to: None,
             speed,
-            collector: None,
+            collector: collector.map(str::to_owned),
         },
         cancel.clone(),
     )
@@ -163,19 +174,19 @@ async fn serve(rec: &Recording, from: Timestamp, speed: f64) -> Exchange {
     .unwrap()
 }
 
-fn url(exchange: &Exchange) -> String {
+pub(crate) fn url(exchange: &Exchange) -> String {
     format!("ws://{}/v2", exchange.local_addr())
 }
 
 /// What one connection received, and how it ended.
 #[derive(Debug)]
-struct Conn {
-    frames: Vec<String>,
-    end: Next,
+pub(crate) struct Conn {
+    pub(crate) frames: Vec<String>,
+    pub(crate) end: Next,
 }
 
 /// Reads one connection subscribed to every pair at `depth` until it ends.
-async fn read_connection(url: &str, depth: u64) -> Conn {
+pub(crate) async fn read_connection(url: &str, depth: u64) -> Conn {
     let mut client = Client::connect(url).await;
     client.subscribe_book(&SYMBOLS, depth, 1).await;
     let end = loop {
@@ -209,9 +220,9 @@ async fn replay_all(rec: &Recording, depth: u64) -> Vec<Conn> {
 }
 
 /// (symbol, kind, Kraken timestamp, levels (bid, price, qty)) of each book frame.
-type BookFrame = (String, BookKind, Timestamp, Vec<(bool, Decimal, Decimal)>);
+pub(crate) type BookFrame = (String, BookKind, Timestamp, Vec<(bool, Decimal, Decimal)>);
 
-fn book_frames(frames: &[String]) -> Vec<BookFrame> {
+pub(crate) fn book_frames(frames: &[String]) -> Vec<BookFrame> {
     let mut out = Vec::new();
     for text in frames {
         if let Ok(Frame::Book(msg)) = decode(text) {

@@ -47,3 +47,47 @@ pub fn three_pairs() -> Vec<krakenbook::exchange::PairSpec> {
         pair("MINA/GBP", 4, Some(0.0)),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use krakenbook::exchange::{SimConfig, Simulator};
+
+    use crate::collect::Collector;
+
+    /// The processes whose command line holds `needle`.
+    fn processes_with(needle: &str) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            })
+            .collect()
+    }
+
+    /// A collector that a failing test never stops (a panic between `start` and `stop`) is killed
+    /// and reaped when it goes out of scope: no process is left recording, no zombie left.
+    #[tokio::test]
+    async fn a_collector_dropped_without_being_stopped_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Simulator::bind(SimConfig::default()).await.unwrap();
+        let collector = Collector::start(&sim, None, dir.path(), &[]);
+        let journal = dir.path().join("journal");
+        let pids = processes_with(journal.to_str().unwrap());
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _running = collector;
+            panic!("a test failing while its collector runs");
+        }));
+        assert!(failed.is_err());
+        assert!(
+            !Path::new(&format!("/proc/{}", pids[0])).exists(),
+            "process {} is still there",
+            pids[0]
+        );
+        sim.shutdown().await.unwrap();
+    }
+}

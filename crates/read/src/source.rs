@@ -12,15 +12,20 @@
 //! - every check uses an index (`(symbol, timestamp)` of the messages, the checkpoints table, the
 //!   coverage model's lookups): none scans a day of rows;
 //! - which instants have a book is the coverage model's to say ([`crate::history`], the same
-//!   answer `book --at` gets), and `coverage` here is the one place the exports and the plot
-//!   ask it.
+//!   answer `book --at` gets), and `coverage` here is the one place the exports, the plot and
+//!   `replay --serve` ask it;
+//! - a reader that follows the merged history (the incremental export, `replay --serve`: the
+//!   segments of [`crate::export::incremental::timeline`]) rebuilds a segment's book from the
+//!   start `segment_start` finds on that segment's stream and span, and nowhere else.
 //!
-//! It sits beside [`crate::export`] and [`crate::plot`], not inside either, because both use it.
+//! It sits beside [`crate::export`], [`crate::plot`] and [`crate::replay`], not inside any of
+//! them, because they all use it.
 
 use tokio_postgres::Client;
 
+use crate::export::incremental::Segment;
 use crate::history::{Coverage, Source};
-use crate::readback::ReadbackError;
+use crate::readback::{BookCursor, ReadbackError, Start};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -47,6 +52,29 @@ pub(crate) async fn coverage_of(
     Ok(Source::Database(client)
         .coverage_of(symbol, collector)
         .await?)
+}
+
+/// The latest starting point (snapshot or book state) of `symbol` at or before `at` on the
+/// stream `segment` follows, inside the segment's verified span: where a reader following the
+/// merged history rebuilds that stream's book (the incremental export's opening books,
+/// `replay --serve`'s subscriptions).
+pub(crate) async fn segment_start(
+    client: &Client,
+    symbol: &str,
+    segment: &Segment,
+    at: Timestamp,
+) -> Result<Option<Start>, ReadbackError> {
+    let id = &segment.stream;
+    BookCursor::find_start_in_span(
+        client,
+        symbol,
+        at,
+        &id.collector,
+        id.conn_id,
+        segment.start_seq,
+        segment.last_seq,
+    )
+    .await
 }
 
 /// What an export or a plot reads.

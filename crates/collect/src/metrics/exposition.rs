@@ -75,6 +75,8 @@ enum Value {
     PerSymbol(usize),
     /// A gauge with a `symbol` label: one figure of the symbol's coverage.
     PerSymbolGauge(fn(&CoverageReading) -> f64),
+    /// A counter with a `symbol` label: one total of the symbol's coverage.
+    PerSymbolTotal(fn(&CoverageReading) -> f64),
     /// A gauge with a `part` label per [`HealthSource`]: 1 while the part has a problem.
     Problems([bool; HealthSource::ALL.len()]),
     Histogram(HistogramSnapshot),
@@ -203,6 +205,21 @@ impl Snapshot {
             "krakenbook_symbol_gap_seconds",
             "Seconds the symbol's current gap has been open: 0 while any stream's book is verified.",
             Value::PerSymbolGauge(|c| c.gap_seconds),
+        );
+        add(
+            "krakenbook_symbol_covered",
+            "1 while some stream's book of the symbol is verified (the union of its streams covers it), 0 in a gap (every stream dark).",
+            Value::PerSymbolGauge(|c| f64::from(u8::from(c.covered()))),
+        );
+        add(
+            "krakenbook_symbol_seconds_since_gap",
+            "Seconds since every stream of the symbol was last dark (since its last gap ended): 0 while they are.",
+            Value::PerSymbolGauge(|c| c.seconds_since_gap),
+        );
+        add(
+            "krakenbook_symbol_uncovered_seconds_total",
+            "Seconds the symbol spent in gaps (every stream dark) since its subscription, the open gap included: 1 - rate() is the union's coverage.",
+            Value::PerSymbolTotal(|c| c.uncovered_seconds),
         );
 
         if let Some(j) = m.journal.get() {
@@ -375,7 +392,9 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         for family in &self.families {
             let kind = match family.value {
-                Value::Counter(_) | Value::PerSymbol(_) => MetricType::Counter,
+                Value::Counter(_) | Value::PerSymbol(_) | Value::PerSymbolTotal(_) => {
+                    MetricType::Counter
+                }
                 Value::Gauge(_)
                 | Value::SignedGauge(_)
                 | Value::FloatGauge(_)
@@ -404,6 +423,13 @@ impl Collector for Snapshot {
                     for (symbol, _, coverage) in &self.symbols {
                         let labels = [("symbol", symbol.as_str())];
                         ConstGauge::new(figure(coverage)).encode(metric.encode_family(&labels)?)?;
+                    }
+                }
+                Value::PerSymbolTotal(total) => {
+                    for (symbol, _, coverage) in &self.symbols {
+                        let labels = [("symbol", symbol.as_str())];
+                        ConstCounter::new(total(coverage))
+                            .encode(metric.encode_family(&labels)?)?;
                     }
                 }
                 Value::Problems(problems) => {
@@ -487,6 +513,9 @@ mod tests {
         ("krakenbook_symbol_streams_verified", "gauge", "Streams (connections) whose book of the symbol is verified now.", &["symbol"]),
         ("krakenbook_symbol_seconds_since_verified", "gauge", "Seconds since the last verified book message of the symbol on any stream (since its subscription before the first).", &["symbol"]),
         ("krakenbook_symbol_gap_seconds", "gauge", "Seconds the symbol's current gap has been open: 0 while any stream's book is verified.", &["symbol"]),
+        ("krakenbook_symbol_covered", "gauge", "1 while some stream's book of the symbol is verified (the union of its streams covers it), 0 in a gap (every stream dark).", &["symbol"]),
+        ("krakenbook_symbol_seconds_since_gap", "gauge", "Seconds since every stream of the symbol was last dark (since its last gap ended): 0 while they are.", &["symbol"]),
+        ("krakenbook_symbol_uncovered_seconds_total", "counter", "Seconds the symbol spent in gaps (every stream dark) since its subscription, the open gap included: 1 - rate() is the union's coverage.", &["symbol"]),
         ("krakenbook_journal_records_total", "counter", "Records appended to the journal.", &[]),
         ("krakenbook_journal_bytes_total", "counter", "Bytes appended to the journal.", &[]),
         ("krakenbook_journal_rotations_total", "counter", "Journal segments closed and started.", &[]),
@@ -683,8 +712,8 @@ mod tests {
         );
     }
 
-    /// The per-symbol gauges of a symbol's coverage.
-    const PER_SYMBOL_GAUGES: usize = 3;
+    /// The per-symbol families of a symbol's coverage.
+    const PER_SYMBOL_GAUGES: usize = 6;
 
     fn parse_sample_or_comment(line: &str) -> Option<Sample> {
         (!line.starts_with('#')).then(|| parse_sample(line))
@@ -751,9 +780,17 @@ mod tests {
             value_of(&text, "krakenbook_symbol_streams_verified", eth),
             Some(0.0)
         );
+        // Dark from the subscription on: not covered, and the gap counts from then.
+        for (name, want) in [
+            ("krakenbook_symbol_covered", Some(0.0)),
+            ("krakenbook_symbol_seconds_since_gap", Some(0.0)),
+        ] {
+            assert_eq!(value_of(&text, name, eth), want, "{name}\n{text}");
+        }
         for name in [
             "krakenbook_symbol_seconds_since_verified",
             "krakenbook_symbol_gap_seconds",
+            "krakenbook_symbol_uncovered_seconds_total",
         ] {
             let v = value_of(&text, name, eth).unwrap_or_else(|| panic!("{name}\n{text}"));
             assert!(
@@ -781,10 +818,49 @@ mod tests {
         );
         let age = value_of(&text, "krakenbook_symbol_seconds_since_verified", label).unwrap();
         assert!((30.0..40.0).contains(&age), "{age}");
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_covered", label),
+            Some(1.0)
+        );
         stream.unverified(Timestamp::now().add_nanos(-10_000_000_000));
         let text = m.render();
         let gap = value_of(&text, "krakenbook_symbol_gap_seconds", label).unwrap();
         assert!((10.0..20.0).contains(&gap), "{gap}");
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_covered", label),
+            Some(0.0)
+        );
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_seconds_since_gap", label),
+            Some(0.0)
+        );
+    }
+
+    /// The coverage families show what the symbol's coverage reads, the total as a counter.
+    #[test]
+    fn union_coverage_families_show_the_symbols_reading() {
+        let m = Metrics::default();
+        let btc = m.symbol("BTC/USD");
+        let mut stream = crate::metrics::StreamCoverage::new(Arc::clone(&btc));
+        // Dark from the subscription until a verified message half a second later.
+        stream.verified(Timestamp::now().add_nanos(500_000_000));
+        let text = m.render();
+        let label = Some(("symbol", "BTC/USD"));
+        let total = value_of(&text, "krakenbook_symbol_uncovered_seconds_total", label).unwrap();
+        assert!((0.5..0.6).contains(&total), "{total}");
+        assert_eq!(
+            total,
+            btc.coverage.read(Timestamp::now()).uncovered_seconds,
+            "the gap is closed: its total no longer grows"
+        );
+        assert_eq!(
+            value_of(&text, "krakenbook_symbol_covered", label),
+            Some(1.0)
+        );
+        assert!(
+            text.contains("# TYPE krakenbook_symbol_uncovered_seconds_total counter\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! - here: [`Metrics`] and the structs it gathers ([`SymbolMetrics`], [`StoreProgress`],
 //!   [`Histogram`]), and [`HealthSource`]s' problems behind [`Metrics::health`];
-//! - [`coverage`]: per symbol, over every stream of it: streams verified now, the age of the last
-//!   verified message, how long the current gap has been open;
+//! - [`coverage`]: per symbol, over every stream of it (their union): streams verified now,
+//!   whether the union covers it, the age of the last verified message, how long the current gap
+//!   has been open, how long since the last one ended, and the seconds spent in gaps;
 //! - [`disk`]: the journal's segment bytes and its filesystem's free and total bytes, measured in
 //!   the background;
 //! - [`exposition`]: the Prometheus text format (version 0.0.4) of a [`Metrics`], written by the

@@ -7,6 +7,16 @@
 //! then an update for each recorded message that changes its window, paced as recorded (`speed`
 //! times faster; 0: as fast as the client reads).
 //!
+//! What is served is the merged history: every stream of the symbol (each connection of every
+//! collector, or of the one `--collector` names), followed as the incremental export follows it
+//! (the segments of [`crate::export::incremental::timeline`], one implementation for both): one
+//! stream while its verified span lasts, then, where that span ends, the stream the coverage
+//! model verifies there. A switch of stream is invisible to the client when the two books agree
+//! at the switch (its window and Kraken's checksum): nothing is sent, and the updates go on from
+//! the other stream; when they differ, the client gets a snapshot of the new book (see
+//! [`player`] for why a snapshot). Only where every stream of the symbol is dark (a *union gap*)
+//! does the client see a gap.
+//!
 //! What a client sees is what Kraken shows:
 //! - levels in Kraken's order ([`emit`]): the recorded levels replayed one at a time with
 //!   Kraken's window rule, so a deletion comes before the level that refills its place and a
@@ -16,13 +26,13 @@
 //!   does not offer (`Subscription depth not supported`);
 //! - the frames of one connection are in time order across its symbols: one task per connection
 //!   ([`player`]) merges its subscriptions by recorded time;
-//! - a gap in the record of any subscribed symbol (a lost connection, a checksum mismatch, a
-//!   collector that was not running, a new snapshot) ends the connection like a lost connection:
-//!   the socket closes without a WebSocket close frame. Kraken never sends a snapshot nobody asked
-//!   for, and neither does the replay. A client that subscribes while its symbol is in a gap gets
-//!   the ack at once and the snapshot when the gap ends;
-//! - the end of the record (`--to`, or where the collector's record ends) closes the connection
-//!   with code 1000 and the reason `end of recording`;
+//! - a union gap in the record of any subscribed symbol (every connection lost, every collector
+//!   stopped, a checksum mismatch no other stream covers) ends the connection like a lost
+//!   connection: the socket closes without a WebSocket close frame. Beyond the switch snapshot
+//!   above, no snapshot comes unasked: a client that subscribes while its symbol is in a gap
+//!   gets the ack at once and the snapshot when the gap ends;
+//! - the end of the record (`--to`, or where the last connection's record ends) closes the
+//!   connection with code 1000 and the reason `end of recording`;
 //! - every frame carries the recorded book's checksum.
 //!
 //! The replay's clock: at speed S it shows `from + S × (time since the server started)`; at speed 0
@@ -68,15 +78,13 @@ pub struct ReplaySource {
     pub to: Option<Timestamp>,
     /// Pace: recorded time runs this many times faster; 0 sends as fast as the client reads.
     pub speed: f64,
-    /// Only this collector's record.
+    /// Only this collector's streams (default: every collector's, merged).
     pub collector: Option<String>,
 }
 
 /// What is known of a served pair from the record at `from`.
 #[derive(Clone, Debug)]
 struct Served {
-    /// The collector whose record is served.
-    collector: String,
     /// The depth it was recorded at, when the record says.
     depth: Option<usize>,
 }
@@ -152,8 +160,9 @@ impl ReplayMarket {
         } else {
             crate::readback::query::recorded_symbols(&client).await?
         };
-        // Each pair served needs a verified start at or before `from` on the chosen record; its
-        // precision is the instrument channel's on that connection, else the stored levels'.
+        // Each pair served needs a start at or before `from` (on `--collector`'s record when one
+        // is named); its precision is the instrument channel's on that start's connection, else
+        // the stored levels', and its depth that connection's.
         let mut instruments = Vec::new();
         let mut recorded = HashMap::new();
         for symbol in &symbols {
@@ -181,13 +190,7 @@ impl ReplayMarket {
                     }
                 };
             instruments.push(InstrumentPair::online(symbol, precision));
-            recorded.insert(
-                symbol.clone(),
-                Served {
-                    collector: start.collector.clone(),
-                    depth,
-                },
-            );
+            recorded.insert(symbol.clone(), Served { depth });
         }
         let from = source.from.unix_nanos();
         Ok(ReplayMarket {

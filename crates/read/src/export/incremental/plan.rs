@@ -166,18 +166,7 @@ async fn opening(
 ) -> Result<Option<Opens>, ExportError> {
     // Every message before the instant (timestamps are whole microseconds).
     let before = segment.start.add_nanos(-1);
-    let id = &segment.stream;
-    let find = |at: Timestamp| {
-        BookCursor::find_start_in_span(
-            client,
-            symbol,
-            at,
-            &id.collector,
-            id.conn_id,
-            segment.start_seq,
-            segment.last_seq,
-        )
-    };
+    let find = |at: Timestamp| crate::source::segment_start(client, symbol, segment, at);
     let start = match find(before).await? {
         Some(start) => start,
         None => match find(segment.start).await? {

@@ -1,7 +1,12 @@
-//! The segments an incremental export follows for a symbol: from each instant of `[from, to)`,
-//! the stream the coverage model verifies there, while its span lasts (see the parent module's
-//! doc), and the book each segment opens with. No I/O: the coverage comes in computed, the
-//! opening books come from [`super::plan`].
+//! The segments a reader of the merged history follows for a symbol: from each instant of
+//! `[from, to)`, the stream the coverage model verifies there, while its span lasts (see the
+//! parent module's doc), and the book each segment opens with. No I/O: the coverage comes in
+//! computed, the opening books come from [`super::plan`](mod@super::plan).
+//!
+//! The one walk of the merged history: the incremental export and `replay --serve`
+//! ([`crate::replay::ReplayMarket`]) both follow [`timeline`]'s segments, so a file and a replay
+//! client switch streams at the same instants and see a gap at the same ones (the fields `rank`
+//! and `after` are the export's read order; the replay leaves them alone).
 //!
 //! What must hold: the segments are in time order, never overlap, each inside one verified span
 //! of its stream; `gap_after` is set exactly where no segment starts at a segment's end before

@@ -1,14 +1,14 @@
-//! Where a served subscription reads the record: one symbol's stored messages on one collector's
-//! record, each with its levels in the order received and the verified book after it; and where
-//! that record has gaps.
+//! Where a served subscription reads the record: one segment of its symbol's merged history
+//! ([`crate::export::incremental::timeline`]): the stored messages of the one stream (connection
+//! of a collector) the segment follows, inside that stream's verified span, each with its levels
+//! in the order received and the verified book after it.
 //!
-//! The messages come from [`BookCursor`] (the book after each message, its checksum recomputed),
-//! their levels from a second query over the same rows on a connection of its own, read in step
-//! with the cursor (two result streams on one connection would make each wait for the other).
-//! The gaps come from [`GapSource`]: the coverage model ([`crate::history`]) of the collector's
-//! record, the same answer `book --at` and the exports get. A stream that ended (a stopped
-//! collector, a crash, a drop) is seen at its connection's last frame, not at the next
-//! connection's first.
+//! The messages come from [`BookCursor`] bounded to the stream and its span (the book after each
+//! message, its checksum recomputed), their levels from a second query over the collector's rows
+//! on a connection of its own, read in step with the cursor (two result streams on one connection
+//! would make each wait for the other; rows of the collector's other connections interleave by
+//! `seq` and are stepped over). A segment is opened at an instant: the book there is the stream's
+//! book after every message stamped at or before it, as `book --at` has it.
 
 use std::pin::Pin;
 
@@ -16,68 +16,17 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, Row, RowStream};
 
 use crate::book::{Decimal, OrderBook};
-use crate::history::{Coverage, Source};
+use crate::export::incremental::Segment;
 use crate::readback::{BookCursor, ReadbackError, Start, StartKind};
 use crate::store::DbTarget;
 use crate::store::StoreError;
 use crate::time::Timestamp;
-
-/// Where the record of a symbol has gaps, and where it ends.
-#[derive(Debug)]
-pub(super) struct GapSource {
-    coverage: Coverage,
-}
-
-impl GapSource {
-    /// The coverage of `symbol` on `collector`'s record (`_since`: where the replay starts; the
-    /// model reads the whole record of the symbol from its indexes).
-    pub(super) async fn load(
-        client: &Client,
-        collector: &str,
-        symbol: &str,
-        _since: Timestamp,
-    ) -> Result<GapSource, ReadbackError> {
-        let coverage = Source::Database(client)
-            .coverage_of(symbol, Some(collector))
-            .await?;
-        Ok(GapSource { coverage })
-    }
-
-    /// When the book of `symbol` was lost after its last message (received at `last_received`)
-    /// and at or before `at`: the start of the first gap of the record that ends after that
-    /// message and begins by `at` (a mismatch, a lost connection, a stopped collector, journal
-    /// damage, the end of the record). `None` when the book synced by that message is still
-    /// known at `at`.
-    pub(super) fn lost_after(
-        &self,
-        symbol: &str,
-        last_received: Timestamp,
-        at: Timestamp,
-    ) -> Option<Timestamp> {
-        debug_assert_eq!(symbol, self.coverage.symbol);
-        // A gap that ended by the last message was closed by a snapshot the caller has already
-        // applied. A gap that begins with the last message's receipt (its connection's last
-        // frame) begins right after it.
-        self.coverage
-            .next_gap(last_received, at)
-            .and_then(|g| g.start)
-            .map(|start| start.max(last_received))
-    }
-
-    /// Where the collector's record of the symbol ends (its connections' last frame), when known.
-    pub(super) fn record_end(&self, symbol: &str) -> Option<Timestamp> {
-        debug_assert_eq!(symbol, self.coverage.symbol);
-        self.coverage.record_end()
-    }
-}
 
 /// One recorded message: its levels in the order received, and the book after it.
 #[derive(Debug)]
 pub(super) struct Recorded<'a> {
     /// Kraken's timestamp.
     pub(super) timestamp: Timestamp,
-    /// When the collector received it.
-    pub(super) received_at: Timestamp,
     /// Whether it was a snapshot.
     pub(super) snapshot: bool,
     /// Whether the rebuilt book verified after it (`None`: not synced).
@@ -96,7 +45,7 @@ const LEVELS: &str = "SELECT seq, side, price, quantity FROM kraken_orderbook_en
     WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
     ORDER BY seq, ordinal";
 
-/// One symbol's record from a starting point, message by message.
+/// One segment's record from a starting point, message by message.
 pub(super) struct Record {
     target: DbTarget,
     symbol: String,
@@ -110,6 +59,8 @@ pub(super) struct Record {
     pending: Option<Row>,
     /// The last message stepped over.
     last_seq: i64,
+    /// Kraken's timestamp of the last message applied (the start's before any).
+    last_timestamp: Timestamp,
 }
 
 impl std::fmt::Debug for Record {
@@ -123,22 +74,33 @@ impl std::fmt::Debug for Record {
 }
 
 impl Record {
-    /// The record of `symbol` from `start` up to `to` (inclusive).
+    /// `segment` of `symbol`'s merged history opened at `at` (inside it): the stream's record
+    /// from its latest start (snapshot or book state) at or before `at` in the segment's span,
+    /// every message stamped at or before `at` applied, the rest up to the segment's end to
+    /// come. `None` when the record has no such start, or its book is not verified at `at` (the
+    /// cursor does not verify what the coverage model does).
     pub(super) async fn open(
         target: &DbTarget,
-        client: Client,
         symbol: &str,
-        start: Start,
-        to: Timestamp,
-    ) -> Result<Record, ReadbackError> {
-        let cursor = BookCursor::open(&client, symbol, start.clone(), to).await?;
+        segment: &Segment,
+        at: Timestamp,
+    ) -> Result<Option<Record>, ReadbackError> {
+        let client = target.connect("krakenbook replay").await?;
+        let Some(start) = crate::source::segment_start(&client, symbol, segment, at).await? else {
+            return Ok(None);
+        };
+        // The segment holds the messages stamped before its end.
+        let to = segment.end.add_nanos(-1);
+        let cursor =
+            BookCursor::open_bounded(&client, symbol, start.clone(), to, segment.last_seq).await?;
         let last_seq = match start.kind {
             StartKind::State => start.seq,
             StartKind::Snapshot => start.seq - 1,
         };
-        Ok(Record {
+        let mut record = Record {
             target: target.clone(),
             symbol: symbol.to_owned(),
+            last_timestamp: start.timestamp,
             start,
             to,
             cursor,
@@ -146,17 +108,21 @@ impl Record {
             levels: None,
             pending: None,
             last_seq,
-        })
+        };
+        while record.peek().await?.is_some_and(|(t, _)| t <= at) {
+            record.skip().await?;
+        }
+        Ok(record.cursor.is_synced().then_some(record))
     }
 
-    /// Where it started.
-    pub(super) fn start(&self) -> &Start {
-        &self.start
+    /// The book now (at the recorded depth).
+    pub(super) fn book(&self) -> &OrderBook {
+        self.cursor.book()
     }
 
-    /// The book now, and whether it is synced.
-    pub(super) fn book(&self) -> (&OrderBook, bool) {
-        (self.cursor.book(), self.cursor.is_synced())
+    /// Kraken's timestamp of the last message in the book (of its start before any).
+    pub(super) fn last_timestamp(&self) -> Timestamp {
+        self.last_timestamp
     }
 
     /// Kraken's timestamp and the `seq` of the next message, without reading it.
@@ -168,13 +134,14 @@ impl Record {
     }
 
     /// Applies the next message without reading its levels (before anything was read with
-    /// them); returns its timestamp and receipt time.
-    pub(super) async fn skip(&mut self) -> Result<Option<(Timestamp, Timestamp)>, ReadbackError> {
+    /// them).
+    async fn skip(&mut self) -> Result<(), ReadbackError> {
         debug_assert!(self.levels.is_none(), "skip only before reading levels");
-        Ok(self.cursor.next().await?.map(|step| {
+        if let Some(step) = self.cursor.next().await? {
             self.last_seq = step.seq;
-            (step.timestamp, step.received_at)
-        }))
+            self.last_timestamp = step.timestamp;
+        }
+        Ok(())
     }
 
     /// Applies the next message and returns it with its levels.
@@ -198,6 +165,7 @@ impl Record {
             return Ok(None);
         };
         self.last_seq = step.seq;
+        self.last_timestamp = step.timestamp;
         let (mut bids, mut asks) = (Vec::new(), Vec::new());
         loop {
             let row = match self.pending.take() {
@@ -227,7 +195,6 @@ impl Record {
         }
         Ok(Some(Recorded {
             timestamp: step.timestamp,
-            received_at: step.received_at,
             snapshot: step.snapshot,
             verified: step.verified,
             bids,
