@@ -54,6 +54,10 @@ pub struct Step<'a> {
     /// Whether the rebuilt book has Kraken's checksum after this message (`None`: the book is
     /// not synced, e.g. after a mismatch and before the next snapshot).
     pub verified: Option<bool>,
+    /// The message's bid levels as received (wire order).
+    pub bids: &'a [(Decimal, Decimal)],
+    /// The message's ask levels as received.
+    pub asks: &'a [(Decimal, Decimal)],
     /// The book after the message.
     pub book: &'a OrderBook,
 }
@@ -69,6 +73,9 @@ pub struct BookCursor {
     subscribed: Option<usize>,
     rows: Option<Rows>,
     pending: Option<Row>,
+    /// The last message's levels as received.
+    last_bids: Vec<(Decimal, Decimal)>,
+    last_asks: Vec<(Decimal, Decimal)>,
 }
 
 impl std::fmt::Debug for BookCursor {
@@ -441,6 +448,8 @@ impl BookCursor {
             subscribed,
             rows: Some(Box::pin(rows)),
             pending: None,
+            last_bids: Vec::new(),
+            last_asks: Vec::new(),
         })
     }
 
@@ -498,6 +507,8 @@ impl BookCursor {
             timestamp,
             received_at,
         } = stored_message(&first, &self.symbol)?;
+        self.last_bids.clone_from(&bids);
+        self.last_asks.clone_from(&asks);
         let applied = if snapshot {
             self.synced = true;
             self.book.apply_snapshot(bids, asks)
@@ -524,6 +535,8 @@ impl BookCursor {
             snapshot,
             checksum,
             verified,
+            bids: &self.last_bids,
+            asks: &self.last_asks,
             book: &self.book,
         }))
     }

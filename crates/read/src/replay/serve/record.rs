@@ -3,23 +3,17 @@
 //! of a collector) the segment follows, inside that stream's verified span, each with its levels
 //! in the order received and the verified book after it.
 //!
-//! The messages come from [`BookCursor`] bounded to the stream and its span (the book after each
-//! message, its checksum recomputed), their levels from a second query over the collector's rows
-//! on a connection of its own, read in step with the cursor (two result streams on one connection
-//! would make each wait for the other; rows of the collector's other connections interleave by
-//! `seq` and are stepped over). A segment is opened at an instant: the book there is the stream's
+//! The messages come from [`BookCursor`] bounded to the stream and its span (each message's levels
+//! as received and the book after it, its checksum recomputed; one row a message, so the levels
+//! need no query of their own). A segment is opened at an instant: the book there is the stream's
 //! book after every message stamped at or before it, as `book --at` has it.
 
-use std::pin::Pin;
-
-use futures_util::StreamExt;
-use tokio_postgres::{Client, Row, RowStream};
+use tokio_postgres::Client;
 
 use crate::book::{Decimal, OrderBook};
 use crate::export::incremental::Segment;
 use crate::readback::{BookCursor, ReadbackError, Start, StartKind};
 use crate::store::DbTarget;
-use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// One recorded message: its levels in the order received, and the book after it.
@@ -39,24 +33,13 @@ pub(super) struct Recorded<'a> {
     pub(super) book: &'a OrderBook,
 }
 
-type Rows = Pin<Box<RowStream>>;
-
-const LEVELS: &str = "SELECT seq, side, price, quantity FROM kraken_orderbook_entries \
-    WHERE symbol = $1 AND collector = $2 AND \"timestamp\" >= $3 AND \"timestamp\" <= $4 AND seq > $5 \
-    ORDER BY seq, ordinal";
-
 /// One segment's record from a starting point, message by message.
 pub(super) struct Record {
-    target: DbTarget,
     symbol: String,
     start: Start,
-    to: Timestamp,
     cursor: BookCursor,
     /// The cursor's connection, kept open while its rows are read.
     _client: Client,
-    /// The levels' connection and rows, opened at the first message read with its levels.
-    levels: Option<(Client, Rows)>,
-    pending: Option<Row>,
     /// The last message stepped over.
     last_seq: i64,
     /// Kraken's timestamp of the last message applied (the start's before any).
@@ -98,15 +81,11 @@ impl Record {
             StartKind::Snapshot => start.seq - 1,
         };
         let mut record = Record {
-            target: target.clone(),
             symbol: symbol.to_owned(),
             last_timestamp: start.timestamp,
             start,
-            to,
             cursor,
             _client: client,
-            levels: None,
-            pending: None,
             last_seq,
         };
         while record.peek().await?.is_some_and(|(t, _)| t <= at) {
@@ -133,10 +112,8 @@ impl Record {
         Ok(self.cursor.peek_seq().await?.map(|seq| (ts, seq)))
     }
 
-    /// Applies the next message without reading its levels (before anything was read with
-    /// them).
+    /// Applies the next message without returning it.
     async fn skip(&mut self) -> Result<(), ReadbackError> {
-        debug_assert!(self.levels.is_none(), "skip only before reading levels");
         if let Some(step) = self.cursor.next().await? {
             self.last_seq = step.seq;
             self.last_timestamp = step.timestamp;
@@ -146,53 +123,12 @@ impl Record {
 
     /// Applies the next message and returns it with its levels.
     pub(super) async fn next(&mut self) -> Result<Option<Recorded<'_>>, ReadbackError> {
-        if self.levels.is_none() {
-            let client = self.target.connect("krakenbook replay").await?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-                &self.symbol,
-                &self.start.collector,
-                &self.start.timestamp,
-                &self.to,
-                &self.last_seq,
-            ];
-            let rows = client
-                .query_raw(LEVELS, params)
-                .await
-                .map_err(StoreError::db("reading book levels"))?;
-            self.levels = Some((client, Box::pin(rows)));
-        }
         let Some(step) = self.cursor.next().await? else {
             return Ok(None);
         };
         self.last_seq = step.seq;
         self.last_timestamp = step.timestamp;
-        let (mut bids, mut asks) = (Vec::new(), Vec::new());
-        loop {
-            let row = match self.pending.take() {
-                Some(row) => row,
-                None => match self.levels.as_mut() {
-                    Some((_, rows)) => match rows.next().await {
-                        Some(Ok(row)) => row,
-                        Some(Err(e)) => return Err(StoreError::db("reading book levels")(e).into()),
-                        None => break,
-                    },
-                    None => break,
-                },
-            };
-            let seq: i64 = row.get(0);
-            if seq < step.seq {
-                continue;
-            }
-            if seq > step.seq {
-                self.pending = Some(row);
-                break;
-            }
-            let level = (row.get::<_, Decimal>(2), row.get::<_, Decimal>(3));
-            match row.get::<_, &str>(1) {
-                "bid" => bids.push(level),
-                _ => asks.push(level),
-            }
-        }
+        let (bids, asks) = (step.bids.to_vec(), step.asks.to_vec());
         Ok(Some(Recorded {
             timestamp: step.timestamp,
             snapshot: step.snapshot,
