@@ -324,8 +324,8 @@ fn render(r: &ReplayReport, database: bool) -> String {
     if database {
         let _ = writeln!(
             out,
-            "  {} entry rows compared with their raw levels; {} messages stored raw on purpose, checked against their stored_raw event",
-            r.entries_compared, r.stored_raw
+            "  {} levels replayed from the book table, {} rows' raw frames compared with their levels; {} book frames stored whole beside a stored_raw event",
+            r.levels_compared, r.raw_compared, r.stored_raw
         );
     }
     if database {
@@ -377,6 +377,13 @@ fn render(r: &ReplayReport, database: bool) -> String {
             out,
             "  {} message rows without a collector or seq (written by another tool): not verified",
             r.unordered_rows
+        );
+    }
+    if r.legacy_rows > 0 {
+        let _ = writeln!(
+            out,
+            "  {} message rows of the layout before schema version 6: not verified (run `krakenbook migrate` to move them)",
+            r.legacy_rows
         );
     }
     if r.unverifiable_after_damage > 0 {
