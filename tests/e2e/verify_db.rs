@@ -806,7 +806,7 @@ async fn a_tampered_verdict_of_a_copy_on_another_connection_is_reported_with_its
         d["recorded"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("mismatch (copy 1 on connection ")),
+            .starts_with("mismatch (copy 1 on connection "),
         "{d}"
     );
     assert_eq!(d["replayed"], "ok");
