@@ -33,7 +33,7 @@ pub struct Disagreement {
     /// The symbol, when the record names one.
     pub symbol: Option<String>,
     /// The two copies that disagree: what `recorded` and `replayed` say, in that order (e.g.
-    /// `["raw_message", "kraken_orderbook_entries"]`; from a journal `["recorded", "replayed"]`).
+    /// `["checksum_ok", "replayed book"]`; from a journal `["recorded", "replayed"]`).
     pub copies: [&'static str; 2],
     /// What the first copy says (from a journal: what was recorded).
     pub recorded: String,
