@@ -20,10 +20,12 @@ pub(crate) const REPLAY_EXAMPLES: &str = "\
 --verify re-runs recorded frames through the book engine and compares every recomputed checksum
 verdict with the recorded one. From a journal directory it also reports every damaged or missing
 range it finds (kind, seqs, segment, byte offset) and verifies every intact record all the same.
-From the database it checks every stored copy of every book message against the others: the
-levels and checksum inside raw_message, its entry rows (exact decimals, in order), the messages
-row's checksum, checksum_ok, best bid and ask and message type, and the book states; each
-disagreement is reported with its collector, seq, symbol and the two copies. Then, wherever two
+From the database it checks every stored copy of every book message against the others: each
+copy the collector received (on each of its connections) replayed from the stored levels against
+Kraken's checksum and against the verdict recorded for that copy (checksum_ok, the verdict bits
+in dups), a raw frame kept beside its levels against them, the columns of frames stored whole,
+and the book states (every level at depth); each disagreement is reported with its collector,
+seq, symbol and the two copies. Then, wherever two
 streams of a symbol (two collectors, or two connections) were verified at once, their books are
 compared at every Kraken timestamp both have a message at, every level down to the smaller depth
 (the checksum covers only the top ten): each disagreement is reported with both collectors and
@@ -324,8 +326,8 @@ fn render(r: &ReplayReport, database: bool) -> String {
     if database {
         let _ = writeln!(
             out,
-            "  {} entry rows compared with their raw levels; {} messages stored raw on purpose, checked against their stored_raw event",
-            r.entries_compared, r.stored_raw
+            "  {} levels replayed from the book table, {} rows' raw frames compared with their levels; {} book frames stored whole beside a stored_raw event",
+            r.levels_compared, r.raw_compared, r.stored_raw
         );
     }
     if database {
@@ -377,6 +379,13 @@ fn render(r: &ReplayReport, database: bool) -> String {
             out,
             "  {} message rows without a collector or seq (written by another tool): not verified",
             r.unordered_rows
+        );
+    }
+    if r.legacy_rows > 0 {
+        let _ = writeln!(
+            out,
+            "  {} message rows of the layout before schema version 6: not verified (run `krakenbook migrate` to move them)",
+            r.legacy_rows
         );
     }
     if r.unverifiable_after_damage > 0 {

@@ -31,9 +31,12 @@ pub struct ResetArgs {
     pub db: super::db::DbArgs,
 }
 
+/// The tables emptied (schema version 6: `kraken_orderbook_messages` and `_entries` are views
+/// over the first two; the dictionary `krakenbook_collectors` stays, as running collectors keep
+/// their ids).
 const TABLES: [&str; 6] = [
-    "kraken_orderbook_messages",
-    "kraken_orderbook_entries",
+    "krakenbook_book",
+    "krakenbook_other",
     "kraken_book_states",
     "kraken_feed_events",
     "krakenbook_connections",
@@ -70,6 +73,17 @@ pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut tables: Vec<&str> = TABLES.to_vec();
+    let legacy: bool = client
+        .query_one(
+            "SELECT to_regclass('krakenbook_legacy_messages') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for the legacy tables")?
+        .get(0);
+    if legacy {
+        tables.extend(["krakenbook_legacy_messages", "krakenbook_legacy_entries"]);
+    }
     if !args.keep_checkpoints {
         tables.push("krakenbook_checkpoints");
     }

@@ -286,51 +286,42 @@ async fn replay_verify_cross_checks_two_collectors_and_reports_a_level_tampered_
         .unwrap_or_else(|| panic!("{line}"));
     assert!(compared > 100, "{line}");
 
-    // A's snapshot of BTC/USD after its downtime (B was running): its 15th bid, +1.
+    // A's snapshot of BTC/USD after its downtime (B was running): its 15th bid's quantity, +1
+    // (in levels, the one stored copy of it; dec64 is mantissa * 32 + scale, so one unit is
+    // 32 * 10^scale).
     let client = connect(&rec.url).await;
-    let row = client
+    let seq: i64 = client
         .query_one(
-            "SELECT seq, (raw_message->'data'->0->'bids'->14->>'price')::numeric::text
-               FROM kraken_orderbook_messages
-              WHERE collector = 'A' AND symbol = 'BTC/USD' AND message_type = 'snapshot'
+            "SELECT seq FROM krakenbook_book
+              WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = 'A')
+                AND symbol = 'BTC/USD' AND kind = 's' AND n_bids > 14
               ORDER BY seq DESC LIMIT 1",
             &[],
         )
         .await
-        .unwrap();
-    let (seq, price): (i64, String) = (row.get(0), row.get(1));
-    let tamper = |delta: &'static str| {
+        .unwrap()
+        .get(0);
+    let tamper = |sign: &'static str| {
         let client = &client;
-        let price = price.clone();
         async move {
-            let raw = client
+            let n = client
                 .execute(
                     &format!(
-                        "UPDATE kraken_orderbook_messages
-                            SET raw_message = jsonb_set(raw_message, '{{data,0,bids,14,qty}}',
-                                to_jsonb((raw_message->'data'->0->'bids'->14->>'qty')::numeric {delta}))
-                          WHERE collector = 'A' AND seq = $1"
+                        "UPDATE krakenbook_book
+                            SET levels[30] = levels[30] {sign} 32 * (10::numeric ^ (levels[30] & 31))::bigint
+                          WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = 'A')
+                            AND seq = $1"
                     ),
                     &[&seq],
                 )
                 .await
                 .unwrap();
-            let entries = client
-                .execute(
-                    &format!(
-                        "UPDATE kraken_orderbook_entries SET quantity = quantity {delta}
-                          WHERE collector = 'A' AND seq = $1 AND side = 'bid' AND price = $2::text::numeric"
-                    ),
-                    &[&seq, &price],
-                )
-                .await
-                .unwrap();
-            assert_eq!((raw, entries), (1, 1), "seq {seq}, price {price}");
+            assert_eq!(n, 1, "seq {seq}");
         }
     };
-    tamper("+ 1").await;
+    tamper("+").await;
     let out = replay_verify(rec);
-    tamper("- 1").await;
+    tamper("-").await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(

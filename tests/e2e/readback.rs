@@ -332,40 +332,55 @@ async fn replay_verify_passes_on_good_data_and_fails_on_a_tampered_row_and_reset
 
     // Tamper with one stored level in the middle of the record.
     let client = connect(url).await;
-    // A level that was the best bid after its message: it is in the checksum's top ten.
+    // A level that was the best bid after its message (the book state after it says so, and no
+    // message between changed it): it is in the checksum's top ten.
     let row = client
         .query_one(
-            "SELECT e.seq, e.ordinal FROM kraken_orderbook_entries e
-               JOIN kraken_orderbook_messages m ON m.collector = e.collector AND m.seq = e.seq
-              WHERE e.message_type = 'update' AND e.side = 'bid'
-                AND e.price = m.best_bid_price AND e.quantity > 0
-              ORDER BY e.seq OFFSET 3 LIMIT 1",
+            "SELECT b.seq, (b.k + 1)::int FROM kraken_book_states s
+              CROSS JOIN LATERAL (
+                  SELECT b.seq, u.k FROM krakenbook_book b
+                   CROSS JOIN LATERAL unnest(b.levels[1:2 * b.n_bids]) WITH ORDINALITY u(v, k)
+                   WHERE b.symbol = s.symbol AND b.conn_id = s.conn_id AND b.seq < s.seq
+                     AND u.k % 2 = 1 AND krakenbook_dec(u.v) = (s.bids -> 0 ->> 0)::numeric
+                   ORDER BY b.seq DESC LIMIT 1) b
+              JOIN krakenbook_book r ON r.seq = b.seq
+             WHERE r.kind = 'u' AND r.checksum_ok
+               AND krakenbook_dec(r.levels[b.k + 1]) = (s.bids -> 0 ->> 1)::numeric
+             ORDER BY s.seq OFFSET 3 LIMIT 1",
             &[],
         )
         .await
         .unwrap();
-    let (seq, ordinal): (i64, i16) = (row.get(0), row.get(1));
-    client
+    let (seq, qty): (i64, i32) = (row.get(0), row.get(1));
+    // One more unit of its quantity's last digit (dec64: mantissa * 32 + scale).
+    let n = client
         .execute(
-            "UPDATE kraken_orderbook_entries SET quantity = quantity + 1 WHERE seq = $1 AND ordinal = $2",
-            &[&seq, &ordinal],
+            &format!(
+                "UPDATE krakenbook_book SET levels[{qty}] = levels[{qty}] + 32 WHERE seq = $1"
+            ),
+            &[&seq],
         )
         .await
         .unwrap();
+    assert_eq!(n, 1);
     let out = run(&verify_db);
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The book replayed from the levels loses Kraken's checksum there.
     let first = &report["disagreements"][0];
     assert_eq!(first["seq"].as_i64(), Some(seq), "{report}");
     assert_eq!(
         first["copies"],
-        serde_json::json!(["raw_message", "kraken_orderbook_entries"])
+        serde_json::json!(["checksum_ok", "replayed book"])
     );
-    // The book rebuilt from the entries loses Kraken's checksum there.
+    assert_eq!(first["recorded"], "ok");
+    assert_eq!(first["replayed"], "mismatch");
     let second = &report["disagreements"][1];
     assert_eq!(second["seq"].as_i64(), Some(seq), "{report}");
-    assert_eq!(second["recorded"], "ok");
-    assert_eq!(second["replayed"], "mismatch");
+    assert_eq!(
+        second["copies"],
+        serde_json::json!(["checksum", "replayed book"])
+    );
 
     // query --json counts equal SQL counts.
     let out = run(&["query", "--json", "--database-url", url]);
@@ -419,14 +434,15 @@ async fn replay_verify_passes_on_good_data_and_fails_on_a_tampered_row_and_reset
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every table of the schema but the migrations' own, so that a table added later and
-    // forgotten by reset fails here.
+    // Every table of the schema but the migrations' own and the dictionary of collector ids, so
+    // that a table added later and forgotten by reset fails here.
     let tables: Vec<String> = connect(url)
         .await
         .query(
             "SELECT table_name::text FROM information_schema.tables
               WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
-                AND table_name LIKE 'kraken%' AND table_name <> 'krakenbook_migrations'",
+                AND table_name LIKE 'kraken%'
+                AND table_name NOT IN ('krakenbook_migrations', 'krakenbook_collectors')",
             &[],
         )
         .await

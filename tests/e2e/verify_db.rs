@@ -143,18 +143,34 @@ fn caught(code: Option<i32>, report: &Value, seq: i64, copies: [&str; 2]) {
     );
 }
 
-/// An update that verified and set the best bid: its seq and the ordinal of that bid level (in
-/// the checksum's top ten, so the book and its checksum change with it).
-async fn best_bid_level(url: &str) -> (i64, i16) {
+/// A verified update that set the best bid of the book state after it (the last message before
+/// the state that set that level): its seq and the 1-based position in `levels` of that bid's
+/// quantity (in the checksum's top ten, so the book's checksum changes with it).
+async fn best_bid_level(url: &str, offset: i64) -> (i64, i32) {
+    level_of_a_state(url, 0, offset).await
+}
+
+/// The last verified update before a book state (the `offset`th with such an update) that set
+/// the state's bid at `level` (0 the best) to its quantity there: the update's seq, and the
+/// 1-based position of that quantity in its `levels`.
+async fn level_of_a_state(url: &str, level: i32, offset: i64) -> (i64, i32) {
     let row = connect(url)
         .await
         .query_one(
-            "SELECT e.seq, e.ordinal FROM kraken_orderbook_entries e
-               JOIN kraken_orderbook_messages m ON m.collector = e.collector AND m.seq = e.seq
-              WHERE e.message_type = 'update' AND e.side = 'bid' AND m.checksum_ok
-                AND e.price = m.best_bid_price AND e.quantity > 0
-              ORDER BY e.seq OFFSET 5 LIMIT 1",
-            &[],
+            "SELECT b.seq, (b.k + 1)::int FROM kraken_book_states s
+              CROSS JOIN LATERAL (
+                  SELECT b.seq, u.k FROM krakenbook_book b
+                   CROSS JOIN LATERAL unnest(b.levels[1:2 * b.n_bids]) WITH ORDINALITY u(v, k)
+                   WHERE b.symbol = s.symbol AND b.conn_id = s.conn_id AND b.seq < s.seq
+                     AND b.collector_id = (SELECT id FROM krakenbook_collectors c
+                                            WHERE c.name = s.collector)
+                     AND u.k % 2 = 1 AND krakenbook_dec(u.v) = (s.bids -> $1::int ->> 0)::numeric
+                   ORDER BY b.seq DESC LIMIT 1) b
+              JOIN krakenbook_book r ON r.seq = b.seq
+             WHERE jsonb_array_length(s.bids) > $1::int AND r.kind = 'u' AND r.checksum_ok
+               AND krakenbook_dec(r.levels[b.k + 1]) = (s.bids -> $1::int ->> 1)::numeric
+             ORDER BY s.seq OFFSET $2 LIMIT 1",
+            &[&level, &offset],
         )
         .await
         .unwrap();
@@ -165,8 +181,7 @@ async fn best_bid_level(url: &str) -> (i64, i16) {
 async fn verified_update(url: &str) -> i64 {
     one(
         url,
-        "SELECT seq FROM kraken_orderbook_messages
-          WHERE message_type = 'update' AND checksum_ok AND best_bid_price IS NOT NULL
+        "SELECT seq FROM krakenbook_book WHERE kind = 'u' AND checksum_ok
           ORDER BY seq OFFSET 60 LIMIT 1",
     )
     .await
@@ -194,7 +209,12 @@ async fn a_clean_recording_verifies_everything_without_a_range() {
     // Every row of every table, as the collector wrote them.
     assert_eq!(
         total(&report, "book_messages"),
-        count(url, BOOK_MESSAGES).await
+        count(url, "SELECT count(*) FROM krakenbook_copies").await
+    );
+    assert_eq!(
+        total(&report, "book_messages"),
+        count(url, BOOK_MESSAGES).await,
+        "one connection: one copy a message"
     );
     assert_eq!(
         report["frames"].as_i64(),
@@ -206,8 +226,12 @@ async fn a_clean_recording_verifies_everything_without_a_range() {
     );
     assert!(total(&report, "states") > 10, "{report:#}");
     assert_eq!(
-        report["entries_compared"].as_i64(),
+        report["levels_compared"].as_i64(),
         Some(count(url, "SELECT count(*) FROM kraken_orderbook_entries").await)
+    );
+    assert_eq!(
+        report["raw_compared"], 0,
+        "Kraken's layout: no raw frame kept"
     );
     assert_eq!(
         total(&report, "ok"),
@@ -229,7 +253,7 @@ async fn a_clean_recording_verifies_everything_without_a_range() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("every stored copy agrees") && text.contains("entry rows compared"),
+        text.contains("every stored copy agrees") && text.contains("levels replayed"),
         "{text}"
     );
 }
@@ -241,8 +265,7 @@ async fn a_range_a_symbol_and_a_collector_narrow_it_and_its_books_start_before_t
     let client = connect(url).await;
     let times: Vec<Timestamp> = client
         .query(
-            "SELECT \"timestamp\" FROM kraken_orderbook_messages
-              WHERE channel = 'book' AND message_type = 'update' ORDER BY \"timestamp\"",
+            "SELECT \"timestamp\" FROM krakenbook_book WHERE kind = 'u' ORDER BY \"timestamp\"",
             &[],
         )
         .await
@@ -294,7 +317,7 @@ async fn a_range_a_symbol_and_a_collector_narrow_it_and_its_books_start_before_t
     );
 
     let collector: String = client
-        .query_one("SELECT min(collector) FROM kraken_orderbook_messages", &[])
+        .query_one("SELECT min(name) FROM krakenbook_collectors", &[])
         .await
         .unwrap()
         .get(0);
@@ -326,65 +349,56 @@ async fn an_empty_database_verifies_nothing_and_exits_3() {
 }
 
 #[tokio::test]
-async fn a_tampered_raw_message_level_is_reported_with_its_seq() {
+async fn a_tampered_level_in_the_top_ten_is_reported_with_its_seq() {
     let db = copy().await;
-    let (seq, ordinal) = best_bid_level(&db.url).await;
+    let (seq, qty) = best_bid_level(&db.url, 3).await;
+    // One more unit of the quantity's last digit (dec64: mantissa * 32 + scale).
     tamper(
         &db.url,
-        &format!(
-            "UPDATE kraken_orderbook_messages SET raw_message = jsonb_set(raw_message,
-                 '{{data,0,bids,{ordinal},price}}',
-                 to_jsonb((raw_message #>> '{{data,0,bids,{ordinal},price}}')::numeric - 0.5))
-              WHERE seq = {seq}"
-        ),
+        &format!("UPDATE krakenbook_book SET levels[{qty}] = levels[{qty}] + 32 WHERE seq = {seq}"),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(
-        code,
-        &report,
-        seq,
-        ["raw_message", "kraken_orderbook_entries"],
+    caught(code, &report, seq, ["checksum_ok", "replayed book"]);
+    caught(code, &report, seq, ["checksum", "replayed book"]);
+    let first = &report["disagreements"][0];
+    assert_eq!(
+        (&first["recorded"], &first["replayed"]),
+        (&"ok".into(), &"mismatch".into())
     );
 }
 
 #[tokio::test]
-async fn a_tampered_checksum_inside_raw_message_is_reported_with_its_seq() {
+async fn a_checksum_column_that_disagrees_with_the_replayed_book_is_reported_with_its_seq() {
     let db = copy().await;
     let seq = verified_update(&db.url).await;
+    let checksum = one(
+        &db.url,
+        &format!("SELECT checksum::bigint & 4294967295 FROM krakenbook_book WHERE seq = {seq}"),
+    )
+    .await;
     tamper(
         &db.url,
-        &format!(
-            "UPDATE kraken_orderbook_messages SET raw_message = jsonb_set(raw_message,
-                 '{{data,0,checksum}}', to_jsonb((raw_message #>> '{{data,0,checksum}}')::bigint + 1))
-              WHERE seq = {seq}"
-        ),
+        &format!("UPDATE krakenbook_book SET checksum = checksum # 1 WHERE seq = {seq}"),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(code, &report, seq, ["checksum", "raw_message"]);
-    caught(code, &report, seq, ["checksum_ok", "book from raw_message"]);
-}
-
-#[tokio::test]
-async fn a_checksum_column_that_disagrees_with_its_raw_message_is_reported_with_its_seq() {
-    let db = copy().await;
-    let seq = verified_update(&db.url).await;
-    tamper(
-        &db.url,
-        &format!("UPDATE kraken_orderbook_messages SET checksum = checksum + 1 WHERE seq = {seq}"),
-    )
-    .await;
-    let (code, report) = verify(&db.url, &[]);
-    caught(code, &report, seq, ["checksum", "raw_message"]);
-    assert_eq!(report["disagreement_count"], 1, "{report:#}");
+    caught(code, &report, seq, ["checksum", "replayed book"]);
+    // Its verdict and the checksum, once: the replay goes on from its book.
+    assert_eq!(report["disagreement_count"], 2, "{report:#}");
     // The human report names the collector, the seq, the symbol and both copies.
     let out = run(&["replay", "--verify", "--quiet", "--database-url", &db.url]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    let d = &report["disagreements"][0];
+    let d = report["disagreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["copies"][0] == "checksum")
+        .unwrap();
+    assert_eq!(d["replayed"], checksum.to_string().as_str(), "{d}");
     let line = format!(
-        "seq {seq} of {} {}: checksum says {}; raw_message says {}",
+        "seq {seq} of {} {}: checksum says {}; replayed book says {}",
         d["collector"].as_str().unwrap(),
         d["symbol"].as_str().unwrap(),
         d["recorded"].as_str().unwrap(),
@@ -399,81 +413,104 @@ async fn a_tampered_checksum_ok_is_reported_with_its_seq() {
     let seq = verified_update(&db.url).await;
     tamper(
         &db.url,
-        &format!("UPDATE kraken_orderbook_messages SET checksum_ok = false WHERE seq = {seq}"),
+        &format!("UPDATE krakenbook_book SET checksum_ok = false WHERE seq = {seq}"),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(code, &report, seq, ["checksum_ok", "book from raw_message"]);
+    caught(code, &report, seq, ["checksum_ok", "replayed book"]);
     assert_eq!(report["disagreement_count"], 1, "{report:#}");
     assert_eq!(report["disagreements"][0]["recorded"], "mismatch");
     assert_eq!(report["disagreements"][0]["replayed"], "ok");
 }
 
 #[tokio::test]
-async fn a_tampered_best_bid_is_reported_with_its_seq() {
+async fn a_tampered_kind_is_reported_with_its_seq() {
     let db = copy().await;
     let seq = verified_update(&db.url).await;
     tamper(
         &db.url,
+        &format!("UPDATE krakenbook_book SET kind = 's' WHERE seq = {seq}"),
+    )
+    .await;
+    let (code, report) = verify(&db.url, &[]);
+    // Applied as a snapshot, its few levels are not the book Kraken summed.
+    caught(code, &report, seq, ["checksum_ok", "replayed book"]);
+}
+
+#[tokio::test]
+async fn a_raw_frame_kept_beside_its_levels_must_say_the_same() {
+    let db = copy().await;
+    let (seq, _) = best_bid_level(&db.url, 5).await;
+    // The frame as the view renders it, stored as raw (as the writer does for a frame not in
+    // Kraken's layout): it agrees.
+    tamper(
+        &db.url,
         &format!(
-            "UPDATE kraken_orderbook_messages SET best_bid_qty = best_bid_qty + 1 WHERE seq = {seq}"
+            "UPDATE krakenbook_book b SET raw = m.raw_message
+               FROM kraken_orderbook_messages m WHERE m.seq = b.seq AND b.seq = {seq}"
         ),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(code, &report, seq, ["best_bid", "book from raw_message"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["raw_compared"], 1);
+    // Its first bid's quantity changed in raw only.
+    tamper(
+        &db.url,
+        &format!(
+            "UPDATE krakenbook_book SET raw = jsonb_set(raw, '{{data,0,bids,0,qty}}',
+                 to_jsonb((raw #>> '{{data,0,bids,0,qty}}')::numeric + 1))
+              WHERE seq = {seq}"
+        ),
+    )
+    .await;
+    let (code, report) = verify(&db.url, &[]);
+    caught(code, &report, seq, ["raw", "levels"]);
     assert_eq!(report["disagreement_count"], 1, "{report:#}");
 }
 
 #[tokio::test]
-async fn a_tampered_entry_quantity_is_reported_with_its_seq() {
+async fn a_tampered_level_below_the_top_ten_is_caught_by_the_next_book_state() {
     let db = copy().await;
-    let (seq, ordinal) = best_bid_level(&db.url).await;
-    tamper(
+    // A book state's 21st bid (beyond the checksum's top ten) and the last message before the
+    // state that set that level: its quantity there, one unit more.
+    let (seq, qty) = level_of_a_state(&db.url, 20, 2).await;
+    let state = one(
         &db.url,
         &format!(
-            "UPDATE kraken_orderbook_entries SET quantity = quantity + 1
-              WHERE seq = {seq} AND ordinal = {ordinal}"
+            "SELECT min(s.seq) FROM kraken_book_states s, krakenbook_book b
+              WHERE b.seq = {seq} AND s.symbol = b.symbol AND s.conn_id = b.conn_id
+                AND s.seq > b.seq"
         ),
     )
     .await;
-    let (code, report) = verify(&db.url, &[]);
-    caught(
-        code,
-        &report,
-        seq,
-        ["raw_message", "kraken_orderbook_entries"],
-    );
-    // The book rebuilt from the entries no longer has Kraken's checksum.
-    caught(
-        code,
-        &report,
-        seq,
-        [
-            "book from raw_message",
-            "book from kraken_orderbook_entries",
-        ],
-    );
-}
-
-#[tokio::test]
-async fn a_deleted_entry_row_is_reported_with_its_seq() {
-    let db = copy().await;
-    let seq = verified_update(&db.url).await;
     tamper(
         &db.url,
-        &format!(
-            "DELETE FROM kraken_orderbook_entries WHERE seq = {seq}
-                AND ordinal = (SELECT max(ordinal) FROM kraken_orderbook_entries WHERE seq = {seq})"
-        ),
+        &format!("UPDATE krakenbook_book SET levels[{qty}] = levels[{qty}] + 32 WHERE seq = {seq}"),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(
-        code,
-        &report,
-        seq,
-        ["raw_message", "kraken_orderbook_entries"],
+    assert_eq!(code, Some(1), "{report:#}");
+    // Nothing before the message; the first book state after it holds the changed level (the
+    // checksums see it only if it was in the top ten at some message between).
+    let first = report["disagreements"][0]["seq"].as_i64().unwrap();
+    assert!(seq <= first && first <= state, "{report:#}");
+    let at_state = report["disagreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["seq"].as_i64() == Some(state))
+        .unwrap_or_else(|| panic!("nothing at the state's seq {state}: {report:#}"));
+    assert_eq!(
+        at_state["copies"],
+        serde_json::json!(["kraken_book_states", "replayed book"])
+    );
+    assert!(
+        at_state["recorded"]
+            .as_str()
+            .unwrap()
+            .starts_with("bid level "),
+        "{report:#}"
     );
 }
 
@@ -497,12 +534,7 @@ async fn a_tampered_deep_level_of_a_book_state_is_reported_with_its_seq() {
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
-    caught(
-        code,
-        &report,
-        seq,
-        ["kraken_book_states", "book from raw_message"],
-    );
+    caught(code, &report, seq, ["kraken_book_states", "replayed book"]);
     assert_eq!(report["disagreement_count"], 1, "{report:#}");
     assert!(
         report["disagreements"][0]["recorded"]
@@ -514,14 +546,17 @@ async fn a_tampered_deep_level_of_a_book_state_is_reported_with_its_seq() {
 }
 
 #[tokio::test]
-async fn a_tampered_message_type_is_reported_with_its_seq() {
+async fn a_frame_stored_whole_that_claims_to_be_a_book_message_is_reported_with_its_seq() {
     let db = copy().await;
-    let seq = verified_update(&db.url).await;
+    let seq = one(
+        &db.url,
+        "SELECT seq FROM krakenbook_other WHERE channel = 'book' AND message_type = 'subscribe'
+          ORDER BY seq LIMIT 1",
+    )
+    .await;
     tamper(
         &db.url,
-        &format!(
-            "UPDATE kraken_orderbook_messages SET message_type = 'snapshot' WHERE seq = {seq}"
-        ),
+        &format!("UPDATE krakenbook_other SET message_type = 'snapshot' WHERE seq = {seq}"),
     )
     .await;
     let (code, report) = verify(&db.url, &[]);
@@ -638,7 +673,7 @@ async fn a_snapshot_stored_raw_for_having_too_many_levels_is_not_flagged() {
     assert_eq!(report["stored_raw"], 1);
     assert_eq!(total(&report, "ok"), 6, "{report:#}");
 
-    // What keeps it from being flagged is its stored_raw event: without it, the entries are missing.
+    // Without its event it is still the frame, whole: its levels replay from raw_message.
     client
         .execute(
             "DELETE FROM kraken_feed_events WHERE event = 'stored_raw'",
@@ -647,10 +682,132 @@ async fn a_snapshot_stored_raw_for_having_too_many_levels_is_not_flagged() {
         .await
         .unwrap();
     let (code, report) = verify(&db.url, &[]);
-    caught(
-        code,
-        &report,
-        2,
-        ["raw_message", "kraken_orderbook_entries"],
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["stored_raw"], 0);
+    // Its best bid's quantity changed inside raw_message: the book no longer has Kraken's
+    // checksum there.
+    let n = client
+        .execute(
+            "UPDATE krakenbook_other SET raw_message = jsonb_set(raw_message,
+                 '{data,0,bids,0,qty}', to_jsonb((raw_message #>> '{data,0,bids,0,qty}')::numeric + 1))
+              WHERE seq = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let (code, report) = verify(&db.url, &[]);
+    caught(code, &report, 2, ["checksum_ok", "replayed book"]);
+}
+
+/// A collector with two connections (`--redundancy 2`): each message one row, its copy on the
+/// other connection packed in `dups`. Every copy's verdict is checked on its own connection.
+#[tokio::test]
+async fn a_tampered_verdict_of_a_copy_on_another_connection_is_reported_with_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db().await;
+    let sim = simulator(dir.path(), 60.0, Faults::default()).await;
+    let collector = Collector::start(
+        &sim,
+        Some(&db.url),
+        dir.path(),
+        &["--redundancy", "2", "--book-state-every", "40"],
     );
+    wait_count(
+        &db.url,
+        "SELECT count(*) FROM krakenbook_copies WHERE copy > 0 AND checksum_ok",
+        300,
+        Duration::from_secs(60),
+        || collector.log(),
+    )
+    .await;
+    finish(sim, collector).await;
+    let url = &db.url;
+    let (code, report) = verify(url, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(
+        total(&report, "book_messages"),
+        count(url, "SELECT count(*) FROM krakenbook_copies").await,
+        "every copy replayed on its connection"
+    );
+    assert_eq!(
+        total(&report, "ok"),
+        count(
+            url,
+            "SELECT count(*) FROM krakenbook_copies WHERE checksum_ok"
+        )
+        .await
+    );
+    assert!(
+        total(&report, "book_messages") > count(url, BOOK_MESSAGES).await,
+        "copies merged into rows: {report:#}"
+    );
+    // A range: each connection's streams replayed from their own start before it.
+    let times: Vec<Timestamp> = connect(url)
+        .await
+        .query(
+            "SELECT \"timestamp\" FROM krakenbook_book WHERE kind = 'u' ORDER BY \"timestamp\"",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (from, to) = (
+        times[times.len() / 3].to_string(),
+        times[2 * times.len() / 3].to_string(),
+    );
+    let (code, report) = verify(url, &["--from", &from, "--to", &to]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let in_range =
+        |sql: &str| format!("{sql} AND \"timestamp\" >= '{from}' AND \"timestamp\" < '{to}'");
+    assert_eq!(
+        total(&report, "book_messages"),
+        count(
+            url,
+            &in_range("SELECT count(*) FROM krakenbook_copies WHERE true")
+        )
+        .await
+    );
+    assert_eq!(
+        total(&report, "unverifiable"),
+        count(
+            url,
+            &in_range("SELECT count(*) FROM krakenbook_copies WHERE checksum_ok IS NULL")
+        )
+        .await,
+        "every stream's book was rebuilt from before the range: {report:#}"
+    );
+    // A verified second copy, well inside the record: its verdict bits (01, ok) made 10
+    // (mismatch).
+    let row = connect(url)
+        .await
+        .query_one(
+            "SELECT row_seq, seq FROM krakenbook_copies
+              WHERE copy = 1 AND checksum_ok AND kind = 'u' ORDER BY seq OFFSET 100 LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (row_seq, seq): (i64, i64) = (row.get(0), row.get(1));
+    tamper(
+        url,
+        &format!(
+            "UPDATE krakenbook_book SET dups[1] = dups[1] # (3::bigint << 24) WHERE seq = {row_seq}"
+        ),
+    )
+    .await;
+    let (code, report) = verify(url, &[]);
+    caught(code, &report, seq, ["dups", "replayed book"]);
+    assert_eq!(report["disagreement_count"], 1, "{report:#}");
+    let d = &report["disagreements"][0];
+    assert!(
+        d["recorded"]
+            .as_str()
+            .unwrap()
+            .starts_with("mismatch (copy 1 on connection "),
+        "{d}"
+    );
+    assert_eq!(d["replayed"], "ok");
 }

@@ -2,49 +2,61 @@
 //! against the others ([`super::copies`] decides; this file reads), over the whole database or a
 //! range, streaming.
 //!
-//! How it reads, per collector: the messages in `seq` order through a portal over the
-//! `(collector, seq)` index, [`BATCH`] rows at a time, in spans of at most [`SPAN_MESSAGES`] rows
-//! or [`SPAN_BYTES`] of frames; for each span, in one round trip (which also asks for the next
-//! span's messages), the entry rows, book states and feed events of its seqs: entries and states
-//! through their `(symbol, timestamp)` and time indexes, in windows of Kraken time taken from the
-//! span's decoded frames; events through their `(collector, seq)` key. Everything is read in one
-//! `REPEATABLE READ` read-only transaction: one consistent view, even while a collector writes.
-//! Memory holds two spans and the books of the connections still open ([`connection_ends`]),
-//! whatever the size of the tables.
+//! How it reads (schema version 6), per collector: its record in windows of seqs, `(after,
+//! until]`, each in one round trip that also reads the next window's rows:
+//! - `krakenbook_book` by `collector_id` and row `seq` through its block-range index (no order
+//!   asked of the server); every row is expanded in Rust into its copies (its own and those packed
+//!   in `dups`), each at its own seq, and held until its window is fed: a copy's seq lies after
+//!   its row's (within [`DUP_SEQ_REACH`]), so it is in the row's window or a later one;
+//! - `krakenbook_other` by `(collector, seq)`;
+//! - `kraken_book_states` by seq and a window of Kraken time (the updates of this window and the
+//!   one before: a state follows its update, perhaps in the next window); `kraken_feed_events` by
+//!   `(collector, seq)`.
+//!
+//! The copies, frames, states and events of a window are fed to the verifier in seq order: each
+//! connection's stream in the order it was received. Levels are decoded from dec64 in Rust (no
+//! numeric parsing in the server); a row without levels from its raw frame with the project's
+//! decoder. Everything is read in one `REPEATABLE READ` read-only transaction: one consistent view,
+//! even while a collector writes. Memory holds two windows (their size in seqs adapts so that they
+//! hold about [`SPAN_BYTES`]), the rows whose later copies are still to come, and the books of the
+//! connections still open ([`connection_ends`]), whatever the size of the tables.
 //!
 //! A range (`--from`/`--to`, on Kraken's clock like `book --at` and exports) verifies the book
-//! messages and states whose timestamp falls in it. Each of its streams is replayed from where its
-//! book was last known before the range ([`stream_start`], the one place that says where a book
-//! restarts), so the first messages of the range verify like the rest; what comes before the range
-//! builds the books and is not reported.
+//! messages and states whose timestamp falls in it. Each stream (connection and symbol) is replayed
+//! from where its book was last known before the range: its latest snapshot copy or book state on
+//! that connection, the latest subscription ack and instrument list of the connection fed first,
+//! so the first messages of the range verify like the rest; what comes before the range builds the
+//! books and is not reported.
+//!
+//! What must hold: every copy of a row in the scope is fed once, at its own seq, or reported (a
+//! copy whose seq comes before records of its connection already fed, which the writer never
+//! stores); rows of collector id 0 (the original tool's rows, no received order) and rows still in
+//! the legacy tables are counted, not verified.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Portal, Row, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement, Transaction};
 
 use super::copies::{
-    CopyVerifier, EntryRow, EventRow, MessageRow, StateRow, StoredDecimal, StoredFrame,
+    BookRow, CopyOf, CopyVerifier, EventRow, OtherRow, StateRow, StoredDecimal, StoredFrame,
 };
 use super::engine::ReplayReport;
-use crate::book::Precision;
-use crate::kraken::Frame;
-use crate::readback::{
-    BookCursor, ReadbackError, Start, StartKind, instrument_precision, subscribed_depth_of,
-};
+use crate::readback::ReadbackError;
 use crate::store::StoreError;
+use crate::store::book_rows::{DUP_SEQ_REACH, unpack_dup};
 use crate::time::Timestamp;
 
-/// Message rows fetched from the portal at a time.
-pub const BATCH: i32 = 1000;
+/// Seqs in the first window of a record (later windows grow or shrink to hold about
+/// [`SPAN_BYTES`]).
+pub const FIRST_WINDOW: i64 = 8192;
 
-/// Most message rows in one span (the entry rows, states and events of a span are read in one
-/// round trip).
-pub const SPAN_MESSAGES: usize = 10_000;
+/// Most rows a window aims to hold.
+pub const SPAN_ROWS: usize = 20_000;
 
-/// Most bytes of frames in one span (once reached, the span ends with its batch): memory stays
-/// bounded when the record holds deep snapshots (a whole market resubscribed at depth 1000), and
-/// so does the number of entry rows a span reads (a level is some 40 bytes of frame).
+/// Bytes of levels and frames a window aims to hold: memory stays bounded when the record holds
+/// deep snapshots (a whole market resubscribed at depth 1000).
 pub const SPAN_BYTES: usize = 4 << 20;
 
 /// What to verify.
@@ -78,54 +90,25 @@ pub struct Progress {
     pub done: u64,
     /// Seqs to read.
     pub total: u64,
-    /// Message rows checked.
+    /// Copies and frames checked.
     pub messages: u64,
 }
 
 /// Verifies every stored copy of the book messages in `scope` against the others, calling
-/// `progress` after every span read.
+/// `progress` after every window read.
 pub async fn verify_database(
     client: &mut Client,
     scope: &DbScope,
     mut progress: impl FnMut(Progress),
 ) -> Result<ReplayReport, ReadbackError> {
     let exists: Option<String> = client
-        .query_one("SELECT to_regclass('kraken_orderbook_messages')::text", &[])
+        .query_one("SELECT to_regclass('krakenbook_book')::text", &[])
         .await
-        .map_err(StoreError::db("looking for the messages table"))?
+        .map_err(StoreError::db("looking for the book table"))?
         .get(0);
     if exists.is_none() {
         return Ok(ReplayReport::default());
     }
-    let collectors = match &scope.collector {
-        Some(c) => vec![c.clone()],
-        None => collectors(client).await?,
-    };
-    let mut plans = Vec::new();
-    for c in collectors {
-        if let Some(p) = plan(client, &c, scope).await? {
-            plans.push(p);
-        }
-    }
-    let unordered = if scope.collector.is_none() {
-        let (from, to) = bounds(scope);
-        client
-            .query_one(
-                "SELECT count(*) FROM kraken_orderbook_messages
-                  WHERE collector IS NULL AND \"timestamp\" >= $1 AND \"timestamp\" < $2",
-                &[&from, &to],
-            )
-            .await
-            .map_err(StoreError::db("counting rows without a collector"))?
-            .get::<_, i64>(0)
-    } else {
-        0
-    };
-    let mut at = Progress {
-        total: plans.iter().map(|p| p.span()).sum(),
-        ..Progress::default()
-    };
-    progress(at);
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -133,23 +116,40 @@ pub async fn verify_database(
         .start()
         .await
         .map_err(StoreError::db("starting a read-only transaction"))?;
-    // A plan made for the span's own windows, every time: a generic plan over the hypertables
+    // A plan made for the window's own bounds, every time: a generic plan over the hypertables
     // reads whole chunks.
     tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
         .await
         .map_err(StoreError::db("setting the plan mode"))?;
+    let mut plans = Vec::new();
+    for (name, id) in collectors(&tx, scope.collector.as_deref()).await? {
+        if let Some(p) = plan(&tx, name, id, scope).await? {
+            plans.push(p);
+        }
+    }
+    let (unordered, legacy) = unverified_rows(&tx, scope).await?;
+    let mut at = Progress {
+        total: plans.iter().map(Plan::span).sum(),
+        ..Progress::default()
+    };
+    progress(at);
+    let statements = Statements::prepare(&tx).await?;
     let mut verifier = CopyVerifier::new(&scope.symbols);
     for plan in &plans {
         verifier.begin_collector(&plan.collector);
-        for p in &plan.primes {
-            verifier.prime(p.conn_id, &p.symbol, p.depth, p.precision);
-        }
         let base = at.done;
-        read_collector(&tx, plan, scope, &mut verifier, |seq, messages| {
-            at.done = base + (seq - plan.lo + 1).clamp(0, plan.last - plan.lo + 1) as u64;
-            at.messages += messages;
-            progress(at);
-        })
+        read_collector(
+            &tx,
+            &statements,
+            plan,
+            scope,
+            &mut verifier,
+            |seq, messages| {
+                at.done = base + (seq - plan.lo + 1).clamp(0, plan.hi - plan.lo + 1) as u64;
+                at.messages += messages;
+                progress(at);
+            },
+        )
         .await?;
         at.done = base + plan.span();
     }
@@ -158,25 +158,9 @@ pub async fn verify_database(
         .map_err(StoreError::db("ending the read-only transaction"))?;
     progress(at);
     let mut report = verifier.finish();
-    report.unordered_rows = unordered.max(0) as u64;
+    report.unordered_rows = unordered;
+    report.legacy_rows = legacy;
     Ok(report)
-}
-
-/// Where a replay of `symbol` on `collector`'s record that must verify from `at` on starts: the
-/// latest snapshot or book state strictly before `at`, else its first snapshot in `[at, to)`.
-///
-/// The one place that says where a stream's book is known again. Today it is read from the stored
-/// rows themselves: a snapshot (which is also where a new connection's book starts) or a book
-/// state; the coverage model can answer it instead.
-pub async fn stream_start(
-    client: &Client,
-    collector: &str,
-    symbol: &str,
-    at: Timestamp,
-    to: Timestamp,
-) -> Result<Option<Start>, ReadbackError> {
-    // Strictly before: a book state at exactly `at` follows messages at `at`, which are in range.
-    BookCursor::find_start_or_first(client, symbol, at.add_nanos(-1000), to, collector).await
 }
 
 /// Where the connections of `collector` that are still open at `seq` or later end: their last
@@ -219,173 +203,421 @@ fn bounds(scope: &DbScope) -> (Timestamp, Timestamp) {
     (scope.from.unwrap_or(EARLIEST), scope.to.unwrap_or(LATEST))
 }
 
-/// The collectors with rows, through the `(collector, seq)` index (one probe per collector).
-async fn collectors(client: &Client) -> Result<Vec<String>, ReadbackError> {
-    Ok(client
+/// The collectors with rows, by name: those of the dictionary (their id; 0 is the original tool's
+/// rows, which have no received order) and those with frames in `krakenbook_other` only (one
+/// probe of its `(collector, seq)` index per collector).
+async fn collectors(
+    tx: &Transaction<'_>,
+    only: Option<&str>,
+) -> Result<BTreeMap<String, Option<i16>>, ReadbackError> {
+    let mut out = BTreeMap::new();
+    for r in tx
         .query(
-            "WITH RECURSIVE c(collector) AS (
-                (SELECT collector FROM kraken_orderbook_messages WHERE collector IS NOT NULL
-                  ORDER BY collector LIMIT 1)
-                UNION ALL
-                SELECT (SELECT m.collector FROM kraken_orderbook_messages m
-                         WHERE m.collector > c.collector ORDER BY m.collector LIMIT 1)
-                  FROM c WHERE c.collector IS NOT NULL)
-             SELECT collector FROM c WHERE collector IS NOT NULL",
-            &[],
+            "SELECT name, id FROM krakenbook_collectors
+              WHERE id <> 0 AND ($1::text IS NULL OR name = $1)",
+            &[&only],
         )
         .await
         .map_err(StoreError::db("listing the collectors"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    {
+        out.insert(r.get(0), Some(r.get(1)));
+    }
+    let others = tx
+        .query(
+            "WITH RECURSIVE c(collector) AS (
+                (SELECT collector FROM krakenbook_other
+                  WHERE collector IS NOT NULL AND ($1::text IS NULL OR collector = $1)
+                  ORDER BY collector LIMIT 1)
+                UNION ALL
+                SELECT (SELECT o.collector FROM krakenbook_other o
+                         WHERE o.collector > c.collector AND $1::text IS NULL
+                         ORDER BY o.collector LIMIT 1)
+                  FROM c WHERE c.collector IS NOT NULL)
+             SELECT collector FROM c WHERE collector IS NOT NULL",
+            &[&only],
+        )
+        .await
+        .map_err(StoreError::db("listing the collectors"))?;
+    for r in others {
+        out.entry(r.get(0)).or_insert(None);
+    }
+    Ok(out)
 }
 
-/// What a replay of a stream that starts from a snapshot after its subscription needs to know.
-#[derive(Debug)]
-struct Prime {
-    conn_id: i64,
-    symbol: String,
-    depth: Option<usize>,
-    precision: Option<Precision>,
+/// Rows in the scope that are not verified: the original tool's (no collector, no received
+/// order) and those still in the legacy tables.
+async fn unverified_rows(
+    tx: &Transaction<'_>,
+    scope: &DbScope,
+) -> Result<(u64, u64), ReadbackError> {
+    let (from, to) = bounds(scope);
+    let unordered: i64 = if scope.collector.is_none() {
+        tx.query_one(
+            "SELECT (SELECT count(*) FROM krakenbook_other
+                      WHERE collector IS NULL AND \"timestamp\" >= $1 AND \"timestamp\" < $2)
+                  + (SELECT count(*) FROM krakenbook_book
+                      WHERE collector_id = 0 AND \"timestamp\" >= $1 AND \"timestamp\" < $2)",
+            &[&from, &to],
+        )
+        .await
+        .map_err(StoreError::db("counting rows without a collector"))?
+        .get(0)
+    } else {
+        0
+    };
+    let legacy: Option<String> = tx
+        .query_one(
+            "SELECT to_regclass('krakenbook_legacy_messages')::text",
+            &[],
+        )
+        .await
+        .map_err(StoreError::db("looking for the legacy tables"))?
+        .get(0);
+    let legacy: i64 = match legacy {
+        Some(_) => tx
+            .query_one(
+                "SELECT count(*) FROM krakenbook_legacy_messages
+                  WHERE ($1::text IS NULL OR collector = $1)
+                    AND \"timestamp\" >= $2 AND \"timestamp\" < $3",
+                &[&scope.collector, &from, &to],
+            )
+            .await
+            .map_err(StoreError::db("counting the legacy rows"))?
+            .get(0),
+        None => 0,
+    };
+    Ok((unordered.max(0) as u64, legacy.max(0) as u64))
 }
 
-/// The seqs of one collector's record to read.
+/// The seqs of one collector's record to read, and what the replay must know first.
 #[derive(Debug)]
 struct Plan {
     collector: String,
+    /// Its id in `krakenbook_book` (`None`: it has frames in `krakenbook_other` only).
+    collector_id: Option<i16>,
     /// First seq to read.
     lo: i64,
-    /// Last seq to read (`i64::MAX`: to the end).
+    /// Last seq to read.
     hi: i64,
-    /// The last seq known when planning (for progress).
-    last: i64,
-    primes: Vec<Prime>,
-    /// The Kraken times of the book states the replay starts from (where the first span looks
+    /// Whether rows before `lo` may have copies at `lo` or later (a range).
+    head: bool,
+    /// Frames before `lo` that the replay starts from: each connection's latest subscription
+    /// acks and instrument lists, in seq order.
+    warm: Vec<OtherRow>,
+    /// The Kraken times of the book states the replay starts from (where the first window looks
     /// for them).
     state_times: Vec<Timestamp>,
 }
 
 impl Plan {
     fn span(&self) -> u64 {
-        (self.last - self.lo + 1).max(0) as u64
+        (self.hi - self.lo + 1).max(0) as u64
     }
 }
 
-async fn plan(
-    client: &Client,
+/// The first and last seq of a collector's record: from the small tables (connections,
+/// checkpoint, frames stored whole, events), widened by what the book table holds beyond them
+/// (one probe of its block-range index each way).
+async fn record_bounds(
+    tx: &Transaction<'_>,
     collector: &str,
-    scope: &DbScope,
-) -> Result<Option<Plan>, ReadbackError> {
-    let row = client
+    id: Option<i16>,
+) -> Result<Option<(i64, i64)>, ReadbackError> {
+    let r = tx
         .query_one(
-            "SELECT min(seq), max(seq) FROM kraken_orderbook_messages WHERE collector = $1",
+            "SELECT least((SELECT min(first_seq) FROM krakenbook_connections WHERE collector = $1),
+                          (SELECT min(seq) FROM krakenbook_other WHERE collector = $1)),
+                    greatest((SELECT seq FROM krakenbook_checkpoints WHERE collector = $1),
+                             (SELECT max(last_seq) FROM krakenbook_connections WHERE collector = $1),
+                             (SELECT max(seq) FROM krakenbook_other WHERE collector = $1),
+                             (SELECT max(seq) FROM kraken_feed_events WHERE collector = $1))",
             &[&collector],
         )
         .await
         .map_err(StoreError::db("reading a collector's seqs"))?;
-    let (Some(first), Some(last)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+    let (mut first, mut last): (Option<i64>, Option<i64>) = (r.get(0), r.get(1));
+    let Some(id) = id else {
+        return Ok(first.zip(last));
+    };
+    let probe = |sql: &'static str, seq: i64| async move {
+        tx.query_one(sql, &[&id, &seq])
+            .await
+            .map_err(StoreError::db("reading a collector's seqs"))
+            .map(|r| r.get::<_, Option<i64>>(0))
+    };
+    match (first, last) {
+        (Some(f), Some(l)) => {
+            let below = probe(
+                "SELECT min(seq) FROM krakenbook_book WHERE collector_id = $1 AND seq < $2",
+                f,
+            )
+            .await?;
+            let above = probe(
+                "SELECT max(seq) FROM krakenbook_book WHERE collector_id = $1 AND seq > $2",
+                l,
+            )
+            .await?;
+            first = Some(below.map_or(f, |b| b.min(f)));
+            last = Some(above.map_or(l, |a| a.max(l)));
+        }
+        _ => {
+            // Nothing but book rows (written by hand): read them all once.
+            let r = tx
+                .query_one(
+                    "SELECT min(seq), max(seq) FROM krakenbook_book WHERE collector_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(StoreError::db("reading a collector's seqs"))?;
+            let (f, l): (Option<i64>, Option<i64>) = (r.get(0), r.get(1));
+            first = first.into_iter().chain(f).min();
+            last = last.into_iter().chain(l).max();
+        }
+    }
+    Ok(first.zip(last))
+}
+
+async fn plan(
+    tx: &Transaction<'_>,
+    collector: String,
+    id: Option<i16>,
+    scope: &DbScope,
+) -> Result<Option<Plan>, ReadbackError> {
+    let Some((first, last)) = record_bounds(tx, &collector, id).await? else {
         return Ok(None);
     };
+    let mut plan = Plan {
+        collector,
+        collector_id: id,
+        lo: first,
+        hi: last,
+        head: false,
+        warm: Vec::new(),
+        state_times: Vec::new(),
+    };
     if !scope.has_range() {
-        return Ok(Some(Plan {
-            collector: collector.to_owned(),
-            lo: first,
-            hi: i64::MAX,
-            last,
-            primes: Vec::new(),
-            state_times: Vec::new(),
-        }));
+        return Ok(Some(plan));
     }
     let (from, to) = bounds(scope);
-    let symbols = client
+    // The seqs of the range's book messages (every copy) and states, per symbol.
+    let mut symbols: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut add = |s: Option<String>, a: Option<i64>, b: Option<i64>| {
+        if let (Some(s), Some(a), Some(b)) = (s, a, b) {
+            let e = symbols.entry(s).or_insert((a, b));
+            *e = (e.0.min(a), e.1.max(b));
+        }
+    };
+    if let Some(id) = id {
+        for r in tx
+            .query(
+                "SELECT symbol, min(seq),
+                        max(seq + coalesce((SELECT max((d << 16) >> 42) FROM unnest(dups) d), 0))
+                   FROM krakenbook_book
+                  WHERE collector_id = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
+                    AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))
+                  GROUP BY symbol",
+                &[&id, &from, &to, &scope.symbols],
+            )
+            .await
+            .map_err(StoreError::db("reading what the range holds"))?
+        {
+            add(r.get(0), r.get(1), r.get(2));
+        }
+    }
+    for r in tx
         .query(
-            "SELECT symbol, min(seq), max(seq) FROM kraken_orderbook_messages
+            "SELECT symbol, min(seq), max(seq) FROM krakenbook_other
               WHERE collector = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
                 AND channel = 'book' AND message_type IN ('snapshot', 'update')
                 AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))
               GROUP BY symbol",
-            &[&collector, &from, &to, &scope.symbols],
+            &[&plan.collector, &from, &to, &scope.symbols],
         )
         .await
-        .map_err(StoreError::db("reading what the range holds"))?;
-    let states = client
-        .query_one(
-            "SELECT min(seq), max(seq) FROM kraken_book_states
-              WHERE collector = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
-                AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))",
-            &[&collector, &from, &to, &scope.symbols],
-        )
-        .await
-        .map_err(StoreError::db("reading the range's book states"))?;
-    let mut lo: Option<i64> = states.get(0);
-    let mut hi: Option<i64> = states.get(1);
-    for r in &symbols {
-        let (a, b): (i64, i64) = (r.get(1), r.get(2));
-        lo = Some(lo.map_or(a, |l| l.min(a)));
-        hi = Some(hi.map_or(b, |h| h.max(b)));
+        .map_err(StoreError::db("reading what the range holds"))?
+    {
+        add(r.get(0), r.get(1), r.get(2));
     }
-    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+    for r in tx
+        .query(
+            "SELECT symbol, min(seq), max(seq) FROM kraken_book_states
+              WHERE collector = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
+                AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))
+              GROUP BY symbol",
+            &[&plan.collector, &from, &to, &scope.symbols],
+        )
+        .await
+        .map_err(StoreError::db("reading the range's book states"))?
+    {
+        add(r.get(0), r.get(1), r.get(2));
+    }
+    let (Some(lo), Some(hi)) = (
+        symbols.values().map(|s| s.0).min(),
+        symbols.values().map(|s| s.1).max(),
+    ) else {
         return Ok(None);
     };
-    let mut primes = Vec::new();
-    let mut state_times = Vec::new();
+    plan.hi = hi;
     if scope.from.is_none() {
         // From the record's start: the subscriptions are read like everything else.
-        lo = first;
-    } else {
-        for r in &symbols {
-            let Some(symbol) = r.get::<_, Option<String>>(0) else {
-                continue;
+        return Ok(Some(plan));
+    }
+    plan.lo = lo;
+    plan.head = true;
+    // Each stream (connection, symbol) of the range starts from its latest snapshot copy or book
+    // state before the range.
+    let conns: Vec<(i64, i64)> = tx
+        .query(
+            "SELECT conn_id, first_seq FROM krakenbook_connections
+              WHERE collector = $1 AND first_seq <= $2 AND last_seq >= $3 ORDER BY conn_id",
+            &[&plan.collector, &hi, &lo],
+        )
+        .await
+        .map_err(StoreError::db("reading the range's connections"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for &(conn, _) in &conns {
+        for symbol in symbols.keys() {
+            let snapshot = match id {
+                Some(id) => snapshot_before(tx, id, conn, symbol, from).await?,
+                None => None,
             };
-            let Some(start) = stream_start(client, collector, &symbol, from, to).await? else {
-                continue;
+            let state = state_before(tx, &plan.collector, conn, symbol, from).await?;
+            let start = match (snapshot, state) {
+                (Some(a), Some(b)) if b.0 > a.0 => Some((b, true)),
+                (Some(a), _) => Some((a, false)),
+                (None, Some(b)) => Some((b, true)),
+                (None, None) => None,
             };
-            lo = lo.min(start.seq);
-            if start.kind == StartKind::State {
-                state_times.push(start.timestamp);
-            }
-            if start.kind == StartKind::Snapshot {
-                primes.push(Prime {
-                    conn_id: start.conn_id,
-                    depth: subscribed_depth_of(client, collector, start.seq).await?,
-                    precision: instrument_precision(client, &symbol, &start).await?,
-                    symbol,
-                });
+            if let Some(((seq, t), is_state)) = start {
+                plan.lo = plan.lo.min(seq);
+                if is_state {
+                    plan.state_times.push(t);
+                }
             }
         }
     }
-    Ok(Some(Plan {
-        collector: collector.to_owned(),
-        lo,
-        hi,
-        last: hi,
-        primes,
-        state_times,
+    // What each connection's books knew at `lo`: its latest subscription acks and instrument
+    // lists before it.
+    let names: Vec<&str> = symbols.keys().map(String::as_str).collect();
+    for &(conn, first_seq) in &conns {
+        if first_seq >= plan.lo {
+            continue;
+        }
+        for r in tx
+            .query(
+                &format!(
+                    "SELECT * FROM (SELECT DISTINCT ON (symbol) {OTHER_COLUMNS} FROM krakenbook_other
+                      WHERE collector = $1 AND conn_id = $2 AND seq >= $3 AND seq < $4
+                        AND channel = 'book' AND message_type IN ('subscribe', 'unsubscribe')
+                        AND symbol = ANY($5)
+                      ORDER BY symbol, seq DESC) acks
+                     UNION ALL
+                    (SELECT {OTHER_COLUMNS} FROM krakenbook_other
+                      WHERE collector = $1 AND conn_id = $2 AND seq >= $3 AND seq < $4
+                        AND channel = 'instrument'
+                      ORDER BY seq DESC LIMIT 4)"
+                ),
+                &[&plan.collector, &conn, &first_seq, &plan.lo, &names],
+            )
+            .await
+            .map_err(StoreError::db("reading the subscriptions before the range"))?
+        {
+            plan.warm.push(other_row(&r));
+        }
+    }
+    plan.warm.sort_by_key(|m| m.seq);
+    Ok(Some(plan))
+}
+
+/// The latest snapshot of `symbol` that connection `conn` received before `at` (any copy of it):
+/// the copy's seq and Kraken time.
+async fn snapshot_before(
+    tx: &Transaction<'_>,
+    id: i16,
+    conn: i64,
+    symbol: &str,
+    at: Timestamp,
+) -> Result<Option<(i64, Timestamp)>, ReadbackError> {
+    let row = tx
+        .query_opt(
+            "SELECT seq, conn_id, dups, \"timestamp\" FROM krakenbook_book
+              WHERE symbol = $1 AND kind = 's' AND \"timestamp\" < $2 AND collector_id = $3
+                AND (conn_id = $4
+                     OR EXISTS (SELECT 1 FROM unnest(dups) d WHERE conn_id + (d >> 48) = $4))
+              ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1",
+            &[&symbol, &at, &id, &conn],
+        )
+        .await
+        .map_err(StoreError::db("finding where a stream's book starts"))?;
+    Ok(row.and_then(|r| {
+        let (seq, first_conn): (i64, i64) = (r.get(0), r.get(1));
+        let t: Timestamp = r.get(3);
+        if first_conn == conn {
+            return Some((seq, t));
+        }
+        r.get::<_, Option<Vec<Option<i64>>>>(2)?
+            .into_iter()
+            .flatten()
+            .map(unpack_dup)
+            .find(|&(c, ..)| first_conn.saturating_add(c) == conn)
+            .map(|(_, s, ..)| (seq.saturating_add(s), t))
     }))
 }
 
-const MESSAGES: &str = "SELECT seq, conn_id, \"timestamp\", received_at, channel, message_type, \
+/// The latest book state of `symbol` on connection `conn` before `at`: its seq and Kraken time.
+async fn state_before(
+    tx: &Transaction<'_>,
+    collector: &str,
+    conn: i64,
+    symbol: &str,
+    at: Timestamp,
+) -> Result<Option<(i64, Timestamp)>, ReadbackError> {
+    Ok(tx
+        .query_opt(
+            "SELECT seq, \"timestamp\" FROM kraken_book_states
+              WHERE symbol = $1 AND \"timestamp\" < $2 AND collector = $3 AND conn_id = $4
+              ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1",
+            &[&symbol, &at, &collector, &conn],
+        )
+        .await
+        .map_err(StoreError::db("finding where a stream's book starts"))?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+const BOOK_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
+    checksum_ok, symbol, levels, raw::text, dups";
+
+/// A window's book rows (their first copies' seqs in it), unordered: the copies are ordered in
+/// Rust.
+const BOOK: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
+    checksum_ok, symbol, levels, raw::text, dups \
+    FROM krakenbook_book \
+    WHERE collector_id = $1 AND seq > $2 AND seq <= $3 \
+      AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
+
+/// Rows before the first window whose copies may reach into it.
+const BOOK_HEAD: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
+    checksum_ok, symbol, levels, raw::text, dups \
+    FROM krakenbook_book \
+    WHERE collector_id = $1 AND seq >= $2 AND seq < $3 AND dups IS NOT NULL \
+      AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
+
+const OTHER_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, channel, message_type, \
+    symbol, checksum, checksum_ok, raw_message::text, raw_text, raw_bytes, best_bid_price, \
+    best_bid_qty, best_ask_price, best_ask_qty";
+
+const OTHER: &str = "SELECT seq, conn_id, \"timestamp\", received_at, channel, message_type, \
     symbol, checksum, checksum_ok, raw_message::text, raw_text, raw_bytes, best_bid_price, \
     best_bid_qty, best_ask_price, best_ask_qty \
-    FROM kraken_orderbook_messages \
-    WHERE collector = $1 AND seq >= $2 AND seq <= $3 \
+    FROM krakenbook_other \
+    WHERE collector = $1 AND seq > $2 AND seq <= $3 \
       AND (cardinality($4::text[]) = 0 OR symbol IS NULL OR symbol = ANY($4)) \
     ORDER BY seq";
 
-/// The entry rows of a span: per symbol, a window of Kraken time over its `(symbol, timestamp)`
-/// index ($2, $3, $4), then the span's seqs ($5, $6].
-const ENTRIES: &str = "SELECT e.seq, e.ordinal, e.symbol, e.side, e.price, e.quantity, \
-    e.message_type, e.checksum \
-    FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS w(symbol, lo, hi) \
-    CROSS JOIN LATERAL ( \
-        SELECT seq, ordinal, symbol, side, price, quantity, message_type, checksum \
-          FROM kraken_orderbook_entries \
-         WHERE symbol = w.symbol AND \"timestamp\" >= w.lo AND \"timestamp\" <= w.hi \
-           AND collector = $1 AND seq > $5 AND seq <= $6) e \
-    ORDER BY e.seq, e.ordinal";
-
-/// The book states of a span: a state carries the Kraken time of the update it follows, so the
-/// span's update times ($4, $5) find it.
+/// The book states of a window: there is no index on their seqs, so a window of Kraken time
+/// ($4, $5) finds them through the time index.
 const STATES: &str = "SELECT seq, conn_id, symbol, \"timestamp\", depth, price_precision, \
     qty_precision, checksum, bids::text, asks::text \
     FROM kraken_book_states \
@@ -397,6 +629,32 @@ const EVENTS: &str = "SELECT seq, conn_id, event, symbol, \"time\" FROM kraken_f
     WHERE collector = $1 AND seq > $2 AND seq <= $3 \
       AND event IN ('stored_raw', 'unasked_symbol', 'journal_damage', 'not_stored') \
     ORDER BY seq";
+
+/// The window queries, prepared once.
+struct Statements {
+    book: Statement,
+    other: Statement,
+    states: Statement,
+    events: Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &Transaction<'_>) -> Result<Statements, ReadbackError> {
+        let prepare = |sql: &'static str| async move {
+            tx.prepare(sql)
+                .await
+                .map_err(StoreError::db("preparing the verification's queries"))
+        };
+        debug_assert!(BOOK.contains(BOOK_COLUMNS) && BOOK_HEAD.contains(BOOK_COLUMNS));
+        debug_assert!(OTHER.contains(OTHER_COLUMNS));
+        Ok(Statements {
+            book: prepare(BOOK).await?,
+            other: prepare(OTHER).await?,
+            states: prepare(STATES).await?,
+            events: prepare(EVENTS).await?,
+        })
+    }
+}
 
 /// A stored `numeric`, kept even when it is not a [`crate::book::Decimal`] (the comparison
 /// reports it).
@@ -421,7 +679,24 @@ fn numeric(r: &Row, i: usize) -> Option<StoredDecimal> {
     r.get::<_, Option<Numeric>>(i).map(|n| n.0)
 }
 
-fn message_row(r: &Row) -> MessageRow {
+fn book_row(r: &Row) -> BookRow {
+    BookRow {
+        seq: r.get(0),
+        conn_id: r.get(1),
+        timestamp: r.get(2),
+        received_at: r.get(3),
+        checksum: r.get(4),
+        n_bids: r.get(5),
+        kind: r.get(6),
+        checksum_ok: r.get(7),
+        symbol: r.get(8),
+        levels: r.get(9),
+        raw: r.get(10),
+        dups: r.get::<_, Option<Vec<Option<i64>>>>(11).unwrap_or_default(),
+    }
+}
+
+fn other_row(r: &Row) -> OtherRow {
     let frame = match (
         r.get::<_, Option<String>>(9),
         r.get::<_, Option<String>>(10),
@@ -432,7 +707,7 @@ fn message_row(r: &Row) -> MessageRow {
         (None, None, Some(b)) => StoredFrame::Bytes(b),
         (None, None, None) => StoredFrame::Missing,
     };
-    MessageRow {
+    OtherRow {
         seq: r.get(0),
         conn_id: r.get(1),
         timestamp: r.get(2),
@@ -445,20 +720,6 @@ fn message_row(r: &Row) -> MessageRow {
         frame,
         best_bid: [numeric(r, 12), numeric(r, 13)],
         best_ask: [numeric(r, 14), numeric(r, 15)],
-    }
-}
-
-fn entry_row(r: &Row) -> EntryRow {
-    let value = |i| numeric(r, i).unwrap_or_else(|| Err("null".into()));
-    EntryRow {
-        seq: r.get(0),
-        ordinal: r.get(1),
-        symbol: r.get(2),
-        side: r.get(3),
-        price: value(4),
-        quantity: value(5),
-        message_type: r.get(6),
-        checksum: r.get(7),
     }
 }
 
@@ -490,14 +751,7 @@ fn event_row(r: &Row) -> (EventRow, Timestamp) {
     )
 }
 
-/// Kraken-time windows of a span: per symbol, for its entry rows; and the update times, for the
-/// book states.
-#[derive(Debug, Default)]
-struct Windows {
-    symbols: HashMap<String, (Timestamp, Timestamp)>,
-    updates: Option<(Timestamp, Timestamp)>,
-}
-
+/// A Kraken-time window, widened by each time added.
 fn widen(w: &mut Option<(Timestamp, Timestamp)>, t: Timestamp) {
     *w = Some(match *w {
         Some((a, b)) => (a.min(t), b.max(t)),
@@ -505,326 +759,330 @@ fn widen(w: &mut Option<(Timestamp, Timestamp)>, t: Timestamp) {
     });
 }
 
-impl Windows {
-    fn add_symbol(&mut self, symbol: &str, t: Timestamp) {
-        match self.symbols.get_mut(symbol) {
-            Some((a, b)) => {
-                *a = (*a).min(t);
-                *b = (*b).max(t);
+/// The copies read and not fed yet, by seq (then the order they were read in).
+#[derive(Debug, Default)]
+struct Pending {
+    copies: BTreeMap<(i64, u64), (Arc<BookRow>, CopyOf)>,
+    read: u64,
+}
+
+impl Pending {
+    /// Takes a row's copies with seqs in `[from, to]`; a copy at or before `fed` (its place in
+    /// its stream is behind) goes to `late`.
+    fn add(
+        &mut self,
+        row: BookRow,
+        (from, to): (i64, i64),
+        fed: i64,
+        late: &mut Vec<(Arc<BookRow>, CopyOf)>,
+    ) {
+        let row = Arc::new(row);
+        for copy in row.copies() {
+            if copy.seq < from || copy.seq > to {
+                continue;
             }
-            None => {
-                self.symbols.insert(symbol.to_owned(), (t, t));
+            if copy.seq <= fed {
+                late.push((row.clone(), copy));
+                continue;
             }
+            self.read += 1;
+            self.copies
+                .insert((copy.seq, self.read), (row.clone(), copy));
         }
     }
 
-    /// Adds a messages row (its frame decoded): where its entry rows and the book states after it
-    /// are, in Kraken time. The row's own columns count too, so that rows stored under another
-    /// symbol or time than the frame says are still found.
-    fn add(&mut self, m: &MessageRow, frame: Option<&Frame<'_>>, wanted: impl Fn(&str) -> bool) {
-        if let Some(Frame::Book(book)) = frame {
-            let first_time = book
-                .data
-                .first()
-                .and_then(|d| d.timestamp)
-                .unwrap_or(m.received_at);
-            for d in &book.data {
-                if !wanted(&d.symbol) {
-                    continue;
-                }
-                let t = d.timestamp.unwrap_or(first_time);
-                self.add_symbol(&d.symbol, t);
-                self.add_symbol(&d.symbol, m.timestamp);
-                if book.kind == crate::kraken::BookKind::Update {
-                    widen(&mut self.updates, t);
-                }
-            }
+    /// Removes and returns the copies up to `seq`, in order.
+    fn through(&mut self, seq: i64) -> Vec<(Arc<BookRow>, CopyOf)> {
+        let rest = self.copies.split_off(&(seq.saturating_add(1), 0));
+        std::mem::replace(&mut self.copies, rest)
+            .into_values()
+            .collect()
+    }
+}
+
+/// One window's rows of `krakenbook_other`, and what its book rows weigh.
+#[derive(Debug)]
+struct Window {
+    after: i64,
+    until: i64,
+    other: Vec<OtherRow>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Reads the book and other rows of `(after, until]`: the book rows' copies go to `pending` (or
+/// `late`), the other rows are returned.
+async fn read_window(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+    scope: &DbScope,
+    (after, until): (i64, i64),
+) -> Result<(Window, Vec<BookRow>), ReadbackError> {
+    let book = async {
+        match plan.collector_id {
+            Some(id) => tx
+                .query(&st.book, &[&id, &after, &until, &scope.symbols])
+                .await
+                .map(|rows| rows.iter().map(book_row).collect())
+                .map_err(StoreError::db("reading book rows")),
+            None => Ok(Vec::new()),
         }
-        if m.claims_book()
-            && let Some(s) = m.symbol.as_deref()
-            && wanted(s)
-        {
-            self.add_symbol(s, m.timestamp);
-        }
+    };
+    let other = async {
+        tx.query(
+            &st.other,
+            &[&plan.collector, &after, &until, &scope.symbols],
+        )
+        .await
+        .map(|rows| rows.iter().map(other_row).collect::<Vec<_>>())
+        .map_err(StoreError::db("reading frames stored whole"))
+    };
+    let (book, other): (Vec<BookRow>, Vec<OtherRow>) = futures_util::try_join!(book, other)?;
+    let bytes = book.iter().map(BookRow::size).sum::<usize>()
+        + other.iter().map(|m| 128 + m.frame.len()).sum::<usize>();
+    Ok((
+        Window {
+            after,
+            until,
+            rows: book.len() + other.len(),
+            other,
+            bytes,
+        },
+        book,
+    ))
+}
+
+/// The next window's size in seqs, from what the last one held.
+fn next_size(size: i64, w: &Window) -> i64 {
+    if w.bytes > SPAN_BYTES || w.rows > SPAN_ROWS {
+        (size / 2).max(64)
+    } else if w.bytes < SPAN_BYTES / 4 && w.rows < SPAN_ROWS / 4 {
+        size.saturating_mul(2).min(1 << 20)
+    } else {
+        size
     }
 }
 
 /// Reads one collector's record as `plan` says and feeds it to `verifier`, calling
-/// `progress(seq read up to, messages)` after every span.
+/// `progress(seq read up to, copies and frames fed)` after every window.
 async fn read_collector(
     tx: &Transaction<'_>,
+    st: &Statements,
     plan: &Plan,
     scope: &DbScope,
     verifier: &mut CopyVerifier,
     mut progress: impl FnMut(i64, u64),
 ) -> Result<(), ReadbackError> {
-    let statement = tx
-        .prepare(MESSAGES)
-        .await
-        .map_err(StoreError::db("preparing the messages query"))?;
-    let statements = Statements {
-        entries: tx
-            .prepare(ENTRIES)
+    let reach = (plan.lo, plan.hi);
+    let mut pending = Pending::default();
+    let mut late = Vec::new();
+    // Seqs up to here are fed.
+    let mut fed = plan.lo.saturating_sub(1);
+    verifier.warm(|w| {
+        for m in &plan.warm {
+            w.other(m, m.decode().as_ref(), false);
+        }
+    });
+    if plan.head
+        && let Some(id) = plan.collector_id
+    {
+        for r in tx
+            .query(
+                BOOK_HEAD,
+                &[
+                    &id,
+                    &plan.lo.saturating_sub(DUP_SEQ_REACH),
+                    &plan.lo,
+                    &scope.symbols,
+                ],
+            )
             .await
-            .map_err(StoreError::db("preparing the entries query"))?,
-        states: tx
-            .prepare(STATES)
-            .await
-            .map_err(StoreError::db("preparing the states query"))?,
-        events: tx
-            .prepare(EVENTS)
-            .await
-            .map_err(StoreError::db("preparing the events query"))?,
-    };
-    let portal = tx
-        .bind(
-            &statement,
-            &[&plan.collector, &plan.lo, &plan.hi, &scope.symbols],
-        )
-        .await
-        .map_err(StoreError::db("opening the messages"))?;
-    let wanted = |s: &str| scope.symbols.is_empty() || scope.symbols.iter().any(|w| w == s);
-    // Seqs up to here are read.
-    let mut done = plan.lo.saturating_sub(1);
-    // The Kraken times of the updates of the last message before the span: a book state follows
-    // its update closely (nothing but events between), perhaps in the next span. The first span
-    // looks for the states the replay starts from.
-    let mut carry: Vec<Timestamp> = plan.state_times.clone();
+            .map_err(StoreError::db("reading book rows before the range"))?
+        {
+            pending.add(book_row(&r), reach, fed, &mut late);
+        }
+    }
     let ends = connection_ends(tx, &plan.collector, plan.lo).await?;
     let mut ends = ends.iter().peekable();
-    let mut next = Some(fetch_span(tx, &portal).await?);
-    while let Some((messages, end_of_record)) = next.take() {
-        let until = match messages.last() {
-            Some(m) if !end_of_record => m.seq,
-            _ => plan.hi,
-        };
-        let frames: Vec<Option<Frame<'_>>> = messages.iter().map(MessageRow::decode).collect();
-        let mut windows = Windows::default();
-        for t in carry.drain(..) {
-            widen(&mut windows.updates, t);
+    let mut size = FIRST_WINDOW;
+    let first = (fed, fed.saturating_add(size).min(plan.hi));
+    let (window, rows) = read_window(tx, st, plan, scope, first).await?;
+    for row in rows {
+        pending.add(row, reach, fed, &mut late);
+    }
+    let mut next = Some(window);
+    // The Kraken times of the updates fed in the window before (a book state follows its update,
+    // perhaps in the next window); the first window looks for the states the replay starts from.
+    let mut carry: Option<(Timestamp, Timestamp)> = None;
+    for t in &plan.state_times {
+        widen(&mut carry, *t);
+    }
+    while let Some(window) = next.take() {
+        size = next_size(size, &window);
+        let copies = pending.through(window.until);
+        let mut updates = carry;
+        carry = None;
+        for (row, _) in &copies {
+            if row.kind == b'u' as i8 {
+                widen(&mut updates, row.timestamp);
+                widen(&mut carry, row.timestamp);
+            }
         }
-        for (m, f) in messages.iter().zip(&frames) {
-            windows.add(m, f.as_ref(), wanted);
+        for m in &window.other {
+            if m.channel == "book" && m.message_type == "update" {
+                widen(&mut updates, m.timestamp);
+                widen(&mut carry, m.timestamp);
+            }
         }
-        let span = Span {
-            statements: &statements,
-            collector: &plan.collector,
-            after: done,
-            until,
-            windows: &windows,
-            symbols: &scope.symbols,
-        };
-        // The next span's messages are asked for in the same round trip.
-        let ((entries, states, events), following) = if end_of_record {
-            (span.read(tx).await?, None)
+        let side = read_side(tx, st, plan, scope, &window, updates);
+        // The next window's rows come in the same round trip: copies of them may come before
+        // this window's end.
+        let (states, events) = if window.until < plan.hi {
+            let bounds = (window.until, window.until.saturating_add(size).min(plan.hi));
+            let ((states, events), (following, rows)) =
+                futures_util::try_join!(side, read_window(tx, st, plan, scope, bounds))?;
+            for row in rows {
+                pending.add(row, reach, fed, &mut late);
+            }
+            next = Some(following);
+            (states, events)
         } else {
-            let (rows, following) =
-                futures_util::try_join!(span.read(tx), fetch_span(tx, &portal))?;
-            (rows, Some(following))
+            side.await?
         };
-        next = following;
-        feed(
-            verifier, scope, &messages, &frames, &entries, &states, &events,
-        );
-        if let (Some(Some(Frame::Book(b))), Some(m)) = (frames.last(), messages.last())
-            && b.kind == crate::kraken::BookKind::Update
-        {
-            let first = b
-                .data
-                .first()
-                .and_then(|d| d.timestamp)
-                .unwrap_or(m.received_at);
-            carry.extend(b.data.iter().map(|d| d.timestamp.unwrap_or(first)));
+        let mut copies = copies;
+        copies.extend(pending.through(window.until));
+        copies.sort_by_key(|(_, c)| c.seq);
+        for (row, copy) in late.drain(..) {
+            if scope.contains(row.timestamp) {
+                verifier.copy_out_of_order(&row, &copy, fed);
+            }
         }
-        done = until;
-        // Connections whose last frame is before the span's last message are over.
+        let fed_now = feed(verifier, scope, &copies, &window.other, &states, &events);
+        fed = window.until;
+        // Connections whose last frame is before the window's end are over.
         while let Some(&&(last, conn)) = ends.peek()
-            && last < until
+            && last < window.until
         {
             verifier.end_connection(conn);
             ends.next();
         }
-        progress(done, messages.len() as u64);
+        progress(fed, fed_now);
     }
     Ok(())
 }
 
-/// The message rows of the next span from `portal`: up to [`SPAN_BYTES`] of frames or
-/// [`SPAN_MESSAGES`] rows, and whether the record ends with them.
-async fn fetch_span(
+type Side = (Vec<StateRow>, Vec<(EventRow, Timestamp)>);
+
+/// The book states and events of a window, in one round trip.
+async fn read_side(
     tx: &Transaction<'_>,
-    portal: &Portal,
-) -> Result<(Vec<MessageRow>, bool), ReadbackError> {
-    let mut messages = Vec::new();
-    let mut bytes = 0usize;
-    loop {
-        let rows = tx
-            .query_portal(portal, BATCH)
-            .await
-            .map_err(StoreError::db("reading messages"))?;
-        let end_of_record = rows.len() < BATCH as usize;
-        for r in &rows {
-            let m = message_row(r);
-            bytes += m.frame.len();
-            messages.push(m);
-        }
-        if end_of_record || bytes >= SPAN_BYTES || messages.len() >= SPAN_MESSAGES {
-            return Ok((messages, end_of_record));
-        }
-    }
-}
-
-/// The span queries, prepared once.
-struct Statements {
-    entries: Statement,
-    states: Statement,
-    events: Statement,
-}
-
-/// One round trip's seqs: `(after, until]`.
-struct Span<'a> {
-    statements: &'a Statements,
-    collector: &'a str,
-    after: i64,
-    until: i64,
-    windows: &'a Windows,
-    symbols: &'a [String],
-}
-
-type SpanRows = (Vec<EntryRow>, Vec<StateRow>, Vec<(EventRow, Timestamp)>);
-
-impl Span<'_> {
-    /// The entry rows, book states and events of the span, in one round trip.
-    async fn read(&self, tx: &Transaction<'_>) -> Result<SpanRows, ReadbackError> {
-        let mut names = Vec::with_capacity(self.windows.symbols.len());
-        let mut los = Vec::with_capacity(names.capacity());
-        let mut his = Vec::with_capacity(names.capacity());
-        for (s, (a, b)) in &self.windows.symbols {
-            names.push(s.as_str());
-            los.push(*a);
-            his.push(*b);
-        }
-        let entries = async {
-            if names.is_empty() {
-                return Ok(Vec::new());
-            }
-            tx.query(
-                &self.statements.entries,
-                &[
-                    &self.collector,
-                    &names,
-                    &los,
-                    &his,
-                    &self.after,
-                    &self.until,
-                ],
-            )
-            .await
-            .map(|rows| rows.iter().map(entry_row).collect())
-            .map_err(StoreError::db("reading entry rows"))
+    st: &Statements,
+    plan: &Plan,
+    scope: &DbScope,
+    window: &Window,
+    updates: Option<(Timestamp, Timestamp)>,
+) -> Result<Side, ReadbackError> {
+    let states = async {
+        let Some((lo, hi)) = updates else {
+            return Ok(Vec::new());
         };
-        let states = async {
-            let Some((lo, hi)) = self.windows.updates else {
-                return Ok(Vec::new());
-            };
-            tx.query(
-                &self.statements.states,
-                &[
-                    &self.collector,
-                    &self.after,
-                    &self.until,
-                    &lo,
-                    &hi,
-                    &self.symbols,
-                ],
-            )
-            .await
-            .map(|rows| rows.iter().map(state_row).collect())
-            .map_err(StoreError::db("reading book states"))
-        };
-        let events = async {
-            tx.query(
-                &self.statements.events,
-                &[&self.collector, &self.after, &self.until],
-            )
+        tx.query(
+            &st.states,
+            &[
+                &plan.collector,
+                &window.after,
+                &window.until,
+                &lo,
+                &hi,
+                &scope.symbols,
+            ],
+        )
+        .await
+        .map(|rows| rows.iter().map(state_row).collect())
+        .map_err(StoreError::db("reading book states"))
+    };
+    let events = async {
+        tx.query(&st.events, &[&plan.collector, &window.after, &window.until])
             .await
             .map(|rows| rows.iter().map(event_row).collect())
             .map_err(StoreError::db("reading feed events"))
-        };
-        Ok(futures_util::try_join!(entries, states, events)?)
-    }
+    };
+    Ok(futures_util::try_join!(states, events)?)
 }
 
-/// Feeds a span's rows to the verifier in `seq` order.
+/// What is fed at one seq.
+enum Item<'a> {
+    Copy(&'a BookRow, &'a CopyOf),
+    Other(&'a OtherRow, bool),
+    State(&'a StateRow),
+    Event(&'a EventRow, Timestamp),
+}
+
+/// Feeds a window's copies, frames, states and events to the verifier in seq order (a
+/// `stored_raw` event goes with the frame of its seq); returns how many copies and frames.
 fn feed(
     verifier: &mut CopyVerifier,
     scope: &DbScope,
-    messages: &[MessageRow],
-    frames: &[Option<Frame<'_>>],
-    entries: &[EntryRow],
+    copies: &[(Arc<BookRow>, CopyOf)],
+    other: &[OtherRow],
     states: &[StateRow],
     events: &[(EventRow, Timestamp)],
-) {
-    let (mut e, mut s, mut v) = (0usize, 0usize, 0usize);
-    // States and events (other than a message's stored_raw) before `seq`, in seq order; entry
-    // rows before it have no message.
-    let before =
-        |verifier: &mut CopyVerifier, seq: i64, e: &mut usize, s: &mut usize, v: &mut usize| {
-            loop {
-                let next_state = states.get(*s).filter(|st| st.seq < seq);
-                let next_event = events.get(*v).filter(|(ev, _)| ev.seq < seq);
-                match (next_state, next_event) {
-                    (Some(st), ev) if ev.is_none_or(|(ev, _)| st.seq < ev.seq) => {
-                        let in_range = scope.contains(st.timestamp);
-                        if in_range {
-                            verifier.state(st);
-                        } else {
-                            verifier.warm(|w| w.state(st));
-                        }
-                        *s += 1;
-                    }
-                    (_, Some((ev, time))) => {
-                        if scope.contains(*time) {
-                            verifier.event(ev);
-                        } else {
-                            verifier.warm(|w| w.event(ev));
-                        }
-                        *v += 1;
-                    }
-                    _ => break,
-                }
-            }
-            let from = *e;
-            while entries.get(*e).is_some_and(|en| en.seq < seq) {
-                *e += 1;
-            }
-            let mut k = from;
-            while k < *e {
-                let mut j = k;
-                while j < *e && entries[j].seq == entries[k].seq {
-                    j += 1;
-                }
-                verifier.orphan_entries(&entries[k..j]);
-                k = j;
-            }
-        };
-    for (m, f) in messages.iter().zip(frames) {
-        before(verifier, m.seq, &mut e, &mut s, &mut v);
-        let first = e;
-        while entries.get(e).is_some_and(|en| en.seq == m.seq) {
-            e += 1;
-        }
-        let mut stored_raw = false;
-        while let Some((ev, _)) = events.get(v).filter(|(ev, _)| ev.seq == m.seq) {
-            stored_raw |= ev.event == "stored_raw";
-            v += 1;
-        }
-        let rows = &entries[first..e];
-        if scope.contains(m.timestamp) {
-            verifier.message(m, f.as_ref(), rows, stored_raw);
-        } else {
-            verifier.warm(|w| w.message(m, f.as_ref(), rows, stored_raw));
+) -> u64 {
+    let frames: HashMap<i64, usize> = other.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
+    let mut stored_raw = vec![false; other.len()];
+    let mut items: Vec<(i64, u8, Item<'_>)> =
+        Vec::with_capacity(copies.len() + other.len() + states.len() + events.len());
+    for (ev, time) in events {
+        match frames.get(&ev.seq) {
+            Some(&i) => stored_raw[i] |= ev.event == "stored_raw",
+            None => items.push((ev.seq, 2, Item::Event(ev, *time))),
         }
     }
-    before(verifier, i64::MAX, &mut e, &mut s, &mut v);
+    for (row, copy) in copies {
+        items.push((copy.seq, 0, Item::Copy(row, copy)));
+    }
+    for (m, raw) in other.iter().zip(stored_raw) {
+        items.push((m.seq, 0, Item::Other(m, raw)));
+    }
+    for s in states {
+        items.push((s.seq, 1, Item::State(s)));
+    }
+    // Stable: copies of one seq keep their order.
+    items.sort_by_key(|(seq, order, _)| (*seq, *order));
+    let fed = (copies.len() + other.len()) as u64;
+    for (_, _, item) in items {
+        match item {
+            Item::Copy(row, copy) => {
+                if scope.contains(row.timestamp) {
+                    verifier.book_copy(row, copy);
+                } else {
+                    verifier.warm(|w| w.book_copy(row, copy));
+                }
+            }
+            Item::Other(m, raw) => {
+                let frame = m.decode();
+                if scope.contains(m.timestamp) {
+                    verifier.other(m, frame.as_ref(), raw);
+                } else {
+                    verifier.warm(|w| w.other(m, frame.as_ref(), raw));
+                }
+            }
+            Item::State(s) => {
+                if scope.contains(s.timestamp) {
+                    verifier.state(s);
+                } else {
+                    verifier.warm(|w| w.state(s));
+                }
+            }
+            Item::Event(ev, time) => {
+                if scope.contains(time) {
+                    verifier.event(ev);
+                } else {
+                    verifier.warm(|w| w.event(ev));
+                }
+            }
+        }
+    }
+    fed
 }

@@ -33,7 +33,7 @@ pub struct Disagreement {
     /// The symbol, when the record names one.
     pub symbol: Option<String>,
     /// The two copies that disagree: what `recorded` and `replayed` say, in that order (e.g.
-    /// `["raw_message", "kraken_orderbook_entries"]`; from a journal `["recorded", "replayed"]`).
+    /// `["checksum_ok", "replayed book"]`; from a journal `["recorded", "replayed"]`).
     pub copies: [&'static str; 2],
     /// What the first copy says (from a journal: what was recorded).
     pub recorded: String,
@@ -82,10 +82,12 @@ pub struct ReplayReport {
     /// Frames and book states that could not be checked because damage came before them
     /// (their book's earlier records are missing).
     pub unverifiable_after_damage: u64,
-    /// The database: entry rows compared with their messages' raw levels.
-    pub entries_compared: u64,
-    /// The database: book messages stored raw on purpose (a `stored_raw` event: no entry rows by
-    /// design), checked against what their event says.
+    /// The database: levels of book rows decoded and replayed (each row's once).
+    pub levels_compared: u64,
+    /// The database: book rows whose stored raw frame was compared with their levels.
+    pub raw_compared: u64,
+    /// The database: book frames stored whole in `krakenbook_other` beside a `stored_raw` event
+    /// (the book table could not hold them), checked against what their event says.
     pub stored_raw: u64,
     /// The database: `journal_damage` and `not_stored` events met (records the database never
     /// got: the books after them start over from their next snapshot).
@@ -93,6 +95,9 @@ pub struct ReplayReport {
     /// The database: message rows without a collector or seq (written by another tool): they
     /// have no received order to replay them in, and are not verified.
     pub unordered_rows: u64,
+    /// The database: message rows still in the tables of the layout before schema version 6
+    /// (`krakenbook_legacy_messages`, until `migrate` has moved them): not verified.
+    pub legacy_rows: u64,
     /// The database: overlapping streams' books compared at their common instants.
     pub cross: super::cross::CrossCheck,
 }

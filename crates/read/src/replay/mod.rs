@@ -4,12 +4,13 @@
 //!
 //! A journal's damage is reported with the verdicts: every item the reader finds (kind, seq
 //! range, segment, offset), while every intact record is still verified. The database holds each
-//! book message several times over (its raw frame, its entry rows, its messages row's columns, the
-//! book states after it): [`verify_database`] rebuilds the books from both the raw frames and the
-//! entry rows and sets every copy against the others ([`copies`] says which and how), over the
-//! whole database by default. [`cross_check`] (run after it by `replay --verify`) compares, where
-//! two streams of a symbol (two collectors, or two connections) were verified at once, their books
-//! at every common Kraken timestamp ([`cross`]).
+//! book message once, as one row of levels with every copy of it the collector received (schema
+//! version 6), beside Kraken's checksum, the collector's verdicts and the book states after it:
+//! [`verify_database`] replays every copy on its own connection's books and sets every stored copy
+//! against the others ([`copies`] says which and how), over the whole database by default.
+//! [`cross_check`] (run after it by `replay --verify`) compares, where two streams of a symbol
+//! (two collectors, or two connections) were verified at once, their books at every common Kraken
+//! timestamp ([`cross`]).
 
 pub mod copies;
 pub mod cross;
@@ -22,8 +23,7 @@ use std::path::Path;
 pub use copies::{CopyVerifier, StoredCopy};
 pub use cross::{CrossCheck, CrossDisagreement, StreamAt, cross_check};
 pub use db::{
-    BATCH, DbScope, Progress, SPAN_BYTES, SPAN_MESSAGES, connection_ends, stream_start,
-    verify_database,
+    DbScope, FIRST_WINDOW, Progress, SPAN_BYTES, SPAN_ROWS, connection_ends, verify_database,
 };
 pub use engine::{DamageFound, Disagreement, ReplayEngine, ReplayReport, SymbolReplay};
 pub use serve::{ReplayMarket, ReplaySource};
