@@ -42,8 +42,8 @@ const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_
 
 /// What `kraken_orderbook_messages` shows for the book rows of `source` (`krakenbook_book`, or a
 /// table with its columns: the legacy move checks its new rows through this before they are
-/// stored).
-pub(crate) fn book_messages_sql(source: &str) -> String {
+/// stored), with the columns `extra` adds (`, b.col`; empty for the view).
+pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
     format!(
         "SELECT b.\"timestamp\", b.received_at,
        (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
@@ -53,7 +53,7 @@ pub(crate) fn book_messages_sql(source: &str) -> String {
        coalesce(b.raw, {REBUILT_FRAME}) AS raw_message,
        NULL::text AS raw_text, NULL::bytea AS raw_bytes,
        NULL::numeric AS best_bid_price, NULL::numeric AS best_bid_qty,
-       NULL::numeric AS best_ask_price, NULL::numeric AS best_ask_qty
+       NULL::numeric AS best_ask_price, NULL::numeric AS best_ask_qty{extra}
   FROM {source} b"
     )
 }
@@ -104,7 +104,7 @@ pub fn views_sql(legacy: bool) -> String {
     } else {
         ""
     };
-    let book_messages = book_messages_sql("krakenbook_book");
+    let book_messages = book_messages_sql("krakenbook_book", "");
     let book_entries = book_entries_sql("krakenbook_book");
     format!(
         "DROP VIEW IF EXISTS kraken_orderbook_messages, kraken_orderbook_entries, krakenbook_copies;
@@ -181,3 +181,4 @@ pub async fn settle_views(client: &Client) -> Result<bool, StoreError> {
     }
     Ok(legacy)
 }
+

@@ -10,12 +10,16 @@
 //!    entries that the book table can show exactly as they are (all of them carry the message's
 //!    timestamp, receive time, symbol, type and checksum; ordinals 0..n-1, bids first; at most
 //!    [`MAX_LEVELS`]) becomes one row: its entries aggregated in ordinal order as dec64
-//!    (`krakenbook_to_dec`; when one does not fit, levels null and raw holds the frame), raw null
-//!    only when the messages view's rendering of the row equals the legacy `raw_message` as text;
-//! 2. checks that row set through the views' own definitions ([`super::layout::book_messages_sql`],
-//!    [`super::layout::book_entries_sql`]): every moved message and every level reads back
-//!    identical (text comparison, so `1.50` and `1.5` differ), and the counts agree; a difference
-//!    rolls the range back and fails with [`StoreError::LegacyMove`], naming the range and the seq;
+//!    (`krakenbook_to_dec`; when one does not fit, levels null and raw holds the frame); a
+//!    message whose (collector, seq) two candidates share stays whole instead;
+//! 2. checks those rows through the views' own definitions ([`super::layout::book_messages_sql`],
+//!    [`super::layout::book_entries_sql`]), text against text (so `1.50` and `1.5` differ):
+//!    each message row against the legacy row it comes from: where only the frame differs (the
+//!    view does not rebuild it: no timestamp, other key order, rounded levels), the row keeps the
+//!    legacy frame in raw, so the view shows exactly that and raw is null only where the rebuild
+//!    equals the legacy `raw_message`; and every level against the legacy levels of the moved
+//!    messages, counts included. Any other difference rolls the range back and fails with
+//!    [`StoreError::LegacyMove`], naming the range, the collector and the seq;
 //! 3. inserts the book rows, copies every other message of the range into `krakenbook_other` as it
 //!    is, removes the range's legacy rows (whole chunks by `drop_chunks`, the rest by `DELETE`),
 //!    checks nothing of the range is left but the orphan levels (below), marks the range moved with
@@ -43,7 +47,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Row};
 
 use super::StoreError;
-use super::layout::{REBUILT_FRAME, book_entries_sql, book_messages_sql};
+use super::layout::{book_entries_sql, book_messages_sql};
 use crate::time::Timestamp;
 
 /// The most levels a moved book row holds (the writer's limit: `rows::MAX_LEVELS_PER_MESSAGE`
@@ -283,7 +287,7 @@ async fn move_range(
     client
         .batch_execute(
             "BEGIN; SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0; \
-             SET LOCAL jit = off",
+             SET LOCAL jit = off; SET LOCAL work_mem = '64MB'",
         )
         .await
         .map_err(at.db("starting its transaction"))?;
@@ -352,32 +356,53 @@ async fn move_range_in(
         .await
         .map_err(at.db("setting aside messages whose key is not unique"))?;
 
-    // The checks, through the views' own definitions.
-    let check = client
-        .query(&sql.check_messages, &bounds)
+    // The checks, through the views' own definitions. Messages: row by row against the legacy
+    // row each comes from; a row whose frame the view renders differently keeps the legacy frame
+    // in raw (then the view shows exactly that), any other difference stops the move.
+    client
+        .execute(&sql.check_messages, &bounds)
         .await
         .map_err(at.db("checking its messages through the view"))?;
-    let (book, from_legacy) = check_counts(&check);
-    if let Some((collector, seq, what)) = first_difference(&check, MESSAGE_CHECKED) {
+    let bad = client
+        .query(&sql.first_bad_message, &bounds)
+        .await
+        .map_err(at.db("reading the first message that differs"))?;
+    if let Some((collector, seq, what)) = first_difference(&bad, MESSAGE_CHECKED, 0, true) {
         return Err(at.failed(
             collector,
             seq,
             format!("the message reads back differently through kraken_orderbook_messages: {what}"),
         ));
     }
-    if book != from_legacy {
+    let raw_differs = count(
+        client,
+        "SELECT count(*) FROM kb_move_d WHERE raw_differs",
+        &[],
+    )
+    .await
+    .map_err(at.db("counting its frames the view would not rebuild"))?;
+    let raw_kept = client
+        .execute(&sql.keep_raw, &bounds)
+        .await
+        .map_err(at.db("keeping the frames the view would not rebuild"))?;
+    if raw_kept != raw_differs {
         return Err(at.failed(
             None,
             None,
-            format!("{book} book rows were built from {from_legacy} legacy messages"),
+            format!(
+                "{raw_kept} frames were kept whole for {raw_differs} the view would not rebuild"
+            ),
         ));
     }
+    let book = count(client, "SELECT count(*) FROM kb_move_b", &[])
+        .await
+        .map_err(at.db("counting its book rows"))?;
     let check = client
         .query(&sql.check_entries, &bounds)
         .await
         .map_err(at.db("checking its levels through the view"))?;
     let (levels, attached) = check_counts(&check);
-    if let Some((collector, seq, what)) = first_difference(&check, ENTRY_CHECKED) {
+    if let Some((collector, seq, what)) = first_difference(&check, ENTRY_CHECKED, 2, false) {
         return Err(at.failed(
             collector,
             seq,
@@ -511,7 +536,9 @@ async fn count(
 const TEMP_TABLES: &str = "
 CREATE TEMP TABLE kb_move_c (name text NOT NULL, id smallint NOT NULL) ON COMMIT DROP;
 CREATE TEMP TABLE kb_move_b (LIKE krakenbook_book) ON COMMIT DROP;
-ALTER TABLE kb_move_b ADD COLUMN l_toid oid NOT NULL, ADD COLUMN l_tid tid NOT NULL;";
+ALTER TABLE kb_move_b ADD COLUMN l_toid oid NOT NULL, ADD COLUMN l_tid tid NOT NULL;
+CREATE TEMP TABLE kb_move_d (l_toid oid NOT NULL, l_tid tid NOT NULL, raw_differs boolean NOT NULL,
+                             row_differs boolean NOT NULL) ON COMMIT DROP;";
 
 /// Two candidate book rows with one key (collector, seq) would show each other's levels: both
 /// stay whole in `krakenbook_other` (their entries in the legacy table).
@@ -562,6 +589,29 @@ const MESSAGE_CHECKED: &[&str] = &[
     "raw_message",
 ];
 
+/// [`MESSAGE_CHECKED`] but the frame (compared on its own: a difference there keeps the frame).
+const MESSAGE_CHECKED_FIELDS: &[&str] = &[
+    "\"timestamp\"",
+    "received_at",
+    "collector",
+    "seq",
+    "conn_id",
+    "channel",
+    "message_type",
+    "symbol",
+    "checksum",
+    "checksum_ok",
+];
+
+/// `fields` of alias `a`, comma-separated.
+fn prefixed(a: &str, fields: &[&str]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("{a}.{f}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The columns of the entries view that a moved level must read back with unchanged (prices and
 /// quantities as text: the scale counts).
 const ENTRY_CHECKED: &[&str] = &[
@@ -589,6 +639,8 @@ struct MoveSql {
     book_original: Option<String>,
     ambiguous_original: String,
     check_messages: String,
+    first_bad_message: String,
+    keep_raw: String,
     check_entries: String,
     insert_other: String,
     delete_entries_original: Option<String>,
@@ -600,15 +652,15 @@ fn in_range(a: &str) -> String {
 }
 
 /// A book row built from legacy message `m` and aggregated entries `e` (columns of the
-/// subqueries below), with raw null only when the messages view renders the row as the legacy
-/// frame. `seq`, `conn_id`, `collector_id` are expressions.
+/// subqueries below), raw null unless the levels do not fit dec64 (the check through the view
+/// then keeps the frame of every row the view would not render as it was). `seq`, `conn_id`,
+/// `collector_id` are expressions.
 fn book_row_select(seq: &str, conn_id: &str, collector_id: &str, from: &str) -> String {
     format!(
         "INSERT INTO kb_move_b
 SELECT b.\"timestamp\", b.received_at, b.seq, b.conn_id, b.checksum, b.collector_id, b.n_bids,
        b.kind, b.checksum_ok, b.symbol, b.levels,
-       CASE WHEN b.levels IS NOT NULL AND ({REBUILT_FRAME})::text = b.raw::text THEN NULL
-            ELSE b.raw END,
+       CASE WHEN b.levels IS NULL THEN b.raw END,
        NULL, b.l_toid, b.l_tid
   FROM (SELECT m.\"timestamp\", m.received_at, {seq} AS seq, {conn_id} AS conn_id,
                (CASE WHEN m.checksum >= 2147483648 THEN m.checksum - 4294967296
@@ -635,27 +687,45 @@ SELECT b.\"timestamp\", b.received_at, b.seq, b.conn_id, b.checksum, b.collector
     )
 }
 
-/// Aggregates of a message's entries `e` over `x` (each entry twice: price, then quantity), the
-/// levels in `order`.
-fn entry_aggregates(order: &str) -> String {
-    format!(
-        "count(*) FILTER (WHERE x.part = 0) AS n,
-         count(*) FILTER (WHERE x.part = 0 AND e.side = 'bid') AS n_bids,
+/// A message's entries aggregated (`e` over [`entries_in_order`]): counts, the extremes of the
+/// columns each must share with its message, and the levels as dec64, price and quantity
+/// interleaved in the input's order.
+const ENTRY_AGGREGATES: &str = "count(*) FILTER (WHERE e.part = 0) AS n,
+         count(*) FILTER (WHERE e.part = 0 AND e.side = 'bid') AS n_bids,
          min(e.\"timestamp\") AS t0, max(e.\"timestamp\") AS t1,
          min(e.received_at) AS r0, max(e.received_at) AS r1,
-         count(e.received_at) FILTER (WHERE x.part = 0) AS rn,
+         count(e.received_at) FILTER (WHERE e.part = 0) AS rn,
          min(e.symbol) AS s0, max(e.symbol) AS s1,
          min(e.message_type) AS k0, max(e.message_type) AS k1,
          min(e.checksum) AS c0, max(e.checksum) AS c1,
-         count(e.checksum) FILTER (WHERE x.part = 0) AS cn,
-         array_agg(krakenbook_to_dec(x.v) ORDER BY {order}) AS levels"
+         count(e.checksum) FILTER (WHERE e.part = 0) AS cn,
+         bool_and(e.in_place) AS in_place,
+         array_agg(e.d) AS levels";
+
+/// The legacy entries of the range that satisfy `filter`, each twice (price, then quantity: one
+/// aggregate interleaves them), sorted by `key` then `order` (the levels' order), with `in_place`:
+/// whether the entry's ordinal is its position in that order.
+///
+/// The aggregate reads its input in this order (a sorted subquery; on PostgreSQL 15 an
+/// `array_agg(... ORDER BY ...)` sorts every group on its own, which made the move four times
+/// slower). Should the order ever not hold, the check through the entries view finds it.
+/// `krakenbook_to_dec` (a SQL function that is not inlined: it is strict, its body is not) runs
+/// here, in the subquery's projection: called inside the VALUES list or as the aggregate's
+/// argument it costs ten times as much.
+fn entries_in_order(filter: &str, key: &str, order: &str) -> String {
+    format!(
+        "(SELECT e.*, x.part, krakenbook_to_dec(x.v) AS d
+            FROM (SELECT e.\"timestamp\", e.received_at, e.symbol, e.side, e.price, e.quantity,
+                         e.message_type, e.checksum, e.collector, e.seq, e.ordinal,
+                         coalesce(row_number() OVER (PARTITION BY {key} ORDER BY {order}) - 1
+                                  = e.ordinal, false) AS in_place
+                    FROM krakenbook_legacy_entries e
+                   WHERE {range} AND {filter}) e
+           CROSS JOIN LATERAL (VALUES (0, e.price), (1, e.quantity)) x(part, v)
+           ORDER BY {key}, {order}, x.part) e",
+        range = in_range("e"),
     )
 }
-
-/// Each entry twice (price, then quantity), so that one ordered aggregate interleaves them.
-/// (`krakenbook_to_dec` is applied outside the VALUES list: inside it the SQL function is not
-/// inlined, which costs ten times as much.)
-const TWICE: &str = "CROSS JOIN LATERAL (VALUES (0, e.price), (1, e.quantity)) x(part, v)";
 
 /// The original tool's entries in book order: bids first, best price first.
 const ORIGINAL_ORDER: &str =
@@ -679,21 +749,22 @@ impl MoveSql {
             &format!(
                 "FROM krakenbook_legacy_messages m
           JOIN kb_move_c c ON c.name = m.collector
-          JOIN (SELECT e.collector, e.seq, {aggregates},
-                       count(DISTINCT e.ordinal) AS n_ordinals,
-                       min(e.ordinal) AS min_ordinal, max(e.ordinal) AS max_ordinal,
+          JOIN (SELECT e.collector, e.seq, {ENTRY_AGGREGATES},
                        max(e.ordinal) FILTER (WHERE e.side = 'bid') AS max_bid,
                        min(e.ordinal) FILTER (WHERE e.side = 'ask') AS min_ask
-                  FROM krakenbook_legacy_entries e {TWICE}
-                 WHERE {e_range} AND e.collector IS NOT NULL AND e.seq IS NOT NULL
+                  FROM {entries}
                  GROUP BY e.collector, e.seq) e
             ON e.collector = m.collector AND e.seq = m.seq
            AND m.seq IS NOT NULL AND m.conn_id IS NOT NULL
-           AND e.min_ordinal = 0 AND e.max_ordinal = e.n - 1 AND e.n_ordinals = e.n
+           AND e.in_place
            AND (e.n_bids = 0 OR e.max_bid = e.n_bids - 1)
            AND (e.n_bids = e.n OR e.min_ask = e.n_bids)
            AND e.rn = e.n AND e.r0 = m.received_at AND e.r1 = m.received_at",
-                aggregates = entry_aggregates("e.ordinal, x.part"),
+                entries = entries_in_order(
+                    "e.collector IS NOT NULL AND e.seq IS NOT NULL",
+                    "e.collector, e.seq",
+                    "e.ordinal",
+                ),
             ),
         );
         let book_original = has_id.then(|| {
@@ -703,16 +774,19 @@ impl MoveSql {
                 "0::smallint",
                 &format!(
                     "FROM krakenbook_legacy_messages m
-          JOIN (SELECT e.\"timestamp\", e.symbol, e.message_type, e.checksum, {aggregates}
-                  FROM krakenbook_legacy_entries e {TWICE}
-                 WHERE {e_range} AND e.collector IS NULL AND e.seq IS NULL AND e.ordinal IS NULL
+          JOIN (SELECT e.\"timestamp\", e.symbol, e.message_type, e.checksum, {ENTRY_AGGREGATES}
+                  FROM {entries}
                  GROUP BY e.\"timestamp\", e.symbol, e.message_type, e.checksum) e
             ON e.\"timestamp\" = m.\"timestamp\" AND e.symbol = m.symbol
            AND e.message_type = m.message_type
            AND coalesce(e.checksum, -1) = coalesce(m.checksum, -1)
            AND {original}
            AND (e.rn = 0 OR (e.rn = e.n AND e.r0 = m.received_at AND e.r1 = m.received_at))",
-                    aggregates = entry_aggregates(&format!("{ORIGINAL_ORDER}, x.part")),
+                    entries = entries_in_order(
+                        "e.collector IS NULL AND e.seq IS NULL AND e.ordinal IS NULL",
+                        "e.\"timestamp\", e.symbol, e.message_type, e.checksum",
+                        ORIGINAL_ORDER,
+                    ),
                 ),
             )
         });
@@ -744,9 +818,8 @@ impl MoveSql {
                     CASE WHEN m.collector IS NULL THEN coalesce(m.conn_id, 0) ELSE m.conn_id END
                       AS conn_id,
                     m.channel, m.message_type, m.symbol, m.checksum, m.checksum_ok,
-                    m.raw_message
+                    m.raw_message, m.tableoid AS l_toid, m.ctid AS l_tid
                FROM krakenbook_legacy_messages m
-               JOIN kb_move_b b ON b.l_toid = m.tableoid AND b.l_tid = m.ctid
               WHERE {m_range}"
         );
         let mut legacy_entries = format!(
@@ -768,9 +841,9 @@ impl MoveSql {
             ));
         }
         let messages_columns = "\"timestamp\", received_at, collector, seq, conn_id, channel, \
-            message_type, symbol, checksum, checksum_ok, raw_message::text";
-        let entries_columns = "\"timestamp\", received_at, symbol, side, price::text, \
-            quantity::text, message_type, checksum, collector, seq, ordinal";
+            message_type, symbol, checksum, checksum_ok, raw_message::text AS raw_message";
+        let entries_columns = "\"timestamp\", received_at, symbol, side, price::text AS price, \
+            quantity::text AS quantity, message_type, checksum, collector, seq, ordinal";
         MoveSql {
             collectors: format!(
                 "INSERT INTO kb_move_c
@@ -787,11 +860,37 @@ impl MoveSql {
             book_keyed,
             book_original,
             ambiguous_original,
-            check_messages: check_sql(
-                &book_messages_sql("kb_move_b"),
-                &legacy_messages,
-                messages_columns,
-                "seq, collector, diff_side",
+            check_messages: format!(
+                "INSERT INTO kb_move_d
+                 SELECT x.l_toid, x.l_tid, x.moved IS DISTINCT FROM x.legacy, x.row_differs
+                   FROM (SELECT v.l_toid, v.l_tid, v.raw_message::text AS moved,
+                                l.raw_message::text AS legacy,
+                                ({fields}) IS DISTINCT FROM ({legacy_fields}) AS row_differs
+                           FROM ({view}) v
+                           JOIN ({legacy_messages}) l
+                             ON l.l_toid = v.l_toid AND l.l_tid = v.l_tid
+                         OFFSET 0) x
+                  WHERE x.moved IS DISTINCT FROM x.legacy OR x.row_differs",
+                view = book_messages_sql("kb_move_b", ", b.l_toid, b.l_tid"),
+                fields = prefixed("v", MESSAGE_CHECKED_FIELDS),
+                legacy_fields = prefixed("l", MESSAGE_CHECKED_FIELDS),
+            ),
+            first_bad_message: format!(
+                "WITH bad AS (SELECT d.l_toid, d.l_tid FROM kb_move_d d
+                                JOIN kb_move_b b ON b.l_toid = d.l_toid AND b.l_tid = d.l_tid
+                               WHERE d.row_differs ORDER BY b.seq LIMIT 1)
+                 SELECT 'moved' AS diff_side, {messages_columns}
+                   FROM ({view}) v JOIN bad ON bad.l_toid = v.l_toid AND bad.l_tid = v.l_tid
+                 UNION ALL
+                 SELECT 'legacy', {messages_columns}
+                   FROM ({legacy_messages}) l JOIN bad ON bad.l_toid = l.l_toid AND bad.l_tid = l.l_tid",
+                view = book_messages_sql("kb_move_b", ", b.l_toid, b.l_tid"),
+            ),
+            keep_raw: format!(
+                "UPDATE kb_move_b b SET raw = m.raw_message
+                   FROM kb_move_d d, krakenbook_legacy_messages m
+                  WHERE d.raw_differs AND b.l_toid = d.l_toid AND b.l_tid = d.l_tid
+                    AND m.tableoid = d.l_toid AND m.ctid = d.l_tid AND {m_range}"
             ),
             check_entries: check_sql(
                 &book_entries_sql("kb_move_b"),
@@ -829,21 +928,36 @@ impl MoveSql {
 }
 
 /// A query comparing what the view shows for the book rows (`view`) with the legacy rows they
-/// come from (`legacy`), over `columns`: its first row holds the two counts (view, legacy) and,
-/// when they differ, a differing row (`diff_side`: which of the two has it), then at most three more
-/// differing rows, in `order` (by seq, so that the two versions of one row come together).
+/// come from (`legacy`), over `columns` (each select list gives them these names): its first row
+/// holds the two counts (view, legacy) and, when they differ, a row that only one of them has
+/// (`diff_side`: which), then at most three more, in `order` (by seq, so that the two versions of
+/// one row come together). One grouping of both sides (a row present as often on each side is
+/// equal), not two `EXCEPT ALL`s: half the hashing.
 fn check_sql(view: &str, legacy: &str, columns: &str, order: &str) -> String {
+    let names: Vec<&str> = columns
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            c.rsplit_once(" AS ").map_or(c, |(_, name)| name.trim())
+        })
+        .collect();
+    let names = names.join(", ");
     format!(
-        "WITH v AS MATERIALIZED ({view}),
-      l AS MATERIALIZED ({legacy}),
-      d AS ((SELECT 'moved' AS diff_side, {columns} FROM v
-             EXCEPT ALL SELECT 'moved', {columns} FROM l)
+        "WITH g AS MATERIALIZED (
+    SELECT {names},
+           count(*) FILTER (WHERE x.from_view) AS from_view,
+           count(*) FILTER (WHERE NOT x.from_view) AS from_legacy
+      FROM (SELECT true AS from_view, {columns} FROM ({view}) v
             UNION ALL
-            (SELECT 'legacy' AS diff_side, {columns} FROM l
-             EXCEPT ALL SELECT 'legacy', {columns} FROM v))
-SELECT (SELECT count(*) FROM v) AS from_view, (SELECT count(*) FROM l) AS from_legacy, d.*
+            SELECT false, {columns} FROM ({legacy}) l) x
+     GROUP BY {names})
+SELECT (SELECT coalesce(sum(from_view), 0) FROM g)::bigint,
+       (SELECT coalesce(sum(from_legacy), 0) FROM g)::bigint, d.*
   FROM (SELECT 1) one
-  LEFT JOIN (SELECT * FROM d ORDER BY {order} LIMIT 4) d ON true"
+  LEFT JOIN (SELECT CASE WHEN from_view > from_legacy THEN 'moved' ELSE 'legacy' END AS diff_side,
+                    {names}
+               FROM g WHERE from_view <> from_legacy
+              ORDER BY {order} LIMIT 4) d ON true"
     )
 }
 
@@ -862,12 +976,14 @@ fn check_counts(rows: &[Row]) -> (u64, u64) {
 fn first_difference(
     rows: &[Row],
     columns: &[&str],
+    at: usize,
+    paired: bool,
 ) -> Option<(Option<String>, Option<i64>, String)> {
     let diffs: Vec<DiffRow> = rows
         .iter()
-        .filter_map(|r| DiffRow::read(r, columns))
+        .filter_map(|r| DiffRow::read(r, columns, at))
         .collect();
-    describe(&diffs, columns)
+    describe(&diffs, columns, paired)
 }
 
 /// One differing row of a [`check_sql`] answer, its values as text.
@@ -879,10 +995,13 @@ struct DiffRow {
 }
 
 impl DiffRow {
-    fn read(row: &Row, columns: &[&str]) -> Option<DiffRow> {
-        let side: Option<String> = row.try_get(2).ok()?;
+    /// The row's side at column `at`, its values after it.
+    fn read(row: &Row, columns: &[&str], at: usize) -> Option<DiffRow> {
+        let side: Option<String> = row.try_get(at).ok()?;
         let side = side?;
-        let values = (0..columns.len()).map(|i| cell_text(row, 3 + i)).collect();
+        let values = (0..columns.len())
+            .map(|i| cell_text(row, at + 1 + i))
+            .collect();
         Some(DiffRow { side, values })
     }
 
@@ -914,11 +1033,12 @@ fn cell_text(row: &Row, i: usize) -> Option<String> {
 
 /// What the differing rows say, decided without I/O: the first row's collector and seq, and the
 /// columns in which its two versions differ (or which version is missing).
-fn describe(diffs: &[DiffRow], columns: &[&str]) -> Option<(Option<String>, Option<i64>, String)> {
+fn describe(
+    diffs: &[DiffRow],
+    columns: &[&str],
+    paired: bool,
+) -> Option<(Option<String>, Option<i64>, String)> {
     let first = diffs.first()?;
-    let collector = first.get(columns, "collector").map(str::to_owned);
-    let seq_text = first.get(columns, "seq").map(str::to_owned);
-    let seq = seq_text.as_deref().and_then(|s| s.parse().ok());
     let key = |d: &DiffRow| {
         (
             d.get(columns, "collector").map(str::to_owned),
@@ -926,10 +1046,19 @@ fn describe(diffs: &[DiffRow], columns: &[&str]) -> Option<(Option<String>, Opti
             d.get(columns, "ordinal").map(str::to_owned),
         )
     };
+    // `paired`: the rows are the two versions of one legacy row, whatever their values.
     let other = diffs
         .iter()
         .skip(1)
-        .find(|d| d.side != first.side && key(d) == key(first));
+        .find(|d| d.side != first.side && (paired || key(d) == key(first)));
+    // Named as the legacy rows have it (what the user finds there).
+    let named = match other {
+        Some(other) if first.side == "moved" => other,
+        _ => first,
+    };
+    let collector = named.get(columns, "collector").map(str::to_owned);
+    let seq_text = named.get(columns, "seq").map(str::to_owned);
+    let seq = seq_text.as_deref().and_then(|s| s.parse().ok());
     let who = format!(
         "collector {}, seq {}",
         collector.as_deref().unwrap_or("(none)"),
@@ -1084,23 +1213,36 @@ mod tests {
             "legacy",
             &[Some("c1"), Some("42"), Some(r#"{"a": 1.50}"#), Some("7")],
         );
-        let (collector, seq, what) = describe(&[legacy.clone(), moved.clone()], cols).unwrap();
+        let (collector, seq, what) =
+            describe(&[legacy.clone(), moved.clone()], cols, false).unwrap();
         assert_eq!((collector.as_deref(), seq), (Some("c1"), Some(42)));
         assert_eq!(
             what,
             r#"collector c1, seq 42: raw_message: legacy {"a": 1.50} / moved {"a": 1.5}"#
         );
         // Only one version: which side has it.
-        let (_, _, what) = describe(&[legacy], cols).unwrap();
+        let (_, _, what) = describe(std::slice::from_ref(&legacy), cols, false).unwrap();
         assert!(what.ends_with("the moved rows do not show it"), "{what}");
-        let (_, _, what) = describe(&[moved], cols).unwrap();
+        let (_, _, what) = describe(&[moved], cols, false).unwrap();
         assert!(what.ends_with("the legacy rows do not have it"), "{what}");
         // The original tool's rows have no collector.
         let orphan = row("legacy", &[None, Some("7"), None, None]);
-        let (collector, seq, what) = describe(&[orphan], cols).unwrap();
+        let (collector, seq, what) = describe(&[orphan], cols, false).unwrap();
         assert_eq!((collector, seq), (None, Some(7)));
         assert!(what.starts_with("collector (none), seq 7"), "{what}");
-        assert!(describe(&[], cols).is_none());
+        assert!(describe(&[], cols, true).is_none());
+        // The two versions of one row, told apart by their key (another collector): paired, and
+        // named as the legacy rows have it.
+        let impostor = row(
+            "moved",
+            &[Some("c9"), Some("42"), Some(r#"{"a": 1.50}"#), Some("7")],
+        );
+        let (collector, seq, what) = describe(&[impostor, legacy], cols, true).unwrap();
+        assert_eq!((collector.as_deref(), seq), (Some("c1"), Some(42)));
+        assert_eq!(
+            what,
+            "collector c1, seq 42: collector: legacy c1 / moved c9"
+        );
     }
 
     #[test]
@@ -1115,8 +1257,19 @@ mod tests {
         // The checks read the book rows through the views' own definitions.
         assert!(
             with.check_messages
-                .contains(&book_messages_sql("kb_move_b"))
+                .contains(&book_messages_sql("kb_move_b", ", b.l_toid, b.l_tid"))
         );
         assert!(with.check_entries.contains(&book_entries_sql("kb_move_b")));
+    }
+}
+#[cfg(test)]
+mod tmp_dump {
+    #[test]
+    fn dump() {
+        let s = super::MoveSql::new(false);
+        std::fs::write("/tmp/hlegacy/build_keyed.sql", &s.book_keyed).unwrap();
+        std::fs::write("/tmp/hlegacy/check_m.sql", &s.check_messages).unwrap();
+        std::fs::write("/tmp/hlegacy/check_e.sql", &s.check_entries).unwrap();
+        std::fs::write("/tmp/hlegacy/collectors.sql", &s.collectors).unwrap();
     }
 }

@@ -1091,7 +1091,7 @@ async fn an_interrupted_move_rolls_back_only_its_range_and_a_rerun_continues_wit
 }
 
 #[tokio::test]
-async fn a_level_that_would_read_back_differently_stops_the_move_naming_its_range_and_seq() {
+async fn a_row_that_would_read_back_differently_stops_the_move_naming_its_range_and_seq() {
     let (_db, client) = v5_db("30 seconds", "45 seconds").await;
     store_captures_in_v5(&client, "v5").await;
     let before_entries = simple_rows(&client, ALL_ENTRIES).await;
@@ -1106,15 +1106,71 @@ async fn a_level_that_would_read_back_differently_stops_the_move_naming_its_rang
         .await
         .unwrap();
     assert_eq!(pending(&client).await.len(), chunks.len());
-    // A decoder that loses the scale: the view would show 62802.5 as 628025.
-    let good: String = client
-        .query_one(
-            "SELECT pg_get_functiondef('krakenbook_dec(bigint)'::regprocedure)",
-            &[],
+    let first_seq = count(
+        &client,
+        &format!(
+            "SELECT min(seq) FROM krakenbook_legacy_entries WHERE \"timestamp\" < '{}'",
+            chunks[0].2
+        ),
+    )
+    .await;
+    let definition = |f: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    &format!("SELECT pg_get_functiondef('{f}'::regprocedure)"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+
+    // A collector dictionary that names another collector: the messages view would show it.
+    let good_id = definition("krakenbook_collector_id(text)").await;
+    client
+        .batch_execute(
+            "INSERT INTO krakenbook_collectors VALUES (7, 'impostor');
+             CREATE OR REPLACE FUNCTION krakenbook_collector_id(collector_name text)
+                 RETURNS smallint LANGUAGE sql RETURN 7",
         )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let e = store::migrate(&client, &MigrateOptions::default())
+        .await
+        .unwrap_err();
+    let StoreError::LegacyMove(failure) = &e else {
+        panic!("{e}");
+    };
+    assert_eq!(
+        (
+            failure.index,
+            failure.collector.as_deref(),
+            failure.seq,
+            failure.what.as_str()
+        ),
+        (
+            1,
+            Some("v5"),
+            Some(first_seq),
+            format!(
+                "the message reads back differently through kraken_orderbook_messages: \
+                 collector v5, seq {first_seq}: collector: legacy v5 / moved impostor"
+            )
+            .as_str()
+        ),
+        "{e}"
+    );
+    client.batch_execute(&good_id).await.unwrap();
+    client
+        .batch_execute("DELETE FROM krakenbook_collectors")
+        .await
+        .unwrap();
+
+    // A decoder that loses the scale: the view would show 62802.5 as 628025.
+    let good = definition("krakenbook_dec(bigint)").await;
     client
         .batch_execute(
             "CREATE OR REPLACE FUNCTION krakenbook_dec(v bigint) RETURNS numeric
@@ -1136,14 +1192,6 @@ async fn a_level_that_would_read_back_differently_stops_the_move_naming_its_rang
         what,
         ..
     } = failure.as_ref();
-    let first_seq = count(
-        &client,
-        &format!(
-            "SELECT min(seq) FROM krakenbook_legacy_entries WHERE \"timestamp\" < '{}'",
-            chunks[0].2
-        ),
-    )
-    .await;
     assert_eq!(
         (*index, *ranges, collector.as_deref(), *seq),
         (1, chunks.len(), Some("v5"), Some(first_seq)),
