@@ -181,4 +181,3 @@ pub async fn settle_views(client: &Client) -> Result<bool, StoreError> {
     }
     Ok(legacy)
 }
-
