@@ -4,7 +4,10 @@
 //! Migration 6 renamed the old tables `krakenbook_legacy_messages` / `krakenbook_legacy_entries`
 //! and recorded one pending row per legacy chunk in `krakenbook_layout_migration`. [`move_legacy`]
 //! (called by `migrate`, under its advisory lock, while the views read the new tables and the
-//! legacy ones together) takes the pending ranges oldest first, each in its own transaction:
+//! legacy ones together) takes the pending ranges oldest first, each in its own transaction
+//! (after registering the range's collector names in `krakenbook_collectors` in a short one of
+//! their own, so that a collector registering itself never waits for a range; and decompressing
+//! the range's compressed legacy chunks, Timescale License only, inside the range's transaction):
 //! 1. builds the book rows in a temporary table: every legacy message of the range that is a book
 //!    snapshot or update with exactly one data element, a symbol, a checksum that fits 32 bits and
 //!    entries that the book table can show exactly as they are (all of them carry the message's
@@ -284,6 +287,14 @@ async fn move_range(
     sql: &MoveSql,
     at: &RangeAt<'_>,
 ) -> Result<Option<RangeCounts>, StoreError> {
+    // The range's collectors get their ids first, in a transaction of their own: registering a
+    // name locks the dictionary, which a collector registering itself would otherwise wait on
+    // until the range commits.
+    let bounds: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&at.range.start, &at.range.end];
+    client
+        .execute(&sql.register_collectors, &bounds)
+        .await
+        .map_err(at.db("registering its collectors"))?;
     client
         .batch_execute(
             "BEGIN; SET LOCAL client_min_messages = warning; SET LOCAL statement_timeout = 0; \
@@ -327,10 +338,16 @@ async fn move_range_in(
         .batch_execute(TEMP_TABLES)
         .await
         .map_err(at.db("creating its temporary tables"))?;
+    // Compressed legacy chunks (Timescale License) are read and deleted from row by row below:
+    // decompressed first (in this transaction: a rollback compresses them back).
+    client
+        .execute(DECOMPRESS, &bounds)
+        .await
+        .map_err(at.db("decompressing its legacy chunks"))?;
     client
         .execute(&sql.collectors, &bounds)
         .await
-        .map_err(at.db("registering its collectors"))?;
+        .map_err(at.db("reading its collectors' ids"))?;
     let messages = count(client, &sql.count_messages, &bounds)
         .await
         .map_err(at.db("counting its messages"))?;
@@ -540,6 +557,13 @@ ALTER TABLE kb_move_b ADD COLUMN l_toid oid NOT NULL, ADD COLUMN l_tid tid NOT N
 CREATE TEMP TABLE kb_move_d (l_toid oid NOT NULL, l_tid tid NOT NULL, raw_differs boolean NOT NULL,
                              row_differs boolean NOT NULL) ON COMMIT DROP;";
 
+/// Decompresses the legacy chunks of the range that are compressed (none on the Apache edition).
+const DECOMPRESS: &str = "
+SELECT count(decompress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass, true))
+  FROM timescaledb_information.chunks
+ WHERE hypertable_name IN ('krakenbook_legacy_messages', 'krakenbook_legacy_entries')
+   AND is_compressed AND range_start < $2 AND range_end > $1";
+
 /// Two candidate book rows with one key (collector, seq) would show each other's levels: both
 /// stay whole in `krakenbook_other` (their entries in the legacy table).
 const DUPLICATE_KEYS: &str = "
@@ -632,6 +656,7 @@ const ENTRY_CHECKED: &[&str] = &[
 /// `id` column).
 #[derive(Debug)]
 struct MoveSql {
+    register_collectors: String,
     collectors: String,
     count_messages: String,
     count_entries: String,
@@ -845,6 +870,11 @@ impl MoveSql {
         let entries_columns = "\"timestamp\", received_at, symbol, side, price::text AS price, \
             quantity::text AS quantity, message_type, checksum, collector, seq, ordinal";
         MoveSql {
+            register_collectors: format!(
+                "SELECT count(krakenbook_collector_id(d.name))
+                   FROM (SELECT DISTINCT m.collector AS name FROM krakenbook_legacy_messages m
+                          WHERE {m_range} AND m.collector IS NOT NULL) d"
+            ),
             collectors: format!(
                 "INSERT INTO kb_move_c
                  SELECT d.name, krakenbook_collector_id(d.name)
