@@ -57,7 +57,7 @@ use crate::time::Timestamp;
 /// values, two a level); a message with more stays whole in `krakenbook_other`.
 pub const MAX_LEVELS: usize = super::rows::MAX_LEVELS_PER_MESSAGE / 2;
 
-/// What [`move_legacy`] did.
+/// What the move of the legacy rows did (in [`crate::MigrateReport::legacy`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LegacyMove {
     /// Ranges pending when the move started.
@@ -200,6 +200,7 @@ pub async fn move_legacy(client: &Client) -> Result<Option<LegacyMove>, StoreErr
             book = counts.book,
             other = counts.other,
             levels = counts.levels,
+            frames_kept_whole = counts.raw_kept,
             seconds = range_started.elapsed().as_secs_f64(),
             "legacy range {} of {} moved: {} messages so far, {} messages/s, {}",
             at.index,
@@ -228,15 +229,17 @@ async fn pending_ranges(client: &Client) -> Result<Vec<Range>, StoreError> {
     let rows = client
         .query(
             "SELECT l.range_start, l.range_end,
-                    coalesce((SELECT sum(greatest(c.reltuples, 0))::bigint
-                                FROM timescaledb_information.chunks ch
-                                JOIN pg_class c
-                                  ON c.oid = format('%I.%I', ch.chunk_schema, ch.chunk_name)::regclass
-                               WHERE ch.hypertable_name = 'krakenbook_legacy_messages'
-                                 AND ch.range_start < l.range_end
-                                 AND ch.range_end > l.range_start), 0)
+                    coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
                FROM krakenbook_layout_migration l
+               LEFT JOIN timescaledb_information.chunks ch
+                      ON ch.hypertable_name = 'krakenbook_legacy_messages'
+                     AND ch.range_start < l.range_end AND ch.range_end > l.range_start
+               LEFT JOIN pg_class c
+                      ON c.oid = CASE WHEN ch.chunk_name IS NOT NULL
+                                      THEN format('%I.%I', ch.chunk_schema, ch.chunk_name)::regclass
+                                 END
               WHERE l.state = 'pending'
+              GROUP BY l.range_start, l.range_end
               ORDER BY l.range_start",
             &[],
         )
