@@ -14,6 +14,12 @@ them. Safe to run again, and from two
 processes at once. Tables made by the original tool's setup SQL are converted in place, keeping
 every row. Every command that writes to the database runs this first.
 
+A database written before schema version 6 has its rows moved into the new layout one chunk per
+transaction, each checked (every message and level reads back identical) before its old rows
+go; progress (range i of n, rate, time left) is logged on stderr. Interrupting is safe: the
+range in flight is rolled back, and running migrate again continues. Queries see every row
+throughout.
+
 Keep the password off the command line (where `ps` shows it): libpq's PGPASSWORD, or a line
 `host:port:database:user:password` in ~/.pgpass (or the file PGPASSFILE names; mode 0600).
 
@@ -77,6 +83,25 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         Compression::AlreadyEnabled => "; compression on",
         Compression::Skipped { .. } => "; compression skipped (Apache edition)",
     });
+    if let Some(moved) = &report.legacy {
+        line.push_str(&format!(
+            "; legacy rows moved: {} of {} range(s), {} messages ({} book, {} other), {} levels in {:.1} s ({} messages/s)",
+            moved.ranges,
+            moved.pending,
+            moved.messages,
+            moved.book,
+            moved.other,
+            moved.levels,
+            moved.elapsed.as_secs_f64(),
+            moved.rate()
+        ));
+    }
+    if report.legacy_remains {
+        line.push_str(
+            "; some levels of the older layout belong to no stored message and stay in \
+             krakenbook_legacy_entries (the views read them)",
+        );
+    }
     println!("{line}");
     Ok(ExitCode::SUCCESS)
 }

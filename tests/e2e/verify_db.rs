@@ -793,9 +793,7 @@ async fn a_tampered_verdict_of_a_copy_on_another_connection_is_reported_with_its
     let (row_seq, seq): (i64, i64) = (row.get(0), row.get(1));
     tamper(
         url,
-        &format!(
-            "UPDATE krakenbook_book SET dups[1] = dups[1] # (3::bigint << 24) WHERE seq = {row_seq}"
-        ),
+        &format!("UPDATE krakenbook_book SET dup = dup # (3::bigint << 24) WHERE seq = {row_seq}"),
     )
     .await;
     let (code, report) = verify(url, &[]);

@@ -19,6 +19,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use super::legacy::LegacyMoveError;
 use super::rows::RowError;
 
 /// Everything that can go wrong storing or migrating.
@@ -97,6 +98,11 @@ pub enum StoreError {
         /// The driver's error.
         source: tokio_postgres::Error,
     },
+    /// Moving a range of the rows of the layout before schema version 6 into the new tables found
+    /// a row that would not read back as it was: the range's transaction was rolled back, its rows
+    /// stay in the legacy tables (the views still read them).
+    #[error(transparent)]
+    LegacyMove(Box<LegacyMoveError>),
     /// A bad option value (a chunk interval the server does not accept).
     #[error("invalid {option} {value:?}: {reason}")]
     Option {
@@ -225,6 +231,7 @@ impl StoreError {
             | StoreError::InvalidBatch(_)
             | StoreError::Locked { .. }
             | StoreError::InstanceMismatch { .. }
+            | StoreError::LegacyMove(_)
             | StoreError::CheckpointBeyondJournal { .. }
             | StoreError::JournalSync { .. } => ErrorClass::Environment,
         }

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// A book row's frame rebuilt from its columns (`b` is the row), as `jsonb`.
-const REBUILT_FRAME: &str = "jsonb_build_object(
+pub(crate) const REBUILT_FRAME: &str = "jsonb_build_object(
          'channel', 'book',
          'type', CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END,
          'data', jsonb_build_array(jsonb_build_object(
@@ -40,6 +40,57 @@ const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_
     channel, message_type, symbol, checksum, checksum_ok, raw_message, raw_text, raw_bytes, \
     best_bid_price, best_bid_qty, best_ask_price, best_ask_qty";
 
+/// What `kraken_orderbook_messages` shows for the book rows of `source` (`krakenbook_book`, or a
+/// table with its columns: the legacy move checks its new rows through this before they are
+/// stored), with the columns `extra` adds (`, b.col`; empty for the view).
+pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
+    format!(
+        "SELECT b.\"timestamp\", b.received_at,
+       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
+       b.seq, b.conn_id, NULL::bigint AS conn_seq, 'book'::text AS channel,
+       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
+       b.symbol, b.checksum::bigint & 4294967295 AS checksum, b.checksum_ok,
+       coalesce(b.raw, {REBUILT_FRAME}) AS raw_message,
+       NULL::text AS raw_text, NULL::bytea AS raw_bytes,
+       NULL::numeric AS best_bid_price, NULL::numeric AS best_bid_qty,
+       NULL::numeric AS best_ask_price, NULL::numeric AS best_ask_qty{extra}
+  FROM {source} b"
+    )
+}
+
+/// What `kraken_orderbook_entries` shows for the book rows of `source` (as
+/// [`book_messages_sql`]): levels by unnest ... WITH ORDINALITY (planned at 10 rows a message;
+/// generate_series is planned at 1000, which pushes plans over jit_above_cost), prices at odd
+/// positions; a row whose values do not fit dec64 has its levels in raw only: the second branch
+/// reads them from there.
+pub(crate) fn book_entries_sql(source: &str) -> String {
+    format!(
+        "SELECT b.\"timestamp\", b.received_at, b.symbol,
+       CASE WHEN u.k <= 2 * b.n_bids THEN 'bid' ELSE 'ask' END AS side,
+       krakenbook_dec(u.v) AS price, krakenbook_dec(b.levels[u.k + 1]) AS quantity,
+       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
+       b.checksum::bigint & 4294967295 AS checksum,
+       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
+       b.seq, ((u.k - 1) / 2)::smallint AS ordinal
+  FROM {source} b
+  CROSS JOIN LATERAL unnest(b.levels) WITH ORDINALITY u(v, k)
+ WHERE u.k % 2 = 1
+UNION ALL
+SELECT b.\"timestamp\", b.received_at, b.symbol,
+       CASE WHEN l.k <= b.n_bids THEN 'bid' ELSE 'ask' END,
+       (l.v ->> 'price')::numeric, (l.v ->> 'qty')::numeric,
+       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END,
+       b.checksum::bigint & 4294967295,
+       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id),
+       b.seq, (l.k - 1)::smallint
+  FROM {source} b
+  CROSS JOIN LATERAL jsonb_array_elements(
+      coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]') || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]'))
+      WITH ORDINALITY l(v, k)
+ WHERE b.levels IS NULL"
+    )
+}
+
 /// The statements that (re)create the views; `legacy`: rows of the older layout remain.
 pub fn views_sql(legacy: bool) -> String {
     let legacy_messages = if legacy {
@@ -53,19 +104,12 @@ pub fn views_sql(legacy: bool) -> String {
     } else {
         ""
     };
+    let book_messages = book_messages_sql("krakenbook_book", "");
+    let book_entries = book_entries_sql("krakenbook_book");
     format!(
         "DROP VIEW IF EXISTS kraken_orderbook_messages, kraken_orderbook_entries, krakenbook_copies;
 CREATE VIEW kraken_orderbook_messages AS
-SELECT b.\"timestamp\", b.received_at,
-       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
-       b.seq, b.conn_id, NULL::bigint AS conn_seq, 'book'::text AS channel,
-       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
-       b.symbol, b.checksum::bigint & 4294967295 AS checksum, b.checksum_ok,
-       coalesce(b.raw, {REBUILT_FRAME}) AS raw_message,
-       NULL::text AS raw_text, NULL::bytea AS raw_bytes,
-       NULL::numeric AS best_bid_price, NULL::numeric AS best_bid_qty,
-       NULL::numeric AS best_ask_price, NULL::numeric AS best_ask_qty
-  FROM krakenbook_book b
+{book_messages}
 UNION ALL
 SELECT {MESSAGE_COLUMNS} FROM krakenbook_other{legacy_messages};
 
@@ -73,29 +117,7 @@ SELECT {MESSAGE_COLUMNS} FROM krakenbook_other{legacy_messages};
 -- at 1000, which pushes plans over jit_above_cost), prices at odd positions. A row whose values do
 -- not fit dec64 has its levels in raw only: the second branch reads them from there.
 CREATE VIEW kraken_orderbook_entries AS
-SELECT b.\"timestamp\", b.received_at, b.symbol,
-       CASE WHEN u.k <= 2 * b.n_bids THEN 'bid' ELSE 'ask' END AS side,
-       krakenbook_dec(u.v) AS price, krakenbook_dec(b.levels[u.k + 1]) AS quantity,
-       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
-       b.checksum::bigint & 4294967295 AS checksum,
-       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
-       b.seq, ((u.k - 1) / 2)::smallint AS ordinal
-  FROM krakenbook_book b
-  CROSS JOIN LATERAL unnest(b.levels) WITH ORDINALITY u(v, k)
- WHERE u.k % 2 = 1
-UNION ALL
-SELECT b.\"timestamp\", b.received_at, b.symbol,
-       CASE WHEN l.k <= b.n_bids THEN 'bid' ELSE 'ask' END,
-       (l.v ->> 'price')::numeric, (l.v ->> 'qty')::numeric,
-       CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END,
-       b.checksum::bigint & 4294967295,
-       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id),
-       b.seq, (l.k - 1)::smallint
-  FROM krakenbook_book b
-  CROSS JOIN LATERAL jsonb_array_elements(
-      coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]') || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]'))
-      WITH ORDINALITY l(v, k)
- WHERE b.levels IS NULL{legacy_entries};
+{book_entries}{legacy_entries};
 
 -- Every received copy of a book message: the row's first copy (copy 0) and each packed in dups.
 CREATE VIEW krakenbook_copies AS

@@ -50,6 +50,7 @@ mod connect;
 mod error;
 pub mod health;
 pub mod layout;
+mod legacy;
 mod migrate;
 pub mod rows;
 pub mod types;
@@ -60,6 +61,7 @@ pub use connect::{CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, pgpass_lo
 pub use error::{
     ErrorClass, StoreError, pg_class, pg_is_retriable, sqlstate_class, sqlstate_is_retriable,
 };
+pub use legacy::{LegacyMove, LegacyMoveError};
 pub use migrate::{
     COMPRESS_AFTER, Compression, DEFAULT_CHUNK_INTERVAL, MigrateOptions, MigrateReport,
     SCHEMA_VERSION, migrate,

@@ -3,12 +3,17 @@
 //! [`migrate`] brings a database to [`SCHEMA_VERSION`]: it creates the TimescaleDB extension if
 //! missing, then applies each migration newer than the one recorded in `krakenbook_migrations`,
 //! each in its own transaction together with its record. Migration 1 also converts the original
-//! tool's tables in place (see `migrations/0001_schema.sql`).
+//! tool's tables in place (see `migrations/0001_schema.sql`). Migration 6 renames the tables of the
+//! older layout `krakenbook_legacy_*`; their rows are then moved into the new tables one range per
+//! transaction ([`super::legacy`]), with the views reading both layouts until the legacy tables
+//! are empty and dropped ([`super::layout::settle_views`]).
 //!
 //! What must always hold:
 //! - running it twice is a no-op the second time, and two processes running it at once are safe:
 //!   the whole run holds a session advisory lock, so the second waits and then finds nothing to do;
-//! - a failed migration leaves no part of itself behind (PostgreSQL's DDL is transactional);
+//! - a failed migration leaves no part of itself behind (PostgreSQL's DDL is transactional); an
+//!   interrupted or failed legacy move leaves every range it did not finish as it was, and the next
+//!   run continues with it;
 //! - a database migrated by a newer krakenbook is refused, not downgraded;
 //! - compression (segment by symbol, order by time) and its policy are set up only where the
 //!   server's TimescaleDB carries the Timescale License; on the Apache edition the step is skipped
@@ -17,6 +22,7 @@
 use tokio_postgres::Client;
 
 use super::StoreError;
+use super::legacy::LegacyMove;
 
 /// The schema version this build brings a database to.
 pub const SCHEMA_VERSION: i32 = 6;
@@ -92,6 +98,12 @@ pub struct MigrateReport {
     pub chunk_interval_set: Option<String>,
     /// What happened about compression.
     pub compression: Compression,
+    /// The rows of the layout before version 6 moved by this run (`None`: nothing was pending).
+    pub legacy: Option<LegacyMove>,
+    /// Whether rows of the layout before version 6 remain after this run (in
+    /// `krakenbook_legacy_messages` / `krakenbook_legacy_entries`, read through the views): levels
+    /// that belong to no message that could move (see [`LegacyMove::levels_left`]).
+    pub legacy_remains: bool,
 }
 
 /// The compression step's outcome.
@@ -213,7 +225,13 @@ async fn migrate_locked(
                 )))?;
         }
     }
-    super::layout::settle_views(client).await?;
+    // The views read both layouts while legacy rows remain, so every query sees every row
+    // while they move; the second pass drops the legacy tables once they are empty.
+    let mut legacy_remains = super::layout::settle_views(client).await?;
+    let legacy = super::legacy::move_legacy(client).await?;
+    if legacy.is_some() {
+        legacy_remains = super::layout::settle_views(client).await?;
+    }
     let compression = compression(client).await?;
     Ok(MigrateReport {
         from_version,
@@ -226,6 +244,8 @@ async fn migrate_locked(
             interval
         },
         compression,
+        legacy,
+        legacy_remains,
     })
 }
 

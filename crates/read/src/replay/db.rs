@@ -411,7 +411,7 @@ async fn plan(
         for r in tx
             .query(
                 "SELECT symbol, min(seq),
-                        max(seq + coalesce((SELECT max((d << 16) >> 42) FROM unnest(dups) d), 0))
+                        max(seq + coalesce((SELECT max((d << 16) >> 42) FROM unnest(CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) d), 0))
                    FROM krakenbook_book
                   WHERE collector_id = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
                     AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))
@@ -542,10 +542,10 @@ async fn snapshot_before(
 ) -> Result<Option<(i64, Timestamp)>, ReadbackError> {
     let row = tx
         .query_opt(
-            "SELECT seq, conn_id, dups, \"timestamp\" FROM krakenbook_book
+            "SELECT seq, conn_id, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END), \"timestamp\" FROM krakenbook_book
               WHERE symbol = $1 AND kind = 's' AND \"timestamp\" < $2 AND collector_id = $3
                 AND (conn_id = $4
-                     OR EXISTS (SELECT 1 FROM unnest(dups) d WHERE conn_id + (d >> 48) = $4))
+                     OR EXISTS (SELECT 1 FROM unnest(CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) d WHERE conn_id + (d >> 48) = $4))
               ORDER BY \"timestamp\" DESC, seq DESC LIMIT 1",
             &[&symbol, &at, &id, &conn],
         )
@@ -587,21 +587,21 @@ async fn state_before(
 }
 
 const BOOK_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
-    checksum_ok, symbol, levels, raw::text, dups";
+    checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END)";
 
 /// A window's book rows (their first copies' seqs in it), unordered: the copies are ordered in
 /// Rust.
 const BOOK: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
-    checksum_ok, symbol, levels, raw::text, dups \
+    checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) \
     FROM krakenbook_book \
     WHERE collector_id = $1 AND seq > $2 AND seq <= $3 \
       AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
 
 /// Rows before the first window whose copies may reach into it.
 const BOOK_HEAD: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
-    checksum_ok, symbol, levels, raw::text, dups \
+    checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) \
     FROM krakenbook_book \
-    WHERE collector_id = $1 AND seq >= $2 AND seq < $3 AND dups IS NOT NULL \
+    WHERE collector_id = $1 AND seq >= $2 AND seq < $3 AND dup IS NOT NULL \
       AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
 
 const OTHER_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, channel, message_type, \
