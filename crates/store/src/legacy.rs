@@ -685,7 +685,8 @@ fn in_range(a: &str) -> String {
 /// `collector_id` are expressions.
 fn book_row_select(seq: &str, conn_id: &str, collector_id: &str, from: &str) -> String {
     format!(
-        "INSERT INTO kb_move_b
+        "INSERT INTO kb_move_b (\"timestamp\", received_at, seq, conn_id, checksum, collector_id,
+                        n_bids, kind, checksum_ok, symbol, levels, raw, dups, l_toid, l_tid)
 SELECT b.\"timestamp\", b.received_at, b.seq, b.conn_id, b.checksum, b.collector_id, b.n_bids,
        b.kind, b.checksum_ok, b.symbol, b.levels,
        CASE WHEN b.levels IS NULL THEN b.raw END,
