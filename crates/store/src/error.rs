@@ -183,6 +183,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A session's set-up (see `DbTarget::with_session_setup`) failed.
+    #[error("{what}: {reason}")]
+    Session {
+        /// What the set-up does.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// What an error calls for (see the module doc).
@@ -226,7 +234,8 @@ impl StoreError {
             | StoreError::Locked { .. }
             | StoreError::InstanceMismatch { .. }
             | StoreError::CheckpointBeyondJournal { .. }
-            | StoreError::JournalSync { .. } => ErrorClass::Environment,
+            | StoreError::JournalSync { .. }
+            | StoreError::Session { .. } => ErrorClass::Environment,
         }
     }
 
