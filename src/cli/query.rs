@@ -92,12 +92,9 @@ struct Report {
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
     let symbols: Vec<String> = args.symbol.iter().cloned().collect();
-    let mount = if args.since.is_some() || args.until.is_some() {
-        Mount::window(&symbols, args.since, args.until)
-    } else {
-        // Coverage reads every archived part's marks; the latest messages are the database's.
-        Mount::coverage(&symbols)
-    };
+    // The counts of messages are of every row in the range: archived ranges are mounted whole
+    // (coverage alone would need only what `Mount::coverage` loads).
+    let mount = Mount::window(&symbols, args.since, args.until);
     let client = super::archive::reading(DbTarget::parse(&url)?, mount)
         .connect("krakenbook query")
         .await?;

@@ -523,8 +523,8 @@ async fn archive_part(
 }
 
 /// Replays the range's checksums over the database's rows and over the archived ones (a session
-/// where the files stand in for the range): the reports must be equal. Returns the messages
-/// verified ok.
+/// where the files stand in for the range): the reports must be equal, disagreements included
+/// (an archive neither hides nor adds one). Returns the messages verified ok.
 async fn replay_agrees(
     target: &DbTarget,
     loc: &Location,
@@ -542,11 +542,14 @@ async fn replay_agrees(
         what: format!("checksum replay of {}", chunk.name),
         reason: e.to_string(),
     };
-    let mut plain = target.connect("krakenbook archive").await?;
-    let from_db = verify_database(&mut plain, &scope, |_| {})
+    // The database as readers see it (earlier archived parts mounted for the books' starts)...
+    let mut reader = target.connect("krakenbook archive").await?;
+    mount::mount(&reader, &[], Some(chunk.start), Some(chunk.end)).await?;
+    let from_db = verify_database(&mut reader, &scope, |_| {})
         .await
         .map_err(replay_err)?;
-    drop(plain);
+    drop(reader);
+    // ... and the same with the range's rows taken from the files just written.
     let mut mounted = target.connect("krakenbook archive").await?;
     let catalog_parts = catalog::archived_overlapping(&mounted, None, None).await?;
     let plan = Plan {
