@@ -321,11 +321,11 @@ async fn write_dataset<R: DbRecord>(
         if let Some(marks) = book_marks.as_deref_mut() {
             let book = as_book(&r);
             if let Some(b) = book {
-                if marker.as_ref().is_some_and(|(s, _)| *s != b.symbol) {
-                    if let Some((_, m)) = marker.take() {
-                        for row in m.finish() {
-                            marks.push(&row).await?;
-                        }
+                if marker.as_ref().is_some_and(|(s, _)| *s != b.symbol)
+                    && let Some((_, m)) = marker.take()
+                {
+                    for row in m.finish() {
+                        marks.push(&row).await?;
                     }
                 }
                 marker
@@ -559,7 +559,7 @@ async fn replay_agrees(
         rows: true,
         parts: catalog_parts
             .into_iter()
-            .map(|p| PlanPart::archived(p))
+            .map(PlanPart::archived)
             .collect::<Result<_, _>>()?,
         whole: vec![PlanPart {
             location: loc.clone(),

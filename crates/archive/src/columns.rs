@@ -5,7 +5,7 @@
 //! - [`Kind::Int64`]: `INT64`; [`Kind::Micros`]: `INT64` annotated `TIMESTAMP(MICROS, UTC)`;
 //! - [`Kind::Int32`], [`Kind::Int16`]: `INT32` (annotated `INT(16, signed)` for the latter);
 //!   [`Kind::UInt32`]: `INT32` annotated `INT(32, unsigned)`, the value's 32 bits as stored;
-//! - [`Kind::Bool`]: `BOOLEAN`;
+//! - booleans ([`Kind::Bool`]): `BOOLEAN`;
 //! - [`Kind::Text`]: `BYTE_ARRAY` annotated `STRING`; [`Kind::Json`]: annotated `JSON`;
 //!   [`Kind::Bytes`]: plain `BYTE_ARRAY`;
 //! - [`Kind::Int64List`]: a 3-level `LIST` of required `INT64` (`list<int64>`), itself optional.
