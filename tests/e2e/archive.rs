@@ -287,7 +287,7 @@ async fn an_archived_range_answers_every_read_as_before_and_an_interrupted_run_l
         );
         assert!(!out.status.success(), "{stage}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains(&format!("stopped as asked after stage")),
+            String::from_utf8_lossy(&out.stderr).contains("stopped as asked after stage"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
