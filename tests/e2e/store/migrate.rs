@@ -46,14 +46,15 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            6,
+            7,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
                 (3, "journal_instance"),
                 (4, "connections"),
                 (5, "collector_state"),
-                (6, "layout")
+                (6, "layout"),
+                (7, "archive")
             ]
         )
     );
@@ -73,7 +74,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (5, 0));
+    assert_eq!((second.from_version, second.applied.len()), (7, 0));
     assert_eq!(schema_snapshot(&client).await, before);
 }
 
@@ -97,11 +98,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 6, "exactly one process applies each migration");
+    assert_eq!(applied, 7, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        5
+        7
     );
 }
 
@@ -204,7 +205,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (3, "journal_instance"),
             (4, "connections"),
             (5, "collector_state"),
-            (6, "layout")
+            (6, "layout"),
+            (7, "archive")
         ]
     );
 
@@ -414,7 +416,7 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 6"),
+        stdout.contains("schema migrated from version 0 to 7"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
