@@ -218,6 +218,25 @@ async fn answers(
     }
 }
 
+/// The coverage model's answer for each pair, in a session that mounted only what coverage reads
+/// of the archive (as the web explorer's sessions do) or, before archiving, in a plain one.
+async fn model_coverage(url: &str) -> Vec<krakenbook::history::Coverage> {
+    let client = connect(url).await;
+    krakenbook::archive::mount_coverage(&client, &[])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for symbol in ["BTC/USD", "ETH/USD", "MINA/GBP"] {
+        out.push(
+            krakenbook::history::Source::Database(&client)
+                .coverage_of(symbol, None)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
 /// A dec64 value (`mantissa * 32 + scale`) as decimal text, by arithmetic alone.
 fn dec64_text(v: i64) -> String {
     let (m, s) = ((v >> 5) as u64, (v & 31) as usize);
@@ -269,6 +288,12 @@ async fn an_archived_range_answers_every_read_as_before_and_an_interrupted_run_l
         .collect();
     assert!(exact.len() > 50, "{}", exact.len());
     let whole = counts(&url).await;
+    let model_before = model_coverage(&url).await;
+    assert!(
+        model_before[0].gaps.len() >= 3,
+        "the lost update's gap: {:?}",
+        model_before[0].gaps
+    );
 
     // Interrupted after writing, then after renaming: the database is as it was.
     for stage in ["written", "renamed"] {
