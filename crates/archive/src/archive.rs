@@ -31,7 +31,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::ArchiveError;
 use crate::catalog::{self, ArchivedPart, FileEntry};
-use crate::columns::{TableWriter, read_table};
+use crate::columns::{TableWriter, for_each_row};
 use crate::location::Location;
 use crate::marks::Marker;
 use crate::mount::{self, Plan, PlanPart};
@@ -370,26 +370,10 @@ async fn check_file(loc: &Location, w: &FileEntry, rel: &str) -> Result<(), Arch
         Dataset::Events => EventRec::COLUMNS,
         Dataset::Connections => ConnRec::COLUMNS,
     };
-    let table = read_table(bytes, cols).map_err(|source| ArchiveError::File {
-        path: rel.to_owned(),
-        source,
-    })?;
-    if table.rows.len() as u64 != w.rows {
-        return Err(mismatch(format!(
-            "{} rows, {} written",
-            table.rows.len(),
-            w.rows
-        )));
-    }
-    if table.digest.hex() != w.digest {
-        return Err(mismatch(format!(
-            "digest {} of the rows read, {} of the rows written",
-            table.digest.hex(),
-            w.digest
-        )));
-    }
-    // Every row decodes into its record.
-    for (i, row) in table.rows.into_iter().enumerate() {
+    let mut rows = 0u64;
+    let mut bad_row: Option<String> = None;
+    let (digest, _) = for_each_row(bytes, cols, |row| {
+        // Every row decodes into its record.
         let decoded = match w.dataset {
             Dataset::Book | Dataset::Marks => BookRec::from_cells(row).map(|_| ()),
             Dataset::Other => OtherRec::from_cells(row).map(|_| ()),
@@ -397,7 +381,30 @@ async fn check_file(loc: &Location, w: &FileEntry, rel: &str) -> Result<(), Arch
             Dataset::Events => EventRec::from_cells(row).map(|_| ()),
             Dataset::Connections => ConnRec::from_cells(row).map(|_| ()),
         };
-        decoded.map_err(|e| mismatch(format!("row {i}: {e}")))?;
+        if let Err(e) = decoded
+            && bad_row.is_none()
+        {
+            bad_row = Some(format!("row {rows}: {e}"));
+        }
+        rows += 1;
+        Ok(())
+    })
+    .map_err(|source| ArchiveError::File {
+        path: rel.to_owned(),
+        source,
+    })?;
+    if let Some(detail) = bad_row {
+        return Err(mismatch(detail));
+    }
+    if rows != w.rows {
+        return Err(mismatch(format!("{rows} rows, {} written", w.rows)));
+    }
+    if digest.hex() != w.digest {
+        return Err(mismatch(format!(
+            "digest {} of the rows read, {} of the rows written",
+            digest.hex(),
+            w.digest
+        )));
     }
     Ok(())
 }

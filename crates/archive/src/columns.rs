@@ -493,6 +493,25 @@ pub struct Table {
 
 /// Reads a whole file written by [`TableWriter`] for `cols`.
 pub fn read_table(bytes: bytes::Bytes, cols: &'static [Col]) -> Result<Table, TableError> {
+    let mut rows = Vec::new();
+    let (digest, metadata) = for_each_row(bytes, cols, |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(Table {
+        rows,
+        digest,
+        metadata,
+    })
+}
+
+/// Streams the rows of a file written by [`TableWriter`] for `cols` to `each`, one row group in
+/// memory at a time; returns their digest and the file's key-value metadata.
+pub fn for_each_row(
+    bytes: bytes::Bytes,
+    cols: &'static [Col],
+    mut each: impl FnMut(Vec<Cell>) -> Result<(), TableError>,
+) -> Result<(Digest, Vec<(String, String)>), TableError> {
     let reader = SerializedFileReader::new(bytes)?;
     let meta = reader.metadata();
     let found: Vec<String> = meta
@@ -515,12 +534,11 @@ pub fn read_table(bytes: bytes::Bytes, cols: &'static [Col]) -> Result<Table, Ta
                 .collect()
         })
         .unwrap_or_default();
-    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    let mut digest = Digest::default();
     for g in 0..reader.num_row_groups() {
         let group = reader.get_row_group(g)?;
         let n = usize::try_from(group.metadata().num_rows()).unwrap_or(0);
-        let base = rows.len();
-        rows.extend((0..n).map(|_| Vec::with_capacity(cols.len())));
+        let mut rows: Vec<Vec<Cell>> = (0..n).map(|_| Vec::with_capacity(cols.len())).collect();
         for (i, c) in cols.iter().enumerate() {
             let cells = read_column(group.get_column_reader(i)?, c, n)?;
             if cells.len() != n {
@@ -529,22 +547,18 @@ pub fn read_table(bytes: bytes::Bytes, cols: &'static [Col]) -> Result<Table, Ta
                     found: format!("{} values for {n} rows", cells.len()),
                 });
             }
-            for (row, cell) in rows[base..].iter_mut().zip(cells) {
+            for (row, cell) in rows.iter_mut().zip(cells) {
                 row.push(cell);
             }
         }
-    }
-    let mut digest = Digest::default();
-    for row in &rows {
-        for cell in row {
-            digest.cell(cell.as_ref());
+        for row in rows {
+            for cell in &row {
+                digest.cell(cell.as_ref());
+            }
+            each(row)?;
         }
     }
-    Ok(Table {
-        rows,
-        digest,
-        metadata,
-    })
+    Ok((digest, metadata))
 }
 
 /// Every value of a column chunk, with its definition and repetition levels.

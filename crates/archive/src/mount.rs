@@ -37,7 +37,7 @@ use tokio_postgres::Client;
 
 use crate::ArchiveError;
 use crate::catalog::{self, ArchivedPart, FileEntry};
-use crate::columns::read_table;
+use crate::columns::for_each_row;
 use crate::location::Location;
 use crate::naming::Dataset;
 use crate::records::{BookRec, CopyRecord, EventRec, OtherRec, Record, StateRec, copy_into};
@@ -270,34 +270,53 @@ pub(crate) async fn mount_plan(client: &Client, plan: &Plan) -> Result<MountRepo
     result
 }
 
-/// Reads a file of a part into records.
-async fn read_records<R: Record>(part: &PlanPart, f: &FileEntry) -> Result<Vec<R>, ArchiveError> {
+/// Reads the records of a file of a part that `keep` keeps, checking the whole file against the
+/// digest the catalog recorded.
+async fn read_records_where<R: Record>(
+    part: &PlanPart,
+    f: &FileEntry,
+    mut keep: impl FnMut(&R) -> bool,
+) -> Result<Vec<R>, ArchiveError> {
     let rel = format!("{}{}", f.path, part.suffix);
     let bytes = part.location.get(&rel).await?;
-    let table = read_table(bytes, R::COLUMNS).map_err(|source| ArchiveError::File {
+    let mut out = Vec::new();
+    let mut bad: Option<String> = None;
+    let (digest, _) = for_each_row(bytes, R::COLUMNS, |cells| {
+        match R::from_cells(cells) {
+            Ok(r) if keep(&r) => out.push(r),
+            Ok(_) => {}
+            Err(reason) => {
+                bad.get_or_insert(reason);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|source| ArchiveError::File {
         path: rel.clone(),
         source,
     })?;
-    if table.digest.hex() != f.digest {
+    if digest.hex() != f.digest {
         return Err(ArchiveError::Mismatch {
             path: rel,
             detail: format!(
                 "digest {} read, {} recorded in the catalog: the file was changed after it was archived",
-                table.digest.hex(),
+                digest.hex(),
                 f.digest
             ),
         });
     }
-    table
-        .rows
-        .into_iter()
-        .map(|cells| {
-            R::from_cells(cells).map_err(|reason| ArchiveError::Invalid {
-                what: format!("row of {rel}"),
-                reason,
-            })
-        })
-        .collect()
+    if let Some(reason) = bad {
+        return Err(ArchiveError::Invalid {
+            what: format!("row of {rel}"),
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads every record of a file of a part.
+async fn read_records<R: Record>(part: &PlanPart, f: &FileEntry) -> Result<Vec<R>, ArchiveError> {
+    read_records_where(part, f, |_| true).await
 }
 
 /// Copies records into their temporary table.
@@ -471,13 +490,10 @@ async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, Archiv
                 for f in part.files.iter().filter(|f| {
                     f.dataset == Dataset::Book && f.symbol.as_deref() == Some(symbol.as_str())
                 }) {
-                    let rows: Vec<BookRec> = read_records::<BookRec>(part, f)
-                        .await?
-                        .into_iter()
-                        .filter(|r| {
-                            in_window(r.timestamp) && !keys.contains(&(r.collector.clone(), r.seq))
-                        })
-                        .collect();
+                    let rows: Vec<BookRec> = read_records_where(part, f, |r: &BookRec| {
+                        in_window(r.timestamp) && !keys.contains(&(r.collector.clone(), r.seq))
+                    })
+                    .await?;
                     report.book_rows += load(client, &rows, &ids).await?;
                 }
             }
@@ -492,14 +508,11 @@ async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, Archiv
             for f in part.files.iter().filter(|f| {
                 f.dataset == Dataset::Other && (f.symbol.is_none() || wanted(f.symbol.as_deref()))
             }) {
-                let rows: Vec<OtherRec> = read_records::<OtherRec>(part, f)
-                    .await?
-                    .into_iter()
-                    .filter(|r| {
-                        earliest.is_none_or(|s| r.timestamp >= s)
-                            && plan.to.is_none_or(|e| r.timestamp <= e)
-                    })
-                    .collect();
+                let rows: Vec<OtherRec> = read_records_where(part, f, |r: &OtherRec| {
+                    earliest.is_none_or(|s| r.timestamp >= s)
+                        && plan.to.is_none_or(|e| r.timestamp <= e)
+                })
+                .await?;
                 report.other_rows += load(client, &rows, &ids).await?;
             }
         }
