@@ -136,7 +136,11 @@ pub fn canonical(kind: BookKind, data: &BookData<'_>) -> Option<String> {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, r#"{{"price":{},"qty":{}}}"#, l.price.text, l.qty.text);
+            let _ = write!(
+                out,
+                r#"{{"price":{},"qty":{}}}"#,
+                l.price.text, l.qty.text
+            );
         }
         out.push(']');
     }
@@ -357,15 +361,7 @@ mod tests {
 
     #[test]
     fn dec64_keeps_every_digit_and_the_scale_as_sent() {
-        for s in [
-            "1.50",
-            "1.5",
-            "0",
-            "0.00000000",
-            "0.000051004",
-            "62797.0",
-            "123456789012345.67",
-        ] {
+        for s in ["1.50", "1.5", "0", "0.00000000", "0.000051004", "62797.0", "123456789012345.67"] {
             let v = dec64(d(s)).unwrap();
             assert_eq!(undec64(v).unwrap().to_string(), s);
         }
@@ -412,14 +408,14 @@ mod tests {
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(text).unwrap() else {
             panic!("a book frame");
         };
-        assert_eq!(canonical(book.kind, &book.data[0]).as_deref(), Some(text));
+        assert_eq!(
+            canonical(book.kind, &book.data[0]).as_deref(),
+            Some(text)
+        );
         let spaced = text.replace(r#""bids":[]"#, r#""bids": []"#);
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(&spaced).unwrap() else {
             panic!("a book frame");
         };
-        assert_ne!(
-            canonical(book.kind, &book.data[0]).as_deref(),
-            Some(&*spaced)
-        );
+        assert_ne!(canonical(book.kind, &book.data[0]).as_deref(), Some(&*spaced));
     }
 }

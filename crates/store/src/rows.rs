@@ -35,7 +35,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::book_rows::{BookRow, BookRows, canonical, levels_dec64};
+use super::book_rows::{canonical, levels_dec64, BookRow, BookRows};
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
 use crate::journal::Damage;
@@ -618,13 +618,7 @@ impl RowEncoder {
 
     /// A book frame the book table cannot hold, stored whole as its real type in
     /// `krakenbook_other` (with a `stored_raw` event row saying why when that is not obvious).
-    fn push_book_whole(
-        &mut self,
-        ids: &Ids,
-        frame: &FrameRecord,
-        text: &str,
-        book: &BookMessage<'_>,
-    ) {
+    fn push_book_whole(&mut self, ids: &Ids, frame: &FrameRecord, text: &str, book: &BookMessage<'_>) {
         let first = book.data.first();
         let kraken_time = first.and_then(|d| d.timestamp);
         let message_type = book.kind.as_str();
@@ -735,6 +729,7 @@ impl RowEncoder {
         put_level(b, frame.best_ask.as_ref());
         self.counts.messages += 1;
     }
+
 }
 
 struct Ids {
@@ -763,6 +758,7 @@ impl Ids {
 fn short(name: &str) -> String {
     name.chars().take(64).collect()
 }
+
 
 /// Where a frame's content is stored.
 enum Raw<'a> {

@@ -46,7 +46,8 @@ use tokio_postgres::{Client, Statement};
 use super::bisect::{Bisect, Mode, Part};
 use super::connect::DbTarget;
 use super::rows::{
-    COPY_BOOK, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder, UPSERT_CONNECTIONS,
+    COPY_BOOK, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder,
+    UPSERT_CONNECTIONS,
 };
 use super::{ErrorClass, StoreError};
 use crate::journal::{Damage, Item, Syncer};

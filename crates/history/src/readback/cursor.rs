@@ -137,12 +137,12 @@ pub fn stored_message(row: &Row, symbol: &str) -> Result<StoredMessage, Readback
                     levels.len()
                 )));
             }
-            let mut pairs = levels
-                .chunks_exact(2)
-                .map(|p| match (undec64(p[0]), undec64(p[1])) {
+            let mut pairs = levels.chunks_exact(2).map(|p| {
+                match (undec64(p[0]), undec64(p[1])) {
                     (Some(price), Some(qty)) => Ok((price, qty)),
                     _ => Err(invalid(format!("level {p:?} is not dec64"))),
-                });
+                }
+            });
             let bids = pairs.by_ref().take(n_bids).collect::<Result<Vec<_>, _>>()?;
             let asks = pairs.collect::<Result<Vec<_>, _>>()?;
             (bids, asks)
@@ -428,9 +428,7 @@ impl BookCursor {
         let rows = if one_stream {
             client.query_raw(STREAM_MESSAGES, params).await
         } else {
-            client
-                .query_raw(MESSAGES, params[..6].iter().copied())
-                .await
+            client.query_raw(MESSAGES, params[..6].iter().copied()).await
         };
         let rows = rows.map_err(StoreError::db("reading book levels"))?;
         Ok(BookCursor {

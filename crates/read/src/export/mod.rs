@@ -931,12 +931,7 @@ pub(crate) async fn stored_scales(
               WHERE b.symbol = ANY($1)
                 AND b.collector_id IN (SELECT id FROM krakenbook_collectors WHERE name = ANY($2))
                 AND b.\"timestamp\" >= $3 AND b.\"timestamp\" < $4",
-            &[
-                &selection.symbols,
-                &selection.collectors(),
-                &since,
-                &selection.to,
-            ],
+            &[&selection.symbols, &selection.collectors(), &since, &selection.to],
         )
         .await
         .map_err(StoreError::db("finding the decimal scales"))?;
