@@ -15,6 +15,8 @@
 //! - `krakenbook-history`: [`history`] (coverage and gaps, the one definition every read path
 //!   asks) and [`readback`] (books at any instant);
 //! - `krakenbook-read`: [`replay`], [`export`], [`plot`], [`output`], [`verify`];
+//! - `krakenbook-archive`: [`archive`], the cold tier: closed chunks moved to Parquet files,
+//!   verified before they are dropped, and mounted back into readers' sessions;
 //! - `krakenbook-web`: [`web`], `krakenbook serve`, the read-only web explorer of coverage, books
 //!   and collectors (it reads through history, and serves with collect's hardened accept loop).
 //!
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
+pub use krakenbook_archive as archive;
 pub use krakenbook_collect::{collect, feed, metrics};
 pub use krakenbook_core::{book, host, kraken, num, record, rng, text, time};
 pub use krakenbook_exchange as exchange;

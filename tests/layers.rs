@@ -3,7 +3,8 @@
 //! or a new crate missing from the table, fails here.
 //!
 //! The layers, bottom to top: core; journal, exchange, testkit; store; collect, history; read;
-//! the `krakenbook` binary (CLI and facade); the benchmarks.
+//! archive (the cold tier: it replays with read's engine); the `krakenbook` binary (CLI and
+//! facade); the benchmarks.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,8 +48,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "krakenbook-archive",
+        &[
+            "krakenbook-core",
+            "krakenbook-journal",
+            "krakenbook-store",
+            "krakenbook-history",
+            "krakenbook-read",
+        ],
+    ),
+    (
         "krakenbook",
         &[
+            "krakenbook-archive",
             "krakenbook-core",
             "krakenbook-journal",
             "krakenbook-store",

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use krakenbook::archive::Mount;
 use krakenbook::readback::{BookAt, book_at};
 use krakenbook::store::DbTarget;
 use krakenbook::time::Timestamp;
@@ -51,7 +52,14 @@ pub struct BookArgs {
 /// Runs `krakenbook book`.
 pub async fn run(args: BookArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
-    let client = DbTarget::parse(&url)?.connect("krakenbook book").await?;
+    let mount = Mount::window(
+        std::slice::from_ref(&args.symbol),
+        Some(args.at),
+        Some(args.at),
+    );
+    let client = super::archive::reading(DbTarget::parse(&url)?, mount)
+        .connect("krakenbook book")
+        .await?;
     let book = book_at(
         &client,
         &args.symbol,

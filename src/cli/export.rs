@@ -136,7 +136,10 @@ fn interval_micros(text: &str) -> Result<i64, String> {
 /// Runs `krakenbook export`.
 pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
-    let target = DbTarget::parse(&url)?;
+    let target = super::archive::reading(
+        DbTarget::parse(&url)?,
+        krakenbook::archive::Mount::window(&args.symbols, Some(args.from), args.to),
+    );
     let dest = if args.output.as_os_str() == "-" {
         Destination::Stdout
     } else {

@@ -3,6 +3,7 @@
 //! `main.rs` only parses, sets up logging and turns an error into an exit code; the commands'
 //! work is here or in the library, so it can be tested.
 
+mod archive;
 mod book;
 mod collect;
 mod db;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Create or upgrade the TimescaleDB schema.
     #[command(after_help = migrate::MIGRATE_EXAMPLES)]
     Migrate(migrate::MigrateArgs),
+    /// Move closed chunks older than a duration to Parquet files (the cold tier), verified first.
+    #[command(after_help = archive::ARCHIVE_EXAMPLES)]
+    Archive(archive::ArchiveArgs),
     /// Export recorded books to CSV or Parquet (tardis.dev layouts, exact decimals).
     #[command(after_help = export::EXPORT_HELP)]
     Export(Box<export::ExportArgs>),
@@ -102,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Simulate(args) => simulate::run(*args).await,
+        Command::Archive(args) => archive::run(args).await,
         Command::Export(args) => export::run(*args).await,
         Command::Plot(args) => plot::run(*args).await,
         Command::Serve(args) => serve::run(args).await,
@@ -138,8 +143,8 @@ mod tests {
             );
         }
         let want = [
-            "collect", "import", "book", "query", "replay", "reset", "migrate", "export", "plot",
-            "serve",
+            "collect", "import", "book", "query", "replay", "reset", "migrate", "archive",
+            "export", "plot", "serve",
         ];
         assert_eq!(with, want);
     }

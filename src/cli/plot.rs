@@ -64,7 +64,14 @@ pub struct PlotArgs {
 /// Runs `krakenbook plot`.
 pub async fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
-    let target = DbTarget::parse(&url)?;
+    let target = super::archive::reading(
+        DbTarget::parse(&url)?,
+        krakenbook::archive::Mount::window(
+            std::slice::from_ref(&args.symbol),
+            Some(args.from),
+            args.to,
+        ),
+    );
     let request = PlotRequest {
         symbol: args.symbol.trim().to_owned(),
         from: args.from,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use krakenbook::archive::Mount;
 use krakenbook::readback::query::{self, Coverage, EntryRow, Filter, MessageRow, Summary};
 use krakenbook::store::DbTarget;
 use krakenbook::time::Timestamp;
@@ -90,7 +91,13 @@ struct Report {
 /// Runs `krakenbook query`.
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
-    let client = DbTarget::parse(&url)?.connect("krakenbook query").await?;
+    let symbols: Vec<String> = args.symbol.iter().cloned().collect();
+    // The counts of messages are of every row in the range: archived ranges are mounted whole
+    // (coverage alone would need only what `Mount::coverage` loads).
+    let mount = Mount::window(&symbols, args.since, args.until);
+    let client = super::archive::reading(DbTarget::parse(&url)?, mount)
+        .connect("krakenbook query")
+        .await?;
     let filter = Filter {
         symbol: args.symbol.clone(),
         since: args.since,

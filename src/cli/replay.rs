@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use krakenbook::archive::Mount;
 use krakenbook::exchange::{Exchange, ServerConfig};
 use krakenbook::replay::{self, DbScope, ReplayMarket, ReplayReport, ReplaySource};
 use krakenbook::store::DbTarget;
@@ -164,7 +165,10 @@ async fn verify_database(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
         bail!("--to ({to}) must be after --from ({from})");
     }
     let url = args.db.url()?;
-    let target = DbTarget::parse(&url)?;
+    let target = super::archive::reading(
+        DbTarget::parse(&url)?,
+        Mount::window(&args.symbols, args.from, args.to),
+    );
     let scope = DbScope {
         from: args.from,
         to: args.to,
@@ -415,7 +419,12 @@ async fn serve(addr: SocketAddr, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.url()?;
     let cancel = CancellationToken::new();
     super::collect::spawn_signal_handler(cancel.clone())?;
-    let market = ReplayMarket::load(
+    let target = super::archive::reading(
+        DbTarget::parse(&url)?,
+        Mount::window(&args.symbols, Some(from), args.to),
+    );
+    let market = ReplayMarket::load_from(
+        target,
         ReplaySource {
             database_url: url,
             symbols: args.symbols.clone(),

@@ -41,7 +41,12 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_listen(args.listen, args.public)?;
     let url = args.db.url()?;
-    let sessions = Sessions::new(&url)?;
+    // Archived ranges: what coverage reads of them is mounted in every session (the explorer's
+    // windows are not known up front, so their book rows are not).
+    let sessions = Sessions::from_target(super::archive::reading(
+        krakenbook::store::DbTarget::parse(&url)?,
+        krakenbook::archive::Mount::coverage(&[]),
+    ));
     // Reach the database once before saying we serve: a wrong URL fails here, not on the page.
     sessions
         .client()

@@ -1,6 +1,7 @@
 //! End-to-end tests: the `krakenbook` binary against real recordings, the simulator over
 //! loopback, and a real TimescaleDB. One test binary, one module per area.
 
+mod archive;
 mod collect;
 mod coverage;
 mod crash;

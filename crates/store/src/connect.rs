@@ -43,6 +43,16 @@ use super::StoreError;
 /// retried).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Work done on every session a [`DbTarget`] opens, right after it connects (the archive tier
+/// mounts the archived ranges a reader needs this way: see `krakenbook-archive`).
+pub trait SessionSetup: std::fmt::Debug + Send + Sync {
+    /// Prepares the new session.
+    fn setup<'a>(
+        &'a self,
+        client: &'a Client,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
+}
+
 /// Where a database is, and how to reach it.
 #[derive(Clone)]
 pub struct DbTarget {
@@ -50,6 +60,7 @@ pub struct DbTarget {
     verify: Verify,
     root_cert: Option<String>,
     redacted: String,
+    setup: Option<Arc<dyn SessionSetup>>,
 }
 
 impl std::fmt::Debug for DbTarget {
@@ -57,6 +68,7 @@ impl std::fmt::Debug for DbTarget {
         f.debug_struct("DbTarget")
             .field("url", &self.redacted)
             .field("verify", &self.verify)
+            .field("setup", &self.setup)
             .finish()
     }
 }
@@ -155,7 +167,14 @@ impl DbTarget {
             verify,
             root_cert,
             redacted,
+            setup: None,
         })
+    }
+
+    /// The same target, running `setup` on every session it opens (after any set before).
+    pub fn with_session_setup(mut self, setup: Arc<dyn SessionSetup>) -> DbTarget {
+        self.setup = Some(setup);
+        self
     }
 
     /// The connection string with its password replaced by `***`: safe to print.
@@ -235,7 +254,12 @@ impl DbTarget {
             source,
         };
         match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connect).await {
-            Ok(Ok(client)) => Ok(client),
+            Ok(Ok(client)) => {
+                if let Some(setup) = &self.setup {
+                    setup.setup(&client).await?;
+                }
+                Ok(client)
+            }
             Ok(Err(ConnectFailure::Pg(e))) => Err(connect_err(e)),
             Ok(Err(ConnectFailure::Store(e))) => Err(e),
             Err(_) => Err(StoreError::Timeout {

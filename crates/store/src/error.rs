@@ -189,6 +189,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A session's set-up (see `DbTarget::with_session_setup`) failed.
+    #[error("{what}: {reason}")]
+    Session {
+        /// What the set-up does.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// What an error calls for (see the module doc).
@@ -233,7 +241,8 @@ impl StoreError {
             | StoreError::InstanceMismatch { .. }
             | StoreError::LegacyMove(_)
             | StoreError::CheckpointBeyondJournal { .. }
-            | StoreError::JournalSync { .. } => ErrorClass::Environment,
+            | StoreError::JournalSync { .. }
+            | StoreError::Session { .. } => ErrorClass::Environment,
         }
     }
 

@@ -19,6 +19,8 @@
 //!   (heartbeats included), updated in every batch's transaction;
 //! - `krakenbook_collector_state`: per collector, its state as it last published it (the
 //!   collector's `collect::state` upserts it every few seconds, outside the writer's path);
+//! - `krakenbook_archive`: the parts moved to the cold tier (`krakenbook archive`): their range,
+//!   location and files;
 //! - `krakenbook_migrations`: the schema versions applied.
 //!
 //! Errors carry their class ([`ErrorClass`]): transient ones are retried, record-specific ones
@@ -57,7 +59,9 @@ pub mod types;
 mod writer;
 
 pub use batch::{BatchConfig, Batcher};
-pub use connect::{CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, pgpass_lookup, redact};
+pub use connect::{
+    CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, SessionSetup, pgpass_lookup, redact,
+};
 pub use error::{
     ErrorClass, StoreError, pg_class, pg_is_retriable, sqlstate_class, sqlstate_is_retriable,
 };

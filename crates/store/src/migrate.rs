@@ -25,7 +25,7 @@ use super::StoreError;
 use super::legacy::LegacyMove;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "layout",
         sql: include_str!("migrations/0006_layout.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "archive",
+        sql: include_str!("migrations/0007_archive.sql"),
     },
 ];
 

@@ -84,13 +84,19 @@ pub const SESSIONS: usize = 4;
 impl Sessions {
     /// Sessions to `url` (opened on first use).
     pub fn new(url: &str) -> Result<Sessions, StoreError> {
-        Ok(Sessions {
-            target: DbTarget::parse(url)?,
+        Ok(Sessions::from_target(DbTarget::parse(url)?))
+    }
+
+    /// Sessions through `target` (which may prepare each session it opens, e.g. mount archived
+    /// ranges, before it is made read-only).
+    pub fn from_target(target: DbTarget) -> Sessions {
+        Sessions {
+            target,
             slots: (0..SESSIONS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
-        })
+        }
     }
 
     /// A read-only session.

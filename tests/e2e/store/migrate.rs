@@ -49,14 +49,15 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            6,
+            7,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
                 (3, "journal_instance"),
                 (4, "connections"),
                 (5, "collector_state"),
-                (6, "layout")
+                (6, "layout"),
+                (7, "archive")
             ]
         )
     );
@@ -82,7 +83,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (6, 0));
+    assert_eq!((second.from_version, second.applied.len()), (7, 0));
     assert_eq!((second.legacy, second.legacy_remains), (None, false));
     assert_eq!(schema_snapshot(&client).await, before);
 }
@@ -107,11 +108,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 6, "exactly one process applies each migration");
+    assert_eq!(applied, 7, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        6
+        7
     );
 }
 
@@ -242,7 +243,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (3, "journal_instance"),
             (4, "connections"),
             (5, "collector_state"),
-            (6, "layout")
+            (6, "layout"),
+            (7, "archive")
         ]
     );
     let moved = report.legacy.clone().expect("the legacy rows moved");
@@ -721,7 +723,7 @@ async fn a_database_written_by_the_version_5_layout_moves_chunk_by_chunk_and_rea
     let report = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.applied, vec![(6, "layout")]);
+    assert_eq!(report.applied, vec![(6, "layout"), (7, "archive")]);
     let moved = report.legacy.clone().expect("legacy rows moved");
     assert_eq!(
         (moved.pending, moved.ranges),
@@ -1237,14 +1239,14 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 6"),
+        stdout.contains("schema migrated from version 0 to 7"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout2.contains("schema already at version 6"), "{stdout2}");
+    assert!(stdout2.contains("schema already at version 7"), "{stdout2}");
     assert!(!stdout2.contains("legacy"), "nothing to move: {stdout2}");
     for text in [
         &stdout,
@@ -1285,7 +1287,7 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     let again = run(&["migrate", "--database-url", &db.url]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("schema already at version 6") && !stdout.contains("legacy"),
+        stdout.contains("schema already at version 7") && !stdout.contains("legacy"),
         "{stdout}"
     );
 }

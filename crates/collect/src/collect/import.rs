@@ -11,7 +11,12 @@
 //! are stored as `journal_damage` events and returned in the report, and the import ends;
 //! an environment error (authentication, permission, another process writing this collector, a
 //! journal that is not the database's) ends it with that error, while an unreachable database is
-//! waited for.
+//! waited for; records that fall in a range moved to the cold tier (`krakenbook archive`, the
+//! `krakenbook_archive` catalog) are refused before anything is written: the archive holds what
+//! the database had there, verified, and rows written beside it would be a second, unverified
+//! record of the range. "Fall in" is judged on receive times, widened by
+//! [`ARCHIVE_SLACK_MINUTES`] (a message's Kraken timestamp, which the ranges are on, may lie that
+//! far from its receipt before the writer keeps its frame whole).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +56,10 @@ pub struct ImportReport {
     pub damage: Vec<Damage>,
 }
 
+/// How far (minutes) a record's receive time may lie from its Kraken timestamp: the archived
+/// ranges an import is checked against are widened by this much.
+pub const ARCHIVE_SLACK_MINUTES: i32 = 35;
+
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -60,6 +69,27 @@ pub enum ImportError {
     /// The pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The database failed (checking the archived ranges).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The records to import fall in an archived range.
+    #[error(
+        "refusing to import: journal records of collector {collector} received {first} .. {last} fall in {range_start} .. {range_end}, which `krakenbook archive` moved to {location} (nothing was imported; the archive holds that range as the database had it: import this journal into a database where the range is not archived)"
+    )]
+    Archived {
+        /// The journal's collector.
+        collector: String,
+        /// First record to import (receive time).
+        first: crate::time::Timestamp,
+        /// Last record to import.
+        last: crate::time::Timestamp,
+        /// The archived range's start.
+        range_start: crate::time::Timestamp,
+        /// Its end.
+        range_end: crate::time::Timestamp,
+        /// Where it was archived.
+        location: String,
+    },
     /// The directory holds no journal.
     #[error(
         "{0} holds no journal segments: give the directory `krakenbook collect --journal-dir` wrote"
@@ -89,6 +119,7 @@ pub async fn import(
     };
     sync_closed_journal(dir)?;
     let last = journal::last_seq(dir)?;
+    refuse_archived_range(dir, url, &collector, last).await?;
     let (_flushed_tx, flushed) = watch::channel(last);
     let (_done_tx, done) = watch::channel(Some(last));
     let metrics = Arc::new(Metrics::default());
@@ -139,4 +170,86 @@ pub async fn import(
         damaged_seqs: state.damaged_seqs.load(Ordering::Relaxed),
         damage,
     })
+}
+
+/// A connection for the archive check, waiting out an unreachable database as the import does.
+async fn connect_waiting(url: &str) -> Result<tokio_postgres::Client, ImportError> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match crate::store::connect(url, "krakenbook import").await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_retriable() => {
+                tracing::warn!(error = %e, "waiting for the database");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The receive time of the first intact record after `after_seq`.
+fn first_received_after(
+    dir: &Path,
+    after_seq: u64,
+) -> Result<Option<crate::time::Timestamp>, ImportError> {
+    let mut reader = journal::JournalReader::open(dir, after_seq)?;
+    while let Some(item) = reader.next_item()? {
+        if let journal::ReadItem::Record(view) = item {
+            return Ok(Some(view.received_at));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses an import whose records (after the database's checkpoint) fall in an archived range.
+async fn refuse_archived_range(
+    dir: &Path,
+    url: &str,
+    collector: &str,
+    last: u64,
+) -> Result<(), ImportError> {
+    let client = connect_waiting(url).await?;
+    let db = |what: &'static str| move |e| crate::store::StoreError::db(what)(e);
+    let row = client
+        .query_one(
+            "SELECT to_regclass('krakenbook_archive') IS NOT NULL,
+                    (SELECT seq FROM krakenbook_checkpoints WHERE collector = $1)",
+            &[&collector],
+        )
+        .await
+        .map_err(db("checking for archived ranges"))?;
+    let (catalog, checkpoint): (bool, Option<i64>) = (row.get(0), row.get(1));
+    let checkpoint = checkpoint.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+    if !catalog || checkpoint >= last {
+        return Ok(());
+    }
+    let (Some(first), Some(end)) = (
+        first_received_after(dir, checkpoint)?,
+        first_received_after(dir, last.saturating_sub(1))?,
+    ) else {
+        return Ok(());
+    };
+    let hit = client
+        .query_opt(
+            "SELECT range_start, range_end, location FROM krakenbook_archive
+              WHERE state = 'archived'
+                AND range_start <= $2::timestamptz + make_interval(mins => $3)
+                AND range_end > $1::timestamptz - make_interval(mins => $3)
+              ORDER BY range_start LIMIT 1",
+            &[&first, &end, &ARCHIVE_SLACK_MINUTES],
+        )
+        .await
+        .map_err(db("checking for archived ranges"))?;
+    match hit {
+        Some(r) => Err(ImportError::Archived {
+            collector: crate::text::printable(collector).into_owned(),
+            first,
+            last: end,
+            range_start: r.get(0),
+            range_end: r.get(1),
+            location: r.get(2),
+        }),
+        None => Ok(()),
+    }
 }

@@ -153,6 +153,16 @@ impl ReplayMarket {
         cancel: CancellationToken,
     ) -> Result<ReplayMarket, ReadbackError> {
         let target = DbTarget::parse(&source.database_url)?;
+        Self::load_from(target, source, cancel).await
+    }
+
+    /// [`load`](Self::load) through `target` (which may prepare each session it opens, e.g.
+    /// mount archived ranges); `source.database_url` is not read again.
+    pub async fn load_from(
+        target: DbTarget,
+        source: ReplaySource,
+        cancel: CancellationToken,
+    ) -> Result<ReplayMarket, ReadbackError> {
         let client = target.connect("krakenbook replay").await?;
         let named = !source.symbols.is_empty();
         let symbols = if named {
