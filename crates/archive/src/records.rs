@@ -269,7 +269,8 @@ impl BookRec {
     /// The SELECT that reads a range's rows, ordered as the files are: by symbol, then time,
     /// collector and seq.
     pub const SELECT: &'static str = "SELECT b.\"timestamp\", b.received_at, b.seq, b.conn_id, \
-        b.checksum, k.name, b.n_bids, b.kind, b.checksum_ok, b.symbol, b.levels, b.raw::text, b.dups \
+        b.checksum, k.name, b.n_bids, b.kind, b.checksum_ok, b.symbol, b.levels, b.raw::text, \
+        (CASE WHEN b.dup IS NOT NULL THEN array_prepend(b.dup, coalesce(b.dups, '{}'::bigint[])) END) \
         FROM krakenbook_book b JOIN krakenbook_collectors k ON k.id = b.collector_id \
         WHERE b.\"timestamp\" >= $1 AND b.\"timestamp\" < $2 \
         ORDER BY b.symbol, b.\"timestamp\", k.name, b.seq";
@@ -904,11 +905,12 @@ fn copy_err(e: tokio_postgres::Error) -> crate::ArchiveError {
 
 impl CopyRecord for BookRec {
     const COPY: &'static str = "COPY pg_temp.krakenbook_archived_book (\"timestamp\", received_at, \
-        seq, conn_id, checksum, collector_id, n_bids, kind, checksum_ok, symbol, levels, raw, dups) \
-        FROM STDIN (FORMAT binary)";
+        seq, conn_id, dup, checksum, collector_id, n_bids, kind, checksum_ok, symbol, levels, raw, \
+        dups) FROM STDIN (FORMAT binary)";
     const TYPES: &'static [Type] = &[
         Type::TIMESTAMPTZ,
         Type::TIMESTAMPTZ,
+        Type::INT8,
         Type::INT8,
         Type::INT8,
         Type::INT4,
@@ -934,11 +936,19 @@ impl CopyRecord for BookRec {
                 reason: "an archived row names a collector that krakenbook_collectors does not hold (the archive is of another database?)".into(),
             })?;
         let raw = self.raw.as_deref().map(Jsonb);
+        // Every further copy is one list in the files; the table keeps the first in `dup`.
+        let dup: Option<i64> = self.dups.as_ref().and_then(|d| d.first().copied());
+        let dups: Option<Vec<i64>> = self
+            .dups
+            .as_ref()
+            .filter(|d| d.len() > 1)
+            .map(|d| d[1..].to_vec());
         w.write(&[
             &self.timestamp,
             &self.received_at,
             &self.seq,
             &self.conn_id,
+            &dup,
             &self.checksum,
             &id,
             &self.n_bids,
@@ -947,7 +957,7 @@ impl CopyRecord for BookRec {
             &self.symbol,
             &self.levels,
             &raw,
-            &self.dups,
+            &dups,
         ])
         .await
         .map_err(copy_err)
