@@ -76,7 +76,15 @@ mod tests {
         let sim = Simulator::bind(SimConfig::default()).await.unwrap();
         let collector = Collector::start(&sim, None, dir.path(), &[]);
         let journal = dir.path().join("journal");
-        let pids = processes_with(journal.to_str().unwrap());
+        // The child may not have exec'd yet on a loaded machine: its command line shows once it has.
+        let mut pids = processes_with(journal.to_str().unwrap());
+        for _ in 0..100 {
+            if !pids.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            pids = processes_with(journal.to_str().unwrap());
+        }
         assert_eq!(pids.len(), 1, "{pids:?}");
         let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _running = collector;

@@ -1268,7 +1268,7 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 5 to 6 (applied 6 (layout))")
+        stdout.contains("schema migrated from version 5 to 7 (applied 6 (layout), 7 (archive))")
             && stdout.contains(
                 "legacy rows moved: 7 of 7 range(s), 7 messages (5 book, 2 other), 7 levels in "
             )

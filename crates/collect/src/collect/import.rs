@@ -211,17 +211,25 @@ async fn refuse_archived_range(
 ) -> Result<(), ImportError> {
     let client = connect_waiting(url).await?;
     let db = |what: &'static str| move |e| crate::store::StoreError::db(what)(e);
-    let row = client
-        .query_one(
-            "SELECT to_regclass('krakenbook_archive') IS NOT NULL,
-                    (SELECT seq FROM krakenbook_checkpoints WHERE collector = $1)",
+    // A database not migrated yet (or before schema 7) has no archive.
+    let catalog: bool = client
+        .query_one("SELECT to_regclass('krakenbook_archive') IS NOT NULL", &[])
+        .await
+        .map_err(db("checking for archived ranges"))?
+        .get(0);
+    if !catalog {
+        return Ok(());
+    }
+    let checkpoint: Option<i64> = client
+        .query_opt(
+            "SELECT seq FROM krakenbook_checkpoints WHERE collector = $1",
             &[&collector],
         )
         .await
-        .map_err(db("checking for archived ranges"))?;
-    let (catalog, checkpoint): (bool, Option<i64>) = (row.get(0), row.get(1));
+        .map_err(db("checking for archived ranges"))?
+        .and_then(|r| r.get(0));
     let checkpoint = checkpoint.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-    if !catalog || checkpoint >= last {
+    if checkpoint >= last {
         return Ok(());
     }
     let (Some(first), Some(end)) = (
