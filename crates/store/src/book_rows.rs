@@ -117,36 +117,73 @@ fn plain_number(text: &str) -> bool {
 /// The frame Kraken would send for this message, written from its parts: `None` when one of
 /// them cannot be written back exactly (no timestamp, a number that is not plain).
 pub fn canonical(kind: BookKind, data: &BookData<'_>) -> Option<String> {
-    use std::fmt::Write;
+    let mut out = String::with_capacity(96 + 40 * (data.bids.len() + data.asks.len()));
+    render(kind, data, &mut out)?;
+    Some(out)
+}
+
+/// Whether `frame` is byte for byte what [`canonical`] writes (compared as it is written: no
+/// allocation, and a difference stops it at once).
+pub fn is_canonical(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
+    let mut cmp = Compare {
+        rest: frame,
+        same: true,
+    };
+    render(kind, data, &mut cmp).is_some() && cmp.same && cmp.rest.is_empty()
+}
+
+/// A [`std::fmt::Write`] that compares what is written with the bytes left.
+struct Compare<'a> {
+    rest: &'a [u8],
+    same: bool,
+}
+
+impl std::fmt::Write for Compare<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.same && self.rest.starts_with(s.as_bytes()) {
+            self.rest = &self.rest[s.len()..];
+            Ok(())
+        } else {
+            self.same = false;
+            Err(std::fmt::Error)
+        }
+    }
+}
+
+fn render(kind: BookKind, data: &BookData<'_>, out: &mut impl std::fmt::Write) -> Option<()> {
     let timestamp = data.timestamp?;
     let micros = Timestamp::from_unix_nanos(timestamp.unix_micros().saturating_mul(1000));
     if micros != timestamp {
         return None;
     }
-    let mut out = String::with_capacity(96 + 40 * (data.bids.len() + data.asks.len()));
-    out.push_str(r#"{"channel":"book","type":""#);
-    out.push_str(kind.as_str());
-    out.push_str(r#"","data":[{"symbol":"#);
-    crate::kraken::encode::push_json_str(&mut out, &data.symbol);
-    for (name, side) in [("bids", &data.bids), ("asks", &data.asks)] {
-        let _ = write!(out, r#","{name}":["#);
+    let mut symbol = String::new();
+    crate::kraken::encode::push_json_str(&mut symbol, &data.symbol);
+    out.write_str(r#"{"channel":"book","type":""#).ok()?;
+    out.write_str(kind.as_str()).ok()?;
+    out.write_str(r#"","data":[{"symbol":"#).ok()?;
+    out.write_str(&symbol).ok()?;
+    for (name, side) in [(r#","bids":["#, &data.bids), (r#"],"asks":["#, &data.asks)] {
+        out.write_str(name).ok()?;
         for (i, l) in side.iter().enumerate() {
             if !plain_number(l.price.text) || !plain_number(l.qty.text) {
                 return None;
             }
             if i > 0 {
-                out.push(',');
+                out.write_str(",").ok()?;
             }
-            let _ = write!(out, r#"{{"price":{},"qty":{}}}"#, l.price.text, l.qty.text);
+            out.write_str(r#"{"price":"#).ok()?;
+            out.write_str(l.price.text).ok()?;
+            out.write_str(r#","qty":"#).ok()?;
+            out.write_str(l.qty.text).ok()?;
+            out.write_str("}").ok()?;
         }
-        out.push(']');
     }
-    let _ = write!(
+    write!(
         out,
-        r#","checksum":{},"timestamp":"{}"}}]}}"#,
+        r#"],"checksum":{},"timestamp":"{}"}}]}}"#,
         data.checksum, timestamp
-    );
-    Some(out)
+    )
+    .ok()
 }
 
 /// The levels of a message as dec64, prices and quantities interleaved in wire order (bids
@@ -493,6 +530,14 @@ mod tests {
             panic!("a book frame");
         };
         assert_eq!(canonical(book.kind, &book.data[0]).as_deref(), Some(text));
+        assert!(is_canonical(book.kind, &book.data[0], text.as_bytes()));
+        assert!(!is_canonical(
+            book.kind,
+            &book.data[0],
+            &text.as_bytes()[..text.len() - 1]
+        ));
+        let longer = format!("{text} ");
+        assert!(!is_canonical(book.kind, &book.data[0], longer.as_bytes()));
         let spaced = text.replace(r#""bids":[]"#, r#""bids": []"#);
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(&spaced).unwrap() else {
             panic!("a book frame");

@@ -35,7 +35,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::book_rows::{BookRow, BookRows, canonical, levels_dec64};
+use super::book_rows::{BookRow, BookRows, is_canonical, levels_dec64};
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
 use crate::journal::Damage;
@@ -607,8 +607,7 @@ impl RowEncoder {
             return None;
         }
         let levels = levels_dec64(&data.bids, &data.asks);
-        let rebuilt = levels.is_some()
-            && canonical(book.kind, data).is_some_and(|c| c.as_bytes() == frame.bytes.as_slice());
+        let rebuilt = levels.is_some() && is_canonical(book.kind, data, &frame.bytes);
         Some(BookRow {
             timestamp: data.timestamp.unwrap_or(ids.received_at),
             received_at: ids.received_at,
