@@ -1,32 +1,36 @@
-//! Records to rows: the binary COPY encoding of messages, entries and feed events.
+//! Records to rows: the binary COPY encoding of book rows, other frames, feed events and book
+//! states (schema version 6).
 //!
 //! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the four tables, decoding
-//! each frame once with [`kraken::decode`] and writing every value straight into a reused buffer
-//! (no row structs, no per-row allocation on the path book frames take).
+//! each frame once with [`kraken::decode`]. A book message becomes one `krakenbook_book` row
+//! ([`super::book_rows`]: levels as dec64, the frame only when the views would not rebuild it,
+//! copies on other connections merged into their first copy's row); the book stream is taken
+//! while the batch is encoded ([`RowEncoder::take_book`]), the rest at [`RowEncoder::finish`].
 //!
 //! What must always hold:
-//! - every frame record except a heartbeat gives exactly one message row, and every level of a
-//!   book frame exactly one entry row, numbered by its position in the message (`ordinal`), so the
-//!   levels can be re-applied in wire order even when a message names a price twice;
+//! - every frame record except a heartbeat is stored exactly once: a book message of one data
+//!   element as a book row or as a copy packed in one (`dup`/`dups`, with its connection, seq,
+//!   verdict and receive time), anything else as a `krakenbook_other` row; every level of a book
+//!   row is in its `levels` in wire order (bids first), or in its `raw` frame when a value does
+//!   not fit dec64;
 //! - nothing is lost: a frame that is valid JSON goes to `raw_message` (jsonb); a frame that is not
 //!   goes to `raw_text`, and bytes that are not text to `raw_bytes`, with
 //!   `message_type = 'malformed'`; valid JSON that `jsonb` would refuse ([`jsonb_refusal`]: a
 //!   `\u0000`, nesting deeper than the server's parser allows, a number `numeric` cannot hold)
 //!   keeps its type, goes to `raw_text`, and gets a `stored_raw` event row saying why;
-//! - a book frame with more levels than `kraken_orderbook_entries.ordinal` (a `smallint`) can
-//!   number is stored whole as its real type (snapshot or update, with its checksum and
-//!   `raw_message`) but without entry rows, and a `stored_raw` event row says so: no stored copy
-//!   disagrees with `raw_message`, the entries are absent, never partial (Kraken's deepest book
-//!   has 2,000 levels, so only a lying peer sends such a frame);
+//! - a book frame the book table cannot hold (several data elements, more levels than a
+//!   `smallint` counts) is stored whole as its real type in `krakenbook_other`, and a
+//!   `stored_raw` event row says so (only a lying peer sends such a frame);
 //! - [`RowEncoder::push_raw`] (the writer's fallback when the server refused a record's rows)
 //!   writes the frame as received into `raw_text` or `raw_bytes` and nothing else of it (no
-//!   `jsonb`, no symbol, no entries), with a `stored_raw` event row; [`RowEncoder::push_not_stored`]
+//!   `jsonb`, no symbol, no levels), with a `stored_raw` event row; [`RowEncoder::push_not_stored`]
 //!   writes only a `not_stored` event row for a record the server refused even so; and
 //!   [`RowEncoder::push_damage`] a `journal_damage` event row for records missing from the
 //!   journal;
 //! - every frame record (heartbeats included) updates its connection's liveness
 //!   ([`RowEncoder::connections`]), written in the batch's transaction;
-//! - `(collector, seq)` of a row is its record's: ordering by it reproduces the received order;
+//! - `(collector, seq)` of a row (and of each packed copy) is its record's: ordering by it
+//!   reproduces the received order;
 //! - the encoder never fails on a frame's content; it fails only on a record that cannot be stored
 //!   at all (a number beyond PostgreSQL's `bigint`), before anything of that record is written.
 
