@@ -927,6 +927,15 @@ impl Follower {
     /// closed, ends early), else wait for more.
     fn caught_up(&mut self) -> bool {
         let pos = self.reader.position();
+        if self.closed_end.is_none() {
+            // A live journal that has handed nothing past `pos` to the operating system has no
+            // record the reader could have missed: wait, without listing the directory (which
+            // cost more than the reading when it was done on every catch-up).
+            self.flushed.mark_unchanged();
+            if *self.flushed.borrow() <= pos {
+                return self.wait(Duration::from_millis(250));
+            }
+        }
         match hole_after(&self.dir, pos) {
             Ok(Some(next)) => {
                 if self.suspect_hole == Some(pos) {
