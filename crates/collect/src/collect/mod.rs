@@ -292,7 +292,7 @@ pub async fn run(
     }
     let connection_count = connections.len();
     // Every connection on the feed's own thread (see `feed::spawn_feed`).
-    let mut feed = match spawn_feed(connections, feed_cancel.clone()) {
+    let mut feed = match spawn_feed(&shared, connections, feed_cancel.clone()) {
         Ok(feed) => feed,
         Err(e) => {
             journal_cancel.cancel();

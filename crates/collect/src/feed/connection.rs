@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
-use super::outbox::Outbox;
+use super::outbox::FeedOutbox;
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
@@ -258,7 +258,7 @@ impl Connection {
             Timestamp::now(),
         );
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
-        let mut outbox = Outbox::new(self.config.handoff_every, shared.handoff_epoch);
+        let outbox = &shared.outbox;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The futures every turn of the loop waits on are made once: a timer made per turn
@@ -270,12 +270,6 @@ impl Connection {
         // per silence period, not one per frame. The deadline stays the last frame's.
         let watchdog = tokio::time::sleep_until(session.deadline());
         tokio::pin!(watchdog);
-        // The outbox's timer, armed at its deadline while it holds entries (and far away
-        // otherwise, so that it never wakes the thread for nothing).
-        let idle = || Instant::now() + Duration::from_secs(3600);
-        let handoff = tokio::time::sleep_until(idle());
-        tokio::pin!(handoff);
-        let mut handoff_armed: Option<Instant> = None;
         // With a gate: whether this replica's reconnect is still under way (until every symbol
         // verified), the symbols it is resubscribing, and until when the gate holds the next one.
         let gate = self.gate.clone();
@@ -283,20 +277,12 @@ impl Connection {
         let mut resubscribing: Vec<String> = Vec::new();
         let mut resubscribe_held_until: Option<Instant> = None;
         let why = 'serve: loop {
-            match carry_out(&mut session, socket, &shared.journal, &mut outbox).await {
+            // The session's actions; and when the outbox's tick has come (or it is full), this
+            // wake-up hands it off, for every connection.
+            match carry_out(&mut session, socket, outbox).await {
                 Ok(None) => {}
                 Ok(Some(why)) => break why,
                 Err(e) => return SessionEnd::Fatal(e),
-            }
-            if outbox.is_due(Instant::now())
-                && let Err(e) = outbox.hand_off(&shared.journal).await
-            {
-                return SessionEnd::Fatal(e);
-            }
-            let deadline = outbox.deadline();
-            if deadline != handoff_armed {
-                handoff.as_mut().reset(deadline.unwrap_or_else(idle));
-                handoff_armed = deadline;
             }
             if let Some(gate) = &gate {
                 if reconnecting && session.all_verified() {
@@ -320,13 +306,14 @@ impl Connection {
             tokio::select! {
                 _ = &mut cancelled => {
                     // Shutdown drains: what was received reaches the journal.
-                    if let Err(e) = outbox.hand_off(&shared.journal).await {
+                    if let Err(e) = outbox.hand_off().await {
                         return SessionEnd::Fatal(e);
                     }
                     return SessionEnd::Cancelled;
                 }
                 _ = tick.tick() => {
-                    let depth = shared.journal.max_capacity() - shared.journal.capacity();
+                    let journal = outbox.journal();
+                    let depth = journal.max_capacity() - journal.capacity() + outbox.len();
                     shared.metrics.journal_queue.store(depth as u64, Ordering::Relaxed);
                     session.on_timer(Instant::now());
                 }
@@ -352,19 +339,23 @@ impl Connection {
                     session.on_timer(Instant::now());
                     watchdog.as_mut().reset(session.deadline());
                 }
-                // Handed off at the top of the loop.
-                _ = &mut handoff, if handoff_armed.is_some() => {}
                 next = socket.next() => {
                     if let Some(why) = received(next, &mut session) {
                         break why;
                     }
                     // Every frame already buffered, in this same wake-up: reading on until the
-                    // socket would wait costs no wake-up, each frame stamped as it is read.
+                    // socket would wait costs no wake-up, each frame stamped as it is read. A
+                    // bounded number (frames and bytes), so that the outbox's bound holds and
+                    // the other connections get their turn.
                     let mut frames = 1;
-                    while frames < DRAIN_FRAMES && !session.is_closing() {
+                    let mut bytes = 0;
+                    while frames < DRAIN_FRAMES && bytes < DRAIN_BYTES && !session.is_closing() {
                         let Some(next) = socket.next().now_or_never() else {
                             break;
                         };
+                        if let Some(Ok(message)) = &next {
+                            bytes += message.len();
+                        }
                         if let Some(why) = received(next, &mut session) {
                             break 'serve why;
                         }
@@ -376,13 +367,12 @@ impl Connection {
         let verified = session.has_verified();
         session.close(&why, Timestamp::now());
         // Only the journal entries are left to carry out (the `disconnected` event).
-        let now = Instant::now();
-        while let Some(action) = session.next_action() {
-            if let Action::Journal(entry) = action {
-                outbox.push(entry, now);
-            }
-        }
-        if let Err(e) = outbox.hand_off(&shared.journal).await {
+        let last = std::iter::from_fn(|| session.next_action()).filter_map(|action| match action {
+            Action::Journal(entry) => Some(entry),
+            _ => None,
+        });
+        outbox.put(last, Instant::now());
+        if let Err(e) = outbox.hand_off().await {
             return SessionEnd::Fatal(e);
         }
         self.continuity = session.into_continuity();
@@ -396,6 +386,8 @@ impl Connection {
 
 /// Frames read in one wake-up at most before the connection lets the others run.
 const DRAIN_FRAMES: usize = 256;
+/// Bytes of frames read in one wake-up at most (one frame more may pass it).
+const DRAIN_BYTES: usize = super::outbox::MAX_BYTES;
 
 /// Hands the session what the socket delivered, stamped now; `Some(why)` when it ends the
 /// connection.
@@ -440,25 +432,39 @@ fn received(
 
 /// Carries out the session's actions in order: journal entries go to the outbox, and the outbox
 /// is handed to the journal before any request is sent (the frames that caused it are journaled
-/// first). `Ok(Some(why))` when an action ends the connection.
+/// first), and at the end when it is due or full. `Ok(Some(why))` when an action ends the
+/// connection.
 async fn carry_out(
     session: &mut Session,
     socket: &mut Socket,
-    journal: &crate::journal::JournalSender,
-    outbox: &mut Outbox,
+    outbox: &FeedOutbox,
 ) -> Result<Option<Lost>, FeedError> {
     let now = Instant::now();
-    while let Some(action) = session.next_action() {
-        match action {
-            Action::Journal(entry) => outbox.push(entry, now),
-            Action::Send(request) => {
-                outbox.hand_off(journal).await?;
+    loop {
+        // The entries up to the next other action, put in at once.
+        let mut next = None;
+        let entries = std::iter::from_fn(|| match session.next_action() {
+            Some(Action::Journal(entry)) => Some(entry),
+            other => {
+                next = other;
+                None
+            }
+        });
+        outbox.put(entries, now);
+        match next {
+            None => break,
+            Some(Action::Journal(entry)) => outbox.put([entry], now),
+            Some(Action::Send(request)) => {
+                outbox.hand_off().await?;
                 if let Err(e) = send(socket, &request).await {
                     return Ok(Some(e));
                 }
             }
-            Action::Close(why) => return Ok(Some(why)),
+            Some(Action::Close(why)) => return Ok(Some(why)),
         }
+    }
+    if outbox.is_due(now) {
+        outbox.hand_off().await?;
     }
     Ok(None)
 }

@@ -11,9 +11,9 @@
 //! its books (a [`crate::book::Tracker`]) and sends the frame, with its checksum verdict and the
 //! best bid and ask, to the journal. What must hold:
 //! - every frame received is journaled, in received order, stamped with the time it was read;
-//!   a connection reads every frame already buffered on its socket in one wake-up and hands the
-//!   journal entries over in batches ([`outbox`]: at most [`FeedConfig::handoff_every`] late,
-//!   on a grid shared by all connections, before any request a frame causes, and all of them at
+//!   a connection reads every frame already buffered on its socket in one wake-up, and the
+//!   journal entries of all connections go to the journal in batches ([`outbox`]: at most 1.5 ×
+//!   [`FeedConfig::handoff_every`] late, before any request a frame causes, and all of them at
 //!   shutdown);
 //!   a full journal queue stops the reader (back-pressure reaches the socket, never memory);
 //! - a checksum mismatch marks the symbol unsynced, records a `checksum_mismatch` event (the gap
@@ -62,6 +62,7 @@ pub use thread::{FeedThread, spawn_feed};
 use crate::journal::JournalSender;
 use crate::kraken::Depth;
 use crate::metrics::Metrics;
+use outbox::FeedOutbox;
 
 /// The default frame-size cap: 16 MiB (tungstenite's default frame limit).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -178,8 +179,9 @@ impl FeedConfig {
 pub struct FeedShared {
     /// Settings.
     pub config: FeedConfig,
-    /// The journal's queue.
-    pub journal: JournalSender,
+    /// The outbox every connection puts its journal entries in, handed to the journal's queue
+    /// in batches ([`outbox`]).
+    pub outbox: Arc<FeedOutbox>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Paces connection attempts across all connections.
@@ -188,9 +190,6 @@ pub struct FeedShared {
     pub resubscribe_limiter: RateLimiter,
     /// The last connection id handed out (connection ids keep increasing across restarts).
     pub last_conn_id: AtomicU64,
-    /// Where the grid of hand-off ticks starts: every connection's outbox is due on the same
-    /// ticks ([`outbox`]).
-    pub handoff_epoch: tokio::time::Instant,
 }
 
 impl FeedShared {
@@ -204,14 +203,18 @@ impl FeedShared {
         metrics: Arc<Metrics>,
         conn_id_base: u64,
     ) -> Self {
+        let outbox = Arc::new(FeedOutbox::new(
+            journal,
+            config.handoff_every,
+            tokio::time::Instant::now(),
+        ));
         FeedShared {
             config,
-            journal,
+            outbox,
             metrics,
             connect_limiter: RateLimiter::new(10, Duration::from_secs(10)),
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
             last_conn_id: AtomicU64::new(conn_id_base),
-            handoff_epoch: tokio::time::Instant::now(),
         }
     }
 }

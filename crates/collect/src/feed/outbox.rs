@@ -1,31 +1,37 @@
-//! A connection's outbox: the journal entries of its frames and events, handed to the journal's
-//! queue in batches rather than one by one, so that the journal thread (and, behind it, the
-//! database pipeline) wakes once per batch instead of once per frame.
+//! The feed's outbox: the journal entries of every connection of the feed, handed to the
+//! journal's queue in batches rather than one by one, so that the journal thread (and, behind
+//! it, the database pipeline) wakes once per batch, not once per frame nor once per connection.
 //!
 //! What must always hold:
-//! - entries leave in the order they came (a connection's received order is the journal's);
-//! - a batch is due at the next tick of a grid of period [`super::FeedConfig::handoff_every`]
-//!   after its first entry, the same grid for every connection of the feed (the ticks count from
-//!   one epoch), so that connections hand off together; it is handed off at the connection's
-//!   first wake-up from then on (a frame arriving), and by a timer half a period after the tick
-//!   at the latest, so that a steady feed needs no wake-up of its own to hand off and an entry
-//!   waits at most 1.5 × `handoff_every`;
-//! - the outbox is bounded: at [`MAX_ENTRIES`] entries or [`MAX_BYTES`] bytes it is due at once,
-//!   and handing off waits for room in the journal's bounded queue, so a slow journal stops the
-//!   connection's reader (back-pressure reaches the socket, never memory);
-//! - it is emptied before the connection sends a request and before it returns, for whatever
-//!   reason: nothing received is dropped at shutdown.
+//! - entries leave in the order they were put in (a connection's received order is the
+//!   journal's), and one hand-off runs at a time: a later one never overtakes an earlier one
+//!   still waiting for room in the journal's queue;
+//! - a batch is due at the next tick, after its first entry, of a grid of period
+//!   [`super::FeedConfig::handoff_every`]; it is handed off by the first connection that wakes
+//!   from then on (a frame arriving: a steady feed needs no wake-up of its own for it), and by
+//!   the outbox's timer half a period after the tick at the latest, so an entry waits at most
+//!   1.5 × `handoff_every`;
+//! - the outbox is bounded: at [`MAX_ENTRIES`] entries or [`MAX_BYTES`] bytes the connection that
+//!   filled it hands it off before it reads on, and a hand-off waits for room in the journal's
+//!   bounded queue, so a slow journal stops the readers (back-pressure reaches the sockets, never
+//!   memory);
+//! - a connection hands the outbox off before it sends a request (the frames that caused it are
+//!   journaled first) and before it returns, for whatever reason: nothing received is dropped at
+//!   shutdown.
 //!
 //! What is at stake: entries in the outbox, like those in the journal's queue and buffer, are
 //! lost if the process dies (not if it is stopped: shutdown drains). The window is 1.5 ×
 //! `handoff_every` plus the journal's [`crate::journal::FLUSH_EVERY`].
 //!
-//! When a batch is due is decided here without I/O ([`next_tick`], [`Outbox::is_due`]); only
-//! [`Outbox::hand_off`] touches the queue.
+//! When a batch is due is decided by [`Outbox`], without I/O or a clock ([`next_tick`]);
+//! [`FeedOutbox`] shares one among the connections of the feed's thread and hands it off.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::FeedError;
 use crate::journal::{Entry, JournalSender};
@@ -49,7 +55,7 @@ pub fn next_tick(epoch: Instant, every: Duration, now: Instant) -> Instant {
     epoch + Duration::from_nanos(offset)
 }
 
-/// The entries a connection has not handed to the journal yet (see the module doc).
+/// Entries waiting for the journal, and when they are due (see the module doc).
 #[derive(Debug)]
 pub struct Outbox {
     entries: Vec<Entry>,
@@ -71,7 +77,7 @@ impl Outbox {
         }
     }
 
-    /// Adds an entry received at `now`; the first of a batch sets when the batch is due.
+    /// Adds an entry put in at `now`; the first of a batch sets when the batch is due.
     pub fn push(&mut self, entry: Entry, now: Instant) {
         if self.due.is_none() {
             self.due = Some(next_tick(self.epoch, self.every, now));
@@ -86,7 +92,7 @@ impl Outbox {
         self.due
     }
 
-    /// When the waiting batch must be handed off even if nothing else wakes the connection: half
+    /// When the waiting batch must be handed off even if nothing else wakes a connection: half
     /// a period after it is due (`None`: nothing waits).
     pub fn deadline(&self) -> Option<Instant> {
         self.due.map(|due| due + self.every / 2)
@@ -117,20 +123,11 @@ impl Outbox {
         self.is_full() || self.due.is_some_and(|due| now >= due)
     }
 
-    /// Hands every waiting entry to the journal's queue, in order, as one batch (one wake-up of
-    /// the journal thread), waiting for room: a full queue holds the connection here, and it
-    /// reads nothing meanwhile. Fails only when the journal is closed.
-    pub async fn hand_off(&mut self, journal: &JournalSender) -> Result<(), FeedError> {
+    /// Takes every waiting entry, in order, leaving the outbox empty.
+    pub fn take(&mut self) -> Vec<Entry> {
         self.bytes = 0;
         self.due = None;
-        if self.entries.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.entries);
-        journal
-            .send_batch(batch)
-            .await
-            .map_err(|_| FeedError::JournalClosed)
+        std::mem::take(&mut self.entries)
     }
 }
 
@@ -143,6 +140,113 @@ fn entry_bytes(entry: &Entry) -> usize {
             RecordBody::BookState(state) => 32 * (state.bids.len() + state.asks.len()),
             RecordBody::Event(event) => event.detail.len(),
         }
+}
+
+/// The outbox every connection of a feed shares, with its timer (see the module doc).
+#[derive(Debug)]
+pub struct FeedOutbox {
+    waiting: Mutex<Outbox>,
+    /// Held through a hand-off, from taking the entries until the journal queued them.
+    handing_off: tokio::sync::Mutex<()>,
+    journal: JournalSender,
+    /// The deadline changed (a batch began, or was handed off): the timer looks again.
+    changed: Notify,
+}
+
+impl FeedOutbox {
+    /// An empty outbox for `journal`, due on the grid of period `every` from `epoch`.
+    pub fn new(journal: JournalSender, every: Duration, epoch: Instant) -> Self {
+        FeedOutbox {
+            waiting: Mutex::new(Outbox::new(every, epoch)),
+            handing_off: tokio::sync::Mutex::new(()),
+            journal,
+            changed: Notify::new(),
+        }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Outbox> {
+        // A poisoned lock means a panic between two plain updates of a Vec and two numbers: the
+        // entries are still whole, in order.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The journal's queue.
+    pub fn journal(&self) -> &JournalSender {
+        &self.journal
+    }
+
+    /// Puts entries in, in order, at `now`.
+    pub fn put(&self, entries: impl IntoIterator<Item = Entry>, now: Instant) {
+        let began = {
+            let mut waiting = self.waiting();
+            let was_empty = waiting.is_empty();
+            for entry in entries {
+                waiting.push(entry, now);
+            }
+            was_empty && !waiting.is_empty()
+        };
+        if began {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Entries waiting (not yet handed to the journal).
+    pub fn len(&self) -> usize {
+        self.waiting().len()
+    }
+
+    /// Whether no entry waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting().is_empty()
+    }
+
+    /// Whether the waiting batch must be handed off at `now` ([`Outbox::is_due`]).
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.waiting().is_due(now)
+    }
+
+    /// Hands every waiting entry to the journal's queue, in order, as one batch (one wake-up of
+    /// the journal thread), waiting for room: a full queue holds the caller here, so it reads
+    /// nothing meanwhile. Fails only when the journal is closed.
+    pub async fn hand_off(&self) -> Result<(), FeedError> {
+        let _turn = self.handing_off.lock().await;
+        let batch = self.waiting().take();
+        self.changed.notify_one();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .send_batch(batch)
+            .await
+            .map_err(|_| FeedError::JournalClosed)
+    }
+
+    /// The timer: hands the outbox off at each batch's deadline when no connection did it
+    /// before, until `cancel` (the connections hand off what is left when they stop).
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        cancel: CancellationToken,
+    ) -> Result<(), FeedError> {
+        let idle = || Instant::now() + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(idle());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let deadline = self.waiting().deadline();
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.unwrap_or_else(idle));
+                armed = deadline;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.changed.notified() => {}
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.hand_off().await?;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -266,12 +370,12 @@ mod tests {
         // The queue holds 4: the batch of 11 goes in as the journal makes room.
         let (handle, cancel) = journal(dir.path(), 4);
         let epoch = Instant::now();
-        let mut outbox = Outbox::new(10 * MS, epoch);
-        for n in 1..=10 {
-            outbox.push(frame(n, 5), epoch);
-        }
-        outbox.push(
-            Entry {
+        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, epoch);
+        // Two connections' entries, interleaved as they were put in.
+        outbox.put((1..=5).map(|n| frame(n, 5)), epoch);
+        outbox.put((6..=10).map(|n| frame(n, 5)), epoch);
+        outbox.put(
+            [Entry {
                 body: RecordBody::Event(FeedEvent {
                     kind: EventKind::Disconnected,
                     symbol: None,
@@ -279,12 +383,13 @@ mod tests {
                     detail: String::new(),
                 }),
                 ..frame(0, 0)
-            },
+            }],
             epoch,
         );
-        outbox.hand_off(&handle.sender).await.unwrap();
+        assert_eq!(outbox.len(), 11);
+        outbox.hand_off().await.unwrap();
         assert!(outbox.is_empty());
-        assert_eq!((outbox.bytes(), outbox.due()), (0, None));
+        assert!(!outbox.is_due(epoch + Duration::from_secs(3600)));
         cancel.cancel();
         handle.join().await.unwrap();
         let mut reader = crate::journal::JournalReader::open(dir.path(), 0).unwrap();
@@ -295,17 +400,46 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]);
     }
 
+    /// A batch no connection hands off (no frame came after its tick) goes at its deadline,
+    /// half a period after the tick, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_hands_off_a_quiet_batch_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, cancel) = journal(dir.path(), 64);
+        let epoch = Instant::now();
+        let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), 20 * MS, epoch));
+        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone()));
+        tokio::time::sleep(3 * MS).await;
+        outbox.put([frame(1, 5)], Instant::now());
+        // Due at the tick (20 ms), handed off by the timer at 30 ms.
+        tokio::time::sleep_until(epoch + 29 * MS).await;
+        assert_eq!(outbox.len(), 1, "not before the deadline");
+        tokio::time::sleep_until(epoch + 30 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0, "at the deadline");
+        // The next batch gets its own tick and deadline.
+        tokio::time::sleep_until(epoch + 41 * MS).await;
+        outbox.put([frame(2, 5)], Instant::now());
+        tokio::time::sleep_until(epoch + 69 * MS).await;
+        assert_eq!(outbox.len(), 1);
+        tokio::time::sleep_until(epoch + 70 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0);
+        cancel.cancel();
+        timer.await.unwrap().unwrap();
+        handle.join().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_closed_journal_fails_the_hand_off() {
         let dir = tempfile::tempdir().unwrap();
         let (handle, cancel) = journal(dir.path(), 4);
-        let sender = handle.sender.clone();
+        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, Instant::now());
         cancel.cancel();
         handle.join().await.unwrap();
-        let mut outbox = Outbox::new(10 * MS, Instant::now());
-        outbox.push(frame(1, 5), Instant::now());
+        outbox.put([frame(1, 5)], Instant::now());
         assert!(matches!(
-            outbox.hand_off(&sender).await,
+            outbox.hand_off().await,
             Err(FeedError::JournalClosed)
         ));
     }

@@ -8,15 +8,17 @@
 //! the metrics server and the rest stay on the caller's runtime, so that a slow COPY or a scrape
 //! never delays a read (and the receive time stamped on a frame is when it was read).
 //!
-//! What must hold: [`FeedThread::failure`] yields every error a connection ended with (the first
-//! stops the collector); a connection task that panics is reported as a failure, never left
+//! What must hold: [`FeedThread::failure`] yields every error a connection (or the outbox's
+//! timer) ended with (the first stops the collector); a connection task that panics is reported as a failure, never left
 //! silently missing; after the feed's token is cancelled, [`FeedThread::join`] returns once every
 //! connection has handed its last entries to the journal and the runtime is gone.
+
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, FeedError};
+use super::{Connection, FeedError, FeedShared};
 
 /// A feed running on its own thread.
 #[derive(Debug)]
@@ -26,11 +28,14 @@ pub struct FeedThread {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts `connections` on a new thread named `feed`, each running until `cancel`.
+/// Starts `connections` (all of `shared`'s) and the timer of their outbox on a new thread named
+/// `feed`, each running until `cancel`.
 pub fn spawn_feed(
+    shared: &FeedShared,
     connections: Vec<Connection>,
     cancel: CancellationToken,
 ) -> Result<FeedThread, FeedError> {
+    let outbox = Arc::clone(&shared.outbox);
     let runtime = tokio::runtime::Builder::new_current_thread()
         // Sockets and timers; no signal or process driver (each would be polled every turn).
         .enable_io()
@@ -45,6 +50,7 @@ pub fn spawn_feed(
         .spawn(move || {
             runtime.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
+                tasks.spawn(outbox.run(cancel.clone()));
                 for connection in connections {
                     tasks.spawn(connection.run(cancel.clone()));
                 }
