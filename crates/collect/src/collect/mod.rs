@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! feed thread (connection tasks) ──(bounded queue, a batch per hand-off)──► journal thread
-//!     ──(flushed seq)──► database pipeline (journal reader thread ──► writer task)
+//!     ──(flushed seq)──► db thread (reads the journal files, writes the database)
 //! ```
 //!
-//! The connections run on the feed's own thread and runtime ([`crate::feed::spawn_feed`]); the
-//! database pipeline, the metrics server and the state publisher on the caller's runtime.
+//! The connections run on the feed's own thread and runtime ([`crate::feed::spawn_feed`]), the
+//! database pipeline on its own ([`DbPipeline::spawn`]); the metrics server and the state
+//! publisher on the caller's runtime. So a wake-up for a frame, for the journal or for a database
+//! round trip wakes one thread, and none waits for another's work.
 //!
 //! With `redundancy` N (`collect --redundancy`), each group of symbols is recorded by N
 //! connection tasks (replicas, [`crate::feed::replicas`]) that share nothing but a gate; every
@@ -41,7 +43,8 @@ pub mod state;
 
 pub use import::{ImportError, ImportReport, import};
 pub use pipeline::{
-    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, Preflight, preflight,
+    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, PipelineThread, Preflight,
+    preflight,
 };
 
 /// Which symbols to record.
@@ -230,8 +233,16 @@ pub async fn run(
             Arc::clone(&metrics),
         )
         .publish_checkpoints(checkpoint_tx);
-        tokio::spawn(pipeline.run(pipeline_cancel.clone(), done_rx))
+        pipeline.spawn(pipeline_cancel.clone(), done_rx)
     });
+    let pipeline_task = match pipeline_task.transpose() {
+        Ok(task) => task,
+        Err(e) => {
+            journal_cancel.cancel();
+            let _ = journal.join().await;
+            return Err(CollectError::Database(e));
+        }
+    };
 
     let symbols = match &config.symbols {
         Symbols::List(list) => list.clone(),
@@ -321,7 +332,7 @@ pub async fn run(
     let journal_seq = stats.flushed_seq.load(Ordering::Acquire);
     if let Some(mut task) = pipeline_task {
         let _ = done_tx.send(Some(journal_seq));
-        if tokio::time::timeout(config.shutdown_grace, &mut task)
+        if tokio::time::timeout(config.shutdown_grace, task.join())
             .await
             .is_err()
         {
@@ -331,7 +342,7 @@ pub async fn run(
                 "database: not caught up within the shutdown grace; the journal keeps the rest for the next start"
             );
             pipeline_cancel.cancel();
-            let _ = task.await;
+            task.join().await;
         }
     }
     if let Some(task) = metrics_task {

@@ -45,9 +45,12 @@ pub fn spawn_feed(
         .map_err(|e| FeedError::Thread(format!("cannot start the feed's runtime: {e}")))?;
     let (failed_tx, failures) = mpsc::channel(connections.len().max(1));
     let (ended_tx, ended) = oneshot::channel::<()>();
+    // The thread logs where its caller logs (a scoped subscriber too, as tests install).
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let thread = std::thread::Builder::new()
         .name("feed".into())
         .spawn(move || {
+            let _logs = tracing::dispatcher::set_default(&dispatch);
             runtime.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 tasks.spawn(outbox.run(cancel.clone()));
