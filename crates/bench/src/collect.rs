@@ -63,6 +63,11 @@ pub struct BenchCollectArgs {
     /// Write to this database instead of a throwaway local cluster.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// The collector's `--db-batch-delay` (its default when not given: 50ms): with few
+    /// messages a second, the database's commits (one per batch, each with a journal sync)
+    /// are most of the collector's CPU.
+    #[arg(long, value_name = "DURATION", value_parser = krakenbook::config::duration)]
+    pub db_batch_delay: Option<Duration>,
     /// The collector's `--redundancy`: connections per symbol group (1 to 4). Frames per
     /// second then count every replica's copy.
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4))]
@@ -133,6 +138,10 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
         .kill_on_drop(true);
     if let Some(url) = &db_url {
         cmd.args(["--database-url", url]);
+    }
+    if let Some(delay) = args.db_batch_delay {
+        cmd.arg("--db-batch-delay")
+            .arg(format!("{}ms", delay.as_millis()));
     }
     let mut child = cmd.spawn().context("starting krakenbook collect")?;
     let pid = child.id().context("the collector's pid")?;

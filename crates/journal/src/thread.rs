@@ -53,6 +53,8 @@ pub struct JournalSender {
 impl JournalSender {
     /// Queues one entry, waiting for room. Fails (giving the entry back) once the journal has
     /// stopped taking entries.
+    // As tokio's `send`: the entry comes back on failure.
+    #[allow(clippy::result_large_err)]
     pub async fn send(&self, entry: Entry) -> Result<(), SendError<Entry>> {
         let Ok(permit) = self.room.acquire().await else {
             return Err(SendError(entry));
@@ -88,6 +90,8 @@ impl JournalSender {
     }
 
     /// Queues one entry if there is room now.
+    // As tokio's `try_send`: the entry comes back on failure, so nothing is lost by trying.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, entry: Entry) -> Result<(), TrySendError<Entry>> {
         match self.room.try_acquire() {
             Ok(permit) => permit.forget(),

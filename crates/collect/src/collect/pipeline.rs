@@ -150,9 +150,9 @@ pub enum PipelineError {
         #[from]
         source: StoreError,
     },
-    /// A journal-reading thread stopped unexpectedly.
-    #[error("the journal reader stopped: {0}")]
-    Reader(String),
+    /// The pipeline's thread or runtime could not start.
+    #[error("{0}")]
+    Thread(String),
 }
 
 fn fix_suffix(e: &StoreError) -> String {
@@ -165,7 +165,7 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::Store { source } => source.class(),
-            PipelineError::Journal(_) | PipelineError::Reader(_) => ErrorClass::Environment,
+            PipelineError::Journal(_) | PipelineError::Thread(_) => ErrorClass::Environment,
         }
     }
 }
@@ -317,7 +317,7 @@ impl DbPipeline {
             .thread_name("db-blocking")
             .build()
             .map_err(|e| {
-                PipelineError::Reader(format!("cannot start the database's runtime: {e}"))
+                PipelineError::Thread(format!("cannot start the database's runtime: {e}"))
             })?;
         let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
         // The thread logs where its caller logs (a scoped subscriber too, as tests install).
@@ -332,7 +332,7 @@ impl DbPipeline {
                 drop(ended_tx);
             })
             .map_err(|e| {
-                PipelineError::Reader(format!("cannot start the database's thread: {e}"))
+                PipelineError::Thread(format!("cannot start the database's thread: {e}"))
             })?;
         Ok(PipelineThread {
             ended,
