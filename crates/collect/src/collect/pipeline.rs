@@ -1101,3 +1101,88 @@ pub(crate) fn sync_closed_journal(dir: &Path) -> Result<(), JournalError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Entry, JournalConfig, spawn_journal};
+    use crate::record::{FrameRecord, RecordBody};
+
+    fn frame(n: u64) -> Entry {
+        Entry {
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + n as i64),
+            conn_id: 1,
+            conn_seq: n,
+            body: RecordBody::Frame(FrameRecord {
+                bytes: format!("{{\"channel\":\"heartbeat\",\"n\":{n}}}").into_bytes(),
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            }),
+        }
+    }
+
+    fn seqs(items: &[Item]) -> Vec<u64> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Record(r) => r.seq,
+                Item::Damage(d) => panic!("damage: {d:?}"),
+            })
+            .collect()
+    }
+
+    /// The reader now runs in the pipeline's task: it reads a chunk at a time in seq order,
+    /// says when it has caught up (and the pipeline waits for the journal's next flush), sees
+    /// the next flush, and ends once the live journal has closed and everything is read (a
+    /// journal that closed must not leave it looking for more in a loop).
+    #[tokio::test]
+    async fn the_reader_follows_a_live_journal_a_chunk_at_a_time_and_ends_when_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal =
+            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
+        journal
+            .sender
+            .send_batch((1..=10).map(frame).collect())
+            .await
+            .unwrap();
+        let mut flushed = journal.flushed.clone();
+        flushed.wait_for(|f| *f >= 10).await.unwrap();
+
+        let mut follower =
+            Follower::open(dir.path().to_path_buf(), 0, journal.flushed.clone(), None).unwrap();
+        let mut items = Vec::new();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::More));
+        assert_eq!(seqs(&items), [1, 2, 3, 4]);
+        items.clear();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::More));
+        assert_eq!(seqs(&items), [5, 6, 7, 8]);
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 4, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [9, 10]);
+        assert!(!follower.has_new(), "nothing flushed since");
+
+        journal.sender.send(frame(11)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), follower.changed())
+            .await
+            .expect("the next flush is seen");
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 4, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [11]);
+
+        journal.sender.send(frame(12)).await.unwrap();
+        cancel.cancel();
+        journal.join().await.unwrap();
+        assert!(follower.has_new(), "the journal closed: read what is left");
+        items.clear();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::End));
+        assert_eq!(seqs(&items), [12]);
+    }
+}
