@@ -40,7 +40,7 @@ use crate::record::RecordBody;
 /// An outbox holding this many entries is handed off at once.
 pub const MAX_ENTRIES: usize = 1024;
 /// An outbox holding this many bytes of frames is handed off at once.
-pub const MAX_BYTES: usize = 1 << 20;
+pub const MAX_BYTES: usize = 256 << 10;
 
 /// The next tick of the grid of period `every` that starts at `epoch`, strictly after `now`
 /// (`now` itself when `every` is zero: no waiting).
