@@ -148,7 +148,9 @@ pub use format::{
 pub use reader::{Item, JournalReader, ReadItem, ReadMode};
 pub use recovery::Recovery;
 pub use segment::{SegmentFile, list_segments};
-pub use thread::{DISK_FULL_RETRY, FLUSH_EVERY, JournalHandle, Syncer, spawn_journal};
+pub use thread::{
+    DISK_FULL_RETRY, FLUSH_EVERY, JournalHandle, JournalSender, Syncer, spawn_journal,
+};
 pub use writer::{Entry, JournalConfig, JournalConfigError, JournalStats, JournalWriter};
 
 /// Records a reader found missing, and why: readers report it and go on with the next intact

@@ -2,6 +2,11 @@
 //! (on a timer and on request), rotates and expires, so that file I/O never blocks the async
 //! feed and a slow or full disk pushes back on the socket readers instead of growing memory.
 //!
+//! The queue ([`JournalSender`]) is bounded by a count of entries, and takes them one at a time
+//! or a batch at a time: a batch is one message, so it wakes the journal thread once, however
+//! many entries it holds (sent one by one, each could wake it: the kernel often runs the thread
+//! woken before the sender sends the next).
+//!
 //! What must hold:
 //! - `synced` (and [`Syncer::sync_through`]) only ever names records an fsync covered: the
 //!   database pipeline commits nothing a power cut could take back;
@@ -15,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::mpsc::error::{SendError, TrySendError};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +39,87 @@ const BATCH: usize = 4096;
 /// How many times closing retries a full disk (once a second) before it gives up.
 const CLOSE_RETRIES: u32 = 5;
 
+/// The journal's queue: entries go in one at a time or a batch at a time, in order, and wait for
+/// room when `capacity` entries are already waiting (back-pressure, never memory).
+#[derive(Clone, Debug)]
+pub struct JournalSender {
+    batches: mpsc::UnboundedSender<Vec<Entry>>,
+    /// One permit per entry the queue has room for; the journal thread gives them back as it
+    /// takes entries, and closes it when it stops (waiting senders then fail).
+    room: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl JournalSender {
+    /// Queues one entry, waiting for room. Fails (giving the entry back) once the journal has
+    /// stopped taking entries.
+    // As tokio's `send`: the entry comes back on failure.
+    #[allow(clippy::result_large_err)]
+    pub async fn send(&self, entry: Entry) -> Result<(), SendError<Entry>> {
+        let Ok(permit) = self.room.acquire().await else {
+            return Err(SendError(entry));
+        };
+        permit.forget();
+        // The batch given back is the one just made, of one entry: `next` is that entry.
+        self.batches
+            .send(vec![entry])
+            .map_err(|e| SendError(e.0.into_iter().next().expect("a batch of one")))
+    }
+
+    /// Queues `entries` in order, waiting for room; each part that fits in the queue at once
+    /// wakes the journal thread once. Fails (giving back what was not queued) once the journal
+    /// has stopped taking entries.
+    pub async fn send_batch(&self, mut entries: Vec<Entry>) -> Result<(), SendError<Vec<Entry>>> {
+        while !entries.is_empty() {
+            let n = entries.len().min(self.capacity);
+            let rest = entries.split_off(n);
+            let permits = u32::try_from(n).unwrap_or(u32::MAX);
+            let Ok(permit) = self.room.acquire_many(permits).await else {
+                entries.extend(rest);
+                return Err(SendError(entries));
+            };
+            permit.forget();
+            if let Err(e) = self.batches.send(entries) {
+                let mut back = e.0;
+                back.extend(rest);
+                return Err(SendError(back));
+            }
+            entries = rest;
+        }
+        Ok(())
+    }
+
+    /// Queues one entry if there is room now.
+    // As tokio's `try_send`: the entry comes back on failure, so nothing is lost by trying.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, entry: Entry) -> Result<(), TrySendError<Entry>> {
+        match self.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full(entry)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed(entry)),
+        }
+        // The batch given back is the one just made, of one entry: `next` is that entry.
+        self.batches
+            .send(vec![entry])
+            .map_err(|e| TrySendError::Closed(e.0.into_iter().next().expect("a batch of one")))
+    }
+
+    /// Room for this many more entries now.
+    pub fn capacity(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    /// The most entries the queue holds.
+    pub fn max_capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 /// A journal running on its own thread.
 #[derive(Debug)]
 pub struct JournalHandle {
     /// Where to send entries. Dropping every sender (or cancelling) drains and closes the journal.
-    pub sender: mpsc::Sender<Entry>,
+    pub sender: JournalSender,
     /// The last `seq` handed to the operating system, for readers following the journal.
     pub flushed: watch::Receiver<u64>,
     /// The last `seq` synced to disk: what a power cut cannot take back.
@@ -127,7 +209,10 @@ pub fn spawn_journal(
     let (writer, recovery) = JournalWriter::open(config)?;
     let stats = writer.stats();
     let opened = writer.written_seq();
-    let (tx, rx) = mpsc::channel::<Entry>(capacity.max(1));
+    // The permits are counted in u32 (`acquire_many`): a larger queue is no use anyway.
+    let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<Entry>>();
+    let room = Arc::new(Semaphore::new(capacity));
     let (flushed_tx, flushed_rx) = watch::channel(opened);
     let (synced_tx, synced_rx) = watch::channel(opened);
     let (problem_tx, problem_rx) = watch::channel(None);
@@ -135,6 +220,7 @@ pub fn spawn_journal(
     let task = Task {
         writer,
         rx,
+        room: Room(Arc::clone(&room)),
         flushed_tx,
         synced_tx,
         problem_tx,
@@ -156,7 +242,11 @@ pub fn spawn_journal(
         })
         .map_err(|e| JournalError::Thread(e.to_string()))?;
     Ok(JournalHandle {
-        sender: tx,
+        sender: JournalSender {
+            batches: tx,
+            room,
+            capacity,
+        },
         flushed: flushed_rx,
         synced: synced_rx,
         problem: problem_rx,
@@ -169,7 +259,9 @@ pub fn spawn_journal(
 
 struct Task {
     writer: JournalWriter,
-    rx: mpsc::Receiver<Entry>,
+    rx: mpsc::UnboundedReceiver<Vec<Entry>>,
+    /// The queue's room, given back as entries are taken.
+    room: Room,
     flushed_tx: watch::Sender<u64>,
     synced_tx: watch::Sender<u64>,
     problem_tx: watch::Sender<Option<String>>,
@@ -181,6 +273,16 @@ struct Task {
     stalled_until: Option<Instant>,
     /// Whether a failing rotation is published as the problem.
     rotation_problem: bool,
+}
+
+/// The queue's room as the journal thread holds it: however the thread ends, the room closes,
+/// so that senders waiting for it fail rather than wait forever.
+struct Room(Arc<Semaphore>);
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Task {
@@ -205,9 +307,9 @@ impl Task {
                 // taken all at once when the flush is due, so that a trickle of frames costs one
                 // wake-up, one write and one reader wake-up per FLUSH_EVERY instead of one per
                 // frame. While the disk is full nothing more is taken: the queue pushes back.
-                entry = self.rx.recv(), if flush_due.is_none() && !stalled => {
-                    let Some(entry) = entry else { break Ok(()) };
-                    match self.take(entry) {
+                batch = self.rx.recv(), if flush_due.is_none() && !stalled => {
+                    let Some(batch) = batch else { break Ok(()) };
+                    match self.take(batch) {
                         Ok(()) if last_flush.elapsed() >= FLUSH_EVERY => {
                             last_flush = Instant::now();
                             self.flush()
@@ -269,19 +371,31 @@ impl Task {
     }
 
     /// Appends `first` and whatever else is already queued (without flushing).
-    fn take(&mut self, first: Entry) -> Result<(), JournalError> {
-        self.writer.append(first)?;
+    fn take(&mut self, first: Vec<Entry>) -> Result<(), JournalError> {
+        self.append(first)?;
         self.take_queued()
     }
 
     fn take_queued(&mut self) -> Result<(), JournalError> {
-        for _ in 0..BATCH {
+        let mut taken = 0;
+        while taken < BATCH {
             match self.rx.try_recv() {
-                Ok(entry) => {
-                    self.writer.append(entry)?;
+                Ok(batch) => {
+                    taken += batch.len();
+                    self.append(batch)?;
                 }
                 Err(_) => break,
             }
+        }
+        Ok(())
+    }
+
+    /// Appends a batch taken from the queue, giving its room back. On an error (a failed
+    /// write) the rest of the batch is not appended: the journal stops.
+    fn append(&mut self, batch: Vec<Entry>) -> Result<(), JournalError> {
+        self.room.0.add_permits(batch.len());
+        for entry in batch {
+            self.writer.append(entry)?;
         }
         Ok(())
     }
@@ -361,8 +475,9 @@ impl Task {
     /// On cancel: takes everything still queued (nothing is dropped).
     fn drain(&mut self) -> Result<(), JournalError> {
         self.rx.close();
-        while let Ok(entry) = self.rx.try_recv() {
-            self.writer.append(entry)?;
+        self.room.0.close();
+        while let Ok(batch) = self.rx.try_recv() {
+            self.append(batch)?;
         }
         Ok(())
     }

@@ -2,8 +2,14 @@
 //! together, with metrics and a graceful shutdown.
 //!
 //! ```text
-//! Connection tasks ──(bounded queue)──► journal thread ──(flushed seq)──► database pipeline
+//! feed thread (connection tasks) ──(bounded queue, a batch per hand-off)──► journal thread
+//!     ──(flushed seq)──► db thread (reads the journal files, writes the database)
 //! ```
+//!
+//! The connections run on the feed's own thread and runtime ([`crate::feed::spawn_feed`]), the
+//! database pipeline on its own ([`DbPipeline::spawn`]); the metrics server and the state
+//! publisher on the caller's runtime. So a wake-up for a frame, for the journal or for a database
+//! round trip wakes one thread, and none waits for another's work.
 //!
 //! With `redundancy` N (`collect --redundancy`), each group of symbols is recorded by N
 //! connection tasks (replicas, [`crate::feed::replicas`]) that share nothing but a gate; every
@@ -24,9 +30,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::feed::{Connection, FeedConfig, FeedError, FeedShared, SharedGate, all_pairs};
+use crate::feed::{
+    Connection, FeedConfig, FeedError, FeedShared, SharedGate, all_pairs, spawn_feed,
+};
 use crate::journal::{JournalConfig, JournalError, spawn_journal};
 use crate::metrics::{self, HealthSource, Metrics};
 
@@ -36,7 +43,8 @@ pub mod state;
 
 pub use import::{ImportError, ImportReport, import};
 pub use pipeline::{
-    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, Preflight, preflight,
+    DAMAGE_KEPT, DamageLog, DbPipeline, PipelineConfig, PipelineError, PipelineThread, Preflight,
+    preflight,
 };
 
 /// Which symbols to record.
@@ -225,8 +233,16 @@ pub async fn run(
             Arc::clone(&metrics),
         )
         .publish_checkpoints(checkpoint_tx);
-        tokio::spawn(pipeline.run(pipeline_cancel.clone(), done_rx))
+        pipeline.spawn(pipeline_cancel.clone(), done_rx)
     });
+    let pipeline_task = match pipeline_task.transpose() {
+        Ok(task) => task,
+        Err(e) => {
+            journal_cancel.cancel();
+            let _ = journal.join().await;
+            return Err(CollectError::Database(e));
+        }
+    };
 
     let symbols = match &config.symbols {
         Symbols::List(list) => list.clone(),
@@ -265,13 +281,12 @@ pub async fn run(
         recovery.conn_id_base,
     ));
     let feed_cancel = cancel.child_token();
-    let tasks = TaskTracker::new();
-    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<FeedError>(1);
     let per = config.feed.symbols_per_connection.max(1);
     let redundancy = config
         .feed
         .redundancy
         .clamp(1, crate::feed::replicas::MAX_REDUNDANCY);
+    let mut connections = Vec::new();
     for (group, chunk) in symbols.chunks(per).enumerate() {
         // With redundancy, the group's replicas share a gate; the connection index (the
         // backoff's seed) is unique per replica.
@@ -283,22 +298,24 @@ pub async fn run(
             if let Some(gate) = &gate {
                 connection = connection.replica(replica, Arc::clone(gate));
             }
-            let token = feed_cancel.clone();
-            let failed = failed_tx.clone();
-            tasks.spawn(async move {
-                if let Err(e) = connection.run(token).await {
-                    let _ = failed.send(e).await;
-                }
-            });
+            connections.push(connection);
         }
     }
-    drop(failed_tx);
-    tasks.close();
-    tracing::info!(symbols = symbols.len(), connections = symbols.len().div_ceil(per) * redundancy, redundancy, depth = %config.feed.depth, "feed: started");
+    let connection_count = connections.len();
+    // Every connection on the feed's own thread (see `feed::spawn_feed`).
+    let mut feed = match spawn_feed(&shared, connections, feed_cancel.clone()) {
+        Ok(feed) => feed,
+        Err(e) => {
+            journal_cancel.cancel();
+            let _ = journal.join().await;
+            return Err(CollectError::Feed(e));
+        }
+    };
+    tracing::info!(symbols = symbols.len(), connections = connection_count, redundancy, depth = %config.feed.depth, "feed: started");
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
-        failure = failed_rx.recv() => match failure {
+        failure = feed.failure() => match failure {
             Some(e) => Err(CollectError::Feed(e)),
             None => Ok(()),
         },
@@ -307,7 +324,7 @@ pub async fn run(
     // Shut down: stop reading, close the journal after it drains, then stop the rest.
     feed_cancel.cancel();
     state_cancel.cancel();
-    tasks.wait().await;
+    feed.join().await;
     drop(shared);
     journal_cancel.cancel();
     let stats = Arc::clone(&journal.stats);
@@ -315,7 +332,7 @@ pub async fn run(
     let journal_seq = stats.flushed_seq.load(Ordering::Acquire);
     if let Some(mut task) = pipeline_task {
         let _ = done_tx.send(Some(journal_seq));
-        if tokio::time::timeout(config.shutdown_grace, &mut task)
+        if tokio::time::timeout(config.shutdown_grace, task.join())
             .await
             .is_err()
         {
@@ -325,7 +342,7 @@ pub async fn run(
                 "database: not caught up within the shutdown grace; the journal keeps the rest for the next start"
             );
             pipeline_cancel.cancel();
-            let _ = task.await;
+            task.join().await;
         }
     }
     if let Some(task) = metrics_task {

@@ -2,9 +2,17 @@
 //! record to TimescaleDB exactly once.
 //!
 //! ```text
-//! journal files ──► reader thread ──(bounded channel)──► batcher ──► store::Writer ──► TimescaleDB
-//!                   (records and damage, in seq order)               (commits after the journal's sync)
+//! journal files ──► reader ──► batcher ──► store::Writer ──► TimescaleDB
+//!       (records and damage, in seq order)  (commits after the journal's sync)
 //! ```
+//!
+//! The reader ([`Follower`]) reads the journal's files in the pipeline's own task, a bounded
+//! chunk at a time; in the collector the pipeline runs on a thread of its own
+//! ([`DbPipeline::spawn`]), so a read that waits for the disk holds up nothing else. It reads when
+//! the journal has flushed something new while no batch is open, and when the open batch is due:
+//! a batch costs the pipeline about one wake-up of its own besides the database's round trips,
+//! however many times the journal flushed meanwhile (at high rates a batch fills before it is
+//! due, and reading goes on as fast as the writer takes the batches).
 //!
 //! What must hold:
 //! - the database is a pure function of the journal: items are read in `seq` order from the
@@ -29,16 +37,17 @@
 //!   the pipeline pauses with a backoff growing to `retry_max`, `/health` says why at once, and
 //!   the log says so once per episode (see `store::health`). An unreachable database sets
 //!   `db_up` 0 at once and `/health` 503 once it has been down for `unhealthy_after`;
-//! - the feed never waits for the database: while it is down the reader blocks on its bounded
-//!   channel and the journal grows on disk; when it returns, the pipeline catches up.
+//! - the feed never waits for the database: while it is down the reader stops reading and the
+//!   journal grows on disk; when it returns, the pipeline catches up.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -141,9 +150,9 @@ pub enum PipelineError {
         #[from]
         source: StoreError,
     },
-    /// A journal-reading thread stopped unexpectedly.
-    #[error("the journal reader stopped: {0}")]
-    Reader(String),
+    /// The pipeline's thread or runtime could not start.
+    #[error("{0}")]
+    Thread(String),
 }
 
 fn fix_suffix(e: &StoreError) -> String {
@@ -156,7 +165,7 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::Store { source } => source.class(),
-            PipelineError::Journal(_) | PipelineError::Reader(_) => ErrorClass::Environment,
+            PipelineError::Journal(_) | PipelineError::Thread(_) => ErrorClass::Environment,
         }
     }
 }
@@ -294,6 +303,43 @@ impl DbPipeline {
         }
     }
 
+    /// [`DbPipeline::run`] on a thread of its own (named `db`) with a current-thread runtime:
+    /// the database's round trips and the journal's reads wake that thread only, never the
+    /// feed's nor the caller's runtime. The returned handle completes when the pipeline returns.
+    pub fn spawn(
+        self,
+        cancel: CancellationToken,
+        done: watch::Receiver<Option<u64>>,
+    ) -> Result<PipelineThread, PipelineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .thread_name("db-blocking")
+            .build()
+            .map_err(|e| {
+                PipelineError::Thread(format!("cannot start the database's runtime: {e}"))
+            })?;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        // The thread logs where its caller logs (a scoped subscriber too, as tests install).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let thread = std::thread::Builder::new()
+            .name("db".into())
+            .spawn(move || {
+                let _logs = tracing::dispatcher::set_default(&dispatch);
+                runtime.block_on(self.run(cancel, done));
+                // Connections and their tasks are gone before the end is announced.
+                drop(runtime);
+                drop(ended_tx);
+            })
+            .map_err(|e| {
+                PipelineError::Thread(format!("cannot start the database's thread: {e}"))
+            })?;
+        Ok(PipelineThread {
+            ended,
+            thread: Some(thread),
+        })
+    }
+
     /// Runs until `done`'s seq is committed, for a closed journal: transient failures are tried
     /// again, any other failure is returned.
     pub(crate) async fn run_to_end(
@@ -330,7 +376,8 @@ impl DbPipeline {
         };
         let mut syncer = self.syncer.clone();
         let closed_end = (!persistent).then_some(journal_end);
-        let mut reader: Option<ReaderHandle> = None;
+        let mut reader: Option<Follower> = None;
+        let mut next_read = NextRead::Now;
         let mut batcher = Batcher::new(self.config.batch);
         let mut pending: VecDeque<Item> = VecDeque::new();
         let mut committed: Option<u64> = None;
@@ -368,14 +415,17 @@ impl DbPipeline {
                     reader = None;
                     batcher.clear();
                     pending.clear();
-                    let spawned = spawn_reader(
+                    let opened = Follower::open(
                         self.config.journal_dir.clone(),
                         checkpoint,
                         self.flushed.clone(),
                         closed_end,
                     );
-                    match spawned {
-                        Ok(r) => reader = Some(r),
+                    match opened {
+                        Ok(r) => {
+                            reader = Some(r);
+                            next_read = NextRead::Now;
+                        }
                         Err(e) => {
                             if self
                                 .pause_after(&mut health, e.into(), persistent, cancel)
@@ -413,43 +463,76 @@ impl DbPipeline {
             {
                 return Ok(());
             }
+            let closing = done_at.is_some();
+            let now = Instant::now();
+            let due = batcher.deadline().is_some_and(|d| d <= Timestamp::now());
+            // A batch is open: more records are read when it is due (or full), not on every
+            // flush of the journal; none is: as soon as the journal has something new. Closing,
+            // everything left is read at once.
+            let batch_open = !batcher.is_empty() && !closing;
+            let read_now = pending.is_empty()
+                && !batcher.is_full()
+                && match next_read {
+                    NextRead::Now => true,
+                    NextRead::OnChange { or_at } => {
+                        if batch_open {
+                            due
+                        } else {
+                            rd.has_new() || now >= or_at
+                        }
+                    }
+                    NextRead::At(at) => now >= at,
+                    NextRead::Never => false,
+                };
+            if read_now {
+                let mut items = Vec::new();
+                next_read = match rd.fill(&mut items, READ_CHUNK, READ_CHUNK_BYTES) {
+                    Fill::More => NextRead::Now,
+                    Fill::CaughtUp => NextRead::OnChange {
+                        or_at: now + CAUGHT_UP_POLL,
+                    },
+                    Fill::Wait(d) => NextRead::At(now + d),
+                    Fill::End => NextRead::Never,
+                    Fill::Failed(e) => {
+                        reader = None;
+                        if self
+                            .pause_after(&mut health, e.into(), persistent, cancel)
+                            .await?
+                        {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                };
+                for item in &items {
+                    self.note(item, &mut damage_noted);
+                }
+                pending.extend(items);
+            }
             while !batcher.is_full()
                 && let Some(item) = pending.pop_front()
             {
                 batcher.push(item);
             }
-            let closing = done_at.is_some();
-            let flush_now = batcher.is_full() || (closing && !batcher.is_empty());
+            let flush_now = batcher.is_full() || (!batcher.is_empty() && (due || closing));
             if !flush_now {
+                if matches!(next_read, NextRead::Now) && pending.is_empty() {
+                    // More to read at once (a backlog): give the runtime a turn first.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let wake_at = match next_read {
+                    NextRead::OnChange { or_at } if !batch_open => Some(or_at),
+                    NextRead::At(at) => Some(at),
+                    _ => None,
+                };
+                let watch_journal = matches!(next_read, NextRead::OnChange { .. }) && !batch_open;
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(()),
-                    msg = rd.rx.recv(), if pending.is_empty() => {
-                        match msg {
-                            Some(Ok(items)) => {
-                                for item in &items {
-                                    self.note(item, &mut damage_noted);
-                                }
-                                pending.extend(items);
-                                continue;
-                            }
-                            Some(Err(e)) => {
-                                reader = None;
-                                if self.pause_after(&mut health, e.into(), persistent, cancel).await? {
-                                    return Ok(());
-                                }
-                                continue;
-                            }
-                            None => {
-                                reader = None;
-                                let e = PipelineError::Reader("its thread ended".into());
-                                if self.pause_after(&mut health, e, persistent, cancel).await? {
-                                    return Ok(());
-                                }
-                                continue;
-                            }
-                        }
-                    }
+                    // Something new, or the journal closed (read what is left, then stop).
+                    _ = rd.changed(), if watch_journal => next_read = NextRead::Now,
+                    _ = sleep_until(wake_at) => {}
                     _ = batcher.due(Timestamp::now()) => {}
                     changed = done.changed() => {
                         if changed.is_err() {
@@ -459,9 +542,9 @@ impl DbPipeline {
                             }
                             return Ok(());
                         }
-                        continue;
                     }
                 }
+                continue;
             }
             if batcher.is_empty() {
                 continue;
@@ -689,6 +772,25 @@ impl DbPipeline {
     }
 }
 
+/// A [`DbPipeline`] running on its own thread ([`DbPipeline::spawn`]).
+#[derive(Debug)]
+pub struct PipelineThread {
+    ended: tokio::sync::oneshot::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PipelineThread {
+    /// Completes when the pipeline has returned and its thread is gone; may be awaited again
+    /// (say, after a timeout and a cancel).
+    pub async fn join(&mut self) {
+        let _ = (&mut self.ended).await;
+        if let Some(thread) = self.thread.take() {
+            // The thread has dropped its runtime and is returning: this does not wait long.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
 /// Runs `work` until it completes (`Some`), or `cancel` (`None`), keeping `/health` current
 /// meanwhile: an outage crosses its unhealthy threshold on time even while an attempt hangs.
 async fn guarded<F: std::future::Future>(
@@ -718,65 +820,55 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Records per message from the reader thread to the writer (at most).
+/// Records read at once at most.
 const READ_CHUNK: usize = 512;
-/// Journal bytes per message from the reader thread to the writer (at most).
+/// Journal bytes read at once at most.
 const READ_CHUNK_BYTES: u64 = 256 << 10;
+/// A reader caught up with a live journal looks again this often even if the journal says
+/// nothing.
+const CAUGHT_UP_POLL: Duration = Duration::from_millis(250);
 
-/// The reader thread's channel; the thread stops when this is dropped.
-struct ReaderHandle {
-    rx: mpsc::Receiver<Result<Vec<Item>, JournalError>>,
-    _stop: tokio_util::sync::DropGuard,
+/// When the pipeline reads the journal next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextRead {
+    /// At once: there is more.
+    Now,
+    /// Caught up: when the journal has flushed something new (or at `or_at`), unless a batch is
+    /// open, then when it is due.
+    OnChange { or_at: Instant },
+    /// At this instant (the journal is being written under the reader, or damaged at its end).
+    At(Instant),
+    /// Never again: a closed journal read to its end.
+    Never,
 }
 
-/// Reads the journal after `after` on a thread of its own (file reads block), sending items
-/// until stopped. A live journal (`closed_end` `None`) is waited on when everything written has
-/// been read; a closed one ends at `closed_end`, and whatever the reader cannot reach before it is
-/// damage.
-fn spawn_reader(
-    dir: PathBuf,
-    after: u64,
-    flushed: watch::Receiver<u64>,
-    closed_end: Option<u64>,
-) -> Result<ReaderHandle, JournalError> {
-    let reader = JournalReader::open(&dir, after)?;
-    let (tx, rx) = mpsc::channel(4);
-    let stop = CancellationToken::new();
-    let handle = tokio::runtime::Handle::current();
-    let mut follower = Follower {
-        dir,
-        reader,
-        flushed,
-        closed_end,
-        tx,
-        stop: stop.clone(),
-        handle,
-        chunk: Vec::with_capacity(READ_CHUNK),
-        chunk_bytes: 0,
-        last_received: None,
-        suspect_hole: None,
-    };
-    std::thread::Builder::new()
-        .name("journal-reader".into())
-        .spawn(move || follower.run())
-        .map_err(|e| JournalError::Thread(e.to_string()))?;
-    Ok(ReaderHandle {
-        rx,
-        _stop: stop.drop_guard(),
-    })
+/// What one [`Follower::fill`] found.
+#[derive(Debug)]
+enum Fill {
+    /// The chunk is full: there may be more.
+    More,
+    /// Everything written so far has been read.
+    CaughtUp,
+    /// Look again after this long.
+    Wait(Duration),
+    /// A closed journal read to its end (or a live one that closed): nothing more will come.
+    End,
+    /// The reader failed (the pipeline pauses and starts over from the database's checkpoint).
+    Failed(JournalError),
 }
 
-/// The reader thread's state.
+/// Follows the journal after a `seq`: reads records in seq order, a chunk at a time, and turns
+/// what stops a reader (a hole in the seqs, corruption in a closed segment, a truncated closed
+/// journal) into damage it reports and moves past. A live journal (`closed_end` `None`) is
+/// followed through its `flushed` position; a closed one ends at `closed_end`, and whatever the
+/// reader cannot reach before it is damage.
 struct Follower {
     dir: PathBuf,
     reader: JournalReader,
     flushed: watch::Receiver<u64>,
     closed_end: Option<u64>,
-    tx: mpsc::Sender<Result<Vec<Item>, JournalError>>,
-    stop: CancellationToken,
-    handle: tokio::runtime::Handle,
-    chunk: Vec<Item>,
-    chunk_bytes: u64,
+    /// The live journal closed (its `flushed` sender is gone): what it flushed is all there is.
+    journal_closed: bool,
     /// Receive time of the last record read (the `before` of damage found after it).
     last_received: Option<Timestamp>,
     /// A hole seen once at this position: confirmed if a second read finds nothing more.
@@ -784,26 +876,66 @@ struct Follower {
 }
 
 impl Follower {
-    fn run(&mut self) {
+    fn open(
+        dir: PathBuf,
+        after: u64,
+        flushed: watch::Receiver<u64>,
+        closed_end: Option<u64>,
+    ) -> Result<Self, JournalError> {
+        let reader = JournalReader::open(&dir, after)?;
+        Ok(Follower {
+            dir,
+            reader,
+            flushed,
+            closed_end,
+            journal_closed: false,
+            last_received: None,
+            suspect_hole: None,
+        })
+    }
+
+    /// Whether the journal flushed something since the reader last looked (or closed: then
+    /// what it flushed last is all there is, and the next read that catches up ends).
+    fn has_new(&mut self) -> bool {
+        self.flushed.has_changed().unwrap_or_else(|_| {
+            self.journal_closed = true;
+            true
+        })
+    }
+
+    /// Completes when the journal flushed something new, or closed.
+    async fn changed(&mut self) {
+        if self.flushed.changed().await.is_err() {
+            self.journal_closed = true;
+        }
+    }
+
+    /// Reads into `out` until it holds `max_items` items or `max_bytes` journal bytes, or the
+    /// journal has nothing more for now.
+    fn fill(&mut self, out: &mut Vec<Item>, max_items: usize, max_bytes: u64) -> Fill {
+        let mut bytes = 0;
         loop {
-            if self.stop.is_cancelled() {
-                return;
+            if out.len() >= max_items || bytes >= max_bytes {
+                return Fill::More;
             }
-            let next = self.reader.next_owned();
-            if !matches!(next, Ok(Some(_))) && !self.send_chunk() {
-                return;
-            }
-            let keep_going = match next {
+            let step = match self.reader.next_owned() {
                 Ok(Some(item)) => {
                     self.suspect_hole = None;
-                    self.push(item)
+                    if let Item::Record(r) = &item {
+                        self.last_received = Some(r.received_at);
+                        bytes += encoded_len(r);
+                    }
+                    out.push(item);
+                    continue;
                 }
-                Ok(None) => self.caught_up(),
-                Err(JournalError::Corrupt { path, offset, .. }) => self.skip_corrupt(path, offset),
-                Err(e) => self.failed(e),
+                Ok(None) => self.caught_up(out),
+                Err(JournalError::Corrupt { path, offset, .. }) => {
+                    self.skip_corrupt(path, offset, out)
+                }
+                Err(e) => self.failed(e, out),
             };
-            if !keep_going {
-                return;
+            if let ControlFlow::Break(fill) = step {
+                return fill;
             }
         }
     }
@@ -811,38 +943,14 @@ impl Follower {
     /// A reader error: a reader that stops in front of a hole in the seqs (no segment holds the
     /// next seq, a later one exists) is moved past it, reported as missing; any other error goes
     /// to the pipeline (which pauses and starts over from the database's checkpoint).
-    fn failed(&mut self, e: JournalError) -> bool {
+    fn failed(&mut self, e: JournalError, out: &mut Vec<Item>) -> ControlFlow<Fill> {
         let pos = self.reader.position();
         if !matches!(e, JournalError::Io { .. })
             && let Ok(Some((next, path))) = hole_after(&self.dir, pos)
         {
-            return self.skip(DamageKind::MissingSegment, pos + 1, next - 1, path, 0, 0);
+            return self.skip(DamageKind::MissingSegment, pos + 1, next - 1, path, 0, out);
         }
-        let _ = self.tx.blocking_send(Err(e));
-        false
-    }
-
-    /// Adds an item to the chunk, sending it when full. `false`: the pipeline is gone.
-    fn push(&mut self, item: Item) -> bool {
-        if let Item::Record(r) = &item {
-            self.last_received = Some(r.received_at);
-            self.chunk_bytes += encoded_len(r);
-        }
-        self.chunk.push(item);
-        if self.chunk.len() >= READ_CHUNK || self.chunk_bytes >= READ_CHUNK_BYTES {
-            return self.send_chunk();
-        }
-        true
-    }
-
-    /// Sends the chunk (if any). `false`: the pipeline is gone.
-    fn send_chunk(&mut self) -> bool {
-        if self.chunk.is_empty() {
-            return true;
-        }
-        self.chunk_bytes = 0;
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(READ_CHUNK));
-        self.tx.blocking_send(Ok(full)).is_ok()
+        ControlFlow::Break(Fill::Failed(e))
     }
 
     /// Records `first..=last` as missing and goes on after them.
@@ -853,44 +961,40 @@ impl Follower {
         last: u64,
         segment: PathBuf,
         offset: u64,
-        bytes: u64,
-    ) -> bool {
-        let damage = Damage {
+        out: &mut Vec<Item>,
+    ) -> ControlFlow<Fill> {
+        out.push(Item::Damage(Damage {
             kind,
             segment,
             offset,
-            bytes,
+            bytes: 0,
             first_seq: first,
             last_seq: last,
             before: self.last_received,
             after: None,
-        };
-        if !self.push(Item::Damage(damage)) || !self.send_chunk() {
-            return false;
-        }
+        }));
         match JournalReader::open(&self.dir, last) {
             Ok(r) => {
                 self.reader = r;
                 self.suspect_hole = None;
-                true
+                ControlFlow::Continue(())
             }
-            Err(e) => {
-                let _ = self.tx.blocking_send(Err(e));
-                false
-            }
+            Err(e) => ControlFlow::Break(Fill::Failed(e)),
         }
     }
 
     /// A damaged closed segment the reader cannot resynchronize in: its records from the damage
     /// on are missing, and reading goes on with the next segment.
-    fn skip_corrupt(&mut self, path: PathBuf, offset: u64) -> bool {
+    fn skip_corrupt(
+        &mut self,
+        path: PathBuf,
+        offset: u64,
+        out: &mut Vec<Item>,
+    ) -> ControlFlow<Fill> {
         let pos = self.reader.position();
         let next = match list_segments(&self.dir) {
             Ok(segments) => segments.into_iter().find(|s| s.first_seq > pos),
-            Err(e) => {
-                let _ = self.tx.blocking_send(Err(e));
-                return false;
-            }
+            Err(e) => return ControlFlow::Break(Fill::Failed(e)),
         };
         match next {
             Some(seg) if seg.first_seq > pos + 1 => self.skip(
@@ -899,7 +1003,7 @@ impl Follower {
                 seg.first_seq - 1,
                 path,
                 offset,
-                0,
+                out,
             ),
             Some(seg) => {
                 // Damage after the segment's last record: nothing missing.
@@ -907,48 +1011,46 @@ impl Follower {
                 match JournalReader::open(&self.dir, seg.first_seq - 1) {
                     Ok(r) => {
                         self.reader = r;
-                        true
+                        ControlFlow::Continue(())
                     }
-                    Err(e) => {
-                        let _ = self.tx.blocking_send(Err(e));
-                        false
-                    }
+                    Err(e) => ControlFlow::Break(Fill::Failed(e)),
                 }
             }
-            None => {
-                // The damage is in the last segment: nothing can be read past it until the
-                // journal moves on to a new segment. Wait, and look again.
-                self.wait(Duration::from_secs(1))
-            }
+            // The damage is in the last segment: nothing can be read past it until the journal
+            // moves on to a new segment. Look again in a while.
+            None => ControlFlow::Break(Fill::Wait(Duration::from_secs(1))),
         }
     }
 
     /// Everything readable so far has been read: damage if the journal goes on past a hole (or,
     /// closed, ends early), else wait for more.
-    fn caught_up(&mut self) -> bool {
+    fn caught_up(&mut self, out: &mut Vec<Item>) -> ControlFlow<Fill> {
         let pos = self.reader.position();
+        if self.closed_end.is_none() {
+            // A live journal that has handed nothing past `pos` to the operating system has no
+            // record the reader could have missed: wait, without listing the directory (which
+            // cost more than the reading when it was done on every catch-up).
+            self.flushed.mark_unchanged();
+            if *self.flushed.borrow() <= pos {
+                return ControlFlow::Break(if self.journal_closed {
+                    Fill::End
+                } else {
+                    Fill::CaughtUp
+                });
+            }
+        }
         match hole_after(&self.dir, pos) {
-            Ok(Some(next)) => {
+            Ok(Some((next, path))) => {
                 if self.suspect_hole == Some(pos) {
                     // A second read found nothing more: the records are not coming.
-                    return self.skip(
-                        DamageKind::MissingSegment,
-                        pos + 1,
-                        next.0 - 1,
-                        next.1,
-                        0,
-                        0,
-                    );
+                    return self.skip(DamageKind::MissingSegment, pos + 1, next - 1, path, 0, out);
                 }
                 // The writer finishes a segment before it starts the next: read once more.
                 self.suspect_hole = Some(pos);
-                return true;
+                return ControlFlow::Continue(());
             }
             Ok(None) => {}
-            Err(e) => {
-                let _ = self.tx.blocking_send(Err(e));
-                return false;
-            }
+            Err(e) => return ControlFlow::Break(Fill::Failed(e)),
         }
         if let Some(end) = self.closed_end {
             if pos < end {
@@ -957,42 +1059,13 @@ impl Follower {
                     .and_then(|s| s.into_iter().rev().find(|s| s.first_seq <= pos + 1))
                     .map(|s| s.path)
                     .unwrap_or_else(|| self.dir.clone());
-                if !self.skip(DamageKind::TruncatedSegment, pos + 1, end, segment, 0, 0) {
-                    return false;
-                }
-                return true;
+                return self.skip(DamageKind::TruncatedSegment, pos + 1, end, segment, 0, out);
             }
             // A closed journal read to its end: nothing more will come.
-            self.handle.block_on(self.stop.cancelled());
-            return false;
+            return ControlFlow::Break(Fill::End);
         }
-        self.flushed.mark_unchanged();
-        if *self.flushed.borrow() > pos {
-            // Written after our read returned: read again, without spinning hot.
-            std::thread::sleep(Duration::from_millis(1));
-            return true;
-        }
-        self.wait(Duration::from_millis(250))
-    }
-
-    /// Waits for the journal to move (or `max`). `false`: stopped.
-    fn wait(&mut self, max: Duration) -> bool {
-        let stop = self.stop.clone();
-        let flushed = &mut self.flushed;
-        self.handle.block_on(async {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                changed = flushed.changed() => {
-                    if changed.is_err() {
-                        // The journal has closed: nothing more will come; wait to be stopped
-                        // rather than poll the files in a loop.
-                        stop.cancelled().await;
-                    }
-                }
-                _ = tokio::time::sleep(max) => {}
-            }
-        });
-        !self.stop.is_cancelled()
+        // Written after our read returned: read again, without spinning hot.
+        ControlFlow::Break(Fill::Wait(Duration::from_millis(1)))
     }
 }
 
@@ -1027,4 +1100,89 @@ pub(crate) fn sync_closed_journal(dir: &Path) -> Result<(), JournalError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Entry, JournalConfig, spawn_journal};
+    use crate::record::{FrameRecord, RecordBody};
+
+    fn frame(n: u64) -> Entry {
+        Entry {
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + n as i64),
+            conn_id: 1,
+            conn_seq: n,
+            body: RecordBody::Frame(FrameRecord {
+                bytes: format!("{{\"channel\":\"heartbeat\",\"n\":{n}}}").into_bytes(),
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            }),
+        }
+    }
+
+    fn seqs(items: &[Item]) -> Vec<u64> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Record(r) => r.seq,
+                Item::Damage(d) => panic!("damage: {d:?}"),
+            })
+            .collect()
+    }
+
+    /// The reader now runs in the pipeline's task: it reads a chunk at a time in seq order,
+    /// says when it has caught up (and the pipeline waits for the journal's next flush), sees
+    /// the next flush, and ends once the live journal has closed and everything is read (a
+    /// journal that closed must not leave it looking for more in a loop).
+    #[tokio::test]
+    async fn the_reader_follows_a_live_journal_a_chunk_at_a_time_and_ends_when_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal =
+            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
+        journal
+            .sender
+            .send_batch((1..=10).map(frame).collect())
+            .await
+            .unwrap();
+        let mut flushed = journal.flushed.clone();
+        flushed.wait_for(|f| *f >= 10).await.unwrap();
+
+        let mut follower =
+            Follower::open(dir.path().to_path_buf(), 0, journal.flushed.clone(), None).unwrap();
+        let mut items = Vec::new();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::More));
+        assert_eq!(seqs(&items), [1, 2, 3, 4]);
+        items.clear();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::More));
+        assert_eq!(seqs(&items), [5, 6, 7, 8]);
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 4, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [9, 10]);
+        assert!(!follower.has_new(), "nothing flushed since");
+
+        journal.sender.send(frame(11)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), follower.changed())
+            .await
+            .expect("the next flush is seen");
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 4, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [11]);
+
+        journal.sender.send(frame(12)).await.unwrap();
+        cancel.cancel();
+        journal.join().await.unwrap();
+        assert!(follower.has_new(), "the journal closed: read what is left");
+        items.clear();
+        assert!(matches!(follower.fill(&mut items, 4, u64::MAX), Fill::End));
+        assert_eq!(seqs(&items), [12]);
+    }
 }

@@ -104,6 +104,12 @@ impl Reconnect {
         }
     }
 
+    /// A book message verified on the connection: it recovered, so its next failure starts the
+    /// backoff afresh (a connection that keeps dying before its books verify backs off).
+    pub fn verified(&mut self) {
+        self.backoff.reset();
+    }
+
     /// The delay before the next attempt after a failure of `pace`; `up_for` is how long the
     /// connection that ended had been open (`None`: it never opened).
     pub fn delay(&mut self, pace: Pace, up_for: Option<Duration>) -> Duration {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
+use super::outbox::FeedOutbox;
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
@@ -53,10 +54,11 @@ enum SessionEnd {
     Cancelled,
     /// The connection could not be opened: nothing was connected, so nothing was lost.
     Unreachable(ConnectError),
-    /// An open connection ended.
+    /// An open connection ended; `verified`: a book message verified on it (it recovered).
     Lost {
         why: Lost,
         up_for: Duration,
+        verified: bool,
     },
     Fatal(FeedError),
 }
@@ -177,11 +179,20 @@ impl Connection {
                     }
                     delay
                 }
-                SessionEnd::Lost { why, up_for } => {
+                SessionEnd::Lost {
+                    why,
+                    up_for,
+                    verified,
+                } => {
                     self.shared
                         .metrics
                         .reconnects
                         .fetch_add(1, Ordering::Relaxed);
+                    if verified {
+                        // Books verified on it: the connection recovered, and its loss is a new
+                        // failure, not one more of a series.
+                        reconnect.verified();
+                    }
                     let delay = reconnect.delay(why.pace(), Some(up_for));
                     tracing::warn!(connection = conn_id, reason = %why, retry_in = ?delay, "feed: connection lost");
                     delay
@@ -247,16 +258,28 @@ impl Connection {
             Timestamp::now(),
         );
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
+        let outbox = &shared.outbox;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The futures every turn of the loop waits on are made once: a timer made per turn
+        // would be registered and removed again for every frame.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        // The watchdog is armed at the session's deadline and, when it fires, asks the session
+        // (whose deadline frames have moved later meanwhile) and is armed again: one timer change
+        // per silence period, not one per frame. The deadline stays the last frame's.
+        let watchdog = tokio::time::sleep_until(session.deadline());
+        tokio::pin!(watchdog);
         // With a gate: whether this replica's reconnect is still under way (until every symbol
         // verified), the symbols it is resubscribing, and until when the gate holds the next one.
         let gate = self.gate.clone();
         let mut reconnecting = gate.is_some();
         let mut resubscribing: Vec<String> = Vec::new();
         let mut resubscribe_held_until: Option<Instant> = None;
-        let why = loop {
-            match carry_out(&mut session, socket, &shared).await {
+        let why = 'serve: loop {
+            // The session's actions; and when the outbox's tick has come (or it is full), this
+            // wake-up hands it off, for every connection.
+            match carry_out(&mut session, socket, outbox).await {
                 Ok(None) => {}
                 Ok(Some(why)) => break why,
                 Err(e) => return SessionEnd::Fatal(e),
@@ -274,12 +297,23 @@ impl Connection {
                     !done
                 });
             }
+            let deadline = session.deadline();
+            if deadline < watchdog.deadline() {
+                watchdog.as_mut().reset(deadline);
+            }
             let resubscribe_now = session.wants_resubscribe()
                 && resubscribe_held_until.is_none_or(|t| Instant::now() >= t);
             tokio::select! {
-                _ = cancel.cancelled() => return SessionEnd::Cancelled,
+                _ = &mut cancelled => {
+                    // Shutdown drains: what was received reaches the journal.
+                    if let Err(e) = outbox.hand_off().await {
+                        return SessionEnd::Fatal(e);
+                    }
+                    return SessionEnd::Cancelled;
+                }
                 _ = tick.tick() => {
-                    let depth = shared.journal.max_capacity() - shared.journal.capacity();
+                    let journal = outbox.journal();
+                    let depth = journal.max_capacity() - journal.capacity() + outbox.len();
                     shared.metrics.journal_queue.store(depth as u64, Ordering::Relaxed);
                     session.on_timer(Instant::now());
                 }
@@ -301,70 +335,136 @@ impl Connection {
                         _ => session.on_resubscribe_permit(now),
                     }
                 }
-                // The deadline is fixed by the last Kraken frame, not by this loop turn: the other
-                // branches (the tick, permits, protocol pings) must not push it back.
-                _ = tokio::time::sleep_until(session.deadline()) => session.on_timer(Instant::now()),
-                next = socket.next() => match next {
-                    None => break Lost::Eof,
-                    Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        session.on_frame_too_large(size, max_size, Timestamp::now());
+                _ = &mut watchdog => {
+                    session.on_timer(Instant::now());
+                    watchdog.as_mut().reset(session.deadline());
+                }
+                next = socket.next() => {
+                    if let Some(why) = received(next, &mut session) {
+                        break why;
                     }
-                    Some(Err(e)) => break Lost::from(e),
-                    Some(Ok(Message::Text(text))) => {
-                        session.on_frame(Received::Text(text.as_str()), Instant::now(), Timestamp::now());
+                    // Every frame already buffered, in this same wake-up: reading on until the
+                    // socket would wait costs no wake-up, each frame stamped as it is read. A
+                    // bounded number (frames and bytes), so that the outbox's bound holds and
+                    // the other connections get their turn.
+                    let mut frames = 1;
+                    let mut bytes = 0;
+                    while frames < DRAIN_FRAMES && bytes < DRAIN_BYTES && !session.is_closing() {
+                        let Some(next) = socket.next().now_or_never() else {
+                            break;
+                        };
+                        if let Some(Ok(message)) = &next {
+                            bytes += message.len();
+                        }
+                        if let Some(why) = received(next, &mut session) {
+                            break 'serve why;
+                        }
+                        frames += 1;
                     }
-                    Some(Ok(Message::Binary(data))) => {
-                        session.on_frame(Received::Binary(&data), Instant::now(), Timestamp::now());
-                    }
-                    Some(Ok(Message::Close(frame))) => break match frame {
-                        Some(f) => Lost::Closed { code: f.code.into(), reason: f.reason.to_string() },
-                        None => Lost::Eof,
-                    },
-                    // WebSocket control frames are not Kraken frames: they never reach the
-                    // session, so they cannot keep a silent feed alive (tungstenite answers
-                    // pings itself).
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                },
+                }
             }
         };
+        let verified = session.has_verified();
         session.close(&why, Timestamp::now());
         // Only the journal entries are left to carry out (the `disconnected` event).
-        while let Some(action) = session.next_action() {
-            if let Action::Journal(entry) = action
-                && shared.journal.send(entry).await.is_err()
-            {
-                return SessionEnd::Fatal(FeedError::JournalClosed);
-            }
+        let last = std::iter::from_fn(|| session.next_action()).filter_map(|action| match action {
+            Action::Journal(entry) => Some(entry),
+            _ => None,
+        });
+        outbox.put(last, Instant::now());
+        if let Err(e) = outbox.hand_off().await {
+            return SessionEnd::Fatal(e);
         }
         self.continuity = session.into_continuity();
         SessionEnd::Lost {
             why,
             up_for: connected.elapsed(),
+            verified,
         }
     }
 }
 
-/// Carries out the session's actions in order; `Ok(Some(why))` when one of them ends the
+/// Frames read in one wake-up at most before the connection lets the others run.
+const DRAIN_FRAMES: usize = 256;
+/// Bytes of frames read in one wake-up at most (one frame more may pass it).
+const DRAIN_BYTES: usize = super::outbox::MAX_BYTES;
+
+/// Hands the session what the socket delivered, stamped now; `Some(why)` when it ends the
+/// connection.
+fn received(
+    next: Option<Result<Message, tungstenite::Error>>,
+    session: &mut Session,
+) -> Option<Lost> {
+    match next {
+        None => Some(Lost::Eof),
+        Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+            size,
+            max_size,
+        }))) => {
+            session.on_frame_too_large(size, max_size, Timestamp::now());
+            None
+        }
+        Some(Err(e)) => Some(Lost::from(e)),
+        Some(Ok(Message::Text(text))) => {
+            session.on_frame(
+                Received::Text(text.as_str()),
+                Instant::now(),
+                Timestamp::now(),
+            );
+            None
+        }
+        Some(Ok(Message::Binary(data))) => {
+            session.on_frame(Received::Binary(&data), Instant::now(), Timestamp::now());
+            None
+        }
+        Some(Ok(Message::Close(frame))) => Some(match frame {
+            Some(f) => Lost::Closed {
+                code: f.code.into(),
+                reason: f.reason.to_string(),
+            },
+            None => Lost::Eof,
+        }),
+        // WebSocket control frames are not Kraken frames: they never reach the session, so they
+        // cannot keep a silent feed alive (tungstenite answers pings itself).
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+    }
+}
+
+/// Carries out the session's actions in order: journal entries go to the outbox, and the outbox
+/// is handed to the journal before any request is sent (the frames that caused it are journaled
+/// first), and at the end when it is due or full. `Ok(Some(why))` when an action ends the
 /// connection.
 async fn carry_out(
     session: &mut Session,
     socket: &mut Socket,
-    shared: &FeedShared,
+    outbox: &FeedOutbox,
 ) -> Result<Option<Lost>, FeedError> {
-    while let Some(action) = session.next_action() {
-        match action {
-            Action::Journal(entry) => shared
-                .journal
-                .send(entry)
-                .await
-                .map_err(|_| FeedError::JournalClosed)?,
-            Action::Send(request) => {
+    let now = Instant::now();
+    loop {
+        // The entries up to the next other action, put in at once.
+        let mut next = None;
+        let entries = std::iter::from_fn(|| match session.next_action() {
+            Some(Action::Journal(entry)) => Some(entry),
+            other => {
+                next = other;
+                None
+            }
+        });
+        outbox.put(entries, now);
+        match next {
+            None => break,
+            Some(Action::Journal(entry)) => outbox.put([entry], now),
+            Some(Action::Send(request)) => {
+                outbox.hand_off().await?;
                 if let Err(e) = send(socket, &request).await {
                     return Ok(Some(e));
                 }
             }
-            Action::Close(why) => return Ok(Some(why)),
+            Some(Action::Close(why)) => return Ok(Some(why)),
         }
+    }
+    if outbox.is_due(now) {
+        outbox.hand_off().await?;
     }
     Ok(None)
 }

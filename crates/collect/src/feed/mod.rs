@@ -1,7 +1,8 @@
 //! The feed: WebSocket connections to Kraken, subscriptions, checksum verification, and the
 //! stream of stamped frames and events into the journal.
 //!
-//! One [`Connection`] task per WebSocket connection, each owning a share of the symbols. Every
+//! One [`Connection`] task per WebSocket connection, each owning a share of the symbols, all on
+//! the feed's own thread and current-thread runtime ([`spawn_feed`]). Every
 //! decision of a connection is made by its [`Session`], which does no I/O (frames, timers and
 //! permits in; journal entries, requests and closes out) and is tested on real captures on a
 //! paused clock; the connection only moves bytes. A connection subscribes to the instrument
@@ -9,8 +10,12 @@
 //! with the local receive time, its connection id and a sequence number, applies book frames to
 //! its books (a [`crate::book::Tracker`]) and sends the frame, with its checksum verdict and the
 //! best bid and ask, to the journal. What must hold:
-//! - every frame received is journaled, in received order, before the connection reads further
-//!   (a full journal queue stops the reader: back-pressure reaches the socket, never memory);
+//! - every frame received is journaled, in received order, stamped with the time it was read;
+//!   a connection reads every frame already buffered on its socket in one wake-up, and the
+//!   journal entries of all connections go to the journal in batches ([`outbox`]: at most 1.5 ×
+//!   [`FeedConfig::handoff_every`] late, before any request a frame causes, and all of them at
+//!   shutdown);
+//!   a full journal queue stops the reader (back-pressure reaches the socket, never memory);
 //! - a checksum mismatch marks the symbol unsynced, records a `checksum_mismatch` event (the gap
 //!   begins), and resubscribes the symbol once per episode, paced by a limiter shared by all
 //!   connections; the first verified message after it records `resynced` with the gap's start;
@@ -38,8 +43,10 @@
 mod backoff;
 mod connection;
 mod error;
+pub mod outbox;
 pub mod replicas;
 pub mod session;
+mod thread;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -50,15 +57,19 @@ pub use connection::{Connection, all_pairs, fetch_pairs};
 pub use error::{ConnectError, Lost, is_rate_limit_text};
 pub use replicas::{Decision, Gate, SharedGate, Work};
 pub use session::{Action, Continuity, Received, Session};
+pub use thread::{FeedThread, spawn_feed};
 
-use crate::journal::Entry;
+use crate::journal::JournalSender;
 use crate::kraken::Depth;
 use crate::metrics::Metrics;
+use outbox::FeedOutbox;
 
 /// The default frame-size cap: 16 MiB (tungstenite's default frame limit).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 /// The default cap on the symbols `collect --all` subscribes.
 pub const DEFAULT_MAX_SYMBOLS: usize = 2000;
+/// The default period of the feed's hand-offs to the journal.
+pub const DEFAULT_HANDOFF_EVERY: Duration = Duration::from_millis(20);
 
 /// How the feed connects and paces itself.
 #[derive(Clone, Debug)]
@@ -109,6 +120,11 @@ pub struct FeedConfig {
     /// Journal the whole verified book of a symbol after this many verified updates since its
     /// last snapshot or state, so that rebuilding a book never replays more than that.
     pub book_state_every: u64,
+    /// The period of the grid on which connections hand their journal entries to the journal
+    /// ([`outbox`]: an entry waits at most 1.5 × this; zero: at the end of each wake-up). Longer
+    /// means fewer wake-ups of the journal and the database pipeline per frame, and more frames
+    /// a crash of the process (not a stop) can take before they reach the journal.
+    pub handoff_every: Duration,
 }
 
 impl FeedConfig {
@@ -134,6 +150,7 @@ impl FeedConfig {
             max_symbols: DEFAULT_MAX_SYMBOLS,
             resubscribe_retry: Duration::from_secs(60),
             book_state_every: 10_000,
+            handoff_every: DEFAULT_HANDOFF_EVERY,
         }
     }
 
@@ -162,8 +179,9 @@ impl FeedConfig {
 pub struct FeedShared {
     /// Settings.
     pub config: FeedConfig,
-    /// The journal's queue.
-    pub journal: tokio::sync::mpsc::Sender<Entry>,
+    /// The outbox every connection puts its journal entries in, handed to the journal's queue
+    /// in batches ([`outbox`]).
+    pub outbox: Arc<FeedOutbox>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Paces connection attempts across all connections.
@@ -181,13 +199,18 @@ impl FeedShared {
     /// Kraken's ~150); resubscriptions to a burst of 10 then one per 2 s.
     pub fn new(
         config: FeedConfig,
-        journal: tokio::sync::mpsc::Sender<Entry>,
+        journal: JournalSender,
         metrics: Arc<Metrics>,
         conn_id_base: u64,
     ) -> Self {
+        let outbox = Arc::new(FeedOutbox::new(
+            journal,
+            config.handoff_every,
+            tokio::time::Instant::now(),
+        ));
         FeedShared {
             config,
-            journal,
+            outbox,
             metrics,
             connect_limiter: RateLimiter::new(10, Duration::from_secs(10)),
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
@@ -202,6 +225,9 @@ pub enum FeedError {
     /// The journal stopped accepting entries: nothing more could be recorded.
     #[error("the journal stopped accepting frames")]
     JournalClosed,
+    /// The feed's thread or runtime could not start, or a connection task failed.
+    #[error("{0}")]
+    Thread(String),
     /// The instrument list could not be fetched.
     #[error(
         "could not fetch the instrument list from {url}: {}",

@@ -142,6 +142,8 @@ pub struct Session {
     rejected_log: LogBudget,
     status_log: LogBudget,
     closing: bool,
+    /// A book message verified on this connection.
+    verified_any: bool,
     actions: VecDeque<Action>,
 }
 
@@ -187,6 +189,7 @@ impl Session {
             rejected_log: LogBudget::new(now),
             status_log: LogBudget::new(now),
             closing: false,
+            verified_any: false,
             actions: VecDeque::new(),
         };
         session.event(at, EventKind::Connected, None, None, config.url.to_string());
@@ -270,6 +273,16 @@ impl Session {
         self.symbols
             .get(symbol)
             .is_some_and(|s| s.stream.is_verified())
+    }
+
+    /// Whether a book message has verified on this connection (the connection recovered).
+    pub fn has_verified(&self) -> bool {
+        self.verified_any
+    }
+
+    /// Whether the session asked for the connection to close (read nothing more).
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Whether every symbol asked for on this connection (the rejected ones aside) is verified
@@ -454,6 +467,7 @@ impl Session {
                     state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
                     state.stream.verified(at);
                     state.ever_synced = true;
+                    self.verified_any = true;
                     if msg.kind == BookKind::Snapshot {
                         state.since_state = 0;
                     } else {

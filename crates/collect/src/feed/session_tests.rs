@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::feed::{FeedConfig, RateLimiter};
+use crate::feed::{FeedConfig, Pace, RateLimiter};
 use crate::kraken::Depth;
 use crate::record::Record;
 
@@ -666,7 +666,7 @@ async fn a_rate_limit_answer_closes_the_connection_without_rejecting_the_symbol(
         panic!("not closed")
     };
     assert!(matches!(why, Lost::RateLimited(_)), "{why:?}");
-    assert_eq!(why.pace(), crate::feed::Pace::RateLimited);
+    assert_eq!(why.pace(), Pace::RateLimited);
     // The frame first, then what it caused.
     let tail: Vec<String> = h.journal[h.journal.len() - 3..]
         .iter()
@@ -907,4 +907,59 @@ async fn books_are_subscribed_after_the_instrument_snapshot_or_its_deadline() {
         h.session.tracker.precision("NOPE/USD").is_none(),
         "not asked for"
     );
+}
+
+/// Issue 12's leftover: the reconnect backoff was reset only by a connection up for
+/// `healthy_after` (a minute), so a connection that recovered (its books verified) and dropped
+/// after a few seconds reconnected later each time, as if it were flapping. Now the first
+/// verified book message resets it; a connection that dies before any book verifies still backs
+/// off further each time. Played on the paused clock as the connection does: the session on the
+/// real frames, then the delay it gets, waited out.
+#[tokio::test(start_paused = true)]
+async fn a_recovered_connection_reconnects_promptly_and_a_flapping_one_backs_off() {
+    let config = config(10);
+    let mut reconnect = crate::feed::Reconnect::new(&config, 5);
+    let half = Duration::from_millis(500);
+    let secs = Duration::from_secs;
+    // (what, seconds up, whether its book verifies, the delay's bounds): the backoff starts at
+    // 1 s and doubles; every session is far shorter than `healthy_after`.
+    let sessions: [(&str, u64, bool, Duration, Duration); 7] = [
+        ("first drop", 2, false, half, secs(1)),
+        ("flapping", 2, false, secs(1), secs(2)),
+        ("flapping again", 2, false, secs(2), secs(4)),
+        ("recovered for 10 s", 10, true, half, secs(1)),
+        ("dies before its book verifies", 1, false, secs(1), secs(2)),
+        ("and again", 1, false, secs(2), secs(4)),
+        ("recovered for 3 s", 3, true, half, secs(1)),
+    ];
+    for (what, up, verifies, low, high) in sessions {
+        let opened = Instant::now();
+        let mut h = Harness::open(&config, &["MATIC/USD"], Continuity::default());
+        h.frame(INSTRUMENT_XY);
+        h.frame(&ack("MATIC/USD"));
+        if verifies {
+            h.frame(SNAPSHOT_XY);
+        }
+        assert_eq!(h.session.has_verified(), verifies, "{what}");
+        // Heartbeats keep the connection up until the peer drops it.
+        let until = opened + secs(up);
+        while Instant::now() + secs(1) < until {
+            h.run_for(secs(1)).await;
+            h.frame(HEARTBEAT);
+        }
+        h.run_until(until).await;
+        assert!(h.closed.is_none(), "{what}: up until the peer drops it");
+        // What `Connection::run` does when the connection is lost.
+        if h.session.has_verified() {
+            reconnect.verified();
+        }
+        let delay = reconnect.delay(Pace::Prompt, Some(opened.elapsed()));
+        let lost = Instant::now();
+        tokio::time::sleep(delay).await;
+        let waited = lost.elapsed();
+        assert!(
+            waited >= low && waited <= high,
+            "{what}: waited {waited:?}, not in [{low:?}, {high:?}]"
+        );
+    }
 }

@@ -1,0 +1,446 @@
+//! The feed's outbox: the journal entries of every connection of the feed, handed to the
+//! journal's queue in batches rather than one by one, so that the journal thread (and, behind
+//! it, the database pipeline) wakes once per batch, not once per frame nor once per connection.
+//!
+//! What must always hold:
+//! - entries leave in the order they were put in (a connection's received order is the
+//!   journal's), and one hand-off runs at a time: a later one never overtakes an earlier one
+//!   still waiting for room in the journal's queue;
+//! - a batch is due at the next tick, after its first entry, of a grid of period
+//!   [`super::FeedConfig::handoff_every`]; it is handed off by the first connection that wakes
+//!   from then on (a frame arriving: a steady feed needs no wake-up of its own for it), and by
+//!   the outbox's timer half a period after the tick at the latest, so an entry waits at most
+//!   1.5 × `handoff_every`;
+//! - the outbox is bounded: at [`MAX_ENTRIES`] entries or [`MAX_BYTES`] bytes the connection that
+//!   filled it hands it off before it reads on, and a hand-off waits for room in the journal's
+//!   bounded queue, so a slow journal stops the readers (back-pressure reaches the sockets, never
+//!   memory);
+//! - a connection hands the outbox off before it sends a request (the frames that caused it are
+//!   journaled first) and before it returns, for whatever reason: nothing received is dropped at
+//!   shutdown.
+//!
+//! What is at stake: entries in the outbox, like those in the journal's queue and buffer, are
+//! lost if the process dies (not if it is stopped: shutdown drains). The window is 1.5 ×
+//! `handoff_every` plus the journal's [`crate::journal::FLUSH_EVERY`].
+//!
+//! When a batch is due is decided by [`Outbox`], without I/O or a clock ([`next_tick`]);
+//! [`FeedOutbox`] shares one among the connections of the feed's thread and hands it off.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::FeedError;
+use crate::journal::{Entry, JournalSender};
+use crate::record::RecordBody;
+
+/// An outbox holding this many entries is handed off at once.
+pub const MAX_ENTRIES: usize = 1024;
+/// An outbox holding this many bytes of frames is handed off at once.
+pub const MAX_BYTES: usize = 256 << 10;
+
+/// The next tick of the grid of period `every` that starts at `epoch`, strictly after `now`
+/// (`now` itself when `every` is zero: no waiting).
+pub fn next_tick(epoch: Instant, every: Duration, now: Instant) -> Instant {
+    if every.is_zero() {
+        return now;
+    }
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let period = every.as_nanos();
+    let ticks = since / period + 1;
+    let offset = u64::try_from(ticks.saturating_mul(period)).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(offset)
+}
+
+/// Entries waiting for the journal, and when they are due (see the module doc).
+#[derive(Debug)]
+pub struct Outbox {
+    entries: Vec<Entry>,
+    bytes: usize,
+    due: Option<Instant>,
+    every: Duration,
+    epoch: Instant,
+}
+
+impl Outbox {
+    /// An empty outbox whose batches are due on the grid of period `every` from `epoch`.
+    pub fn new(every: Duration, epoch: Instant) -> Self {
+        Outbox {
+            entries: Vec::new(),
+            bytes: 0,
+            due: None,
+            every,
+            epoch,
+        }
+    }
+
+    /// Adds an entry put in at `now`; the first of a batch sets when the batch is due.
+    pub fn push(&mut self, entry: Entry, now: Instant) {
+        if self.due.is_none() {
+            self.due = Some(next_tick(self.epoch, self.every, now));
+        }
+        self.bytes += entry_bytes(&entry);
+        self.entries.push(entry);
+    }
+
+    /// When the waiting batch is due: handed off at the first wake-up from then on (`None`:
+    /// nothing waits).
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// When the waiting batch must be handed off even if nothing else wakes a connection: half
+    /// a period after it is due (`None`: nothing waits).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.due.map(|due| due + self.every / 2)
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes of frames waiting (about; events count a little).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the outbox is full: it must be handed off before more is read.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= MAX_ENTRIES || self.bytes >= MAX_BYTES
+    }
+
+    /// Whether the batch must be handed off at `now`: its tick has come, or the outbox is full.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.is_full() || self.due.is_some_and(|due| now >= due)
+    }
+
+    /// Takes every waiting entry, in order, leaving the outbox empty.
+    pub fn take(&mut self) -> Vec<Entry> {
+        self.bytes = 0;
+        self.due = None;
+        std::mem::take(&mut self.entries)
+    }
+}
+
+/// The bytes an entry stands for in the outbox's bound.
+fn entry_bytes(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match &entry.body {
+            RecordBody::Frame(frame) => frame.bytes.len(),
+            RecordBody::BookState(state) => 32 * (state.bids.len() + state.asks.len()),
+            RecordBody::Event(event) => event.detail.len(),
+        }
+}
+
+/// The outbox every connection of a feed shares, with its timer (see the module doc).
+#[derive(Debug)]
+pub struct FeedOutbox {
+    waiting: Mutex<Outbox>,
+    /// Held through a hand-off, from taking the entries until the journal queued them.
+    handing_off: tokio::sync::Mutex<()>,
+    journal: JournalSender,
+    /// The deadline changed (a batch began, or was handed off): the timer looks again.
+    changed: Notify,
+}
+
+impl FeedOutbox {
+    /// An empty outbox for `journal`, due on the grid of period `every` from `epoch`.
+    pub fn new(journal: JournalSender, every: Duration, epoch: Instant) -> Self {
+        FeedOutbox {
+            waiting: Mutex::new(Outbox::new(every, epoch)),
+            handing_off: tokio::sync::Mutex::new(()),
+            journal,
+            changed: Notify::new(),
+        }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Outbox> {
+        // A poisoned lock means a panic between two plain updates of a Vec and two numbers: the
+        // entries are still whole, in order.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The journal's queue.
+    pub fn journal(&self) -> &JournalSender {
+        &self.journal
+    }
+
+    /// Puts entries in, in order, at `now`.
+    pub fn put(&self, entries: impl IntoIterator<Item = Entry>, now: Instant) {
+        let began = {
+            let mut waiting = self.waiting();
+            let was_empty = waiting.is_empty();
+            for entry in entries {
+                waiting.push(entry, now);
+            }
+            was_empty && !waiting.is_empty()
+        };
+        if began {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Entries waiting (not yet handed to the journal).
+    pub fn len(&self) -> usize {
+        self.waiting().len()
+    }
+
+    /// Whether no entry waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting().is_empty()
+    }
+
+    /// Whether the waiting batch must be handed off at `now` ([`Outbox::is_due`]).
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.waiting().is_due(now)
+    }
+
+    /// Hands every waiting entry to the journal's queue, in order, as one batch (one wake-up of
+    /// the journal thread), waiting for room: a full queue holds the caller here, so it reads
+    /// nothing meanwhile. Fails only when the journal is closed.
+    pub async fn hand_off(&self) -> Result<(), FeedError> {
+        let _turn = self.handing_off.lock().await;
+        let batch = self.waiting().take();
+        self.changed.notify_one();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.journal
+            .send_batch(batch)
+            .await
+            .map_err(|_| FeedError::JournalClosed)
+    }
+
+    /// The timer: hands the outbox off at each batch's deadline when no connection did it
+    /// before, until `cancel` (the connections hand off what is left when they stop).
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        cancel: CancellationToken,
+    ) -> Result<(), FeedError> {
+        let idle = || Instant::now() + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(idle());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let deadline = self.waiting().deadline();
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.unwrap_or_else(idle));
+                armed = deadline;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.changed.notified() => {}
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.hand_off().await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{EventKind, FeedEvent, FrameRecord};
+    use crate::time::Timestamp;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn frame(n: u64, len: usize) -> Entry {
+        Entry {
+            received_at: Timestamp::from_unix_nanos(0),
+            conn_id: 1,
+            conn_seq: n,
+            body: RecordBody::Frame(FrameRecord {
+                bytes: vec![b'x'; len],
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_due_on_the_next_tick_of_the_shared_grid() {
+        let epoch = Instant::now();
+        // (grid period, when the first entry arrives, when its batch is due), in ms from epoch.
+        let cases: [(u32, u32, u32, &str); 6] = [
+            (
+                10,
+                0,
+                10,
+                "at the epoch: the next tick, not the epoch itself",
+            ),
+            (10, 3, 10, "between ticks: the next one"),
+            (10, 10, 20, "on a tick: the one after"),
+            (10, 19, 20, "just before a tick: a short wait"),
+            (0, 7, 7, "a zero period: due at once"),
+            (2, 5, 6, "another period"),
+        ];
+        for (every, at, due, what) in cases {
+            let now = epoch + at * MS;
+            assert_eq!(
+                next_tick(epoch, every * MS, now) - epoch,
+                due * MS,
+                "{what}"
+            );
+            if every > 0 {
+                // Two connections whose batches start in the same period hand off together.
+                let mut a = Outbox::new(every * MS, epoch);
+                let mut b = Outbox::new(every * MS, epoch);
+                a.push(frame(1, 10), now);
+                b.push(frame(1, 10), epoch + (due - 1) * MS);
+                assert_eq!(a.due(), b.due(), "{what}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_entry_sets_the_due_time_and_later_ones_do_not_push_it_back() {
+        let epoch = Instant::now();
+        let mut outbox = Outbox::new(10 * MS, epoch);
+        assert_eq!(outbox.due(), None);
+        assert!(!outbox.is_due(epoch + 100 * MS), "nothing waits");
+        outbox.push(frame(1, 10), epoch + 2 * MS);
+        outbox.push(frame(2, 10), epoch + 9 * MS);
+        outbox.push(frame(3, 10), epoch + 15 * MS);
+        assert_eq!(outbox.due(), Some(epoch + 10 * MS));
+        assert_eq!(
+            outbox.deadline(),
+            Some(epoch + 15 * MS),
+            "half a period later"
+        );
+        assert!(!outbox.is_due(epoch + 9 * MS));
+        assert!(outbox.is_due(epoch + 10 * MS));
+        let mut at_once = Outbox::new(Duration::ZERO, epoch);
+        at_once.push(frame(1, 10), epoch + 3 * MS);
+        assert_eq!(at_once.deadline(), Some(epoch + 3 * MS), "a zero period");
+        assert!(at_once.is_due(epoch + 3 * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_is_due_at_once() {
+        let epoch = Instant::now();
+        let mut by_count = Outbox::new(Duration::from_secs(3600), epoch);
+        for n in 0..MAX_ENTRIES as u64 {
+            assert!(!by_count.is_due(epoch), "{n} entries");
+            by_count.push(frame(n, 1), epoch);
+        }
+        assert!(by_count.is_due(epoch));
+        let mut by_bytes = Outbox::new(Duration::from_secs(3600), epoch);
+        by_bytes.push(frame(1, MAX_BYTES / 2), epoch);
+        assert!(!by_bytes.is_due(epoch));
+        by_bytes.push(frame(2, MAX_BYTES / 2), epoch);
+        assert!(by_bytes.is_due(epoch));
+    }
+
+    /// A real journal in `dir` whose queue holds `capacity` entries.
+    fn journal(
+        dir: &std::path::Path,
+        capacity: usize,
+    ) -> (
+        crate::journal::JournalHandle,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let handle = crate::journal::spawn_journal(
+            crate::journal::JournalConfig::new(dir),
+            capacity,
+            None,
+            cancel.clone(),
+        )
+        .unwrap();
+        (handle, cancel)
+    }
+
+    #[tokio::test]
+    async fn hand_off_keeps_the_order_waits_for_room_and_empties_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        // The queue holds 4: the batch of 11 goes in as the journal makes room.
+        let (handle, cancel) = journal(dir.path(), 4);
+        let epoch = Instant::now();
+        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, epoch);
+        // Two connections' entries, interleaved as they were put in.
+        outbox.put((1..=5).map(|n| frame(n, 5)), epoch);
+        outbox.put((6..=10).map(|n| frame(n, 5)), epoch);
+        outbox.put(
+            [Entry {
+                body: RecordBody::Event(FeedEvent {
+                    kind: EventKind::Disconnected,
+                    symbol: None,
+                    gap_start: None,
+                    detail: String::new(),
+                }),
+                ..frame(0, 0)
+            }],
+            epoch,
+        );
+        assert_eq!(outbox.len(), 11);
+        outbox.hand_off().await.unwrap();
+        assert!(outbox.is_empty());
+        assert!(!outbox.is_due(epoch + Duration::from_secs(3600)));
+        cancel.cancel();
+        handle.join().await.unwrap();
+        let mut reader = crate::journal::JournalReader::open(dir.path(), 0).unwrap();
+        let mut seqs = Vec::new();
+        while let Some(crate::journal::Item::Record(r)) = reader.next_owned().unwrap() {
+            seqs.push(r.conn_seq);
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]);
+    }
+
+    /// A batch no connection hands off (no frame came after its tick) goes at its deadline,
+    /// half a period after the tick, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_hands_off_a_quiet_batch_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, cancel) = journal(dir.path(), 64);
+        let epoch = Instant::now();
+        let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), 20 * MS, epoch));
+        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone()));
+        tokio::time::sleep(3 * MS).await;
+        outbox.put([frame(1, 5)], Instant::now());
+        // Due at the tick (20 ms), handed off by the timer at 30 ms.
+        tokio::time::sleep_until(epoch + 29 * MS).await;
+        assert_eq!(outbox.len(), 1, "not before the deadline");
+        tokio::time::sleep_until(epoch + 30 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0, "at the deadline");
+        // The next batch gets its own tick and deadline.
+        tokio::time::sleep_until(epoch + 41 * MS).await;
+        outbox.put([frame(2, 5)], Instant::now());
+        tokio::time::sleep_until(epoch + 69 * MS).await;
+        assert_eq!(outbox.len(), 1);
+        tokio::time::sleep_until(epoch + 70 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0);
+        cancel.cancel();
+        timer.await.unwrap().unwrap();
+        handle.join().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_journal_fails_the_hand_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, cancel) = journal(dir.path(), 4);
+        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, Instant::now());
+        cancel.cancel();
+        handle.join().await.unwrap();
+        outbox.put([frame(1, 5)], Instant::now());
+        assert!(matches!(
+            outbox.hand_off().await,
+            Err(FeedError::JournalClosed)
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! The feed's own thread: every [`Connection`] task of a feed runs on one current-thread tokio
+//! runtime, on a thread of its own.
+//!
+//! Why: a frame's cost is mostly the wake-up that delivers it, not the work on it. On one thread
+//! with its own runtime, a wake-up of the feed reads what every ready socket holds, and nothing
+//! in it wakes another thread (no work stealing, no hand-over of tasks between workers); the only
+//! cross-thread hand-off is the batch to the journal ([`super::outbox`]). The database writer,
+//! the metrics server and the rest stay on the caller's runtime, so that a slow COPY or a scrape
+//! never delays a read (and the receive time stamped on a frame is when it was read).
+//!
+//! What must hold: [`FeedThread::failure`] yields every error a connection (or the outbox's
+//! timer) ended with (the first stops the collector); a connection task that panics is reported as a failure, never left
+//! silently missing; after the feed's token is cancelled, [`FeedThread::join`] returns once every
+//! connection has handed its last entries to the journal and the runtime is gone.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Connection, FeedError, FeedShared};
+
+/// A feed running on its own thread.
+#[derive(Debug)]
+pub struct FeedThread {
+    failures: mpsc::Receiver<FeedError>,
+    ended: oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts `connections` (all of `shared`'s) and the timer of their outbox on a new thread named
+/// `feed`, each running until `cancel`.
+pub fn spawn_feed(
+    shared: &FeedShared,
+    connections: Vec<Connection>,
+    cancel: CancellationToken,
+) -> Result<FeedThread, FeedError> {
+    let outbox = Arc::clone(&shared.outbox);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        // Sockets and timers; no signal or process driver (each would be polled every turn).
+        .enable_io()
+        .enable_time()
+        .thread_name("feed-blocking")
+        .build()
+        .map_err(|e| FeedError::Thread(format!("cannot start the feed's runtime: {e}")))?;
+    let (failed_tx, failures) = mpsc::channel(connections.len().max(1));
+    let (ended_tx, ended) = oneshot::channel::<()>();
+    // The thread logs where its caller logs (a scoped subscriber too, as tests install).
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    let thread = std::thread::Builder::new()
+        .name("feed".into())
+        .spawn(move || {
+            let _logs = tracing::dispatcher::set_default(&dispatch);
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                tasks.spawn(outbox.run(cancel.clone()));
+                for connection in connections {
+                    tasks.spawn(connection.run(cancel.clone()));
+                }
+                while let Some(ended) = tasks.join_next().await {
+                    let failure = match ended {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(e) => FeedError::Thread(format!("a connection task failed: {e}")),
+                    };
+                    // Room for one failure per connection: this never waits.
+                    let _ = failed_tx.send(failure).await;
+                }
+            });
+            // The runtime (and its blocking threads) is gone before the end is announced.
+            drop(runtime);
+            drop(ended_tx);
+        })
+        .map_err(|e| FeedError::Thread(format!("cannot start the feed's thread: {e}")))?;
+    Ok(FeedThread {
+        failures,
+        ended,
+        thread,
+    })
+}
+
+impl FeedThread {
+    /// The next error a connection ended with; `None` once every connection has ended without
+    /// one (after a cancel).
+    pub async fn failure(&mut self) -> Option<FeedError> {
+        self.failures.recv().await
+    }
+
+    /// Waits until every connection has ended (cancel the feed's token first) and the thread is
+    /// gone.
+    pub async fn join(self) {
+        let _ = self.ended.await;
+        // The thread has dropped its runtime and is returning: this does not wait long.
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
