@@ -1296,14 +1296,3 @@ mod tests {
         assert!(with.check_entries.contains(&book_entries_sql("kb_move_b")));
     }
 }
-#[cfg(test)]
-mod tmp_dump {
-    #[test]
-    fn dump() {
-        let s = super::MoveSql::new(false);
-        std::fs::write("/tmp/hlegacy/build_keyed.sql", &s.book_keyed).unwrap();
-        std::fs::write("/tmp/hlegacy/check_m.sql", &s.check_messages).unwrap();
-        std::fs::write("/tmp/hlegacy/check_e.sql", &s.check_entries).unwrap();
-        std::fs::write("/tmp/hlegacy/collectors.sql", &s.collectors).unwrap();
-    }
-}
