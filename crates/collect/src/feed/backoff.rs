@@ -6,8 +6,10 @@
 //!   connection.
 //! - [`Reconnect`]: which delay each kind of failure gets ([`Pace`], decided by the error types in
 //!   [`super::error`]): an open connection that ended reconnects promptly (the backoff's first step
-//!   once the connection had proved healthy), an unreachable exchange backs off normally, a rate
-//!   limit pauses for minutes, and a broken setup (TLS, certificate) is retried slowly.
+//!   once the connection had proved healthy: a book message verified on it, or it stayed up for
+//!   `healthy_after`; one that keeps dying before that backs off further each time), an
+//!   unreachable exchange backs off normally, a rate limit pauses for minutes, and a broken setup
+//!   (TLS, certificate) is retried slowly.
 //! - [`RateLimiter`]: a token bucket shared by all connections, for connects and for
 //!   resubscriptions; waiting for a token is how pacing happens.
 //!

@@ -4,8 +4,12 @@
 //! The loop here only opens the socket (DNS, TCP, TLS and the WebSocket upgrade as separate
 //! steps, so that each failure is told apart: [`ConnectError`]), hands the session every Kraken
 //! frame (never a WebSocket ping or pong: those do not keep a connection alive), timers and
-//! resubscribe permits, and carries out the session's actions in order. Between connections it
-//! waits as long as the failure's [`Pace`] asks.
+//! resubscribe permits, and carries out the session's actions in order. A wake-up for the socket
+//! reads every frame already buffered (bounded), each stamped as it is read; the journal entries
+//! go to the feed's outbox ([`super::outbox`]), which is handed to the journal before any request
+//! is sent. The futures the loop waits on are made once per connection, not per frame (the
+//! watchdog's timer is moved only when it fires). Between connections it waits as long as the
+//! failure's [`Pace`] asks; a connection whose books verified starts the backoff afresh.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
