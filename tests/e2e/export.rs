@@ -1231,6 +1231,18 @@ async fn export_snapshots_hold_the_verified_book_at_each_instant_and_skip_gaps()
     let mut in_gaps = 0;
     for e in &events {
         let (lost, symbol, back): (Timestamp, String, Timestamp) = (e.get(0), e.get(1), e.get(2));
+        // The gap ends, on Kraken's clock, at the resync's snapshot: its timestamp (the book's
+        // last change) may precede its receipt, and the book is verified from there.
+        let snapshot: Option<Timestamp> = client
+            .query_one(
+                "SELECT min(\"timestamp\") FROM krakenbook_copies
+                  WHERE symbol = $1 AND kind = 's' AND received_at > $2 AND received_at <= $3",
+                &[&symbol, &lost, &back],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let back = snapshot.map_or(back, |s| s.min(back));
         let (lo, hi) = (lost.unix_micros(), back.unix_micros());
         let written = per_symbol.get(&symbol).cloned().unwrap_or_default();
         let inside: Vec<&i64> = written.iter().filter(|&&t| t > lo && t < hi).collect();
