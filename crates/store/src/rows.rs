@@ -266,16 +266,6 @@ impl RowEncoder {
         self.counts
     }
 
-    /// Bytes of the messages stream not yet taken.
-    pub fn messages_len(&self) -> usize {
-        self.messages.len()
-    }
-
-    /// Takes the messages stream encoded so far (for sending while encoding goes on).
-    pub fn take_messages(&mut self) -> Bytes {
-        self.messages.split().freeze()
-    }
-
     /// Encodes the book rows that no later copy can join any more (older than
     /// [`super::book_rows::MERGE_WINDOW`] rows) and returns the bytes of the book stream not yet
     /// taken, when there are at least `at_least` (for sending while encoding goes on).
