@@ -95,6 +95,17 @@ async fn record() -> Recorded {
     }
 }
 
+/// An instant about 12 to 17 s into the recording, half a chunk (2.5 s) past a chunk boundary.
+/// `--older-than` is whole seconds, so the cutoff it gives lands anywhere in the second after the
+/// instant asked; a boundary inside that second would be archived by one run and not by the next
+/// (seen once in CI: the run that should find nothing older found that chunk).
+fn cut_between_chunks(first: Timestamp) -> Timestamp {
+    const CHUNK: i64 = 5_000_000_000;
+    let after = first.add_nanos(10_000_000_000).unix_nanos();
+    let boundary = after.div_euclid(CHUNK) * CHUNK + CHUNK;
+    Timestamp::from_unix_nanos(boundary + CHUNK / 2)
+}
+
 /// `--older-than` that archives the chunks ending before `until` (and no later one, for a while).
 async fn older_than_until(url: &str, until: Timestamp) -> String {
     let now: Timestamp = connect(url)
@@ -259,7 +270,7 @@ async fn an_archived_range_answers_every_read_as_before_and_an_interrupted_run_l
     let url = r.db.url.clone();
     let archive_dir = r.dir.path().join("cold");
     let to_dir = archive_dir.to_str().unwrap().to_owned();
-    let cut = r.first.add_nanos(12_000_000_000);
+    let cut = cut_between_chunks(r.first);
     let at = r.first.add_nanos(7_000_000_000);
     let (from, to) = (
         r.first.add_nanos(2_000_000_000),
@@ -439,7 +450,7 @@ async fn a_tampered_archive_file_is_caught_and_an_import_into_an_archived_range_
     let r = record().await;
     let url = r.db.url.clone();
     let archive_dir = r.dir.path().join("cold");
-    let cut = r.first.add_nanos(12_000_000_000);
+    let cut = cut_between_chunks(r.first);
     let older = older_than_until(&url, cut).await;
     stdout(
         &kb(
