@@ -10,6 +10,7 @@
 
 mod collect;
 mod ingest;
+mod queries;
 mod readback;
 mod serve;
 mod simulate;

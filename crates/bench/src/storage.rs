@@ -32,6 +32,7 @@ Run it with a release build (cargo build --release --workspace).
 Examples:
   krakenbook-bench storage                                      20 pairs, depth 100, 45 s, N = 1 and N = 2
   krakenbook-bench storage --pairs 5 --seconds 20 --redundancy 1
+  krakenbook-bench storage --redundancy 1 --queries             also the README queries, views against schema 5
   krakenbook-bench storage --database-url postgres://kb@localhost/market   measure an existing database";
 
 /// `krakenbook-bench storage`.
@@ -55,6 +56,11 @@ pub struct BenchStorageArgs {
     /// The simulator's seed (the same market for every recording).
     #[arg(long, default_value = "1")]
     pub seed: u64,
+    /// Also time the README queries through the views against the same rows in the layout before
+    /// schema 6 (rebuilt beside them for the run, then dropped): on the first recording, or on the
+    /// database given.
+    #[arg(long)]
+    pub queries: bool,
     /// Measure this database instead of recording one.
     #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -97,6 +103,9 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<ExitCode> {
             m.messages
         );
         print_tables(&m);
+        if args.queries {
+            crate::queries::run(&client).await?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if !(args.rate.is_finite() && args.rate > 0.0) {
@@ -147,6 +156,9 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<ExitCode> {
             per(zstd)
         );
         let total = m.total() as f64 / m.messages as f64;
+        if args.queries && first_total.is_none() {
+            crate::queries::run(&client).await?;
+        }
         match first_total {
             None => first_total = Some(total),
             Some(base) => println!(
