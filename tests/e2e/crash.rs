@@ -159,6 +159,22 @@ fn journal_frames(journal: &Path) -> BTreeMap<i64, String> {
 
 #[tokio::test]
 async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement() {
+    crash_rounds(&[]).await;
+}
+
+/// The same at `--redundancy 2`: a kill can fall between a frame's two copies, so the database
+/// may hold one copy of a message whose other copy the journal still has to give it; after the
+/// restart every copy the journal holds is stored exactly once (in the row, or packed with it).
+#[tokio::test]
+async fn sigkills_and_power_cuts_at_redundancy_2_leave_every_copy_stored_once() {
+    crash_rounds(&["--redundancy", "2"]).await;
+}
+
+/// Rounds of SIGKILL (and power cuts) of a collector started with `extra` arguments, then a
+/// clean run, then the journal and the database compared copy by copy.
+async fn crash_rounds(extra: &[&str]) {
+    const PACKED: &str = "SELECT count(dup) FROM krakenbook_book";
+    let replicas = extra.contains(&"--redundancy");
     let iterations: usize = std::env::var("KRAKENBOOK_CRASH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -180,12 +196,10 @@ async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement()
     let mut history = Vec::new();
     for round in 0..iterations {
         let metrics = free_addr();
-        let collector = Collector::start(
-            &sim,
-            Some(&db.url),
-            dir.path(),
-            &["--metrics-listen", &metrics.to_string()],
-        );
+        let metrics_arg = metrics.to_string();
+        let mut args = vec!["--metrics-listen", &metrics_arg];
+        args.extend_from_slice(extra);
+        let collector = Collector::start(&sim, Some(&db.url), dir.path(), &args);
         let before = count_or_zero(
             &db.url,
             "SELECT count(*) FROM kraken_orderbook_messages WHERE channel = 'book'",
@@ -199,6 +213,18 @@ async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement()
             || collector.log(),
         )
         .await;
+        if replicas {
+            // Replicas start staggered: kill only once copies from both connections are stored.
+            let packed = count_or_zero(&db.url, PACKED).await;
+            wait_count(
+                &db.url,
+                PACKED,
+                packed + 20,
+                Duration::from_secs(30),
+                || collector.log(),
+            )
+            .await;
+        }
         // The database must never be ahead of what the journal has synced: a checkpoint read
         // before a synced seq can never exceed it.
         let mut synced;
@@ -236,12 +262,10 @@ async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement()
     }
     // A last clean run lets the database catch up with everything the journal holds.
     let metrics = free_addr();
-    let last = Collector::start(
-        &sim,
-        Some(&db.url),
-        dir.path(),
-        &["--metrics-listen", &metrics.to_string()],
-    );
+    let metrics_arg = metrics.to_string();
+    let mut args = vec!["--metrics-listen", &metrics_arg];
+    args.extend_from_slice(extra);
+    let last = Collector::start(&sim, Some(&db.url), dir.path(), &args);
     let before = count(&db.url, "SELECT count(*) FROM kraken_orderbook_messages").await;
     wait_count(
         &db.url,
@@ -259,18 +283,42 @@ async fn sigkills_and_power_cuts_leave_journal_and_database_in_exact_agreement()
 
     let expected = journal_frames(&journal);
     let client = connect(&db.url).await;
+    // Every received copy: a book message's copies (the row's first and each packed with it, all
+    // the same frame) and the frames stored whole.
+    let copies = "SELECT c.seq, coalesce(m.raw_message::text, m.raw_text) AS frame
+                    FROM krakenbook_copies c
+                    JOIN kraken_orderbook_messages m ON m.channel = 'book' AND m.seq = c.row_seq
+                  UNION ALL
+                  SELECT seq, coalesce(raw_message::text, raw_text) FROM krakenbook_other";
     let seqs: Vec<i64> = column(
         &client,
-        "SELECT seq FROM kraken_orderbook_messages ORDER BY seq",
+        &format!("SELECT seq FROM ({copies}) c ORDER BY seq"),
     )
     .await;
     let rows = client
         .query(
-            "SELECT seq, coalesce(raw_message::text, raw_text) FROM kraken_orderbook_messages ORDER BY seq",
+            &format!("SELECT seq, frame FROM ({copies}) c ORDER BY seq"),
             &[],
         )
         .await
         .unwrap();
+    if replicas {
+        let packed = count(
+            &db.url,
+            "SELECT count(*) FROM krakenbook_copies WHERE copy > 0",
+        )
+        .await;
+        let per_conn: Vec<String> = column(
+            &client,
+            "SELECT conn_id::text || ': ' || count(*)::text || ' rows, ' || count(dup)::text || ' dup'
+               FROM krakenbook_book GROUP BY conn_id ORDER BY conn_id",
+        )
+        .await;
+        assert!(
+            packed > 100,
+            "only {packed} copies packed with their rows: {per_conn:?}\n{context}"
+        );
+    }
     let stored: BTreeMap<i64, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(seqs.len(), stored.len(), "no seq stored twice\n{context}");
     let missing: Vec<&i64> = expected
