@@ -7,18 +7,24 @@
 //! - `krakenbook_book` by `collector_id` and row `seq` through its block-range index (no order
 //!   asked of the server); every row is expanded in Rust into its copies (its own and those packed
 //!   in `dups`), each at its own seq, and held until its window is fed: a copy's seq lies after
-//!   its row's (within [`DUP_SEQ_REACH`]), so it is in the row's window or a later one;
+//!   its row's (within [`DUP_SEQ_REACH`]), so it is in the row's window or a later one. A window's
+//!   query reads every page range of the index not yet summarized (written since the chunk's last
+//!   vacuum: a whole fresh chunk) whatever its seqs, so windows are few and large (about
+//!   [`SPAN_BYTES`] or [`SPAN_ROWS`]), a range's first window sized from the range's rows, and
+//!   the rows before a range whose copies reach into it come in the first window's scan;
 //! - `krakenbook_other` by `(collector, seq)`;
 //! - `kraken_book_states` by seq and a window of Kraken time (the updates of this window and the
 //!   one before: a state follows its update, perhaps in the next window); `kraken_feed_events` by
 //!   `(collector, seq)`.
 //!
 //! The copies, frames, states and events of a window are fed to the verifier in seq order: each
-//! connection's stream in the order it was received. Levels are decoded from dec64 in Rust (no
+//! connection's stream in the order it was received. The verifier runs on a thread of its own,
+//! handed one window at a time through a channel of one, while this task reads the next. Levels are decoded from dec64 in Rust (no
 //! numeric parsing in the server); a row without levels from its raw frame with the project's
 //! decoder. Everything is read in one `REPEATABLE READ` read-only transaction: one consistent view,
-//! even while a collector writes. Memory holds two windows (their size in seqs adapts so that they
-//! hold about [`SPAN_BYTES`]), the rows whose later copies are still to come, and the books of the
+//! even while a collector writes. Memory holds at most four windows (read, queued, being verified,
+//! and the next one's rows read with this one's states; their size in seqs adapts so that each
+//! holds about [`SPAN_BYTES`]), the rows whose later copies are still to come, and the books of the
 //! connections still open ([`connection_ends`]), whatever the size of the tables.
 //!
 //! A range (`--from`/`--to`, on Kraken's clock like `book --at` and exports) verifies the book
