@@ -49,6 +49,15 @@ pub struct BenchReadbackArgs {
     /// A book state every this many updates (the collector's default is 10,000).
     #[arg(long, default_value_t = 10_000)]
     pub state_every: u64,
+    /// Times to run each `replay --verify` from the database (the figures of every run are
+    /// printed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Use this database instead of a throwaway cluster: synthesized into when it holds no book
+    /// row (same --span and --rate), read as it is otherwise (the journal measurements are then
+    /// skipped: the journal is not kept).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 /// Runs `krakenbook-bench readback`.
@@ -61,26 +70,183 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
     );
     let work = tempfile::tempdir()?;
     let journal_dir = work.path().join("journal");
-    let cluster = tokio::task::spawn_blocking(|| {
-        TempCluster::with_options(ClusterOptions {
-            durable: false,
-            bindir: None,
-        })
-    })
-    .await??;
-    let url = cluster.create_database().await?;
+    let (cluster, url) = match &args.database_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let cluster = tokio::task::spawn_blocking(|| {
+                TempCluster::with_options(ClusterOptions {
+                    durable: false,
+                    bindir: None,
+                })
+            })
+            .await??;
+            let url = cluster.create_database().await?;
+            (Some(cluster), url)
+        }
+    };
     let mut client = store::connect(&url, "krakenbook-bench").await?;
     store::migrate(&client, &MigrateOptions::default()).await?;
+    let start_ts = Timestamp::parse("2026-11-24T00:00:00Z")?;
+    let step_ns = (1e9 / args.rate) as i64;
+    let stored: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM krakenbook_book)", &[])
+        .await?
+        .get(0);
+    // The journal's measurements need the journal this run wrote.
+    let journaled = !stored;
+    if stored {
+        eprintln!("bench readback: reading the recording already in the database");
+    } else {
+        synthesize(&args, &url, &journal_dir, messages, start_ts, step_ns).await?;
+        client.batch_execute("ANALYZE").await?;
+    }
+    let entries: i64 = client
+        .query_one("SELECT count(*) FROM kraken_orderbook_entries", &[])
+        .await?
+        .get(0);
+    eprintln!("bench readback: {messages} messages, {entries} levels stored");
 
+    // book --at at random instants.
+    let end_ts = start_ts.add_nanos(step_ns * messages as i64);
+    let mut rng = krakenbook::rng::Rng::new(0x2545_f491_4f6c_dd1d);
+    let mut times = Vec::new();
+    let mut replayed = Vec::new();
+    for _ in 0..args.lookups {
+        let at = start_ts.add_nanos(rng.below(end_ts.nanos_since(start_ts) as u64) as i64);
+        let t = Instant::now();
+        let book = book_at(&client, "BTC/USD", at, 1000, None).await?;
+        times.push(t.elapsed());
+        anyhow::ensure!(
+            book.is_verified(),
+            "the rebuilt book at {at} did not verify"
+        );
+        replayed.push(book.messages_applied);
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+    println!(
+        "book --at (depth 1000, {} lookups over {} h, {} rows): p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms; up to {} messages replayed per lookup",
+        times.len(),
+        hours,
+        entries + messages as i64,
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.9).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        replayed.iter().max().copied().unwrap_or(0)
+    );
+
+    // The coverage model over the whole recording: what `query` and every read path ask.
+    let mut coverage_times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let coverage = krakenbook::history::Source::Database(&client)
+            .coverage_of("BTC/USD", None)
+            .await?;
+        coverage_times.push(t.elapsed());
+        anyhow::ensure!(
+            coverage.spans.len() == 1,
+            "the synthesized recording is one verified span: {:?}",
+            coverage.gaps
+        );
+    }
+    coverage_times.sort();
+    println!(
+        "coverage of the whole recording ({} h): median {:.1} ms, max {:.1} ms",
+        hours,
+        coverage_times[coverage_times.len() / 2].as_secs_f64() * 1e3,
+        coverage_times
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3
+    );
+
+    if journaled {
+        // The same from the journal: one pass over every record.
+        let t = Instant::now();
+        let coverage = krakenbook::history::Source::Journal(&journal_dir)
+            .coverage_of("BTC/USD", None)
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            coverage.spans.len() == 1,
+            "the journal's coverage is one verified span: {:?}",
+            coverage.gaps
+        );
+        println!(
+            "coverage of the whole recording from the journal: {secs:.2} s = {:.0} records/s",
+            messages as f64 / secs
+        );
+
+        // replay --verify from the journal.
+        let dir = journal_dir.clone();
+        let t = Instant::now();
+        let report =
+            tokio::task::spawn_blocking(move || replay::verify_journal(&dir, None, None, |_| {}))
+                .await??;
+        let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(report.is_clean(), "journal replay disagreed");
+        println!(
+            "replay --verify from the journal: {} messages in {secs:.2} s = {:.0} messages/s",
+            report.frames,
+            report.frames as f64 / secs
+        );
+    }
+
+    // replay --verify from the database, one hour, then all of it (no range).
+    let from = start_ts.add_nanos(end_ts.nanos_since(start_ts) / 2);
+    let hour = replay::DbScope {
+        from: Some(from),
+        to: Some(from.add_nanos(3_600_000_000_000)),
+        ..replay::DbScope::default()
+    };
+    for (scope, what) in [
+        (hour, "replay --verify from the database"),
+        (
+            replay::DbScope::default(),
+            "replay --verify from the database, all of it",
+        ),
+    ] {
+        for _ in 0..args.repeat {
+            let t = Instant::now();
+            let report = replay::verify_database(&mut client, &scope, |_| {})
+                .await
+                .context(what)?;
+            let secs = t.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                report.is_clean(),
+                "database replay disagreed: {:?}",
+                report.disagreements.first()
+            );
+            println!(
+                "{what}: {} messages in {secs:.2} s = {:.0} messages/s",
+                report.frames,
+                report.frames as f64 / secs
+            );
+        }
+    }
+    drop(cluster);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the synthetic recording to the journal in `journal_dir` and to the database at `url`.
+async fn synthesize(
+    args: &BenchReadbackArgs,
+    url: &str,
+    journal_dir: &std::path::Path,
+    messages: u64,
+    start_ts: Timestamp,
+    step_ns: i64,
+) -> anyhow::Result<()> {
+    let hours = args.span.as_secs_f64() / 3600.0;
     eprintln!(
         "bench readback: synthesizing {messages} messages ({} h at {} msg/s, depth 1000)",
         hours, args.rate
     );
     let started = Instant::now();
-    let start_ts = Timestamp::parse("2026-11-24T00:00:00Z")?;
-    let step_ns = (1e9 / args.rate) as i64;
-    let (mut journal, _) = JournalWriter::open(JournalConfig::new(&journal_dir))?;
-    let mut writer = Writer::connect(&url, WriterConfig::new("bench")).await?;
+    let (mut journal, _) = JournalWriter::open(JournalConfig::new(journal_dir))?;
+    let mut writer = Writer::connect(url, WriterConfig::new("bench")).await?;
     let mut batch = Vec::with_capacity(5000);
     let mut seq = 0u64;
     let mut generator = Generator::new();
@@ -157,144 +323,11 @@ pub async fn run(args: BenchReadbackArgs) -> anyhow::Result<ExitCode> {
         writer.write_batch(&batch).await?;
     }
     journal.close()?;
-    client.batch_execute("ANALYZE").await?;
-    let entries: i64 = client
-        .query_one("SELECT count(*) FROM kraken_orderbook_entries", &[])
-        .await?
-        .get(0);
     eprintln!(
-        "bench readback: wrote {messages} messages, {entries} levels in {:.0} s",
+        "bench readback: wrote {messages} messages in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-
-    // book --at at random instants.
-    let end_ts = start_ts.add_nanos(step_ns * messages as i64);
-    let mut rng = krakenbook::rng::Rng::new(0x2545_f491_4f6c_dd1d);
-    let mut times = Vec::new();
-    let mut replayed = Vec::new();
-    for _ in 0..args.lookups {
-        let at = start_ts.add_nanos(rng.below(end_ts.nanos_since(start_ts) as u64) as i64);
-        let t = Instant::now();
-        let book = book_at(&client, "BTC/USD", at, 1000, None).await?;
-        times.push(t.elapsed());
-        anyhow::ensure!(
-            book.is_verified(),
-            "the rebuilt book at {at} did not verify"
-        );
-        replayed.push(book.messages_applied);
-    }
-    times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
-    println!(
-        "book --at (depth 1000, {} lookups over {} h, {} rows): p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms; up to {} messages replayed per lookup",
-        times.len(),
-        hours,
-        entries + messages as i64,
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.9).as_secs_f64() * 1e3,
-        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        replayed.iter().max().copied().unwrap_or(0)
-    );
-
-    // The coverage model over the whole recording: what `query` and every read path ask.
-    let mut coverage_times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let coverage = krakenbook::history::Source::Database(&client)
-            .coverage_of("BTC/USD", None)
-            .await?;
-        coverage_times.push(t.elapsed());
-        anyhow::ensure!(
-            coverage.spans.len() == 1,
-            "the synthesized recording is one verified span: {:?}",
-            coverage.gaps
-        );
-    }
-    coverage_times.sort();
-    println!(
-        "coverage of the whole recording ({} h): median {:.1} ms, max {:.1} ms",
-        hours,
-        coverage_times[coverage_times.len() / 2].as_secs_f64() * 1e3,
-        coverage_times
-            .last()
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1e3
-    );
-
-    // The same from the journal: one pass over every record.
-    let t = Instant::now();
-    let coverage = krakenbook::history::Source::Journal(&journal_dir)
-        .coverage_of("BTC/USD", None)
-        .await?;
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        coverage.spans.len() == 1,
-        "the journal's coverage is one verified span: {:?}",
-        coverage.gaps
-    );
-    println!(
-        "coverage of the whole recording from the journal: {secs:.2} s = {:.0} records/s",
-        messages as f64 / secs
-    );
-
-    // replay --verify from the journal.
-    let dir = journal_dir.clone();
-    let t = Instant::now();
-    let report =
-        tokio::task::spawn_blocking(move || replay::verify_journal(&dir, None, None, |_| {}))
-            .await??;
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(report.is_clean(), "journal replay disagreed");
-    println!(
-        "replay --verify from the journal: {} messages in {secs:.2} s = {:.0} messages/s",
-        report.frames,
-        report.frames as f64 / secs
-    );
-
-    // replay --verify from the database, one hour.
-    let from = start_ts.add_nanos(end_ts.nanos_since(start_ts) / 2);
-    let to = from.add_nanos(3_600_000_000_000);
-    let t = Instant::now();
-    let scope = replay::DbScope {
-        from: Some(from),
-        to: Some(to),
-        ..replay::DbScope::default()
-    };
-    let report = replay::verify_database(&mut client, &scope, |_| {})
-        .await
-        .context("replaying from the database")?;
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        report.is_clean(),
-        "database replay disagreed: {:?}",
-        report.disagreements.first()
-    );
-    println!(
-        "replay --verify from the database: {} messages in {secs:.2} s = {:.0} messages/s",
-        report.frames,
-        report.frames as f64 / secs
-    );
-
-    // replay --verify from the database, all of it (no range).
-    let t = Instant::now();
-    let report = replay::verify_database(&mut client, &replay::DbScope::default(), |_| {})
-        .await
-        .context("replaying the whole database")?;
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        report.is_clean(),
-        "database replay disagreed: {:?}",
-        report.disagreements.first()
-    );
-    println!(
-        "replay --verify from the database, all of it: {} messages in {secs:.2} s = {:.0} messages/s",
-        report.frames,
-        report.frames as f64 / secs
-    );
-    drop(cluster);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// A random walk of a depth-1000 book around 62,800.0 (precision 1/8).

@@ -7,18 +7,24 @@
 //! - `krakenbook_book` by `collector_id` and row `seq` through its block-range index (no order
 //!   asked of the server); every row is expanded in Rust into its copies (its own and those packed
 //!   in `dups`), each at its own seq, and held until its window is fed: a copy's seq lies after
-//!   its row's (within [`DUP_SEQ_REACH`]), so it is in the row's window or a later one;
+//!   its row's (within [`DUP_SEQ_REACH`]), so it is in the row's window or a later one. A window's
+//!   query reads every page range of the index not yet summarized (written since the chunk's last
+//!   vacuum: a whole fresh chunk) whatever its seqs, so windows are few and large (about
+//!   [`SPAN_BYTES`] or [`SPAN_ROWS`]), a range's first window sized from the range's rows, and
+//!   the rows before a range whose copies reach into it come in the first window's scan;
 //! - `krakenbook_other` by `(collector, seq)`;
 //! - `kraken_book_states` by seq and a window of Kraken time (the updates of this window and the
 //!   one before: a state follows its update, perhaps in the next window); `kraken_feed_events` by
 //!   `(collector, seq)`.
 //!
 //! The copies, frames, states and events of a window are fed to the verifier in seq order: each
-//! connection's stream in the order it was received. Levels are decoded from dec64 in Rust (no
+//! connection's stream in the order it was received. The verifier runs on a thread of its own,
+//! handed one window at a time through a channel of one, while this task reads the next. Levels are decoded from dec64 in Rust (no
 //! numeric parsing in the server); a row without levels from its raw frame with the project's
 //! decoder. Everything is read in one `REPEATABLE READ` read-only transaction: one consistent view,
-//! even while a collector writes. Memory holds two windows (their size in seqs adapts so that they
-//! hold about [`SPAN_BYTES`]), the rows whose later copies are still to come, and the books of the
+//! even while a collector writes. Memory holds at most four windows (read, queued, being verified,
+//! and the next one's rows read with this one's states; their size in seqs adapts so that each
+//! holds about [`SPAN_BYTES`]), the rows whose later copies are still to come, and the books of the
 //! connections still open ([`connection_ends`]), whatever the size of the tables.
 //!
 //! A range (`--from`/`--to`, on Kraken's clock like `book --at` and exports) verifies the book
@@ -53,11 +59,16 @@ use crate::time::Timestamp;
 pub const FIRST_WINDOW: i64 = 8192;
 
 /// Most rows a window aims to hold.
-pub const SPAN_ROWS: usize = 20_000;
+pub const SPAN_ROWS: usize = 250_000;
 
 /// Bytes of levels and frames a window aims to hold: memory stays bounded when the record holds
-/// deep snapshots (a whole market resubscribed at depth 1000).
-pub const SPAN_BYTES: usize = 4 << 20;
+/// deep snapshots (a whole market resubscribed at depth 1000). Large, because a window's query
+/// may cost a scan of the whole chunk: the block-range index lists every page range written since
+/// the chunk was last vacuumed (not yet summarized) as a match for any seq.
+pub const SPAN_BYTES: usize = 32 << 20;
+
+/// The most a window grows or shrinks from one to the next.
+const RESIZE: i64 = 16;
 
 /// What to verify.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -134,25 +145,40 @@ pub async fn verify_database(
     };
     progress(at);
     let statements = Statements::prepare(&tx).await?;
-    let mut verifier = CopyVerifier::new(&scope.symbols);
-    for plan in &plans {
-        verifier.begin_collector(&plan.collector);
-        let base = at.done;
-        read_collector(
-            &tx,
-            &statements,
-            plan,
-            scope,
-            &mut verifier,
-            |seq, messages| {
+    // The checks run on a thread of their own while this task reads the next window: reading and
+    // verifying overlap.
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(1);
+    let symbols = scope.symbols.clone();
+    let worker_scope = scope.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut verifier = CopyVerifier::new(&symbols);
+        while let Some(job) = queue.blocking_recv() {
+            job.run(&mut verifier, &worker_scope);
+        }
+        verifier
+    });
+    let read = async {
+        for plan in &plans {
+            send(&jobs, Job::Begin(plan.collector.clone())).await;
+            let base = at.done;
+            read_collector(&tx, &statements, plan, scope, &jobs, |seq, messages| {
                 at.done = base + (seq - plan.lo + 1).clamp(0, plan.hi - plan.lo + 1) as u64;
                 at.messages += messages;
                 progress(at);
-            },
-        )
-        .await?;
-        at.done = base + plan.span();
-    }
+            })
+            .await?;
+            at.done = base + plan.span();
+        }
+        Ok::<_, ReadbackError>(())
+    };
+    let read = read.await;
+    drop(jobs);
+    let verifier = match worker.await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("the verification's thread was cancelled: {e}"),
+    };
+    read?;
     tx.rollback()
         .await
         .map_err(StoreError::db("ending the read-only transaction"))?;
@@ -161,6 +187,60 @@ pub async fn verify_database(
     report.unordered_rows = unordered;
     report.legacy_rows = legacy;
     Ok(report)
+}
+
+/// Hands a job to the verifying thread (which stops only when the jobs end, or by a panic that
+/// the caller resumes when it joins it).
+async fn send(jobs: &tokio::sync::mpsc::Sender<Job>, job: Job) {
+    let _ = jobs.send(job).await;
+}
+
+/// What the verifying thread does, in the order read.
+enum Job {
+    /// Another collector's record starts.
+    Begin(String),
+    /// Frames before the first window that build the books.
+    Warm(Vec<OtherRow>),
+    /// One window's records.
+    Window(Batch),
+}
+
+/// One window's records, in what order they are fed decided by the reading side.
+struct Batch {
+    /// The book rows' copies of the window, by seq.
+    copies: Vec<(Arc<BookRow>, CopyOf)>,
+    other: Vec<OtherRow>,
+    states: Vec<StateRow>,
+    events: Vec<(EventRow, Timestamp)>,
+    /// Copies whose seq comes before records of their connection already fed, and that seq.
+    late: Vec<(Arc<BookRow>, CopyOf)>,
+    fed_before: i64,
+    /// Connections over once the window is fed.
+    ended: Vec<i64>,
+}
+
+impl Job {
+    fn run(self, verifier: &mut CopyVerifier, scope: &DbScope) {
+        match self {
+            Job::Begin(collector) => verifier.begin_collector(&collector),
+            Job::Warm(frames) => verifier.warm(|w| {
+                for m in &frames {
+                    w.other(m, m.decode().as_ref(), false);
+                }
+            }),
+            Job::Window(b) => {
+                for (row, copy) in &b.late {
+                    if scope.contains(row.timestamp) {
+                        verifier.copy_out_of_order(row, copy, b.fed_before);
+                    }
+                }
+                feed(verifier, scope, &b.copies, &b.other, &b.states, &b.events);
+                for conn in b.ended {
+                    verifier.end_connection(conn);
+                }
+            }
+        }
+    }
 }
 
 /// Where the connections of `collector` that are still open at `seq` or later end: their last
@@ -307,6 +387,10 @@ struct Plan {
     /// The Kraken times of the book states the replay starts from (where the first window looks
     /// for them).
     state_times: Vec<Timestamp>,
+    /// Seqs in the first window: [`FIRST_WINDOW`], or for a range as many as the range's book
+    /// rows say fit the window's budgets (its first query may cost a scan of the chunk: one
+    /// window instead of a few small ones).
+    first_window: i64,
 }
 
 impl Plan {
@@ -394,6 +478,7 @@ async fn plan(
         head: false,
         warm: Vec::new(),
         state_times: Vec::new(),
+        first_window: FIRST_WINDOW,
     };
     if !scope.has_range() {
         return Ok(Some(plan));
@@ -401,6 +486,8 @@ async fn plan(
     let (from, to) = bounds(scope);
     // The seqs of the range's book messages (every copy) and states, per symbol.
     let mut symbols: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    // The range's book rows and the bytes they hold in memory (about).
+    let mut density = (0u128, 0u128);
     let mut add = |s: Option<String>, a: Option<i64>, b: Option<i64>| {
         if let (Some(s), Some(a), Some(b)) = (s, a, b) {
             let e = symbols.entry(s).or_insert((a, b));
@@ -411,7 +498,10 @@ async fn plan(
         for r in tx
             .query(
                 "SELECT symbol, min(seq),
-                        max(seq + coalesce((SELECT max((d << 16) >> 42) FROM unnest(CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) d), 0))
+                        max(seq + coalesce((SELECT max((d << 16) >> 42) FROM unnest(CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) d), 0)),
+                        count(*),
+                        sum(16 * coalesce(cardinality(levels), 0) + coalesce(octet_length(raw::text), 0)
+                            + 8 * coalesce(cardinality(dups) + 1, 0))::bigint
                    FROM krakenbook_book
                   WHERE collector_id = $1 AND \"timestamp\" >= $2 AND \"timestamp\" < $3
                     AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))
@@ -422,6 +512,9 @@ async fn plan(
             .map_err(StoreError::db("reading what the range holds"))?
         {
             add(r.get(0), r.get(1), r.get(2));
+            let (count, bytes): (i64, Option<i64>) = (r.get(3), r.get(4));
+            density.0 += count.max(0) as u128;
+            density.1 += (128 * count.max(0) + bytes.unwrap_or(0).max(0)) as u128;
         }
     }
     for r in tx
@@ -458,6 +551,12 @@ async fn plan(
         return Ok(None);
     };
     plan.hi = hi;
+    let span = (hi - lo).max(0) as u128 + 1;
+    let (rows, bytes) = density;
+    let fits = |budget: usize, used: u128| span * budget as u128 / used.max(1);
+    plan.first_window = fits(SPAN_BYTES, bytes)
+        .min(fits(SPAN_ROWS, rows))
+        .clamp(FIRST_WINDOW as u128, 1 << 24) as i64;
     if scope.from.is_none() {
         // From the record's start: the subscriptions are read like everything else.
         return Ok(Some(plan));
@@ -589,19 +688,13 @@ async fn state_before(
 const BOOK_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
     checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END)";
 
-/// A window's book rows (their first copies' seqs in it), unordered: the copies are ordered in
-/// Rust.
+/// A window's book rows (their first copies' seqs in `($5, $3]`), unordered: the copies are
+/// ordered in Rust; and those in `($2, $5]` with further copies (rows before a range whose copies
+/// may reach into it; `$2 = $5` otherwise).
 const BOOK: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
     checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) \
     FROM krakenbook_book \
-    WHERE collector_id = $1 AND seq > $2 AND seq <= $3 \
-      AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
-
-/// Rows before the first window whose copies may reach into it.
-const BOOK_HEAD: &str = "SELECT seq, conn_id, \"timestamp\", received_at, checksum, n_bids, kind, \
-    checksum_ok, symbol, levels, raw::text, (CASE WHEN dup IS NOT NULL THEN array_prepend(dup, coalesce(dups, '{}'::bigint[])) END) \
-    FROM krakenbook_book \
-    WHERE collector_id = $1 AND seq >= $2 AND seq < $3 AND dup IS NOT NULL \
+    WHERE collector_id = $1 AND seq > $2 AND seq <= $3 AND (seq > $5 OR dup IS NOT NULL) \
       AND (cardinality($4::text[]) = 0 OR symbol = ANY($4))";
 
 const OTHER_COLUMNS: &str = "seq, conn_id, \"timestamp\", received_at, channel, message_type, \
@@ -645,7 +738,7 @@ impl Statements {
                 .await
                 .map_err(StoreError::db("preparing the verification's queries"))
         };
-        debug_assert!(BOOK.contains(BOOK_COLUMNS) && BOOK_HEAD.contains(BOOK_COLUMNS));
+        debug_assert!(BOOK.contains(BOOK_COLUMNS));
         debug_assert!(OTHER.contains(OTHER_COLUMNS));
         Ok(Statements {
             book: prepare(BOOK).await?,
@@ -810,19 +903,23 @@ struct Window {
     bytes: usize,
 }
 
-/// Reads the book and other rows of `(after, until]`: the book rows' copies go to `pending` (or
-/// `late`), the other rows are returned.
+/// Reads the book and other rows of `(after, until]` (and the book rows of `(head, after]` that
+/// have further copies): the book rows are returned with the window of other rows.
 async fn read_window(
     tx: &Transaction<'_>,
     st: &Statements,
     plan: &Plan,
     scope: &DbScope,
     (after, until): (i64, i64),
+    head: Option<i64>,
 ) -> Result<(Window, Vec<BookRow>), ReadbackError> {
     let book = async {
         match plan.collector_id {
             Some(id) => tx
-                .query(&st.book, &[&id, &after, &until, &scope.symbols])
+                .query(
+                    &st.book,
+                    &[&id, &head.unwrap_or(after), &until, &scope.symbols, &after],
+                )
                 .await
                 .map(|rows| rows.iter().map(book_row).collect())
                 .map_err(StoreError::db("reading book rows")),
@@ -853,25 +950,27 @@ async fn read_window(
     ))
 }
 
-/// The next window's size in seqs, from what the last one held.
+/// The next window's size in seqs, from what the last one held: scaled towards [`SPAN_BYTES`] and
+/// [`SPAN_ROWS`] (whichever it is nearer to), by at most [`RESIZE`] either way.
 fn next_size(size: i64, w: &Window) -> i64 {
-    if w.bytes > SPAN_BYTES || w.rows > SPAN_ROWS {
-        (size / 2).max(64)
-    } else if w.bytes < SPAN_BYTES / 4 && w.rows < SPAN_ROWS / 4 {
-        size.saturating_mul(2).min(1 << 20)
-    } else {
-        size
-    }
+    // How full the window was, in millionths of the nearer budget.
+    let ppm = |used: usize, budget: usize| (used as u128 * 1_000_000) / budget as u128;
+    let fill = ppm(w.bytes, SPAN_BYTES).max(ppm(w.rows, SPAN_ROWS)).max(1);
+    let scaled = (size.max(1) as u128 * 1_000_000 / fill).min(i64::MAX as u128) as i64;
+    scaled
+        .clamp(size / RESIZE, size.saturating_mul(RESIZE))
+        .clamp(64, 1 << 24)
 }
 
-/// Reads one collector's record as `plan` says and feeds it to `verifier`, calling
-/// `progress(seq read up to, copies and frames fed)` after every window.
+/// Reads one collector's record as `plan` says and hands it to the verifying thread window by
+/// window (`jobs`), calling `progress(seq read up to, copies and frames handed)` after every
+/// window.
 async fn read_collector(
     tx: &Transaction<'_>,
     st: &Statements,
     plan: &Plan,
     scope: &DbScope,
-    verifier: &mut CopyVerifier,
+    jobs: &tokio::sync::mpsc::Sender<Job>,
     mut progress: impl FnMut(i64, u64),
 ) -> Result<(), ReadbackError> {
     let reach = (plan.lo, plan.hi);
@@ -879,35 +978,17 @@ async fn read_collector(
     let mut late = Vec::new();
     // Seqs up to here are fed.
     let mut fed = plan.lo.saturating_sub(1);
-    verifier.warm(|w| {
-        for m in &plan.warm {
-            w.other(m, m.decode().as_ref(), false);
-        }
-    });
-    if plan.head
-        && let Some(id) = plan.collector_id
-    {
-        for r in tx
-            .query(
-                BOOK_HEAD,
-                &[
-                    &id,
-                    &plan.lo.saturating_sub(DUP_SEQ_REACH),
-                    &plan.lo,
-                    &scope.symbols,
-                ],
-            )
-            .await
-            .map_err(StoreError::db("reading book rows before the range"))?
-        {
-            pending.add(book_row(&r), reach, fed, &mut late);
-        }
+    if !plan.warm.is_empty() {
+        send(jobs, Job::Warm(plan.warm.clone())).await;
     }
     let ends = connection_ends(tx, &plan.collector, plan.lo).await?;
     let mut ends = ends.iter().peekable();
-    let mut size = FIRST_WINDOW;
+    let mut size = plan.first_window;
+    // The first window also reads the rows before it whose copies may reach into it (a range):
+    // in the same scan.
+    let head = plan.head.then(|| fed.saturating_sub(DUP_SEQ_REACH));
     let first = (fed, fed.saturating_add(size).min(plan.hi));
-    let (window, rows) = read_window(tx, st, plan, scope, first).await?;
+    let (window, rows) = read_window(tx, st, plan, scope, first, head).await?;
     for row in rows {
         pending.add(row, reach, fed, &mut late);
     }
@@ -941,7 +1022,7 @@ async fn read_collector(
         let (states, events) = if window.until < plan.hi {
             let bounds = (window.until, window.until.saturating_add(size).min(plan.hi));
             let ((states, events), (following, rows)) =
-                futures_util::try_join!(side, read_window(tx, st, plan, scope, bounds))?;
+                futures_util::try_join!(side, read_window(tx, st, plan, scope, bounds, None))?;
             for row in rows {
                 pending.add(row, reach, fed, &mut late);
             }
@@ -953,20 +1034,30 @@ async fn read_collector(
         let mut copies = copies;
         copies.extend(pending.through(window.until));
         copies.sort_by_key(|(_, c)| c.seq);
-        for (row, copy) in late.drain(..) {
-            if scope.contains(row.timestamp) {
-                verifier.copy_out_of_order(&row, &copy, fed);
-            }
-        }
-        let fed_now = feed(verifier, scope, &copies, &window.other, &states, &events);
+        let fed_now = (copies.len() + window.other.len()) as u64;
+        let fed_before = fed;
         fed = window.until;
         // Connections whose last frame is before the window's end are over.
+        let mut ended = Vec::new();
         while let Some(&&(last, conn)) = ends.peek()
             && last < window.until
         {
-            verifier.end_connection(conn);
+            ended.push(conn);
             ends.next();
         }
+        send(
+            jobs,
+            Job::Window(Batch {
+                copies,
+                other: window.other,
+                states,
+                events,
+                late: std::mem::take(&mut late),
+                fed_before,
+                ended,
+            }),
+        )
+        .await;
         progress(fed, fed_now);
     }
     Ok(())
