@@ -14,7 +14,9 @@
 //!   tables filled from the files and temporary views, named as the tables and views readers
 //!   query, that put the database's rows and the archived ones together (PostgreSQL looks in
 //!   `pg_temp` first). Every reader's SQL runs unchanged. [`Mount`] does it for every session a
-//!   `DbTarget` opens.
+//!   `DbTarget` opens;
+//! - [`LazyMount`]: the same mount for a long-lived session (the web explorer's), loading the
+//!   rows of the windows its reads need as they come, each once.
 //!
 //! What must always hold: a range is either archived (its files complete under their final
 //! names, its catalog row written, its rows gone from the tables, all committed together) or
@@ -36,6 +38,7 @@ use krakenbook_store as store;
 pub mod archive;
 pub mod catalog;
 pub mod columns;
+pub mod lazy;
 pub mod location;
 pub mod marks;
 pub mod mount;
@@ -44,6 +47,7 @@ pub mod records;
 
 pub use archive::{ArchiveOptions, ArchiveReport, PartReport, Stage, archive};
 pub use catalog::{ArchivedPart, FileEntry, archived_overlapping};
+pub use lazy::{EnsureReport, LazyMount};
 pub use location::Location;
 pub use mount::{Mount, MountReport, mount, mount_coverage};
 

@@ -246,13 +246,31 @@ async fn mount_with(
     mount_plan(client, &plan).await
 }
 
-fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ArchiveError {
+pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ArchiveError {
     let context = context.into();
     move |source| ArchiveError::Db { context, source }
 }
 
 /// Mounts `plan` in one transaction.
 pub(crate) async fn mount_plan(client: &Client, plan: &Plan) -> Result<MountReport, ArchiveError> {
+    Ok(mount_plan_keeping(client, plan).await?.report)
+}
+
+/// What a mount leaves for loading more rows later (see [`crate::lazy`]).
+#[derive(Debug)]
+pub(crate) struct Mounted {
+    pub report: MountReport,
+    /// The keys `(collector, seq)` of each part's marks, loaded already (in `plan.parts` order).
+    pub marks_by_part: Vec<HashSet<(String, i64)>>,
+    /// Collector ids by name.
+    pub ids: HashMap<String, i16>,
+}
+
+/// [`mount_plan`], keeping what a later load needs.
+pub(crate) async fn mount_plan_keeping(
+    client: &Client,
+    plan: &Plan,
+) -> Result<Mounted, ArchiveError> {
     client
         .batch_execute("BEGIN")
         .await
@@ -272,7 +290,7 @@ pub(crate) async fn mount_plan(client: &Client, plan: &Plan) -> Result<MountRepo
 
 /// Reads the records of a file of a part that `keep` keeps, checking the whole file against the
 /// digest the catalog recorded.
-async fn read_records_where<R: Record>(
+pub(crate) async fn read_records_where<R: Record>(
     part: &PlanPart,
     f: &FileEntry,
     mut keep: impl FnMut(&R) -> bool,
@@ -320,7 +338,7 @@ async fn read_records<R: Record>(part: &PlanPart, f: &FileEntry) -> Result<Vec<R
 }
 
 /// Copies records into their temporary table.
-async fn load<R: CopyRecord>(
+pub(crate) async fn load<R: CopyRecord>(
     client: &Client,
     records: &[R],
     ids: &HashMap<String, i16>,
@@ -329,7 +347,7 @@ async fn load<R: CopyRecord>(
     Ok(records.len() as u64)
 }
 
-async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, ArchiveError> {
+async fn mount_inner(client: &Client, plan: &Plan) -> Result<Mounted, ArchiveError> {
     let mut report = MountReport {
         parts: plan.parts.len() + plan.whole.len(),
         ..MountReport::default()
@@ -521,12 +539,16 @@ async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, Archiv
         .batch_execute(INDEXES)
         .await
         .map_err(db("indexing the session's archive tables"))?;
-    Ok(report)
+    Ok(Mounted {
+        report,
+        marks_by_part,
+        ids,
+    })
 }
 
 /// Where the books of `symbol` at `from` start (see the module doc); `None`: from the first
 /// record (no `from`).
-async fn window_start(
+pub(crate) async fn window_start(
     client: &Client,
     symbol: &str,
     from: Option<Timestamp>,
