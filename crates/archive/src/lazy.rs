@@ -16,8 +16,9 @@
 //!   mount), and a time range is loaded once per symbol (book and that symbol's other frames)
 //!   and once for the frames without a symbol; a load that fails part-way poisons the mount
 //!   ([`LazyMount::is_poisoned`]): its session must be closed, never used again;
-//! - writes touch only the session's temporary tables (`COPY`, `ANALYZE`), so a session made
-//!   read-only (`default_transaction_read_only`) after [`LazyMount::open`] can still load;
+//! - writes touch only the session's temporary tables (`COPY`, and `ANALYZE` in a read-write
+//!   transaction of its own), so a session made read-only (`default_transaction_read_only`)
+//!   after [`LazyMount::open`] can still load;
 //! - a catalog changed since the mount (a part archived while the session lived, the catalog
 //!   emptied by `reset`) is seen by [`LazyMount::changed`]: the session is then stale (a new
 //!   part's rows are gone from the tables and not mounted) and must be opened again.
@@ -334,9 +335,14 @@ impl LazyMount {
             }
         }
         if report.book_rows + report.other_rows > 0 {
+            // ANALYZE is refused in a read-only transaction, even on temporary tables: this one
+            // message is its own read-write transaction, which runs nothing else (a simple
+            // query is processed whole before the connection's next message).
             client
                 .batch_execute(
-                    "ANALYZE pg_temp.krakenbook_archived_book, pg_temp.krakenbook_archived_other",
+                    "BEGIN READ WRITE; \
+                     ANALYZE pg_temp.krakenbook_archived_book, pg_temp.krakenbook_archived_other; \
+                     COMMIT",
                 )
                 .await
                 .map_err(db("analyzing the session's archive tables"))?;

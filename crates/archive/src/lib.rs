@@ -32,7 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
-use krakenbook_core::{book, time};
+use krakenbook_core::{book, text, time};
 use krakenbook_store as store;
 
 pub mod archive;
@@ -57,7 +57,7 @@ use crate::time::Timestamp;
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The database failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", db_text(source))]
     Db {
         /// What was being done.
         context: String,
@@ -109,6 +109,19 @@ pub enum ArchiveError {
         "this database has no archive catalog (schema older than version 7): run `krakenbook migrate` first"
     )]
     NoCatalog,
+    /// An archived part's directory or file, recorded in the catalog, is gone or unreadable (moved
+    /// or deleted after archiving, or its permissions changed): its ranges cannot be read.
+    #[error(
+        "the archive at {location} cannot be read ({what}: {reason}): the ranges archived there are not in the database any more; put the archive's files back at {location} (or, if you moved them, run UPDATE krakenbook_archive SET location = '<new place>' WHERE location = '{location}')"
+    )]
+    Lost {
+        /// The location as the catalog records it.
+        location: String,
+        /// What could not be read (the directory, or a file under it).
+        what: String,
+        /// Why (the system's words).
+        reason: String,
+    },
     /// A file read back differs from the rows it was written from: nothing was dropped.
     #[error(
         "archive file {path} read back does not match the database ({detail}); nothing was dropped: run the archive again"
@@ -146,6 +159,14 @@ pub enum ArchiveError {
     /// A test's injected stop.
     #[error("stopped as asked after stage {0:?}")]
     Injected(Stage),
+}
+
+/// A driver error with the server's own message (the driver's `Display` says only "db error").
+fn db_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {}", text::printable(db.message())),
+        None => e.to_string(),
+    }
 }
 
 impl From<ArchiveError> for store::StoreError {

@@ -296,7 +296,7 @@ pub(crate) async fn read_records_where<R: Record>(
     mut keep: impl FnMut(&R) -> bool,
 ) -> Result<Vec<R>, ArchiveError> {
     let rel = format!("{}{}", f.path, part.suffix);
-    let bytes = part.location.get(&rel).await?;
+    let bytes = part.location.get_archived(&rel).await?;
     let mut out = Vec::new();
     let mut bad: Option<String> = None;
     let (digest, _) = for_each_row(bytes, R::COLUMNS, |cells| {
