@@ -355,10 +355,12 @@ impl LazyMount {
 mod tests {
     use super::*;
 
+    type R<'a> = &'a [(i64, i64)];
+
     #[test]
     fn ranges_merge_subtract_and_clip_as_sets_of_instants() {
         // (ranges, merged)
-        let merges: [(&[(i64, i64)], &[(i64, i64)]); 4] = [
+        let merges: [(R, R); 4] = [
             (&[(5, 9), (1, 3), (2, 4)], &[(1, 4), (5, 9)]),
             (&[(1, 3), (3, 5)], &[(1, 5)]),
             (&[(4, 4), (7, 6)], &[]),
@@ -368,7 +370,7 @@ mod tests {
             assert_eq!(Ranges::of(list).as_slice(), want, "{list:?}");
         }
         // (a, b, a minus b)
-        let minus: [(&[(i64, i64)], &[(i64, i64)], &[(i64, i64)]); 5] = [
+        let minus: [(R, R, R); 5] = [
             (&[(0, 10)], &[], &[(0, 10)]),
             (&[(0, 10)], &[(2, 4), (6, 8)], &[(0, 2), (4, 6), (8, 10)]),
             (&[(0, 10)], &[(0, 10)], &[]),
