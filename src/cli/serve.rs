@@ -134,6 +134,21 @@ impl TierSession for ArchiveSession {
         })
     }
 
+    fn locate<'a>(
+        &'a self,
+        symbol: &'a str,
+        collector: &'a str,
+        conn_id: i64,
+        seq: i64,
+    ) -> TierFuture<'a, Option<Timestamp>> {
+        Box::pin(async move {
+            self.0
+                .locate(symbol, collector, conn_id, seq)
+                .await
+                .map_err(tier_error)
+        })
+    }
+
     fn changed<'a>(&'a self, client: &'a tokio_postgres::Client) -> TierFuture<'a, bool> {
         Box::pin(async move { self.0.changed(client).await.map_err(tier_error) })
     }

@@ -290,6 +290,66 @@ impl LazyMount {
         Ok(report)
     }
 
+    /// The Kraken timestamp of the book message `seq` of `symbol` from `collector`'s connection
+    /// `conn_id`, looked for in the archived parts (`None`: not archived). The parts holding
+    /// the symbol's book rows are searched by halves on the collector's seq (a collector's seqs
+    /// grow with time), one file read a step; a part without any row of the collector is passed
+    /// over towards the nearest part that has one. Nothing is loaded into the session.
+    pub async fn locate(
+        &self,
+        symbol: &str,
+        collector: &str,
+        conn_id: i64,
+        seq: i64,
+    ) -> Result<Option<Timestamp>, ArchiveError> {
+        let files: Vec<(&PlanPart, &crate::catalog::FileEntry)> = self
+            .parts
+            .iter()
+            .filter_map(|p| {
+                p.files
+                    .iter()
+                    .find(|f| f.dataset == Dataset::Book && f.symbol.as_deref() == Some(symbol))
+                    .map(|f| (p, f))
+            })
+            .collect();
+        let (mut lo, mut hi) = (0usize, files.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // The first file at or after mid with a row of the collector, else before mid.
+            let mut probe = None;
+            for i in (mid..hi).chain((lo..mid).rev()) {
+                let (part, f) = files[i];
+                let rows: Vec<BookRec> =
+                    read_records_where(part, f, |r: &BookRec| r.collector == collector).await?;
+                if let Some(r) = rows.iter().find(|r| r.seq == seq && r.conn_id == conn_id) {
+                    return Ok(Some(r.timestamp));
+                }
+                let min = rows.iter().map(|r| r.seq).min();
+                let max = rows.iter().map(|r| r.seq).max();
+                if let (Some(min), Some(max)) = (min, max) {
+                    probe = Some((i, min, max));
+                    break;
+                }
+            }
+            let Some((i, min, max)) = probe else {
+                return Ok(None);
+            };
+            if seq < min {
+                hi = i;
+            } else if seq > max {
+                if i < mid {
+                    // The files after i, up to hi, have no row of the collector.
+                    return Ok(None);
+                }
+                lo = i + 1;
+            } else {
+                // Within the file's seqs but not in it: not a book message of this stream.
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     async fn load_missing(
         &self,
         client: &Client,

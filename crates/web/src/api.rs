@@ -6,7 +6,7 @@
 //! | `/api/symbols` | | `{"symbols": [..]}` |
 //! | `/api/coverage` | `symbol`, `collector`? | the coverage model's streams, spans and gaps |
 //! | `/api/book` | `symbol`, `at`, `depth`?, `collector`? | the book at an instant, or its gap |
-//! | `/api/step` | `symbol`, `collector`, `conn_id`, `seq`, `at`?, `dir`?, `depth`? | the book after the next (previous) message of that stream (`at`: the book's `last_message_at`, needed where the stream was archived) |
+//! | `/api/step` | `symbol`, `collector`, `conn_id`, `seq`, `at`?, `dir`?, `depth`? | the book after the next (previous) message of that stream (`at`: the book's `last_message_at`; it spares a search of the archive's files where the stream was archived) |
 //! | `/api/heatmap` | `symbol`, `from`, `to`, `columns`?, `depth`?, `collector`? | books at evenly spaced instants |
 //! | `/api/collectors` | | each collector's published state |
 //!
@@ -387,8 +387,9 @@ async fn next_message_archived(
 ///
 /// In a session that reads archived ranges, `at` (the Kraken timestamp of message `seq`, the
 /// `last_message_at` of the book stepped from) says where to load rows from; without it, the
-/// message must be readable already (in the database, or loaded by an earlier request), else a
-/// stream that was open during an archived range is refused with a 400 that asks for it.
+/// message's time is read from the database, from what the session loaded, or from the
+/// archive's files ([`Session::locate`]); a message found nowhere on a stream that was open
+/// during an archived range is refused with a 400 that asks for `at`.
 pub async fn step_book(
     session: &Session,
     symbol: &str,
@@ -409,7 +410,18 @@ pub async fn step_book(
                     .await
                     .map_err(tier_failed)?;
             }
-            match (message_time(client, symbol, stream, seq).await?, at) {
+            let mut t = message_time(client, symbol, stream, seq).await?;
+            if t.is_none() && at.is_none() && stream_overlaps(client, stream, archived).await? {
+                // Not loaded in this session: found in the archive's files.
+                t = session
+                    .locate(symbol, &stream.collector, stream.conn_id, seq)
+                    .await
+                    .map_err(tier_failed)?;
+                if let Some(t) = t {
+                    session.need(symbol, &[(t, t)]).await.map_err(tier_failed)?;
+                }
+            }
+            match (t, at) {
                 (Some(t), Some(at)) if t != at => {
                     return Err(Answer::bad(BadRequest {
                         param: "at".into(),

@@ -106,6 +106,15 @@ pub trait TierSession: std::fmt::Debug + Send {
         symbol: &'a str,
         windows: &'a [(Timestamp, Timestamp)],
     ) -> TierFuture<'a, ()>;
+    /// The Kraken timestamp of the archived book message `seq` of `symbol` on the collector's
+    /// connection `conn_id` (`None`: not archived).
+    fn locate<'a>(
+        &'a self,
+        symbol: &'a str,
+        collector: &'a str,
+        conn_id: i64,
+        seq: i64,
+    ) -> TierFuture<'a, Option<Timestamp>>;
     /// Whether what is archived changed since the session opened (the session is then stale).
     fn changed<'a>(&'a self, client: &'a Client) -> TierFuture<'a, bool>;
     /// Rows loaded into the session so far.
@@ -173,6 +182,22 @@ impl Session {
             self.retired.store(true, Ordering::Relaxed);
         }
         result
+    }
+
+    /// The Kraken timestamp of the archived book message `seq` of `symbol` on `collector`'s
+    /// connection `conn_id`, found in the archive's files (`None`: not archived, or nothing is).
+    pub async fn locate(
+        &self,
+        symbol: &str,
+        collector: &str,
+        conn_id: i64,
+        seq: i64,
+    ) -> Result<Option<Timestamp>, TierError> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let tier = tier.lock().await;
+        tier.locate(symbol, collector, conn_id, seq).await
     }
 
     async fn stale(&self) -> bool {
