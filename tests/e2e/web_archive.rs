@@ -307,6 +307,21 @@ async fn a_lazy_mount_reads_an_archived_window_once_and_nothing_for_a_window_bef
         .unwrap()
         .get(0);
     assert_eq!(dup, 0);
+    // A heatmap's worth of windows already loaded: nothing read, and the time it takes.
+    let windows: Vec<(Timestamp, Timestamp)> = (0..100)
+        .map(|i| {
+            let t = at.add_nanos(-i * 10_000_000);
+            (t, t)
+        })
+        .collect();
+    lazy.ensure(&client, "BTC/USD", &windows).await.unwrap();
+    let timed = std::time::Instant::now();
+    let again = lazy.ensure(&client, "BTC/USD", &windows).await.unwrap();
+    assert_eq!(again.files, 0);
+    println!(
+        "100 windows loaded already: ensure took {} ms",
+        timed.elapsed().as_millis()
+    );
     assert!(!lazy.changed(&client).await.unwrap());
     assert_eq!(lazy.rows_loaded(), first.book_rows + first.other_rows);
 }

@@ -35,7 +35,7 @@ use tokio_postgres::Client;
 use crate::ArchiveError;
 use crate::catalog;
 use crate::mount::{
-    Plan, PlanPart, db, load, mount_plan_keeping, read_records_where, window_start,
+    Plan, PlanPart, db, load, mount_plan_keeping, read_records_where, window_starts,
 };
 use crate::naming::Dataset;
 use crate::records::{BookRec, OtherRec};
@@ -152,7 +152,12 @@ pub struct LazyMount {
     rows: u64,
     generation: Generation,
     poisoned: bool,
+    /// Where the books of `(symbol, instant)` start, for instants inside the archived ranges.
+    starts: HashMap<(String, i64), Timestamp>,
 }
+
+/// How many window starts a mount remembers (then it forgets them all and starts again).
+const START_MEMORY: usize = 100_000;
 
 /// What an [`ensure`](LazyMount::ensure) loaded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -185,6 +190,7 @@ impl LazyMount {
             rows: 0,
             generation,
             poisoned: false,
+            starts: HashMap::new(),
         };
         if parts.is_empty() {
             return Ok(lazy);
@@ -255,22 +261,61 @@ impl LazyMount {
             .archived_range()
             .map(|(a, b)| (a.unix_nanos(), b.unix_nanos()))
             .unwrap_or((0, 0));
+        // A window ending before every archived range needs nothing of the archive.
+        let windows: Vec<(Timestamp, Timestamp)> = windows
+            .iter()
+            .copied()
+            .filter(|&(_, to)| to.unix_nanos().saturating_add(1) > first)
+            .collect();
+        // Where the books of each instant start: remembered for the instants inside the
+        // archived ranges (their record is closed), looked up for the others at once.
+        let unknown: Vec<Timestamp> = windows
+            .iter()
+            .map(|&(from, _)| from)
+            .filter(|from| {
+                !self
+                    .starts
+                    .contains_key(&(symbol.to_owned(), from.unix_nanos()))
+            })
+            .collect();
+        let found = window_starts(client, symbol, &unknown).await?;
+        let fresh: HashMap<i64, Timestamp> = unknown
+            .iter()
+            .map(|from| from.unix_nanos())
+            .zip(found)
+            .collect();
+        let mut starts = Vec::with_capacity(windows.len());
+        for &(from, _) in &windows {
+            let key = from.unix_nanos();
+            let start = match fresh.get(&key) {
+                Some(&start) => start,
+                None => match self.starts.get(&(symbol.to_owned(), key)) {
+                    Some(&start) => start,
+                    // (Not reached: an instant is either looked up now or remembered.)
+                    None => window_starts(client, symbol, &[from])
+                        .await?
+                        .first()
+                        .copied()
+                        .unwrap_or(Timestamp::from_unix_nanos(i64::MIN)),
+                },
+            };
+            starts.push(start);
+        }
+        if self.starts.len() + fresh.len() > START_MEMORY {
+            self.starts.clear();
+        }
+        for (from, start) in fresh {
+            if from < last {
+                self.starts.insert((symbol.to_owned(), from), start);
+            }
+        }
         let mut asked = Vec::with_capacity(windows.len());
-        for &(from, to) in windows {
-            let end = to.unix_nanos().saturating_add(1);
-            // A window ending before every archived range needs nothing of the archive.
-            if end <= first {
-                continue;
-            }
-            let start = window_start(client, symbol, Some(from))
-                .await?
-                .unwrap_or(from)
-                .unix_nanos();
+        for (&(_, to), start) in windows.iter().zip(starts) {
             // Nor one whose books start after every archived range.
-            if start >= last {
+            if start.unix_nanos() >= last {
                 continue;
             }
-            asked.push((start, end));
+            asked.push((start.unix_nanos(), to.unix_nanos().saturating_add(1)));
         }
         let asked = Ranges::of(&asked);
         if asked.is_empty() {
