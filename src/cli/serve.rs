@@ -1,5 +1,6 @@
 //! `krakenbook serve`: the web explorer of a database's recording (coverage, the book at an
 //! instant, the heatmap, the collectors' health), read-only, on loopback unless `--public`.
+//! Archived ranges are read through [`ArchiveTier`]: a `LazyMount` per database session.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -20,7 +21,10 @@ Serves a web page and a JSON API under /api/ over the database's recording: per 
 coverage (verified spans and gaps with their cause), the book at any instant with its
 verification status (step message by message), a price x time heatmap built from verified books
 only, and each collector's published state. Read-only: its database sessions cannot write.
-Every asset is in the binary; it works offline.
+Every asset is in the binary; it works offline. Ranges moved to Parquet by `krakenbook archive`
+answer as before: each request loads the archived rows it reads into its session, once (a
+session is replaced after 2,000,000 such rows); an archive directory moved or deleted is a 503
+that names it.
 
 Examples:
   krakenbook serve --database-url postgres://kb@localhost/market          http://127.0.0.1:8080/

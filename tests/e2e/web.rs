@@ -122,7 +122,7 @@ impl Serve {
         }
     }
 
-    fn url(&self, fragment: &str) -> String {
+    pub(crate) fn url(&self, fragment: &str) -> String {
         format!("http://{}/#{fragment}", self.addr)
     }
 }
@@ -193,7 +193,7 @@ fn chromium_binary() -> String {
 
 /// Loads `url` in headless Chromium, lets its requests finish, and returns the DOM (and takes a
 /// screenshot into `shot` when given).
-fn browse(url: &str, shot: Option<&Path>) -> String {
+pub(crate) fn browse(url: &str, shot: Option<&Path>) -> String {
     browse_for(url, shot, 30_000)
 }
 
@@ -246,7 +246,7 @@ fn pixels_of(path: &Path, rgb: [u8; 3]) -> usize {
         .count()
 }
 
-fn count_of(dom: &str, needle: &str) -> usize {
+pub(crate) fn count_of(dom: &str, needle: &str) -> usize {
     dom.matches(needle).count()
 }
 

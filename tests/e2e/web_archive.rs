@@ -15,7 +15,7 @@ use crate::archive::{
     Recorded, archived_parts, cut_between_chunks, files_named, kb, older_than_until, record, stdout,
 };
 use crate::db::connect;
-use crate::web::{Serve, enc, get};
+use crate::web::{Serve, browse, count_of, enc, get};
 
 /// A chunk's length in the recording (`migrate --chunk-interval '5 seconds'`).
 const CHUNK_NS: i64 = 5_000_000_000;
@@ -236,6 +236,30 @@ async fn the_explorer_answers_books_steps_and_heatmaps_in_an_archived_range_as_b
     for _ in 0..web::SESSIONS + 1 {
         assert_eq!(ask(&fresh, &no_at).await, want, "{no_at}");
     }
+    // The page, in a real browser: the book and the heatmap of the archived range.
+    let at = r.first.add_nanos(8_000_000_000);
+    let url = fresh.url(&format!("book?symbol=BTC/USD&at={at}&depth=20"));
+    let dom = tokio::task::spawn_blocking(move || browse(&url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("data-ready=\"book\""), "{dom}");
+    assert!(dom.contains("data-verified=\"true\""), "{dom}");
+    assert_eq!(count_of(&dom, "<tr class=\"bid\">"), 20, "{dom}");
+    let (from, to) = (r.first.add_nanos(1_000_000_000), archive_end);
+    let url = fresh.url(&format!(
+        "heatmap?symbol=BTC/USD&from={from}&to={to}&depth=25"
+    ));
+    let dom = tokio::task::spawn_blocking(move || browse(&url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("data-ready=\"heatmap\""), "{dom}");
+    let verified: usize = dom
+        .split("data-verified=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{dom}"));
+    assert!(verified > 50, "{verified} verified columns drawn");
     // A wrong at= is refused, naming the message's instant.
     let wrong = with_at.replace(
         &enc(book["last_message_at"].as_str().unwrap()),
