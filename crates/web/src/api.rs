@@ -321,31 +321,49 @@ async fn message_time(
     Ok(row.map(|r| r.get(0)))
 }
 
+/// When `stream`'s connection received its first and last frames (`None`: not recorded).
+async fn stream_life(
+    client: &Client,
+    stream: &StreamId,
+) -> Result<Option<(Timestamp, Timestamp)>, Answer> {
+    let row = client
+        .query_one(
+            "SELECT min(first_received_at), max(last_received_at) FROM krakenbook_connections
+              WHERE collector = $1 AND conn_id = $2",
+            &[&stream.collector, &stream.conn_id],
+        )
+        .await
+        .map_err(db_failed)?;
+    Ok(match (row.get(0), row.get(1)) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    })
+}
+
+/// How far a message's Kraken timestamp may lie from its receipt (clock skew and latency): a
+/// stream's messages (but a quiet pair's first snapshot, which carries its last change's time)
+/// lie within its connection's life widened by this.
+const CLOCK_SLACK_NS: i64 = 60_000_000_000;
+
 /// Whether `stream`'s connection was open at some time of `[first, last)` (on the receive
-/// clock, which the archive's Kraken-clock ranges follow within a connection's life).
+/// clock, widened by [`CLOCK_SLACK_NS`]).
 async fn stream_overlaps(
     client: &Client,
     stream: &StreamId,
     (first, last): (Timestamp, Timestamp),
 ) -> Result<bool, Answer> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM krakenbook_connections
-              WHERE collector = $1 AND conn_id = $2
-                AND first_received_at < $4 AND last_received_at >= $3",
-            &[&stream.collector, &stream.conn_id, &first, &last],
-        )
-        .await
-        .map_err(db_failed)?;
-    Ok(row.get::<_, i64>(0) > 0)
+    Ok(stream_life(client, stream).await?.is_some_and(|(a, b)| {
+        a.add_nanos(-CLOCK_SLACK_NS) < last && b.add_nanos(CLOCK_SLACK_NS) >= first
+    }))
 }
 
 /// [`next_message`] in a session that reads archived ranges: the rows between the message `seq`
 /// (at `t`) and its neighbour are loaded first. Windows from `t` that grow sixteen-fold are
 /// loaded until the neighbour found lies inside the loaded window, or the window reaches past
-/// every archived range on that side (then nothing archived lies between). It relies on a
-/// stream's messages of a pair being in time order (Kraken's timestamps do not go back on a
-/// connection), so that the neighbour by seq is also the neighbour in time.
+/// every archived range on that side, or past the stream's connection's life widened by
+/// [`CLOCK_SLACK_NS`] (then nothing archived lies between). It relies on a stream's messages of
+/// a pair being in time order (Kraken's timestamps do not go back on a connection), so that the
+/// neighbour by seq is also the neighbour in time.
 async fn next_message_archived(
     session: &Session,
     symbol: &str,
@@ -354,6 +372,14 @@ async fn next_message_archived(
     forward: bool,
     (first, last): (Timestamp, Timestamp),
 ) -> Result<Option<tokio_postgres::Row>, Answer> {
+    let life = stream_life(session.client(), stream).await?;
+    let (first, last) = match life {
+        Some((a, b)) => (
+            first.max(a.add_nanos(-CLOCK_SLACK_NS)),
+            last.min(b.add_nanos(CLOCK_SLACK_NS)),
+        ),
+        None => (first, last),
+    };
     let mut width: i64 = 1_000_000_000;
     loop {
         let (lo, hi) = if forward {
