@@ -14,9 +14,15 @@ checkpoint; the tables, their hypertables and indexes stay. A collector's journa
 touched: a collector started again writes its whole journal into the emptied tables (the
 database is a function of the journals); `--keep-checkpoints` starts them empty instead.
 
+The archive catalog (krakenbook_archive, what `krakenbook archive` moved to Parquet) is emptied
+too, so no read looks for archived ranges any more. The archive's files are left where they are
+and their directories are printed: delete them yourself, or add --delete-archive-files to delete
+exactly the files the catalog lists (nothing else under those directories is touched).
+
 Examples:
   krakenbook reset                       asks for confirmation
-  krakenbook reset --yes --database-url postgres://kb@localhost/market";
+  krakenbook reset --yes --database-url postgres://kb@localhost/market
+  krakenbook reset --yes --delete-archive-files";
 
 /// `krakenbook reset`.
 #[derive(Debug, Args)]
@@ -27,6 +33,9 @@ pub struct ResetArgs {
     /// Keep the collectors' checkpoints: journals are not written again.
     #[arg(long)]
     pub keep_checkpoints: bool,
+    /// Also delete the archive's files that the catalog lists (else they are left in place).
+    #[arg(long)]
+    pub delete_archive_files: bool,
     #[command(flatten)]
     pub db: super::db::DbArgs,
 }
@@ -61,8 +70,13 @@ pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
             );
         }
         print!(
-            "Empty every krakenbook table of {} ({messages} messages)? Type yes to confirm: ",
-            target.redacted()
+            "Empty every krakenbook table of {} ({messages} messages){}? Type yes to confirm: ",
+            target.redacted(),
+            if args.delete_archive_files {
+                ", and delete the archive's files"
+            } else {
+                ""
+            }
         );
         std::io::stdout().flush()?;
         let mut answer = String::new();
@@ -87,6 +101,17 @@ pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
     if !args.keep_checkpoints {
         tables.push("krakenbook_checkpoints");
     }
+    // The archive's catalog, read before it is emptied: the files it lists are the user's to
+    // keep unless asked.
+    let archived = krakenbook::archive::archived_overlapping(&client, None, None)
+        .await
+        .context("reading the archive catalog")?;
+    if krakenbook::archive::catalog::exists(&client)
+        .await
+        .context("looking for the archive catalog")?
+    {
+        tables.push("krakenbook_archive");
+    }
     client
         .batch_execute(&format!("TRUNCATE {}", tables.join(", ")))
         .await
@@ -96,5 +121,48 @@ pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
         target.redacted(),
         tables.join(", ")
     );
+    if archived.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut locations: Vec<&str> = archived.iter().map(|p| p.location.as_str()).collect();
+    locations.sort_unstable();
+    locations.dedup();
+    let files: usize = archived.iter().map(|p| p.files.len()).sum();
+    let messages: i64 = archived.iter().map(|p| p.messages).sum();
+    if !args.delete_archive_files {
+        println!(
+            "the archive's {} part(s) ({files} files, {messages} book messages) are no longer read; their files are left in {} (delete them yourself, or run reset with --delete-archive-files to delete exactly those files)",
+            archived.len(),
+            locations.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut deleted = 0usize;
+    let mut failed = Vec::new();
+    for part in &archived {
+        let location = match krakenbook::archive::Location::open(&part.location) {
+            Ok(l) => l,
+            Err(e) => {
+                failed.push(e.to_string());
+                continue;
+            }
+        };
+        for f in &part.files {
+            match location.delete(&f.path).await {
+                Ok(()) => deleted += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+    }
+    println!(
+        "deleted {deleted} of the archive's {files} files in {}",
+        locations.join(", ")
+    );
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} archive file(s) could not be deleted (the catalog is emptied already: they are no longer read), e.g. {first}",
+            failed.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

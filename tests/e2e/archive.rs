@@ -19,7 +19,7 @@ use crate::db::{TestDb, connect, fresh_db};
 use crate::support::{krakenbook, three_pairs};
 
 /// `krakenbook ARGS --database-url URL`.
-fn kb(url: &str, args: &[&str]) -> Output {
+pub(crate) fn kb(url: &str, args: &[&str]) -> Output {
     krakenbook()
         .args(args)
         .args(["--database-url", url])
@@ -28,7 +28,7 @@ fn kb(url: &str, args: &[&str]) -> Output {
         .expect("krakenbook runs")
 }
 
-fn stdout(out: &Output, what: &str) -> String {
+pub(crate) fn stdout(out: &Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed ({:?}):\n{}\n{}",
@@ -41,14 +41,14 @@ fn stdout(out: &Output, what: &str) -> String {
 
 /// A recording of the three test pairs in 5-second chunks, about 25 s long, with a lost update
 /// (a checksum mismatch and a resubscription) early on.
-struct Recorded {
-    db: TestDb,
-    dir: tempfile::TempDir,
-    first: Timestamp,
-    last: Timestamp,
+pub(crate) struct Recorded {
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    pub first: Timestamp,
+    pub last: Timestamp,
 }
 
-async fn record() -> Recorded {
+pub(crate) async fn record() -> Recorded {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_db().await;
     stdout(
@@ -99,7 +99,7 @@ async fn record() -> Recorded {
 /// `--older-than` is whole seconds, so the cutoff it gives lands anywhere in the second after the
 /// instant asked; a boundary inside that second would be archived by one run and not by the next
 /// (seen once in CI: the run that should find nothing older found that chunk).
-fn cut_between_chunks(first: Timestamp) -> Timestamp {
+pub(crate) fn cut_between_chunks(first: Timestamp) -> Timestamp {
     const CHUNK: i64 = 5_000_000_000;
     let after = first.add_nanos(10_000_000_000).unix_nanos();
     let boundary = after.div_euclid(CHUNK) * CHUNK + CHUNK;
@@ -107,7 +107,7 @@ fn cut_between_chunks(first: Timestamp) -> Timestamp {
 }
 
 /// `--older-than` that archives the chunks ending before `until` (and no later one, for a while).
-async fn older_than_until(url: &str, until: Timestamp) -> String {
+pub(crate) async fn older_than_until(url: &str, until: Timestamp) -> String {
     let now: Timestamp = connect(url)
         .await
         .query_one("SELECT now()", &[])
@@ -131,7 +131,7 @@ async fn counts(url: &str) -> [i64; 4] {
     [r.get(0), r.get(1), r.get(2), r.get(3)]
 }
 
-async fn archived_parts(url: &str) -> i64 {
+pub(crate) async fn archived_parts(url: &str) -> i64 {
     connect(url)
         .await
         .query_one("SELECT count(*) FROM krakenbook_archive", &[])
@@ -140,7 +140,7 @@ async fn archived_parts(url: &str) -> i64 {
         .get(0)
 }
 
-fn files_named(dir: &Path, suffix: &str) -> usize {
+pub(crate) fn files_named(dir: &Path, suffix: &str) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -26,3 +26,4 @@ mod support;
 mod verify;
 mod verify_db;
 mod web;
+mod web_archive;

@@ -82,16 +82,16 @@ async fn record() -> Rec {
 }
 
 /// A `krakenbook serve` process, killed when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _log_dir: tempfile::TempDir,
 }
 
 impl Serve {
     // The child is waited for by `Drop` (or before the panic when it never starts).
     #[allow(clippy::zombie_processes)]
-    fn start(url: &str, extra: &[&str]) -> Serve {
+    pub(crate) fn start(url: &str, extra: &[&str]) -> Serve {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("serve.log");
         let mut child = krakenbook()
@@ -122,7 +122,7 @@ impl Serve {
         }
     }
 
-    fn url(&self, fragment: &str) -> String {
+    pub(crate) fn url(&self, fragment: &str) -> String {
         format!("http://{}/#{fragment}", self.addr)
     }
 }
@@ -149,13 +149,13 @@ async fn exchange(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
 }
 
 /// A GET of the API: (status, JSON).
-async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = exchange(addr, path, &addr.to_string()).await;
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     (status, json)
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -193,7 +193,7 @@ fn chromium_binary() -> String {
 
 /// Loads `url` in headless Chromium, lets its requests finish, and returns the DOM (and takes a
 /// screenshot into `shot` when given).
-fn browse(url: &str, shot: Option<&Path>) -> String {
+pub(crate) fn browse(url: &str, shot: Option<&Path>) -> String {
     browse_for(url, shot, 30_000)
 }
 
@@ -246,7 +246,7 @@ fn pixels_of(path: &Path, rgb: [u8; 3]) -> usize {
         .count()
 }
 
-fn count_of(dom: &str, needle: &str) -> usize {
+pub(crate) fn count_of(dom: &str, needle: &str) -> usize {
     dom.matches(needle).count()
 }
 

@@ -14,7 +14,9 @@
 //!   tables filled from the files and temporary views, named as the tables and views readers
 //!   query, that put the database's rows and the archived ones together (PostgreSQL looks in
 //!   `pg_temp` first). Every reader's SQL runs unchanged. [`Mount`] does it for every session a
-//!   `DbTarget` opens.
+//!   `DbTarget` opens;
+//! - [`LazyMount`]: the same mount for a long-lived session (the web explorer's), loading the
+//!   rows of the windows its reads need as they come, each once.
 //!
 //! What must always hold: a range is either archived (its files complete under their final
 //! names, its catalog row written, its rows gone from the tables, all committed together) or
@@ -30,12 +32,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, missing_docs)]
 
-use krakenbook_core::{book, time};
+use krakenbook_core::{book, text, time};
 use krakenbook_store as store;
 
 pub mod archive;
 pub mod catalog;
 pub mod columns;
+pub mod lazy;
 pub mod location;
 pub mod marks;
 pub mod mount;
@@ -44,6 +47,7 @@ pub mod records;
 
 pub use archive::{ArchiveOptions, ArchiveReport, PartReport, Stage, archive};
 pub use catalog::{ArchivedPart, FileEntry, archived_overlapping};
+pub use lazy::{EnsureReport, LazyMount};
 pub use location::Location;
 pub use mount::{Mount, MountReport, mount, mount_coverage};
 
@@ -53,7 +57,7 @@ use crate::time::Timestamp;
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The database failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", db_text(source))]
     Db {
         /// What was being done.
         context: String,
@@ -105,6 +109,19 @@ pub enum ArchiveError {
         "this database has no archive catalog (schema older than version 7): run `krakenbook migrate` first"
     )]
     NoCatalog,
+    /// An archived part's directory or file, recorded in the catalog, is gone or unreadable (moved
+    /// or deleted after archiving, or its permissions changed): its ranges cannot be read.
+    #[error(
+        "the archive at {location} cannot be read ({what}: {reason}): the ranges archived there are not in the database any more; put the archive's files back at {location} (or, if you moved them, run UPDATE krakenbook_archive SET location = '<new place>' WHERE location = '{location}')"
+    )]
+    Lost {
+        /// The location as the catalog records it.
+        location: String,
+        /// What could not be read (the directory, or a file under it).
+        what: String,
+        /// Why (the system's words).
+        reason: String,
+    },
     /// A file read back differs from the rows it was written from: nothing was dropped.
     #[error(
         "archive file {path} read back does not match the database ({detail}); nothing was dropped: run the archive again"
@@ -142,6 +159,14 @@ pub enum ArchiveError {
     /// A test's injected stop.
     #[error("stopped as asked after stage {0:?}")]
     Injected(Stage),
+}
+
+/// A driver error with the server's own message (the driver's `Display` says only "db error").
+fn db_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {}", text::printable(db.message())),
+        None => e.to_string(),
+    }
 }
 
 impl From<ArchiveError> for store::StoreError {

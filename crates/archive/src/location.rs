@@ -83,13 +83,23 @@ impl Location {
         } else {
             Some(std::path::PathBuf::from(text))
         };
-        if let Some(dir) = local
-            && !dir.is_dir()
-        {
-            return Err(ArchiveError::Location {
+        if let Some(dir) = local {
+            let lost = |reason: String| ArchiveError::Lost {
                 location: text.to_owned(),
-                reason: "the directory is gone (the archive was moved or deleted?)".into(),
-            });
+                what: "the directory".into(),
+                reason,
+            };
+            match std::fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => {
+                    // A directory that cannot be listed cannot be read either.
+                    std::fs::read_dir(&dir).map_err(|e| lost(e.to_string()))?;
+                }
+                Ok(_) => return Err(lost("it is not a directory".into())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(lost("it is gone: was the archive moved or deleted?".into()));
+                }
+                Err(e) => return Err(lost(e.to_string())),
+            }
         }
         Location::parse(text)
     }
@@ -145,6 +155,24 @@ impl Location {
             .await
             .map_err(self.err("writing", rel))?;
         Ok(())
+    }
+
+    /// Reads a whole file that the catalog lists: a file missing or unreadable is a lost archive
+    /// ([`ArchiveError::Lost`], which says what to do).
+    pub async fn get_archived(&self, rel: &str) -> Result<Bytes, ArchiveError> {
+        self.get(rel).await.map_err(|e| match e {
+            ArchiveError::ObjectStore { source, .. } => ArchiveError::Lost {
+                location: self.text.clone(),
+                what: format!("its file {rel}"),
+                reason: match source {
+                    object_store::Error::NotFound { .. } => {
+                        "it is gone: was the archive moved or deleted?".into()
+                    }
+                    other => crate::text::printable(&other.to_string()).into_owned(),
+                },
+            },
+            other => other,
+        })
     }
 
     /// Reads a whole file.

@@ -246,13 +246,31 @@ async fn mount_with(
     mount_plan(client, &plan).await
 }
 
-fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ArchiveError {
+pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ArchiveError {
     let context = context.into();
     move |source| ArchiveError::Db { context, source }
 }
 
 /// Mounts `plan` in one transaction.
 pub(crate) async fn mount_plan(client: &Client, plan: &Plan) -> Result<MountReport, ArchiveError> {
+    Ok(mount_plan_keeping(client, plan).await?.report)
+}
+
+/// What a mount leaves for loading more rows later (see [`crate::lazy`]).
+#[derive(Debug)]
+pub(crate) struct Mounted {
+    pub report: MountReport,
+    /// The keys `(collector, seq)` of each part's marks, loaded already (in `plan.parts` order).
+    pub marks_by_part: Vec<HashSet<(String, i64)>>,
+    /// Collector ids by name.
+    pub ids: HashMap<String, i16>,
+}
+
+/// [`mount_plan`], keeping what a later load needs.
+pub(crate) async fn mount_plan_keeping(
+    client: &Client,
+    plan: &Plan,
+) -> Result<Mounted, ArchiveError> {
     client
         .batch_execute("BEGIN")
         .await
@@ -272,13 +290,13 @@ pub(crate) async fn mount_plan(client: &Client, plan: &Plan) -> Result<MountRepo
 
 /// Reads the records of a file of a part that `keep` keeps, checking the whole file against the
 /// digest the catalog recorded.
-async fn read_records_where<R: Record>(
+pub(crate) async fn read_records_where<R: Record>(
     part: &PlanPart,
     f: &FileEntry,
     mut keep: impl FnMut(&R) -> bool,
 ) -> Result<Vec<R>, ArchiveError> {
     let rel = format!("{}{}", f.path, part.suffix);
-    let bytes = part.location.get(&rel).await?;
+    let bytes = part.location.get_archived(&rel).await?;
     let mut out = Vec::new();
     let mut bad: Option<String> = None;
     let (digest, _) = for_each_row(bytes, R::COLUMNS, |cells| {
@@ -320,7 +338,7 @@ async fn read_records<R: Record>(part: &PlanPart, f: &FileEntry) -> Result<Vec<R
 }
 
 /// Copies records into their temporary table.
-async fn load<R: CopyRecord>(
+pub(crate) async fn load<R: CopyRecord>(
     client: &Client,
     records: &[R],
     ids: &HashMap<String, i16>,
@@ -329,7 +347,7 @@ async fn load<R: CopyRecord>(
     Ok(records.len() as u64)
 }
 
-async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, ArchiveError> {
+async fn mount_inner(client: &Client, plan: &Plan) -> Result<Mounted, ArchiveError> {
     let mut report = MountReport {
         parts: plan.parts.len() + plan.whole.len(),
         ..MountReport::default()
@@ -521,12 +539,16 @@ async fn mount_inner(client: &Client, plan: &Plan) -> Result<MountReport, Archiv
         .batch_execute(INDEXES)
         .await
         .map_err(db("indexing the session's archive tables"))?;
-    Ok(report)
+    Ok(Mounted {
+        report,
+        marks_by_part,
+        ids,
+    })
 }
 
 /// Where the books of `symbol` at `from` start (see the module doc); `None`: from the first
 /// record (no `from`).
-async fn window_start(
+pub(crate) async fn window_start(
     client: &Client,
     symbol: &str,
     from: Option<Timestamp>,
@@ -565,4 +587,45 @@ async fn window_start(
         .await
         .map_err(db(format!("finding where the books of {symbol} start")))?;
     Ok(Some(row.get(0)))
+}
+
+/// [`window_start`] of each of `froms`, in one query (planned once: a heatmap asks for hundreds).
+pub(crate) async fn window_starts(
+    client: &Client,
+    symbol: &str,
+    froms: &[Timestamp],
+) -> Result<Vec<Timestamp>, ArchiveError> {
+    if froms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT least(
+               (SELECT min(greatest(
+                  (SELECT max(c.\"timestamp\") FROM krakenbook_copies c
+                     JOIN krakenbook_collectors k ON k.id = c.collector_id
+                    WHERE c.symbol = $1 AND c.kind = 's' AND c.checksum_ok
+                      AND k.name = a.collector AND c.conn_id = a.conn_id AND c.\"timestamp\" <= f.t),
+                  (SELECT max(s.\"timestamp\") FROM kraken_book_states s
+                    WHERE s.symbol = $1 AND s.collector = a.collector AND s.conn_id = a.conn_id
+                      AND s.\"timestamp\" <= f.t)))
+                  FROM krakenbook_connections a
+                 WHERE a.first_received_at <= f.t AND a.last_received_at >= f.t),
+               (SELECT min(greatest(
+                  (SELECT max(b.\"timestamp\") FROM krakenbook_book b
+                    WHERE b.symbol = $1 AND b.kind = 's' AND b.collector_id = k.id
+                      AND b.\"timestamp\" <= f.t),
+                  (SELECT max(s.\"timestamp\") FROM kraken_book_states s
+                    WHERE s.symbol = $1 AND s.collector = k.name AND s.\"timestamp\" <= f.t)))
+                  FROM krakenbook_collectors k
+                 WHERE k.name IN (SELECT a.collector FROM krakenbook_connections a
+                                   WHERE a.first_received_at <= f.t AND a.last_received_at >= f.t)),
+               f.t)
+             FROM unnest($2::timestamptz[]) WITH ORDINALITY AS f(t, i)
+             ORDER BY f.i",
+            &[&symbol, &froms],
+        )
+        .await
+        .map_err(db(format!("finding where the books of {symbol} start")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -6,7 +6,7 @@
 //! | `/api/symbols` | | `{"symbols": [..]}` |
 //! | `/api/coverage` | `symbol`, `collector`? | the coverage model's streams, spans and gaps |
 //! | `/api/book` | `symbol`, `at`, `depth`?, `collector`? | the book at an instant, or its gap |
-//! | `/api/step` | `symbol`, `collector`, `conn_id`, `seq`, `dir`?, `depth`? | the book after the next (previous) message of that stream |
+//! | `/api/step` | `symbol`, `collector`, `conn_id`, `seq`, `at`?, `dir`?, `depth`? | the book after the next (previous) message of that stream (`at`: the book's `last_message_at`; it spares a search of the archive's files where the stream was archived) |
 //! | `/api/heatmap` | `symbol`, `from`, `to`, `columns`?, `depth`?, `collector`? | books at evenly spaced instants |
 //! | `/api/collectors` | | each collector's published state |
 //!
@@ -17,8 +17,9 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::heatmap::{HeatmapRequest, heatmap};
+use super::heatmap::{HeatmapRequest, column_instants, heatmap};
 use super::params::{BadRequest, MAX_COLUMNS, MAX_HEATMAP_SECONDS, Params};
+use super::{Session, TierError};
 use crate::book::BookView;
 use crate::history::{Coverage, Source, StreamId};
 use crate::readback::{BookAt, BookCursor, ReadbackError, book_at};
@@ -104,14 +105,15 @@ pub fn endpoint(path: &str) -> Option<&'static str> {
     .find(|e| path.strip_prefix("/api/") == Some(e))
 }
 
-/// Answers `endpoint` (from [`endpoint`]) with `query` over `client`.
-pub async fn answer(client: &Client, endpoint: &str, query: Option<&str>) -> Answer {
+/// Answers `endpoint` (from [`endpoint`]) with `query` over `session`.
+pub async fn answer(session: &Session, endpoint: &str, query: Option<&str>) -> Answer {
+    let client = session.client();
     let result = match endpoint {
         "symbols" => symbols(client, query).await,
         "coverage" => coverage(client, query).await,
-        "book" => book(client, query).await,
-        "step" => step(client, query).await,
-        "heatmap" => heatmap_answer(client, query).await,
+        "book" => book(session, query).await,
+        "step" => step(session, query).await,
+        "heatmap" => heatmap_answer(session, query).await,
         "collectors" => collectors(client, query).await,
         _ => Err(Answer::error(404, "no such endpoint")),
     };
@@ -180,11 +182,21 @@ struct BookAnswer {
     book: BookAt,
 }
 
-async fn book(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
+fn tier_failed(e: TierError) -> Answer {
+    tracing::warn!(error = %e, "serve: archived rows could not be read");
+    Answer::error(503, &e.to_string())
+}
+
+async fn book(session: &Session, query: Option<&str>) -> Result<Answer, Answer> {
+    let client = session.client();
     let p = Params::parse(query, &["symbol", "at", "depth", "collector"])?;
     let (symbol, at, depth, collector) =
         (p.symbol()?, p.instant("at")?, p.depth(25)?, p.collector()?);
     known_coverage(client, &symbol, collector.as_deref()).await?;
+    session
+        .need(&symbol, &[(at, at)])
+        .await
+        .map_err(tier_failed)?;
     let book = book_at(client, &symbol, at, depth, collector.as_deref()).await?;
     Ok(Answer::ok(&BookAnswer {
         verified: book.is_verified(),
@@ -192,10 +204,18 @@ async fn book(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
     }))
 }
 
-async fn step(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
+async fn step(session: &Session, query: Option<&str>) -> Result<Answer, Answer> {
     let p = Params::parse(
         query,
-        &["symbol", "collector", "conn_id", "seq", "dir", "depth"],
+        &[
+            "symbol",
+            "collector",
+            "conn_id",
+            "seq",
+            "dir",
+            "depth",
+            "at",
+        ],
     )?;
     let symbol = p.symbol()?;
     let collector = p.collector()?.ok_or_else(|| BadRequest {
@@ -206,8 +226,9 @@ async fn step(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
     let seq = p.required_integer("seq")?;
     let forward = p.forward()?;
     let depth = p.depth(25)?;
+    let at = p.optional_instant("at")?;
     let stream = StreamId { collector, conn_id };
-    let book = step_book(client, &symbol, &stream, seq, forward, depth).await?;
+    let book = step_book(session, &symbol, &stream, (seq, at), forward, depth).await?;
     Ok(Answer::ok(&BookAnswer {
         verified: book.is_verified(),
         book,
@@ -272,21 +293,188 @@ async fn next_message(
     }
 }
 
-/// The book after the book message of `symbol` next to `seq` (after it when `forward`, else
-/// before it) on `stream`, rebuilt from that stream's own start within the verified span that
-/// holds the message. A message outside every verified span of the stream is answered as
-/// `book --at` its instant answers (a gap, or another stream).
-pub async fn step_book(
+/// The Kraken timestamp of the book message `seq` of `symbol` on `stream`, as the session reads
+/// it now (`None`: not stored, or archived and not loaded).
+async fn message_time(
     client: &Client,
     symbol: &str,
     stream: &StreamId,
     seq: i64,
+) -> Result<Option<Timestamp>, Answer> {
+    let row = client
+        .query_opt(
+            "SELECT \"timestamp\" FROM krakenbook_copies
+              WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $1)
+                AND conn_id = $2 AND symbol = $3 AND seq = $4
+                AND row_seq > $4::bigint - $5::bigint AND row_seq <= $4::bigint + $5::bigint
+              LIMIT 1",
+            &[
+                &stream.collector,
+                &stream.conn_id,
+                &symbol,
+                &seq,
+                &DUP_SEQ_REACH,
+            ],
+        )
+        .await
+        .map_err(db_failed)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// When `stream`'s connection received its first and last frames (`None`: not recorded).
+async fn stream_life(
+    client: &Client,
+    stream: &StreamId,
+) -> Result<Option<(Timestamp, Timestamp)>, Answer> {
+    let row = client
+        .query_one(
+            "SELECT min(first_received_at), max(last_received_at) FROM krakenbook_connections
+              WHERE collector = $1 AND conn_id = $2",
+            &[&stream.collector, &stream.conn_id],
+        )
+        .await
+        .map_err(db_failed)?;
+    Ok(match (row.get(0), row.get(1)) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    })
+}
+
+/// How far a message's Kraken timestamp may lie from its receipt (clock skew and latency): a
+/// stream's messages (but a quiet pair's first snapshot, which carries its last change's time)
+/// lie within its connection's life widened by this.
+const CLOCK_SLACK_NS: i64 = 60_000_000_000;
+
+/// Whether `stream`'s connection was open at some time of `[first, last)` (on the receive
+/// clock, widened by [`CLOCK_SLACK_NS`]).
+async fn stream_overlaps(
+    client: &Client,
+    stream: &StreamId,
+    (first, last): (Timestamp, Timestamp),
+) -> Result<bool, Answer> {
+    Ok(stream_life(client, stream).await?.is_some_and(|(a, b)| {
+        a.add_nanos(-CLOCK_SLACK_NS) < last && b.add_nanos(CLOCK_SLACK_NS) >= first
+    }))
+}
+
+/// [`next_message`] in a session that reads archived ranges: the rows between the message `seq`
+/// (at `t`) and its neighbour are loaded first. Windows from `t` that grow sixteen-fold are
+/// loaded until the neighbour found lies inside the loaded window, or the window reaches past
+/// every archived range on that side, or past the stream's connection's life widened by
+/// [`CLOCK_SLACK_NS`] (then nothing archived lies between). It relies on a stream's messages of
+/// a pair being in time order (Kraken's timestamps do not go back on a connection), so that the
+/// neighbour by seq is also the neighbour in time.
+async fn next_message_archived(
+    session: &Session,
+    symbol: &str,
+    stream: &StreamId,
+    (seq, t): (i64, Timestamp),
+    forward: bool,
+    (first, last): (Timestamp, Timestamp),
+) -> Result<Option<tokio_postgres::Row>, Answer> {
+    let life = stream_life(session.client(), stream).await?;
+    let (first, last) = match life {
+        Some((a, b)) => (
+            first.max(a.add_nanos(-CLOCK_SLACK_NS)),
+            last.min(b.add_nanos(CLOCK_SLACK_NS)),
+        ),
+        None => (first, last),
+    };
+    let mut width: i64 = 1_000_000_000;
+    loop {
+        let (lo, hi) = if forward {
+            (t, t.add_nanos(width))
+        } else {
+            (t.add_nanos(-width), t)
+        };
+        session
+            .need(symbol, &[(lo, hi)])
+            .await
+            .map_err(tier_failed)?;
+        let row = next_message(session.client(), symbol, stream, seq, forward)
+            .await
+            .map_err(db_failed)?;
+        let inside = row.as_ref().is_some_and(|r| {
+            let at: Timestamp = r.get(1);
+            if forward { at <= hi } else { at >= lo }
+        });
+        let past = if forward { hi >= last } else { lo <= first };
+        if inside || past {
+            return Ok(row);
+        }
+        width = width.saturating_mul(16);
+    }
+}
+
+/// The book after the book message of `symbol` next to `seq` (after it when `forward`, else
+/// before it) on `stream`, rebuilt from that stream's own start within the verified span that
+/// holds the message. A message outside every verified span of the stream is answered as
+/// `book --at` its instant answers (a gap, or another stream).
+///
+/// In a session that reads archived ranges, `at` (the Kraken timestamp of message `seq`, the
+/// `last_message_at` of the book stepped from) says where to load rows from; without it, the
+/// message's time is read from the database, from what the session loaded, or from the
+/// archive's files ([`Session::locate`]); a message found nowhere on a stream that was open
+/// during an archived range is refused with a 400 that asks for `at`.
+pub async fn step_book(
+    session: &Session,
+    symbol: &str,
+    stream: &StreamId,
+    (seq, at): (i64, Option<Timestamp>),
     forward: bool,
     depth: usize,
 ) -> Result<BookAt, Answer> {
-    let row = next_message(client, symbol, stream, seq, forward)
-        .await
-        .map_err(db_failed)?;
+    let client = session.client();
+    let row = match session.archived_range() {
+        None => next_message(client, symbol, stream, seq, forward)
+            .await
+            .map_err(db_failed)?,
+        Some(archived) => {
+            if let Some(at) = at {
+                session
+                    .need(symbol, &[(at, at)])
+                    .await
+                    .map_err(tier_failed)?;
+            }
+            let mut t = message_time(client, symbol, stream, seq).await?;
+            if t.is_none() && at.is_none() && stream_overlaps(client, stream, archived).await? {
+                // Not loaded in this session: found in the archive's files.
+                t = session
+                    .locate(symbol, &stream.collector, stream.conn_id, seq)
+                    .await
+                    .map_err(tier_failed)?;
+                if let Some(t) = t {
+                    session.need(symbol, &[(t, t)]).await.map_err(tier_failed)?;
+                }
+            }
+            match (t, at) {
+                (Some(t), Some(at)) if t != at => {
+                    return Err(Answer::bad(BadRequest {
+                        param: "at".into(),
+                        error: format!(
+                            "message {seq} of this stream is at {t}, not at {at}: give the book's last_message_at"
+                        ),
+                    }));
+                }
+                (Some(t), _) => {
+                    next_message_archived(session, symbol, stream, (seq, t), forward, archived)
+                        .await?
+                }
+                (None, _) if stream_overlaps(client, stream, archived).await? => {
+                    return Err(Answer::bad(BadRequest {
+                        param: "at".into(),
+                        error: format!(
+                            "message {seq} of this stream is not found{}: this stream was open while a range was archived; give at= the Kraken timestamp of that message (the book's last_message_at)",
+                            if at.is_some() { " at that instant" } else { "" }
+                        ),
+                    }));
+                }
+                (None, _) => next_message(client, symbol, stream, seq, forward)
+                    .await
+                    .map_err(db_failed)?,
+            }
+        }
+    };
     let Some(row) = row else {
         return Err(Answer::error(
             404,
@@ -297,6 +485,10 @@ pub async fn step_book(
         ));
     };
     let (target, at): (i64, Timestamp) = (row.get(0), row.get(1));
+    session
+        .need(symbol, &[(at, at)])
+        .await
+        .map_err(tier_failed)?;
     let coverage = known_coverage(client, symbol, Some(&stream.collector)).await?;
     let span = coverage
         .streams
@@ -358,7 +550,8 @@ pub async fn step_book(
     })
 }
 
-async fn heatmap_answer(client: &Client, query: Option<&str>) -> Result<Answer, Answer> {
+async fn heatmap_answer(session: &Session, query: Option<&str>) -> Result<Answer, Answer> {
+    let client = session.client();
     let p = Params::parse(
         query,
         &["symbol", "from", "to", "columns", "depth", "collector"],
@@ -370,6 +563,10 @@ async fn heatmap_answer(client: &Client, query: Option<&str>) -> Result<Answer, 
     let depth = p.depth(100)?;
     let collector = p.collector()?;
     known_coverage(client, &symbol, collector.as_deref()).await?;
+    // Each column is the book at its instant: those are the windows read.
+    let (_, instants) = column_instants(from, to, columns);
+    let windows: Vec<(Timestamp, Timestamp)> = instants.iter().map(|&t| (t, t)).collect();
+    session.need(&symbol, &windows).await.map_err(tier_failed)?;
     let map = heatmap(
         client,
         &HeatmapRequest {

@@ -190,11 +190,11 @@ async fn respond(site: &Site, request: &Request<Incoming>) -> Response<Full<Byte
             let answer = match site.sessions.client().await {
                 Ok(client) => api::answer(&client, endpoint, request.uri().query()).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "serve: cannot reach the database");
+                    tracing::warn!(error = %e, "serve: cannot open a database session");
                     Answer {
                         status: 503,
                         body: serde_json::json!({
-                            "error": format!("cannot reach the database: {e}")
+                            "error": format!("cannot open a database session: {e}")
                         })
                         .to_string(),
                     }

@@ -106,6 +106,14 @@ impl Params {
         })
     }
 
+    /// An optional instant.
+    pub fn optional_instant(&self, name: &str) -> Result<Option<Timestamp>, BadRequest> {
+        match self.get(name) {
+            Some(_) => self.instant(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// An optional integer in `min..=max`, `default` when absent.
     pub fn integer(&self, name: &str, default: i64, min: i64, max: i64) -> Result<i64, BadRequest> {
         let Some(text) = self.get(name) else {

@@ -453,7 +453,10 @@ async function stepBook(dir) {
   if (!b || b.gap) return;
   showError('');
   try {
-    const next = await api('step', { symbol: b.symbol, collector: b.collector, conn_id: b.conn_id, seq: b.last_seq, dir, depth: $('book-depth').value });
+    const params = { symbol: b.symbol, collector: b.collector, conn_id: b.conn_id, seq: b.last_seq, dir, depth: $('book-depth').value };
+    // Where the stream was archived, the server loads the rows from this instant on.
+    if (b.last_message_at) params.at = b.last_message_at;
+    const next = await api('step', params);
     $('book-at').value = next.at;
     renderBook(next);
     writeHash({ at: next.at, depth: $('book-depth').value });
