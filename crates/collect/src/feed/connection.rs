@@ -380,6 +380,9 @@ impl Connection {
                     }
                 }
                 _ = reads.tick(), if polled && !more => {
+                    if let Some(tcp) = socket_tcp(socket) {
+                        tcp.rearm();
+                    }
                     match drain(socket, &mut session, 0) {
                         Ok(stopped) => more = stopped,
                         Err(why) => break why,

@@ -14,7 +14,9 @@
 //! - nothing is lost or reordered: only the moment a frame is read changes (a frame is stamped
 //!   when it is read, at most one read period after it arrived);
 //! - a read that finds nothing returns `Pending` without arranging a wake-up: the reader (the
-//!   connection's loop) must come back on its own tick. Everything else behaves as a normal
+//!   connection's loop) must come back on its own tick ([`PolledTcp::rearm`]); after a read
+//!   that came back short (the kernel had no more), reads answer `Pending` without a system
+//!   call until then, so a tick costs one read per connection, not two. Everything else behaves as a normal
 //!   stream: data, end of stream and errors are returned as they are;
 //! - a write the kernel cannot take now is retried every [`WRITE_RETRY`] (a timer), never in a
 //!   busy loop.
@@ -36,6 +38,9 @@ pub struct PolledTcp {
     inner: Inner,
     /// While a write waits for room in the send buffer: when to try again.
     write_retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A read since the last [`PolledTcp::rearm`] came back short (or empty): the kernel had
+    /// nothing more, so reads answer `Pending` without asking it again until the next tick.
+    drained: bool,
 }
 
 #[derive(Debug)]
@@ -53,6 +58,7 @@ impl PolledTcp {
         PolledTcp {
             inner: Inner::Registered(tcp),
             write_retry: None,
+            drained: false,
         }
     }
 
@@ -69,6 +75,11 @@ impl PolledTcp {
         // `into_std` leaves the socket non-blocking.
         self.inner = Inner::Polled(tcp.into_std()?);
         Ok(())
+    }
+
+    /// The read tick came: reads ask the kernel again (see `drained`).
+    pub fn rearm(&mut self) {
+        self.drained = false;
     }
 
     /// Whether the stream is read on the tick (not through the reactor).
@@ -94,15 +105,25 @@ impl AsyncRead for PolledTcp {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Registered(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            // The kernel had no more a moment ago: what came since waits for the next tick (one
+            // system call per connection and tick saved, nothing lost).
+            Inner::Polled(_) if this.drained => Poll::Pending,
             Inner::Polled(tcp) => loop {
+                let room = buf.remaining();
                 match tcp.read(buf.initialize_unfilled()) {
                     Ok(n) => {
                         buf.advance(n);
+                        // A short read took all the kernel held (0 is the end of the stream,
+                        // returned as it is).
+                        this.drained = n > 0 && n < room;
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // Nothing yet: the connection's read tick comes back for it.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        this.drained = true;
+                        return Poll::Pending;
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
@@ -179,6 +200,12 @@ mod tests {
 
     /// Reads what the kernel holds without waiting (as the read tick does).
     fn read_now(stream: &mut PolledTcp) -> Option<Vec<u8>> {
+        stream.rearm();
+        read_again(stream)
+    }
+
+    /// Reads again within the same tick (no rearm).
+    fn read_again(stream: &mut PolledTcp) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 64];
         match stream.read(&mut buf).now_or_never() {
             None => None,
@@ -230,5 +257,42 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(end, Some(Vec::new()), "end of stream: a read of 0 bytes");
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_what_arrives_waits_for_the_next_tick() {
+        let (mut client, mut server) = pair().await;
+        client.poll_on_tick().unwrap();
+        server.write_all(b"first").await.unwrap();
+        let mut first = None;
+        for _ in 0..100 {
+            first = read_now(&mut client);
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"first"[..]),
+            "a short read (5 of 64 bytes)"
+        );
+        server.write_all(b"second").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            read_again(&mut client),
+            None,
+            "within the tick: not asked again"
+        );
+        assert_eq!(
+            read_now(&mut client).as_deref(),
+            Some(&b"second"[..]),
+            "the next tick"
+        );
+        // A full read (64 of 64 bytes) may leave more: the same tick reads on.
+        server.write_all(&[7u8; 100]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(read_now(&mut client).map(|b| b.len()), Some(64));
+        assert_eq!(read_again(&mut client).map(|b| b.len()), Some(36));
     }
 }
