@@ -2,8 +2,9 @@
 //! (on a timer and on request), rotates and expires, so that file I/O never blocks the async
 //! feed and a slow or full disk pushes back on the socket readers instead of growing memory.
 //!
-//! The queue ([`JournalSender`]) is bounded by a count of entries, and takes them one at a time
-//! or a batch at a time: a batch is one message, so it wakes the journal thread once, however
+//! The queue ([`JournalSender`]) is bounded by a count of entries and by their bytes
+//! ([`QUEUE_BYTES`]: a burst of depth-1000 snapshots, 80 kB each, waits in the sockets rather
+//! than in memory), and takes them one at a time or a batch at a time: a batch is one message, so it wakes the journal thread once, however
 //! many entries it holds (sent one by one, each could wake it: the kernel often runs the thread
 //! woken before the sender sends the next).
 //!
@@ -38,15 +39,43 @@ pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 const BATCH: usize = 4096;
 /// How many times closing retries a full disk (once a second) before it gives up.
 const CLOSE_RETRIES: u32 = 5;
+/// The most bytes of entries the queue holds (about: counted in KiB, each entry with a little
+/// overhead); a batch larger than this goes in alone.
+pub const QUEUE_BYTES: usize = 4 << 20;
+const QUEUE_KIB: u32 = (QUEUE_BYTES >> 10) as u32;
+
+/// The bytes an entry stands for in the queue's bound.
+fn entry_bytes(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match &entry.body {
+            crate::record::RecordBody::Frame(frame) => frame.bytes.len(),
+            crate::record::RecordBody::BookState(state) => {
+                32 * (state.bids.len() + state.asks.len())
+            }
+            crate::record::RecordBody::Event(event) => event.detail.len(),
+        }
+}
+
+/// The KiB of the queue's byte bound that `entries` take (at most all of it).
+fn batch_kib(entries: &[Entry]) -> u32 {
+    let bytes: usize = entries.iter().map(entry_bytes).sum();
+    u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, QUEUE_KIB)
+}
 
 /// The journal's queue: entries go in one at a time or a batch at a time, in order, and wait for
 /// room when `capacity` entries are already waiting (back-pressure, never memory).
 #[derive(Clone, Debug)]
 pub struct JournalSender {
-    batches: mpsc::UnboundedSender<Vec<Entry>>,
+    /// Batches with the KiB of the byte bound they took.
+    batches: mpsc::UnboundedSender<(Vec<Entry>, u32)>,
     /// One permit per entry the queue has room for; the journal thread gives them back as it
     /// takes entries, and closes it when it stops (waiting senders then fail).
     room: Arc<Semaphore>,
+    /// One permit per KiB of [`QUEUE_BYTES`] free; given back and closed as `room` is.
+    bytes_room: Arc<Semaphore>,
     capacity: usize,
 }
 
@@ -60,10 +89,18 @@ impl JournalSender {
             return Err(SendError(entry));
         };
         permit.forget();
+        let entries = vec![entry];
+        let kib = batch_kib(&entries);
+        let Ok(permit) = self.bytes_room.acquire_many(kib).await else {
+            return Err(SendError(
+                entries.into_iter().next().expect("a batch of one"),
+            ));
+        };
+        permit.forget();
         // The batch given back is the one just made, of one entry: `next` is that entry.
         self.batches
-            .send(vec![entry])
-            .map_err(|e| SendError(e.0.into_iter().next().expect("a batch of one")))
+            .send((entries, kib))
+            .map_err(|e| SendError(e.0.0.into_iter().next().expect("a batch of one")))
     }
 
     /// Queues `entries` in order, waiting for room; each part that fits in the queue at once
@@ -79,8 +116,14 @@ impl JournalSender {
                 return Err(SendError(entries));
             };
             permit.forget();
-            if let Err(e) = self.batches.send(entries) {
-                let mut back = e.0;
+            let kib = batch_kib(&entries);
+            let Ok(permit) = self.bytes_room.acquire_many(kib).await else {
+                entries.extend(rest);
+                return Err(SendError(entries));
+            };
+            permit.forget();
+            if let Err(e) = self.batches.send((entries, kib)) {
+                let mut back = e.0.0;
                 back.extend(rest);
                 return Err(SendError(back));
             }
@@ -98,10 +141,24 @@ impl JournalSender {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(TrySendError::Full(entry)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed(entry)),
         }
+        let entries = vec![entry];
+        let kib = batch_kib(&entries);
+        let back = |entries: Vec<Entry>| entries.into_iter().next().expect("a batch of one");
+        match self.bytes_room.try_acquire_many(kib) {
+            Ok(permit) => permit.forget(),
+            Err(e) => {
+                // The entry's room goes back: it was not queued.
+                self.room.add_permits(1);
+                return Err(match e {
+                    tokio::sync::TryAcquireError::NoPermits => TrySendError::Full(back(entries)),
+                    tokio::sync::TryAcquireError::Closed => TrySendError::Closed(back(entries)),
+                });
+            }
+        }
         // The batch given back is the one just made, of one entry: `next` is that entry.
         self.batches
-            .send(vec![entry])
-            .map_err(|e| TrySendError::Closed(e.0.into_iter().next().expect("a batch of one")))
+            .send((entries, kib))
+            .map_err(|e| TrySendError::Closed(back(e.0.0)))
     }
 
     /// Room for this many more entries now.
@@ -211,8 +268,9 @@ pub fn spawn_journal(
     let opened = writer.written_seq();
     // The permits are counted in u32 (`acquire_many`): a larger queue is no use anyway.
     let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<Entry>>();
+    let (tx, rx) = mpsc::unbounded_channel::<(Vec<Entry>, u32)>();
     let room = Arc::new(Semaphore::new(capacity));
+    let bytes_room = Arc::new(Semaphore::new(QUEUE_KIB as usize));
     let (flushed_tx, flushed_rx) = watch::channel(opened);
     let (synced_tx, synced_rx) = watch::channel(opened);
     let (problem_tx, problem_rx) = watch::channel(None);
@@ -220,7 +278,7 @@ pub fn spawn_journal(
     let task = Task {
         writer,
         rx,
-        room: Room(Arc::clone(&room)),
+        room: Room(Arc::clone(&room), Arc::clone(&bytes_room)),
         flushed_tx,
         synced_tx,
         problem_tx,
@@ -245,6 +303,7 @@ pub fn spawn_journal(
         sender: JournalSender {
             batches: tx,
             room,
+            bytes_room,
             capacity,
         },
         flushed: flushed_rx,
@@ -259,7 +318,7 @@ pub fn spawn_journal(
 
 struct Task {
     writer: JournalWriter,
-    rx: mpsc::UnboundedReceiver<Vec<Entry>>,
+    rx: mpsc::UnboundedReceiver<(Vec<Entry>, u32)>,
     /// The queue's room, given back as entries are taken.
     room: Room,
     flushed_tx: watch::Sender<u64>,
@@ -277,11 +336,18 @@ struct Task {
 
 /// The queue's room as the journal thread holds it: however the thread ends, the room closes,
 /// so that senders waiting for it fail rather than wait forever.
-struct Room(Arc<Semaphore>);
+struct Room(Arc<Semaphore>, Arc<Semaphore>);
+
+impl Room {
+    fn close(&self) {
+        self.0.close();
+        self.1.close();
+    }
+}
 
 impl Drop for Room {
     fn drop(&mut self) {
-        self.0.close();
+        self.close();
     }
 }
 
@@ -371,7 +437,7 @@ impl Task {
     }
 
     /// Appends `first` and whatever else is already queued (without flushing).
-    fn take(&mut self, first: Vec<Entry>) -> Result<(), JournalError> {
+    fn take(&mut self, first: (Vec<Entry>, u32)) -> Result<(), JournalError> {
         self.append(first)?;
         self.take_queued()
     }
@@ -381,7 +447,7 @@ impl Task {
         while taken < BATCH {
             match self.rx.try_recv() {
                 Ok(batch) => {
-                    taken += batch.len();
+                    taken += batch.0.len();
                     self.append(batch)?;
                 }
                 Err(_) => break,
@@ -392,8 +458,9 @@ impl Task {
 
     /// Appends a batch taken from the queue, giving its room back. On an error (a failed
     /// write) the rest of the batch is not appended: the journal stops.
-    fn append(&mut self, batch: Vec<Entry>) -> Result<(), JournalError> {
+    fn append(&mut self, (batch, kib): (Vec<Entry>, u32)) -> Result<(), JournalError> {
         self.room.0.add_permits(batch.len());
+        self.room.1.add_permits(kib as usize);
         for entry in batch {
             self.writer.append(entry)?;
         }
@@ -475,7 +542,7 @@ impl Task {
     /// On cancel: takes everything still queued (nothing is dropped).
     fn drain(&mut self) -> Result<(), JournalError> {
         self.rx.close();
-        self.room.0.close();
+        self.room.close();
         while let Ok(batch) = self.rx.try_recv() {
             self.append(batch)?;
         }
@@ -507,5 +574,68 @@ impl Task {
         self.synced_tx
             .send_replace(stats.synced_seq.load(Ordering::Acquire));
         closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{FrameRecord, RecordBody};
+    use crate::time::Timestamp;
+
+    fn frame(n: u64, len: usize) -> Entry {
+        Entry {
+            received_at: Timestamp::from_unix_nanos(0),
+            conn_id: 1,
+            conn_seq: n,
+            body: RecordBody::Frame(FrameRecord {
+                bytes: vec![b'x'; len],
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_its_bytes_in_kib_of_the_queue_bound() {
+        // (frame sizes, KiB taken, what it covers)
+        let cases: [(&[usize], u32, &str); 4] = [
+            (&[0], 1, "an empty frame still takes its overhead"),
+            (&[960], 1, "960 bytes and the overhead: one KiB"),
+            (&[961, 0], 2, "a byte past a KiB"),
+            (
+                &[3 << 20, 3 << 20],
+                QUEUE_KIB,
+                "more than the bound: all of it, no more",
+            ),
+        ];
+        for (sizes, kib, what) in cases {
+            let entries: Vec<Entry> = sizes.iter().map(|&len| frame(1, len)).collect();
+            assert_eq!(batch_kib(&entries), kib, "{what}");
+        }
+    }
+
+    /// Batches larger than the byte bound still go in (one at a time), in order: the bound
+    /// never wedges the feed.
+    #[tokio::test]
+    async fn batches_over_the_byte_bound_go_in_one_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let handle =
+            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
+        for round in 0..3u64 {
+            let batch = (1..=3).map(|n| frame(round * 10 + n, 3 << 20)).collect();
+            handle.sender.send_batch(batch).await.unwrap();
+        }
+        handle.sender.send(frame(99, 10)).await.unwrap();
+        cancel.cancel();
+        handle.join().await.unwrap();
+        let mut reader = crate::JournalReader::open(dir.path(), 0).unwrap();
+        let mut seqs = Vec::new();
+        while let Some(crate::Item::Record(r)) = reader.next_owned().unwrap() {
+            seqs.push(r.conn_seq);
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 11, 12, 13, 21, 22, 23, 99]);
     }
 }

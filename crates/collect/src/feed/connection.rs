@@ -4,8 +4,11 @@
 //! The loop here only opens the socket (DNS, TCP, TLS and the WebSocket upgrade as separate
 //! steps, so that each failure is told apart: [`ConnectError`]), hands the session every Kraken
 //! frame (never a WebSocket ping or pong: those do not keep a connection alive), timers and
-//! resubscribe permits, and carries out the session's actions in order. A wake-up for the socket
-//! reads every frame already buffered (bounded), each stamped as it is read; the journal entries
+//! resubscribe permits, and carries out the session's actions in order. Once open, the socket is
+//! read on the feed's read tick ([`super::polled`], [`super::FeedConfig::read_every`], on one
+//! grid for every connection, so one wake-up of the feed's thread reads them all; with a zero
+//! period, on every arrival); a read takes every frame already buffered (bounded, and read on at
+//! once when the bound stopped it), each stamped as it is read; the journal entries
 //! go to the feed's outbox ([`super::outbox`]), which is handed to the journal before any request
 //! is sent. The futures the loop waits on are made once per connection, not per frame (the
 //! watchdog's timer is moved only when it fires). Between connections it waits as long as the
@@ -24,7 +27,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
-use super::outbox::FeedOutbox;
+use super::outbox::{FeedOutbox, next_tick};
+use super::polled::PolledTcp;
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
@@ -33,8 +37,7 @@ use crate::metrics::HealthSource;
 use crate::text::printable_prefix;
 use crate::time::Timestamp;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<PolledTcp>>;
 
 /// A long-lived connection task: connects, subscribes, verifies and journals, and reconnects
 /// when the connection is lost, until cancelled.
@@ -263,6 +266,29 @@ impl Connection {
         );
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
         let outbox = &shared.outbox;
+        // Read on the tick (the socket out of the reactor: no wake-up per arrival), or on every
+        // arrival when the period is zero or the socket cannot be taken out.
+        let read_every = self.config.read_every;
+        let polled = !read_every.is_zero()
+            && socket_tcp(socket).is_some_and(|tcp| {
+                if let Err(e) = tcp.poll_on_tick() {
+                    // The stream is gone: the first read says so and the connection ends.
+                    tracing::warn!(connection = conn_id, error = %e, "feed: cannot take the socket out of the reactor");
+                }
+                true
+            });
+        // On one grid for every connection of the feed, so one wake-up reads them all.
+        let mut reads = tokio::time::interval_at(
+            next_tick(
+                shared.epoch,
+                read_every.max(Duration::from_millis(1)),
+                Instant::now(),
+            ),
+            read_every.max(Duration::from_millis(1)),
+        );
+        reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The last read stopped at its bound with more waiting: read on at once.
+        let mut more = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The futures every turn of the loop waits on are made once: a timer made per turn
@@ -280,7 +306,7 @@ impl Connection {
         let mut reconnecting = gate.is_some();
         let mut resubscribing: Vec<String> = Vec::new();
         let mut resubscribe_held_until: Option<Instant> = None;
-        let why = 'serve: loop {
+        let why = loop {
             // The session's actions; and when the outbox's tick has come (or it is full), this
             // wake-up hands it off, for every connection.
             match carry_out(&mut session, socket, outbox).await {
@@ -343,27 +369,29 @@ impl Connection {
                     session.on_timer(Instant::now());
                     watchdog.as_mut().reset(session.deadline());
                 }
-                next = socket.next() => {
+                next = socket.next(), if !polled => {
                     if let Some(why) = received(next, &mut session) {
                         break why;
                     }
-                    // Every frame already buffered, in this same wake-up: reading on until the
-                    // socket would wait costs no wake-up, each frame stamped as it is read. A
-                    // bounded number (frames and bytes), so that the outbox's bound holds and
-                    // the other connections get their turn.
-                    let mut frames = 1;
-                    let mut bytes = 0;
-                    while frames < DRAIN_FRAMES && bytes < DRAIN_BYTES && !session.is_closing() {
-                        let Some(next) = socket.next().now_or_never() else {
-                            break;
-                        };
-                        if let Some(Ok(message)) = &next {
-                            bytes += message.len();
-                        }
-                        if let Some(why) = received(next, &mut session) {
-                            break 'serve why;
-                        }
-                        frames += 1;
+                    // Every frame already buffered, in this same wake-up.
+                    match drain(socket, &mut session, 1) {
+                        Ok(_) => {}
+                        Err(why) => break why,
+                    }
+                }
+                _ = reads.tick(), if polled && !more => {
+                    if let Some(tcp) = socket_tcp(socket) {
+                        tcp.rearm();
+                    }
+                    match drain(socket, &mut session, 0) {
+                        Ok(stopped) => more = stopped,
+                        Err(why) => break why,
+                    }
+                }
+                _ = std::future::ready(()), if polled && more => {
+                    match drain(socket, &mut session, 0) {
+                        Ok(stopped) => more = stopped,
+                        Err(why) => break why,
                     }
                 }
             }
@@ -392,6 +420,41 @@ impl Connection {
 const DRAIN_FRAMES: usize = 256;
 /// Bytes of frames read in one wake-up at most (one frame more may pass it).
 const DRAIN_BYTES: usize = super::outbox::MAX_BYTES;
+
+/// Reads every frame the socket holds now, in this same wake-up, each stamped as it is read
+/// (`already`: frames read just before in this wake-up). A bounded number (frames and bytes),
+/// so that the outbox's bound holds and the other connections get their turn: `Ok(true)` when
+/// it stopped at the bound with more perhaps waiting, `Err(why)` when a frame ended the
+/// connection.
+fn drain(socket: &mut Socket, session: &mut Session, already: usize) -> Result<bool, Lost> {
+    let mut frames = already;
+    let mut bytes = 0;
+    while !session.is_closing() {
+        if frames >= DRAIN_FRAMES || bytes >= DRAIN_BYTES {
+            return Ok(true);
+        }
+        let Some(next) = socket.next().now_or_never() else {
+            break;
+        };
+        if let Some(Ok(message)) = &next {
+            bytes += message.len();
+        }
+        if let Some(why) = received(next, session) {
+            return Err(why);
+        }
+        frames += 1;
+    }
+    Ok(false)
+}
+
+/// The TCP stream under a WebSocket (under TLS for `wss`).
+fn socket_tcp(socket: &mut Socket) -> Option<&mut PolledTcp> {
+    match socket.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => Some(tcp),
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => Some(tls.get_mut().0),
+        _ => None,
+    }
+}
 
 /// Hands the session what the socket delivered, stamped now; `Some(why)` when it ends the
 /// connection.
@@ -526,7 +589,7 @@ async fn open(config: &FeedConfig) -> Result<Socket, ConnectError> {
         })?;
     let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
         url.as_str(),
-        tcp,
+        PolledTcp::new(tcp),
         Some(socket_config(config.max_frame_bytes)),
         None,
     )

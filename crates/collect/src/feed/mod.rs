@@ -11,7 +11,9 @@
 //! its books (a [`crate::book::Tracker`]) and sends the frame, with its checksum verdict and the
 //! best bid and ask, to the journal. What must hold:
 //! - every frame received is journaled, in received order, stamped with the time it was read;
-//!   a connection reads every frame already buffered on its socket in one wake-up, and the
+//!   a connection reads its socket on the feed's read tick ([`FeedConfig::read_every`]: the
+//!   socket is out of the reactor, [`polled`], so an arrival wakes nothing and one wake-up reads
+//!   every connection), takes every frame already buffered in one go, and the
 //!   journal entries of all connections go to the journal in batches ([`outbox`]: at most 1.5 ×
 //!   [`FeedConfig::handoff_every`] late, before any request a frame causes, and all of them at
 //!   shutdown);
@@ -44,6 +46,7 @@ mod backoff;
 mod connection;
 mod error;
 pub mod outbox;
+mod polled;
 pub mod replicas;
 pub mod session;
 mod thread;
@@ -70,6 +73,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 pub const DEFAULT_MAX_SYMBOLS: usize = 2000;
 /// The default period of the feed's hand-offs to the journal.
 pub const DEFAULT_HANDOFF_EVERY: Duration = Duration::from_millis(20);
+
+/// The default period of the connections' reads: half the hand-off period, so that every other
+/// read hands the outbox off.
+pub const DEFAULT_READ_EVERY: Duration = Duration::from_millis(10);
 
 /// How the feed connects and paces itself.
 #[derive(Clone, Debug)]
@@ -125,6 +132,10 @@ pub struct FeedConfig {
     /// means fewer wake-ups of the journal and the database pipeline per frame, and more frames
     /// a crash of the process (not a stop) can take before they reach the journal.
     pub handoff_every: Duration,
+    /// The period on which connections read their sockets ([`polled`]: one wake-up of the
+    /// feed's thread reads every connection; no wake-up per arrival). A frame is stamped when it
+    /// is read: at most this long after it arrived. Zero: read on every arrival.
+    pub read_every: Duration,
 }
 
 impl FeedConfig {
@@ -151,6 +162,7 @@ impl FeedConfig {
             resubscribe_retry: Duration::from_secs(60),
             book_state_every: 10_000,
             handoff_every: DEFAULT_HANDOFF_EVERY,
+            read_every: DEFAULT_READ_EVERY,
         }
     }
 
@@ -190,6 +202,8 @@ pub struct FeedShared {
     pub resubscribe_limiter: RateLimiter,
     /// The last connection id handed out (connection ids keep increasing across restarts).
     pub last_conn_id: AtomicU64,
+    /// Where the grids of the outbox's hand-offs and of the connections' reads start.
+    pub epoch: tokio::time::Instant,
 }
 
 impl FeedShared {
@@ -203,11 +217,8 @@ impl FeedShared {
         metrics: Arc<Metrics>,
         conn_id_base: u64,
     ) -> Self {
-        let outbox = Arc::new(FeedOutbox::new(
-            journal,
-            config.handoff_every,
-            tokio::time::Instant::now(),
-        ));
+        let epoch = tokio::time::Instant::now();
+        let outbox = Arc::new(FeedOutbox::new(journal, config.handoff_every, epoch));
         FeedShared {
             config,
             outbox,
@@ -215,6 +226,7 @@ impl FeedShared {
             connect_limiter: RateLimiter::new(10, Duration::from_secs(10)),
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
             last_conn_id: AtomicU64::new(conn_id_base),
+            epoch,
         }
     }
 }

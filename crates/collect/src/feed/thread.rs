@@ -2,7 +2,8 @@
 //! runtime, on a thread of its own.
 //!
 //! Why: a frame's cost is mostly the wake-up that delivers it, not the work on it. On one thread
-//! with its own runtime, a wake-up of the feed reads what every ready socket holds, and nothing
+//! with its own runtime, a wake-up of the feed (the read tick, [`super::polled`]) reads what
+//! every socket holds, and nothing
 //! in it wakes another thread (no work stealing, no hand-over of tasks between workers); the only
 //! cross-thread hand-off is the batch to the journal ([`super::outbox`]). The database writer,
 //! the metrics server and the rest stay on the caller's runtime, so that a slow COPY or a scrape

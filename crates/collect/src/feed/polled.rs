@@ -1,0 +1,298 @@
+//! A connection's TCP socket, read on the feed's read tick instead of on every arrival.
+//!
+//! Why: on this kind of machine a wake-up of the feed's thread costs tens of microseconds
+//! (`epoll_wait`, the context switch, the timer bookkeeping), several times the work on a frame.
+//! A socket registered with tokio's reactor wakes the thread for every packet that arrives, so
+//! at a few hundred frames a second the feed woke about once per frame. A [`PolledTcp`] is
+//! registered with the reactor only while the connection opens (TCP, TLS and the WebSocket
+//! handshake, which wait on readiness as usual); then [`PolledTcp::poll_on_tick`] takes it out
+//! of the reactor and it is read with plain non-blocking reads when the connection's read tick
+//! comes ([`super::FeedConfig::read_every`]): one wake-up of the thread reads what every
+//! connection received since the last tick.
+//!
+//! What must hold:
+//! - nothing is lost or reordered: only the moment a frame is read changes (a frame is stamped
+//!   when it is read, at most one read period after it arrived);
+//! - a read that finds nothing returns `Pending` without arranging a wake-up: the reader (the
+//!   connection's loop) must come back on its own tick ([`PolledTcp::rearm`]); after a read
+//!   that came back short (the kernel had no more), reads answer `Pending` without a system
+//!   call until then, so a tick costs one read per connection, not two. Everything else behaves as a normal
+//!   stream: data, end of stream and errors are returned as they are;
+//! - a write the kernel cannot take now is retried every [`WRITE_RETRY`] (a timer), never in a
+//!   busy loop.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How often a write the kernel refused (its send buffer full) is tried again.
+pub const WRITE_RETRY: Duration = Duration::from_millis(1);
+
+/// A TCP stream read through the reactor until [`PolledTcp::poll_on_tick`], then on the
+/// connection's read tick (see the module doc).
+#[derive(Debug)]
+pub struct PolledTcp {
+    inner: Inner,
+    /// While a write waits for room in the send buffer: when to try again.
+    write_retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A read since the last [`PolledTcp::rearm`] came back short (or empty): the kernel had
+    /// nothing more, so reads answer `Pending` without asking it again until the next tick.
+    drained: bool,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Registered(tokio::net::TcpStream),
+    Polled(std::net::TcpStream),
+    /// Taking the stream out of the reactor failed: it is gone.
+    Gone,
+}
+
+impl PolledTcp {
+    /// A stream read through the reactor (as a plain `TcpStream`) until
+    /// [`PolledTcp::poll_on_tick`].
+    pub fn new(tcp: tokio::net::TcpStream) -> Self {
+        PolledTcp {
+            inner: Inner::Registered(tcp),
+            write_retry: None,
+            drained: false,
+        }
+    }
+
+    /// Takes the stream out of the reactor: from now on a read returns what the kernel holds,
+    /// or `Pending` without a wake-up (the caller reads again on its tick). Does nothing when
+    /// already done.
+    pub fn poll_on_tick(&mut self) -> io::Result<()> {
+        if !matches!(self.inner, Inner::Registered(_)) {
+            return Ok(());
+        }
+        let Inner::Registered(tcp) = std::mem::replace(&mut self.inner, Inner::Gone) else {
+            return Ok(());
+        };
+        // `into_std` leaves the socket non-blocking.
+        self.inner = Inner::Polled(tcp.into_std()?);
+        Ok(())
+    }
+
+    /// The read tick came: reads ask the kernel again (see `drained`).
+    pub fn rearm(&mut self) {
+        self.drained = false;
+    }
+
+    /// Whether the stream is read on the tick (not through the reactor).
+    #[cfg(test)]
+    pub fn is_polled(&self) -> bool {
+        matches!(self.inner, Inner::Polled(_))
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the socket could not be taken out of the reactor",
+    )
+}
+
+impl AsyncRead for PolledTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Registered(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            // The kernel had no more a moment ago: what came since waits for the next tick (one
+            // system call per connection and tick saved, nothing lost).
+            Inner::Polled(_) if this.drained => Poll::Pending,
+            Inner::Polled(tcp) => loop {
+                let room = buf.remaining();
+                match tcp.read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        // A short read took all the kernel held (0 is the end of the stream,
+                        // returned as it is).
+                        this.drained = n > 0 && n < room;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Nothing yet: the connection's read tick comes back for it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        this.drained = true;
+                        return Poll::Pending;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Inner::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for PolledTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Registered(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Inner::Polled(tcp) => loop {
+                if let Some(retry) = &mut this.write_retry {
+                    if retry.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.write_retry = None;
+                }
+                match tcp.write(data) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The send buffer is full: try again shortly (the timer wakes us).
+                        this.write_retry = Some(Box::pin(tokio::time::sleep(WRITE_RETRY)));
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Inner::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Registered(tcp) => Pin::new(tcp).poll_flush(cx),
+            // A TCP socket has nothing of its own to flush.
+            Inner::Polled(_) => Poll::Ready(Ok(())),
+            Inner::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Registered(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Inner::Polled(tcp) => Poll::Ready(match tcp.shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                other => other,
+            }),
+            Inner::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (PolledTcp, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
+            listener.accept().await.unwrap().0
+        });
+        (PolledTcp::new(client.unwrap()), server)
+    }
+
+    /// Reads what the kernel holds without waiting (as the read tick does).
+    fn read_now(stream: &mut PolledTcp) -> Option<Vec<u8>> {
+        stream.rearm();
+        read_again(stream)
+    }
+
+    /// Reads again within the same tick (no rearm).
+    fn read_again(stream: &mut PolledTcp) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 64];
+        match stream.read(&mut buf).now_or_never() {
+            None => None,
+            Some(n) => {
+                let n = n.unwrap();
+                buf.truncate(n);
+                Some(buf)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_polled_stream_reads_what_arrived_in_order_and_is_pending_when_empty() {
+        let (mut client, mut server) = pair().await;
+        // Through the reactor first (the handshake's way).
+        server.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        client.poll_on_tick().unwrap();
+        assert!(client.is_polled());
+        assert_eq!(read_now(&mut client), None, "nothing arrived: pending");
+        server.write_all(b"one ").await.unwrap();
+        server.write_all(b"two").await.unwrap();
+        let mut all = Vec::new();
+        // Loopback delivers at once, but give it a moment on a busy machine.
+        for _ in 0..100 {
+            if let Some(part) = read_now(&mut client) {
+                all.extend(part);
+            }
+            if all.len() == 7 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(all, b"one two");
+        // Writes go out; the peer's end of stream reads as such.
+        client.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        server.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+        drop(server);
+        let mut end = None;
+        for _ in 0..100 {
+            end = read_now(&mut client);
+            if end.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(end, Some(Vec::new()), "end of stream: a read of 0 bytes");
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_what_arrives_waits_for_the_next_tick() {
+        let (mut client, mut server) = pair().await;
+        client.poll_on_tick().unwrap();
+        server.write_all(b"first").await.unwrap();
+        let mut first = None;
+        for _ in 0..100 {
+            first = read_now(&mut client);
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"first"[..]),
+            "a short read (5 of 64 bytes)"
+        );
+        server.write_all(b"second").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            read_again(&mut client),
+            None,
+            "within the tick: not asked again"
+        );
+        assert_eq!(
+            read_now(&mut client).as_deref(),
+            Some(&b"second"[..]),
+            "the next tick"
+        );
+        // A full read (64 of 64 bytes) may leave more: the same tick reads on.
+        server.write_all(&[7u8; 100]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(read_now(&mut client).map(|b| b.len()), Some(64));
+        assert_eq!(read_again(&mut client).map(|b| b.len()), Some(36));
+    }
+}
