@@ -256,6 +256,9 @@ pub struct CollectFile {
     /// Longest a record waits for its database batch (`"50ms"`).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub db_batch_delay: Option<Duration>,
+    /// The sockets' read tick (`"10ms"`; `"0ms"`: on every arrival).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub read_every: Option<Duration>,
     /// Journal sync interval (`"1s"`).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub journal_sync_interval: Option<Duration>,

@@ -104,6 +104,11 @@ pub struct CollectArgs {
     /// `krakenbook book --at` never replays more [default: 10000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub book_state_every: Option<u64>,
+    /// Read the sockets on a tick this long (one wake-up reads every connection; a frame is
+    /// stamped when read, at most this long after it arrived); 0ms stamps each frame on arrival,
+    /// at the CPU cost of a wake-up per arrival [default: 10ms].
+    #[arg(long, value_name = "DURATION", value_parser = config::duration)]
+    pub read_every: Option<Duration>,
     /// Sync the journal to disk at least this often: what a power cut can lose [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = config::duration)]
     pub journal_sync_interval: Option<Duration>,
@@ -185,6 +190,15 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     }
     if let Some(n) = args.max_symbols.or(file.max_symbols) {
         feed.max_symbols = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(d) = args.read_every.or(file.read_every) {
+        if d > Duration::from_millis(100) {
+            bail!(
+                "--read-every {}: must be at most 100ms (a frame is stamped when read; 0ms stamps it on arrival)",
+                humantime::format_duration(d)
+            );
+        }
+        feed.read_every = d;
     }
     if let Some(bytes) = args.max_frame_size.or(file.max_frame_size) {
         if !(64 << 10..=1 << 30).contains(&bytes) {
@@ -377,6 +391,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.feed.book_state_every, 40);
+        assert_eq!(c.feed.read_every, krakenbook::feed::DEFAULT_READ_EVERY);
+        let c = resolve_args(&["--symbols", "BTC/USD", "--read-every", "0ms"]).unwrap();
+        assert_eq!(c.feed.read_every, Duration::ZERO);
+        let e = resolve_args(&["--symbols", "BTC/USD", "--read-every", "1s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--read-every 1s: must be at most 100ms"), "{e}");
         let c =
             resolve_args(&["--all", "--max-symbols", "3000", "--max-frame-size", "4MiB"]).unwrap();
         assert_eq!(c.feed.max_symbols, 3000);

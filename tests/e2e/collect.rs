@@ -758,7 +758,8 @@ async fn a_collector_killed_with_sigkill_restarts_and_stores_every_journaled_fra
 async fn journal_only_then_import_stores_everything_and_a_second_import_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sim = simulator(dir.path(), 60.0, Faults::default()).await;
-    let collector = Collector::start(&sim, None, dir.path(), &[]);
+    // Sockets read on every arrival (`--read-every 0ms`): the other tests read on the tick.
+    let collector = Collector::start(&sim, None, dir.path(), &["--read-every", "0ms"]);
     let started = Instant::now();
     while journal(dir.path()).1 < 400 {
         assert!(
