@@ -1,5 +1,5 @@
 //! Batching journal items for the writer: flush by count or by size, or when the oldest waiting
-//! record was received long enough ago.
+//! record was received long enough ago, "long enough" depending on how fast records come.
 //!
 //! The journal-tailing task pushes items (records, and damage: records found missing) into a
 //! [`Batcher`] and `select!`s on
@@ -12,6 +12,14 @@
 //! The delay counts from receipt, not from when the record joined the batch: records that queued
 //! up in the journal while the previous batch was committing are already late, and go out as
 //! soon as that commit is done rather than another `max_delay` later.
+//!
+//! The delay adapts to the rate ([`pace`], no I/O): each commit costs about the same whatever it
+//! carries (round trips, a durable commit, the journal's fsync), so a slow feed waits longer for
+//! its batch to gather `fill` records, never longer than `max_delay`; a fast one gathers them
+//! sooner and waits `min_delay`. The rate is the one the previous batch's receive times show
+//! (a batch flushed on its own delay then sets the next one's). The trade: at a few hundred
+//! messages a second, a record reaches the database up to `max_delay` after its receipt instead
+//! of `min_delay`, for a fraction of the commits.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,8 +37,16 @@ pub struct BatchConfig {
     /// Flush when the waiting records take this many journal bytes: a burst of depth-1000
     /// snapshots (60 KB and 2000 rows each) must not become one huge batch.
     pub max_bytes: u64,
-    /// Flush when the oldest waiting record was received this long ago.
+    /// Flush at the latest when the oldest waiting record was received this long ago (the
+    /// longest a record waits for its batch, besides the write before it).
     pub max_delay: Duration,
+    /// Flush at the earliest this long after the oldest waiting record was received, unless the
+    /// batch is full (taken as `max_delay` when longer).
+    pub min_delay: Duration,
+    /// Records a commit should carry: the delay is the time the feed takes to send this many, at
+    /// the rate the previous batch showed, between `min_delay` and `max_delay` (0 or 1: always
+    /// `min_delay`).
+    pub fill: usize,
 }
 
 impl Default for BatchConfig {
@@ -39,8 +55,29 @@ impl Default for BatchConfig {
             max_records: 2000,
             max_bytes: 1 << 20,
             max_delay: Duration::from_millis(100),
+            min_delay: Duration::from_millis(50),
+            fill: 256,
         }
     }
+}
+
+/// The delay of the next batch (no I/O): the time `fill` records take at the rate a batch of
+/// `records` records received over `span` showed (its first to its last receipt), between
+/// `min_delay` and `max_delay`. With fewer than two records there is no rate: the feed is slow,
+/// `max_delay`.
+pub fn pace(config: &BatchConfig, records: usize, span: Duration) -> Duration {
+    let max = config.max_delay;
+    let min = config.min_delay.min(max);
+    if config.fill <= 1 {
+        return min;
+    }
+    if records < 2 {
+        return max;
+    }
+    let intervals = (records - 1) as u128;
+    let wanted = span.as_nanos().saturating_mul(config.fill as u128 - 1) / intervals;
+    let wanted = Duration::from_nanos(u64::try_from(wanted).unwrap_or(u64::MAX));
+    wanted.clamp(min, max)
 }
 
 /// Items waiting to be written.
@@ -49,6 +86,8 @@ pub struct Batcher {
     config: BatchConfig,
     records: Vec<Item>,
     bytes: u64,
+    /// The current batch's delay ([`pace`] of the previous batch).
+    delay: Duration,
 }
 
 impl Batcher {
@@ -63,6 +102,7 @@ impl Batcher {
             config,
             records: Vec::with_capacity(config.max_records),
             bytes: 0,
+            delay: config.max_delay,
         }
     }
 
@@ -100,10 +140,15 @@ impl Batcher {
         &self.records
     }
 
-    /// When the waiting items must be flushed: `max_delay` after the oldest record's receipt, or
-    /// at once when damage leads the batch (`None`: nothing waits).
+    /// The current batch's delay (see [`pace`]; `max_delay` until a batch has been flushed).
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// When the waiting items must be flushed: [`Batcher::delay`] after the oldest record's
+    /// receipt, or at once when damage leads the batch (`None`: nothing waits).
     pub fn deadline(&self) -> Option<Timestamp> {
-        let delay = i64::try_from(self.config.max_delay.as_nanos()).unwrap_or(i64::MAX);
+        let delay = i64::try_from(self.delay.as_nanos()).unwrap_or(i64::MAX);
         self.records.first().map(|item| match item {
             Item::Record(r) => r.received_at.add_nanos(delay),
             Item::Damage(_) => Timestamp::from_unix_nanos(0),
@@ -126,8 +171,29 @@ impl Batcher {
         }
     }
 
-    /// Forgets the waiting records (after the caller wrote them itself).
+    /// The delay the waiting records' receive times call for ([`pace`]).
+    fn next_delay(&self) -> Duration {
+        let mut received = self.records.iter().filter_map(|i| match i {
+            Item::Record(r) => Some(r.received_at),
+            Item::Damage(_) => None,
+        });
+        let first = received.next();
+        let (n, last) = received.fold((usize::from(first.is_some()), first), |(n, _), at| {
+            (n + 1, Some(at))
+        });
+        let span = match (first, last) {
+            (Some(a), Some(b)) => u64::try_from(b.nanos_since(a)).unwrap_or(0),
+            _ => 0,
+        };
+        pace(&self.config, n, Duration::from_nanos(span))
+    }
+
+    /// Forgets the waiting records (after the caller wrote them itself); the next batch's delay
+    /// follows the rate their receive times show ([`pace`]).
     pub fn clear(&mut self) {
+        if !self.records.is_empty() {
+            self.delay = self.next_delay();
+        }
         self.records.clear();
         self.bytes = 0;
     }
@@ -213,6 +279,86 @@ mod tests {
         tokio::pin!(due);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(due.as_mut().now_or_never().is_none());
+    }
+
+    /// The delay follows the rate: the time `fill` records take, between the two bounds.
+    #[test]
+    fn the_delay_is_the_time_fill_records_take_between_min_and_max_delay() {
+        let config = BatchConfig {
+            max_delay: Duration::from_millis(250),
+            min_delay: Duration::from_millis(50),
+            fill: 101,
+            ..BatchConfig::default()
+        };
+        let ms = Duration::from_millis;
+        // (records, span of their receipts, delay, what it covers)
+        let cases = [
+            (0, ms(0), ms(250), "no rate yet: a slow feed"),
+            (1, ms(0), ms(250), "one record: no rate"),
+            (2, ms(1), ms(100), "1 ms apart: 100 intervals take 100 ms"),
+            (11, ms(10), ms(100), "10 intervals in 10 ms"),
+            (11, ms(20), ms(200), "half the rate, twice the delay"),
+            (11, ms(100), ms(250), "slow: capped at max_delay"),
+            (101, ms(1), ms(50), "fast: at least min_delay"),
+            (5, ms(0), ms(50), "received at once (a burst): min_delay"),
+            (2, Duration::from_secs(u64::MAX / 4), ms(250), "no overflow"),
+        ];
+        for (records, span, delay, what) in cases {
+            assert_eq!(pace(&config, records, span), delay, "{what}");
+        }
+        // A bound given below the floor wins; a fill of 1 never waits beyond the floor.
+        let tight = BatchConfig {
+            max_delay: ms(20),
+            ..config
+        };
+        assert_eq!(pace(&tight, 11, ms(100)), ms(20));
+        assert_eq!(pace(&tight, 101, ms(1)), ms(20));
+        let eager = BatchConfig { fill: 1, ..config };
+        assert_eq!(pace(&eager, 1, ms(0)), ms(50));
+    }
+
+    /// A slow feed's batches wait up to `max_delay`; once a batch shows a fast feed, the next one
+    /// is due sooner; an empty batcher keeps its pace.
+    #[test]
+    fn the_next_batch_is_due_at_the_pace_the_last_one_showed() {
+        let mut b = Batcher::new(BatchConfig {
+            max_records: 1000,
+            max_delay: Duration::from_millis(250),
+            min_delay: Duration::from_millis(50),
+            fill: 101,
+            ..BatchConfig::default()
+        });
+        let t0 = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        assert_eq!(b.delay(), Duration::from_millis(250), "no rate yet");
+        // 51 records 1 ms apart: 1000 a second, 101 take 100 ms.
+        for i in 0..51 {
+            b.push(record_at(i + 1, t0.add_nanos(i as i64 * 1_000_000)));
+        }
+        assert_eq!(b.deadline(), Some(t0.add_nanos(250_000_000)));
+        b.clear();
+        assert_eq!(b.delay(), Duration::from_millis(100));
+        b.clear();
+        assert_eq!(
+            b.delay(),
+            Duration::from_millis(100),
+            "nothing seen, nothing learnt"
+        );
+        let t1 = t0.add_nanos(1_000_000_000);
+        b.push(record_at(100, t1));
+        assert_eq!(b.deadline(), Some(t1.add_nanos(100_000_000)));
+        // Damage holds no receipt: one record alone shows no rate, the feed is slow again.
+        b.push(Item::Damage(crate::journal::Damage {
+            kind: crate::journal::DamageKind::Corrupt,
+            segment: "x".into(),
+            offset: 0,
+            bytes: 0,
+            first_seq: 101,
+            last_seq: 101,
+            before: None,
+            after: None,
+        }));
+        b.clear();
+        assert_eq!(b.delay(), Duration::from_millis(250));
     }
 
     #[test]

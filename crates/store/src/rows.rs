@@ -138,10 +138,10 @@ pub struct ConnLiveness {
     pub last_frame_timestamp: Option<Timestamp>,
 }
 
-/// The statement that merges a batch's [`ConnLiveness`] into `krakenbook_connections`
-/// (parameters: collector, then arrays of conn_id, first_seq, first_received_at, last_seq,
-/// last_received_at, last_frame_timestamp). A later batch moves the last frame forward, never back.
-pub const UPSERT_CONNECTIONS: &str = "INSERT INTO krakenbook_connections AS c (collector, conn_id, \
+/// The text of [`UPSERT_CONNECTIONS`] (a macro, so that [`CLOSE_BATCH`] can hold it too).
+macro_rules! upsert_connections {
+    () => {
+        "INSERT INTO krakenbook_connections AS c (collector, conn_id, \
     first_seq, first_received_at, last_seq, last_received_at, last_frame_timestamp) \
     SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::bigint[], \
     $6::timestamptz[], $7::timestamptz[]) \
@@ -152,7 +152,23 @@ pub const UPSERT_CONNECTIONS: &str = "INSERT INTO krakenbook_connections AS c (c
     last_seq = GREATEST(c.last_seq, excluded.last_seq), \
     last_received_at = CASE WHEN excluded.last_seq > c.last_seq \
         THEN excluded.last_received_at ELSE c.last_received_at END, \
-    last_frame_timestamp = GREATEST(c.last_frame_timestamp, excluded.last_frame_timestamp)";
+    last_frame_timestamp = GREATEST(c.last_frame_timestamp, excluded.last_frame_timestamp)"
+    };
+}
+
+/// The statement that merges a batch's [`ConnLiveness`] into `krakenbook_connections`
+/// (parameters: collector, then arrays of conn_id, first_seq, first_received_at, last_seq,
+/// last_received_at, last_frame_timestamp). A later batch moves the last frame forward, never back.
+pub const UPSERT_CONNECTIONS: &str = upsert_connections!();
+
+/// The statement that ends a batch: [`UPSERT_CONNECTIONS`] (parameters `$1` to `$7`) and the
+/// collector's checkpoint moved to `$8`, in one statement (one message, one round trip). It
+/// updates one row, the checkpoint's.
+pub const CLOSE_BATCH: &str = concat!(
+    "WITH live AS (",
+    upsert_connections!(),
+    ") UPDATE krakenbook_checkpoints SET seq = $8, updated_at = now() WHERE collector = $1"
+);
 
 /// The finished COPY streams of one batch, one a table.
 #[derive(Debug)]

@@ -5,7 +5,9 @@
 //! the units at or below the checkpoint, streams the message rows with binary COPY while encoding
 //! (then the entry, event and book-state rows), merges the batch's per-connection liveness into
 //! `krakenbook_connections`, moves the checkpoint to the batch's last seq, waits until the journal
-//! has synced the batch's records (when given a [`Syncer`]), and commits.
+//! has synced the batch's records (when given a [`Syncer`]), and commits. The requests that do
+//! not wait for one another go out together: three round trips a batch on a connection that has
+//! committed before (see `Writer::attempt`), however many records it holds.
 //!
 //! What must always hold:
 //! - exactly once: a record is committed with the checkpoint that covers it, in the same
@@ -46,7 +48,7 @@ use tokio_postgres::{Client, Statement};
 use super::bisect::{Bisect, Mode, Part};
 use super::connect::DbTarget;
 use super::rows::{
-    COPY_BOOK, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder, UPSERT_CONNECTIONS,
+    CLOSE_BATCH, COPY_BOOK, COPY_EVENTS, COPY_MESSAGES, COPY_STATES, RowCounts, RowEncoder,
 };
 use super::{ErrorClass, StoreError};
 use crate::journal::{Damage, Item, Syncer};
@@ -55,6 +57,11 @@ use crate::time::Timestamp;
 
 /// How much of a COPY stream is sent at a time.
 const CHUNK: usize = 128 * 1024;
+
+/// Creates the collector's checkpoint row if missing and locks it either way, returning its seq:
+/// an attempt whose earlier twin's commit went through sees that twin's checkpoint.
+const LOCK_CHECKPOINT: &str = "INSERT INTO krakenbook_checkpoints (collector) VALUES ($1) \
+    ON CONFLICT (collector) DO UPDATE SET collector = excluded.collector RETURNING seq";
 
 /// The first key of the writers' session advisory locks (`pg_try_advisory_lock(WRITER_LOCK,
 /// hashtext(collector))`): "krkb".
@@ -249,9 +256,15 @@ pub struct Writer {
 
 struct Conn {
     client: Client,
+    /// The checkpoint as this connection last saw it under the row lock (inner `None`: no record
+    /// stored yet), or `None` when it has not looked yet. While the connection holds the
+    /// collector's writer lock nothing else moves the checkpoint, so the next batch starts its
+    /// COPY together with the lock on this guess; the lock's answer confirms it before any row
+    /// is sent.
+    checkpoint: Option<Option<u64>>,
     lock_checkpoint: Statement,
-    update_checkpoint: Statement,
-    upsert_connections: Statement,
+    /// Merges a batch's liveness rows and moves the checkpoint ([`CLOSE_BATCH`]).
+    close_batch: Statement,
     copy_messages: Statement,
     copy_book: Statement,
     /// This collector's id in `krakenbook_collectors` (written in every book row).
@@ -567,22 +580,16 @@ impl Writer {
                     .map_err(StoreError::db(format!("preparing {}", first_words(sql))))
             }
         };
-        // Creates the collector's row if missing and locks it either way, returning its seq: an
-        // attempt whose earlier twin's commit went through sees that twin's checkpoint.
-        let lock_checkpoint = prepare(
-            "INSERT INTO krakenbook_checkpoints (collector) VALUES ($1) \
-             ON CONFLICT (collector) DO UPDATE SET collector = excluded.collector RETURNING seq",
-        )
-        .await?;
-        let update_checkpoint = prepare(
-            "UPDATE krakenbook_checkpoints SET seq = $1, updated_at = now() WHERE collector = $2",
-        )
-        .await?;
-        let upsert_connections = prepare(UPSERT_CONNECTIONS).await?;
-        let copy_messages = prepare(COPY_MESSAGES).await?;
-        let copy_book = prepare(COPY_BOOK).await?;
-        let copy_events = prepare(COPY_EVENTS).await?;
-        let copy_states = prepare(COPY_STATES).await?;
+        // The statements are prepared together (one round trip): a new connection costs little
+        // more than its handshake.
+        let (lock_checkpoint, close_batch, copy_messages, copy_book, copy_events, copy_states) = tokio::try_join!(
+            prepare(LOCK_CHECKPOINT),
+            prepare(CLOSE_BATCH),
+            prepare(COPY_MESSAGES),
+            prepare(COPY_BOOK),
+            prepare(COPY_EVENTS),
+            prepare(COPY_STATES),
+        )?;
         let collector_id: i16 = client
             .query_one(
                 "SELECT krakenbook_collector_id($1)",
@@ -601,9 +608,9 @@ impl Writer {
         tracing::debug!(database = %self.target.redacted(), backend_pid, "writer connected");
         Ok(Conn {
             client,
+            checkpoint: None,
             lock_checkpoint,
-            update_checkpoint,
-            upsert_connections,
+            close_batch,
             copy_messages,
             copy_book,
             collector_id,
@@ -722,7 +729,20 @@ impl Writer {
         })
     }
 
-    /// One attempt at a part of a batch.
+    /// One attempt at a part of a batch: three round trips when the connection knows where the
+    /// checkpoint is (see [`Conn::checkpoint`]), four when it does not, plus one per COPY of
+    /// the rarer tables.
+    ///
+    /// 1. `BEGIN`, the checkpoint's lock and the book COPY's start, sent together;
+    /// 2. the book rows, streamed while the part is encoded, then the end of the COPY together
+    ///    with the statement that merges the liveness rows and moves the checkpoint;
+    /// 3. `COMMIT`, once the journal has synced the part (asked for before step 1).
+    ///
+    /// Requests sent together go out in the order they are polled first (tokio-postgres sends a
+    /// request when its future is first polled; every request here is a single message or, for
+    /// COPY, a stream the connection finishes before it writes the next request), so they are
+    /// joined `biased`: `BEGIN` before the lock before the COPY, and an error is reported by the
+    /// request that caused it, not by the ones the aborted transaction then refused.
     async fn attempt<T: BatchItem>(
         &mut self,
         units: &[T],
@@ -757,44 +777,102 @@ impl Writer {
 
         let collector = self.config.collector.as_str();
         let encoder = &mut self.encoder;
-        let tx = conn
-            .client
-            .transaction()
-            .await
-            .map_err(StoreError::db("beginning a transaction"))?;
-        let checkpoint: Option<i64> = tx
-            .query_one(&conn.lock_checkpoint, &[&collector])
-            .await
-            .map_err(StoreError::db("locking the checkpoint"))?
-            .get(0);
-        let covered = checkpoint.and_then(|c| u64::try_from(c).ok());
-        let start = match covered {
+        let Conn {
+            client,
+            checkpoint: known,
+            lock_checkpoint,
+            close_batch,
+            copy_messages,
+            copy_book,
+            copy_events,
+            copy_states,
+            collector_id,
+            ..
+        } = conn;
+        let client = &*client;
+        let begin = || async {
+            client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(StoreError::db("beginning a transaction"))
+        };
+        let lock = || async {
+            let row = client
+                .query_one(&*lock_checkpoint, &[&collector])
+                .await
+                .map_err(StoreError::db("locking the checkpoint"))?;
+            Ok::<_, StoreError>(
+                row.get::<_, Option<i64>>(0)
+                    .and_then(|c| u64::try_from(c).ok()),
+            )
+        };
+        let start_copy = || async {
+            client
+                .copy_in::<_, bytes::Bytes>(&*copy_book)
+                .await
+                .map_err(StoreError::db("starting COPY into krakenbook_book"))
+        };
+        let skip = |covered: Option<u64>| match covered {
             Some(c) => units.partition_point(|u| u.unit().last_seq() <= c),
             None => 0,
         };
+
+        let (covered, sink) = loop {
+            // The checkpoint this connection last saw under the lock: nothing else moves it while
+            // the connection holds the collector's writer lock, so the COPY starts with the lock,
+            // and the lock's answer confirms the guess before a single row is sent.
+            let guess = known.filter(|c| skip(*c) < units.len());
+            if let Some(guess) = guess {
+                let (_, covered, sink) = tokio::try_join!(biased; begin(), lock(), start_copy())?;
+                if covered == guess {
+                    break (covered, sink);
+                }
+                // Moved by someone else after all: end the COPY (dropping the sink fails it) and
+                // the transaction, and start over the careful way.
+                drop(sink);
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(StoreError::db("ending a transaction"))?;
+                *known = None;
+                continue;
+            }
+            let (_, covered) = tokio::try_join!(biased; begin(), lock())?;
+            *known = Some(covered);
+            if skip(covered) == units.len() {
+                // Everything is already committed (an earlier attempt's commit went through).
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(StoreError::db("ending a transaction"))?;
+                return Ok(Attempted {
+                    skipped: units.len() as u64,
+                    ..Attempted::default()
+                });
+            }
+            break (covered, start_copy().await?);
+        };
+        let start = skip(covered);
         let mut done = Attempted {
             skipped: start as u64,
             ..Attempted::default()
         };
         let todo = &units[start..];
         let Some(last) = todo.last() else {
-            // Everything is already committed (an earlier attempt's commit went through).
-            tx.rollback()
-                .await
-                .map_err(StoreError::db("ending a transaction"))?;
-            return Ok(done);
+            return Err(StoreError::InvalidBatch(
+                "nothing left to write after the checkpoint".into(),
+            ));
         };
+        let last_seq = last.unit().last_seq();
+        let last_seq = i64::try_from(last_seq)
+            .map_err(|_| StoreError::InvalidBatch(format!("seq {last_seq} exceeds bigint")))?;
         let from_seq = covered.map_or(0, |c| c + 1);
         let reason = part.reason.as_deref().unwrap_or("refused");
 
         encoder.reset();
-        encoder.set_collector_id(conn.collector_id);
+        encoder.set_collector_id(*collector_id);
         // The book rows stream while the batch is encoded (they are nearly all of it); the other
         // frames follow in a COPY of their own.
-        let sink = tx
-            .copy_in(&conn.copy_book)
-            .await
-            .map_err(StoreError::db("starting COPY into krakenbook_book"))?;
         futures_util::pin_mut!(sink);
         let copy_err = StoreError::db("COPY into krakenbook_book");
         let mut result = Ok(());
@@ -818,35 +896,17 @@ impl Writer {
         }
         let streams = encoder.finish();
         let counts = encoder.counts();
-        let copied = match result {
-            Ok(()) => match sink.feed(streams.book).await {
-                Ok(()) => sink.as_mut().finish().await,
+        let finish_book = async {
+            match result {
+                Ok(()) => match sink.feed(streams.book).await {
+                    Ok(()) => sink.as_mut().finish().await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-        .map_err(copy_err)?;
-        expect_rows("krakenbook_book", copied, counts.book)?;
-        let others = counts.messages - counts.book;
-        if others > 0 {
-            let n = copy_all(
-                &tx,
-                &conn.copy_messages,
-                streams.messages,
-                "krakenbook_other",
-            )
-            .await?;
-            expect_rows("krakenbook_other", n, others)?;
-        }
-        if counts.events > 0 {
-            let n = copy_all(&tx, &conn.copy_events, streams.events, "kraken_feed_events").await?;
-            expect_rows("kraken_feed_events", n, counts.events)?;
-        }
-        if counts.states > 0 {
-            let n = copy_all(&tx, &conn.copy_states, streams.states, "kraken_book_states").await?;
-            expect_rows("kraken_book_states", n, counts.states)?;
-        }
-        // The liveness rows and the checkpoint go out together (one round trip, pipelined).
+            }
+            .map_err(copy_err)
+        };
+        // The liveness rows and the checkpoint: one statement.
         let live = encoder.connections();
         let ids: Vec<i64> = live.iter().map(|c| c.conn_id).collect();
         let first_seqs: Vec<i64> = live.iter().map(|c| c.first_seq).collect();
@@ -854,41 +914,66 @@ impl Writer {
         let last_seqs: Vec<i64> = live.iter().map(|c| c.last_seq).collect();
         let last_at: Vec<Timestamp> = live.iter().map(|c| c.last_received_at).collect();
         let kraken: Vec<Option<Timestamp>> = live.iter().map(|c| c.last_frame_timestamp).collect();
-        let upsert = async {
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(
-                &conn.upsert_connections,
-                &[
-                    &collector,
-                    &ids,
-                    &first_seqs,
-                    &first_at,
-                    &last_seqs,
-                    &last_at,
-                    &kraken,
-                ],
-            )
-            .await
-            .map_err(StoreError::db("updating krakenbook_connections"))
-        };
-        let last_seq = last.unit().last_seq();
-        let last_seq = i64::try_from(last_seq)
-            .map_err(|_| StoreError::InvalidBatch(format!("seq {last_seq} exceeds bigint")))?;
-        let checkpoint = async {
-            tx.execute(&conn.update_checkpoint, &[&last_seq, &collector])
+        let close = async {
+            client
+                .execute(
+                    &*close_batch,
+                    &[
+                        &collector,
+                        &ids,
+                        &first_seqs,
+                        &first_at,
+                        &last_seqs,
+                        &last_at,
+                        &kraken,
+                        &last_seq,
+                    ],
+                )
                 .await
-                .map_err(StoreError::db("moving the checkpoint"))
+                .map_err(StoreError::db(
+                    "moving the checkpoint and updating krakenbook_connections",
+                ))
         };
-        tokio::try_join!(upsert, checkpoint)?;
+        let others = counts.messages - counts.book;
+        let moved = if others == 0 && counts.events == 0 && counts.states == 0 {
+            // The common case: the end of the COPY and the closing statement go out together.
+            let (copied, moved) = tokio::try_join!(biased; finish_book, close)?;
+            expect_rows("krakenbook_book", copied, counts.book)?;
+            moved
+        } else {
+            let copied = finish_book.await?;
+            expect_rows("krakenbook_book", copied, counts.book)?;
+            if others > 0 {
+                let n =
+                    copy_all(client, copy_messages, streams.messages, "krakenbook_other").await?;
+                expect_rows("krakenbook_other", n, others)?;
+            }
+            if counts.events > 0 {
+                let n = copy_all(client, copy_events, streams.events, "kraken_feed_events").await?;
+                expect_rows("kraken_feed_events", n, counts.events)?;
+            }
+            if counts.states > 0 {
+                let n = copy_all(client, copy_states, streams.states, "kraken_book_states").await?;
+                expect_rows("kraken_book_states", n, counts.states)?;
+            }
+            close.await?
+        };
+        if moved != 1 {
+            return Err(StoreError::InvalidBatch(format!(
+                "the checkpoint row of collector {collector} was not found under its lock ({moved} rows updated)"
+            )));
+        }
         if let Some((seq, g)) = gate {
             g.await.map_err(|e| StoreError::JournalSync {
                 seq,
                 reason: e.to_string(),
             })?;
         }
-        tx.commit().await.map_err(StoreError::db("committing"))?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(StoreError::db("committing"))?;
+        *known = Some(u64::try_from(last_seq).ok());
         done.written = todo.len() as u64;
         done.rows = counts;
         done.committed = true;
@@ -1020,12 +1105,12 @@ pub(crate) fn journal_verdict(
 
 /// Sends a whole COPY stream in chunks and finishes it, returning the rows the server counted.
 async fn copy_all(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &Client,
     statement: &Statement,
     mut data: bytes::Bytes,
     table: &str,
 ) -> Result<u64, StoreError> {
-    let sink = tx
+    let sink = client
         .copy_in(statement)
         .await
         .map_err(StoreError::db(format!("starting COPY into {table}")))?;

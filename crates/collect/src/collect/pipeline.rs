@@ -918,6 +918,9 @@ impl Follower {
             if out.len() >= max_items || bytes >= max_bytes {
                 return Fill::More;
             }
+            if let Some(fill) = self.nothing_flushed() {
+                return fill;
+            }
             let step = match self.reader.next_owned() {
                 Ok(Some(item)) => {
                     self.suspect_hole = None;
@@ -938,6 +941,30 @@ impl Follower {
                 return fill;
             }
         }
+    }
+
+    /// A live journal that has handed nothing past the reader's position to the operating system
+    /// has nothing to read: caught up (or, closed, at its end), said without reading to the end
+    /// of the file, where the reader looks for a next segment (two `stat`s a time; that cost
+    /// the pipeline more than its reading when every batch did it).
+    fn nothing_flushed(&mut self) -> Option<Fill> {
+        if self.closed_end.is_some() {
+            return None;
+        }
+        let pos = self.reader.position();
+        if *self.flushed.borrow() > pos {
+            return None;
+        }
+        // A flush after this is seen as a change (and read at the next wake-up).
+        self.flushed.mark_unchanged();
+        if *self.flushed.borrow() > pos {
+            return None;
+        }
+        Some(if self.journal_closed {
+            Fill::End
+        } else {
+            Fill::CaughtUp
+        })
     }
 
     /// A reader error: a reader that stops in front of a hole in the seqs (no segment holds the
@@ -1130,6 +1157,52 @@ mod tests {
                 Item::Damage(d) => panic!("damage: {d:?}"),
             })
             .collect()
+    }
+
+    /// The reader stops where the journal says it has flushed, without reading on to the end
+    /// of the file (where it would look for a next segment on every batch): records written
+    /// past that position are read after the journal's next flush.
+    #[tokio::test]
+    async fn the_reader_reads_no_further_than_the_journal_has_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal =
+            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
+        journal
+            .sender
+            .send_batch((1..=10).map(frame).collect())
+            .await
+            .unwrap();
+        let mut flushed = journal.flushed.clone();
+        flushed.wait_for(|f| *f >= 10).await.unwrap();
+
+        let (said, flushed) = watch::channel(6u64);
+        let mut follower = Follower::open(dir.path().to_path_buf(), 0, flushed, None).unwrap();
+        let mut items = Vec::new();
+        assert!(matches!(
+            follower.fill(&mut items, 100, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [1, 2, 3, 4, 5, 6]);
+        assert!(!follower.has_new());
+        said.send_replace(10);
+        assert!(follower.has_new());
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 100, u64::MAX),
+            Fill::CaughtUp
+        ));
+        assert_eq!(seqs(&items), [7, 8, 9, 10]);
+        drop(said);
+        assert!(follower.has_new(), "the journal closed");
+        items.clear();
+        assert!(matches!(
+            follower.fill(&mut items, 100, u64::MAX),
+            Fill::End
+        ));
+        assert!(items.is_empty());
+        cancel.cancel();
+        journal.join().await.unwrap();
     }
 
     /// The reader now runs in the pipeline's task: it reads a chunk at a time in seq order,
