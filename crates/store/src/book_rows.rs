@@ -261,13 +261,23 @@ impl BookRow {
 /// aged out is a row of its own. Copies on redundant connections arrive a few frames apart.
 pub const MERGE_WINDOW: usize = 4096;
 
+/// The longest frame whose bytes are held to recognise its later copies without decoding them
+/// (Kraken's updates are a few hundred bytes; snapshots, rarely copied, stay on the slow path).
+pub const COPY_BYTES_MAX: usize = 4096;
+
 /// The book rows of one batch, merging copies.
 #[derive(Debug, Default)]
 pub struct BookRows {
     rows: std::collections::VecDeque<BookRow>,
+    /// For each row of `rows` (same index), the CRC-32 and bytes of the frame it was decoded
+    /// from, when it was pushed by [`BookRows::push_frame`], has no `raw` and is at most
+    /// [`COPY_BYTES_MAX`] long.
+    sources: std::collections::VecDeque<Option<(u32, Box<[u8]>)>>,
     /// The absolute index of `rows[0]` since the last clear.
     base: usize,
     latest: HashMap<u64, usize>,
+    /// The latest row (absolute index) whose source has that CRC-32.
+    by_crc: HashMap<u32, usize>,
     /// Copies merged into an earlier row since the last reset.
     pub merged: u64,
 }
@@ -276,6 +286,8 @@ impl BookRows {
     /// Forgets every row.
     pub fn clear(&mut self) {
         self.rows.clear();
+        self.sources.clear();
+        self.by_crc.clear();
         self.latest.clear();
         self.base = 0;
         self.merged = 0;
@@ -289,6 +301,61 @@ impl BookRows {
     /// Whether no row is held.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// A frame whose bytes equal, byte for byte, those of a row held (pushed by
+    /// [`BookRows::push_frame`]) is a copy of that row's message: identical bytes decode to an
+    /// identical row, so it is merged into it as [`BookRows::push`] would merge the decoded row,
+    /// without decoding. Returns the row's Kraken timestamp when merged; `None`: not such a copy
+    /// (or one `push` would not merge: same connection, too far), decode it.
+    pub fn push_copy_bytes(
+        &mut self,
+        bytes: &[u8],
+        conn_id: i64,
+        seq: i64,
+        checksum_ok: Option<bool>,
+        received_at: Timestamp,
+    ) -> Option<Timestamp> {
+        if bytes.len() > COPY_BYTES_MAX || self.by_crc.is_empty() {
+            return None;
+        }
+        let crc = crc32fast::hash(bytes);
+        let i = self.by_crc.get(&crc)?.checked_sub(self.base)?;
+        match self.sources.get(i)? {
+            Some((c, held)) if *c == crc && **held == *bytes => {}
+            _ => return None,
+        }
+        let first = self.rows.get_mut(i)?;
+        if first.raw.is_some() || first.has_conn(conn_id) {
+            return None;
+        }
+        let d = pack_dup(
+            conn_id - first.conn_id,
+            seq - first.seq,
+            checksum_ok,
+            received_at.pg_micros() - first.received_at.pg_micros(),
+        )?;
+        first.dups.push(d);
+        self.merged += 1;
+        Some(first.timestamp)
+    }
+
+    /// [`BookRows::push`], keeping the frame's bytes (when short) so that later byte-identical
+    /// copies are recognised by [`BookRows::push_copy_bytes`].
+    pub fn push_frame(&mut self, row: BookRow, bytes: &[u8]) -> bool {
+        let keep = row.raw.is_none() && bytes.len() <= COPY_BYTES_MAX;
+        if self.push(row) {
+            return true;
+        }
+        if keep {
+            let crc = crc32fast::hash(bytes);
+            let abs = self.base + self.rows.len() - 1;
+            self.by_crc.insert(crc, abs);
+            if let Some(last) = self.sources.back_mut() {
+                *last = Some((crc, bytes.into()));
+            }
+        }
+        false
     }
 
     /// Adds a message: merged into an earlier row as a copy when it is one (true), else a row.
@@ -315,6 +382,7 @@ impl BookRows {
             self.latest.insert(key, self.base + self.rows.len());
         }
         self.rows.push_back(row);
+        self.sources.push_back(None);
         false
     }
 
@@ -334,11 +402,19 @@ impl BookRows {
     pub fn encode(&mut self, collector_id: i16, b: &mut BytesMut) {
         self.encode_first(self.rows.len(), collector_id, b);
         self.latest.clear();
+        self.by_crc.clear();
     }
 
     fn encode_first(&mut self, n: usize, collector_id: i16, b: &mut BytesMut) {
         for row in self.rows.drain(..n) {
             encode_row(&row, collector_id, b);
+        }
+        for (k, source) in self.sources.drain(..n).enumerate() {
+            if let Some((crc, _)) = source
+                && self.by_crc.get(&crc) == Some(&(self.base + k))
+            {
+                self.by_crc.remove(&crc);
+            }
         }
         self.base += n;
     }
@@ -511,6 +587,76 @@ mod tests {
         // A copy of a row still held joins it.
         assert!(rows.push(row(9_001, 2, 100 + MERGE_WINDOW as u32 - 1)));
         assert_eq!(rows.merged, 2);
+    }
+
+    /// A byte-identical copy joins its first copy without being decoded, exactly where the
+    /// decoded copy would have joined: not on the same connection, not a different frame, not a
+    /// row that aged out, not a row kept with its frame (`raw`).
+    #[test]
+    fn a_byte_identical_copy_joins_where_the_decoded_copy_would() {
+        let frame = |k: u32| format!("{{\"frame\":{k}}}").into_bytes();
+        let at = |seq: i64| Timestamp::from_unix_nanos(1_000 * seq);
+        let mut rows = BookRows::default();
+        assert_eq!(
+            rows.push_copy_bytes(&frame(7), 2, 2, Some(true), at(2)),
+            None
+        );
+        assert!(!rows.push_frame(row(1, 1, 7), &frame(7)));
+        // Same bytes on another connection: merged, with its own verdict and receipt.
+        assert_eq!(
+            rows.push_copy_bytes(&frame(7), 2, 2, Some(false), at(2)),
+            Some(row(1, 1, 7).timestamp)
+        );
+        assert_eq!(rows.merged, 1);
+        let mut decoded = BookRows::default();
+        decoded.push(row(1, 1, 7));
+        let mut copy = row(2, 2, 7);
+        copy.checksum_ok = Some(false);
+        assert!(decoded.push(copy));
+        assert_eq!(
+            rows.rows[0].dups, decoded.rows[0].dups,
+            "packed as push packs it"
+        );
+        // The same connection again, or other bytes: not recognised (decode it).
+        assert_eq!(
+            rows.push_copy_bytes(&frame(7), 1, 3, Some(true), at(3)),
+            None
+        );
+        assert_eq!(
+            rows.push_copy_bytes(&frame(7), 2, 3, Some(true), at(3)),
+            None
+        );
+        assert_eq!(
+            rows.push_copy_bytes(&frame(8), 3, 3, Some(true), at(3)),
+            None
+        );
+        // A row kept with its frame is never merged, by bytes or decoded.
+        let mut raw = row(4, 1, 9);
+        raw.raw = Some("{}".to_owned());
+        assert!(!rows.push_frame(raw, &frame(9)));
+        assert_eq!(
+            rows.push_copy_bytes(&frame(9), 2, 5, Some(true), at(5)),
+            None
+        );
+        // Aged out: its bytes are forgotten with it.
+        for i in 0..MERGE_WINDOW as i64 {
+            rows.push_frame(row(10 + i, 1, 100 + i as u32), &frame(100 + i as u32));
+        }
+        let mut b = BytesMut::new();
+        assert_eq!(rows.encode_aged(1, &mut b), 2);
+        assert_eq!(
+            rows.push_copy_bytes(&frame(7), 3, 9_000, Some(true), at(9_000)),
+            None
+        );
+        assert!(rows.by_crc.len() <= MERGE_WINDOW, "{}", rows.by_crc.len());
+        // Still held: recognised.
+        let last = 100 + MERGE_WINDOW as u32 - 1;
+        assert!(
+            rows.push_copy_bytes(&frame(last), 2, 9_001, Some(true), at(9_001))
+                .is_some()
+        );
+        rows.encode(1, &mut b);
+        assert!(rows.by_crc.is_empty() && rows.sources.is_empty());
     }
 
     #[test]
