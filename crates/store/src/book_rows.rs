@@ -278,6 +278,10 @@ pub struct BookRows {
     latest: HashMap<u64, usize>,
     /// The latest row (absolute index) whose source has that CRC-32.
     by_crc: HashMap<u32, usize>,
+    /// Whether [`BookRows::push_frame`] keeps frames' bytes: only after a batch that merged a
+    /// copy (a collector with redundant connections), so a single connection's batches pay no
+    /// hashing or copying for copies that never come.
+    keep_bytes: bool,
     /// Copies merged into an earlier row since the last reset.
     pub merged: u64,
 }
@@ -285,6 +289,7 @@ pub struct BookRows {
 impl BookRows {
     /// Forgets every row.
     pub fn clear(&mut self) {
+        self.keep_bytes = self.merged > 0;
         self.rows.clear();
         self.sources.clear();
         self.by_crc.clear();
@@ -343,7 +348,7 @@ impl BookRows {
     /// [`BookRows::push`], keeping the frame's bytes (when short) so that later byte-identical
     /// copies are recognised by [`BookRows::push_copy_bytes`].
     pub fn push_frame(&mut self, row: BookRow, bytes: &[u8]) -> bool {
-        let keep = row.raw.is_none() && bytes.len() <= COPY_BYTES_MAX;
+        let keep = self.keep_bytes && row.raw.is_none() && bytes.len() <= COPY_BYTES_MAX;
         if self.push(row) {
             return true;
         }
@@ -591,12 +596,25 @@ mod tests {
 
     /// A byte-identical copy joins its first copy without being decoded, exactly where the
     /// decoded copy would have joined: not on the same connection, not a different frame, not a
-    /// row that aged out, not a row kept with its frame (`raw`).
+    /// row that aged out, not a row kept with its frame (`raw`). Bytes are kept only once a batch
+    /// has merged a copy.
     #[test]
     fn a_byte_identical_copy_joins_where_the_decoded_copy_would() {
         let frame = |k: u32| format!("{{\"frame\":{k}}}").into_bytes();
         let at = |seq: i64| Timestamp::from_unix_nanos(1_000 * seq);
         let mut rows = BookRows::default();
+        // A batch without copies: no bytes kept, none in the next batch either.
+        assert!(!rows.push_frame(row(1, 1, 6), &frame(6)));
+        assert!(rows.by_crc.is_empty());
+        rows.clear();
+        assert!(!rows.push_frame(row(1, 1, 6), &frame(6)));
+        assert_eq!(
+            rows.push_copy_bytes(&frame(6), 2, 2, Some(true), at(2)),
+            None
+        );
+        // A batch that merged a copy (decoded): the next one keeps bytes.
+        assert!(rows.push(row(2, 2, 6)));
+        rows.clear();
         assert_eq!(
             rows.push_copy_bytes(&frame(7), 2, 2, Some(true), at(2)),
             None
