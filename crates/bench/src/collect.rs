@@ -72,6 +72,10 @@ pub struct BenchCollectArgs {
     /// second then count every replica's copy.
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4))]
     pub redundancy: u32,
+    /// The collector's `--read-every`: how often its feed reads the sockets (its default when
+    /// not given: 10ms; 0ms reads and stamps each frame on arrival).
+    #[arg(long, value_name = "DURATION", value_parser = krakenbook::config::duration)]
+    pub read_every: Option<Duration>,
 }
 
 /// A measuring period or a warm-up: a duration with its unit, from 1 s to 1 h.
@@ -142,6 +146,10 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     if let Some(delay) = args.db_batch_delay {
         cmd.arg("--db-batch-delay")
             .arg(format!("{}ms", delay.as_millis()));
+    }
+    if let Some(every) = args.read_every {
+        cmd.arg("--read-every")
+            .arg(format!("{}ms", every.as_millis()));
     }
     let mut child = cmd.spawn().context("starting krakenbook collect")?;
     let pid = child.id().context("the collector's pid")?;
