@@ -15,8 +15,8 @@
 //!   socket is out of the reactor, [`polled`], so an arrival wakes nothing and one wake-up reads
 //!   every connection), takes every frame already buffered in one go, and the
 //!   journal entries of all connections go to the journal in batches ([`outbox`]: at most 1.5 ×
-//!   [`FeedConfig::handoff_every`] late, before any request a frame causes, and all of them at
-//!   shutdown);
+//!   [`FeedConfig::handoff_every`] late in a busy feed, 6.5 × in a trickle, before any request a
+//!   frame causes, and all of them at shutdown);
 //!   a full journal queue stops the reader (back-pressure reaches the socket, never memory);
 //! - a checksum mismatch marks the symbol unsynced, records a `checksum_mismatch` event (the gap
 //!   begins), and resubscribes the symbol once per episode, paced by a limiter shared by all
@@ -74,8 +74,8 @@ pub const DEFAULT_MAX_SYMBOLS: usize = 2000;
 /// The default period of the feed's hand-offs to the journal.
 pub const DEFAULT_HANDOFF_EVERY: Duration = Duration::from_millis(20);
 
-/// The default period of the connections' reads: half the hand-off period, so that every other
-/// read hands the outbox off.
+/// The default period of the connections' reads: half the hand-off period, so that in a busy
+/// feed every other read hands the outbox off.
 pub const DEFAULT_READ_EVERY: Duration = Duration::from_millis(10);
 
 /// How the feed connects and paces itself.
@@ -128,7 +128,9 @@ pub struct FeedConfig {
     /// last snapshot or state, so that rebuilding a book never replays more than that.
     pub book_state_every: u64,
     /// The period of the grid on which connections hand their journal entries to the journal
-    /// ([`outbox`]: an entry waits at most 1.5 × this; zero: at the end of each wake-up). Longer
+    /// ([`outbox`]: an entry waits at most 1.5 × this in a busy feed, and a batch under
+    /// [`outbox::EAGER_BYTES`] up to [`outbox::PATIENCE`] periods more; zero: at the end of each
+    /// wake-up). Longer
     /// means fewer wake-ups of the journal and the database pipeline per frame, and more frames
     /// a crash of the process (not a stop) can take before they reach the journal.
     pub handoff_every: Duration,

@@ -6,11 +6,14 @@
 //! - entries leave in the order they were put in (a connection's received order is the
 //!   journal's), and one hand-off runs at a time: a later one never overtakes an earlier one
 //!   still waiting for room in the journal's queue;
-//! - a batch is due at the next tick, after its first entry, of a grid of period
-//!   [`super::FeedConfig::handoff_every`]; it is handed off by the first connection that wakes
-//!   from then on (a frame arriving: a steady feed needs no wake-up of its own for it), and by
-//!   the outbox's timer half a period after the tick at the latest, so an entry waits at most
-//!   1.5 × `handoff_every`;
+//! - a batch holding [`EAGER_BYTES`] or more is due at the next tick, after its first entry, of a
+//!   grid of period [`super::FeedConfig::handoff_every`]; a smaller one (a trickle of frames:
+//!   each hand-off wakes the journal thread, whose wake-up costs more than writing a few frames)
+//!   waits for the tick [`PATIENCE`] periods after its first entry, unless it grows to
+//!   `EAGER_BYTES` first. A due batch is handed off by the first connection that wakes from then
+//!   on (its read tick: a steady feed needs no wake-up of its own for it), and by the outbox's
+//!   timer half a period later at the latest, so an entry waits at most 1.5 × `handoff_every`
+//!   in a busy feed and `PATIENCE` + 1.5 periods in a trickle;
 //! - the outbox is bounded: at [`MAX_ENTRIES`] entries or [`MAX_BYTES`] bytes the connection that
 //!   filled it hands it off before it reads on, and a hand-off waits for room in the journal's
 //!   bounded queue, so a slow journal stops the readers (back-pressure reaches the sockets, never
@@ -21,7 +24,10 @@
 //!
 //! What is at stake: entries in the outbox, like those in the journal's queue and buffer, are
 //! lost if the process dies (not if it is stopped: shutdown drains). The window is 1.5 ×
-//! `handoff_every` plus the journal's [`crate::journal::FLUSH_EVERY`].
+//! `handoff_every` in a busy feed and (`PATIENCE` + 1.5) × `handoff_every` in a trickle (110 ms
+//! at the default period), plus the journal's [`crate::journal::FLUSH_EVERY`]. A connection
+//! that dies with the process loses its socket's unread bytes too: either way the record shows a
+//! gap that ends when the restarted collector's snapshots arrive.
 //!
 //! When a batch is due is decided by [`Outbox`], without I/O or a clock ([`next_tick`]);
 //! [`FeedOutbox`] shares one among the connections of the feed's thread and hands it off.
@@ -41,6 +47,12 @@ use crate::record::RecordBody;
 pub const MAX_ENTRIES: usize = 1024;
 /// An outbox holding this many bytes of frames is handed off at once.
 pub const MAX_BYTES: usize = 256 << 10;
+/// A batch holding this many bytes goes at the next tick of the hand-off grid; a smaller one
+/// waits up to [`PATIENCE`] periods (see the module doc). 32 KiB is about 20 ms of a feed of
+/// 10,000 messages a second, and half a second of one of 300.
+pub const EAGER_BYTES: usize = 32 << 10;
+/// How many hand-off periods a batch under [`EAGER_BYTES`] may wait after its first entry.
+pub const PATIENCE: u32 = 5;
 
 /// The next tick of the grid of period `every` that starts at `epoch`, strictly after `now`
 /// (`now` itself when `every` is zero: no waiting).
@@ -60,7 +72,10 @@ pub fn next_tick(epoch: Instant, every: Duration, now: Instant) -> Instant {
 pub struct Outbox {
     entries: Vec<Entry>,
     bytes: usize,
+    /// The tick after the first entry: when a batch of [`EAGER_BYTES`] is due.
     due: Option<Instant>,
+    /// The tick [`PATIENCE`] periods after the first entry: when any batch is due.
+    latest: Option<Instant>,
     every: Duration,
     epoch: Instant,
 }
@@ -72,6 +87,7 @@ impl Outbox {
             entries: Vec::new(),
             bytes: 0,
             due: None,
+            latest: None,
             every,
             epoch,
         }
@@ -81,21 +97,28 @@ impl Outbox {
     pub fn push(&mut self, entry: Entry, now: Instant) {
         if self.due.is_none() {
             self.due = Some(next_tick(self.epoch, self.every, now));
+            let patient = now + self.every * PATIENCE.saturating_sub(1);
+            self.latest = Some(next_tick(self.epoch, self.every, patient));
         }
         self.bytes += entry_bytes(&entry);
         self.entries.push(entry);
     }
 
+    /// Whether the waiting batch is large enough to go at the next tick.
+    fn eager(&self) -> bool {
+        self.bytes >= EAGER_BYTES
+    }
+
     /// When the waiting batch is due: handed off at the first wake-up from then on (`None`:
-    /// nothing waits).
+    /// nothing waits). It moves earlier when the batch grows to [`EAGER_BYTES`].
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        if self.eager() { self.due } else { self.latest }
     }
 
     /// When the waiting batch must be handed off even if nothing else wakes a connection: half
     /// a period after it is due (`None`: nothing waits).
     pub fn deadline(&self) -> Option<Instant> {
-        self.due.map(|due| due + self.every / 2)
+        self.due().map(|due| due + self.every / 2)
     }
 
     /// Whether nothing waits.
@@ -120,13 +143,14 @@ impl Outbox {
 
     /// Whether the batch must be handed off at `now`: its tick has come, or the outbox is full.
     pub fn is_due(&self, now: Instant) -> bool {
-        self.is_full() || self.due.is_some_and(|due| now >= due)
+        self.is_full() || self.due().is_some_and(|due| now >= due)
     }
 
     /// Takes every waiting entry, in order, leaving the outbox empty.
     pub fn take(&mut self) -> Vec<Entry> {
         self.bytes = 0;
         self.due = None;
+        self.latest = None;
         std::mem::take(&mut self.entries)
     }
 }
@@ -177,15 +201,16 @@ impl FeedOutbox {
 
     /// Puts entries in, in order, at `now`.
     pub fn put(&self, entries: impl IntoIterator<Item = Entry>, now: Instant) {
-        let began = {
+        let moved = {
             let mut waiting = self.waiting();
-            let was_empty = waiting.is_empty();
+            let before = waiting.deadline();
             for entry in entries {
                 waiting.push(entry, now);
             }
-            was_empty && !waiting.is_empty()
+            waiting.deadline() != before
         };
-        if began {
+        // A batch began, or grew eager: the timer looks again.
+        if moved {
             self.changed.notify_one();
         }
     }
@@ -299,8 +324,9 @@ mod tests {
                 // Two connections whose batches start in the same period hand off together.
                 let mut a = Outbox::new(every * MS, epoch);
                 let mut b = Outbox::new(every * MS, epoch);
-                a.push(frame(1, 10), now);
-                b.push(frame(1, 10), epoch + (due - 1) * MS);
+                a.push(frame(1, EAGER_BYTES), now);
+                b.push(frame(1, EAGER_BYTES), epoch + (due - 1) * MS);
+                assert_eq!(a.due(), Some(epoch + due * MS), "{what}");
                 assert_eq!(a.due(), b.due(), "{what}");
             }
         }
@@ -312,8 +338,8 @@ mod tests {
         let mut outbox = Outbox::new(10 * MS, epoch);
         assert_eq!(outbox.due(), None);
         assert!(!outbox.is_due(epoch + 100 * MS), "nothing waits");
-        outbox.push(frame(1, 10), epoch + 2 * MS);
-        outbox.push(frame(2, 10), epoch + 9 * MS);
+        outbox.push(frame(1, EAGER_BYTES / 2), epoch + 2 * MS);
+        outbox.push(frame(2, EAGER_BYTES / 2), epoch + 9 * MS);
         outbox.push(frame(3, 10), epoch + 15 * MS);
         assert_eq!(outbox.due(), Some(epoch + 10 * MS));
         assert_eq!(
@@ -327,6 +353,40 @@ mod tests {
         at_once.push(frame(1, 10), epoch + 3 * MS);
         assert_eq!(at_once.deadline(), Some(epoch + 3 * MS), "a zero period");
         assert!(at_once.is_due(epoch + 3 * MS));
+    }
+
+    /// A trickle of small frames is handed off every `PATIENCE` periods, not every period (each
+    /// hand-off is a wake-up of the journal thread); once the batch holds `EAGER_BYTES` it goes
+    /// at the next tick, as a busy feed's does.
+    #[tokio::test(start_paused = true)]
+    async fn a_small_batch_waits_patience_periods_unless_it_grows_eager() {
+        let epoch = Instant::now();
+        // (period, first entry at, small batch due at), in ms from epoch.
+        let cases: [(u32, u32, u32, &str); 3] = [
+            (20, 0, 100, "at the epoch: the fifth tick"),
+            (20, 3, 100, "between ticks: four periods on, then the next tick"),
+            (20, 20, 120, "on a tick"),
+        ];
+        for (every, at, due, what) in cases {
+            let mut outbox = Outbox::new(every * MS, epoch);
+            outbox.push(frame(1, 200), epoch + at * MS);
+            outbox.push(frame(2, 200), epoch + (at + 30) * MS);
+            assert_eq!(outbox.due(), Some(epoch + due * MS), "{what}");
+            assert!(!outbox.is_due(epoch + (due - 1) * MS), "{what}");
+            assert!(outbox.is_due(epoch + due * MS), "{what}");
+            assert_eq!(
+                outbox.deadline(),
+                Some(epoch + (due + every / 2) * MS),
+                "{what}"
+            );
+            // It grows eager: due at the tick after its first entry, already past.
+            outbox.push(frame(3, EAGER_BYTES), epoch + (at + 31) * MS);
+            let tick = next_tick(epoch, every * MS, epoch + at * MS);
+            assert_eq!(outbox.due(), Some(tick), "{what}");
+            assert!(outbox.is_due(epoch + (at + 31) * MS), "{what}");
+            outbox.take();
+            assert_eq!(outbox.due(), None, "{what}: taken");
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -401,7 +461,9 @@ mod tests {
     }
 
     /// A batch no connection hands off (no frame came after its tick) goes at its deadline,
-    /// half a period after the tick, and not before.
+    /// half a period after its tick, and not before; a small one at the tick `PATIENCE` periods
+    /// on, an eager one at the next tick; a batch that grows eager while the timer waits moves
+    /// the timer earlier.
     #[tokio::test(start_paused = true)]
     async fn the_timer_hands_off_a_quiet_batch_at_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
@@ -410,19 +472,30 @@ mod tests {
         let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), 20 * MS, epoch));
         let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone()));
         tokio::time::sleep(3 * MS).await;
-        outbox.put([frame(1, 5)], Instant::now());
+        outbox.put([frame(1, EAGER_BYTES)], Instant::now());
         // Due at the tick (20 ms), handed off by the timer at 30 ms.
         tokio::time::sleep_until(epoch + 29 * MS).await;
         assert_eq!(outbox.len(), 1, "not before the deadline");
         tokio::time::sleep_until(epoch + 30 * MS).await;
         tokio::task::yield_now().await;
         assert_eq!(outbox.len(), 0, "at the deadline");
-        // The next batch gets its own tick and deadline.
-        tokio::time::sleep_until(epoch + 41 * MS).await;
+        // A small batch begun at 35 ms: due at the tick of 120 ms, handed off at 130 ms.
+        tokio::time::sleep_until(epoch + 35 * MS).await;
         outbox.put([frame(2, 5)], Instant::now());
-        tokio::time::sleep_until(epoch + 69 * MS).await;
+        tokio::time::sleep_until(epoch + 129 * MS).await;
         assert_eq!(outbox.len(), 1);
-        tokio::time::sleep_until(epoch + 70 * MS).await;
+        tokio::time::sleep_until(epoch + 130 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0);
+        // A small batch begun at 141 ms (due 220 ms) grows eager at 150 ms: due at 160 ms, handed
+        // off at 170 ms.
+        tokio::time::sleep_until(epoch + 141 * MS).await;
+        outbox.put([frame(3, 5)], Instant::now());
+        tokio::time::sleep_until(epoch + 150 * MS).await;
+        outbox.put([frame(4, EAGER_BYTES)], Instant::now());
+        tokio::time::sleep_until(epoch + 169 * MS).await;
+        assert_eq!(outbox.len(), 2);
+        tokio::time::sleep_until(epoch + 170 * MS).await;
         tokio::task::yield_now().await;
         assert_eq!(outbox.len(), 0);
         cancel.cancel();
