@@ -277,20 +277,20 @@ impl Connection {
                 }
                 true
             });
-        // On one grid for every connection of the feed, so one wake-up reads them all.
-        let mut reads = tokio::time::interval_at(
-            next_tick(
-                shared.epoch,
-                read_every.max(Duration::from_millis(1)),
-                Instant::now(),
-            ),
-            read_every.max(Duration::from_millis(1)),
-        );
-        reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // On one grid for every connection of the feed, so one wake-up reads them all: the feed
+        // thread's read tick, or an interval of the connection's own.
+        let mut reads = ReadClock::new(&shared, polled);
         // The last read stopped at its bound with more waiting: read on at once.
         let mut more = false;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The once-a-second chores. Read on a tick, the connection does them (and asks the
+        // session's timers) in the read tick's wake-up, with no timer of its own: a timer that
+        // is not on a read tick, or that sits further ahead than the runtime's finest timer
+        // level (64 ms), wakes the thread on its own. Read on arrival, they have timers.
+        let second = Duration::from_secs(1);
+        let mut tick =
+            tokio::time::interval_at(next_tick(shared.epoch, second, Instant::now()), second);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut chores_at = next_tick(shared.epoch, second, Instant::now());
         // The futures every turn of the loop waits on are made once: a timer made per turn
         // would be registered and removed again for every frame.
         let cancelled = cancel.cancelled();
@@ -328,7 +328,7 @@ impl Connection {
                 });
             }
             let deadline = session.deadline();
-            if deadline < watchdog.deadline() {
+            if !polled && deadline < watchdog.deadline() {
                 watchdog.as_mut().reset(deadline);
             }
             let resubscribe_now = session.wants_resubscribe()
@@ -341,11 +341,8 @@ impl Connection {
                     }
                     return SessionEnd::Cancelled;
                 }
-                _ = tick.tick() => {
-                    let journal = outbox.journal();
-                    let depth = journal.max_capacity() - journal.capacity() + outbox.len();
-                    shared.metrics.journal_queue.store(depth as u64, Ordering::Relaxed);
-                    session.on_timer(Instant::now());
+                _ = tick.tick(), if !polled => {
+                    chores(&shared, &mut session);
                 }
                 _ = shared.resubscribe_limiter.acquire(), if resubscribe_now => {
                     let now = Instant::now();
@@ -365,7 +362,7 @@ impl Connection {
                         _ => session.on_resubscribe_permit(now),
                     }
                 }
-                _ = &mut watchdog => {
+                _ = &mut watchdog, if !polled => {
                     session.on_timer(Instant::now());
                     watchdog.as_mut().reset(session.deadline());
                 }
@@ -379,7 +376,7 @@ impl Connection {
                         Err(why) => break why,
                     }
                 }
-                _ = reads.tick(), if polled && !more => {
+                _ = reads.next(), if polled && !more => {
                     if let Some(tcp) = socket_tcp(socket) {
                         tcp.rearm();
                     }
@@ -387,12 +384,14 @@ impl Connection {
                         Ok(stopped) => more = stopped,
                         Err(why) => break why,
                     }
+                    timers_on_read(&shared, &mut session, &mut chores_at);
                 }
                 _ = std::future::ready(()), if polled && more => {
                     match drain(socket, &mut session, 0) {
                         Ok(stopped) => more = stopped,
                         Err(why) => break why,
                     }
+                    timers_on_read(&shared, &mut session, &mut chores_at);
                 }
             }
         };
@@ -413,6 +412,71 @@ impl Connection {
             up_for: connected.elapsed(),
             verified,
         }
+    }
+}
+
+/// The once-a-second chores: the journal queue's gauge, and the session's timers.
+fn chores(shared: &FeedShared, session: &mut Session) {
+    let outbox = &shared.outbox;
+    let journal = outbox.journal();
+    let depth = journal.max_capacity() - journal.capacity() + outbox.len();
+    shared
+        .metrics
+        .journal_queue
+        .store(depth as u64, Ordering::Relaxed);
+    session.on_timer(Instant::now());
+}
+
+/// When a connection that reads on a tick reads next.
+enum ReadClock {
+    /// Not on a tick: never.
+    Never,
+    /// The feed thread's read ticks ([`super::ticker`]).
+    Ticks(tokio::sync::watch::Receiver<u64>),
+    /// An interval of the connection's own, on the same grid (no ticker runs).
+    Interval(tokio::time::Interval),
+}
+
+impl ReadClock {
+    fn new(shared: &FeedShared, polled: bool) -> Self {
+        if !polled {
+            return ReadClock::Never;
+        }
+        if let Some(ticks) = shared.read_ticks() {
+            return ReadClock::Ticks(ticks);
+        }
+        let every = shared.config.read_every.max(Duration::from_millis(1));
+        let mut reads =
+            tokio::time::interval_at(next_tick(shared.epoch, every, Instant::now()), every);
+        reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ReadClock::Interval(reads)
+    }
+
+    /// Completes at the next read tick.
+    async fn next(&mut self) {
+        match self {
+            ReadClock::Never => std::future::pending().await,
+            ReadClock::Ticks(ticks) => {
+                // The sender lives in the feed's shared state, as long as this connection.
+                if ticks.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            ReadClock::Interval(reads) => {
+                reads.tick().await;
+            }
+        }
+    }
+}
+
+/// Read on a tick: the chores when their second has come, else the session's timers when due.
+fn timers_on_read(shared: &FeedShared, session: &mut Session, chores_at: &mut Instant) {
+    let now = Instant::now();
+    if now >= *chores_at {
+        *chores_at = next_tick(shared.epoch, Duration::from_secs(1), now);
+        chores(shared, session);
+    } else if now >= session.deadline() {
+        session.on_timer(now);
     }
 }
 

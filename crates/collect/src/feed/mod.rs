@@ -50,6 +50,7 @@ mod polled;
 pub mod replicas;
 pub mod session;
 mod thread;
+pub mod ticker;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -206,6 +207,12 @@ pub struct FeedShared {
     pub last_conn_id: AtomicU64,
     /// Where the grids of the outbox's hand-offs and of the connections' reads start.
     pub epoch: tokio::time::Instant,
+    /// The read ticks counted by the feed thread's [`ticker::Ticker`], when one runs
+    /// ([`FeedShared::read_ticks`]).
+    pub ticks: tokio::sync::watch::Sender<u64>,
+    /// Whether a [`ticker::Ticker`] counts into `ticks` (else connections keep their own
+    /// interval).
+    pub ticker_running: std::sync::atomic::AtomicBool,
 }
 
 impl FeedShared {
@@ -220,7 +227,8 @@ impl FeedShared {
         conn_id_base: u64,
     ) -> Self {
         let epoch = tokio::time::Instant::now();
-        let outbox = Arc::new(FeedOutbox::new(journal, config.handoff_every, epoch));
+        let grid = handoff_grid(config.handoff_every, config.read_every);
+        let outbox = Arc::new(FeedOutbox::new(journal, grid, epoch));
         FeedShared {
             config,
             outbox,
@@ -229,7 +237,36 @@ impl FeedShared {
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
             last_conn_id: AtomicU64::new(conn_id_base),
             epoch,
+            ticks: tokio::sync::watch::channel(0).0,
+            ticker_running: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The read ticks to wait on, when the feed thread's ticker runs.
+    pub fn read_ticks(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.ticker_running
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.ticks.subscribe())
+    }
+}
+
+/// The outbox's hand-off grid for reads every `read_every` ([`outbox::Grid`]): its period,
+/// `handoff` rounded up to a whole number of read periods, so that every tick on which a batch
+/// falls due is a read tick (the connections hand it off in the wake-up they read in); no slack,
+/// and the timer looks on read ticks only: a timer armed on a read tick fires in that tick's
+/// wake-up, while one armed between ticks, or further ahead than the runtime's finest timer
+/// level (64 ms), wakes the thread on its own (even after the batch went: a timer moved later
+/// still fires at the old time and is armed again). Reads on every arrival (`read_every` zero)
+/// keep the grid as given, with half a period of slack for a frame to carry the hand-off.
+pub fn handoff_grid(handoff: Duration, read_every: Duration) -> outbox::Grid {
+    if handoff.is_zero() || read_every.is_zero() {
+        return outbox::Grid::new(handoff, handoff / 2);
+    }
+    let reads = handoff.as_nanos().div_ceil(read_every.as_nanos()).max(1);
+    outbox::Grid {
+        every: read_every.saturating_mul(u32::try_from(reads).unwrap_or(u32::MAX)),
+        slack: Duration::ZERO,
+        step: read_every,
     }
 }
 
@@ -263,4 +300,30 @@ pub enum FeedError {
         /// The cap.
         max: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_off_grid_falls_on_read_ticks() {
+        let ms = Duration::from_millis;
+        // (hand-off period, read period, grid period, timer slack, timer step)
+        let cases = [
+            (ms(20), ms(10), ms(20), ms(0), ms(10)),
+            (ms(20), ms(30), ms(30), ms(0), ms(30)),
+            (ms(20), ms(7), ms(21), ms(0), ms(7)),
+            (ms(20), ms(100), ms(100), ms(0), ms(100)),
+            (ms(20), ms(0), ms(20), ms(10), ms(0)),
+            (ms(0), ms(10), ms(0), ms(0), ms(0)),
+        ];
+        for (handoff, read, every, slack, step) in cases {
+            assert_eq!(
+                handoff_grid(handoff, read),
+                outbox::Grid { every, slack, step },
+                "hand-off {handoff:?}, reads {read:?}"
+            );
+        }
+    }
 }

@@ -67,6 +67,32 @@ pub fn next_tick(epoch: Instant, every: Duration, now: Instant) -> Instant {
     epoch + Duration::from_nanos(offset)
 }
 
+/// When batches fall due and when the outbox's timer looks at them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    /// The period of the hand-off grid ([`super::FeedConfig::handoff_every`], made a whole
+    /// number of read periods by [`super::handoff_grid`]).
+    pub every: Duration,
+    /// How long after a batch falls due the timer hands it off if no connection woke.
+    pub slack: Duration,
+    /// The read period when connections read on a tick (zero: they read on arrival). The timer
+    /// then looks at a waiting batch on read ticks only, never further than one read period
+    /// ahead: it fires in wake-ups the reads make anyway (a timer armed further ahead wakes
+    /// the thread on its own when the runtime's timer wheel moves it to a finer level).
+    pub step: Duration,
+}
+
+impl Grid {
+    /// A grid of period `every` whose timer hands a batch off `slack` after it is due.
+    pub fn new(every: Duration, slack: Duration) -> Self {
+        Grid {
+            every,
+            slack,
+            step: Duration::ZERO,
+        }
+    }
+}
+
 /// Entries waiting for the journal, and when they are due (see the module doc).
 #[derive(Debug)]
 pub struct Outbox {
@@ -76,19 +102,19 @@ pub struct Outbox {
     due: Option<Instant>,
     /// The tick [`PATIENCE`] periods after the first entry: when any batch is due.
     latest: Option<Instant>,
-    every: Duration,
+    grid: Grid,
     epoch: Instant,
 }
 
 impl Outbox {
-    /// An empty outbox whose batches are due on the grid of period `every` from `epoch`.
-    pub fn new(every: Duration, epoch: Instant) -> Self {
+    /// An empty outbox whose batches are due on `grid` from `epoch`.
+    pub fn new(grid: Grid, epoch: Instant) -> Self {
         Outbox {
             entries: Vec::new(),
             bytes: 0,
             due: None,
             latest: None,
-            every,
+            grid,
             epoch,
         }
     }
@@ -96,9 +122,10 @@ impl Outbox {
     /// Adds an entry put in at `now`; the first of a batch sets when the batch is due.
     pub fn push(&mut self, entry: Entry, now: Instant) {
         if self.due.is_none() {
-            self.due = Some(next_tick(self.epoch, self.every, now));
-            let patient = now + self.every * PATIENCE.saturating_sub(1);
-            self.latest = Some(next_tick(self.epoch, self.every, patient));
+            let every = self.grid.every;
+            self.due = Some(next_tick(self.epoch, every, now));
+            let patient = now + every * PATIENCE.saturating_sub(1);
+            self.latest = Some(next_tick(self.epoch, every, patient));
         }
         self.bytes += entry_bytes(&entry);
         self.entries.push(entry);
@@ -115,10 +142,20 @@ impl Outbox {
         if self.eager() { self.due } else { self.latest }
     }
 
-    /// When the waiting batch must be handed off even if nothing else wakes a connection: half
-    /// a period after it is due (`None`: nothing waits).
+    /// When the waiting batch must be handed off even if nothing else wakes a connection: the
+    /// slack after it is due (`None`: nothing waits).
     pub fn deadline(&self) -> Option<Instant> {
-        self.due().map(|due| due + self.every / 2)
+        self.due().map(|due| due + self.grid.slack)
+    }
+
+    /// When the timer should next look at the waiting batch, from `now`: its deadline, or the
+    /// next read tick before it when reads are on a tick ([`Grid::step`]); `None`: nothing waits.
+    pub fn look_at(&self, now: Instant) -> Option<Instant> {
+        let deadline = self.deadline()?;
+        if self.grid.step.is_zero() {
+            return Some(deadline);
+        }
+        Some(deadline.min(next_tick(self.epoch, self.grid.step, now)))
     }
 
     /// Whether nothing waits.
@@ -178,10 +215,10 @@ pub struct FeedOutbox {
 }
 
 impl FeedOutbox {
-    /// An empty outbox for `journal`, due on the grid of period `every` from `epoch`.
-    pub fn new(journal: JournalSender, every: Duration, epoch: Instant) -> Self {
+    /// An empty outbox for `journal`, due on `grid` from `epoch` ([`Outbox::new`]).
+    pub fn new(journal: JournalSender, grid: Grid, epoch: Instant) -> Self {
         FeedOutbox {
-            waiting: Mutex::new(Outbox::new(every, epoch)),
+            waiting: Mutex::new(Outbox::new(grid, epoch)),
             handing_off: tokio::sync::Mutex::new(()),
             journal,
             changed: Notify::new(),
@@ -247,27 +284,49 @@ impl FeedOutbox {
     }
 
     /// The timer: hands the outbox off at each batch's deadline when no connection did it
-    /// before, until `cancel` (the connections hand off what is left when they stop).
+    /// before, until `cancel` (the connections hand off what is left when they stop). With the
+    /// feed thread's read ticks (`ticks`, [`super::ticker`]) it looks on those ticks and keeps
+    /// no timer of its own; else it arms one, on read ticks only when reads are on a tick
+    /// ([`Outbox::look_at`]).
     pub async fn run(
         self: std::sync::Arc<Self>,
         cancel: CancellationToken,
+        ticks: Option<tokio::sync::watch::Receiver<u64>>,
     ) -> Result<(), FeedError> {
+        if let Some(mut ticks) = ticks {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    // The sender lives as long as the feed: an error only means it is gone.
+                    changed = ticks.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        if self.is_due(Instant::now()) {
+                            self.hand_off().await?;
+                        }
+                    }
+                }
+            }
+        }
         let idle = || Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(idle());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.waiting().deadline();
-            if deadline != armed {
-                sleep.as_mut().reset(deadline.unwrap_or_else(idle));
-                armed = deadline;
+            let look_at = self.waiting().look_at(Instant::now());
+            if look_at != armed {
+                sleep.as_mut().reset(look_at.unwrap_or_else(idle));
+                armed = look_at;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = self.changed.notified() => {}
                 _ = &mut sleep, if armed.is_some() => {
                     armed = None;
-                    self.hand_off().await?;
+                    if self.is_due(Instant::now()) {
+                        self.hand_off().await?;
+                    }
                 }
             }
         }
@@ -322,8 +381,8 @@ mod tests {
             );
             if every > 0 {
                 // Two connections whose batches start in the same period hand off together.
-                let mut a = Outbox::new(every * MS, epoch);
-                let mut b = Outbox::new(every * MS, epoch);
+                let mut a = Outbox::new(Grid::new(every * MS, every * MS / 2), epoch);
+                let mut b = Outbox::new(Grid::new(every * MS, every * MS / 2), epoch);
                 a.push(frame(1, EAGER_BYTES), now);
                 b.push(frame(1, EAGER_BYTES), epoch + (due - 1) * MS);
                 assert_eq!(a.due(), Some(epoch + due * MS), "{what}");
@@ -335,7 +394,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_first_entry_sets_the_due_time_and_later_ones_do_not_push_it_back() {
         let epoch = Instant::now();
-        let mut outbox = Outbox::new(10 * MS, epoch);
+        let mut outbox = Outbox::new(Grid::new(10 * MS, 10 * MS / 2), epoch);
         assert_eq!(outbox.due(), None);
         assert!(!outbox.is_due(epoch + 100 * MS), "nothing waits");
         outbox.push(frame(1, EAGER_BYTES / 2), epoch + 2 * MS);
@@ -349,7 +408,7 @@ mod tests {
         );
         assert!(!outbox.is_due(epoch + 9 * MS));
         assert!(outbox.is_due(epoch + 10 * MS));
-        let mut at_once = Outbox::new(Duration::ZERO, epoch);
+        let mut at_once = Outbox::new(Grid::new(Duration::ZERO, Duration::ZERO), epoch);
         at_once.push(frame(1, 10), epoch + 3 * MS);
         assert_eq!(at_once.deadline(), Some(epoch + 3 * MS), "a zero period");
         assert!(at_once.is_due(epoch + 3 * MS));
@@ -364,11 +423,16 @@ mod tests {
         // (period, first entry at, small batch due at), in ms from epoch.
         let cases: [(u32, u32, u32, &str); 3] = [
             (20, 0, 100, "at the epoch: the fifth tick"),
-            (20, 3, 100, "between ticks: four periods on, then the next tick"),
+            (
+                20,
+                3,
+                100,
+                "between ticks: four periods on, then the next tick",
+            ),
             (20, 20, 120, "on a tick"),
         ];
         for (every, at, due, what) in cases {
-            let mut outbox = Outbox::new(every * MS, epoch);
+            let mut outbox = Outbox::new(Grid::new(every * MS, every * MS / 2), epoch);
             outbox.push(frame(1, 200), epoch + at * MS);
             outbox.push(frame(2, 200), epoch + (at + 30) * MS);
             assert_eq!(outbox.due(), Some(epoch + due * MS), "{what}");
@@ -392,13 +456,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_outbox_is_due_at_once() {
         let epoch = Instant::now();
-        let mut by_count = Outbox::new(Duration::from_secs(3600), epoch);
+        let mut by_count = Outbox::new(Grid::new(Duration::from_secs(3600), Duration::ZERO), epoch);
         for n in 0..MAX_ENTRIES as u64 {
             assert!(!by_count.is_due(epoch), "{n} entries");
             by_count.push(frame(n, 1), epoch);
         }
         assert!(by_count.is_due(epoch));
-        let mut by_bytes = Outbox::new(Duration::from_secs(3600), epoch);
+        let mut by_bytes = Outbox::new(Grid::new(Duration::from_secs(3600), Duration::ZERO), epoch);
         by_bytes.push(frame(1, MAX_BYTES / 2), epoch);
         assert!(!by_bytes.is_due(epoch));
         by_bytes.push(frame(2, MAX_BYTES / 2), epoch);
@@ -430,7 +494,11 @@ mod tests {
         // The queue holds 4: the batch of 11 goes in as the journal makes room.
         let (handle, cancel) = journal(dir.path(), 4);
         let epoch = Instant::now();
-        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, epoch);
+        let outbox = FeedOutbox::new(
+            handle.sender.clone(),
+            Grid::new(10 * MS, 10 * MS / 2),
+            epoch,
+        );
         // Two connections' entries, interleaved as they were put in.
         outbox.put((1..=5).map(|n| frame(n, 5)), epoch);
         outbox.put((6..=10).map(|n| frame(n, 5)), epoch);
@@ -469,8 +537,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (handle, cancel) = journal(dir.path(), 64);
         let epoch = Instant::now();
-        let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), 20 * MS, epoch));
-        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone()));
+        let outbox = std::sync::Arc::new(FeedOutbox::new(
+            handle.sender.clone(),
+            Grid::new(20 * MS, 20 * MS / 2),
+            epoch,
+        ));
+        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone(), None));
         tokio::time::sleep(3 * MS).await;
         outbox.put([frame(1, EAGER_BYTES)], Instant::now());
         // Due at the tick (20 ms), handed off by the timer at 30 ms.
@@ -503,11 +575,103 @@ mod tests {
         handle.join().await.unwrap();
     }
 
+    /// With reads on a tick the timer looks at a waiting batch on read ticks only (never
+    /// further ahead than one read period, never between two), and hands it off on the read
+    /// tick it falls due, not before.
+    #[tokio::test(start_paused = true)]
+    async fn with_reads_on_a_tick_the_timer_looks_on_read_ticks_only() {
+        let epoch = Instant::now();
+        let grid = Grid {
+            every: 20 * MS,
+            slack: Duration::ZERO,
+            step: 10 * MS,
+        };
+        let mut outbox = Outbox::new(grid, epoch);
+        assert_eq!(outbox.look_at(epoch), None, "nothing waits");
+        outbox.push(frame(1, 5), epoch + 3 * MS);
+        // Due at 100 ms (five periods); looked at on each read tick until then.
+        for (now, look) in [
+            (3, 10),
+            (10, 20),
+            (47, 50),
+            (90, 100),
+            (99, 100),
+            (100, 100),
+        ] {
+            assert_eq!(
+                outbox.look_at(epoch + now * MS),
+                Some(epoch + look * MS),
+                "at {now} ms"
+            );
+        }
+        assert!(!outbox.is_due(epoch + 90 * MS));
+        assert!(outbox.is_due(epoch + 100 * MS));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, cancel) = journal(dir.path(), 64);
+        let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), grid, epoch));
+        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone(), None));
+        tokio::time::sleep_until(epoch + 3 * MS).await;
+        outbox.put([frame(1, 5)], Instant::now());
+        tokio::time::sleep_until(epoch + 99 * MS).await;
+        assert_eq!(outbox.len(), 1, "not before it is due");
+        tokio::time::sleep_until(epoch + 100 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 0, "on the read tick it falls due");
+        cancel.cancel();
+        timer.await.unwrap().unwrap();
+        handle.join().await.unwrap();
+    }
+
+    /// Driven by the feed thread's read ticks, the timer hands a batch off on the first tick
+    /// at or after it falls due, and on no other.
+    #[tokio::test(start_paused = true)]
+    async fn on_read_ticks_the_timer_hands_off_on_the_tick_a_batch_falls_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, cancel) = journal(dir.path(), 64);
+        let epoch = Instant::now();
+        let grid = Grid {
+            every: 20 * MS,
+            slack: Duration::ZERO,
+            step: 10 * MS,
+        };
+        let outbox = std::sync::Arc::new(FeedOutbox::new(handle.sender.clone(), grid, epoch));
+        let (ticks, rx) = tokio::sync::watch::channel(0u64);
+        let timer = tokio::spawn(std::sync::Arc::clone(&outbox).run(cancel.clone(), Some(rx)));
+        let tick_at = |ms: u32| {
+            let ticks = &ticks;
+            async move {
+                tokio::time::sleep_until(epoch + ms * MS).await;
+                ticks.send_modify(|n| *n += 1);
+                tokio::task::yield_now().await;
+            }
+        };
+        outbox.put([frame(1, 5)], epoch + 3 * MS);
+        // Due at 100 ms: ticks before it leave it waiting.
+        for ms in [10, 50, 90] {
+            tick_at(ms).await;
+            assert_eq!(outbox.len(), 1, "tick at {ms} ms");
+        }
+        // No tick at 100 ms (the thread was busy): the next one hands it off.
+        tokio::time::sleep_until(epoch + 105 * MS).await;
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.len(), 1, "no timer of its own");
+        tick_at(110).await;
+        assert_eq!(outbox.len(), 0, "the first tick after it fell due");
+        cancel.cancel();
+        timer.await.unwrap().unwrap();
+        handle.join().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_closed_journal_fails_the_hand_off() {
         let dir = tempfile::tempdir().unwrap();
         let (handle, cancel) = journal(dir.path(), 4);
-        let outbox = FeedOutbox::new(handle.sender.clone(), 10 * MS, Instant::now());
+        let outbox = FeedOutbox::new(
+            handle.sender.clone(),
+            Grid::new(10 * MS, 10 * MS / 2),
+            Instant::now(),
+        );
         cancel.cancel();
         handle.join().await.unwrap();
         outbox.put([frame(1, 5)], Instant::now());

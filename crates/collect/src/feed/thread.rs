@@ -9,8 +9,11 @@
 //! the metrics server and the rest stay on the caller's runtime, so that a slow COPY or a scrape
 //! never delays a read (and the receive time stamped on a frame is when it was read).
 //!
+//! The thread's read tick is one kernel timer ([`super::ticker`]) every connection and the
+//! outbox wait on.
+//!
 //! What must hold: [`FeedThread::failure`] yields every error a connection (or the outbox's
-//! timer) ended with (the first stops the collector); a connection task that panics is reported as a failure, never left
+//! timer, or the read tick) ended with (the first stops the collector); a connection task that panics is reported as a failure, never left
 //! silently missing; after the feed's token is cancelled, [`FeedThread::join`] returns once every
 //! connection has handed its last entries to the journal and the runtime is gone.
 
@@ -32,11 +35,12 @@ pub struct FeedThread {
 /// Starts `connections` (all of `shared`'s) and the timer of their outbox on a new thread named
 /// `feed`, each running until `cancel`.
 pub fn spawn_feed(
-    shared: &FeedShared,
+    shared: &Arc<FeedShared>,
     connections: Vec<Connection>,
     cancel: CancellationToken,
 ) -> Result<FeedThread, FeedError> {
     let outbox = Arc::clone(&shared.outbox);
+    let shared = Arc::clone(shared);
     let runtime = tokio::runtime::Builder::new_current_thread()
         // Sockets and timers; no signal or process driver (each would be polled every turn).
         .enable_io()
@@ -54,7 +58,16 @@ pub fn spawn_feed(
             let _logs = tracing::dispatcher::set_default(&dispatch);
             runtime.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
-                tasks.spawn(outbox.run(cancel.clone()));
+                if let Some(ticker) = start_ticker(&shared) {
+                    let shared = Arc::clone(&shared);
+                    let cancel = cancel.clone();
+                    tasks.spawn(async move {
+                        ticker.run(&shared.ticks, cancel).await.map_err(|e| {
+                            FeedError::Thread(format!("the feed's read tick failed: {e}"))
+                        })
+                    });
+                }
+                tasks.spawn(outbox.run(cancel.clone(), shared.read_ticks()));
                 for connection in connections {
                     tasks.spawn(connection.run(cancel.clone()));
                 }
@@ -78,6 +91,28 @@ pub fn spawn_feed(
         ended,
         thread,
     })
+}
+
+/// The read tick's kernel timer, on the feed's runtime, when connections read on a tick; `None`
+/// (connections then keep a tokio interval each) when they read on arrival or the timer cannot
+/// be made (logged).
+fn start_ticker(shared: &FeedShared) -> Option<super::ticker::Ticker> {
+    let grid = super::handoff_grid(shared.config.handoff_every, shared.config.read_every);
+    if grid.step.is_zero() {
+        return None;
+    }
+    match super::ticker::Ticker::start(shared.epoch, grid.step) {
+        Ok(ticker) => {
+            shared
+                .ticker_running
+                .store(true, std::sync::atomic::Ordering::Release);
+            Some(ticker)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "feed: no kernel timer for the read tick; each connection keeps its own");
+            None
+        }
+    }
 }
 
 impl FeedThread {
