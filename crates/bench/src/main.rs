@@ -15,6 +15,7 @@ mod readback;
 mod serve;
 mod simulate;
 mod storage;
+mod wakeup;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ use readback as bench_readback;
 use serve as bench_serve;
 use simulate as bench_simulate;
 use storage as bench_storage;
+use wakeup as bench_wakeup;
 
 const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -67,6 +69,10 @@ pub enum BenchCommand {
     /// Bytes at rest per book message, per table and tier, for a recording it makes.
     #[command(after_help = bench_storage::BENCH_STORAGE_EXAMPLES)]
     Storage(bench_storage::BenchStorageArgs),
+    /// What one wake-up of a sleeping thread costs on this machine (the floor under the
+    /// collector's CPU at low message rates).
+    #[command(after_help = bench_wakeup::BENCH_WAKEUP_EXAMPLES)]
+    Wakeup(bench_wakeup::BenchWakeupArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,5 +111,6 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Simulate(a) => bench_simulate::run(a).await,
         BenchCommand::Serve(a) => bench_serve::run(a).await,
         BenchCommand::Storage(a) => bench_storage::run(a).await,
+        BenchCommand::Wakeup(a) => bench_wakeup::run(a).await,
     }
 }
