@@ -303,8 +303,10 @@ fn times(x: f64) -> String {
 
 fn print_round(pair: RedundancyPair, round: &Round, has_db: bool) {
     for (n, w) in [(pair.base, &round.base), (pair.other, &round.other)] {
+        // A part with no thread (the db when journal only) is left out.
         let parts: Vec<String> = Part::ALL
             .iter()
+            .filter(|&&p| w.part_cpu(p) > 0.0)
             .map(|&p| format!("{} {:.2}%", p.label(), 100.0 * w.part_cpu(p) / w.wall))
             .collect();
         let latency = if has_db {
