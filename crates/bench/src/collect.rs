@@ -343,6 +343,11 @@ struct Window {
     ok: f64,
     /// Checksum mismatches since the collector started.
     mismatches: f64,
+    /// Bytes appended to the journal.
+    journal_bytes: f64,
+    /// Journal segments closed (each then compressed with zstd on the `journal-compress`
+    /// thread: a lump of CPU that a short window catches or misses).
+    rotations: f64,
     /// CPU seconds per thread name, most first.
     split: Vec<ThreadUse>,
     /// CPU seconds from the process's ticks (also counts threads that ended in the window).
@@ -362,6 +367,8 @@ impl Window {
             frames: delta("krakenbook_frames_received_total"),
             ok: sum_delta("krakenbook_checksum_ok_total"),
             mismatches: sum_counter(&end.metrics, "krakenbook_checksum_mismatch_total"),
+            journal_bytes: delta("krakenbook_journal_bytes_total"),
+            rotations: delta("krakenbook_journal_rotations_total"),
             split: thread_split(&start.threads, &end.threads),
             ticks_cpu: end.ticks - start.ticks,
             peak_rss,

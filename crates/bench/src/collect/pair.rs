@@ -325,12 +325,14 @@ fn print_round(pair: RedundancyPair, round: &Round, has_db: bool) {
             String::new()
         };
         println!(
-            "  --redundancy {n}: {:.2}% of one core, {:.2} µs per verified book message ({}); {:.0} frames/s, {:.0} verified book messages/s; peak RSS {:.1} MB; {} checksum mismatches{latency}",
+            "  --redundancy {n}: {:.2}% of one core, {:.2} µs per verified book message ({}); {:.0} frames/s, {:.0} verified book messages/s; journal {:.1} MB/s, {} segment(s) closed; peak RSS {:.1} MB; {} checksum mismatches{latency}",
             100.0 * w.core_share(),
             w.micros_per_message(),
             parts.join(", "),
             w.frames / w.wall,
             w.ok / w.wall,
+            w.journal_bytes / w.wall / 1e6,
+            w.rotations,
             w.peak_rss as f64 / 1e6,
             w.mismatches,
         );
@@ -542,6 +544,8 @@ mod tests {
             frames: ok,
             ok,
             mismatches: 0.0,
+            journal_bytes: 0.0,
+            rotations: 0.0,
             split: threads
                 .iter()
                 .map(|&(name, cpu)| super::super::ThreadUse {
