@@ -12,6 +12,12 @@
 //! per verified book message, split into feed, journal and db threads) and B's CPU over A's;
 //! the end prints every round's ratio with their median, min and max.
 //!
+//! The window's length matters as much as its sharing: a collector's journal compresses each
+//! closed segment (256 MiB) with zstd, a lump of CPU (about 0.8 s at depth 1000) once a segment,
+//! so a window shorter than a few segments' time catches or misses lumps at random (each line
+//! prints the segments closed in it); `--measure` several times the N = 1 segment time (about
+//! 90 s at 100 pairs × 100 msg/s) counts them in proportion.
+//!
 //! What must hold: both windows are taken between readings made back to back (start readings
 //! together, end readings together, in the same order), so their lengths differ by microseconds;
 //! the ratio is of CPU seconds over those windows (equal to the ratio of shares of a core).
