@@ -11,11 +11,18 @@
 //! CPU time comes from each thread's `/proc/PID/task/TID/schedstat` (nanoseconds on a CPU), so
 //! that a light load (`--pairs 2`: a few hundred messages a second, well under 1% of a core) is
 //! measured to the microsecond per message rather than in 10 ms ticks; it is split by thread
-//! name (feed, journal, journal reader, runtime workers) to show where it goes. The process's
+//! name (feed, journal, db, runtime workers) to show where it goes. The process's
 //! tick count (`/proc/PID/stat`) is printed beside it as a cross-check: it also counts threads
 //! that ended during the window, which the per-thread sum cannot see.
+//!
+//! `--compare-redundancy A,B` runs two collectors side by side instead (see `pair`): on this
+//! shared machine a single run's CPU moves by up to 1.7× with the neighbours' load, so a cost
+//! ratio is only shown by collectors measured over the same window.
+
+mod pair;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,7 +44,8 @@ Examples:
   krakenbook-bench collect --pairs 2 --depth 1000 --rate 150 --measure 60s     CPU per message at ~300 msg/s
   krakenbook-bench collect --pairs 100 --depth 1000 --rate 100                 ~10,000 msg/s into TimescaleDB
   krakenbook-bench collect --database-url postgres://kb@localhost/market       an existing server
-  krakenbook-bench collect --redundancy 2                                      two connections per group";
+  krakenbook-bench collect --redundancy 2                                      two connections per group
+  krakenbook-bench collect --compare-redundancy 1,2 --rounds 5                 N = 2 against N = 1, side by side";
 
 /// `krakenbook-bench collect`.
 #[derive(Debug, Args)]
@@ -76,6 +84,16 @@ pub struct BenchCollectArgs {
     /// not given: 10ms; 0ms reads and stamps each frame on arrival).
     #[arg(long, value_name = "DURATION", value_parser = krakenbook::config::duration)]
     pub read_every: Option<Duration>,
+    /// Two collectors at once, one at each of these `--redundancy` values (say 1,2), against the
+    /// same simulated market, each with its own journal and its own database in the throwaway
+    /// cluster (journal only with --journal-only), measured over the same window: prints each
+    /// one's figures and the second's CPU over the first's (issue 12: at most 1.6 at 1,2).
+    #[arg(long, value_name = "A,B", value_parser = pair::redundancy_pair, conflicts_with_all = ["redundancy", "database_url"])]
+    pub compare_redundancy: Option<pair::RedundancyPair>,
+    /// With --compare-redundancy: pairs of fresh collectors measured one after the other (which
+    /// one starts first swaps every round); prints every round's ratio, their median, min and max.
+    #[arg(long, value_name = "K", default_value = "1", requires = "compare_redundancy", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
 }
 
 /// A measuring period or a warm-up: a duration with its unit, from 1 s to 1 h.
@@ -92,67 +110,29 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of events per second");
     }
+    if let Some(pair) = args.compare_redundancy {
+        return pair::run(&args, pair).await;
+    }
     let work = tempfile::tempdir().context("creating a scratch directory")?;
     let (cluster, db_url) = match (&args.database_url, args.journal_only) {
         (Some(url), _) => (None, Some(url.clone())),
         (None, true) => (None, None),
         (None, false) => {
-            let cluster = tokio::task::spawn_blocking(|| {
-                TempCluster::with_options(ClusterOptions {
-                    durable: true,
-                    bindir: None,
-                })
-            })
-            .await??;
+            let cluster = throwaway_cluster().await?;
             let url = cluster.create_database().await?;
             (Some(cluster), Some(url))
         }
     };
 
-    let pairs = generated_pairs(args.pairs as usize);
-    let symbols: Vec<String> = pairs.iter().map(|p| p.symbol.clone()).collect();
-    let sim = Simulator::bind(SimConfig {
-        pairs,
-        rate: args.rate,
-        ..SimConfig::default()
-    })
+    let market = Market::start(&args).await?;
+    let collector = Collector::spawn(
+        &args,
+        &market,
+        args.redundancy,
+        &work.path().join("journal"),
+        db_url.as_deref(),
+    )
     .await?;
-    let metrics_addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?
-    };
-    let exe = krakenbook_binary()?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["collect", "--url", &format!("ws://{}/v2", sim.local_addr())])
-        .args(["--symbols", &symbols.join(",")])
-        .args(["--depth", &args.depth.to_string()])
-        .args(["--redundancy", &args.redundancy.to_string()])
-        .args(["--metrics-listen", &metrics_addr.to_string()])
-        .arg("--journal-dir")
-        .arg(work.path().join("journal"))
-        .env_remove("DATABASE_URL")
-        .env("KRAKENBOOK_LOG", "warn")
-        .envs(
-            std::env::var("BENCH_WORKERS")
-                .ok()
-                .map(|w| ("TOKIO_WORKER_THREADS", w)),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(url) = &db_url {
-        cmd.args(["--database-url", url]);
-    }
-    if let Some(delay) = args.db_batch_delay {
-        cmd.arg("--db-batch-delay")
-            .arg(format!("{}ms", delay.as_millis()));
-    }
-    if let Some(every) = args.read_every {
-        cmd.arg("--read-every")
-            .arg(format!("{}ms", every.as_millis()));
-    }
-    let mut child = cmd.spawn().context("starting krakenbook collect")?;
-    let pid = child.id().context("the collector's pid")?;
     eprintln!(
         "bench collect: {} pairs at depth {} on {} connection(s) per group, {} events/s offered ({} per pair), warm-up {:?}, measuring {:?}{}",
         args.pairs,
@@ -169,14 +149,143 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
         }
     );
     tokio::time::sleep(args.warmup).await;
-    if db_url.is_some() {
-        // The subscriptions' snapshots (2,000 levels each at depth 1000) arrive in a burst; measure
-        // the steady state, once the database has caught up with the journal.
+    if let Some(waited) = collector.wait_caught_up().await? {
+        eprintln!(
+            "bench collect: the database caught up with the startup snapshots {:.1} s after the warm-up",
+            waited.as_secs_f64()
+        );
+    }
+    let start = collector.reading().await?;
+    tokio::time::sleep(args.measure).await;
+    let end = collector.reading().await?;
+    let peak_rss = peak_rss_bytes(collector.pid)?;
+
+    let stopped = collector.stop().await;
+    market.sim.shutdown().await?;
+    drop(cluster);
+
+    let window = Window::between(&start, &end, peak_rss);
+    window.print(db_url.is_some());
+    stopped?;
+    Ok(if window.mismatches == 0.0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A throwaway local TimescaleDB cluster, fsync on (a collector's commits cost what they cost).
+async fn throwaway_cluster() -> anyhow::Result<TempCluster> {
+    Ok(tokio::task::spawn_blocking(|| {
+        TempCluster::with_options(ClusterOptions {
+            durable: true,
+            bindir: None,
+        })
+    })
+    .await??)
+}
+
+/// The simulated market every collector of a run subscribes to: one simulator, one market.
+struct Market {
+    sim: Simulator,
+    symbols: Vec<String>,
+}
+
+impl Market {
+    async fn start(args: &BenchCollectArgs) -> anyhow::Result<Market> {
+        let pairs = generated_pairs(args.pairs as usize);
+        let symbols: Vec<String> = pairs.iter().map(|p| p.symbol.clone()).collect();
+        let sim = Simulator::bind(SimConfig {
+            pairs,
+            rate: args.rate,
+            ..SimConfig::default()
+        })
+        .await?;
+        Ok(Market { sim, symbols })
+    }
+}
+
+/// One `krakenbook collect` child process recording the market, with its `/metrics` address.
+struct Collector {
+    child: tokio::process::Child,
+    pid: u32,
+    metrics_addr: SocketAddr,
+    has_db: bool,
+}
+
+impl Collector {
+    /// Starts `krakenbook collect` at `redundancy` with its journal in `journal_dir` and, when
+    /// given, its database at `db_url` (journal only otherwise).
+    async fn spawn(
+        args: &BenchCollectArgs,
+        market: &Market,
+        redundancy: u32,
+        journal_dir: &Path,
+        db_url: Option<&str>,
+    ) -> anyhow::Result<Collector> {
+        let metrics_addr: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?
+        };
+        let exe = krakenbook_binary()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([
+            "collect",
+            "--url",
+            &format!("ws://{}/v2", market.sim.local_addr()),
+        ])
+        .args(["--symbols", &market.symbols.join(",")])
+        .args(["--depth", &args.depth.to_string()])
+        .args(["--redundancy", &redundancy.to_string()])
+        .args(["--metrics-listen", &metrics_addr.to_string()])
+        .arg("--journal-dir")
+        .arg(journal_dir)
+        .env_remove("DATABASE_URL")
+        .env("KRAKENBOOK_LOG", "warn")
+        .envs(
+            std::env::var("BENCH_WORKERS")
+                .ok()
+                .map(|w| ("TOKIO_WORKER_THREADS", w)),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+        if let Some(url) = db_url {
+            cmd.args(["--database-url", url]);
+        }
+        if let Some(delay) = args.db_batch_delay {
+            cmd.arg("--db-batch-delay")
+                .arg(format!("{}ms", delay.as_millis()));
+        }
+        if let Some(every) = args.read_every {
+            cmd.arg("--read-every")
+                .arg(format!("{}ms", every.as_millis()));
+        }
+        let child = cmd.spawn().context("starting krakenbook collect")?;
+        let pid = child.id().context("the collector's pid")?;
+        Ok(Collector {
+            child,
+            pid,
+            metrics_addr,
+            has_db: db_url.is_some(),
+        })
+    }
+
+    /// With a database: waits until it has caught up with the journal (the subscriptions'
+    /// snapshots, 2,000 levels each at depth 1000, arrive in a burst; the steady state is what is
+    /// measured) and returns how long that took. Journal only: `None` at once.
+    async fn wait_caught_up(&self) -> anyhow::Result<Option<Duration>> {
+        if !self.has_db {
+            return Ok(None);
+        }
         let waiting = Instant::now();
         loop {
-            let lag = counter(&scrape(metrics_addr).await?, "krakenbook_db_lag_records");
+            let lag = counter(
+                &scrape(self.metrics_addr).await?,
+                "krakenbook_db_lag_records",
+            );
             if lag < 1000.0 {
-                break;
+                return Ok(Some(waiting.elapsed()));
             }
             if waiting.elapsed() > Duration::from_secs(300) {
                 bail!(
@@ -185,101 +294,208 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        eprintln!(
-            "bench collect: the database caught up with the startup snapshots {:.1} s after the warm-up",
-            waiting.elapsed().as_secs_f64()
-        );
     }
-    let start_cpu = cpu_seconds(pid)?;
-    let start_threads = thread_cpu(pid)?;
-    let start_metrics = scrape(metrics_addr).await?;
-    let started = Instant::now();
-    tokio::time::sleep(args.measure).await;
-    let end_threads = thread_cpu(pid)?;
-    let ticks_cpu = cpu_seconds(pid)? - start_cpu;
-    let wall = started.elapsed().as_secs_f64();
-    let end_metrics = scrape(metrics_addr).await?;
-    let peak_rss = peak_rss_bytes(pid)?;
 
-    if let Some(id) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &id.to_string()])
-            .status();
+    /// The collector's counters and CPU now.
+    async fn reading(&self) -> anyhow::Result<Reading> {
+        let ticks = cpu_seconds(self.pid)?;
+        let threads = thread_cpu(self.pid)?;
+        let metrics = scrape(self.metrics_addr).await?;
+        Ok(Reading {
+            at: Instant::now(),
+            ticks,
+            threads,
+            metrics,
+        })
     }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
-    sim.shutdown().await?;
-    drop(cluster);
 
-    let frames = counter(&end_metrics, "krakenbook_frames_received_total")
-        - counter(&start_metrics, "krakenbook_frames_received_total");
-    let ok = sum_counter(&end_metrics, "krakenbook_checksum_ok_total")
-        - sum_counter(&start_metrics, "krakenbook_checksum_ok_total");
-    let mismatches = sum_counter(&end_metrics, "krakenbook_checksum_mismatch_total");
-    let split = thread_split(&start_threads, &end_threads);
-    let cpu: f64 = split.iter().map(|u| u.cpu).sum();
-    let wakeups: u64 = split.iter().map(|u| u.wakeups).sum();
-    println!(
-        "collector frames received:   {:.0} /s ({:.0} verified book messages/s)",
-        frames / wall,
-        ok / wall
-    );
-    println!(
-        "collector CPU:               {:.2}% of one core ({:.1} µs per book message, {:.1} µs per frame)",
-        100.0 * cpu / wall,
-        1e6 * cpu / ok.max(1.0),
-        1e6 * cpu / frames.max(1.0)
-    );
-    println!(
-        "collector wake-ups:          {:.0} /s ({:.2} per book message)",
-        wakeups as f64 / wall,
-        wakeups as f64 / ok.max(1.0)
-    );
-    for used in &split {
-        println!(
-            "  {:<26} {:>6.2}% of a core {:>7.1} µs/msg {:>7.0} wake-ups/s",
-            used.name,
-            100.0 * used.cpu / wall,
-            1e6 * used.cpu / ok.max(1.0),
-            used.wakeups as f64 / wall
-        );
+    /// Stops it as an operator would (SIGTERM) and waits up to 15 s for a clean exit.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(id) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &id.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) => bail!("the collector exited with {s}"),
+            _ => bail!("the collector did not exit after SIGTERM"),
+        }
     }
-    println!(
-        "  cross-check (/proc/PID/stat ticks, with threads that ended): {:.2}% of one core",
-        100.0 * ticks_cpu / wall
-    );
-    println!(
-        "collector peak RSS:          {:.1} MB",
-        peak_rss as f64 / 1e6
-    );
-    println!("checksum mismatches:         {mismatches}");
-    if db_url.is_some() {
-        for (label, name) in [
-            (
-                "receive → committed latency",
+}
+
+/// One collector at one instant: its CPU (process ticks and per thread) and its `/metrics`.
+struct Reading {
+    at: Instant,
+    ticks: f64,
+    threads: Vec<ThreadReading>,
+    metrics: String,
+}
+
+/// What one collector did between two readings.
+#[derive(Debug, Clone, PartialEq)]
+struct Window {
+    /// Wall seconds between the readings.
+    wall: f64,
+    /// Frames received (every connection's copy).
+    frames: f64,
+    /// Book messages whose checksum matched (every connection's copy).
+    ok: f64,
+    /// Checksum mismatches since the collector started.
+    mismatches: f64,
+    /// Bytes appended to the journal.
+    journal_bytes: f64,
+    /// Journal segments closed (each then compressed with zstd on the `journal-compress`
+    /// thread: a lump of CPU that a short window catches or misses).
+    rotations: f64,
+    /// CPU seconds per thread name, most first.
+    split: Vec<ThreadUse>,
+    /// CPU seconds from the process's ticks (also counts threads that ended in the window).
+    ticks_cpu: f64,
+    peak_rss: u64,
+    /// Receive-to-commit latency and batch duration histograms over the window.
+    latency: Vec<(f64, u64)>,
+    batches: Vec<(f64, u64)>,
+}
+
+impl Window {
+    fn between(start: &Reading, end: &Reading, peak_rss: u64) -> Window {
+        let delta = |name| counter(&end.metrics, name) - counter(&start.metrics, name);
+        let sum_delta = |name| sum_counter(&end.metrics, name) - sum_counter(&start.metrics, name);
+        Window {
+            wall: end.at.duration_since(start.at).as_secs_f64(),
+            frames: delta("krakenbook_frames_received_total"),
+            ok: sum_delta("krakenbook_checksum_ok_total"),
+            mismatches: sum_counter(&end.metrics, "krakenbook_checksum_mismatch_total"),
+            journal_bytes: delta("krakenbook_journal_bytes_total"),
+            rotations: delta("krakenbook_journal_rotations_total"),
+            split: thread_split(&start.threads, &end.threads),
+            ticks_cpu: end.ticks - start.ticks,
+            peak_rss,
+            latency: histogram_delta(
+                &start.metrics,
+                &end.metrics,
                 "krakenbook_db_commit_latency_seconds",
             ),
-            ("database batch duration    ", "krakenbook_db_batch_seconds"),
-        ] {
-            let buckets = histogram_delta(&start_metrics, &end_metrics, name);
-            match (
-                histogram_quantile(0.5, &buckets),
-                histogram_quantile(0.99, &buckets),
-            ) {
-                (Some(p50), Some(p99)) => {
-                    println!("{label}: p50 {:.1} ms, p99 {:.1} ms", p50 * 1e3, p99 * 1e3)
+            batches: histogram_delta(&start.metrics, &end.metrics, "krakenbook_db_batch_seconds"),
+        }
+    }
+
+    /// CPU seconds of every live thread over the window.
+    fn cpu(&self) -> f64 {
+        self.split.iter().map(|u| u.cpu).sum()
+    }
+
+    /// CPU seconds of the threads of one part of the collector.
+    fn part_cpu(&self, part: Part) -> f64 {
+        self.split
+            .iter()
+            .filter(|u| Part::of(&u.name) == part)
+            .map(|u| u.cpu)
+            .sum()
+    }
+
+    /// Share of one core.
+    fn core_share(&self) -> f64 {
+        self.cpu() / self.wall
+    }
+
+    /// CPU microseconds per verified book message.
+    fn micros_per_message(&self) -> f64 {
+        1e6 * self.cpu() / self.ok.max(1.0)
+    }
+
+    fn print(&self, has_db: bool) {
+        let wall = self.wall;
+        let ok = self.ok;
+        let cpu = self.cpu();
+        let wakeups: u64 = self.split.iter().map(|u| u.wakeups).sum();
+        println!(
+            "collector frames received:   {:.0} /s ({:.0} verified book messages/s)",
+            self.frames / wall,
+            ok / wall
+        );
+        println!(
+            "collector CPU:               {:.2}% of one core ({:.1} µs per book message, {:.1} µs per frame)",
+            100.0 * cpu / wall,
+            1e6 * cpu / ok.max(1.0),
+            1e6 * cpu / self.frames.max(1.0)
+        );
+        println!(
+            "collector wake-ups:          {:.0} /s ({:.2} per book message)",
+            wakeups as f64 / wall,
+            wakeups as f64 / ok.max(1.0)
+        );
+        for used in &self.split {
+            println!(
+                "  {:<26} {:>6.2}% of a core {:>7.1} µs/msg {:>7.0} wake-ups/s",
+                used.name,
+                100.0 * used.cpu / wall,
+                1e6 * used.cpu / ok.max(1.0),
+                used.wakeups as f64 / wall
+            );
+        }
+        println!(
+            "  cross-check (/proc/PID/stat ticks, with threads that ended): {:.2}% of one core",
+            100.0 * self.ticks_cpu / wall
+        );
+        println!(
+            "collector peak RSS:          {:.1} MB",
+            self.peak_rss as f64 / 1e6
+        );
+        println!("checksum mismatches:         {}", self.mismatches);
+        if has_db {
+            for (label, buckets) in [
+                ("receive → committed latency", &self.latency),
+                ("database batch duration    ", &self.batches),
+            ] {
+                match (
+                    histogram_quantile(0.5, buckets),
+                    histogram_quantile(0.99, buckets),
+                ) {
+                    (Some(p50), Some(p99)) => {
+                        println!("{label}: p50 {:.1} ms, p99 {:.1} ms", p50 * 1e3, p99 * 1e3)
+                    }
+                    _ => println!("{label}: no commits during the window"),
                 }
-                _ => println!("{label}: no commits during the window"),
             }
         }
     }
-    match status {
-        Ok(Ok(s)) if s.success() => Ok(if mismatches == 0.0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }),
-        Ok(Ok(s)) => bail!("the collector exited with {s}"),
-        _ => bail!("the collector did not exit after SIGTERM"),
+}
+
+/// The parts of the collector its threads belong to, by thread name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// `feed` and its blocking pool: sockets, decoding, books, checksums.
+    Feed,
+    /// `journal` and `journal-compress`: appends, syncs, compression.
+    Journal,
+    /// `db` and its blocking pool: the database pipeline (reads the journal, writes rows).
+    Db,
+    /// The main runtime's workers and anything else (metrics, supervision).
+    Other,
+}
+
+impl Part {
+    const ALL: [Part; 4] = [Part::Feed, Part::Journal, Part::Db, Part::Other];
+
+    fn of(thread: &str) -> Part {
+        let family = thread.split('-').next().unwrap_or(thread);
+        match family {
+            "feed" => Part::Feed,
+            "journal" => Part::Journal,
+            "db" => Part::Db,
+            _ => Part::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Part::Feed => "feed",
+            Part::Journal => "journal",
+            Part::Db => "db",
+            Part::Other => "other",
+        }
     }
 }
 
