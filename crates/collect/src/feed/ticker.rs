@@ -100,6 +100,8 @@ impl Ticker {
                     )));
                 }
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                // A signal came in the middle: the expirations are still there, read again.
+                Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
