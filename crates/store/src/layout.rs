@@ -18,23 +18,15 @@ use tokio_postgres::Client;
 
 use super::StoreError;
 
-/// A book row's frame rebuilt from its columns (`b` is the row), as `jsonb`.
-pub(crate) const REBUILT_FRAME: &str = "jsonb_build_object(
-         'channel', 'book',
-         'type', CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END,
-         'data', jsonb_build_array(jsonb_build_object(
-           'symbol', b.symbol,
-           'bids', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                'price', krakenbook_dec(b.levels[2 * i - 1]),
-                                'qty', krakenbook_dec(b.levels[2 * i])) ORDER BY i)
-                              FROM generate_series(1, b.n_bids) i), '[]'::jsonb),
-           'asks', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                'price', krakenbook_dec(b.levels[2 * i - 1]),
-                                'qty', krakenbook_dec(b.levels[2 * i])) ORDER BY i)
-                              FROM generate_series(b.n_bids + 1, cardinality(b.levels) / 2) i),
-                             '[]'::jsonb),
-           'checksum', b.checksum::bigint & 4294967295,
-           'timestamp', krakenbook_kraken_ts(b.\"timestamp\"))))";
+/// A book row's frame rebuilt from its columns (`b` is the row), as `jsonb`: one call of
+/// `krakenbook_frame` (migration 8), planned as a function call where two aggregate subqueries
+/// were planned with every query on the view before.
+pub(crate) const REBUILT_FRAME: &str =
+    "krakenbook_frame(b.kind, b.symbol, b.levels, b.n_bids, b.checksum, b.\"timestamp\")";
+
+/// The levels of a message the entries view lists inline, as `1..ORDINALS_INLINE` (a message
+/// with more, or with its levels in raw only, gets its ordinals from a function call).
+const ORDINALS_INLINE: usize = 256;
 
 const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_id, conn_seq, \
     channel, message_type, symbol, checksum, checksum_ok, raw_message, raw_text, raw_bytes, \
@@ -46,7 +38,7 @@ const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_
 pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
     format!(
         "SELECT b.\"timestamp\", b.received_at,
-       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
+       krakenbook_collector_name(b.collector_id) AS collector,
        b.seq, b.conn_id, NULL::bigint AS conn_seq, 'book'::text AS channel,
        CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
        b.symbol, b.checksum::bigint & 4294967295 AS checksum, b.checksum_ok,
@@ -59,40 +51,55 @@ pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
 }
 
 /// What `kraken_orderbook_entries` shows for the book rows of `source` (as
-/// [`book_messages_sql`]): each row joined to its levels, prices at odd positions of `levels`
-/// (unnest ... WITH ORDINALITY: planned at 10 rows a message, where generate_series is planned at
-/// 1000, which pushes plans over jit_above_cost); a row whose values do not fit dec64 has its
-/// levels in raw only, read from there by the second branch of the lateral subquery: behind a
-/// one-time filter on `levels IS NULL` (never started for other rows: a function scan started
-/// per row cost 8 µs) and an unnest of an array (planned at 10 rows; jsonb_array_elements is
-/// planned at 100, which pushes plans over jit_above_cost).
+/// [`book_messages_sql`]): each row joined to its levels' ordinals `k` (1, 2, ...: bids first,
+/// in wire order), the price of level `k` at `levels[2k - 1]` and its quantity at `levels[2k]`;
+/// a row whose values do not fit dec64 has its levels in raw only, read from there by the same
+/// expressions (a `CASE` on `levels IS NULL`).
+///
+/// The ordinals come from `unnest` in the select list of a lateral subquery: PostgreSQL runs it
+/// as a ProjectSet, row by row, where a function scan in `FROM` (the `unnest ... WITH
+/// ORDINALITY` of before, and any `UNION ALL` of two) fills a tuplestore for every message; and
+/// `unnest` of an array is planned at 10 rows a message where `generate_series` is planned at
+/// 1000, which pushes plans over `jit_above_cost`. The array is `1..n` sliced from an inline
+/// constant for messages of up to [`ORDINALS_INLINE`] levels (a function call reads the body
+/// of a function again at every planning; a constant in the view is read once per session), from
+/// `krakenbook_ordinals(n)` above that, and from `krakenbook_raw_ordinals(raw)` for levels in
+/// raw.
 ///
 /// One join, not a `UNION ALL` of two: PostgreSQL plans the branches of a `UNION ALL` of joins
 /// as subqueries that never learn the outer query's order, so `ORDER BY timestamp DESC LIMIT 10`
 /// over two branches sorted every level of the table (892 ms where the older layout took
 /// 0.08 ms); over one join it walks the time index backwards.
 pub(crate) fn book_entries_sql(source: &str) -> String {
+    let inline = (1..=ORDINALS_INLINE)
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let raw_level = |key: &str| {
+        format!(
+            "((coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]') \
+               || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]')) -> (e.k - 1) ->> '{key}')::numeric"
+        )
+    };
+    let (raw_price, raw_qty) = (raw_level("price"), raw_level("qty"));
     format!(
         "SELECT b.\"timestamp\", b.received_at, b.symbol,
        CASE WHEN e.k <= b.n_bids THEN 'bid' ELSE 'ask' END AS side,
-       e.price, e.quantity,
+       CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k - 1])
+            ELSE {raw_price} END AS price,
+       CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k])
+            ELSE {raw_qty} END AS quantity,
        CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
        b.checksum::bigint & 4294967295 AS checksum,
-       (SELECT c.name FROM krakenbook_collectors c WHERE c.id = b.collector_id) AS collector,
+       krakenbook_collector_name(b.collector_id) AS collector,
        b.seq, (e.k - 1)::smallint AS ordinal
   FROM {source} b
   CROSS JOIN LATERAL (
-      SELECT (u.k + 1) / 2 AS k, krakenbook_dec(u.v) AS price,
-             krakenbook_dec(b.levels[u.k + 1]) AS quantity
-        FROM unnest(b.levels) WITH ORDINALITY u(v, k)
-       WHERE u.k % 2 = 1
-      UNION ALL
-      SELECT l.k, (l.v ->> 'price')::numeric, (l.v ->> 'qty')::numeric
-        FROM unnest(ARRAY(SELECT jsonb_array_elements(
-                 coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]')
-                 || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]'))))
-             WITH ORDINALITY l(v, k)
-       WHERE b.levels IS NULL) e"
+      SELECT unnest(CASE WHEN b.levels IS NULL THEN krakenbook_raw_ordinals(b.raw)
+                         WHEN cardinality(b.levels) <= {twice}
+                         THEN ('{{{inline}}}'::integer[])[1:cardinality(b.levels) / 2]
+                         ELSE krakenbook_ordinals(cardinality(b.levels) / 2) END) AS k) e",
+        twice = 2 * ORDINALS_INLINE,
     )
 }
 
@@ -121,9 +128,9 @@ SELECT {MESSAGE_COLUMNS} FROM krakenbook_other
 UNION ALL
 {book_messages}{legacy_messages};
 
--- Each book row joined to its levels (prices at odd positions of levels; a row whose values do
--- not fit dec64 has them in raw only). One join, not a UNION ALL: ORDER BY timestamp ... LIMIT
--- walks the time index.
+-- Each book row joined to its levels' ordinals (prices at odd positions of levels; a row whose
+-- values do not fit dec64 has them in raw only). One join, not a UNION ALL: ORDER BY timestamp
+-- ... LIMIT walks the time index.
 CREATE VIEW kraken_orderbook_entries AS
 {book_entries}{legacy_entries};
 

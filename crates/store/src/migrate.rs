@@ -25,7 +25,7 @@ use super::StoreError;
 use super::legacy::LegacyMove;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -77,6 +77,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "archive",
         sql: include_str!("migrations/0007_archive.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "views",
+        sql: include_str!("migrations/0008_views.sql"),
     },
 ];
 

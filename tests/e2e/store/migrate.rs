@@ -49,7 +49,7 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            7,
+            8,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
@@ -57,7 +57,8 @@ async fn migrating_twice_is_a_no_op() {
                 (4, "connections"),
                 (5, "collector_state"),
                 (6, "layout"),
-                (7, "archive")
+                (7, "archive"),
+                (8, "views")
             ]
         )
     );
@@ -83,7 +84,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (7, 0));
+    assert_eq!((second.from_version, second.applied.len()), (8, 0));
     assert_eq!((second.legacy, second.legacy_remains), (None, false));
     assert_eq!(schema_snapshot(&client).await, before);
 }
@@ -108,11 +109,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 7, "exactly one process applies each migration");
+    assert_eq!(applied, 8, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        7
+        8
     );
 }
 
@@ -244,7 +245,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (4, "connections"),
             (5, "collector_state"),
             (6, "layout"),
-            (7, "archive")
+            (7, "archive"),
+            (8, "views")
         ]
     );
     let moved = report.legacy.clone().expect("the legacy rows moved");
@@ -545,6 +547,82 @@ async fn the_readme_queries_that_order_by_time_walk_an_index_through_the_views()
     }
 }
 
+/// The views' collector name is an array the planner inlines, written again whenever a collector
+/// registers: a plan made before a collector registered (a prepared statement) names its rows
+/// after; and the entries view lists a message of more levels than its inline ordinals (256)
+/// through `krakenbook_ordinals`, every level once, in wire order, with the frame the messages
+/// view rebuilds for it.
+#[tokio::test]
+async fn the_views_name_collectors_registered_after_planning_and_list_messages_of_any_depth() {
+    let (_db, client) = migrated_db().await;
+    let by_collector = client
+        .prepare("SELECT collector, count(*) FROM kraken_orderbook_messages GROUP BY 1 ORDER BY 1")
+        .await
+        .unwrap();
+    assert!(client.query(&by_collector, &[]).await.unwrap().is_empty());
+    // 300 bids and 10 asks: price k, quantity 0.5 (dec64: mantissa * 32 + scale).
+    client
+        .batch_execute(
+            "INSERT INTO krakenbook_book (\"timestamp\", received_at, seq, conn_id, collector_id,
+                 n_bids, kind, symbol, checksum, levels)
+             SELECT '2026-01-02T03:04:05.678901Z', '2026-01-02T03:04:05.7Z', 42, 1,
+                    krakenbook_collector_id('late'), 300, 's', 'DEEP/USD', 7,
+                    array_agg(v ORDER BY k, w)
+               FROM generate_series(1, 310) k,
+                    LATERAL (VALUES (1, k::bigint * 32), (2, 5 * 32 + 1)) l(w, v)",
+        )
+        .await
+        .unwrap();
+    let named: Vec<(Option<String>, i64)> = client
+        .query(&by_collector, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(named, [(Some("late".to_owned()), 1)]);
+
+    let levels = simple_rows(
+        &client,
+        "SELECT ordinal, side, price, quantity, collector FROM kraken_orderbook_entries
+          WHERE symbol = 'DEEP/USD' ORDER BY ordinal",
+    )
+    .await;
+    assert_eq!(levels.len(), 310);
+    for (i, row) in levels.iter().enumerate() {
+        let side = if i < 300 { "bid" } else { "ask" };
+        let want = [
+            i.to_string(),
+            side.to_owned(),
+            (i + 1).to_string(),
+            "0.5".to_owned(),
+            "late".to_owned(),
+        ];
+        assert_eq!(row, &want.map(Some).to_vec());
+    }
+    let frame: serde_json::Value = serde_json::from_str(
+        &simple_rows(
+            &client,
+            "SELECT raw_message FROM kraken_orderbook_messages WHERE symbol = 'DEEP/USD'",
+        )
+        .await[0][0]
+            .clone()
+            .unwrap(),
+    )
+    .unwrap();
+    let data = &frame["data"][0];
+    assert_eq!(data["bids"].as_array().unwrap().len(), 300);
+    assert_eq!(data["asks"][9].to_string(), r#"{"price":310,"qty":0.5}"#);
+    assert_eq!(
+        (&frame["type"], &data["checksum"], &data["timestamp"]),
+        (
+            &serde_json::json!("snapshot"),
+            &serde_json::json!(7),
+            &serde_json::json!("2026-01-02T03:04:05.678901Z")
+        )
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Moving a database written by the version-5 layout into the new tables.
 
@@ -761,7 +839,10 @@ async fn a_database_written_by_the_version_5_layout_moves_chunk_by_chunk_and_rea
     let report = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.applied, vec![(6, "layout"), (7, "archive")]);
+    assert_eq!(
+        report.applied,
+        vec![(6, "layout"), (7, "archive"), (8, "views")]
+    );
     let moved = report.legacy.clone().expect("legacy rows moved");
     assert_eq!(
         (moved.pending, moved.ranges),
@@ -1277,14 +1358,14 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 7"),
+        stdout.contains("schema migrated from version 0 to 8"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout2.contains("schema already at version 7"), "{stdout2}");
+    assert!(stdout2.contains("schema already at version 8"), "{stdout2}");
     assert!(!stdout2.contains("legacy"), "nothing to move: {stdout2}");
     for text in [
         &stdout,
@@ -1306,11 +1387,11 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 5 to 7 (applied 6 (layout), 7 (archive))")
-            && stdout.contains(
-                "legacy rows moved: 7 of 7 range(s), 7 messages (5 book, 2 other), 7 levels in "
-            )
-            && stdout.contains(" messages/s)"),
+        stdout.contains(
+            "schema migrated from version 5 to 8 (applied 6 (layout), 7 (archive), 8 (views))"
+        ) && stdout.contains(
+            "legacy rows moved: 7 of 7 range(s), 7 messages (5 book, 2 other), 7 levels in "
+        ) && stdout.contains(" messages/s)"),
         "{stdout}"
     );
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -1325,7 +1406,7 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     let again = run(&["migrate", "--database-url", &db.url]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("schema already at version 7") && !stdout.contains("legacy"),
+        stdout.contains("schema already at version 8") && !stdout.contains("legacy"),
         "{stdout}"
     );
 }
