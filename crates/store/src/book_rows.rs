@@ -17,7 +17,6 @@
 //!   `krakenbook_copies`, and a copy's seq is within [`DUP_SEQ_REACH`] of its row's.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use bytes::{BufMut, BytesMut};
 
@@ -239,12 +238,12 @@ impl BookRow {
     }
 
     fn key(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.symbol.hash(&mut h);
-        self.timestamp.pg_micros().hash(&mut h);
-        self.checksum.hash(&mut h);
-        self.levels.hash(&mut h);
-        h.finish()
+        KEY_HASH.hash_one((
+            &self.symbol,
+            self.timestamp.pg_micros(),
+            self.checksum,
+            &self.levels,
+        ))
     }
 
     fn has_conn(&self, conn_id: i64) -> bool {
@@ -256,6 +255,20 @@ impl BookRow {
     }
 }
 
+/// The hash a row's identity is looked up by (in one process only: a lookup, never stored).
+/// aHash, not the standard library's SipHash: every book row of every batch is hashed over its
+/// levels, and the rows come from the collector's own journal (no adversary picks the keys to
+/// collide; a collision costs a full comparison, never a wrong merge).
+static KEY_HASH: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x6b72_616b_656e_626f,
+    0x6f6b_2062_6f6f_6b20,
+    0x726f_7773_206b_6579,
+    0x2068_6173_6820_2020,
+);
+
+/// Map hasher for keys that are already hashes (row keys, CRC-32s).
+type Fast = std::hash::BuildHasherDefault<ahash::AHasher>;
+
 /// How many rows stay held for later copies to join them: older rows are encoded as they age out
 /// (so the COPY streams while the batch is encoded), and a copy arriving after its first copy
 /// aged out is a row of its own. Copies on redundant connections arrive a few frames apart.
@@ -264,6 +277,16 @@ pub const MERGE_WINDOW: usize = 4096;
 /// The longest frame whose bytes are held to recognise its later copies without decoding them
 /// (Kraken's updates are a few hundred bytes; snapshots, rarely copied, stay on the slow path).
 pub const COPY_BYTES_MAX: usize = 4096;
+
+/// What [`BookRows::push_copy_bytes`] learned of a frame that is not a held row's copy: its
+/// CRC-32 when computed, for [`BookRows::push_frame`] of the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hashed(Option<u32>);
+
+impl Hashed {
+    /// Nothing computed yet (a frame `push_copy_bytes` was not asked about).
+    pub const NONE: Hashed = Hashed(None);
+}
 
 /// The book rows of one batch, merging copies.
 #[derive(Debug, Default)]
@@ -275,9 +298,9 @@ pub struct BookRows {
     sources: std::collections::VecDeque<Option<(u32, Box<[u8]>)>>,
     /// The absolute index of `rows[0]` since the last clear.
     base: usize,
-    latest: HashMap<u64, usize>,
+    latest: HashMap<u64, usize, Fast>,
     /// The latest row (absolute index) whose source has that CRC-32.
-    by_crc: HashMap<u32, usize>,
+    by_crc: HashMap<u32, usize, Fast>,
     /// Whether [`BookRows::push_frame`] keeps frames' bytes: only after a batch that merged a
     /// copy (a collector with redundant connections), so a single connection's batches pay no
     /// hashing or copying for copies that never come.
@@ -320,40 +343,54 @@ impl BookRows {
         seq: i64,
         checksum_ok: Option<bool>,
         received_at: Timestamp,
-    ) -> Option<Timestamp> {
+    ) -> Result<Timestamp, Hashed> {
         if bytes.len() > COPY_BYTES_MAX || self.by_crc.is_empty() {
-            return None;
+            return Err(Hashed(None));
         }
         let crc = crc32fast::hash(bytes);
-        let i = self.by_crc.get(&crc)?.checked_sub(self.base)?;
-        match self.sources.get(i)? {
-            Some((c, held)) if *c == crc && **held == *bytes => {}
-            _ => return None,
+        let miss = Err(Hashed(Some(crc)));
+        let Some(i) = self
+            .by_crc
+            .get(&crc)
+            .and_then(|abs| abs.checked_sub(self.base))
+        else {
+            return miss;
+        };
+        match self.sources.get(i) {
+            Some(Some((c, held))) if *c == crc && **held == *bytes => {}
+            _ => return miss,
         }
-        let first = self.rows.get_mut(i)?;
+        let Some(first) = self.rows.get_mut(i) else {
+            return miss;
+        };
         if first.raw.is_some() || first.has_conn(conn_id) {
-            return None;
+            return miss;
         }
-        let d = pack_dup(
+        let Some(d) = pack_dup(
             conn_id - first.conn_id,
             seq - first.seq,
             checksum_ok,
             received_at.pg_micros() - first.received_at.pg_micros(),
-        )?;
+        ) else {
+            return miss;
+        };
         first.dups.push(d);
         self.merged += 1;
-        Some(first.timestamp)
+        Ok(first.timestamp)
     }
 
     /// [`BookRows::push`], keeping the frame's bytes (when short) so that later byte-identical
-    /// copies are recognised by [`BookRows::push_copy_bytes`].
-    pub fn push_frame(&mut self, row: BookRow, bytes: &[u8]) -> bool {
+    /// copies are recognised by [`BookRows::push_copy_bytes`]. `hashed` is what
+    /// `push_copy_bytes` answered for these same bytes (their CRC-32 when it computed one, so
+    /// it is not computed twice).
+    pub fn push_frame(&mut self, row: BookRow, bytes: &[u8], hashed: Hashed) -> bool {
         let keep = self.keep_bytes && row.raw.is_none() && bytes.len() <= COPY_BYTES_MAX;
         if self.push(row) {
             return true;
         }
         if keep {
-            let crc = crc32fast::hash(bytes);
+            let crc = hashed.0.unwrap_or_else(|| crc32fast::hash(bytes));
+            debug_assert_eq!(crc, crc32fast::hash(bytes), "a hash of other bytes");
             let abs = self.base + self.rows.len() - 1;
             self.by_crc.insert(crc, abs);
             if let Some(last) = self.sources.back_mut() {
@@ -604,25 +641,28 @@ mod tests {
         let at = |seq: i64| Timestamp::from_unix_nanos(1_000 * seq);
         let mut rows = BookRows::default();
         // A batch without copies: no bytes kept, none in the next batch either.
-        assert!(!rows.push_frame(row(1, 1, 6), &frame(6)));
+        assert!(!rows.push_frame(row(1, 1, 6), &frame(6), Hashed::NONE));
         assert!(rows.by_crc.is_empty());
         rows.clear();
-        assert!(!rows.push_frame(row(1, 1, 6), &frame(6)));
+        assert!(!rows.push_frame(row(1, 1, 6), &frame(6), Hashed::NONE));
         assert_eq!(
-            rows.push_copy_bytes(&frame(6), 2, 2, Some(true), at(2)),
+            rows.push_copy_bytes(&frame(6), 2, 2, Some(true), at(2))
+                .ok(),
             None
         );
         // A batch that merged a copy (decoded): the next one keeps bytes.
         assert!(rows.push(row(2, 2, 6)));
         rows.clear();
         assert_eq!(
-            rows.push_copy_bytes(&frame(7), 2, 2, Some(true), at(2)),
+            rows.push_copy_bytes(&frame(7), 2, 2, Some(true), at(2))
+                .ok(),
             None
         );
-        assert!(!rows.push_frame(row(1, 1, 7), &frame(7)));
+        assert!(!rows.push_frame(row(1, 1, 7), &frame(7), Hashed::NONE));
         // Same bytes on another connection: merged, with its own verdict and receipt.
         assert_eq!(
-            rows.push_copy_bytes(&frame(7), 2, 2, Some(false), at(2)),
+            rows.push_copy_bytes(&frame(7), 2, 2, Some(false), at(2))
+                .ok(),
             Some(row(1, 1, 7).timestamp)
         );
         assert_eq!(rows.merged, 1);
@@ -637,33 +677,42 @@ mod tests {
         );
         // The same connection again, or other bytes: not recognised (decode it).
         assert_eq!(
-            rows.push_copy_bytes(&frame(7), 1, 3, Some(true), at(3)),
+            rows.push_copy_bytes(&frame(7), 1, 3, Some(true), at(3))
+                .ok(),
             None
         );
         assert_eq!(
-            rows.push_copy_bytes(&frame(7), 2, 3, Some(true), at(3)),
+            rows.push_copy_bytes(&frame(7), 2, 3, Some(true), at(3))
+                .ok(),
             None
         );
+        // A miss carries the bytes' CRC-32 to push_frame (computed once).
         assert_eq!(
             rows.push_copy_bytes(&frame(8), 3, 3, Some(true), at(3)),
-            None
+            Err(Hashed(Some(crc32fast::hash(&frame(8)))))
         );
         // A row kept with its frame is never merged, by bytes or decoded.
         let mut raw = row(4, 1, 9);
         raw.raw = Some("{}".to_owned());
-        assert!(!rows.push_frame(raw, &frame(9)));
+        assert!(!rows.push_frame(raw, &frame(9), Hashed::NONE));
         assert_eq!(
-            rows.push_copy_bytes(&frame(9), 2, 5, Some(true), at(5)),
+            rows.push_copy_bytes(&frame(9), 2, 5, Some(true), at(5))
+                .ok(),
             None
         );
         // Aged out: its bytes are forgotten with it.
         for i in 0..MERGE_WINDOW as i64 {
-            rows.push_frame(row(10 + i, 1, 100 + i as u32), &frame(100 + i as u32));
+            rows.push_frame(
+                row(10 + i, 1, 100 + i as u32),
+                &frame(100 + i as u32),
+                Hashed::NONE,
+            );
         }
         let mut b = BytesMut::new();
         assert_eq!(rows.encode_aged(1, &mut b), 2);
         assert_eq!(
-            rows.push_copy_bytes(&frame(7), 3, 9_000, Some(true), at(9_000)),
+            rows.push_copy_bytes(&frame(7), 3, 9_000, Some(true), at(9_000))
+                .ok(),
             None
         );
         assert!(rows.by_crc.len() <= MERGE_WINDOW, "{}", rows.by_crc.len());
@@ -671,6 +720,7 @@ mod tests {
         let last = 100 + MERGE_WINDOW as u32 - 1;
         assert!(
             rows.push_copy_bytes(&frame(last), 2, 9_001, Some(true), at(9_001))
+                .ok()
                 .is_some()
         );
         rows.encode(1, &mut b);

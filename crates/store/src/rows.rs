@@ -541,16 +541,19 @@ impl RowEncoder {
     fn push_frame(&mut self, ids: &Ids, frame: &FrameRecord) -> Option<Timestamp> {
         // A copy of a book message received on another connection, byte for byte: merged with
         // its first copy without decoding it again (redundancy's cost).
-        if let Some(kraken_time) = self.book_rows.push_copy_bytes(
+        let hashed = match self.book_rows.push_copy_bytes(
             &frame.bytes,
             ids.conn_id,
             ids.seq,
             frame.checksum_ok,
             ids.received_at,
         ) {
-            self.counts.copies += 1;
-            return Some(kraken_time);
-        }
+            Ok(kraken_time) => {
+                self.counts.copies += 1;
+                return Some(kraken_time);
+            }
+            Err(hashed) => hashed,
+        };
         let Ok(text) = std::str::from_utf8(&frame.bytes) else {
             // Not text at all: kept byte for byte.
             let row = MessageRow::malformed(ids, "unknown", Raw::Bytes(&frame.bytes));
@@ -568,7 +571,7 @@ impl RowEncoder {
                 match self.book_row(ids, frame, text, &book) {
                     Some(row) => {
                         let levels = row.levels.as_ref().map_or(0, |l| l.len() as u64 / 2);
-                        if self.book_rows.push_frame(row, &frame.bytes) {
+                        if self.book_rows.push_frame(row, &frame.bytes, hashed) {
                             self.counts.copies += 1;
                         } else {
                             self.counts.messages += 1;
