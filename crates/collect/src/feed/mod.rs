@@ -15,8 +15,8 @@
 //!   socket is out of the reactor, [`polled`], so an arrival wakes nothing and one wake-up reads
 //!   every connection), takes every frame already buffered in one go, and the
 //!   journal entries of all connections go to the journal in batches ([`outbox`]: at most 1.5 ×
-//!   [`FeedConfig::handoff_every`] late in a busy feed, 6.5 × in a trickle, before any request a
-//!   frame causes, and all of them at shutdown);
+//!   [`FeedConfig::handoff_every`] late in a busy feed, about [`outbox::PATIENCE`] in a trickle,
+//!   before any request a frame causes, and all of them at shutdown);
 //!   a full journal queue stops the reader (back-pressure reaches the socket, never memory);
 //! - a checksum mismatch marks the symbol unsynced, records a `checksum_mismatch` event (the gap
 //!   begins), and resubscribes the symbol once per episode, paced by a limiter shared by all
@@ -130,7 +130,7 @@ pub struct FeedConfig {
     pub book_state_every: u64,
     /// The period of the grid on which connections hand their journal entries to the journal
     /// ([`outbox`]: an entry waits at most 1.5 × this in a busy feed, and a batch under
-    /// [`outbox::EAGER_BYTES`] up to [`outbox::PATIENCE`] periods more; zero: at the end of each
+    /// [`outbox::EAGER_BYTES`] up to [`outbox::PATIENCE`]; zero: at the end of each
     /// wake-up). Longer
     /// means fewer wake-ups of the journal and the database pipeline per frame, and more frames
     /// a crash of the process (not a stop) can take before they reach the journal.

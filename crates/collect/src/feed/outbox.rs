@@ -7,13 +7,15 @@
 //!   journal's), and one hand-off runs at a time: a later one never overtakes an earlier one
 //!   still waiting for room in the journal's queue;
 //! - a batch holding [`EAGER_BYTES`] or more is due at the next tick, after its first entry, of a
-//!   grid of period [`super::FeedConfig::handoff_every`]; a smaller one (a trickle of frames:
-//!   each hand-off wakes the journal thread, whose wake-up costs more than writing a few frames)
-//!   waits for the tick [`PATIENCE`] periods after its first entry, unless it grows to
+//!   grid of period [`super::FeedConfig::handoff_every`] (a whole number of read periods,
+//!   [`super::handoff_grid`]); a smaller one (a trickle of frames: each hand-off wakes the
+//!   journal thread, whose wake-up costs more than writing a few frames) waits for the first
+//!   tick at least [`PATIENCE`] after its first entry less one period, unless it grows to
 //!   `EAGER_BYTES` first. A due batch is handed off by the first connection that wakes from then
-//!   on (its read tick: a steady feed needs no wake-up of its own for it), and by the outbox's
-//!   timer half a period later at the latest, so an entry waits at most 1.5 × `handoff_every`
-//!   in a busy feed and `PATIENCE` + 1.5 periods in a trickle;
+//!   on (on its read tick), and by the outbox's timer ([`Grid::slack`] later: none when reads
+//!   are on a tick, half a period when they are on arrival), so an entry waits at most one
+//!   period (1.5 on arrival) in a busy feed and about `PATIENCE` (plus half a period) in a
+//!   trickle;
 //! - the outbox is bounded: at [`MAX_ENTRIES`] entries or [`MAX_BYTES`] bytes the connection that
 //!   filled it hands it off before it reads on, and a hand-off waits for room in the journal's
 //!   bounded queue, so a slow journal stops the readers (back-pressure reaches the sockets, never
@@ -23,9 +25,10 @@
 //!   shutdown.
 //!
 //! What is at stake: entries in the outbox, like those in the journal's queue and buffer, are
-//! lost if the process dies (not if it is stopped: shutdown drains). The window is 1.5 ×
-//! `handoff_every` in a busy feed and (`PATIENCE` + 1.5) × `handoff_every` in a trickle (110 ms
-//! at the default period), plus the journal's [`crate::journal::FLUSH_EVERY`]. A connection
+//! lost if the process dies (not if it is stopped: shutdown drains). The window is one
+//! `handoff_every` in a busy feed and `PATIENCE` in a trickle (20 ms and 100 ms at the defaults;
+//! half a period more when reads are on arrival), plus the journal's
+//! [`crate::journal::FLUSH_EVERY`]. A connection
 //! that dies with the process loses its socket's unread bytes too: either way the record shows a
 //! gap that ends when the restarted collector's snapshots arrive.
 //!
@@ -48,11 +51,12 @@ pub const MAX_ENTRIES: usize = 1024;
 /// An outbox holding this many bytes of frames is handed off at once.
 pub const MAX_BYTES: usize = 256 << 10;
 /// A batch holding this many bytes goes at the next tick of the hand-off grid; a smaller one
-/// waits up to [`PATIENCE`] periods (see the module doc). 32 KiB is about 20 ms of a feed of
+/// waits up to [`PATIENCE`] (see the module doc). 32 KiB is about 20 ms of a feed of
 /// 10,000 messages a second, and half a second of one of 300.
 pub const EAGER_BYTES: usize = 32 << 10;
-/// How many hand-off periods a batch under [`EAGER_BYTES`] may wait after its first entry.
-pub const PATIENCE: u32 = 5;
+/// How long a batch under [`EAGER_BYTES`] may wait after its first entry (rounded to the grid:
+/// with a hand-off period this long or longer, it goes at the next tick like any batch).
+pub const PATIENCE: Duration = Duration::from_millis(100);
 
 /// The next tick of the grid of period `every` that starts at `epoch`, strictly after `now`
 /// (`now` itself when `every` is zero: no waiting).
@@ -100,7 +104,8 @@ pub struct Outbox {
     bytes: usize,
     /// The tick after the first entry: when a batch of [`EAGER_BYTES`] is due.
     due: Option<Instant>,
-    /// The tick [`PATIENCE`] periods after the first entry: when any batch is due.
+    /// The first tick at least [`PATIENCE`] less a period after the first entry: when any batch
+    /// is due.
     latest: Option<Instant>,
     grid: Grid,
     epoch: Instant,
@@ -124,7 +129,12 @@ impl Outbox {
         if self.due.is_none() {
             let every = self.grid.every;
             self.due = Some(next_tick(self.epoch, every, now));
-            let patient = now + every * PATIENCE.saturating_sub(1);
+            // A zero period hands everything off at once: no patience either.
+            let patient = if every.is_zero() {
+                now
+            } else {
+                now + PATIENCE.saturating_sub(every)
+            };
             self.latest = Some(next_tick(self.epoch, every, patient));
         }
         self.bytes += entry_bytes(&entry);
@@ -414,14 +424,14 @@ mod tests {
         assert!(at_once.is_due(epoch + 3 * MS));
     }
 
-    /// A trickle of small frames is handed off every `PATIENCE` periods, not every period (each
+    /// A trickle of small frames is handed off every `PATIENCE` (100 ms), not every period (each
     /// hand-off is a wake-up of the journal thread); once the batch holds `EAGER_BYTES` it goes
     /// at the next tick, as a busy feed's does.
     #[tokio::test(start_paused = true)]
-    async fn a_small_batch_waits_patience_periods_unless_it_grows_eager() {
+    async fn a_small_batch_waits_its_patience_unless_it_grows_eager() {
         let epoch = Instant::now();
         // (period, first entry at, small batch due at), in ms from epoch.
-        let cases: [(u32, u32, u32, &str); 3] = [
+        let cases: [(u32, u32, u32, &str); 6] = [
             (20, 0, 100, "at the epoch: the fifth tick"),
             (
                 20,
@@ -430,6 +440,14 @@ mod tests {
                 "between ticks: four periods on, then the next tick",
             ),
             (20, 20, 120, "on a tick"),
+            (30, 3, 90, "another period: the first tick 70 ms on"),
+            (
+                100,
+                3,
+                100,
+                "a period as long as the patience: the next tick",
+            ),
+            (250, 3, 250, "a longer period: the next tick"),
         ];
         for (every, at, due, what) in cases {
             let mut outbox = Outbox::new(Grid::new(every * MS, every * MS / 2), epoch);
@@ -443,11 +461,12 @@ mod tests {
                 Some(epoch + (due + every / 2) * MS),
                 "{what}"
             );
-            // It grows eager: due at the tick after its first entry, already past.
+            // It grows eager: due at the tick after its first entry (already past when the
+            // period is short).
             outbox.push(frame(3, EAGER_BYTES), epoch + (at + 31) * MS);
             let tick = next_tick(epoch, every * MS, epoch + at * MS);
             assert_eq!(outbox.due(), Some(tick), "{what}");
-            assert!(outbox.is_due(epoch + (at + 31) * MS), "{what}");
+            assert!(outbox.is_due(tick.max(epoch + (at + 31) * MS)), "{what}");
             outbox.take();
             assert_eq!(outbox.due(), None, "{what}: taken");
         }
@@ -529,7 +548,7 @@ mod tests {
     }
 
     /// A batch no connection hands off (no frame came after its tick) goes at its deadline,
-    /// half a period after its tick, and not before; a small one at the tick `PATIENCE` periods
+    /// half a period after its tick, and not before; a small one at the tick `PATIENCE`
     /// on, an eager one at the next tick; a batch that grows eager while the timer waits moves
     /// the timer earlier.
     #[tokio::test(start_paused = true)]
