@@ -312,13 +312,18 @@ async fn replay_verify_cross_checks_two_collectors_and_reports_a_level_tampered_
 
     // A's snapshot of BTC/USD after its downtime (B was running): its 15th bid's quantity, +1
     // (in levels, the one stored copy of it; dec64 is mantissa * 32 + scale, so one unit is
-    // 32 * 10^scale).
+    // 32 * 10^scale). A's last snapshot at least a second before B's last message: A may have
+    // resynced later (a loaded machine), close to where B stops and nothing follows to compare.
     let client = connect(&rec.url).await;
     let seq: i64 = client
         .query_one(
             "SELECT seq FROM krakenbook_book
               WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = 'A')
                 AND symbol = 'BTC/USD' AND kind = 's' AND n_bids > 14
+                AND \"timestamp\" < (
+                    SELECT max(\"timestamp\") - interval '1 second' FROM krakenbook_book
+                     WHERE collector_id = (SELECT id FROM krakenbook_collectors WHERE name = 'B')
+                       AND symbol = 'BTC/USD')
               ORDER BY seq DESC LIMIT 1",
             &[],
         )
