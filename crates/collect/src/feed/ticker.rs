@@ -56,12 +56,14 @@ impl Ticker {
         // The grid's next tick on the kernel's monotonic clock (the clock `Instant` reads).
         let now = Instant::now();
         let kernel_now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let first = plus(kernel_now, next_tick(epoch, period, now) - now);
+        let first = kernel_now
+            .checked_add(timespec(next_tick(epoch, period, now) - now)?)
+            .ok_or_else(|| io::Error::other("the read tick's first expiry overflows the clock"))?;
         timerfd_settime(
             &fd,
             TimerfdTimerFlags::ABSTIME,
             &Itimerspec {
-                it_interval: timespec(period),
+                it_interval: timespec(period)?,
                 it_value: first,
             },
         )?;
@@ -108,23 +110,13 @@ impl Ticker {
     }
 }
 
-fn timespec(d: Duration) -> Timespec {
-    Timespec {
-        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(d.subsec_nanos()),
-    }
-}
-
-fn plus(t: Timespec, d: Duration) -> Timespec {
-    let nanos = i128::from(t.tv_nsec) + i128::from(d.subsec_nanos());
-    let carry = i64::try_from(nanos / 1_000_000_000).unwrap_or(0);
-    Timespec {
-        tv_sec: t
-            .tv_sec
-            .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .saturating_add(carry),
-        tv_nsec: i64::try_from(nanos % 1_000_000_000).unwrap_or(0),
-    }
+fn timespec(d: Duration) -> io::Result<Timespec> {
+    Timespec::try_from(d).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{d:?} does not fit the kernel's clock"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -144,16 +136,18 @@ mod tests {
             (Duration::ZERO, (5, 900_000_000)),
         ];
         for (d, (sec, nsec)) in cases {
-            let sum = plus(t, d);
+            let sum = t.checked_add(timespec(d).unwrap()).unwrap();
             assert_eq!((sum.tv_sec, sum.tv_nsec), (sec, nsec), "{d:?}");
         }
         assert_eq!(
-            timespec(Duration::from_millis(2_010)),
+            timespec(Duration::from_millis(2_010)).unwrap(),
             Timespec {
                 tv_sec: 2,
                 tv_nsec: 10_000_000
             }
         );
+        let err = timespec(Duration::MAX).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     /// The ticker counts expirations on the grid: the first not before the grid's next tick,
