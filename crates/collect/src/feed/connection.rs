@@ -760,6 +760,64 @@ mod tests {
         }
     }
 
+    /// A connection reading on a tick waits for the feed thread's ticker when one runs, and
+    /// falls back to an interval of its own on the same grid when none does (no kernel timer
+    /// could be made); one reading on arrival has no read tick at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_reads_on_the_ticker_or_on_its_own_interval_on_the_same_grid() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal = crate::journal::spawn_journal(
+            crate::journal::JournalConfig::new(dir.path()),
+            64,
+            None,
+            cancel.clone(),
+        )
+        .unwrap();
+        let mut config = FeedConfig::new(
+            url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
+            kraken::Depth::default(),
+        );
+        config.read_every = Duration::from_millis(10);
+        let shared = FeedShared::new(
+            config,
+            journal.sender.clone(),
+            Arc::new(crate::metrics::Metrics::default()),
+            0,
+        );
+        let step = Duration::from_millis(10);
+        let pending = |clock: &mut ReadClock| clock.next().now_or_never().is_none();
+
+        // No ticker: an interval on the epoch's grid.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let mut own = ReadClock::new(&shared, true);
+        assert!(matches!(own, ReadClock::Interval(_)));
+        assert!(pending(&mut own), "not before the grid's next tick");
+        tokio::time::sleep_until(shared.epoch + step).await;
+        own.next().await;
+        assert_eq!(Instant::now(), shared.epoch + step, "on the grid");
+
+        // A ticker: the ticks it counts, and nothing else.
+        shared
+            .ticker_running
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut ticked = ReadClock::new(&shared, true);
+        assert!(matches!(ticked, ReadClock::Ticks(_)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pending(&mut ticked), "no tick counted, no read");
+        shared.ticks.send_modify(|n| *n += 3);
+        assert!(!pending(&mut ticked), "a count that moved, one read");
+        assert!(pending(&mut ticked), "and not three");
+
+        // Reading on arrival: never a read tick.
+        let mut never = ReadClock::new(&shared, false);
+        assert!(matches!(never, ReadClock::Never));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(pending(&mut never));
+        cancel.cancel();
+        journal.join().await.unwrap();
+    }
+
     #[test]
     fn the_socket_refuses_frames_over_the_cap_from_their_header() {
         let config = socket_config(1 << 20);
