@@ -1149,6 +1149,26 @@ mod tests {
         }
     }
 
+    /// A live journal in a scratch directory holding frames 1 to 10, flushed.
+    async fn journal_of_ten() -> (
+        tempfile::TempDir,
+        CancellationToken,
+        crate::journal::JournalHandle,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal =
+            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
+        journal
+            .sender
+            .send_batch((1..=10).map(frame).collect())
+            .await
+            .unwrap();
+        let mut flushed = journal.flushed.clone();
+        flushed.wait_for(|f| *f >= 10).await.unwrap();
+        (dir, cancel, journal)
+    }
+
     fn seqs(items: &[Item]) -> Vec<u64> {
         items
             .iter()
@@ -1164,17 +1184,7 @@ mod tests {
     /// past that position are read after the journal's next flush.
     #[tokio::test]
     async fn the_reader_reads_no_further_than_the_journal_has_flushed() {
-        let dir = tempfile::tempdir().unwrap();
-        let cancel = CancellationToken::new();
-        let journal =
-            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
-        journal
-            .sender
-            .send_batch((1..=10).map(frame).collect())
-            .await
-            .unwrap();
-        let mut flushed = journal.flushed.clone();
-        flushed.wait_for(|f| *f >= 10).await.unwrap();
+        let (dir, cancel, journal) = journal_of_ten().await;
 
         let (said, flushed) = watch::channel(6u64);
         let mut follower = Follower::open(dir.path().to_path_buf(), 0, flushed, None).unwrap();
@@ -1211,17 +1221,7 @@ mod tests {
     /// journal that closed must not leave it looking for more in a loop).
     #[tokio::test]
     async fn the_reader_follows_a_live_journal_a_chunk_at_a_time_and_ends_when_it_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let cancel = CancellationToken::new();
-        let journal =
-            spawn_journal(JournalConfig::new(dir.path()), 64, None, cancel.clone()).unwrap();
-        journal
-            .sender
-            .send_batch((1..=10).map(frame).collect())
-            .await
-            .unwrap();
-        let mut flushed = journal.flushed.clone();
-        flushed.wait_for(|f| *f >= 10).await.unwrap();
+        let (dir, cancel, journal) = journal_of_ten().await;
 
         let mut follower =
             Follower::open(dir.path().to_path_buf(), 0, journal.flushed.clone(), None).unwrap();
