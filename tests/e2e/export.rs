@@ -1275,6 +1275,90 @@ async fn export_snapshots_hold_the_verified_book_at_each_instant_and_skip_gaps()
     assert_parquet_matches_csv(&header, &rows, &names, &prows);
 }
 
+/// MINA/GBP never changes in the recording: every snapshot of it, the reconnection's too,
+/// carries the first one's Kraken timestamp. An export whose first instants fall after that
+/// timestamp but before the first connection's coverage begins (its snapshot's receipt) must not
+/// apply the reconnection's snapshot there: from the first covered instant to the drop, each
+/// row is the first connection's book, received then, never a receipt from after the drop.
+#[tokio::test]
+async fn a_quiet_pairs_reconnection_snapshot_waits_for_its_own_stream() {
+    let rec = recording().await;
+    let client = connect(&rec.url).await;
+    let cov = coverage_of(&client, rec, "MINA/GBP").await;
+    assert!(cov.streams.len() >= 2, "{cov:?}");
+    let (first, later) = (&cov.streams[0], &cov.streams[1]);
+    let span = &first.spans[0];
+    // Its snapshot: stamped before the span begins, received as it begins.
+    let (stamped, received): (Timestamp, Timestamp) = {
+        let row = client
+            .query_one(
+                "SELECT \"timestamp\", received_at FROM krakenbook_book
+                  WHERE symbol = 'MINA/GBP' AND seq = $1
+                    AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2)",
+                &[&span.start_seq, &rec.collector],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(stamped < span.start, "{stamped} {span:?}");
+    // The precondition: the later stream's snapshot is stamped the same (the pair is quiet).
+    let again: Timestamp = client
+        .query_one(
+            "SELECT \"timestamp\" FROM krakenbook_book
+              WHERE symbol = 'MINA/GBP' AND seq = $1
+                AND collector_id = (SELECT id FROM krakenbook_collectors WHERE name = $2)",
+            &[&later.spans[0].start_seq, &rec.collector],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, stamped);
+    // Every millisecond from the snapshot's stamp to 50 ms into the span: a few instants before
+    // coverage begins (skipped), then covered ones.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("quiet.csv");
+    let (f, tt) = (
+        stamped.to_string(),
+        span.start.add_nanos(50_000_000).to_string(),
+    );
+    let out = export_to(
+        rec,
+        &[
+            "--quiet",
+            "--kind",
+            "snapshots",
+            "--depth",
+            "10",
+            "--interval",
+            "1ms",
+            "--symbol",
+            "MINA/GBP",
+            "--from",
+            &f,
+            "--to",
+            &tt,
+        ],
+        &csv,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, rows) = read_csv(&csv);
+    assert!(rows.len() >= 45, "{}", rows.len());
+    for row in &rows {
+        assert!(micros(&row[2]) >= span.start.unix_micros() - 1, "{row:?}");
+        assert_eq!(
+            micros(&row[3]),
+            received.unix_micros(),
+            "{row:?}: the later stream's snapshot ({}) applied before its turn",
+            later.first_received
+        );
+    }
+}
+
 #[tokio::test]
 async fn export_messages_are_the_stored_messages_in_order() {
     let rec = recording().await;

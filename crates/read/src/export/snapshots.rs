@@ -182,9 +182,12 @@ impl Plan<'_> {
                 report.intervals += 1;
                 // The stream verified at `at` ends at this record: a later one (a reconnection's
                 // snapshot of a quiet pair carries an old Kraken timestamp) is not applied yet.
+                // In a gap, the stream the next verified instant follows: the one after the gap
+                // (a quiet pair's snapshot on it, stamped before the gap, waits for its turn
+                // rather than being applied at an instant of the stream before it).
                 let limit = book
                     .coverage
-                    .choose(at)
+                    .choose_from(at)
                     .map_or(i64::MAX, |(_, span)| span.last_seq);
                 book.advance_to(at, depth, limit).await?;
                 let Some(last) = book.last.filter(|l| l.verified) else {
