@@ -74,7 +74,7 @@ pub struct CollectArgs {
     /// Chunk interval of new hypertables (e.g. 1d, 6h) [default: 1d].
     #[arg(long, value_name = "DURATION", value_parser = super::migrate::chunk_interval)]
     pub chunk_interval: Option<String>,
-    /// Most records per database transaction [default: 2000].
+    /// Most records per database transaction [default: 10000].
     #[arg(long)]
     pub db_batch_size: Option<usize>,
     /// Longest a record waits for its database batch (e.g. 50ms, 200ms); a fast feed's batches

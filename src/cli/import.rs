@@ -32,7 +32,7 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub db: super::db::DbArgs,
     /// Most records per transaction.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 10_000)]
     pub batch: usize,
     /// No progress bar (for scripts and logs).
     #[arg(long)]

@@ -13,10 +13,11 @@ use clap::Args;
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 
+use krakenbook::journal::encoded_len;
 use krakenbook::kraken::{self, Frame};
 use krakenbook::record::Record;
 use krakenbook::store::{
-    self, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
+    self, BatchConfig, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
 };
 use krakenbook_testkit::{ClusterOptions, TempCluster, capture};
 
@@ -36,9 +37,14 @@ pub struct IngestArgs {
     /// Book messages to store (the BTC/USD captures, repeated as needed).
     #[arg(long, default_value = "100000", value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
     pub messages: u64,
-    /// Records per writer batch (the collector's flush-by-count size).
-    #[arg(long, default_value = "2000", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub batch: u64,
+    /// Records per writer batch at most (default: the collector's, `BatchConfig::max_records`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: Option<u64>,
+    /// Journal bytes per writer batch at most (default: the collector's,
+    /// `BatchConfig::max_bytes`): a batch ends at whichever limit it reaches first, as the
+    /// collector's batcher ends it under a backlog.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30), value_name = "BYTES")]
+    pub batch_bytes: Option<u64>,
     /// Rounds of (writer, COPY); the best of each is reported.
     #[arg(long, default_value = "2", value_parser = clap::value_parser!(u64).range(1..=20))]
     pub rounds: u64,
@@ -106,10 +112,19 @@ async fn measure(
     let fsync: String = client.query_one("SHOW fsync", &[]).await?.get(0);
     let messages = records.len() as u64;
     let rows = messages + levels;
+    let defaults = BatchConfig::default();
+    let (max_records, max_bytes) = (
+        args.batch.map_or(defaults.max_records, |n| n as usize),
+        args.batch_bytes.unwrap_or(defaults.max_bytes),
+    );
+    let batches = batches(records, max_records, max_bytes);
     println!(
         "bench ingest: {messages} BTC/USD book messages with {levels} levels ({rows} rows), \
-         batches of {}, {} round(s); database {} (fsync {fsync}); {} CPU(s)",
-        args.batch,
+         batches of at most {max_records} records or {} KiB of journal ({} batches, {:.0} records \
+         each on average), {} round(s); database {} (fsync {fsync}); {} CPU(s)",
+        max_bytes / 1024,
+        batches.len(),
+        messages as f64 / batches.len().max(1) as f64,
         args.rounds,
         target.redacted(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -138,9 +153,9 @@ async fn measure(
     for _ in 0..args.rounds {
         // The writer's own work, without a database: decode and encode, batch by batch.
         let start = Instant::now();
-        for batch in records.chunks(args.batch as usize) {
+        for batch in &batches {
             encoder.reset();
-            for r in batch {
+            for r in batch.iter() {
                 encoder.push(r)?;
                 let _ = encoder.take_book(128 * 1024);
             }
@@ -151,7 +166,7 @@ async fn measure(
         truncate(&client).await?;
         let mut writer = Writer::with_target(target.clone(), WriterConfig::new("bench"));
         let start = Instant::now();
-        for batch in records.chunks(args.batch as usize) {
+        for batch in &batches {
             writer.write_batch(batch).await?;
         }
         let t = start.elapsed();
@@ -184,7 +199,7 @@ async fn measure(
         "of which the writer's own decode + encode (no database):       {:>9.0} messages/s            ({:.2} s, {} batches)",
         rate(best_encode, messages),
         best_encode.as_secs_f64(),
-        messages.div_ceil(args.batch)
+        batches.len()
     );
     println!(
         "ratio writer/COPY: {:.2} (goal >= 0.75)",
@@ -248,6 +263,24 @@ fn bench_records(dir: &Path, n: u64) -> anyhow::Result<Vec<Record>> {
         round += 1;
     }
     Ok(out)
+}
+
+/// The records cut as the collector's batcher cuts them under a backlog: a batch ends when it
+/// holds `max_records` records or `max_bytes` journal bytes, whichever comes first.
+fn batches(records: &[Record], max_records: usize, max_bytes: u64) -> Vec<&[Record]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        bytes += encoded_len(r);
+        if i + 1 - start >= max_records.max(1) || bytes >= max_bytes.max(1) {
+            out.push(&records[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
 }
 
 fn count_levels(records: &[Record]) -> u64 {
