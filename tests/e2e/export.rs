@@ -1322,25 +1322,12 @@ async fn a_quiet_pairs_reconnection_snapshot_waits_for_its_own_stream() {
         stamped.to_string(),
         span.start.add_nanos(50_000_000).to_string(),
     );
-    let out = export_to(
-        rec,
-        &[
-            "--quiet",
-            "--kind",
-            "snapshots",
-            "--depth",
-            "10",
-            "--interval",
-            "1ms",
-            "--symbol",
-            "MINA/GBP",
-            "--from",
-            &f,
-            "--to",
-            &tt,
-        ],
-        &csv,
-    );
+    let mut args: Vec<&str> =
+        "--quiet --kind snapshots --depth 10 --interval 1ms --symbol MINA/GBP --from"
+            .split(' ')
+            .collect();
+    args.extend([f.as_str(), "--to", &tt]);
+    let out = export_to(rec, &args, &csv);
     assert!(
         out.status.success(),
         "{}",
