@@ -2,7 +2,9 @@
 //! shared, noisy machine.
 //!
 //! It times the store writer against plain binary COPY of the very same rows into the
-//! same tables: the writer's rate over COPY's is the figure of merit (goal: at least 0.75).
+//! same tables: the writer's rate over COPY's is the figure of merit (goal: at least 0.75). The
+//! writer runs as the collector's pipeline runs it: on a current-thread runtime of its own thread,
+//! with batches cut as the pipeline's batcher cuts them under a backlog.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,7 +92,20 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
             (DbTarget::parse(&url)?, Some(cluster), None)
         }
     };
-    let result = measure(&args, &target, &records, levels).await;
+    // The collector's database pipeline runs on a current-thread runtime of its own thread (its
+    // connection's I/O and the writer's encoding take turns there): so does the bench's writer.
+    let result = {
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the bench's runtime")?;
+            runtime.block_on(measure(&args, &target, &records, levels))
+        })
+        .await
+        .context("the bench's thread")?
+    };
     if let Some((admin, name)) = scratch
         && let Err(e) = admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

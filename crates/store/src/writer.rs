@@ -892,6 +892,12 @@ impl Writer {
                 if result.is_err() {
                     break;
                 }
+                // On the pipeline's current-thread runtime the connection's task writes the
+                // chunk to the socket only when this task lets it run: without a turn here the
+                // first chunks waited in the channel while the next were encoded, and the
+                // server sat idle. With it the server parses chunk k while chunk k + 1 is
+                // encoded (bench ingest: 0.78-0.89 of plain COPY against 0.72-0.81, alternated).
+                tokio::task::yield_now().await;
             }
         }
         let streams = encoder.finish();
