@@ -15,11 +15,11 @@ use clap::Args;
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 
-use krakenbook::journal::encoded_len;
+use krakenbook::journal::Item;
 use krakenbook::kraken::{self, Frame};
 use krakenbook::record::Record;
 use krakenbook::store::{
-    self, BatchConfig, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
+    self, BatchConfig, Batcher, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
 };
 use krakenbook_testkit::{ClusterOptions, TempCluster, capture};
 
@@ -280,16 +280,21 @@ fn bench_records(dir: &Path, n: u64) -> anyhow::Result<Vec<Record>> {
     Ok(out)
 }
 
-/// The records cut as the collector's batcher cuts them under a backlog: a batch ends when it
-/// holds `max_records` records or `max_bytes` journal bytes, whichever comes first.
+/// The records cut by the collector's own [`Batcher`] under a backlog: a batch ends when the
+/// batcher says it is full (`max_records` records or `max_bytes` journal bytes).
 fn batches(records: &[Record], max_records: usize, max_bytes: u64) -> Vec<&[Record]> {
+    let mut batcher = Batcher::new(BatchConfig {
+        max_records,
+        max_bytes,
+        ..BatchConfig::default()
+    });
     let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
+    let mut start = 0;
     for (i, r) in records.iter().enumerate() {
-        bytes += encoded_len(r);
-        if i + 1 - start >= max_records.max(1) || bytes >= max_bytes.max(1) {
+        if batcher.push(Item::Record(r.clone())) {
             out.push(&records[start..=i]);
-            (start, bytes) = (i + 1, 0);
+            start = i + 1;
+            batcher.clear();
         }
     }
     if start < records.len() {
