@@ -19,7 +19,8 @@ use krakenbook::journal::Item;
 use krakenbook::kraken::{self, Frame};
 use krakenbook::record::Record;
 use krakenbook::store::{
-    self, BatchConfig, Batcher, DbTarget, MigrateOptions, RowEncoder, Streams, Writer, WriterConfig, rows,
+    self, BatchConfig, Batcher, DbTarget, MigrateOptions, RowEncoder, Streams, Writer,
+    WriterConfig, rows,
 };
 use krakenbook_testkit::{ClusterOptions, TempCluster, capture};
 

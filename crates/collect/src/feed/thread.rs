@@ -18,6 +18,7 @@
 //! connection has handed its last entries to the journal and the runtime is gone.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -93,15 +94,16 @@ pub fn spawn_feed(
     })
 }
 
-/// The read tick's kernel timer, on the feed's runtime, when connections read on a tick; `None`
-/// (connections then keep a tokio interval each) when they read on arrival or the timer cannot
-/// be made (logged).
+/// The read tick's kernel timer, on the feed's runtime, when connections read on a tick (every
+/// `read_every`, whatever the hand-off period); `None` (connections then keep a tokio interval
+/// each) when they read on arrival or the timer cannot be made (logged).
 fn start_ticker(shared: &FeedShared) -> Option<super::ticker::Ticker> {
-    let grid = super::handoff_grid(shared.config.handoff_every, shared.config.read_every);
-    if grid.step.is_zero() {
+    let every = shared.config.read_every;
+    if every.is_zero() {
         return None;
     }
-    match super::ticker::Ticker::start(shared.epoch, grid.step) {
+    // The same period as a connection's own interval would have.
+    match super::ticker::Ticker::start(shared.epoch, every.max(Duration::from_millis(1))) {
         Ok(ticker) => {
             shared
                 .ticker_running
@@ -128,5 +130,55 @@ impl FeedThread {
         let _ = self.ended.await;
         // The thread has dropped its runtime and is returning: this does not wait long.
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::FeedConfig;
+
+    /// The read tick is a kernel timer whenever connections read on a tick, whatever the
+    /// hand-off period (a zero one hands off at the end of each wake-up, and still reads on the
+    /// tick); reading on arrival there is none.
+    #[tokio::test]
+    async fn the_ticker_runs_whenever_reads_are_on_a_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let journal = crate::journal::spawn_journal(
+            crate::journal::JournalConfig::new(dir.path()),
+            64,
+            None,
+            cancel.clone(),
+        )
+        .unwrap();
+        let shared = |read_every: u64, handoff_every: u64| {
+            let mut config = FeedConfig::new(
+                url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
+                crate::kraken::Depth::default(),
+            );
+            config.read_every = Duration::from_millis(read_every);
+            config.handoff_every = Duration::from_millis(handoff_every);
+            FeedShared::new(
+                config,
+                journal.sender.clone(),
+                Arc::new(crate::metrics::Metrics::default()),
+                0,
+            )
+        };
+        for (read, handoff) in [(10, 20), (10, 0), (30, 20)] {
+            let s = shared(read, handoff);
+            assert!(s.read_ticks().is_none(), "not before it starts");
+            assert!(
+                start_ticker(&s).is_some(),
+                "reads every {read} ms, hand-offs every {handoff} ms"
+            );
+            assert!(s.read_ticks().is_some());
+        }
+        let on_arrival = shared(0, 20);
+        assert!(start_ticker(&on_arrival).is_none());
+        assert!(on_arrival.read_ticks().is_none());
+        cancel.cancel();
+        journal.join().await.unwrap();
     }
 }
