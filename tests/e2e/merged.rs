@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use krakenbook::exchange::{SimConfig, Simulator};
-use krakenbook::history::{Cause, Source};
+use krakenbook::history::{Cause, Coverage, Source};
 use tokio::sync::OnceCell;
 
 use crate::collect::{Collector, wait_count};
@@ -128,6 +128,13 @@ async fn record_two() -> (Recording, tempfile::TempDir) {
     (rec, dir)
 }
 
+/// Whether a coverage has a gap of a stopped collector with both ends inside the record.
+fn has_downtime(c: &Coverage) -> bool {
+    c.gaps
+        .iter()
+        .any(|g| g.cause == Cause::NoCollector && g.start.is_some() && g.end.is_some())
+}
+
 /// Each collector alone has a `no_collector` gap inside the recording; their union has none
 /// between its first and last verified instant.
 #[tokio::test]
@@ -146,13 +153,7 @@ async fn two_collectors_each_with_a_downtime_leave_no_union_gap() {
                 .coverage_of(symbol, Some(c))
                 .await
                 .unwrap();
-            assert!(
-                one.gaps
-                    .iter()
-                    .any(|g| g.cause == Cause::NoCollector && g.start.is_some() && g.end.is_some()),
-                "{symbol}, {c}: {:?}",
-                one.gaps
-            );
+            assert!(has_downtime(&one), "{symbol}, {c}: {:?}", one.gaps);
         }
     }
 }
@@ -233,13 +234,7 @@ async fn a_merged_range_exported_with_collector_follows_that_collector_only() {
         .iter()
         .filter(|g| g.start.is_some_and(|s| from < s && s < to))
         .count();
-    assert!(
-        a.gaps
-            .iter()
-            .any(|g| g.cause == Cause::NoCollector && g.start.is_some() && g.end.is_some()),
-        "A's downtime: {:?}",
-        a.gaps
-    );
+    assert!(has_downtime(&a), "A's downtime: {:?}", a.gaps);
     let dir = tempfile::tempdir().unwrap();
     let (f, t) = range_args(rec);
     let csv = dir.path().join("a.csv");

@@ -564,11 +564,10 @@ fn thread_cpu(pid: u32) -> anyhow::Result<Vec<ThreadReading>> {
         ) else {
             continue;
         };
-        let ns: f64 = stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0);
+        // Unreadable: skipped like a thread that ended, never counted as zero CPU.
+        let Some(ns) = run_time_ns(&stat) else {
+            continue;
+        };
         let wakeups = status
             .lines()
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
@@ -577,11 +576,16 @@ fn thread_cpu(pid: u32) -> anyhow::Result<Vec<ThreadReading>> {
         out.push(ThreadReading {
             tid,
             name: name.trim().to_owned(),
-            cpu: ns / 1e9,
+            cpu: ns as f64 / 1e9,
             wakeups,
         });
     }
     Ok(out)
+}
+
+/// A thread's run time in nanoseconds: the first field of its `schedstat`.
+pub(crate) fn run_time_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
 }
 
 /// What each thread name used between two readings of [`thread_cpu`], most CPU first. A thread

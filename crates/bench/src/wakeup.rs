@@ -74,10 +74,7 @@ fn per_wakeup(before_ns: u64, after_ns: u64, count: u32) -> f64 {
 fn own_run_time() -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat")
         .context("reading /proc/thread-self/schedstat (Linux only)")?;
-    text.split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .context("an unreadable /proc/thread-self/schedstat")
+    crate::collect::run_time_ns(&text).context("an unreadable /proc/thread-self/schedstat")
 }
 
 #[cfg(test)]
