@@ -766,26 +766,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_reads_on_the_ticker_or_on_its_own_interval_on_the_same_grid() {
         let dir = tempfile::tempdir().unwrap();
-        let cancel = CancellationToken::new();
-        let journal = crate::journal::spawn_journal(
-            crate::journal::JournalConfig::new(dir.path()),
-            64,
-            None,
-            cancel.clone(),
-        )
-        .unwrap();
-        let mut config = FeedConfig::new(
-            url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
-            kraken::Depth::default(),
-        );
-        config.read_every = Duration::from_millis(10);
-        let shared = FeedShared::new(
-            config,
-            journal.sender.clone(),
-            Arc::new(crate::metrics::Metrics::default()),
-            0,
-        );
+        let (journal, cancel) = crate::feed::test_journal(dir.path(), 64);
         let step = Duration::from_millis(10);
+        let shared = super::super::test_shared(
+            journal.sender.clone(),
+            step,
+            super::super::DEFAULT_HANDOFF_EVERY,
+        );
         let pending = |clock: &mut ReadClock| clock.next().now_or_never().is_none();
 
         // No ticker: an interval on the epoch's grid.

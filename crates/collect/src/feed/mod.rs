@@ -302,6 +302,43 @@ pub enum FeedError {
     },
 }
 
+/// A real journal in `dir` whose queue holds `capacity` entries (tests of the feed).
+#[cfg(test)]
+pub(crate) fn test_journal(
+    dir: &std::path::Path,
+    capacity: usize,
+) -> (
+    crate::journal::JournalHandle,
+    tokio_util::sync::CancellationToken,
+) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = crate::journal::spawn_journal(
+        crate::journal::JournalConfig::new(dir),
+        capacity,
+        None,
+        cancel.clone(),
+    )
+    .unwrap();
+    (handle, cancel)
+}
+
+/// Shared state for a feed on a dead URL reading every `read_every` and handing off every
+/// `handoff_every` (tests of the read tick).
+#[cfg(test)]
+pub(crate) fn test_shared(
+    journal: JournalSender,
+    read_every: Duration,
+    handoff_every: Duration,
+) -> FeedShared {
+    let mut config = FeedConfig::new(
+        url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
+        Depth::default(),
+    );
+    config.read_every = read_every;
+    config.handoff_every = handoff_every;
+    FeedShared::new(config, journal, Arc::new(Metrics::default()), 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

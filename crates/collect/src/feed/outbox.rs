@@ -346,6 +346,7 @@ impl FeedOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::test_journal as journal;
     use crate::record::{EventKind, FeedEvent, FrameRecord};
     use crate::time::Timestamp;
 
@@ -486,25 +487,6 @@ mod tests {
         assert!(!by_bytes.is_due(epoch));
         by_bytes.push(frame(2, MAX_BYTES / 2), epoch);
         assert!(by_bytes.is_due(epoch));
-    }
-
-    /// A real journal in `dir` whose queue holds `capacity` entries.
-    fn journal(
-        dir: &std::path::Path,
-        capacity: usize,
-    ) -> (
-        crate::journal::JournalHandle,
-        tokio_util::sync::CancellationToken,
-    ) {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let handle = crate::journal::spawn_journal(
-            crate::journal::JournalConfig::new(dir),
-            capacity,
-            None,
-            cancel.clone(),
-        )
-        .unwrap();
-        (handle, cancel)
     }
 
     #[tokio::test]

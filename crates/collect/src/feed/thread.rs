@@ -136,7 +136,6 @@ impl FeedThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::FeedConfig;
 
     /// The read tick is a kernel timer whenever connections read on a tick, whatever the
     /// hand-off period (a zero one hands off at the end of each wake-up, and still reads on the
@@ -144,26 +143,12 @@ mod tests {
     #[tokio::test]
     async fn the_ticker_runs_whenever_reads_are_on_a_tick() {
         let dir = tempfile::tempdir().unwrap();
-        let cancel = CancellationToken::new();
-        let journal = crate::journal::spawn_journal(
-            crate::journal::JournalConfig::new(dir.path()),
-            64,
-            None,
-            cancel.clone(),
-        )
-        .unwrap();
-        let shared = |read_every: u64, handoff_every: u64| {
-            let mut config = FeedConfig::new(
-                url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
-                crate::kraken::Depth::default(),
-            );
-            config.read_every = Duration::from_millis(read_every);
-            config.handoff_every = Duration::from_millis(handoff_every);
-            FeedShared::new(
-                config,
+        let (journal, cancel) = crate::feed::test_journal(dir.path(), 64);
+        let shared = |read: u64, handoff: u64| {
+            crate::feed::test_shared(
                 journal.sender.clone(),
-                Arc::new(crate::metrics::Metrics::default()),
-                0,
+                Duration::from_millis(read),
+                Duration::from_millis(handoff),
             )
         };
         for (read, handoff) in [(10, 20), (10, 0), (30, 20)] {
