@@ -637,6 +637,46 @@ mod tests {
         }
     }
 
+    /// The held bytes of a batch live in one buffer that is emptied with the batch, and gives
+    /// back what it grew past `HELD_KEPT` (a burst of large frames does not stay resident), while
+    /// the copies of frames still held are recognised byte for byte.
+    #[test]
+    fn held_bytes_are_one_buffer_emptied_with_the_batch_and_bounded_between_batches() {
+        let mut rows = BookRows {
+            keep_bytes: true,
+            ..BookRows::default()
+        };
+        let big = |k: u32| {
+            let mut f = format!("{{\"frame\":{k},\"pad\":\"").into_bytes();
+            f.resize(COPY_BYTES_MAX - 2, b'x');
+            f.extend_from_slice(b"\"}");
+            f
+        };
+        let n = (3 * HELD_KEPT / COPY_BYTES_MAX) as u32;
+        let at = |seq: u32| Timestamp::from_unix_nanos(1_000 * i64::from(seq));
+        for k in 0..n {
+            assert!(!rows.push_frame(row(i64::from(k), 1, k), &big(k), Hashed::NONE));
+        }
+        assert_eq!(rows.held.len(), n as usize * COPY_BYTES_MAX);
+        // The last frame is still held: its copy joins it without decoding.
+        let last = rows.push_copy_bytes(&big(n - 1), 2, i64::from(n), Some(true), at(n));
+        assert!(last.is_ok(), "{last:?}");
+        // A frame of the same length that differs in its last byte is not its copy.
+        let mut other = big(n - 2);
+        *other.last_mut().unwrap() = b']';
+        assert!(
+            rows.push_copy_bytes(&other, 2, i64::from(n) + 1, Some(true), at(n))
+                .is_err()
+        );
+        rows.clear();
+        assert!(rows.held.is_empty());
+        assert!(
+            rows.held.capacity() <= HELD_KEPT,
+            "{}",
+            rows.held.capacity()
+        );
+    }
+
     #[test]
     fn a_copy_joins_its_first_copy_only_while_that_row_is_held() {
         let mut rows = BookRows::default();
