@@ -59,10 +59,16 @@ pub struct CollectArgs {
     #[arg(long, env = "KRAKENBOOK_URL", value_delimiter = ',')]
     pub url: Vec<String>,
     /// Subscribe every symbol group on N connections (1 to 4): separate sockets, staggered
-    /// starts, never resubscribing a symbol on two at once. The database stores each
-    /// connection's frames (N times the rows, for now) [default: 1].
+    /// starts, never resubscribing a symbol on two at once. The journal keeps every copy; the
+    /// database stores a message once with the connections that received it [default: 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4))]
     pub redundancy: Option<u64>,
+    /// With --redundancy: give every connection a book of its own, each copy decoded and
+    /// applied again. By default the connections of a group share one book per symbol, and a
+    /// copy whose bytes equal the message already applied at its place takes its verdict
+    /// without being decoded again (same verdicts; less CPU).
+    #[arg(long)]
+    pub own_books: bool,
     /// Journal directory [default: ./data/journal].
     #[arg(long, env = "KRAKENBOOK_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
@@ -180,6 +186,7 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         }
         feed.redundancy = n;
     }
+    feed.share_books = !args.own_books;
     if let Some(n) = args.symbols_per_connection.or(file.symbols_per_connection) {
         if n == 0 {
             bail!("--symbols-per-connection must be at least 1");

@@ -292,11 +292,16 @@ pub async fn run(
         // backoff's seed) is unique per replica.
         let gate = (redundancy > 1)
             .then(|| Arc::new(SharedGate::new(redundancy, config.feed.replica_deadline)));
+        let books = (redundancy > 1 && config.feed.share_books)
+            .then(|| Arc::new(crate::feed::shared_books::SharedBooks::new()));
         for replica in 0..redundancy {
             let index = group * redundancy + replica;
             let mut connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));
             if let Some(gate) = &gate {
                 connection = connection.replica(replica, Arc::clone(gate));
+            }
+            if let Some(books) = &books {
+                connection = connection.share_books(Arc::clone(books));
             }
             connections.push(connection);
         }

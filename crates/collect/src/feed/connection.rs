@@ -31,6 +31,7 @@ use super::outbox::{FeedOutbox, next_tick};
 use super::polled::PolledTcp;
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
+use super::shared_books::SharedBooks;
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
 use crate::kraken::{self, Frame, Request};
 use crate::metrics::HealthSource;
@@ -52,6 +53,8 @@ pub struct Connection {
     /// without redundancy).
     replica: usize,
     gate: Option<Arc<SharedGate>>,
+    /// The books the group's replicas share (none without redundancy).
+    books: Option<Arc<SharedBooks>>,
     /// Open gaps and rejected symbols, carried from one session to the next.
     continuity: Continuity,
 }
@@ -85,6 +88,7 @@ impl Connection {
             shared,
             replica: 0,
             gate: None,
+            books: None,
             continuity: Continuity::default(),
         }
     }
@@ -96,6 +100,12 @@ impl Connection {
         self.config = self.shared.config.for_replica(replica);
         self.replica = replica;
         self.gate = Some(gate);
+        self
+    }
+
+    /// The group's replicas keep one book per symbol in `books` ([`super::shared_books`]).
+    pub fn share_books(mut self, books: Arc<SharedBooks>) -> Self {
+        self.books = Some(books);
         self
     }
 
@@ -264,6 +274,9 @@ impl Connection {
             Instant::now(),
             Timestamp::now(),
         );
+        if let Some(books) = &self.books {
+            session = session.share_books(Arc::clone(books), self.replica);
+        }
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
         let outbox = &shared.outbox;
         // Read on the tick (the socket out of the reactor: no wake-up per arrival), or on every

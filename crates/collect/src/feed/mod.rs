@@ -49,6 +49,7 @@ pub mod outbox;
 mod polled;
 pub mod replicas;
 pub mod session;
+pub mod shared_books;
 mod thread;
 pub mod ticker;
 
@@ -89,6 +90,9 @@ pub struct FeedConfig {
     pub more_urls: Vec<url::Url>,
     /// Connections per symbol group (`--redundancy`, 1 to [`replicas::MAX_REDUNDANCY`]).
     pub redundancy: usize,
+    /// With redundancy, the replicas of a group keep one book per symbol ([`shared_books`]);
+    /// `false` (`--own-books`): each keeps its own, as it did before.
+    pub share_books: bool,
     /// Replica k of a group first connects `k ×` this after replica 0 (jittered).
     pub replica_stagger: Duration,
     /// The longest one replica's reconnect or resubscription holds the others of its group.
@@ -148,6 +152,7 @@ impl FeedConfig {
             url,
             more_urls: Vec::new(),
             redundancy: 1,
+            share_books: true,
             replica_stagger: replicas::DEFAULT_STAGGER,
             replica_deadline: replicas::DEFAULT_DEADLINE,
             depth,

@@ -44,7 +44,9 @@ use tokio::time::Instant;
 
 use super::FeedConfig;
 use super::error::{Lost, is_rate_limit_text};
-use crate::book::{FrameVerdict, Tracker, Verdict};
+use super::shared_books::{Shared, SharedBooks, StateParts, book_symbol_hint};
+use crate::book::PriceLevel;
+use crate::book::{FrameVerdict, OrderBook, Tracker, Verdict};
 use crate::journal::Entry;
 use crate::kraken::{self, BookKind, BookMessage, Frame, Request, Response};
 use crate::metrics::{Metrics, StreamCoverage, SymbolMetrics};
@@ -144,7 +146,18 @@ pub struct Session {
     closing: bool,
     /// A book message verified on this connection.
     verified_any: bool,
+    /// The books this replica shares with the others of its group, and its number there.
+    shared: Option<(Arc<SharedBooks>, usize)>,
     actions: VecDeque<Action>,
+}
+
+/// What applying one symbol's part of a book message gave the session.
+struct Applied {
+    verdict: Verdict,
+    /// The book whole, when a state was due and the book is at hand.
+    parts: Option<StateParts>,
+    /// The best bid and ask after it (a synced book only).
+    best: (Option<PriceLevel>, Option<PriceLevel>),
 }
 
 impl Session {
@@ -190,12 +203,29 @@ impl Session {
             status_log: LogBudget::new(now),
             closing: false,
             verified_any: false,
+            shared: None,
             actions: VecDeque::new(),
         };
         session.event(at, EventKind::Connected, None, None, config.url.to_string());
         let request = Request::subscribe_instrument(Some(session.next_req_id()));
         session.actions.push_back(Action::Send(request));
         session
+    }
+
+    /// This session is replica `replica` of a group whose replicas keep one book per symbol in
+    /// `books` ([`super::shared_books`]): same verdicts, records and events as with books of its
+    /// own, less work for every copy after the first.
+    pub fn share_books(mut self, books: Arc<SharedBooks>, replica: usize) -> Self {
+        if replica < super::replicas::MAX_REDUNDANCY {
+            self.shared = Some((books, replica));
+        }
+        self
+    }
+
+    /// The session's own book of `symbol` (not a shared one), for tests.
+    #[cfg(test)]
+    pub(crate) fn own_book_of(&self, symbol: &str) -> Option<&OrderBook> {
+        self.tracker.book(symbol)
     }
 
     /// The next action to carry out, in order.
@@ -345,6 +375,7 @@ impl Session {
     /// a gap keeps its gap's start. Journals the `disconnected` event.
     pub fn close(&mut self, why: &Lost, at: Timestamp) {
         self.closing = true;
+        self.leave_shared();
         // What was counted and not yet reported is reported now, not lost with the connection.
         self.summaries(None);
         for (symbol, state) in &mut self.symbols {
@@ -360,8 +391,66 @@ impl Session {
     }
 
     /// What the next connection needs to know.
-    pub fn into_continuity(self) -> Continuity {
-        self.continuity
+    pub fn into_continuity(mut self) -> Continuity {
+        std::mem::take(&mut self.continuity)
+    }
+
+    /// Leaves every shared book (the session's books go with it).
+    fn leave_shared(&mut self) {
+        if let Some((books, replica)) = &self.shared {
+            books.leave_all(*replica);
+        }
+    }
+
+    /// Takes `symbol`'s book back from the shared books into the session's own tracker (unless
+    /// `keep` says the shared book already is what the session is about to make its book).
+    fn own_book(&mut self, symbol: &str, keep: impl FnOnce(&OrderBook) -> bool) {
+        if let Some((books, replica)) = &self.shared
+            && let Some(book) = books.leave_unless(*replica, symbol, keep)
+        {
+            self.tracker.put(symbol, book);
+        }
+    }
+
+    /// The fast path of a replica sharing books: a frame whose bytes are the next ones its
+    /// lineage logged takes their outcome undecoded. `false`: the frame goes the usual way.
+    fn follow_shared(
+        &mut self,
+        frame: Received<'_>,
+        at: Timestamp,
+        record: &mut FrameRecord,
+    ) -> bool {
+        let Some((books, replica)) = &self.shared else {
+            return false;
+        };
+        let Received::Text(text) = frame else {
+            return false;
+        };
+        let Some(symbol) = book_symbol_hint(text) else {
+            return false;
+        };
+        let Some(state) = self.symbols.get(symbol) else {
+            return false;
+        };
+        let due = state.since_state + 1 >= self.config.book_state_every.max(1);
+        let Some((outcome, parts)) = books.follow(*replica, symbol, text.as_bytes(), due) else {
+            return false;
+        };
+        let mut folded = FrameVerdict::default();
+        folded.add(outcome.verdict);
+        record.checksum_ok = folded.checksum_ok();
+        record.best_bid = outcome.best_bid;
+        record.best_ask = outcome.best_ask;
+        self.on_verdict(
+            symbol,
+            outcome.kind,
+            outcome.verdict,
+            outcome.checksum,
+            outcome.timestamp,
+            parts,
+            at,
+        );
+        true
     }
 
     /// A Kraken frame arrived at `now` (`at` on the wall clock).
@@ -382,6 +471,19 @@ impl Session {
             best_bid: None,
             best_ask: None,
         };
+        if self.follow_shared(frame, at, &mut record) {
+            record.bytes = bytes.to_vec();
+            self.actions.insert(
+                mark,
+                Action::Journal(Entry {
+                    received_at: at,
+                    conn_id: self.conn_id,
+                    conn_seq: self.conn_seq,
+                    body: RecordBody::Frame(record),
+                }),
+            );
+            return;
+        }
         let text = match frame {
             Received::Text(t) => Ok(t),
             Received::Binary(b) => {
@@ -390,12 +492,14 @@ impl Session {
         };
         match text.and_then(|t| kraken::decode(t).map_err(|e| e.to_string())) {
             Err(error) => self.malformed(&error, at),
-            Ok(Frame::Book(msg)) => self.book(&msg, at, &mut record),
+            Ok(Frame::Book(msg)) => self.book(&msg, bytes, at, &mut record),
             Ok(Frame::Ack(ack)) => self.ack(&ack, at),
             Ok(Frame::Instrument(msg)) => {
                 for pair in &msg.pairs {
                     if self.symbols.contains_key(pair.symbol.as_ref()) {
-                        self.tracker.set_precision(&pair.symbol, pair.precision());
+                        let precision = pair.precision();
+                        self.own_book(&pair.symbol, |b| b.known_precision() == Some(precision));
+                        self.tracker.set_precision(&pair.symbol, precision);
                     }
                 }
                 if msg.snapshot && !self.books_requested {
@@ -448,128 +552,235 @@ impl Session {
         );
     }
 
-    fn book(&mut self, msg: &BookMessage<'_>, at: Timestamp, record: &mut FrameRecord) {
+    fn book(
+        &mut self,
+        msg: &BookMessage<'_>,
+        bytes: &[u8],
+        at: Timestamp,
+        record: &mut FrameRecord,
+    ) {
         let mut folded = FrameVerdict::default();
         let mut unasked = false;
         let state_every = self.config.book_state_every.max(1);
+        // Kraken sends one symbol a frame; a frame of several goes to the session's own books.
+        let single = msg.data.len() == 1;
+        let mut best = None;
         for data in &msg.data {
             let symbol = data.symbol.as_ref();
-            let Some(state) = self.symbols.get_mut(symbol) else {
+            let Some(state) = self.symbols.get(symbol) else {
                 unasked = true;
                 self.note_unasked(symbol, at);
                 continue;
             };
-            let verdict = self.tracker.apply(msg.kind, data);
-            folded.add(verdict);
-            state.metrics.book_messages.fetch_add(1, Ordering::Relaxed);
-            match verdict {
-                Verdict::Ok => {
-                    state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
-                    state.stream.verified(at);
-                    state.ever_synced = true;
-                    self.verified_any = true;
-                    if msg.kind == BookKind::Snapshot {
-                        state.since_state = 0;
-                    } else {
-                        state.since_state += 1;
-                        if state.since_state >= state_every {
-                            state.since_state = 0;
-                            if let Some(book) = self.tracker.book(symbol) {
-                                let view = book.view(book.depth());
-                                let body = RecordBody::BookState(BookState {
-                                    symbol: symbol.to_owned(),
-                                    depth: u16::try_from(book.depth()).unwrap_or(u16::MAX),
-                                    precision: book.precision(),
-                                    checksum: data.checksum,
-                                    timestamp: data.timestamp.unwrap_or(at),
-                                    bids: view.bids,
-                                    asks: view.asks,
-                                });
-                                self.actions.push_back(Action::Journal(Entry {
-                                    received_at: at,
-                                    conn_id: self.conn_id,
-                                    conn_seq: 0,
-                                    body,
-                                }));
-                            }
-                        }
-                    }
-                    let gap = state
-                        .gap_start
-                        .take()
-                        .or_else(|| self.continuity.gaps.remove(symbol));
-                    if let Some(start) = gap {
-                        state.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
-                        state.resubscribed_at = None;
-                        tracing::info!(connection = self.conn_id, symbol = %printable(symbol), gap_start = %start, "feed: book verified again");
-                        push_event(
-                            &mut self.actions,
-                            self.conn_id,
-                            at,
-                            event(
-                                EventKind::Resynced,
-                                Some(symbol),
-                                Some(start),
-                                String::new(),
-                            ),
-                        );
-                    }
-                }
-                Verdict::Mismatch { expected, computed } => {
-                    state
-                        .metrics
-                        .checksum_mismatch
-                        .fetch_add(1, Ordering::Relaxed);
-                    state.stream.unverified(at);
-                    let kind = match msg.kind {
-                        BookKind::Snapshot => "snapshot",
-                        BookKind::Update => "update",
-                    };
-                    if state.gap_start.is_none() {
-                        // Logged once per episode: a peer repeating bad snapshots does not
-                        // flood the log (each mismatch is still an event).
-                        tracing::warn!(
-                            connection = self.conn_id,
-                            symbol = %printable(symbol),
-                            expected,
-                            computed,
-                            kind,
-                            "feed: checksum mismatch; resubscribing"
-                        );
-                        state.gap_start = Some(self.continuity.gaps.remove(symbol).unwrap_or(at));
-                    }
-                    let queue = state.resubscribed_at.is_none();
-                    push_event(
-                        &mut self.actions,
-                        self.conn_id,
-                        at,
-                        event(
-                            EventKind::ChecksumMismatch,
-                            Some(symbol),
-                            None,
-                            format!("{kind} checksum {expected}, computed {computed}"),
-                        ),
-                    );
-                    if queue && !self.pending_resubscribe.iter().any(|s| s == symbol) {
-                        self.pending_resubscribe.push_back(symbol.to_owned());
-                    }
-                }
-                Verdict::Unsynced => {
-                    state.metrics.unverifiable.fetch_add(1, Ordering::Relaxed);
-                    state.stream.unverified(at);
-                }
+            let due = msg.kind == BookKind::Update && state.since_state + 1 >= state_every;
+            let applied = self.apply_book(msg.kind, data, bytes, single, due);
+            folded.add(applied.verdict);
+            if single {
+                best = Some(applied.best);
             }
+            self.on_verdict(
+                symbol,
+                msg.kind,
+                applied.verdict,
+                data.checksum,
+                data.timestamp,
+                applied.parts,
+                at,
+            );
         }
         if unasked {
             self.metrics.unasked_frames.fetch_add(1, Ordering::Relaxed);
         }
         record.checksum_ok = folded.checksum_ok();
-        if let Some(first) = msg.data.first()
+        if let Some((bid, ask)) = best {
+            record.best_bid = bid;
+            record.best_ask = ask;
+        } else if let Some(first) = msg.data.first()
             && self.symbols.contains_key(first.symbol.as_ref())
             && let Some(book) = self.tracker.synced_book(&first.symbol)
         {
             record.best_bid = book.best_bid();
             record.best_ask = book.best_ask();
+        }
+    }
+
+    /// Applies one symbol's part of a book message: to the shared book when this replica is a
+    /// member of its lineage (or joins it now), else to the session's own.
+    fn apply_book(
+        &mut self,
+        kind: BookKind,
+        data: &crate::kraken::BookData<'_>,
+        bytes: &[u8],
+        single: bool,
+        due: bool,
+    ) -> Applied {
+        let symbol = data.symbol.as_ref();
+        let shared = self.shared.clone();
+        if let Some((books, replica)) = &shared {
+            if single {
+                match books.apply(*replica, symbol, kind, data, bytes, due) {
+                    Shared::Taken(outcome, parts) => return taken(outcome, parts),
+                    Shared::Own(book) => {
+                        // Its book at its place, when it left the lineage just now.
+                        if let Some(book) = book {
+                            self.tracker.put(symbol, book);
+                        }
+                    }
+                }
+                // Ahead of the lineage's front by this message: it joins before applying it.
+                let last = self
+                    .symbols
+                    .get(symbol)
+                    .map(|s| s.last_frame.as_slice())
+                    .unwrap_or_default();
+                if books.offer(*replica, symbol, &mut self.tracker, last)
+                    && let Shared::Taken(outcome, parts) =
+                        books.apply(*replica, symbol, kind, data, bytes, due)
+                {
+                    return taken(outcome, parts);
+                }
+            } else {
+                self.own_book(symbol, |_| false);
+            }
+        }
+        let verdict = self.tracker.apply(kind, data);
+        let book = self.tracker.synced_book(symbol);
+        let applied = Applied {
+            verdict,
+            parts: (due && verdict == Verdict::Ok)
+                .then(|| book.map(StateParts::of))
+                .flatten(),
+            best: book.map_or((None, None), |b| (b.best_bid(), b.best_ask())),
+        };
+        if let Some((books, replica)) = &shared
+            && single
+            && let Some(state) = self.symbols.get_mut(symbol)
+        {
+            state.last_frame.clear();
+            state.last_frame.extend_from_slice(bytes);
+            // Behind the front by this message, or the first to verify: it joins now.
+            if verdict == Verdict::Ok {
+                books.offer(*replica, symbol, &mut self.tracker, &state.last_frame);
+            }
+        }
+        applied
+    }
+
+    /// What a verdict on one symbol's part of a book message means for the stream: metrics,
+    /// coverage, book states, and the gap's events.
+    #[allow(clippy::too_many_arguments)]
+    fn on_verdict(
+        &mut self,
+        symbol: &str,
+        kind: BookKind,
+        verdict: Verdict,
+        checksum: u32,
+        timestamp: Option<Timestamp>,
+        parts: Option<StateParts>,
+        at: Timestamp,
+    ) {
+        let state_every = self.config.book_state_every.max(1);
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        state.metrics.book_messages.fetch_add(1, Ordering::Relaxed);
+        match verdict {
+            Verdict::Ok => {
+                state.metrics.checksum_ok.fetch_add(1, Ordering::Relaxed);
+                state.stream.verified(at);
+                state.ever_synced = true;
+                self.verified_any = true;
+                if kind == BookKind::Snapshot {
+                    state.since_state = 0;
+                } else {
+                    state.since_state += 1;
+                    // Due, and the book at hand (a replica behind its lineage's front
+                    // journals it at its next message that finds it at the front).
+                    if state.since_state >= state_every
+                        && let Some(parts) = parts
+                    {
+                        state.since_state = 0;
+                        let body = RecordBody::BookState(BookState {
+                            symbol: symbol.to_owned(),
+                            depth: u16::try_from(parts.depth).unwrap_or(u16::MAX),
+                            precision: parts.precision,
+                            checksum,
+                            timestamp: timestamp.unwrap_or(at),
+                            bids: parts.view.bids,
+                            asks: parts.view.asks,
+                        });
+                        self.actions.push_back(Action::Journal(Entry {
+                            received_at: at,
+                            conn_id: self.conn_id,
+                            conn_seq: 0,
+                            body,
+                        }));
+                    }
+                }
+                let gap = state
+                    .gap_start
+                    .take()
+                    .or_else(|| self.continuity.gaps.remove(symbol));
+                if let Some(start) = gap {
+                    state.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+                    state.resubscribed_at = None;
+                    tracing::info!(connection = self.conn_id, symbol = %printable(symbol), gap_start = %start, "feed: book verified again");
+                    push_event(
+                        &mut self.actions,
+                        self.conn_id,
+                        at,
+                        event(
+                            EventKind::Resynced,
+                            Some(symbol),
+                            Some(start),
+                            String::new(),
+                        ),
+                    );
+                }
+            }
+            Verdict::Mismatch { expected, computed } => {
+                state
+                    .metrics
+                    .checksum_mismatch
+                    .fetch_add(1, Ordering::Relaxed);
+                state.stream.unverified(at);
+                let kind = match kind {
+                    BookKind::Snapshot => "snapshot",
+                    BookKind::Update => "update",
+                };
+                if state.gap_start.is_none() {
+                    // Logged once per episode: a peer repeating bad snapshots does not
+                    // flood the log (each mismatch is still an event).
+                    tracing::warn!(
+                        connection = self.conn_id,
+                        symbol = %printable(symbol),
+                        expected,
+                        computed,
+                        kind,
+                        "feed: checksum mismatch; resubscribing"
+                    );
+                    state.gap_start = Some(self.continuity.gaps.remove(symbol).unwrap_or(at));
+                }
+                let queue = state.resubscribed_at.is_none();
+                push_event(
+                    &mut self.actions,
+                    self.conn_id,
+                    at,
+                    event(
+                        EventKind::ChecksumMismatch,
+                        Some(symbol),
+                        None,
+                        format!("{kind} checksum {expected}, computed {computed}"),
+                    ),
+                );
+                if queue && !self.pending_resubscribe.iter().any(|s| s == symbol) {
+                    self.pending_resubscribe.push_back(symbol.to_owned());
+                }
+            }
+            Verdict::Unsynced => {
+                state.metrics.unverifiable.fetch_add(1, Ordering::Relaxed);
+                state.stream.unverified(at);
+            }
         }
     }
 
@@ -607,6 +818,7 @@ impl Session {
                 self.continuity.rejected.insert(symbol.to_owned());
                 self.continuity.gaps.remove(symbol);
                 self.symbols.remove(symbol);
+                self.own_book(symbol, |_| false);
                 self.tracker.forget(symbol);
                 self.pending_resubscribe.retain(|s| s != symbol);
             }
@@ -622,7 +834,9 @@ impl Session {
         match (ack.method.as_ref(), symbol) {
             ("subscribe", Some(symbol)) => {
                 if let Some(depth) = result.depth {
-                    self.tracker.set_depth(symbol, usize::from(depth));
+                    let depth = usize::from(depth);
+                    self.own_book(symbol, |b| b.depth() == depth.max(1));
+                    self.tracker.set_depth(symbol, depth);
                 }
                 let detail = result
                     .depth
@@ -631,6 +845,7 @@ impl Session {
                 self.event(at, EventKind::Subscribed, Some(symbol), None, detail);
             }
             ("unsubscribe", Some(symbol)) => {
+                self.own_book(symbol, |_| false);
                 self.tracker.forget(symbol);
                 if let Some(state) = self.symbols.get_mut(symbol) {
                     state.stream.unverified(at);
@@ -765,6 +980,20 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave_shared();
+    }
+}
+
+fn taken(outcome: super::shared_books::Outcome, parts: Option<StateParts>) -> Applied {
+    Applied {
+        verdict: outcome.verdict,
+        parts,
+        best: (outcome.best_bid, outcome.best_ask),
+    }
+}
+
 fn push_event(actions: &mut VecDeque<Action>, conn_id: u64, at: Timestamp, event: FeedEvent) {
     actions.push_back(Action::Journal(Entry {
         received_at: at,
@@ -801,6 +1030,9 @@ struct SymbolState {
     resubscribed_at: Option<Instant>,
     /// Verified updates since the last snapshot or journaled book state.
     since_state: u64,
+    /// The latest frame of the symbol applied to the session's own book (replicas sharing
+    /// books only: it joins its lineage when this is the lineage's latest).
+    last_frame: Vec<u8>,
 }
 
 impl SymbolState {
@@ -812,6 +1044,7 @@ impl SymbolState {
             gap_start: None,
             resubscribed_at: None,
             since_state: 0,
+            last_frame: Vec::new(),
         }
     }
 }

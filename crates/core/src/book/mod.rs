@@ -17,4 +17,4 @@ pub mod window;
 
 pub use crate::num::{Decimal, DecimalError, Precision, PriceLevel, Side};
 pub use order_book::{BookView, CHECKSUM_LEVELS, OrderBook};
-pub use tracker::{FrameVerdict, Tracker, Verdict};
+pub use tracker::{FrameVerdict, Tracked, Tracker, Verdict};

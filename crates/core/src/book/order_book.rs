@@ -318,6 +318,11 @@ impl OrderBook {
         )
     }
 
+    /// The instrument's precision, when the book was given one.
+    pub fn known_precision(&self) -> Option<Precision> {
+        self.known
+    }
+
     /// The precision the checksum prints at: the instrument's, grown where the wire needed more.
     pub fn precision(&self) -> Precision {
         self.scale
@@ -519,6 +524,19 @@ impl OrderBook {
     /// Whether both sides are empty.
     pub fn is_empty(&self) -> bool {
         self.bids.levels.is_empty() && self.asks.levels.is_empty()
+    }
+
+    /// Whether `other` is the same book in every respect that decides what a later message
+    /// does to it and what its checksum is: depth, precision (known and current scale) and every
+    /// level of both sides, exactly. Two books that are the same answer every message alike.
+    pub fn same_as(&self, other: &OrderBook) -> bool {
+        self.depth == other.depth
+            && self.known == other.known
+            && self.scale == other.scale
+            && self.bids.levels == other.bids.levels
+            && self.bids.wide == other.bids.wide
+            && self.asks.levels == other.asks.levels
+            && self.asks.wide == other.asks.wide
     }
 
     /// A sorted copy of the top `depth` levels of each side.

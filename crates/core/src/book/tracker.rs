@@ -65,10 +65,52 @@ impl FrameVerdict {
     }
 }
 
+/// One symbol's book and whether it is synced (verified since its last snapshot): what a
+/// [`Tracker`] keeps per symbol, and what a caller that keeps a book outside a tracker (the
+/// feed's books shared by replicas) applies messages to with the very same rule.
 #[derive(Clone, Debug)]
-struct Tracked {
-    book: OrderBook,
-    synced: bool,
+pub struct Tracked {
+    /// The book.
+    pub book: OrderBook,
+    /// Verified since its last snapshot.
+    pub synced: bool,
+}
+
+impl Tracked {
+    /// Applies one symbol's part of a book message and checks its checksum (the rule of
+    /// [`Tracker::apply`]).
+    pub fn apply(&mut self, kind: BookKind, data: &BookData<'_>) -> Verdict {
+        let t = self;
+        let applied = match kind {
+            BookKind::Snapshot => t.book.apply_snapshot(data.bid_pairs(), data.ask_pairs()),
+            BookKind::Update if t.synced => t.book.apply_update(data.bid_pairs(), data.ask_pairs()),
+            BookKind::Update => return Verdict::Unsynced,
+        };
+        if let Err(e) = applied {
+            // The book could not take the message whole: it no longer matches Kraken's. Reported
+            // as the mismatch it is (with the part-applied book's checksum), so that callers run
+            // their one path for it: a gap begins, the symbol is resubscribed.
+            tracing::warn!(symbol = %data.symbol, error = %e, "book cannot hold a level; unsynced until the next snapshot");
+            let computed = t.book.checksum();
+            t.synced = false;
+            t.book.clear();
+            return Verdict::Mismatch {
+                expected: data.checksum,
+                computed,
+            };
+        }
+        t.synced = true;
+        let computed = t.book.current_checksum();
+        if computed == data.checksum {
+            Verdict::Ok
+        } else {
+            t.synced = false;
+            Verdict::Mismatch {
+                expected: data.checksum,
+                computed,
+            }
+        }
+    }
 }
 
 /// Per-symbol books with their depth, precision and sync state.
@@ -161,17 +203,9 @@ impl Tracker {
         let t = match self.books.get_mut(data.symbol.as_ref()) {
             Some(t) => t,
             None => {
-                let depth = self
-                    .depths
-                    .get(data.symbol.as_ref())
-                    .copied()
-                    .unwrap_or(self.default_depth);
                 let book = OrderBook::with_precision(
-                    depth,
-                    self.precisions
-                        .get(data.symbol.as_ref())
-                        .copied()
-                        .or(self.default_precision),
+                    self.depth_for(&data.symbol),
+                    self.precision_for(&data.symbol),
                 );
                 self.books
                     .entry(data.symbol.clone().into_owned())
@@ -181,35 +215,7 @@ impl Tracker {
                     })
             }
         };
-        let applied = match kind {
-            BookKind::Snapshot => t.book.apply_snapshot(data.bid_pairs(), data.ask_pairs()),
-            BookKind::Update if t.synced => t.book.apply_update(data.bid_pairs(), data.ask_pairs()),
-            BookKind::Update => return Verdict::Unsynced,
-        };
-        if let Err(e) = applied {
-            // The book could not take the message whole: it no longer matches Kraken's. Reported
-            // as the mismatch it is (with the part-applied book's checksum), so that callers run
-            // their one path for it: a gap begins, the symbol is resubscribed.
-            tracing::warn!(symbol = %data.symbol, error = %e, "book cannot hold a level; unsynced until the next snapshot");
-            let computed = t.book.checksum();
-            t.synced = false;
-            t.book.clear();
-            return Verdict::Mismatch {
-                expected: data.checksum,
-                computed,
-            };
-        }
-        t.synced = true;
-        let computed = t.book.current_checksum();
-        if computed == data.checksum {
-            Verdict::Ok
-        } else {
-            t.synced = false;
-            Verdict::Mismatch {
-                expected: data.checksum,
-                computed,
-            }
-        }
+        t.apply(kind, data)
     }
 
     /// The book of `symbol`, if one has been started.
@@ -225,6 +231,32 @@ impl Tracker {
     /// The book of `symbol` if it is synced: the one whose tops and levels can be trusted.
     pub fn synced_book(&self, symbol: &str) -> Option<&OrderBook> {
         self.books.get(symbol).filter(|t| t.synced).map(|t| &t.book)
+    }
+
+    /// The depth a new book of `symbol` gets (its ack's, else the default).
+    pub fn depth_for(&self, symbol: &str) -> usize {
+        self.depths
+            .get(symbol)
+            .copied()
+            .unwrap_or(self.default_depth)
+    }
+
+    /// The precision a new book of `symbol` gets (the instrument's, else the default).
+    pub fn precision_for(&self, symbol: &str) -> Option<Precision> {
+        self.precisions
+            .get(symbol)
+            .copied()
+            .or(self.default_precision)
+    }
+
+    /// Takes `symbol`'s book out (the tracker then has none for it).
+    pub fn take(&mut self, symbol: &str) -> Option<Tracked> {
+        self.books.remove(symbol)
+    }
+
+    /// Puts a book in for `symbol` (replacing any): later messages of the symbol apply to it.
+    pub fn put(&mut self, symbol: &str, tracked: Tracked) {
+        self.books.insert(symbol.to_owned(), tracked);
     }
 
     /// Drops `symbol`'s book (after an unsubscribe).

@@ -1,0 +1,666 @@
+//! One book per symbol for the replicas of a group (`collect --redundancy N`, N ≥ 2).
+//!
+//! Each replica's connection receives the same messages, and today each copy was decoded,
+//! applied to that replica's own book and checksummed: N replicas cost N times the work. Here
+//! the replicas of a group keep one book per symbol, a *lineage*: the book after the first `p`
+//! messages applied to it, and a log of those messages (their bytes and what applying them
+//! gave). A replica that is a *member* of the lineage at position `q` has exactly the book the
+//! lineage had after its first `q` messages:
+//! - at `q == p` (the front) it applies its next message to the shared book, as its own book
+//!   would have been applied to, and appends the message's bytes and outcome to the log;
+//! - at `q < p` its next message is compared, byte for byte, with the log's entry `q`. Equal
+//!   bytes applied to an equal book give an equal outcome (the verdict, the computed checksum,
+//!   the best bid and ask), so it takes the entry's outcome without decoding the levels, and
+//!   moves to `q + 1`. The copy is verified as surely as if its checksum had been computed again
+//!   (and the journal still keeps it whole);
+//! - a message that differs from entry `q` (Kraken batched differently on this connection, or a
+//!   message went missing) makes the replica leave: its book at `q` is rebuilt exactly (the
+//!   lineage's checkpoint, a copy of the book at a position `c` ≤ every member's, and the log's
+//!   entries `c..q` applied again) and it goes on with a book of its own, as without sharing.
+//!
+//! A replica with a book of its own joins when it can prove it is at the front: its last frame's
+//! bytes are the log's latest entry's and its book is [`OrderBook::same_as`] the shared book
+//! (checked before and after each message it applies, so that it joins whether it runs ahead of
+//! the front or behind it). A replica that verifies a book while no lineage of the symbol has
+//! members starts one with its book. A mismatch (or a level the book cannot hold) ends the
+//! lineage's appends: its entry is logged so that members behind take the same verdict, and
+//! every member leaves with it, unsynced, exactly as its own book would be.
+//!
+//! What bounds it: the log holds entries `c..p`. When every member is at the front and the log
+//! passed [`REFRESH_BYTES`], the checkpoint is taken again there and the log emptied. Past
+//! [`CAP_BYTES`] or [`CAP_ENTRIES`] the checkpoint is moved up to the slowest member by applying
+//! the entries to it (the work that member would have done), and a member that has not moved at
+//! all since the checkpoint is let go with its book (the checkpoint's copy), *parked* until its
+//! session next asks. A single member keeps no checkpoint and no log, only its latest frame's
+//! bytes (for a replica that wants to join).
+//!
+//! Exactness rests on one fact: the outcome of a message is a function of the book before it and
+//! the message's bytes. The differential test (`shared_books_tests.rs`) runs replicas with and
+//! without sharing on the same frames in random interleavings, with lags, losses, divergent and
+//! corrupted frames, resubscriptions and reconnections, and requires the same journal records,
+//! events and metrics, frame for frame; `replay --verify` recomputes every copy's checksum again
+//! from the journal or the database.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::replicas::MAX_REDUNDANCY;
+use crate::book::{BookView, OrderBook, Tracked, Tracker, Verdict};
+use crate::book::{Precision, PriceLevel};
+use crate::kraken::{self, BookData, BookKind, Frame};
+use crate::time::Timestamp;
+
+/// With every member at the front and this many bytes in the log, the checkpoint is taken again
+/// there (a depth-1000 book is about 32 KiB to copy).
+pub const REFRESH_BYTES: usize = 64 << 10;
+/// The log's bound in bytes: past it the checkpoint moves up to the slowest member.
+pub const CAP_BYTES: usize = 1 << 20;
+/// The log's bound in entries.
+pub const CAP_ENTRIES: usize = 4096;
+
+/// What applying one message to a book gave: all a member behind the front needs to take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Snapshot or update.
+    pub kind: BookKind,
+    /// The checksum verdict.
+    pub verdict: Verdict,
+    /// Kraken's checksum in the message.
+    pub checksum: u32,
+    /// Kraken's timestamp in the message, when given.
+    pub timestamp: Option<Timestamp>,
+    /// The best bid after the message, when the book is synced.
+    pub best_bid: Option<PriceLevel>,
+    /// The best ask after the message, when the book is synced.
+    pub best_ask: Option<PriceLevel>,
+}
+
+/// A synced book whole, for a journaled book state: taken only when one is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateParts {
+    /// The book's depth.
+    pub depth: usize,
+    /// The precision its checksum prints at.
+    pub precision: Precision,
+    /// Every level, best first.
+    pub view: BookView,
+}
+
+impl StateParts {
+    /// The parts of `book`.
+    pub fn of(book: &OrderBook) -> Self {
+        StateParts {
+            depth: book.depth(),
+            precision: book.precision(),
+            view: book.view(book.depth()),
+        }
+    }
+}
+
+/// What a member's message gave (see [`SharedBooks::apply`] and [`SharedBooks::follow`]).
+#[derive(Debug)]
+pub enum Shared {
+    /// The replica is a member: here is its message's outcome, and the book's parts if a state
+    /// was asked for and the replica is at the front after it.
+    Taken(Outcome, Option<StateParts>),
+    /// The replica is not a member (any more): it applies the message to its own book, first
+    /// putting in this one when given (its book, rebuilt at its position).
+    Own(Option<Tracked>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Box<[u8]>,
+    outcome: Outcome,
+}
+
+#[derive(Debug)]
+struct Lineage {
+    /// The book after the first `p` messages (synced while `open`).
+    book: Tracked,
+    p: u64,
+    /// False once a message mismatched: no more entries.
+    open: bool,
+    /// Each replica's position, when it is a member.
+    members: [Option<u64>; MAX_REDUNDANCY],
+    /// The book at position `c` (at or before every member's), while two or more are members.
+    checkpoint: Option<OrderBook>,
+    c: u64,
+    /// Entries `c..p`, while two or more are members.
+    log: VecDeque<Entry>,
+    log_bytes: usize,
+    /// The latest entry's bytes (kept with a single member too, for a replica that would join).
+    last: Vec<u8>,
+    /// Books of members let go at the log's bound, until their sessions take them.
+    parked: [Option<Tracked>; MAX_REDUNDANCY],
+}
+
+impl Lineage {
+    fn new(replica: usize, book: Tracked, last: &[u8]) -> Self {
+        let mut members = [None; MAX_REDUNDANCY];
+        members[replica] = Some(0);
+        Lineage {
+            book,
+            p: 0,
+            open: true,
+            members,
+            checkpoint: None,
+            c: 0,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            last: last.to_vec(),
+            parked: Default::default(),
+        }
+    }
+
+    fn member_count(&self) -> usize {
+        self.members.iter().flatten().count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.member_count() == 0 && self.parked.iter().all(Option::is_none)
+    }
+
+    fn min_position(&self) -> u64 {
+        self.members
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(self.p)
+    }
+
+    fn latest(&self) -> &[u8] {
+        self.log.back().map_or(&self.last[..], |e| &e.bytes[..])
+    }
+
+    /// With a single member at the front (or none), the checkpoint and the log serve nobody.
+    fn shed(&mut self) {
+        let mut members = self.members.iter().flatten();
+        let alone = match (members.next(), members.next()) {
+            (None, _) => true,
+            (Some(&q), None) => q == self.p,
+            _ => false,
+        };
+        if alone {
+            if let Some(e) = self.log.pop_back() {
+                self.last.clear();
+                self.last.extend_from_slice(&e.bytes);
+            }
+            self.log.clear();
+            self.log_bytes = 0;
+            self.checkpoint = None;
+            self.c = self.p;
+        }
+    }
+
+    /// The book at position `q` (`c ≤ q ≤ p`), rebuilt exactly.
+    fn book_at(&self, q: u64) -> Tracked {
+        if q == self.p {
+            return self.book.clone();
+        }
+        let Some(checkpoint) = &self.checkpoint else {
+            // A member behind the front exists only with a checkpoint at or before it; without
+            // one its book is not known, and an unsynced book says so.
+            debug_assert!(false, "a member behind the front without a checkpoint");
+            return unsynced_like(&self.book.book);
+        };
+        let mut book = Tracked {
+            book: checkpoint.clone(),
+            synced: true,
+        };
+        for entry in self.log.iter().take((q - self.c) as usize) {
+            replay(&mut book, entry);
+        }
+        book
+    }
+
+    /// Moves the checkpoint up to `to` (`c ≤ to ≤ p`), applying the entries between.
+    fn advance_checkpoint(&mut self, to: u64) {
+        if to <= self.c {
+            return;
+        }
+        let Some(checkpoint) = self.checkpoint.take() else {
+            return;
+        };
+        let mut book = Tracked {
+            book: checkpoint,
+            synced: true,
+        };
+        for _ in self.c..to {
+            if let Some(entry) = self.log.pop_front() {
+                self.log_bytes -= entry.bytes.len();
+                replay(&mut book, &entry);
+            }
+        }
+        self.checkpoint = Some(book.book);
+        self.c = to;
+    }
+
+    /// Keeps the log within its bounds (after an append).
+    fn bound(&mut self) {
+        if self.log.len() <= CAP_ENTRIES && self.log_bytes <= CAP_BYTES {
+            return;
+        }
+        let slowest = self.min_position();
+        if slowest == self.c {
+            // Members that have not moved since the checkpoint: their book is the checkpoint.
+            if let Some(checkpoint) = &self.checkpoint {
+                for r in 0..MAX_REDUNDANCY {
+                    if self.members[r] == Some(self.c) && self.c < self.p {
+                        self.members[r] = None;
+                        self.parked[r] = Some(Tracked {
+                            book: checkpoint.clone(),
+                            synced: true,
+                        });
+                    }
+                }
+            }
+        }
+        let slowest = self.min_position();
+        self.advance_checkpoint(slowest);
+        self.shed();
+    }
+}
+
+/// Applies a logged entry again (rebuilding a book): same bytes, same book, same outcome.
+fn replay(book: &mut Tracked, entry: &Entry) {
+    let text = std::str::from_utf8(&entry.bytes).ok();
+    let decoded = text.and_then(|t| kraken::decode(t).ok());
+    match decoded {
+        Some(Frame::Book(msg)) if msg.data.len() == 1 => {
+            let verdict = book.apply(msg.kind, &msg.data[0]);
+            debug_assert_eq!(
+                verdict, entry.outcome.verdict,
+                "a logged message replayed differently"
+            );
+        }
+        // Only decoded single-symbol book frames are logged.
+        _ => debug_assert!(false, "a logged entry that is not a book frame"),
+    }
+}
+
+fn unsynced_like(book: &OrderBook) -> Tracked {
+    let mut book = OrderBook::with_precision(book.depth(), None);
+    book.clear();
+    Tracked {
+        book,
+        synced: false,
+    }
+}
+
+/// The books a group's replicas share (see the module doc). Every method is one short critical
+/// section; the replicas run on the feed's one thread, so the lock is never contended.
+#[derive(Debug, Default)]
+pub struct SharedBooks {
+    lineages: Mutex<HashMap<String, Lineage>>,
+    /// Copies that took a logged outcome (not decoded again).
+    taken: AtomicU64,
+    /// Messages applied to a shared book at its front.
+    applied: AtomicU64,
+    /// Books rebuilt for a member that left behind the front.
+    rebuilt: AtomicU64,
+}
+
+/// What the shared books did, counted since they were made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharingStats {
+    /// Copies that took a logged outcome (not decoded again).
+    pub taken: u64,
+    /// Messages applied to a shared book at its front.
+    pub applied: u64,
+    /// Books rebuilt for a member that left behind the front.
+    pub rebuilt: u64,
+}
+
+impl SharedBooks {
+    /// No lineage yet.
+    pub fn new() -> Self {
+        SharedBooks::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Lineage>) -> T) -> T {
+        // A poisoned lock means a panic mid-update on this thread: the feed is going down.
+        let mut lineages = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut lineages)
+    }
+
+    /// Whether `replica` is a member of `symbol`'s lineage.
+    pub fn is_member(&self, replica: usize, symbol: &str) -> bool {
+        self.with(|l| {
+            l.get(symbol)
+                .is_some_and(|lin| lin.members[replica].is_some())
+        })
+    }
+
+    /// The fast path: `bytes` (one frame of one symbol) arrived on `replica`, a member behind
+    /// the front whose next entry has exactly these bytes: the entry's outcome (and the book's
+    /// parts when `state_due` and the replica is at the front after it). `None`: anything else
+    /// (the caller decodes the frame and calls [`SharedBooks::apply`]).
+    pub fn follow(
+        &self,
+        replica: usize,
+        symbol: &str,
+        bytes: &[u8],
+        state_due: bool,
+    ) -> Option<(Outcome, Option<StateParts>)> {
+        self.with(|lineages| {
+            let lineage = lineages.get_mut(symbol)?;
+            let q = lineage.members[replica]?;
+            if q >= lineage.p {
+                return None;
+            }
+            let entry = lineage.log.get((q - lineage.c) as usize)?;
+            if *entry.bytes != *bytes {
+                return None;
+            }
+            self.taken.fetch_add(1, Ordering::Relaxed);
+            Some(take_entry(lineages, symbol, replica, q, state_due))
+        })
+    }
+
+    /// A book message's only symbol `symbol` (its frame `bytes`, decoded as `kind` and `data`)
+    /// arrived on `replica`. A member takes its outcome from the log or applies it at the front;
+    /// a replica that is not one (or no longer is) is told so, with its book when it left just
+    /// now.
+    pub fn apply(
+        &self,
+        replica: usize,
+        symbol: &str,
+        kind: BookKind,
+        data: &BookData<'_>,
+        bytes: &[u8],
+        state_due: bool,
+    ) -> Shared {
+        self.with(|lineages| {
+            let Some(lineage) = lineages.get_mut(symbol) else {
+                return Shared::Own(None);
+            };
+            if let Some(parked) = lineage.parked[replica].take() {
+                if lineage.is_empty() {
+                    lineages.remove(symbol);
+                }
+                return Shared::Own(Some(parked));
+            }
+            let Some(q) = lineage.members[replica] else {
+                return Shared::Own(None);
+            };
+            if q < lineage.p {
+                let same = lineage
+                    .log
+                    .get((q - lineage.c) as usize)
+                    .is_some_and(|e| *e.bytes == *bytes);
+                if same {
+                    self.taken.fetch_add(1, Ordering::Relaxed);
+                    let (outcome, parts) = take_entry(lineages, symbol, replica, q, state_due);
+                    return Shared::Taken(outcome, parts);
+                }
+                // Diverged: this replica's book is the one at `q`.
+                self.rebuilt.fetch_add(1, Ordering::Relaxed);
+                let book = lineage.book_at(q);
+                lineage.members[replica] = None;
+                lineage.shed();
+                if lineage.is_empty() {
+                    lineages.remove(symbol);
+                }
+                return Shared::Own(Some(book));
+            }
+            if !lineage.open {
+                // No member stays at the front of an ended lineage; should one, its book is
+                // unsynced, as the mismatch that ended it left every book.
+                lineage.members[replica] = None;
+                lineage.shed();
+                let book = unsynced_like(&lineage.book.book);
+                if lineage.is_empty() {
+                    lineages.remove(symbol);
+                }
+                return Shared::Own(Some(book));
+            }
+            // At the front (a member left alone there drops what served the others).
+            lineage.shed();
+            let followers = lineage.member_count() > 1;
+            if followers
+                && lineage.log_bytes >= REFRESH_BYTES
+                && lineage.members.iter().flatten().all(|&m| m == lineage.p)
+            {
+                lineage.checkpoint = Some(lineage.book.book.clone());
+                lineage.c = lineage.p;
+                lineage.log.clear();
+                lineage.log_bytes = 0;
+            }
+            self.applied.fetch_add(1, Ordering::Relaxed);
+            let verdict = lineage.book.apply(kind, data);
+            let synced = lineage.book.synced;
+            let outcome = Outcome {
+                kind,
+                verdict,
+                checksum: data.checksum,
+                timestamp: data.timestamp,
+                best_bid: synced.then(|| lineage.book.book.best_bid()).flatten(),
+                best_ask: synced.then(|| lineage.book.book.best_ask()).flatten(),
+            };
+            lineage.p += 1;
+            lineage.members[replica] = Some(lineage.p);
+            let parts = (state_due && synced).then(|| StateParts::of(&lineage.book.book));
+            if followers {
+                lineage.log_bytes += bytes.len();
+                lineage.log.push_back(Entry {
+                    bytes: bytes.into(),
+                    outcome: outcome.clone(),
+                });
+            } else {
+                lineage.last.clear();
+                lineage.last.extend_from_slice(bytes);
+                lineage.c = lineage.p;
+            }
+            if !synced {
+                // A mismatch: the lineage ends here. Members behind take this entry's verdict
+                // and leave at it; this one leaves now, its book unsynced (its tracker starts a
+                // new one at its next message: it has none for the symbol).
+                lineage.open = false;
+                lineage.members[replica] = None;
+                lineage.shed();
+                if lineage.is_empty() {
+                    lineages.remove(symbol);
+                }
+                return Shared::Taken(outcome, None);
+            }
+            lineage.bound();
+            Shared::Taken(outcome, parts)
+        })
+    }
+
+    /// `replica`, with its own book of `symbol` in `tracker` and `last` its latest frame of the
+    /// symbol (applied to that book), offers to share: it joins the lineage when it is provably
+    /// at its front, or starts one when no replica is a member. On joining, its book is taken out
+    /// of `tracker` (`true`).
+    pub fn offer(&self, replica: usize, symbol: &str, tracker: &mut Tracker, last: &[u8]) -> bool {
+        if last.is_empty() || !tracker.is_synced(symbol) {
+            return false;
+        }
+        self.with(|lineages| {
+            match lineages.get_mut(symbol) {
+                Some(lineage) if lineage.member_count() > 0 => {
+                    if lineage.members[replica].is_some()
+                        || lineage.parked[replica].is_some()
+                        || !lineage.open
+                        || lineage.latest() != last
+                    {
+                        return false;
+                    }
+                    let Some(own) = tracker.book(symbol) else {
+                        return false;
+                    };
+                    if !own.same_as(&lineage.book.book) {
+                        return false;
+                    }
+                    if lineage.checkpoint.is_none() {
+                        // The first follower: every member is at the front (a single member
+                        // always is), so the checkpoint is the book now.
+                        lineage.checkpoint = Some(lineage.book.book.clone());
+                        lineage.c = lineage.p;
+                        lineage.log.clear();
+                        lineage.log_bytes = 0;
+                    }
+                    lineage.members[replica] = Some(lineage.p);
+                    tracker.take(symbol);
+                    true
+                }
+                Some(lineage) if lineage.parked[replica].is_some() => false,
+                _ => {
+                    let Some(book) = tracker.take(symbol) else {
+                        return false;
+                    };
+                    // A lineage whose members all left (parked books of others are kept).
+                    let parked = lineages
+                        .remove(symbol)
+                        .map(|l| l.parked)
+                        .unwrap_or_default();
+                    let mut lineage = Lineage::new(replica, book, last);
+                    lineage.parked = parked;
+                    lineages.insert(symbol.to_owned(), lineage);
+                    true
+                }
+            }
+        })
+    }
+
+    /// `replica` leaves `symbol`'s lineage: its book at its position, when it was a member (or
+    /// had a book parked).
+    pub fn leave(&self, replica: usize, symbol: &str) -> Option<Tracked> {
+        self.leave_unless(replica, symbol, |_| false)
+    }
+
+    /// [`SharedBooks::leave`], unless `keep` says the shared book is fine for what the replica is
+    /// about to change (its depth or precision already the new one).
+    pub fn leave_unless(
+        &self,
+        replica: usize,
+        symbol: &str,
+        keep: impl FnOnce(&OrderBook) -> bool,
+    ) -> Option<Tracked> {
+        self.with(|lineages| {
+            let lineage = lineages.get_mut(symbol)?;
+            let book = if let Some(parked) = lineage.parked[replica].take() {
+                Some(parked)
+            } else {
+                let q = lineage.members[replica]?;
+                if keep(&lineage.book.book) {
+                    return None;
+                }
+                let book = if lineage.open || q < lineage.p {
+                    lineage.book_at(q)
+                } else {
+                    unsynced_like(&lineage.book.book)
+                };
+                lineage.members[replica] = None;
+                lineage.shed();
+                Some(book)
+            };
+            if lineage.is_empty() {
+                lineages.remove(symbol);
+            }
+            book
+        })
+    }
+
+    /// `replica`'s session ended: it leaves every lineage (its books go with it).
+    pub fn leave_all(&self, replica: usize) {
+        self.with(|lineages| {
+            lineages.retain(|_, lineage| {
+                lineage.members[replica] = None;
+                lineage.parked[replica] = None;
+                lineage.shed();
+                !lineage.is_empty()
+            });
+        });
+    }
+
+    /// What the shared books did so far.
+    pub fn stats(&self) -> SharingStats {
+        SharingStats {
+            taken: self.taken.load(Ordering::Relaxed),
+            applied: self.applied.load(Ordering::Relaxed),
+            rebuilt: self.rebuilt.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many symbols have a lineage, and how many bytes their logs hold (for tests and the
+    /// benchmark).
+    pub fn footprint(&self) -> (usize, usize) {
+        self.with(|l| {
+            (
+                l.len(),
+                l.values().map(|x| x.log_bytes + x.last.len()).sum(),
+            )
+        })
+    }
+}
+
+/// The member at `q` takes entry `q` (its bytes matched): moves on, leaves at a mismatch.
+fn take_entry(
+    lineages: &mut HashMap<String, Lineage>,
+    symbol: &str,
+    replica: usize,
+    q: u64,
+    state_due: bool,
+) -> (Outcome, Option<StateParts>) {
+    let Some(lineage) = lineages.get_mut(symbol) else {
+        unreachable!("the caller found the lineage");
+    };
+    let outcome = lineage.log[(q - lineage.c) as usize].outcome.clone();
+    let q = q + 1;
+    let mismatch = !matches!(outcome.verdict, Verdict::Ok);
+    if mismatch {
+        // Its own book would be unsynced now; it has none for the symbol, so its next message
+        // starts an unsynced one, as after a mismatch.
+        lineage.members[replica] = None;
+        lineage.shed();
+        if lineage.is_empty() {
+            lineages.remove(symbol);
+        }
+        return (outcome, None);
+    }
+    lineage.members[replica] = Some(q);
+    lineage.shed();
+    let parts = (state_due && q == lineage.p && lineage.book.synced)
+        .then(|| StateParts::of(&lineage.book.book));
+    (outcome, parts)
+}
+
+/// The symbol of a book frame in Kraken's layout (`{"channel":"book",…"symbol":"X",…`), found
+/// without decoding it: only a key to look for a matching entry; the bytes decide.
+pub fn book_symbol_hint(text: &str) -> Option<&str> {
+    const KEY: &str = "\"symbol\":\"";
+    if !text.starts_with("{\"channel\":\"book\"") {
+        return None;
+    }
+    let start = text.find(KEY)? + KEY.len();
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
+}
+
+#[cfg(test)]
+#[path = "shared_books_tests.rs"]
+mod differential;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_symbol_hint_reads_kraken_layout_and_nothing_else() {
+        let update = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[],"asks":[],"checksum":1}]}"#;
+        assert_eq!(book_symbol_hint(update), Some("BTC/USD"));
+        assert_eq!(book_symbol_hint(r#"{"channel":"heartbeat"}"#), None);
+        assert_eq!(
+            book_symbol_hint(r#"{"method":"subscribe","result":{"symbol":"X"}}"#),
+            None
+        );
+        assert_eq!(
+            book_symbol_hint(r#"{"channel":"book","data":[{"symbol":"#),
+            None
+        );
+    }
+}
