@@ -84,6 +84,10 @@ pub struct BenchCollectArgs {
     /// not given: 10ms; 0ms reads and stamps each frame on arrival).
     #[arg(long, value_name = "DURATION", value_parser = krakenbook::config::duration)]
     pub read_every: Option<Duration>,
+    /// The collector's `--own-books`: with redundancy, every connection keeps books of its own
+    /// instead of sharing one per symbol with its group (the cost before the books were shared).
+    #[arg(long)]
+    pub own_books: bool,
     /// Two collectors at once, one at each of these `--redundancy` values (say 1,2), against the
     /// same simulated market, each with its own journal and its own database in the throwaway
     /// cluster (journal only with --journal-only), measured over the same window: prints each
@@ -260,6 +264,9 @@ impl Collector {
         if let Some(every) = args.read_every {
             cmd.arg("--read-every")
                 .arg(format!("{}ms", every.as_millis()));
+        }
+        if args.own_books {
+            cmd.arg("--own-books");
         }
         let child = cmd.spawn().context("starting krakenbook collect")?;
         let pid = child.id().context("the collector's pid")?;

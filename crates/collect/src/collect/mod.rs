@@ -292,8 +292,11 @@ pub async fn run(
         // backoff's seed) is unique per replica.
         let gate = (redundancy > 1)
             .then(|| Arc::new(SharedGate::new(redundancy, config.feed.replica_deadline)));
-        let books = (redundancy > 1 && config.feed.share_books)
-            .then(|| Arc::new(crate::feed::shared_books::SharedBooks::new()));
+        let books = (redundancy > 1 && config.feed.share_books).then(|| {
+            Arc::new(crate::feed::shared_books::SharedBooks::with_metrics(
+                Arc::clone(&metrics),
+            ))
+        });
         for replica in 0..redundancy {
             let index = group * redundancy + replica;
             let mut connection = Connection::new(index, chunk.to_vec(), Arc::clone(&shared));

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use super::FeedConfig;
 use super::error::{Lost, is_rate_limit_text};
-use super::shared_books::{Shared, SharedBooks, StateParts, book_symbol_hint};
+use super::shared_books::{Shared, SharedBooks, StateParts, book_symbol_hint, frame_key};
 use crate::book::PriceLevel;
 use crate::book::{FrameVerdict, OrderBook, Tracker, Verdict};
 use crate::journal::Entry;
@@ -628,11 +628,7 @@ impl Session {
                     }
                 }
                 // Ahead of the lineage's front by this message: it joins before applying it.
-                let last = self
-                    .symbols
-                    .get(symbol)
-                    .map(|s| s.last_frame.as_slice())
-                    .unwrap_or_default();
+                let last = self.symbols.get(symbol).map_or(0, |s| s.last_key);
                 if books.offer(*replica, symbol, &mut self.tracker, last)
                     && let Shared::Taken(outcome, parts) =
                         books.apply(*replica, symbol, kind, data, bytes, due)
@@ -656,11 +652,10 @@ impl Session {
             && single
             && let Some(state) = self.symbols.get_mut(symbol)
         {
-            state.last_frame.clear();
-            state.last_frame.extend_from_slice(bytes);
+            state.last_key = frame_key(bytes);
             // Behind the front by this message, or the first to verify: it joins now.
             if verdict == Verdict::Ok {
-                books.offer(*replica, symbol, &mut self.tracker, &state.last_frame);
+                books.offer(*replica, symbol, &mut self.tracker, state.last_key);
             }
         }
         applied
@@ -1030,9 +1025,9 @@ struct SymbolState {
     resubscribed_at: Option<Instant>,
     /// Verified updates since the last snapshot or journaled book state.
     since_state: u64,
-    /// The latest frame of the symbol applied to the session's own book (replicas sharing
-    /// books only: it joins its lineage when this is the lineage's latest).
-    last_frame: Vec<u8>,
+    /// The key of the latest frame of the symbol applied to the session's own book (replicas
+    /// sharing books only: it joins its lineage when this is the lineage's latest).
+    last_key: u64,
 }
 
 impl SymbolState {
@@ -1044,7 +1039,7 @@ impl SymbolState {
             gap_start: None,
             resubscribed_at: None,
             since_state: 0,
-            last_frame: Vec::new(),
+            last_key: 0,
         }
     }
 }

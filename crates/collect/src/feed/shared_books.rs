@@ -42,18 +42,20 @@
 //! from the journal or the database.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::replicas::MAX_REDUNDANCY;
 use crate::book::{BookView, OrderBook, Tracked, Tracker, Verdict};
 use crate::book::{Precision, PriceLevel};
 use crate::kraken::{self, BookData, BookKind, Frame};
+use crate::metrics::Metrics;
 use crate::time::Timestamp;
 
 /// With every member at the front and this many bytes in the log, the checkpoint is taken again
-/// there (a depth-1000 book is about 32 KiB to copy).
-pub const REFRESH_BYTES: usize = 64 << 10;
+/// there and the log emptied (a depth-1000 book is about 32 KiB to copy; a whole market keeps a
+/// log of about this size per symbol).
+pub const REFRESH_BYTES: usize = 8 << 10;
 /// The log's bound in bytes: past it the checkpoint moves up to the slowest member.
 pub const CAP_BYTES: usize = 1 << 20;
 /// The log's bound in entries.
@@ -109,10 +111,18 @@ pub enum Shared {
     Own(Option<Tracked>),
 }
 
+/// A logged message: its bytes are `data[start..start + len]` of its lineage.
 #[derive(Debug)]
 struct Entry {
-    bytes: Box<[u8]>,
+    start: usize,
+    len: usize,
     outcome: Outcome,
+}
+
+/// What identifies a frame's bytes well enough to try a join (its length and CRC32): only a
+/// filter, the books' comparison decides. 0: no frame.
+pub fn frame_key(bytes: &[u8]) -> u64 {
+    ((bytes.len() as u64) << 32) | u64::from(crc32fast::hash(bytes))
 }
 
 #[derive(Debug)]
@@ -127,17 +137,18 @@ struct Lineage {
     /// The book at position `c` (at or before every member's), while two or more are members.
     checkpoint: Option<OrderBook>,
     c: u64,
-    /// Entries `c..p`, while two or more are members.
+    /// Entries `c..p`, while two or more are members, and their bytes one after the other.
     log: VecDeque<Entry>,
-    log_bytes: usize,
-    /// The latest entry's bytes (kept with a single member too, for a replica that would join).
-    last: Vec<u8>,
+    data: Vec<u8>,
+    /// The latest message's [`frame_key`] (kept with a single member too, for a replica that
+    /// would join).
+    last_key: u64,
     /// Books of members let go at the log's bound, until their sessions take them.
     parked: [Option<Tracked>; MAX_REDUNDANCY],
 }
 
 impl Lineage {
-    fn new(replica: usize, book: Tracked, last: &[u8]) -> Self {
+    fn new(replica: usize, book: Tracked, last_key: u64) -> Self {
         let mut members = [None; MAX_REDUNDANCY];
         members[replica] = Some(0);
         Lineage {
@@ -148,8 +159,8 @@ impl Lineage {
             checkpoint: None,
             c: 0,
             log: VecDeque::new(),
-            log_bytes: 0,
-            last: last.to_vec(),
+            data: Vec::new(),
+            last_key,
             parked: Default::default(),
         }
     }
@@ -171,8 +182,25 @@ impl Lineage {
             .unwrap_or(self.p)
     }
 
-    fn latest(&self) -> &[u8] {
-        self.log.back().map_or(&self.last[..], |e| &e.bytes[..])
+    fn bytes(&self, entry: &Entry) -> &[u8] {
+        &self.data[entry.start..entry.start + entry.len]
+    }
+
+    /// Whether entry `i` of the log (position `c + i`) has exactly these bytes.
+    fn entry_is(&self, i: u64, bytes: &[u8]) -> bool {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.log.get(i))
+            .is_some_and(|e| e.len == bytes.len() && self.bytes(e) == bytes)
+    }
+
+    /// Empties the log (its bytes' memory is kept for the next, within bounds).
+    fn clear_log(&mut self) {
+        self.log.clear();
+        self.data.clear();
+        if self.data.capacity() > 4 * REFRESH_BYTES {
+            self.data.shrink_to(REFRESH_BYTES);
+        }
     }
 
     /// With a single member at the front (or none), the checkpoint and the log serve nobody.
@@ -184,12 +212,7 @@ impl Lineage {
             _ => false,
         };
         if alone {
-            if let Some(e) = self.log.pop_back() {
-                self.last.clear();
-                self.last.extend_from_slice(&e.bytes);
-            }
-            self.log.clear();
-            self.log_bytes = 0;
+            self.clear_log();
             self.checkpoint = None;
             self.c = self.p;
         }
@@ -211,7 +234,7 @@ impl Lineage {
             synced: true,
         };
         for entry in self.log.iter().take((q - self.c) as usize) {
-            replay(&mut book, entry);
+            replay(&mut book, self.bytes(entry), &entry.outcome);
         }
         book
     }
@@ -230,9 +253,14 @@ impl Lineage {
         };
         for _ in self.c..to {
             if let Some(entry) = self.log.pop_front() {
-                self.log_bytes -= entry.bytes.len();
-                replay(&mut book, &entry);
+                replay(&mut book, self.bytes(&entry), &entry.outcome);
             }
+        }
+        // The bytes of the entries left move to the buffer's start.
+        let cut = self.log.front().map_or(self.data.len(), |e| e.start);
+        self.data.drain(..cut);
+        for e in &mut self.log {
+            e.start -= cut;
         }
         self.checkpoint = Some(book.book);
         self.c = to;
@@ -240,7 +268,7 @@ impl Lineage {
 
     /// Keeps the log within its bounds (after an append).
     fn bound(&mut self) {
-        if self.log.len() <= CAP_ENTRIES && self.log_bytes <= CAP_BYTES {
+        if self.log.len() <= CAP_ENTRIES && self.data.len() <= CAP_BYTES {
             return;
         }
         let slowest = self.min_position();
@@ -264,15 +292,15 @@ impl Lineage {
     }
 }
 
-/// Applies a logged entry again (rebuilding a book): same bytes, same book, same outcome.
-fn replay(book: &mut Tracked, entry: &Entry) {
-    let text = std::str::from_utf8(&entry.bytes).ok();
+/// Applies a logged message again (rebuilding a book): same bytes, same book, same outcome.
+fn replay(book: &mut Tracked, bytes: &[u8], outcome: &Outcome) {
+    let text = std::str::from_utf8(bytes).ok();
     let decoded = text.and_then(|t| kraken::decode(t).ok());
     match decoded {
         Some(Frame::Book(msg)) if msg.data.len() == 1 => {
             let verdict = book.apply(msg.kind, &msg.data[0]);
             debug_assert_eq!(
-                verdict, entry.outcome.verdict,
+                verdict, outcome.verdict,
                 "a logged message replayed differently"
             );
         }
@@ -301,6 +329,8 @@ pub struct SharedBooks {
     applied: AtomicU64,
     /// Books rebuilt for a member that left behind the front.
     rebuilt: AtomicU64,
+    /// The collector's metrics, counted there too.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What the shared books did, counted since they were made.
@@ -318,6 +348,28 @@ impl SharedBooks {
     /// No lineage yet.
     pub fn new() -> Self {
         SharedBooks::default()
+    }
+
+    /// No lineage yet; what they do is counted in `metrics` too.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        SharedBooks {
+            metrics: Some(metrics),
+            ..SharedBooks::default()
+        }
+    }
+
+    fn count_taken(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.shared_copies_taken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_rebuilt(&self) {
+        self.rebuilt.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.shared_book_rebuilds.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Lineage>) -> T) -> T {
@@ -351,11 +403,10 @@ impl SharedBooks {
             if q >= lineage.p {
                 return None;
             }
-            let entry = lineage.log.get((q - lineage.c) as usize)?;
-            if *entry.bytes != *bytes {
+            if !lineage.entry_is(q - lineage.c, bytes) {
                 return None;
             }
-            self.taken.fetch_add(1, Ordering::Relaxed);
+            self.count_taken();
             Some(take_entry(lineages, symbol, replica, q, state_due))
         })
     }
@@ -387,17 +438,13 @@ impl SharedBooks {
                 return Shared::Own(None);
             };
             if q < lineage.p {
-                let same = lineage
-                    .log
-                    .get((q - lineage.c) as usize)
-                    .is_some_and(|e| *e.bytes == *bytes);
-                if same {
-                    self.taken.fetch_add(1, Ordering::Relaxed);
+                if lineage.entry_is(q - lineage.c, bytes) {
+                    self.count_taken();
                     let (outcome, parts) = take_entry(lineages, symbol, replica, q, state_due);
                     return Shared::Taken(outcome, parts);
                 }
                 // Diverged: this replica's book is the one at `q`.
-                self.rebuilt.fetch_add(1, Ordering::Relaxed);
+                self.count_rebuilt();
                 let book = lineage.book_at(q);
                 lineage.members[replica] = None;
                 lineage.shed();
@@ -421,13 +468,12 @@ impl SharedBooks {
             lineage.shed();
             let followers = lineage.member_count() > 1;
             if followers
-                && lineage.log_bytes >= REFRESH_BYTES
+                && lineage.data.len() >= REFRESH_BYTES
                 && lineage.members.iter().flatten().all(|&m| m == lineage.p)
             {
                 lineage.checkpoint = Some(lineage.book.book.clone());
                 lineage.c = lineage.p;
-                lineage.log.clear();
-                lineage.log_bytes = 0;
+                lineage.clear_log();
             }
             self.applied.fetch_add(1, Ordering::Relaxed);
             let verdict = lineage.book.apply(kind, data);
@@ -443,15 +489,16 @@ impl SharedBooks {
             lineage.p += 1;
             lineage.members[replica] = Some(lineage.p);
             let parts = (state_due && synced).then(|| StateParts::of(&lineage.book.book));
+            lineage.last_key = frame_key(bytes);
             if followers {
-                lineage.log_bytes += bytes.len();
+                let start = lineage.data.len();
+                lineage.data.extend_from_slice(bytes);
                 lineage.log.push_back(Entry {
-                    bytes: bytes.into(),
+                    start,
+                    len: bytes.len(),
                     outcome: outcome.clone(),
                 });
             } else {
-                lineage.last.clear();
-                lineage.last.extend_from_slice(bytes);
                 lineage.c = lineage.p;
             }
             if !synced {
@@ -471,12 +518,19 @@ impl SharedBooks {
         })
     }
 
-    /// `replica`, with its own book of `symbol` in `tracker` and `last` its latest frame of the
-    /// symbol (applied to that book), offers to share: it joins the lineage when it is provably
-    /// at its front, or starts one when no replica is a member. On joining, its book is taken out
-    /// of `tracker` (`true`).
-    pub fn offer(&self, replica: usize, symbol: &str, tracker: &mut Tracker, last: &[u8]) -> bool {
-        if last.is_empty() || !tracker.is_synced(symbol) {
+    /// `replica`, with its own book of `symbol` in `tracker` and `last_key` the [`frame_key`] of
+    /// its latest frame of the symbol (applied to that book), offers to share: it joins the
+    /// lineage when it is at its front (the latest message's key is its last frame's, and its
+    /// book is the same as the shared one, level for level), or starts one when no replica is a
+    /// member. On joining, its book is taken out of `tracker` (`true`).
+    pub fn offer(
+        &self,
+        replica: usize,
+        symbol: &str,
+        tracker: &mut Tracker,
+        last_key: u64,
+    ) -> bool {
+        if last_key == 0 || !tracker.is_synced(symbol) {
             return false;
         }
         self.with(|lineages| {
@@ -485,7 +539,7 @@ impl SharedBooks {
                     if lineage.members[replica].is_some()
                         || lineage.parked[replica].is_some()
                         || !lineage.open
-                        || lineage.latest() != last
+                        || lineage.last_key != last_key
                     {
                         return false;
                     }
@@ -500,8 +554,7 @@ impl SharedBooks {
                         // always is), so the checkpoint is the book now.
                         lineage.checkpoint = Some(lineage.book.book.clone());
                         lineage.c = lineage.p;
-                        lineage.log.clear();
-                        lineage.log_bytes = 0;
+                        lineage.clear_log();
                     }
                     lineage.members[replica] = Some(lineage.p);
                     tracker.take(symbol);
@@ -517,7 +570,7 @@ impl SharedBooks {
                         .remove(symbol)
                         .map(|l| l.parked)
                         .unwrap_or_default();
-                    let mut lineage = Lineage::new(replica, book, last);
+                    let mut lineage = Lineage::new(replica, book, last_key);
                     lineage.parked = parked;
                     lineages.insert(symbol.to_owned(), lineage);
                     true
@@ -589,12 +642,7 @@ impl SharedBooks {
     /// How many symbols have a lineage, and how many bytes their logs hold (for tests and the
     /// benchmark).
     pub fn footprint(&self) -> (usize, usize) {
-        self.with(|l| {
-            (
-                l.len(),
-                l.values().map(|x| x.log_bytes + x.last.len()).sum(),
-            )
-        })
+        self.with(|l| (l.len(), l.values().map(|x| x.data.capacity()).sum()))
     }
 }
 

@@ -185,6 +185,11 @@ pub struct Metrics {
     pub unasked_frames: AtomicU64,
     /// Frames larger than the frame-size cap (not kept; the connection is reopened).
     pub frames_too_large: AtomicU64,
+    /// Copies of book messages that took the outcome of the same message already applied to
+    /// their group's shared book (`--redundancy` ≥ 2: not decoded again).
+    pub shared_copies_taken: AtomicU64,
+    /// Books rebuilt for a replica that left its group's shared book.
+    pub shared_book_rebuilds: AtomicU64,
     /// The journal's segment bytes and free disk, measured in the background ([`disk`]).
     pub journal_disk: JournalDisk,
     symbols: RwLock<BTreeMap<String, Arc<SymbolMetrics>>>,
