@@ -37,8 +37,9 @@
 //!   [`FeedConfig::max_symbols`]; logs of what a peer can repeat are bounded, and every peer text
 //!   printed goes through [`crate::text::printable`];
 //! - with [`FeedConfig::redundancy`] N, every group of symbols has N [`Connection`]s (replicas:
-//!   separate sockets, ids, sessions and books, replica k on endpoint k mod the number of
-//!   endpoints), staggered at start; a replica does not start a reconnect or a resubscription
+//!   separate sockets, ids and sessions, replica k on endpoint k mod the number of endpoints),
+//!   staggered at start, sharing one book per symbol ([`shared_books`]: a copy whose bytes equal
+//!   the message already applied at its place takes its verdict undecoded); a replica does not start a reconnect or a resubscription
 //!   while another replica of its group darkens the same symbols, for at most a deadline
 //!   ([`replicas`]).
 

@@ -2,8 +2,8 @@
 //! dark together by the collector's own doing.
 //!
 //! With `collect --redundancy N` every group of symbols is subscribed on N connections
-//! (*replicas* 0..N): separate sockets, connection ids, sessions and books. What the replicas of a
-//! group share is only a [`Gate`]: a replica that starts a reconnect (its symbols dark until the
+//! (*replicas* 0..N): separate sockets, connection ids and sessions. What the replicas of a group
+//! share is a [`Gate`] (and, for the CPU's sake, their books: [`super::shared_books`]): a replica that starts a reconnect (its symbols dark until the
 //! new session verifies them) or a resubscription of one symbol (that symbol dark until its new
 //! snapshot verifies) asks the gate first. What must always hold:
 //! - a replica does not *start* a reconnect while another replica of its group is reconnecting

@@ -18,10 +18,10 @@
 //!   lineage's checkpoint, a copy of the book at a position `c` ≤ every member's, and the log's
 //!   entries `c..q` applied again) and it goes on with a book of its own, as without sharing.
 //!
-//! A replica with a book of its own joins when it can prove it is at the front: its last frame's
-//! bytes are the log's latest entry's and its book is [`OrderBook::same_as`] the shared book
-//! (checked before and after each message it applies, so that it joins whether it runs ahead of
-//! the front or behind it). A replica that verifies a book while no lineage of the symbol has
+//! A replica with a book of its own joins when it can prove its book is the front's: its book is
+//! [`OrderBook::same_as`] the shared book, level for level (tried when its last frame's
+//! [`frame_key`] is the latest message's, before and after each message it applies, so that it
+//! joins whether it runs ahead of the front or behind it; the key only says when to compare). A replica that verifies a book while no lineage of the symbol has
 //! members starts one with its book. A mismatch (or a level the book cannot hold) ends the
 //! lineage's appends: its entry is logged so that members behind take the same verdict, and
 //! every member leaves with it, unsynced, exactly as its own book would be.
@@ -32,7 +32,7 @@
 //! the entries to it (the work that member would have done), and a member that has not moved at
 //! all since the checkpoint is let go with its book (the checkpoint's copy), *parked* until its
 //! session next asks. A single member keeps no checkpoint and no log, only its latest frame's
-//! bytes (for a replica that wants to join).
+//! key (for a replica that wants to join).
 //!
 //! Exactness rests on one fact: the outcome of a message is a function of the book before it and
 //! the message's bytes. The differential test (`shared_books_tests.rs`) runs replicas with and
