@@ -873,6 +873,57 @@ async fn a_statement_timeout_on_the_role_pauses_the_pipeline_without_splitting()
 }
 
 #[tokio::test]
+async fn a_statement_timeout_shorter_than_a_batch_halves_the_writes_and_stores_everything() {
+    let (db, client) = migrated_db().await;
+    // Every book row takes 2 ms to insert: a batch of 500 takes about a second, over the
+    // role's 400 ms; a part of 125 goes through.
+    client
+        .batch_execute(
+            "DROP ROLE IF EXISTS kb_brisk; CREATE ROLE kb_brisk LOGIN SUPERUSER;
+             ALTER ROLE kb_brisk SET statement_timeout = '400ms';
+             CREATE FUNCTION kb_slow_row() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER kb_slow_row BEFORE INSERT ON krakenbook_book
+               FOR EACH ROW EXECUTE FUNCTION kb_slow_row();",
+        )
+        .await
+        .unwrap();
+    let url = db.url.replacen("postgres@", "kb_brisk@", 1);
+    let logs = Logs::capture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    journal::identity(&dir, Some("brisk")).unwrap();
+    let journal = Journal::open(&dir);
+    let end = journal.append(fixture_entries(1, t0())).await;
+    let running = Running::start(&journal, config(&dir, "brisk", &url));
+    running.wait_checkpoint(end, Duration::from_secs(90)).await;
+    assert!(
+        logs.count("writing smaller parts") >= 1,
+        "the timeouts halved the writes:\n{}",
+        logs.text()
+    );
+    assert_eq!(
+        logs.count("database refuses the pipeline"),
+        0,
+        "halving is not a pause:\n{}",
+        logs.text()
+    );
+    assert_eq!(running.metrics.health(), Ok(()));
+    running.stop().await;
+    journal.close().await;
+    let split: i64 = client
+        .query_one(
+            "SELECT count(*) FROM kraken_feed_events WHERE event IN ('stored_raw', 'not_stored')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(split, 0, "a timeout never stores a record raw");
+    assert_database_equals_journal(&client, &dir, "brisk").await;
+}
+
+#[tokio::test]
 async fn a_wrong_password_pauses_the_pipeline_and_is_refused_at_start_up() {
     let cluster = own_cluster();
     cluster.require_passwords().unwrap();

@@ -65,6 +65,52 @@ impl Bisect {
         Bisect { stack }
     }
 
+    /// A plan for a batch of `len` units in parts of at most `limit` units each (in seq order).
+    pub fn limited(len: usize, limit: Option<usize>) -> Bisect {
+        let Some(limit) = limit.filter(|&l| l > 0 && l < len) else {
+            return Bisect::new(len);
+        };
+        let mut stack = Vec::new();
+        let mut end = len;
+        while end > 0 {
+            // The last chunk pushed first: the first one is on top.
+            let start = (end - 1) / limit * limit;
+            stack.push(Part {
+                start,
+                end,
+                mode: Mode::Whole,
+                reason: None,
+            });
+            end = start;
+        }
+        Bisect { stack }
+    }
+
+    /// The next part, written whole, ran out of time (a statement timeout): it is replaced by
+    /// its two halves, in order. `false` when it is a single unit or not written whole (then
+    /// nothing changes).
+    pub fn halve(&mut self) -> bool {
+        let Some(part) = self.stack.last() else {
+            return false;
+        };
+        let len = part.end - part.start;
+        if part.mode != Mode::Whole || len < 2 {
+            return false;
+        }
+        let (start, end) = (part.start, part.end);
+        self.stack.pop();
+        let mid = start + len / 2;
+        for (start, end) in [(mid, end), (start, mid)] {
+            self.stack.push(Part {
+                start,
+                end,
+                mode: Mode::Whole,
+                reason: None,
+            });
+        }
+        true
+    }
+
     /// The part to write next (`None`: the batch is done).
     pub fn next(&self) -> Option<&Part> {
         self.stack.last()
@@ -152,6 +198,35 @@ mod tests {
             }
         }
         (committed, attempts)
+    }
+
+    #[test]
+    fn a_limited_plan_covers_the_batch_in_order_and_halving_keeps_it_so() {
+        for (len, limit) in [
+            (10, Some(3)),
+            (9, Some(3)),
+            (1, Some(1)),
+            (5, None),
+            (5, Some(9)),
+        ] {
+            let mut plan = Bisect::limited(len, limit);
+            let mut covered = Vec::new();
+            let mut halved = false;
+            while let Some(part) = plan.next().cloned() {
+                if !halved && part.end - part.start > 1 {
+                    assert!(plan.halve());
+                    halved = true;
+                    continue;
+                }
+                assert!(limit.is_none_or(|l| part.end - part.start <= l.max(1)));
+                covered.extend(part.start..part.end);
+                plan.succeeded();
+            }
+            assert_eq!(covered, (0..len).collect::<Vec<_>>(), "{len} {limit:?}");
+        }
+        let mut single = Bisect::new(1);
+        assert!(!single.halve(), "a single unit cannot be halved");
+        assert_eq!(single.next().map(|p| (p.start, p.end)), Some((0, 1)));
     }
 
     #[test]

@@ -34,6 +34,11 @@
 //!   is found; it is stored in raw form, or if even that fails a `not_stored` event row stands
 //!   for it, while every other record is stored normally. Each part commits with its own
 //!   checkpoint, in seq order;
+//! - a timeout is not a reason to stop: a part whose write a timeout cut short (a role's
+//!   `statement_timeout`, SQLSTATE 57014, or [`WriterConfig::attempt_timeout`]) is halved, each
+//!   half committing with its own checkpoint in seq order; later batches are written in parts of
+//!   that size until [`PARTS_BEFORE_GROWING`] parts in a row go through, when the size doubles
+//!   again. A single record cut short is an environment error (below);
 //! - nothing dropped otherwise: transient failures ([`ErrorClass::Transient`]) are retried with
 //!   exponential backoff on a new connection, for as long as the policy allows (by default
 //!   forever); environment errors are returned at once with the batch's seq range, nothing of the
@@ -239,7 +244,12 @@ pub struct WriterStats {
     pub connections: u64,
     /// Batches split to find a record the server refused.
     pub splits: u64,
+    /// Parts halved because a timeout cut their write short (a role's `statement_timeout`).
+    pub timeout_halvings: u64,
 }
+
+/// After this many parts written in a row at a lowered part size, the size doubles again.
+const PARTS_BEFORE_GROWING: u32 = 16;
 
 /// Writes records to TimescaleDB, exactly once (see the module doc).
 #[derive(Debug)]
@@ -252,6 +262,11 @@ pub struct Writer {
     /// The server process of the last connection: after a failure it may still hold the
     /// collector's lock for a moment (or for good, stuck in an abandoned attempt).
     previous_backend: Option<i32>,
+    /// The most units one transaction writes, lowered when a timeout cut a write short (a
+    /// role's `statement_timeout` shorter than a batch takes); `None`: whole batches.
+    part_limit: Option<usize>,
+    /// Parts written in a row at the lowered limit (it doubles after [`PARTS_BEFORE_GROWING`]).
+    parts_at_limit: u32,
 }
 
 struct Conn {
@@ -299,6 +314,8 @@ impl Writer {
             encoder,
             stats: WriterStats::default(),
             previous_backend: None,
+            part_limit: None,
+            parts_at_limit: 0,
         }
     }
 
@@ -416,14 +433,31 @@ impl Writer {
             last_seq,
             ..BatchReport::default()
         };
-        let mut plan = Bisect::new(items.len());
+        let mut plan = Bisect::limited(items.len(), self.part_limit);
         while let Some(part) = plan.next().cloned() {
             let units = &items[part.start..part.end];
             match self
                 .write_part(units, &part, sync.as_deref_mut(), &mut report)
                 .await
             {
-                Ok(()) => plan.succeeded(),
+                Ok(()) => {
+                    plan.succeeded();
+                    self.part_written();
+                }
+                Err(e) if cut_short(&e) && plan.halve() => {
+                    // Nothing of the part committed; its halves are written one after the
+                    // other, and so are later batches' parts, until writes go through again.
+                    let len = part.end - part.start;
+                    self.part_limit = Some(len / 2);
+                    self.parts_at_limit = 0;
+                    self.stats.timeout_halvings += 1;
+                    tracing::warn!(
+                        records = len,
+                        now = len / 2,
+                        error = %crate::text::printable(&e.to_string()),
+                        "a write was cut short by a timeout; writing smaller parts (a role's statement_timeout shorter than a batch takes: raise it to write whole batches)"
+                    );
+                }
                 Err(e) if e.class() == ErrorClass::RecordSpecific => {
                     if part.mode == Mode::Whole && part.end - part.start == items.len() {
                         self.stats.splits += 1;
@@ -474,6 +508,20 @@ impl Writer {
         Ok(report)
     }
 
+    /// A part was committed: at a lowered part size, the size grows back after a run of them.
+    fn part_written(&mut self) {
+        let Some(limit) = self.part_limit else {
+            return;
+        };
+        self.parts_at_limit += 1;
+        if self.parts_at_limit >= PARTS_BEFORE_GROWING {
+            self.parts_at_limit = 0;
+            let grown = limit.saturating_mul(2);
+            // Beyond any batch the collector makes: whole batches again.
+            self.part_limit = (grown < 1 << 20).then_some(grown);
+        }
+    }
+
     /// Writes one part of a batch, retrying transient failures as the policy allows; other
     /// failures are returned as they are (the caller splits on record-specific ones).
     async fn write_part<T: BatchItem>(
@@ -509,7 +557,12 @@ impl Writer {
                     report.commits += u32::from(done.committed);
                     return Ok(());
                 }
-                Err(e) if e.class() == ErrorClass::Transient => {
+                // The attempt's own timeout on a part that can be halved: the caller halves it
+                // (the same part again would take as long).
+                Err(e)
+                    if e.class() == ErrorClass::Transient
+                        && !(cut_short(&e) && units.len() > 1 && part.mode == Mode::Whole) =>
+                {
                     let what = format!("writing records {first_seq}..={last_seq}");
                     self.after_failure(e, attempt, &what).await?;
                 }
@@ -1181,6 +1234,13 @@ fn jitter(d: Duration) -> Duration {
 
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a failure is a write cut short by a timeout: the server's `statement_timeout`
+/// (SQLSTATE 57014) or the attempt's own ([`WriterConfig::attempt_timeout`]). A smaller part can
+/// go through where the whole did not.
+fn cut_short(e: &StoreError) -> bool {
+    e.sqlstate() == Some("57014") || matches!(e, StoreError::Timeout { .. })
 }
 
 #[cfg(test)]
