@@ -802,16 +802,24 @@ async fn environment_episode(
     assert_eq!(logs.count("database refuses the pipeline"), 1);
     running.stop().await;
     journal.close().await;
-    let split: i64 = admin
+    assert_eq!(
+        split_rows(admin).await,
+        0,
+        "an environment error never splits a batch"
+    );
+    assert_database_equals_journal(admin, &dir, collector).await;
+}
+
+/// The event rows a split batch leaves (records stored raw, or not stored).
+async fn split_rows(client: &Client) -> i64 {
+    client
         .query_one(
             "SELECT count(*) FROM kraken_feed_events WHERE event IN ('stored_raw', 'not_stored')",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(split, 0, "an environment error never splits a batch");
-    assert_database_equals_journal(admin, &dir, collector).await;
+        .get(0)
 }
 
 #[tokio::test]
@@ -911,15 +919,11 @@ async fn a_statement_timeout_shorter_than_a_batch_halves_the_writes_and_stores_e
     assert_eq!(running.metrics.health(), Ok(()));
     running.stop().await;
     journal.close().await;
-    let split: i64 = client
-        .query_one(
-            "SELECT count(*) FROM kraken_feed_events WHERE event IN ('stored_raw', 'not_stored')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(split, 0, "a timeout never stores a record raw");
+    assert_eq!(
+        split_rows(&client).await,
+        0,
+        "a timeout never stores a record raw"
+    );
     assert_database_equals_journal(&client, &dir, "brisk").await;
 }
 

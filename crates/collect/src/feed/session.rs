@@ -472,16 +472,7 @@ impl Session {
             best_ask: None,
         };
         if self.follow_shared(frame, at, &mut record) {
-            record.bytes = bytes.to_vec();
-            self.actions.insert(
-                mark,
-                Action::Journal(Entry {
-                    received_at: at,
-                    conn_id: self.conn_id,
-                    conn_seq: self.conn_seq,
-                    body: RecordBody::Frame(record),
-                }),
-            );
+            self.journal_frame(mark, bytes, record, at);
             return;
         }
         let text = match frame {
@@ -519,6 +510,11 @@ impl Session {
             }
             Ok(Frame::Heartbeat | Frame::Pong(_) | Frame::Unknown(_)) => {}
         }
+        self.journal_frame(mark, bytes, record, at);
+    }
+
+    /// Journals the frame as received, before everything derived from it (at `mark`).
+    fn journal_frame(&mut self, mark: usize, bytes: &[u8], mut record: FrameRecord, at: Timestamp) {
         record.bytes = bytes.to_vec();
         self.actions.insert(
             mark,
