@@ -214,6 +214,7 @@ pub fn split_list(text: &str) -> Vec<String> {
 /// depth = 100
 /// url = "wss://ws.kraken.com/v2"        # or a list: replica k uses the k-th (mod their number)
 /// redundancy = 2                         # connections per symbol group
+/// own_books = false                      # true: each connection keeps books of its own
 /// journal_dir = "/var/lib/krakenbook/journal"
 /// database_url = "postgres://krakenbook@db.internal/market?sslmode=require"
 /// metrics_listen = "127.0.0.1:9187"
@@ -235,6 +236,8 @@ pub struct CollectFile {
     pub url: Option<Vec<String>>,
     /// Connections per symbol group (1 to 4).
     pub redundancy: Option<usize>,
+    /// With redundancy, every connection keeps books of its own (`--own-books`).
+    pub own_books: Option<bool>,
     /// Journal directory.
     pub journal_dir: Option<PathBuf>,
     /// Database URL.

@@ -186,7 +186,7 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
         }
         feed.redundancy = n;
     }
-    feed.share_books = !args.own_books;
+    feed.share_books = !(args.own_books || file.own_books.unwrap_or(false));
     if let Some(n) = args.symbols_per_connection.or(file.symbols_per_connection) {
         if n == 0 {
             bail!("--symbols-per-connection must be at least 1");
@@ -444,6 +444,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.feed.redundancy, 3);
+        assert!(c.feed.share_books, "the replicas share books by default");
         let hosts: Vec<String> = (0..4)
             .map(|k| c.feed.for_replica(k).url.host_str().unwrap().to_owned())
             .collect();
@@ -458,6 +459,8 @@ mod tests {
         let c = resolve_args(&["--config", path.to_str().unwrap()]).unwrap();
         assert_eq!(c.feed.redundancy, 2);
         assert_eq!(c.feed.for_replica(1).url.as_str(), "ws://b:2/v2");
+        let own = resolve_args(&["--config", path.to_str().unwrap(), "--own-books"]).unwrap();
+        assert!(!own.feed.share_books, "--own-books");
         // A flag wins over the file, the whole list at once.
         let c =
             resolve_args(&["--config", path.to_str().unwrap(), "--url", "ws://z:9/v2"]).unwrap();
