@@ -34,8 +34,9 @@
 //!   is found; it is stored in raw form, or if even that fails a `not_stored` event row stands
 //!   for it, while every other record is stored normally. Each part commits with its own
 //!   checkpoint, in seq order;
-//! - a timeout is not a reason to stop: a part whose write a timeout cut short (a role's
-//!   `statement_timeout`, SQLSTATE 57014, or [`WriterConfig::attempt_timeout`]) is halved, each
+//! - a statement timeout is not a reason to stop: a part whose write the server's
+//!   `statement_timeout` cut short (SQLSTATE 57014: a role's limit shorter than a batch takes) is
+//!   halved, each
 //!   half committing with its own checkpoint in seq order; later batches are written in parts of
 //!   that size until [`PARTS_BEFORE_GROWING`] parts in a row go through, when the size doubles
 //!   again. A single record cut short is an environment error (below);
@@ -557,12 +558,7 @@ impl Writer {
                     report.commits += u32::from(done.committed);
                     return Ok(());
                 }
-                // The attempt's own timeout on a part that can be halved: the caller halves it
-                // (the same part again would take as long).
-                Err(e)
-                    if e.class() == ErrorClass::Transient
-                        && !(cut_short(&e) && units.len() > 1 && part.mode == Mode::Whole) =>
-                {
+                Err(e) if e.class() == ErrorClass::Transient => {
                     let what = format!("writing records {first_seq}..={last_seq}");
                     self.after_failure(e, attempt, &what).await?;
                 }
@@ -1236,11 +1232,11 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// Whether a failure is a write cut short by a timeout: the server's `statement_timeout`
-/// (SQLSTATE 57014) or the attempt's own ([`WriterConfig::attempt_timeout`]). A smaller part can
-/// go through where the whole did not.
+/// Whether a failure is a write cut short by the server's `statement_timeout` (SQLSTATE 57014):
+/// a smaller part can go through where the whole did not. (The attempt's own timeout is not one:
+/// it is what a held lock or a stalled network looks like, retried as it is.)
 fn cut_short(e: &StoreError) -> bool {
-    e.sqlstate() == Some("57014") || matches!(e, StoreError::Timeout { .. })
+    e.sqlstate() == Some("57014")
 }
 
 #[cfg(test)]
