@@ -39,7 +39,7 @@ const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_
 /// `conn_seq` is `krakenbook_serial()` (migration 9): NULL once inlined, and PARALLEL UNSAFE, so
 /// every query that names the view is planned serial. Under the view's `UNION ALL` the book
 /// table is sized before TimescaleDB expands its chunks (2 rows, whatever it holds), and the
-/// parallel plans picked on that estimate gather every row to the leader: `COUNT(*)` ran 3 to 7
+/// parallel plans picked on that estimate gather every row to the leader: `COUNT(*)` ran 5 to 7
 /// times slower than serial.
 pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
     format!(

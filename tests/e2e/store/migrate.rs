@@ -780,7 +780,7 @@ async fn a_schema_8_database_migrates_to_9_and_its_views_show_the_same_rows_as_t
 /// Plans on the messages view are serial, even where parallel plans cost nothing: under the
 /// view's `UNION ALL` the book table is sized before TimescaleDB expands its chunks (2 rows,
 /// whatever it holds), and the parallel plans chosen on that estimate gathered every row to the
-/// leader (`COUNT(*)` 3 to 7 times slower than serial on 125,000 messages). The book table
+/// leader (`COUNT(*)` 5 to 7 times slower than serial on 125,000 messages). The book table
 /// itself still gets parallel plans, and so does the view once an operator declares
 /// `krakenbook_serial()` parallel safe.
 #[tokio::test]

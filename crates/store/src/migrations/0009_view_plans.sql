@@ -9,7 +9,8 @@
 --   one becomes the constant NULL: nothing runs per row). Why serial: TimescaleDB 2.19 expands a
 --   hypertable under a UNION ALL after the UNION ALL was sized, so the view is planned at 2 rows
 --   whatever the tables hold, and the parallel plans chosen on that estimate send every row
---   through a Gather to the leader (COUNT(*): 37 ms against 10 ms serial on 125,000 messages).
+--   through a Gather to the leader (COUNT(*): 32-34 ms against 5.3-5.9 ms serial on 125,000
+--   messages).
 --   An operator who wants parallel plans on the view back runs
 --   `ALTER FUNCTION krakenbook_serial() PARALLEL SAFE` (migrate never redefines it);
 -- - krakenbook_level_ordinals(levels, raw): 1..n, the ordinals of a message's levels, for the
