@@ -25,7 +25,7 @@ pub(crate) const REBUILT_FRAME: &str =
     "krakenbook_frame(b.kind, b.symbol, b.levels, b.n_bids, b.checksum, b.\"timestamp\")";
 
 /// The levels of a message the entries view lists inline, as `1..ORDINALS_INLINE` (a message
-/// with more, or with its levels in raw only, gets its ordinals from a function call).
+/// with more, or with its levels in raw only, gets its ordinals from `krakenbook_level_ordinals`).
 const ORDINALS_INLINE: usize = 256;
 
 const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_id, conn_seq, \
@@ -35,11 +35,17 @@ const MESSAGE_COLUMNS: &str = "\"timestamp\", received_at, collector, seq, conn_
 /// What `kraken_orderbook_messages` shows for the book rows of `source` (`krakenbook_book`, or a
 /// table with its columns: the legacy move checks its new rows through this before they are
 /// stored), with the columns `extra` adds (`, b.col`; empty for the view).
+///
+/// `conn_seq` is `krakenbook_serial()` (migration 9): NULL once inlined, and PARALLEL UNSAFE, so
+/// every query that names the view is planned serial. Under the view's `UNION ALL` the book
+/// table is sized before TimescaleDB expands its chunks (2 rows, whatever it holds), and the
+/// parallel plans picked on that estimate gather every row to the leader: `COUNT(*)` ran 5 to 7
+/// times slower than serial.
 pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
     format!(
         "SELECT b.\"timestamp\", b.received_at,
        krakenbook_collector_name(b.collector_id) AS collector,
-       b.seq, b.conn_id, NULL::bigint AS conn_seq, 'book'::text AS channel,
+       b.seq, b.conn_id, krakenbook_serial() AS conn_seq, 'book'::text AS channel,
        CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
        b.symbol, b.checksum::bigint & 4294967295 AS checksum, b.checksum_ok,
        coalesce(b.raw, {REBUILT_FRAME}) AS raw_message,
@@ -53,18 +59,27 @@ pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
 /// What `kraken_orderbook_entries` shows for the book rows of `source` (as
 /// [`book_messages_sql`]): each row joined to its levels' ordinals `k` (1, 2, ...: bids first,
 /// in wire order), the price of level `k` at `levels[2k - 1]` and its quantity at `levels[2k]`;
-/// a row whose values do not fit dec64 has its levels in raw only, read from there by the same
-/// expressions (a `CASE` on `levels IS NULL`).
+/// a row whose values do not fit dec64 has its levels in raw only, read from there by
+/// `krakenbook_raw_level` (a `CASE` on `levels IS NULL`).
 ///
 /// The ordinals come from `unnest` in the select list of a lateral subquery: PostgreSQL runs it
 /// as a ProjectSet, row by row, where a function scan in `FROM` (the `unnest ... WITH
-/// ORDINALITY` of before, and any `UNION ALL` of two) fills a tuplestore for every message; and
-/// `unnest` of an array is planned at 10 rows a message where `generate_series` is planned at
-/// 1000, which pushes plans over `jit_above_cost`. The array is `1..n` sliced from an inline
-/// constant for messages of up to [`ORDINALS_INLINE`] levels (a function call reads the body
-/// of a function again at every planning; a constant in the view is read once per session), from
-/// `krakenbook_ordinals(n)` above that, and from `krakenbook_raw_ordinals(raw)` for levels in
-/// raw.
+/// ORDINALITY` of before, and any `UNION ALL` of two) fills a tuplestore for every message. The
+/// array is `1..n` sliced from an inline constant for messages of up to [`ORDINALS_INLINE`]
+/// levels (a constant in the view is read once per session) and `krakenbook_level_ordinals`
+/// otherwise (more levels, or levels in raw only). What is rare is a PL/pgSQL call (migration
+/// 9): the planner sees one function call, where SQL functions (schema 8) were inlined into
+/// every query on the view and the raw fallback's jsonb paths were planned with each (warm
+/// planning of `ORDER BY timestamp DESC LIMIT 10`: 0.15 ms, 0.10 ms since).
+///
+/// `WHERE coalesce(cardinality(b.levels), 0) >= 0` holds for every row: it is there for the
+/// planner. PostgreSQL plans `unnest` of an array it cannot see at 10 elements, four times what
+/// a book message holds on average (2.39 levels at depth 100; Kraken's updates carry 1 to 3), so
+/// every plan on the view was costed for 4 times its rows: `COUNT(*)` was JIT-compiled and a
+/// symbol's 30 seconds went to a parallel plan that ran 3 times slower than serial. An
+/// inequality on an expression it has no statistics for is priced at one third, so the view is
+/// planned at 3.3 levels a message; on the message, not on each level, because a filter on the
+/// ordinals keeps a Subquery Scan node over every level (`COUNT(*)` 15% slower).
 ///
 /// One join, not a `UNION ALL` of two: PostgreSQL plans the branches of a `UNION ALL` of joins
 /// as subqueries that never learn the outer query's order, so `ORDER BY timestamp DESC LIMIT 10`
@@ -75,30 +90,23 @@ pub(crate) fn book_entries_sql(source: &str) -> String {
         .map(|k| k.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let raw_level = |key: &str| {
-        format!(
-            "((coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]') \
-               || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]')) -> (e.k - 1) ->> '{key}')::numeric"
-        )
-    };
-    let (raw_price, raw_qty) = (raw_level("price"), raw_level("qty"));
     format!(
         "SELECT b.\"timestamp\", b.received_at, b.symbol,
        CASE WHEN e.k <= b.n_bids THEN 'bid' ELSE 'ask' END AS side,
        CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k - 1])
-            ELSE {raw_price} END AS price,
+            ELSE krakenbook_raw_level(b.raw, e.k, 'price') END AS price,
        CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k])
-            ELSE {raw_qty} END AS quantity,
+            ELSE krakenbook_raw_level(b.raw, e.k, 'qty') END AS quantity,
        CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
        b.checksum::bigint & 4294967295 AS checksum,
        krakenbook_collector_name(b.collector_id) AS collector,
        b.seq, (e.k - 1)::smallint AS ordinal
   FROM {source} b
   CROSS JOIN LATERAL (
-      SELECT unnest(CASE WHEN b.levels IS NULL THEN krakenbook_raw_ordinals(b.raw)
-                         WHEN cardinality(b.levels) <= {twice}
+      SELECT unnest(CASE WHEN cardinality(b.levels) <= {twice}
                          THEN ('{{{inline}}}'::integer[])[1:cardinality(b.levels) / 2]
-                         ELSE krakenbook_ordinals(cardinality(b.levels) / 2) END) AS k) e",
+                         ELSE krakenbook_level_ordinals(b.levels, b.raw) END) AS k) e
+ WHERE coalesce(cardinality(b.levels), 0) >= 0",
         twice = 2 * ORDINALS_INLINE,
     )
 }

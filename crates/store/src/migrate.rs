@@ -25,7 +25,7 @@ use super::StoreError;
 use super::legacy::LegacyMove;
 
 /// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The default chunk interval of both hypertables.
 pub const DEFAULT_CHUNK_INTERVAL: &str = "1 day";
@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "views",
         sql: include_str!("migrations/0008_views.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "view_plans",
+        sql: include_str!("migrations/0009_view_plans.sql"),
     },
 ];
 

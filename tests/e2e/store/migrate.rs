@@ -49,7 +49,7 @@ async fn migrating_twice_is_a_no_op() {
         (first.from_version, first.to_version, first.applied.clone()),
         (
             0,
-            8,
+            9,
             vec![
                 (1, "schema"),
                 (2, "book_states"),
@@ -58,7 +58,8 @@ async fn migrating_twice_is_a_no_op() {
                 (5, "collector_state"),
                 (6, "layout"),
                 (7, "archive"),
-                (8, "views")
+                (8, "views"),
+                (9, "view_plans")
             ]
         )
     );
@@ -84,7 +85,7 @@ async fn migrating_twice_is_a_no_op() {
     let second = store::migrate(&client, &MigrateOptions::default())
         .await
         .unwrap();
-    assert_eq!((second.from_version, second.applied.len()), (8, 0));
+    assert_eq!((second.from_version, second.applied.len()), (9, 0));
     assert_eq!((second.legacy, second.legacy_remains), (None, false));
     assert_eq!(schema_snapshot(&client).await, before);
 }
@@ -109,11 +110,11 @@ async fn concurrent_migrations_are_safe() {
             .applied
             .len();
     }
-    assert_eq!(applied, 8, "exactly one process applies each migration");
+    assert_eq!(applied, 9, "exactly one process applies each migration");
     let client = connect(&db.url).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM krakenbook_migrations").await,
-        8
+        9
     );
 }
 
@@ -246,7 +247,8 @@ async fn a_database_made_by_the_original_setup_sql_migrates_keeping_every_row() 
             (5, "collector_state"),
             (6, "layout"),
             (7, "archive"),
-            (8, "views")
+            (8, "views"),
+            (9, "view_plans")
         ]
     );
     let moved = report.legacy.clone().expect("the legacy rows moved");
@@ -547,6 +549,17 @@ async fn the_readme_queries_that_order_by_time_walk_an_index_through_the_views()
     }
 }
 
+/// A book message of 300 bids and 10 asks (more levels than the entries view's inline ordinals):
+/// price k, quantity 0.5 (dec64: mantissa * 32 + scale), collector `late`, seq 42.
+const DEEP_BOOK_ROW: &str =
+    "INSERT INTO krakenbook_book (\"timestamp\", received_at, seq, conn_id, collector_id,
+                 n_bids, kind, symbol, checksum, levels)
+             SELECT '2026-01-02T03:04:05.678901Z', '2026-01-02T03:04:05.7Z', 42, 1,
+                    krakenbook_collector_id('late'), 300, 's', 'DEEP/USD', 7,
+                    array_agg(v ORDER BY k, w)
+               FROM generate_series(1, 310) k,
+                    LATERAL (VALUES (1, k::bigint * 32), (2, 5 * 32 + 1)) l(w, v)";
+
 /// The views' collector name is an array the planner inlines, written again whenever a collector
 /// registers: a plan made before a collector registered (a prepared statement) names its rows
 /// after; and the entries view lists a message of more levels than its inline ordinals (256)
@@ -560,19 +573,7 @@ async fn the_views_name_collectors_registered_after_planning_and_list_messages_o
         .await
         .unwrap();
     assert!(client.query(&by_collector, &[]).await.unwrap().is_empty());
-    // 300 bids and 10 asks: price k, quantity 0.5 (dec64: mantissa * 32 + scale).
-    client
-        .batch_execute(
-            "INSERT INTO krakenbook_book (\"timestamp\", received_at, seq, conn_id, collector_id,
-                 n_bids, kind, symbol, checksum, levels)
-             SELECT '2026-01-02T03:04:05.678901Z', '2026-01-02T03:04:05.7Z', 42, 1,
-                    krakenbook_collector_id('late'), 300, 's', 'DEEP/USD', 7,
-                    array_agg(v ORDER BY k, w)
-               FROM generate_series(1, 310) k,
-                    LATERAL (VALUES (1, k::bigint * 32), (2, 5 * 32 + 1)) l(w, v)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(DEEP_BOOK_ROW).await.unwrap();
     let named: Vec<(Option<String>, i64)> = client
         .query(&by_collector, &[])
         .await
@@ -620,6 +621,236 @@ async fn the_views_name_collectors_registered_after_planning_and_list_messages_o
             &serde_json::json!(7),
             &serde_json::json!("2026-01-02T03:04:05.678901Z")
         )
+    );
+}
+
+/// Schema 8's two compatibility views (before migration 9), as `migrate` created them: the
+/// entries view inlined its ordinals' SQL functions and the raw fallback's jsonb paths, the
+/// messages view's `conn_seq` was a plain NULL (parallel plans allowed).
+fn schema_8_views() -> String {
+    let inline = (1..=256)
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let raw_level = |key: &str| {
+        format!(
+            "((coalesce(b.raw -> 'data' -> 0 -> 'bids', '[]') \
+               || coalesce(b.raw -> 'data' -> 0 -> 'asks', '[]')) -> (e.k - 1) ->> '{key}')::numeric"
+        )
+    };
+    let columns = "\"timestamp\", received_at, collector, seq, conn_id, conn_seq, channel, \
+        message_type, symbol, checksum, checksum_ok, raw_message, raw_text, raw_bytes, \
+        best_bid_price, best_bid_qty, best_ask_price, best_ask_qty";
+    format!(
+        "DROP VIEW kraken_orderbook_messages, kraken_orderbook_entries;
+         CREATE VIEW kraken_orderbook_messages AS
+         SELECT {columns} FROM krakenbook_other
+         UNION ALL
+         SELECT b.\"timestamp\", b.received_at, krakenbook_collector_name(b.collector_id),
+                b.seq, b.conn_id, NULL::bigint, 'book'::text,
+                CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END,
+                b.symbol, b.checksum::bigint & 4294967295, b.checksum_ok,
+                coalesce(b.raw, krakenbook_frame(b.kind, b.symbol, b.levels, b.n_bids, b.checksum,
+                                                 b.\"timestamp\")),
+                NULL::text, NULL::bytea, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
+           FROM krakenbook_book b;
+         CREATE VIEW kraken_orderbook_entries AS
+         SELECT b.\"timestamp\", b.received_at, b.symbol,
+                CASE WHEN e.k <= b.n_bids THEN 'bid' ELSE 'ask' END AS side,
+                CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k - 1])
+                     ELSE {raw_price} END AS price,
+                CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k])
+                     ELSE {raw_qty} END AS quantity,
+                CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
+                b.checksum::bigint & 4294967295 AS checksum,
+                krakenbook_collector_name(b.collector_id) AS collector,
+                b.seq, (e.k - 1)::smallint AS ordinal
+           FROM krakenbook_book b
+           CROSS JOIN LATERAL (
+               SELECT unnest(CASE WHEN b.levels IS NULL THEN krakenbook_raw_ordinals(b.raw)
+                                  WHEN cardinality(b.levels) <= 512
+                                  THEN ('{{{inline}}}'::integer[])[1:cardinality(b.levels) / 2]
+                                  ELSE krakenbook_ordinals(cardinality(b.levels) / 2) END) AS k) e;",
+        raw_price = raw_level("price"),
+        raw_qty = raw_level("qty"),
+    )
+}
+
+/// A book message whose first bid's price does not fit dec64 (mantissa of 2^58 or more): its
+/// levels are in raw only. Collector `late`, seq 43.
+const RAW_ONLY_BOOK_ROW: &str = "INSERT INTO krakenbook_book (\"timestamp\", received_at, seq,
+         conn_id, collector_id, n_bids, kind, symbol, checksum, raw)
+     VALUES ('2026-01-02T03:04:06Z', '2026-01-02T03:04:06.1Z', 43, 1,
+             krakenbook_collector_id('late'), 1, 'u', 'RAW/USD', 9,
+             '{\"channel\":\"book\",\"type\":\"update\",\"data\":[{\"symbol\":\"RAW/USD\",
+               \"bids\":[{\"price\":123456789012345678901234.50,\"qty\":1.25}],
+               \"asks\":[{\"price\":2.5,\"qty\":0.00000001},{\"price\":2.6,\"qty\":3}],
+               \"checksum\":9,\"timestamp\":\"2026-01-02T03:04:06.000000Z\"}]}')";
+
+/// The real captures, a message of 310 levels (more than the entries view's inline ordinals) and
+/// a message whose price does not fit dec64 (its levels in raw only), in a migrated database.
+async fn db_with_every_kind_of_book_row() -> (TestDb, Client) {
+    let (db, client) = migrated_db().await;
+    write_all(&db.url, "readme", &fixture_records(), 1000).await;
+    client
+        .batch_execute(&format!("{DEEP_BOOK_ROW}; {RAW_ONLY_BOOK_ROW}; ANALYZE"))
+        .await
+        .unwrap();
+    (db, client)
+}
+
+/// Every row of both views, as text, in a stable order.
+async fn every_view_row(client: &Client) -> (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>) {
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let messages = simple_rows(
+        client,
+        "SELECT * FROM kraken_orderbook_messages
+          ORDER BY collector NULLS FIRST, seq, \"timestamp\", raw_message::text",
+    )
+    .await;
+    let entries = simple_rows(
+        client,
+        "SELECT * FROM kraken_orderbook_entries ORDER BY collector, seq, ordinal",
+    )
+    .await;
+    (messages, entries)
+}
+
+/// Migration 9 changes how the views are planned, not what they show: a database at schema 8
+/// (its views as schema 8 made them) migrates, and both views list the same rows, as text, before
+/// and after: the captures, a message deeper than the inline ordinals and one whose levels are
+/// in raw only.
+#[tokio::test]
+async fn a_schema_8_database_migrates_to_9_and_its_views_show_the_same_rows_as_text() {
+    let (_db, client) = db_with_every_kind_of_book_row().await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; {}
+             DROP FUNCTION krakenbook_serial(), krakenbook_level_ordinals(bigint[], jsonb),
+                           krakenbook_raw_level(jsonb, integer, text);
+             DELETE FROM krakenbook_migrations WHERE version = 9; COMMIT;",
+            schema_8_views()
+        ))
+        .await
+        .unwrap();
+    let before = every_view_row(&client).await;
+    assert!(before.1.iter().any(|r| r[2].as_deref() == Some("RAW/USD")));
+    assert_eq!(
+        before
+            .1
+            .iter()
+            .filter(|r| r[2].as_deref() == Some("DEEP/USD"))
+            .count(),
+        310
+    );
+
+    let report = store::migrate(&client, &MigrateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.from_version, report.applied.as_slice()),
+        (8, &[(9, "view_plans")][..])
+    );
+    let after = every_view_row(&client).await;
+    assert_eq!(after.0, before.0, "kraken_orderbook_messages");
+    assert_eq!(after.1, before.1, "kraken_orderbook_entries");
+    let raw: Vec<_> = after
+        .1
+        .iter()
+        .filter(|r| r[2].as_deref() == Some("RAW/USD"))
+        .map(|r| {
+            (
+                r[3].clone().unwrap(),
+                r[4].clone().unwrap(),
+                r[5].clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            ("bid", "123456789012345678901234.50", "1.25"),
+            ("ask", "2.5", "0.00000001"),
+            ("ask", "2.6", "3"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+    );
+}
+
+/// Plans on the messages view are serial, even where parallel plans cost nothing: under the
+/// view's `UNION ALL` the book table is sized before TimescaleDB expands its chunks (2 rows,
+/// whatever it holds), and the parallel plans chosen on that estimate gathered every row to the
+/// leader (`COUNT(*)` 5 to 7 times slower than serial on 125,000 messages). The book table
+/// itself still gets parallel plans, and so does the view once an operator declares
+/// `krakenbook_serial()` parallel safe.
+#[tokio::test]
+async fn queries_on_the_messages_view_stay_serial_even_where_parallel_plans_cost_nothing() {
+    let (_db, client) = db_with_every_kind_of_book_row().await;
+    client
+        .batch_execute(
+            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0;
+             SET max_parallel_workers_per_gather = 2",
+        )
+        .await
+        .unwrap();
+    let plan = |sql: &'static str| {
+        let client = &client;
+        async move {
+            simple_rows(client, &format!("EXPLAIN {sql}"))
+                .await
+                .into_iter()
+                .map(|r| r[0].clone().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let table = plan("SELECT count(*) FROM krakenbook_book").await;
+    assert!(
+        table.contains("Gather"),
+        "the table goes parallel:\n{table}"
+    );
+    let readme = [
+        "SELECT COUNT(*) FROM kraken_orderbook_messages",
+        "SELECT DISTINCT symbol FROM kraken_orderbook_messages",
+        "SELECT COUNT(*) as total_messages, COUNT(DISTINCT symbol) as unique_symbols, \
+         MIN(timestamp) as first_message, MAX(timestamp) as last_message FROM kraken_orderbook_messages",
+    ];
+    for q in readme {
+        let p = plan(q).await;
+        assert!(!p.contains("Gather"), "{q}:\n{p}");
+    }
+    client
+        .batch_execute("ALTER FUNCTION krakenbook_serial() PARALLEL SAFE")
+        .await
+        .unwrap();
+    let p = plan(readme[0]).await;
+    assert!(p.contains("Gather"), "switched back on:\n{p}");
+}
+
+/// The entries view is planned at a third of 10 levels a message, not 10 (PostgreSQL's guess for
+/// `unnest` of an array it cannot see, four times what a book message holds on average): plans
+/// costed for 4 times their rows JIT-compiled `COUNT(*)` and took a symbol's 30 seconds to a
+/// parallel plan 3 times slower than the serial one.
+#[tokio::test]
+async fn the_entries_view_is_planned_at_a_few_levels_a_message_not_ten() {
+    let (_db, client) = db_with_every_kind_of_book_row().await;
+    let rows = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let json = simple_rows(client, &format!("EXPLAIN (FORMAT JSON) {sql}")).await[0][0]
+                .clone()
+                .unwrap();
+            let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+            plan[0]["Plan"]["Plan Rows"].as_f64().unwrap()
+        }
+    };
+    let messages = rows("SELECT * FROM krakenbook_book").await;
+    let levels = rows("SELECT * FROM kraken_orderbook_entries").await;
+    let per_message = levels / messages;
+    assert!(
+        (2.0..5.0).contains(&per_message),
+        "{levels} levels planned for {messages} messages"
     );
 }
 
@@ -841,7 +1072,12 @@ async fn a_database_written_by_the_version_5_layout_moves_chunk_by_chunk_and_rea
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         report.applied,
-        vec![(6, "layout"), (7, "archive"), (8, "views")]
+        vec![
+            (6, "layout"),
+            (7, "archive"),
+            (8, "views"),
+            (9, "view_plans")
+        ]
     );
     let moved = report.legacy.clone().expect("legacy rows moved");
     assert_eq!(
@@ -1358,14 +1594,14 @@ async fn migrate_command_reports_and_never_prints_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("schema migrated from version 0 to 8"),
+        stdout.contains("schema migrated from version 0 to 9"),
         "{stdout}"
     );
     assert!(stdout.contains("chunk interval 12:00:00"), "{stdout}");
     assert!(stdout.contains("compression skipped"), "{stdout}");
     let again = run(&["migrate", "--database-url", &url]);
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout2.contains("schema already at version 8"), "{stdout2}");
+    assert!(stdout2.contains("schema already at version 9"), "{stdout2}");
     assert!(!stdout2.contains("legacy"), "nothing to move: {stdout2}");
     for text in [
         &stdout,
@@ -1388,7 +1624,8 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
         stdout.contains(
-            "schema migrated from version 5 to 8 (applied 6 (layout), 7 (archive), 8 (views))"
+            "schema migrated from version 5 to 9 \
+             (applied 6 (layout), 7 (archive), 8 (views), 9 (view_plans))"
         ) && stdout.contains(
             "legacy rows moved: 7 of 7 range(s), 7 messages (5 book, 2 other), 7 levels in "
         ) && stdout.contains(" messages/s)"),
@@ -1406,7 +1643,7 @@ async fn migrate_command_moves_legacy_rows_with_progress_on_stderr_and_a_summary
     let again = run(&["migrate", "--database-url", &db.url]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("schema already at version 8") && !stdout.contains("legacy"),
+        stdout.contains("schema already at version 9") && !stdout.contains("legacy"),
         "{stdout}"
     );
 }
