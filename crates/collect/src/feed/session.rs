@@ -228,6 +228,14 @@ impl Session {
         self.tracker.book(symbol)
     }
 
+    /// The session's own book of `symbol` and whether it is synced, for tests.
+    #[cfg(test)]
+    pub(crate) fn own_tracked(&self, symbol: &str) -> Option<(&OrderBook, bool)> {
+        self.tracker
+            .book(symbol)
+            .map(|b| (b, self.tracker.is_synced(symbol)))
+    }
+
     /// The next action to carry out, in order.
     pub fn next_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

@@ -646,6 +646,80 @@ impl SharedBooks {
     }
 }
 
+#[cfg(test)]
+impl SharedBooks {
+    /// The book `replica` holds here for `symbol`: its book at its position when a member, its
+    /// parked book when it has one.
+    pub(crate) fn book_of(&self, replica: usize, symbol: &str) -> Option<Tracked> {
+        self.with(|lineages| {
+            let lineage = lineages.get(symbol)?;
+            if let Some(parked) = &lineage.parked[replica] {
+                return Some(parked.clone());
+            }
+            let q = lineage.members[replica]?;
+            Some(lineage.book_at(q))
+        })
+    }
+
+    /// Panics unless every lineage keeps its invariants.
+    pub(crate) fn check_invariants(&self) {
+        self.with(|lineages| {
+            for (symbol, l) in lineages.iter() {
+                assert!(!l.is_empty(), "{symbol}: a lineage nobody holds is kept");
+                let members: Vec<u64> = l.members.iter().flatten().copied().collect();
+                for r in 0..MAX_REDUNDANCY {
+                    assert!(
+                        l.members[r].is_none() || l.parked[r].is_none(),
+                        "{symbol}: replica {r} both a member and parked"
+                    );
+                }
+                for &q in &members {
+                    assert!(l.c <= q && q <= l.p, "{symbol}: c {} q {q} p {}", l.c, l.p);
+                    if q < l.p {
+                        assert!(
+                            l.checkpoint.is_some(),
+                            "{symbol}: behind without checkpoint"
+                        );
+                    }
+                    if !l.open {
+                        assert!(
+                            q < l.p,
+                            "{symbol}: a member at the front of a closed lineage"
+                        );
+                    }
+                }
+                if l.open {
+                    assert!(l.book.synced, "{symbol}: an open lineage's book unsynced");
+                }
+                if l.checkpoint.is_some() {
+                    assert_eq!(l.log.len() as u64, l.p - l.c, "{symbol}: log covers c..p");
+                } else {
+                    assert!(
+                        l.log.is_empty() && l.c == l.p,
+                        "{symbol}: a log without checkpoint"
+                    );
+                }
+                let lone_at_front = members.len() == 1 && members[0] == l.p;
+                if members.is_empty() || lone_at_front {
+                    assert!(l.checkpoint.is_none(), "{symbol}: not shed");
+                }
+                let mut at = 0;
+                for e in &l.log {
+                    assert_eq!(e.start, at, "{symbol}: entries one after the other");
+                    at += e.len;
+                }
+                assert_eq!(at, l.data.len(), "{symbol}: data holds the entries");
+                assert!(
+                    l.log.len() <= 2 * CAP_ENTRIES && l.data.len() <= 2 * CAP_BYTES,
+                    "{symbol}: log of {} entries, {} bytes",
+                    l.log.len(),
+                    l.data.len()
+                );
+            }
+        });
+    }
+}
+
 /// The member at `q` takes entry `q` (its bytes matched): moves on, leaves at a mismatch.
 fn take_entry(
     lineages: &mut HashMap<String, Lineage>,

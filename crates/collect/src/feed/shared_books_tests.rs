@@ -35,6 +35,10 @@ struct Faults {
     reformat: f64,
     /// Per step of the world.
     reconnect: f64,
+    /// Per frame: something a hostile exchange might send instead of, or besides, the copy
+    /// (binary frames, several symbols, symbols not asked for, instrument updates, depth acks,
+    /// unsubscriptions, stray snapshots, a misleading "symbol" key, repeated frames).
+    odd: f64,
 }
 
 const FAULTS: Faults = Faults {
@@ -42,6 +46,7 @@ const FAULTS: Faults = Faults {
     corrupt: 0.004,
     reformat: 0.01,
     reconnect: 0.002,
+    odd: 0.0,
 };
 
 const CALM: Faults = Faults {
@@ -49,7 +54,11 @@ const CALM: Faults = Faults {
     corrupt: 0.0,
     reformat: 0.0,
     reconnect: 0.0,
+    odd: 0.0,
 };
+
+/// What the queues hold before a frame that is to be delivered as a binary frame.
+const BINARY: &str = "\u{1}binary:";
 
 /// The exchange: one true book per symbol, every change a frame with its checksum.
 struct Market {
@@ -171,6 +180,8 @@ struct World {
     /// Book states journaled: (sharing world, own world).
     states: (u64, u64),
     frames: u64,
+    /// Check the lineages' invariants and every replica's book in both worlds after each frame.
+    checking: bool,
 }
 
 impl World {
@@ -193,6 +204,7 @@ impl World {
             start: Instant::now(),
             states: (0, 0),
             frames: 0,
+            checking: false,
         };
         for index in 0..replicas {
             let r = world.open(index, Continuity::default(), Continuity::default(), 0);
@@ -325,9 +337,55 @@ impl World {
         self.frames += 1;
         let (now, at) = self.now();
         let rep = &mut self.replicas[r];
-        rep.sharing.on_frame(Received::Text(&text), now, at);
-        rep.own.on_frame(Received::Text(&text), now, at);
+        let frame = match text.strip_prefix(BINARY) {
+            Some(bytes) => Received::Binary(bytes.as_bytes()),
+            None => Received::Text(&text),
+        };
+        rep.sharing.on_frame(frame, now, at);
+        rep.own.on_frame(frame, now, at);
         self.settle(r);
+        if self.checking {
+            self.check_books();
+        }
+    }
+
+    /// The lineages keep their invariants, and every replica's book that its own-book twin
+    /// holds synced is, in the sharing world, the same book (in the lineage at its place,
+    /// parked, or its own).
+    fn check_books(&self) {
+        self.books.check_invariants();
+        for rep in &self.replicas {
+            for s in &self.market.symbols {
+                let shared = self.books.book_of(rep.index, s);
+                let mine = rep.sharing.own_tracked(s);
+                assert!(
+                    shared.is_none() || mine.is_none(),
+                    "replica {} holds {s} both shared and its own",
+                    rep.index
+                );
+                let Some((own, true)) = rep.own.own_tracked(s) else {
+                    continue;
+                };
+                let (book, synced) = match (&shared, mine) {
+                    (Some(t), _) => (&t.book, t.synced),
+                    (None, Some((b, synced))) => (b, synced),
+                    (None, None) => panic!(
+                        "replica {}: no book of {s} where its twin has one",
+                        rep.index
+                    ),
+                };
+                assert!(
+                    synced,
+                    "replica {}: {s} unsynced where its twin is synced",
+                    rep.index
+                );
+                assert!(
+                    book.same_as(own),
+                    "replica {}: its book of {s} is not its twin's",
+                    rep.index
+                );
+            }
+        }
     }
 
     fn resubscribe(&mut self, r: usize) {
@@ -358,12 +416,121 @@ impl World {
         self.settle(r);
     }
 
+    /// Something odd instead of, or besides, `frame` (of symbol `i`), for replica `r` (or every
+    /// replica: the same text to all).
+    fn odd(&mut self, r: usize, i: usize, frame: &str) -> Vec<String> {
+        let symbol = self.market.symbols[i].clone();
+        let n = self.market.symbols.len();
+        let other = self.market.symbols[(i + 1) % n].clone();
+        let data = frame.find("\"data\":[").map(|k| k + 8);
+        match self.rng.below(13) {
+            0 => vec![format!("{BINARY}{frame}")],
+            // A first "symbol" key that is not the data's symbol (the fast path's hint).
+            1 => vec![frame.replacen(
+                "{\"channel\":\"book\",",
+                &format!("{{\"channel\":\"book\",\"symbol\":\"{other}\","),
+                1,
+            )],
+            // Two symbols in one frame: one not asked for, or another asked for.
+            2 | 3 => {
+                let Some(k) = data else {
+                    return vec![frame.to_owned()];
+                };
+                let elem = &frame[k..frame.len() - 2];
+                let second = if self.rng.chance(0.5) {
+                    "ZZZ/USD".to_owned()
+                } else {
+                    other
+                };
+                let twin = elem.replacen(&symbol, &second, 1);
+                let mut text = format!("{}{elem},{twin}]}}", &frame[..k]);
+                if self.rng.chance(0.3) {
+                    text = format!("{}{twin},{elem}]}}", &frame[..k]);
+                }
+                vec![text]
+            }
+            // A book frame for a symbol not asked for, then the copy.
+            4 => vec![frame.replacen(&symbol, "ZZZ/USD", 1), frame.to_owned()],
+            // An instrument update: the same precision, or another one.
+            5 => {
+                let precision = match self.rng.below(3) {
+                    0 => Precision { price: 2, qty: 4 },
+                    1 => Precision { price: 1, qty: 5 },
+                    _ => PRECISION,
+                };
+                let pairs = [InstrumentPair::online(&symbol, precision)];
+                let update = encode::instrument_snapshot(&pairs).replacen(
+                    "\"type\":\"snapshot\"",
+                    "\"type\":\"update\"",
+                    1,
+                );
+                vec![update, frame.to_owned()]
+            }
+            // A subscribe ack with the same depth or another.
+            6 => {
+                let depth = [10, 25, self.market.depth, 100][self.rng.below(4) as usize];
+                let ack = format!(
+                    r#"{{"method":"subscribe","result":{{"channel":"book","depth":{depth},"snapshot":true,"symbol":"{symbol}"}},"success":true}}"#
+                );
+                vec![ack, frame.to_owned()]
+            }
+            // Unsubscribed, then subscribed again (with a snapshot) by the exchange's will.
+            7 => vec![
+                frame.to_owned(),
+                self.market.ack("unsubscribe", &symbol),
+                self.market.ack("subscribe", &symbol),
+                self.market.snapshot(i),
+            ],
+            // A stray snapshot (of the market now) after the copy.
+            8 => vec![frame.to_owned(), self.market.snapshot(i)],
+            // The copy twice.
+            9 => vec![frame.to_owned(), frame.to_owned()],
+            // The copy and another symbol's snapshot in one frame's data.
+            10 => {
+                let j = (i + 1) % n;
+                let snap = self.market.snapshot(j);
+                vec![snap, frame.to_owned()]
+            }
+            // An unsubscribe ack alone (the exchange dropped the stream), later a subscription.
+            11 => {
+                let _ = r;
+                vec![
+                    self.market.ack("unsubscribe", &symbol),
+                    frame.to_owned(),
+                    self.market.ack("subscribe", &symbol),
+                    self.market.snapshot(i),
+                ]
+            }
+            // A frame whose data is empty.
+            _ => vec![
+                format!(r#"{{"channel":"book","type":"update","data":[]}}"#),
+                frame.to_owned(),
+            ],
+        }
+    }
+
     /// The market changes a symbol; every replica's connection gets the frame (or a fault).
     fn market_step(&mut self) {
         let i = self.market.rng.below(self.market.symbols.len() as u64) as usize;
         let frame = self.market.change(i);
+        if self.faults.odd > 0.0 && self.rng.chance(self.faults.odd) {
+            // The same odd text to every replica: it is logged and followed.
+            let texts = self.odd(0, i, &frame);
+            for r in 0..self.replicas.len() {
+                for t in &texts {
+                    self.replicas[r].queue.push_back(t.clone());
+                }
+            }
+            return;
+        }
         for r in 0..self.replicas.len() {
             let f = self.faults;
+            if f.odd > 0.0 && self.rng.chance(f.odd) {
+                for t in self.odd(r, i, &frame) {
+                    self.replicas[r].queue.push_back(t);
+                }
+                continue;
+            }
             let copy = if self.rng.chance(f.drop) {
                 continue;
             } else if self.rng.chance(f.corrupt) {
@@ -507,4 +674,25 @@ fn a_replica_far_behind_is_let_go_with_its_exact_book_and_comes_back() {
     world.run(500);
     world.check_metrics();
     assert!(world.books.is_member(1, "AAA/USD") || world.books.is_member(0, "AAA/USD"));
+}
+
+#[test]
+fn odd_frames_from_a_hostile_exchange_change_nothing() {
+    for seed in 1..=8 {
+        let depth = if seed % 2 == 0 { 25 } else { 10 };
+        let faults = Faults {
+            odd: 0.03,
+            ..FAULTS
+        };
+        let mut world = World::new(
+            2 + (seed as usize % 2),
+            &["AAA/USD", "BBB/EUR", "CCC/GBP"],
+            depth,
+            seed,
+            faults,
+        );
+        world.checking = true;
+        world.run(3000);
+        world.check_metrics();
+    }
 }
