@@ -697,8 +697,8 @@ impl Session {
                     state.since_state = 0;
                 } else {
                     state.since_state += 1;
-                    // Due, and the book at hand (a replica behind its lineage's front
-                    // journals it at its next message that finds it at the front).
+                    // Due, and the book at hand (a replica sharing books gets it rebuilt at
+                    // its place when it is behind its lineage's front).
                     if state.since_state >= state_every
                         && let Some(parts) = parts
                     {

@@ -103,8 +103,8 @@ impl StateParts {
 /// What a member's message gave (see [`SharedBooks::apply`] and [`SharedBooks::follow`]).
 #[derive(Debug)]
 pub enum Shared {
-    /// The replica is a member: here is its message's outcome, and the book's parts if a state
-    /// was asked for and the replica is at the front after it.
+    /// The replica is a member: here is its message's outcome, and the book's parts after it
+    /// if a state was asked for (and the book is synced).
     Taken(Outcome, Option<StateParts>),
     /// The replica is not a member (any more): it applies the message to its own book, first
     /// putting in this one when given (its book, rebuilt at its position).
@@ -266,6 +266,21 @@ impl Lineage {
         self.c = to;
     }
 
+    /// The parts of the book at position `q` (`c ≤ q ≤ p`, a member's), for a state due there.
+    /// Behind the front the checkpoint first moves up to the slowest member (entries the log's
+    /// bound would have applied to it anyway), then the book is rebuilt from it: a replica that
+    /// stays behind journals its states when they are due, as its own book would.
+    fn parts_at(&mut self, q: u64) -> Option<StateParts> {
+        if q == self.p {
+            return self.book.synced.then(|| StateParts::of(&self.book.book));
+        }
+        self.advance_checkpoint(self.min_position());
+        if q == self.c {
+            return self.checkpoint.as_ref().map(StateParts::of);
+        }
+        Some(StateParts::of(&self.book_at(q).book))
+    }
+
     /// Keeps the log within its bounds (after an append).
     fn bound(&mut self) {
         if self.log.len() <= CAP_ENTRIES && self.data.len() <= CAP_BYTES {
@@ -388,7 +403,7 @@ impl SharedBooks {
 
     /// The fast path: `bytes` (one frame of one symbol) arrived on `replica`, a member behind
     /// the front whose next entry has exactly these bytes: the entry's outcome (and the book's
-    /// parts when `state_due` and the replica is at the front after it). `None`: anything else
+    /// parts after it when `state_due`). `None`: anything else
     /// (the caller decodes the frame and calls [`SharedBooks::apply`]).
     pub fn follow(
         &self,
@@ -746,8 +761,11 @@ fn take_entry(
     }
     lineage.members[replica] = Some(q);
     lineage.shed();
-    let parts = (state_due && q == lineage.p && lineage.book.synced)
-        .then(|| StateParts::of(&lineage.book.book));
+    let parts = if state_due && outcome.kind == BookKind::Update {
+        lineage.parts_at(q)
+    } else {
+        None
+    };
     (outcome, parts)
 }
 
