@@ -186,11 +186,22 @@ struct World {
 
 impl World {
     fn new(replicas: usize, symbols: &[&str], depth: u64, seed: u64, faults: Faults) -> Self {
+        World::with_states_every(replicas, symbols, depth, seed, faults, 7)
+    }
+
+    fn with_states_every(
+        replicas: usize,
+        symbols: &[&str],
+        depth: u64,
+        seed: u64,
+        faults: Faults,
+        book_state_every: u64,
+    ) -> Self {
         let mut config = FeedConfig::new(
             url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
             Depth::new(depth).unwrap(),
         );
-        config.book_state_every = 7;
+        config.book_state_every = book_state_every;
         config.silence_timeout = Duration::from_secs(3600);
         let mut world = World {
             config,
@@ -553,11 +564,18 @@ impl World {
     /// Random steps: the market moves, replicas read some of what waits for them, resubscribe
     /// when they may, and now and then reconnect.
     fn run(&mut self, steps: usize) {
+        let all = self.replicas.len();
+        self.run_first(steps, all);
+    }
+
+    /// [`World::run`] where only the first `active` replicas read (the others stall: they
+    /// neither read nor leave) until the end, when everyone reads what is left.
+    fn run_first(&mut self, steps: usize, active: usize) {
         for _ in 0..steps {
             if self.rng.chance(0.45) {
                 self.market_step();
             }
-            let r = self.rng.below(self.replicas.len() as u64) as usize;
+            let r = self.rng.below(active as u64) as usize;
             for _ in 0..self.rng.below(4) {
                 self.deliver(r);
             }
@@ -726,4 +744,41 @@ fn a_replica_always_behind_journals_its_book_states_when_due() {
         states.0, states.1,
         "book states journaled with shared books, and with books of their own"
     );
+}
+
+#[test]
+fn states_due_at_every_update_with_lags_and_faults() {
+    for seed in 1..=3 {
+        let faults = Faults {
+            odd: 0.01,
+            ..FAULTS
+        };
+        let mut world = World::with_states_every(3, &["AAA/USD", "BBB/EUR"], 25, seed, faults, 1);
+        world.checking = true;
+        world.run(2500);
+        world.check_metrics();
+    }
+}
+
+#[test]
+fn a_stalled_replica_that_never_leaves_keeps_memory_bounded() {
+    for seed in 1..=2 {
+        let mut world = World::new(3, &["AAA/USD", "BBB/EUR"], 10, seed, FAULTS);
+        world.run(300);
+        // Replica 2 stalls (its connection open, nothing read) while the others go on with
+        // their lags, losses, divergent copies and reconnections.
+        for round in 0..40 {
+            world.run_first(500, 2);
+            let (lineages, bytes) = world.books.footprint();
+            assert!(lineages <= 2, "{lineages} lineages");
+            assert!(
+                bytes <= 2 * (2 * CAP_BYTES + (64 << 10)),
+                "round {round}: the logs hold {bytes} bytes"
+            );
+            world.books.check_invariants();
+        }
+        world.checking = true;
+        world.run(500);
+        world.check_metrics();
+    }
 }
