@@ -324,9 +324,9 @@ fn replay(book: &mut Tracked, bytes: &[u8], outcome: &Outcome) {
     }
 }
 
+/// An empty, unsynced book at `book`'s depth and instrument precision.
 fn unsynced_like(book: &OrderBook) -> Tracked {
-    let mut book = OrderBook::with_precision(book.depth(), None);
-    book.clear();
+    let book = OrderBook::with_precision(book.depth(), book.known_precision());
     Tracked {
         book,
         synced: false,
@@ -788,6 +788,24 @@ mod differential;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A book handed back unsynced (a member left at the front of an ended lineage, which the
+    /// invariants rule out) must still be the replica's book in all but its levels: the next
+    /// snapshot is applied at its depth and checksummed at its instrument's precision, as its
+    /// own unsynced book's would be.
+    #[test]
+    fn a_book_handed_back_unsynced_keeps_its_depth_and_precision() {
+        let precision = Precision { price: 1, qty: 4 };
+        let book = OrderBook::with_precision(25, Some(precision));
+        let mut lineage = Lineage::new(0, Tracked { book, synced: true }, 1);
+        lineage.open = false;
+        let books = SharedBooks::new();
+        books.with(|l| l.insert("X/Y".to_owned(), lineage));
+        let back = books.leave(0, "X/Y").expect("its book");
+        assert!(!back.synced);
+        assert_eq!(back.book.depth(), 25);
+        assert_eq!(back.book.known_precision(), Some(precision));
+    }
 
     #[test]
     fn the_symbol_hint_reads_kraken_layout_and_nothing_else() {
