@@ -27,7 +27,9 @@
 //! every member leaves with it, unsynced, exactly as its own book would be.
 //!
 //! What bounds it: the log holds entries `c..p`. When every member is at the front and the log
-//! passed [`REFRESH_BYTES`], the checkpoint is taken again there and the log emptied. Past
+//! passed [`REFRESH_BYTES`], the checkpoint is taken again there and the log emptied; when a
+//! member is behind then, a copy of the front's book is kept instead, and becomes the
+//! checkpoint (the entries before it dropped) once every member has passed it. Past
 //! [`CAP_BYTES`] or [`CAP_ENTRIES`] the checkpoint is moved up to the slowest member by applying
 //! the entries to it (the work that member would have done), and a member that has not moved at
 //! all since the checkpoint is let go with its book (the checkpoint's copy), *parked* until its
@@ -137,6 +139,11 @@ struct Lineage {
     /// The book at position `c` (at or before every member's), while two or more are members.
     checkpoint: Option<OrderBook>,
     c: u64,
+    /// A copy of the book at a later position (`c < at ≤ p`), taken when the log grew past
+    /// [`REFRESH_BYTES`] while a member was behind: it becomes the checkpoint (and the entries
+    /// before it go) once every member has passed it, so that a replica steadily behind the
+    /// front does not keep the log growing to its bound.
+    pending: Option<(u64, OrderBook)>,
     /// Entries `c..p`, while two or more are members, and their bytes one after the other.
     log: VecDeque<Entry>,
     data: Vec<u8>,
@@ -158,6 +165,7 @@ impl Lineage {
             members,
             checkpoint: None,
             c: 0,
+            pending: None,
             log: VecDeque::new(),
             data: Vec::new(),
             last_key,
@@ -203,7 +211,8 @@ impl Lineage {
         }
     }
 
-    /// With a single member at the front (or none), the checkpoint and the log serve nobody.
+    /// With a single member at the front (or none), the checkpoint and the log serve nobody;
+    /// once every member passed the pending copy, it is the checkpoint.
     fn shed(&mut self) {
         let mut members = self.members.iter().flatten();
         let alone = match (members.next(), members.next()) {
@@ -214,7 +223,25 @@ impl Lineage {
         if alone {
             self.clear_log();
             self.checkpoint = None;
+            self.pending = None;
             self.c = self.p;
+            return;
+        }
+        let slowest = self.min_position();
+        if self.pending.as_ref().is_some_and(|(at, _)| *at <= slowest)
+            && let Some((at, book)) = self.pending.take()
+        {
+            let cut = self
+                .log
+                .get((at - self.c) as usize)
+                .map_or(self.data.len(), |e| e.start);
+            self.log.drain(..(at - self.c) as usize);
+            self.data.drain(..cut);
+            for e in &mut self.log {
+                e.start -= cut;
+            }
+            self.checkpoint = Some(book);
+            self.c = at;
         }
     }
 
@@ -264,6 +291,9 @@ impl Lineage {
         }
         self.checkpoint = Some(book.book);
         self.c = to;
+        if self.pending.as_ref().is_some_and(|(at, _)| *at <= to) {
+            self.pending = None;
+        }
     }
 
     /// The parts of the book at position `q` (`c ≤ q ≤ p`, a member's), for a state due there.
@@ -482,13 +512,15 @@ impl SharedBooks {
             // At the front (a member left alone there drops what served the others).
             lineage.shed();
             let followers = lineage.member_count() > 1;
-            if followers
-                && lineage.data.len() >= REFRESH_BYTES
-                && lineage.members.iter().flatten().all(|&m| m == lineage.p)
-            {
-                lineage.checkpoint = Some(lineage.book.book.clone());
-                lineage.c = lineage.p;
-                lineage.clear_log();
+            if followers && lineage.data.len() >= REFRESH_BYTES {
+                if lineage.members.iter().flatten().all(|&m| m == lineage.p) {
+                    lineage.checkpoint = Some(lineage.book.book.clone());
+                    lineage.c = lineage.p;
+                    lineage.pending = None;
+                    lineage.clear_log();
+                } else if lineage.pending.is_none() {
+                    lineage.pending = Some((lineage.p, lineage.book.book.clone()));
+                }
             }
             self.applied.fetch_add(1, Ordering::Relaxed);
             let verdict = lineage.book.apply(kind, data);
@@ -712,6 +744,18 @@ impl SharedBooks {
                     assert!(
                         l.log.is_empty() && l.c == l.p,
                         "{symbol}: a log without checkpoint"
+                    );
+                }
+                if let Some((at, book)) = &l.pending {
+                    assert!(
+                        l.c < *at && *at <= l.p,
+                        "{symbol}: pending at {at}, c {} p {}",
+                        l.c,
+                        l.p
+                    );
+                    assert!(
+                        book.same_as(&l.book_at(*at).book),
+                        "{symbol}: the pending copy is not the book at its place"
                     );
                 }
                 let lone_at_front = members.len() == 1 && members[0] == l.p;

@@ -761,6 +761,29 @@ fn states_due_at_every_update_with_lags_and_faults() {
 }
 
 #[test]
+fn states_rarely_due_with_lags_and_faults() {
+    // Nothing but the log's own rules (refresh, pending copy, bound) moves the checkpoint.
+    for seed in 1..=4 {
+        let faults = Faults {
+            odd: 0.01,
+            ..FAULTS
+        };
+        let depth = if seed % 2 == 0 { 25 } else { 10 };
+        let mut world = World::with_states_every(
+            2 + seed as usize % 2,
+            &["AAA/USD"],
+            depth,
+            seed,
+            faults,
+            10_000,
+        );
+        world.checking = true;
+        world.run(6000);
+        world.check_metrics();
+    }
+}
+
+#[test]
 fn a_stalled_replica_that_never_leaves_keeps_memory_bounded() {
     for seed in 1..=2 {
         let mut world = World::new(3, &["AAA/USD", "BBB/EUR"], 10, seed, FAULTS);
@@ -781,4 +804,30 @@ fn a_stalled_replica_that_never_leaves_keeps_memory_bounded() {
         world.run(500);
         world.check_metrics();
     }
+}
+
+#[test]
+fn a_replica_steadily_behind_keeps_the_log_small() {
+    // Book states rarely due (the default's order): nothing but the log's own rules moves the
+    // checkpoint.
+    let mut world = World::with_states_every(2, &["AAA/USD"], 10, 11, CALM, 10_000);
+    world.run(200);
+    // Replica 1 reads each message just after replica 0 has applied the next one: it is never
+    // at the front when a message is applied there, yet never more than two behind.
+    world.market_step();
+    world.deliver(0);
+    let mut most = 0;
+    for _ in 0..6000 {
+        world.market_step();
+        world.deliver(0);
+        world.deliver(1);
+        most = most.max(world.books.footprint().1);
+        world.books.check_invariants();
+    }
+    world.books.check_invariants();
+    world.check_metrics();
+    assert!(
+        most <= 4 * REFRESH_BYTES,
+        "a log of {most} bytes for a replica two messages behind"
+    );
 }
