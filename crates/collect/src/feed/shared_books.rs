@@ -581,48 +581,58 @@ impl SharedBooks {
             return false;
         }
         self.with(|lineages| {
-            match lineages.get_mut(symbol) {
-                Some(lineage) if lineage.member_count() > 0 => {
-                    if lineage.members[replica].is_some()
-                        || lineage.parked[replica].is_some()
-                        || !lineage.open
-                        || lineage.last_key != last_key
-                    {
-                        return false;
-                    }
+            if let Some(lineage) = lineages.get_mut(symbol) {
+                if lineage.members[replica].is_some() || lineage.parked[replica].is_some() {
+                    return false;
+                }
+                if lineage.member_count() > 0 {
                     let Some(own) = tracker.book(symbol) else {
                         return false;
                     };
-                    if !own.same_as(&lineage.book.book) {
+                    if lineage.open
+                        && lineage.last_key == last_key
+                        && own.same_as(&lineage.book.book)
+                    {
+                        if lineage.checkpoint.is_none() {
+                            // The first follower: every member is at the front (a single
+                            // member always is), so the checkpoint is the book now.
+                            lineage.checkpoint = Some(lineage.book.book.clone());
+                            lineage.c = lineage.p;
+                            lineage.clear_log();
+                        }
+                        lineage.members[replica] = Some(lineage.p);
+                        tracker.take(symbol);
+                        return true;
+                    }
+                    let p = lineage.p;
+                    if lineage.open && lineage.members.iter().flatten().any(|&q| q == p) {
                         return false;
                     }
-                    if lineage.checkpoint.is_none() {
-                        // The first follower: every member is at the front (a single member
-                        // always is), so the checkpoint is the book now.
-                        lineage.checkpoint = Some(lineage.book.book.clone());
-                        lineage.c = lineage.p;
-                        lineage.clear_log();
+                    // Nobody at the front (the lineage ended, or its front member left): the
+                    // members behind, stalled or slow, could keep every other replica from
+                    // sharing for as long as they stay. They are let go with their books,
+                    // parked, and this replica's book starts the lineage again.
+                    for r in 0..MAX_REDUNDANCY {
+                        if let Some(q) = lineage.members[r] {
+                            self.count_rebuilt();
+                            lineage.parked[r] = Some(lineage.book_at(q));
+                            lineage.members[r] = None;
+                        }
                     }
-                    lineage.members[replica] = Some(lineage.p);
-                    tracker.take(symbol);
-                    true
-                }
-                Some(lineage) if lineage.parked[replica].is_some() => false,
-                _ => {
-                    let Some(book) = tracker.take(symbol) else {
-                        return false;
-                    };
-                    // A lineage whose members all left (parked books of others are kept).
-                    let parked = lineages
-                        .remove(symbol)
-                        .map(|l| l.parked)
-                        .unwrap_or_default();
-                    let mut lineage = Lineage::new(replica, book, last_key);
-                    lineage.parked = parked;
-                    lineages.insert(symbol.to_owned(), lineage);
-                    true
                 }
             }
+            let Some(book) = tracker.take(symbol) else {
+                return false;
+            };
+            // A lineage whose members all left (parked books of others are kept).
+            let parked = lineages
+                .remove(symbol)
+                .map(|l| l.parked)
+                .unwrap_or_default();
+            let mut lineage = Lineage::new(replica, book, last_key);
+            lineage.parked = parked;
+            lineages.insert(symbol.to_owned(), lineage);
+            true
         })
     }
 

@@ -569,7 +569,7 @@ impl World {
     }
 
     /// [`World::run`] where only the first `active` replicas read (the others stall: they
-    /// neither read nor leave) until the end, when everyone reads what is left.
+    /// neither read nor leave), at the end everything waiting for them.
     fn run_first(&mut self, steps: usize, active: usize) {
         for _ in 0..steps {
             if self.rng.chance(0.45) {
@@ -586,8 +586,8 @@ impl World {
                 self.reconnect(r);
             }
         }
-        // Everyone reads what is left.
-        for r in 0..self.replicas.len() {
+        // Everyone reading reads what is left.
+        for r in 0..active {
             while !self.replicas[r].queue.is_empty() {
                 self.deliver(r);
             }
@@ -830,4 +830,38 @@ fn a_replica_steadily_behind_keeps_the_log_small() {
         most <= 4 * REFRESH_BYTES,
         "a log of {most} bytes for a replica two messages behind"
     );
+}
+
+#[test]
+fn a_member_stalled_in_an_ended_lineage_does_not_stop_the_others_sharing() {
+    let mut world = World::new(3, &["AAA/USD"], 10, 21, CALM);
+    world.run(300);
+    for r in 0..3 {
+        while !world.replicas[r].queue.is_empty() {
+            world.deliver(r);
+        }
+    }
+    assert!(world.books.is_member(2, "AAA/USD"));
+    // Every replica gets a corrupted copy: the lineage ends at it. Replica 2 stalls before
+    // reading it (a member behind, for good), the others go on: they resubscribe and verify
+    // books of their own again.
+    let frame = world.market.change(0);
+    let at = frame.find("\"checksum\":").unwrap() + 11;
+    let digits = frame[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let corrupt = format!("{}7{}", &frame[..at], &frame[at + digits..]);
+    for r in 0..3 {
+        world.replicas[r].queue.push_back(corrupt.clone());
+    }
+    world.run_first(1000, 2);
+    let before = world.books.stats();
+    world.run_first(2000, 2);
+    let after = world.books.stats();
+    assert!(
+        after.taken - before.taken > 200,
+        "the two replicas reading shared {} copies ({before:?} then {after:?})",
+        after.taken - before.taken
+    );
+    world.checking = true;
+    world.run(300);
+    world.check_metrics();
 }
