@@ -230,6 +230,18 @@ impl World {
     }
 
     fn open(&self, index: usize, a: Continuity, b: Continuity, connects: u64) -> Replica {
+        self.open_as(index, index, a, b, connects)
+    }
+
+    /// [`World::open`], the sharing session numbered `share` among the replicas sharing books.
+    fn open_as(
+        &self,
+        index: usize,
+        share: usize,
+        a: Continuity,
+        b: Continuity,
+        connects: u64,
+    ) -> Replica {
         let (now, at) = self.now();
         let conn_id = 100 * index as u64 + connects;
         let symbols = &self.market.symbols;
@@ -242,7 +254,7 @@ impl World {
             now,
             at,
         )
-        .share_books(Arc::clone(&self.books), index);
+        .share_books(Arc::clone(&self.books), share);
         let own = Session::open(
             conn_id,
             symbols,
@@ -440,7 +452,7 @@ impl World {
         let n = self.market.symbols.len();
         let other = self.market.symbols[(i + 1) % n].clone();
         let data = frame.find("\"data\":[").map(|k| k + 8);
-        match self.rng.below(13) {
+        match self.rng.below(14) {
             0 => vec![format!("{BINARY}{frame}")],
             // A first "symbol" key that is not the data's symbol (the fast path's hint).
             1 => vec![frame.replacen(
@@ -454,10 +466,10 @@ impl World {
                     return vec![frame.to_owned()];
                 };
                 let elem = &frame[k..frame.len() - 2];
-                let second = if self.rng.chance(0.5) {
-                    "ZZZ/USD".to_owned()
-                } else {
-                    other
+                let second = match self.rng.below(3) {
+                    0 => "ZZZ/USD".to_owned(),
+                    1 => other,
+                    _ => symbol.clone(),
                 };
                 let twin = elem.replacen(&symbol, &second, 1);
                 let mut text = format!("{}{elem},{twin}]}}", &frame[..k]);
@@ -518,6 +530,14 @@ impl World {
                     self.market.snapshot(i),
                 ]
             }
+            // Now and then, the exchange rejects the symbol on this connection (for good).
+            12 if self.rng.chance(0.2) => vec![
+                format!(
+                    r#"{{"error":"Currency pair not supported","method":"subscribe","success":false,"symbol":"{symbol}"}}"#
+                ),
+                frame.to_owned(),
+            ],
+            12 => vec![frame.to_owned()],
             // A frame whose data is empty.
             _ => vec![
                 format!(r#"{{"channel":"book","type":"update","data":[]}}"#),
@@ -863,5 +883,27 @@ fn a_member_stalled_in_an_ended_lineage_does_not_stop_the_others_sharing() {
     );
     world.checking = true;
     world.run(300);
+    world.check_metrics();
+}
+
+#[test]
+fn a_replica_numbered_past_the_bound_keeps_books_of_its_own() {
+    let faults = Faults {
+        reconnect: 0.0,
+        odd: 0.01,
+        ..FAULTS
+    };
+    let mut world = World::new(2, &["AAA/USD", "BBB/EUR"], 10, 3, faults);
+    let fresh = world.open_as(
+        1,
+        MAX_REDUNDANCY,
+        Continuity::default(),
+        Continuity::default(),
+        0,
+    );
+    world.replicas[1] = fresh;
+    world.settle(1);
+    world.checking = true;
+    world.run(2000);
     world.check_metrics();
 }
