@@ -820,6 +820,12 @@ fn a_stalled_replica_that_never_leaves_keeps_memory_bounded() {
             );
             world.books.check_invariants();
         }
+        for s in ["AAA/USD", "BBB/EUR"] {
+            assert!(
+                !world.books.is_member(2, s),
+                "the stalled replica still holds {s}"
+            );
+        }
         world.checking = true;
         world.run(500);
         world.check_metrics();
