@@ -228,6 +228,14 @@ impl Session {
         self.tracker.book(symbol)
     }
 
+    /// The session's own book of `symbol` and whether it is synced, for tests.
+    #[cfg(test)]
+    pub(crate) fn own_tracked(&self, symbol: &str) -> Option<(&OrderBook, bool)> {
+        self.tracker
+            .book(symbol)
+            .map(|b| (b, self.tracker.is_synced(symbol)))
+    }
+
     /// The next action to carry out, in order.
     pub fn next_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -685,8 +693,8 @@ impl Session {
                     state.since_state = 0;
                 } else {
                     state.since_state += 1;
-                    // Due, and the book at hand (a replica behind its lineage's front
-                    // journals it at its next message that finds it at the front).
+                    // Due, and the book at hand (a replica sharing books gets it rebuilt at
+                    // its place when it is behind its lineage's front).
                     if state.since_state >= state_every
                         && let Some(parts) = parts
                     {

@@ -27,7 +27,9 @@
 //! every member leaves with it, unsynced, exactly as its own book would be.
 //!
 //! What bounds it: the log holds entries `c..p`. When every member is at the front and the log
-//! passed [`REFRESH_BYTES`], the checkpoint is taken again there and the log emptied. Past
+//! passed [`REFRESH_BYTES`], the checkpoint is taken again there and the log emptied; when a
+//! member is behind then, a copy of the front's book is kept instead, and becomes the
+//! checkpoint (the entries before it dropped) once every member has passed it. Past
 //! [`CAP_BYTES`] or [`CAP_ENTRIES`] the checkpoint is moved up to the slowest member by applying
 //! the entries to it (the work that member would have done), and a member that has not moved at
 //! all since the checkpoint is let go with its book (the checkpoint's copy), *parked* until its
@@ -103,8 +105,8 @@ impl StateParts {
 /// What a member's message gave (see [`SharedBooks::apply`] and [`SharedBooks::follow`]).
 #[derive(Debug)]
 pub enum Shared {
-    /// The replica is a member: here is its message's outcome, and the book's parts if a state
-    /// was asked for and the replica is at the front after it.
+    /// The replica is a member: here is its message's outcome, and the book's parts after it
+    /// if a state was asked for (and the book is synced).
     Taken(Outcome, Option<StateParts>),
     /// The replica is not a member (any more): it applies the message to its own book, first
     /// putting in this one when given (its book, rebuilt at its position).
@@ -137,6 +139,11 @@ struct Lineage {
     /// The book at position `c` (at or before every member's), while two or more are members.
     checkpoint: Option<OrderBook>,
     c: u64,
+    /// A copy of the book at a later position (`c < at ≤ p`), taken when the log grew past
+    /// [`REFRESH_BYTES`] while a member was behind: it becomes the checkpoint (and the entries
+    /// before it go) once every member has passed it, so that a replica steadily behind the
+    /// front does not keep the log growing to its bound.
+    pending: Option<(u64, OrderBook)>,
     /// Entries `c..p`, while two or more are members, and their bytes one after the other.
     log: VecDeque<Entry>,
     data: Vec<u8>,
@@ -158,6 +165,7 @@ impl Lineage {
             members,
             checkpoint: None,
             c: 0,
+            pending: None,
             log: VecDeque::new(),
             data: Vec::new(),
             last_key,
@@ -203,7 +211,8 @@ impl Lineage {
         }
     }
 
-    /// With a single member at the front (or none), the checkpoint and the log serve nobody.
+    /// With a single member at the front (or none), the checkpoint and the log serve nobody;
+    /// once every member passed the pending copy, it is the checkpoint.
     fn shed(&mut self) {
         let mut members = self.members.iter().flatten();
         let alone = match (members.next(), members.next()) {
@@ -214,7 +223,25 @@ impl Lineage {
         if alone {
             self.clear_log();
             self.checkpoint = None;
+            self.pending = None;
             self.c = self.p;
+            return;
+        }
+        let slowest = self.min_position();
+        if self.pending.as_ref().is_some_and(|(at, _)| *at <= slowest)
+            && let Some((at, book)) = self.pending.take()
+        {
+            let cut = self
+                .log
+                .get((at - self.c) as usize)
+                .map_or(self.data.len(), |e| e.start);
+            self.log.drain(..(at - self.c) as usize);
+            self.data.drain(..cut);
+            for e in &mut self.log {
+                e.start -= cut;
+            }
+            self.checkpoint = Some(book);
+            self.c = at;
         }
     }
 
@@ -264,6 +291,24 @@ impl Lineage {
         }
         self.checkpoint = Some(book.book);
         self.c = to;
+        if self.pending.as_ref().is_some_and(|(at, _)| *at <= to) {
+            self.pending = None;
+        }
+    }
+
+    /// The parts of the book at position `q` (`c ≤ q ≤ p`, a member's), for a state due there.
+    /// Behind the front the checkpoint first moves up to the slowest member (entries the log's
+    /// bound would have applied to it anyway), then the book is rebuilt from it: a replica that
+    /// stays behind journals its states when they are due, as its own book would.
+    fn parts_at(&mut self, q: u64) -> Option<StateParts> {
+        if q == self.p {
+            return self.book.synced.then(|| StateParts::of(&self.book.book));
+        }
+        self.advance_checkpoint(self.min_position());
+        if q == self.c {
+            return self.checkpoint.as_ref().map(StateParts::of);
+        }
+        Some(StateParts::of(&self.book_at(q).book))
     }
 
     /// Keeps the log within its bounds (after an append).
@@ -309,9 +354,9 @@ fn replay(book: &mut Tracked, bytes: &[u8], outcome: &Outcome) {
     }
 }
 
+/// An empty, unsynced book at `book`'s depth and instrument precision.
 fn unsynced_like(book: &OrderBook) -> Tracked {
-    let mut book = OrderBook::with_precision(book.depth(), None);
-    book.clear();
+    let book = OrderBook::with_precision(book.depth(), book.known_precision());
     Tracked {
         book,
         synced: false,
@@ -388,7 +433,7 @@ impl SharedBooks {
 
     /// The fast path: `bytes` (one frame of one symbol) arrived on `replica`, a member behind
     /// the front whose next entry has exactly these bytes: the entry's outcome (and the book's
-    /// parts when `state_due` and the replica is at the front after it). `None`: anything else
+    /// parts after it when `state_due`). `None`: anything else
     /// (the caller decodes the frame and calls [`SharedBooks::apply`]).
     pub fn follow(
         &self,
@@ -467,13 +512,15 @@ impl SharedBooks {
             // At the front (a member left alone there drops what served the others).
             lineage.shed();
             let followers = lineage.member_count() > 1;
-            if followers
-                && lineage.data.len() >= REFRESH_BYTES
-                && lineage.members.iter().flatten().all(|&m| m == lineage.p)
-            {
-                lineage.checkpoint = Some(lineage.book.book.clone());
-                lineage.c = lineage.p;
-                lineage.clear_log();
+            if followers && lineage.data.len() >= REFRESH_BYTES {
+                if lineage.members.iter().flatten().all(|&m| m == lineage.p) {
+                    lineage.checkpoint = Some(lineage.book.book.clone());
+                    lineage.c = lineage.p;
+                    lineage.pending = None;
+                    lineage.clear_log();
+                } else if lineage.pending.is_none() {
+                    lineage.pending = Some((lineage.p, lineage.book.book.clone()));
+                }
             }
             self.applied.fetch_add(1, Ordering::Relaxed);
             let verdict = lineage.book.apply(kind, data);
@@ -534,48 +581,58 @@ impl SharedBooks {
             return false;
         }
         self.with(|lineages| {
-            match lineages.get_mut(symbol) {
-                Some(lineage) if lineage.member_count() > 0 => {
-                    if lineage.members[replica].is_some()
-                        || lineage.parked[replica].is_some()
-                        || !lineage.open
-                        || lineage.last_key != last_key
-                    {
-                        return false;
-                    }
+            if let Some(lineage) = lineages.get_mut(symbol) {
+                if lineage.members[replica].is_some() || lineage.parked[replica].is_some() {
+                    return false;
+                }
+                if lineage.member_count() > 0 {
                     let Some(own) = tracker.book(symbol) else {
                         return false;
                     };
-                    if !own.same_as(&lineage.book.book) {
+                    if lineage.open
+                        && lineage.last_key == last_key
+                        && own.same_as(&lineage.book.book)
+                    {
+                        if lineage.checkpoint.is_none() {
+                            // The first follower: every member is at the front (a single
+                            // member always is), so the checkpoint is the book now.
+                            lineage.checkpoint = Some(lineage.book.book.clone());
+                            lineage.c = lineage.p;
+                            lineage.clear_log();
+                        }
+                        lineage.members[replica] = Some(lineage.p);
+                        tracker.take(symbol);
+                        return true;
+                    }
+                    let p = lineage.p;
+                    if lineage.open && lineage.members.iter().flatten().any(|&q| q == p) {
                         return false;
                     }
-                    if lineage.checkpoint.is_none() {
-                        // The first follower: every member is at the front (a single member
-                        // always is), so the checkpoint is the book now.
-                        lineage.checkpoint = Some(lineage.book.book.clone());
-                        lineage.c = lineage.p;
-                        lineage.clear_log();
+                    // Nobody at the front (the lineage ended, or its front member left): the
+                    // members behind, stalled or slow, could keep every other replica from
+                    // sharing for as long as they stay. They are let go with their books,
+                    // parked, and this replica's book starts the lineage again.
+                    for r in 0..MAX_REDUNDANCY {
+                        if let Some(q) = lineage.members[r] {
+                            self.count_rebuilt();
+                            lineage.parked[r] = Some(lineage.book_at(q));
+                            lineage.members[r] = None;
+                        }
                     }
-                    lineage.members[replica] = Some(lineage.p);
-                    tracker.take(symbol);
-                    true
-                }
-                Some(lineage) if lineage.parked[replica].is_some() => false,
-                _ => {
-                    let Some(book) = tracker.take(symbol) else {
-                        return false;
-                    };
-                    // A lineage whose members all left (parked books of others are kept).
-                    let parked = lineages
-                        .remove(symbol)
-                        .map(|l| l.parked)
-                        .unwrap_or_default();
-                    let mut lineage = Lineage::new(replica, book, last_key);
-                    lineage.parked = parked;
-                    lineages.insert(symbol.to_owned(), lineage);
-                    true
                 }
             }
+            let Some(book) = tracker.take(symbol) else {
+                return false;
+            };
+            // A lineage whose members all left (parked books of others are kept).
+            let parked = lineages
+                .remove(symbol)
+                .map(|l| l.parked)
+                .unwrap_or_default();
+            let mut lineage = Lineage::new(replica, book, last_key);
+            lineage.parked = parked;
+            lineages.insert(symbol.to_owned(), lineage);
+            true
         })
     }
 
@@ -646,6 +703,92 @@ impl SharedBooks {
     }
 }
 
+#[cfg(test)]
+impl SharedBooks {
+    /// The book `replica` holds here for `symbol`: its book at its position when a member, its
+    /// parked book when it has one.
+    pub(crate) fn book_of(&self, replica: usize, symbol: &str) -> Option<Tracked> {
+        self.with(|lineages| {
+            let lineage = lineages.get(symbol)?;
+            if let Some(parked) = &lineage.parked[replica] {
+                return Some(parked.clone());
+            }
+            let q = lineage.members[replica]?;
+            Some(lineage.book_at(q))
+        })
+    }
+
+    /// Panics unless every lineage keeps its invariants.
+    pub(crate) fn check_invariants(&self) {
+        self.with(|lineages| {
+            for (symbol, l) in lineages.iter() {
+                assert!(!l.is_empty(), "{symbol}: a lineage nobody holds is kept");
+                let members: Vec<u64> = l.members.iter().flatten().copied().collect();
+                for r in 0..MAX_REDUNDANCY {
+                    assert!(
+                        l.members[r].is_none() || l.parked[r].is_none(),
+                        "{symbol}: replica {r} both a member and parked"
+                    );
+                }
+                for &q in &members {
+                    assert!(l.c <= q && q <= l.p, "{symbol}: c {} q {q} p {}", l.c, l.p);
+                    if q < l.p {
+                        assert!(
+                            l.checkpoint.is_some(),
+                            "{symbol}: behind without checkpoint"
+                        );
+                    }
+                    if !l.open {
+                        assert!(
+                            q < l.p,
+                            "{symbol}: a member at the front of a closed lineage"
+                        );
+                    }
+                }
+                if l.open {
+                    assert!(l.book.synced, "{symbol}: an open lineage's book unsynced");
+                }
+                if l.checkpoint.is_some() {
+                    assert_eq!(l.log.len() as u64, l.p - l.c, "{symbol}: log covers c..p");
+                } else {
+                    assert!(
+                        l.log.is_empty() && l.c == l.p,
+                        "{symbol}: a log without checkpoint"
+                    );
+                }
+                if let Some((at, book)) = &l.pending {
+                    assert!(
+                        l.c < *at && *at <= l.p,
+                        "{symbol}: pending at {at}, c {} p {}",
+                        l.c,
+                        l.p
+                    );
+                    assert!(
+                        book.same_as(&l.book_at(*at).book),
+                        "{symbol}: the pending copy is not the book at its place"
+                    );
+                }
+                let lone_at_front = members.len() == 1 && members[0] == l.p;
+                if members.is_empty() || lone_at_front {
+                    assert!(l.checkpoint.is_none(), "{symbol}: not shed");
+                }
+                let mut at = 0;
+                for e in &l.log {
+                    assert_eq!(e.start, at, "{symbol}: entries one after the other");
+                    at += e.len;
+                }
+                assert_eq!(at, l.data.len(), "{symbol}: data holds the entries");
+                assert!(
+                    l.log.len() <= 2 * CAP_ENTRIES && l.data.len() <= 2 * CAP_BYTES,
+                    "{symbol}: log of {} entries, {} bytes",
+                    l.log.len(),
+                    l.data.len()
+                );
+            }
+        });
+    }
+}
+
 /// The member at `q` takes entry `q` (its bytes matched): moves on, leaves at a mismatch.
 fn take_entry(
     lineages: &mut HashMap<String, Lineage>,
@@ -672,8 +815,11 @@ fn take_entry(
     }
     lineage.members[replica] = Some(q);
     lineage.shed();
-    let parts = (state_due && q == lineage.p && lineage.book.synced)
-        .then(|| StateParts::of(&lineage.book.book));
+    let parts = if state_due && outcome.kind == BookKind::Update {
+        lineage.parts_at(q)
+    } else {
+        None
+    };
     (outcome, parts)
 }
 
@@ -696,6 +842,24 @@ mod differential;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A book handed back unsynced (a member left at the front of an ended lineage, which the
+    /// invariants rule out) must still be the replica's book in all but its levels: the next
+    /// snapshot is applied at its depth and checksummed at its instrument's precision, as its
+    /// own unsynced book's would be.
+    #[test]
+    fn a_book_handed_back_unsynced_keeps_its_depth_and_precision() {
+        let precision = Precision { price: 1, qty: 4 };
+        let book = OrderBook::with_precision(25, Some(precision));
+        let mut lineage = Lineage::new(0, Tracked { book, synced: true }, 1);
+        lineage.open = false;
+        let books = SharedBooks::new();
+        books.with(|l| l.insert("X/Y".to_owned(), lineage));
+        let back = books.leave(0, "X/Y").expect("its book");
+        assert!(!back.synced);
+        assert_eq!(back.book.depth(), 25);
+        assert_eq!(back.book.known_precision(), Some(precision));
+    }
 
     #[test]
     fn the_symbol_hint_reads_kraken_layout_and_nothing_else() {

@@ -3,8 +3,8 @@
 //! ([`SharedBooks`]), the other's each with books of their own (as without sharing). Every
 //! action of every session (journal records with their verdicts and best bid and ask, events,
 //! requests, closes) must be the same in both, frame for frame; a book state the sharing world
-//! journals must be the book the other world's session holds at that frame; the symbols'
-//! metrics must end equal. The market is random (seeded): replicas lag each other by random
+//! journals (at the very frame the other world's does) must be the book the other world's
+//! session holds at that frame; the symbols' metrics must end equal. The market is random (seeded): replicas lag each other by random
 //! amounts, lose frames, receive corrupted and reformatted copies (same content, other bytes),
 //! resubscribe after their mismatches and reconnect.
 
@@ -35,6 +35,10 @@ struct Faults {
     reformat: f64,
     /// Per step of the world.
     reconnect: f64,
+    /// Per frame: something a hostile exchange might send instead of, or besides, the copy
+    /// (binary frames, several symbols, symbols not asked for, instrument updates, depth acks,
+    /// unsubscriptions, stray snapshots, a misleading "symbol" key, repeated frames).
+    odd: f64,
 }
 
 const FAULTS: Faults = Faults {
@@ -42,6 +46,7 @@ const FAULTS: Faults = Faults {
     corrupt: 0.004,
     reformat: 0.01,
     reconnect: 0.002,
+    odd: 0.0,
 };
 
 const CALM: Faults = Faults {
@@ -49,7 +54,11 @@ const CALM: Faults = Faults {
     corrupt: 0.0,
     reformat: 0.0,
     reconnect: 0.0,
+    odd: 0.0,
 };
+
+/// What the queues hold before a frame that is to be delivered as a binary frame.
+const BINARY: &str = "\u{1}binary:";
 
 /// The exchange: one true book per symbol, every change a frame with its checksum.
 struct Market {
@@ -171,15 +180,28 @@ struct World {
     /// Book states journaled: (sharing world, own world).
     states: (u64, u64),
     frames: u64,
+    /// Check the lineages' invariants and every replica's book in both worlds after each frame.
+    checking: bool,
 }
 
 impl World {
     fn new(replicas: usize, symbols: &[&str], depth: u64, seed: u64, faults: Faults) -> Self {
+        World::with_states_every(replicas, symbols, depth, seed, faults, 7)
+    }
+
+    fn with_states_every(
+        replicas: usize,
+        symbols: &[&str],
+        depth: u64,
+        seed: u64,
+        faults: Faults,
+        book_state_every: u64,
+    ) -> Self {
         let mut config = FeedConfig::new(
             url::Url::parse("ws://127.0.0.1:1/v2").unwrap(),
             Depth::new(depth).unwrap(),
         );
-        config.book_state_every = 7;
+        config.book_state_every = book_state_every;
         config.silence_timeout = Duration::from_secs(3600);
         let mut world = World {
             config,
@@ -193,6 +215,7 @@ impl World {
             start: Instant::now(),
             states: (0, 0),
             frames: 0,
+            checking: false,
         };
         for index in 0..replicas {
             let r = world.open(index, Continuity::default(), Continuity::default(), 0);
@@ -207,6 +230,18 @@ impl World {
     }
 
     fn open(&self, index: usize, a: Continuity, b: Continuity, connects: u64) -> Replica {
+        self.open_as(index, index, a, b, connects)
+    }
+
+    /// [`World::open`], the sharing session numbered `share` among the replicas sharing books.
+    fn open_as(
+        &self,
+        index: usize,
+        share: usize,
+        a: Continuity,
+        b: Continuity,
+        connects: u64,
+    ) -> Replica {
         let (now, at) = self.now();
         let conn_id = 100 * index as u64 + connects;
         let symbols = &self.market.symbols;
@@ -219,7 +254,7 @@ impl World {
             now,
             at,
         )
-        .share_books(Arc::clone(&self.books), index);
+        .share_books(Arc::clone(&self.books), share);
         let own = Session::open(
             conn_id,
             symbols,
@@ -266,6 +301,12 @@ impl World {
             "replica {} (connection {}) acted differently with shared books",
             rep.index,
             rep.connects
+        );
+        assert_eq!(
+            a_states.len(),
+            b_states.len(),
+            "replica {} journaled book states at other frames with shared books",
+            rep.index
         );
         self.states.0 += a_states.len() as u64;
         self.states.1 += b_states.len() as u64;
@@ -325,9 +366,55 @@ impl World {
         self.frames += 1;
         let (now, at) = self.now();
         let rep = &mut self.replicas[r];
-        rep.sharing.on_frame(Received::Text(&text), now, at);
-        rep.own.on_frame(Received::Text(&text), now, at);
+        let frame = match text.strip_prefix(BINARY) {
+            Some(bytes) => Received::Binary(bytes.as_bytes()),
+            None => Received::Text(&text),
+        };
+        rep.sharing.on_frame(frame, now, at);
+        rep.own.on_frame(frame, now, at);
         self.settle(r);
+        if self.checking {
+            self.check_books();
+        }
+    }
+
+    /// The lineages keep their invariants, and every replica's book that its own-book twin
+    /// holds synced is, in the sharing world, the same book (in the lineage at its place,
+    /// parked, or its own).
+    fn check_books(&self) {
+        self.books.check_invariants();
+        for rep in &self.replicas {
+            for s in &self.market.symbols {
+                let shared = self.books.book_of(rep.index, s);
+                let mine = rep.sharing.own_tracked(s);
+                assert!(
+                    shared.is_none() || mine.is_none(),
+                    "replica {} holds {s} both shared and its own",
+                    rep.index
+                );
+                let Some((own, true)) = rep.own.own_tracked(s) else {
+                    continue;
+                };
+                let (book, synced) = match (&shared, mine) {
+                    (Some(t), _) => (&t.book, t.synced),
+                    (None, Some((b, synced))) => (b, synced),
+                    (None, None) => panic!(
+                        "replica {}: no book of {s} where its twin has one",
+                        rep.index
+                    ),
+                };
+                assert!(
+                    synced,
+                    "replica {}: {s} unsynced where its twin is synced",
+                    rep.index
+                );
+                assert!(
+                    book.same_as(own),
+                    "replica {}: its book of {s} is not its twin's",
+                    rep.index
+                );
+            }
+        }
     }
 
     fn resubscribe(&mut self, r: usize) {
@@ -358,12 +445,129 @@ impl World {
         self.settle(r);
     }
 
+    /// Something odd instead of, or besides, `frame` (of symbol `i`), for replica `r` (or every
+    /// replica: the same text to all).
+    fn odd(&mut self, r: usize, i: usize, frame: &str) -> Vec<String> {
+        let symbol = self.market.symbols[i].clone();
+        let n = self.market.symbols.len();
+        let other = self.market.symbols[(i + 1) % n].clone();
+        let data = frame.find("\"data\":[").map(|k| k + 8);
+        match self.rng.below(14) {
+            0 => vec![format!("{BINARY}{frame}")],
+            // A first "symbol" key that is not the data's symbol (the fast path's hint).
+            1 => vec![frame.replacen(
+                "{\"channel\":\"book\",",
+                &format!("{{\"channel\":\"book\",\"symbol\":\"{other}\","),
+                1,
+            )],
+            // Two symbols in one frame: one not asked for, or another asked for.
+            2 | 3 => {
+                let Some(k) = data else {
+                    return vec![frame.to_owned()];
+                };
+                let elem = &frame[k..frame.len() - 2];
+                let second = match self.rng.below(3) {
+                    0 => "ZZZ/USD".to_owned(),
+                    1 => other,
+                    _ => symbol.clone(),
+                };
+                let twin = elem.replacen(&symbol, &second, 1);
+                let mut text = format!("{}{elem},{twin}]}}", &frame[..k]);
+                if self.rng.chance(0.3) {
+                    text = format!("{}{twin},{elem}]}}", &frame[..k]);
+                }
+                vec![text]
+            }
+            // A book frame for a symbol not asked for, then the copy.
+            4 => vec![frame.replacen(&symbol, "ZZZ/USD", 1), frame.to_owned()],
+            // An instrument update: the same precision, or another one.
+            5 => {
+                let precision = match self.rng.below(3) {
+                    0 => Precision { price: 2, qty: 4 },
+                    1 => Precision { price: 1, qty: 5 },
+                    _ => PRECISION,
+                };
+                let pairs = [InstrumentPair::online(&symbol, precision)];
+                let update = encode::instrument_snapshot(&pairs).replacen(
+                    "\"type\":\"snapshot\"",
+                    "\"type\":\"update\"",
+                    1,
+                );
+                vec![update, frame.to_owned()]
+            }
+            // A subscribe ack with the same depth or another.
+            6 => {
+                let depth = [10, 25, self.market.depth, 100][self.rng.below(4) as usize];
+                let ack = format!(
+                    r#"{{"method":"subscribe","result":{{"channel":"book","depth":{depth},"snapshot":true,"symbol":"{symbol}"}},"success":true}}"#
+                );
+                vec![ack, frame.to_owned()]
+            }
+            // Unsubscribed, then subscribed again (with a snapshot) by the exchange's will.
+            7 => vec![
+                frame.to_owned(),
+                self.market.ack("unsubscribe", &symbol),
+                self.market.ack("subscribe", &symbol),
+                self.market.snapshot(i),
+            ],
+            // A stray snapshot (of the market now) after the copy.
+            8 => vec![frame.to_owned(), self.market.snapshot(i)],
+            // The copy twice.
+            9 => vec![frame.to_owned(), frame.to_owned()],
+            // The copy and another symbol's snapshot in one frame's data.
+            10 => {
+                let j = (i + 1) % n;
+                let snap = self.market.snapshot(j);
+                vec![snap, frame.to_owned()]
+            }
+            // An unsubscribe ack alone (the exchange dropped the stream), later a subscription.
+            11 => {
+                let _ = r;
+                vec![
+                    self.market.ack("unsubscribe", &symbol),
+                    frame.to_owned(),
+                    self.market.ack("subscribe", &symbol),
+                    self.market.snapshot(i),
+                ]
+            }
+            // Now and then, the exchange rejects the symbol on this connection (for good).
+            12 if self.rng.chance(0.2) => vec![
+                format!(
+                    r#"{{"error":"Currency pair not supported","method":"subscribe","success":false,"symbol":"{symbol}"}}"#
+                ),
+                frame.to_owned(),
+            ],
+            12 => vec![frame.to_owned()],
+            // A frame whose data is empty.
+            _ => vec![
+                format!(r#"{{"channel":"book","type":"update","data":[]}}"#),
+                frame.to_owned(),
+            ],
+        }
+    }
+
     /// The market changes a symbol; every replica's connection gets the frame (or a fault).
     fn market_step(&mut self) {
         let i = self.market.rng.below(self.market.symbols.len() as u64) as usize;
         let frame = self.market.change(i);
+        if self.faults.odd > 0.0 && self.rng.chance(self.faults.odd) {
+            // The same odd text to every replica: it is logged and followed.
+            let texts = self.odd(0, i, &frame);
+            for r in 0..self.replicas.len() {
+                for t in &texts {
+                    self.replicas[r].queue.push_back(t.clone());
+                }
+            }
+            return;
+        }
         for r in 0..self.replicas.len() {
             let f = self.faults;
+            if f.odd > 0.0 && self.rng.chance(f.odd) {
+                for t in self.odd(r, i, &frame) {
+                    self.replicas[r].queue.push_back(t);
+                }
+                continue;
+            }
             let copy = if self.rng.chance(f.drop) {
                 continue;
             } else if self.rng.chance(f.corrupt) {
@@ -380,11 +584,18 @@ impl World {
     /// Random steps: the market moves, replicas read some of what waits for them, resubscribe
     /// when they may, and now and then reconnect.
     fn run(&mut self, steps: usize) {
+        let all = self.replicas.len();
+        self.run_first(steps, all);
+    }
+
+    /// [`World::run`] where only the first `active` replicas read (the others stall: they
+    /// neither read nor leave), at the end everything waiting for them.
+    fn run_first(&mut self, steps: usize, active: usize) {
         for _ in 0..steps {
             if self.rng.chance(0.45) {
                 self.market_step();
             }
-            let r = self.rng.below(self.replicas.len() as u64) as usize;
+            let r = self.rng.below(active as u64) as usize;
             for _ in 0..self.rng.below(4) {
                 self.deliver(r);
             }
@@ -395,8 +606,8 @@ impl World {
                 self.reconnect(r);
             }
         }
-        // Everyone reads what is left.
-        for r in 0..self.replicas.len() {
+        // Everyone reading reads what is left.
+        for r in 0..active {
             while !self.replicas[r].queue.is_empty() {
                 self.deliver(r);
             }
@@ -465,7 +676,7 @@ fn replicas_sharing_books_act_exactly_as_replicas_with_books_of_their_own() {
             "seed {seed}: no member ever left behind the front"
         );
         assert!(
-            world.states.0 > 0 && world.states.0 * 2 > world.states.1,
+            world.states.0 > 0 && world.states.0 == world.states.1,
             "seed {seed}: book states {:?}",
             world.states
         );
@@ -507,4 +718,198 @@ fn a_replica_far_behind_is_let_go_with_its_exact_book_and_comes_back() {
     world.run(500);
     world.check_metrics();
     assert!(world.books.is_member(1, "AAA/USD") || world.books.is_member(0, "AAA/USD"));
+}
+
+#[test]
+fn odd_frames_from_a_hostile_exchange_change_nothing() {
+    for seed in 1..=8 {
+        let depth = if seed % 2 == 0 { 25 } else { 10 };
+        let faults = Faults {
+            odd: 0.03,
+            ..FAULTS
+        };
+        let mut world = World::new(
+            2 + (seed as usize % 2),
+            &["AAA/USD", "BBB/EUR", "CCC/GBP"],
+            depth,
+            seed,
+            faults,
+        );
+        world.checking = true;
+        world.run(3000);
+        world.check_metrics();
+    }
+}
+
+#[test]
+fn a_replica_always_behind_journals_its_book_states_when_due() {
+    let mut world = World::new(2, &["AAA/USD"], 10, 11, CALM);
+    world.run(200);
+    world.checking = true;
+    // Replica 1 is two messages behind replica 0 at every message it reads: it never finds
+    // itself at the lineage's front.
+    for _ in 0..2 {
+        world.market_step();
+        world.deliver(0);
+    }
+    let before = world.states;
+    for _ in 0..500 {
+        world.market_step();
+        world.deliver(0);
+        world.deliver(1);
+    }
+    let states = (world.states.0 - before.0, world.states.1 - before.1);
+    assert!(states.1 > 100, "{states:?}");
+    assert_eq!(
+        states.0, states.1,
+        "book states journaled with shared books, and with books of their own"
+    );
+}
+
+#[test]
+fn states_due_at_every_update_with_lags_and_faults() {
+    for seed in 1..=3 {
+        let faults = Faults {
+            odd: 0.01,
+            ..FAULTS
+        };
+        let mut world = World::with_states_every(3, &["AAA/USD", "BBB/EUR"], 25, seed, faults, 1);
+        world.checking = true;
+        world.run(2500);
+        world.check_metrics();
+    }
+}
+
+#[test]
+fn states_rarely_due_with_lags_and_faults() {
+    // Nothing but the log's own rules (refresh, pending copy, bound) moves the checkpoint.
+    for seed in 1..=4 {
+        let faults = Faults {
+            odd: 0.01,
+            ..FAULTS
+        };
+        let depth = if seed % 2 == 0 { 25 } else { 10 };
+        let mut world = World::with_states_every(
+            2 + seed as usize % 2,
+            &["AAA/USD"],
+            depth,
+            seed,
+            faults,
+            10_000,
+        );
+        world.checking = true;
+        world.run(6000);
+        world.check_metrics();
+    }
+}
+
+#[test]
+fn a_stalled_replica_that_never_leaves_keeps_memory_bounded() {
+    for seed in 1..=2 {
+        let mut world = World::new(3, &["AAA/USD", "BBB/EUR"], 10, seed, FAULTS);
+        world.run(300);
+        // Replica 2 stalls (its connection open, nothing read) while the others go on with
+        // their lags, losses, divergent copies and reconnections.
+        for round in 0..40 {
+            world.run_first(500, 2);
+            let (lineages, bytes) = world.books.footprint();
+            assert!(lineages <= 2, "{lineages} lineages");
+            assert!(
+                bytes <= 2 * (2 * CAP_BYTES + (64 << 10)),
+                "round {round}: the logs hold {bytes} bytes"
+            );
+            world.books.check_invariants();
+        }
+        for s in ["AAA/USD", "BBB/EUR"] {
+            assert!(
+                !world.books.is_member(2, s),
+                "the stalled replica still holds {s}"
+            );
+        }
+        world.checking = true;
+        world.run(500);
+        world.check_metrics();
+    }
+}
+
+#[test]
+fn a_replica_steadily_behind_keeps_the_log_small() {
+    // Book states rarely due (the default's order): nothing but the log's own rules moves the
+    // checkpoint.
+    let mut world = World::with_states_every(2, &["AAA/USD"], 10, 11, CALM, 10_000);
+    world.run(200);
+    // Replica 1 reads each message just after replica 0 has applied the next one: it is never
+    // at the front when a message is applied there, yet never more than two behind.
+    world.market_step();
+    world.deliver(0);
+    let mut most = 0;
+    for _ in 0..6000 {
+        world.market_step();
+        world.deliver(0);
+        world.deliver(1);
+        most = most.max(world.books.footprint().1);
+        world.books.check_invariants();
+    }
+    world.books.check_invariants();
+    world.check_metrics();
+    assert!(
+        most <= 4 * REFRESH_BYTES,
+        "a log of {most} bytes for a replica two messages behind"
+    );
+}
+
+#[test]
+fn a_member_stalled_in_an_ended_lineage_does_not_stop_the_others_sharing() {
+    let mut world = World::new(3, &["AAA/USD"], 10, 21, CALM);
+    world.run(300);
+    for r in 0..3 {
+        while !world.replicas[r].queue.is_empty() {
+            world.deliver(r);
+        }
+    }
+    assert!(world.books.is_member(2, "AAA/USD"));
+    // Every replica gets a corrupted copy: the lineage ends at it. Replica 2 stalls before
+    // reading it (a member behind, for good), the others go on: they resubscribe and verify
+    // books of their own again.
+    let frame = world.market.change(0);
+    let at = frame.find("\"checksum\":").unwrap() + 11;
+    let digits = frame[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let corrupt = format!("{}7{}", &frame[..at], &frame[at + digits..]);
+    for r in 0..3 {
+        world.replicas[r].queue.push_back(corrupt.clone());
+    }
+    world.run_first(1000, 2);
+    let before = world.books.stats();
+    world.run_first(2000, 2);
+    let after = world.books.stats();
+    assert!(
+        after.taken - before.taken > 200,
+        "the two replicas reading shared {} copies ({before:?} then {after:?})",
+        after.taken - before.taken
+    );
+    world.checking = true;
+    world.run(300);
+    world.check_metrics();
+}
+
+#[test]
+fn a_replica_numbered_past_the_bound_keeps_books_of_its_own() {
+    let faults = Faults {
+        reconnect: 0.0,
+        odd: 0.01,
+        ..FAULTS
+    };
+    let mut world = World::new(2, &["AAA/USD", "BBB/EUR"], 10, 3, faults);
+    let fresh = world.open_as(
+        1,
+        MAX_REDUNDANCY,
+        Continuity::default(),
+        Continuity::default(),
+        0,
+    );
+    world.replicas[1] = fresh;
+    world.settle(1);
+    world.checking = true;
+    world.run(2000);
+    world.check_metrics();
 }
