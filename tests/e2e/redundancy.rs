@@ -281,3 +281,65 @@ async fn replicas_never_reconnect_at_the_same_time() {
     assert!(windows.len() >= 4, "{windows:?}");
     assert_never_together(&windows);
 }
+
+/// The replicas share one book per symbol (the default): under lost messages (a checksum fails
+/// on one connection: that replica leaves its lineage, resubscribes, joins again) and drops, a
+/// replay of the journal, each connection through books of its own, reproduces every verdict the
+/// collector recorded, and most second copies were verified by the shared book.
+#[tokio::test]
+async fn replicas_sharing_books_record_the_verdicts_books_of_their_own_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults {
+        lose_rate: krakenbook::exchange::Probability::new(0.002).unwrap(),
+        drop_rate: krakenbook::exchange::Probability::new(0.0005).unwrap(),
+        ..Faults::default()
+    };
+    let sim = simulator(dir.path(), 80.0, faults).await;
+    let metrics = crate::collect::free_addr();
+    let collector = Collector::start(
+        &sim,
+        None,
+        dir.path(),
+        &[
+            "--redundancy",
+            "2",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let body = crate::collect::http_get(metrics, "/metrics").await;
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    };
+    let taken = value("krakenbook_shared_book_copies_taken_total ");
+    let frames = value("krakenbook_frames_received_total ");
+    let mismatches: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("krakenbook_checksum_mismatch_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    finish(sim, collector).await;
+    assert!(
+        mismatches >= 2,
+        "the lost messages failed checksums: {mismatches}"
+    );
+    assert!(
+        taken * 4 > frames,
+        "{taken} of {frames} frames took a shared book's verdict"
+    );
+    let out = run(&[
+        "replay",
+        "--verify",
+        "--journal-dir",
+        journal(&dir).to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("every recorded verdict reproduced"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
