@@ -202,6 +202,33 @@ impl Lineage {
             .is_some_and(|e| e.len == bytes.len() && self.bytes(e) == bytes)
     }
 
+    /// The checkpoint is the book now (every member at the front): the log empties.
+    fn checkpoint_here(&mut self) {
+        self.checkpoint = Some(self.book.book.clone());
+        self.c = self.p;
+        self.pending = None;
+        self.clear_log();
+    }
+
+    /// Drops the log's entries before position `at` (`c ≤ at ≤ p`), their bytes with them; the
+    /// caller puts the book at `at` in as the checkpoint.
+    fn drop_before(&mut self, at: u64) {
+        let n = ((at - self.c) as usize).min(self.log.len());
+        let cut = self.log.get(n).map_or(self.data.len(), |e| e.start);
+        self.log.drain(..n);
+        self.data.drain(..cut);
+        for e in &mut self.log {
+            e.start -= cut;
+        }
+        self.c = at;
+    }
+
+    /// `replica` is no longer a member (whatever its book becomes is the caller's).
+    fn let_go(&mut self, replica: usize) {
+        self.members[replica] = None;
+        self.shed();
+    }
+
     /// Empties the log (its bytes' memory is kept for the next, within bounds).
     fn clear_log(&mut self) {
         self.log.clear();
@@ -231,17 +258,8 @@ impl Lineage {
         if self.pending.as_ref().is_some_and(|(at, _)| *at <= slowest)
             && let Some((at, book)) = self.pending.take()
         {
-            let cut = self
-                .log
-                .get((at - self.c) as usize)
-                .map_or(self.data.len(), |e| e.start);
-            self.log.drain(..(at - self.c) as usize);
-            self.data.drain(..cut);
-            for e in &mut self.log {
-                e.start -= cut;
-            }
+            self.drop_before(at);
             self.checkpoint = Some(book);
-            self.c = at;
         }
     }
 
@@ -278,19 +296,11 @@ impl Lineage {
             book: checkpoint,
             synced: true,
         };
-        for _ in self.c..to {
-            if let Some(entry) = self.log.pop_front() {
-                replay(&mut book, self.bytes(&entry), &entry.outcome);
-            }
+        for entry in self.log.iter().take((to - self.c) as usize) {
+            replay(&mut book, self.bytes(entry), &entry.outcome);
         }
-        // The bytes of the entries left move to the buffer's start.
-        let cut = self.log.front().map_or(self.data.len(), |e| e.start);
-        self.data.drain(..cut);
-        for e in &mut self.log {
-            e.start -= cut;
-        }
+        self.drop_before(to);
         self.checkpoint = Some(book.book);
-        self.c = to;
         if self.pending.as_ref().is_some_and(|(at, _)| *at <= to) {
             self.pending = None;
         }
@@ -368,14 +378,10 @@ fn unsynced_like(book: &OrderBook) -> Tracked {
 #[derive(Debug, Default)]
 pub struct SharedBooks {
     lineages: Mutex<HashMap<String, Lineage>>,
-    /// Copies that took a logged outcome (not decoded again).
-    taken: AtomicU64,
     /// Messages applied to a shared book at its front.
     applied: AtomicU64,
-    /// Books rebuilt for a member that left behind the front.
-    rebuilt: AtomicU64,
-    /// The collector's metrics, counted there too.
-    metrics: Option<Arc<Metrics>>,
+    /// Where copies taken and books rebuilt are counted (the collector's `/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 /// What the shared books did, counted since they were made.
@@ -390,37 +396,51 @@ pub struct SharingStats {
 }
 
 impl SharedBooks {
-    /// No lineage yet.
+    /// No lineage yet, counting in metrics of its own (tests).
     pub fn new() -> Self {
         SharedBooks::default()
     }
 
-    /// No lineage yet; what they do is counted in `metrics` too.
+    /// No lineage yet; copies taken and books rebuilt are counted in `metrics`.
     pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
         SharedBooks {
-            metrics: Some(metrics),
+            metrics,
             ..SharedBooks::default()
         }
     }
 
     fn count_taken(&self) {
-        self.taken.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.shared_copies_taken.fetch_add(1, Ordering::Relaxed);
-        }
+        self.metrics
+            .shared_copies_taken
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn count_rebuilt(&self) {
-        self.rebuilt.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.shared_book_rebuilds.fetch_add(1, Ordering::Relaxed);
-        }
+        self.metrics
+            .shared_book_rebuilds
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Lineage>) -> T) -> T {
         // A poisoned lock means a panic mid-update on this thread: the feed is going down.
         let mut lineages = self.lineages.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut lineages)
+    }
+
+    /// [`SharedBooks::with`] for one symbol's lineage; a lineage nobody holds any more (no member,
+    /// no parked book) is dropped after `f`.
+    fn with_symbol<T>(
+        &self,
+        symbol: &str,
+        f: impl FnOnce(&mut HashMap<String, Lineage>) -> T,
+    ) -> T {
+        self.with(|lineages| {
+            let out = f(lineages);
+            if lineages.get(symbol).is_some_and(Lineage::is_empty) {
+                lineages.remove(symbol);
+            }
+            out
+        })
     }
 
     /// Whether `replica` is a member of `symbol`'s lineage.
@@ -442,7 +462,7 @@ impl SharedBooks {
         bytes: &[u8],
         state_due: bool,
     ) -> Option<(Outcome, Option<StateParts>)> {
-        self.with(|lineages| {
+        self.with_symbol(symbol, |lineages| {
             let lineage = lineages.get_mut(symbol)?;
             let q = lineage.members[replica]?;
             if q >= lineage.p {
@@ -452,7 +472,7 @@ impl SharedBooks {
                 return None;
             }
             self.count_taken();
-            Some(take_entry(lineages, symbol, replica, q, state_due))
+            Some(take_entry(lineage, replica, q, state_due))
         })
     }
 
@@ -469,14 +489,11 @@ impl SharedBooks {
         bytes: &[u8],
         state_due: bool,
     ) -> Shared {
-        self.with(|lineages| {
+        self.with_symbol(symbol, |lineages| {
             let Some(lineage) = lineages.get_mut(symbol) else {
                 return Shared::Own(None);
             };
             if let Some(parked) = lineage.parked[replica].take() {
-                if lineage.is_empty() {
-                    lineages.remove(symbol);
-                }
                 return Shared::Own(Some(parked));
             }
             let Some(q) = lineage.members[replica] else {
@@ -485,39 +502,27 @@ impl SharedBooks {
             if q < lineage.p {
                 if lineage.entry_is(q - lineage.c, bytes) {
                     self.count_taken();
-                    let (outcome, parts) = take_entry(lineages, symbol, replica, q, state_due);
+                    let (outcome, parts) = take_entry(lineage, replica, q, state_due);
                     return Shared::Taken(outcome, parts);
                 }
                 // Diverged: this replica's book is the one at `q`.
                 self.count_rebuilt();
                 let book = lineage.book_at(q);
-                lineage.members[replica] = None;
-                lineage.shed();
-                if lineage.is_empty() {
-                    lineages.remove(symbol);
-                }
+                lineage.let_go(replica);
                 return Shared::Own(Some(book));
             }
             if !lineage.open {
                 // No member stays at the front of an ended lineage; should one, its book is
                 // unsynced, as the mismatch that ended it left every book.
-                lineage.members[replica] = None;
-                lineage.shed();
-                let book = unsynced_like(&lineage.book.book);
-                if lineage.is_empty() {
-                    lineages.remove(symbol);
-                }
-                return Shared::Own(Some(book));
+                lineage.let_go(replica);
+                return Shared::Own(Some(unsynced_like(&lineage.book.book)));
             }
             // At the front (a member left alone there drops what served the others).
             lineage.shed();
             let followers = lineage.member_count() > 1;
             if followers && lineage.data.len() >= REFRESH_BYTES {
                 if lineage.members.iter().flatten().all(|&m| m == lineage.p) {
-                    lineage.checkpoint = Some(lineage.book.book.clone());
-                    lineage.c = lineage.p;
-                    lineage.pending = None;
-                    lineage.clear_log();
+                    lineage.checkpoint_here();
                 } else if lineage.pending.is_none() {
                     lineage.pending = Some((lineage.p, lineage.book.book.clone()));
                 }
@@ -553,11 +558,7 @@ impl SharedBooks {
                 // and leave at it; this one leaves now, its book unsynced (its tracker starts a
                 // new one at its next message: it has none for the symbol).
                 lineage.open = false;
-                lineage.members[replica] = None;
-                lineage.shed();
-                if lineage.is_empty() {
-                    lineages.remove(symbol);
-                }
+                lineage.let_go(replica);
                 return Shared::Taken(outcome, None);
             }
             lineage.bound();
@@ -596,9 +597,7 @@ impl SharedBooks {
                         if lineage.checkpoint.is_none() {
                             // The first follower: every member is at the front (a single
                             // member always is), so the checkpoint is the book now.
-                            lineage.checkpoint = Some(lineage.book.book.clone());
-                            lineage.c = lineage.p;
-                            lineage.clear_log();
+                            lineage.checkpoint_here();
                         }
                         lineage.members[replica] = Some(lineage.p);
                         tracker.take(symbol);
@@ -650,28 +649,22 @@ impl SharedBooks {
         symbol: &str,
         keep: impl FnOnce(&OrderBook) -> bool,
     ) -> Option<Tracked> {
-        self.with(|lineages| {
+        self.with_symbol(symbol, |lineages| {
             let lineage = lineages.get_mut(symbol)?;
-            let book = if let Some(parked) = lineage.parked[replica].take() {
-                Some(parked)
-            } else {
-                let q = lineage.members[replica]?;
-                if keep(&lineage.book.book) {
-                    return None;
-                }
-                let book = if lineage.open || q < lineage.p {
-                    lineage.book_at(q)
-                } else {
-                    unsynced_like(&lineage.book.book)
-                };
-                lineage.members[replica] = None;
-                lineage.shed();
-                Some(book)
-            };
-            if lineage.is_empty() {
-                lineages.remove(symbol);
+            if let Some(parked) = lineage.parked[replica].take() {
+                return Some(parked);
             }
-            book
+            let q = lineage.members[replica]?;
+            if keep(&lineage.book.book) {
+                return None;
+            }
+            let book = if lineage.open || q < lineage.p {
+                lineage.book_at(q)
+            } else {
+                unsynced_like(&lineage.book.book)
+            };
+            lineage.let_go(replica);
+            Some(book)
         })
     }
 
@@ -690,9 +683,9 @@ impl SharedBooks {
     /// What the shared books did so far.
     pub fn stats(&self) -> SharingStats {
         SharingStats {
-            taken: self.taken.load(Ordering::Relaxed),
+            taken: self.metrics.shared_copies_taken.load(Ordering::Relaxed),
             applied: self.applied.load(Ordering::Relaxed),
-            rebuilt: self.rebuilt.load(Ordering::Relaxed),
+            rebuilt: self.metrics.shared_book_rebuilds.load(Ordering::Relaxed),
         }
     }
 
@@ -791,28 +784,19 @@ impl SharedBooks {
 
 /// The member at `q` takes entry `q` (its bytes matched): moves on, leaves at a mismatch.
 fn take_entry(
-    lineages: &mut HashMap<String, Lineage>,
-    symbol: &str,
+    lineage: &mut Lineage,
     replica: usize,
     q: u64,
     state_due: bool,
 ) -> (Outcome, Option<StateParts>) {
-    let Some(lineage) = lineages.get_mut(symbol) else {
-        unreachable!("the caller found the lineage");
-    };
     let outcome = lineage.log[(q - lineage.c) as usize].outcome.clone();
-    let q = q + 1;
-    let mismatch = !matches!(outcome.verdict, Verdict::Ok);
-    if mismatch {
+    if !matches!(outcome.verdict, Verdict::Ok) {
         // Its own book would be unsynced now; it has none for the symbol, so its next message
         // starts an unsynced one, as after a mismatch.
-        lineage.members[replica] = None;
-        lineage.shed();
-        if lineage.is_empty() {
-            lineages.remove(symbol);
-        }
+        lineage.let_go(replica);
         return (outcome, None);
     }
+    let q = q + 1;
     lineage.members[replica] = Some(q);
     lineage.shed();
     let parts = if state_due && outcome.kind == BookKind::Update {
