@@ -84,7 +84,8 @@ pub struct CollectArgs {
     #[arg(long)]
     pub db_batch_size: Option<usize>,
     /// Longest a record waits for its database batch (e.g. 50ms, 200ms); a fast feed's batches
-    /// close sooner, after 50ms [default: 250ms].
+    /// close sooner, after 50ms [default: 250ms; ten read ticks, up to 1s, with a --read-every
+    /// over 25ms].
     #[arg(long, value_name = "DURATION", value_parser = config::duration)]
     pub db_batch_delay: Option<Duration>,
     /// /health answers 503 once the database has been unreachable this long (e.g. 30s, 2m)
@@ -244,8 +245,9 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     let mut batch = krakenbook::store::BatchConfig {
         // A fast feed's batches close 50 ms after their first record (receive-to-commit stays
         // well under 250 ms at p99 at 10,000 messages per second); a slow feed's wait up to
-        // 250 ms to carry more records per commit (see the README's benchmarks).
-        max_delay: std::time::Duration::from_millis(250),
+        // 250 ms (longer with a longer read tick) to carry more records per commit (see the
+        // README's benchmarks).
+        max_delay: default_batch_delay(feed.read_every),
         min_delay: std::time::Duration::from_millis(50),
         ..krakenbook::store::BatchConfig::default()
     };
@@ -342,6 +344,18 @@ pub fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest a record waits for its database batch unless `--db-batch-delay` says: 250 ms, or
+/// ten read ticks (at most 1 s) for a feed reading less often than every 25 ms. Who reads every
+/// 100 ms has traded receive-time precision for CPU; at a few hundred messages a second each
+/// batch costs the collector about ten thread wake-ups (the journal's sync, the round trips), so
+/// a batch a second instead of four is most of what is left to save (see the README's "CPU per
+/// message at a few hundred messages a second").
+pub fn default_batch_delay(read_every: Duration) -> Duration {
+    read_every
+        .saturating_mul(10)
+        .clamp(Duration::from_millis(250), Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +438,36 @@ mod tests {
         assert_eq!(
             c.database.unwrap().batch.max_delay,
             std::time::Duration::from_millis(20)
+        );
+    }
+
+    /// The batch delay follows the read tick unless given: 250 ms up to a 25 ms tick, ten ticks
+    /// up to 1 s; `--db-batch-delay` (or the file's) wins at any tick.
+    #[test]
+    fn the_batch_delay_follows_the_read_tick_unless_given() {
+        let ms = Duration::from_millis;
+        for (tick, delay) in [
+            (0, 250),
+            (10, 250),
+            (25, 250),
+            (30, 300),
+            (50, 500),
+            (100, 1000),
+        ] {
+            assert_eq!(default_batch_delay(ms(tick)), ms(delay), "tick {tick} ms");
+        }
+        let url = "postgres://x@localhost/db";
+        let delay = |extra: &[&str]| {
+            let mut a = vec!["--symbols", "BTC/USD", "--database-url", url];
+            a.extend_from_slice(extra);
+            resolve_args(&a).unwrap().database.unwrap().batch.max_delay
+        };
+        assert_eq!(delay(&[]), ms(250));
+        assert_eq!(delay(&["--read-every", "100ms"]), ms(1000));
+        assert_eq!(delay(&["--read-every", "0ms"]), ms(250));
+        assert_eq!(
+            delay(&["--read-every", "100ms", "--db-batch-delay", "100ms"]),
+            ms(100)
         );
     }
 

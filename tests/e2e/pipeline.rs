@@ -960,6 +960,135 @@ async fn a_wrong_password_pauses_the_pipeline_and_is_refused_at_start_up() {
     .await;
 }
 
+/// A pong frame received now (its receipt sets its batch's deadline).
+fn pong_now(conn_seq: u64) -> Entry {
+    frame_entry(
+        9,
+        conn_seq,
+        Timestamp::now(),
+        &format!(
+            r#"{{"method":"pong","req_id":{conn_seq},"time_in":"2026-08-18T11:00:00.000000Z","time_out":"2026-08-18T11:00:00.000001Z"}}"#
+        ),
+    )
+}
+
+/// Batches committed so far.
+fn batches(progress: &StoreProgress) -> u64 {
+    progress
+        .batch_duration
+        .counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// A steady slow feed (a frame every 10 ms, the journal flushing each) costs the pipeline about
+/// one journal read a batch: after a batch closed by its delay it reads when the next one would
+/// be due instead of opening it at the journal's next flush (before: two reads a batch, and a
+/// wake-up each). And a collector stopping while the pipeline waits so does not wait for that
+/// instant: the last records go at once.
+#[tokio::test]
+async fn a_steady_slow_feed_costs_one_journal_read_a_batch_and_a_stop_does_not_wait_for_it() {
+    let (db, client) = migrated_db().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    journal::identity(&dir, Some("paced")).unwrap();
+    let journal = Journal::open(&dir);
+    let running = Running::start(
+        &journal,
+        PipelineConfig {
+            batch: BatchConfig {
+                max_delay: Duration::from_millis(200),
+                min_delay: Duration::from_millis(50),
+                ..BatchConfig::default()
+            },
+            ..config(&dir, "paced", &db.url)
+        },
+    );
+    let mut conn_seq = 0;
+    // 3 s of frames: about 15 batches, each closed by its 200 ms delay.
+    let steady_from = loop {
+        conn_seq += 1;
+        let last = journal.append(vec![pong_now(conn_seq)]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if conn_seq == 50 {
+            // Past the first batches (the pipeline's start reads its way in).
+            running.wait_checkpoint(last, Duration::from_secs(30)).await;
+            break (
+                batches(&running.progress),
+                running.progress.journal_reads.load(Ordering::Relaxed),
+            );
+        }
+    };
+    for _ in 0..300 {
+        conn_seq += 1;
+        journal.append(vec![pong_now(conn_seq)]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let batches_then = batches(&running.progress) - steady_from.0;
+    let reads = running.progress.journal_reads.load(Ordering::Relaxed) - steady_from.1;
+    assert!(
+        batches_then >= 5,
+        "{batches_then} batches in 3 s at 200 ms each"
+    );
+    assert!(
+        reads <= batches_then + batches_then / 4 + 2,
+        "{reads} journal reads for {batches_then} batches: more than one a batch"
+    );
+    running.stop().await;
+
+    // Stopping while the pipeline waits for the next batch's instant (10 s away here): the
+    // records left go at once.
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = DbPipeline::new(
+        PipelineConfig {
+            batch: BatchConfig {
+                max_delay: Duration::from_secs(10),
+                min_delay: Duration::from_millis(50),
+                ..BatchConfig::default()
+            },
+            ..config(&dir, "paced", &db.url)
+        },
+        journal.handle().flushed.clone(),
+        Some(journal.handle().syncer()),
+        metrics,
+    );
+    let progress = pipeline.progress();
+    let (done_tx, done_rx) = watch::channel(None);
+    let task = tokio::spawn(pipeline.run(CancellationToken::new(), done_rx));
+    let mut last = 0;
+    for _ in 0..100 {
+        conn_seq += 1;
+        last = journal.append(vec![pong_now(conn_seq)]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first batch waited its 10 s (no rate known yet); the next ones 2.55 s (256 records at
+    // the 100 a second the first showed).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while progress.checkpoint_seq.load(Ordering::Acquire) < last {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        conn_seq += 1;
+        last = journal.append(vec![pong_now(conn_seq)]).await;
+    }
+    let asked = tokio::time::Instant::now();
+    done_tx.send_replace(Some(last));
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the pipeline returns once done")
+        .unwrap();
+    assert_eq!(progress.checkpoint_seq.load(Ordering::Acquire), last);
+    assert!(
+        asked.elapsed() < Duration::from_millis(2000),
+        "the last records waited {:?} for the paced read (2.55 s away)",
+        asked.elapsed()
+    );
+    journal.close().await;
+    assert_database_equals_journal(&client, &dir, "paced").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Outages and start-up.
 

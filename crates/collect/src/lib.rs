@@ -25,6 +25,7 @@ use krakenbook_core::{book, kraken, record, rng, text, time};
 use krakenbook_journal as journal;
 use krakenbook_store as store;
 
+pub mod alarm;
 pub mod collect;
 pub mod feed;
 pub mod metrics;

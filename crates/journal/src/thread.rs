@@ -35,6 +35,9 @@ use super::writer::{Entry, JournalConfig, JournalStats, JournalWriter};
 pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// How often writing is retried while the disk is full.
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// How often the journal thread looks at rotation by age and retention when nothing else wakes
+/// it (a segment's age limit is kept to within this).
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// Entries taken from the queue at once before the writer looks at its timers again.
 const BATCH: usize = 4096;
 /// How many times closing retries a full disk (once a second) before it gives up.
@@ -43,6 +46,23 @@ const CLOSE_RETRIES: u32 = 5;
 /// overhead); a batch larger than this goes in alone.
 pub const QUEUE_BYTES: usize = 4 << 20;
 const QUEUE_KIB: u32 = (QUEUE_BYTES >> 10) as u32;
+
+/// When the journal thread must look at its timers even if nothing comes: the periodic sync
+/// (`sync_every` after the last) while something written is not synced yet, else the next
+/// [`HOUSEKEEPING`] (rotation by age, retention).
+fn next_housekeeping(
+    unsynced: bool,
+    last_sync: Instant,
+    last_housekeeping: Instant,
+    sync_every: Duration,
+) -> Instant {
+    let housekeeping = last_housekeeping + HOUSEKEEPING;
+    if unsynced {
+        housekeeping.min(last_sync + sync_every)
+    } else {
+        housekeeping
+    }
+}
 
 /// The bytes an entry stands for in the queue's bound.
 fn entry_bytes(entry: &Entry) -> usize {
@@ -353,14 +373,14 @@ impl Drop for Room {
 
 impl Task {
     async fn run(mut self) -> Result<(), JournalError> {
-        let mut tick = tokio::time::interval(self.sync_every.min(Duration::from_secs(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_housekeeping = Instant::now();
         let mut last_sync = Instant::now();
         let mut last_expire = Instant::now();
         let mut last_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
         let result: Result<(), JournalError> = loop {
             let stalled = self.stalled_until.is_some();
+            let housekeeping_at = self.next_housekeeping(last_sync, last_housekeeping);
             let step = tokio::select! {
                 biased;
                 // A reader wants what it holds on disk: everything appended so far.
@@ -395,7 +415,14 @@ impl Task {
                 _ = tokio::time::sleep_until(self.stalled_until.unwrap_or_else(Instant::now)), if stalled => {
                     self.flush()
                 }
-                _ = tick.tick() => Ok(()),
+                // The periodic sync, when something written is not synced yet (a steady feed's
+                // hand-offs and the database's sync requests wake the thread anyway, so this
+                // rarely fires), and rotation by age and retention every HOUSEKEEPING; no
+                // wake-up a second of its own (each costs more than a hand-off's write).
+                _ = tokio::time::sleep_until(housekeeping_at) => {
+                    last_housekeeping = Instant::now();
+                    Ok(())
+                }
             };
             if let Err(e) = self.settle(step) {
                 break Err(e);
@@ -434,6 +461,12 @@ impl Task {
             }
         };
         self.close(result).await
+    }
+
+    /// When the loop must look at its timers even if nothing comes ([`next_housekeeping`]).
+    fn next_housekeeping(&self, last_sync: Instant, last_housekeeping: Instant) -> Instant {
+        let unsynced = self.writer.synced_seq() < self.writer.written_seq();
+        next_housekeeping(unsynced, last_sync, last_housekeeping, self.sync_every)
     }
 
     /// Appends `first` and whatever else is already queued (without flushing).
@@ -637,5 +670,96 @@ mod tests {
             seqs.push(r.conn_seq);
         }
         assert_eq!(seqs, vec![1, 2, 3, 11, 12, 13, 21, 22, 23, 99]);
+    }
+
+    /// With nothing else to wake the thread (no more entries, no sync request), what was
+    /// written is still synced about one sync interval later: the periodic sync has its own
+    /// timer while something is unsynced (the thread no longer wakes every second for it).
+    #[tokio::test]
+    async fn what_was_written_is_synced_within_the_interval_with_nothing_else_to_wake_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let mut config = JournalConfig::new(dir.path());
+        config.sync_interval = Duration::from_millis(300);
+        let handle = spawn_journal(config, 64, None, cancel.clone()).unwrap();
+        let mut synced = handle.synced.clone();
+        // Twice: the timer is armed again after a sync.
+        for n in 1..=2u64 {
+            let sent = Instant::now();
+            handle.sender.send(frame(n, 10)).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s >= n))
+                .await
+                .expect("synced by the periodic sync")
+                .unwrap();
+            let took = sent.elapsed();
+            assert!(
+                took < Duration::from_secs(3),
+                "entry {n} synced after {took:?}"
+            );
+        }
+        cancel.cancel();
+        handle.join().await.unwrap();
+    }
+
+    /// The housekeeping timer: the periodic sync only while something written is unsynced
+    /// (and never later than the housekeeping), else every HOUSEKEEPING.
+    #[test]
+    fn the_housekeeping_timer_is_the_sync_only_while_something_is_unsynced() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        // (unsynced, last sync, last housekeeping, sync every, expected, what)
+        let cases = [
+            (
+                false,
+                t,
+                t,
+                s(1),
+                t + HOUSEKEEPING,
+                "all synced: housekeeping only",
+            ),
+            (
+                true,
+                t,
+                t,
+                s(1),
+                t + s(1),
+                "unsynced: the sync is due first",
+            ),
+            (
+                true,
+                t,
+                t,
+                s(3600),
+                t + HOUSEKEEPING,
+                "a sync interval past the housekeeping",
+            ),
+            (
+                true,
+                t + s(2),
+                t,
+                s(1),
+                t + s(3),
+                "from the last sync, not from now",
+            ),
+        ];
+        for (unsynced, last_sync, last_hk, every, want, what) in cases {
+            assert_eq!(
+                next_housekeeping(unsynced, last_sync, last_hk, every),
+                want,
+                "{what}"
+            );
+        }
+        // What the thread asks the writer: written but not synced, until it syncs.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = JournalWriter::open(JournalConfig::new(dir.path())).unwrap();
+        assert_eq!(writer.synced_seq(), writer.written_seq(), "nothing written");
+        writer.append(frame(1, 10)).unwrap();
+        writer.flush().unwrap();
+        assert!(
+            writer.synced_seq() < writer.written_seq(),
+            "written, not synced"
+        );
+        writer.sync().unwrap();
+        assert_eq!(writer.synced_seq(), writer.written_seq(), "synced");
     }
 }

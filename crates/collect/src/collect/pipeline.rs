@@ -12,7 +12,11 @@
 //! the journal has flushed something new while no batch is open, and when the open batch is due:
 //! a batch costs the pipeline about one wake-up of its own besides the database's round trips,
 //! however many times the journal flushed meanwhile (at high rates a batch fills before it is
-//! due, and reading goes on as fast as the writer takes the batches).
+//! due, and reading goes on as fast as the writer takes the batches). A steady slow feed (a
+//! batch closed by its delay, the reader caught up) is read next when its next batch would be
+//! due, not at the journal's next flush, and every sleep is on one kernel timer
+//! ([`crate::alarm`]): at a few hundred messages a second the thread wakes about five times a
+//! batch (that timer, the journal's sync, three round trips), not twelve.
 //!
 //! What must hold:
 //! - the database is a pure function of the journal: items are read in `seq` order from the
@@ -383,6 +387,9 @@ impl DbPipeline {
         let mut committed: Option<u64> = None;
         let mut migrated = false;
         let mut damage_noted = 0u64;
+        let mut alarm = crate::alarm::Alarm::new();
+        // A stand-in instant for a disabled branch of the `select!` below (never awaited).
+        let far_off = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -465,7 +472,7 @@ impl DbPipeline {
             }
             let closing = done_at.is_some();
             let now = Instant::now();
-            let due = batcher.deadline().is_some_and(|d| d <= Timestamp::now());
+            let mut due = batcher.deadline().is_some_and(|d| d <= Timestamp::now());
             // A batch is open: more records are read when it is due (or full), not on every
             // flush of the journal; none is: as soon as the journal has something new. Closing,
             // everything left is read at once.
@@ -482,10 +489,15 @@ impl DbPipeline {
                         }
                     }
                     NextRead::At(at) => now >= at,
+                    NextRead::Paced(at) => closing || now >= at,
                     NextRead::Never => false,
                 };
             if read_now {
+                // A paced read is the batch's: what it finds goes out now (the first of it a
+                // little before its own deadline), not at a second wake-up when that comes.
+                due |= matches!(next_read, NextRead::Paced(_));
                 let mut items = Vec::new();
+                self.progress.journal_reads.fetch_add(1, Ordering::Relaxed);
                 next_read = match rd.fill(&mut items, READ_CHUNK, READ_CHUNK_BYTES) {
                     Fill::More => NextRead::Now,
                     Fill::CaughtUp => NextRead::OnChange {
@@ -523,17 +535,22 @@ impl DbPipeline {
                 }
                 let wake_at = match next_read {
                     NextRead::OnChange { or_at } if !batch_open => Some(or_at),
-                    NextRead::At(at) => Some(at),
+                    NextRead::At(at) | NextRead::Paced(at) => Some(at),
                     _ => None,
                 };
                 let watch_journal = matches!(next_read, NextRead::OnChange { .. }) && !batch_open;
+                // One kernel timer for the earlier of the two (see `crate::alarm`).
+                let due_at = batcher.deadline().map(|d| {
+                    let late = d.nanos_since(Timestamp::now());
+                    Instant::now() + Duration::from_nanos(u64::try_from(late).unwrap_or(0))
+                });
+                let alarm_at = wake_at.into_iter().chain(due_at).min();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(()),
                     // Something new, or the journal closed (read what is left, then stop).
                     _ = rd.changed(), if watch_journal => next_read = NextRead::Now,
-                    _ = sleep_until(wake_at) => {}
-                    _ = batcher.due(Timestamp::now()) => {}
+                    _ = alarm.sleep_until(alarm_at.unwrap_or(far_off)), if alarm_at.is_some() => {}
                     changed = done.changed() => {
                         if changed.is_err() {
                             // The collector is gone: write what is waiting, then stop.
@@ -549,6 +566,11 @@ impl DbPipeline {
             if batcher.is_empty() {
                 continue;
             }
+            // A batch closed by its delay while the reader is caught up: the feed is steady and
+            // slow. The next batch is read when it would be due rather than opened at the
+            // journal's next flush: one wake-up of this thread a batch instead of one per flush.
+            let steady =
+                !batcher.is_full() && !closing && matches!(next_read, NextRead::OnChange { .. });
             let flushed = guarded(
                 &health,
                 &self.metrics,
@@ -561,6 +583,11 @@ impl DbPipeline {
                 Some(Ok(Some(report))) => {
                     committed = Some(report.last_seq);
                     self.healthy(&mut health);
+                    if steady && pending.is_empty() {
+                        // Records received from now on are due `delay` after their receipt;
+                        // those already waiting in the journal, sooner, and go out at once then.
+                        next_read = NextRead::Paced(Instant::now() + batcher.delay());
+                    }
                 }
                 Some(Ok(None)) => {}
                 Some(Err(e)) => {
@@ -838,6 +865,9 @@ enum NextRead {
     OnChange { or_at: Instant },
     /// At this instant (the journal is being written under the reader, or damaged at its end).
     At(Instant),
+    /// Caught up with a steady, slow feed: at this instant, when the next batch would be due
+    /// (or at once when closing), without waking on the journal's flushes meanwhile.
+    Paced(Instant),
     /// Never again: a closed journal read to its end.
     Never,
 }

@@ -158,6 +158,9 @@ pub struct StoreProgress {
     pub commit_latency: Histogram,
     /// Time one batch takes to write and commit (retries included).
     pub batch_duration: Histogram,
+    /// Chunks the pipeline read from the journal: a steady slow feed needs about one a batch
+    /// (each read is a wake-up of the pipeline's thread).
+    pub journal_reads: AtomicU64,
 }
 
 /// All of the collector's metrics.

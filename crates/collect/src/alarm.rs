@@ -1,0 +1,180 @@
+//! A one-shot kernel timer (a `timerfd`) to sleep until an instant without the extra wake-ups of
+//! tokio's timer wheel.
+//!
+//! Why: tokio's wheel keeps a timer due in a later 64 ms window in a coarser level and wakes the
+//! thread at that window's start to move it down, so a sleep of 100 ms to a few seconds costs two
+//! wake-ups instead of one (seen on the database thread: each batch deadline woke it ~20–40 ms
+//! early, then again on time). At a few hundred messages a second a wake-up costs more than the
+//! messages it serves (see `krakenbook-bench wakeup`), so the threads that sleep between batches
+//! sleep on an [`Alarm`]. The feed's periodic read tick is the same kind of timer
+//! ([`crate::feed::ticker`]).
+//!
+//! What must hold: [`Alarm::sleep_until`] completes at or after its instant, never before (an
+//! expiry of an earlier, abandoned sleep is discarded when the alarm is armed again); it can be
+//! dropped in a `select!` and the alarm used again; where no kernel timer can be made (or one
+//! fails), it sleeps on tokio's timer instead, so it never fails.
+
+use std::io;
+use std::time::Duration;
+
+use rustix::fd::OwnedFd;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+/// A one-shot timer, on the reactor of the runtime it was made on.
+#[derive(Debug)]
+pub struct Alarm {
+    /// `None`: no kernel timer (it could not be made, or it failed); tokio's timer serves.
+    fd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Alarm {
+    /// A disarmed alarm. Must be called on a runtime with I/O enabled; where that or the kernel
+    /// timer is unavailable, the alarm sleeps on tokio's timer.
+    pub fn new() -> Alarm {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .map_err(io::Error::from)
+        // Deprecated because a `T` that closes its descriptor while registered breaks the
+        // reactor (tokio PR 8587); an `OwnedFd` closes it only when the `AsyncFd` drops it,
+        // after deregistering. The replacement is `unsafe`, which this crate forbids.
+        .and_then(|fd| {
+            #[allow(deprecated)]
+            AsyncFd::with_interest(fd, Interest::READABLE)
+        });
+        match fd {
+            Ok(fd) => Alarm { fd: Some(fd) },
+            Err(e) => {
+                tracing::debug!(error = %e, "no kernel timer: sleeping on tokio's");
+                Alarm { fd: None }
+            }
+        }
+    }
+
+    /// Whether the alarm sleeps on a kernel timer (else on tokio's).
+    pub fn is_kernel(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Completes at `at` (at once when it has passed).
+    pub async fn sleep_until(&mut self, at: Instant) {
+        let now = Instant::now();
+        if at <= now {
+            return;
+        }
+        if let Some(fd) = &self.fd {
+            match Self::kernel_sleep(fd, at - now).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the kernel timer failed: sleeping on tokio's from now on");
+                    self.fd = None;
+                }
+            }
+        }
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Arms the timer `after` from now (on the kernel's monotonic clock, the one `Instant`
+    /// reads) and waits for its expiry.
+    async fn kernel_sleep(fd: &AsyncFd<OwnedFd>, after: Duration) -> io::Result<()> {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let due = now
+            .checked_add(timespec(after)?)
+            .ok_or_else(|| io::Error::other("the alarm's expiry overflows the clock"))?;
+        // Arming resets the count of expiries: one left unread by an abandoned sleep is gone.
+        timerfd_settime(
+            fd.get_ref(),
+            TimerfdTimerFlags::ABSTIME,
+            &Itimerspec {
+                it_interval: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: due,
+            },
+        )?;
+        let mut expired = [0u8; 8];
+        loop {
+            let mut ready = fd.readable().await?;
+            match rustix::io::read(fd.get_ref(), &mut expired) {
+                Ok(8) => return Ok(()),
+                Ok(n) => {
+                    return Err(io::Error::other(format!(
+                        "the alarm's timer gave {n} bytes instead of 8"
+                    )));
+                }
+                // Readiness left from an earlier expiry (read or reset since): wait for this one.
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Default for Alarm {
+    fn default() -> Self {
+        Alarm::new()
+    }
+}
+
+fn timespec(d: Duration) -> io::Result<Timespec> {
+    Timespec::try_from(d).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{d:?} does not fit the kernel's clock"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An alarm completes at its instant, not before; one abandoned in a `select!` does not
+    /// end the next sleep early (its expiry is discarded when the alarm is armed again); a past
+    /// instant completes at once.
+    #[tokio::test]
+    async fn an_alarm_wakes_on_time_and_an_abandoned_one_does_not_end_the_next_early() {
+        let mut alarm = Alarm::new();
+        assert!(alarm.is_kernel(), "a kernel timer on this machine");
+        let start = Instant::now();
+        alarm.sleep_until(start + Duration::from_millis(30)).await;
+        assert!(start.elapsed() >= Duration::from_millis(30));
+
+        // Abandoned: armed for 10 ms, dropped after 1 ms; the timer still expires at 10 ms.
+        let start = Instant::now();
+        tokio::select! {
+            _ = alarm.sleep_until(start + Duration::from_millis(10)) => panic!("not yet"),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // Its expiry (now readable) must not end a sleep to 60 ms.
+        alarm.sleep_until(start + Duration::from_millis(60)).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(60),
+            "woke after {:?}",
+            start.elapsed()
+        );
+
+        let start = Instant::now();
+        alarm.sleep_until(start - Duration::from_millis(5)).await;
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    /// Without a reactor (no I/O driver) the alarm falls back to tokio's timer and still sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_kernel_timer_it_sleeps_on_tokios() {
+        let mut alarm = Alarm { fd: None };
+        let start = Instant::now();
+        alarm.sleep_until(start + Duration::from_secs(3)).await;
+        assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+}
