@@ -835,4 +835,39 @@ mod tests {
             Some(&*spaced)
         );
     }
+
+    /// What the row encoder counts on to skip the `jsonb` scan: a frame `canonical` writes from
+    /// exact (dec64) levels and a symbol without NUL is text `jsonb` takes, whatever the symbol
+    /// holds (every other control character, quotes, backslashes, characters beyond the BMP)
+    /// and however long its numbers.
+    #[test]
+    fn a_canonical_frame_with_exact_levels_is_always_text_jsonb_takes() {
+        let mut symbols: Vec<String> = (1u32..0x20)
+            .map(|c| format!("A{}B/USD", char::from_u32(c).unwrap()))
+            .collect();
+        symbols.extend(["\"Q\\/USD".into(), "😀/€".into(), "\u{7f}\u{ffff}/x".into()]);
+        let mut checked = 0;
+        for symbol in symbols {
+            for (price, qty) in [("1", "0.5"), ("28823037615171174.3", "0.00000000000000001")] {
+                let mut symbol_json = String::new();
+                crate::kraken::encode::push_json_str(&mut symbol_json, &symbol);
+                let text = format!(
+                    r#"{{"channel":"book","type":"update","data":[{{"symbol":{symbol_json},"bids":[{{"price":{price},"qty":{qty}}}],"asks":[],"checksum":4294967295,"timestamp":"2026-08-16T23:37:05.376419Z"}}]}}"#
+                );
+                let crate::kraken::Frame::Book(book) = crate::kraken::decode(&text).unwrap() else {
+                    panic!("a book frame: {text}");
+                };
+                let data = &book.data[0];
+                assert_eq!(data.symbol, symbol);
+                assert!(
+                    levels_dec64(&data.bids, &data.asks).is_some(),
+                    "{price} {qty}"
+                );
+                assert!(is_canonical(book.kind, data, text.as_bytes()), "{text}");
+                assert_eq!(crate::types::jsonb_refusal(&text), None, "{text}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2 * 34);
+    }
 }

@@ -388,6 +388,7 @@ impl DbPipeline {
         let mut migrated = false;
         let mut damage_noted = 0u64;
         let mut alarm = crate::alarm::Alarm::new();
+        let mut last_read_at = Instant::now();
         // A stand-in instant for a disabled branch of the `select!` below (never awaited).
         let far_off = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
@@ -497,6 +498,7 @@ impl DbPipeline {
                 // little before its own deadline), not at a second wake-up when that comes.
                 due |= matches!(next_read, NextRead::Paced(_));
                 let mut items = Vec::new();
+                last_read_at = Instant::now();
                 self.progress.journal_reads.fetch_add(1, Ordering::Relaxed);
                 next_read = match rd.fill(&mut items, READ_CHUNK, READ_CHUNK_BYTES) {
                     Fill::More => NextRead::Now,
@@ -584,9 +586,11 @@ impl DbPipeline {
                     committed = Some(report.last_seq);
                     self.healthy(&mut health);
                     if steady && pending.is_empty() {
-                        // Records received from now on are due `delay` after their receipt;
-                        // those already waiting in the journal, sooner, and go out at once then.
-                        next_read = NextRead::Paced(Instant::now() + batcher.delay());
+                        // Records received after the last read are due `delay` after their
+                        // receipt, so not before `delay` after that read (those received before
+                        // it and flushed since are later than that, and go out at once then;
+                        // a commit longer than `delay` reads again at once).
+                        next_read = NextRead::Paced(last_read_at + batcher.delay());
                     }
                 }
                 Some(Ok(None)) => {}
