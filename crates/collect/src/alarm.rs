@@ -149,17 +149,19 @@ mod tests {
         alarm.sleep_until(start + Duration::from_millis(30)).await;
         assert!(start.elapsed() >= Duration::from_millis(30));
 
-        // Abandoned: armed for 10 ms, dropped after 1 ms; the timer still expires at 10 ms.
+        // Abandoned: armed for 20 ms, dropped after 1 ms (the short sleep wins even if a busy
+        // machine makes both ready at once); the timer still expires at 20 ms.
         let start = Instant::now();
         tokio::select! {
-            _ = alarm.sleep_until(start + Duration::from_millis(10)) => panic!("not yet"),
+            biased;
             _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            _ = alarm.sleep_until(start + Duration::from_millis(20)) => {}
         }
-        std::thread::sleep(Duration::from_millis(20));
-        // Its expiry (now readable) must not end a sleep to 60 ms.
-        alarm.sleep_until(start + Duration::from_millis(60)).await;
+        std::thread::sleep(Duration::from_millis(40));
+        // Its expiry (now readable) must not end a sleep to 150 ms.
+        alarm.sleep_until(start + Duration::from_millis(150)).await;
         assert!(
-            start.elapsed() >= Duration::from_millis(60),
+            start.elapsed() >= Duration::from_millis(150),
             "woke after {:?}",
             start.elapsed()
         );
