@@ -6,9 +6,13 @@
 //! layout is rebuilt here, in a schema of its own (`krakenbook_bench_v5`), from what the views
 //! show: the two hypertables of schema 5 with the chunk interval of `krakenbook_book` and the
 //! indexes migration 0001 made, filled in received order and analysed. Each query then runs with
-//! `search_path` set to one layout or the other: one warm-up, then the median of five runs timed
-//! on the client, every row fetched as text (as psql does). Each query's plan on the views is
-//! summarised by its scan nodes, so "an index scan" is read off the output, not assumed.
+//! `search_path` set to one layout or the other: one warm-up, then the median of at least five
+//! runs and at least [`TIMED_FOR`] of them, timed on the client, every row fetched as text (as
+//! psql does): a query of a fraction of a millisecond runs hundreds of times, so that a moment
+//! of load on a shared machine moves its median little. Each query's plan on the views is
+//! summarised by its scan nodes, so "an index scan" is read off the output, not assumed. The
+//! load average is printed before and after (on a shared machine, ratios measured under load
+//! are wider).
 //!
 //! The schema is dropped at the end, so a database given with `--database-url` is left as found
 //! (it needs room for a second copy of its rows while the benchmark runs).
@@ -22,6 +26,12 @@ use krakenbook::time::Timestamp;
 
 /// The schema the older layout is rebuilt in.
 const OLD: &str = "krakenbook_bench_v5";
+
+/// How long each query is run for, at least, in each layout (after its warm-up).
+const TIMED_FOR: Duration = Duration::from_millis(300);
+
+/// The most runs of one query in one layout.
+const MAX_RUNS: usize = 2_000;
 
 /// One query of the table: its label and text (`{S}` the symbol, `{T0}`/`{T1}` instants).
 struct Query {
@@ -91,8 +101,10 @@ pub(crate) async fn run(client: &Client) -> anyhow::Result<()> {
     let result = async {
         build_old_layout(client).await?;
         println!(
-            "  (schema 5 rebuilt from the views in {:.1} s; medians of 5 runs after a warm-up, client-side, rows fetched)",
-            built.elapsed().as_secs_f64()
+            "  (schema 5 rebuilt from the views in {:.1} s; medians of at least 5 runs and {} ms of runs after a warm-up, client-side, rows fetched; load average {})",
+            built.elapsed().as_secs_f64(),
+            TIMED_FOR.as_millis(),
+            load_average()
         );
         println!(
             "  {:<48} {:>10} {:>10} {:>7}  plan on the views",
@@ -109,13 +121,14 @@ pub(crate) async fn run(client: &Client) -> anyhow::Result<()> {
             let plan = plan_summary(client, &sql).await?;
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "  {:<48} {:>7.2} ms {:>7.2} ms {:>6.1}x  {plan}",
+                "  {:<48} {:>7.3} ms {:>7.3} ms {:>6.2}x  {plan}",
                 q.label,
                 ms(old),
                 ms(new),
                 ms(new) / ms(old).max(1e-6)
             );
         }
+        println!("  (load average {})", load_average());
         anyhow::Ok(())
     }
     .await;
@@ -194,15 +207,20 @@ async fn build_old_layout(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The median of five runs of `sql` under `search_path`, after one warm-up.
+/// The median of the runs of `sql` under `search_path` after one warm-up: at least five, and as
+/// many as fit in [`TIMED_FOR`] (at most [`MAX_RUNS`]).
 async fn time_query(client: &Client, search_path: &str, sql: &str) -> anyhow::Result<Duration> {
     client
         .batch_execute(&format!(
             "SET search_path = {search_path}; SET TimeZone = 'UTC'"
         ))
         .await?;
-    let mut times = Vec::with_capacity(5);
-    for run in 0..6 {
+    let mut times = Vec::with_capacity(64);
+    let mut spent = Duration::ZERO;
+    for run in 0.. {
+        if run > 5 && (spent >= TIMED_FOR || times.len() >= MAX_RUNS) {
+            break;
+        }
         let start = Instant::now();
         let rows = client
             .simple_query(sql)
@@ -215,11 +233,21 @@ async fn time_query(client: &Client, search_path: &str, sql: &str) -> anyhow::Re
         );
         if run > 0 {
             times.push(elapsed);
+            spent += elapsed;
         }
     }
     client.batch_execute("RESET search_path").await?;
     times.sort();
-    Ok(times[2])
+    Ok(times[times.len() / 2])
+}
+
+/// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`), or `?` where there
+/// is none.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// The plan's scan and sort nodes on the views, counted: e.g. `Index Scan Backward x3; Sort`.

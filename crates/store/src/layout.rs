@@ -56,11 +56,32 @@ pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
     )
 }
 
+/// The powers of ten `krakenbook_dec` (migration 6) multiplies a dec64 mantissa by: 10^-0 to
+/// 10^-31, each written with exactly that scale (numeric multiplication adds the scales, so
+/// `150 * 0.01` is `1.50`). The same literal as that function's body (a test compares them).
+const POWERS_OF_TEN: &str = "'{1,0.1,0.01,0.001,0.0001,0.00001,0.000001,0.0000001,0.00000001,\
+0.000000001,0.0000000001,0.00000000001,0.000000000001,0.0000000000001,0.00000000000001,\
+0.000000000000001,0.0000000000000001,0.00000000000000001,0.000000000000000001,\
+0.0000000000000000001,0.00000000000000000001,0.000000000000000000001,\
+0.0000000000000000000001,0.00000000000000000000001,0.000000000000000000000001,\
+0.0000000000000000000000001,0.00000000000000000000000001,0.000000000000000000000000001,\
+0.0000000000000000000000000001,0.00000000000000000000000000001,\
+0.000000000000000000000000000001,0.0000000000000000000000000000001}'::numeric[]";
+
+/// `krakenbook_dec(value)` written out: the expression PostgreSQL inlines that SQL function
+/// into, spelled in the view instead. Each inlining read the function's stored body again,
+/// powers of ten included, at every planning of a query on the view (two per query: price and
+/// quantity); a view's own expressions are read once per session. The same expression, so the
+/// same values (`NULL` for `NULL`, as the function is `STRICT`).
+fn dec_sql(value: &str) -> String {
+    format!("(({value} >> 5)::numeric * ({POWERS_OF_TEN})[({value} & 31)::integer + 1])")
+}
+
 /// What `kraken_orderbook_entries` shows for the book rows of `source` (as
 /// [`book_messages_sql`]): each row joined to its levels' ordinals `k` (1, 2, ...: bids first,
-/// in wire order), the price of level `k` at `levels[2k - 1]` and its quantity at `levels[2k]`;
-/// a row whose values do not fit dec64 has its levels in raw only, read from there by
-/// `krakenbook_raw_level` (a `CASE` on `levels IS NULL`).
+/// in wire order), the price of level `k` at `levels[2k - 1]` and its quantity at `levels[2k]`
+/// (dec64, decoded by [`dec_sql`]); a row whose values do not fit dec64 has its levels in raw
+/// only, read from there by `krakenbook_raw_level` (a `CASE` on `levels IS NULL`).
 ///
 /// The ordinals come from `unnest` in the select list of a lateral subquery: PostgreSQL runs it
 /// as a ProjectSet, row by row, where a function scan in `FROM` (the `unnest ... WITH
@@ -72,14 +93,22 @@ pub(crate) fn book_messages_sql(source: &str, extra: &str) -> String {
 /// every query on the view and the raw fallback's jsonb paths were planned with each (warm
 /// planning of `ORDER BY timestamp DESC LIMIT 10`: 0.15 ms, 0.10 ms since).
 ///
-/// `WHERE coalesce(cardinality(b.levels), 0) >= 0` holds for every row: it is there for the
-/// planner. PostgreSQL plans `unnest` of an array it cannot see at 10 elements, four times what
-/// a book message holds on average (2.39 levels at depth 100; Kraken's updates carry 1 to 3), so
-/// every plan on the view was costed for 4 times its rows: `COUNT(*)` was JIT-compiled and a
-/// symbol's 30 seconds went to a parallel plan that ran 3 times slower than serial. An
-/// inequality on an expression it has no statistics for is priced at one third, so the view is
-/// planned at 3.3 levels a message; on the message, not on each level, because a filter on the
-/// ordinals keeps a Subquery Scan node over every level (`COUNT(*)` 15% slower).
+/// `WHERE coalesce(cardinality(b.levels), krakenbook_serial()::integer, 0) >= 0` holds for every
+/// row: it is there for the planner, twice.
+/// - PostgreSQL plans `unnest` of an array it cannot see at 10 elements, four times what a book
+///   message holds on average (2.39 levels at depth 100; Kraken's updates carry 1 to 3), so
+///   every plan on the view was costed for 4 times its rows: `COUNT(*)` was JIT-compiled and a
+///   symbol's 30 seconds went to a parallel plan that ran 3 times slower than serial. An
+///   inequality on an expression it has no statistics for is priced at one third, so the view
+///   is planned at 3.3 levels a message; on the message, not on each level, because a filter
+///   on the ordinals keeps a Subquery Scan node over every level (`COUNT(*)` 15% slower).
+/// - `krakenbook_serial()` (NULL, dropped from the `coalesce` when the planner inlines it) is
+///   PARALLEL UNSAFE, so queries on this view are planned serial, as on the messages view
+///   (schema 10). A symbol's levels in time order (`WHERE symbol = ... ORDER BY timestamp
+///   DESC`) went to a parallel bitmap heap scan, costed by PostgreSQL's model below the serial
+///   plan, that ran 1.3 to 1.8 times slower than it on 2 vCPUs (30-34 ms against 39-45 ms for
+///   6,500 messages' 15,000 levels; the leader sorts every row the workers send). `ALTER
+///   FUNCTION krakenbook_serial() PARALLEL SAFE` gives both views their parallel plans back.
 ///
 /// One join, not a `UNION ALL` of two: PostgreSQL plans the branches of a `UNION ALL` of joins
 /// as subqueries that never learn the outer query's order, so `ORDER BY timestamp DESC LIMIT 10`
@@ -93,9 +122,9 @@ pub(crate) fn book_entries_sql(source: &str) -> String {
     format!(
         "SELECT b.\"timestamp\", b.received_at, b.symbol,
        CASE WHEN e.k <= b.n_bids THEN 'bid' ELSE 'ask' END AS side,
-       CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k - 1])
+       CASE WHEN b.levels IS NOT NULL THEN {price}
             ELSE krakenbook_raw_level(b.raw, e.k, 'price') END AS price,
-       CASE WHEN b.levels IS NOT NULL THEN krakenbook_dec(b.levels[2 * e.k])
+       CASE WHEN b.levels IS NOT NULL THEN {quantity}
             ELSE krakenbook_raw_level(b.raw, e.k, 'qty') END AS quantity,
        CASE b.kind WHEN 's' THEN 'snapshot' ELSE 'update' END AS message_type,
        b.checksum::bigint & 4294967295 AS checksum,
@@ -106,8 +135,10 @@ pub(crate) fn book_entries_sql(source: &str) -> String {
       SELECT unnest(CASE WHEN cardinality(b.levels) <= {twice}
                          THEN ('{{{inline}}}'::integer[])[1:cardinality(b.levels) / 2]
                          ELSE krakenbook_level_ordinals(b.levels, b.raw) END) AS k) e
- WHERE coalesce(cardinality(b.levels), 0) >= 0",
+ WHERE coalesce(cardinality(b.levels), krakenbook_serial()::integer, 0) >= 0",
         twice = 2 * ORDINALS_INLINE,
+        price = dec_sql("b.levels[2 * e.k - 1]"),
+        quantity = dec_sql("b.levels[2 * e.k]"),
     )
 }
 
@@ -205,4 +236,35 @@ pub async fn settle_views(client: &Client) -> Result<bool, StoreError> {
         return Err(StoreError::db("creating the views over the book table")(e));
     }
     Ok(legacy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{POWERS_OF_TEN, book_entries_sql, dec_sql};
+
+    /// The entries view decodes dec64 with `krakenbook_dec`'s own expression: the powers of ten
+    /// are the literal of that function's body in migration 6 (applied migrations never change,
+    /// so a difference is an edit of this file), and the view names no call of it.
+    #[test]
+    fn the_entries_view_decodes_dec64_with_krakenbook_dec_s_own_powers_of_ten() {
+        let sql = include_str!("migrations/0006_layout.sql");
+        let body = &sql[sql
+            .find("CREATE FUNCTION krakenbook_dec(")
+            .expect("migration 6 creates krakenbook_dec")..];
+        let body = &body[..body.find(';').expect("one statement")];
+        let start = body.find("'{").expect("a literal array");
+        let end = body.find("::numeric[]").expect("of numerics") + "::numeric[]".len();
+        assert_eq!(&body[start..end], POWERS_OF_TEN);
+        assert!(body.contains(
+            "RETURN (v >> 5)::numeric * ('{1,0.1,0.01,0.001,0.0001,0.00001,0.000001,0.0000001,"
+        ));
+        assert!(body.ends_with("::numeric[])[(v & 31)::int + 1]"), "{body}");
+        assert_eq!(
+            dec_sql("v"),
+            format!("((v >> 5)::numeric * ({POWERS_OF_TEN})[(v & 31)::integer + 1])")
+        );
+        let view = book_entries_sql("krakenbook_book");
+        assert!(!view.contains("krakenbook_dec("), "{view}");
+        assert_eq!(view.matches(POWERS_OF_TEN).count(), 2, "price and quantity");
+    }
 }
