@@ -389,6 +389,8 @@ impl DbPipeline {
         let mut damage_noted = 0u64;
         let mut alarm = crate::alarm::Alarm::new();
         let mut last_read_at = Instant::now();
+        // The latest receive time among the records read so far.
+        let mut newest_read: Option<Timestamp> = None;
         // A stand-in instant for a disabled branch of the `select!` below (never awaited).
         let far_off = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
@@ -520,6 +522,9 @@ impl DbPipeline {
                 };
                 for item in &items {
                     self.note(item, &mut damage_noted);
+                    if let Item::Record(r) = item {
+                        newest_read = newest_read.max(Some(r.received_at));
+                    }
                 }
                 pending.extend(items);
             }
@@ -586,11 +591,25 @@ impl DbPipeline {
                     committed = Some(report.last_seq);
                     self.healthy(&mut health);
                     if steady && pending.is_empty() {
-                        // Records received after the last read are due `delay` after their
-                        // receipt, so not before `delay` after that read (those received before
-                        // it and flushed since are later than that, and go out at once then;
-                        // a commit longer than `delay` reads again at once).
-                        next_read = NextRead::Paced(last_read_at + batcher.delay());
+                        // Every record not read yet was received after the newest one read
+                        // (the feed hands them to the journal in order, some a hand-off
+                        // later), so none is due before `delay` after that one's receipt: the
+                        // next read is then (at once when a commit took longer than that),
+                        // and never later than `delay` after the last read (a wall clock set
+                        // back would otherwise put it off).
+                        let delay = batcher.delay();
+                        let at = match newest_read {
+                            Some(received) => {
+                                let due = received.add_nanos(
+                                    i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX),
+                                );
+                                let wait = due.nanos_since(Timestamp::now());
+                                Instant::now()
+                                    + Duration::from_nanos(u64::try_from(wait).unwrap_or(0))
+                            }
+                            None => last_read_at + delay,
+                        };
+                        next_read = NextRead::Paced(at.min(last_read_at + delay));
                     }
                 }
                 Some(Ok(None)) => {}

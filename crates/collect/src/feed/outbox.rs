@@ -10,7 +10,8 @@
 //!   grid of period [`super::FeedConfig::handoff_every`] (a whole number of read periods,
 //!   [`super::handoff_grid`]); a smaller one (a trickle of frames: each hand-off wakes the
 //!   journal thread, whose wake-up costs more than writing a few frames) waits for the first
-//!   tick at least [`PATIENCE`] after its first entry less one period, unless it grows to
+//!   tick at least [`PATIENCE`] (or two read periods, [`Grid::patience`]) after its first entry
+//!   less one period, unless it grows to
 //!   `EAGER_BYTES` first. A due batch is handed off by the first connection that wakes from then
 //!   on (on its read tick), and by the outbox's timer ([`Grid::slack`] later: none when reads
 //!   are on a tick, half a period when they are on arrival), so an entry waits at most one
@@ -27,7 +28,8 @@
 //! What is at stake: entries in the outbox, like those in the journal's queue and buffer, are
 //! lost if the process dies (not if it is stopped: shutdown drains). The window is one
 //! `handoff_every` in a busy feed and `PATIENCE` in a trickle (20 ms and 100 ms at the defaults;
-//! half a period more when reads are on arrival), plus the journal's
+//! 100 ms and 200 ms with reads every 100 ms; half a period more when reads are on arrival),
+//! plus the journal's
 //! [`crate::journal::FLUSH_EVERY`]. A connection
 //! that dies with the process loses its socket's unread bytes too: either way the record shows a
 //! gap that ends when the restarted collector's snapshots arrive.
@@ -95,6 +97,15 @@ impl Grid {
             step: Duration::ZERO,
         }
     }
+
+    /// How long a batch under [`EAGER_BYTES`] may wait after its first entry: [`PATIENCE`], or
+    /// two read periods when that is longer. With reads every 100 ms (the low-CPU setting) a
+    /// trickle then goes every other tick: five wake-ups of the journal thread a second instead
+    /// of ten, for a window of 200 ms (the frames already waited up to a read period in the
+    /// socket).
+    pub fn patience(&self) -> Duration {
+        PATIENCE.max(self.step.saturating_mul(2))
+    }
 }
 
 /// Entries waiting for the journal, and when they are due (see the module doc).
@@ -133,7 +144,7 @@ impl Outbox {
             let patient = if every.is_zero() {
                 now
             } else {
-                now + PATIENCE.saturating_sub(every)
+                now + self.grid.patience().saturating_sub(every)
             };
             self.latest = Some(next_tick(self.epoch, every, patient));
         }
@@ -423,6 +434,38 @@ mod tests {
         at_once.push(frame(1, 10), epoch + 3 * MS);
         assert_eq!(at_once.deadline(), Some(epoch + 3 * MS), "a zero period");
         assert!(at_once.is_due(epoch + 3 * MS));
+    }
+
+    /// With a long read tick the patience is two read periods: a trickle read every 100 ms goes
+    /// every other tick (200 ms), a read every 10 ms keeps 100 ms; an eager batch still goes at
+    /// the next tick.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_long_read_tick_a_trickle_waits_two_read_periods() {
+        let epoch = Instant::now();
+        // (read period, hand-off period, first entry at, small batch due at), in ms.
+        let cases: [(u32, u32, u32, u32, &str); 4] = [
+            (100, 100, 3, 200, "reads every 100 ms: every other tick"),
+            (100, 100, 100, 300, "on a tick: two ticks on"),
+            (10, 20, 3, 100, "reads every 10 ms: the patience as before"),
+            (50, 50, 3, 100, "reads every 50 ms: two periods are the patience"),
+        ];
+        for (read, every, at, due, what) in cases {
+            let grid = Grid {
+                every: every * MS,
+                slack: Duration::ZERO,
+                step: read * MS,
+            };
+            assert_eq!(grid.patience(), PATIENCE.max(2 * read * MS), "{what}");
+            let mut outbox = Outbox::new(grid, epoch);
+            outbox.push(frame(1, 200), epoch + at * MS);
+            assert_eq!(outbox.due(), Some(epoch + due * MS), "{what}");
+            outbox.push(frame(2, EAGER_BYTES), epoch + (at + 1) * MS);
+            assert_eq!(
+                outbox.due(),
+                Some(next_tick(epoch, every * MS, epoch + at * MS)),
+                "{what}: eager"
+            );
+        }
     }
 
     /// A trickle of small frames is handed off every `PATIENCE` (100 ms), not every period (each
