@@ -1450,3 +1450,92 @@ async fn passwords_come_from_pgpassword_or_the_password_file_never_the_command_l
         assert!(!text.contains("s3cret"), "{text}");
     }
 }
+
+/// A steady slow feed whose records reach the journal some time after their receipt (the
+/// outbox hands entries off up to `PATIENCE` late in a trickle): each still goes out within its
+/// batch delay of its receipt. A first version of the paced read came `delay` after the last
+/// read, so a record received just before that read but flushed just after it waited up to the
+/// hand-off's lag more (found by review: 295–322 ms against 200); the paced read now comes
+/// `delay` after the newest record read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_handed_off_late_still_goes_out_within_its_delay_of_receipt() {
+    let (db, _client) = migrated_db().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    journal::identity(&dir, Some("lag")).unwrap();
+    let journal = Journal::open(&dir);
+    let delay = Duration::from_millis(200);
+    let lag = Duration::from_millis(150);
+    let running = Running::start(
+        &journal,
+        PipelineConfig {
+            batch: BatchConfig {
+                max_delay: delay,
+                min_delay: delay,
+                ..BatchConfig::default()
+            },
+            ..config(&dir, "lag", &db.url)
+        },
+    );
+    let progress = Arc::clone(&running.progress);
+    // When each checkpoint was first seen (polled every ms).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, Timestamp)>::new()));
+    let stop = CancellationToken::new();
+    let poller = {
+        let seen = Arc::clone(&seen);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !stop.is_cancelled() {
+                let c = progress.checkpoint_seq.load(Ordering::Acquire);
+                if c != last {
+                    seen.lock().unwrap().push((c, Timestamp::now()));
+                    last = c;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut received = Vec::new();
+    for conn_seq in 1..=400u64 {
+        // Received `lag` ago: the outbox hands it to the journal only now.
+        let at = Timestamp::now().add_nanos(-(lag.as_nanos() as i64));
+        let e = frame_entry(
+            9,
+            conn_seq,
+            at,
+            &format!(
+                r#"{{"method":"pong","req_id":{conn_seq},"time_in":"2026-08-18T11:00:00.000000Z","time_out":"2026-08-18T11:00:00.000001Z"}}"#
+            ),
+        );
+        let seq = journal.append(vec![e]).await;
+        received.push((seq, at));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running
+        .wait_checkpoint(received.last().unwrap().0, Duration::from_secs(30))
+        .await;
+    stop.cancel();
+    poller.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    // Past the start (the first batches read their way in).
+    let mut worst = (0u64, 0i64);
+    for &(seq, at) in &received[100..] {
+        let (_, committed) = seen.iter().find(|(c, _)| *c >= seq).unwrap();
+        let waited = committed.nanos_since(at);
+        if waited > worst.1 {
+            worst = (seq, waited);
+        }
+    }
+    running.stop().await;
+    // max_delay, plus a generous 100 ms for the commit and the poll on a busy machine (paced
+    // from the last read, the worst wait was max_delay plus the lag: 350 ms here).
+    assert!(
+        worst.1 < (delay + Duration::from_millis(100)).as_nanos() as i64,
+        "record {} committed {} ms after its receipt (max_delay {} ms)",
+        worst.0,
+        worst.1 / 1_000_000,
+        delay.as_millis()
+    );
+    journal.close().await;
+}

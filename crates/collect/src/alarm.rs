@@ -9,10 +9,12 @@
 //! sleep on an [`Alarm`]. The feed's periodic read tick is the same kind of timer
 //! ([`crate::feed::ticker`]).
 //!
-//! What must hold: [`Alarm::sleep_until`] completes at or after its instant, never before (an
-//! expiry of an earlier, abandoned sleep is discarded when the alarm is armed again); it can be
-//! dropped in a `select!` and the alarm used again; where no kernel timer can be made (or one
-//! fails), it sleeps on tokio's timer instead, so it never fails.
+//! What must hold: [`Alarm::sleep_until`] completes at or after its instant as tokio's clock
+//! reads it, never before (an expiry of an earlier, abandoned sleep is discarded when the alarm
+//! is armed again; on a paused test clock, where the kernel's time runs on and tokio's does not,
+//! the rest is slept on tokio's timer); it can be dropped in a `select!` and the alarm used
+//! again; where no kernel timer can be made (or one fails), it sleeps on tokio's timer instead,
+//! so it never fails. Like any tokio I/O type it must be made on a runtime with I/O enabled.
 
 use std::io;
 use std::time::Duration;
@@ -34,8 +36,8 @@ pub struct Alarm {
 }
 
 impl Alarm {
-    /// A disarmed alarm. Must be called on a runtime with I/O enabled; where that or the kernel
-    /// timer is unavailable, the alarm sleeps on tokio's timer.
+    /// A disarmed alarm. Must be called on a runtime with I/O enabled (it panics otherwise, as
+    /// tokio's I/O types do); where the kernel timer cannot be made, it sleeps on tokio's timer.
     pub fn new() -> Alarm {
         let fd = timerfd_create(
             TimerfdClockId::Monotonic,
@@ -71,7 +73,10 @@ impl Alarm {
         }
         if let Some(fd) = &self.fd {
             match Self::kernel_sleep(fd, at - now).await {
-                Ok(()) => return,
+                // The kernel's clock is the one tokio reads, unless tokio's is paused (tests):
+                // then what is left of the sleep is tokio's.
+                Ok(()) if Instant::now() >= at => return,
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "the kernel timer failed: sleeping on tokio's from now on");
                     self.fd = None;
@@ -171,7 +176,24 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(1));
     }
 
-    /// Without a reactor (no I/O driver) the alarm falls back to tokio's timer and still sleeps.
+    /// On a paused clock (tokio's does not move while the kernel's does) the alarm still
+    /// completes at its instant as tokio reads it, never before: a loop that sleeps until `at`
+    /// and then checks `now >= at` gets there. (A first version returned at once by tokio's
+    /// clock: found by review.)
+    #[tokio::test(start_paused = true)]
+    async fn on_a_paused_clock_the_alarm_completes_at_its_instant() {
+        let mut alarm = Alarm::new();
+        assert!(alarm.is_kernel());
+        let start = Instant::now();
+        alarm.sleep_until(start + Duration::from_millis(50)).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "woke at {:?} on tokio's clock",
+            start.elapsed()
+        );
+    }
+
+    /// Without a kernel timer the alarm falls back to tokio's timer and still sleeps.
     #[tokio::test(start_paused = true)]
     async fn without_a_kernel_timer_it_sleeps_on_tokios() {
         let mut alarm = Alarm { fd: None };

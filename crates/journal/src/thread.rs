@@ -555,7 +555,7 @@ impl Task {
             Err(e) if e.is_retriable() => {
                 if !self.rotation_problem {
                     let why = format!(
-                        "journal: cannot start a new segment, still writing {}; retrying every second: {e}",
+                        "journal: cannot start a new segment, still writing {}; retrying with each write (at least every 10 s): {e}",
                         self.writer.segment_path().display()
                     );
                     tracing::error!("{why}");

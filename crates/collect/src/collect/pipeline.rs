@@ -600,9 +600,8 @@ impl DbPipeline {
                         let delay = batcher.delay();
                         let at = match newest_read {
                             Some(received) => {
-                                let due = received.add_nanos(
-                                    i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX),
-                                );
+                                let due = received
+                                    .add_nanos(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
                                 let wait = due.nanos_since(Timestamp::now());
                                 Instant::now()
                                     + Duration::from_nanos(u64::try_from(wait).unwrap_or(0))

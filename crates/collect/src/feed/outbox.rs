@@ -447,7 +447,13 @@ mod tests {
             (100, 100, 3, 200, "reads every 100 ms: every other tick"),
             (100, 100, 100, 300, "on a tick: two ticks on"),
             (10, 20, 3, 100, "reads every 10 ms: the patience as before"),
-            (50, 50, 3, 100, "reads every 50 ms: two periods are the patience"),
+            (
+                50,
+                50,
+                3,
+                100,
+                "reads every 50 ms: two periods are the patience",
+            ),
         ];
         for (read, every, at, due, what) in cases {
             let grid = Grid {
