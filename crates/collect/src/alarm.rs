@@ -130,7 +130,9 @@ impl Default for Alarm {
     }
 }
 
-fn timespec(d: Duration) -> io::Result<Timespec> {
+/// `d` as the kernel's time, or an error when it does not fit (shared with the feed's read
+/// tick, [`crate::feed::ticker`]).
+pub(crate) fn timespec(d: Duration) -> io::Result<Timespec> {
     Timespec::try_from(d).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

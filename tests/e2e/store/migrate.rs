@@ -780,6 +780,29 @@ async fn a_schema_8_database_migrates_to_9_and_its_views_show_the_same_rows_as_t
     );
 }
 
+/// Makes parallel plans cost nothing in this session (so that a serial plan chosen anyway is a
+/// serial view's doing).
+async fn free_parallel_plans(client: &Client) {
+    client
+        .batch_execute(
+            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0;
+             SET max_parallel_workers_per_gather = 2",
+        )
+        .await
+        .unwrap();
+}
+
+/// `EXPLAIN sql`, its lines joined.
+async fn explain(client: &Client, sql: &str) -> String {
+    simple_rows(client, &format!("EXPLAIN {sql}"))
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Plans on the messages view are serial, even where parallel plans cost nothing: under the
 /// view's `UNION ALL` the book table is sized before TimescaleDB expands its chunks (2 rows,
 /// whatever it holds), and the parallel plans chosen on that estimate gathered every row to the
@@ -789,25 +812,8 @@ async fn a_schema_8_database_migrates_to_9_and_its_views_show_the_same_rows_as_t
 #[tokio::test]
 async fn queries_on_the_messages_view_stay_serial_even_where_parallel_plans_cost_nothing() {
     let (_db, client) = db_with_every_kind_of_book_row().await;
-    client
-        .batch_execute(
-            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
-             SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0;
-             SET max_parallel_workers_per_gather = 2",
-        )
-        .await
-        .unwrap();
-    let plan = |sql: &'static str| {
-        let client = &client;
-        async move {
-            simple_rows(client, &format!("EXPLAIN {sql}"))
-                .await
-                .into_iter()
-                .map(|r| r[0].clone().unwrap())
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
-    };
+    free_parallel_plans(&client).await;
+    let plan = |sql: &'static str| explain(&client, sql);
     let table = plan("SELECT count(*) FROM krakenbook_book").await;
     assert!(
         table.contains("Gather"),
@@ -997,25 +1003,8 @@ async fn a_schema_9_database_migrates_to_10_and_its_views_show_the_same_rows_as_
 #[tokio::test]
 async fn queries_on_the_entries_view_stay_serial_even_where_parallel_plans_cost_nothing() {
     let (_db, client) = db_with_every_kind_of_book_row().await;
-    client
-        .batch_execute(
-            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
-             SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0;
-             SET max_parallel_workers_per_gather = 2",
-        )
-        .await
-        .unwrap();
-    let plan = |sql: &'static str| {
-        let client = &client;
-        async move {
-            simple_rows(client, &format!("EXPLAIN {sql}"))
-                .await
-                .into_iter()
-                .map(|r| r[0].clone().unwrap())
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
-    };
+    free_parallel_plans(&client).await;
+    let plan = |sql: &'static str| explain(&client, sql);
     let table = plan("SELECT * FROM krakenbook_book WHERE symbol = 'BTC/USD'").await;
     assert!(
         table.contains("Gather"),

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use rustix::fd::OwnedFd;
 use rustix::time::{
-    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
-    timerfd_settime,
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create, timerfd_settime,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::next_tick;
+use crate::alarm::timespec;
 
 /// A kernel timer expiring on the read grid, watched by the reactor of the runtime it was made
 /// on.
@@ -110,18 +110,10 @@ impl Ticker {
     }
 }
 
-fn timespec(d: Duration) -> io::Result<Timespec> {
-    Timespec::try_from(d).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{d:?} does not fit the kernel's clock"),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::time::Timespec;
 
     #[test]
     fn kernel_times_add_with_a_carry() {
