@@ -85,6 +85,13 @@ pub fn pace(config: &BatchConfig, records: usize, span: Duration) -> Duration {
     wanted.clamp(min, max)
 }
 
+/// The instant on the monotonic clock (the one timers sleep on) of the wall time `at`, `now`
+/// being the wall time now: `now` itself when `at` has passed.
+pub fn instant_at(at: Timestamp, now: Timestamp) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        + Duration::from_nanos(u64::try_from(at.nanos_since(now)).unwrap_or(0))
+}
+
 /// Items waiting to be written.
 #[derive(Debug)]
 pub struct Batcher {
@@ -160,14 +167,16 @@ impl Batcher {
         })
     }
 
+    /// The deadline on the monotonic clock, `now` being the current time ([`instant_at`]).
+    pub fn due_at(&self, now: Timestamp) -> Option<tokio::time::Instant> {
+        self.deadline().map(|d| instant_at(d, now))
+    }
+
     /// Completes at the deadline, `now` being the current time (at once if it has passed; never
     /// while nothing waits). It does not borrow the batcher, so it can sit in a `select!` next to
     /// a branch that pushes.
     pub fn due(&self, now: Timestamp) -> impl Future<Output = ()> + Send + 'static {
-        let until = self.deadline().map(|d| {
-            tokio::time::Instant::now()
-                + Duration::from_nanos(u64::try_from(d.nanos_since(now)).unwrap_or(0))
-        });
+        let until = self.due_at(now);
         async move {
             match until {
                 Some(until) => tokio::time::sleep_until(until).await,

@@ -58,7 +58,7 @@ pub mod rows;
 pub mod types;
 mod writer;
 
-pub use batch::{BatchConfig, Batcher};
+pub use batch::{BatchConfig, Batcher, instant_at};
 pub use connect::{
     CONNECT_TIMEOUT, DbTarget, PassKey, PasswordSources, SessionSetup, pgpass_lookup, redact,
 };

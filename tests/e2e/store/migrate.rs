@@ -780,9 +780,10 @@ async fn a_schema_8_database_migrates_to_9_and_its_views_show_the_same_rows_as_t
     );
 }
 
-/// Makes parallel plans cost nothing in this session (so that a serial plan chosen anyway is a
-/// serial view's doing).
-async fn free_parallel_plans(client: &Client) {
+/// With parallel plans made free in this session: `table_sql` on the book table goes parallel,
+/// none of `view_queries` does (the view is serial), and the first of them does once an operator
+/// declares `krakenbook_serial()` parallel safe.
+async fn serial_until_switched(client: &Client, table_sql: &str, view_queries: &[&str]) {
     client
         .batch_execute(
             "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
@@ -791,16 +792,32 @@ async fn free_parallel_plans(client: &Client) {
         )
         .await
         .unwrap();
-}
-
-/// `EXPLAIN sql`, its lines joined.
-async fn explain(client: &Client, sql: &str) -> String {
-    simple_rows(client, &format!("EXPLAIN {sql}"))
+    let plan = |sql: &str| {
+        let sql = format!("EXPLAIN {sql}");
+        async move {
+            simple_rows(client, &sql)
+                .await
+                .into_iter()
+                .map(|r| r[0].clone().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let table = plan(table_sql).await;
+    assert!(
+        table.contains("Gather"),
+        "the table goes parallel:\n{table}"
+    );
+    for q in view_queries {
+        let p = plan(q).await;
+        assert!(!p.contains("Gather"), "{q}:\n{p}");
+    }
+    client
+        .batch_execute("ALTER FUNCTION krakenbook_serial() PARALLEL SAFE")
         .await
-        .into_iter()
-        .map(|r| r[0].clone().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+        .unwrap();
+    let p = plan(view_queries[0]).await;
+    assert!(p.contains("Gather"), "switched back on:\n{p}");
 }
 
 /// Plans on the messages view are serial, even where parallel plans cost nothing: under the
@@ -812,29 +829,13 @@ async fn explain(client: &Client, sql: &str) -> String {
 #[tokio::test]
 async fn queries_on_the_messages_view_stay_serial_even_where_parallel_plans_cost_nothing() {
     let (_db, client) = db_with_every_kind_of_book_row().await;
-    free_parallel_plans(&client).await;
-    let plan = |sql: &'static str| explain(&client, sql);
-    let table = plan("SELECT count(*) FROM krakenbook_book").await;
-    assert!(
-        table.contains("Gather"),
-        "the table goes parallel:\n{table}"
-    );
     let readme = [
         "SELECT COUNT(*) FROM kraken_orderbook_messages",
         "SELECT DISTINCT symbol FROM kraken_orderbook_messages",
         "SELECT COUNT(*) as total_messages, COUNT(DISTINCT symbol) as unique_symbols, \
          MIN(timestamp) as first_message, MAX(timestamp) as last_message FROM kraken_orderbook_messages",
     ];
-    for q in readme {
-        let p = plan(q).await;
-        assert!(!p.contains("Gather"), "{q}:\n{p}");
-    }
-    client
-        .batch_execute("ALTER FUNCTION krakenbook_serial() PARALLEL SAFE")
-        .await
-        .unwrap();
-    let p = plan(readme[0]).await;
-    assert!(p.contains("Gather"), "switched back on:\n{p}");
+    serial_until_switched(&client, "SELECT count(*) FROM krakenbook_book", &readme).await;
 }
 
 /// The entries view is planned at a third of 10 levels a message, not 10 (PostgreSQL's guess for
@@ -1003,13 +1004,6 @@ async fn a_schema_9_database_migrates_to_10_and_its_views_show_the_same_rows_as_
 #[tokio::test]
 async fn queries_on_the_entries_view_stay_serial_even_where_parallel_plans_cost_nothing() {
     let (_db, client) = db_with_every_kind_of_book_row().await;
-    free_parallel_plans(&client).await;
-    let plan = |sql: &'static str| explain(&client, sql);
-    let table = plan("SELECT * FROM krakenbook_book WHERE symbol = 'BTC/USD'").await;
-    assert!(
-        table.contains("Gather"),
-        "the table goes parallel:\n{table}"
-    );
     let queries = [
         "SELECT * FROM kraken_orderbook_entries WHERE symbol = 'BTC/USD' ORDER BY timestamp DESC",
         "SELECT COUNT(*) FROM kraken_orderbook_entries",
@@ -1017,16 +1011,12 @@ async fn queries_on_the_entries_view_stay_serial_even_where_parallel_plans_cost_
          WHERE symbol = 'BTC/USD' AND timestamp BETWEEN '2020-01-01' AND '2030-01-01' \
          ORDER BY collector, seq, ordinal",
     ];
-    for q in queries {
-        let p = plan(q).await;
-        assert!(!p.contains("Gather"), "{q}:\n{p}");
-    }
-    client
-        .batch_execute("ALTER FUNCTION krakenbook_serial() PARALLEL SAFE")
-        .await
-        .unwrap();
-    let p = plan(queries[0]).await;
-    assert!(p.contains("Gather"), "switched back on:\n{p}");
+    serial_until_switched(
+        &client,
+        "SELECT * FROM krakenbook_book WHERE symbol = 'BTC/USD'",
+        &queries,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ use crate::metrics::{HealthSource, Metrics, StoreProgress};
 use crate::store::health::{DbHealth, HealthPolicy, LogLine};
 use crate::store::{
     BatchConfig, BatchReport, Batcher, ErrorClass, JournalBinding, MigrateOptions, RetryPolicy,
-    StoreError, Writer, WriterConfig, migrate,
+    StoreError, Writer, WriterConfig, instant_at, migrate,
 };
 use crate::text::printable;
 use crate::time::Timestamp;
@@ -391,8 +391,6 @@ impl DbPipeline {
         let mut last_read_at = Instant::now();
         // The latest receive time among the records read so far.
         let mut newest_read: Option<Timestamp> = None;
-        // A stand-in instant for a disabled branch of the `select!` below (never awaited).
-        let far_off = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -547,17 +545,16 @@ impl DbPipeline {
                 };
                 let watch_journal = matches!(next_read, NextRead::OnChange { .. }) && !batch_open;
                 // One kernel timer for the earlier of the two (see `crate::alarm`).
-                let due_at = batcher.deadline().map(|d| {
-                    let late = d.nanos_since(Timestamp::now());
-                    Instant::now() + Duration::from_nanos(u64::try_from(late).unwrap_or(0))
-                });
-                let alarm_at = wake_at.into_iter().chain(due_at).min();
+                let alarm_at = wake_at
+                    .into_iter()
+                    .chain(batcher.due_at(Timestamp::now()))
+                    .min();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(()),
                     // Something new, or the journal closed (read what is left, then stop).
                     _ = rd.changed(), if watch_journal => next_read = NextRead::Now,
-                    _ = alarm.sleep_until(alarm_at.unwrap_or(far_off)), if alarm_at.is_some() => {}
+                    _ = alarm_until(&mut alarm, alarm_at) => {}
                     changed = done.changed() => {
                         if changed.is_err() {
                             // The collector is gone: write what is waiting, then stop.
@@ -598,17 +595,12 @@ impl DbPipeline {
                         // and never later than `delay` after the last read (a wall clock set
                         // back would otherwise put it off).
                         let delay = batcher.delay();
-                        let at = match newest_read {
-                            Some(received) => {
-                                let due = received
-                                    .add_nanos(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
-                                let wait = due.nanos_since(Timestamp::now());
-                                Instant::now()
-                                    + Duration::from_nanos(u64::try_from(wait).unwrap_or(0))
-                            }
-                            None => last_read_at + delay,
-                        };
-                        next_read = NextRead::Paced(at.min(last_read_at + delay));
+                        let latest = last_read_at + delay;
+                        let at = newest_read.map_or(latest, |received| {
+                            let nanos = i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
+                            instant_at(received.add_nanos(nanos), Timestamp::now())
+                        });
+                        next_read = NextRead::Paced(at.min(latest));
                     }
                 }
                 Some(Ok(None)) => {}
@@ -859,6 +851,14 @@ async fn guarded<F: std::future::Future>(
                 metrics.set_problem(HealthSource::Database, health.problem(Instant::now()));
             }
         }
+    }
+}
+
+/// Completes at `at` on the pipeline's kernel timer; never without an instant.
+async fn alarm_until(alarm: &mut crate::alarm::Alarm, at: Option<Instant>) {
+    match at {
+        Some(at) => alarm.sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
