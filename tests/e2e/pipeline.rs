@@ -1480,13 +1480,15 @@ async fn a_record_handed_off_late_still_goes_out_within_its_delay_of_receipt() {
     let progress = Arc::clone(&running.progress);
     // When each checkpoint was first seen (polled every ms).
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, Timestamp)>::new()));
-    let stop = CancellationToken::new();
+    // The last seq to see committed (set once every record is appended): the poller stops only
+    // after it has seen it, so every record has its commit time.
+    let until = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     let poller = {
         let seen = Arc::clone(&seen);
-        let stop = stop.clone();
+        let until = Arc::clone(&until);
         tokio::spawn(async move {
             let mut last = 0;
-            while !stop.is_cancelled() {
+            while last < until.load(Ordering::Acquire) {
                 let c = progress.checkpoint_seq.load(Ordering::Acquire);
                 if c != last {
                     seen.lock().unwrap().push((c, Timestamp::now()));
@@ -1515,7 +1517,7 @@ async fn a_record_handed_off_late_still_goes_out_within_its_delay_of_receipt() {
     running
         .wait_checkpoint(received.last().unwrap().0, Duration::from_secs(30))
         .await;
-    stop.cancel();
+    until.store(received.last().unwrap().0, Ordering::Release);
     poller.await.unwrap();
     let seen = seen.lock().unwrap().clone();
     // Past the start (the first batches read their way in).
