@@ -970,3 +970,65 @@ async fn a_password_given_in_the_url_is_not_left_on_the_command_line() {
     assert!(text.contains("moved to PGPASSWORD"), "{text}");
     sim.shutdown().await.unwrap();
 }
+
+/// A long read period under a heavy feed (`--read-every 100ms`, 100 pairs at depth 1000: the
+/// startup snapshots are about 7 MB): Linux's default receive buffer (128 KiB, not grown for a
+/// reader that reads every 100 ms) held about 1.2 MB/s at that period, so the exchange's send
+/// queue filled and it closed the connection as a slow client, again after every reconnect (the
+/// collector recorded almost nothing). A busy connection makes the feed read on the fine tick:
+/// no slow-client disconnect, one connection, and every frame sent is journaled.
+#[tokio::test]
+async fn a_long_read_period_speeds_up_for_a_busy_feed_and_the_exchange_never_sees_a_slow_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = krakenbook::exchange::sim::generated_pairs(100);
+    let symbols: Vec<String> = pairs.iter().map(|p| p.symbol.clone()).collect();
+    let mut config = SimConfig {
+        pairs,
+        rate: 2.0,
+        seed: 5,
+        ..SimConfig::default()
+    };
+    config.server.send_queue = 256;
+    config.server.log = Some(dir.path().join("sent.ndjson"));
+    let sim = Simulator::bind(config).await.expect("the simulator starts");
+    let stderr = dir.path().join("collector.log");
+    let child = krakenbook()
+        .args(["collect", "--url", &sim.url(), "--depth", "1000"])
+        .args(["--symbols", &symbols.join(",")])
+        .args(["--read-every", "100ms"])
+        .arg("--journal-dir")
+        .arg(dir.path().join("journal"))
+        .env_remove("DATABASE_URL")
+        .env("KRAKENBOOK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("krakenbook collect starts");
+    let collector = Collector { child, stderr };
+    // Every snapshot, then about six seconds of updates (200 a second).
+    let started = Instant::now();
+    while journal(dir.path()).1 < 1_300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}\n{}",
+            sim.stats().exchange,
+            collector.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = sim.stats().exchange;
+    let log = finish(sim, collector).await;
+    assert_eq!(stats.slow_client_disconnects, 0, "{stats:?}\n{log}");
+    let sent = sent(dir.path());
+    assert_eq!(
+        sent.len(),
+        1,
+        "one connection, never reopened: {stats:?}\n{log}"
+    );
+    let (_, frames) = journal(dir.path());
+    assert_eq!(
+        frames,
+        sent[0].len() as u64,
+        "every frame sent is journaled"
+    );
+}

@@ -295,6 +295,12 @@ impl Connection {
         let mut reads = ReadClock::new(&shared, polled);
         // The last read stopped at its bound with more waiting: read on at once.
         let mut more = false;
+        // The read tick's reads so far (bytes), and how long after the tick before it came: a
+        // connection that receives faster than a read period's share of its socket's buffer
+        // makes the feed read faster ([`super::ticker::ReadPace`]).
+        let mut tick_bytes = 0u64;
+        let mut tick_since = Duration::ZERO;
+        let mut last_tick = Instant::now();
         // The once-a-second chores. Read on a tick, the connection does them (and asks the
         // session's timers) in the read tick's wake-up, with no timer of its own: a timer that
         // is not on a read tick, or that sits further ahead than the runtime's finest timer
@@ -393,17 +399,31 @@ impl Connection {
                     if let Some(tcp) = socket_tcp(socket) {
                         tcp.rearm();
                     }
+                    let now = Instant::now();
+                    tick_since = now - last_tick;
+                    last_tick = now;
+                    tick_bytes = 0;
                     match drain(socket, &mut session, 0) {
-                        Ok(stopped) => more = stopped,
+                        Ok(read) => {
+                            more = read.bounded;
+                            tick_bytes += read.bytes;
+                            shared.pace.observe(tick_bytes, tick_since, read.bounded, now);
+                        }
                         Err(why) => break why,
                     }
+                    reads.follow(&shared);
                     timers_on_read(&shared, &mut session, &mut chores_at);
                 }
                 _ = std::future::ready(()), if polled && more => {
                     match drain(socket, &mut session, 0) {
-                        Ok(stopped) => more = stopped,
+                        Ok(read) => {
+                            more = read.bounded;
+                            tick_bytes += read.bytes;
+                            shared.pace.observe(tick_bytes, tick_since, read.bounded, Instant::now());
+                        }
                         Err(why) => break why,
                     }
+                    reads.follow(&shared);
                     timers_on_read(&shared, &mut session, &mut chores_at);
                 }
             }
@@ -446,8 +466,12 @@ enum ReadClock {
     Never,
     /// The feed thread's read ticks ([`super::ticker`]).
     Ticks(tokio::sync::watch::Receiver<u64>),
-    /// An interval of the connection's own, on the same grid (no ticker runs).
-    Interval(tokio::time::Interval),
+    /// An interval of the connection's own, on the same grid (no ticker runs), at the pace's
+    /// period when it was last looked at (`every`).
+    Interval {
+        reads: tokio::time::Interval,
+        every: Duration,
+    },
 }
 
 impl ReadClock {
@@ -458,11 +482,11 @@ impl ReadClock {
         if let Some(ticks) = shared.read_ticks() {
             return ReadClock::Ticks(ticks);
         }
-        let every = shared.config.read_every.max(Duration::from_millis(1));
-        let mut reads =
-            tokio::time::interval_at(next_tick(shared.epoch, every, Instant::now()), every);
-        reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        ReadClock::Interval(reads)
+        let every = shared.pace.period(Instant::now());
+        ReadClock::Interval {
+            reads: interval_on_grid(shared.epoch, every),
+            every,
+        }
     }
 
     /// Completes at the next read tick.
@@ -475,11 +499,32 @@ impl ReadClock {
                     std::future::pending::<()>().await;
                 }
             }
-            ReadClock::Interval(reads) => {
+            ReadClock::Interval { reads, .. } => {
                 reads.tick().await;
             }
         }
     }
+
+    /// After a read: an interval of the connection's own follows the pace (the ticker does
+    /// that for the ticks it counts).
+    fn follow(&mut self, shared: &FeedShared) {
+        if let ReadClock::Interval { reads, every } = self {
+            let want = shared.pace.period(Instant::now());
+            if want != *every {
+                *reads = interval_on_grid(shared.epoch, want);
+                *every = want;
+            }
+        }
+    }
+}
+
+/// An interval every `every` (at least 1 ms) on the grid from `epoch`, starting at its next
+/// tick; ticks missed are skipped.
+fn interval_on_grid(epoch: Instant, every: Duration) -> tokio::time::Interval {
+    let every = every.max(Duration::from_millis(1));
+    let mut reads = tokio::time::interval_at(next_tick(epoch, every, Instant::now()), every);
+    reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    reads
 }
 
 /// Read on a tick: the chores when their second has come, else the session's timers when due.
@@ -500,28 +545,38 @@ const DRAIN_BYTES: usize = super::outbox::MAX_BYTES;
 
 /// Reads every frame the socket holds now, in this same wake-up, each stamped as it is read
 /// (`already`: frames read just before in this wake-up). A bounded number (frames and bytes),
-/// so that the outbox's bound holds and the other connections get their turn: `Ok(true)` when
-/// it stopped at the bound with more perhaps waiting, `Err(why)` when a frame ended the
+/// so that the outbox's bound holds and the other connections get their turn: `bounded` when
+/// it stopped at the bound with more perhaps waiting; `Err(why)` when a frame ended the
 /// connection.
-fn drain(socket: &mut Socket, session: &mut Session, already: usize) -> Result<bool, Lost> {
+fn drain(socket: &mut Socket, session: &mut Session, already: usize) -> Result<Drained, Lost> {
     let mut frames = already;
-    let mut bytes = 0;
+    let mut read = Drained::default();
     while !session.is_closing() {
-        if frames >= DRAIN_FRAMES || bytes >= DRAIN_BYTES {
-            return Ok(true);
+        if frames >= DRAIN_FRAMES || read.bytes >= DRAIN_BYTES as u64 {
+            read.bounded = true;
+            return Ok(read);
         }
         let Some(next) = socket.next().now_or_never() else {
             break;
         };
         if let Some(Ok(message)) = &next {
-            bytes += message.len();
+            read.bytes += message.len() as u64;
         }
         if let Some(why) = received(next, session) {
             return Err(why);
         }
         frames += 1;
     }
-    Ok(false)
+    Ok(read)
+}
+
+/// What one [`drain`] read.
+#[derive(Clone, Copy, Debug, Default)]
+struct Drained {
+    /// Bytes of the messages read.
+    bytes: u64,
+    /// It stopped at its bound, with more perhaps waiting.
+    bounded: bool,
 }
 
 /// The TCP stream under a WebSocket (under TLS for `wss`).
@@ -773,6 +828,42 @@ mod tests {
         }
     }
 
+    /// Without a ticker, a connection's own interval follows the pace: on the fast grid once a
+    /// connection turned busy, on the slow one again after a read period without a busy read.
+    #[tokio::test(start_paused = true)]
+    async fn a_connections_own_interval_follows_the_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, cancel) = crate::feed::test_journal(dir.path(), 64);
+        let ms = Duration::from_millis;
+        let shared = super::super::test_shared(
+            journal.sender.clone(),
+            ms(100),
+            super::super::DEFAULT_HANDOFF_EVERY,
+        );
+        let mut own = ReadClock::new(&shared, true);
+        own.next().await;
+        assert_eq!(Instant::now(), shared.epoch + ms(100));
+        tokio::time::sleep(ms(3)).await;
+        shared.pace.observe(0, ms(100), true, Instant::now());
+        own.follow(&shared);
+        own.next().await;
+        assert_eq!(
+            Instant::now(),
+            shared.epoch + ms(110),
+            "the next 10 ms tick"
+        );
+        own.follow(&shared);
+        own.next().await;
+        assert_eq!(Instant::now(), shared.epoch + ms(120));
+        // The busy time ends 100 ms after the busy read (at 203 ms): from the first read after
+        // it, the slow grid again.
+        tokio::time::sleep_until(shared.epoch + ms(205)).await;
+        own.follow(&shared);
+        own.next().await;
+        assert_eq!(Instant::now(), shared.epoch + ms(300));
+        cancel.cancel();
+    }
+
     /// A connection reading on a tick waits for the feed thread's ticker when one runs, and
     /// falls back to an interval of its own on the same grid when none does (no kernel timer
     /// could be made); one reading on arrival has no read tick at all.
@@ -791,7 +882,7 @@ mod tests {
         // No ticker: an interval on the epoch's grid.
         tokio::time::sleep(Duration::from_millis(3)).await;
         let mut own = ReadClock::new(&shared, true);
-        assert!(matches!(own, ReadClock::Interval(_)));
+        assert!(matches!(own, ReadClock::Interval { .. }));
         assert!(pending(&mut own), "not before the grid's next tick");
         tokio::time::sleep_until(shared.epoch + step).await;
         own.next().await;

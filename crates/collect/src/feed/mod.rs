@@ -219,6 +219,8 @@ pub struct FeedShared {
     /// Whether a [`ticker::Ticker`] counts into `ticks` (else connections keep their own
     /// interval).
     pub ticker_running: std::sync::atomic::AtomicBool,
+    /// How fast connections read: every `read_every`, faster while one is busy.
+    pub pace: ticker::ReadPace,
 }
 
 impl FeedShared {
@@ -235,6 +237,7 @@ impl FeedShared {
         let epoch = tokio::time::Instant::now();
         let grid = handoff_grid(config.handoff_every, config.read_every);
         let outbox = Arc::new(FeedOutbox::new(journal, grid, epoch));
+        let pace = ticker::ReadPace::new(epoch, config.read_every);
         FeedShared {
             config,
             outbox,
@@ -245,6 +248,7 @@ impl FeedShared {
             epoch,
             ticks: tokio::sync::watch::channel(0).0,
             ticker_running: std::sync::atomic::AtomicBool::new(false),
+            pace,
         }
     }
 

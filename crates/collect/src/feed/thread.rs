@@ -63,9 +63,12 @@ pub fn spawn_feed(
                     let shared = Arc::clone(&shared);
                     let cancel = cancel.clone();
                     tasks.spawn(async move {
-                        ticker.run(&shared.ticks, cancel).await.map_err(|e| {
-                            FeedError::Thread(format!("the feed's read tick failed: {e}"))
-                        })
+                        ticker
+                            .run(&shared.ticks, &shared.pace, cancel)
+                            .await
+                            .map_err(|e| {
+                                FeedError::Thread(format!("the feed's read tick failed: {e}"))
+                            })
                     });
                 }
                 tasks.spawn(outbox.run(cancel.clone(), shared.read_ticks()));
