@@ -992,10 +992,12 @@ async fn a_long_read_period_speeds_up_for_a_busy_feed_and_the_exchange_never_see
     config.server.log = Some(dir.path().join("sent.ndjson"));
     let sim = Simulator::bind(config).await.expect("the simulator starts");
     let stderr = dir.path().join("collector.log");
+    let metrics = free_addr();
     let child = krakenbook()
         .args(["collect", "--url", &sim.url(), "--depth", "1000"])
         .args(["--symbols", &symbols.join(",")])
         .args(["--read-every", "100ms"])
+        .args(["--metrics-listen", &metrics.to_string()])
         .arg("--journal-dir")
         .arg(dir.path().join("journal"))
         .env_remove("DATABASE_URL")
@@ -1017,6 +1019,14 @@ async fn a_long_read_period_speeds_up_for_a_busy_feed_and_the_exchange_never_see
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let stats = sim.stats().exchange;
+    // The operator sees the faster reads.
+    let scrape = http_get(metrics, "/metrics").await;
+    let fast: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("krakenbook_fast_read_ticks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fast read ticks counted:\n{scrape}"));
+    assert!(fast > 0, "{scrape}");
     let log = finish(sim, collector).await;
     assert_eq!(stats.slow_client_disconnects, 0, "{stats:?}\n{log}");
     let sent = sent(dir.path());

@@ -64,7 +64,12 @@ pub fn spawn_feed(
                     let cancel = cancel.clone();
                     tasks.spawn(async move {
                         ticker
-                            .run(&shared.ticks, &shared.pace, cancel)
+                            .run(
+                                &shared.ticks,
+                                &shared.pace,
+                                &shared.metrics.fast_read_ticks,
+                                cancel,
+                            )
                             .await
                             .map_err(|e| {
                                 FeedError::Thread(format!("the feed's read tick failed: {e}"))

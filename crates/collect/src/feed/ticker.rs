@@ -77,6 +77,7 @@ impl Ticker {
         self,
         ticks: &watch::Sender<u64>,
         pace: &ReadPace,
+        fast_ticks: &AtomicU64,
         cancel: CancellationToken,
     ) -> io::Result<()> {
         let mut expired = [0u8; 8];
@@ -94,6 +95,9 @@ impl Ticker {
                 Ok(8) => {
                     let n = u64::from_ne_bytes(expired);
                     ticks.send_modify(|count| *count = count.wrapping_add(n));
+                    if fast {
+                        fast_ticks.fetch_add(n, Ordering::Relaxed);
+                    }
                     // Read out: not readable again before the next expiry (a later expiry
                     // marks it ready anew, whatever this clears).
                     ready.clear_ready();
@@ -281,7 +285,8 @@ mod tests {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let pace = ReadPace::new(epoch, period);
-        let running = tokio::spawn(async move { ticker.run(&tx, &pace, stop).await });
+        let running =
+            tokio::spawn(async move { ticker.run(&tx, &pace, &AtomicU64::new(0), stop).await });
         rx.changed().await.unwrap();
         let first = Instant::now();
         assert!(
@@ -360,7 +365,9 @@ mod tests {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let p = std::sync::Arc::clone(&pace);
-        let running = tokio::spawn(async move { ticker.run(&tx, &p, stop).await });
+        let fast_ticks = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = std::sync::Arc::clone(&fast_ticks);
+        let running = tokio::spawn(async move { ticker.run(&tx, &p, &counted, stop).await });
         let count = || *rx.borrow();
         // Slow: about two ticks in 450 ms.
         let before = count();
@@ -377,6 +384,8 @@ mod tests {
         }
         let fast = count() - busy_from;
         assert!(fast >= 20, "{fast} ticks in 300 ms busy (10 ms grid)");
+        let counted_fast = fast_ticks.load(Ordering::Relaxed);
+        assert!(counted_fast >= 20, "{counted_fast} fast ticks counted");
         // Quiet again: back to about five ticks a second once the busy time has run out.
         tokio::time::sleep(ms(250)).await;
         let quiet_from = count();

@@ -179,6 +179,11 @@ impl Snapshot {
             Value::Counter(get(&m.frames_too_large)),
         );
         add(
+            "krakenbook_fast_read_ticks_total",
+            "Read ticks taken on the 10 ms grid instead of the --read-every period, while a connection received too much for its socket's buffer between slow ticks.",
+            Value::Counter(get(&m.fast_read_ticks)),
+        );
+        add(
             "krakenbook_shared_book_copies_taken_total",
             "Book messages of a replica that took the verdict of the same bytes already applied at its place in its group's shared book (not decoded again).",
             Value::Counter(get(&m.shared_copies_taken)),
@@ -512,6 +517,7 @@ mod tests {
         ("krakenbook_journal_queue_depth", "gauge", "Entries waiting for the journal.", &[]),
         ("krakenbook_unasked_symbol_frames_total", "counter", "Frames for symbols that were not asked for (counted, never tracked).", &[]),
         ("krakenbook_frames_too_large_total", "counter", "Frames above the frame-size cap (not kept; the connection is reopened).", &[]),
+        ("krakenbook_fast_read_ticks_total", "counter", "Read ticks taken on the 10 ms grid instead of the --read-every period, while a connection received too much for its socket's buffer between slow ticks.", &[]),
         ("krakenbook_shared_book_copies_taken_total", "counter", "Book messages of a replica that took the verdict of the same bytes already applied at its place in its group's shared book (not decoded again).", &[]),
         ("krakenbook_shared_book_rebuilds_total", "counter", "Books rebuilt for a replica that left its group's shared book (a copy that differed from the message applied at its place).", &[]),
         ("krakenbook_healthy", "gauge", "1 while /health answers 200 (an exchange connection open, no part with a problem).", &[]),

@@ -188,6 +188,9 @@ pub struct Metrics {
     pub unasked_frames: AtomicU64,
     /// Frames larger than the frame-size cap (not kept; the connection is reopened).
     pub frames_too_large: AtomicU64,
+    /// Read ticks taken on the feed's fast grid while a connection was busy
+    /// ([`crate::feed::ticker::ReadPace`]).
+    pub fast_read_ticks: AtomicU64,
     /// Copies of book messages that took the outcome of the same message already applied to
     /// their group's shared book (`--redundancy` ≥ 2: not decoded again).
     pub shared_copies_taken: AtomicU64,
