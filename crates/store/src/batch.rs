@@ -6,8 +6,9 @@
 //! [`Batcher::due`]; it flushes when [`Batcher::push`] says the batch is full or when `due`
 //! fires. What must always hold: a batch holds at most `max_records` records and about
 //! `max_bytes` journal bytes; its flush begins at most `max_delay` after its oldest record was
-//! *received* (plus the time of the write in progress); a flush that fails keeps the records, so
-//! the caller can stop or try again without losing them.
+//! *received* (plus the time of the write in progress), and at most `max_delay` after the batch
+//! opened on the monotonic clock (a wall clock set back cannot hold it); a flush that fails
+//! keeps the records, so the caller can stop or try again without losing them.
 //!
 //! The delay counts from receipt, not from when the record joined the batch: records that queued
 //! up in the journal while the previous batch was committing are already late, and go out as
@@ -100,6 +101,10 @@ pub struct Batcher {
     bytes: u64,
     /// The current batch's delay ([`pace`] of the previous batch).
     delay: Duration,
+    /// When the first waiting item was pushed, on the monotonic clock: the batch is due
+    /// `delay` after it at the latest, whatever the receive times say (a wall clock set back an
+    /// hour after a record was stamped would otherwise hold its batch an hour).
+    opened: Option<tokio::time::Instant>,
 }
 
 impl Batcher {
@@ -115,6 +120,7 @@ impl Batcher {
             records: Vec::with_capacity(config.max_records),
             bytes: 0,
             delay: config.max_delay,
+            opened: None,
         }
     }
 
@@ -122,6 +128,9 @@ impl Batcher {
     pub fn push(&mut self, item: Item) -> bool {
         if let Item::Record(record) = &item {
             self.bytes += encoded_len(record);
+        }
+        if self.records.is_empty() {
+            self.opened = Some(tokio::time::Instant::now());
         }
         self.records.push(item);
         self.is_full()
@@ -167,9 +176,24 @@ impl Batcher {
         })
     }
 
-    /// The deadline on the monotonic clock, `now` being the current time ([`instant_at`]).
+    /// The deadline on the monotonic clock, `now` being the current time ([`instant_at`]), and
+    /// never later than [`Batcher::delay`] after the batch's first item was pushed (records are
+    /// pushed after their receipt, so this bound only matters when the wall clock went back).
     pub fn due_at(&self, now: Timestamp) -> Option<tokio::time::Instant> {
-        self.deadline().map(|d| instant_at(d, now))
+        let by_receipt = instant_at(self.deadline()?, now);
+        Some(match self.opened {
+            Some(opened) => by_receipt.min(opened + self.delay),
+            None => by_receipt,
+        })
+    }
+
+    /// Whether the waiting items must be flushed now, `now` being the current time
+    /// ([`Batcher::due_at`] has come).
+    pub fn is_due(&self, now: Timestamp) -> bool {
+        self.deadline().is_some_and(|d| d <= now)
+            || self.opened.is_some_and(|opened| {
+                !self.records.is_empty() && opened + self.delay <= tokio::time::Instant::now()
+            })
     }
 
     /// Completes at the deadline, `now` being the current time (at once if it has passed; never
@@ -210,6 +234,7 @@ impl Batcher {
         }
         self.records.clear();
         self.bytes = 0;
+        self.opened = None;
     }
 
     /// Writes the waiting items as one batch (committed only once `sync` says the journal has
@@ -284,6 +309,48 @@ mod tests {
         b.clear();
         assert_eq!(b.deadline(), None);
         assert_eq!(b.bytes(), 0);
+    }
+
+    /// The wall clock set back an hour after a record was stamped (its receive time now lies
+    /// an hour ahead): its batch is still due `delay` after it was opened, not an hour later.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_set_back_does_not_hold_a_batch() {
+        let mut b = Batcher::new(BatchConfig {
+            max_records: 10,
+            max_delay: Duration::from_millis(100),
+            ..BatchConfig::default()
+        });
+        let stamped = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+        let now = stamped.add_nanos(-3_600_000_000_000);
+        let opened = tokio::time::Instant::now();
+        assert!(!b.push(record_at(1, stamped)));
+        assert_eq!(b.due_at(now), Some(opened + Duration::from_millis(100)));
+        assert!(!b.is_due(now));
+        let due = b.due(now);
+        tokio::pin!(due);
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(due.as_mut().now_or_never().is_none());
+        assert!(!b.is_due(now));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(due.as_mut().now_or_never().is_some());
+        assert!(
+            b.is_due(now),
+            "due by the monotonic bound, whatever the wall clock says"
+        );
+        // A later record does not reopen the batch; a cleared one is never due.
+        assert!(!b.push(record_at(2, stamped)));
+        assert_eq!(b.due_at(now), Some(opened + Duration::from_millis(100)));
+        b.clear();
+        assert!(!b.is_due(now));
+        assert_eq!(b.due_at(now), None);
+        // The normal case is unchanged: receipt plus delay (50 ms now: the two records came at
+        // once), before the monotonic bound.
+        assert_eq!(b.delay(), Duration::from_millis(50));
+        assert!(!b.push(record_at(3, now.add_nanos(-10_000_000))));
+        assert_eq!(
+            b.due_at(now),
+            Some(tokio::time::Instant::now() + Duration::from_millis(40))
+        );
     }
 
     #[tokio::test(start_paused = true)]

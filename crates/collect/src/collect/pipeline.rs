@@ -473,7 +473,7 @@ impl DbPipeline {
             }
             let closing = done_at.is_some();
             let now = Instant::now();
-            let mut due = batcher.deadline().is_some_and(|d| d <= Timestamp::now());
+            let mut due = batcher.is_due(Timestamp::now());
             // A batch is open: more records are read when it is due (or full), not on every
             // flush of the journal; none is: as soon as the journal has something new. Closing,
             // everything left is read at once.
