@@ -295,12 +295,10 @@ impl Connection {
         let mut reads = ReadClock::new(&shared, polled);
         // The last read stopped at its bound with more waiting: read on at once.
         let mut more = false;
-        // The read tick's reads so far (bytes), and how long after the tick before it came: a
-        // connection that receives faster than a read period's share of its socket's buffer
-        // makes the feed read faster ([`super::ticker::ReadPace`]).
-        let mut tick_bytes = 0u64;
-        let mut tick_since = Duration::ZERO;
-        let mut last_tick = Instant::now();
+        // What this connection read, for the feed's read pace: a connection that receives more
+        // than a read period's share of its socket's buffer makes the feed read faster
+        // ([`super::ticker::ReadPace`]).
+        let mut meter = super::ticker::ReadMeter::new(Instant::now());
         // The once-a-second chores. Read on a tick, the connection does them (and asks the
         // session's timers) in the read tick's wake-up, with no timer of its own: a timer that
         // is not on a read tick, or that sits further ahead than the runtime's finest timer
@@ -399,15 +397,11 @@ impl Connection {
                     if let Some(tcp) = socket_tcp(socket) {
                         tcp.rearm();
                     }
-                    let now = Instant::now();
-                    tick_since = now - last_tick;
-                    last_tick = now;
-                    tick_bytes = 0;
+                    meter.tick();
                     match drain(socket, &mut session, 0) {
                         Ok(read) => {
                             more = read.bounded;
-                            tick_bytes += read.bytes;
-                            shared.pace.observe(tick_bytes, tick_since, read.bounded, now);
+                            shared.pace.observe(&mut meter, read.bytes, read.bounded, Instant::now());
                         }
                         Err(why) => break why,
                     }
@@ -418,8 +412,7 @@ impl Connection {
                     match drain(socket, &mut session, 0) {
                         Ok(read) => {
                             more = read.bounded;
-                            tick_bytes += read.bytes;
-                            shared.pace.observe(tick_bytes, tick_since, read.bounded, Instant::now());
+                            shared.pace.observe(&mut meter, read.bytes, read.bounded, Instant::now());
                         }
                         Err(why) => break why,
                     }
@@ -844,7 +837,8 @@ mod tests {
         own.next().await;
         assert_eq!(Instant::now(), shared.epoch + ms(100));
         tokio::time::sleep(ms(3)).await;
-        shared.pace.observe(0, ms(100), true, Instant::now());
+        let mut meter = crate::feed::ticker::ReadMeter::new(Instant::now());
+        shared.pace.observe(&mut meter, 0, true, Instant::now());
         own.follow(&shared);
         own.next().await;
         assert_eq!(
@@ -855,9 +849,9 @@ mod tests {
         own.follow(&shared);
         own.next().await;
         assert_eq!(Instant::now(), shared.epoch + ms(120));
-        // The busy time ends 100 ms after the busy read (at 203 ms): from the first read after
-        // it, the slow grid again.
-        tokio::time::sleep_until(shared.epoch + ms(205)).await;
+        // The busy time ends a period and a fast tick after the busy read (at 213 ms): from the
+        // first read after it, the slow grid again.
+        tokio::time::sleep_until(shared.epoch + ms(215)).await;
         own.follow(&shared);
         own.next().await;
         assert_eq!(Instant::now(), shared.epoch + ms(300));

@@ -17,8 +17,8 @@
 //!   at a rate that would put [`BUSY_BYTES`] in its socket between two ticks of the period asked
 //!   for, the timer moves to the fast grid at once and stays there until a whole read period
 //!   passed without such a read, so a long `--read-every` never lets a socket's receive buffer
-//!   fill (the exchange would see a slow client); fast ticks are parts of the slow period, so
-//!   every slow tick is also a fast one;
+//!   fill (the exchange would see a slow client); fast ticks divide the slow period exactly (for
+//!   any period of whole milliseconds), so every slow tick is also a fast one;
 //! - the ticker never ends on its own: it stops at the feed's cancel, or with an error (a
 //!   `timerfd` that cannot be read), which ends the feed like any connection's failure.
 
@@ -86,6 +86,11 @@ impl Ticker {
             let mut ready = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = pace.turned_busy.notified(), if !fast => {
+                    // Expirations not yet read are counted before the re-arm drops them.
+                    let n = self.take_expired()?;
+                    if n > 0 {
+                        ticks.send_modify(|count| *count = count.wrapping_add(n));
+                    }
                     fast = self.follow(pace, fast)?;
                     continue;
                 }
@@ -113,6 +118,22 @@ impl Ticker {
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// The expirations the timer holds, read without waiting (0 when none).
+    fn take_expired(&self) -> io::Result<u64> {
+        let mut expired = [0u8; 8];
+        loop {
+            return match rustix::io::read(self.fd.get_ref(), &mut expired) {
+                Ok(8) => Ok(u64::from_ne_bytes(expired)),
+                Ok(n) => Err(io::Error::other(format!(
+                    "the read tick's timer gave {n} bytes instead of 8"
+                ))),
+                Err(rustix::io::Errno::AGAIN) => Ok(0),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => Err(e.into()),
+            };
         }
     }
 
@@ -157,27 +178,28 @@ fn arm(fd: &OwnedFd, epoch: Instant, period: Duration) -> io::Result<()> {
 /// a socket's default receive buffer holds ~12 MB/s.
 pub const FAST_READ: Duration = Duration::from_millis(10);
 
-/// A connection that receives at least this much in one read period (at its rate) is busy. Why:
-/// Linux gives a socket a 128 KiB receive buffer (`tcp_rmem`) and, for a reader that reads only
-/// every 100 ms, does not grow it (measured on this kernel: 131,072 bytes and a 64 KiB receive
-/// space after a minute of reads every 100 ms at 2 MB/s); once it is full the sender waits, and
-/// an exchange that sees its send queue grow closes the connection (Kraken drops slow clients;
-/// so does the simulator). A quarter of the buffer per period leaves room for bursts.
+/// A connection that receives at least this much in a read period is busy. Why: Linux gives a
+/// socket a 128 KiB receive buffer (`tcp_rmem`) and, for a reader that reads only every 100 ms,
+/// does not grow it (measured on this kernel: 131,072 bytes and a 64 KiB receive space after a
+/// minute of reads every 100 ms at 2 MB/s); once it is full the sender waits, and an exchange
+/// that sees its send queue grow closes the connection (Kraken drops slow clients; so does the
+/// simulator). A quarter of the buffer per period leaves room for bursts.
 pub const BUSY_BYTES: u64 = 32 * 1024;
 
 /// How fast the feed reads: every `read_every`, or on a finer grid ([`ReadPace::fast`]) for a
-/// while after a connection read at a rate that would fill its socket's buffer between slow
-/// ticks ([`BUSY_BYTES`] in a period, or a read stopped at its bound). The fine grid also
-/// stamps a busy feed's frames closer to their arrival; a quiet feed keeps the slow one (its
-/// wake-ups are its CPU).
+/// read period after a connection was busy ([`ReadPace::observe`]). The fine grid also stamps a
+/// busy feed's frames closer to their arrival; a quiet feed keeps the slow one (its wake-ups
+/// are its CPU).
 #[derive(Debug)]
 pub struct ReadPace {
     /// Where the grids start.
     pub epoch: Instant,
     /// The read period asked for.
     pub every: Duration,
-    /// The period while busy (`every` divided into whole parts of at most [`FAST_READ`]);
-    /// `None` when `every` is no longer than that (or zero).
+    /// The period while busy: `every` divided into the fewest whole parts of at most
+    /// [`FAST_READ`] that divide it to the nanosecond (so every slow tick is also a fast one;
+    /// 25 ms: 6.25 ms), else the nearest below; `None` when `every` is no longer than
+    /// [`FAST_READ`] (or zero).
     pub fast: Option<Duration>,
     /// Until when (nanoseconds after `epoch`) reads go on the fast grid.
     busy_until: AtomicU64,
@@ -187,38 +209,80 @@ pub struct ReadPace {
     pub turned_busy: Notify,
 }
 
+/// What one connection read, as its [`ReadPace`] judges it: the reads of the current tick, and
+/// those since its window opened (a window closes at the first tick a read period or more after
+/// it opened, on either grid).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadMeter {
+    /// When the current window opened.
+    opened: Instant,
+    /// Bytes read since.
+    window: u64,
+    /// Bytes read in the current tick.
+    tick: u64,
+}
+
+impl ReadMeter {
+    /// A meter whose first window opens at `now`.
+    pub fn new(now: Instant) -> Self {
+        ReadMeter {
+            opened: now,
+            window: 0,
+            tick: 0,
+        }
+    }
+
+    /// A new read tick: its reads start from nothing.
+    pub fn tick(&mut self) {
+        self.tick = 0;
+    }
+}
+
 impl ReadPace {
     /// Reads every `every` on the grid from `epoch`.
     pub fn new(epoch: Instant, every: Duration) -> Self {
-        let fast = (every > FAST_READ).then(|| {
-            let parts = every.as_nanos().div_ceil(FAST_READ.as_nanos());
-            every / u32::try_from(parts).unwrap_or(u32::MAX)
-        });
         ReadPace {
             epoch,
             every,
-            fast,
+            fast: fast_period(every),
             busy_until: AtomicU64::new(0),
             on_fast: AtomicBool::new(false),
             turned_busy: Notify::new(),
         }
     }
 
-    /// A connection read `bytes` in the reads of one tick, `since` after the tick before
-    /// (`bounded`: a read stopped at its bound with more waiting). Busy at a rate of
-    /// [`BUSY_BYTES`] a read period or more, or when bounded: reads then stay on the fast grid
-    /// for a read period.
-    pub fn observe(&self, bytes: u64, since: Duration, bounded: bool, now: Instant) {
+    /// A connection read `bytes` (`bounded`: the read stopped at its bound with more waiting)
+    /// at `now`; `meter` is its own. It is busy when one tick's reads reach [`BUSY_BYTES`] (a
+    /// socket found that full, whatever the time since its last read: after a stall the buffer
+    /// is fullest), when a read stopped at its bound, or when a window of a read period or more
+    /// averaged [`BUSY_BYTES`] a period. The rate is judged over a whole period on the fast grid
+    /// too: a feed of 8 KiB a period that went fast for its startup snapshots comes back to the
+    /// slow grid a period after them. Busy keeps reads on the fast grid for a read period.
+    pub fn observe(&self, meter: &mut ReadMeter, bytes: u64, bounded: bool, now: Instant) {
         if self.fast.is_none() {
             return;
         }
-        let since = since.max(Duration::from_millis(1)).as_nanos();
-        let busy =
-            bounded || u128::from(bytes) * self.every.as_nanos() >= u128::from(BUSY_BYTES) * since;
+        meter.tick = meter.tick.saturating_add(bytes);
+        meter.window = meter.window.saturating_add(bytes);
+        let mut busy = bounded || meter.tick >= BUSY_BYTES;
+        let open_for = now.saturating_duration_since(meter.opened);
+        if open_for >= self.every {
+            busy |= u128::from(meter.window) * self.every.as_nanos()
+                >= u128::from(BUSY_BYTES) * open_for.as_nanos();
+            *meter = ReadMeter {
+                opened: now,
+                window: 0,
+                tick: meter.tick,
+            };
+        }
         if !busy {
             return;
         }
-        let until = now.saturating_duration_since(self.epoch) + self.every;
+        // A period and one fast tick: the tick on which this connection's window next closes
+        // still finds the pace busy (the ticker looks before the connections read), so a feed
+        // that stays busy never drops to the slow grid for a tick.
+        let fast = self.fast.unwrap_or_default();
+        let until = now.saturating_duration_since(self.epoch) + self.every + fast;
         let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
         self.busy_until.fetch_max(until, Ordering::Relaxed);
         if !self.on_fast.load(Ordering::Relaxed) {
@@ -239,6 +303,22 @@ impl ReadPace {
             _ => self.every,
         }
     }
+}
+
+/// The fast period for reads every `every` (see [`ReadPace::fast`]).
+fn fast_period(every: Duration) -> Option<Duration> {
+    if every <= FAST_READ {
+        return None;
+    }
+    let nanos = every.as_nanos();
+    let fewest = nanos.div_ceil(FAST_READ.as_nanos());
+    // A divisor within four times the fewest parts (periods are whole milliseconds in
+    // practice: 4 parts of 25 ms, 8 of 75 ms); else the nearest period below.
+    let parts = (fewest..=fewest * 4)
+        .find(|p| nanos.is_multiple_of(*p))
+        .unwrap_or(fewest);
+    let fast = Duration::from_nanos(u64::try_from(nanos / parts).unwrap_or(u64::MAX));
+    Some(fast.max(Duration::from_millis(1)))
 }
 
 #[cfg(test)]
@@ -307,10 +387,10 @@ mod tests {
         running.await.unwrap().unwrap();
     }
 
-    /// The fast period divides the slow one into whole parts of at most 10 ms; a period of 10 ms
-    /// or less has none. A connection is busy at a rate of 32 KiB a slow period (whatever the
-    /// time since its last read) or when a read stopped at its bound, and stays busy for one
-    /// slow period after.
+    /// The fast period divides the slow one into whole parts of at most 10 ms, exactly; a period
+    /// of 10 ms or less has none. A connection is busy when one tick's reads reach 32 KiB, when
+    /// a read stopped at its bound, or when a window of a read period averaged 32 KiB a period;
+    /// busy lasts a slow period.
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_reads_a_quarter_buffer_a_period_makes_the_pace_fast_for_a_period() {
         let ms = Duration::from_millis;
@@ -318,8 +398,9 @@ mod tests {
         for (every, fast) in [
             (ms(100), Some(ms(10))),
             (ms(30), Some(ms(10))),
-            (ms(25), Some(Duration::from_nanos(8_333_333))),
+            (ms(25), Some(Duration::from_micros(6_250))),
             (ms(11), Some(Duration::from_micros(5_500))),
+            (ms(75), Some(Duration::from_micros(9_375))),
             (ms(10), None),
             (ms(1), None),
             (ms(0), None),
@@ -330,24 +411,53 @@ mod tests {
         let now = epoch + ms(1_000);
         assert!(!pace.is_busy(now));
         assert_eq!(pace.period(now), ms(100));
-        // 32 KiB in 100 ms is the edge; the same rate over a fast tick too.
-        pace.observe(BUSY_BYTES - 1, ms(100), false, now);
-        pace.observe(BUSY_BYTES / 10 - 1, ms(10), false, now);
-        assert!(!pace.is_busy(now), "under the rate");
-        pace.observe(BUSY_BYTES / 10 + 1, ms(10), false, now);
-        assert!(pace.is_busy(now));
-        assert_eq!(pace.period(now), ms(10));
-        assert!(pace.is_busy(now + ms(99)), "busy for a slow period");
-        assert!(!pace.is_busy(now + ms(100)));
+        // A slow tick's reads: 32 KiB is the edge, in one read or several.
+        let mut meter = ReadMeter::new(now - ms(100));
+        meter.tick();
+        pace.observe(&mut meter, BUSY_BYTES / 2, false, now);
+        pace.observe(&mut meter, BUSY_BYTES / 2 - 1, false, now);
+        assert!(!pace.is_busy(now), "under the threshold");
+        meter.tick();
+        pace.observe(&mut meter, BUSY_BYTES / 2, false, now + ms(100));
+        pace.observe(&mut meter, BUSY_BYTES / 2, false, now + ms(100));
+        assert!(pace.is_busy(now + ms(100)));
+        assert_eq!(pace.period(now + ms(100)), ms(10));
+        assert!(
+            pace.is_busy(now + ms(209)),
+            "busy for a slow period and a fast tick"
+        );
+        assert!(!pace.is_busy(now + ms(210)));
+        // On the fast grid the rate is the window's: ten 10 ms ticks of 3.3 KiB each are busy
+        // only as a whole period (33 KiB), and 3 KiB each (30 KiB) is not.
+        for (each, busy) in [(3_300, true), (3_000, false)] {
+            let pace = ReadPace::new(epoch, ms(100));
+            let mut meter = ReadMeter::new(now);
+            for k in 1..=10 {
+                meter.tick();
+                pace.observe(&mut meter, each, false, now + k * ms(10));
+                assert!(
+                    !pace.is_busy(now + k * ms(10)) || k == 10,
+                    "{each} at tick {k}"
+                );
+            }
+            assert_eq!(pace.is_busy(now + ms(100)), busy, "{each} a fast tick");
+        }
+        // After a stall (a second without a read) the whole buffer in one tick is busy.
+        let pace = ReadPace::new(epoch, ms(100));
+        let mut meter = ReadMeter::new(now);
+        meter.tick();
+        pace.observe(&mut meter, 128 << 10, false, now + ms(1_000));
+        assert!(pace.is_busy(now + ms(1_000)));
         // A read stopped at its bound is busy whatever it read.
-        pace.observe(0, ms(100), true, now + ms(500));
-        assert!(pace.is_busy(now + ms(550)));
+        let mut meter = ReadMeter::new(now);
+        pace.observe(&mut meter, 0, true, now + ms(1_500));
+        assert!(pace.is_busy(now + ms(1_550)));
         // A later, shorter busy time never shortens an earlier one.
-        pace.observe(0, ms(100), true, now + ms(400));
-        assert!(pace.is_busy(now + ms(590)));
+        pace.observe(&mut meter, 0, true, now + ms(1_400));
+        assert!(pace.is_busy(now + ms(1_605)));
         // No fast period: never busy.
         let slow = ReadPace::new(epoch, ms(10));
-        slow.observe(u64::MAX, ms(1), true, now);
+        slow.observe(&mut meter, u64::MAX, true, now);
         assert!(!slow.is_busy(now));
     }
 
@@ -378,25 +488,197 @@ mod tests {
         // thread was late to read them).
         let busy_from = count();
         let started = Instant::now();
+        let mut meter = ReadMeter::new(Instant::now());
         while started.elapsed() < ms(300) {
-            pace.observe(0, every, true, Instant::now());
+            pace.observe(&mut meter, 0, true, Instant::now());
             tokio::time::sleep(ms(20)).await;
         }
         let fast = count() - busy_from;
         assert!(fast >= 20, "{fast} ticks in 300 ms busy (10 ms grid)");
         let counted_fast = fast_ticks.load(Ordering::Relaxed);
         assert!(counted_fast >= 20, "{counted_fast} fast ticks counted");
-        // Quiet again: back to about five ticks a second once the busy time has run out.
-        tokio::time::sleep(ms(250)).await;
+        // Quiet again: back to about five ticks a second once the busy time (a period and a
+        // fast tick after the last busy read) has run out.
+        tokio::time::sleep(ms(300)).await;
         let quiet_from = count();
+        let fast_before_quiet = fast_ticks.load(Ordering::Relaxed);
         tokio::time::sleep(ms(600)).await;
         let quiet = count() - quiet_from;
+        // About three; a stall around the switch can bring a few late fast expirations into
+        // the window, but the fast grid would count about sixty.
         assert!(
-            (2..=4).contains(&quiet),
+            (1..=12).contains(&quiet),
             "{quiet} ticks in 600 ms after the busy time"
+        );
+        assert_eq!(
+            fast_ticks.load(Ordering::Relaxed),
+            fast_before_quiet,
+            "slow ticks are not counted as fast"
         );
         cancel.cancel();
         running.await.unwrap().unwrap();
+    }
+
+    /// The ticker's and a connection's decisions replayed in virtual time, in
+    /// the order a wake-up makes them (the ticker reads its expiry and follows the pace, then the
+    /// connection reads what arrived since its last read and reports it; a connection turning
+    /// busy on the slow grid re-arms the ticker at once). `arrivals`: (ns after the epoch, bytes),
+    /// sorted. Returns (the share of the time spent on the fast grid after `settle`, switches of
+    /// grid a minute after `settle`).
+    fn replay(every: Duration, arrivals: &[(u64, u64)], settle: u64, end: u64) -> (f64, f64) {
+        let epoch = Instant::now();
+        let at = |ns: u64| epoch + Duration::from_nanos(ns);
+        let pace = ReadPace::new(epoch, every);
+        let fast_period = pace.fast.unwrap();
+        let (mut fast, mut switches, mut fast_ns) = (false, 0u64, 0u64);
+        let (mut t, mut i) = (every.as_nanos() as u64, 0usize);
+        let mut meter = ReadMeter::new(epoch);
+        while t < end {
+            let want = pace.is_busy(at(t));
+            if want != fast {
+                fast = want;
+                switches += u64::from(t >= settle);
+            }
+            let mut bytes = 0;
+            while i < arrivals.len() && arrivals[i].0 <= t {
+                bytes += arrivals[i].1;
+                i += 1;
+            }
+            meter.tick();
+            pace.observe(&mut meter, bytes, false, at(t));
+            if !fast && pace.is_busy(at(t)) {
+                fast = true;
+                switches += u64::from(t >= settle);
+            }
+            let period = if fast { fast_period } else { every };
+            let next = (next_tick(epoch, period, at(t)) - epoch).as_nanos() as u64;
+            if fast && t >= settle {
+                fast_ns += next.min(end) - t;
+            }
+            t = next;
+        }
+        let span = (end - settle) as f64;
+        (fast_ns as f64 / span, switches as f64 * 60e9 / span)
+    }
+
+    /// A feed of one 4 KiB frame every 50 ms (80 KB/s, a quarter of the 32 KiB per 100 ms
+    /// threshold) that went fast once (its startup snapshots) comes back to the slow grid. (A
+    /// first version judged each 10 ms read on the fast grid alone, so any 3.3 KiB in 10 ms kept
+    /// such a feed fast for good: 100 wake-ups a second instead of 10.)
+    #[test]
+    fn a_quiet_feed_with_4_kib_frames_comes_back_to_the_slow_grid_after_its_snapshots() {
+        let ms = 1_000_000u64;
+        let mut arrivals = vec![(ms, 2 << 20)]; // the startup snapshots
+        arrivals.extend((1..1_200).map(|k| (k * 50 * ms + 3 * ms, 4096)));
+        let (share, _) = replay(
+            Duration::from_millis(100),
+            &arrivals,
+            2_000 * ms,
+            60_000 * ms,
+        );
+        // Read at the slow period the feed is never busy (8 KiB a period).
+        let (slow_share, _) = replay(
+            Duration::from_millis(100),
+            &arrivals[1..],
+            2_000 * ms,
+            60_000 * ms,
+        );
+        assert_eq!(
+            slow_share, 0.0,
+            "never busy when it starts on the slow grid"
+        );
+        assert!(
+            share < 0.1,
+            "{:.0}% of the time on the fast grid after the snapshots, at a quarter of the threshold",
+            share * 100.0
+        );
+    }
+
+    /// A read that finds the socket's whole 128 KiB buffer full after a stall (the connection's
+    /// thread held by the journal's back-pressure for a second) is busy: a first version judged
+    /// it by the rate since the last read (12.8 KiB a period) and stayed slow.
+    #[test]
+    fn a_read_that_finds_the_receive_buffer_full_after_a_stall_is_busy() {
+        let epoch = Instant::now();
+        let pace = ReadPace::new(epoch, Duration::from_millis(100));
+        let now = epoch + Duration::from_secs(10);
+        let mut meter = ReadMeter::new(now - Duration::from_secs(1));
+        meter.tick();
+        pace.observe(&mut meter, 128 << 10, false, now);
+        assert!(
+            pace.is_busy(now),
+            "128 KiB read at once (the whole default receive buffer) is not busy"
+        );
+    }
+
+    /// Every slow tick is also a fast one for every whole-millisecond period up to 100 ms (a
+    /// first version cut 25 ms into 3 × 8,333,333 ns: the fast grid drifted off the hand-off
+    /// grid by 1 ns a period, and after some tens of minutes a batch due on it waited one more
+    /// fast tick).
+    #[test]
+    fn the_fast_grid_divides_the_slow_one() {
+        let epoch = Instant::now();
+        let odd: Vec<u64> = (11..=100u64)
+            .filter(|&every| {
+                let pace = ReadPace::new(epoch, Duration::from_millis(every));
+                !pace
+                    .every
+                    .as_nanos()
+                    .is_multiple_of(pace.fast.unwrap().as_nanos())
+            })
+            .collect();
+        assert!(
+            odd.is_empty(),
+            "read periods (ms) whose fast grid drifts: {odd:?}"
+        );
+    }
+
+    /// Poisson arrivals around the threshold, after a startup burst: a feed at half the
+    /// threshold or less stays on the slow grid nearly always, one above it is mostly fast, and
+    /// the grid switches at most a few times a second (each switch re-arms the timer once).
+    /// `--nocapture` prints the table.
+    #[test]
+    fn near_the_threshold_the_grid_follows_the_rate_without_flapping() {
+        let ms = 1_000_000u64;
+        let threshold = BUSY_BYTES as f64 * 10.0; // bytes a second at 100 ms
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for size in [300u64, 1_000, 2_000, 4_000] {
+            for share in [0.25, 0.5, 0.75, 0.9, 1.1] {
+                let rate = share * threshold / size as f64; // frames a second
+                let mut arrivals = vec![(ms, 2 << 20)];
+                let mut t = 2.0 * ms as f64;
+                while t < 120_000.0 * ms as f64 {
+                    t += -(1.0 - uniform()).ln() / rate * 1e9;
+                    arrivals.push((t as u64, size));
+                }
+                let (fast, switches) = replay(
+                    Duration::from_millis(100),
+                    &arrivals,
+                    2_000 * ms,
+                    120_000 * ms,
+                );
+                println!(
+                    "frames of {size:>5} B at {:>3.0}% of the threshold: {:>5.1}% fast, {:>6.1} switches a minute",
+                    share * 100.0,
+                    fast * 100.0,
+                    switches
+                );
+                let what = format!("{size} B frames at {share} of the threshold");
+                if share <= 0.5 {
+                    assert!(fast < 0.05, "{what}: {fast} of the time fast");
+                }
+                if share > 1.0 {
+                    assert!(fast > 0.5, "{what}: {fast} of the time fast");
+                }
+                assert!(switches < 600.0, "{what}: {switches} switches a minute");
+            }
+        }
     }
 
     #[tokio::test]
