@@ -19,6 +19,7 @@
 //! shared machine a single run's CPU moves by up to 1.7× with the neighbours' load, so a cost
 //! ratio is only shown by collectors measured over the same window.
 
+mod ccxt;
 mod pair;
 
 use std::net::SocketAddr;
@@ -98,6 +99,12 @@ pub struct BenchCollectArgs {
     /// one starts first swaps every round); prints every round's ratio, their median, min and max.
     #[arg(long, value_name = "K", default_value = "1", requires = "compare_redundancy", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// ccxt (the original tool's engine) on the same feed at the same depth, run with this
+    /// Python interpreter (one with ccxt installed: `python3 -m venv V && V/bin/pip install
+    /// ccxt==4.5.90`) and measured over the same window: its CPU per book message against the
+    /// collector's.
+    #[arg(long, value_name = "PYTHON", conflicts_with = "compare_redundancy")]
+    pub beside_ccxt: Option<std::path::PathBuf>,
 }
 
 /// A measuring period or a warm-up: a duration with its unit, from 1 s to 1 h.
@@ -152,6 +159,10 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
             ", journal only"
         }
     );
+    let mut beside = match &args.beside_ccxt {
+        Some(python) => Some(ccxt::Ccxt::spawn(python, &market, args.depth, work.path())?),
+        None => None,
+    };
     tokio::time::sleep(args.warmup).await;
     if let Some(waited) = collector.wait_caught_up().await? {
         eprintln!(
@@ -160,16 +171,25 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let start = collector.reading().await?;
+    let ccxt_start = beside.as_mut().map(|c| c.reading()).transpose()?;
     tokio::time::sleep(args.measure).await;
     let end = collector.reading().await?;
+    let ccxt_end = beside.as_mut().map(|c| c.reading()).transpose()?;
+    let ccxt_rss = beside.as_ref().map(|c| c.peak_rss()).transpose()?;
     let peak_rss = peak_rss_bytes(collector.pid)?;
 
     let stopped = collector.stop().await;
+    if let Some(c) = beside {
+        c.stop().await;
+    }
     market.sim.shutdown().await?;
     drop(cluster);
 
     let window = Window::between(&start, &end, peak_rss);
     window.print(db_url.is_some());
+    if let (Some(a), Some(b), Some(rss)) = (ccxt_start, ccxt_end, ccxt_rss) {
+        ccxt::print(&a, &b, rss, window.micros_per_message());
+    }
     stopped?;
     Ok(if window.mismatches == 0.0 {
         ExitCode::SUCCESS
