@@ -274,18 +274,22 @@ pub async fn run(
         )
     });
 
-    let shared = Arc::new(FeedShared::new(
-        config.feed.clone(),
-        journal.sender.clone(),
-        Arc::clone(&metrics),
-        recovery.conn_id_base,
-    ));
-    let feed_cancel = cancel.child_token();
     let per = config.feed.symbols_per_connection.max(1);
     let redundancy = config
         .feed
         .redundancy
         .clamp(1, crate::feed::replicas::MAX_REDUNDANCY);
+    let mut feed_shared = FeedShared::new(
+        config.feed.clone(),
+        journal.sender.clone(),
+        Arc::clone(&metrics),
+        recovery.conn_id_base,
+    );
+    // Every connection opens at once at start (up to a bound), not ten then one every 10 s.
+    feed_shared.connect_limiter =
+        crate::feed::connect_limiter(symbols.len().div_ceil(per) * redundancy);
+    let shared = Arc::new(feed_shared);
+    let feed_cancel = cancel.child_token();
     let mut connections = Vec::new();
     for (group, chunk) in symbols.chunks(per).enumerate() {
         // With redundancy, the group's replicas share a gate; the connection index (the

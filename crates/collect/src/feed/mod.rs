@@ -227,7 +227,8 @@ impl FeedShared {
     /// Shared state for a feed whose connection ids continue after `conn_id_base`.
     ///
     /// Connects are limited to a burst of 10 then one per 10 s (60 per 10 minutes, well under
-    /// Kraken's ~150); resubscriptions to a burst of 10 then one per 2 s.
+    /// Kraken's ~150; a collector opening more connections at start sets [`connect_limiter`]);
+    /// resubscriptions to a burst of 10 then one per 2 s.
     pub fn new(
         config: FeedConfig,
         journal: JournalSender,
@@ -242,7 +243,7 @@ impl FeedShared {
             config,
             outbox,
             metrics,
-            connect_limiter: RateLimiter::new(10, Duration::from_secs(10)),
+            connect_limiter: connect_limiter(0),
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
             last_conn_id: AtomicU64::new(conn_id_base),
             epoch,
@@ -259,6 +260,19 @@ impl FeedShared {
             .then(|| self.ticks.subscribe())
     }
 }
+
+/// The connect limiter of a feed that opens `connections` at start: they all open at once (a
+/// whole market at `--redundancy 2` is about 24; with a burst of 10 the last ones came up one
+/// every 10 s, so its last symbols started recording 2 minutes late at every restart), at least
+/// 10 and at most [`MAX_CONNECT_BURST`], then one every 10 s. A reconnect storm of every
+/// connection is then the burst and 60 more in the next 10 minutes, under Kraken's ~150.
+pub fn connect_limiter(connections: usize) -> RateLimiter {
+    let burst = connections.clamp(10, MAX_CONNECT_BURST);
+    RateLimiter::new(u32::try_from(burst).unwrap_or(10), Duration::from_secs(10))
+}
+
+/// The most connections opened at once (see [`connect_limiter`]).
+pub const MAX_CONNECT_BURST: usize = 40;
 
 /// The outbox's hand-off grid for reads every `read_every` ([`outbox::Grid`]): its period,
 /// `handoff` rounded up to a whole number of read periods, so that every tick on which a batch
@@ -352,6 +366,22 @@ pub(crate) fn test_shared(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The burst is the connections opened at start, between 10 and 40; then one every 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn every_connection_opened_at_start_connects_at_once_up_to_forty() {
+        for (connections, burst) in [(0, 10), (3, 10), (10, 10), (24, 24), (40, 40), (1_000, 40)] {
+            let limiter = connect_limiter(connections);
+            for k in 0..burst {
+                assert!(limiter.try_acquire().is_ok(), "{connections}: connect {k}");
+            }
+            let wait = limiter.try_acquire().unwrap_err();
+            assert!(
+                wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+                "{connections}: then one every 10 s, not {wait:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_hand_off_grid_falls_on_read_ticks() {
