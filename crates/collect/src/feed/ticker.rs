@@ -13,12 +13,13 @@
 //!   is a whole number of read periods on the same epoch, so a batch falls due on a read tick);
 //! - a tick the thread was too busy to take is not taken twice: the count says how many passed,
 //!   and a waiter sees only that the count moved (one read per wake-up, never a burst);
-//! - a busy feed is read on a finer grid ([`ReadPace`]): when a connection reads, in one tick,
-//!   at a rate that would put [`BUSY_BYTES`] in its socket between two ticks of the period asked
-//!   for, the timer moves to the fast grid at once and stays there until a whole read period
-//!   passed without such a read, so a long `--read-every` never lets a socket's receive buffer
-//!   fill (the exchange would see a slow client); fast ticks divide the slow period exactly (for
-//!   any period of whole milliseconds), so every slow tick is also a fast one;
+//! - a busy feed is read on a finer grid ([`ReadPace`]): when a connection's reads of one tick
+//!   reach [`BUSY_BYTES`], or a read stops at its bound, or its reads over a read period average
+//!   that much a period, the timer moves to the fast grid at once and stays there until a read
+//!   period and a fast tick passed without such a read, so a long `--read-every` never lets a
+//!   socket's receive buffer fill (the exchange would see a slow client), and a quiet feed comes
+//!   back to the slow grid after a burst; fast ticks divide the slow period exactly (for any
+//!   period of whole milliseconds), so every slow tick is also a fast one;
 //! - the ticker never ends on its own: it stops at the feed's cancel, or with an error (a
 //!   `timerfd` that cannot be read), which ends the feed like any connection's failure.
 
