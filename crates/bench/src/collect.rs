@@ -121,6 +121,11 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of events per second");
     }
+    if args.beside_ccxt.is_some() && args.redundancy > 1 {
+        bail!(
+            "--beside-ccxt compares one copy of each message: drop --redundancy (the collector's figure would count every replica's copy)"
+        );
+    }
     if let Some(pair) = args.compare_redundancy {
         return pair::run(&args, pair).await;
     }
@@ -163,6 +168,11 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
         Some(python) => Some(ccxt::Ccxt::spawn(python, &market, args.depth, work.path())?),
         None => None,
     };
+    if let Some(c) = beside.as_mut() {
+        // ccxt missing: say so now, not after the warm-up.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.check_running()?;
+    }
     tokio::time::sleep(args.warmup).await;
     if let Some(waited) = collector.wait_caught_up().await? {
         eprintln!(
@@ -188,7 +198,7 @@ pub async fn run(args: BenchCollectArgs) -> anyhow::Result<ExitCode> {
     let window = Window::between(&start, &end, peak_rss);
     window.print(db_url.is_some());
     if let (Some(a), Some(b), Some(rss)) = (ccxt_start, ccxt_end, ccxt_rss) {
-        ccxt::print(&a, &b, rss, window.micros_per_message());
+        ccxt::print(&a, &b, rss, window.micros_per_message(), window.ok);
     }
     stopped?;
     Ok(if window.mismatches == 0.0 {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use super::{Market, peak_rss_bytes, thread_cpu};
+use super::{Market, ThreadReading, peak_rss_bytes, thread_cpu};
 
 /// The consumer script, in this repository.
 const SCRIPT: &str = concat!(
@@ -32,11 +32,13 @@ pub(super) struct Ccxt {
     count_file: PathBuf,
 }
 
-/// The consumer at one instant: CPU seconds so far and book messages handled.
+/// The consumer at one instant: its threads' CPU so far, book messages handled, connections
+/// lost.
 pub(super) struct CcxtReading {
     at: Instant,
-    cpu: f64,
+    threads: Vec<ThreadReading>,
     handled: f64,
+    lost: f64,
 }
 
 impl Ccxt {
@@ -68,22 +70,33 @@ impl Ccxt {
         })
     }
 
-    /// Its CPU and count now; an error when it has exited (ccxt missing from `python`, say).
-    pub(super) fn reading(&mut self) -> anyhow::Result<CcxtReading> {
+    /// Fails when the consumer has exited (ccxt missing from `python`: it said why on stderr).
+    pub(super) fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
-                "the ccxt consumer exited ({status}): is ccxt installed for that interpreter? (see --beside-ccxt)"
+                "the ccxt consumer exited ({status}; its reason is above): --beside-ccxt needs an interpreter with ccxt installed"
             );
         }
-        let cpu = thread_cpu(self.pid)?.iter().map(|t| t.cpu).sum();
-        let handled = std::fs::read_to_string(&self.count_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        Ok(())
+    }
+
+    /// Its CPU and counts now; an error when it has exited or has handled nothing yet.
+    pub(super) fn reading(&mut self) -> anyhow::Result<CcxtReading> {
+        self.check_running()?;
+        let threads = thread_cpu(self.pid)?;
+        let counts: Vec<f64> = std::fs::read_to_string(&self.count_file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let [handled, lost] = counts[..] else {
+            bail!("the ccxt consumer has handled no book message yet (no count after the warm-up)");
+        };
         Ok(CcxtReading {
             at: Instant::now(),
-            cpu,
+            threads,
             handled,
+            lost,
         })
     }
 
@@ -104,9 +117,22 @@ pub(super) fn print(
     end: &CcxtReading,
     peak_rss: u64,
     collector_micros_per_message: f64,
+    collector_messages: f64,
 ) {
     let wall = end.at.duration_since(start.at).as_secs_f64();
-    let cpu = end.cpu - start.cpu;
+    // Per thread, as the collector's: a thread new in the window counts from zero.
+    let cpu: f64 = end
+        .threads
+        .iter()
+        .map(|t| {
+            let before = start
+                .threads
+                .iter()
+                .find(|s| s.tid == t.tid)
+                .map_or(0.0, |s| s.cpu);
+            t.cpu - before
+        })
+        .sum();
     let handled = end.handled - start.handled;
     let micros = 1e6 * cpu / handled.max(1.0);
     println!(
@@ -116,6 +142,13 @@ pub(super) fn print(
         micros,
         peak_rss as f64 / 1e6
     );
+    let lost = end.lost - start.lost;
+    if lost > 0.0 || handled < 0.95 * collector_messages {
+        println!(
+            "ccxt fell behind the feed in the window ({lost} connection(s) lost, {handled:.0} of the collector's {collector_messages:.0} book messages handled): its figure is not comparable"
+        );
+        return;
+    }
     if handled > 0.0 && collector_micros_per_message > 0.0 {
         println!(
             "ccxt / collector, CPU per book message: {:.1}",

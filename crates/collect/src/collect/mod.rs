@@ -285,9 +285,12 @@ pub async fn run(
         Arc::clone(&metrics),
         recovery.conn_id_base,
     );
-    // Every connection opens at once at start (up to a bound), not ten then one every 10 s.
+    // Every connection opens at once at start (up to a bound), not ten then one every 10 s,
+    // from the bucket the last run left (Kraken counts connects per address, not per process).
+    let budget = crate::feed::ConnectBudget::in_dir(&config.journal.dir);
     feed_shared.connect_limiter =
-        crate::feed::connect_limiter(symbols.len().div_ceil(per) * redundancy);
+        crate::feed::connect_limiter(symbols.len().div_ceil(per) * redundancy, Some(&budget));
+    feed_shared.connect_budget = Some(budget);
     let shared = Arc::new(feed_shared);
     let feed_cancel = cancel.child_token();
     let mut connections = Vec::new();

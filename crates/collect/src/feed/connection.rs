@@ -155,7 +155,7 @@ impl Connection {
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = self.shared.connect_limiter.acquire() => {}
+                _ = self.shared.connect_limiter.acquire() => self.shared.note_connect(),
             }
             let conn_id = self.shared.last_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
             let end = self.session(conn_id, &cancel, &mut broken).await;

@@ -207,6 +207,10 @@ pub struct FeedShared {
     pub metrics: Arc<Metrics>,
     /// Paces connection attempts across all connections.
     pub connect_limiter: RateLimiter,
+    /// Where the limiter's bucket is kept across restarts ([`connect_limiter`]), if anywhere.
+    pub connect_budget: Option<ConnectBudget>,
+    /// Saving the budget failed once (logged once).
+    connect_budget_failed: std::sync::atomic::AtomicBool,
     /// Paces resubscriptions across all connections and symbols.
     pub resubscribe_limiter: RateLimiter,
     /// The last connection id handed out (connection ids keep increasing across restarts).
@@ -243,13 +247,28 @@ impl FeedShared {
             config,
             outbox,
             metrics,
-            connect_limiter: connect_limiter(0),
+            connect_limiter: connect_limiter(0, None),
+            connect_budget: None,
+            connect_budget_failed: std::sync::atomic::AtomicBool::new(false),
             resubscribe_limiter: RateLimiter::new(10, Duration::from_secs(2)),
             last_conn_id: AtomicU64::new(conn_id_base),
             epoch,
             ticks: tokio::sync::watch::channel(0).0,
             ticker_running: std::sync::atomic::AtomicBool::new(false),
             pace,
+        }
+    }
+
+    /// A connection was opened through the limiter: its bucket is saved for the next start
+    /// (a failure to write is logged once per start, and changes nothing else).
+    pub fn note_connect(&self) {
+        if let Some(budget) = &self.connect_budget
+            && let Err(e) = budget.save(self.connect_limiter.tokens())
+            && !self
+                .connect_budget_failed
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(error = %e, "feed: cannot save the connect budget (a restart will connect at the full burst)");
         }
     }
 
@@ -262,17 +281,84 @@ impl FeedShared {
 }
 
 /// The connect limiter of a feed that opens `connections` at start: they all open at once (a
-/// whole market at `--redundancy 2` is about 24; with a burst of 10 the last ones came up one
-/// every 10 s, so its last symbols started recording 2 minutes late at every restart), at least
-/// 10 and at most [`MAX_CONNECT_BURST`], then one every 10 s. A reconnect storm of every
-/// connection is then the burst and 60 more in the next 10 minutes, under Kraken's ~150.
-pub fn connect_limiter(connections: usize) -> RateLimiter {
-    let burst = connections.clamp(10, MAX_CONNECT_BURST);
-    RateLimiter::new(u32::try_from(burst).unwrap_or(10), Duration::from_secs(10))
+/// whole market at `--redundancy 2` is about 20 connections; with a burst of 10 the last ones
+/// came up one every 10 s, so its last symbols started recording 100 s late at every restart),
+/// at least 10 and at most [`MAX_CONNECT_BURST`], then one every 10 s: a reconnect storm of
+/// every connection is the burst and 60 more in the next 10 minutes, under Kraken's ~150. Kraken
+/// counts per address, not per process: `budget` carries the bucket across restarts (a
+/// collector restarted in a loop finds it as its last run left it, not full).
+pub fn connect_limiter(connections: usize, budget: Option<&ConnectBudget>) -> RateLimiter {
+    connect_limiter_at(connections, budget, crate::time::Timestamp::now())
+}
+
+/// [`connect_limiter`] with the wall clock at `now`.
+fn connect_limiter_at(
+    connections: usize,
+    budget: Option<&ConnectBudget>,
+    now: crate::time::Timestamp,
+) -> RateLimiter {
+    let burst = u32::try_from(connections.clamp(10, MAX_CONNECT_BURST)).unwrap_or(10);
+    match budget.and_then(|b| b.load_at(f64::from(burst), CONNECT_REFILL, now)) {
+        Some(tokens) => RateLimiter::with_tokens(burst, CONNECT_REFILL, tokens),
+        None => RateLimiter::new(burst, CONNECT_REFILL),
+    }
 }
 
 /// The most connections opened at once (see [`connect_limiter`]).
-pub const MAX_CONNECT_BURST: usize = 40;
+pub const MAX_CONNECT_BURST: usize = 30;
+
+/// One connect token back every this long.
+pub const CONNECT_REFILL: Duration = Duration::from_secs(10);
+
+/// The connect limiter's bucket, kept across restarts in a small file (in the journal's
+/// directory, which one collector owns): its tokens and when they were counted (wall clock).
+/// Advisory: a missing or unreadable file is a full bucket (a first start, or a power cut that
+/// lost the last write), and it is written without a sync.
+#[derive(Debug, Clone)]
+pub struct ConnectBudget {
+    path: std::path::PathBuf,
+}
+
+/// The budget's file name in the journal directory.
+pub const CONNECT_BUDGET_FILE: &str = "CONNECTS";
+
+impl ConnectBudget {
+    /// The budget kept in `dir`.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        ConnectBudget {
+            path: dir.join(CONNECT_BUDGET_FILE),
+        }
+    }
+
+    /// The tokens the saved bucket holds now (refilled one per `refill` since it was saved, at
+    /// most `burst`); `None` when nothing readable was saved. A wall clock now before the saved
+    /// time refills nothing.
+    pub fn load(&self, burst: f64, refill: Duration) -> Option<f64> {
+        self.load_at(burst, refill, crate::time::Timestamp::now())
+    }
+
+    /// [`ConnectBudget::load`] with the wall clock at `now`.
+    fn load_at(&self, burst: f64, refill: Duration, now: crate::time::Timestamp) -> Option<f64> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let (tokens, at) = text.trim().split_once(' ')?;
+        let tokens: f64 = tokens.parse().ok().filter(|t: &f64| t.is_finite())?;
+        let at = crate::time::Timestamp::from_unix_nanos(at.parse().ok()?);
+        let elapsed = now.nanos_since(at).max(0) as f64 / 1e9;
+        Some((tokens + elapsed / refill.as_secs_f64().max(1e-9)).clamp(0.0, burst))
+    }
+
+    /// Saves `tokens` as of now (replaced whole: a crash mid-write leaves the old file).
+    pub fn save(&self, tokens: f64) -> std::io::Result<()> {
+        self.save_at(tokens, crate::time::Timestamp::now())
+    }
+
+    /// [`ConnectBudget::save`] with the wall clock at `now`.
+    fn save_at(&self, tokens: f64, now: crate::time::Timestamp) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{tokens:.3} {}\n", now.unix_nanos()))?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
 
 /// The outbox's hand-off grid for reads every `read_every` ([`outbox::Grid`]): its period,
 /// `handoff` rounded up to a whole number of read periods, so that every tick on which a batch
@@ -367,11 +453,11 @@ pub(crate) fn test_shared(
 mod tests {
     use super::*;
 
-    /// The burst is the connections opened at start, between 10 and 40; then one every 10 s.
+    /// The burst is the connections opened at start, between 10 and 30; then one every 10 s.
     #[tokio::test(start_paused = true)]
-    async fn every_connection_opened_at_start_connects_at_once_up_to_forty() {
-        for (connections, burst) in [(0, 10), (3, 10), (10, 10), (24, 24), (40, 40), (1_000, 40)] {
-            let limiter = connect_limiter(connections);
+    async fn every_connection_opened_at_start_connects_at_once_up_to_thirty() {
+        for (connections, burst) in [(0, 10), (3, 10), (10, 10), (24, 24), (30, 30), (1_000, 30)] {
+            let limiter = connect_limiter(connections, None);
             for k in 0..burst {
                 assert!(limiter.try_acquire().is_ok(), "{connections}: connect {k}");
             }
@@ -380,6 +466,77 @@ mod tests {
                 wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
                 "{connections}: then one every 10 s, not {wait:?}"
             );
+        }
+    }
+
+    /// Kraken counts connects per address, not per process. A collector that fails after
+    /// connecting is restarted by `deploy/krakenbook.service` every 5 s, up to 10 starts in 5
+    /// minutes; with a fresh, full bucket each start, a whole market at `--redundancy 2` (24
+    /// connections) opened 240 connects in 100 s (found by review). The bucket the last run left
+    /// is where the next starts: the loop opens the first burst and about one a restart more.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_loop_stays_under_krakens_connect_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = ConnectBudget::in_dir(dir.path());
+        let connections = 24;
+        let start = tokio::time::Instant::now();
+        let wall0 = crate::time::Timestamp::from_unix_nanos(1_800_000_000_000_000_000);
+        let wall = || {
+            let d = tokio::time::Instant::now() - start;
+            wall0.add_nanos(i64::try_from(d.as_nanos()).unwrap())
+        };
+        let mut connects = 0;
+        for _start in 0..10 {
+            let limiter = connect_limiter_at(connections, Some(&budget), wall());
+            let lived = tokio::time::Instant::now();
+            // The process connects what its limiter allows, fails 5 s later, restarts 5 s on.
+            for _ in 0..connections {
+                tokio::select! {
+                    _ = limiter.acquire() => {
+                        connects += 1;
+                        budget.save_at(limiter.tokens(), wall()).unwrap();
+                    }
+                    _ = tokio::time::sleep_until(lived + Duration::from_secs(5)) => break,
+                }
+            }
+            tokio::time::sleep_until(lived + Duration::from_secs(10)).await;
+        }
+        assert!(start.elapsed() <= Duration::from_secs(600));
+        assert!(
+            (24..=40).contains(&connects),
+            "{connects} connects in {:?}: the first burst and about one a restart",
+            start.elapsed()
+        );
+        // Ten minutes later the next start has its whole burst again.
+        let later = wall().add_nanos(600_000_000_000);
+        let limiter = connect_limiter_at(connections, Some(&budget), later);
+        assert_eq!(limiter.tokens(), 24.0);
+    }
+
+    /// The saved bucket refills one token per 10 s of wall time up to the burst; a wall clock
+    /// set back refills nothing; a missing or unreadable file is a full bucket.
+    #[test]
+    fn the_connect_budget_refills_by_the_wall_clock_and_a_bad_file_is_a_full_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = ConnectBudget::in_dir(dir.path());
+        let t = crate::time::Timestamp::from_unix_nanos(1_800_000_000_000_000_000);
+        let s = |secs: i64| t.add_nanos(secs * 1_000_000_000);
+        assert_eq!(budget.load_at(24.0, CONNECT_REFILL, t), None, "no file");
+        budget.save_at(3.5, t).unwrap();
+        assert_eq!(budget.load_at(24.0, CONNECT_REFILL, t), Some(3.5));
+        assert_eq!(budget.load_at(24.0, CONNECT_REFILL, s(25)), Some(6.0));
+        assert_eq!(budget.load_at(24.0, CONNECT_REFILL, s(3_600)), Some(24.0));
+        assert_eq!(
+            budget.load_at(24.0, CONNECT_REFILL, s(-3_600)),
+            Some(3.5),
+            "clock set back"
+        );
+        assert!(!dir.path().join("CONNECTS.tmp").exists());
+        for bad in ["", "x", "3.5", "3.5 x", "NaN 1", "inf 1", "\u{0}"] {
+            std::fs::write(dir.path().join(CONNECT_BUDGET_FILE), bad).unwrap();
+            assert_eq!(budget.load_at(24.0, CONNECT_REFILL, t), None, "{bad:?}");
+            let limiter = connect_limiter_at(24, Some(&budget), t);
+            assert_eq!(limiter.tokens(), 24.0, "{bad:?}: a full bucket");
         }
     }
 

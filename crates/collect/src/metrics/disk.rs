@@ -165,6 +165,8 @@ mod tests {
             ("EXPIRED", false),
             ("COLLECTOR", false),
             ("INSTANCE", false),
+            ("CONNECTS", false),
+            ("CONNECTS.tmp", false),
             (".kbj", false),
             ("notes.kbj", false),
             ("00000000000000000001.kbj.bak", false),
