@@ -286,7 +286,8 @@ impl FeedShared {
 /// at least 10 and at most [`MAX_CONNECT_BURST`], then one every 10 s: a reconnect storm of
 /// every connection is the burst and 60 more in the next 10 minutes, under Kraken's ~150. Kraken
 /// counts per address, not per process: `budget` carries the bucket across restarts (a
-/// collector restarted in a loop finds it as its last run left it, not full).
+/// collector restarted in a loop finds it as its last run left it, not full; ten at least, as
+/// every start had before).
 pub fn connect_limiter(connections: usize, budget: Option<&ConnectBudget>) -> RateLimiter {
     connect_limiter_at(connections, budget, crate::time::Timestamp::now())
 }
@@ -299,7 +300,8 @@ fn connect_limiter_at(
 ) -> RateLimiter {
     let burst = u32::try_from(connections.clamp(10, MAX_CONNECT_BURST)).unwrap_or(10);
     match budget.and_then(|b| b.load_at(f64::from(burst), CONNECT_REFILL, now)) {
-        Some(tokens) => RateLimiter::with_tokens(burst, CONNECT_REFILL, tokens),
+        // Never fewer than ten at start, as every start had before the bucket was kept.
+        Some(tokens) => RateLimiter::with_tokens(burst, CONNECT_REFILL, tokens.max(10.0)),
         None => RateLimiter::new(burst, CONNECT_REFILL),
     }
 }
@@ -473,7 +475,8 @@ mod tests {
     /// connecting is restarted by `deploy/krakenbook.service` every 5 s, up to 10 starts in 5
     /// minutes; with a fresh, full bucket each start, a whole market at `--redundancy 2` (24
     /// connections) opened 240 connects in 100 s (found by review). The bucket the last run left
-    /// is where the next starts: the loop opens the first burst and about one a restart more.
+    /// is where the next starts (ten at least, as before): the first burst, then about ten a
+    /// restart, under 150.
     #[tokio::test(start_paused = true)]
     async fn a_restart_loop_stays_under_krakens_connect_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -503,8 +506,8 @@ mod tests {
         }
         assert!(start.elapsed() <= Duration::from_secs(600));
         assert!(
-            (24..=40).contains(&connects),
-            "{connects} connects in {:?}: the first burst and about one a restart",
+            (24 + 9 * 10..150).contains(&connects),
+            "{connects} connects in {:?}: the first burst, then ten and the refill a restart",
             start.elapsed()
         );
         // Ten minutes later the next start has its whole burst again.
@@ -531,6 +534,9 @@ mod tests {
             Some(3.5),
             "clock set back"
         );
+        // A start from a drained bucket still has ten.
+        let drained = connect_limiter_at(24, Some(&budget), t).tokens();
+        assert!((10.0..10.1).contains(&drained), "{drained}");
         assert!(!dir.path().join("CONNECTS.tmp").exists());
         for bad in ["", "x", "3.5", "3.5 x", "NaN 1", "inf 1", "\u{0}"] {
             std::fs::write(dir.path().join(CONNECT_BUDGET_FILE), bad).unwrap();
