@@ -17,33 +17,7 @@ import asyncio
 import os
 import sys
 
-
-def markets(symbols: list[str]) -> list[dict]:
-    out = []
-    for symbol in symbols:
-        base, quote = symbol.split("/")
-        out.append(
-            {
-                "id": symbol.replace("/", ""),
-                "symbol": symbol,
-                "base": base,
-                "quote": quote,
-                "baseId": base,
-                "quoteId": quote,
-                "type": "spot",
-                "spot": True,
-                "margin": False,
-                "swap": False,
-                "future": False,
-                "option": False,
-                "contract": False,
-                "active": True,
-                "precision": {"price": 1e-8, "amount": 1e-8},
-                "limits": {},
-                "info": {"wsname": symbol, "altname": symbol.replace("/", "")},
-            }
-        )
-    return out
+from common import ccxt_market
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -64,7 +38,7 @@ async def run(args: argparse.Namespace) -> None:
     ex.urls["api"]["ws"]["publicV2"] = args.url
     ex.urls["api"]["ws"]["public"] = args.url
     ex.options["watchOrderBook"]["checksum"] = False
-    ex.set_markets(markets(symbols))
+    ex.set_markets([ccxt_market(s, 1e-8, 1e-8) for s in symbols])
 
     async def watch(symbol: str) -> None:
         while True:

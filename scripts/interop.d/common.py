@@ -21,6 +21,31 @@ from typing import Iterable
 Level = tuple[Decimal, Decimal]
 
 
+def ccxt_market(symbol: str, price_step: float, amount_step: float) -> dict:
+    """A spot market as ccxt's Kraken client wants it from `set_markets`: `symbol` ("BTC/USD"),
+    its price and quantity increments."""
+    base, quote = symbol.split("/")
+    return {
+        "id": symbol.replace("/", ""),
+        "symbol": symbol,
+        "base": base,
+        "quote": quote,
+        "baseId": base,
+        "quoteId": quote,
+        "type": "spot",
+        "spot": True,
+        "margin": False,
+        "swap": False,
+        "future": False,
+        "option": False,
+        "contract": False,
+        "active": True,
+        "precision": {"price": price_step, "amount": amount_step},
+        "limits": {},
+        "info": {"wsname": symbol, "altname": symbol.replace("/", "")},
+    }
+
+
 def kraken_checksum(asks: Iterable[Level], bids: Iterable[Level], price_prec: int, qty_prec: int) -> int:
     """Kraken's v2 book checksum: the top ten asks (best first) then the top ten bids, each
     price and quantity written at the pair's precision, the decimal point removed, leading zeros

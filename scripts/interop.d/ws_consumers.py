@@ -31,7 +31,7 @@ import time
 import traceback
 from decimal import Decimal
 
-from common import Result, at_precision, fetch_instruments, iso_to_micros, kraken_checksum, pick_samples, sample
+from common import Result, at_precision, ccxt_market, fetch_instruments, iso_to_micros, kraken_checksum, pick_samples, sample
 
 
 class Tracker:
@@ -374,28 +374,13 @@ async def run_ccxt(args, instruments: dict[str, dict]) -> list[Tracker]:
     markets = []
     for symbol in args.symbols:
         inst = instruments[symbol]
-        base, quote = symbol.split("/")
         pp, qp = precisions[symbol]
         markets.append(
-            {
-                "id": symbol.replace("/", ""),
-                "symbol": symbol,
-                "base": base,
-                "quote": quote,
-                "baseId": base,
-                "quoteId": quote,
-                "type": "spot",
-                "spot": True,
-                "margin": False,
-                "swap": False,
-                "future": False,
-                "option": False,
-                "contract": False,
-                "active": True,
-                "precision": {"price": float(inst.get("price_increment") or 10**-pp), "amount": float(inst.get("qty_increment") or 10**-qp)},
-                "limits": {},
-                "info": {"wsname": symbol, "altname": symbol.replace("/", "")},
-            }
+            ccxt_market(
+                symbol,
+                float(inst.get("price_increment") or 10**-pp),
+                float(inst.get("qty_increment") or 10**-qp),
+            )
         )
 
     from aiohttp import WSMsgType
