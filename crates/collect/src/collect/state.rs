@@ -133,8 +133,8 @@ impl StatePublisher {
         let mut client: Option<Client> = None;
         let mut frames_seen = 0u64;
         let mut last_frame_at: Option<Timestamp> = None;
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One wake-up a tick (tokio's interval woke the runtime two or three times for each).
+        let mut tick = crate::alarm::Every::new(self.every);
         loop {
             let running = tokio::select! {
                 _ = cancel.cancelled() => false,

@@ -123,8 +123,8 @@ pub async fn sample_every(
     cancel: CancellationToken,
 ) {
     let mut failing = false;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One wake-up a tick (tokio's interval woke the runtime two or three times for each).
+    let mut tick = crate::alarm::Every::new(every);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -206,36 +206,40 @@ mod tests {
         assert_eq!(disk.latest(), Some(good));
     }
 
-    #[tokio::test(start_paused = true)]
+    /// Real time: the sampler sleeps on a kernel timer ([`crate::alarm::Every`]), which a
+    /// paused test clock does not move.
+    #[tokio::test]
     async fn the_sampler_measures_at_once_and_stops_when_cancelled() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000000000000000001.kbj"), [1u8; 40]).unwrap();
         let metrics = Arc::new(Metrics::default());
         let cancel = CancellationToken::new();
+        let every = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
         let task = tokio::spawn(sample_every(
             dir.path().to_owned(),
             Arc::clone(&metrics),
-            Duration::from_secs(5),
+            every,
             cancel.clone(),
         ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while metrics.journal_disk.latest().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "no first sample");
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no first sample"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        assert!(started.elapsed() < every, "the first sample at once");
         assert_eq!(metrics.journal_disk.latest().unwrap().segment_bytes, 40);
         std::fs::write(dir.path().join("00000000000000000002.kbj"), [1u8; 60]).unwrap();
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        // spawn_blocking runs on real threads: give the second measurement time to land.
-        for _ in 0..200 {
-            if metrics.journal_disk.latest().unwrap().segment_bytes == 100 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            tokio::task::yield_now().await;
+        while metrics.journal_disk.latest().unwrap().segment_bytes != 100 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no second sample"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(metrics.journal_disk.latest().unwrap().segment_bytes, 100);
+        assert!(started.elapsed() >= every, "the second a period later");
         cancel.cancel();
         task.await.unwrap();
     }
