@@ -105,20 +105,12 @@ impl Alarm {
                 it_value: due,
             },
         )?;
-        let mut expired = [0u8; 8];
         loop {
             let mut ready = fd.readable().await?;
-            match rustix::io::read(fd.get_ref(), &mut expired) {
-                Ok(8) => return Ok(()),
-                Ok(n) => {
-                    return Err(io::Error::other(format!(
-                        "the alarm's timer gave {n} bytes instead of 8"
-                    )));
-                }
+            match read_expirations(fd.get_ref())? {
+                Some(_) => return Ok(()),
                 // Readiness left from an earlier expiry (read or reset since): wait for this one.
-                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+                None => ready.clear_ready(),
             }
         }
     }
@@ -158,6 +150,24 @@ impl Every {
             self.alarm.sleep_until(at).await;
         }
         self.next = Some(Instant::now() + self.every);
+    }
+}
+
+/// The expirations a `timerfd` holds, read without waiting: `None` when it holds none (not yet
+/// expired, or read already); a signal in the middle reads again. Shared with the feed's read
+/// tick ([`crate::feed::ticker`]).
+pub(crate) fn read_expirations(fd: &OwnedFd) -> io::Result<Option<u64>> {
+    let mut expired = [0u8; 8];
+    loop {
+        return match rustix::io::read(fd, &mut expired) {
+            Ok(8) => Ok(Some(u64::from_ne_bytes(expired))),
+            Ok(n) => Err(io::Error::other(format!(
+                "a kernel timer gave {n} bytes instead of 8"
+            ))),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => Err(e.into()),
+        };
     }
 }
 

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::next_tick;
-use crate::alarm::timespec;
+use crate::alarm::{read_expirations, timespec};
 
 /// A kernel timer expiring on the read grid, watched by the reactor of the runtime it was made
 /// on.
@@ -81,14 +81,13 @@ impl Ticker {
         fast_ticks: &AtomicU64,
         cancel: CancellationToken,
     ) -> io::Result<()> {
-        let mut expired = [0u8; 8];
         let mut fast = false;
         loop {
             let mut ready = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = pace.turned_busy.notified(), if !fast => {
                     // Expirations not yet read are counted before the re-arm drops them.
-                    let n = self.take_expired()?;
+                    let n = read_expirations(self.fd.get_ref())?.unwrap_or(0);
                     if n > 0 {
                         ticks.send_modify(|count| *count = count.wrapping_add(n));
                     }
@@ -97,44 +96,17 @@ impl Ticker {
                 }
                 ready = self.fd.readable() => ready?,
             };
-            match rustix::io::read(self.fd.get_ref(), &mut expired) {
-                Ok(8) => {
-                    let n = u64::from_ne_bytes(expired);
-                    ticks.send_modify(|count| *count = count.wrapping_add(n));
-                    if fast {
-                        fast_ticks.fetch_add(n, Ordering::Relaxed);
-                    }
-                    // Read out: not readable again before the next expiry (a later expiry
-                    // marks it ready anew, whatever this clears).
-                    ready.clear_ready();
-                    fast = self.follow(pace, fast)?;
+            // Read out, or readiness left from an expiry already read: not readable again
+            // before the next expiry (which marks it ready anew, whatever this clears).
+            let expired = read_expirations(self.fd.get_ref())?;
+            ready.clear_ready();
+            if let Some(n) = expired {
+                ticks.send_modify(|count| *count = count.wrapping_add(n));
+                if fast {
+                    fast_ticks.fetch_add(n, Ordering::Relaxed);
                 }
-                Ok(n) => {
-                    return Err(io::Error::other(format!(
-                        "the read tick's timer gave {n} bytes instead of 8"
-                    )));
-                }
-                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                // A signal came in the middle: the expirations are still there, read again.
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+                fast = self.follow(pace, fast)?;
             }
-        }
-    }
-
-    /// The expirations the timer holds, read without waiting (0 when none).
-    fn take_expired(&self) -> io::Result<u64> {
-        let mut expired = [0u8; 8];
-        loop {
-            return match rustix::io::read(self.fd.get_ref(), &mut expired) {
-                Ok(8) => Ok(u64::from_ne_bytes(expired)),
-                Ok(n) => Err(io::Error::other(format!(
-                    "the read tick's timer gave {n} bytes instead of 8"
-                ))),
-                Err(rustix::io::Errno::AGAIN) => Ok(0),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => Err(e.into()),
-            };
         }
     }
 
