@@ -39,7 +39,8 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::book_rows::{BookRow, BookRows, is_canonical, levels_dec64};
+use super::book_rows::{BookRow, BookRows, Hashed, is_canonical, levels_dec64};
+use super::canonical;
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
 use crate::journal::Damage;
@@ -205,6 +206,9 @@ pub struct RowEncoder {
     states: BytesMut,
     counts: RowCounts,
     conns: Vec<ConnLiveness>,
+    /// Every frame takes the general path (decode, write back, compare), never
+    /// [`canonical::read`]: for tests that compare the two.
+    general_only: bool,
 }
 
 impl std::fmt::Debug for RowEncoder {
@@ -234,6 +238,7 @@ impl RowEncoder {
             states: BytesMut::with_capacity(4096),
             counts: RowCounts::default(),
             conns: Vec::new(),
+            general_only: false,
         };
         e.reset();
         e
@@ -554,6 +559,29 @@ impl RowEncoder {
             }
             Err(hashed) => hashed,
         };
+        // A book frame in Kraken's exact layout: its row's columns in one pass, no decoding
+        // and no writing back to compare (what the general path below concludes for it).
+        if !self.general_only
+            && let Some(c) = canonical::read(&frame.bytes)
+            && c.levels.len() / 2 <= MAX_LEVELS_PER_MESSAGE / 2
+        {
+            let row = BookRow {
+                timestamp: c.timestamp,
+                received_at: ids.received_at,
+                seq: ids.seq,
+                conn_id: ids.conn_id,
+                checksum: c.checksum,
+                n_bids: c.n_bids as i16,
+                kind: c.kind,
+                checksum_ok: frame.checksum_ok,
+                symbol: c.symbol.to_owned(),
+                levels: Some(c.levels),
+                raw: None,
+                dups: Vec::new(),
+            };
+            self.push_book_row(row, &frame.bytes, hashed);
+            return Some(c.timestamp);
+        }
         let Ok(text) = std::str::from_utf8(&frame.bytes) else {
             // Not text at all: kept byte for byte.
             let row = MessageRow::malformed(ids, "unknown", Raw::Bytes(&frame.bytes));
@@ -569,16 +597,7 @@ impl RowEncoder {
             Ok(Frame::Book(book)) => {
                 let kraken_time = book.data.first().and_then(|d| d.timestamp);
                 match self.book_row(ids, frame, text, &book) {
-                    Some(row) => {
-                        let levels = row.levels.as_ref().map_or(0, |l| l.len() as u64 / 2);
-                        if self.book_rows.push_frame(row, &frame.bytes, hashed) {
-                            self.counts.copies += 1;
-                        } else {
-                            self.counts.messages += 1;
-                            self.counts.book += 1;
-                            self.counts.entries += levels;
-                        }
-                    }
+                    Some(row) => self.push_book_row(row, &frame.bytes, hashed),
                     None => self.push_book_whole(ids, frame, text, &book),
                 }
                 kraken_time
@@ -609,6 +628,18 @@ impl RowEncoder {
                 self.note_refusal(ids, None, refusal);
                 None
             }
+        }
+    }
+
+    /// Holds a book row for the batch (merged into an earlier row when it is a copy of it).
+    fn push_book_row(&mut self, row: BookRow, bytes: &[u8], hashed: Hashed) {
+        let levels = row.levels.as_ref().map_or(0, |l| l.len() as u64 / 2);
+        if self.book_rows.push_frame(row, bytes, hashed) {
+            self.counts.copies += 1;
+        } else {
+            self.counts.messages += 1;
+            self.counts.book += 1;
+            self.counts.entries += levels;
         }
     }
 
@@ -980,4 +1011,94 @@ fn put_level(b: &mut BytesMut, level: Option<&PriceLevel>) {
 
 fn put_decimal(b: &mut BytesMut, d: Decimal) {
     put_numeric_field(d, b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every frame of the real captures (and the captures' book frames changed so that they are
+    /// no longer in Kraken's exact layout), as records of two connections with some copies.
+    fn records() -> Vec<Record> {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/kraken-v2"
+        );
+        let mut frames = Vec::new();
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
+                // The frame is embedded as received, the line's last value.
+                if let Some(start) = line.find(r#""frame": "#) {
+                    frames.push(line[start + 9..line.len() - 1].to_owned());
+                }
+            }
+        }
+        let changed: Vec<String> = frames
+            .iter()
+            .filter(|f| f.starts_with(r#"{"channel":"book""#))
+            .step_by(7)
+            .map(|f| f.replacen(r#""bids":["#, r#""bids": ["#, 1))
+            .collect();
+        frames.extend(changed);
+        let mut out = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let copies = if i % 5 == 0 { 2 } else { 1 };
+            for conn in 0..copies {
+                out.push(Record {
+                    seq: out.len() as u64 + 1,
+                    received_at: Timestamp::from_unix_nanos(
+                        1_786_982_517_000_000_000 + i as i64 * 1000,
+                    ),
+                    conn_id: 1 + conn,
+                    conn_seq: i as u64 + 1,
+                    body: RecordBody::Frame(FrameRecord {
+                        bytes: frame.as_bytes().to_vec(),
+                        checksum_ok: Some(i % 11 != 0),
+                        best_bid: None,
+                        best_ask: None,
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    fn encode(records: &[Record], general_only: bool) -> (Streams, RowCounts) {
+        let mut e = RowEncoder::new("c");
+        e.general_only = general_only;
+        e.set_collector_id(3);
+        let mut book = Vec::new();
+        for r in records {
+            e.push(r).unwrap();
+            if let Some(chunk) = e.take_book(1 << 16) {
+                book.extend_from_slice(&chunk);
+            }
+        }
+        let mut streams = e.finish();
+        book.extend_from_slice(&streams.book);
+        streams.book = Bytes::from(book);
+        (streams, e.counts())
+    }
+
+    /// The one-pass reading of Kraken's layout writes exactly the rows the general path writes,
+    /// copies merged alike, over every frame of the real captures.
+    #[test]
+    fn the_layout_read_in_one_pass_encodes_the_rows_the_general_path_does() {
+        let records = records();
+        let (fast, fast_counts) = encode(&records, false);
+        let (general, general_counts) = encode(&records, true);
+        assert_eq!(fast_counts, general_counts);
+        assert!(fast_counts.book > 4000, "{fast_counts:?}");
+        assert!(fast_counts.copies > 500, "{fast_counts:?}");
+        assert_eq!(fast.book, general.book);
+        assert_eq!(fast.messages, general.messages);
+        assert_eq!(fast.events, general.events);
+        assert_eq!(fast.states, general.states);
+    }
 }
