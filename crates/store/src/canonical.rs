@@ -60,11 +60,10 @@ pub fn read(frame: &[u8]) -> Option<Canonical<'_>> {
     c.lit(br#","asks":["#)?;
     c.levels(&mut levels)?;
     c.lit(br#","checksum":"#)?;
-    let checksum = c.number()?;
-    if checksum.contains('.') {
-        return None;
-    }
-    let checksum = checksum.parse::<u32>().ok()?;
+    let checksum = match c.number()? {
+        (value, 0) => u32::try_from(value).ok()?,
+        _ => return None,
+    };
     c.lit(br#","timestamp":""#)?;
     let timestamp = micros(c.string()?)?;
     c.lit(b"}]}")?;
@@ -133,33 +132,42 @@ impl<'a> Cursor<'a> {
     }
 
     /// A plain number: digits, no leading zero (but `0` itself), and at most one `.` with
-    /// digits on both sides.
-    fn number(&mut self) -> Option<&'a str> {
+    /// digits on both sides; its digits as one integer (`None` past `u64`) and how many follow
+    /// the point.
+    fn number(&mut self) -> Option<(u64, usize)> {
         let start = self.at;
-        let digits = |c: &mut Self| {
+        let mut mantissa = 0u64;
+        let mut digits = |c: &mut Self| -> Option<usize> {
             let s = c.at;
-            while c.b.get(c.at).is_some_and(u8::is_ascii_digit) {
+            while let Some(&b) = c.b.get(c.at).filter(|b| b.is_ascii_digit()) {
+                mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
                 c.at += 1;
             }
-            c.at - s
+            Some(c.at - s)
         };
-        let whole = digits(self);
+        let whole = digits(self)?;
         if whole == 0 || (whole > 1 && self.b[start] == b'0') {
             return None;
         }
+        let mut scale = 0;
         if self.b.get(self.at) == Some(&b'.') {
             self.at += 1;
-            if digits(self) == 0 {
+            scale = digits(self)?;
+            if scale == 0 {
                 return None;
             }
         }
-        // ASCII digits and a point.
-        std::str::from_utf8(&self.b[start..self.at]).ok()
+        Some((mantissa, scale))
     }
 
-    /// A number as dec64 (`None` when it is not plain or does not fit).
+    /// A number as dec64: the digits and the scale as written, as [`Decimal::parse`] takes
+    /// them (`None` when it is not plain or does not fit).
     fn dec64(&mut self) -> Option<i64> {
-        dec64(Decimal::parse(self.number()?).ok()?)
+        let (mantissa, scale) = self.number()?;
+        dec64(Decimal::new(
+            u128::from(mantissa),
+            u8::try_from(scale).ok()?,
+        )?)
     }
 
     /// `{"price":P,"qty":Q},...]` (after the `[`), each level's pair appended to `out`.
