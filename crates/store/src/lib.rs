@@ -48,7 +48,7 @@ use krakenbook_journal as journal;
 mod batch;
 mod bisect;
 pub mod book_rows;
-mod canonical;
+pub mod canonical;
 mod connect;
 mod error;
 pub mod health;
