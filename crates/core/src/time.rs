@@ -70,17 +70,21 @@ impl Timestamp {
         Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
     }
 
-    /// Microseconds since 2000-01-01, PostgreSQL's binary `timestamptz` value.
+    /// Microseconds since 2000-01-01, PostgreSQL's binary `timestamptz` value (exact for every
+    /// instant: the epochs are a whole number of microseconds apart, so the shift is made in
+    /// microseconds, where it cannot overflow; in nanoseconds it did before 1707-09-22).
     pub const fn pg_micros(self) -> i64 {
-        (self.0 - PG_EPOCH_OFFSET_NS).div_euclid(1000)
+        self.0.div_euclid(1000) - PG_EPOCH_OFFSET_NS / 1000
     }
 
-    /// The instant of a PostgreSQL binary `timestamptz` value.
+    /// The instant of a PostgreSQL binary `timestamptz` value (saturating beyond the years
+    /// 1677 to 2262; every value [`Timestamp::pg_micros`] gives comes back exactly, to the
+    /// microsecond).
     pub const fn from_pg_micros(micros: i64) -> Self {
         Timestamp(
             micros
-                .saturating_mul(1000)
-                .saturating_add(PG_EPOCH_OFFSET_NS),
+                .saturating_add(PG_EPOCH_OFFSET_NS / 1000)
+                .saturating_mul(1000),
         )
     }
 
@@ -300,6 +304,36 @@ impl serde::Serialize for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PostgreSQL's microseconds are exact over every instant a `Timestamp` holds, both ways (a
+    /// Kraken timestamp before 1707-09-22 overflowed the shift in nanoseconds: a panic in a
+    /// debug build, a timestamp wrapped to the 2290s in a release one).
+    #[test]
+    fn postgres_microseconds_are_exact_at_every_instant() {
+        for text in [
+            "1677-09-21T00:12:44.000000Z",
+            "1700-01-01T00:00:00.000000Z",
+            "1707-09-22T00:12:43.145224Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2000-01-01T00:00:00.000000Z",
+            "2026-08-17T16:01:57.687440Z",
+            "2262-04-11T23:47:16.854775Z",
+        ] {
+            let t = Timestamp::parse(text).unwrap();
+            let exact = (i128::from(t.0) - i128::from(PG_EPOCH_OFFSET_NS)).div_euclid(1000);
+            assert_eq!(i128::from(t.pg_micros()), exact, "{text}");
+            assert_eq!(Timestamp::from_pg_micros(t.pg_micros()), t, "{text}");
+        }
+        for ns in [i64::MIN, i64::MIN + 999, -1, 0, 999, i64::MAX] {
+            let t = Timestamp(ns);
+            let exact = (i128::from(ns) - i128::from(PG_EPOCH_OFFSET_NS)).div_euclid(1000);
+            assert_eq!(i128::from(t.pg_micros()), exact, "{ns}");
+            // Back to the microsecond (truncated toward the past), or saturated at the ends.
+            let back = Timestamp::from_pg_micros(t.pg_micros()).0;
+            let truncated = ns.div_euclid(1000).checked_mul(1000).unwrap_or(i64::MIN);
+            assert_eq!(back, truncated, "{ns}");
+        }
+    }
 
     #[test]
     fn parses_and_formats_kraken_timestamps() {

@@ -2,10 +2,12 @@
 //! states (schema version 6).
 //!
 //! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the four tables, decoding
-//! each frame once with [`kraken::decode`]. A book message becomes one `krakenbook_book` row
-//! ([`super::book_rows`]: levels as dec64, the frame only when the views would not rebuild it,
-//! copies on other connections merged into their first copy's row); the book stream is taken
-//! while the batch is encoded ([`RowEncoder::take_book`]), the rest at [`RowEncoder::finish`].
+//! each frame once with [`kraken::decode`], except a book frame in Kraken's exact layout, whose
+//! row [`super::canonical::read`] takes in one pass (the same columns). A book message becomes
+//! one `krakenbook_book` row ([`super::book_rows`]: levels as dec64, the frame only when the
+//! views would not rebuild it, copies on other connections merged into their first copy's row);
+//! the book stream is taken while the batch is encoded ([`RowEncoder::take_book`]), the rest at
+//! [`RowEncoder::finish`].
 //!
 //! What must always hold:
 //! - every frame record except a heartbeat is stored exactly once: a book message of one data
@@ -1046,6 +1048,14 @@ mod tests {
             .map(|f| f.replacen(r#""bids":["#, r#""bids": ["#, 1))
             .collect();
         frames.extend(changed);
+        // The most levels a book row holds, and one more (stored whole in `krakenbook_other`).
+        for n in [MAX_LEVELS_PER_MESSAGE / 2, MAX_LEVELS_PER_MESSAGE / 2 + 1] {
+            let level = r#"{"price":1.5,"qty":2}"#;
+            frames.push(format!(
+                r#"{{"channel":"book","type":"snapshot","data":[{{"symbol":"X/Y","bids":[{}],"asks":[],"checksum":7,"timestamp":"2026-08-17T16:01:57.687440Z"}}]}}"#,
+                vec![level; n].join(",")
+            ));
+        }
         let mut out = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
             let copies = if i % 5 == 0 { 2 } else { 1 };
@@ -1069,36 +1079,53 @@ mod tests {
         out
     }
 
-    fn encode(records: &[Record], general_only: bool) -> (Streams, RowCounts) {
+    /// What one batch wrote: its four streams (the book stream whole), its counts and its
+    /// connections' liveness.
+    type Batch = (Streams, RowCounts, Vec<ConnLiveness>);
+
+    /// `records` encoded in two batches: the second keeps frames' bytes for byte-identical
+    /// copies, as a batch after one that merged a copy does.
+    fn encode(records: &[Record], general_only: bool) -> Vec<Batch> {
         let mut e = RowEncoder::new("c");
         e.general_only = general_only;
         e.set_collector_id(3);
-        let mut book = Vec::new();
-        for r in records {
-            e.push(r).unwrap();
-            if let Some(chunk) = e.take_book(1 << 16) {
-                book.extend_from_slice(&chunk);
+        let mut batches = Vec::new();
+        for part in records.chunks(records.len().div_ceil(2)) {
+            e.reset();
+            let mut book = Vec::new();
+            for r in part {
+                e.push(r).unwrap();
+                if let Some(chunk) = e.take_book(1 << 16) {
+                    book.extend_from_slice(&chunk);
+                }
             }
+            let mut streams = e.finish();
+            book.extend_from_slice(&streams.book);
+            streams.book = Bytes::from(book);
+            batches.push((streams, e.counts(), e.connections().to_vec()));
         }
-        let mut streams = e.finish();
-        book.extend_from_slice(&streams.book);
-        streams.book = Bytes::from(book);
-        (streams, e.counts())
+        batches
     }
 
     /// The one-pass reading of Kraken's layout writes exactly the rows the general path writes,
-    /// copies merged alike, over every frame of the real captures.
+    /// copies merged alike (by their bytes in the second batch), the same liveness, over every
+    /// frame of the real captures and a frame at and over the level limit.
     #[test]
     fn the_layout_read_in_one_pass_encodes_the_rows_the_general_path_does() {
         let records = records();
-        let (fast, fast_counts) = encode(&records, false);
-        let (general, general_counts) = encode(&records, true);
-        assert_eq!(fast_counts, general_counts);
-        assert!(fast_counts.book > 4000, "{fast_counts:?}");
-        assert!(fast_counts.copies > 500, "{fast_counts:?}");
-        assert_eq!(fast.book, general.book);
-        assert_eq!(fast.messages, general.messages);
-        assert_eq!(fast.events, general.events);
-        assert_eq!(fast.states, general.states);
+        let fast = encode(&records, false);
+        let general = encode(&records, true);
+        for (i, (f, g)) in fast.iter().zip(&general).enumerate() {
+            assert_eq!(f.1, g.1, "batch {i}");
+            assert!(f.1.book > 2000, "batch {i}: {:?}", f.1);
+            assert!(f.1.copies > 250, "batch {i}: {:?}", f.1);
+            assert_eq!(f.0.book, g.0.book, "batch {i}");
+            assert_eq!(f.0.messages, g.0.messages, "batch {i}");
+            assert_eq!(f.0.events, g.0.events, "batch {i}");
+            assert_eq!(f.0.states, g.0.states, "batch {i}");
+            assert_eq!(f.2, g.2, "batch {i}");
+        }
+        // The frame over the limit is stored whole, with a `stored_raw` event.
+        assert!(fast[1].1.stored_raw >= 1, "{:?}", fast[1].1);
     }
 }
