@@ -237,28 +237,15 @@ mod tests {
 
     #[test]
     fn reads_every_book_frame_of_the_real_captures_as_the_general_path_does() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/kraken-v2"
-        );
         let (mut read_here, mut general_rows) = (0, 0);
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "ndjson") {
-                continue;
-            }
-            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
-                let Some(start) = line.find(r#""frame": "#) else {
-                    continue;
-                };
-                let frame = &line[start + 9..line.len() - 1];
-                if general(frame).is_some() {
-                    general_rows += 1;
-                    assert!(agree(frame).is_some(), "declined a Kraken frame: {frame}");
-                    read_here += 1;
-                } else {
-                    assert!(agree(frame).is_none(), "{frame}");
-                }
+        for record in krakenbook_testkit::captured_records() {
+            let frame = record.frame_text().unwrap();
+            if general(frame).is_some() {
+                general_rows += 1;
+                assert!(agree(frame).is_some(), "declined a Kraken frame: {frame}");
+                read_here += 1;
+            } else {
+                assert!(agree(frame).is_none(), "{frame}");
             }
         }
         assert!(read_here > 4900, "{read_here} of {general_rows}");
@@ -319,16 +306,9 @@ mod tests {
 
     fn arb_number() -> impl Strategy<Value = String> {
         prop_oneof![
-            (0u64..100_000_000_000, 0usize..12).prop_map(|(m, s)| {
-                let d = m.to_string();
-                if s == 0 {
-                    d
-                } else if d.len() > s {
-                    format!("{}.{}", &d[..d.len() - s], &d[d.len() - s..])
-                } else {
-                    format!("0.{}{}", "0".repeat(s - d.len()), d)
-                }
-            }),
+            // Written as Kraken writes them: `scale` digits after the point.
+            (0u128..100_000_000_000, 0u8..12)
+                .prop_map(|(m, s)| Decimal::new(m, s).unwrap().to_string()),
             Just("0".to_owned()),
             Just("0.0".to_owned()),
             Just("1.50".to_owned()),

@@ -1019,61 +1019,55 @@ fn put_decimal(b: &mut BytesMut, d: Decimal) {
 mod tests {
     use super::*;
 
-    /// Every frame of the real captures (and the captures' book frames changed so that they are
-    /// no longer in Kraken's exact layout), as records of two connections with some copies.
+    /// Every frame of the real captures (and a seventh of their book frames respaced, so that
+    /// they are no longer in Kraken's exact layout, and two frames at and over the level limit),
+    /// a fifth of them received again on a second connection.
     fn records() -> Vec<Record> {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/kraken-v2"
-        );
-        let mut frames = Vec::new();
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
-                // The frame is embedded as received, the line's last value.
-                if let Some(start) = line.find(r#""frame": "#) {
-                    frames.push(line[start + 9..line.len() - 1].to_owned());
-                }
-            }
-        }
-        let changed: Vec<String> = frames
+        let captured = krakenbook_testkit::captured_records();
+        let respaced: Vec<Record> = captured
             .iter()
-            .filter(|f| f.starts_with(r#"{"channel":"book""#))
+            .filter(|r| {
+                r.frame_text()
+                    .is_some_and(|f| f.starts_with(r#"{"channel":"book""#))
+            })
             .step_by(7)
-            .map(|f| f.replacen(r#""bids":["#, r#""bids": ["#, 1))
+            .map(|r| {
+                let mut r = r.clone();
+                if let RecordBody::Frame(f) = &mut r.body {
+                    let text = String::from_utf8(f.bytes.clone()).unwrap();
+                    f.bytes = text.replacen(r#""bids":["#, r#""bids": ["#, 1).into_bytes();
+                }
+                r
+            })
             .collect();
-        frames.extend(changed);
-        // The most levels a book row holds, and one more (stored whole in `krakenbook_other`).
-        for n in [MAX_LEVELS_PER_MESSAGE / 2, MAX_LEVELS_PER_MESSAGE / 2 + 1] {
+        let limit = [MAX_LEVELS_PER_MESSAGE / 2, MAX_LEVELS_PER_MESSAGE / 2 + 1].map(|n| {
             let level = r#"{"price":1.5,"qty":2}"#;
-            frames.push(format!(
+            let text = format!(
                 r#"{{"channel":"book","type":"snapshot","data":[{{"symbol":"X/Y","bids":[{}],"asks":[],"checksum":7,"timestamp":"2026-08-17T16:01:57.687440Z"}}]}}"#,
                 vec![level; n].join(",")
-            ));
-        }
-        let mut out = Vec::new();
-        for (i, frame) in frames.iter().enumerate() {
+            );
+            let mut r = captured[0].clone();
+            r.body = RecordBody::Frame(FrameRecord {
+                bytes: text.into_bytes(),
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            });
+            r
+        });
+        let mut out: Vec<Record> = Vec::new();
+        for (i, r) in captured
+            .into_iter()
+            .chain(respaced)
+            .chain(limit)
+            .enumerate()
+        {
             let copies = if i % 5 == 0 { 2 } else { 1 };
             for conn in 0..copies {
-                out.push(Record {
-                    seq: out.len() as u64 + 1,
-                    received_at: Timestamp::from_unix_nanos(
-                        1_786_982_517_000_000_000 + i as i64 * 1000,
-                    ),
-                    conn_id: 1 + conn,
-                    conn_seq: i as u64 + 1,
-                    body: RecordBody::Frame(FrameRecord {
-                        bytes: frame.as_bytes().to_vec(),
-                        checksum_ok: Some(i % 11 != 0),
-                        best_bid: None,
-                        best_ask: None,
-                    }),
-                });
+                let mut r = r.clone();
+                r.seq = out.len() as u64 + 1;
+                r.conn_id = 1 + conn;
+                out.push(r);
             }
         }
         out

@@ -38,6 +38,27 @@ pub enum CaptureError {
     },
 }
 
+/// Every capture of `tests/fixtures/kraken-v2/`, in file-name order, as one collector's records:
+/// each file a connection of its own (ids from 1), seqs counting up from 1. Panics when a
+/// capture cannot be read (for tests).
+pub fn captured_records() -> Vec<Record> {
+    let dir = crate::fixtures().join("kraken-v2");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("a capture directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    paths.sort();
+    let mut next_seq = 1;
+    let mut records = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        records.extend(
+            read_capture(path, &mut next_seq, i as u64 + 1).unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    records
+}
+
 /// Reads a capture into records: seqs from `*next_seq` (advanced past the last), connection id
 /// `conn_id`, connection seqs from 1.
 pub fn read_capture(

@@ -20,7 +20,7 @@ pub mod cluster;
 #[allow(missing_docs, missing_debug_implementations)]
 pub mod sim_client;
 
-pub use capture::read_capture;
+pub use capture::{captured_records, read_capture};
 pub use cluster::{ClusterError, ClusterOptions, TempCluster};
 
 /// The repository's `tests/fixtures` directory (real Kraken captures and other inputs).
