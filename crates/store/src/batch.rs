@@ -190,10 +190,8 @@ impl Batcher {
     /// Whether the waiting items must be flushed now, `now` being the current time
     /// ([`Batcher::due_at`] has come).
     pub fn is_due(&self, now: Timestamp) -> bool {
-        self.deadline().is_some_and(|d| d <= now)
-            || self.opened.is_some_and(|opened| {
-                !self.records.is_empty() && opened + self.delay <= tokio::time::Instant::now()
-            })
+        self.due_at(now)
+            .is_some_and(|at| at <= tokio::time::Instant::now())
     }
 
     /// Completes at the deadline, `now` being the current time (at once if it has passed; never

@@ -180,11 +180,6 @@ impl RateLimiter {
         (b.tokens + elapsed * self.per_second).min(self.burst)
     }
 
-    /// The most tokens the bucket holds.
-    pub fn burst(&self) -> f64 {
-        self.burst
-    }
-
     /// Takes a token if one is available now; otherwise says how long until one is.
     pub fn try_acquire(&self) -> Result<(), Duration> {
         let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());

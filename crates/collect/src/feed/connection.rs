@@ -398,26 +398,16 @@ impl Connection {
                         tcp.rearm();
                     }
                     meter.tick();
-                    match drain(socket, &mut session, 0) {
-                        Ok(read) => {
-                            more = read.bounded;
-                            shared.pace.observe(&mut meter, read.bytes, read.bounded, Instant::now());
-                        }
+                    match read_on_tick(&shared, socket, &mut session, &mut meter, &mut reads, &mut chores_at) {
+                        Ok(bounded) => more = bounded,
                         Err(why) => break why,
                     }
-                    reads.follow(&shared);
-                    timers_on_read(&shared, &mut session, &mut chores_at);
                 }
                 _ = std::future::ready(()), if polled && more => {
-                    match drain(socket, &mut session, 0) {
-                        Ok(read) => {
-                            more = read.bounded;
-                            shared.pace.observe(&mut meter, read.bytes, read.bounded, Instant::now());
-                        }
+                    match read_on_tick(&shared, socket, &mut session, &mut meter, &mut reads, &mut chores_at) {
+                        Ok(bounded) => more = bounded,
                         Err(why) => break why,
                     }
-                    reads.follow(&shared);
-                    timers_on_read(&shared, &mut session, &mut chores_at);
                 }
             }
         };
@@ -518,6 +508,26 @@ fn interval_on_grid(epoch: Instant, every: Duration) -> tokio::time::Interval {
     let mut reads = tokio::time::interval_at(next_tick(epoch, every, Instant::now()), every);
     reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     reads
+}
+
+/// A read on the tick (or right after one that stopped at its bound): every frame the socket
+/// holds ([`drain`]), told to the feed's read pace (and the connection's own interval follows
+/// it), then the chores or the session's timers. `Ok(true)`: the read stopped at its bound.
+fn read_on_tick(
+    shared: &FeedShared,
+    socket: &mut Socket,
+    session: &mut Session,
+    meter: &mut super::ticker::ReadMeter,
+    reads: &mut ReadClock,
+    chores_at: &mut Instant,
+) -> Result<bool, Lost> {
+    let read = drain(socket, session, 0)?;
+    shared
+        .pace
+        .observe(meter, read.bytes, read.bounded, Instant::now());
+    reads.follow(shared);
+    timers_on_read(shared, session, chores_at);
+    Ok(read.bounded)
 }
 
 /// Read on a tick: the chores when their second has come, else the session's timers when due.

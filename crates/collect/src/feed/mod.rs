@@ -332,14 +332,9 @@ impl ConnectBudget {
         }
     }
 
-    /// The tokens the saved bucket holds now (refilled one per `refill` since it was saved, at
-    /// most `burst`); `None` when nothing readable was saved. A wall clock now before the saved
-    /// time refills nothing.
-    pub fn load(&self, burst: f64, refill: Duration) -> Option<f64> {
-        self.load_at(burst, refill, crate::time::Timestamp::now())
-    }
-
-    /// [`ConnectBudget::load`] with the wall clock at `now`.
+    /// The tokens the saved bucket holds at `now` (refilled one per `refill` since it was saved,
+    /// at most `burst`); `None` when nothing readable was saved. A wall clock now before the
+    /// saved time refills nothing.
     fn load_at(&self, burst: f64, refill: Duration, now: crate::time::Timestamp) -> Option<f64> {
         let text = std::fs::read_to_string(&self.path).ok()?;
         let (tokens, at) = text.trim().split_once(' ')?;
