@@ -276,6 +276,12 @@ impl<'a> RecordView<'a> {
 
     /// The record, decoded in full (copies the frame's bytes).
     pub fn to_record(&self) -> Option<Record> {
+        self.to_record_in(Vec::new())
+    }
+
+    /// [`RecordView::to_record`], a frame's bytes copied into `buf` (emptied first; its
+    /// allocation reused when large enough). Not a frame: `buf` is dropped.
+    pub fn to_record_in(&self, buf: Vec<u8>) -> Option<Record> {
         let body = match *self.body.first()? {
             KIND_FRAME => {
                 let (checksum_ok, tops, frame_at) = frame_header(self.body)?;
@@ -294,8 +300,11 @@ impl<'a> RecordView<'a> {
                 if at != frame_at {
                     return None;
                 }
+                let mut bytes = buf;
+                bytes.clear();
+                bytes.extend_from_slice(rest.get(frame_at..)?);
                 RecordBody::Frame(FrameRecord {
-                    bytes: rest.get(frame_at..)?.to_vec(),
+                    bytes,
                     checksum_ok,
                     best_bid,
                     best_ask,

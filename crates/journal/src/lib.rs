@@ -145,7 +145,9 @@ use std::path::{Path, PathBuf};
 pub use format::{
     FrameView, HeaderParse, MAX_BODY, RecordView, SegmentHeader, encoded_len, max_records,
 };
-pub use reader::{Item, JournalReader, ReadItem, ReadMode};
+pub use reader::{
+    Item, JournalReader, RECYCLED_MAX_BUFFERS, RECYCLED_MAX_CAPACITY, ReadItem, ReadMode,
+};
 pub use recovery::Recovery;
 pub use segment::{SegmentFile, list_segments};
 pub use thread::{

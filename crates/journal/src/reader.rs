@@ -82,7 +82,16 @@ pub struct JournalReader {
     last_received: Option<Timestamp>,
     listed: Vec<SegmentFile>,
     listed_at: Option<Instant>,
+    /// Frame buffers handed back ([`JournalReader::recycle`]) for `next_owned` to fill again.
+    spare: Vec<Vec<u8>>,
 }
+
+/// The largest frame buffer [`JournalReader::recycle`] keeps (a larger one is freed: a
+/// snapshot's buffer would hold its size in every update it carried after).
+pub const RECYCLED_MAX_CAPACITY: usize = 4 << 10;
+/// How many frame buffers [`JournalReader::recycle`] keeps at most (at most 4 MiB with
+/// [`RECYCLED_MAX_CAPACITY`]).
+pub const RECYCLED_MAX_BUFFERS: usize = 1024;
 
 impl std::fmt::Debug for JournalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,7 +205,28 @@ impl JournalReader {
             last_received: None,
             listed: Vec::new(),
             listed_at: None,
+            spare: Vec::new(),
         })
+    }
+
+    /// How many frame buffers [`JournalReader::recycle`] holds.
+    pub fn spare_buffers(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Hands frame buffers back (the bytes of records [`next_owned`](Self::next_owned) returned
+    /// and their user is done with): later records are copied into them instead of new
+    /// allocations. Keeps at most [`RECYCLED_MAX_BUFFERS`], none above
+    /// [`RECYCLED_MAX_CAPACITY`] bytes or empty; the rest are freed.
+    pub fn recycle(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>) {
+        for buf in buffers {
+            if self.spare.len() >= RECYCLED_MAX_BUFFERS {
+                break;
+            }
+            if (1..=RECYCLED_MAX_CAPACITY).contains(&buf.capacity()) {
+                self.spare.push(buf);
+            }
+        }
     }
 
     /// The `seq` of the last record returned, or the last seq of the last damage returned (or
@@ -220,16 +250,23 @@ impl JournalReader {
 
     /// The next record or damage, owned.
     pub fn next_owned(&mut self) -> Result<Option<Item>, JournalError> {
-        match self.next_item()? {
-            None => Ok(None),
-            Some(ReadItem::Damage(d)) => Ok(Some(Item::Damage(d))),
-            Some(ReadItem::Record(view)) => match view.to_record() {
-                Some(record) => Ok(Some(Item::Record(record))),
-                None => Err(JournalError::Thread(
-                    "a validated journal record failed to decode".into(),
-                )),
-            },
+        let buf = self.spare.pop().unwrap_or_default();
+        let item = match self.next_item()? {
+            None => None,
+            Some(ReadItem::Damage(d)) => Some(Item::Damage(d)),
+            Some(ReadItem::Record(view)) => {
+                return match view.to_record_in(buf) {
+                    Some(record) => Ok(Some(Item::Record(record))),
+                    None => Err(JournalError::Thread(
+                        "a validated journal record failed to decode".into(),
+                    )),
+                };
+            }
+        };
+        if buf.capacity() > 0 {
+            self.spare.push(buf);
         }
+        Ok(item)
     }
 
     /// The next record, or `None` when every record written so far has been read. Strict: seqs

@@ -514,3 +514,68 @@ fn a_run_that_journals_nothing_loses_nothing_of_the_next_run() {
     drop(w);
     assert_eq!(read_all(dir.path(), 0).len(), 25);
 }
+
+#[test]
+fn records_read_into_recycled_buffers_are_the_records_read_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = JournalWriter::open(config(dir.path())).unwrap();
+    for i in 0..300 {
+        w.append(frame(i)).unwrap();
+        if i % 37 == 0 {
+            // Events and other kinds in between: their records own no frame buffer.
+            w.append(Entry {
+                received_at: Timestamp::from_unix_nanos(5_000 + i as i64),
+                conn_id: 1,
+                conn_seq: 0,
+                body: RecordBody::Event(FeedEvent {
+                    kind: EventKind::Connected,
+                    symbol: None,
+                    gap_start: None,
+                    detail: "up".into(),
+                }),
+            })
+            .unwrap();
+        }
+    }
+    w.close().unwrap();
+    let fresh = read_items(dir.path(), 0);
+    assert!(fresh.len() > 300);
+
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    let mut got: Vec<Item> = Vec::new();
+    loop {
+        // Buffers as a batch hands them back: old frames' bytes longer and shorter than the
+        // next, none at all, and one too large to keep (freed).
+        reader.recycle([
+            vec![0xAA; 3],
+            vec![b'}'; 700],
+            Vec::new(),
+            Vec::with_capacity(RECYCLED_MAX_CAPACITY + 1),
+        ]);
+        let recycled: Vec<Vec<u8>> = got
+            .iter()
+            .rev()
+            .take(2)
+            .filter_map(|item| match item {
+                Item::Record(crate::record::Record {
+                    body: RecordBody::Frame(f),
+                    ..
+                }) => Some(f.bytes.clone()),
+                _ => None,
+            })
+            .collect();
+        reader.recycle(recycled);
+        match reader.next_owned().unwrap() {
+            Some(item) => got.push(item),
+            None => break,
+        }
+    }
+    assert_eq!(got, fresh);
+    assert!(reader.spare_buffers() <= RECYCLED_MAX_BUFFERS);
+    // The pool keeps no more than its bound, and nothing empty or too large.
+    reader.recycle((0..5_000).map(|i| vec![0u8; i % 100]));
+    assert_eq!(reader.spare_buffers(), RECYCLED_MAX_BUFFERS);
+    let mut big = JournalReader::open(dir.path(), 0).unwrap();
+    big.recycle([Vec::new(), Vec::with_capacity(RECYCLED_MAX_CAPACITY + 1)]);
+    assert_eq!(big.spare_buffers(), 0);
+}

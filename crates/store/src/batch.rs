@@ -28,6 +28,7 @@ use std::time::Duration;
 use super::StoreError;
 use super::writer::{BatchReport, Writer};
 use crate::journal::{Item, Syncer, encoded_len};
+use crate::record::{Record, RecordBody};
 use crate::time::Timestamp;
 
 /// When a batch is flushed.
@@ -105,6 +106,9 @@ pub struct Batcher {
     /// `delay` after it at the latest, whatever the receive times say (a wall clock set back an
     /// hour after a record was stamped would otherwise hold its batch an hour).
     opened: Option<tokio::time::Instant>,
+    /// Frame buffers of the records cleared, kept for the caller to hand back to its journal
+    /// reader ([`Batcher::recycle_frames`]); `None`: freed with their records.
+    spent: Option<Vec<Vec<u8>>>,
 }
 
 impl Batcher {
@@ -121,7 +125,22 @@ impl Batcher {
             bytes: 0,
             delay: config.max_delay,
             opened: None,
+            spent: None,
         }
+    }
+
+    /// From now on, [`Batcher::clear`] keeps the frame buffers of the records it forgets (at
+    /// most `max_records` of them) for [`Batcher::spent_frames`] to hand out, instead of freeing
+    /// them: a journal reader fills them again ([`crate::journal::JournalReader::recycle`]),
+    /// where each record read back would otherwise cost an allocation and each batch's end as
+    /// many frees.
+    pub fn recycle_frames(&mut self) {
+        self.spent.get_or_insert_with(Vec::new);
+    }
+
+    /// The frame buffers kept since the last call (see [`Batcher::recycle_frames`]).
+    pub fn spent_frames(&mut self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.spent.iter_mut().flat_map(|spent| spent.drain(..))
     }
 
     /// Adds an item; `true` when the batch is now full and should be flushed.
@@ -230,7 +249,25 @@ impl Batcher {
         if !self.records.is_empty() {
             self.delay = self.next_delay();
         }
-        self.records.clear();
+        match &mut self.spent {
+            Some(spent) => {
+                let room = self.config.max_records.saturating_sub(spent.len());
+                spent.extend(
+                    self.records
+                        .drain(..)
+                        .filter_map(|item| match item {
+                            Item::Record(Record {
+                                body: RecordBody::Frame(frame),
+                                ..
+                            }) => Some(frame.bytes),
+                            _ => None,
+                        })
+                        .take(room),
+                );
+                self.records.clear();
+            }
+            None => self.records.clear(),
+        }
         self.bytes = 0;
         self.opened = None;
     }
@@ -275,6 +312,55 @@ mod tests {
                 detail: String::new(),
             }),
         })
+    }
+
+    fn frame(seq: u64, bytes: &[u8]) -> Item {
+        Item::Record(Record {
+            seq,
+            received_at: Timestamp::from_unix_nanos(0),
+            conn_id: 1,
+            conn_seq: seq,
+            body: RecordBody::Frame(crate::record::FrameRecord {
+                bytes: bytes.to_vec(),
+                checksum_ok: None,
+                best_bid: None,
+                best_ask: None,
+            }),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cleared_batch_hands_back_its_frames_buffers_only_when_asked_and_at_most_a_batch() {
+        let config = BatchConfig {
+            max_records: 3,
+            ..BatchConfig::default()
+        };
+        // Not asked: nothing kept.
+        let mut plain = Batcher::new(config);
+        plain.push(frame(1, b"a"));
+        plain.clear();
+        assert_eq!(plain.spent_frames().count(), 0);
+
+        let mut b = Batcher::new(config);
+        b.recycle_frames();
+        b.push(frame(1, b"one"));
+        b.push(record(2));
+        b.push(frame(3, b"three"));
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.bytes(), 0);
+        // The frames' bytes, not the event's; then nothing until the next clear.
+        let spent: Vec<Vec<u8>> = b.spent_frames().collect();
+        assert_eq!(spent, [b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(b.spent_frames().count(), 0);
+        // Batches cleared without anyone taking their buffers keep one batch's worth.
+        for round in 0..4 {
+            for i in 0..3 {
+                b.push(frame(round * 3 + i, b"x"));
+            }
+            b.clear();
+        }
+        assert_eq!(b.spent_frames().count(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,8 +53,9 @@ pub fn read(frame: &[u8]) -> Option<Canonical<'_>> {
     c.lit(br#"","data":[{"symbol":""#)?;
     let symbol = std::str::from_utf8(c.string()?).ok()?;
     c.lit(br#","bids":["#)?;
-    // Kraken's updates carry a few levels; a snapshot's first pass grows it once or twice.
-    let mut levels = Vec::with_capacity(8);
+    // Room for every level the frame can hold (a level takes at least 22 bytes,
+    // `{"price":1,"qty":1},`, two values each), up to a depth-1000 snapshot's: no growing.
+    let mut levels = Vec::with_capacity((frame.len() / 11).clamp(8, 4096));
     c.levels(&mut levels)?;
     let n_bids = levels.len() / 2;
     c.lit(br#","asks":["#)?;

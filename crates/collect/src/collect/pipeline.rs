@@ -383,7 +383,12 @@ impl DbPipeline {
         let mut reader: Option<Follower> = None;
         let mut next_read = NextRead::Now;
         let mut batcher = Batcher::new(self.config.batch);
+        // The frames' buffers go back to the reader after each batch (an allocation and a free
+        // a record less).
+        batcher.recycle_frames();
         let mut pending: VecDeque<Item> = VecDeque::new();
+        // What one read found (kept between reads: it grew to a read's size once).
+        let mut items: Vec<Item> = Vec::new();
         let mut committed: Option<u64> = None;
         let mut migrated = false;
         let mut damage_noted = 0u64;
@@ -497,8 +502,9 @@ impl DbPipeline {
                 // A paced read is the batch's: what it finds goes out now (the first of it a
                 // little before its own deadline), not at a second wake-up when that comes.
                 due |= matches!(next_read, NextRead::Paced(_));
-                let mut items = Vec::new();
                 last_read_at = Instant::now();
+                // Empty (what a read that failed found is not used: the reader starts over).
+                items.clear();
                 self.progress.journal_reads.fetch_add(1, Ordering::Relaxed);
                 next_read = match rd.fill(&mut items, READ_CHUNK, READ_CHUNK_BYTES) {
                     Fill::More => NextRead::Now,
@@ -524,7 +530,7 @@ impl DbPipeline {
                         newest_read = newest_read.max(Some(r.received_at));
                     }
                 }
-                pending.extend(items);
+                pending.extend(items.drain(..));
             }
             while !batcher.is_full()
                 && let Some(item) = pending.pop_front()
@@ -586,6 +592,9 @@ impl DbPipeline {
                 None => return Ok(()),
                 Some(Ok(Some(report))) => {
                     committed = Some(report.last_seq);
+                    if let Some(rd) = reader.as_mut() {
+                        rd.reader.recycle(batcher.spent_frames());
+                    }
                     self.healthy(&mut health);
                     if steady && pending.is_empty() {
                         // Every record not read yet was received after the newest one read
@@ -743,13 +752,11 @@ impl DbPipeline {
             Item::Record(r) => Some(r.received_at),
             Item::Damage(_) => None,
         });
-        let received: Vec<Timestamp> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Record(r) => Some(r.received_at),
-                Item::Damage(_) => None,
-            })
-            .collect();
+        let mut received: Vec<Timestamp> = Vec::with_capacity(items.len());
+        received.extend(items.iter().filter_map(|i| match i {
+            Item::Record(r) => Some(r.received_at),
+            Item::Damage(_) => None,
+        }));
         // Journal bytes now in the database, counted like the journal counts its own: only the
         // records it appended since it was opened (the lag in bytes is the difference). Records
         // come in seq order, so those from before the open (a backlog, at start) lead the batch.
