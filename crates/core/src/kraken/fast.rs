@@ -105,12 +105,69 @@ impl<'a> Cursor<'a> {
         Some(&self.text[start..self.at])
     }
 
+    /// A price or quantity, read in the same pass that finds its text: Kraken's plain numbers
+    /// (no exponent, at most 19 digits) are summed into a `u64` as they are scanned, which is
+    /// exactly what [`Decimal::parse`] makes of them (every digit into the mantissa, the fraction
+    /// digits as the scale); anything else is left to [`Decimal::parse`].
     fn decimal(&mut self) -> Option<WireDecimal<'a>> {
-        let text = self.number_text()?;
-        Some(WireDecimal {
-            value: Decimal::parse(text).ok()?,
-            text,
-        })
+        self.ws();
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut i = start;
+        let mut mantissa: u64 = 0;
+        let mut digits = |i: &mut usize| {
+            let s = *i;
+            while let Some(&b) = bytes.get(*i)
+                && b.is_ascii_digit()
+            {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                *i += 1;
+            }
+            *i - s
+        };
+        let int = digits(&mut i);
+        // The strict grammar of `number_text`: no leading zeros, digits after a point.
+        if int == 0 || (int > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        let mut frac = 0;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            frac = digits(&mut i);
+            if frac == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(i) {
+            let text = self.number_text()?;
+            return Some(WireDecimal {
+                value: Decimal::parse(text).ok()?,
+                text,
+            });
+        }
+        self.at = i;
+        let text = &self.text[start..i];
+        // At most 19 digits always fit a u64 (the sum above did not wrap), and a scale of at
+        // most 19 is within Decimal::MAX_SCALE.
+        let value = if int + frac <= 19 {
+            Decimal::new(u128::from(mantissa), u8::try_from(frac).ok()?)?
+        } else {
+            Decimal::parse(text).ok()?
+        };
+        Some(WireDecimal { value, text })
+    }
+
+    /// Takes `literal` if the text continues with it, exactly.
+    fn literal(&mut self, literal: &[u8]) -> bool {
+        let taken = self
+            .text
+            .as_bytes()
+            .get(self.at..)
+            .is_some_and(|rest| rest.starts_with(literal));
+        if taken {
+            self.at += literal.len();
+        }
+        taken
     }
 
     fn levels(&mut self) -> Option<Vec<Level<'a>>> {
@@ -125,7 +182,16 @@ impl<'a> Cursor<'a> {
             self.eat(b'{')?;
             let (mut price, mut qty) = (None, None);
             loop {
-                match self.key()? {
+                // Kraken's own keys without whitespace are matched whole; any other spelling
+                // goes through `key`, which reads them just the same.
+                let key = if self.literal(br#""price":"#) {
+                    "price"
+                } else if self.literal(br#""qty":"#) {
+                    "qty"
+                } else {
+                    self.key()?
+                };
+                match key {
                     "price" if price.is_none() => price = Some(self.decimal()?),
                     "qty" if qty.is_none() => qty = Some(self.decimal()?),
                     _ => return None,
@@ -344,6 +410,79 @@ mod tests {
                     _ => format!(r#"{{"data":{data},"channel":"book","type":"{kind}"}}"#),
                 }
             })
+    }
+
+    /// What `Cursor::decimal` did in two passes before it read numbers in one: the number's
+    /// text, then `Decimal::parse` of it. The exact mantissa and scale, the text and where the
+    /// cursor stops.
+    fn two_passes(text: &str) -> Option<(u128, u8, &str, usize)> {
+        let mut c = Cursor { text, at: 0 };
+        let t = c.number_text()?;
+        let v = Decimal::parse(t).ok()?;
+        Some((v.mantissa(), v.scale(), t, c.at))
+    }
+
+    fn one_pass(text: &str) -> Option<(u128, u8, &str, usize)> {
+        let mut c = Cursor { text, at: 0 };
+        let d = c.decimal()?;
+        Some((d.value.mantissa(), d.value.scale(), d.text, c.at))
+    }
+
+    /// Number texts around every edge of the one-pass reading: 1 to 45 digits (19 and 20, past
+    /// u64, past u128's 38 digits), fractions past `Decimal::MAX_SCALE`, leading zeros,
+    /// exponents (complete or not), signs, a point without digits, what follows the number.
+    fn arb_number_text() -> impl Strategy<Value = String> {
+        (
+            "[ ]?-?[0-9]{0,45}",
+            prop::option::of("\\.[0-9]{0,35}"),
+            prop::option::of("[eE][+-]?[0-9]{0,3}"),
+            "[ ,}x.]?",
+        )
+            .prop_map(|(int, frac, exp, tail)| {
+                format!(
+                    "{int}{}{}{tail}",
+                    frac.unwrap_or_default(),
+                    exp.unwrap_or_default()
+                )
+            })
+    }
+
+    #[test]
+    fn one_pass_decimals_are_the_two_passes_at_the_edges() {
+        for text in [
+            "0",
+            "0.0",
+            "00",
+            "01",
+            "1.",
+            ".5",
+            "1e5",
+            "1.5E+3",
+            "5e-05",
+            "62802.5,",
+            "0.00005100}",
+            "9999999999999999999",
+            "10000000000000000000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1.000000000000000000",
+            "0.0000000000000000001",
+            "0.0000000000000000000000000000001",
+            "99999999999999999999999999999999999999",
+            "999999999999999999999999999999999999999",
+            "123456789012345678901234567.12345678",
+            "-1",
+            " 7",
+        ] {
+            assert_eq!(one_pass(text), two_passes(text), "{text:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_decimals_are_the_two_passes(text in arb_number_text()) {
+            prop_assert_eq!(one_pass(&text), two_passes(&text), "{:?}", text);
+        }
     }
 
     proptest! {
