@@ -546,55 +546,67 @@ impl OrderBook {
 
 /// The checksum's text: the decimal digits of each number, one after the other, with no point
 /// and no leading zeros (a zero prints as `0`, as `itoa` prints it).
+///
+/// Digits are made eight at a time in the lanes of one `u64` (divisions by 10^4, 10^2 and 10 done
+/// as multiplications, all lanes at once) and stored eight bytes at a time; the buffer has eight
+/// bytes to spare so that a number's store may run past its end (the next number overwrites it).
 struct ChecksumText {
-    text: [u8; 2 * CHECKSUM_LEVELS * (20 + 39)],
+    text: [u8; CHECKSUM_TEXT + 8],
     len: usize,
 }
 
-/// `"00" "01" ... "99"`: two digits a step.
-const DIGIT_PAIRS: &[u8; 200] = b"\
-0001020304050607080910111213141516171819\
-2021222324252627282930313233343536373839\
-4041424344454647484950515253545556575859\
-6061626364656667686970717273747576777879\
-8081828384858687888990919293949596979899";
+/// The longest checksum text: 20 levels of a 20-digit price and a 39-digit quantity.
+const CHECKSUM_TEXT: usize = 2 * CHECKSUM_LEVELS * (20 + 39);
+
+/// The eight decimal digits of `v` (below 10^8), one a byte, the first in the lowest byte.
+///
+/// `v` splits into two lanes of 32 bits (its first four digits and its last four); each lane
+/// splits into two of 16 bits by dividing by 100 (`n * 10486 >> 20` is `n / 100` for n below
+/// 10^4), and each of those into two bytes by dividing by 10 (`n * 103 >> 10` is `n / 10` for n
+/// below 100). No lane's product reaches the next lane.
+fn eight_digits(v: u64) -> u64 {
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    let hundreds = ((x * 10_486) >> 20) & 0x0000_007F_0000_007F;
+    let y = hundreds | ((x - hundreds * 100) << 16);
+    let tens = ((y * 103) >> 10) & 0x000F_000F_000F_000F;
+    tens | ((y - tens * 10) << 8)
+}
 
 impl ChecksumText {
     fn new() -> Self {
         ChecksumText {
-            text: [0; 2 * CHECKSUM_LEVELS * (20 + 39)],
+            text: [0; CHECKSUM_TEXT + 8],
             len: 0,
         }
     }
 
-    /// Appends the digits of `v` (at most 20), from the last one back, four at a time (the two
-    /// pairs of a group do not wait on each other).
-    fn push(&mut self, mut v: u64) {
-        let n = v.checked_ilog10().map_or(1, |l| l as usize + 1);
-        let end = self.len + n;
-        let mut i = end;
-        let pair = |p: u64| {
-            let p = p as usize * 2;
-            [DIGIT_PAIRS[p], DIGIT_PAIRS[p + 1]]
-        };
-        while v >= 10_000 {
-            let group = v % 10_000;
-            v /= 10_000;
-            i -= 4;
-            self.text[i..i + 2].copy_from_slice(&pair(group / 100));
-            self.text[i + 2..i + 4].copy_from_slice(&pair(group % 100));
-        }
-        if v >= 100 {
-            i -= 2;
-            self.text[i..i + 2].copy_from_slice(&pair(v % 100));
-            v /= 100;
-        }
-        if v >= 10 {
-            self.text[i - 2..i].copy_from_slice(&pair(v));
+    /// Appends the digits of `v` (at most 20).
+    fn push(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        if v < E8 {
+            self.push_eight(v, true);
+        } else if v < E8 * E8 {
+            self.push_eight(v / E8, true);
+            self.push_eight(v % E8, false);
         } else {
-            self.text[i - 1] = b'0' + v as u8;
+            self.push_eight(v / (E8 * E8), true);
+            self.push_eight(v / E8 % E8, false);
+            self.push_eight(v % E8, false);
         }
-        self.len = end;
+    }
+
+    /// Appends `v` (below 10^8) as eight digits, or without its leading zeros when `first` (zero
+    /// then is `0`).
+    fn push_eight(&mut self, v: u64, first: bool) {
+        let digits = eight_digits(v);
+        let zeros = if first {
+            (digits.trailing_zeros() / 8).min(7) as usize
+        } else {
+            0
+        };
+        let ascii = (digits + 0x3030_3030_3030_3030) >> (8 * zeros);
+        self.text[self.len..self.len + 8].copy_from_slice(&ascii.to_le_bytes());
+        self.len += 8 - zeros;
     }
 
     /// Appends the digits of a wide quantity (at most 39; rare, so formatted apart).
@@ -685,6 +697,16 @@ mod tests {
         }
         let mut rng = crate::rng::Rng::new(7);
         values.extend((0..2000).map(|_| rng.next_u64() >> (rng.next_u64() % 64)));
+        // Every value of up to five digits, values of up to eight digits (the lanes of
+        // `eight_digits`) a prime step apart, and the same above 10^8 and 10^16 (the chunks).
+        values.extend(0..100_000);
+        values.extend((0..100_000_000).step_by(9_973));
+        values.extend((0..100_000_000).step_by(9_973).map(|v| v * 100_000_007));
+        values.extend(
+            (0..1_844)
+                .step_by(7)
+                .map(|v| v * 10_000_000_000_000_000 + 99_999_999),
+        );
         let mut expected = String::new();
         let mut text = ChecksumText::new();
         for chunk in values.chunks(2 * CHECKSUM_LEVELS) {
