@@ -18,7 +18,9 @@
 //! Storage: each side is a `VecDeque` of integer mantissas at the book's scale, sorted so that the
 //! best level is at the back. Kraken's changes cluster at the top, so inserts and deletes move few
 //! elements; truncation pops the front. A level is 24 bytes, so a whole market at depth 1000 fits
-//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic.
+//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic. A book
+//! also keeps the checksum text of the levels it printed lately (3.5 KB, allocated at the first
+//! checksum), so that the levels that stay in the top ten are not printed again for each message.
 //!
 //! Scale: values are stored as mantissas at one scale per field (price, quantity). It starts at the
 //! instrument's precision when known, else at 0, and grows when a value needs more decimals: to
@@ -276,6 +278,8 @@ pub struct OrderBook {
     scale: Precision,
     /// The checksum as last computed by [`OrderBook::current_checksum`].
     last_checksum: u32,
+    /// The checksum text of levels printed lately, for [`OrderBook::current_checksum`].
+    memo: LevelMemo,
 }
 
 impl OrderBook {
@@ -288,6 +292,7 @@ impl OrderBook {
             known: None,
             scale: Precision::default(),
             last_checksum: 0,
+            memo: LevelMemo::default(),
         }
     }
 
@@ -449,10 +454,11 @@ impl OrderBook {
     }
 
     /// The checksum, recomputed only when the top ten levels of a side may have changed since
-    /// the last call (changes deeper in a depth-1000 book leave it as it was).
+    /// the last call (changes deeper in a depth-1000 book leave it as it was). The text of the
+    /// levels that did not change is taken from the book's memo instead of printed again.
     pub fn current_checksum(&mut self) -> u32 {
         if self.bids.top_changed || self.asks.top_changed {
-            self.last_checksum = self.checksum();
+            self.last_checksum = checksum_of(&self.asks, &self.bids, Some(&mut self.memo));
             self.bids.top_changed = false;
             self.asks.top_changed = false;
         }
@@ -461,22 +467,7 @@ impl OrderBook {
 
     /// Kraken's CRC32 checksum of the top ten levels of each side.
     pub fn checksum(&self) -> u32 {
-        // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
-        // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
-        // (hashing each number separately is three times slower). The digits are written in
-        // place: formatting each number apart and copying it in cost a `memcpy` call per number,
-        // a third of the whole checksum.
-        let mut text = ChecksumText::new();
-        for ladder in [&self.asks, &self.bids] {
-            for l in ladder.best_first().take(CHECKSUM_LEVELS) {
-                text.push(l.price);
-                match l.qty {
-                    WIDE => text.push_wide(ladder.qty(l)),
-                    q => text.push(q),
-                }
-            }
-        }
-        crc32fast::hash(text.as_bytes())
+        checksum_of(&self.asks, &self.bids, None)
     }
 
     fn level(&self, ladder: &Ladder, l: &Lvl) -> PriceLevel {
@@ -544,14 +535,96 @@ impl OrderBook {
     }
 }
 
+/// Kraken's CRC32 checksum of the top ten levels of each side, the text of each level taken from
+/// `memo` when it holds it.
+fn checksum_of(asks: &Ladder, bids: &Ladder, mut memo: Option<&mut LevelMemo>) -> u32 {
+    // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
+    // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
+    // (hashing each number separately is three times slower). The digits are written in
+    // place: formatting each number apart and copying it in cost a `memcpy` call per number,
+    // a third of the whole checksum.
+    let mut text = ChecksumText::new();
+    for ladder in [asks, bids] {
+        for l in ladder.best_first().take(CHECKSUM_LEVELS) {
+            if l.qty == WIDE {
+                text.push(l.price);
+                text.push_wide(ladder.qty(l));
+                continue;
+            }
+            let Some(memo) = memo.as_deref_mut() else {
+                text.push(l.price);
+                text.push(l.qty);
+                continue;
+            };
+            let slot = memo.slot(l);
+            if slot.level == Some(*l) {
+                text.push_copy(&slot.text, slot.len);
+                continue;
+            }
+            let start = text.len;
+            text.push(l.price);
+            text.push(l.qty);
+            let len = text.len - start;
+            if len <= MEMO_TEXT {
+                slot.level = Some(*l);
+                slot.len = len;
+                slot.text
+                    .copy_from_slice(&text.text[start..start + MEMO_TEXT]);
+            }
+        }
+    }
+    crc32fast::hash(text.as_bytes())
+}
+
+/// The longest level text a memo slot holds (price and quantity digits together).
+const MEMO_TEXT: usize = 24;
+
+/// The checksum text of recently printed levels, by level: a level's text (its price's digits,
+/// then its quantity's) depends on its two mantissas alone, and from one message to the next
+/// most of the top levels are the same. Direct-mapped: a level has one slot, and a slot serves
+/// only the level it was filled for. It is a cache and no part of the book: a clone starts empty.
+#[derive(Debug, Default)]
+struct LevelMemo {
+    slots: Option<Box<[MemoSlot; MEMO_SLOTS]>>,
+}
+
+/// Slots in a [`LevelMemo`]: room for the 20 levels the checksum reads with few collisions.
+const MEMO_SLOTS: usize = 64;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct MemoSlot {
+    /// The level the text is of (`None`: empty).
+    level: Option<Lvl>,
+    len: usize,
+    text: [u8; MEMO_TEXT],
+}
+
+impl Clone for LevelMemo {
+    fn clone(&self) -> Self {
+        LevelMemo::default()
+    }
+}
+
+impl LevelMemo {
+    fn slot(&mut self, l: &Lvl) -> &mut MemoSlot {
+        let slots = self
+            .slots
+            .get_or_insert_with(|| Box::new([MemoSlot::default(); MEMO_SLOTS]));
+        let hash = (l.price.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ l.qty)
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        &mut slots[(hash >> 58) as usize]
+    }
+}
+
 /// The checksum's text: the decimal digits of each number, one after the other, with no point
 /// and no leading zeros (a zero prints as `0`, as `itoa` prints it).
 ///
 /// Digits are made eight at a time in the lanes of one `u64` (divisions by 10^4, 10^2 and 10 done
-/// as multiplications, all lanes at once) and stored eight bytes at a time; the buffer has eight
-/// bytes to spare so that a number's store may run past its end (the next number overwrites it).
+/// as multiplications, all lanes at once) and stored eight bytes at a time, and a memo slot's text
+/// is copied whole; the buffer has [`MEMO_TEXT`] bytes to spare (at least eight) so that a store
+/// may run past the text's end (the next number overwrites it).
 struct ChecksumText {
-    text: [u8; CHECKSUM_TEXT + 8],
+    text: [u8; CHECKSUM_TEXT + MEMO_TEXT],
     len: usize,
 }
 
@@ -575,7 +648,7 @@ fn eight_digits(v: u64) -> u64 {
 impl ChecksumText {
     fn new() -> Self {
         ChecksumText {
-            text: [0; CHECKSUM_TEXT + 8],
+            text: [0; CHECKSUM_TEXT + MEMO_TEXT],
             len: 0,
         }
     }
@@ -607,6 +680,13 @@ impl ChecksumText {
         let ascii = (digits + 0x3030_3030_3030_3030) >> (8 * zeros);
         self.text[self.len..self.len + 8].copy_from_slice(&ascii.to_le_bytes());
         self.len += 8 - zeros;
+    }
+
+    /// Appends the first `len` bytes of a memo slot's text (all of it is stored, the rest to be
+    /// overwritten).
+    fn push_copy(&mut self, from: &[u8; MEMO_TEXT], len: usize) {
+        self.text[self.len..self.len + MEMO_TEXT].copy_from_slice(from);
+        self.len += len;
     }
 
     /// Appends the digits of a wide quantity (at most 39; rare, so formatted apart).
@@ -720,6 +800,48 @@ mod tests {
             expected.push_str(itoa::Buffer::new().format(wide));
             text.push_wide(wide);
             assert_eq!(std::str::from_utf8(text.as_bytes()), Ok(expected.as_str()));
+        }
+    }
+
+    /// The memo serves a level only the text printed for that very level: levels that share a
+    /// slot (found by search: another price, another quantity at the same price) take it from
+    /// each other, and a clone (whose memo starts empty) has the same checksum.
+    #[test]
+    fn the_checksum_memo_serves_each_level_only_its_own_text() {
+        let mut memo = LevelMemo::default();
+        let mut slot_of = |l: Lvl| std::ptr::from_mut(memo.slot(&l)) as usize;
+        let first = Lvl { price: 7, qty: 3 };
+        let shared = slot_of(first);
+        let twin = (8..)
+            .map(|price| Lvl { price, qty: 3 })
+            .find(|&l| slot_of(l) == shared)
+            .unwrap();
+        let requoted = (4..)
+            .map(|qty| Lvl { price: 7, qty })
+            .find(|&l| slot_of(l) == shared)
+            .unwrap();
+        let level = |price: u64, qty: u64| {
+            vec![(
+                Decimal::new(u128::from(price), 0).unwrap(),
+                Decimal::new(u128::from(qty), 0).unwrap(),
+            )]
+        };
+        let mut book = OrderBook::new(10);
+        for (price, qty) in [
+            (first.price, 3),
+            (first.price, requoted.qty),
+            (twin.price, 3),
+            (first.price, 3),
+            (twin.price, 0),
+            (first.price, 3),
+            (twin.price, 3),
+        ] {
+            book.apply_update(level(price, qty), level(price + 1_000, qty))
+                .unwrap();
+            assert_eq!(book.current_checksum(), book.checksum(), "{price} {qty}");
+            let mut clone = book.clone();
+            clone.bids.top_changed = true;
+            assert_eq!(clone.current_checksum(), book.checksum());
         }
     }
 
