@@ -214,8 +214,19 @@ impl<'a> Cursor<'a> {
         self.eat(b'{')?;
         let (mut symbol, mut bids, mut asks, mut checksum, mut timestamp) =
             (None, None, None, None, None);
+        // The keys as Kraken writes them, in its order, are matched whole (see `levels`).
+        let mut next = 0;
         loop {
-            match self.key()? {
+            let key = match next {
+                0 if self.literal(br#""symbol":"#) => "symbol",
+                1 if self.literal(br#""bids":"#) => "bids",
+                2 if self.literal(br#""asks":"#) => "asks",
+                3 if self.literal(br#""checksum":"#) => "checksum",
+                4 if self.literal(br#""timestamp":"#) => "timestamp",
+                _ => self.key()?,
+            };
+            next += 1;
+            match key {
                 "symbol" if symbol.is_none() => symbol = Some(self.string()?),
                 "bids" if bids.is_none() => bids = Some(self.levels()?),
                 "asks" if asks.is_none() => asks = Some(self.levels()?),
@@ -247,8 +258,16 @@ pub(super) fn decode_book(text: &str) -> Option<BookMessage<'_>> {
     let mut c = Cursor { text, at: 0 };
     c.eat(b'{')?;
     let (mut channel, mut kind, mut data) = (false, None, None);
+    let mut next = 0;
     loop {
-        match c.key()? {
+        let key = match next {
+            0 if c.literal(br#""channel":"#) => "channel",
+            1 if c.literal(br#""type":"#) => "type",
+            2 if c.literal(br#""data":"#) => "data",
+            _ => c.key()?,
+        };
+        next += 1;
+        match key {
             "channel" if !channel => {
                 if c.string()? != "book" {
                     return None;
@@ -347,6 +366,8 @@ mod tests {
         for text in [
             r#"{"channel":"book","type":"update","data":[{"symbol":"BTC\/USD","bids":[],"asks":[],"checksum":1}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"extra":1}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"bids":[],"asks":[],"checksum":1}]}"#,
+            r#"{"channel":"book","channel":"book","type":"update","data":[]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":01,"qty":1}],"asks":[],"checksum":1}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":4294967296}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"timestamp":null}]}"#,
@@ -396,14 +417,28 @@ mod tests {
             any::<u32>(),
             prop::option::of(Just("2026-08-17T16:01:57.687440Z")),
             0usize..3,
+            0usize..4,
         )
-            .prop_map(|(bids, asks, kind, symbol, checksum, ts, order)| {
+            .prop_map(|(bids, asks, kind, symbol, checksum, ts, order, data_order)| {
                 let ts = ts.map(|t| format!(r#","timestamp":"{t}""#)).unwrap_or_default();
-                let data = format!(
-                    r#"[{{"symbol":"{symbol}","bids":[{}],"asks":[{}],"checksum":{checksum}{ts}}}]"#,
-                    bids.join(","),
-                    asks.join(", ")
-                );
+                let (bids, asks) = (bids.join(","), asks.join(", "));
+                // Kraken's order and spelling, then others: whitespace around the first key, the
+                // keys reversed, bids and asks swapped (the keys the decoder expects next are
+                // not there, and it reads whatever is).
+                let data = match data_order {
+                    0 => format!(
+                        r#"[{{"symbol":"{symbol}","bids":[{bids}],"asks":[{asks}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                    1 => format!(
+                        r#"[{{ "symbol" : "{symbol}","bids":[{bids}],"asks":[{asks}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                    2 => format!(
+                        r#"[{{"checksum":{checksum},"asks":[{asks}],"bids":[{bids}],"symbol":"{symbol}"{ts}}}]"#
+                    ),
+                    _ => format!(
+                        r#"[{{"symbol":"{symbol}","asks":[{asks}],"bids":[{bids}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                };
                 match order {
                     0 => format!(r#"{{"channel":"book","type":"{kind}","data":{data}}}"#),
                     1 => format!(r#"{{ "type" : "{kind}" , "channel":"book", "data":{data} }}"#),
