@@ -392,6 +392,13 @@ mod tests {
                 }
             }),
             (1u64..100, 1u32..9).prop_map(|(m, e)| format!("{m}e-0{e}")),
+            // Around the 19 digits read in one pass: up to 38 digits (all valid decimals).
+            ("[1-9][0-9]{0,19}", prop::option::of("[0-9]{1,18}")).prop_map(|(int, frac)| {
+                match frac {
+                    Some(frac) => format!("{int}.{frac}"),
+                    None => int,
+                }
+            }),
             Just("0".to_owned()),
             Just("-1.5".to_owned()),
             Just("\"2.5\"".to_owned()),
