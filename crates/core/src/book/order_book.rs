@@ -18,7 +18,9 @@
 //! Storage: each side is a `VecDeque` of integer mantissas at the book's scale, sorted so that the
 //! best level is at the back. Kraken's changes cluster at the top, so inserts and deletes move few
 //! elements; truncation pops the front. A level is 24 bytes, so a whole market at depth 1000 fits
-//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic.
+//! in tens of megabytes, and the checksum formats integers without any decimal arithmetic. A book
+//! also keeps the checksum text of the levels it printed lately (3.5 KB, allocated at the first
+//! checksum), so that the levels that stay in the top ten are not printed again for each message.
 //!
 //! Scale: values are stored as mantissas at one scale per field (price, quantity). It starts at the
 //! instrument's precision when known, else at 0, and grows when a value needs more decimals: to
@@ -276,6 +278,8 @@ pub struct OrderBook {
     scale: Precision,
     /// The checksum as last computed by [`OrderBook::current_checksum`].
     last_checksum: u32,
+    /// The checksum text of levels printed lately, for [`OrderBook::current_checksum`].
+    memo: LevelMemo,
 }
 
 impl OrderBook {
@@ -288,6 +292,7 @@ impl OrderBook {
             known: None,
             scale: Precision::default(),
             last_checksum: 0,
+            memo: LevelMemo::default(),
         }
     }
 
@@ -449,10 +454,11 @@ impl OrderBook {
     }
 
     /// The checksum, recomputed only when the top ten levels of a side may have changed since
-    /// the last call (changes deeper in a depth-1000 book leave it as it was).
+    /// the last call (changes deeper in a depth-1000 book leave it as it was). The text of the
+    /// levels that did not change is taken from the book's memo instead of printed again.
     pub fn current_checksum(&mut self) -> u32 {
         if self.bids.top_changed || self.asks.top_changed {
-            self.last_checksum = self.checksum();
+            self.last_checksum = checksum_of(&self.asks, &self.bids, Some(&mut self.memo));
             self.bids.top_changed = false;
             self.asks.top_changed = false;
         }
@@ -461,26 +467,7 @@ impl OrderBook {
 
     /// Kraken's CRC32 checksum of the top ten levels of each side.
     pub fn checksum(&self) -> u32 {
-        // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
-        // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
-        // (hashing each number separately is three times slower).
-        let mut text = [0u8; 2 * CHECKSUM_LEVELS * (20 + 39)];
-        let mut len = 0;
-        let mut buf = itoa::Buffer::new();
-        let mut push = |digits: &str| {
-            text[len..len + digits.len()].copy_from_slice(digits.as_bytes());
-            len += digits.len();
-        };
-        for ladder in [&self.asks, &self.bids] {
-            for l in ladder.best_first().take(CHECKSUM_LEVELS) {
-                push(buf.format(l.price));
-                push(match l.qty {
-                    WIDE => buf.format(ladder.qty(l)),
-                    q => buf.format(q),
-                });
-            }
-        }
-        crc32fast::hash(&text[..len])
+        checksum_of(&self.asks, &self.bids, None)
     }
 
     fn level(&self, ladder: &Ladder, l: &Lvl) -> PriceLevel {
@@ -548,6 +535,173 @@ impl OrderBook {
     }
 }
 
+/// Kraken's CRC32 checksum of the top ten levels of each side, the text of each level taken from
+/// `memo` when it holds it.
+fn checksum_of(asks: &Ladder, bids: &Ladder, mut memo: Option<&mut LevelMemo>) -> u32 {
+    // The checksum text is at most 20 levels × (20 price digits + 39 quantity digits); it is
+    // built on the stack and hashed in one call, which lets crc32fast use its SIMD path
+    // (hashing each number separately is three times slower). The digits are written in
+    // place: formatting each number apart and copying it in cost a `memcpy` call per number,
+    // a third of the whole checksum.
+    let mut text = ChecksumText::new();
+    for ladder in [asks, bids] {
+        for l in ladder.best_first().take(CHECKSUM_LEVELS) {
+            if l.qty == WIDE {
+                text.push(l.price);
+                text.push_wide(ladder.qty(l));
+                continue;
+            }
+            let Some(memo) = memo.as_deref_mut() else {
+                text.push(l.price);
+                text.push(l.qty);
+                continue;
+            };
+            let slot = memo.slot(l);
+            if slot.level == Some(*l) {
+                text.push_copy(&slot.text, slot.len);
+                continue;
+            }
+            let start = text.len;
+            text.push(l.price);
+            text.push(l.qty);
+            let len = text.len - start;
+            if len <= MEMO_TEXT {
+                slot.level = Some(*l);
+                slot.len = len;
+                slot.text
+                    .copy_from_slice(&text.text[start..start + MEMO_TEXT]);
+            }
+        }
+    }
+    crc32fast::hash(text.as_bytes())
+}
+
+/// The longest level text a memo slot holds (price and quantity digits together).
+const MEMO_TEXT: usize = 24;
+
+/// The checksum text of recently printed levels, by level: a level's text (its price's digits,
+/// then its quantity's) depends on its two mantissas alone, and from one message to the next
+/// most of the top levels are the same. Direct-mapped: a level has one slot, and a slot serves
+/// only the level it was filled for. It is a cache and no part of the book: a clone starts empty.
+#[derive(Debug, Default)]
+struct LevelMemo {
+    slots: Option<Box<[MemoSlot; MEMO_SLOTS]>>,
+}
+
+/// Slots in a [`LevelMemo`]: room for the 20 levels the checksum reads with few collisions.
+const MEMO_SLOTS: usize = 64;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct MemoSlot {
+    /// The level the text is of (`None`: empty).
+    level: Option<Lvl>,
+    len: usize,
+    text: [u8; MEMO_TEXT],
+}
+
+impl Clone for LevelMemo {
+    fn clone(&self) -> Self {
+        LevelMemo::default()
+    }
+}
+
+impl LevelMemo {
+    fn slot(&mut self, l: &Lvl) -> &mut MemoSlot {
+        let slots = self
+            .slots
+            .get_or_insert_with(|| Box::new([MemoSlot::default(); MEMO_SLOTS]));
+        let hash = (l.price.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ l.qty)
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        &mut slots[(hash >> 58) as usize]
+    }
+}
+
+/// The checksum's text: the decimal digits of each number, one after the other, with no point
+/// and no leading zeros (a zero prints as `0`, as `itoa` prints it).
+///
+/// Digits are made eight at a time in the lanes of one `u64` (divisions by 10^4, 10^2 and 10 done
+/// as multiplications, all lanes at once) and stored eight bytes at a time, and a memo slot's text
+/// is copied whole; the buffer has [`MEMO_TEXT`] bytes to spare (at least eight) so that a store
+/// may run past the text's end (the next number overwrites it).
+struct ChecksumText {
+    text: [u8; CHECKSUM_TEXT + MEMO_TEXT],
+    len: usize,
+}
+
+/// The longest checksum text: 20 levels of a 20-digit price and a 39-digit quantity.
+const CHECKSUM_TEXT: usize = 2 * CHECKSUM_LEVELS * (20 + 39);
+
+/// The eight decimal digits of `v` (below 10^8), one a byte, the first in the lowest byte.
+///
+/// `v` splits into two lanes of 32 bits (its first four digits and its last four); each lane
+/// splits into two of 16 bits by dividing by 100 (`n * 10486 >> 20` is `n / 100` for n below
+/// 10^4), and each of those into two bytes by dividing by 10 (`n * 103 >> 10` is `n / 10` for n
+/// below 100). No lane's product reaches the next lane.
+fn eight_digits(v: u64) -> u64 {
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    let hundreds = ((x * 10_486) >> 20) & 0x0000_007F_0000_007F;
+    let y = hundreds | ((x - hundreds * 100) << 16);
+    let tens = ((y * 103) >> 10) & 0x000F_000F_000F_000F;
+    tens | ((y - tens * 10) << 8)
+}
+
+impl ChecksumText {
+    fn new() -> Self {
+        ChecksumText {
+            text: [0; CHECKSUM_TEXT + MEMO_TEXT],
+            len: 0,
+        }
+    }
+
+    /// Appends the digits of `v` (at most 20).
+    fn push(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        if v < E8 {
+            self.push_eight(v, true);
+        } else if v < E8 * E8 {
+            self.push_eight(v / E8, true);
+            self.push_eight(v % E8, false);
+        } else {
+            self.push_eight(v / (E8 * E8), true);
+            self.push_eight(v / E8 % E8, false);
+            self.push_eight(v % E8, false);
+        }
+    }
+
+    /// Appends `v` (below 10^8) as eight digits, or without its leading zeros when `first` (zero
+    /// then is `0`).
+    fn push_eight(&mut self, v: u64, first: bool) {
+        let digits = eight_digits(v);
+        let zeros = if first {
+            (digits.trailing_zeros() / 8).min(7) as usize
+        } else {
+            0
+        };
+        let ascii = (digits + 0x3030_3030_3030_3030) >> (8 * zeros);
+        self.text[self.len..self.len + 8].copy_from_slice(&ascii.to_le_bytes());
+        self.len += 8 - zeros;
+    }
+
+    /// Appends the first `len` bytes of a memo slot's text (all of it is stored, the rest to be
+    /// overwritten).
+    fn push_copy(&mut self, from: &[u8; MEMO_TEXT], len: usize) {
+        self.text[self.len..self.len + MEMO_TEXT].copy_from_slice(from);
+        self.len += len;
+    }
+
+    /// Appends the digits of a wide quantity (at most 39; rare, so formatted apart).
+    fn push_wide(&mut self, v: u128) {
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(v).as_bytes();
+        self.text[self.len..self.len + digits.len()].copy_from_slice(digits);
+        self.len += digits.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Field {
     Price,
@@ -609,6 +763,85 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The checksum text's digits are itoa's, number for number: at every digit count's edges
+    /// (0, 9, 10, 99, 100, ... u64::MAX), for wide quantities, and for random values.
+    #[test]
+    fn checksum_text_writes_the_digits_itoa_writes() {
+        let mut values = vec![0u64, 1, u64::MAX];
+        for k in 1..20 {
+            let p = 10u64.pow(k);
+            values.extend([p - 1, p, p + 1]);
+        }
+        let mut rng = crate::rng::Rng::new(7);
+        values.extend((0..2000).map(|_| rng.next_u64() >> (rng.next_u64() % 64)));
+        // Every value of up to five digits, values of up to eight digits (the lanes of
+        // `eight_digits`) a prime step apart, and the same above 10^8 and 10^16 (the chunks).
+        values.extend(0..100_000);
+        values.extend((0..100_000_000).step_by(9_973));
+        values.extend((0..100_000_000).step_by(9_973).map(|v| v * 100_000_007));
+        values.extend(
+            (0..1_844)
+                .step_by(7)
+                .map(|v| v * 10_000_000_000_000_000 + 99_999_999),
+        );
+        let mut expected = String::new();
+        let mut text = ChecksumText::new();
+        for chunk in values.chunks(2 * CHECKSUM_LEVELS) {
+            expected.clear();
+            text.len = 0;
+            for &v in chunk {
+                expected.push_str(itoa::Buffer::new().format(v));
+                text.push(v);
+            }
+            let wide = u128::from(u64::MAX) * 10_000_000_000_000_000_000 + 7;
+            expected.push_str(itoa::Buffer::new().format(wide));
+            text.push_wide(wide);
+            assert_eq!(std::str::from_utf8(text.as_bytes()), Ok(expected.as_str()));
+        }
+    }
+
+    /// The memo serves a level only the text printed for that very level: levels that share a
+    /// slot (found by search: another price, another quantity at the same price) take it from
+    /// each other, and a clone (whose memo starts empty) has the same checksum.
+    #[test]
+    fn the_checksum_memo_serves_each_level_only_its_own_text() {
+        let mut memo = LevelMemo::default();
+        let mut slot_of = |l: Lvl| std::ptr::from_mut(memo.slot(&l)) as usize;
+        let first = Lvl { price: 7, qty: 3 };
+        let shared = slot_of(first);
+        let twin = (8..)
+            .map(|price| Lvl { price, qty: 3 })
+            .find(|&l| slot_of(l) == shared)
+            .unwrap();
+        let requoted = (4..)
+            .map(|qty| Lvl { price: 7, qty })
+            .find(|&l| slot_of(l) == shared)
+            .unwrap();
+        let level = |price: u64, qty: u64| {
+            vec![(
+                Decimal::new(u128::from(price), 0).unwrap(),
+                Decimal::new(u128::from(qty), 0).unwrap(),
+            )]
+        };
+        let mut book = OrderBook::new(10);
+        for (price, qty) in [
+            (first.price, 3),
+            (first.price, requoted.qty),
+            (twin.price, 3),
+            (first.price, 3),
+            (twin.price, 0),
+            (first.price, 3),
+            (twin.price, 3),
+        ] {
+            book.apply_update(level(price, qty), level(price + 1_000, qty))
+                .unwrap();
+            assert_eq!(book.current_checksum(), book.checksum(), "{price} {qty}");
+            let mut clone = book.clone();
+            clone.bids.top_changed = true;
+            assert_eq!(clone.current_checksum(), book.checksum());
         }
     }
 

@@ -333,6 +333,58 @@ mod tests {
 }
 
 #[cfg(test)]
+mod real_captures {
+    use super::*;
+    use crate::book::OrderBook;
+    use crate::kraken::decode;
+
+    /// The checksum a verdict carries is computed with the book's memo of level texts; on every
+    /// book message of the real captures, at depths 1 to 100 (the small ones mismatch nearly
+    /// always, so every message is checksummed on a book Kraken never had) and kept synced
+    /// whatever the verdict, it is the checksum `OrderBook::checksum` prints from scratch.
+    #[test]
+    fn memoized_checksums_are_the_printed_ones() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/kraken-v2"
+        );
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "ndjson") {
+                continue;
+            }
+            let mut books: Vec<Tracked> = [1, 3, 10, 25, 100]
+                .map(|depth| Tracked {
+                    book: OrderBook::new(depth),
+                    synced: true,
+                })
+                .into();
+            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
+                let Some(start) = line.find(r#""frame": {"channel":"book""#) else {
+                    continue;
+                };
+                let Ok(Frame::Book(msg)) = decode(&line[start + 9..line.len() - 1]) else {
+                    panic!("{line}")
+                };
+                for t in &mut books {
+                    t.synced = true;
+                    let verdict = t.apply(msg.kind, &msg.data[0]);
+                    let printed = t.book.checksum();
+                    match verdict {
+                        Verdict::Ok => assert_eq!(printed, msg.data[0].checksum),
+                        Verdict::Mismatch { computed, .. } => assert_eq!(computed, printed),
+                        Verdict::Unsynced => panic!("kept synced"),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 5 * 4900, "{checked}");
+    }
+}
+
+#[cfg(test)]
 mod unrepresentable {
     use super::*;
     use crate::kraken::decode;

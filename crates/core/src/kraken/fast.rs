@@ -105,12 +105,69 @@ impl<'a> Cursor<'a> {
         Some(&self.text[start..self.at])
     }
 
+    /// A price or quantity, read in the same pass that finds its text: Kraken's plain numbers
+    /// (no exponent, at most 19 digits) are summed into a `u64` as they are scanned, which is
+    /// exactly what [`Decimal::parse`] makes of them (every digit into the mantissa, the fraction
+    /// digits as the scale); anything else is left to [`Decimal::parse`].
     fn decimal(&mut self) -> Option<WireDecimal<'a>> {
-        let text = self.number_text()?;
-        Some(WireDecimal {
-            value: Decimal::parse(text).ok()?,
-            text,
-        })
+        self.ws();
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut i = start;
+        let mut mantissa: u64 = 0;
+        let mut digits = |i: &mut usize| {
+            let s = *i;
+            while let Some(&b) = bytes.get(*i)
+                && b.is_ascii_digit()
+            {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                *i += 1;
+            }
+            *i - s
+        };
+        let int = digits(&mut i);
+        // The strict grammar of `number_text`: no leading zeros, digits after a point.
+        if int == 0 || (int > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        let mut frac = 0;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            frac = digits(&mut i);
+            if frac == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(i) {
+            let text = self.number_text()?;
+            return Some(WireDecimal {
+                value: Decimal::parse(text).ok()?,
+                text,
+            });
+        }
+        self.at = i;
+        let text = &self.text[start..i];
+        // At most 19 digits always fit a u64 (the sum above did not wrap), and a scale of at
+        // most 19 is within Decimal::MAX_SCALE.
+        let value = if int + frac <= 19 {
+            Decimal::new(u128::from(mantissa), u8::try_from(frac).ok()?)?
+        } else {
+            Decimal::parse(text).ok()?
+        };
+        Some(WireDecimal { value, text })
+    }
+
+    /// Takes `literal` if the text continues with it, exactly.
+    fn literal(&mut self, literal: &[u8]) -> bool {
+        let taken = self
+            .text
+            .as_bytes()
+            .get(self.at..)
+            .is_some_and(|rest| rest.starts_with(literal));
+        if taken {
+            self.at += literal.len();
+        }
+        taken
     }
 
     fn levels(&mut self) -> Option<Vec<Level<'a>>> {
@@ -125,11 +182,25 @@ impl<'a> Cursor<'a> {
             self.eat(b'{')?;
             let (mut price, mut qty) = (None, None);
             loop {
-                match self.key()? {
-                    "price" if price.is_none() => price = Some(self.decimal()?),
-                    "qty" if qty.is_none() => qty = Some(self.decimal()?),
-                    _ => return None,
+                // Kraken's own keys without whitespace are matched whole; any other spelling
+                // goes through `key`, which reads them just the same. Which of the two it is
+                // stays a bool (comparing the key as a string again was 2% of a decode).
+                let is_price = if self.literal(br#""price":"#) {
+                    true
+                } else if self.literal(br#""qty":"#) {
+                    false
+                } else {
+                    match self.key()? {
+                        "price" => true,
+                        "qty" => false,
+                        _ => return None,
+                    }
+                };
+                let field = if is_price { &mut price } else { &mut qty };
+                if field.is_some() {
+                    return None;
                 }
+                *field = Some(self.decimal()?);
                 if !self.more(b'}')? {
                     break;
                 }
@@ -148,8 +219,19 @@ impl<'a> Cursor<'a> {
         self.eat(b'{')?;
         let (mut symbol, mut bids, mut asks, mut checksum, mut timestamp) =
             (None, None, None, None, None);
+        // The keys as Kraken writes them, in its order, are matched whole (see `levels`).
+        let mut next = 0;
         loop {
-            match self.key()? {
+            let key = match next {
+                0 if self.literal(br#""symbol":"#) => "symbol",
+                1 if self.literal(br#""bids":"#) => "bids",
+                2 if self.literal(br#""asks":"#) => "asks",
+                3 if self.literal(br#""checksum":"#) => "checksum",
+                4 if self.literal(br#""timestamp":"#) => "timestamp",
+                _ => self.key()?,
+            };
+            next += 1;
+            match key {
                 "symbol" if symbol.is_none() => symbol = Some(self.string()?),
                 "bids" if bids.is_none() => bids = Some(self.levels()?),
                 "asks" if asks.is_none() => asks = Some(self.levels()?),
@@ -181,8 +263,16 @@ pub(super) fn decode_book(text: &str) -> Option<BookMessage<'_>> {
     let mut c = Cursor { text, at: 0 };
     c.eat(b'{')?;
     let (mut channel, mut kind, mut data) = (false, None, None);
+    let mut next = 0;
     loop {
-        match c.key()? {
+        let key = match next {
+            0 if c.literal(br#""channel":"#) => "channel",
+            1 if c.literal(br#""type":"#) => "type",
+            2 if c.literal(br#""data":"#) => "data",
+            _ => c.key()?,
+        };
+        next += 1;
+        match key {
             "channel" if !channel => {
                 if c.string()? != "book" {
                     return None;
@@ -281,6 +371,8 @@ mod tests {
         for text in [
             r#"{"channel":"book","type":"update","data":[{"symbol":"BTC\/USD","bids":[],"asks":[],"checksum":1}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"extra":1}]}"#,
+            r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"bids":[],"asks":[],"checksum":1}]}"#,
+            r#"{"channel":"book","channel":"book","type":"update","data":[]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":01,"qty":1}],"asks":[],"checksum":1}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":4294967296}]}"#,
             r#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"asks":[],"checksum":1,"timestamp":null}]}"#,
@@ -305,6 +397,13 @@ mod tests {
                 }
             }),
             (1u64..100, 1u32..9).prop_map(|(m, e)| format!("{m}e-0{e}")),
+            // Around the 19 digits read in one pass: up to 38 digits (all valid decimals).
+            ("[1-9][0-9]{0,19}", prop::option::of("[0-9]{1,18}")).prop_map(|(int, frac)| {
+                match frac {
+                    Some(frac) => format!("{int}.{frac}"),
+                    None => int,
+                }
+            }),
             Just("0".to_owned()),
             Just("-1.5".to_owned()),
             Just("\"2.5\"".to_owned()),
@@ -330,20 +429,107 @@ mod tests {
             any::<u32>(),
             prop::option::of(Just("2026-08-17T16:01:57.687440Z")),
             0usize..3,
+            0usize..4,
         )
-            .prop_map(|(bids, asks, kind, symbol, checksum, ts, order)| {
+            .prop_map(|(bids, asks, kind, symbol, checksum, ts, order, data_order)| {
                 let ts = ts.map(|t| format!(r#","timestamp":"{t}""#)).unwrap_or_default();
-                let data = format!(
-                    r#"[{{"symbol":"{symbol}","bids":[{}],"asks":[{}],"checksum":{checksum}{ts}}}]"#,
-                    bids.join(","),
-                    asks.join(", ")
-                );
+                let (bids, asks) = (bids.join(","), asks.join(", "));
+                // Kraken's order and spelling, then others: whitespace around the first key, the
+                // keys reversed, bids and asks swapped (the keys the decoder expects next are
+                // not there, and it reads whatever is).
+                let data = match data_order {
+                    0 => format!(
+                        r#"[{{"symbol":"{symbol}","bids":[{bids}],"asks":[{asks}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                    1 => format!(
+                        r#"[{{ "symbol" : "{symbol}","bids":[{bids}],"asks":[{asks}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                    2 => format!(
+                        r#"[{{"checksum":{checksum},"asks":[{asks}],"bids":[{bids}],"symbol":"{symbol}"{ts}}}]"#
+                    ),
+                    _ => format!(
+                        r#"[{{"symbol":"{symbol}","asks":[{asks}],"bids":[{bids}],"checksum":{checksum}{ts}}}]"#
+                    ),
+                };
                 match order {
                     0 => format!(r#"{{"channel":"book","type":"{kind}","data":{data}}}"#),
                     1 => format!(r#"{{ "type" : "{kind}" , "channel":"book", "data":{data} }}"#),
                     _ => format!(r#"{{"data":{data},"channel":"book","type":"{kind}"}}"#),
                 }
             })
+    }
+
+    /// What `Cursor::decimal` did in two passes before it read numbers in one: the number's
+    /// text, then `Decimal::parse` of it. The exact mantissa and scale, the text and where the
+    /// cursor stops.
+    fn two_passes(text: &str) -> Option<(u128, u8, &str, usize)> {
+        let mut c = Cursor { text, at: 0 };
+        let t = c.number_text()?;
+        let v = Decimal::parse(t).ok()?;
+        Some((v.mantissa(), v.scale(), t, c.at))
+    }
+
+    fn one_pass(text: &str) -> Option<(u128, u8, &str, usize)> {
+        let mut c = Cursor { text, at: 0 };
+        let d = c.decimal()?;
+        Some((d.value.mantissa(), d.value.scale(), d.text, c.at))
+    }
+
+    /// Number texts around every edge of the one-pass reading: 1 to 45 digits (19 and 20, past
+    /// u64, past u128's 38 digits), fractions past `Decimal::MAX_SCALE`, leading zeros,
+    /// exponents (complete or not), signs, a point without digits, what follows the number.
+    fn arb_number_text() -> impl Strategy<Value = String> {
+        (
+            "[ ]?-?[0-9]{0,45}",
+            prop::option::of("\\.[0-9]{0,35}"),
+            prop::option::of("[eE][+-]?[0-9]{0,3}"),
+            "[ ,}x.]?",
+        )
+            .prop_map(|(int, frac, exp, tail)| {
+                format!(
+                    "{int}{}{}{tail}",
+                    frac.unwrap_or_default(),
+                    exp.unwrap_or_default()
+                )
+            })
+    }
+
+    #[test]
+    fn one_pass_decimals_are_the_two_passes_at_the_edges() {
+        for text in [
+            "0",
+            "0.0",
+            "00",
+            "01",
+            "1.",
+            ".5",
+            "1e5",
+            "1.5E+3",
+            "5e-05",
+            "62802.5,",
+            "0.00005100}",
+            "9999999999999999999",
+            "10000000000000000000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1.000000000000000000",
+            "0.0000000000000000001",
+            "0.0000000000000000000000000000001",
+            "99999999999999999999999999999999999999",
+            "999999999999999999999999999999999999999",
+            "123456789012345678901234567.12345678",
+            "-1",
+            " 7",
+        ] {
+            assert_eq!(one_pass(text), two_passes(text), "{text:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_decimals_are_the_two_passes(text in arb_number_text()) {
+            prop_assert_eq!(one_pass(&text), two_passes(&text), "{:?}", text);
+        }
     }
 
     proptest! {
