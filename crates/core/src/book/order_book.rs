@@ -617,7 +617,8 @@ impl LevelMemo {
 }
 
 /// The checksum's text: the decimal digits of each number, one after the other, with no point
-/// and no leading zeros (a zero prints as `0`, as `itoa` prints it).
+/// and no leading zeros: Kraken's recipe strips them all, so a zero is no text at all (as
+/// [`Decimal::checksum_digits`] prints it), where `itoa` would print `0`.
 ///
 /// Digits are made eight at a time in the lanes of one `u64` (divisions by 10^4, 10^2 and 10 done
 /// as multiplications, all lanes at once) and stored eight bytes at a time, and a memo slot's text
@@ -653,9 +654,12 @@ impl ChecksumText {
         }
     }
 
-    /// Appends the digits of `v` (at most 20).
+    /// Appends the digits of `v` (at most 20); a zero has none (a price of zero).
     fn push(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
+        if v == 0 {
+            return;
+        }
         if v < E8 {
             self.push_eight(v, true);
         } else if v < E8 * E8 {
@@ -766,8 +770,9 @@ mod tests {
         }
     }
 
-    /// The checksum text's digits are itoa's, number for number: at every digit count's edges
-    /// (0, 9, 10, 99, 100, ... u64::MAX), for wide quantities, and for random values.
+    /// The checksum text's digits are itoa's, number for number (but for zero, which has none):
+    /// at every digit count's edges (0, 9, 10, 99, 100, ... u64::MAX), for wide quantities, and
+    /// for random values.
     #[test]
     fn checksum_text_writes_the_digits_itoa_writes() {
         let mut values = vec![0u64, 1, u64::MAX];
@@ -793,7 +798,9 @@ mod tests {
             expected.clear();
             text.len = 0;
             for &v in chunk {
-                expected.push_str(itoa::Buffer::new().format(v));
+                if v != 0 {
+                    expected.push_str(itoa::Buffer::new().format(v));
+                }
                 text.push(v);
             }
             let wide = u128::from(u64::MAX) * 10_000_000_000_000_000_000 + 7;
@@ -1229,5 +1236,45 @@ mod tests {
         book.apply_update(levels(&[("3", "0")]), vec![]).unwrap();
         assert!(book.bids.wide.is_empty());
         assert_eq!(std::mem::size_of::<Lvl>(), 16);
+    }
+
+    /// Kraken's recipe, printed from the book's own levels through
+    /// [`Decimal::checksum_digits`] (neither [`ChecksumText`] nor the memo).
+    fn recipe(book: &OrderBook) -> u32 {
+        let p = book.precision();
+        let mut text = String::new();
+        let mut buf = itoa::Buffer::new();
+        for l in book.asks().take(10).chain(book.bids().take(10)) {
+            text.push_str(l.price.checksum_digits(p.price, &mut buf));
+            text.push_str(l.qty.checksum_digits(p.qty, &mut buf));
+        }
+        crc32fast::hash(text.as_bytes())
+    }
+
+    /// `checksum`, `current_checksum` (through the memo, twice: filled, then hit) and a fresh
+    /// clone's are all the recipe's.
+    fn check_checksums(book: &mut OrderBook) -> Result<(), TestCaseError> {
+        let want = recipe(book);
+        prop_assert_eq!(book.checksum(), want, "checksum");
+        prop_assert_eq!(book.current_checksum(), want, "current_checksum");
+        book.bids.top_changed = true;
+        prop_assert_eq!(book.current_checksum(), want, "current_checksum again");
+        let mut clone = book.clone();
+        clone.asks.top_changed = true;
+        prop_assert_eq!(clone.current_checksum(), want, "a clone's");
+        Ok(())
+    }
+
+    /// Kraken strips every leading zero, so a level at price zero gives its quantity's digits
+    /// alone; the checksum printed `0` for it (itoa's zero), which `Decimal::checksum_digits`
+    /// and Kraken's recipe do not.
+    #[test]
+    fn a_price_of_zero_prints_no_checksum_digits() {
+        let mut book = OrderBook::new(10);
+        book.apply_update(levels(&[("0", "1.5"), ("0.5", "2.0")]), vec![])
+            .unwrap();
+        assert_eq!(book.checksum(), crc32fast::hash(b"52015"));
+        assert_eq!(book.current_checksum(), crc32fast::hash(b"52015"));
+        check_checksums(&mut book).unwrap();
     }
 }
