@@ -1265,6 +1265,10 @@ mod tests {
         Ok(())
     }
 
+    fn dm(mantissa: u128, scale: u8) -> Decimal {
+        Decimal::new(mantissa, scale).unwrap()
+    }
+
     /// Kraken strips every leading zero, so a level at price zero gives its quantity's digits
     /// alone; the checksum printed `0` for it (itoa's zero), which `Decimal::checksum_digits`
     /// and Kraken's recipe do not.
@@ -1276,5 +1280,150 @@ mod tests {
         assert_eq!(book.checksum(), crc32fast::hash(b"52015"));
         assert_eq!(book.current_checksum(), crc32fast::hash(b"52015"));
         check_checksums(&mut book).unwrap();
+    }
+
+    /// The longest checksum text there is, 20 levels of a 20-digit price and a 39-digit
+    /// quantity (one grown to 39 digits by a rescale), and 20 levels of 20-digit narrow
+    /// quantities (just below the wide marker): it would catch a buffer too short for them or
+    /// a store past its end, and a wrong digit at the top of either range.
+    #[test]
+    fn the_widest_levels_fit_the_checksum_text() {
+        let top = u128::from(u64::MAX);
+        let wide = u128::MAX - 40;
+        let side = |from: u128, qty: u128| -> Vec<(Decimal, Decimal)> {
+            (0..10).map(|k| (dm(from - k, 0), dm(qty - k, 0))).collect()
+        };
+        let mut book = OrderBook::new(10);
+        book.apply_snapshot(side(top - 100, wide), side(top, wide - 20))
+            .unwrap();
+        check_checksums(&mut book).unwrap();
+        book.apply_snapshot(side(top - 100, top - 1), side(top, top - 20))
+            .unwrap();
+        check_checksums(&mut book).unwrap();
+        // 3.4e37 at scale 0, then a quantity with one decimal: every quantity times ten.
+        let grown = u128::MAX / 10;
+        book.apply_snapshot(side(top - 100, grown), side(top, grown - 20))
+            .unwrap();
+        book.apply_update(levels(&[("1", "0.1")]), vec![]).unwrap();
+        assert_eq!(book.precision().qty, 1);
+        assert_eq!(book.best_bid().unwrap().qty, dm(grown * 10, 1));
+        check_checksums(&mut book).unwrap();
+    }
+
+    /// Every pair of price and quantity digit counts (1 to 20 each), so that a level's text is
+    /// every length from 2 to 40, on both sides of what a memo slot holds (24): a level filled,
+    /// served, requoted and served again. It would catch a slot serving a text cut short, or
+    /// one of another length.
+    #[test]
+    fn memoized_level_texts_of_every_length_are_kraken_s() {
+        for price_digits in 1..=20 {
+            for qty_digits in 1..=20 {
+                let p = 10u128.pow(price_digits - 1);
+                let q = 10u128.pow(qty_digits - 1);
+                let side = |from: u128, qty: u128| -> Vec<(Decimal, Decimal)> {
+                    (0..10).map(|k| (dm(from + k, 0), dm(qty + k, 0))).collect()
+                };
+                let mut book = OrderBook::new(10);
+                book.apply_snapshot(side(p, q), side(p + 100, q + 10))
+                    .unwrap();
+                check_checksums(&mut book).unwrap();
+                for qty in [q + 7, q + 3] {
+                    book.apply_update(vec![(dm(p + 3, 0), dm(qty, 0))], vec![])
+                        .unwrap();
+                    check_checksums(&mut book).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Prices on a grid (levels collide in the top ten and in memo slots), zero, and values
+    /// next to every power of ten below 10^15, at scales 0 to 3 (the price scale grows).
+    fn arb_edge_price() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            6 => (1u128..40, 0u8..3).prop_map(|(m, s)| dm(m * 10u128.pow(u32::from(s)), s)),
+            1 => Just(Decimal::ZERO),
+            2 => (0u32..15, 0u128..3, 0u8..3).prop_map(|(k, d, s)| dm(10u128.pow(k) - 1 + d, s)),
+            1 => (1u128..1000).prop_map(|m| dm(m, 3)),
+        ]
+    }
+
+    /// Deletions, plain quantities, values next to every power of ten up to 10^30 and to 2^64
+    /// (the wide marker), and wide ones, at scales 0 to 8 (the quantity scale grows).
+    fn arb_edge_qty() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            3 => Just(Decimal::ZERO),
+            10 => (1u128..1_000_000_000, 0u8..9).prop_map(|(m, s)| dm(m, s)),
+            3 => (1u32..31, 0u128..3, 0u8..9).prop_map(|(k, d, s)| dm(10u128.pow(k) - 1 + d, s)),
+            2 => (0u128..4, 0u8..9).prop_map(|(d, s)| dm(u128::from(u64::MAX) - 1 + d, s)),
+            1 => ((1u128 << 64)..(1u128 << 96), 0u8..9).prop_map(|(m, s)| dm(m, s)),
+        ]
+    }
+
+    /// What may happen to a book between two checksums.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Update(Message),
+        Snapshot(Message),
+        Clone,
+        SetPrecision(Option<Precision>),
+        SetDepth(usize),
+        Clear,
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        let side = |n| prop::collection::vec((arb_edge_price(), arb_edge_qty()), 0..n);
+        prop_oneof![
+            20 => (side(6), side(6)).prop_map(Step::Update),
+            2 => (side(30), side(30)).prop_map(Step::Snapshot),
+            2 => Just(Step::Clone),
+            1 => prop::option::of((0u8..4, 0u8..10).prop_map(|(price, qty)| Precision { price, qty }))
+                .prop_map(Step::SetPrecision),
+            1 => (1usize..30).prop_map(Step::SetDepth),
+            1 => Just(Step::Clear),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens to a book (updates and snapshots at growing scales, a clone taken
+        /// mid-stream, the precision set or unset, the depth changed, a clear), with checksums
+        /// taken after some steps only (so that changes pile up between two), the checksum, the
+        /// memoized one and a clone's are Kraken's recipe printed from the book's levels. It
+        /// would catch a memo serving a stale or another level's text, a change to the top ten
+        /// that `current_checksum` misses, and any digit ChecksumText prints that
+        /// `Decimal::checksum_digits` does not (it caught a zero price printed as `0`).
+        #[test]
+        fn the_memoized_checksum_is_kraken_s_whatever_happens_to_the_book(
+            depth in 1usize..30,
+            steps in prop::collection::vec((arb_step(), any::<bool>()), 1..60),
+        ) {
+            let mut book = OrderBook::new(depth);
+            for (step, look) in steps {
+                let applied = match step {
+                    Step::Update((bids, asks)) => book.apply_update(bids, asks),
+                    Step::Snapshot((bids, asks)) => book.apply_snapshot(bids, asks),
+                    Step::Clone => {
+                        book = book.clone();
+                        Ok(())
+                    }
+                    Step::SetPrecision(p) => book.set_precision(p),
+                    Step::SetDepth(d) => {
+                        book.set_depth(d);
+                        Ok(())
+                    }
+                    Step::Clear => {
+                        book.clear();
+                        Ok(())
+                    }
+                };
+                if applied.is_err() {
+                    // What the tracker does with a book that could not take a message.
+                    book.clear();
+                }
+                if look {
+                    check_checksums(&mut book)?;
+                }
+            }
+            check_checksums(&mut book)?;
+        }
     }
 }

@@ -551,4 +551,335 @@ mod tests {
             agree(&text);
         }
     }
+
+    /// A hostile exchange's attacks one at a time, each with whether the fast path takes it:
+    /// what it takes, it must decode as serde does (`agree`); what it declines, serde decides.
+    /// It would catch any of these taken when it should not be (or left when it should not).
+    #[test]
+    fn hostile_levels_one_by_one() {
+        // (what it covers, the one bid level, taken)
+        let cases = [
+            (
+                "Kraken's own",
+                r#"{"price":62802.5,"qty":0.00005100}"#,
+                true,
+            ),
+            (
+                "zero, and zero at scale 1",
+                r#"{"price":0.0,"qty":0}"#,
+                true,
+            ),
+            (
+                "19 digits: the one pass",
+                r#"{"price":9999999999999999999,"qty":0.000000000000000001}"#,
+                true,
+            ),
+            (
+                "20 digits: past u64",
+                r#"{"price":18446744073709551616,"qty":1.0000000000000000000}"#,
+                true,
+            ),
+            (
+                "39 digits, u128::MAX",
+                r#"{"price":1,"qty":340282366920938463463374607431768211455}"#,
+                true,
+            ),
+            (
+                "39 digits past u128",
+                r#"{"price":1,"qty":999999999999999999999999999999999999999}"#,
+                false,
+            ),
+            (
+                "30 decimals",
+                r#"{"price":1,"qty":0.000000000000000000000000000001}"#,
+                true,
+            ),
+            (
+                "31 decimals: past MAX_SCALE",
+                r#"{"price":1,"qty":0.0000000000000000000000000000001}"#,
+                false,
+            ),
+            ("exponents", r#"{"price":1.5E+3,"qty":5e-05}"#, true),
+            (
+                "an exponent out of range",
+                r#"{"price":1e400,"qty":1}"#,
+                false,
+            ),
+            ("minus zero", r#"{"price":-0,"qty":1}"#, false),
+            ("negative", r#"{"price":1,"qty":-1.5}"#, false),
+            ("a leading zero", r#"{"price":01,"qty":1}"#, false),
+            (
+                "a leading zero before the point",
+                r#"{"price":00.5,"qty":1}"#,
+                false,
+            ),
+            ("a point without digits", r#"{"price":1.,"qty":1}"#, false),
+            ("a quoted number", r#"{"price":"2.5","qty":1}"#, false),
+            ("null", r#"{"price":null,"qty":1}"#, false),
+            (
+                "keys swapped, JSON's four whitespaces",
+                "{ \"qty\"\t:\r\n1 ,\"price\" :2\t}",
+                true,
+            ),
+            ("an escaped key", r#"{"pr\u0069ce":1,"qty":1}"#, false),
+            (
+                "a key extending Kraken's",
+                r#"{"price2":1,"price":1,"qty":1}"#,
+                false,
+            ),
+            ("another", r#"{"price":1,"qtyx":1,"qty":1}"#, false),
+            ("a key cut short", r#"{"pric":1,"price":1,"qty":1}"#, false),
+            ("a duplicate key", r#"{"price":1,"qty":1,"qty":2}"#, false),
+            ("a missing key", r#"{"price":1}"#, false),
+            (
+                "a NUL after a number",
+                "{\"price\":1\u{0},\"qty\":1}",
+                false,
+            ),
+            (
+                "a form feed as whitespace",
+                "{\"price\":1,\u{c}\"qty\":1}",
+                false,
+            ),
+            ("a trailing comma", r#"{"price":1,"qty":1,}"#, false),
+        ];
+        for (what, level, taken) in cases {
+            let text = format!(
+                r#"{{"channel":"book","type":"update","data":[{{"symbol":"BTC/USD","bids":[{level}],"asks":[],"checksum":1}}]}}"#
+            );
+            assert_eq!(agree(&text).is_some(), taken, "{what}: {text}");
+        }
+    }
+
+    /// No proper prefix of a frame is a frame: each is declined (and serde rejects it). It would
+    /// catch a decoder that answers before it has read its text to the end.
+    #[test]
+    fn every_cut_of_a_frame_is_declined() {
+        let text = r#"{"channel":"book","type":"update","data":[{"symbol":"MINA/GBP","bids":[{"price":0.0292,"qty":0}],"asks":[{"price":0.0293,"qty":12.5}],"checksum":2678396431,"timestamp":"2026-08-17T16:01:57.687440Z"}]}"#;
+        assert!(agree(text).is_some());
+        for end in 0..text.len() {
+            assert!(agree(&text[..end]).is_none(), "{}", &text[..end]);
+            assert!(decode_general(&text[..end]).is_err(), "{}", &text[..end]);
+        }
+    }
+
+    /// JSON whitespace, mostly none, and now and then a byte that only looks like it (form
+    /// feed, vertical tab, NUL, a no-break space).
+    fn hws() -> impl Strategy<Value = String> {
+        prop_oneof![
+            60 => Just(String::new()),
+            10 => prop::collection::vec(prop::sample::select(vec![" ", "\t", "\n", "\r"]), 1..3)
+                .prop_map(|v| v.concat()),
+            1 => prop::sample::select(vec!["\u{c}", "\u{b}", "\u{0}", "\u{a0}"]).prop_map(str::to_owned),
+        ]
+    }
+
+    /// A key as Kraken writes it, or escaped, or a prefix / extension of it, or another case.
+    fn hkey(name: &'static str) -> impl Strategy<Value = String> {
+        let escaped = format!(r#""\u{:04x}{}""#, name.as_bytes()[0], &name[1..]);
+        let escaped_last = format!(
+            r#""{}\u{:04X}""#,
+            &name[..name.len() - 1],
+            name.as_bytes()[name.len() - 1]
+        );
+        prop_oneof![
+            60 => Just(format!(r#""{name}""#)),
+            1 => Just(escaped),
+            1 => Just(escaped_last),
+            1 => Just(format!(r#""{name}2""#)),
+            1 => Just(format!(r#""{name}x""#)),
+            1 => Just(format!(r#""{}""#, &name[..name.len() - 1])),
+            1 => Just(format!(r#""{}""#, name.to_uppercase())),
+            1 => Just(format!(r#""{name} ""#)),
+        ]
+    }
+
+    fn hnumber() -> impl Strategy<Value = String> {
+        prop_oneof![
+            30 => ("[1-9][0-9]{0,21}", prop::option::of("\\.[0-9]{1,33}"))
+                .prop_map(|(i, f)| format!("{i}{}", f.unwrap_or_default())),
+            10 => "0\\.[0-9]{1,33}",
+            2 => "[1-9][0-9]{0,3}(\\.[0-9]{1,4})?[eE][+-]?[0-9]{1,3}",
+            4 => prop::sample::select(vec![
+                "0", "0.0", "-0", "-0.0", "00", "01", "00.5", "1.", ".5", "-1", "+1", "1e5",
+                "1E+2", "1.5e-3", "1e400", "1e-40", "0e0", "0E-0", "\"2.5\"", "null", "true",
+                "[]", "{}", "1.0e", "NaN", "9999999999999999999", "10000000000000000000",
+                "18446744073709551615", "18446744073709551616", "0.0000000000000000001",
+                "0.000000000000000000000000000001", "0.0000000000000000000000000000001",
+                "99999999999999999999999999999999999999",
+                "340282366920938463463374607431768211455", "1\u{0}", "1 2",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    /// An object of the given entries: each value's key hostile now and then, entries dropped,
+    /// doubled, unknown ones added, and the order shuffled, with whitespace anywhere JSON allows.
+    fn hobject(entries: Vec<BoxedStrategy<(String, String)>>) -> BoxedStrategy<String> {
+        let entry = |s: BoxedStrategy<(String, String)>| {
+            (s, hws(), hws(), hws(), hws(), prop::bool::weighted(0.97))
+                .prop_map(|((k, v), a, b, c, d, keep)| keep.then(|| format!("{a}{k}{b}:{c}{v}{d}")))
+        };
+        let n = entries.len();
+        let all: Vec<_> = entries.into_iter().map(entry).collect();
+        (
+            all,
+            prop::option::weighted(0.2, 0..n),
+            prop::option::weighted(0.05, Just(r#""x":1"#.to_owned())),
+            prop::bool::weighted(0.15),
+            hws(),
+        )
+            .prop_flat_map(|(entries, doubles, extra, shuffle, ws)| {
+                let mut list: Vec<String> = entries.iter().flatten().cloned().collect();
+                if let Some(Some(e)) = doubles.and_then(|i| entries.get(i)) {
+                    list.push(e.clone());
+                }
+                list.extend(extra);
+                let list = if shuffle {
+                    Just(list).prop_shuffle().boxed()
+                } else {
+                    Just(list).boxed()
+                };
+                list.prop_map(move |l| {
+                    if l.is_empty() {
+                        format!("{{{ws}}}")
+                    } else {
+                        format!("{{{}}}", l.join(","))
+                    }
+                })
+            })
+            .boxed()
+    }
+
+    fn hpair(key: &'static str, value: BoxedStrategy<String>) -> BoxedStrategy<(String, String)> {
+        (hkey(key), value).boxed()
+    }
+
+    fn harray(item: BoxedStrategy<String>, max: usize) -> BoxedStrategy<String> {
+        prop_oneof![
+            20 => (prop::collection::vec((item, hws()), 0..max), hws()).prop_map(|(v, ws)| {
+                let items: Vec<String> = v.into_iter().map(|(i, w)| format!("{w}{i}")).collect();
+                format!("[{}{ws}]", items.join(","))
+            }),
+            1 => prop::sample::select(vec!["null", "{}", "[1]", "[,]", "[{},]"]).prop_map(str::to_owned),
+        ]
+        .boxed()
+    }
+
+    fn hlevel() -> BoxedStrategy<String> {
+        hobject(vec![
+            hpair("price", hnumber().boxed()),
+            hpair("qty", hnumber().boxed()),
+        ])
+    }
+
+    /// Mostly `usual`, now and then one of `odd`.
+    fn mostly(usual: &'static str, odd: Vec<&'static str>) -> BoxedStrategy<String> {
+        prop_oneof![6 => Just(usual), 1 => prop::sample::select(odd)]
+            .prop_map(str::to_owned)
+            .boxed()
+    }
+
+    fn hdata() -> BoxedStrategy<String> {
+        let symbol = mostly(
+            r#""BTC/USD""#,
+            vec![
+                r#""BTC\/USD""#,
+                r#""""#,
+                "null",
+                "1",
+                "\"a\tb\"",
+                "\"\u{20ac}/USD\"",
+                "\"a\u{0}b\"",
+                "\"\u{7f}\"",
+            ],
+        );
+        let checksum = prop_oneof![
+            6 => any::<u32>().prop_map(|c| c.to_string()),
+            1 => prop::sample::select(vec![
+                "0", "4294967295", "4294967296", "-1", "-0", "1.0", "1e3", "01", "\"5\"", "null",
+                "99999999999999999999999",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let timestamp = mostly(
+            r#""2026-08-17T16:01:57.687440Z""#,
+            vec![
+                r#""2026-08-17T16:01:57Z""#,
+                r#""2026-08-17T18:01:57.687440+02:00""#,
+                r#""2026-02-30T00:00:00Z""#,
+                r#""x""#,
+                "null",
+                r#""2026-08-17T16:01:57.687440\u005a""#,
+            ],
+        );
+        hobject(vec![
+            hpair("symbol", symbol),
+            hpair("bids", harray(hlevel(), 4)),
+            hpair("asks", harray(hlevel(), 4)),
+            hpair("checksum", checksum.boxed()),
+            hpair("timestamp", timestamp),
+        ])
+    }
+
+    fn hframe() -> BoxedStrategy<String> {
+        let channel = mostly(
+            r#""book""#,
+            vec![r#""bo\u006fk""#, r#""Book""#, r#""book ""#, r#""ticker""#],
+        );
+        let kind = prop_oneof![
+            Just(r#""snapshot""#.to_owned()),
+            mostly(
+                r#""update""#,
+                vec![r#""delta""#, "null", r#""upd\u0061te""#],
+            ),
+        ];
+        (
+            hobject(vec![
+                hpair("channel", channel),
+                hpair("type", kind.boxed()),
+                hpair("data", harray(hdata(), 2)),
+            ]),
+            hws(),
+            hws(),
+        )
+            .prop_map(|(f, a, b)| format!("{a}{f}{b}"))
+            .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// Book frames written as a hostile exchange might: each key now and then escaped
+        /// (`"pr\u0069ce"`), extended (`"price2"`, `"qtyx"`), cut (`"pric"`), in capitals or
+        /// with a space inside its quotes; entries dropped, doubled, unknown ones added, the
+        /// order shuffled at each of the three levels; whitespace (and bytes that only look like
+        /// it) anywhere JSON allows; numbers at every edge `Cursor::decimal` has (19 and 20
+        /// digits, 2^64, 38 and 39 digits, scales past 30, exponents, `-0`, `0.0`, leading
+        /// zeros, quoted, `null`); hostile symbols, checksums and timestamps; then a third of
+        /// them cut short or with a byte inserted, replaced or removed. Whenever the fast path
+        /// answers, it answers what serde does (about one frame in ten is taken); nothing
+        /// panics. It would catch a key taken for another, a duplicate or an escape let through,
+        /// a number read past 19 digits in one pass, or whitespace JSON does not allow.
+        #[test]
+        fn hostile_frames_are_declined_or_decoded_as_serde_decodes_them(
+            text in hframe(),
+            cut in any::<prop::sample::Index>(),
+            how in 0u8..12,
+            byte in any::<u8>(),
+        ) {
+            // As written, or cut short, or a byte inserted, replaced or removed.
+            let mut bytes = text.into_bytes();
+            let i = cut.index(bytes.len() + 1);
+            match how {
+                0 => bytes.truncate(i),
+                1 => bytes.insert(i, byte),
+                2 if i < bytes.len() => bytes[i] = byte,
+                3 if i < bytes.len() => { bytes.remove(i); }
+                _ => {}
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            agree(&text);
+            let _ = crate::kraken::decode(&text);
+        }
+    }
 }
