@@ -131,6 +131,84 @@ pub fn is_canonical(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
     render(kind, data, &mut cmp).is_some() && cmp.same && cmp.rest.is_empty()
 }
 
+/// Whether `frame` is what [`canonical`] writes but for JSON's insignificant whitespace:
+/// spaces, tabs, line feeds and carriage returns between tokens, as an exchange whose serialiser
+/// writes `", "` and `": "` (Python's default) or pretty-prints sends them. What the database
+/// keeps of a frame is its `jsonb` (`raw_message`), in which such whitespace is not kept, so the
+/// row rebuilds such a frame as exactly as it rebuilds one in Kraken's layout and needs no
+/// `raw`; the journal keeps its bytes. `frame` must be JSON (it decoded): whitespace outside
+/// its strings then lies between tokens, and the frame's value is the canonical text's.
+pub fn is_canonical_but_spacing(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
+    let mut cmp = CompareSpaced {
+        rest: frame,
+        same: true,
+        in_string: false,
+        escaped: false,
+    };
+    render(kind, data, &mut cmp).is_some() && cmp.same && {
+        cmp.skip_space();
+        cmp.rest.is_empty()
+    }
+}
+
+/// JSON's insignificant whitespace.
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// A [`std::fmt::Write`] that compares what is written with the bytes left, passing over
+/// JSON whitespace in them wherever what is written stands outside a string.
+struct CompareSpaced<'a> {
+    rest: &'a [u8],
+    same: bool,
+    /// Inside a string of what is written (so of the frame too, as far as they agree).
+    in_string: bool,
+    /// The last byte written inside a string was an escaping backslash.
+    escaped: bool,
+}
+
+impl CompareSpaced<'_> {
+    fn skip_space(&mut self) {
+        while let Some((&b, rest)) = self.rest.split_first()
+            && is_json_space(b)
+        {
+            self.rest = rest;
+        }
+    }
+}
+
+impl std::fmt::Write for CompareSpaced<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if !self.same {
+            return Err(std::fmt::Error);
+        }
+        for &b in s.as_bytes() {
+            if !self.in_string {
+                self.skip_space();
+            }
+            match self.rest.split_first() {
+                Some((&f, rest)) if f == b => self.rest = rest,
+                _ => {
+                    self.same = false;
+                    return Err(std::fmt::Error);
+                }
+            }
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A [`std::fmt::Write`] that compares what is written with the bytes left.
 struct Compare<'a> {
     rest: &'a [u8],
@@ -826,6 +904,35 @@ mod tests {
         ));
         let longer = format!("{text} ");
         assert!(!is_canonical(book.kind, &book.data[0], longer.as_bytes()));
+        // Spaced otherwise, between tokens only: the same frame to `jsonb`, rebuilt by the row.
+        let spaced = text.replace(r#"":"#, r#"": "#).replace(r#"","#, "\",\n\t");
+        assert!(is_canonical_but_spacing(
+            book.kind,
+            &book.data[0],
+            spaced.as_bytes()
+        ));
+        assert!(!is_canonical(book.kind, &book.data[0], spaced.as_bytes()));
+        for inside_a_string in [
+            text.replacen("BTC/USD", "BTC/ USD", 1),
+            text.replacen("T23:37", "T23: 37", 1),
+            text.replacen(r#""checksum""#, r#"" checksum""#, 1),
+        ] {
+            assert!(
+                !is_canonical_but_spacing(book.kind, &book.data[0], inside_a_string.as_bytes()),
+                "{inside_a_string}"
+            );
+        }
+        // A space after the frame is whitespace too (one missing byte is not).
+        assert!(is_canonical_but_spacing(
+            book.kind,
+            &book.data[0],
+            longer.as_bytes()
+        ));
+        assert!(!is_canonical_but_spacing(
+            book.kind,
+            &book.data[0],
+            &text.as_bytes()[..text.len() - 1]
+        ));
         let spaced = text.replace(r#""bids":[]"#, r#""bids": []"#);
         let crate::kraken::Frame::Book(book) = crate::kraken::decode(&spaced).unwrap() else {
             panic!("a book frame");

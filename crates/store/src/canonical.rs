@@ -199,8 +199,10 @@ mod tests {
     use crate::kraken::{self, Frame};
     use proptest::prelude::*;
 
-    /// The columns the general path stores for `text` as a book row without `raw`, or `None`
-    /// when it stores it otherwise (a row with `raw`, or not in the book table).
+    /// The columns the general path stores for `text` as a book row without `raw` in Kraken's
+    /// exact layout, or `None` when it stores it otherwise (a row with `raw`, or not in the book
+    /// table) or the frame is that layout spaced otherwise (stored without `raw` as well, by the
+    /// general path: `read` leaves it there).
     fn general(text: &str) -> Option<Canonical<'_>> {
         let Ok(Frame::Book(book)) = kraken::decode(text) else {
             return None;

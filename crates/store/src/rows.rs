@@ -41,7 +41,9 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::book_rows::{BookRow, BookRows, Hashed, is_canonical, levels_dec64};
+use super::book_rows::{
+    BookRow, BookRows, Hashed, is_canonical, is_canonical_but_spacing, levels_dec64,
+};
 use super::canonical;
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
@@ -664,11 +666,15 @@ impl RowEncoder {
             return None;
         }
         let levels = levels_dec64(&data.bids, &data.asks);
-        let rebuilt = levels.is_some() && is_canonical(book.kind, data, &frame.bytes);
-        // A frame that is byte for byte what `canonical` writes from exact levels and a symbol
-        // without NUL is JSON `jsonb` takes (no `\u0000`, no surrogate escape, numbers of at
-        // most 19 digits, four levels deep: `book_rows::tests`): only the others are scanned
-        // (the scan was a twentieth of the database thread's CPU).
+        // Rebuilt by the row: Kraken's layout byte for byte, or that layout spaced otherwise
+        // (the `jsonb` the database keeps is the same; the journal keeps the bytes).
+        let rebuilt = levels.is_some()
+            && (is_canonical(book.kind, data, &frame.bytes)
+                || is_canonical_but_spacing(book.kind, data, &frame.bytes));
+        // A frame that is, but for whitespace between tokens, what `canonical` writes from
+        // exact levels and a symbol without NUL is JSON `jsonb` takes (no `\u0000`, no
+        // surrogate escape, numbers of at most 19 digits, four levels deep: `book_rows::tests`):
+        // only the others are scanned (the scan was a twentieth of the database thread's CPU).
         if !rebuilt && jsonb_refusal(text).is_some() {
             return None;
         }
@@ -1099,6 +1105,81 @@ mod tests {
             batches.push((streams, e.counts(), e.connections().to_vec()));
         }
         batches
+    }
+
+    /// `text` with a space after every `,` and `:` outside its strings (Python's `json.dumps`
+    /// with its default separators).
+    fn python_spaced(text: &str) -> String {
+        let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+        for c in text.chars() {
+            out.push(c);
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+            } else if c == '"' {
+                in_string = true;
+            } else if c == ',' || c == ':' {
+                out.push(' ');
+            }
+        }
+        out
+    }
+
+    /// The book stream one record encodes to, alone in a fresh encoder.
+    fn book_stream(r: &Record) -> Bytes {
+        let mut e = RowEncoder::new("c");
+        e.set_collector_id(3);
+        e.reset();
+        e.push(r).unwrap();
+        let mut book = e
+            .take_book(usize::MAX)
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        book.extend_from_slice(&e.finish().book);
+        Bytes::from(book)
+    }
+
+    /// A book frame from an exchange that spaces its JSON otherwise (Python's default
+    /// separators, pretty-printing with line feeds and tabs, whitespace around the whole) is
+    /// stored as the same row as the frame in Kraken's layout, without `raw` (its `jsonb` is
+    /// the same; the journal keeps its bytes): on a recording of such an exchange every book
+    /// message kept its text, 566 bytes a message against 226. Keys in another order are not
+    /// Kraken's layout spaced otherwise, and keep `raw`.
+    #[test]
+    fn a_book_frame_spaced_otherwise_is_stored_as_the_row_of_kraken_s_layout() {
+        let mut books = 0;
+        for r in krakenbook_testkit::captured_records() {
+            let Some(text) = r.frame_text().map(str::to_owned) else {
+                continue;
+            };
+            if !text.starts_with(r#"{"channel":"book""#) {
+                continue;
+            }
+            books += 1;
+            let with = |bytes: String| {
+                let mut r = r.clone();
+                if let RecordBody::Frame(f) = &mut r.body {
+                    f.bytes = bytes.into_bytes();
+                }
+                book_stream(&r)
+            };
+            let kraken = book_stream(&r);
+            let python = python_spaced(&text);
+            let pretty = python.replace(", ", ",\n\t").replace("{", "{\r\n ");
+            for spaced in [python, pretty, format!(" \n{text}\t ")] {
+                assert_eq!(with(spaced.clone()), kraken, "{spaced}");
+            }
+            let reordered = text
+                .replacen(r#""channel":"book","type":"#, r#""type":"#, 1)
+                .replacen(r#","data":"#, r#","channel":"book","data":"#, 1);
+            assert_ne!(with(reordered.clone()), kraken, "{reordered}");
+        }
+        assert!(books > 4_000, "{books}");
     }
 
     /// The one-pass reading of Kraken's layout writes exactly the rows the general path writes,
