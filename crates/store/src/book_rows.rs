@@ -151,6 +151,173 @@ pub fn is_canonical_but_spacing(kind: BookKind, data: &BookData<'_>, frame: &[u8
     }
 }
 
+/// Whether `frame` is what [`canonical`] writes but for the order of its objects' members (and
+/// JSON whitespace): an exchange that sends Kraken's keys in another order, as a Go map (sorted
+/// keys) does. `jsonb` keeps no member order either, so the row rebuilds such a frame as exactly
+/// as the database keeps it; the journal keeps its bytes. Both are written in one form
+/// ([`sorted_form`]: members sorted by their keys' text, no whitespace, every string, number and
+/// literal as written) and compared; a key twice in one object is never taken. Allocates: for
+/// frames the exact and the spaced comparisons turned down.
+pub fn is_canonical_but_order(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
+    let Some(rendered) = canonical(kind, data) else {
+        return false;
+    };
+    match (sorted_form(frame), sorted_form(rendered.as_bytes())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `json` in one form: the members of every object sorted by their keys' text as written
+/// (escapes and all), no whitespace between tokens, strings, numbers and literals as written.
+/// `None`: a key twice in one object, nesting deeper than [`SORTED_FORM_DEPTH`], or anything
+/// that is not JSON as this reads it (it reads JSON that decoded: it does not validate tokens).
+pub(crate) fn sorted_form(json: &[u8]) -> Option<Vec<u8>> {
+    let mut p = JsonScan { s: json, at: 0 };
+    let mut out = Vec::with_capacity(json.len());
+    p.value(&mut out, 0)?;
+    p.space();
+    (p.at == json.len()).then_some(out)
+}
+
+/// How deep [`sorted_form`] reads (a book frame is four deep).
+const SORTED_FORM_DEPTH: usize = 8;
+
+struct JsonScan<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl JsonScan<'_> {
+    fn space(&mut self) {
+        while self.s.get(self.at).copied().is_some_and(is_json_space) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        if depth > SORTED_FORM_DEPTH {
+            return None;
+        }
+        self.space();
+        match self.peek()? {
+            b'{' => {
+                self.at += 1;
+                let mut members: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                self.space();
+                if self.peek()? == b'}' {
+                    self.at += 1;
+                } else {
+                    loop {
+                        self.space();
+                        let mut key = Vec::new();
+                        self.string(&mut key)?;
+                        self.space();
+                        if self.peek()? != b':' {
+                            return None;
+                        }
+                        self.at += 1;
+                        let mut value = Vec::new();
+                        self.value(&mut value, depth + 1)?;
+                        members.push((key, value));
+                        self.space();
+                        match self.peek()? {
+                            b',' => self.at += 1,
+                            b'}' => {
+                                self.at += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+                if members.windows(2).any(|w| w[0].0 == w[1].0) {
+                    return None;
+                }
+                out.push(b'{');
+                for (i, (key, value)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(key);
+                    out.push(b':');
+                    out.extend_from_slice(value);
+                }
+                out.push(b'}');
+            }
+            b'[' => {
+                self.at += 1;
+                out.push(b'[');
+                self.space();
+                if self.peek()? == b']' {
+                    self.at += 1;
+                } else {
+                    loop {
+                        self.value(out, depth + 1)?;
+                        self.space();
+                        match self.peek()? {
+                            b',' => {
+                                self.at += 1;
+                                out.push(b',');
+                            }
+                            b']' => {
+                                self.at += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                out.push(b']');
+            }
+            b'"' => self.string(out)?,
+            _ => {
+                // A number or a literal: its bytes up to the next delimiter.
+                let start = self.at;
+                while let Some(b) = self.peek() {
+                    if matches!(b, b',' | b'}' | b']' | b':' | b'{' | b'[' | b'"')
+                        || is_json_space(b)
+                    {
+                        break;
+                    }
+                    self.at += 1;
+                }
+                if self.at == start {
+                    return None;
+                }
+                out.extend_from_slice(&self.s[start..self.at]);
+            }
+        }
+        Some(())
+    }
+
+    /// A string as written, quotes and escapes included.
+    fn string(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.at;
+        self.at += 1;
+        loop {
+            match self.peek()? {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    break;
+                }
+                _ => self.at += 1,
+            }
+        }
+        out.extend_from_slice(&self.s[start..self.at]);
+        Some(())
+    }
+}
+
 /// JSON's insignificant whitespace.
 fn is_json_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -887,6 +1054,42 @@ mod tests {
         for s in ["5e-05", "1E2", "-1", "1.", ".5", "", "1.2.3", "+1"] {
             assert!(!plain_number(s), "{s}");
         }
+    }
+
+    /// One form for JSON whose objects list their members in any order: members sorted by
+    /// their keys' text, whitespace gone, everything else as written; arrays keep their order,
+    /// a key twice in one object or text after the value is never taken.
+    #[test]
+    fn the_sorted_form_orders_members_and_nothing_else() {
+        let form = |s: &str| sorted_form(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        let kraken = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":1.50,"qty":0.00005100}],"asks":[],"checksum":7,"timestamp":"2026-08-16T23:37:05.376419Z"}]}"#;
+        let sorted = r#"{"channel":"book","data":[{"asks":[],"bids":[{"price":1.50,"qty":0.00005100}],"checksum":7,"symbol":"BTC/USD","timestamp":"2026-08-16T23:37:05.376419Z"}],"type":"update"}"#;
+        assert_eq!(form(kraken).as_deref(), Some(sorted));
+        let reordered = r#" { "type" : "update", "data" : [ { "checksum":7, "timestamp":"2026-08-16T23:37:05.376419Z", "asks":[ ], "bids":[{"qty":0.00005100,"price":1.50}], "symbol":"BTC/USD" } ] ,"channel":"book" } "#;
+        assert_eq!(form(reordered).as_deref(), Some(sorted));
+        // Numbers keep their text, strings their spaces and escapes, arrays their order.
+        assert_ne!(form(&kraken.replace("1.50", "1.5")), form(kraken));
+        assert_ne!(form(&kraken.replace("BTC/USD", "BTC/ USD")), form(kraken));
+        assert_ne!(form(&kraken.replace("BTC/USD", r"BTC\/USD")), form(kraken));
+        assert_eq!(
+            form(r#"{"b":[2,1],"a":"x\"y"}"#).as_deref(),
+            Some(r#"{"a":"x\"y","b":[2,1]}"#)
+        );
+        // A key twice, text after the value, a cut, and nesting past the bound: none.
+        for bad in [
+            r#"{"a":1,"a":1}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1"#,
+            r#"{"a":"x\"#,
+            r#"[[[[[[[[[[1]]]]]]]]]]"#,
+            "",
+        ] {
+            assert_eq!(form(bad), None, "{bad}");
+        }
+        assert_eq!(
+            form("[[[[[[[[1]]]]]]]]").as_deref(),
+            Some("[[[[[[[[1]]]]]]]]")
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::book_rows::{
-    BookRow, BookRows, Hashed, is_canonical, is_canonical_but_spacing, levels_dec64,
+    BookRow, BookRows, Hashed, is_canonical, is_canonical_but_order, is_canonical_but_spacing,
+    levels_dec64,
 };
 use super::canonical;
 use super::types::{jsonb_refusal, put_numeric_field};
@@ -666,15 +667,18 @@ impl RowEncoder {
             return None;
         }
         let levels = levels_dec64(&data.bids, &data.asks);
-        // Rebuilt by the row: Kraken's layout byte for byte, or that layout spaced otherwise
-        // (the `jsonb` the database keeps is the same; the journal keeps the bytes).
+        // Rebuilt by the row: Kraken's layout byte for byte, or that layout spaced otherwise or
+        // with its members in another order (the `jsonb` the database keeps is the same; the
+        // journal keeps the bytes).
         let rebuilt = levels.is_some()
             && (is_canonical(book.kind, data, &frame.bytes)
-                || is_canonical_but_spacing(book.kind, data, &frame.bytes));
-        // A frame that is, but for whitespace between tokens, what `canonical` writes from
-        // exact levels and a symbol without NUL is JSON `jsonb` takes (no `\u0000`, no
-        // surrogate escape, numbers of at most 19 digits, four levels deep: `book_rows::tests`):
-        // only the others are scanned (the scan was a twentieth of the database thread's CPU).
+                || is_canonical_but_spacing(book.kind, data, &frame.bytes)
+                || is_canonical_but_order(book.kind, data, &frame.bytes));
+        // A frame that is, but for whitespace between tokens and member order, what `canonical`
+        // writes from exact levels and a symbol without NUL is JSON `jsonb` takes (no `\u0000`,
+        // no surrogate escape, numbers of at most 19 digits, four levels deep:
+        // `book_rows::tests`): only the others are scanned (the scan was a twentieth of the
+        // database thread's CPU).
         if !rebuilt && jsonb_refusal(text).is_some() {
             return None;
         }
@@ -1024,6 +1028,7 @@ fn put_decimal(b: &mut BytesMut, d: Decimal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book_rows::sorted_form;
 
     /// Every frame of the real captures (and a seventh of their book frames respaced, so that
     /// they are no longer in Kraken's exact layout, and two frames at and over the level limit),
@@ -1148,8 +1153,8 @@ mod tests {
     /// separators, pretty-printing with line feeds and tabs, whitespace around the whole) is
     /// stored as the same row as the frame in Kraken's layout, without `raw` (its `jsonb` is
     /// the same; the journal keeps its bytes): on a recording of such an exchange every book
-    /// message kept its text, 566 bytes a message against 226. Keys in another order are not
-    /// Kraken's layout spaced otherwise, and keep `raw`.
+    /// message kept its text, 566 bytes a message against 226. So is one whose members come in
+    /// another order (571 bytes a message before); one with a member more keeps `raw`.
     #[test]
     fn a_book_frame_spaced_otherwise_is_stored_as_the_row_of_kraken_s_layout() {
         let mut books = 0;
@@ -1174,10 +1179,19 @@ mod tests {
             for spaced in [python, pretty, format!(" \n{text}\t ")] {
                 assert_eq!(with(spaced.clone()), kraken, "{spaced}");
             }
-            let reordered = text
+            // Members in another order (a Go map's: sorted; and the top level's moved by hand),
+            // spaced or not.
+            let sorted = String::from_utf8(sorted_form(text.as_bytes()).unwrap()).unwrap();
+            assert_ne!(sorted, text);
+            let moved = text
                 .replacen(r#""channel":"book","type":"#, r#""type":"#, 1)
                 .replacen(r#","data":"#, r#","channel":"book","data":"#, 1);
-            assert_ne!(with(reordered.clone()), kraken, "{reordered}");
+            for reordered in [python_spaced(&sorted), sorted, moved] {
+                assert_eq!(with(reordered.clone()), kraken, "{reordered}");
+            }
+            // A member Kraken does not send is not the row's frame: kept in `raw`.
+            let extra = text.replacen(r#","data":"#, r#","extra":1,"data":"#, 1);
+            assert_ne!(with(extra.clone()), kraken, "{extra}");
         }
         assert!(books > 4_000, "{books}");
     }

@@ -1269,7 +1269,8 @@ mod tests {
     use super::*;
     use crate::record::RecordBody;
     use crate::store::book_rows::{
-        canonical, is_canonical, is_canonical_but_spacing, levels_dec64, pack_dup,
+        canonical, is_canonical, is_canonical_but_order, is_canonical_but_spacing, levels_dec64,
+        pack_dup,
     };
     use krakenbook_testkit::capture::read_capture;
 
@@ -1310,7 +1311,8 @@ mod tests {
                     let levels = levels_dec64(&d.bids, &d.asks);
                     let rebuilt = levels.is_some()
                         && (is_canonical(b.kind, d, &f.bytes)
-                            || is_canonical_but_spacing(b.kind, d, &f.bytes));
+                            || is_canonical_but_spacing(b.kind, d, &f.bytes)
+                            || is_canonical_but_order(b.kind, d, &f.bytes));
                     out.push(Stored::Book(BookRow {
                         seq,
                         conn_id: 1,
