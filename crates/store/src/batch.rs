@@ -264,7 +264,6 @@ impl Batcher {
                         })
                         .take(room),
                 );
-                self.records.clear();
             }
             None => self.records.clear(),
         }

@@ -124,11 +124,7 @@ pub fn canonical(kind: BookKind, data: &BookData<'_>) -> Option<String> {
 /// Whether `frame` is byte for byte what [`canonical`] writes (compared as it is written: no
 /// allocation, and a difference stops it at once).
 pub fn is_canonical(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
-    let mut cmp = Compare {
-        rest: frame,
-        same: true,
-    };
-    render(kind, data, &mut cmp).is_some() && cmp.same && cmp.rest.is_empty()
+    Compare::new(frame, false).matches(kind, data)
 }
 
 /// Whether `frame` is what [`canonical`] writes but for JSON's insignificant whitespace:
@@ -139,16 +135,7 @@ pub fn is_canonical(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
 /// `raw`; the journal keeps its bytes. `frame` must be JSON (it decoded): whitespace outside
 /// its strings then lies between tokens, and the frame's value is the canonical text's.
 pub fn is_canonical_but_spacing(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
-    let mut cmp = CompareSpaced {
-        rest: frame,
-        same: true,
-        in_string: false,
-        escaped: false,
-    };
-    render(kind, data, &mut cmp).is_some() && cmp.same && {
-        cmp.skip_space();
-        cmp.rest.is_empty()
-    }
+    Compare::new(frame, true).matches(kind, data)
 }
 
 /// Whether `frame` is what [`canonical`] writes but for the order of its objects' members (and
@@ -323,18 +310,40 @@ fn is_json_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// A [`std::fmt::Write`] that compares what is written with the bytes left, passing over
-/// JSON whitespace in them wherever what is written stands outside a string.
-struct CompareSpaced<'a> {
+/// A [`std::fmt::Write`] that compares what is written with the bytes left: byte for byte, or
+/// (`spacing`) passing over JSON whitespace in them wherever what is written stands outside a
+/// string.
+struct Compare<'a> {
     rest: &'a [u8],
     same: bool,
+    spacing: bool,
     /// Inside a string of what is written (so of the frame too, as far as they agree).
     in_string: bool,
     /// The last byte written inside a string was an escaping backslash.
     escaped: bool,
 }
 
-impl CompareSpaced<'_> {
+impl<'a> Compare<'a> {
+    fn new(frame: &'a [u8], spacing: bool) -> Self {
+        Compare {
+            rest: frame,
+            same: true,
+            spacing,
+            in_string: false,
+            escaped: false,
+        }
+    }
+
+    /// Whether the frame is what [`render`] writes for `kind` and `data`, and nothing more.
+    fn matches(mut self, kind: BookKind, data: &BookData<'_>) -> bool {
+        render(kind, data, &mut self).is_some() && self.same && {
+            if self.spacing {
+                self.skip_space();
+            }
+            self.rest.is_empty()
+        }
+    }
+
     fn skip_space(&mut self) {
         while let Some((&b, rest)) = self.rest.split_first()
             && is_json_space(b)
@@ -342,12 +351,27 @@ impl CompareSpaced<'_> {
             self.rest = rest;
         }
     }
+
+    fn fail(&mut self) -> std::fmt::Result {
+        self.same = false;
+        Err(std::fmt::Error)
+    }
 }
 
-impl std::fmt::Write for CompareSpaced<'_> {
+impl std::fmt::Write for Compare<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         if !self.same {
             return Err(std::fmt::Error);
+        }
+        if !self.spacing {
+            // Kraken's layout: no allocation, and a difference stops it at once.
+            return match self.rest.strip_prefix(s.as_bytes()) {
+                Some(rest) => {
+                    self.rest = rest;
+                    Ok(())
+                }
+                None => self.fail(),
+            };
         }
         for &b in s.as_bytes() {
             if !self.in_string {
@@ -355,10 +379,7 @@ impl std::fmt::Write for CompareSpaced<'_> {
             }
             match self.rest.split_first() {
                 Some((&f, rest)) if f == b => self.rest = rest,
-                _ => {
-                    self.same = false;
-                    return Err(std::fmt::Error);
-                }
+                _ => return self.fail(),
             }
             if self.in_string {
                 if self.escaped {
@@ -373,24 +394,6 @@ impl std::fmt::Write for CompareSpaced<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// A [`std::fmt::Write`] that compares what is written with the bytes left.
-struct Compare<'a> {
-    rest: &'a [u8],
-    same: bool,
-}
-
-impl std::fmt::Write for Compare<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if self.same && self.rest.starts_with(s.as_bytes()) {
-            self.rest = &self.rest[s.len()..];
-            Ok(())
-        } else {
-            self.same = false;
-            Err(std::fmt::Error)
-        }
     }
 }
 
