@@ -159,7 +159,7 @@ pub fn is_canonical_but_order(kind: BookKind, data: &BookData<'_>, frame: &[u8])
 /// (escapes and all), no whitespace between tokens, strings, numbers and literals as written.
 /// `None`: a key twice in one object, nesting deeper than [`SORTED_FORM_DEPTH`], or anything
 /// that is not JSON as this reads it (it reads JSON that decoded: it does not validate tokens).
-pub(crate) fn sorted_form(json: &[u8]) -> Option<Vec<u8>> {
+pub fn sorted_form(json: &[u8]) -> Option<Vec<u8>> {
     let mut p = JsonScan { s: json, at: 0 };
     let mut out = Vec::with_capacity(json.len());
     p.value(&mut out, 0)?;

@@ -9,13 +9,21 @@
 //! third), for a frame the feed had already decoded once. [`read`] takes the same columns in one
 //! pass over the bytes, matching the layout as it goes.
 //!
-//! What must always hold: [`read`] answers only for a frame the general path stores as a book
-//! row without `raw` (one data element, every value exact in dec64, a timestamp that prints back
-//! as sent), and then answers exactly that row's columns; anything else (spaces, another key
-//! order, an escape in the symbol, a number that is not plain or does not fit dec64, a timestamp
-//! finer than microseconds or one the parser would normalise, such as a leap second) is `None`,
-//! and the general path decides as before. Property tests check both against the general path,
-//! over Kraken-shaped frames and their mutations.
+//! An exchange that writes the same JSON otherwise, spaced (Python's `", "` and `": "`,
+//! pretty-printed) or with its members in another order (a Go map's sorted keys), has its frames
+//! stored without `raw` too (`jsonb` keeps neither), and [`read`] takes them in one pass as well,
+//! after the exact comparison fails: before, the general path spent 1.5 µs (spaced) and 3 µs
+//! (sorted) on such a frame against 0.4 µs for one in Kraken's layout (captured frames, this
+//! project's machine).
+//!
+//! What must always hold: [`read`] answers exactly for the frames the general path stores as a
+//! book row without `raw` (one data element, Kraken's members and no others, each once, keys
+//! without escapes, every value exact in dec64, a timestamp that prints back as sent), and then
+//! answers exactly that row's columns; anything else (an escape in the symbol or a key, a member
+//! more or less, a number that is not plain or does not fit dec64, a timestamp finer than
+//! microseconds or one the parser would normalise, such as a leap second) is `None`, and the
+//! general path decides as before. Property tests check both against the general path, over
+//! Kraken-shaped frames, spaced and reordered, and their mutations.
 
 use crate::book::Decimal;
 use crate::book_rows::dec64;
@@ -39,9 +47,15 @@ pub struct Canonical<'a> {
     pub timestamp: Timestamp,
 }
 
-/// The columns of `frame` when it is byte for byte Kraken's layout of a book message (see the
-/// module doc), else `None`.
+/// The columns of `frame` when it is Kraken's layout of a book message, byte for byte or but for
+/// JSON whitespace between tokens and the order of its objects' members (see the module doc),
+/// else `None`.
 pub fn read(frame: &[u8]) -> Option<Canonical<'_>> {
+    read_exact(frame).or_else(|| read_any_order(frame))
+}
+
+/// [`read`] for a frame byte for byte in Kraken's layout: its literals compared whole.
+fn read_exact(frame: &[u8]) -> Option<Canonical<'_>> {
     let mut c = Cursor { b: frame, at: 0 };
     c.lit(br#"{"channel":"book","type":""#)?;
     let kind = if c.lit(b"snapshot").is_some() {
@@ -76,6 +90,63 @@ pub fn read(frame: &[u8]) -> Option<Canonical<'_>> {
         checksum,
         timestamp,
     })
+}
+
+/// [`read`] for a frame in Kraken's layout but for whitespace between its tokens and the order
+/// of its objects' members (Python's `", "` and `": "`, pretty-printing, a Go map's sorted keys),
+/// which the general path stores without `raw` as well (`jsonb` keeps neither). Each object must
+/// hold exactly Kraken's members, each once, its keys spelt without escapes; the values are read
+/// as [`read_exact`] reads them. A frame in which the asks come first has its levels turned
+/// round, so the row's are bids first, as always.
+fn read_any_order(frame: &[u8]) -> Option<Canonical<'_>> {
+    let mut c = Cursor { b: frame, at: 0 };
+    let (mut channel, mut kind, mut data) = (false, None, None);
+    c.open(b'{')?;
+    loop {
+        match c.key()? {
+            b"channel" if !channel => {
+                c.quoted(b"book")?;
+                channel = true;
+            }
+            b"type" if kind.is_none() => {
+                kind = Some(if c.quoted(b"snapshot").is_some() {
+                    BookKind::Snapshot
+                } else {
+                    c.quoted(b"update")?;
+                    BookKind::Update
+                });
+            }
+            b"data" if data.is_none() => {
+                c.open(b'[')?;
+                data = Some(c.element(frame.len())?);
+                c.close(b']')?;
+            }
+            _ => return None,
+        }
+        if !c.next_member()? {
+            break;
+        }
+    }
+    c.space();
+    let data: Element<'_> = data?;
+    (channel && c.at == frame.len()).then_some(Canonical {
+        kind: kind?,
+        symbol: data.symbol,
+        levels: data.levels,
+        n_bids: data.n_bids,
+        checksum: data.checksum,
+        timestamp: data.timestamp,
+    })
+}
+
+/// What [`read_any_order`] reads of the data element: a [`Canonical`] but for its kind.
+struct Element<'a> {
+    symbol: &'a str,
+    /// Bids first, whichever side came first in the frame.
+    levels: Vec<i64>,
+    n_bids: usize,
+    checksum: u32,
+    timestamp: Timestamp,
 }
 
 /// A timestamp written as `YYYY-MM-DDTHH:MM:SS.ffffffZ` that parses to an instant which prints
@@ -171,6 +242,146 @@ impl<'a> Cursor<'a> {
         )?)
     }
 
+    /// Passes over JSON's whitespace (space, tab, line feed, carriage return).
+    fn space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// `open` after whitespace.
+    fn open(&mut self, open: u8) -> Option<()> {
+        self.space();
+        (*self.b.get(self.at)? == open).then(|| self.at += 1)
+    }
+
+    /// `close` after whitespace (the same as [`Cursor::open`], named for the reader).
+    fn close(&mut self, close: u8) -> Option<()> {
+        self.open(close)
+    }
+
+    /// After a member's value: `,` → `true` (another member), `}` → `false`.
+    fn next_member(&mut self) -> Option<bool> {
+        self.space();
+        let more = match *self.b.get(self.at)? {
+            b',' => true,
+            b'}' => false,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(more)
+    }
+
+    /// A member's key as written (no escapes) and its `:`, whitespace around both.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        self.open(b'"')?;
+        let key = self.string()?;
+        self.open(b':')?;
+        self.space();
+        Some(key)
+    }
+
+    /// The string `"text"` comes next (after whitespace): taken.
+    fn quoted(&mut self, text: &[u8]) -> Option<()> {
+        self.space();
+        let at = self.at;
+        self.lit(b"\"")?;
+        if self.lit(text).is_some() && self.lit(b"\"").is_some() {
+            return Some(());
+        }
+        self.at = at;
+        None
+    }
+
+    /// The one element of `data`, members in any order, each once.
+    fn element(&mut self, frame_len: usize) -> Option<Element<'a>> {
+        let (mut symbol, mut checksum, mut timestamp) = (None, None, None);
+        // Which side was read first, and how many values it took.
+        let (mut bids, mut asks) = (None, None);
+        let mut levels = Vec::with_capacity((frame_len / 11).clamp(8, 4096));
+        self.open(b'{')?;
+        loop {
+            match self.key()? {
+                b"symbol" if symbol.is_none() => {
+                    self.lit(b"\"")?;
+                    symbol = Some(std::str::from_utf8(self.string()?).ok()?);
+                }
+                b"bids" if bids.is_none() => {
+                    let start = levels.len();
+                    self.side(&mut levels)?;
+                    bids = Some((start, levels.len() - start));
+                }
+                b"asks" if asks.is_none() => {
+                    let start = levels.len();
+                    self.side(&mut levels)?;
+                    asks = Some((start, levels.len() - start));
+                }
+                b"checksum" if checksum.is_none() => {
+                    checksum = match self.number()? {
+                        (value, 0) => Some(u32::try_from(value).ok()?),
+                        _ => return None,
+                    };
+                }
+                b"timestamp" if timestamp.is_none() => {
+                    self.lit(b"\"")?;
+                    timestamp = Some(micros(self.string()?)?);
+                }
+                _ => return None,
+            }
+            if !self.next_member()? {
+                break;
+            }
+        }
+        let ((bids_at, n_bids), (asks_at, _)) = (bids?, asks?);
+        if asks_at < bids_at {
+            // The asks came first: the bids to the front, each side in its wire order.
+            levels.rotate_left(bids_at);
+        }
+        Some(Element {
+            symbol: symbol?,
+            levels,
+            n_bids: n_bids / 2,
+            checksum: checksum?,
+            timestamp: timestamp?,
+        })
+    }
+
+    /// `[` and a side's levels, `{"price":P,"qty":Q}` (members either way round, whitespace
+    /// between tokens), each level's pair appended to `out` as price, qty.
+    fn side(&mut self, out: &mut Vec<i64>) -> Option<()> {
+        self.open(b'[')?;
+        self.space();
+        if self.lit(b"]").is_some() {
+            return Some(());
+        }
+        loop {
+            self.open(b'{')?;
+            let (mut price, mut qty) = (None, None);
+            loop {
+                let value = match self.key()? {
+                    b"price" if price.is_none() => &mut price,
+                    b"qty" if qty.is_none() => &mut qty,
+                    _ => return None,
+                };
+                *value = Some(self.dec64()?);
+                if !self.next_member()? {
+                    break;
+                }
+            }
+            out.push(price?);
+            out.push(qty?);
+            self.space();
+            match *self.b.get(self.at)? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// `{"price":P,"qty":Q},...]` (after the `[`), each level's pair appended to `out`.
     fn levels(&mut self, out: &mut Vec<i64>) -> Option<()> {
         if self.lit(b"]").is_some() {
@@ -195,14 +406,15 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book_rows::{is_canonical, levels_dec64};
+    use crate::book_rows::{
+        is_canonical, is_canonical_but_order, is_canonical_but_spacing, levels_dec64, sorted_form,
+    };
     use crate::kraken::{self, Frame};
     use proptest::prelude::*;
 
-    /// The columns the general path stores for `text` as a book row without `raw` in Kraken's
-    /// exact layout, or `None` when it stores it otherwise (a row with `raw`, or not in the book
-    /// table) or the frame is that layout spaced otherwise (stored without `raw` as well, by the
-    /// general path: `read` leaves it there).
+    /// The columns the general path stores for `text` as a book row without `raw` (Kraken's
+    /// layout, exact or spaced otherwise or its members in another order), or `None` when it
+    /// stores it otherwise (a row with `raw`, or not in the book table).
     fn general(text: &str) -> Option<Canonical<'_>> {
         let Ok(Frame::Book(book)) = kraken::decode(text) else {
             return None;
@@ -211,7 +423,11 @@ mod tests {
             return None;
         };
         let levels = levels_dec64(&data.bids, &data.asks)?;
-        if !is_canonical(book.kind, data, text.as_bytes()) {
+        let frame = text.as_bytes();
+        if !(is_canonical(book.kind, data, frame)
+            || is_canonical_but_spacing(book.kind, data, frame)
+            || is_canonical_but_order(book.kind, data, frame))
+        {
             return None;
         }
         let symbol = match &data.symbol {
@@ -261,13 +477,18 @@ mod tests {
         assert_eq!(fast.levels.len(), 2);
         assert_eq!(fast.n_bids, 1);
         for (from, to) in [
-            // A space, another key order, an escape in the symbol.
-            (r#""bids":["#, r#""bids": ["#),
-            (
-                r#"{"channel":"book","type":"update""#,
-                r#"{"type":"update","channel":"book""#,
-            ),
+            // An escape in the symbol or a key, a member more, a key twice, a side missing.
             ("BTC/USD", r"BTC\/USD"),
+            (r#""symbol""#, r#""sym\u0062ol""#),
+            (r#""asks":[]"#, r#""asks":[],"extra":1"#),
+            (r#""asks":[]"#, r#""asks":[],"asks":[]"#),
+            (r#""asks":[],"#, ""),
+            (r#","qty":0.5"#, r#","qty":0.5,"qty":0.5"#),
+            (r#""type":"update","#, r#""type":"update","type":"update","#),
+            // Whitespace JSON does not have (a form feed, a no-break space), and inside a number.
+            (r#""bids":["#, "\"bids\":\u{c}["),
+            (r#""bids":["#, "\"bids\":\u{a0}["),
+            ("97000.1", "97000 .1"),
             // Numbers: leading zero, exponent, sign, a bare point, quotes, too many digits.
             ("97000.1", "097000.1"),
             ("97000.1", "9.70001e4"),
@@ -295,7 +516,8 @@ mod tests {
                 "}]}",
                 r#"},{"symbol":"X","bids":[],"asks":[],"checksum":1}]}"#,
             ),
-            ("}]}", "}]} "),
+            ("}]}", "}]},"),
+            ("}]}", "}]}}"),
             (r#""type":"update""#, r#""type":"delta""#),
         ] {
             let text = ok.replacen(from, to, 1);
@@ -305,6 +527,44 @@ mod tests {
         // No timestamp: the row's timestamp would be the receive time, and the frame is kept.
         let no_time = ok.replace(r#","timestamp":"2026-08-17T16:01:57.687440Z""#, "");
         assert_eq!(agree(&no_time), None);
+    }
+
+    /// The same message spaced otherwise or with its members in another order is read as the
+    /// same columns (the general path stores it without `raw` too: `agree`).
+    #[test]
+    fn reads_kraken_s_layout_spaced_otherwise_or_in_another_order() {
+        let ok = r#"{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[{"price":97000.1,"qty":0.5},{"price":96999,"qty":12.25}],"asks":[{"price":97000.2,"qty":1}],"checksum":123,"timestamp":"2026-08-17T16:01:57.687440Z"}]}"#;
+        let want = agree(ok).expect("Kraken's layout");
+        let python = ok.replace(',', ", ").replace("\":", "\": ");
+        let sorted = String::from_utf8(sorted_form(ok.as_bytes()).unwrap()).unwrap();
+        for text in [
+            python.clone(),
+            python.replace('{', "{\n\t").replace('[', "[\r\n "),
+            format!(" \n{ok}\t "),
+            sorted.clone(),
+            sorted.replace(',', " , "),
+            // The asks before the bids, a level's quantity before its price.
+            ok.replacen(
+                r#""bids":[{"price":97000.1,"qty":0.5},{"price":96999,"qty":12.25}],"asks":[{"price":97000.2,"qty":1}]"#,
+                r#""asks":[{"qty":1,"price":97000.2}],"bids":[{"price":97000.1,"qty":0.5},{"qty":12.25,"price":96999}]"#,
+                1,
+            ),
+        ] {
+            assert_ne!(text, ok);
+            assert_eq!(agree(&text).as_ref(), Some(&want), "{text}");
+        }
+        assert!(
+            sorted.starts_with(r#"{"channel":"book","data":[{"asks":"#),
+            "{sorted}"
+        );
+        // Empty sides, either first.
+        let empty = ok.replacen(
+            r#""bids":[{"price":97000.1,"qty":0.5},{"price":96999,"qty":12.25}],"asks":[{"price":97000.2,"qty":1}]"#,
+            r#""asks":[ ],"bids":[]"#,
+            1,
+        );
+        let read = agree(&empty).expect("empty sides");
+        assert_eq!((read.levels.len(), read.n_bids), (0, 0));
     }
 
     fn arb_number() -> impl Strategy<Value = String> {
@@ -367,19 +627,163 @@ mod tests {
             })
     }
 
+    /// JSON's whitespace between tokens, mostly none or a little.
+    fn arb_space() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            12 => Just(""),
+            4 => Just(" "),
+            2 => Just("\n\t"),
+            1 => Just("\r\n  "),
+        ]
+    }
+
+    /// A Kraken-shaped book message written with whitespace between any tokens and its objects'
+    /// members in any order (the asks before the bids, a level's quantity before its price, the
+    /// top level's members moved); in about one frame in five a member twice or one more, or one
+    /// gap holding a byte JSON does not count as whitespace (a form feed, a no-break space: not
+    /// JSON).
+    fn arb_any_layout() -> impl Strategy<Value = String> {
+        // Mostly numbers as Kraken writes them, so that most frames are stored without `raw`.
+        let number = || {
+            prop_oneof![
+                24 => (0u128..100_000_000_000, 0u8..12)
+                    .prop_map(|(m, s)| Decimal::new(m, s).unwrap().to_string()),
+                1 => arb_number(),
+            ]
+        };
+        (
+            prop::collection::vec((number(), number()), 0..5),
+            prop::collection::vec((number(), number()), 0..5),
+            prop_oneof![Just("snapshot"), Just("update")],
+            prop_oneof![Just("BTC/USD"), Just("Ä/€"), Just("A\u{7f}B")],
+            any::<u32>(),
+            arb_time(),
+            prop::collection::vec(arb_space(), 64),
+            any::<u64>(),
+            prop_oneof![
+                16 => Just(""),
+                1 => Just("twice"),
+                1 => Just("more"),
+                1 => Just("\u{c}"),
+                1 => Just("\u{a0}"),
+            ],
+        )
+            .prop_map(
+                |(bids, asks, kind, symbol, checksum, ts, mut spaces, order, extra)| {
+                    if extra.starts_with(['\u{c}', '\u{a0}']) {
+                        spaces[(order % 64) as usize] = extra;
+                    }
+                    let mut w = Layout {
+                        spaces,
+                        used: 0,
+                        order,
+                        extra,
+                    };
+                    let side = |w: &mut Layout, levels: &[(String, String)]| {
+                        let levels: Vec<String> = levels
+                            .iter()
+                            .map(|(p, q)| w.object(vec![("price", p.clone()), ("qty", q.clone())]))
+                            .collect();
+                        w.array(levels)
+                    };
+                    let (bids, asks) = (side(&mut w, &bids), side(&mut w, &asks));
+                    let element = w.object(vec![
+                        ("symbol", format!(r#""{symbol}""#)),
+                        ("bids", bids),
+                        ("asks", asks),
+                        ("checksum", checksum.to_string()),
+                        ("timestamp", format!(r#""{ts}""#)),
+                    ]);
+                    let data = w.array(vec![element]);
+                    let top = w.object(vec![
+                        ("channel", r#""book""#.to_owned()),
+                        ("type", format!(r#""{kind}""#)),
+                        ("data", data),
+                    ]);
+                    format!("{}{top}{}", w.space(), w.space())
+                },
+            )
+    }
+
+    /// Writes JSON with the whitespace and member order it is given.
+    struct Layout {
+        spaces: Vec<&'static str>,
+        used: usize,
+        order: u64,
+        extra: &'static str,
+    }
+
+    impl Layout {
+        fn space(&mut self) -> &'static str {
+            self.used += 1;
+            self.spaces[self.used % self.spaces.len()]
+        }
+
+        fn object(&mut self, mut members: Vec<(&str, String)>) -> String {
+            let n = members.len() as u64;
+            members.rotate_left((self.order % n) as usize);
+            if (self.order / n) % 2 == 1 {
+                members.reverse();
+            }
+            self.order = self.order.rotate_right(5) ^ 0x9e37_79b9;
+            // In the frames that have it, a member twice or one Kraken does not send (in about
+            // one object in four).
+            if self.order.is_multiple_of(4) {
+                match self.extra {
+                    "twice" => members.push(members[0].clone()),
+                    "more" => members.push(("extra", "1".to_owned())),
+                    _ => {}
+                }
+            }
+            let mut out = format!("{{{}", self.space());
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out += &format!(",{}", self.space());
+                }
+                out += &format!(
+                    r#""{key}"{}:{}{value}{}"#,
+                    self.space(),
+                    self.space(),
+                    self.space()
+                );
+            }
+            out + "}"
+        }
+
+        fn array(&mut self, items: Vec<String>) -> String {
+            let mut out = format!("[{}", self.space());
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out += &format!("{},{}", self.space(), self.space());
+                }
+                out += item;
+            }
+            out + &format!("{}]", self.space())
+        }
+    }
+
+    /// Kraken's exact layout (its numbers at every edge) or any other spacing and member order.
+    fn arb_layouts() -> impl Strategy<Value = String> {
+        prop_oneof![arb_frame(), arb_any_layout()]
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
         /// Both ways: `read` answers exactly when the general path stores the frame as a row
         /// without `raw`, and then with its columns (for symbols that need no escape: `read`
         /// leaves an escaped one to the general path; the limit on levels is the encoder's,
-        /// tested in `rows::tests`).
+        /// tested in `rows::tests`), in Kraken's layout or any other spacing and member order
+        /// (and for frames that are not JSON for a byte that only looks like whitespace, or
+        /// hold a member twice or one more).
         #[test]
-        fn answers_exactly_when_and_what_the_general_path_does(text in arb_frame()) {
+        fn answers_exactly_when_and_what_the_general_path_does(text in arb_layouts()) {
             let fast = agree(&text);
             prop_assert_eq!(fast.is_some(), general(&text).is_some(), "{}", text);
         }
 
         #[test]
-        fn a_changed_byte_never_makes_it_disagree(text in arb_frame(), at in 0usize..400, byte in any::<u8>()) {
+        fn a_changed_byte_never_makes_it_disagree(text in arb_layouts(), at in 0usize..600, byte in any::<u8>()) {
             let mut bytes = text.into_bytes();
             let i = at % bytes.len();
             bytes[i] = byte;

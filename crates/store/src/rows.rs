@@ -2,8 +2,9 @@
 //! states (schema version 6).
 //!
 //! A [`RowEncoder`] turns [`Record`]s into the binary COPY streams of the four tables, decoding
-//! each frame once with [`kraken::decode`], except a book frame in Kraken's exact layout, whose
-//! row [`super::canonical::read`] takes in one pass (the same columns). A book message becomes
+//! each frame once with [`kraken::decode`], except a book frame in Kraken's layout (exact, or
+//! spaced otherwise, or its members in another order), whose row [`super::canonical::read`]
+//! takes in one pass (the same columns). A book message becomes
 //! one `krakenbook_book` row ([`super::book_rows`]: levels as dec64, the frame only when the
 //! views would not rebuild it, copies on other connections merged into their first copy's row);
 //! the book stream is taken while the batch is encoded ([`RowEncoder::take_book`]), the rest at
@@ -564,8 +565,9 @@ impl RowEncoder {
             }
             Err(hashed) => hashed,
         };
-        // A book frame in Kraken's exact layout: its row's columns in one pass, no decoding
-        // and no writing back to compare (what the general path below concludes for it).
+        // A book frame in Kraken's layout (exact, or spaced otherwise, or its members in another
+        // order): its row's columns in one pass, no decoding and no writing back to compare
+        // (what the general path below concludes for it).
         if !self.general_only
             && let Some(c) = canonical::read(&frame.bytes)
             && c.levels.len() / 2 <= MAX_LEVELS_PER_MESSAGE / 2
@@ -1030,8 +1032,9 @@ mod tests {
     use super::*;
     use crate::book_rows::sorted_form;
 
-    /// Every frame of the real captures (and a seventh of their book frames respaced, so that
-    /// they are no longer in Kraken's exact layout, and two frames at and over the level limit),
+    /// Every frame of the real captures (and a seventh of their book frames again, no longer in
+    /// Kraken's exact layout: one space, Python's spacing or a Go map's member order in turn; and
+    /// two frames at and over the level limit),
     /// a fifth of them received again on a second connection.
     fn records() -> Vec<Record> {
         let captured = krakenbook_testkit::captured_records();
@@ -1042,11 +1045,17 @@ mod tests {
                     .is_some_and(|f| f.starts_with(r#"{"channel":"book""#))
             })
             .step_by(7)
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 let mut r = r.clone();
                 if let RecordBody::Frame(f) = &mut r.body {
                     let text = String::from_utf8(f.bytes.clone()).unwrap();
-                    f.bytes = text.replacen(r#""bids":["#, r#""bids": ["#, 1).into_bytes();
+                    // One space, Python's spacing, a Go map's order: each read in one pass.
+                    f.bytes = match i % 3 {
+                        0 => text.replacen(r#""bids":["#, r#""bids": ["#, 1).into_bytes(),
+                        1 => python_spaced(&text).into_bytes(),
+                        _ => sorted_form(text.as_bytes()).unwrap(),
+                    };
                 }
                 r
             })

@@ -380,6 +380,8 @@ pub struct SharedBooks {
     lineages: Mutex<HashMap<String, Lineage>>,
     /// Messages applied to a shared book at its front.
     applied: AtomicU64,
+    /// Copies taken by their bytes alone ([`SharedBooks::follow`]), not decoded at all.
+    followed: AtomicU64,
     /// Where copies taken and books rebuilt are counted (the collector's `/metrics`).
     metrics: Arc<Metrics>,
 }
@@ -389,6 +391,8 @@ pub struct SharedBooks {
 pub struct SharingStats {
     /// Copies that took a logged outcome (not decoded again).
     pub taken: u64,
+    /// Of those, the copies taken by their bytes, not decoded at all.
+    pub followed: u64,
     /// Messages applied to a shared book at its front.
     pub applied: u64,
     /// Books rebuilt for a member that left behind the front.
@@ -472,6 +476,7 @@ impl SharedBooks {
                 return None;
             }
             self.count_taken();
+            self.followed.fetch_add(1, Ordering::Relaxed);
             Some(take_entry(lineage, replica, q, state_due))
         })
     }
@@ -684,6 +689,7 @@ impl SharedBooks {
     pub fn stats(&self) -> SharingStats {
         SharingStats {
             taken: self.metrics.shared_copies_taken.load(Ordering::Relaxed),
+            followed: self.followed.load(Ordering::Relaxed),
             applied: self.applied.load(Ordering::Relaxed),
             rebuilt: self.metrics.shared_book_rebuilds.load(Ordering::Relaxed),
         }
@@ -807,16 +813,28 @@ fn take_entry(
     (outcome, parts)
 }
 
-/// The symbol of a book frame in Kraken's layout (`{"channel":"book",…"symbol":"X",…`), found
-/// without decoding it: only a key to look for a matching entry; the bytes decide.
+/// The symbol of a book frame in Kraken's layout (`{"channel":"book",…"symbol":"X",…`), or in
+/// that layout spaced otherwise (`{"channel": "book", … "symbol": "X", …`, as Python writes it),
+/// found without decoding it: only a key to look for a matching entry; the bytes decide.
 pub fn book_symbol_hint(text: &str) -> Option<&str> {
-    const KEY: &str = "\"symbol\":\"";
-    if !text.starts_with("{\"channel\":\"book\"") {
-        return None;
+    const KEY: &str = "\"symbol\"";
+    // How far into `s` the token `t` ends, after JSON whitespace.
+    let after = |s: &str, t: &str| -> Option<usize> {
+        let rest = s
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .strip_prefix(t)?;
+        Some(s.len() - rest.len())
+    };
+    let mut at = 0;
+    for t in ["{", "\"channel\"", ":", "\"book\""] {
+        at += after(&text[at..], t)?;
     }
-    let start = text.find(KEY)? + KEY.len();
-    let len = text[start..].find('"')?;
-    Some(&text[start..start + len])
+    at += text[at..].find(KEY)? + KEY.len();
+    for t in [":", "\""] {
+        at += after(&text[at..], t)?;
+    }
+    let len = text[at..].find('"')?;
+    Some(&text[at..at + len])
 }
 
 #[cfg(test)]
@@ -846,9 +864,21 @@ mod tests {
     }
 
     #[test]
-    fn the_symbol_hint_reads_kraken_layout_and_nothing_else() {
+    fn the_symbol_hint_reads_kraken_layout_spaced_or_not_and_nothing_else() {
         let update = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[],"asks":[],"checksum":1}]}"#;
         assert_eq!(book_symbol_hint(update), Some("BTC/USD"));
+        let python = update.replace(',', ", ").replace("\":", "\": ");
+        assert_eq!(book_symbol_hint(&python), Some("BTC/USD"), "{python}");
+        let pretty = python.replace('{', "{\n\t");
+        assert_eq!(book_symbol_hint(&pretty), Some("BTC/USD"), "{pretty}");
+        assert_eq!(
+            book_symbol_hint(&update.replace(r#""symbol":""#, r#""symbol":1,""#)),
+            None
+        );
+        assert_eq!(
+            book_symbol_hint(&update.replace(r#""book""#, r#""books""#)),
+            None
+        );
         assert_eq!(book_symbol_hint(r#"{"channel":"heartbeat"}"#), None);
         assert_eq!(
             book_symbol_hint(r#"{"method":"subscribe","result":{"symbol":"X"}}"#),

@@ -116,10 +116,14 @@ fn excerpt(text: &str) -> String {
 }
 
 /// Decodes one frame's text.
+///
+/// Every frame is offered to the fast path first, not only those that begin as Kraken's do:
+/// another frame is declined at its first key or value (a heartbeat at `"heartbeat"`, an
+/// acknowledgement at `"method"`), and a book frame spaced otherwise (Python's `", "` and
+/// `": "`) or with its members in another order is read in one pass too; before, the spaced
+/// one took serde's path at three times the cost.
 pub fn decode(text: &str) -> Result<Frame<'_>, DecodeError> {
-    if text.starts_with(r#"{"channel":"book""#)
-        && let Some(book) = fast::decode_book(text)
-    {
+    if let Some(book) = fast::decode_book(text) {
         return Ok(Frame::Book(book));
     }
     decode_general(text)
