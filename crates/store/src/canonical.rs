@@ -12,9 +12,9 @@
 //! An exchange that writes the same JSON otherwise, spaced (Python's `", "` and `": "`,
 //! pretty-printed) or with its members in another order (a Go map's sorted keys), has its frames
 //! stored without `raw` too (`jsonb` keeps neither), and [`read`] takes them in one pass as well,
-//! after the exact comparison fails: before, the general path spent 1.5 µs (spaced) and 3 µs
-//! (sorted) on such a frame against 0.4 µs for one in Kraken's layout (captured frames, this
-//! project's machine).
+//! after the exact comparison fails: before, the general path spent 1.6 µs (spaced) and 3.5 µs
+//! (sorted) on such a frame against 0.3 µs for one in Kraken's layout (`cargo bench --bench
+//! core`, `book_rows`, the depth-100 capture, this project's machine; 0.4 µs now for either).
 //!
 //! What must always hold: [`read`] answers exactly for the frames the general path stores as a
 //! book row without `raw` (one data element, Kraken's members and no others, each once, keys
