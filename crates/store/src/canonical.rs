@@ -1,4 +1,5 @@
-//! Book frames in Kraken's exact layout, read straight into a book row's columns.
+//! Book frames in Kraken's layout (exact, or spaced or ordered otherwise), read straight into a
+//! book row's columns.
 //!
 //! Nearly every book frame the collector stores is byte for byte what
 //! [`crate::book_rows::canonical`] writes from the row's own columns (Kraken's layout: no spaces,
@@ -30,7 +31,8 @@ use crate::book_rows::dec64;
 use crate::kraken::BookKind;
 use crate::time::Timestamp;
 
-/// A book frame's row columns, read from a frame in Kraken's exact layout.
+/// A book frame's row columns, read from a frame in Kraken's layout (exact, or spaced or ordered
+/// otherwise).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Canonical<'a> {
     /// Snapshot or update.
@@ -67,9 +69,7 @@ fn read_exact(frame: &[u8]) -> Option<Canonical<'_>> {
     c.lit(br#"","data":[{"symbol":""#)?;
     let symbol = std::str::from_utf8(c.string()?).ok()?;
     c.lit(br#","bids":["#)?;
-    // Room for every level the frame can hold (a level takes at least 22 bytes,
-    // `{"price":1,"qty":1},`, two values each), up to a depth-1000 snapshot's: no growing.
-    let mut levels = Vec::with_capacity((frame.len() / 11).clamp(8, 4096));
+    let mut levels = Vec::with_capacity(room_for_levels(frame.len()));
     c.levels(&mut levels)?;
     let n_bids = levels.len() / 2;
     c.lit(br#","asks":["#)?;
@@ -137,6 +137,12 @@ fn read_any_order(frame: &[u8]) -> Option<Canonical<'_>> {
         checksum: data.checksum,
         timestamp: data.timestamp,
     })
+}
+
+/// Room for the values of every level a frame of `len` bytes can hold (a level takes at least 22
+/// bytes, `{"price":1,"qty":1},`, two values each), up to a depth-1000 snapshot's: no growing.
+fn room_for_levels(len: usize) -> usize {
+    (len / 11).clamp(8, 4096)
 }
 
 /// What [`read_any_order`] reads of the data element: a [`Canonical`] but for its kind.
@@ -298,7 +304,7 @@ impl<'a> Cursor<'a> {
         let (mut symbol, mut checksum, mut timestamp) = (None, None, None);
         // Which side was read first, and how many values it took.
         let (mut bids, mut asks) = (None, None);
-        let mut levels = Vec::with_capacity((frame_len / 11).clamp(8, 4096));
+        let mut levels = Vec::with_capacity(room_for_levels(frame_len));
         self.open(b'{')?;
         loop {
             match self.key()? {
@@ -485,9 +491,24 @@ mod tests {
             (r#""asks":[],"#, ""),
             (r#","qty":0.5"#, r#","qty":0.5,"qty":0.5"#),
             (r#""type":"update","#, r#""type":"update","type":"update","#),
-            // Whitespace JSON does not have (a form feed, a no-break space), and inside a number.
+            // A key twice with another value first or last (serde keeps the last: a book all
+            // the same, whose frame the row does not rebuild), a key cut or extended.
+            (
+                r#""channel":"book""#,
+                r#""channel":"ticker","channel":"book""#,
+            ),
+            (r#"/USD","#, r#"/USD","symbol":"ETH/USD","#),
+            (r#""bids""#, r#""bid""#),
+            (r#""qty""#, r#""qtys""#),
+            (r#""checksum""#, r#""checksum ""#),
+            // Whitespace JSON does not have (a form feed, a no-break space, a vertical tab, NUL,
+            // U+2028, a byte order mark first), and inside a number.
             (r#""bids":["#, "\"bids\":\u{c}["),
             (r#""bids":["#, "\"bids\":\u{a0}["),
+            (r#""bids":["#, "\"bids\":\u{b}["),
+            (r#""bids":["#, "\"bids\":\u{0}["),
+            (r#""bids":["#, "\"bids\":\u{2028}["),
+            ("{", "\u{feff}{"),
             ("97000.1", "97000 .1"),
             // Numbers: leading zero, exponent, sign, a bare point, quotes, too many digits.
             ("97000.1", "097000.1"),
@@ -522,11 +543,15 @@ mod tests {
         ] {
             let text = ok.replacen(from, to, 1);
             assert_ne!(text, ok, "{from} not in the frame");
-            assert_eq!(agree(&text), None, "{text}");
+            assert_eq!((agree(&text), general(&text)), (None, None), "{text}");
         }
         // No timestamp: the row's timestamp would be the receive time, and the frame is kept.
+        // No data element: not a book row.
         let no_time = ok.replace(r#","timestamp":"2026-08-17T16:01:57.687440Z""#, "");
-        assert_eq!(agree(&no_time), None);
+        let no_data = r#"{"channel":"book","type":"update","data":[]}"#;
+        for text in [no_time.as_str(), no_data] {
+            assert_eq!((agree(text), general(text)), (None, None), "{text}");
+        }
     }
 
     /// The same message spaced otherwise or with its members in another order is read as the
@@ -565,6 +590,10 @@ mod tests {
         );
         let read = agree(&empty).expect("empty sides");
         assert_eq!((read.levels.len(), read.n_bids), (0, 0));
+        // The asks first, the bids empty: no bids to bring to the front.
+        let asks_only = empty.replacen("[ ]", r#"[{"price":97000.2,"qty":1}]"#, 1);
+        let read = agree(&asks_only).expect("asks only");
+        assert_eq!((&read.levels[..], read.n_bids), (&want.levels[4..], 0));
     }
 
     fn arb_number() -> impl Strategy<Value = String> {

@@ -888,5 +888,20 @@ mod tests {
             book_symbol_hint(r#"{"channel":"book","data":[{"symbol":"#),
             None
         );
+        // Whitespace JSON does not have (a no-break space) is not passed over; a frame with
+        // characters of several bytes next to its tokens, cut at each of its characters, never
+        // panics (the hint slices its text where it found a token).
+        let wide = pretty.replace("BTC/USD", "Ä/€");
+        for (text, hint) in [
+            (wide.replacen(": \"book", ":\u{a0}\"book", 1), None),
+            (wide.replacen(": \"Ä", ":\u{a0}\"Ä", 1), None),
+            (wide.clone(), Some("Ä/€")),
+        ] {
+            assert_eq!(book_symbol_hint(&text), hint, "{text}");
+            for (i, _) in text.char_indices() {
+                book_symbol_hint(&text[..i]);
+                book_symbol_hint(&text[i..]);
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! A fast path for the frames that dominate the feed: `book` snapshots and updates in Kraken's
-//! own layout.
+//! own layout, or in that layout spaced or ordered otherwise ([`super::decode`] offers it every
+//! frame; any other is declined at its first key or value that is not a book's).
 //!
 //! [`decode_book`] reads a book frame in one pass, scanning each number's text once and parsing
 //! it into a decimal (no `f64`, no allocation), and gives up (`None`) on anything it does not

@@ -407,6 +407,37 @@ mod tests {
         assert_eq!(book.data[0].bids[0].price.text, "1.50");
     }
 
+    /// `decode` offers every frame to the fast path, not only those that begin as Kraken's book
+    /// frames do: frames that went straight to serde before (the data first, `"channel"` late,
+    /// twice or another, whitespace or a byte order mark first, not an object, another method)
+    /// decode as serde alone decodes them, and only the plain book frames are taken fast.
+    #[test]
+    fn every_frame_offered_to_the_fast_path_decodes_as_serde_alone_decodes_it() {
+        let data = r#"[{"symbol":"X/Y","bids":[{"price":1.50,"qty":2}],"asks":[],"checksum":7}]"#;
+        let taken = [
+            r#"{"data":DATA,"type":"update","channel":"book"}"#,
+            "\t{ \"type\" : \"update\" ,\"data\":DATA,\"channel\":\"book\"}\r\n",
+        ];
+        let declined = [
+            r#"{"data":DATA,"type":"update","channel":"ticker"}"#,
+            r#"{"data":DATA,"type":"update","channel":"ticker","channel":"book"}"#,
+            r#"{"channel":"book","type":"update","data":DATA,"channel":"ticker"}"#,
+            r#"{"type":"update","data":DATA}"#,
+            r#"{"type":"update","channel":"book","data":DATA,"method":"x"}"#,
+            "\u{feff}{\"channel\":\"book\",\"type\":\"update\",\"data\":DATA}",
+            r#"[{"channel":"book","type":"update","data":DATA}]"#,
+            r#"{"method":"subscribe","result":{"channel":"book","symbol":"X/Y"}}"#,
+            r#"{"channel":"heartbeat"}"#,
+        ];
+        for (frames, fast) in [(&taken[..], true), (&declined[..], false)] {
+            for text in frames {
+                let text = text.replace("DATA", data);
+                assert_eq!(fast::decode_book(&text).is_some(), fast, "{text}");
+                assert_eq!(decode(&text), decode_general(&text), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn escaped_strings_decode() {
         let text = r#"{"channel":"book","type":"update","data":[{"symbol":"BTC\/USD","bids":[],"asks":[],"checksum":7}]}"#;
