@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
 use super::outbox::{FeedOutbox, next_tick};
-use super::polled::PolledTcp;
+use super::polled::{self, PolledTcp};
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::shared_books::SharedBooks;
@@ -674,11 +674,12 @@ async fn carry_out(
 /// WebSocket settings. Frames and messages above `max_frame_bytes` are refused by tungstenite
 /// from the frame header (or as soon as a fragmented message passes the cap), so such a frame is
 /// never held in memory whole. tungstenite zero-fills its read buffer's free space before every
-/// read, so its 128 KiB default costs a 128 KiB memset per frame on a quiet connection; 16 KiB
-/// keeps that small (larger frames still arrive whole: the buffer grows as needed).
+/// read, so its 128 KiB default costs a 128 KiB memset per read; it reads [`polled::READ_CHUNK`]
+/// at a time from the stream's own read-ahead buffer instead (larger frames still arrive whole:
+/// its buffer grows as needed; see [`polled`]).
 fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(polled::READ_CHUNK)
         .max_frame_size(Some(max_frame_bytes))
         .max_message_size(Some(max_frame_bytes))
 }

@@ -20,6 +20,15 @@
 //!   stream: data, end of stream and errors are returned as they are;
 //! - a write the kernel cannot take now is retried every [`WRITE_RETRY`] (a timer), never in a
 //!   busy loop.
+//!
+//! The stream reads the kernel [`READ_AHEAD`] bytes at a time into a buffer of its own, and the
+//! reader above it (tungstenite, or rustls under it) takes from that buffer. Why: tungstenite
+//! zero-fills the free space of its read buffer before every read it makes (its
+//! `read_buffer_size`, which the connection sets small for that reason, [`READ_CHUNK`]), at least
+//! twice a tick per connection (the read that finds data, and the one that finds none); with 16
+//! KiB that was a twentieth of the feed thread over a whole market (`perf`). Our buffer is
+//! zeroed once, when it is made; a small read of tungstenite's is then a copy of what is there,
+//! and the kernel is still asked once a tick for up to [`READ_AHEAD`] bytes.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -31,6 +40,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// How often a write the kernel refused (its send buffer full) is tried again.
 pub const WRITE_RETRY: Duration = Duration::from_millis(1);
 
+/// How much one read of the kernel takes at most (half a socket's default receive buffer).
+pub const READ_AHEAD: usize = 64 * 1024;
+
+/// What tungstenite asks of the stream at most a read (its `read_buffer_size`): the free space
+/// it zero-fills before each read (see the module doc). Frames larger than this still arrive
+/// whole: tungstenite's buffer grows to the frame.
+pub const READ_CHUNK: usize = 4 * 1024;
+
 /// A TCP stream read through the reactor until [`PolledTcp::poll_on_tick`], then on the
 /// connection's read tick (see the module doc).
 #[derive(Debug)]
@@ -41,6 +58,40 @@ pub struct PolledTcp {
     /// A read since the last [`PolledTcp::rearm`] came back short (or empty): the kernel had
     /// nothing more, so reads answer `Pending` without asking it again until the next tick.
     drained: bool,
+    /// What the last read of the kernel brought that the reader has not taken yet.
+    ahead: Ahead,
+}
+
+/// The read-ahead buffer: `buf[taken..filled]` is what the reader has not taken yet.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// Empty until the first read, then [`READ_AHEAD`] bytes, zeroed once.
+    buf: Vec<u8>,
+    taken: usize,
+    filled: usize,
+}
+
+impl Ahead {
+    /// Gives the reader as much of what is left as `out` holds: `false` when nothing is left.
+    fn give(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        if self.taken == self.filled {
+            return false;
+        }
+        let n = out.remaining().min(self.filled - self.taken);
+        out.put_slice(&self.buf[self.taken..self.taken + n]);
+        self.taken += n;
+        true
+    }
+
+    /// The whole buffer, to read the kernel into (nothing left in it).
+    fn space(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0; READ_AHEAD];
+        }
+        self.taken = 0;
+        self.filled = 0;
+        &mut self.buf
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +110,7 @@ impl PolledTcp {
             inner: Inner::Registered(tcp),
             write_retry: None,
             drained: false,
+            ahead: Ahead::default(),
         }
     }
 
@@ -103,20 +155,29 @@ impl AsyncRead for PolledTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match &mut this.inner {
-            Inner::Registered(tcp) => Pin::new(tcp).poll_read(cx, buf),
+        if buf.remaining() == 0 || this.ahead.give(buf) {
+            return Poll::Ready(Ok(()));
+        }
+        // Nothing read ahead: read the kernel into the buffer of our own, which the reader then
+        // takes from.
+        let read = match &mut this.inner {
+            Inner::Registered(tcp) => {
+                let mut ahead = ReadBuf::new(this.ahead.space());
+                match Pin::new(tcp).poll_read(cx, &mut ahead) {
+                    Poll::Ready(Ok(())) => Ok(ahead.filled().len()),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             // The kernel had no more a moment ago: what came since waits for the next tick (one
             // system call per connection and tick saved, nothing lost).
-            Inner::Polled(_) if this.drained => Poll::Pending,
+            Inner::Polled(_) if this.drained => return Poll::Pending,
             Inner::Polled(tcp) => loop {
-                let room = buf.remaining();
-                match tcp.read(buf.initialize_unfilled()) {
+                match tcp.read(this.ahead.space()) {
                     Ok(n) => {
-                        buf.advance(n);
-                        // A short read took all the kernel held (0 is the end of the stream,
-                        // returned as it is).
-                        this.drained = n > 0 && n < room;
-                        return Poll::Ready(Ok(()));
+                        // A short read took all the kernel held.
+                        this.drained = n > 0 && n < READ_AHEAD;
+                        break Ok(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // Nothing yet: the connection's read tick comes back for it.
@@ -124,11 +185,15 @@ impl AsyncRead for PolledTcp {
                         this.drained = true;
                         return Poll::Pending;
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => break Err(e),
                 }
             },
-            Inner::Gone => Poll::Ready(Err(gone())),
-        }
+            Inner::Gone => Err(gone()),
+        };
+        // 0 bytes is the end of the stream, returned as it is.
+        this.ahead.filled = read?;
+        this.ahead.give(buf);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -294,5 +359,104 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(read_now(&mut client).map(|b| b.len()), Some(64));
         assert_eq!(read_again(&mut client).map(|b| b.len()), Some(36));
+    }
+
+    /// Bytes no two runs of which repeat soon: a slip of order or a lost run shows.
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Reads `want` bytes in reads of `chunk` bytes, a tick (rearm) whenever a read is pending.
+    async fn read_all(stream: &mut PolledTcp, want: usize, chunk: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        for _ in 0..2000 {
+            let mut buf = vec![0u8; chunk];
+            match stream.read(&mut buf).now_or_never() {
+                Some(n) => {
+                    let n = n.unwrap();
+                    assert!(n > 0, "end of stream after {} bytes", all.len());
+                    all.extend_from_slice(&buf[..n]);
+                    if all.len() >= want {
+                        break;
+                    }
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    stream.rearm();
+                }
+            }
+        }
+        all
+    }
+
+    /// Through its read-ahead buffer the stream gives everything that arrived, in order, to
+    /// reads of any size, through the reactor and on the tick alike, frames larger than the
+    /// buffer included; the end of the stream comes after the last byte.
+    #[tokio::test]
+    async fn reads_of_any_size_take_everything_in_order_through_the_read_ahead() {
+        for (polled, chunk) in [
+            (false, 1000),
+            (true, 1000),
+            (true, READ_CHUNK),
+            (true, 100_000),
+        ] {
+            let (mut client, mut server) = pair().await;
+            if polled {
+                client.poll_on_tick().unwrap();
+            }
+            let sent = pattern(3 * READ_AHEAD + 12_345);
+            let writer = tokio::spawn(async move {
+                server.write_all(&sent).await.unwrap();
+                server
+            });
+            let got = read_all(&mut client, 3 * READ_AHEAD + 12_345, chunk).await;
+            assert_eq!(
+                got.len(),
+                3 * READ_AHEAD + 12_345,
+                "polled {polled}, chunk {chunk}"
+            );
+            assert!(
+                got == pattern(got.len()),
+                "polled {polled}, chunk {chunk}: order"
+            );
+            drop(writer.await.unwrap());
+            let mut end = None;
+            for _ in 0..100 {
+                end = read_now(&mut client);
+                if end.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(end, Some(Vec::new()), "end of stream: a read of 0 bytes");
+        }
+    }
+
+    /// One read of the kernel a tick: what it brought is given out in the reader's sizes within
+    /// the tick, and what arrived after it waits for the next tick.
+    #[tokio::test]
+    async fn what_one_read_of_the_kernel_brought_is_given_out_within_the_tick() {
+        let (mut client, mut server) = pair().await;
+        client.poll_on_tick().unwrap();
+        server.write_all(&pattern(5000)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = read_now(&mut client).expect("5000 bytes arrived");
+        assert_eq!(first.len(), 64, "the reader's size");
+        server.write_all(b"later").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut tick = first;
+        while let Some(part) = read_again(&mut client) {
+            tick.extend(part);
+        }
+        assert_eq!(
+            tick,
+            pattern(5000),
+            "the first read's bytes, and no more, in this tick"
+        );
+        assert_eq!(
+            read_now(&mut client).as_deref(),
+            Some(&b"later"[..]),
+            "the next tick"
+        );
     }
 }
