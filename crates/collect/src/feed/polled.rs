@@ -269,6 +269,18 @@ mod tests {
         read_again(stream)
     }
 
+    /// Reads on a tick until something comes (at most half a second: loopback delivers at once,
+    /// but a busy machine may take a moment).
+    async fn read_soon(stream: &mut PolledTcp) -> Option<Vec<u8>> {
+        for _ in 0..100 {
+            if let Some(got) = read_now(stream) {
+                return Some(got);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+
     /// Reads again within the same tick (no rearm).
     fn read_again(stream: &mut PolledTcp) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 64];
@@ -313,15 +325,11 @@ mod tests {
         server.read_exact(&mut echo).await.unwrap();
         assert_eq!(&echo, b"ping");
         drop(server);
-        let mut end = None;
-        for _ in 0..100 {
-            end = read_now(&mut client);
-            if end.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(end, Some(Vec::new()), "end of stream: a read of 0 bytes");
+        assert_eq!(
+            read_soon(&mut client).await,
+            Some(Vec::new()),
+            "end of stream: a read of 0 bytes"
+        );
     }
 
     #[tokio::test]
@@ -329,14 +337,7 @@ mod tests {
         let (mut client, mut server) = pair().await;
         client.poll_on_tick().unwrap();
         server.write_all(b"first").await.unwrap();
-        let mut first = None;
-        for _ in 0..100 {
-            first = read_now(&mut client);
-            if first.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let first = read_soon(&mut client).await;
         assert_eq!(
             first.as_deref(),
             Some(&b"first"[..]),
@@ -420,15 +421,11 @@ mod tests {
                 "polled {polled}, chunk {chunk}: order"
             );
             drop(writer.await.unwrap());
-            let mut end = None;
-            for _ in 0..100 {
-                end = read_now(&mut client);
-                if end.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(end, Some(Vec::new()), "end of stream: a read of 0 bytes");
+            assert_eq!(
+                read_soon(&mut client).await,
+                Some(Vec::new()),
+                "end of stream: a read of 0 bytes"
+            );
         }
     }
 
