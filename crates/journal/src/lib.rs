@@ -137,6 +137,7 @@ mod reader;
 mod recovery;
 mod scan;
 mod segment;
+mod spare;
 mod thread;
 pub mod writer;
 
@@ -150,6 +151,7 @@ pub use reader::{
 };
 pub use recovery::Recovery;
 pub use segment::{SegmentFile, list_segments};
+pub use spare::SpareBuffers;
 pub use thread::{
     DISK_FULL_RETRY, FLUSH_EVERY, JournalHandle, JournalSender, Syncer, spawn_journal,
 };

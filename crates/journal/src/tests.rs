@@ -469,6 +469,51 @@ async fn the_journal_thread_drains_everything_on_cancel() {
     drop(w);
 }
 
+/// The journal thread gives the buffers of the frames it wrote to the spare ones, and frames
+/// copied into them (the feed's way) are journaled exactly: a buffer never carries a byte of the
+/// frame it held before.
+#[tokio::test]
+async fn frames_copied_into_the_buffers_the_journal_gave_back_are_journaled_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = spawn_journal(config(dir.path()), 4096, None, cancel.clone()).unwrap();
+    let spare = std::sync::Arc::clone(handle.sender.spare_buffers());
+    let mut flushed = handle.flushed.clone();
+    let mut sent = Vec::new();
+    for round in 0..4u64 {
+        let batch: Vec<Entry> = (0..200)
+            .map(|i| {
+                let mut entry = frame(round * 200 + i);
+                if let RecordBody::Frame(f) = &mut entry.body {
+                    sent.push(f.bytes.clone());
+                    // Copied as the feed copies: into a spare buffer when one fits.
+                    f.bytes = spare.copy_of(&f.bytes);
+                }
+                entry
+            })
+            .collect();
+        handle.sender.send_batch(batch).await.unwrap();
+        let through = (round + 1) * 200;
+        tokio::time::timeout(Duration::from_secs(10), flushed.wait_for(|&s| s >= through))
+            .await
+            .unwrap()
+            .unwrap();
+        // The batch's buffers came back (at most the bound is kept).
+        assert!(spare.len() >= 150, "round {round}: {} spare", spare.len());
+    }
+    cancel.cancel();
+    handle.join().await.unwrap();
+    let records = read_all(dir.path(), 0);
+    let got: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| match &r.body {
+            RecordBody::Frame(f) => f.bytes.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(got, sent);
+}
+
 #[test]
 fn a_journal_keeps_one_collector_identity() {
     let dir = tempfile::tempdir().unwrap();

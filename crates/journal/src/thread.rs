@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::JournalError;
 use super::recovery::Recovery;
+use super::spare::SpareBuffers;
 use super::writer::{Entry, JournalConfig, JournalStats, JournalWriter};
+use crate::record::RecordBody;
 
 /// The longest a record waits in the writer's buffer before it is handed to the operating system
 /// (what a crash of the process, as opposed to the machine, can lose).
@@ -97,9 +99,17 @@ pub struct JournalSender {
     /// One permit per KiB of [`QUEUE_BYTES`] free; given back and closed as `room` is.
     bytes_room: Arc<Semaphore>,
     capacity: usize,
+    /// The buffers of frames the journal thread wrote, for the sender's next copies.
+    spare: Arc<SpareBuffers>,
 }
 
 impl JournalSender {
+    /// The buffers of the frames the journal thread wrote: [`SpareBuffers::copy_of`] copies a
+    /// frame to journal into one.
+    pub fn spare_buffers(&self) -> &Arc<SpareBuffers> {
+        &self.spare
+    }
+
     /// Queues one entry, waiting for room. Fails (giving the entry back) once the journal has
     /// stopped taking entries.
     // As tokio's `send`: the entry comes back on failure.
@@ -295,8 +305,10 @@ pub fn spawn_journal(
     let (synced_tx, synced_rx) = watch::channel(opened);
     let (problem_tx, problem_rx) = watch::channel(None);
     let sync_now = Arc::new(Notify::new());
+    let spare = Arc::new(SpareBuffers::default());
     let task = Task {
         writer,
+        spare: Arc::clone(&spare),
         rx,
         room: Room(Arc::clone(&room), Arc::clone(&bytes_room)),
         flushed_tx,
@@ -325,6 +337,7 @@ pub fn spawn_journal(
             room,
             bytes_room,
             capacity,
+            spare,
         },
         flushed: flushed_rx,
         synced: synced_rx,
@@ -338,6 +351,8 @@ pub fn spawn_journal(
 
 struct Task {
     writer: JournalWriter,
+    /// Where the buffers of the frames written go, for the feed's next copies.
+    spare: Arc<SpareBuffers>,
     rx: mpsc::UnboundedReceiver<(Vec<Entry>, u32)>,
     /// The queue's room, given back as entries are taken.
     room: Room,
@@ -489,15 +504,26 @@ impl Task {
         Ok(())
     }
 
-    /// Appends a batch taken from the queue, giving its room back. On an error (a failed
-    /// write) the rest of the batch is not appended: the journal stops.
+    /// Appends a batch taken from the queue, giving its room back, and its frames' buffers to
+    /// the spare ones. On an error (a failed write) the rest of the batch is not appended: the
+    /// journal stops.
     fn append(&mut self, (batch, kib): (Vec<Entry>, u32)) -> Result<(), JournalError> {
         self.room.0.add_permits(batch.len());
         self.room.1.add_permits(kib as usize);
+        let mut spent = Vec::with_capacity(batch.len());
+        let mut appended = Ok(());
         for entry in batch {
-            self.writer.append(entry)?;
+            match self.writer.append_giving_back(entry) {
+                Ok((_, RecordBody::Frame(frame))) => spent.push(frame.bytes),
+                Ok(_) => {}
+                Err(e) => {
+                    appended = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        self.spare.give(spent);
+        appended
     }
 
     fn flush(&mut self) -> Result<(), JournalError> {

@@ -277,6 +277,8 @@ impl Connection {
         if let Some(books) = &self.books {
             session = session.share_books(Arc::clone(books), self.replica);
         }
+        let spare = shared.outbox.journal().spare_buffers();
+        session = session.copy_frames_into(Arc::clone(spare));
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
         let outbox = &shared.outbox;
         // Read on the tick (the socket out of the reactor: no wake-up per arrival), or on every

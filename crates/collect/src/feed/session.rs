@@ -47,7 +47,7 @@ use super::error::{Lost, is_rate_limit_text};
 use super::shared_books::{Shared, SharedBooks, StateParts, book_symbol_hint, frame_key};
 use crate::book::PriceLevel;
 use crate::book::{FrameVerdict, OrderBook, Tracker, Verdict};
-use crate::journal::Entry;
+use crate::journal::{Entry, SpareBuffers};
 use crate::kraken::{self, BookKind, BookMessage, Frame, Request, Response};
 use crate::metrics::{Metrics, StreamCoverage, SymbolMetrics};
 use crate::record::{BookState, EventKind, FeedEvent, FrameRecord, RecordBody};
@@ -148,6 +148,8 @@ pub struct Session {
     verified_any: bool,
     /// The books this replica shares with the others of its group, and its number there.
     shared: Option<(Arc<SharedBooks>, usize)>,
+    /// The journal's spare frame buffers, to copy frames into (none: a new buffer each).
+    spare: Option<Arc<SpareBuffers>>,
     actions: VecDeque<Action>,
 }
 
@@ -204,6 +206,7 @@ impl Session {
             closing: false,
             verified_any: false,
             shared: None,
+            spare: None,
             actions: VecDeque::new(),
         };
         session.event(at, EventKind::Connected, None, None, config.url.to_string());
@@ -219,6 +222,12 @@ impl Session {
         if replica < super::replicas::MAX_REDUNDANCY {
             self.shared = Some((books, replica));
         }
+        self
+    }
+
+    /// Copies the frames it journals into the journal's spare buffers ([`SpareBuffers`]).
+    pub fn copy_frames_into(mut self, spare: Arc<SpareBuffers>) -> Self {
+        self.spare = Some(spare);
         self
     }
 
@@ -523,7 +532,10 @@ impl Session {
 
     /// Journals the frame as received, before everything derived from it (at `mark`).
     fn journal_frame(&mut self, mark: usize, bytes: &[u8], mut record: FrameRecord, at: Timestamp) {
-        record.bytes = bytes.to_vec();
+        record.bytes = match &self.spare {
+            Some(spare) => spare.copy_of(bytes),
+            None => bytes.to_vec(),
+        };
         self.actions.insert(
             mark,
             Action::Journal(Entry {

@@ -149,6 +149,12 @@ impl JournalWriter {
     /// [`flush`](Self::flush) (or when enough is buffered), and the disk at the next
     /// [`sync`](Self::sync).
     pub fn append(&mut self, entry: Entry) -> Result<u64, JournalError> {
+        self.append_giving_back(entry).map(|(seq, _)| seq)
+    }
+
+    /// [`JournalWriter::append`], giving back the entry's body once its record is encoded (a
+    /// frame's buffer can then take the next frame: [`crate::SpareBuffers`]).
+    pub fn append_giving_back(&mut self, entry: Entry) -> Result<(u64, RecordBody), JournalError> {
         self.check_failed()?;
         let record = Record {
             seq: self.next_seq,
@@ -170,7 +176,7 @@ impl JournalWriter {
                 other => other?,
             }
         }
-        Ok(record.seq)
+        Ok((record.seq, record.body))
     }
 
     /// Hands buffered records to the operating system: a crash of this process loses nothing
