@@ -344,28 +344,20 @@ mod real_captures {
     /// whatever the verdict, it is the checksum `OrderBook::checksum` prints from scratch.
     #[test]
     fn memoized_checksums_are_the_printed_ones() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/kraken-v2"
-        );
         let mut checked = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "ndjson") {
-                continue;
-            }
+        for frames in crate::kraken::capture::fixture_received_frames() {
             let mut books: Vec<Tracked> = [1, 3, 10, 25, 100]
                 .map(|depth| Tracked {
                     book: OrderBook::new(depth),
                     synced: true,
                 })
                 .into();
-            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
-                let Some(start) = line.find(r#""frame": {"channel":"book""#) else {
-                    continue;
-                };
-                let Ok(Frame::Book(msg)) = decode(&line[start + 9..line.len() - 1]) else {
-                    panic!("{line}")
+            for frame in frames
+                .iter()
+                .filter(|f| f.starts_with(r#"{"channel":"book""#))
+            {
+                let Ok(Frame::Book(msg)) = decode(frame) else {
+                    panic!("{frame}")
                 };
                 for t in &mut books {
                     t.synced = true;

@@ -114,6 +114,34 @@ impl<R: BufRead> CaptureLines<R> {
     }
 }
 
+/// The frames received in each of the project's real captures (`tests/fixtures/kraken-v2`),
+/// file by file in name order, each exactly as in the file: for this crate's tests.
+#[cfg(test)]
+pub(crate) fn fixture_received_frames() -> Vec<Vec<String>> {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/kraken-v2"
+    );
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            text.lines()
+                .filter_map(|line| match classify(line) {
+                    CaptureLine::Received { frame, .. } => Some(frame.to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -340,35 +340,21 @@ mod tests {
 
     #[test]
     fn takes_every_book_frame_of_the_real_captures() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/kraken-v2"
-        );
         let mut taken = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "ndjson") {
-                continue;
-            }
-            for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
-                let Some(start) = line.find(r#""frame": "#) else {
-                    continue;
-                };
-                let frame = &line[start + 9..line.len() - 1];
-                if frame.starts_with(r#"{"channel":"book""#) {
-                    assert!(
-                        agree(frame).is_some(),
-                        "fast path declined a real frame: {frame}"
-                    );
-                    taken += 1;
-                    // Spaced as Python's `json.dumps` spaces it, and pretty-printed (Kraken's
-                    // strings hold no `,` and no `":`): read in one pass too, which `decode`
-                    // now offers every frame.
-                    let python = frame.replace(',', ", ").replace("\":", "\": ");
-                    let pretty = python.replace('{', "{\n\t").replace('}', "\r\n}");
-                    for spaced in [python, pretty] {
-                        assert!(agree(&spaced).is_some(), "declined spaced: {spaced}");
-                    }
+        for frame in crate::kraken::capture::fixture_received_frames().concat() {
+            if frame.starts_with(r#"{"channel":"book""#) {
+                assert!(
+                    agree(&frame).is_some(),
+                    "fast path declined a real frame: {frame}"
+                );
+                taken += 1;
+                // Spaced as Python's `json.dumps` spaces it, and pretty-printed (Kraken's
+                // strings hold no `,` and no `":`): read in one pass too, which `decode`
+                // now offers every frame.
+                let python = frame.replace(',', ", ").replace("\":", "\": ");
+                let pretty = python.replace('{', "{\n\t").replace('}', "\r\n}");
+                for spaced in [python, pretty] {
+                    assert!(agree(&spaced).is_some(), "declined spaced: {spaced}");
                 }
             }
         }
