@@ -192,77 +192,9 @@ impl JsonScan<'_> {
         }
         self.space();
         match self.peek()? {
-            b'{' => {
-                self.at += 1;
-                let mut members: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-                self.space();
-                if self.peek()? == b'}' {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.space();
-                        let mut key = Vec::new();
-                        self.string(&mut key)?;
-                        self.space();
-                        if self.peek()? != b':' {
-                            return None;
-                        }
-                        self.at += 1;
-                        let mut value = Vec::new();
-                        self.value(&mut value, depth + 1)?;
-                        members.push((key, value));
-                        self.space();
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b'}' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                members.sort_by(|a, b| a.0.cmp(&b.0));
-                if members.windows(2).any(|w| w[0].0 == w[1].0) {
-                    return None;
-                }
-                out.push(b'{');
-                for (i, (key, value)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(key);
-                    out.push(b':');
-                    out.extend_from_slice(value);
-                }
-                out.push(b'}');
-            }
-            b'[' => {
-                self.at += 1;
-                out.push(b'[');
-                self.space();
-                if self.peek()? == b']' {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.value(out, depth + 1)?;
-                        self.space();
-                        match self.peek()? {
-                            b',' => {
-                                self.at += 1;
-                                out.push(b',');
-                            }
-                            b']' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                out.push(b']');
-            }
-            b'"' => self.string(out)?,
+            b'{' => self.object(out, depth),
+            b'[' => self.array(out, depth),
+            b'"' => self.string(out),
             _ => {
                 // A number or a literal: its bytes up to the next delimiter.
                 let start = self.at;
@@ -278,8 +210,82 @@ impl JsonScan<'_> {
                     return None;
                 }
                 out.extend_from_slice(&self.s[start..self.at]);
+                Some(())
             }
         }
+    }
+
+    /// After whitespace, `,` → `true` (another item follows) or `close` → `false`.
+    fn next_item(&mut self, close: u8) -> Option<bool> {
+        self.space();
+        let more = match self.peek()? {
+            b',' => true,
+            b if b == close => false,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(more)
+    }
+
+    /// An object (at its `{`), its members sorted by their keys' text; a key twice: `None`.
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        self.at += 1;
+        let mut members: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        self.space();
+        if self.peek()? == b'}' {
+            self.at += 1;
+        } else {
+            loop {
+                self.space();
+                let mut key = Vec::new();
+                self.string(&mut key)?;
+                self.space();
+                if self.peek()? != b':' {
+                    return None;
+                }
+                self.at += 1;
+                let mut value = Vec::new();
+                self.value(&mut value, depth + 1)?;
+                members.push((key, value));
+                if !self.next_item(b'}')? {
+                    break;
+                }
+            }
+        }
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        if members.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        out.push(b'{');
+        for (i, (key, value)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            out.push(b':');
+            out.extend_from_slice(value);
+        }
+        out.push(b'}');
+        Some(())
+    }
+
+    /// An array (at its `[`), its items in order.
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        self.at += 1;
+        out.push(b'[');
+        self.space();
+        if self.peek()? == b']' {
+            self.at += 1;
+        } else {
+            loop {
+                self.value(out, depth + 1)?;
+                if !self.next_item(b']')? {
+                    break;
+                }
+                out.push(b',');
+            }
+        }
+        out.push(b']');
         Some(())
     }
 
