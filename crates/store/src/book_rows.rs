@@ -127,6 +127,17 @@ pub fn is_canonical(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
     Compare::new(frame, false).matches(kind, data)
 }
 
+/// Whether a book row rebuilds `frame` as the database keeps it, so that it needs no `raw`:
+/// the frame is what [`canonical`] writes, byte for byte, or but for JSON whitespace
+/// ([`is_canonical_but_spacing`]) or the order of its objects' members
+/// ([`is_canonical_but_order`]); cheapest first. The one statement of the rule: the writer and
+/// the tests that model it ask this.
+pub fn row_rebuilds(kind: BookKind, data: &BookData<'_>, frame: &[u8]) -> bool {
+    is_canonical(kind, data, frame)
+        || is_canonical_but_spacing(kind, data, frame)
+        || is_canonical_but_order(kind, data, frame)
+}
+
 /// Whether `frame` is what [`canonical`] writes but for JSON's insignificant whitespace:
 /// spaces, tabs, line feeds and carriage returns between tokens, as an exchange whose serialiser
 /// writes `", "` and `": "` (Python's default) or pretty-prints sends them. What the database

@@ -412,9 +412,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book_rows::{
-        is_canonical, is_canonical_but_order, is_canonical_but_spacing, levels_dec64, sorted_form,
-    };
+    use crate::book_rows::{levels_dec64, row_rebuilds, sorted_form};
     use crate::kraken::{self, Frame};
     use proptest::prelude::*;
 
@@ -429,11 +427,7 @@ mod tests {
             return None;
         };
         let levels = levels_dec64(&data.bids, &data.asks)?;
-        let frame = text.as_bytes();
-        if !(is_canonical(book.kind, data, frame)
-            || is_canonical_but_spacing(book.kind, data, frame)
-            || is_canonical_but_order(book.kind, data, frame))
-        {
+        if !row_rebuilds(book.kind, data, text.as_bytes()) {
             return None;
         }
         let symbol = match &data.symbol {

@@ -42,10 +42,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::book_rows::{
-    BookRow, BookRows, Hashed, is_canonical, is_canonical_but_order, is_canonical_but_spacing,
-    levels_dec64,
-};
+use super::book_rows::{BookRow, BookRows, Hashed, levels_dec64, row_rebuilds};
 use super::canonical;
 use super::types::{jsonb_refusal, put_numeric_field};
 use crate::book::{Decimal, PriceLevel};
@@ -672,10 +669,7 @@ impl RowEncoder {
         // Rebuilt by the row: Kraken's layout byte for byte, or that layout spaced otherwise or
         // with its members in another order (the `jsonb` the database keeps is the same; the
         // journal keeps the bytes).
-        let rebuilt = levels.is_some()
-            && (is_canonical(book.kind, data, &frame.bytes)
-                || is_canonical_but_spacing(book.kind, data, &frame.bytes)
-                || is_canonical_but_order(book.kind, data, &frame.bytes));
+        let rebuilt = levels.is_some() && row_rebuilds(book.kind, data, &frame.bytes);
         // A frame that is, but for whitespace between tokens and member order, what `canonical`
         // writes from exact levels and a symbol without NUL is JSON `jsonb` takes (no `\u0000`,
         // no surrogate escape, numbers of at most 19 digits, four levels deep:

@@ -1268,10 +1268,7 @@ pub fn compare_state(
 mod tests {
     use super::*;
     use crate::record::RecordBody;
-    use crate::store::book_rows::{
-        canonical, is_canonical, is_canonical_but_order, is_canonical_but_spacing, levels_dec64,
-        pack_dup,
-    };
+    use crate::store::book_rows::{canonical, levels_dec64, pack_dup, row_rebuilds};
     use krakenbook_testkit::capture::read_capture;
 
     /// A row as the writer stores it: in the book table, or whole in `krakenbook_other`.
@@ -1309,10 +1306,7 @@ mod tests {
                 Frame::Book(b) if b.data.len() == 1 => {
                     let d = &b.data[0];
                     let levels = levels_dec64(&d.bids, &d.asks);
-                    let rebuilt = levels.is_some()
-                        && (is_canonical(b.kind, d, &f.bytes)
-                            || is_canonical_but_spacing(b.kind, d, &f.bytes)
-                            || is_canonical_but_order(b.kind, d, &f.bytes));
+                    let rebuilt = levels.is_some() && row_rebuilds(b.kind, d, &f.bytes);
                     out.push(Stored::Book(BookRow {
                         seq,
                         conn_id: 1,
