@@ -206,6 +206,17 @@ pub fn split_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a frame's receive time is (`collect --receive-stamps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiveStamps {
+    /// When its last byte reached the machine, as the kernel recorded it (a socket filter; it
+    /// needs CAP_BPF, or root); where the kernel does not, when it was read.
+    Arrival,
+    /// When the collector read it (up to a read period after it arrived).
+    Read,
+}
+
 /// The settings file of `krakenbook collect` (every field optional; flags and environment
 /// variables win). Example:
 ///
@@ -262,6 +273,9 @@ pub struct CollectFile {
     /// The sockets' read tick (`"10ms"`; `"0ms"`: on every arrival).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub read_every: Option<Duration>,
+    /// What a frame's receive time is: `"arrival"` (the kernel's, where it records them) or
+    /// `"read"`.
+    pub receive_stamps: Option<ReceiveStamps>,
     /// Journal sync interval (`"1s"`).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub journal_sync_interval: Option<Duration>,

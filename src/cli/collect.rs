@@ -118,6 +118,12 @@ pub struct CollectArgs {
     /// puts the feed on a 10ms tick while it does [default: 10ms].
     #[arg(long, value_name = "DURATION", value_parser = config::duration)]
     pub read_every: Option<Duration>,
+    /// What a frame's receive time is: arrival (when its last byte reached the machine, as the
+    /// kernel records it; needs CAP_BPF or root, else stamped on reading, with a warning; the
+    /// read tick then defaults to 100ms, since the stamps no longer depend on it) or read (when
+    /// the collector read it) [default: arrival].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub receive_stamps: Option<config::ReceiveStamps>,
     /// Sync the journal to disk at least this often: what a power cut can lose [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = config::duration)]
     pub journal_sync_interval: Option<Duration>,
@@ -200,6 +206,16 @@ pub fn resolve(args: CollectArgs) -> anyhow::Result<CollectConfig> {
     }
     if let Some(n) = args.max_symbols.or(file.max_symbols) {
         feed.max_symbols = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    let stamps = args
+        .receive_stamps
+        .or(file.receive_stamps)
+        .unwrap_or(config::ReceiveStamps::Arrival);
+    feed.arrival_stamps = stamps == config::ReceiveStamps::Arrival;
+    // Stamped with their arrival, frames do not wait on the read tick for their stamp: the
+    // default tick is then the long one (fewer wake-ups), where the kernel takes the filter.
+    if feed.arrival_stamps && krakenbook::feed::arrival_stamps_work().is_ok() {
+        feed.read_every = krakenbook::feed::ARRIVAL_READ_EVERY;
     }
     if let Some(d) = args.read_every.or(file.read_every) {
         if d > Duration::from_millis(100) {

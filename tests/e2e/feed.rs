@@ -1029,3 +1029,110 @@ async fn an_instrument_list_longer_than_max_symbols_is_refused() {
     assert!(error.to_string().contains("--max-symbols"), "{error}");
     server.await.unwrap();
 }
+
+/// Frames sent 8 ms apart to a collector that reads its socket every 100 ms: stamped with their
+/// arrival (the kernel's, where it records them for us: root here), each frame carries its own
+/// time, within a few milliseconds of its sending, not the read tick's; stamped on reading, they
+/// fall on two or three ticks.
+#[tokio::test]
+async fn frames_read_on_a_long_tick_carry_when_they_arrived() {
+    let root = krakenbook::feed::arrival_stamps_work().is_ok();
+    if !root {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let effective = uid.split_whitespace().nth(2).unwrap();
+        assert_ne!(effective, "0", "root may load the filter");
+    }
+    for arrival in [true, false] {
+        let stamps = frames_sent_apart(arrival).await;
+        // Stamps to the millisecond: frames read in one tick share theirs.
+        let distinct = {
+            let mut ticks: Vec<_> = stamps
+                .iter()
+                .map(|(_, at)| at.unix_nanos() / 1_000_000)
+                .collect();
+            ticks.dedup();
+            ticks.len()
+        };
+        if arrival && root {
+            assert_eq!(distinct, stamps.len(), "every frame its own stamp");
+            for (i, (sent, at)) in stamps.iter().enumerate() {
+                let late = at.unix_nanos() - sent.unix_nanos();
+                assert!(
+                    (0..20_000_000).contains(&late),
+                    "frame {i} stamped {late} ns after it was sent"
+                );
+            }
+        } else {
+            assert!(
+                distinct <= 4,
+                "{distinct} stamps for frames read on a 100 ms tick"
+            );
+            let latest = stamps
+                .iter()
+                .map(|(sent, at)| at.unix_nanos() - sent.unix_nanos())
+                .max()
+                .unwrap();
+            assert!(
+                latest > 50_000_000,
+                "stamped on reading: {latest} ns after sending at most"
+            );
+        }
+    }
+}
+
+/// Twenty updates sent 8 ms apart to a collector reading every 100 ms; their send times and
+/// the stamps the journal holds.
+async fn frames_sent_apart(
+    arrival: bool,
+) -> Vec<(krakenbook::time::Timestamp, krakenbook::time::Timestamp)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(addr, dir.path(), &["X/Y"]);
+    config.feed.read_every = Duration::from_millis(100);
+    config.feed.arrival_stamps = arrival;
+    config.feed.silence_timeout = Duration::from_secs(5);
+    let cancel = CancellationToken::new();
+    let collector = tokio::spawn(collect::run(
+        config,
+        cancel.clone(),
+        Arc::new(Metrics::default()),
+    ));
+    let (tcp, _) = listener.accept().await.unwrap();
+    // Each frame in its own segment, at once (no wait for the previous one's ACK).
+    tcp.set_nodelay(true).unwrap();
+    let mut peer = Peer(tokio_tungstenite::accept_async(tcp).await.unwrap());
+    handshake(&mut peer, &["X/Y"]).await;
+    let mut book = xy_book();
+    peer.send(&ack("X/Y")).await;
+    peer.send(&book_frame(
+        &mut book,
+        "snapshot",
+        &[("100.0", "1.00")],
+        &[("100.5", "3.00")],
+        true,
+    ))
+    .await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let qty = format!("{}.00", i + 2);
+        let frame = book_frame(&mut book, "update", &[("100.0", &qty)], &[], true);
+        sent.push(krakenbook::time::Timestamp::now());
+        peer.send(&frame).await;
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    let updates: Vec<_> = records(dir.path())
+        .into_iter()
+        .filter(|r| {
+            matches!(&r.body, RecordBody::Frame(f)
+                if f.bytes.starts_with(br#"{"channel":"book","type":"update""#))
+        })
+        .map(|r| r.received_at)
+        .collect();
+    assert_eq!(updates.len(), sent.len());
+    sent.into_iter().zip(updates).collect()
+}

@@ -79,6 +79,14 @@ impl Arrivals {
     }
 }
 
+/// Whether this process may stamp arrivals: the filter attached to a socket of its own (not
+/// connected, dropped at once). The error is the kernel's (`EPERM`: no `CAP_BPF`).
+pub fn probe() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    RingFilter::attach(socket.as_raw_fd()).map(drop)
+}
+
 /// Monotonic times to wall-clock times, for one stream.
 #[derive(Debug, Default)]
 struct WallClock {

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ConnectError, Lost};
+use super::framing::Framing;
 use super::outbox::{FeedOutbox, next_tick};
 use super::polled::{self, PolledTcp};
 use super::replicas::{Decision, SharedGate, Work, start_delay};
@@ -34,7 +35,7 @@ use super::session::{Action, Continuity, Received, Session};
 use super::shared_books::SharedBooks;
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
 use crate::kraken::{self, Frame, Request};
-use crate::metrics::HealthSource;
+use crate::metrics::{HealthSource, Metrics};
 use crate::text::printable_prefix;
 use crate::time::Timestamp;
 
@@ -277,6 +278,9 @@ impl Connection {
         if let Some(books) = &self.books {
             session = session.share_books(Arc::clone(books), self.replica);
         }
+        if let Some(gate) = &self.gate {
+            session = session.in_group(gate.stamps());
+        }
         let spare = shared.outbox.journal().spare_buffers();
         session = session.copy_frames_into(Arc::clone(spare));
         tracing::info!(connection = conn_id, replica = self.replica, url = %self.config.url, symbols = session.asked().len(), "feed: connected");
@@ -386,11 +390,12 @@ impl Connection {
                     watchdog.as_mut().reset(session.deadline());
                 }
                 next = socket.next(), if !polled => {
-                    if let Some(why) = received(next, &mut session) {
+                    let at = stamp(socket, &shared.metrics);
+                    if let Some(why) = received(next, &mut session, at) {
                         break why;
                     }
                     // Every frame already buffered, in this same wake-up.
-                    match drain(socket, &mut session, 1) {
+                    match drain(socket, &mut session, &shared.metrics, 1) {
                         Ok(_) => {}
                         Err(why) => break why,
                     }
@@ -523,7 +528,7 @@ fn read_on_tick(
     reads: &mut ReadClock,
     chores_at: &mut Instant,
 ) -> Result<bool, Lost> {
-    let read = drain(socket, session, 0)?;
+    let read = drain(socket, session, &shared.metrics, 0)?;
     shared
         .pace
         .observe(meter, read.bytes, read.bounded, Instant::now());
@@ -553,7 +558,12 @@ const DRAIN_BYTES: usize = super::outbox::MAX_BYTES;
 /// so that the outbox's bound holds and the other connections get their turn: `bounded` when
 /// it stopped at the bound with more perhaps waiting; `Err(why)` when a frame ended the
 /// connection.
-fn drain(socket: &mut Socket, session: &mut Session, already: usize) -> Result<Drained, Lost> {
+fn drain(
+    socket: &mut Socket,
+    session: &mut Session,
+    metrics: &Metrics,
+    already: usize,
+) -> Result<Drained, Lost> {
     let mut frames = already;
     let mut read = Drained::default();
     while !session.is_closing() {
@@ -567,7 +577,8 @@ fn drain(socket: &mut Socket, session: &mut Session, already: usize) -> Result<D
         if let Some(Ok(message)) = &next {
             read.bytes += message.len() as u64;
         }
-        if let Some(why) = received(next, session) {
+        let at = stamp(socket, metrics);
+        if let Some(why) = received(next, session, at) {
             return Err(why);
         }
         frames += 1;
@@ -593,11 +604,28 @@ fn socket_tcp(socket: &mut Socket) -> Option<&mut PolledTcp> {
     }
 }
 
-/// Hands the session what the socket delivered, stamped now; `Some(why)` when it ends the
-/// connection.
+/// When what the socket handed out last had arrived: the kernel's stamp of its last byte (see
+/// [`PolledTcp::arrived`]), or now, when it was read, without one.
+fn stamp(socket: &mut Socket, metrics: &Metrics) -> Timestamp {
+    let arrived = socket_tcp(socket).and_then(PolledTcp::arrived);
+    if arrived.is_none() {
+        metrics.stamped_on_read.fetch_add(1, Ordering::Relaxed);
+    }
+    match arrived {
+        Some(at) => at.duration_since(std::time::UNIX_EPOCH).map_or_else(
+            |_| Timestamp::now(),
+            |d| Timestamp::from_unix_nanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        ),
+        None => Timestamp::now(),
+    }
+}
+
+/// Hands the session what the socket delivered, stamped `at` ([`stamp`]); `Some(why)` when it
+/// ends the connection.
 fn received(
     next: Option<Result<Message, tungstenite::Error>>,
     session: &mut Session,
+    at: Timestamp,
 ) -> Option<Lost> {
     match next {
         None => Some(Lost::Eof),
@@ -605,20 +633,16 @@ fn received(
             size,
             max_size,
         }))) => {
-            session.on_frame_too_large(size, max_size, Timestamp::now());
+            session.on_frame_too_large(size, max_size, at);
             None
         }
         Some(Err(e)) => Some(Lost::from(e)),
         Some(Ok(Message::Text(text))) => {
-            session.on_frame(
-                Received::Text(text.as_str()),
-                Instant::now(),
-                Timestamp::now(),
-            );
+            session.on_frame(Received::Text(text.as_str()), Instant::now(), at);
             None
         }
         Some(Ok(Message::Binary(data))) => {
-            session.on_frame(Received::Binary(&data), Instant::now(), Timestamp::now());
+            session.on_frame(Received::Binary(&data), Instant::now(), at);
             None
         }
         Some(Ok(Message::Close(frame))) => Some(match frame {
@@ -718,7 +742,11 @@ async fn open(config: &FeedConfig) -> Result<Socket, ConnectError> {
             source: std::io::Error::other("the name has no address"),
         });
     }
-    let tcp = tokio::net::TcpStream::connect(&addrs[..])
+    let framing = match url.scheme() {
+        "wss" => Framing::Tls,
+        _ => Framing::WebSocket,
+    };
+    let tcp = connect(&addrs, config.arrival_stamps.then_some(framing))
         .await
         .map_err(|source| ConnectError::Tcp {
             host: host_text.clone(),
@@ -727,13 +755,53 @@ async fn open(config: &FeedConfig) -> Result<Socket, ConnectError> {
         })?;
     let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
         url.as_str(),
-        PolledTcp::new(tcp),
+        tcp,
         Some(socket_config(config.max_frame_bytes)),
         None,
     )
     .await
     .map_err(|e| ConnectError::from_handshake(&host_text, e))?;
     Ok(socket)
+}
+
+/// Connects to the first of `addrs` that answers (the last error when none does), the
+/// kernel's arrival stamps attached to the socket before it connects when `stamps` says how
+/// the stream is framed. A kernel that refuses them (no `CAP_BPF`) is told once; the
+/// connection then stamps frames when it reads them.
+async fn connect(addrs: &[SocketAddr], stamps: Option<Framing>) -> std::io::Result<PolledTcp> {
+    let mut last = None;
+    for addr in addrs {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }?;
+        let arrivals = stamps.and_then(|framing| {
+            use std::os::fd::AsRawFd;
+            match krakenbook_arrival::Arrivals::attach(socket.as_raw_fd()) {
+                Ok(arrivals) => Some((arrivals, framing)),
+                Err(e) => {
+                    static TOLD: std::sync::Once = std::sync::Once::new();
+                    TOLD.call_once(|| {
+                        tracing::warn!(
+                            error = %e,
+                            "feed: the kernel does not record arrival times for us (it needs CAP_BPF, or root); frames are stamped when they are read, up to a read period late (--read-every)"
+                        );
+                    });
+                    None
+                }
+            }
+        });
+        match socket.connect(*addr).await {
+            Ok(tcp) => {
+                return Ok(match arrivals {
+                    Some((arrivals, framing)) => PolledTcp::with_arrivals(tcp, arrivals, framing),
+                    None => PolledTcp::new(tcp),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }
 
 async fn send(socket: &mut Socket, request: &Request) -> Result<(), Lost> {

@@ -46,6 +46,7 @@
 mod backoff;
 mod connection;
 mod error;
+mod framing;
 pub mod outbox;
 mod polled;
 pub mod replicas;
@@ -80,6 +81,17 @@ pub const DEFAULT_HANDOFF_EVERY: Duration = Duration::from_millis(20);
 /// The default period of the connections' reads: half the hand-off period, so that in a busy
 /// feed every other read hands the outbox off.
 pub const DEFAULT_READ_EVERY: Duration = Duration::from_millis(10);
+
+/// The default period of the connections' reads when frames are stamped with their arrival
+/// ([`FeedConfig::arrival_stamps`], and the kernel takes the filter: [`arrival_stamps_work`]):
+/// the stamps no longer depend on it, and ten wake-ups a second cost a tenth of a hundred.
+pub const ARRIVAL_READ_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether the kernel records arrival stamps for this process (see [`krakenbook_arrival::probe`]):
+/// the error says why not.
+pub fn arrival_stamps_work() -> std::io::Result<()> {
+    krakenbook_arrival::probe()
+}
 
 /// How the feed connects and paces itself.
 #[derive(Clone, Debug)]
@@ -142,8 +154,13 @@ pub struct FeedConfig {
     pub handoff_every: Duration,
     /// The period on which connections read their sockets ([`polled`]: one wake-up of the
     /// feed's thread reads every connection; no wake-up per arrival). A frame is stamped when it
-    /// is read: at most this long after it arrived. Zero: read on every arrival.
+    /// is read: at most this long after it arrived, unless `arrival_stamps`. Zero: read on
+    /// every arrival.
     pub read_every: Duration,
+    /// Stamp each frame with when it arrived, as the kernel recorded it (a socket filter,
+    /// [`krakenbook_arrival`]; needs `CAP_BPF`), instead of when it was read: a connection whose
+    /// socket takes the filter does, one that does not stamps on reading (warned once).
+    pub arrival_stamps: bool,
 }
 
 impl FeedConfig {
@@ -172,6 +189,7 @@ impl FeedConfig {
             book_state_every: 10_000,
             handoff_every: DEFAULT_HANDOFF_EVERY,
             read_every: DEFAULT_READ_EVERY,
+            arrival_stamps: true,
         }
     }
 

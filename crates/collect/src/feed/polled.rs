@@ -37,6 +37,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::framing::{Framing, Units};
+
 /// How often a write the kernel refused (its send buffer full) is tried again.
 pub const WRITE_RETRY: Duration = Duration::from_millis(1);
 
@@ -60,6 +62,12 @@ pub struct PolledTcp {
     drained: bool,
     /// What the last read of the kernel brought that the reader has not taken yet.
     ahead: Ahead,
+    /// Bytes of the stream the reader has taken.
+    given: u64,
+    /// The kernel's arrival stamps of the stream, and where its units end (reads stop there, so
+    /// that what the reader took ends where the message it hands out does): see
+    /// [`super::framing`].
+    arrivals: Option<(krakenbook_arrival::Arrivals, Units)>,
 }
 
 /// The read-ahead buffer: `buf[taken..filled]` is what the reader has not taken yet.
@@ -72,14 +80,20 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Gives the reader as much of what is left as `out` holds: `false` when nothing is left.
-    fn give(&mut self, out: &mut ReadBuf<'_>) -> bool {
+    /// Gives the reader as much of what is left as `out` holds (not past the end of a unit,
+    /// with `units`): `false` when nothing is left. Adds what it gave to `given`.
+    fn give(&mut self, out: &mut ReadBuf<'_>, units: Option<&mut Units>, given: &mut u64) -> bool {
         if self.taken == self.filled {
             return false;
         }
-        let n = out.remaining().min(self.filled - self.taken);
-        out.put_slice(&self.buf[self.taken..self.taken + n]);
+        let next = &self.buf[self.taken..self.filled];
+        let n = match units {
+            Some(units) => units.take(next, out.remaining()),
+            None => out.remaining().min(next.len()),
+        };
+        out.put_slice(&next[..n]);
         self.taken += n;
+        *given += n as u64;
         true
     }
 
@@ -111,7 +125,30 @@ impl PolledTcp {
             write_retry: None,
             drained: false,
             ahead: Ahead::default(),
+            given: 0,
+            arrivals: None,
         }
+    }
+
+    /// A stream whose frames are stamped with when they arrived: `arrivals` was attached to the
+    /// socket before it connected, and the stream carries `framing`.
+    pub fn with_arrivals(
+        tcp: tokio::net::TcpStream,
+        arrivals: krakenbook_arrival::Arrivals,
+        framing: Framing,
+    ) -> Self {
+        let mut stream = PolledTcp::new(tcp);
+        stream.arrivals = Some((arrivals, Units::new(framing)));
+        stream
+    }
+
+    /// When everything the reader has taken had first all arrived (the kernel's stamp of the last
+    /// byte taken, on the wall clock); `None` without stamps or when the kernel's records do not
+    /// say (see [`krakenbook_arrival`]).
+    pub fn arrived(&mut self) -> Option<std::time::SystemTime> {
+        let given = self.given;
+        let (arrivals, _) = self.arrivals.as_mut()?;
+        arrivals.arrived(given)
     }
 
     /// Takes the stream out of the reactor: from now on a read returns what the kernel holds,
@@ -155,7 +192,8 @@ impl AsyncRead for PolledTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() == 0 || this.ahead.give(buf) {
+        let units = this.arrivals.as_mut().map(|(_, units)| units);
+        if buf.remaining() == 0 || this.ahead.give(buf, units, &mut this.given) {
             return Poll::Ready(Ok(()));
         }
         // Nothing read ahead: read the kernel into the buffer of our own, which the reader then
@@ -192,7 +230,8 @@ impl AsyncRead for PolledTcp {
         };
         // 0 bytes is the end of the stream, returned as it is.
         this.ahead.filled = read?;
-        this.ahead.give(buf);
+        let units = this.arrivals.as_mut().map(|(_, units)| units);
+        this.ahead.give(buf, units, &mut this.given);
         Poll::Ready(Ok(()))
     }
 }

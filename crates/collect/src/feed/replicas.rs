@@ -20,7 +20,7 @@
 //! so that the group's connects are spread out from the first.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -153,6 +153,8 @@ impl Gate {
 pub struct SharedGate {
     gate: Mutex<Gate>,
     changed: Notify,
+    /// The group's stamps ([`super::session::GroupStamps`]).
+    stamps: Arc<super::session::GroupStamps>,
 }
 
 impl SharedGate {
@@ -161,7 +163,13 @@ impl SharedGate {
         SharedGate {
             gate: Mutex::new(Gate::new(replicas, deadline)),
             changed: Notify::new(),
+            stamps: Arc::default(),
         }
+    }
+
+    /// The stamps the group's replicas share ([`super::session::GroupStamps`]).
+    pub fn stamps(&self) -> Arc<super::session::GroupStamps> {
+        Arc::clone(&self.stamps)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {

@@ -148,9 +148,33 @@ pub struct Session {
     verified_any: bool,
     /// The books this replica shares with the others of its group, and its number there.
     shared: Option<(Arc<SharedBooks>, usize)>,
+    /// With redundancy: the newest stamp the group's replicas gave a frame that was not a copy
+    /// taken from another replica ([`Session::in_group`]).
+    group: Option<Arc<GroupStamps>>,
     /// The journal's spare frame buffers, to copy frames into (none: a new buffer each).
     spare: Option<Arc<SpareBuffers>>,
     actions: VecDeque<Action>,
+}
+
+/// The newest stamp a group of replicas gave a frame that was not a copy taken from another
+/// replica. Why: a message on several connections is stored once, as its first copy journaled,
+/// so the stored messages of a symbol come from one replica or another; with stamps of arrival
+/// ([`FeedConfig::arrival_stamps`]) a replica read later in a tick may hold a message that
+/// arrived on it before the last one stored from the replica read first (it is the faster
+/// one). Stored with its own stamp it would sort before that one. So such a frame takes at
+/// least the group's newest stamp (moved later by at most the replicas' difference in
+/// latency), and a symbol's stored messages keep their order in time.
+#[derive(Debug, Default)]
+pub struct GroupStamps {
+    newest: std::sync::atomic::AtomicI64,
+}
+
+impl GroupStamps {
+    /// The stamp a first copy stamped `at` takes: `at`, or the group's newest when that is later.
+    pub fn first(&self, at: Timestamp) -> Timestamp {
+        let before = self.newest.fetch_max(at.unix_nanos(), Ordering::Relaxed);
+        Timestamp::from_unix_nanos(before.max(at.unix_nanos()))
+    }
 }
 
 /// What applying one symbol's part of a book message gave the session.
@@ -206,6 +230,7 @@ impl Session {
             closing: false,
             verified_any: false,
             shared: None,
+            group: None,
             spare: None,
             actions: VecDeque::new(),
         };
@@ -222,6 +247,14 @@ impl Session {
         if replica < super::replicas::MAX_REDUNDANCY {
             self.shared = Some((books, replica));
         }
+        self
+    }
+
+    /// This session is a replica of a group that stores each message once: the stamps of its
+    /// frames that are not copies it took from another replica never go back across the group
+    /// (see [`GroupStamps`]).
+    pub fn in_group(mut self, group: Arc<GroupStamps>) -> Self {
+        self.group = Some(group);
         self
     }
 
@@ -471,7 +504,12 @@ impl Session {
     }
 
     /// A Kraken frame arrived at `now` (`at` on the wall clock).
+    ///
+    /// A connection's stamps never go back: a frame stamped earlier than the one before (the
+    /// wall clock set back by less than it takes to notice, or a frame the kernel's records did
+    /// not cover, stamped on reading, before frames they did) takes the one before's.
     pub fn on_frame(&mut self, frame: Received<'_>, now: Instant, at: Timestamp) {
+        let at = at.max(self.last_frame_at);
         self.conn_seq += 1;
         self.last_frame = now;
         self.last_frame_at = at;
@@ -492,6 +530,11 @@ impl Session {
             self.journal_frame(mark, bytes, record, at);
             return;
         }
+        let at = match &self.group {
+            Some(group) => group.first(at),
+            None => at,
+        };
+        self.last_frame_at = at;
         let text = match frame {
             Received::Text(t) => Ok(t),
             Received::Binary(b) => {

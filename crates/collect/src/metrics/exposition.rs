@@ -139,6 +139,11 @@ impl Snapshot {
             Value::Counter(get(&m.malformed_frames)),
         );
         add(
+            "krakenbook_frames_stamped_on_read_total",
+            "Frames stamped when read, not with their arrival as the kernel recorded it.",
+            Value::Counter(get(&m.stamped_on_read)),
+        );
+        add(
             "krakenbook_connects_total",
             "Connections opened.",
             Value::Counter(get(&m.connects)),
@@ -509,6 +514,7 @@ mod tests {
         ("krakenbook_frames_received_total", "counter", "WebSocket frames received.", &[]),
         ("krakenbook_bytes_received_total", "counter", "Bytes of frames received.", &[]),
         ("krakenbook_malformed_frames_total", "counter", "Frames that could not be decoded (journaled all the same).", &[]),
+        ("krakenbook_frames_stamped_on_read_total", "counter", "Frames stamped when read, not with their arrival as the kernel recorded it.", &[]),
         ("krakenbook_connects_total", "counter", "Connections opened.", &[]),
         ("krakenbook_reconnects_total", "counter", "Open connections that ended (and are reopened).", &[]),
         ("krakenbook_connect_failures_total", "counter", "Attempts to open a connection that failed.", &[]),

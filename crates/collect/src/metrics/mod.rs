@@ -172,6 +172,9 @@ pub struct Metrics {
     pub bytes: AtomicU64,
     /// Frames that could not be decoded (kept in the journal all the same).
     pub malformed_frames: AtomicU64,
+    /// Frames stamped when read, not with their arrival: the kernel recorded none for them
+    /// (`--receive-stamps read`, no `CAP_BPF`, or its records did not cover them).
+    pub stamped_on_read: AtomicU64,
     /// Connections opened.
     pub connects: AtomicU64,
     /// Open connections that ended (lost, closed by the server, or dropped as silent).
