@@ -112,7 +112,7 @@ fn the_filter_passes_every_byte_in_order() {
         got.iter().enumerate().all(|(i, &b)| b == pattern(i)),
         "a byte changed"
     );
-    // The ring (128 KiB) may overflow at this pace: what it lost is unknown, never wrong.
+    // The ring (64 KiB) may overflow at this pace: what it lost is unknown, never wrong.
     assert!(last.is_some());
 }
 
