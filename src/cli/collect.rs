@@ -406,11 +406,19 @@ mod tests {
         let path = dir.path().join("k.toml");
         std::fs::write(
             &path,
-            "symbols = [\"ETH/USD\"]\ndepth = 25\njournal_sync_interval = \"250ms\"\n",
+            "symbols = [\"ETH/USD\"]\ndepth = 25\njournal_sync_interval = \"250ms\"\nreceive_stamps = \"read\"\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
         let c = resolve_args(&["--config", p]).unwrap();
+        assert!(!c.feed.arrival_stamps);
+        assert_eq!(
+            resolve_args(&["--config", p, "--receive-stamps", "arrival"])
+                .unwrap()
+                .feed
+                .arrival_stamps,
+            true
+        );
         assert_eq!(c.symbols, Symbols::List(vec!["ETH/USD".into()]));
         assert_eq!(c.feed.depth.get(), 25);
         assert_eq!(
@@ -442,7 +450,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.feed.book_state_every, 40);
+        // Stamped with their arrival (where the kernel records it: root here), frames are read
+        // on the long tick; stamped on reading, on the short one.
+        let arrival = krakenbook::feed::arrival_stamps_work().is_ok();
+        let expected = if arrival {
+            krakenbook::feed::ARRIVAL_READ_EVERY
+        } else {
+            krakenbook::feed::DEFAULT_READ_EVERY
+        };
+        assert_eq!(c.feed.read_every, expected);
+        assert!(c.feed.arrival_stamps);
+        let c = resolve_args(&["--symbols", "BTC/USD", "--receive-stamps", "read"]).unwrap();
         assert_eq!(c.feed.read_every, krakenbook::feed::DEFAULT_READ_EVERY);
+        assert!(!c.feed.arrival_stamps);
+        let e = resolve_args(&["--symbols", "BTC/USD", "--receive-stamps", "kernel"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arrival") && e.contains("read"), "{e}");
         let c = resolve_args(&["--symbols", "BTC/USD", "--read-every", "0ms"]).unwrap();
         assert_eq!(c.feed.read_every, Duration::ZERO);
         let e = resolve_args(&["--symbols", "BTC/USD", "--read-every", "1s"])
@@ -499,7 +523,11 @@ mod tests {
             a.extend_from_slice(extra);
             resolve_args(&a).unwrap().database.unwrap().batch.max_delay
         };
-        assert_eq!(delay(&[]), ms(250));
+        // The default tick is the long one where frames are stamped with their arrival.
+        let arrival = krakenbook::feed::arrival_stamps_work().is_ok();
+        assert_eq!(delay(&[]), ms(if arrival { 1000 } else { 250 }));
+        assert_eq!(delay(&["--receive-stamps", "read"]), ms(250));
+        assert_eq!(delay(&["--read-every", "10ms"]), ms(250));
         assert_eq!(delay(&["--read-every", "100ms"]), ms(1000));
         assert_eq!(delay(&["--read-every", "0ms"]), ms(250));
         assert_eq!(
