@@ -2,7 +2,8 @@
 //! module rules inside crates that the compiler cannot see. A new dependency on a higher layer,
 //! or a new crate missing from the table, fails here.
 //!
-//! The layers, bottom to top: core; journal, exchange, testkit; store; collect, history; read;
+//! The layers, bottom to top: core, arrival (kernel arrival stamps: no krakenbook crate below
+//! it); journal, exchange, testkit; store; collect, history; read;
 //! archive (the cold tier: it replays with read's engine); the `krakenbook` binary (CLI and
 //! facade); the benchmarks.
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// also name `krakenbook-testkit`.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("krakenbook-core", &[]),
+    ("krakenbook-arrival", &[]),
     ("krakenbook-journal", &["krakenbook-core"]),
     ("krakenbook-exchange", &["krakenbook-core"]),
     ("krakenbook-testkit", &["krakenbook-core"]),
@@ -22,7 +24,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "krakenbook-collect",
-        &["krakenbook-core", "krakenbook-journal", "krakenbook-store"],
+        &[
+            "krakenbook-arrival",
+            "krakenbook-core",
+            "krakenbook-journal",
+            "krakenbook-store",
+        ],
     ),
     (
         "krakenbook-history",
