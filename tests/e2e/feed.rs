@@ -20,9 +20,9 @@ use krakenbook::kraken::{Depth, Request};
 use krakenbook::metrics::Metrics;
 use krakenbook::record::{EventKind, Record, RecordBody};
 
-struct Peer(WebSocketStream<TcpStream>);
+struct Peer<S = TcpStream>(WebSocketStream<S>);
 
-impl Peer {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Peer<S> {
     async fn send(&mut self, text: &str) {
         self.0.send(Message::text(text.to_owned())).await.unwrap();
     }
@@ -143,7 +143,10 @@ fn book_frame(
 
 const INSTRUMENT: &str = r#"{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[{"symbol":"X/Y","price_precision":1,"qty_precision":2,"status":"online"}]}}"#;
 
-async fn handshake(peer: &mut Peer, symbols: &[&str]) {
+async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    peer: &mut Peer<S>,
+    symbols: &[&str],
+) {
     peer.send(r#"{"channel":"status","type":"update","data":[{"system":"online","api_version":"v2","connection_id":17001309753738053924,"version":"2.0.10"}]}"#).await;
     let r = peer.request().await;
     assert_eq!(
@@ -1044,7 +1047,7 @@ async fn frames_read_on_a_long_tick_carry_when_they_arrived() {
         assert_ne!(effective, "0", "root may load the filter");
     }
     for arrival in [true, false] {
-        let stamps = frames_sent_apart(arrival).await;
+        let stamps = frames_sent_apart(arrival, false).await;
         // Stamps to the millisecond: frames read in one tick share theirs.
         let distinct = {
             let mut ticks: Vec<_> = stamps
@@ -1081,10 +1084,53 @@ async fn frames_read_on_a_long_tick_carry_when_they_arrived() {
     }
 }
 
-/// Twenty updates sent 8 ms apart to a collector reading every 100 ms; their send times and
-/// the stamps the journal holds.
+/// The same over TLS (`wss://`, Kraken's way): reads stop at the end of each TLS record, so a
+/// frame carries the arrival of the record that completed it.
+#[tokio::test]
+async fn frames_over_tls_carry_when_they_arrived() {
+    let stamps = frames_sent_apart(true, true).await;
+    if krakenbook::feed::arrival_stamps_work().is_err() {
+        return;
+    }
+    for (i, (sent, at)) in stamps.iter().enumerate() {
+        let late = at.unix_nanos() - sent.unix_nanos();
+        assert!(
+            (0..20_000_000).contains(&late),
+            "frame {i} stamped {late} ns after it was sent"
+        );
+    }
+}
+
+/// A certificate for 127.0.0.1, the server's TLS settings with it and a client's that trusts it.
+fn tls_pair() -> (tokio_rustls::TlsAcceptor, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = made.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        Arc::new(client),
+    )
+}
+
+/// Twenty updates sent 8 ms apart to a collector reading every 100 ms (over TLS with `tls`);
+/// their send times and the stamps the journal holds.
 async fn frames_sent_apart(
     arrival: bool,
+    tls: bool,
 ) -> Vec<(krakenbook::time::Timestamp, krakenbook::time::Timestamp)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1093,6 +1139,14 @@ async fn frames_sent_apart(
     config.feed.read_every = Duration::from_millis(100);
     config.feed.arrival_stamps = arrival;
     config.feed.silence_timeout = Duration::from_secs(5);
+    let acceptor = if tls {
+        let (acceptor, client) = tls_pair();
+        config.feed.url = url::Url::parse(&format!("wss://{addr}/v2")).unwrap();
+        config.feed.tls = Some(client);
+        Some(acceptor)
+    } else {
+        None
+    };
     let cancel = CancellationToken::new();
     let collector = tokio::spawn(collect::run(
         config,
@@ -1102,8 +1156,37 @@ async fn frames_sent_apart(
     let (tcp, _) = listener.accept().await.unwrap();
     // Each frame in its own segment, at once (no wait for the previous one's ACK).
     tcp.set_nodelay(true).unwrap();
-    let mut peer = Peer(tokio_tungstenite::accept_async(tcp).await.unwrap());
-    handshake(&mut peer, &["X/Y"]).await;
+    let sent = match acceptor {
+        Some(acceptor) => {
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let mut peer = Peer(tokio_tungstenite::accept_async(tls).await.unwrap());
+            send_apart(&mut peer).await
+        }
+        None => {
+            let mut peer = Peer(tokio_tungstenite::accept_async(tcp).await.unwrap());
+            send_apart(&mut peer).await
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    collector.await.unwrap().unwrap();
+    let updates: Vec<_> = records(dir.path())
+        .into_iter()
+        .filter(|r| {
+            matches!(&r.body, RecordBody::Frame(f)
+                if f.bytes.starts_with(br#"{"channel":"book","type":"update""#))
+        })
+        .map(|r| r.received_at)
+        .collect();
+    assert_eq!(updates.len(), sent.len());
+    sent.into_iter().zip(updates).collect()
+}
+
+/// The handshake, a snapshot, then twenty updates 8 ms apart: their send times.
+async fn send_apart<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    peer: &mut Peer<S>,
+) -> Vec<krakenbook::time::Timestamp> {
+    handshake(peer, &["X/Y"]).await;
     let mut book = xy_book();
     peer.send(&ack("X/Y")).await;
     peer.send(&book_frame(
@@ -1122,17 +1205,5 @@ async fn frames_sent_apart(
         peer.send(&frame).await;
         tokio::time::sleep(Duration::from_millis(8)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel.cancel();
-    collector.await.unwrap().unwrap();
-    let updates: Vec<_> = records(dir.path())
-        .into_iter()
-        .filter(|r| {
-            matches!(&r.body, RecordBody::Frame(f)
-                if f.bytes.starts_with(br#"{"channel":"book","type":"update""#))
-        })
-        .map(|r| r.received_at)
-        .collect();
-    assert_eq!(updates.len(), sent.len());
-    sent.into_iter().zip(updates).collect()
+    sent
 }

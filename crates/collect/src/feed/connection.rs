@@ -33,13 +33,14 @@ use super::polled::{self, PolledTcp};
 use super::replicas::{Decision, SharedGate, Work, start_delay};
 use super::session::{Action, Continuity, Received, Session};
 use super::shared_books::SharedBooks;
+use super::wire::Wire;
 use super::{FeedConfig, FeedError, FeedShared, Pace, Reconnect};
 use crate::kraken::{self, Frame, Request};
 use crate::metrics::{HealthSource, Metrics};
 use crate::text::printable_prefix;
 use crate::time::Timestamp;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<PolledTcp>>;
+type Socket = tokio_tungstenite::WebSocketStream<Wire>;
 
 /// A long-lived connection task: connects, subscribes, verifies and journals, and reconnects
 /// when the connection is lost, until cancelled.
@@ -597,11 +598,7 @@ struct Drained {
 
 /// The TCP stream under a WebSocket (under TLS for `wss`).
 fn socket_tcp(socket: &mut Socket) -> Option<&mut PolledTcp> {
-    match socket.get_mut() {
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => Some(tcp),
-        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => Some(tls.get_mut().0),
-        _ => None,
-    }
+    Some(socket.get_mut().tcp())
 }
 
 /// When what the socket handed out last had arrived: the kernel's stamp of its last byte (see
@@ -753,11 +750,20 @@ async fn open(config: &FeedConfig) -> Result<Socket, ConnectError> {
             port,
             source,
         })?;
-    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+    let wire = match framing {
+        Framing::Tls => {
+            // rustls takes an IPv6 address without its brackets.
+            let name = host_text.trim_start_matches('[').trim_end_matches(']');
+            Wire::tls(tcp, name, config.tls.clone())
+                .await
+                .map_err(|e| ConnectError::from_handshake(&host_text, e))?
+        }
+        Framing::WebSocket => Wire::Plain(tcp),
+    };
+    let (socket, _response) = tokio_tungstenite::client_async_with_config(
         url.as_str(),
-        tcp,
+        wire,
         Some(socket_config(config.max_frame_bytes)),
-        None,
     )
     .await
     .map_err(|e| ConnectError::from_handshake(&host_text, e))?;

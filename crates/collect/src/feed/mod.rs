@@ -54,6 +54,7 @@ pub mod session;
 pub mod shared_books;
 mod thread;
 pub mod ticker;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -161,6 +162,9 @@ pub struct FeedConfig {
     /// [`krakenbook_arrival`]; needs `CAP_BPF`), instead of when it was read: a connection whose
     /// socket takes the filter does, one that does not stamps on reading (warned once).
     pub arrival_stamps: bool,
+    /// The TLS client settings for `wss://` (none: the web's root certificates, as Kraken's
+    /// endpoint needs). Tests that serve TLS with a certificate of their own give theirs.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl FeedConfig {
@@ -190,6 +194,7 @@ impl FeedConfig {
             handoff_every: DEFAULT_HANDOFF_EVERY,
             read_every: DEFAULT_READ_EVERY,
             arrival_stamps: true,
+            tls: None,
         }
     }
 

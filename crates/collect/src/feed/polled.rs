@@ -142,6 +142,11 @@ impl PolledTcp {
         stream
     }
 
+    /// Whether frames are stamped with their arrival (the filter is on the socket).
+    pub fn has_arrivals(&self) -> bool {
+        self.arrivals.is_some()
+    }
+
     /// When everything the reader has taken had first all arrived (the kernel's stamp of the last
     /// byte taken, on the wall clock); `None` without stamps or when the kernel's records do not
     /// say (see [`krakenbook_arrival`]).
