@@ -24,8 +24,10 @@ use tokio_rustls::client::TlsStream;
 use super::framing::{Framing, Units};
 use super::polled::PolledTcp;
 
-/// TCP, or TLS over it.
+/// TCP, or TLS over it. One per connection, so the variants' sizes do not matter (the TLS
+/// state is boxed only because it is the larger).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Wire {
     Plain(PolledTcp),
     Tls {
