@@ -146,10 +146,20 @@ fn the_service_unit_is_sandboxed_and_keeps_the_password_off_the_command_line() {
         ("Restart", "on-failure"),
         ("LimitNOFILE", "65536"),
         ("KillSignal", "SIGTERM"),
-        ("CapabilityBoundingSet", ""),
+        // One capability: the kernel's arrival stamps (see the next test).
+        ("CapabilityBoundingSet", "CAP_BPF"),
+        ("AmbientCapabilities", "CAP_BPF"),
     ] {
         assert_eq!(one(key), want, "{key}");
     }
+    assert!(
+        !s.contains_key("PrivateUsers"),
+        "a capability in a user namespace of its own does not load a filter"
+    );
+    assert_eq!(
+        s["SystemCallFilter"].last().map(String::as_str),
+        Some("bpf")
+    );
     assert!(s["SystemCallFilter"].contains(&"@system-service".to_owned()));
     // Write access to the journal directory only: no path is opened for writing beyond the
     // state directory, and the journal lives in it.
@@ -665,4 +675,71 @@ async fn per_symbol_series_exist_at_zero_before_the_exchange_answers() {
     }
     let (status, _, log) = collector.stop();
     assert!(status.success(), "{log}");
+}
+
+/// What the unit grants is what the arrival stamps need: an unprivileged user with CAP_BPF alone
+/// (ambient, no new privileges, nothing else in its bounding set) stamps frames with their
+/// arrival; without it the collector says it stamps them on reading. Run as root (it changes
+/// user with `setpriv`); elsewhere it checks only that the filter is refused.
+#[test]
+fn cap_bpf_alone_lets_an_unprivileged_collector_stamp_arrivals() {
+    if krakenbook::feed::arrival_stamps_work().is_err() {
+        return;
+    }
+    let said = |caps: &str| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        std::fs::create_dir(&journal).unwrap();
+        std::process::Command::new("chmod")
+            .args(["0777", journal.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let mut args = vec![
+            "--reuid=65534".to_owned(),
+            "--regid=65534".to_owned(),
+            "--clear-groups".to_owned(),
+            "--no-new-privs".to_owned(),
+        ];
+        if !caps.is_empty() {
+            args.push(format!("--inh-caps=+{caps}"));
+            args.push(format!("--ambient-caps=+{caps}"));
+            args.push(format!("--bounding-set=-all,+{caps}"));
+        } else {
+            args.push("--bounding-set=-all".to_owned());
+        }
+        let child = std::process::Command::new("setpriv")
+            .args(&args)
+            .arg(env!("CARGO_BIN_EXE_krakenbook"))
+            .args([
+                "collect",
+                "--symbols",
+                "X/Y",
+                // Nothing listens there: the filter is attached before each connect.
+                "--url",
+                "ws://127.0.0.1:1/v2",
+                "--journal-dir",
+                journal.to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let refused = "does not record arrival times";
+    let with = said("bpf");
+    assert!(
+        with.contains("cannot connect"),
+        "it tried to connect: {with}"
+    );
+    assert!(!with.contains(refused), "with CAP_BPF: {with}");
+    let without = said("");
+    assert!(without.contains(refused), "without CAP_BPF: {without}");
 }
