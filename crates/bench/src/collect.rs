@@ -82,7 +82,8 @@ pub struct BenchCollectArgs {
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4))]
     pub redundancy: u32,
     /// The collector's `--read-every`: how often its feed reads the sockets (its default when
-    /// not given: 10ms; 0ms reads and stamps each frame on arrival).
+    /// not given: 100ms where the kernel stamps arrivals for it, else 10ms; 0ms reads each frame
+    /// on arrival).
     #[arg(long, value_name = "DURATION", value_parser = krakenbook::config::duration)]
     pub read_every: Option<Duration>,
     /// The collector's `--own-books`: with redundancy, every connection keeps books of its own
