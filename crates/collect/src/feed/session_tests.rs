@@ -963,3 +963,81 @@ async fn a_recovered_connection_reconnects_promptly_and_a_flapping_one_backs_off
         );
     }
 }
+
+/// The frames a test session journaled, by their stamps.
+fn frame_stamps(h: &Harness) -> Vec<i64> {
+    h.journal
+        .iter()
+        .filter(|e| matches!(e.body, RecordBody::Frame(_)))
+        .map(|e| e.received_at.unix_nanos())
+        .collect()
+}
+
+/// Stamps of arrival can come out of order: a frame the kernel's records did not cover is
+/// stamped on reading, before frames they did cover, and a wall clock set back by a little moves
+/// a stamp back. A connection's journal never goes back in time: such a frame takes the stamp
+/// before it (its own when later).
+#[tokio::test(start_paused = true)]
+async fn a_connection_s_stamps_never_go_back() {
+    let mut h = Harness::open(&config(10), &["BTC/USD"], Continuity::default());
+    let t0 = h.at();
+    let ms = |n: i64| t0.add_nanos(n * 1_000_000);
+    for at in [50, 20, 60, 59, 61] {
+        h.session.on_frame(
+            Received::Text(r#"{"channel":"heartbeat"}"#),
+            Instant::now(),
+            ms(at),
+        );
+        h.drain();
+    }
+    let want: Vec<i64> = [50, 50, 60, 60, 61]
+        .iter()
+        .map(|&n| ms(n).unix_nanos())
+        .collect();
+    assert_eq!(frame_stamps(&h), want);
+}
+
+/// Two replicas of a group, each message stored once as the first copy journaled: a frame on
+/// the replica read second that arrived before the newest frame taken from the replica read
+/// first takes that one's stamp, so a symbol's stored messages never go back in time; a later
+/// one keeps its own.
+#[tokio::test(start_paused = true)]
+async fn a_group_s_first_copies_never_go_back() {
+    let group = Arc::new(GroupStamps::default());
+    let in_group = |mut h: Harness| {
+        h.session = h.session.in_group(Arc::clone(&group));
+        h
+    };
+    let mut a = in_group(Harness::open(
+        &config(10),
+        &["BTC/USD"],
+        Continuity::default(),
+    ));
+    let mut b = in_group(Harness::open(
+        &config(10),
+        &["BTC/USD"],
+        Continuity::default(),
+    ));
+    let t0 = a.at();
+    let ms = |n: i64| t0.add_nanos(n * 1_000_000);
+    let heartbeat = |h: &mut Harness, at: i64| {
+        h.session.on_frame(
+            Received::Text(r#"{"channel":"heartbeat"}"#),
+            Instant::now(),
+            ms(at),
+        );
+        h.drain();
+    };
+    // A tick reads A (up to 50), then B (a faster replica: 30, then 70); the next reads A (60).
+    heartbeat(&mut a, 50);
+    heartbeat(&mut b, 30);
+    heartbeat(&mut b, 70);
+    heartbeat(&mut a, 60);
+    let at = |n: &[i64]| n.iter().map(|&n| ms(n).unix_nanos()).collect::<Vec<_>>();
+    assert_eq!(frame_stamps(&a), at(&[50, 70]));
+    assert_eq!(frame_stamps(&b), at(&[50, 70]));
+    // Without a group nothing moves.
+    let mut c = Harness::open(&config(10), &["BTC/USD"], Continuity::default());
+    heartbeat(&mut c, 30);
+    assert_eq!(frame_stamps(&c), at(&[30]));
+}
