@@ -270,7 +270,8 @@ pub struct CollectFile {
     /// Longest a record waits for its database batch (`"50ms"`).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub db_batch_delay: Option<Duration>,
-    /// The sockets' read tick (`"10ms"`; `"0ms"`: on every arrival).
+    /// The sockets' read tick (`"10ms"`; `"0ms"`: on every arrival; default 100 ms where the
+    /// kernel stamps arrivals for the collector, else 10 ms).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub read_every: Option<Duration>,
     /// What a frame's receive time is: `"arrival"` (the kernel's, where it records them) or

@@ -112,10 +112,12 @@ pub struct CollectArgs {
     /// `krakenbook book --at` never replays more [default: 10000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub book_state_every: Option<u64>,
-    /// Read the sockets on a tick this long (one wake-up reads every connection; a frame is
-    /// stamped when read, at most this long after it arrived); 0ms stamps each frame on arrival,
-    /// at the CPU cost of a wake-up per arrival; over 10ms, a connection receiving 32KiB a tick
-    /// puts the feed on a 10ms tick while it does [default: 10ms].
+    /// Read the sockets on a tick this long (one wake-up reads every connection). With arrival
+    /// stamps (--receive-stamps) a frame's stamp does not depend on it; stamped on reading, a
+    /// frame is at most this long late. 0ms reads each frame on arrival, at the CPU cost of a
+    /// wake-up per arrival; over 10ms, a connection receiving 32KiB a tick puts the feed on a
+    /// 10ms tick while it does [default: 100ms where the kernel stamps arrivals for the
+    /// collector, else 10ms].
     #[arg(long, value_name = "DURATION", value_parser = config::duration)]
     pub read_every: Option<Duration>,
     /// What a frame's receive time is: arrival (when its last byte reached the machine, as the

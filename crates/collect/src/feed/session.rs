@@ -400,6 +400,8 @@ impl Session {
     /// A frame larger than the frame-size cap arrived (tungstenite refused it unread): counted,
     /// recorded as a [`EventKind::FrameTooLarge`] event, and the connection is closed.
     pub fn on_frame_too_large(&mut self, size: usize, max: usize, at: Timestamp) {
+        // Stamped as a frame is: never before the connection's last frame.
+        let at = at.max(self.last_frame_at);
         self.metrics
             .frames_too_large
             .fetch_add(1, Ordering::Relaxed);
