@@ -131,3 +131,130 @@ fn a_socket_attached_after_it_connected_knows_nothing() {
     assert_eq!(arrivals.arrived(100), None);
     assert!(!arrivals.has_origin());
 }
+
+/// The 16-bit ones' complement sum of `bytes` (odd lengths padded with a zero), folded in.
+fn ones_complement_sum(mut sum: u32, bytes: &[u8]) -> u32 {
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+/// Sends one TCP segment from `from` to `to` through a raw socket (root), as a hostile network
+/// could: `seq`, `flags`, no ACK number, `payload`; its checksum right, or not.
+fn inject(
+    from: SocketAddr,
+    to: SocketAddr,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+    checksum_ok: bool,
+) {
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        panic!("IPv4 only");
+    };
+    let mut segment = Vec::new();
+    segment.extend(from.port().to_be_bytes());
+    segment.extend(to.port().to_be_bytes());
+    segment.extend(seq.to_be_bytes());
+    segment.extend(0u32.to_be_bytes());
+    segment.extend([5 << 4, flags]);
+    segment.extend(65_535u16.to_be_bytes());
+    segment.extend([0; 4]);
+    segment.extend_from_slice(payload);
+    let mut sum = ones_complement_sum(0, &from.ip().octets());
+    sum = ones_complement_sum(sum, &to.ip().octets());
+    sum = ones_complement_sum(sum, &[0, 6]);
+    sum = ones_complement_sum(sum, &(segment.len() as u16).to_be_bytes());
+    sum = ones_complement_sum(sum, &segment);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut checksum = !(sum as u16);
+    if !checksum_ok {
+        checksum ^= 0x5555;
+    }
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let raw = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::from(libc::SOCK_RAW),
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    raw.send_to(&segment, &SocketAddr::V4(to).into()).unwrap();
+}
+
+/// A connection, a segment TCP discards injected at the next byte it expects, then the real
+/// bytes 100 ms later: when the reader's bytes could first be read, against when they were sent.
+fn stamp_after_a_discarded_segment(
+    flags: u8,
+    checksum_ok: bool,
+) -> (SystemTime, Option<SystemTime>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut client, mut arrivals) = connect_with_arrivals(listener.local_addr().unwrap());
+    let (mut server, _) = listener.accept().unwrap();
+    let mut records = Vec::new();
+    arrivals.filter.drain(|s| records.push(s));
+    let syn = records
+        .iter()
+        .find(|s| s.flags & 0x02 != 0)
+        .expect("the SYN-ACK");
+    let next = syn.seq.wrapping_add(1);
+    for s in records {
+        arrivals.timeline.segment(s);
+    }
+    inject(
+        server.local_addr().unwrap(),
+        client.local_addr().unwrap(),
+        next,
+        flags,
+        &[0xee; 200],
+        checksum_ok,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = SystemTime::now();
+    server.write_all(&[1; 200]).unwrap();
+    let mut got = [0u8; 200];
+    client.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 1), "the stream changed");
+    (sent, arrivals.arrived(200))
+}
+
+#[test]
+fn a_segment_tcp_drops_for_its_flags_does_not_stamp_the_bytes_that_come_after() {
+    if !may_load_bpf() {
+        return;
+    }
+    // No ACK flag (PSH alone): TCP drops it in an established connection.
+    let (sent, arrived) = stamp_after_a_discarded_segment(0x08, true);
+    if let Some(arrived) = arrived {
+        // The wall clock's offset is kept while it moves less than 20 µs: allow a millisecond.
+        assert!(
+            arrived + Duration::from_millis(1) >= sent,
+            "stamped {:?} before the bytes were sent",
+            sent.duration_since(arrived).unwrap()
+        );
+    }
+}
+
+/// Known, not fixed: TCP verifies this segment's checksum after the filter has recorded it, so
+/// its bytes take the time of the copy TCP dropped (as they would of any copy dropped after the
+/// filter: receive memory, backlog, pruned out-of-order queue, out of window, PAWS), and the copy
+/// TCP keeps is a retransmission that changes nothing.
+#[test]
+#[ignore = "known: the filter runs before TCP drops a segment for its checksum"]
+fn a_segment_with_a_bad_checksum_does_not_stamp_the_bytes_that_come_after() {
+    if !may_load_bpf() {
+        return;
+    }
+    // TCP checks the checksum of a segment this long after the filter ran, and drops it.
+    let (sent, arrived) = stamp_after_a_discarded_segment(0x18, false);
+    if let Some(arrived) = arrived {
+        // The wall clock's offset is kept while it moves less than 20 µs: allow a millisecond.
+        assert!(
+            arrived + Duration::from_millis(1) >= sent,
+            "stamped {:?} before the bytes were sent",
+            sent.duration_since(arrived).unwrap()
+        );
+    }
+}

@@ -38,7 +38,8 @@ pub struct Timeline {
     end: u64,
     /// `(end, at)`: the prefix reached `end` at `at`; both increase.
     points: VecDeque<(u64, u64)>,
-    /// Segments past the prefix: `(start, end, at)`, sorted and disjoint.
+    /// Segments past the prefix: `(start, end, at)`, sorted and disjoint; `at` when all their
+    /// bytes had arrived.
     pending: Vec<(u64, u64, u64)>,
     /// Bytes before this offset (and after the last point taken) have no known time.
     unknown_until: u64,
@@ -48,18 +49,28 @@ pub struct Timeline {
 
 impl Timeline {
     /// Takes one record, in the order the filter wrote them.
+    ///
+    /// A segment TCP drops whatever it carries (one without ACK, a RST, a SYN after the first)
+    /// gives its bytes no time: the filter runs before TCP judges a segment, and the bytes come
+    /// later.
     pub fn segment(&mut self, segment: Segment) {
         const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        if segment.flags & RST != 0 {
+            return;
+        }
         if segment.flags & SYN != 0 {
-            if self.origin.is_none() {
-                self.origin = Some(segment.seq.wrapping_add(1));
+            if self.origin.is_some() {
+                return;
             }
-            if segment.payload > 0 {
+            self.origin = Some(segment.seq.wrapping_add(1));
+            if segment.payload > 0 && segment.flags & ACK != 0 {
                 self.data(segment.seq.wrapping_add(1), segment.payload, segment.at_ns);
             }
             return;
         }
-        if segment.payload > 0 {
+        if segment.payload > 0 && segment.flags & ACK != 0 {
             self.data(segment.seq, segment.payload, segment.at_ns);
         }
     }
@@ -84,13 +95,15 @@ impl Timeline {
         }
         self.extend(end, at);
         // Segments waiting on this one are readable now.
-        while let Some(&(s, e, _)) = self.pending.first() {
+        while let Some(&(s, _, _)) = self.pending.first() {
             if s > self.end {
                 break;
             }
-            self.pending.remove(0);
+            let (_, e, waited) = self.pending.remove(0);
             if e > self.end {
-                self.extend(e, at);
+                // Not before its own bytes arrived (records of two CPUs may be written out of
+                // the order of their clocks).
+                self.extend(e, at.max(waited));
             }
         }
     }
@@ -112,7 +125,11 @@ impl Timeline {
         if let Some(prev) = i.checked_sub(1).and_then(|p| self.pending.get_mut(p))
             && prev.1 >= start
         {
-            prev.1 = prev.1.max(end);
+            if end > prev.1 {
+                // New bytes: the union is whole only once they are there.
+                prev.1 = end;
+                prev.2 = prev.2.max(at);
+            }
             self.merge_after(i - 1);
             return;
         }
@@ -128,7 +145,7 @@ impl Timeline {
         while i + 1 < self.pending.len() && self.pending[i + 1].0 <= self.pending[i].1 {
             let next = self.pending.remove(i + 1);
             self.pending[i].1 = self.pending[i].1.max(next.1);
-            self.pending[i].2 = self.pending[i].2.min(next.2);
+            self.pending[i].2 = self.pending[i].2.max(next.2);
         }
     }
 
@@ -303,6 +320,39 @@ mod tests {
         t.segment(data(0, 100, 5_000));
         assert_eq!(t.arrived(100), Arrived::At(5_000));
         assert_eq!(t.arrived(110), Arrived::At(5_000));
+    }
+
+    fn flagged(offset: u64, payload: u32, flags: u8, at_ns: u64) -> Segment {
+        Segment {
+            flags,
+            ..data(offset, payload, at_ns)
+        }
+    }
+
+    #[test]
+    fn a_segment_waiting_on_a_hole_is_never_readable_before_it_arrived() {
+        // Two CPUs: 100..200 stamped at 50 is written to the ring before 0..100 stamped at 30
+        // (each took the clock, then its turn in the ring). 100..200 was not there before 50.
+        let mut t = timeline(&[data(100, 100, 50), data(0, 100, 30)]);
+        assert_eq!(t.arrived(100), Arrived::At(30));
+        assert_eq!(t.arrived(200), Arrived::At(50));
+        // Merged while waiting: the union was whole only when its last part came.
+        let mut t = timeline(&[data(100, 100, 50), data(150, 100, 60), data(0, 100, 30)]);
+        assert_eq!(t.arrived(250), Arrived::At(60));
+        let mut t = timeline(&[data(150, 100, 20), data(100, 100, 60), data(0, 100, 30)]);
+        assert_eq!(t.arrived(250), Arrived::At(60));
+    }
+
+    #[test]
+    fn segments_tcp_discards_for_their_flags_give_no_time() {
+        // Each sees the filter, then TCP drops it without queueing a byte: no ACK (a segment of
+        // an established connection must carry one), a RST (its payload is never data), a SYN
+        // after the first (answered with a challenge ACK). The bytes arrive for real at 90.
+        for flags in [0x08, 0x14, 0x1c, 0x12] {
+            let mut t = timeline(&[data(0, 100, 10), flagged(100, 100, flags, 20)]);
+            t.segment(data(100, 100, 90));
+            assert_eq!(t.arrived(200), Arrived::At(90), "flags {flags:#x}");
+        }
     }
 
     proptest::proptest! {
