@@ -258,3 +258,29 @@ fn a_segment_with_a_bad_checksum_does_not_stamp_the_bytes_that_come_after() {
         );
     }
 }
+
+/// The thread paused between its two readings of the clocks (preempted, or its virtual CPU
+/// stolen), 5 ms: the offset it takes must not make a time earlier than the true one.
+#[test]
+fn a_pause_between_the_clock_readings_never_makes_a_time_earlier() {
+    // The true clocks: wall = monotonic + OFFSET.
+    const OFFSET: i128 = 1_700_000_000_000_000_000;
+    const NOW: u64 = 10_000_000_000;
+    let reads = std::cell::Cell::new(0u64);
+    // The first reading is at NOW, the second 5 ms later, whichever clock each reads.
+    let read = || {
+        let pause = if reads.get() == 0 { 0 } else { 5_000_000 };
+        reads.set(reads.get() + 1);
+        NOW + pause
+    };
+    let arrived = NOW - 1_000_000;
+    let truth =
+        SystemTime::UNIX_EPOCH + Duration::from_nanos((i128::from(arrived) + OFFSET) as u64);
+    let mut clock = WallClock::default();
+    let at = clock.wall_time_with(arrived, read, || i128::from(read()) + OFFSET);
+    assert!(
+        at >= truth,
+        "{:?} earlier than it arrived",
+        truth.duration_since(at).unwrap()
+    );
+}
