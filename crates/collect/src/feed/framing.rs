@@ -235,6 +235,30 @@ mod tests {
     }
 
     proptest! {
+        /// Any bytes at all (lying lengths: 0, 2^64 - 1, a header cut at every point, garbage
+        /// after an HTTP line), read with any sizes down to one byte: every read gives at least
+        /// one byte, and every byte is given once, in order.
+        #[test]
+        fn hostile_bytes_are_given_whole_in_order_and_never_stall(
+            stream in proptest::collection::vec(any::<u8>(), 1..3_000),
+            sizes in proptest::collection::vec((1usize..50, 1usize..4), 1..20),
+            tls in any::<bool>(),
+            http in any::<bool>(),
+        ) {
+            let mut stream = stream;
+            if http && !tls {
+                let mut head = b"HTTP/1.1 101 OK\r\n\r\n".to_vec();
+                head.append(&mut stream);
+                stream = head;
+            }
+            let framing = if tls { Framing::Tls } else { Framing::WebSocket };
+            let mut units = Units::new(framing);
+            let (_, got) = read_all(&mut units, &stream, &sizes);
+            prop_assert_eq!(got, stream);
+        }
+    }
+
+    proptest! {
         /// Any cut of the stream into reads: every byte given in order, every unit's end is a
         /// read's end, and no read crosses one.
         #[test]
