@@ -284,3 +284,48 @@ fn a_pause_between_the_clock_readings_never_makes_a_time_earlier() {
         truth.duration_since(at).unwrap()
     );
 }
+
+/// Urgent data: TCP takes the urgent byte out of the stream the reader reads (without
+/// `SO_OOBINLINE`), so the reader's offsets fall behind the sequence numbers. A peer sends 100
+/// bytes, the last urgent, then one more byte 100 ms later: the reader's 100th byte is that one.
+#[test]
+fn urgent_data_does_not_stamp_a_byte_with_an_earlier_segment() {
+    if !may_load_bpf() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut client, mut arrivals) = connect_with_arrivals(listener.local_addr().unwrap());
+    let (mut server, _) = listener.accept().unwrap();
+    server.set_nodelay(true).unwrap();
+    let urgent = [5u8; 100];
+    // SAFETY: a live socket and a buffer of the length given.
+    let sent = unsafe {
+        libc::send(
+            server.as_raw_fd(),
+            urgent.as_ptr().cast(),
+            urgent.len(),
+            libc::MSG_OOB,
+        )
+    };
+    assert_eq!(sent, 100);
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = SystemTime::now();
+    server.write_all(&[6]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 200];
+    while got.len() < 100 {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), 100, "the urgent byte is not in the stream");
+    assert_eq!(got[99], 6);
+    if let Some(arrived) = arrivals.arrived(100) {
+        assert!(
+            arrived + Duration::from_millis(1) >= sent,
+            "stamped {:?} before the byte was sent",
+            sent.duration_since(arrived).unwrap()
+        );
+    }
+}

@@ -45,6 +45,9 @@ pub struct Timeline {
     unknown_until: u64,
     /// Lookups answered [`Arrived::Unknown`] after the origin was known.
     unknown: u64,
+    /// A segment carried urgent data: TCP takes the urgent byte out of what the reader reads,
+    /// so the reader's offsets no longer match the sequence numbers; nothing is known since.
+    urgent: bool,
 }
 
 impl Timeline {
@@ -52,13 +55,17 @@ impl Timeline {
     ///
     /// A segment TCP drops whatever it carries (one without ACK, a RST, a SYN after the first)
     /// gives its bytes no time: the filter runs before TCP judges a segment, and the bytes come
-    /// later.
+    /// later. After urgent data nothing is known (see `urgent`).
     pub fn segment(&mut self, segment: Segment) {
         const SYN: u8 = 0x02;
         const RST: u8 = 0x04;
         const ACK: u8 = 0x10;
+        const URG: u8 = 0x20;
         if segment.flags & RST != 0 {
             return;
+        }
+        if segment.flags & (URG | ACK) == URG | ACK {
+            self.urgent = true;
         }
         if segment.flags & SYN != 0 {
             if self.origin.is_some() {
@@ -153,6 +160,10 @@ impl Timeline {
     /// taken. Calls come with `end` never decreasing; points before it are let go.
     pub fn arrived(&mut self, end: u64) -> Arrived {
         if self.origin.is_none() {
+            return Arrived::Unknown;
+        }
+        if self.urgent {
+            self.unknown += 1;
             return Arrived::Unknown;
         }
         if end > self.end {
@@ -353,6 +364,15 @@ mod tests {
             t.segment(data(100, 100, 90));
             assert_eq!(t.arrived(200), Arrived::At(90), "flags {flags:#x}");
         }
+    }
+
+    #[test]
+    fn after_urgent_data_nothing_is_known() {
+        // The urgent byte (here 99) is not given to the reader: its 100th byte is 100, at 90.
+        let mut t = timeline(&[data(0, 50, 10), flagged(50, 50, 0x38, 20)]);
+        assert_eq!(t.arrived(50), Arrived::Unknown);
+        t.segment(data(100, 1, 90));
+        assert_eq!(t.arrived(100), Arrived::Unknown);
     }
 
     proptest::proptest! {
