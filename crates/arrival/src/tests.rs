@@ -237,25 +237,27 @@ fn a_segment_tcp_drops_for_its_flags_does_not_stamp_the_bytes_that_come_after() 
     }
 }
 
-/// Known, not fixed: TCP verifies this segment's checksum after the filter has recorded it, so
-/// its bytes take the time of the copy TCP dropped (as they would of any copy dropped after the
-/// filter: receive memory, backlog, pruned out-of-order queue, out of window, PAWS), and the copy
-/// TCP keeps is a retransmission that changes nothing.
+/// Known, not fixed: TCP judges a segment's checksum (for segments over 76 bytes) and its ACK
+/// number after the filter has recorded it, so the bytes of a copy TCP dropped take its time (as
+/// they would of any copy dropped after the filter: receive memory, backlog, pruned out-of-order
+/// queue, out of window), and the copy TCP keeps is a retransmission that changes nothing. Each
+/// case here is stamped 100 ms early.
 #[test]
-#[ignore = "known: the filter runs before TCP drops a segment for its checksum"]
-fn a_segment_with_a_bad_checksum_does_not_stamp_the_bytes_that_come_after() {
+#[ignore = "known: the filter runs before TCP drops a segment for its checksum or ACK number"]
+fn a_segment_tcp_drops_after_the_filter_does_not_stamp_the_bytes_that_come_after() {
     if !may_load_bpf() {
         return;
     }
-    // TCP checks the checksum of a segment this long after the filter ran, and drops it.
-    let (sent, arrived) = stamp_after_a_discarded_segment(0x18, false);
-    if let Some(arrived) = arrived {
-        // The wall clock's offset is kept while it moves less than 20 µs: allow a millisecond.
-        assert!(
-            arrived + Duration::from_millis(1) >= sent,
-            "stamped {:?} before the bytes were sent",
-            sent.duration_since(arrived).unwrap()
-        );
+    // An ACK of nothing sent (0); a bad checksum.
+    for (flags, checksum_ok) in [(0x18, true), (0x18, false)] {
+        let (sent, arrived) = stamp_after_a_discarded_segment(flags, checksum_ok);
+        if let Some(arrived) = arrived {
+            assert!(
+                arrived + Duration::from_millis(1) >= sent,
+                "checksum ok {checksum_ok}: stamped {:?} before the bytes were sent",
+                sent.duration_since(arrived).unwrap()
+            );
+        }
     }
 }
 
