@@ -376,6 +376,32 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Records written out of the order of their clocks (two CPUs): a time given is never
+        /// before every byte of the prefix had arrived (each byte's first copy, by the clock).
+        #[test]
+        fn records_out_of_clock_order_never_give_an_earlier_time(
+            cuts in proptest::collection::vec((0u64..2_000, 1u32..300, 0u64..200), 1..60),
+        ) {
+            let segments: Vec<_> = cuts.iter().map(|&(start, len, at)| data(start, len, at + 2)).collect();
+            let mut first = vec![None::<u64>; 2_400];
+            for s in &segments {
+                let start = u64::from(s.seq.wrapping_sub(ISN.wrapping_add(1)));
+                for b in start..start + u64::from(s.payload) {
+                    let f = first[b as usize].get_or_insert(s.at_ns);
+                    *f = (*f).min(s.at_ns);
+                }
+            }
+            let readable = first.iter().take_while(|b| b.is_some()).count() as u64;
+            let mut t = timeline(&segments);
+            let mut latest = 0;
+            for end in 1..=readable {
+                latest = latest.max(first[end as usize - 1].unwrap());
+                if let Arrived::At(at) = t.arrived(end) {
+                    proptest::prop_assert!(at >= latest, "end {}: {} before {}", end, at, latest);
+                }
+            }
+        }
+
         /// Against a model: the time at which every byte before `end` had arrived (the latest
         /// first arrival of those bytes), for segments delivered in any order, duplicated or
         /// overlapping.
