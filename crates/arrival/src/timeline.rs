@@ -376,6 +376,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any records at all (sequence numbers, lengths, flags and clocks a hostile peer or a
+        /// broken record could hold) and lookups of any growing ends: no panic, and what is
+        /// held stays bounded.
+        #[test]
+        fn hostile_records_never_panic(
+            records in proptest::collection::vec(
+                (proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>(), proptest::prelude::any::<u8>(), proptest::prelude::any::<u64>(), 0u64..100_000),
+                1..200,
+            ),
+        ) {
+            let mut t = Timeline::default();
+            let mut end = 0u64;
+            for (seq, payload, flags, at_ns, step) in records {
+                t.segment(Segment { seq, payload, flags, at_ns });
+                end += step;
+                let _ = t.arrived(end);
+                proptest::prop_assert!(t.pending.len() <= MAX_PENDING);
+            }
+        }
+
         /// Records written out of the order of their clocks (two CPUs): a time given is never
         /// before every byte of the prefix had arrived (each byte's first copy, by the clock).
         #[test]
