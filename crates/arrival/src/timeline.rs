@@ -53,9 +53,9 @@ pub struct Timeline {
 impl Timeline {
     /// Takes one record, in the order the filter wrote them.
     ///
-    /// A segment TCP drops whatever it carries (one without ACK, a RST, a SYN after the first)
-    /// gives its bytes no time: the filter runs before TCP judges a segment, and the bytes come
-    /// later. After urgent data nothing is known (see `urgent`).
+    /// A segment TCP drops whatever it carries (one without ACK, a RST, a SYN) gives its bytes no
+    /// time: the filter runs before TCP judges a segment, and the bytes come later. After urgent
+    /// data nothing is known (see `urgent`).
     pub fn segment(&mut self, segment: Segment) {
         const SYN: u8 = 0x02;
         const RST: u8 = 0x04;
@@ -71,10 +71,9 @@ impl Timeline {
             if self.origin.is_some() {
                 return;
             }
+            // What a SYN-ACK carries TCP drops (it keeps it only with Fast Open, which the
+            // collector's sockets do not ask for): the peer sends it again.
             self.origin = Some(segment.seq.wrapping_add(1));
-            if segment.payload > 0 && segment.flags & ACK != 0 {
-                self.data(segment.seq.wrapping_add(1), segment.payload, segment.at_ns);
-            }
             return;
         }
         if segment.payload > 0 && segment.flags & ACK != 0 {
@@ -364,6 +363,19 @@ mod tests {
             t.segment(data(100, 100, 90));
             assert_eq!(t.arrived(200), Arrived::At(90), "flags {flags:#x}");
         }
+    }
+
+    #[test]
+    fn a_syn_ack_s_payload_is_not_the_stream_s() {
+        // Without Fast Open (the collector's sockets do not ask for it) TCP drops what a SYN-ACK
+        // carries; the peer sends those bytes again, and they were readable only then.
+        let mut t = Timeline::default();
+        t.segment(Segment {
+            payload: 100,
+            ..syn()
+        });
+        t.segment(data(0, 100, 90));
+        assert_eq!(t.arrived(100), Arrived::At(90));
     }
 
     #[test]
