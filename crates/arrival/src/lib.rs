@@ -109,10 +109,25 @@ const NEVER_BACK_NS: u64 = 1_000_000;
 impl WallClock {
     /// The wall-clock time of `CLOCK_MONOTONIC` reading `ns`.
     fn wall_time_of(&mut self, ns: u64) -> SystemTime {
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        let offset = wall - i128::from(monotonic_ns());
+        self.wall_time_with(ns, monotonic_ns, || {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128)
+        })
+    }
+
+    /// [`WallClock::wall_time_of`] with the clocks read by `monotonic` and `wall`.
+    fn wall_time_with(
+        &mut self,
+        ns: u64,
+        monotonic: impl FnOnce() -> u64,
+        wall: impl FnOnce() -> i128,
+    ) -> SystemTime {
+        // The monotonic clock first: a pause before the wall clock is read (the thread
+        // preempted, its virtual CPU stolen) then makes the offset larger and the time later,
+        // never earlier than the bytes arrived.
+        let monotonic = monotonic();
+        let offset = wall() - i128::from(monotonic);
         let offset = match self.offset {
             Some(kept) if (offset - kept).abs() <= OFFSET_STEP_NS => kept,
             _ => offset,

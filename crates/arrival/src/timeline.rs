@@ -38,28 +38,45 @@ pub struct Timeline {
     end: u64,
     /// `(end, at)`: the prefix reached `end` at `at`; both increase.
     points: VecDeque<(u64, u64)>,
-    /// Segments past the prefix: `(start, end, at)`, sorted and disjoint.
+    /// Segments past the prefix: `(start, end, at)`, sorted and disjoint; `at` when all their
+    /// bytes had arrived.
     pending: Vec<(u64, u64, u64)>,
     /// Bytes before this offset (and after the last point taken) have no known time.
     unknown_until: u64,
     /// Lookups answered [`Arrived::Unknown`] after the origin was known.
     unknown: u64,
+    /// A segment carried urgent data: TCP takes the urgent byte out of what the reader reads,
+    /// so the reader's offsets no longer match the sequence numbers; nothing is known since.
+    urgent: bool,
 }
 
 impl Timeline {
     /// Takes one record, in the order the filter wrote them.
+    ///
+    /// A segment TCP drops whatever it carries (one without ACK, a RST, a SYN) gives its bytes no
+    /// time: the filter runs before TCP judges a segment, and the bytes come later. After urgent
+    /// data nothing is known (see `urgent`).
     pub fn segment(&mut self, segment: Segment) {
         const SYN: u8 = 0x02;
-        if segment.flags & SYN != 0 {
-            if self.origin.is_none() {
-                self.origin = Some(segment.seq.wrapping_add(1));
-            }
-            if segment.payload > 0 {
-                self.data(segment.seq.wrapping_add(1), segment.payload, segment.at_ns);
-            }
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        const URG: u8 = 0x20;
+        if segment.flags & RST != 0 {
             return;
         }
-        if segment.payload > 0 {
+        if segment.flags & (URG | ACK) == URG | ACK {
+            self.urgent = true;
+        }
+        if segment.flags & SYN != 0 {
+            if self.origin.is_some() {
+                return;
+            }
+            // What a SYN-ACK carries TCP drops (it keeps it only with Fast Open, which the
+            // collector's sockets do not ask for): the peer sends it again.
+            self.origin = Some(segment.seq.wrapping_add(1));
+            return;
+        }
+        if segment.payload > 0 && segment.flags & ACK != 0 {
             self.data(segment.seq, segment.payload, segment.at_ns);
         }
     }
@@ -84,13 +101,15 @@ impl Timeline {
         }
         self.extend(end, at);
         // Segments waiting on this one are readable now.
-        while let Some(&(s, e, _)) = self.pending.first() {
+        while let Some(&(s, _, _)) = self.pending.first() {
             if s > self.end {
                 break;
             }
-            self.pending.remove(0);
+            let (_, e, waited) = self.pending.remove(0);
             if e > self.end {
-                self.extend(e, at);
+                // Not before its own bytes arrived (records of two CPUs may be written out of
+                // the order of their clocks).
+                self.extend(e, at.max(waited));
             }
         }
     }
@@ -112,7 +131,11 @@ impl Timeline {
         if let Some(prev) = i.checked_sub(1).and_then(|p| self.pending.get_mut(p))
             && prev.1 >= start
         {
-            prev.1 = prev.1.max(end);
+            if end > prev.1 {
+                // New bytes: the union is whole only once they are there.
+                prev.1 = end;
+                prev.2 = prev.2.max(at);
+            }
             self.merge_after(i - 1);
             return;
         }
@@ -128,7 +151,7 @@ impl Timeline {
         while i + 1 < self.pending.len() && self.pending[i + 1].0 <= self.pending[i].1 {
             let next = self.pending.remove(i + 1);
             self.pending[i].1 = self.pending[i].1.max(next.1);
-            self.pending[i].2 = self.pending[i].2.min(next.2);
+            self.pending[i].2 = self.pending[i].2.max(next.2);
         }
     }
 
@@ -136,6 +159,10 @@ impl Timeline {
     /// taken. Calls come with `end` never decreasing; points before it are let go.
     pub fn arrived(&mut self, end: u64) -> Arrived {
         if self.origin.is_none() {
+            return Arrived::Unknown;
+        }
+        if self.urgent {
+            self.unknown += 1;
             return Arrived::Unknown;
         }
         if end > self.end {
@@ -305,7 +332,108 @@ mod tests {
         assert_eq!(t.arrived(110), Arrived::At(5_000));
     }
 
+    fn flagged(offset: u64, payload: u32, flags: u8, at_ns: u64) -> Segment {
+        Segment {
+            flags,
+            ..data(offset, payload, at_ns)
+        }
+    }
+
+    #[test]
+    fn a_segment_waiting_on_a_hole_is_never_readable_before_it_arrived() {
+        // Two CPUs: 100..200 stamped at 50 is written to the ring before 0..100 stamped at 30
+        // (each took the clock, then its turn in the ring). 100..200 was not there before 50.
+        let mut t = timeline(&[data(100, 100, 50), data(0, 100, 30)]);
+        assert_eq!(t.arrived(100), Arrived::At(30));
+        assert_eq!(t.arrived(200), Arrived::At(50));
+        // Merged while waiting: the union was whole only when its last part came.
+        let mut t = timeline(&[data(100, 100, 50), data(150, 100, 60), data(0, 100, 30)]);
+        assert_eq!(t.arrived(250), Arrived::At(60));
+        let mut t = timeline(&[data(150, 100, 20), data(100, 100, 60), data(0, 100, 30)]);
+        assert_eq!(t.arrived(250), Arrived::At(60));
+    }
+
+    #[test]
+    fn segments_tcp_discards_for_their_flags_give_no_time() {
+        // Each sees the filter, then TCP drops it without queueing a byte: no ACK (a segment of
+        // an established connection must carry one), a RST (its payload is never data), a SYN
+        // after the first (answered with a challenge ACK). The bytes arrive for real at 90.
+        for flags in [0x08, 0x14, 0x1c, 0x12] {
+            let mut t = timeline(&[data(0, 100, 10), flagged(100, 100, flags, 20)]);
+            t.segment(data(100, 100, 90));
+            assert_eq!(t.arrived(200), Arrived::At(90), "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn a_syn_ack_s_payload_is_not_the_stream_s() {
+        // Without Fast Open (the collector's sockets do not ask for it) TCP drops what a SYN-ACK
+        // carries; the peer sends those bytes again, and they were readable only then.
+        let mut t = Timeline::default();
+        t.segment(Segment {
+            payload: 100,
+            ..syn()
+        });
+        t.segment(data(0, 100, 90));
+        assert_eq!(t.arrived(100), Arrived::At(90));
+    }
+
+    #[test]
+    fn after_urgent_data_nothing_is_known() {
+        // The urgent byte (here 99) is not given to the reader: its 100th byte is 100, at 90.
+        let mut t = timeline(&[data(0, 50, 10), flagged(50, 50, 0x38, 20)]);
+        assert_eq!(t.arrived(50), Arrived::Unknown);
+        t.segment(data(100, 1, 90));
+        assert_eq!(t.arrived(100), Arrived::Unknown);
+    }
+
     proptest::proptest! {
+        /// Any records at all (sequence numbers, lengths, flags and clocks a hostile peer or a
+        /// broken record could hold) and lookups of any growing ends: no panic, and what is
+        /// held stays bounded.
+        #[test]
+        fn hostile_records_never_panic(
+            records in proptest::collection::vec(
+                (proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>(), proptest::prelude::any::<u8>(), proptest::prelude::any::<u64>(), 0u64..100_000),
+                1..200,
+            ),
+        ) {
+            let mut t = Timeline::default();
+            let mut end = 0u64;
+            for (seq, payload, flags, at_ns, step) in records {
+                t.segment(Segment { seq, payload, flags, at_ns });
+                end += step;
+                let _ = t.arrived(end);
+                proptest::prop_assert!(t.pending.len() <= MAX_PENDING);
+            }
+        }
+
+        /// Records written out of the order of their clocks (two CPUs): a time given is never
+        /// before every byte of the prefix had arrived (each byte's first copy, by the clock).
+        #[test]
+        fn records_out_of_clock_order_never_give_an_earlier_time(
+            cuts in proptest::collection::vec((0u64..2_000, 1u32..300, 0u64..200), 1..60),
+        ) {
+            let segments: Vec<_> = cuts.iter().map(|&(start, len, at)| data(start, len, at + 2)).collect();
+            let mut first = vec![None::<u64>; 2_400];
+            for s in &segments {
+                let start = u64::from(s.seq.wrapping_sub(ISN.wrapping_add(1)));
+                for b in start..start + u64::from(s.payload) {
+                    let f = first[b as usize].get_or_insert(s.at_ns);
+                    *f = (*f).min(s.at_ns);
+                }
+            }
+            let readable = first.iter().take_while(|b| b.is_some()).count() as u64;
+            let mut t = timeline(&segments);
+            let mut latest = 0;
+            for end in 1..=readable {
+                latest = latest.max(first[end as usize - 1].unwrap());
+                if let Arrived::At(at) = t.arrived(end) {
+                    proptest::prop_assert!(at >= latest, "end {}: {} before {}", end, at, latest);
+                }
+            }
+        }
+
         /// Against a model: the time at which every byte before `end` had arrived (the latest
         /// first arrival of those bytes), for segments delivered in any order, duplicated or
         /// overlapping.

@@ -32,13 +32,20 @@ pub struct Units {
 
 #[derive(Debug)]
 enum State {
-    /// In the HTTP response: how much of `\r\n\r\n` the last bytes matched.
+    /// In the HTTP response: [`IN_LINE`], [`LINE_START`] or [`LINE_START_CR`].
     Http(u8),
     /// In a unit's header: its bytes so far.
     Header { bytes: [u8; HEADER_MAX], len: usize },
     /// In a unit's body: how many bytes are left.
     Body(u64),
 }
+
+/// In a line of the HTTP response.
+const IN_LINE: u8 = 0;
+/// At the start of a line of the HTTP response (a `\n` just ended the one before).
+const LINE_START: u8 = 1;
+/// After a `\r` at the start of a line of the HTTP response.
+const LINE_START_CR: u8 = 2;
 
 /// The longest header: a WebSocket frame's (2 + 8 bytes of length + 4 of mask).
 const HEADER_MAX: usize = 14;
@@ -47,7 +54,7 @@ impl Units {
     /// At the start of a stream.
     pub fn new(framing: Framing) -> Self {
         let state = match framing {
-            Framing::WebSocket => State::Http(0),
+            Framing::WebSocket => State::Http(IN_LINE),
             Framing::Tls => State::Body(0),
         };
         Units { framing, state }
@@ -60,19 +67,20 @@ impl Units {
         let mut n = 0;
         while n < cap {
             match &mut self.state {
-                State::Http(matched) => {
-                    const END: &[u8; 4] = b"\r\n\r\n";
+                State::Http(at) => {
+                    // The response ends at its first empty line, whether its lines end with
+                    // `\r\n` or a bare `\n` (httparse, under tungstenite, takes both).
                     let b = next[n];
                     n += 1;
-                    *matched = if b == END[*matched as usize] {
-                        *matched + 1
-                    } else {
-                        u8::from(b == b'\r')
+                    *at = match (*at, b) {
+                        (LINE_START | LINE_START_CR, b'\n') => {
+                            self.state = State::Body(0);
+                            return n;
+                        }
+                        (_, b'\n') => LINE_START,
+                        (LINE_START, b'\r') => LINE_START_CR,
+                        _ => IN_LINE,
                     };
-                    if *matched == 4 {
-                        self.state = State::Body(0);
-                        return n;
-                    }
                 }
                 State::Body(0) => {
                     self.state = State::Header {
@@ -232,6 +240,49 @@ mod tests {
         assert_eq!(units.take(&text[10..], 100), text.len() - 10);
         // A WebSocket frame next.
         assert_eq!(units.take(&[0x81, 0x02, b'h', b'i', 0x81], 100), 4);
+    }
+
+    #[test]
+    fn a_response_with_bare_line_feeds_ends_where_tungstenite_ends_it() {
+        // httparse (under tungstenite) takes a bare `\n` for a line's end: the response ends at
+        // its first empty line however each line ends, and the frame after it is read alone.
+        for head in [
+            &b"HTTP/1.1 101 x\nUpgrade: websocket\n\n"[..],
+            b"HTTP/1.1 101 x\r\nUpgrade: websocket\r\n\n",
+            b"HTTP/1.1 101 x\nUpgrade: websocket\n\r\n",
+        ] {
+            let mut stream = head.to_vec();
+            stream.extend(ws_frame(5, false));
+            stream.extend(ws_frame(3, false));
+            let mut units = Units::new(Framing::WebSocket);
+            let (ends, got) = read_all(&mut units, &stream, &[(1_000, 1_000)]);
+            assert_eq!(got, stream);
+            assert_eq!(ends, [head.len(), head.len() + 7, stream.len()], "{head:?}");
+        }
+    }
+
+    proptest! {
+        /// Any bytes at all (lying lengths: 0, 2^64 - 1, a header cut at every point, garbage
+        /// after an HTTP line), read with any sizes down to one byte: every read gives at least
+        /// one byte, and every byte is given once, in order.
+        #[test]
+        fn hostile_bytes_are_given_whole_in_order_and_never_stall(
+            stream in proptest::collection::vec(any::<u8>(), 1..3_000),
+            sizes in proptest::collection::vec((1usize..50, 1usize..4), 1..20),
+            tls in any::<bool>(),
+            http in any::<bool>(),
+        ) {
+            let mut stream = stream;
+            if http && !tls {
+                let mut head = b"HTTP/1.1 101 OK\r\n\r\n".to_vec();
+                head.append(&mut stream);
+                stream = head;
+            }
+            let framing = if tls { Framing::Tls } else { Framing::WebSocket };
+            let mut units = Units::new(framing);
+            let (_, got) = read_all(&mut units, &stream, &sizes);
+            prop_assert_eq!(got, stream);
+        }
     }
 
     proptest! {
