@@ -237,13 +237,11 @@ fn a_segment_tcp_drops_for_its_flags_does_not_stamp_the_bytes_that_come_after() 
     }
 }
 
-/// Known, not fixed: TCP judges a segment's checksum (for segments over 76 bytes) and its ACK
-/// number after the filter has recorded it, so the bytes of a copy TCP dropped take its time (as
-/// they would of any copy dropped after the filter: receive memory, backlog, pruned out-of-order
-/// queue, out of window), and the copy TCP keeps is a retransmission that changes nothing. Each
-/// case here is stamped 100 ms early.
+/// TCP judges a segment's checksum (for segments over 76 bytes) and its ACK number after the
+/// filter has recorded it (as it drops a copy for receive memory, backlog, a pruned out-of-order
+/// queue, out of window): the copy TCP keeps comes later, and the bytes take its time, not the
+/// dropped copy's (each case here was stamped 100 ms early when a second copy changed nothing).
 #[test]
-#[ignore = "known: the filter runs before TCP drops a segment for its checksum or ACK number"]
 fn a_segment_tcp_drops_after_the_filter_does_not_stamp_the_bytes_that_come_after() {
     if !may_load_bpf() {
         return;

@@ -3,9 +3,14 @@
 //! A byte is readable when it and every byte before it have arrived: TCP gives the reader a
 //! contiguous prefix. So the timeline keeps the prefix's end and a list of points ("the prefix
 //! reached byte `end` at `at`"), in arrival order; a segment past a hole waits (pending) until
-//! the hole is filled, and then its bytes became readable when the filling segment arrived. A
-//! segment the prefix already holds (a retransmission) changes nothing: its bytes were readable
-//! at their first arrival.
+//! the hole is filled, and then its bytes became readable when the filling segment arrived.
+//!
+//! A second copy of bytes (a retransmission) moves their time, and every later byte's, to its
+//! own arrival when that is later: the filter runs before TCP judges a segment, so the first copy
+//! may be one TCP dropped (a bad checksum, an ACK of nothing sent, out of the window, no room)
+//! and the bytes became readable only with the copy it kept. Which one it kept the records do
+//! not say; the later is the one no reader could have read before. So a time is never early; a
+//! needless retransmission before the read makes it late by as much.
 //!
 //! What is not known is said so, never guessed: bytes before the peer's SYN was seen, and bytes
 //! the reader took though no record covers them (the filter's ring was full, or more segments
@@ -92,6 +97,10 @@ impl Timeline {
             return;
         };
         let end = start + u64::from(len);
+        if start < self.end {
+            // A copy of bytes already here: not readable before it (see the module doc).
+            self.raise(start, at);
+        }
         if end <= self.end {
             return;
         }
@@ -124,18 +133,34 @@ impl Timeline {
         }
     }
 
+    /// Bytes from `start` on were not readable before `at` (a copy of them arrived then).
+    fn raise(&mut self, start: u64, at: u64) {
+        let i = self.points.partition_point(|p| p.0 <= start);
+        let Some(&(_, was)) = self.points.get(i) else {
+            return;
+        };
+        if was >= at {
+            // Times increase: nothing from here on is earlier.
+            return;
+        }
+        // The bytes of this point before `start` keep their time.
+        if start > i.checked_sub(1).map_or(0, |p| self.points[p].0) {
+            self.points.insert(i, (start, was));
+        }
+        for point in self.points.iter_mut().skip_while(|p| p.0 <= start) {
+            point.1 = point.1.max(at);
+        }
+    }
+
     fn wait(&mut self, start: u64, end: u64, at: u64) {
         let i = self.pending.partition_point(|&(s, _, _)| s < start);
-        // Overlaps with a neighbour (a retransmission, or segments cut otherwise): keep what
-        // arrived first and the union of the bytes.
+        // Overlaps with a neighbour (a retransmission, or segments cut otherwise): the union of
+        // the bytes, whole only once the latest copy is there (see the module doc).
         if let Some(prev) = i.checked_sub(1).and_then(|p| self.pending.get_mut(p))
             && prev.1 >= start
         {
-            if end > prev.1 {
-                // New bytes: the union is whole only once they are there.
-                prev.1 = end;
-                prev.2 = prev.2.max(at);
-            }
+            prev.1 = prev.1.max(end);
+            prev.2 = prev.2.max(at);
             self.merge_after(i - 1);
             return;
         }
@@ -285,16 +310,27 @@ mod tests {
     }
 
     #[test]
-    fn a_retransmission_does_not_move_a_time() {
+    fn a_copy_before_the_read_moves_the_bytes_time_later_never_earlier() {
+        // 0..100 at 10, again at 50 (the first copy may have been dropped by TCP), 50..150 at
+        // 60: nothing from 0 on is known readable before 60.
         let mut t = timeline(&[
             data(0, 100, 10),
             data(0, 100, 50),
             data(50, 100, 60),
             data(150, 10, 70),
         ]);
-        assert_eq!(t.arrived(100), Arrived::At(10));
+        assert_eq!(t.arrived(100), Arrived::At(60));
         assert_eq!(t.arrived(150), Arrived::At(60));
         assert_eq!(t.arrived(160), Arrived::At(70));
+        // A copy of bytes from 120 on moves 120.. only; one the reader took already, nothing.
+        let mut t = timeline(&[data(0, 100, 10), data(100, 100, 20), data(100, 100, 30)]);
+        assert_eq!(t.arrived(100), Arrived::At(10));
+        assert_eq!(t.arrived(200), Arrived::At(30));
+        t.segment(data(0, 200, 90));
+        assert_eq!(t.arrived(200), Arrived::At(90));
+        // An earlier copy (records of two CPUs out of clock order) moves nothing back.
+        let mut t = timeline(&[data(0, 100, 40), data(0, 100, 10)]);
+        assert_eq!(t.arrived(100), Arrived::At(40));
     }
 
     #[test]
@@ -435,8 +471,8 @@ mod tests {
         }
 
         /// Against a model: the time at which every byte before `end` had arrived (the latest
-        /// first arrival of those bytes), for segments delivered in any order, duplicated or
-        /// overlapping.
+        /// copy of each: the module doc says why), for segments delivered in any order,
+        /// duplicated or overlapping.
         #[test]
         fn the_timeline_answers_what_the_bytes_say(
             cuts in proptest::collection::vec((0u64..2_000, 1u32..300, 0u64..50), 1..60),
@@ -447,12 +483,12 @@ mod tests {
                 clock += step;
                 segments.push(data(start, len, clock));
             }
-            // First arrival of each byte.
+            // Each byte's latest copy (the one TCP may have kept).
             let mut first = vec![None::<u64>; 2_400];
             for s in &segments {
                 let start = u64::from(s.seq.wrapping_sub(ISN.wrapping_add(1)));
                 for b in start..start + u64::from(s.payload) {
-                    first[b as usize].get_or_insert(s.at_ns);
+                    first[b as usize] = Some(s.at_ns);
                 }
             }
             let readable = first.iter().take_while(|b| b.is_some()).count() as u64;
