@@ -176,6 +176,8 @@ pub struct RingFilter {
     consumer: Mapping,
     producer: Mapping,
     mask: u64,
+    /// The page size: the data start in the producer's mapping (taken once, not per drain).
+    page: usize,
 }
 
 #[derive(Debug)]
@@ -279,6 +281,7 @@ impl RingFilter {
             consumer,
             producer,
             mask: RING_BYTES as u64 - 1,
+            page,
         })
     }
 
@@ -296,7 +299,7 @@ impl RingFilter {
     /// Hands `each` every record the filter wrote since the last drain, oldest first, and frees
     /// their room in the ring. Never blocks; costs no system call.
     pub fn drain(&mut self, mut each: impl FnMut(Segment)) {
-        let page = page_size();
+        let page = self.page;
         let data = self.producer.ptr as *const u8;
         let mut consumer = self.consumer_pos().load(Ordering::Acquire);
         let producer = self.producer_pos().load(Ordering::Acquire);

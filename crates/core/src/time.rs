@@ -64,9 +64,12 @@ impl Timestamp {
 
     /// The current time from the system clock.
     pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        Timestamp::from_system_time(std::time::SystemTime::now())
+    }
+
+    /// The instant of a system time (before 1970: the epoch; after 2262: the latest instant).
+    pub fn from_system_time(t: std::time::SystemTime) -> Self {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
     }
 

@@ -290,13 +290,13 @@ impl Connection {
         // arrival when the period is zero or the socket cannot be taken out.
         let read_every = self.config.read_every;
         let polled = !read_every.is_zero()
-            && socket_tcp(socket).is_some_and(|tcp| {
-                if let Err(e) = tcp.poll_on_tick() {
+            && {
+                if let Err(e) = socket_tcp(socket).poll_on_tick() {
                     // The stream is gone: the first read says so and the connection ends.
                     tracing::warn!(connection = conn_id, error = %e, "feed: cannot take the socket out of the reactor");
                 }
                 true
-            });
+            };
         // On one grid for every connection of the feed, so one wake-up reads them all: the feed
         // thread's read tick, or an interval of the connection's own.
         let mut reads = ReadClock::new(&shared, polled);
@@ -402,9 +402,7 @@ impl Connection {
                     }
                 }
                 _ = reads.next(), if polled && !more => {
-                    if let Some(tcp) = socket_tcp(socket) {
-                        tcp.rearm();
-                    }
+                    socket_tcp(socket).rearm();
                     meter.tick();
                     match read_on_tick(&shared, socket, &mut session, &mut meter, &mut reads, &mut chores_at) {
                         Ok(bounded) => more = bounded,
@@ -597,23 +595,19 @@ struct Drained {
 }
 
 /// The TCP stream under a WebSocket (under TLS for `wss`).
-fn socket_tcp(socket: &mut Socket) -> Option<&mut PolledTcp> {
-    Some(socket.get_mut().tcp())
+fn socket_tcp(socket: &mut Socket) -> &mut PolledTcp {
+    socket.get_mut().tcp()
 }
 
 /// When what the socket handed out last had arrived: the kernel's stamp of its last byte (see
 /// [`PolledTcp::arrived`]), or now, when it was read, without one.
 fn stamp(socket: &mut Socket, metrics: &Metrics) -> Timestamp {
-    let arrived = socket_tcp(socket).and_then(PolledTcp::arrived);
-    if arrived.is_none() {
-        metrics.stamped_on_read.fetch_add(1, Ordering::Relaxed);
-    }
-    match arrived {
-        Some(at) => at.duration_since(std::time::UNIX_EPOCH).map_or_else(
-            |_| Timestamp::now(),
-            |d| Timestamp::from_unix_nanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-        ),
-        None => Timestamp::now(),
+    match socket_tcp(socket).arrived() {
+        Some(at) => Timestamp::from_system_time(at),
+        None => {
+            metrics.stamped_on_read.fetch_add(1, Ordering::Relaxed);
+            Timestamp::now()
+        }
     }
 }
 
